@@ -1,0 +1,120 @@
+"""pydatatask: data pipelines driven by where the data is.
+
+Repositories hold data; tasks link repositories; the scheduler runs one job per key that
+is present in a task's inputs and absent from its outputs. See the documentation in
+``docs/`` and ``README.rst``.
+
+``import pydatatask`` is light: client libraries (aiobotocore, pymongo, asyncssh,
+kubernetes_asyncio, httpx) and the terminal UI are imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    CorruptValueError,
+    InvalidKeyError,
+    JobError,
+    JobTimeoutError,
+    KeyNotFoundError,
+    MissingDependencyError,
+    PydatataskError,
+    ReadOnlyRepositoryError,
+    RepositoryError,
+    SchedulerError,
+    SessionClosedError,
+    SessionError,
+    UnsupportedOperationError,
+)
+from .keys import is_valid_key, validate_key
+from .repository import (
+    AndRepository,
+    BlobRepository,
+    BlockingRepository,
+    DirectoryRepository,
+    FallbackRepository,
+    FileRepository,
+    FilterRepository,
+    JsonMetadataFileRepository,
+    JsonMetadataRepository,
+    MapValuesRepository,
+    MemoryBlobRepository,
+    MemoryMetadataRepository,
+    MetadataRepository,
+    OrRepository,
+    ReadOnlyRepository,
+    Repository,
+    TranslateKeysRepository,
+    YamlMetadataFileRepository,
+    YamlMetadataRepository,
+)
+from .session import Session
+
+__version__ = "0.5.0.dev0"
+
+__all__ = (
+    "__version__",
+    # errors
+    "PydatataskError",
+    "InvalidKeyError",
+    "KeyNotFoundError",
+    "RepositoryError",
+    "ReadOnlyRepositoryError",
+    "UnsupportedOperationError",
+    "CorruptValueError",
+    "BackendUnavailableError",
+    "SessionError",
+    "SessionClosedError",
+    "MissingDependencyError",
+    "ConfigurationError",
+    "JobError",
+    "JobTimeoutError",
+    "SchedulerError",
+    # keys
+    "is_valid_key",
+    "validate_key",
+    # session
+    "Session",
+    # repositories
+    "Repository",
+    "MetadataRepository",
+    "BlobRepository",
+    "MemoryMetadataRepository",
+    "MemoryBlobRepository",
+    "FileRepository",
+    "DirectoryRepository",
+    "YamlMetadataRepository",
+    "JsonMetadataRepository",
+    "YamlMetadataFileRepository",
+    "JsonMetadataFileRepository",
+    "AndRepository",
+    "OrRepository",
+    "BlockingRepository",
+    "FilterRepository",
+    "TranslateKeysRepository",
+    "MapValuesRepository",
+    "FallbackRepository",
+    "ReadOnlyRepository",
+)
+
+# name -> module, imported on first access
+_LAZY: dict[str, str] = {
+    "S3BucketRepository": ".repository",
+    "YamlMetadataS3Repository": ".repository",
+    "JsonMetadataS3Repository": ".repository",
+    "MongoMetadataRepository": ".repository",
+    "DockerRepository": ".repository",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

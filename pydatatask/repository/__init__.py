@@ -1,0 +1,77 @@
+"""Repositories: where data lives. See :mod:`pydatatask.repository.base` for the contract.
+
+Backends that need a heavy client library (S3, MongoDB, Docker registry) are imported
+lazily on first access, so ``import pydatatask`` stays light; a missing client library
+raises :class:`~pydatatask.errors.MissingDependencyError` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository, resolve
+from .combinators import (
+    AndRepository,
+    BlockingRepository,
+    FallbackRepository,
+    FilterRepository,
+    MapValuesRepository,
+    OrRepository,
+    ReadOnlyRepository,
+    RepositoryView,
+    TranslateKeysRepository,
+)
+from .filesystem import DirectoryRepository, FileRepository
+from .memory import MemoryBlobRepository, MemoryMetadataRepository
+from .serialized import (
+    JsonMetadataFileRepository,
+    JsonMetadataRepository,
+    SerializedMetadataRepository,
+    YamlMetadataFileRepository,
+    YamlMetadataRepository,
+)
+
+__all__ = (
+    "Repository",
+    "MetadataRepository",
+    "BlobRepository",
+    "BlobReader",
+    "BlobWriter",
+    "resolve",
+    "MemoryMetadataRepository",
+    "MemoryBlobRepository",
+    "FileRepository",
+    "DirectoryRepository",
+    "SerializedMetadataRepository",
+    "YamlMetadataRepository",
+    "JsonMetadataRepository",
+    "YamlMetadataFileRepository",
+    "JsonMetadataFileRepository",
+    "RepositoryView",
+    "AndRepository",
+    "OrRepository",
+    "BlockingRepository",
+    "FilterRepository",
+    "TranslateKeysRepository",
+    "MapValuesRepository",
+    "FallbackRepository",
+    "ReadOnlyRepository",
+)
+
+_LAZY = {
+    "S3BucketRepository": ".s3",
+    "YamlMetadataS3Repository": ".s3",
+    "JsonMetadataS3Repository": ".s3",
+    "MongoMetadataRepository": ".mongo",
+    "DockerRepository": ".docker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,321 @@
+"""The storage contract: :class:`Repository`, :class:`MetadataRepository`, :class:`BlobRepository`.
+
+A repository maps keys (see :mod:`pydatatask.keys`) to values. It knows nothing about
+tasks or scheduling. Backends subclass one of the two value kinds and implement a handful
+of ``_``-prefixed coroutines; the public methods validate keys and enforce the shared
+semantics (missing keys raise :class:`~pydatatask.errors.KeyNotFoundError`, writes are
+atomic, deletes of absent keys are silent).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Any, Literal, Protocol, TypeVar, overload
+
+from ..errors import UnsupportedOperationError
+from ..keys import filter_valid_keys, validate_key
+
+__all__ = (
+    "Repository",
+    "MetadataRepository",
+    "BlobRepository",
+    "BlobReader",
+    "BlobWriter",
+    "BlobReadStream",
+    "BlobWriteStream",
+    "resolve",
+)
+
+log = logging.getLogger("pydatatask.repository")
+
+T = TypeVar("T")
+
+DEFAULT_CHUNK = 1 << 20
+
+
+def resolve(obj: T | Callable[[], T]) -> T:
+    """Return ``obj``, or call it if it is a session accessor / zero-argument factory.
+
+    Backends take clients either directly or as the accessor that ``@session.resource``
+    returns, so repositories can be built before the session is open.
+    """
+    if getattr(obj, "__pydatatask_accessor__", False):
+        return obj()  # type: ignore[operator]
+    return obj  # type: ignore[return-value]
+
+
+class Repository(ABC):
+    """A set of keys, each with a value; the base of every backend.
+
+    Subclasses implement :meth:`_list` (all stored names, cheap, one round trip where the
+    backend allows), :meth:`_contains` and :meth:`_delete`. Listing goes through
+    :meth:`keys`, which drops stored names that are not valid keys (with one warning per
+    repository) so a job never sees them.
+    """
+
+    _warned_invalid: bool = False
+
+    # --- listing -------------------------------------------------------------
+    async def keys(self) -> set[str]:
+        """Return every key in the repository (one bulk listing)."""
+        good, bad = filter_valid_keys(await self._list())
+        if bad:
+            self._warn_invalid(bad)
+        return good
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iter_keys()
+
+    async def _iter_keys(self) -> AsyncIterator[str]:
+        for key in sorted(await self.keys()):
+            yield key
+
+    def _warn_invalid(self, names: list[str]) -> None:
+        if not self._warned_invalid:
+            self._warned_invalid = True
+            sample = ", ".join(repr(n) for n in names[:5])
+            log.warning(
+                "%s holds %d name(s) that are not valid keys and are skipped: %s%s",
+                self.describe(),
+                len(names),
+                sample,
+                " ..." if len(names) > 5 else "",
+            )
+
+    # --- single keys ---------------------------------------------------------
+    async def contains(self, key: str) -> bool:
+        """Return whether ``key`` is present."""
+        return await self._contains(validate_key(key))
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; do nothing if it is absent."""
+        await self._delete(validate_key(key))
+
+    # --- description and lifecycle ------------------------------------------
+    def describe(self) -> str:
+        """A short human description for status output, e.g. ``files at ./out (*.txt)``."""
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()}>"
+
+    async def validate(self, create: bool = False) -> None:  # noqa: B027 - optional hook
+        """Check the backing store is reachable (and create it if ``create``).
+
+        Called once when a pipeline opens. The default does nothing.
+        """
+
+    @property
+    def is_writable(self) -> bool:
+        """Whether writes and deletes are allowed."""
+        return True
+
+    # --- backend hooks --------------------------------------------------------
+    @abstractmethod
+    async def _list(self) -> Iterable[str]:
+        """Return every stored name (valid or not)."""
+
+    async def _contains(self, key: str) -> bool:
+        return key in await self._list()
+
+    @abstractmethod
+    async def _delete(self, key: str) -> None:
+        """Delete ``key`` if present."""
+
+
+class MetadataRepository(Repository):
+    """A repository of structured values (JSON-like: dict, list, str, int, float, bool, None)."""
+
+    async def get(self, key: str) -> Any:
+        """Return the value of ``key``; raise :class:`KeyNotFoundError` if absent."""
+        return await self._get(validate_key(key))
+
+    async def put(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` atomically, replacing any old value."""
+        await self._put(validate_key(key), value)
+
+    async def create(self, key: str, value: Any) -> bool:
+        """Store ``value`` only if ``key`` is absent, atomically; return whether it was stored.
+
+        Concurrent callers on one key: exactly one gets ``True``. Used for job claims.
+        """
+        return await self._create(validate_key(key), value)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Return ``{key: value}`` for the given keys that exist (absent keys are left out)."""
+        return await self._get_many([validate_key(k) for k in keys])
+
+    async def items(self) -> AsyncIterator[tuple[str, Any]]:
+        """Iterate over ``(key, value)`` pairs."""
+        keys = sorted(await self.keys())
+        for start in range(0, len(keys), 1000):
+            batch = await self._get_many(keys[start : start + 1000])
+            for key in keys[start : start + 1000]:
+                if key in batch:
+                    yield key, batch[key]
+
+    @abstractmethod
+    async def _get(self, key: str) -> Any: ...
+
+    @abstractmethod
+    async def _put(self, key: str, value: Any) -> None: ...
+
+    async def _create(self, key: str, value: Any) -> bool:
+        raise UnsupportedOperationError(f"{self.describe()} cannot create keys exclusively")
+
+    async def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        from ..errors import KeyNotFoundError
+
+        out: dict[str, Any] = {}
+        for key in keys:
+            try:
+                out[key] = await self._get(key)
+            except KeyNotFoundError:
+                pass
+        return out
+
+
+class BlobReadStream(Protocol):
+    """What ``open(key, "rb")`` yields."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+class BlobWriteStream(Protocol):
+    """What ``open(key, "wb")`` yields."""
+
+    async def write(self, data: bytes) -> int: ...
+
+
+class BlobReader(ABC):
+    """A backend's read stream. ``read(n)`` returns at most ``n`` bytes; ``b""`` at the end."""
+
+    @abstractmethod
+    async def read(self, n: int = -1) -> bytes: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release the underlying resource."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read(DEFAULT_CHUNK):
+            yield chunk
+
+
+class BlobWriter(ABC):
+    """A backend's write stream. Nothing is visible until :meth:`commit`; :meth:`abort` discards."""
+
+    @abstractmethod
+    async def write(self, data: bytes) -> int: ...
+
+    @abstractmethod
+    async def commit(self) -> None:
+        """Make the written bytes visible under the key, atomically."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Discard everything written; leave no trace. Must not raise for a clean state."""
+
+
+class _ReadContext:
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self._reader: BlobReader | None = None
+
+    async def __aenter__(self) -> BlobReader:
+        self._reader = await self._opener()
+        return self._reader
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            await self._reader.aclose()
+
+
+class _WriteContext:
+    """Commits on clean exit; aborts when the body raised (cancellation included)."""
+
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self._writer: BlobWriter | None = None
+
+    async def __aenter__(self) -> BlobWriter:
+        self._writer = await self._opener()
+        return self._writer
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._writer is not None
+        if exc_type is None:
+            try:
+                await self._writer.commit()
+            except BaseException:
+                await self._writer.abort()
+                raise
+        else:
+            await self._writer.abort()
+
+
+class BlobRepository(Repository):
+    """A repository of byte strings, with streaming access.
+
+    ``async with repo.open(key, "wb") as f: await f.write(b"...")`` makes the value visible
+    only when the block ends without an exception; otherwise nothing is left behind.
+    """
+
+    @overload
+    def open(self, key: str, mode: Literal["rb"] = "rb") -> _ReadContext: ...
+
+    @overload
+    def open(self, key: str, mode: Literal["wb"]) -> _WriteContext: ...
+
+    def open(self, key: str, mode: Literal["rb", "wb"] = "rb") -> _ReadContext | _WriteContext:
+        """Open ``key`` for streaming: ``"rb"`` to read, ``"wb"`` to write atomically."""
+        key = validate_key(key)
+        if mode == "rb":
+            return _ReadContext(lambda: self._open_reader(key))
+        if mode == "wb":
+            return _WriteContext(lambda: self._open_writer(key))
+        raise ValueError(f"mode must be 'rb' or 'wb', not {mode!r}")
+
+    async def read_bytes(self, key: str) -> bytes:
+        """Return the whole value of ``key``."""
+        async with self.open(key, "rb") as f:
+            return await f.read()
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically."""
+        async with self.open(key, "wb") as f:
+            await f.write(data)
+
+    async def read_text(self, key: str, encoding: str = "utf-8") -> str:
+        """Return the value of ``key`` decoded as text."""
+        return (await self.read_bytes(key)).decode(encoding)
+
+    async def write_text(self, key: str, text: str, encoding: str = "utf-8") -> None:
+        """Store ``text`` under ``key`` atomically."""
+        await self.write_bytes(key, text.encode(encoding))
+
+    async def create_bytes(self, key: str, data: bytes) -> bool:
+        """Store ``data`` only if ``key`` is absent, atomically; return whether it was stored."""
+        return await self._create_bytes(validate_key(key), data)
+
+    @abstractmethod
+    async def _open_reader(self, key: str) -> BlobReader:
+        """Open ``key`` for reading; raise :class:`KeyNotFoundError` if absent."""
+
+    @abstractmethod
+    async def _open_writer(self, key: str) -> BlobWriter: ...
+
+    async def _create_bytes(self, key: str, data: bytes) -> bool:
+        raise UnsupportedOperationError(f"{self.describe()} cannot create keys exclusively")

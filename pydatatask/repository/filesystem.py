@@ -1,0 +1,299 @@
+"""Local filesystem repositories: one file per key, or one directory per key.
+
+Writes go to a hidden temporary name in the same directory and are renamed into place
+(``os.replace``) only when the writer finishes without an exception, so a crashed or
+failed writer never leaves a file that looks finished. Hidden names (starting with ``.``)
+are never keys, so stale temporaries from a killed process are never listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO
+
+from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
+from ..keys import validate_key
+from .base import BlobReader, BlobRepository, BlobWriter, Repository
+
+__all__ = ("FileRepository", "DirectoryRepository")
+
+
+def _tmp_name(final: str) -> str:
+    return f".{final}.tmp-{secrets.token_hex(6)}"
+
+
+def _check_extension(extension: str) -> str:
+    if "/" in extension or "\0" in extension or extension in (".", ".."):
+        raise ConfigurationError(f"invalid file extension {extension!r}")
+    return extension
+
+
+def _scan(root: Path, want_dirs: bool, extension: str) -> list[str]:
+    names: list[str] = []
+    try:
+        it = os.scandir(root)
+    except FileNotFoundError:
+        return names
+    n = len(extension)
+    with it:
+        for entry in it:
+            name = entry.name
+            if name.startswith("."):
+                continue  # hidden files and our own temporaries are never keys
+            try:
+                if want_dirs:
+                    ok = entry.is_dir(follow_symlinks=False)
+                else:
+                    ok = entry.is_file()
+            except OSError:
+                continue
+            if not ok:
+                continue
+            if n:
+                if not name.endswith(extension) or len(name) == n:
+                    continue
+                name = name[:-n]
+            names.append(name)
+    return names
+
+
+class _FileReader(BlobReader):
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+
+    async def read(self, n: int = -1) -> bytes:
+        if 0 <= n <= 65536:
+            return self._f.read(n)  # small reads of local files do not block noticeably
+        return await asyncio.to_thread(self._f.read, n)
+
+    async def aclose(self) -> None:
+        self._f.close()
+
+
+class _FileWriter(BlobWriter):
+    def __init__(self, final: Path, fsync: bool) -> None:
+        self._final = final
+        self._tmp = final.with_name(_tmp_name(final.name))
+        self._fsync = fsync
+        self._f: IO[bytes] | None = None
+
+    def _open(self) -> None:
+        try:
+            self._f = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        except FileNotFoundError:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self._tmp, "xb")  # noqa: SIM115
+
+    async def write(self, data: bytes) -> int:
+        assert self._f is not None
+        if len(data) <= 65536:
+            return self._f.write(data)
+        return await asyncio.to_thread(self._f.write, data)
+
+    def _finish(self) -> None:
+        assert self._f is not None
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self._final)
+
+    async def commit(self) -> None:
+        await asyncio.to_thread(self._finish)
+
+    async def abort(self) -> None:
+        if self._f is not None:
+            self._f.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+class FileRepository(BlobRepository):
+    """One file per key under ``root``, named ``key + extension``.
+
+    :param root: the directory; created on first write (or by ``validate(create=True)``).
+    :param extension: appended to every key, e.g. ``".txt"``; files without it are ignored.
+    :param fsync: also ``fsync`` each file before renaming it into place (durable across
+        power loss, slower). Renaming alone is enough to survive a killed process.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], extension: str = "", *, fsync: bool = False) -> None:
+        self.root = Path(root)
+        self.extension = _check_extension(extension)
+        self.fsync = fsync
+
+    def describe(self) -> str:
+        return f"files at {self.root}" + (f" (*{self.extension})" if self.extension else "")
+
+    def path(self, key: str) -> Path:
+        """The path the value of ``key`` lives at (whether or not it exists)."""
+        return self.root / (validate_key(key) + self.extension)
+
+    def _path(self, key: str) -> Path:
+        return self.root / (key + self.extension)
+
+    async def validate(self, create: bool = False) -> None:
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    async def _list(self) -> Iterable[str]:
+        return await asyncio.to_thread(_scan, self.root, False, self.extension)
+
+    async def _contains(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def _delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError as exc:
+            raise RepositoryError(f"{self.describe()}: {self._path(key)} is a directory") from exc
+
+    async def _open_reader(self, key: str) -> BlobReader:
+        try:
+            f = await asyncio.to_thread(open, self._path(key), "rb")
+            return _FileReader(f)
+        except (FileNotFoundError, IsADirectoryError):
+            raise KeyNotFoundError(key, self.describe()) from None
+
+    async def _open_writer(self, key: str) -> BlobWriter:
+        writer = _FileWriter(self._path(key), self.fsync)
+        await asyncio.to_thread(writer._open)
+        return writer
+
+    # Whole-value fast paths: one thread hop per operation instead of one per step.
+    async def read_bytes(self, key: str) -> bytes:
+        path = self.path(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except (FileNotFoundError, IsADirectoryError):
+            raise KeyNotFoundError(key, self.describe()) from None
+
+    def _write_sync(self, path: Path, data: bytes) -> None:
+        writer = _FileWriter(path, self.fsync)
+        writer._open()
+        try:
+            assert writer._f is not None
+            writer._f.write(data)
+            writer._finish()
+        except BaseException:
+            if writer._f is not None:
+                writer._f.close()
+            try:
+                os.unlink(writer._tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._write_sync, self.path(key), bytes(data))
+
+    def _create_sync(self, path: Path, data: bytes) -> bool:
+        tmp = path.with_name(_tmp_name(path.name))
+        try:
+            f = open(tmp, "xb")  # noqa: SIM115
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "xb")  # noqa: SIM115
+        try:
+            with f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.link(tmp, path)  # atomic, fails if the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    async def _create_bytes(self, key: str, data: bytes) -> bool:
+        return await asyncio.to_thread(self._create_sync, self._path(key), bytes(data))
+
+
+class DirectoryRepository(Repository):
+    """One directory per key under ``root`` (for jobs that produce many files).
+
+    Write a key's directory atomically with :meth:`open_dir`: the job fills a hidden
+    temporary directory, which is renamed into place only if the block succeeds.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], extension: str = "") -> None:
+        self.root = Path(root)
+        self.extension = _check_extension(extension)
+
+    def describe(self) -> str:
+        return f"directories at {self.root}"
+
+    def path(self, key: str) -> Path:
+        """The directory of ``key`` (whether or not it exists)."""
+        return self.root / (validate_key(key) + self.extension)
+
+    async def validate(self, create: bool = False) -> None:
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    async def _list(self) -> Iterable[str]:
+        return await asyncio.to_thread(_scan, self.root, True, self.extension)
+
+    async def _contains(self, key: str) -> bool:
+        p = self.root / (key + self.extension)
+        return p.is_dir() and not p.is_symlink()
+
+    def _delete_sync(self, path: Path) -> None:
+        trash = path.with_name(_tmp_name(path.name))
+        try:
+            os.rename(path, trash)  # disappears at once, then is removed
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    async def _delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete_sync, self.root / (key + self.extension))
+
+    @asynccontextmanager
+    async def open_dir(self, key: str) -> AsyncIterator[Path]:
+        """Yield a fresh temporary directory that becomes the value of ``key`` on success."""
+        final = self.path(key)
+        tmp = final.with_name(_tmp_name(final.name))
+        await asyncio.to_thread(tmp.mkdir, parents=True)
+        try:
+            yield tmp
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            raise
+        await asyncio.to_thread(self._install, tmp, final)
+
+    def _install(self, tmp: Path, final: Path) -> None:
+        old = final.with_name(_tmp_name(final.name))
+        try:
+            os.rename(final, old)
+        except FileNotFoundError:
+            old = None  # type: ignore[assignment]
+        os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    async def mkdir(self, key: str) -> Path:
+        """Create an empty directory for ``key`` (no error if it exists) and return it."""
+        path = self.path(key)
+        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        return path

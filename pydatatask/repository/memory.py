@@ -1,0 +1,145 @@
+"""In-memory repositories: for tests of users' own pipelines, and for small state."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import KeyNotFoundError
+from ..keys import validate_key
+from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository
+
+__all__ = ("MemoryMetadataRepository", "MemoryBlobRepository")
+
+
+class MemoryMetadataRepository(MetadataRepository):
+    """Structured values in a dict. Values are deep-copied in and out, like a real store."""
+
+    def __init__(self, data: dict[str, Any] | None = None, *, name: str = "") -> None:
+        self._data: dict[str, Any] = {}
+        self._name = name
+        for key, value in (data or {}).items():
+            self._data[validate_key(key)] = copy.deepcopy(value)
+
+    def describe(self) -> str:
+        return f"memory metadata{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
+
+    async def keys(self) -> set[str]:
+        return set(self._data)  # only valid keys ever get in
+
+    async def _list(self) -> Iterable[str]:
+        return self._data.keys()
+
+    async def _contains(self, key: str) -> bool:
+        return key in self._data
+
+    async def _delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def _get(self, key: str) -> Any:
+        try:
+            return _copy(self._data[key])
+        except KeyError:
+            raise KeyNotFoundError(key, self.describe()) from None
+
+    async def _put(self, key: str, value: Any) -> None:
+        self._data[key] = _copy(value)
+
+    async def _create(self, key: str, value: Any) -> bool:
+        if key in self._data:
+            return False
+        self._data[key] = _copy(value)
+        return True
+
+    async def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        data = self._data
+        return {k: _copy(data[k]) for k in keys if k in data}
+
+
+def _copy(value: Any) -> Any:
+    # fast paths for the common flat record; deepcopy for the rest
+    if isinstance(value, (str, int, float, bool, type(None), bytes)):
+        return value
+    if isinstance(value, dict) and all(
+        isinstance(v, (str, int, float, bool, type(None))) for v in value.values()
+    ):
+        return dict(value)
+    return copy.deepcopy(value)
+
+
+class _MemoryReader(BlobReader):
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n is None or n < 0 else min(len(self._data), self._pos + n)
+        chunk = bytes(self._data[self._pos : end])
+        self._pos = end
+        return chunk
+
+
+class _MemoryWriter(BlobWriter):
+    def __init__(self, repo: MemoryBlobRepository, key: str) -> None:
+        self._repo = repo
+        self._key = key
+        self._parts: list[bytes] = []
+
+    async def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    async def commit(self) -> None:
+        self._repo._data[self._key] = b"".join(self._parts)
+        self._parts = []
+
+    async def abort(self) -> None:
+        self._parts = []
+
+
+class MemoryBlobRepository(BlobRepository):
+    """Byte strings in a dict; a write becomes visible only when its writer commits."""
+
+    def __init__(self, data: dict[str, bytes] | None = None, *, name: str = "") -> None:
+        self._data: dict[str, bytes] = {validate_key(k): bytes(v) for k, v in (data or {}).items()}
+        self._name = name
+
+    def describe(self) -> str:
+        return f"memory blobs{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
+
+    async def keys(self) -> set[str]:
+        return set(self._data)
+
+    async def _list(self) -> Iterable[str]:
+        return self._data.keys()
+
+    async def _contains(self, key: str) -> bool:
+        return key in self._data
+
+    async def _delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def _open_reader(self, key: str) -> BlobReader:
+        try:
+            return _MemoryReader(self._data[key])
+        except KeyError:
+            raise KeyNotFoundError(key, self.describe()) from None
+
+    async def _open_writer(self, key: str) -> BlobWriter:
+        return _MemoryWriter(self, key)
+
+    async def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._data[validate_key(key)]
+        except KeyError:
+            raise KeyNotFoundError(key, self.describe()) from None
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        self._data[validate_key(key)] = bytes(data)
+
+    async def _create_bytes(self, key: str, data: bytes) -> bool:
+        if key in self._data:
+            return False
+        self._data[key] = bytes(data)
+        return True

@@ -1,0 +1,173 @@
+"""Structured values stored as YAML or JSON documents in any blob repository."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import yaml
+
+from ..errors import CorruptValueError, KeyNotFoundError, RepositoryError
+from .base import BlobRepository, MetadataRepository
+from .filesystem import FileRepository
+
+__all__ = (
+    "SerializedMetadataRepository",
+    "YamlMetadataRepository",
+    "JsonMetadataRepository",
+    "YamlMetadataFileRepository",
+    "JsonMetadataFileRepository",
+    "yaml_dumps",
+    "yaml_loads",
+)
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def yaml_dumps(value: Any) -> bytes:
+    """Serialize ``value`` as YAML (safe subset)."""
+    return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True).encode("utf-8")
+
+
+def yaml_loads(data: bytes) -> Any:
+    """Parse YAML (safe subset)."""
+    return yaml.load(data, Loader=_Loader)  # noqa: S506 - the C/py *Safe* loader
+
+
+def _json_dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class SerializedMetadataRepository(MetadataRepository):
+    """Metadata values encoded into the blobs of another repository.
+
+    A value that does not decode raises :class:`CorruptValueError` naming the key and the
+    repository; it is never returned half-parsed.
+    """
+
+    format_name = "serialized"
+
+    def __init__(
+        self,
+        blobs: BlobRepository,
+        dumps: Callable[[Any], bytes],
+        loads: Callable[[bytes], Any],
+        *,
+        concurrency: int = 32,
+    ) -> None:
+        self.blobs = blobs
+        self._dumps = dumps
+        self._loads = loads
+        self._concurrency = concurrency
+
+    def describe(self) -> str:
+        return f"{self.format_name} metadata in {self.blobs.describe()}"
+
+    async def validate(self, create: bool = False) -> None:
+        await self.blobs.validate(create)
+
+    async def keys(self) -> set[str]:
+        return await self.blobs.keys()
+
+    async def _list(self) -> Iterable[str]:
+        return await self.blobs.keys()
+
+    async def _contains(self, key: str) -> bool:
+        return await self.blobs.contains(key)
+
+    async def _delete(self, key: str) -> None:
+        await self.blobs.delete(key)
+
+    def _decode(self, key: str, data: bytes) -> Any:
+        try:
+            return self._loads(data)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise CorruptValueError(
+                f"{self.describe()}: the value of key {key!r} is not valid {self.format_name}: {exc}"
+            ) from exc
+
+    def _encode(self, key: str, value: Any) -> bytes:
+        try:
+            return self._dumps(value)
+        except (TypeError, ValueError, yaml.YAMLError) as exc:
+            raise RepositoryError(
+                f"{self.describe()}: cannot store the value for key {key!r} as {self.format_name}: {exc}"
+            ) from exc
+
+    async def _get(self, key: str) -> Any:
+        try:
+            data = await self.blobs.read_bytes(key)
+        except KeyNotFoundError:
+            raise KeyNotFoundError(key, self.describe()) from None
+        return self._decode(key, data)
+
+    async def _put(self, key: str, value: Any) -> None:
+        await self.blobs.write_bytes(key, self._encode(key, value))
+
+    async def _create(self, key: str, value: Any) -> bool:
+        return await self.blobs.create_bytes(key, self._encode(key, value))
+
+    async def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        sem = asyncio.Semaphore(self._concurrency)
+        out: dict[str, Any] = {}
+
+        async def one(key: str) -> None:
+            async with sem:
+                try:
+                    data = await self.blobs.read_bytes(key)
+                except KeyNotFoundError:
+                    return
+            out[key] = self._decode(key, data)
+
+        async with asyncio.TaskGroup() as tg:
+            for key in keys:
+                tg.create_task(one(key))
+        return out
+
+
+class YamlMetadataRepository(SerializedMetadataRepository):
+    """Metadata as one YAML document per key in ``blobs``."""
+
+    format_name = "YAML"
+
+    def __init__(self, blobs: BlobRepository, *, concurrency: int = 32) -> None:
+        super().__init__(blobs, yaml_dumps, yaml_loads, concurrency=concurrency)
+
+
+class JsonMetadataRepository(SerializedMetadataRepository):
+    """Metadata as one JSON document per key in ``blobs``."""
+
+    format_name = "JSON"
+
+    def __init__(self, blobs: BlobRepository, *, concurrency: int = 32) -> None:
+        super().__init__(blobs, _json_dumps, json.loads, concurrency=concurrency)
+
+
+class YamlMetadataFileRepository(YamlMetadataRepository):
+    """One YAML file per key under ``root`` (``key.yaml``), written atomically."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], extension: str = ".yaml", *, fsync: bool = False
+    ) -> None:
+        super().__init__(FileRepository(root, extension, fsync=fsync))
+
+    @property
+    def root(self) -> Any:
+        return self.blobs.root  # type: ignore[attr-defined]
+
+
+class JsonMetadataFileRepository(JsonMetadataRepository):
+    """One JSON file per key under ``root`` (``key.json``), written atomically."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], extension: str = ".json", *, fsync: bool = False
+    ) -> None:
+        super().__init__(FileRepository(root, extension, fsync=fsync))
+
+    @property
+    def root(self) -> Any:
+        return self.blobs.root  # type: ignore[attr-defined]

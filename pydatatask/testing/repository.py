@@ -1,0 +1,374 @@
+"""Abstract test classes for repositories (see :mod:`pydatatask.testing`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from ..errors import InvalidKeyError, KeyNotFoundError, UnsupportedOperationError
+from ..repository.base import BlobRepository, MetadataRepository, Repository
+
+__all__ = (
+    "RepositoryTests",
+    "MetadataRepositoryTests",
+    "BlobRepositoryTests",
+    "invalid_keys",
+    "odd_valid_keys",
+)
+
+
+def invalid_keys() -> list[Any]:
+    """Keys every repository must refuse with :class:`InvalidKeyError`."""
+    return [
+        "",
+        "../x",
+        "..",
+        ".",
+        ".hidden",
+        "-flag",
+        "a/b",
+        "a\\b",
+        "/abs",
+        "x" * 201,
+        "nul\0byte",
+        "caf\u00e9",
+        "sp ace",
+        "new\nline",
+        "semi;colon",
+        "$(reboot)",
+        "star*",
+        42,
+        None,
+    ]
+
+
+def odd_valid_keys() -> list[str]:
+    """Unusual keys every repository must store and list faithfully."""
+    return [
+        "moby-dick_v2.txt",
+        "a",
+        "0",
+        "_",
+        "x" * 200,
+        "UPPER.lower",
+        "a..b",
+        "trailing.",
+        "trailing-",
+        "many.dots.in.it.tar.gz",
+        "MiXeD_Case-123",
+    ]
+
+
+class RepositoryTests:
+    """Behaviour shared by every repository. Subclasses provide the ``repo`` fixture and
+    :meth:`make` (store some value under a key)."""
+
+    async def make(self, repo: Any, key: str) -> None:
+        """Store some value under ``key`` (overridden by the metadata/blob suites)."""
+        raise NotImplementedError
+
+    async def raw_names(self, repo: Any) -> set[str] | None:
+        """Names physically present in the store (including temporaries), or None if unknown."""
+        return None
+
+    # ------------------------------------------------------------------
+    @pytest.mark.asyncio
+    async def test_empty_listing(self, repo: Repository) -> None:
+        assert await repo.keys() == set()
+        assert [k async for k in repo] == []
+
+    @pytest.mark.asyncio
+    async def test_listing_after_writes_and_deletes(self, repo: Repository) -> None:
+        for key in ("a", "b", "c"):
+            await self.make(repo, key)
+        assert await repo.keys() == {"a", "b", "c"}
+        assert sorted([k async for k in repo]) == ["a", "b", "c"]
+        await repo.delete("b")
+        assert await repo.keys() == {"a", "c"}
+
+    @pytest.mark.asyncio
+    async def test_contains(self, repo: Repository) -> None:
+        assert not await repo.contains("k1")
+        await self.make(repo, "k1")
+        assert await repo.contains("k1")
+        assert not await repo.contains("k2")
+
+    @pytest.mark.asyncio
+    async def test_delete_missing_key_is_silent(self, repo: Repository) -> None:
+        await repo.delete("never-there")
+        await self.make(repo, "k")
+        await repo.delete("k")
+        await repo.delete("k")
+        assert not await repo.contains("k")
+
+    @pytest.mark.asyncio
+    async def test_odd_valid_keys(self, repo: Repository) -> None:
+        keys = odd_valid_keys()
+        for key in keys:
+            await self.make(repo, key)
+        assert await repo.keys() == set(keys)
+        for key in keys:
+            assert await repo.contains(key)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("key", invalid_keys(), ids=repr)
+    async def test_invalid_keys_refused(self, repo: Repository, key: Any) -> None:
+        with pytest.raises(InvalidKeyError):
+            await repo.contains(key)
+        with pytest.raises(InvalidKeyError):
+            await repo.delete(key)
+        with pytest.raises(InvalidKeyError):
+            await self.make(repo, key)
+        assert await repo.keys() == set()
+
+    @pytest.mark.asyncio
+    async def test_describe(self, repo: Repository) -> None:
+        text = repo.describe()
+        assert isinstance(text, str) and 0 < len(text) < 300
+
+
+class MetadataRepositoryTests(RepositoryTests):
+    """The contract of :class:`~pydatatask.repository.MetadataRepository` backends."""
+
+    #: whether the backend implements ``create`` (exclusive put)
+    supports_create = True
+
+    async def make(self, repo: Any, key: str) -> None:
+        await repo.put(key, {"key": key})
+
+    @pytest.mark.asyncio
+    async def test_put_get_round_trip(self, repo: MetadataRepository) -> None:
+        value = {"n": 1, "f": 1.5, "s": "text", "b": True, "none": None, "list": [1, "two", {"three": 3}]}
+        await repo.put("k", value)
+        assert await repo.get("k") == value
+        await repo.put("k", {"replaced": True})
+        assert await repo.get("k") == {"replaced": True}
+
+    @pytest.mark.asyncio
+    async def test_scalar_and_unicode_values(self, repo: MetadataRepository) -> None:
+        values: dict[str, Any] = {
+            "int": 7,
+            "str": "h\u00e9llo w\u00f6rld \u2603 \U0001f600",
+            "list": ["\u00fc", 2],
+            "empty": {},
+            "yamlish": {"text": "key: value\n- item\n{{ jinja }}", "colon": "a: b"},
+        }
+        for key, value in values.items():
+            await repo.put(key, value)
+        for key, value in values.items():
+            assert await repo.get(key) == value
+
+    @pytest.mark.asyncio
+    async def test_missing_key_raises(self, repo: MetadataRepository) -> None:
+        with pytest.raises(KeyNotFoundError) as info:
+            await repo.get("absent")
+        assert isinstance(info.value, KeyError)
+        assert "absent" in str(info.value)
+
+    @pytest.mark.asyncio
+    async def test_get_many_and_items(self, repo: MetadataRepository) -> None:
+        for i in range(25):
+            await repo.put(f"k{i}", {"i": i})
+        got = await repo.get_many([f"k{i}" for i in range(30)])
+        assert got == {f"k{i}": {"i": i} for i in range(25)}
+        items = {k: v async for k, v in repo.items()}
+        assert items == got
+
+    @pytest.mark.asyncio
+    async def test_returned_values_are_copies(self, repo: MetadataRepository) -> None:
+        value = {"list": [1, 2]}
+        await repo.put("k", value)
+        value["list"].append(3)
+        got = await repo.get("k")
+        assert got == {"list": [1, 2]}
+        got["list"].append(4)
+        assert await repo.get("k") == {"list": [1, 2]}
+
+    @pytest.mark.asyncio
+    async def test_concurrent_writers(self, repo: MetadataRepository) -> None:
+        await asyncio.gather(*(repo.put(f"w{i}", {"i": i}) for i in range(200)))
+        assert await repo.keys() == {f"w{i}" for i in range(200)}
+        assert await repo.get("w137") == {"i": 137}
+
+    @pytest.mark.asyncio
+    async def test_create_is_exclusive(self, repo: MetadataRepository) -> None:
+        if not self.supports_create:
+            with pytest.raises(UnsupportedOperationError):
+                await repo.create("c", {"v": 1})
+            return
+        assert await repo.create("c", {"v": 1})
+        assert not await repo.create("c", {"v": 2})
+        assert await repo.get("c") == {"v": 1}
+        results = await asyncio.gather(*(repo.create("race", {"who": i}) for i in range(50)))
+        assert sum(results) == 1
+        winner = results.index(True)
+        assert await repo.get("race") == {"who": winner}
+
+    @pytest.mark.asyncio
+    async def test_invalid_key_refused_by_get_put(self, repo: MetadataRepository) -> None:
+        for key in ("../x", "a/b", ""):
+            with pytest.raises(InvalidKeyError):
+                await repo.get(key)
+            with pytest.raises(InvalidKeyError):
+                await repo.put(key, 1)
+
+
+class BlobRepositoryTests(RepositoryTests):
+    """The contract of :class:`~pydatatask.repository.BlobRepository` backends."""
+
+    supports_create = True
+    #: size of the large-blob test (bytes)
+    large_blob_size = 50 * 1024 * 1024
+    #: whether the backend keeps values out of process memory (then streaming is checked)
+    stores_out_of_process = True
+
+    async def make(self, repo: Any, key: str) -> None:
+        await repo.write_bytes(key, key.encode() if isinstance(key, str) else b"x")
+
+    @pytest.mark.asyncio
+    async def test_bytes_round_trip(self, repo: BlobRepository) -> None:
+        data = bytes(range(256)) * 10 + b"\0\r\n\xff"
+        await repo.write_bytes("bin", data)
+        assert await repo.read_bytes("bin") == data
+        await repo.write_bytes("empty", b"")
+        assert await repo.read_bytes("empty") == b""
+        assert await repo.contains("empty")
+
+    @pytest.mark.asyncio
+    async def test_text_round_trip(self, repo: BlobRepository) -> None:
+        text = "h\u00e9llo \u2603 \U0001f600\nline two"
+        await repo.write_text("t", text)
+        assert await repo.read_text("t") == text
+
+    @pytest.mark.asyncio
+    async def test_overwrite(self, repo: BlobRepository) -> None:
+        await repo.write_bytes("k", b"old value that is longer")
+        await repo.write_bytes("k", b"new")
+        assert await repo.read_bytes("k") == b"new"
+
+    @pytest.mark.asyncio
+    async def test_missing_key_raises(self, repo: BlobRepository) -> None:
+        with pytest.raises(KeyNotFoundError):
+            await repo.read_bytes("absent")
+        with pytest.raises(KeyNotFoundError):
+            async with repo.open("absent", "rb") as f:
+                await f.read()
+
+    @pytest.mark.asyncio
+    async def test_streaming_read_honours_n(self, repo: BlobRepository) -> None:
+        data = os.urandom(300_000)
+        await repo.write_bytes("s", data)
+        async with repo.open("s", "rb") as f:
+            first = await f.read(10)
+            assert first == data[:10]
+            rest = b""
+            while chunk := await f.read(65536):
+                assert len(chunk) <= 65536
+                rest += chunk
+        assert first + rest == data
+        async with repo.open("s", "rb") as f:
+            assert b"".join([c async for c in f]) == data
+
+    @pytest.mark.asyncio
+    async def test_write_is_atomic(self, repo: BlobRepository) -> None:
+        async with repo.open("atomic", "wb") as f:
+            await f.write(b"part one ")
+            assert not await repo.contains("atomic")
+            assert "atomic" not in await repo.keys()
+            await f.write(b"part two")
+            assert not await repo.contains("atomic")
+        assert await repo.read_bytes("atomic") == b"part one part two"
+
+    @pytest.mark.asyncio
+    async def test_failed_write_leaves_nothing(self, repo: BlobRepository) -> None:
+        before = await self.raw_names(repo)
+        with pytest.raises(RuntimeError, match="boom"):
+            async with repo.open("failed", "wb") as f:
+                await f.write(b"x" * 100_000)
+                raise RuntimeError("boom")
+        assert not await repo.contains("failed")
+        assert await repo.keys() == set()
+        assert await self.raw_names(repo) == before
+
+    @pytest.mark.asyncio
+    async def test_failed_overwrite_keeps_old_value(self, repo: BlobRepository) -> None:
+        await repo.write_bytes("keep", b"original")
+        with pytest.raises(RuntimeError):
+            async with repo.open("keep", "wb") as f:
+                await f.write(b"replacement")
+                raise RuntimeError("boom")
+        assert await repo.read_bytes("keep") == b"original"
+
+    @pytest.mark.asyncio
+    async def test_cancelled_write_leaves_nothing(self, repo: BlobRepository) -> None:
+        started = asyncio.Event()
+
+        async def writer() -> None:
+            async with repo.open("cancelled", "wb") as f:
+                await f.write(b"data")
+                started.set()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(writer())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not await repo.contains("cancelled")
+
+    @pytest.mark.asyncio
+    async def test_concurrent_writers(self, repo: BlobRepository) -> None:
+        await asyncio.gather(*(repo.write_bytes(f"w{i}", str(i).encode()) for i in range(200)))
+        assert await repo.keys() == {f"w{i}" for i in range(200)}
+        assert await repo.read_bytes("w199") == b"199"
+
+    @pytest.mark.asyncio
+    async def test_create_is_exclusive(self, repo: BlobRepository) -> None:
+        if not self.supports_create:
+            with pytest.raises(UnsupportedOperationError):
+                await repo.create_bytes("c", b"1")
+            return
+        assert await repo.create_bytes("c", b"1")
+        assert not await repo.create_bytes("c", b"2")
+        assert await repo.read_bytes("c") == b"1"
+        results = await asyncio.gather(*(repo.create_bytes("race", str(i).encode()) for i in range(50)))
+        assert sum(results) == 1
+        assert await repo.read_bytes("race") == str(results.index(True)).encode()
+
+    @pytest.mark.asyncio
+    async def test_large_blob_streams(self, repo: BlobRepository) -> None:
+        size = self.large_blob_size
+        chunk = os.urandom(1 << 20)
+        digest = hashlib.sha256()
+        tracing = self.stores_out_of_process
+        if tracing:
+            tracemalloc.start()
+        try:
+            async with repo.open("large", "wb") as f:
+                written = 0
+                while written < size:
+                    piece = chunk[: min(len(chunk), size - written)]
+                    await f.write(piece)
+                    digest.update(piece)
+                    written += len(piece)
+            check = hashlib.sha256()
+            total = 0
+            async with repo.open("large", "rb") as f:
+                while piece := await f.read(1 << 20):
+                    check.update(piece)
+                    total += len(piece)
+            if tracing:
+                _, peak = tracemalloc.get_traced_memory()
+        finally:
+            if tracing:
+                tracemalloc.stop()
+        assert total == size
+        assert check.hexdigest() == digest.hexdigest()
+        if tracing:
+            # streaming: far less than the blob is ever held in Python memory
+            assert peak < size / 2, f"peak Python memory {peak} bytes for a {size}-byte blob"

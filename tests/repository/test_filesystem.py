@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from pydatatask import (
+    CorruptValueError,
+    DirectoryRepository,
+    FileRepository,
+    InvalidKeyError,
+    JsonMetadataFileRepository,
+    KeyNotFoundError,
+    YamlMetadataFileRepository,
+)
+from pydatatask.errors import ConfigurationError
+
+
+async def test_invalid_stored_names_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = FileRepository(tmp_path, ".txt")
+    (tmp_path / "good.txt").write_text("x")
+    (tmp_path / "has space.txt").write_text("x")
+    (tmp_path / "caf\u00e9.txt").write_text("x")
+    (tmp_path / "-dash.txt").write_text("x")
+    (tmp_path / "unrelated.bin").write_text("x")
+    with caplog.at_level(logging.WARNING, logger="pydatatask.repository"):
+        assert await repo.keys() == {"good"}
+        assert await repo.keys() == {"good"}
+    warnings = [r for r in caplog.records if "not valid keys" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "has space" in warnings[0].getMessage()
+
+
+async def test_no_key_escapes_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    repo = FileRepository(root)
+    for key in ("../escape", "..", "a/../../b", "/etc/passwd", "..\\x"):
+        with pytest.raises(InvalidKeyError):
+            await repo.write_bytes(key, b"x")
+        with pytest.raises(InvalidKeyError):
+            repo.path(key)
+    assert not (tmp_path / "escape").exists()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+async def test_broken_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    repo = YamlMetadataFileRepository(tmp_path)
+    (tmp_path / "bad.yaml").write_text("key: [unclosed\n  - : :\n")
+    with pytest.raises(CorruptValueError, match="'bad'"):
+        await repo.get("bad")
+    jrepo = JsonMetadataFileRepository(tmp_path)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(CorruptValueError, match="JSON"):
+        await jrepo.get("bad")
+    with pytest.raises(KeyNotFoundError):
+        await jrepo.get("absent")
+
+
+async def test_yaml_file_is_human_readable(tmp_path: Path) -> None:
+    repo = YamlMetadataFileRepository(tmp_path)
+    await repo.put("rec", {"success": True, "n": 3})
+    assert (tmp_path / "rec.yaml").read_text() == "success: true\nn: 3\n"
+
+
+async def test_directory_repository(tmp_path: Path) -> None:
+    repo = DirectoryRepository(tmp_path)
+    assert await repo.keys() == set()
+    async with repo.open_dir("job1") as d:
+        (d / "a.txt").write_text("a")
+        assert not await repo.contains("job1")
+    assert await repo.keys() == {"job1"}
+    assert (repo.path("job1") / "a.txt").read_text() == "a"
+    with pytest.raises(RuntimeError):
+        async with repo.open_dir("job2") as d:
+            (d / "partial").write_text("p")
+            raise RuntimeError("boom")
+    assert await repo.keys() == {"job1"}
+    assert sorted(os.listdir(tmp_path)) == ["job1"]
+    async with repo.open_dir("job1") as d:
+        (d / "b.txt").write_text("b")
+    assert sorted(os.listdir(repo.path("job1"))) == ["b.txt"]
+    await repo.delete("job1")
+    await repo.delete("job1")
+    assert await repo.keys() == set()
+    assert os.listdir(tmp_path) == []
+    await repo.mkdir("empty")
+    assert await repo.contains("empty")
+    with pytest.raises(InvalidKeyError):
+        async with repo.open_dir("../x"):
+            pass
+
+
+async def test_validate_creates_root(tmp_path: Path) -> None:
+    repo = FileRepository(tmp_path / "a" / "b")
+    await repo.validate()
+    assert not (tmp_path / "a").exists()
+    await repo.validate(create=True)
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("")
+    from pydatatask import RepositoryError
+
+    with pytest.raises(RepositoryError, match="not a directory"):
+        await FileRepository(tmp_path / "file").validate()
+
+
+def test_bad_extension() -> None:
+    with pytest.raises(ConfigurationError):
+        FileRepository("x", "/etc")
+
+
+async def test_file_writers_race_on_one_key(tmp_path: Path) -> None:
+    repo = FileRepository(tmp_path)
+    payloads = [bytes([i]) * 50_000 for i in range(20)]
+    await asyncio.gather(*(repo.write_bytes("same", p) for p in payloads))
+    assert await repo.read_bytes("same") in payloads
+    assert os.listdir(tmp_path) == ["same"]
