@@ -1,0 +1,260 @@
+"""Metadata in a MongoDB collection (or any server speaking the MongoDB wire protocol).
+
+Storage format: one document per key, ``{"_id": key, "value": <the value>}``. Wrapping the
+value (rather than storing its fields at the top level of the document) lets any JSON-like
+value round trip - lists, strings, numbers, ``None`` - and keeps user fields from clashing
+with ``_id``. Documents written by :meth:`MongoMetadataRepository.create` also carry a
+``token`` field (a random string) so a create that is retried after a lost connection can
+recognise its own insert; readers ignore every field but ``value``.
+
+The client is PyMongo's own asyncio API (``pymongo.AsyncMongoClient``); Motor is refused.
+pymongo is imported lazily: importing this module does not need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from .._deps import require
+from ..errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    KeyNotFoundError,
+    RepositoryError,
+)
+from .base import MetadataRepository, resolve
+
+if TYPE_CHECKING:
+    from pymongo.asynchronous.collection import AsyncCollection
+
+__all__ = ("MongoMetadataRepository",)
+
+T = TypeVar("T")
+
+#: server error codes that mean "your credentials or rights are refused"
+_AUTH_CODES = {11: "user not found", 13: "not authorized", 18: "authentication failed"}
+#: keys per ``$in`` query in :meth:`MongoMetadataRepository.get_many`
+GET_MANY_CHUNK = 5000
+
+
+def _is_motor(obj: object) -> bool:
+    return type(obj).__module__.split(".")[0] == "motor"
+
+
+def _motor_error() -> ConfigurationError:
+    return ConfigurationError(
+        "MongoMetadataRepository needs a PyMongo async collection, not a Motor one (Motor is "
+        "deprecated): pass `pymongo.AsyncMongoClient(...)[db][coll]` instead"
+    )
+
+
+class MongoMetadataRepository(MetadataRepository):
+    """Structured values in a MongoDB collection, one document per key.
+
+    ``collection`` is a ``pymongo.asynchronous.collection.AsyncCollection`` (that is,
+    ``pymongo.AsyncMongoClient(...)[db][coll]``) or a session accessor / zero-argument
+    callable returning one; it is resolved at every call, so the repository can be built
+    before the session opens.
+
+    Network errors (server selection timeout, connection failure, network timeout,
+    reconnect) are retried up to ``max_retries`` times with exponential backoff and jitter
+    (starting at ``retry_delay`` seconds, capped at ``max_retry_delay``), then raised as
+    :class:`~pydatatask.errors.BackendUnavailableError` naming the server address (never the
+    URI or credentials). Refused credentials raise ``BackendUnavailableError`` at once.
+    Other server errors raise :class:`~pydatatask.errors.RepositoryError`. The cause is
+    always chained.
+    """
+
+    def __init__(
+        self,
+        collection: AsyncCollection[Any] | Callable[[], AsyncCollection[Any]],
+        *,
+        max_retries: int = 3,
+        retry_delay: float = 0.2,
+        max_retry_delay: float = 5.0,
+    ) -> None:
+        if _is_motor(collection):
+            raise _motor_error()
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, not {max_retries}")
+        self._collection_arg = collection
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+
+    # --- plumbing --------------------------------------------------------------
+    @property
+    def collection(self) -> AsyncCollection[Any]:
+        """The live collection (resolving a session accessor)."""
+        coll: Any = resolve(cast(Any, self._collection_arg))
+        if callable(coll) and not hasattr(coll, "find_one"):  # a plain zero-argument factory
+            coll = coll()
+        if _is_motor(coll):
+            raise _motor_error()
+        return coll  # type: ignore[no-any-return]
+
+    def describe(self) -> str:
+        try:
+            coll = self.collection
+        except Exception:  # session not open yet: describe must not fail
+            return "mongo collection (not open)"
+        return f"mongo {coll.database.name}.{coll.name}"
+
+    @staticmethod
+    def _address(coll: AsyncCollection[Any]) -> str:
+        """host:port of the server(s) this collection's client talks to; no credentials."""
+        client = coll.database.client
+        try:
+            addresses = sorted(client.topology_description.server_descriptions())
+        except Exception:  # pragma: no cover - defensive: never let the message fail
+            addresses = []
+        return ", ".join(f"{host}:{port}" for host, port in addresses) or "unknown address"
+
+    async def _call(self, op: str, fn: Callable[[AsyncCollection[Any]], Awaitable[T]]) -> T:
+        """Run ``fn(collection)``, retrying network errors; translate pymongo errors."""
+        errors = require("pymongo.errors", "mongo")
+        bson_errors = require("bson.errors", "mongo")
+        attempt = 0
+        while True:
+            coll = self.collection
+            try:
+                return await fn(coll)
+            except errors.ConnectionFailure as exc:
+                # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout are subclasses
+                if attempt >= self.max_retries:
+                    raise BackendUnavailableError(
+                        f"MongoDB server at {self._address(coll)} is unavailable ({op} on "
+                        f"{coll.database.name}.{coll.name} failed after {attempt + 1} attempt(s)): "
+                        f"{type(exc).__name__}"
+                    ) from exc
+                delay = min(self.max_retry_delay, self.retry_delay * 2**attempt)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                attempt += 1
+            except errors.OperationFailure as exc:
+                if exc.code in _AUTH_CODES:
+                    raise BackendUnavailableError(
+                        f"{_AUTH_CODES[exc.code]} for MongoDB server at {self._address(coll)} "
+                        f"({op} on {coll.database.name}.{coll.name}); check the user, password and authSource"
+                    ) from exc
+                raise RepositoryError(
+                    f"{op} on mongo {coll.database.name}.{coll.name} failed: code {exc.code}: {_errmsg(exc)}"
+                ) from exc
+            except (bson_errors.InvalidDocument, OverflowError) as exc:
+                raise RepositoryError(
+                    f"{op} on mongo {coll.database.name}.{coll.name}: the value cannot be stored as BSON "
+                    f"(JSON-like values only: dict with str keys, list, str, int up to 64 bits, float, "
+                    f"bool, None): {exc}"
+                ) from exc
+            except errors.PyMongoError as exc:
+                raise RepositoryError(
+                    f"{op} on mongo {coll.database.name}.{coll.name} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def validate(self, create: bool = False) -> None:
+        """Ping the server; raise :class:`BackendUnavailableError` if it cannot be reached.
+
+        Collections are created by the server on first write, so ``create`` needs nothing.
+        """
+
+        async def ping(coll: AsyncCollection[Any]) -> None:
+            await coll.database.command("ping")
+
+        await self._call("ping", ping)
+
+    # --- Repository hooks ------------------------------------------------------
+    async def _list(self) -> Iterable[str]:
+        async def run(coll: AsyncCollection[Any]) -> list[str]:
+            names: list[str] = []
+            async for doc in coll.find({}, projection={"_id": 1}, batch_size=10_000):
+                ident = doc["_id"]
+                # a non-str _id (ObjectId from another writer) is never a key: repr() makes
+                # it an invalid name, skipped with the base class's warning
+                names.append(ident if isinstance(ident, str) else repr(ident))
+            return names
+
+        return await self._call("list", run)
+
+    async def _contains(self, key: str) -> bool:
+        async def run(coll: AsyncCollection[Any]) -> bool:
+            return await coll.find_one({"_id": key}, projection={"_id": 1}) is not None
+
+        return await self._call("contains", run)
+
+    async def _delete(self, key: str) -> None:
+        async def run(coll: AsyncCollection[Any]) -> None:
+            await coll.delete_one({"_id": key})
+
+        await self._call("delete", run)
+
+    async def _get(self, key: str) -> Any:
+        async def run(coll: AsyncCollection[Any]) -> Any:
+            return await coll.find_one({"_id": key}, projection={"value": 1})
+
+        doc = await self._call("get", run)
+        if doc is None:
+            raise KeyNotFoundError(key, self.describe())
+        return doc.get("value")
+
+    async def _put(self, key: str, value: Any) -> None:
+        doc = _document(key, value)
+
+        async def run(coll: AsyncCollection[Any]) -> None:
+            await coll.replace_one({"_id": key}, doc, upsert=True)
+
+        await self._call("put", run)
+
+    async def _create(self, key: str, value: Any) -> bool:
+        errors = require("pymongo.errors", "mongo")
+        token = secrets.token_hex(16)
+        doc = _document(key, value)
+        doc["token"] = token
+        tried = 0
+
+        async def run(coll: AsyncCollection[Any]) -> bool:
+            nonlocal tried
+            tried += 1
+            try:
+                await coll.insert_one(doc)
+            except errors.DuplicateKeyError:
+                if tried == 1:
+                    return False
+                # a retry after a lost connection: the first attempt may have been ours
+                found = await coll.find_one({"_id": key}, projection={"token": 1})
+                return found is not None and found.get("token") == token
+            return True
+
+        return await self._call("create", run)
+
+    async def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), GET_MANY_CHUNK):
+            chunk = unique[start : start + GET_MANY_CHUNK]
+
+            async def run(coll: AsyncCollection[Any], chunk: list[str] = chunk) -> dict[str, Any]:
+                found: dict[str, Any] = {}
+                # batch_size = len(chunk): the whole answer in the first reply (one round
+                # trip) unless it exceeds the server's 16 MiB batch limit
+                cursor = coll.find({"_id": {"$in": chunk}}, projection={"value": 1}, batch_size=len(chunk))
+                async for doc in cursor:
+                    found[doc["_id"]] = doc.get("value")
+                return found
+
+            out.update(await self._call("get_many", run))
+        return out
+
+
+def _document(key: str, value: Any) -> dict[str, Any]:
+    return {"_id": key, "value": value}
+
+
+def _errmsg(exc: Any) -> str:
+    details = getattr(exc, "details", None)
+    if isinstance(details, dict) and isinstance(details.get("errmsg"), str):
+        return str(details["errmsg"])
+    return str(exc)
