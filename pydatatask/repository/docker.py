@@ -19,8 +19,10 @@ import asyncio
 import base64
 import hashlib
 import ipaddress
+import json
 import random
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,8 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 _ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -169,6 +173,7 @@ class DockerRepository(Repository):
         self._password = password
         self._tokens: dict[str, str] = {}  # scope -> bearer token
         self._basic = False
+        self._tag_delete: bool | None = None  # does the registry delete tags? (None: not known yet)
 
     # --- naming -------------------------------------------------------------------
     def describe(self) -> str:
@@ -256,18 +261,78 @@ class DockerRepository(Repository):
         return await self._digest(self.tag(key)) is not None
 
     async def _delete(self, key: str) -> None:
+        """Remove the tag ``key`` only: other tags of the same image stay.
+
+        Registries that implement tag deletion (OCI distribution 1.1: ``DELETE
+        /v2/<repo>/manifests/<tag>``) are asked directly. Older ones (distribution 2.x
+        answers 400 DIGEST_INVALID) can only delete a manifest by digest, which would also
+        remove every other tag of that image; there the tag is first re-pointed to a unique,
+        empty "tombstone" manifest, which is then deleted by digest (as ``regctl tag rm``
+        does). The original manifest stays for the other tags (or for the registry's
+        garbage collector).
+        """
         tag = self.tag(key)
-        digest = await self._digest(tag)
-        if digest is None:
+        if await self._digest(tag) is None:
             return
-        resp = await self._request(
-            "DELETE", f"/v2/{self.repository}/manifests/{digest}", ok=(200, 202, 404, 405)
+        path = f"/v2/{self.repository}/manifests/"
+        if self._tag_delete is not False:
+            resp = await self._request("DELETE", path + tag, ok=(200, 202, 400, 404, 405))
+            if resp.status_code in (200, 202, 404):
+                self._tag_delete = True
+                return
+            if resp.status_code == 405:
+                raise self._deletes_disabled(resp)
+            self._tag_delete = False  # 400: this registry deletes manifests by digest only
+        await self._delete_via_tombstone(tag)
+
+    async def _delete_via_tombstone(self, tag: str) -> None:
+        path = f"/v2/{self.repository}/manifests/"
+        original = await self._request("GET", path + tag, ok=(200, 404), headers={"Accept": _ACCEPT})
+        if original.status_code == 404:
+            return
+        config = b"{}"
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        await self._push_blob(config, config_digest)
+        tombstone = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": _OCI_MANIFEST,
+                "config": {"mediaType": _OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                "layers": [],
+                "annotations": {"org.pydatatask.tombstone": secrets.token_hex(16)},
+            }
+        ).encode()
+        await self._request(
+            "PUT", path + tag, ok=(201,), headers={"Content-Type": _OCI_MANIFEST}, content=tombstone
         )
+        digest = "sha256:" + hashlib.sha256(tombstone).hexdigest()
+        resp = await self._request("DELETE", path + digest, ok=(200, 202, 404, 405))
         if resp.status_code == 405:
-            raise UnsupportedOperationError(
-                f"{self.describe()} refuses deletes (405 {', '.join(sorted(_error_codes(resp))) or ''}): "
-                "deletes are disabled in the registry (distribution: storage.delete.enabled: true)"
+            # put the image back before reporting: the tag must not stay on the tombstone
+            content_type = original.headers.get("Content-Type", _OCI_MANIFEST)
+            await self._request(
+                "PUT", path + tag, ok=(201,), headers={"Content-Type": content_type}, content=original.content
             )
+            raise self._deletes_disabled(resp)
+
+    async def _push_blob(self, data: bytes, digest: str) -> None:
+        exists = await self._request("HEAD", f"/v2/{self.repository}/blobs/{digest}", ok=(200, 404))
+        if exists.status_code == 200:
+            return
+        start = await self._request("POST", f"/v2/{self.repository}/blobs/uploads/", ok=(202,))
+        location = urljoin(self.base_url + "/", start.headers["Location"])
+        # append digest= ourselves: httpx's params= would drop the upload URL's own query
+        url = location + ("&" if "?" in location else "?") + urlencode({"digest": digest})
+        await self._request(
+            "PUT", url, ok=(201,), headers={"Content-Type": "application/octet-stream"}, content=data
+        )
+
+    def _deletes_disabled(self, resp: httpx.Response) -> UnsupportedOperationError:
+        codes = ", ".join(sorted(c for c in _error_codes(resp) if c)) or "no error code"
+        return UnsupportedOperationError(
+            f"{self.describe()} refuses deletes (HTTP 405, {codes}): deletes are disabled in the "
+            "registry (for distribution/registry: storage.delete.enabled: true)"
+        )
 
     # --- HTTP ------------------------------------------------------------------------
     async def _digest(self, tag: str) -> str | None:
@@ -302,6 +367,7 @@ class DockerRepository(Repository):
         *,
         ok: tuple[int, ...],
         headers: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """Send one request with auth, retries and error translation; return an ``ok`` response."""
         httpx_mod = require("httpx", "docker")
@@ -313,7 +379,7 @@ class DockerRepository(Repository):
             client = self._client()
             try:
                 resp = await client.request(
-                    method, full, headers={**(headers or {}), **self._auth_header(scope)}
+                    method, full, headers={**(headers or {}), **self._auth_header(scope)}, content=content
                 )
             except httpx_mod.TransportError as exc:
                 if attempt >= self.max_retries:
