@@ -99,6 +99,8 @@ __all__ = (
     "MapValuesRepository",
     "FallbackRepository",
     "ReadOnlyRepository",
+    "MongoMetadataRepository",
+    "DockerRepository",
 )
 
 # name -> module, imported on first access

@@ -57,6 +57,8 @@ __all__ = (
     "MapValuesRepository",
     "FallbackRepository",
     "ReadOnlyRepository",
+    "MongoMetadataRepository",
+    "DockerRepository",
 )
 
 _LAZY = {

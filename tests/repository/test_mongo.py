@@ -156,7 +156,7 @@ async def test_validate_pings(repo: MongoMetadataRepository) -> None:
 def test_motor_collection_is_refused() -> None:
     fake_type = type("AsyncIOMotorCollection", (), {"__module__": "motor.motor_asyncio"})
     with pytest.raises(ConfigurationError, match=r"pymongo\.AsyncMongoClient\(\.\.\.\)\[db\]\[coll\]"):
-        MongoMetadataRepository(fake_type())  # type: ignore[arg-type]
+        MongoMetadataRepository(fake_type())
 
 
 async def test_motor_collection_from_accessor_is_refused() -> None:
