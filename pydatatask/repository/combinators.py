@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ..errors import ConfigurationError, KeyNotFoundError, ReadOnlyRepositoryError, UnsupportedOperationError
 from ..keys import is_valid_key, validate_key
 from .base import BlobRepository, MetadataRepository, Repository
+from .listing import cached_keys
 
 __all__ = (
     "RepositoryView",
@@ -32,7 +33,7 @@ __all__ = (
 
 
 async def _list_all(repos: Iterable[Repository]) -> list[set[str]]:
-    return list(await asyncio.gather(*(r.keys() for r in repos)))
+    return list(await asyncio.gather(*(cached_keys(r) for r in repos)))
 
 
 class RepositoryView(Repository):

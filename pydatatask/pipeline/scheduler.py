@@ -1,0 +1,368 @@
+"""The scheduler: list, compute ready sets, launch within limits, reap; until done or forever.
+
+One *tick* lists every repository the selected tasks depend on **once** (shared through
+:func:`~pydatatask.repository.listing.listing_scope`, even across views and tasks), then
+computes for each task::
+
+    ready = ⋂ required-for-start − ⋃ inhibits-start − blocked-by-upstream − running
+
+where *blocked-by-upstream* holds the keys an upstream task (one writing a repository
+this task reads) could work on but has no success record for. Jobs are then launched
+from the ready queues as slots free up; the repositories are listed again when the
+queues run dry or when a re-listing is due, never once per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..repository.listing import cached_keys, listing_scope
+from ..task.base import Task
+from ..task.hooks import Event, Hooks
+from ..task.records import HOSTNAME, JobState
+from .records import RecordIndex
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+__all__ = ("Scheduler", "RunSummary", "TaskView")
+
+log = logging.getLogger("pydatatask.scheduler")
+
+
+@dataclass
+class TaskView:
+    """Per-task figures of one tick (for status output and progress)."""
+
+    name: str
+    ready: set[str] = field(default_factory=set)
+    running: dict[str, JobState] = field(default_factory=dict)
+    succeeded: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    blocked: set[str] = field(default_factory=set)
+    universe: set[str] = field(default_factory=set)
+    live: set[str] = field(default_factory=set)
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    succeeded: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    timed_out: bool = False
+    elapsed: float = 0.0
+    per_task: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No job failed, no scheduler error, not interrupted."""
+        return not (self.failed or self.errors or self.interrupted or self.timed_out)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "ok": self.ok,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "errors": list(self.errors),
+            "interrupted": self.interrupted,
+            "timed_out": self.timed_out,
+            "elapsed": round(self.elapsed, 3),
+            "per_task": self.per_task,
+        }
+
+
+class Scheduler:
+    """Runs the jobs of a pipeline. Made by :meth:`Pipeline.run`; not reusable."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        tasks: list[str] | None = None,
+        forever: bool = False,
+        max_jobs: int | None = None,
+        timeout: float | None = None,
+        grace: float = 10.0,
+        on_progress: Callable[[Scheduler], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.all_tasks = pipeline.tasks
+        names = tasks or list(self.all_tasks)
+        self.selected = [self.all_tasks[n] for n in names]
+        self.forever = forever
+        self.max_jobs = max_jobs if max_jobs is not None else pipeline.max_jobs
+        self.poll_interval = pipeline.poll_interval
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.grace = grace
+        self.on_progress = on_progress
+        self.hooks: Hooks = pipeline.hooks
+        self.owner = f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.records = {name: RecordIndex(t.done) for name, t in self.all_tasks.items()}
+        self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.states: dict[tuple[str, str], JobState] = {}
+        self.queues: dict[str, list[str]] = {t.name: [] for t in self.selected}
+        self.views: dict[str, TaskView] = {}
+        self.summary = RunSummary(per_task={t.name: {"succeeded": 0, "failed": 0} for t in self.selected})
+        self.errored: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._checked_claims: dict[str, set[str]] = {t.name: set() for t in self.selected}
+        self._last_claim_check = 0.0
+        self.ticks = 0
+        self.last_listing_seconds = 0.0
+
+    # ---------------------------------------------------------------- control
+    def request_stop(self) -> None:
+        """Stop launching; running jobs get ``grace`` seconds, then are cancelled."""
+        if not self._stop.is_set():
+            log.warning(
+                "stopping: no new jobs; waiting up to %gs for %d running job(s)",
+                self.grace,
+                len(self.running),
+            )
+        self.summary.interrupted = True
+        self._stop.set()
+        self._wake.set()
+
+    # ---------------------------------------------------------------- the tick
+    async def refresh(self) -> None:
+        """List every repository once and recompute all ready queues."""
+        t0 = time.perf_counter()
+        with listing_scope():
+            views = await compute_views(self.all_tasks, self.pipeline, self.records, self.running)
+        self.views = views
+        now = time.monotonic()
+        if now - self._last_claim_check >= self.pipeline.claim_check_interval or self.ticks == 0:
+            self._last_claim_check = now
+            await self._recover_stale_claims()
+        for task in self.selected:
+            view = views[task.name]
+            ready = view.ready - {k for (t, k) in self.errored if t == task.name}
+            self.queues[task.name] = sorted(ready, reverse=True)  # pop() from the end: ascending order
+        self.ticks += 1
+        self.last_listing_seconds = time.perf_counter() - t0
+
+    async def _recover_stale_claims(self) -> None:
+        for task in self.selected:
+            view = self.views[task.name]
+            foreign = [k for k in view.live if (task.name, k) not in self.running]
+            checked = self._checked_claims[task.name]
+            todo = [k for k in foreign if k not in checked]
+            if not todo:
+                continue
+            claims = await task.live.get_many(todo)
+            recovered = False
+            for key, claim in claims.items():
+                if task.claim_is_stale(claim, self.owner):
+                    await task.recover_stale(key, claim)
+                    recovered = True
+                else:
+                    checked.add(key)
+            if recovered:
+                self._wake.set()
+
+    def _free_slots(self) -> int:
+        if self.max_jobs is None:
+            return 1 << 30
+        return self.max_jobs - len(self.running)
+
+    def launch(self, tg: asyncio.TaskGroup) -> int:
+        """Start jobs from the ready queues within the limits; return how many started."""
+        if self._stop.is_set():
+            return 0
+        started = 0
+        running_per_task: dict[str, int] = {}
+        for t, _ in self.running:
+            running_per_task[t] = running_per_task.get(t, 0) + 1
+        for task in self.pipeline.launch_order(self.selected):
+            queue = self.queues[task.name]
+            while queue and self._free_slots() > 0 and running_per_task.get(task.name, 0) < task.concurrency:
+                slot = task.acquire_slot()
+                if slot is None:
+                    break
+                key = queue.pop()
+                ident = (task.name, key)
+                if ident in self.running:
+                    task.release_slot(slot)
+                    continue
+                self.states[ident] = JobState.PENDING
+                self.running[ident] = tg.create_task(self._job(task, key, slot), name=f"{task.name}:{key}")
+                running_per_task[task.name] = running_per_task.get(task.name, 0) + 1
+                started += 1
+        return started
+
+    def _on_state(self, task: Task, key: str, state: JobState, attempt: int) -> None:
+        self.states[(task.name, key)] = state
+
+    async def _job(self, task: Task, key: str, slot: object) -> None:
+        ident = (task.name, key)
+        try:
+            record = await task.execute(
+                key, owner=self.owner, hooks=self.hooks, on_state=self._on_state, slot=slot
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("task %s: job %r could not run: %s: %s", task.name, key, type(exc).__name__, exc)
+            self.summary.errors.append(f"{task.name} {key}: {type(exc).__name__}: {exc}")
+            self.errored.add(ident)
+        else:
+            if record is None:
+                log.info("task %s: %r is claimed by another scheduler", task.name, key)
+            else:
+                self.records[task.name].note(key, record)
+                outcome = "succeeded" if record["success"] else "failed"
+                setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+                self.summary.per_task[task.name][outcome] += 1
+                if not record["success"]:
+                    err = record.get("error") or {}
+                    log.warning(
+                        "task %s: job %r failed after %d attempt(s): %s",
+                        task.name,
+                        key,
+                        record["attempts"],
+                        err.get("message") or f"exit code {record.get('exit_code')}",
+                    )
+        finally:
+            task.release_slot(slot)
+            self.running.pop(ident, None)
+            self.states.pop(ident, None)
+            self._wake.set()
+            if self.on_progress:
+                self.on_progress(self)
+
+    async def _wait(self, timeout: float) -> None:
+        if self.deadline is not None:
+            timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+        if self.deadline is not None and time.monotonic() >= self.deadline and not self._stop.is_set():
+            log.warning("run timeout reached")
+            self.summary.timed_out = True
+            self._stop.set()
+
+    def _queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    # ---------------------------------------------------------------- main loop
+    async def run(self) -> RunSummary:
+        """Run until nothing is ready and nothing is running (or forever, or stopped)."""
+        t0 = time.monotonic()
+        await self.hooks.emit(Event("pipeline_started"))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                stopper = tg.create_task(self._stopper())
+                await self._loop(tg)
+                stopper.cancel()
+        finally:
+            self.summary.elapsed = time.monotonic() - t0
+            await self.hooks.emit(Event("pipeline_finished", summary=self.summary.as_dict()))
+        return self.summary
+
+    async def _loop(self, tg: asyncio.TaskGroup) -> None:
+        while not self._stop.is_set():
+            await self.refresh()
+            self.launch(tg)
+            if self.on_progress:
+                self.on_progress(self)
+            if not self.running and not self._queued():
+                if not self.forever:
+                    return
+                await self._wait(self.poll_interval)
+                continue
+            # keep launching from the queues as jobs finish; list again when the queues
+            # are dry, or when a re-listing is due so downstream tasks start early
+            relist_every = max(0.05, min(self.poll_interval, 20 * self.last_listing_seconds))
+            relist_at = time.monotonic() + relist_every
+            while not self._stop.is_set():
+                blocked = any(self.queues[t.name] for t in self.selected) and self._free_slots() > 0
+                await self._wait(min(relist_at - time.monotonic(), 0.1 if blocked else self.poll_interval))
+                self.launch(tg)
+                if not self._queued() or time.monotonic() >= relist_at:
+                    break
+        # stopping
+        await self._drain()
+
+    async def _drain(self) -> None:
+        if not self.running:
+            return
+        try:
+            async with asyncio.timeout(self.grace):
+                while self.running:
+                    await asyncio.wait(list(self.running.values()))
+        except TimeoutError:
+            log.warning("cancelling %d job(s) still running after %gs", len(self.running), self.grace)
+            for job in list(self.running.values()):
+                job.cancel()
+            if self.running:
+                await asyncio.wait(list(self.running.values()))
+
+    async def _stopper(self) -> None:
+        await self._stop.wait()
+        self._wake.set()
+
+
+async def compute_views(
+    tasks: dict[str, Task],
+    pipeline: Pipeline,
+    records: dict[str, RecordIndex],
+    running: dict[tuple[str, str], Any] | None = None,
+) -> dict[str, TaskView]:
+    """One listing of every repository, then each task's ready set (see the module doc).
+
+    Must be called inside a :func:`listing_scope`.
+    """
+    repos = {}
+    for task in tasks.values():
+        for link in task.links.values():
+            if link.required_for_start or link.inhibits_start or link.name == "done":
+                repos[id(link.repository)] = link.repository
+    listed = await asyncio.gather(*(cached_keys(r) for r in repos.values()))
+    keys_of = dict(zip(repos, listed, strict=True))
+    await asyncio.gather(*(records[name].refresh(keys_of[id(t.done)]) for name, t in tasks.items()))
+
+    views: dict[str, TaskView] = {}
+    universes: dict[str, set[str]] = {}
+    for name, task in tasks.items():
+        required = [keys_of[id(link.repository)] for link in task.required_links]
+        if required:
+            smallest = min(required, key=len)
+            universe = set(smallest).intersection(*[r for r in required if r is not smallest])
+        else:
+            universe = set()
+        universes[name] = universe
+    running_keys: dict[str, set[str]] = {name: set() for name in tasks}
+    for t, k in running or {}:
+        running_keys[t].add(k)
+    for name, task in tasks.items():
+        view = TaskView(name)
+        view.universe = universes[name]
+        view.succeeded = records[name].succeeded()
+        view.failed = records[name].failed()
+        view.live = set(keys_of[id(task.live)])
+        ready = set(view.universe)
+        for link in task.inhibiting_links:
+            ready -= keys_of[id(link.repository)]
+        for up in pipeline.graph.upstream[name]:
+            blocked = universes[up] - records[up].succeeded()
+            view.blocked |= blocked & ready
+            ready -= blocked
+        ready -= running_keys[name]
+        view.ready = ready
+        views[name] = view
+    return views

@@ -1,0 +1,402 @@
+"""The task base class and the life of one job.
+
+Subclasses implement :meth:`Task.run_job`. Everything around it is shared: claiming the
+key in the ``live`` repository, attempts with the retry policy, timeouts, removing partial
+outputs of a failed attempt, writing the job record to ``done``, logs and hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..durations import parse_duration
+from ..errors import ConfigurationError, JobTimeoutError, KeyNotFoundError
+from ..repository.base import BlobRepository, MetadataRepository, Repository
+from ..repository.memory import MemoryMetadataRepository
+from .hooks import Event, Hooks
+from .links import Link, LinkKind
+from .records import HOSTNAME, JobState, error_info, make_claim, make_record, process_start_time, utcnow_iso
+from .retry import RetryPolicy
+
+__all__ = ("Task", "JobContext", "JobOutcome")
+
+log = logging.getLogger("pydatatask.task")
+
+
+@dataclass
+class JobOutcome:
+    """What :meth:`Task.run_job` may return to add to the job record."""
+
+    exit_code: int | None = None
+    host: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobContext:
+    """One attempt of one job, passed to :meth:`Task.run_job` (and to functions that take
+    a ``job`` parameter)."""
+
+    task: Task
+    key: str
+    attempt: int
+    state: JobState = JobState.RUNNING
+    started: float = field(default_factory=time.time)
+    #: what :meth:`Task.acquire_slot` returned for this job (e.g. the host it runs on)
+    slot: Any = None
+    _log: list[str] = field(default_factory=list)
+
+    def log(self, message: str) -> None:
+        """Append a line to the job's log (written to the task's ``logs`` repository)."""
+        self._log.append(f"{utcnow_iso()} {message}")
+
+    @property
+    def log_text(self) -> str:
+        """The log lines so far."""
+        return "\n".join(self._log) + ("\n" if self._log else "")
+
+
+class Task(ABC):
+    """One phase of computation, run as one job per ready key.
+
+    :param name: unique in the pipeline; letters, digits, ``_`` and ``-``.
+    :param inputs: ``{link name: repository}``; a job starts only on keys present in all.
+    :param outputs: ``{link name: repository}``; a key present in any is not started.
+    :param done: metadata repository receiving a job record per finished job (default: in
+        memory, or under the pipeline's ``state_dir``).
+    :param live: metadata repository holding a claim per running job (same defaults).
+    :param logs: blob repository receiving each job's log (optional).
+    :param concurrency: at most this many jobs of this task at once (default 8).
+    :param retry: a :class:`RetryPolicy` (default: one attempt).
+    :param timeout: per-attempt time limit (``"30s"``, ``"5m"``, seconds).
+    :param priority: tasks with higher priority launch first when slots are scarce.
+    """
+
+    #: a short name of where jobs run, written to job records
+    runner = "task"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        inputs: Mapping[str, Repository] | None = None,
+        outputs: Mapping[str, Repository] | None = None,
+        done: MetadataRepository | None = None,
+        live: MetadataRepository | None = None,
+        logs: BlobRepository | None = None,
+        concurrency: int = 8,
+        retry: RetryPolicy | None = None,
+        timeout: float | str | None = None,
+        priority: int = 0,
+    ) -> None:
+        if (
+            not isinstance(name, str)
+            or not name
+            or not all(c.isalnum() or c in "_-" for c in name)
+            or not name.isascii()
+        ):
+            raise ConfigurationError(
+                f"task name {name!r} must be non-empty ASCII letters, digits, '_' or '-'"
+            )
+        if concurrency < 1:
+            raise ConfigurationError(f"task {name!r}: concurrency must be at least 1")
+        self.name = name
+        self.links: dict[str, Link] = {}
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+        self.timeout = None if timeout is None else parse_duration(timeout)
+        self.priority = priority
+        self._defaulted: set[str] = set()
+        for link_name, repo in (inputs or {}).items():
+            self.link(link_name, repo, LinkKind.INPUT)
+        for link_name, repo in (outputs or {}).items():
+            self.link(link_name, repo, LinkKind.OUTPUT)
+        if done is None:
+            done = MemoryMetadataRepository(name=f"{name}.done")
+            self._defaulted.add("done")
+        if live is None:
+            live = MemoryMetadataRepository(name=f"{name}.live")
+            self._defaulted.add("live")
+        self.link("done", done, LinkKind.DONE)
+        self.link("live", live, LinkKind.LIVE)
+        if logs is not None:
+            self.link("logs", logs, LinkKind.LOGS)
+
+    # ---------------------------------------------------------------- links
+    def link(
+        self,
+        name: str,
+        repository: Repository,
+        kind: LinkKind | str = LinkKind.OTHER,
+        *,
+        required_for_start: bool | None = None,
+        inhibits_start: bool | None = None,
+    ) -> Task:
+        """Attach ``repository`` under ``name`` with the role ``kind``; returns the task."""
+        if name in self.links:
+            raise ConfigurationError(f"task {self.name!r} already has a link named {name!r}")
+        link = Link.make(
+            name, repository, kind, required_for_start=required_for_start, inhibits_start=inhibits_start
+        )
+        if link.kind in (LinkKind.DONE, LinkKind.LIVE) and not isinstance(repository, MetadataRepository):
+            raise ConfigurationError(f"task {self.name!r}: the {name} link needs a MetadataRepository")
+        if link.kind is LinkKind.LOGS and not isinstance(repository, BlobRepository):
+            raise ConfigurationError(f"task {self.name!r}: the logs link needs a BlobRepository")
+        self.links[name] = link
+        return self
+
+    def replace_state_repository(self, kind: str, repository: Repository) -> None:
+        """Swap a defaulted ``done``/``live``/``logs`` repository (used by ``Pipeline(state_dir=...)``)."""
+        if kind in self.links and kind not in self._defaulted:
+            return
+        self.links.pop(kind, None)
+        self._defaulted.discard(kind)
+        self.link(kind, repository, LinkKind(kind))
+
+    def is_defaulted(self, kind: str) -> bool:
+        """Whether the ``done``/``live`` repository is the in-memory default."""
+        return kind in self._defaulted
+
+    @property
+    def done(self) -> MetadataRepository:
+        """Where job records go."""
+        repo = self.links["done"].repository
+        assert isinstance(repo, MetadataRepository)
+        return repo
+
+    @property
+    def live(self) -> MetadataRepository:
+        """Where claims of running jobs go."""
+        repo = self.links["live"].repository
+        assert isinstance(repo, MetadataRepository)
+        return repo
+
+    @property
+    def logs(self) -> BlobRepository | None:
+        """Where job logs go, if anywhere."""
+        link = self.links.get("logs")
+        return None if link is None else link.repository  # type: ignore[return-value]
+
+    @property
+    def required_links(self) -> list[Link]:
+        """Links whose keys a job needs before it starts."""
+        return [link for link in self.links.values() if link.required_for_start]
+
+    @property
+    def inhibiting_links(self) -> list[Link]:
+        """Links whose keys keep a job from starting."""
+        return [link for link in self.links.values() if link.inhibits_start]
+
+    @property
+    def output_links(self) -> list[Link]:
+        """Links the job writes to."""
+        return [link for link in self.links.values() if link.is_output]
+
+    @property
+    def input_links(self) -> list[Link]:
+        """Links of kind input."""
+        return [link for link in self.links.values() if link.kind is LinkKind.INPUT]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def describe(self) -> str:
+        """One line for status output."""
+        return f"{self.runner} task {self.name}"
+
+    async def validate(self) -> None:  # noqa: B027 - optional hook
+        """Check the task is runnable (called when the pipeline opens)."""
+
+    # ---------------------------------------------------------------- the job
+    @abstractmethod
+    async def run_job(self, job: JobContext) -> JobOutcome | None:
+        """Do the work of ``job.key``; raise to fail the attempt."""
+
+    def acquire_slot(self) -> Any:
+        """Reserve capacity for one more job, or return None if there is none now.
+
+        The default always succeeds (the scheduler already enforces ``concurrency``).
+        Tasks with quotas (hosts with CPU/memory, cluster quotas, launch rates) override it
+        and :meth:`release_slot`; the slot is passed to the job as ``job.slot``.
+        """
+        return True
+
+    def release_slot(self, slot: Any) -> None:  # noqa: B027 - optional hook
+        """Give back what :meth:`acquire_slot` reserved."""
+
+    async def cleanup_outputs(self, key: str) -> None:
+        """Delete whatever a failed or interrupted attempt left in the outputs."""
+        for link in self.output_links:
+            if link.repository.is_writable:
+                try:
+                    await link.repository.delete(key)
+                except Exception:
+                    log.exception(
+                        "task %s: could not remove partial output %s of %r", self.name, link.name, key
+                    )
+
+    async def claim(self, key: str, owner: str) -> bool:
+        """Atomically claim ``key`` in the live repository; False if someone else holds it."""
+        return await self.live.create(key, make_claim(owner, self.name, key, time.time()))
+
+    async def release(self, key: str) -> None:
+        """Drop the claim on ``key``."""
+        await self.live.delete(key)
+
+    def claim_is_stale(self, claim: Any, owner: str) -> bool:
+        """Whether a claim found in ``live`` belongs to a job that cannot be running.
+
+        A claim made on this host whose process is gone (or whose pid now belongs to
+        another process) is stale; so is one of this scheduler's own owner id that it no
+        longer tracks. Claims from other hosts are left alone.
+        """
+        if not isinstance(claim, dict):
+            return True
+        if claim.get("owner") == owner:
+            return False  # the scheduler tracks its own jobs
+        if claim.get("host") != HOSTNAME:
+            return False
+        pid = claim.get("pid")
+        if not isinstance(pid, int):
+            return True
+        start = process_start_time(pid)
+        return start is None or (claim.get("pid_start") is not None and start != claim.get("pid_start"))
+
+    async def recover_stale(self, key: str, claim: Any) -> None:
+        """Clean up after a job whose claim is stale: remove partial outputs, then the claim."""
+        log.warning(
+            "task %s: job %r was interrupted (claim %s); cleaning up to run it again", self.name, key, claim
+        )
+        await self.cleanup_outputs(key)
+        await self.release(key)
+
+    async def execute(
+        self,
+        key: str,
+        *,
+        owner: str | None = None,
+        hooks: Hooks | None = None,
+        claimed: bool = False,
+        on_state: Any = None,
+        slot: Any = True,
+    ) -> dict[str, Any] | None:
+        """Run the job for ``key`` to its end: claim, attempts, record, release.
+
+        Returns the job record, or None if another scheduler holds the claim. Cancellation
+        removes partial outputs and the claim, writes no record, and propagates.
+        """
+        owner = owner or f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        hooks = hooks or Hooks()
+        if not claimed and not await self.claim(key, owner):
+            return None
+        start = time.time()
+        attempt = 0
+        record: dict[str, Any]
+        job: JobContext | None = None
+        try:
+            while True:
+                attempt += 1
+                job = JobContext(self, key, attempt, slot=slot)
+                if on_state:
+                    on_state(self, key, JobState.RUNNING, attempt)
+                await hooks.emit(Event("job_started", self.name, key, attempt))
+                try:
+                    if self.timeout is not None:
+                        try:
+                            async with asyncio.timeout(self.timeout):
+                                outcome = await self.run_job(job)
+                        except TimeoutError as exc:
+                            raise JobTimeoutError(
+                                f"task {self.name}: job {key!r} timed out after {self.timeout:g}s"
+                            ) from exc
+                    else:
+                        outcome = await self.run_job(job)
+                except Exception as exc:
+                    job.log(f"attempt {attempt} failed: {type(exc).__name__}: {exc}")
+                    await self.cleanup_outputs(key)
+                    if self.retry.should_retry(exc, attempt):
+                        delay = self.retry.delay(attempt)
+                        if on_state:
+                            on_state(self, key, JobState.RETRYING, attempt)
+                        await hooks.emit(
+                            Event("job_retrying", self.name, key, attempt, error=exc, delay=delay)
+                        )
+                        await self._write_log(job)
+                        await asyncio.sleep(delay)
+                        continue
+                    outcome_info = getattr(exc, "outcome", None)
+                    record = make_record(
+                        task=self.name,
+                        key=key,
+                        success=False,
+                        attempts=attempt,
+                        start=start,
+                        end=time.time(),
+                        runner=self.runner,
+                        host=(
+                            outcome_info.host
+                            if isinstance(outcome_info, JobOutcome) and outcome_info.host
+                            else HOSTNAME
+                        ),
+                        exit_code=outcome_info.exit_code if isinstance(outcome_info, JobOutcome) else None,
+                        error=error_info(exc),
+                        extra=outcome_info.extra if isinstance(outcome_info, JobOutcome) else None,
+                    )
+                    job.log(record["error"]["traceback"].rstrip())
+                    break
+                outcome = outcome or JobOutcome()
+                record = make_record(
+                    task=self.name,
+                    key=key,
+                    success=True,
+                    attempts=attempt,
+                    start=start,
+                    end=time.time(),
+                    runner=self.runner,
+                    host=outcome.host or HOSTNAME,
+                    exit_code=outcome.exit_code,
+                    extra=outcome.extra,
+                )
+                break
+            await self._write_log(job)
+            await self.done.put(key, record)
+        except BaseException:
+            # cancelled (Ctrl-C) or the record could not be written: leave no half output,
+            # free the key so a later run does the job again
+            await asyncio.shield(self._abandon(key))
+            raise
+        await self.release(key)
+        if on_state:
+            on_state(self, key, JobState.SUCCEEDED if record["success"] else JobState.FAILED, attempt)
+        event = "job_succeeded" if record["success"] else "job_failed"
+        await hooks.emit(Event(event, self.name, key, attempt, record=record))
+        return record
+
+    async def _abandon(self, key: str) -> None:
+        try:
+            await self.cleanup_outputs(key)
+        finally:
+            await self.release(key)
+
+    async def _write_log(self, job: JobContext) -> None:
+        logs = self.logs
+        if logs is None or not job._log:
+            return
+        try:
+            old = ""
+            if job.attempt > 1:
+                try:
+                    old = await logs.read_text(job.key)
+                except KeyNotFoundError:
+                    old = ""
+            await logs.write_text(job.key, old + job.log_text)
+        except Exception:
+            log.exception("task %s: could not write the log of %r", self.name, job.key)

@@ -1,0 +1,128 @@
+"""Job states, job records and job claims.
+
+A **job record** is written to the task's ``done`` repository when a job ends::
+
+    {"task": "count", "key": "moby-dick", "state": "succeeded", "success": True,
+     "attempts": 1, "start_time": "2026-11-23T01:02:03.123456+00:00", "end_time": ...,
+     "duration": 0.012, "host": "worker-3", "runner": "in-process", "exit_code": None,
+     "error": None}
+
+``error`` is ``{"type": ..., "message": ..., "traceback": ...}`` for a failed job. A **claim**
+is written to the task's ``live`` repository (atomically, create-if-absent) before a job
+starts and removed after its record is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import traceback
+from enum import Enum
+from typing import Any
+
+__all__ = (
+    "JobState",
+    "make_record",
+    "error_info",
+    "make_claim",
+    "utcnow_iso",
+    "process_start_time",
+    "HOSTNAME",
+)
+
+HOSTNAME = socket.gethostname()
+
+
+class JobState(str, Enum):
+    """The life of a job: pending -> running -> (retrying -> running)* -> succeeded | failed."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def utcnow_iso(ts: float | None = None) -> str:
+    """An ISO-8601 UTC timestamp (now, or of the epoch seconds ``ts``)."""
+    if ts is None:
+        return datetime.datetime.now(datetime.UTC).isoformat()
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """Type, message and formatted traceback of ``exc``."""
+    return {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def make_record(
+    *,
+    task: str,
+    key: str,
+    success: bool,
+    attempts: int,
+    start: float,
+    end: float,
+    runner: str,
+    host: str = HOSTNAME,
+    exit_code: int | None = None,
+    error: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a job record (see the module docstring)."""
+    record: dict[str, Any] = {
+        "task": task,
+        "key": key,
+        "state": JobState.SUCCEEDED.value if success else JobState.FAILED.value,
+        "success": success,
+        "attempts": attempts,
+        "start_time": utcnow_iso(start),
+        "end_time": utcnow_iso(end),
+        "duration": round(end - start, 6),
+        "host": host,
+        "runner": runner,
+        "exit_code": exit_code,
+        "error": error,
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), or None.
+
+    Together with the pid it identifies a process across pid reuse.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+_SELF_START = process_start_time(os.getpid())
+
+
+def make_claim(owner: str, task: str, key: str, now: float) -> dict[str, Any]:
+    """A claim for the live repository: who runs the job, where, since when."""
+    return {
+        "owner": owner,
+        "task": task,
+        "key": key,
+        "host": HOSTNAME,
+        "pid": os.getpid(),
+        "pid_start": _SELF_START,
+        "start_time": utcnow_iso(now),
+        "started": now,
+        "heartbeat": now,
+    }
