@@ -156,7 +156,7 @@ class Pipeline:
         forever: bool = False,
         tasks: list[str] | None = None,
         max_jobs: int | None = None,
-        timeout: float | str | None = None,
+        timeout: float | str | None = None,  # noqa: ASYNC109 - a deadline for the whole run
         grace: float | str = "10s",
         on_progress: Callable[[Scheduler], None] | None = None,
         handle_signals: bool = False,

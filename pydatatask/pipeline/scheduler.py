@@ -242,11 +242,11 @@ class Scheduler:
             if self.on_progress:
                 self.on_progress(self)
 
-    async def _wait(self, timeout: float) -> None:
+    async def _wait(self, seconds: float) -> None:
         if self.deadline is not None:
-            timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
+            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
         try:
-            async with asyncio.timeout(max(timeout, 0.0)):
+            async with asyncio.timeout(max(seconds, 0.0)):
                 await self._wake.wait()
         except TimeoutError:
             pass

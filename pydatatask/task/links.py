@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keyword
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ..errors import ConfigurationError
 from ..repository.base import Repository
@@ -12,7 +12,7 @@ from ..repository.base import Repository
 __all__ = ("Link", "LinkKind")
 
 
-class LinkKind(str, Enum):
+class LinkKind(StrEnum):
     """The role of a link. Inputs are required for a job to start; outputs, done and live
     inhibit it; logs is informational."""
 

@@ -18,7 +18,7 @@ import datetime
 import os
 import socket
 import traceback
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = (
@@ -34,7 +34,7 @@ __all__ = (
 HOSTNAME = socket.gethostname()
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """The life of a job: pending -> running -> (retrying -> running)* -> succeeded | failed."""
 
     PENDING = "pending"
