@@ -1,0 +1,146 @@
+"""Rendering commands and manifests from Jinja2 templates, safely.
+
+Every ``{{ value }}`` in a **command** template is shell-quoted on the way out
+(:func:`shlex.quote`), so a key like ``x;rm -rf ~`` or ``$(reboot)`` is one inert word.
+In a **YAML** template (pod manifests) every value is emitted as a JSON string/number,
+which YAML reads back verbatim. ``{{ value | raw }}`` opts out for trusted text.
+Templates use ``StrictUndefined``: a misspelt name is an error, not an empty string.
+
+The context of a job (:func:`job_context`)::
+
+    key          the job key
+    task         the task name
+    params       the task's user parameters (``params=`` of the task)
+    links        {link name: info}; each link is also available by its own name
+    <link name>  info about the link for this key, e.g. for a FileRepository
+                 {"kind": "file", "path": "/data/docs/k.txt", "root": "/data/docs", "exists": ...}
+
+Secrets never go into the context: they reach processes through their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from ..errors import ConfigurationError
+from ..repository.base import Repository
+from ..repository.filesystem import DirectoryRepository, FileRepository
+
+__all__ = ("raw", "render_command", "render_yaml", "job_context", "link_info")
+
+
+class _Raw(str):
+    """A value that the finaliser passes through unquoted."""
+
+
+def raw(value: Any) -> _Raw:
+    """Mark ``value`` as trusted: inserted without quoting."""
+    return _Raw(value)
+
+
+def _shell_finalize(value: Any) -> Any:
+    if isinstance(value, (_Raw, Markup)):
+        return str(value)
+    if value is None:
+        return "''"
+    if isinstance(value, (list, tuple)):
+        return " ".join(shlex.quote(str(v)) for v in value)
+    return shlex.quote(str(value))
+
+
+def _yaml_finalize(value: Any) -> Any:
+    if isinstance(value, (_Raw, Markup)):
+        return str(value)
+    if isinstance(value, bool) or value is None or isinstance(value, (int, float)):
+        return json.dumps(value)
+    return json.dumps(value if isinstance(value, (list, dict)) else str(value), ensure_ascii=True)
+
+
+def _env(finalize: Any) -> jinja2.Environment:
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=finalize,
+    )
+    env.filters["raw"] = raw
+    env.filters["shquote"] = lambda v: _Raw(shlex.quote(str(v)))
+    env.filters["tojson"] = lambda v: _Raw(json.dumps(v))
+    return env
+
+
+_SHELL = _env(_shell_finalize)
+_YAML = _env(_yaml_finalize)
+
+
+def _render(env: jinja2.Environment, template: str, context: dict[str, Any], what: str) -> str:
+    try:
+        return env.from_string(template).render(**context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigurationError(
+            f"{what} template has a syntax error at line {exc.lineno}: {exc.message}"
+        ) from exc
+    except jinja2.UndefinedError as exc:
+        names = ", ".join(sorted(context))
+        raise ConfigurationError(
+            f"{what} template uses an undefined name: {exc.message} (available: {names})"
+        ) from exc
+
+
+def render_command(template: str, context: dict[str, Any]) -> str:
+    """Render a shell command/script; every interpolated value is shell-quoted."""
+    return _render(_SHELL, template, context, "command")
+
+
+def render_yaml(template: str, context: dict[str, Any]) -> str:
+    """Render a YAML document (pod manifest); every interpolated value is JSON-encoded."""
+    return _render(_YAML, template, context, "manifest")
+
+
+def link_info(repo: Repository, key: str) -> dict[str, Any]:
+    """What a program needs to reach ``key`` in ``repo``: paths, bucket/object, image, ..."""
+    info: dict[str, Any] = {"kind": type(repo).__name__, "repository": repo.describe()}
+    if isinstance(repo, FileRepository):
+        info.update(kind="file", path=str(repo.path(key).absolute()), root=str(repo.root.absolute()))
+        return info
+    if isinstance(repo, DirectoryRepository):
+        info.update(kind="directory", path=str(repo.path(key).absolute()), root=str(repo.root.absolute()))
+        return info
+    blobs = getattr(repo, "blobs", None)
+    if isinstance(blobs, Repository):  # serialized metadata over a blob store
+        inner = link_info(blobs, key)
+        inner["format"] = getattr(repo, "format_name", "")
+        return inner
+    if hasattr(repo, "bucket") and hasattr(repo, "object_name"):
+        info.update(
+            kind="s3",
+            bucket=repo.bucket,
+            prefix=getattr(repo, "prefix", ""),
+            suffix=getattr(repo, "suffix", ""),
+            object=repo.object_name(key),
+            url=repo.url(key) if hasattr(repo, "url") else f"s3://{repo.bucket}/{repo.object_name(key)}",
+            endpoint=getattr(repo, "endpoint_url", None),
+        )
+        return info
+    if hasattr(repo, "image") and callable(repo.image):
+        info.update(kind="docker", image=repo.image(key))
+        return info
+    for attr in ("database_name", "collection_name"):
+        if hasattr(repo, attr):
+            info[attr] = getattr(repo, attr)
+    return info
+
+
+def job_context(task: Any, key: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The template context of one job of ``task`` (see the module docstring)."""
+    links = {name: link_info(link.repository, key) for name, link in task.links.items()}
+    context: dict[str, Any] = {"key": key, "task": task.name, "params": dict(params or {}), "links": links}
+    for name, info in links.items():
+        if name not in context:
+            context[name] = info
+    return context
