@@ -57,6 +57,9 @@ __all__ = (
     "MapValuesRepository",
     "FallbackRepository",
     "ReadOnlyRepository",
+    "S3BucketRepository",
+    "YamlMetadataS3Repository",
+    "JsonMetadataS3Repository",
     "MongoMetadataRepository",
     "DockerRepository",
 )
