@@ -1,4 +1,5 @@
 """Fixtures for the test-kubelet tests: they need the real servers started by `scripts/test-services up`."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "kube: needs the real kube-apiserver + test kubelet from scripts/test-services")
+    config.addinivalue_line(
+        "markers", "kube: needs the real kube-apiserver + test kubelet from scripts/test-services"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +28,14 @@ def kube_services() -> dict:
         with open(path) as f:
             services = json.load(f)
     except OSError as e:
-        pytest.fail(f"PDT_TEST_SERVICES={path}: cannot read services.json ({e}); is `scripts/test-services up` done?",
-                    pytrace=False)
+        pytest.fail(
+            f"PDT_TEST_SERVICES={path}: cannot read services.json ({e}); is `scripts/test-services up` done?",
+            pytrace=False,
+        )
     kube = services.get("kube")
     if not kube:
-        pytest.fail(f"{path} has no 'kube' section: start the Kubernetes services (PDT_SERVICES must include 'kube')",
-                    pytrace=False)
+        pytest.fail(
+            f"{path} has no 'kube' section: start the Kubernetes services (PDT_SERVICES must include 'kube')",
+            pytrace=False,
+        )
     return kube

@@ -12,6 +12,7 @@ ignored), reports phase/exit codes through the pod status subresource, honours d
 container logs over HTTPS at GET /containerLogs/{ns}/{pod}/{container} for the API server's proxy.
 See README.md beside this file for what it does not do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio import client, config, watch
@@ -44,7 +44,7 @@ JOB_MARKER = "PDT_TEST_KUBELET_NODE"
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- log server
@@ -183,7 +183,7 @@ def ensure_cert(state_dir: str, node: str, address: str) -> tuple[str, str]:
 
         pk = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)])
-        t = datetime.datetime.now(datetime.timezone.utc)
+        t = datetime.datetime.now(datetime.UTC)
         crt = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -194,7 +194,11 @@ def ensure_cert(state_dir: str, node: str, address: str) -> tuple[str, str]:
             .not_valid_after(t + datetime.timedelta(days=3650))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName(node), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(address))]
+                    [
+                        x509.DNSName(node),
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address(address)),
+                    ]
                 ),
                 critical=False,
             )
@@ -203,16 +207,33 @@ def ensure_cert(state_dir: str, node: str, address: str) -> tuple[str, str]:
         with open(key + ".tmp", "wb") as f:
             f.write(
                 pk.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
                 )
             )
         with open(cert + ".tmp", "wb") as f:
             f.write(crt.public_bytes(serialization.Encoding.PEM))
     except ImportError:
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", f"/CN={node}",
-             "-keyout", key + ".tmp", "-out", cert + ".tmp"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "3650",
+                "-subj",
+                f"/CN={node}",
+                "-keyout",
+                key + ".tmp",
+                "-out",
+                cert + ".tmp",
+            ],
+            check=True,
+            capture_output=True,
         )
     os.chmod(key + ".tmp", 0o600)
     os.replace(key + ".tmp", key)
@@ -252,14 +273,21 @@ class ContainerRun:
 
     def status(self, image: str, init: bool = False) -> dict[str, Any]:
         s: dict[str, Any] = {
-            "name": self.name, "image": image or "none", "imageID": "", "restartCount": 0,
+            "name": self.name,
+            "image": image or "none",
+            "imageID": "",
+            "restartCount": 0,
             "ready": self.exit_code is None and self.started_at is not None and not init,
             "started": self.exit_code is None and self.started_at is not None,
             "containerID": f"pdt://{self.proc.pid}" if self.proc else "",
         }
         if self.exit_code is not None:
-            term = {"exitCode": self.exit_code, "reason": self.reason,
-                    "startedAt": self.started_at or self.finished_at, "finishedAt": self.finished_at}
+            term = {
+                "exitCode": self.exit_code,
+                "reason": self.reason,
+                "startedAt": self.started_at or self.finished_at,
+                "finishedAt": self.finished_at,
+            }
             if self.message:
                 term["message"] = self.message[-1024:]
             s["state"] = {"terminated": term}
@@ -271,7 +299,7 @@ class ContainerRun:
 
 
 class PodRunner:
-    def __init__(self, kubelet: "Kubelet", pod: client.V1Pod):
+    def __init__(self, kubelet: Kubelet, pod: client.V1Pod):
         self.k = kubelet
         self.pod = pod
         self.ns: str = pod.metadata.namespace
@@ -307,21 +335,43 @@ class PodRunner:
                 c["reason"] = "PodCompleted"
         imgs, init_imgs = self._images(False), self._images(True)
         status: dict[str, Any] = {
-            "phase": phase, "startTime": self.start_time, "hostIP": self.k.address,
-            "podIP": self.k.address, "podIPs": [{"ip": self.k.address}],
+            "phase": phase,
+            "startTime": self.start_time,
+            "hostIP": self.k.address,
+            "podIP": self.k.address,
+            "podIPs": [{"ip": self.k.address}],
             "conditions": conds,
             "containerStatuses": [
-                (self.runs[c.name].status(imgs[c.name]) if c.name in self.runs else
-                 {"name": c.name, "image": c.image or "none", "imageID": "", "restartCount": 0, "ready": False,
-                  "started": False, "state": {"waiting": {"reason": "PodInitializing"}}})
+                (
+                    self.runs[c.name].status(imgs[c.name])
+                    if c.name in self.runs
+                    else {
+                        "name": c.name,
+                        "image": c.image or "none",
+                        "imageID": "",
+                        "restartCount": 0,
+                        "ready": False,
+                        "started": False,
+                        "state": {"waiting": {"reason": "PodInitializing"}},
+                    }
+                )
                 for c in self.pod.spec.containers
             ],
         }
         if self.pod.spec.init_containers:
             status["initContainerStatuses"] = [
-                (self.init_runs[c.name].status(init_imgs[c.name], init=True) if c.name in self.init_runs else
-                 {"name": c.name, "image": c.image or "none", "imageID": "", "restartCount": 0, "ready": False,
-                  "state": {"waiting": {"reason": "PodInitializing"}}})
+                (
+                    self.init_runs[c.name].status(init_imgs[c.name], init=True)
+                    if c.name in self.init_runs
+                    else {
+                        "name": c.name,
+                        "image": c.image or "none",
+                        "imageID": "",
+                        "restartCount": 0,
+                        "ready": False,
+                        "state": {"waiting": {"reason": "PodInitializing"}},
+                    }
+                )
                 for c in self.pod.spec.init_containers
             ]
         if reason:
@@ -353,9 +403,13 @@ class PodRunner:
         env["HOSTNAME"] = self.name
         env[JOB_MARKER] = self.k.node
         fields = {
-            "metadata.name": self.name, "metadata.namespace": self.ns, "metadata.uid": self.uid,
-            "spec.nodeName": self.k.node, "spec.serviceAccountName": self.pod.spec.service_account_name or "",
-            "status.hostIP": self.k.address, "status.podIP": self.k.address,
+            "metadata.name": self.name,
+            "metadata.namespace": self.ns,
+            "metadata.uid": self.uid,
+            "spec.nodeName": self.k.node,
+            "spec.serviceAccountName": self.pod.spec.service_account_name or "",
+            "status.hostIP": self.k.address,
+            "status.podIP": self.k.address,
         }
         for e in c.env or []:
             if e.value is not None:
@@ -364,7 +418,9 @@ class PodRunner:
                 fp = e.value_from.field_ref.field_path
                 m = re.match(r"metadata\.(labels|annotations)\['(.+)'\]", fp)
                 if m:
-                    src = (self.pod.metadata.labels if m.group(1) == "labels" else self.pod.metadata.annotations) or {}
+                    src = (
+                        self.pod.metadata.labels if m.group(1) == "labels" else self.pod.metadata.annotations
+                    ) or {}
                     env[e.name] = src.get(m.group(2), "")
                 else:
                     env[e.name] = fields.get(fp, "")
@@ -377,15 +433,20 @@ class PodRunner:
         env = self._env_for(c)
         argv = [expand(a, env) for a in (c.command or [])] + [expand(a, env) for a in (c.args or [])]
         run.started_at = now()
-        with open(run.log.path, "ab") as logf:
+        with open(run.log.path, "ab") as logf:  # noqa: ASYNC230 (small local file)
             if not argv:
                 err = f"test kubelet: container {c.name!r} has no command/args (images are not run)\n"
             else:
                 err = None
                 try:
                     run.proc = await asyncio.create_subprocess_exec(
-                        *argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                        cwd=c.working_dir or None, start_new_session=True,
+                        *argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=c.working_dir or None,
+                        start_new_session=True,
                     )
                 except (OSError, ValueError) as e:
                     err = f"test kubelet: failed to start container {c.name!r}: {e}\n"
@@ -430,7 +491,7 @@ class PodRunner:
                     ok = False
                     break
                 run = self._new_run(c, self.init_runs)
-                open(run.log.path, "ab").close()
+                open(run.log.path, "ab").close()  # noqa: ASYNC230 (small local file)
                 self.k.logs.set((self.ns, self.name, c.name), run.log)
                 await self.patch_status(self._status_body("Pending"), attempts=5)
                 await self._run_container(c, run)
@@ -440,12 +501,12 @@ class PodRunner:
             if ok and not self.stopping:
                 runs = [(c, self._new_run(c, self.runs)) for c in self.pod.spec.containers]
                 for c, run in runs:
-                    open(run.log.path, "ab").close()
+                    open(run.log.path, "ab").close()  # noqa: ASYNC230 (small local file)
                     self.k.logs.set((self.ns, self.name, c.name), run.log)
                 tasks = [asyncio.create_task(self._run_container(c, run)) for c, run in runs]
                 # starting the processes is immediate; report Running once they are started
                 await asyncio.sleep(0)
-                while any(r.started_at is None for _, r in runs) and not all(t.done() for t in tasks):
+                while any(r.started_at is None for _, r in runs) and not all(t.done() for t in tasks):  # noqa: ASYNC110 (polling is simplest here)
                     await asyncio.sleep(0.01)
                 if not all(t.done() for t in tasks):
                     await self.patch_status(self._status_body("Running"), attempts=5)
@@ -462,7 +523,9 @@ class PodRunner:
             raise
         except Exception:
             log.exception("pod %s/%s: runner crashed", self.ns, self.name)
-            await self.patch_status(self._status_body("Failed", "TestKubeletError", "test kubelet error"), attempts=3)
+            await self.patch_status(
+                self._status_body("Failed", "TestKubeletError", "test kubelet error"), attempts=3
+            )
         finally:
             self.finished.set()
 
@@ -475,14 +538,17 @@ class PodRunner:
     async def _deadline(self, seconds: int) -> None:
         try:
             await asyncio.wait_for(self.finished.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not self.stopping:
                 self.stop_reason = "DeadlineExceeded"
                 await self.kill(self.pod.spec.termination_grace_period_seconds or 0)
 
     def pids(self) -> list[int]:
-        return [r.proc.pid for r in [*self.init_runs.values(), *self.runs.values()]
-                if r.proc is not None and r.exit_code is None]
+        return [
+            r.proc.pid
+            for r in [*self.init_runs.values(), *self.runs.values()]
+            if r.proc is not None and r.exit_code is None
+        ]
 
     async def kill(self, grace: float) -> None:
         """TERM every process group of the pod, KILL after `grace` seconds."""
@@ -492,17 +558,17 @@ class PodRunner:
         if self.pids() and grace > 0:
             try:
                 await asyncio.wait_for(self._all_exited(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         for pid in self.pids():
             self.k.kill_group(pid, signal.SIGKILL)
         try:
             await asyncio.wait_for(self.finished.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("pod %s/%s: runner did not finish after kill", self.ns, self.name)
 
     async def _all_exited(self) -> None:
-        while self.pids():
+        while self.pids():  # noqa: ASYNC110 (polling is simplest here)
             await asyncio.sleep(0.05)
 
     def cleanup_logs(self) -> None:
@@ -535,8 +601,12 @@ class Kubelet:
 
     # ---- node
     def _labels(self) -> dict[str, str]:
-        labels = {"kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
-                  "kubernetes.io/arch": "amd64", "pydatatask.test/kubelet": "true"}
+        labels = {
+            "kubernetes.io/hostname": self.node,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "pydatatask.test/kubelet": "true",
+        }
         for kv in self.args.label or []:
             k, _, v = kv.partition("=")
             labels[k] = v
@@ -544,7 +614,9 @@ class Kubelet:
 
     async def register(self) -> None:
         try:
-            await self.v1.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=self.node, labels=self._labels())))
+            await self.v1.create_node(
+                client.V1Node(metadata=client.V1ObjectMeta(name=self.node, labels=self._labels()))
+            )
             log.info("node %s created", self.node)
         except ApiException as e:
             if e.status != 409:
@@ -553,30 +625,66 @@ class Kubelet:
         await self.heartbeat()
 
     async def heartbeat(self) -> None:
-        res = {"cpu": self.args.cpu, "memory": self.args.memory, "pods": str(self.args.pods),
-               "ephemeral-storage": "100Gi"}
+        res = {
+            "cpu": self.args.cpu,
+            "memory": self.args.memory,
+            "pods": str(self.args.pods),
+            "ephemeral-storage": "100Gi",
+        }
         t = now()
-        body = {"status": {
-            "capacity": res, "allocatable": res,
-            # only an InternalIP: the API server prefers a Hostname address for the log proxy, and the node
-            # name does not resolve. "$patch: replace" drops addresses from earlier registrations.
-            "addresses": [{"type": "InternalIP", "address": self.address}, {"$patch": "replace"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
-            "nodeInfo": {"kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": KUBELET_VERSION,
-                         "operatingSystem": "linux", "architecture": "amd64",
-                         "containerRuntimeVersion": "pdt-test-kubelet://1", "osImage": "local processes",
-                         "kernelVersion": os.uname().release, "machineID": "", "systemUUID": "", "bootID": ""},
-            "conditions": [
-                {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                 "message": "pydatatask test kubelet is posting ready status",
-                 "lastHeartbeatTime": t, "lastTransitionTime": t},
-                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory",
-                 "lastHeartbeatTime": t, "lastTransitionTime": t},
-                {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure",
-                 "lastHeartbeatTime": t, "lastTransitionTime": t},
-                {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID",
-                 "lastHeartbeatTime": t, "lastTransitionTime": t},
-            ]}}
+        body = {
+            "status": {
+                "capacity": res,
+                "allocatable": res,
+                # only an InternalIP: the API server prefers a Hostname address for the log proxy, and the node
+                # name does not resolve. "$patch: replace" drops addresses from earlier registrations.
+                "addresses": [{"type": "InternalIP", "address": self.address}, {"$patch": "replace"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
+                "nodeInfo": {
+                    "kubeletVersion": KUBELET_VERSION,
+                    "kubeProxyVersion": KUBELET_VERSION,
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "containerRuntimeVersion": "pdt-test-kubelet://1",
+                    "osImage": "local processes",
+                    "kernelVersion": os.uname().release,
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                },
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "pydatatask test kubelet is posting ready status",
+                        "lastHeartbeatTime": t,
+                        "lastTransitionTime": t,
+                    },
+                    {
+                        "type": "MemoryPressure",
+                        "status": "False",
+                        "reason": "KubeletHasSufficientMemory",
+                        "lastHeartbeatTime": t,
+                        "lastTransitionTime": t,
+                    },
+                    {
+                        "type": "DiskPressure",
+                        "status": "False",
+                        "reason": "KubeletHasNoDiskPressure",
+                        "lastHeartbeatTime": t,
+                        "lastTransitionTime": t,
+                    },
+                    {
+                        "type": "PIDPressure",
+                        "status": "False",
+                        "reason": "KubeletHasSufficientPID",
+                        "lastHeartbeatTime": t,
+                        "lastTransitionTime": t,
+                    },
+                ],
+            }
+        }
         await self.v1.patch_node_status(self.node, body)
 
     async def heartbeat_loop(self) -> None:
@@ -584,7 +692,7 @@ class Kubelet:
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.args.heartbeat)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await self.heartbeat()
@@ -621,9 +729,16 @@ class Kubelet:
             # Running according to the API, but not ours: a previous kubelet ran it and its processes are gone
             r = PodRunner(self, pod)
             self.pods[uid] = r
-            await r.patch_status({"status": {"phase": "Failed", "reason": "NodeRestarted",
-                                             "message": "the test kubelet restarted while the pod was running"}},
-                                 attempts=5)
+            await r.patch_status(
+                {
+                    "status": {
+                        "phase": "Failed",
+                        "reason": "NodeRestarted",
+                        "message": "the test kubelet restarted while the pod was running",
+                    }
+                },
+                attempts=5,
+            )
             return
         log.info("pod %s/%s: starting", pod.metadata.namespace, pod.metadata.name)
         r = PodRunner(self, pod)
@@ -632,7 +747,9 @@ class Kubelet:
 
     def _adopt_logs(self, pod: client.V1Pod) -> None:
         """Serve the logs of a pod that finished before this kubelet (re)started, if they are still on disk."""
-        d = os.path.join(self.state_dir, "pods", f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}")
+        d = os.path.join(
+            self.state_dir, "pods", f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}"
+        )
         if not os.path.isdir(d):
             return
         for c in [*(pod.spec.init_containers or []), *pod.spec.containers]:
@@ -655,9 +772,13 @@ class Kubelet:
                 for i in range(30):
                     try:
                         await self.v1.delete_namespaced_pod(
-                            name, ns, grace_period_seconds=0,
-                            body=client.V1DeleteOptions(grace_period_seconds=0,
-                                                        preconditions=client.V1Preconditions(uid=uid)))
+                            name,
+                            ns,
+                            grace_period_seconds=0,
+                            body=client.V1DeleteOptions(
+                                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                            ),
+                        )
                         break
                     except ApiException as e:
                         if e.status in (404, 409):
@@ -689,13 +810,20 @@ class Kubelet:
                     rv = lst.metadata.resource_version
                 w = watch.Watch()
                 async with w:
-                    async for ev in w.stream(self.v1.list_pod_for_all_namespaces, field_selector=selector,
-                                             resource_version=rv, timeout_seconds=self.args.watch_timeout,
-                                             allow_watch_bookmarks=True):
+                    async for ev in w.stream(
+                        self.v1.list_pod_for_all_namespaces,
+                        field_selector=selector,
+                        resource_version=rv,
+                        timeout_seconds=self.args.watch_timeout,
+                        allow_watch_bookmarks=True,
+                    ):
                         typ, obj = ev["type"], ev["object"]
                         if typ == "BOOKMARK":
-                            rv = obj.metadata.resource_version if hasattr(obj, "metadata") else \
-                                obj["metadata"]["resourceVersion"]
+                            rv = (
+                                obj.metadata.resource_version
+                                if hasattr(obj, "metadata")
+                                else obj["metadata"]["resourceVersion"]
+                            )
                             continue
                         if obj.metadata and obj.metadata.resource_version:
                             rv = obj.metadata.resource_version
@@ -716,7 +844,7 @@ class Kubelet:
                 rv = None
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), 1)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def shutdown(self) -> None:
@@ -727,7 +855,7 @@ class Kubelet:
         for pid in list(self.procs):
             self.kill_group(pid, signal.SIGTERM)
         t0 = time.monotonic()
-        while self.procs and time.monotonic() - t0 < self.args.shutdown_grace:
+        while self.procs and time.monotonic() - t0 < self.args.shutdown_grace:  # noqa: ASYNC110 (polling is simplest here)
             await asyncio.sleep(0.05)
         for pid in list(self.procs):
             self.kill_group(pid, signal.SIGKILL)
@@ -754,7 +882,7 @@ class Kubelet:
                         await asyncio.wait_for(self.stop_event.wait(), 1)
                         server.stop()
                         return
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             log.info("node %s registered, logs on https://%s:%d", self.node, self.address, self.port)
             tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.watch_loop())]
@@ -774,7 +902,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--node", default="pdt-test-node")
-    p.add_argument("--address", default="127.0.0.1", help="InternalIP of the node and log server bind address")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="InternalIP of the node and log server bind address"
+    )
     p.add_argument("--port", type=int, default=10250, help="HTTPS log server port (kubeletEndpoint)")
     p.add_argument("--state-dir", default=None, help="container logs and TLS cert (default: a temp dir)")
     p.add_argument("--cpu", default="8")
@@ -784,7 +914,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between node status heartbeats")
     p.add_argument("--watch-timeout", type=int, default=300, help="server-side watch timeout (seconds)")
     p.add_argument("--max-grace", type=float, default=10.0, help="cap on a deleted pod's TERM->KILL grace")
-    p.add_argument("--shutdown-grace", type=float, default=3.0, help="TERM->KILL grace when the kubelet stops")
+    p.add_argument(
+        "--shutdown-grace", type=float, default=3.0, help="TERM->KILL grace when the kubelet stops"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.state_dir is None:
@@ -796,8 +928,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     asyncio.run(Kubelet(args).main())
 

@@ -1,11 +1,13 @@
 """Tests of the test kubelet itself, against the real kube-apiserver/scheduler started by scripts/test-services."""
+
 from __future__ import annotations
 
 import asyncio
 import os
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from kubernetes_asyncio import client, config
@@ -22,15 +24,15 @@ async def _api(kube: dict) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-async def _poll(what: str, fn: Callable[[], Awaitable[Any]], timeout: float = TIMEOUT) -> Any:
-    end = time.monotonic() + timeout
+async def _poll(what: str, fn: Callable[[], Awaitable[Any]], within: float = TIMEOUT) -> Any:
+    end = time.monotonic() + within
     last: Any = None
     while time.monotonic() < end:
         last = await fn()
         if last:
             return last
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
 
 
 def _pod(name: str, containers: list[client.V1Container], **spec: Any) -> client.V1Pod:
@@ -48,7 +50,9 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def _run_pod(kube: dict, pod: client.V1Pod, body: Callable[[client.CoreV1Api, str, str], Awaitable[None]]) -> None:
+async def _run_pod(
+    kube: dict, pod: client.V1Pod, body: Callable[[client.CoreV1Api, str, str], Awaitable[None]]
+) -> None:
     ns = kube["namespace"]
     async with await _api(kube) as api:
         v1 = client.CoreV1Api(api)
@@ -100,7 +104,9 @@ def test_node_registered_ready(kube_services: dict) -> None:
             node = await client.CoreV1Api(api).read_node(kube_services["node"])
             ready = [c for c in node.status.conditions if c.type == "Ready"]
             assert ready and ready[0].status == "True"
-            assert {"type": "InternalIP", "address": "127.0.0.1"} in [a.to_dict() for a in node.status.addresses]
+            assert {"type": "InternalIP", "address": "127.0.0.1"} in [
+                a.to_dict() for a in node.status.addresses
+            ]
             assert node.status.daemon_endpoints.kubelet_endpoint.port > 0
             assert node.status.allocatable["pods"]
 
@@ -142,8 +148,15 @@ def test_succeeding_pod_and_log_options(kube_services: dict) -> None:
 def test_env_and_working_dir(kube_services: dict, tmp_path: Any) -> None:
     pod = _pod(
         _name("env"),
-        [_ctr("main", ["sh", "-c"], args=['echo "FOO=$FOO"; echo "REF=$(FOO)"; pwd'],
-              env=[client.V1EnvVar(name="FOO", value="bar baz")], working_dir=str(tmp_path))],
+        [
+            _ctr(
+                "main",
+                ["sh", "-c"],
+                args=['echo "FOO=$FOO"; echo "REF=$(FOO)"; pwd'],
+                env=[client.V1EnvVar(name="FOO", value="bar baz")],
+                working_dir=str(tmp_path),
+            )
+        ],
     )
 
     async def body(v1: client.CoreV1Api, ns: str, name: str) -> None:
@@ -195,7 +208,9 @@ def test_delete_running_pod_kills_process(kube_services: dict) -> None:
         await _poll(f"pod {name} Running", running)
         pids = await _poll("the pod's process", lambda: asyncio.sleep(0, _pids_with_env(marker)))
         assert len(pids) == 1
-        await v1.delete_namespaced_pod(name, ns)  # default grace: the kubelet TERMs, then deletes with grace 0
+        await v1.delete_namespaced_pod(
+            name, ns
+        )  # default grace: the kubelet TERMs, then deletes with grace 0
 
         async def gone() -> bool:
             try:
@@ -205,6 +220,45 @@ def test_delete_running_pod_kills_process(kube_services: dict) -> None:
                 return e.status == 404
 
         await _poll(f"pod {name} to disappear", gone)
-        await _poll("the process to be gone", lambda: asyncio.sleep(0, not _pids_with_env(marker)), timeout=5)
+        await _poll("the process to be gone", lambda: asyncio.sleep(0, not _pids_with_env(marker)), within=5)
+
+    asyncio.run(_run_pod(kube_services, pod, body))
+
+
+def test_follow_logs_stream_until_exit(kube_services: dict) -> None:
+    pod = _pod(
+        _name("follow"), [_ctr("main", ["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done"])]
+    )
+
+    async def body(v1: client.CoreV1Api, ns: str, name: str) -> None:
+        async def started() -> bool:
+            p = await v1.read_namespaced_pod_status(name, ns)
+            return p.status.phase != "Pending"
+
+        await _poll(f"pod {name} to start", started)
+        resp = await v1.read_namespaced_pod_log(name, ns, follow=True, _preload_content=False)
+        lines = [line async for line in resp.content]
+        resp.release()
+        assert lines == [b"line1\n", b"line2\n", b"line3\n"]
+        assert (await _finished(v1, ns, name)).status.phase == "Succeeded"
+
+    asyncio.run(_run_pod(kube_services, pod, body))
+
+
+def test_init_container_and_deadline(kube_services: dict, tmp_path: Any) -> None:
+    flag = tmp_path / "init-ran"
+    pod = _pod(
+        _name("deadline"),
+        [_ctr("main", ["sh", "-c", f"cat {flag}; exec sleep 60"])],
+        init_containers=[_ctr("init", ["sh", "-c", f"echo from-init > {flag}"])],
+        active_deadline_seconds=1,
+    )
+
+    async def body(v1: client.CoreV1Api, ns: str, name: str) -> None:
+        p = await _finished(v1, ns, name)
+        assert p.status.phase == "Failed" and p.status.reason == "DeadlineExceeded"
+        assert p.status.init_container_statuses[0].state.terminated.exit_code == 0
+        assert _terminated(p, "main").exit_code == 128 + 15
+        assert await v1.read_namespaced_pod_log(name, ns, container="main") == "from-init\n"
 
     asyncio.run(_run_pod(kube_services, pod, body))
