@@ -104,6 +104,8 @@ __all__ = (
     "JsonMetadataS3Repository",
     "MongoMetadataRepository",
     "DockerRepository",
+    # command line
+    "main",
 )
 
 # name -> module, imported on first access
@@ -113,6 +115,7 @@ _LAZY: dict[str, str] = {
     "JsonMetadataS3Repository": ".repository",
     "MongoMetadataRepository": ".repository",
     "DockerRepository": ".repository",
+    "main": ".cli",
 }
 
 
