@@ -114,21 +114,25 @@ def format_summary(summary: dict[str, Any], signal_name: str | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def progress_rows(scheduler: Scheduler) -> list[list[Any]]:
-    """Per selected task: succeeded and failed so far (all runs), running, queued, blocked."""
+def progress_rows(scheduler: Scheduler, base: dict[str, tuple[int, int]] | None = None) -> list[list[Any]]:
+    """Per selected task: succeeded and failed (all runs), running, queued, blocked.
+
+    ``base`` holds each task's (succeeded, failed) counts at the first tick; adding this
+    run's outcomes from the run summary gives exact totals without re-counting records.
+    """
     running: dict[str, int] = {}
     for t, _ in scheduler.running:
         running[t] = running.get(t, 0) + 1
     rows: list[list[Any]] = []
     for task in scheduler.selected:
-        index = scheduler.records[task.name]
-        ok = sum(1 for v in index.success.values() if v)
         view = scheduler.views.get(task.name)
+        ok0, failed0 = (base or {}).get(task.name, (0, 0))
+        this_run = scheduler.summary.per_task.get(task.name, {})
         rows.append(
             [
                 task.name,
-                ok,
-                len(index.success) - ok,
+                ok0 + this_run.get("succeeded", 0),
+                failed0 + this_run.get("failed", 0),
                 running.get(task.name, 0),
                 len(scheduler.queues.get(task.name, ())),
                 len(view.blocked) if view is not None else 0,
@@ -153,6 +157,7 @@ class RunProgress:
         self._t0 = time.monotonic()
         self._live: Any = None
         self._scheduler: Scheduler | None = None
+        self._base: dict[str, tuple[int, int]] | None = None
 
     def __enter__(self) -> RunProgress:
         if self.live_mode:
@@ -171,7 +176,12 @@ class RunProgress:
             self._live = None
 
     def __call__(self, scheduler: Scheduler) -> None:
-        self._scheduler = scheduler
+        if self._scheduler is not scheduler:
+            # first call: after the first listing, before any job of this run has ended
+            self._scheduler = scheduler
+            self._base = {
+                name: (len(view.succeeded), len(view.failed)) for name, view in scheduler.views.items()
+            }
         now = time.monotonic()
         if now - self._last < self.interval:
             return
@@ -179,7 +189,7 @@ class RunProgress:
         self._draw(scheduler)
 
     def _draw(self, scheduler: Scheduler) -> None:
-        rows = progress_rows(scheduler)
+        rows = progress_rows(scheduler, self._base)
         elapsed = time.monotonic() - self._t0
         if self._live is not None:
             from rich.table import Table
