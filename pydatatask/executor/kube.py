@@ -1,0 +1,467 @@
+"""Kubernetes access for pod tasks: :class:`KubeCluster` (API client, namespace, quota),
+pod naming, and the shared per-task pod poller.
+
+The API client is a ``kubernetes_asyncio`` :class:`ApiClient`, given directly or as the
+accessor ``@session.resource`` returns (see :func:`api_client` to make one from a
+kubeconfig or the in-cluster service account). ``kubernetes_asyncio`` is imported only
+when the API is used (``pip install 'pydatatask[kube]'``).
+
+API errors are translated once, in :meth:`KubeCluster.call`: 429 and 5xx (and connection
+errors) are retried with bounded exponential backoff; 403 and 422 become
+:class:`~pydatatask.errors.ConfigurationError` carrying the API server's message; 404 and
+409 are passed to the caller as :class:`KubeApiError` with ``status`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .._deps import require
+from ..errors import BackendUnavailableError, ConfigurationError
+from ..repository.base import resolve
+
+__all__ = (
+    "KubeCluster",
+    "KubeApiError",
+    "KubeSlot",
+    "PodPoller",
+    "api_client",
+    "pod_name",
+    "label_value",
+    "parse_cpu",
+    "parse_memory",
+)
+
+log = logging.getLogger("pydatatask.executor.kube")
+
+T = TypeVar("T")
+
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_DNS_MAX = 63
+_HASH_LEN = 10
+
+
+# ---------------------------------------------------------------------------- names
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:_HASH_LEN]
+
+
+def pod_name(task: str, key: str) -> str:
+    """A DNS-1123 label (``[a-z0-9-]``, at most 63, alphanumeric at both ends) for the pod
+    of ``key`` in ``task``, unique per (task, key).
+
+    It is ``<task>-<key>`` when that is already a valid label and the task name holds no
+    ``-`` (so the split is unambiguous); otherwise the sanitised, lowercased, truncated
+    form followed by ``-`` and a 10-hex-digit hash of the exact (task, key).
+    """
+    exact = f"{task}-{key}"
+    clean = re.sub(r"[^a-z0-9-]", "-", exact.lower())
+    clean = re.sub(r"-{2,}", "-", clean).strip("-")
+    if clean == exact and len(clean) <= _DNS_MAX and "-" not in task and clean:
+        return clean
+    room = _DNS_MAX - _HASH_LEN - 1
+    head = clean[:room].rstrip("-")
+    suffix = _digest(task, key)
+    return f"{head}-{suffix}" if head else f"pdt-{suffix}"
+
+
+def label_value(value: str) -> str:
+    """A valid label value (``[A-Za-z0-9._-]``, at most 63, alphanumeric at both ends) for
+    ``value``: the value itself when valid, else a sanitised prefix plus a short hash."""
+    if (
+        len(value) <= _DNS_MAX
+        and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", value) is not None
+    ):
+        return value
+    clean = re.sub(r"[^A-Za-z0-9._-]", "-", value)[: _DNS_MAX - _HASH_LEN - 1]
+    clean = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", clean)
+    suffix = _digest(value)
+    return f"{clean}-{suffix}" if clean else suffix
+
+
+# ---------------------------------------------------------------------------- quantities
+_MEM_SUFFIX = {
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+    "Pi": 1024**5,
+    "Ei": 1024**6,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "m": 1,  # milli-bytes are not meaningful; treated as /1000 below
+}
+
+
+def parse_cpu(value: str | float | int) -> float:
+    """Kubernetes CPU quantity (``"500m"``, ``"2"``, ``0.5``) in cores."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        if text.endswith("m"):
+            return float(text[:-1]) / 1000
+        return float(text)
+    except ValueError:
+        raise ConfigurationError(f"invalid CPU quantity {value!r} (use e.g. '500m' or '2')") from None
+
+
+def parse_memory(value: str | float | int) -> int:
+    """Kubernetes memory quantity (``"128Mi"``, ``"1G"``, ``1e9``) in bytes."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip()
+    m = re.fullmatch(r"([0-9.]+(?:[eE][0-9]+)?)([A-Za-z]{0,2})", text)
+    if m is None or (m.group(2) and m.group(2) not in _MEM_SUFFIX):
+        raise ConfigurationError(f"invalid memory quantity {value!r} (use e.g. '128Mi' or '1Gi')")
+    number = float(m.group(1))
+    if m.group(2) == "m":
+        return int(number / 1000)
+    return int(number * _MEM_SUFFIX.get(m.group(2), 1))
+
+
+# ---------------------------------------------------------------------------- client
+@asynccontextmanager
+async def api_client(
+    kubeconfig: str | None = None, *, context: str | None = None, in_cluster: bool = False
+) -> AsyncIterator[Any]:
+    """An ``ApiClient`` from a kubeconfig file (default ``~/.kube/config``) or, with
+    ``in_cluster``, from the pod's service account; closed on exit. Use it in a session
+    resource::
+
+        @session.resource
+        async def kube():
+            async with api_client("~/.kube/config") as api:
+                yield api
+    """
+    k8s = require("kubernetes_asyncio", "kube")
+    configuration = k8s.client.Configuration()
+    if in_cluster:
+        k8s.config.load_incluster_config(client_configuration=configuration)
+    else:
+        await k8s.config.load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
+    client = k8s.client.ApiClient(configuration)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+class KubeApiError(BackendUnavailableError):
+    """An API call failed; ``status`` is the HTTP status (0 for connection errors)."""
+
+    def __init__(self, message: str, status: int, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def _api_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    try:
+        data = json.loads(body) if body else {}
+    except (ValueError, TypeError):
+        data = {}
+    if isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    return f"{getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}".strip()
+
+
+@dataclass
+class KubeSlot:
+    """What :meth:`KubeCluster.acquire` reserved for one pod."""
+
+    cpu: float
+    memory: int
+
+
+class KubeCluster:
+    """Where pods run: an API client, a namespace and an optional quota shared by every
+    task that uses this object.
+
+    :param api: an ``ApiClient``, or a session accessor returning one.
+    :param namespace: namespace of the pods.
+    :param max_pods: at most this many pods of these tasks exist at once.
+    :param max_cpu: the CPU requests of those pods add up to at most this (``"4"``, ``"500m"``).
+    :param max_memory: their memory requests add up to at most this (``"8Gi"``).
+    :param retries: attempts for 429/5xx/connection errors (exponential backoff, bounded).
+    """
+
+    def __init__(
+        self,
+        api: Any,
+        *,
+        namespace: str = "default",
+        max_pods: int | None = None,
+        max_cpu: str | float | None = None,
+        max_memory: str | int | None = None,
+        retries: int = 6,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+    ) -> None:
+        if api is None:
+            raise ConfigurationError(
+                "KubeCluster needs an API client: pass a session resource yielding "
+                "kubernetes_asyncio.client.ApiClient (see pydatatask.executor.kube.api_client)"
+            )
+        if max_pods is not None and max_pods < 1:
+            raise ConfigurationError("max_pods must be at least 1")
+        self._api = api
+        self.namespace = namespace
+        self.max_pods = max_pods
+        self.max_cpu = None if max_cpu is None else parse_cpu(max_cpu)
+        self.max_memory = None if max_memory is None else parse_memory(max_memory)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.in_flight: list[KubeSlot] = []
+        #: number of API requests made (for tests and status)
+        self.calls: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<KubeCluster namespace={self.namespace}>"
+
+    # ------------------------------------------------------------------ quota
+    def acquire(self, cpu: float, memory: int) -> KubeSlot | None:
+        """Reserve room for one pod with these requests, or None if the quota is full."""
+        if self.max_pods is not None and len(self.in_flight) >= self.max_pods:
+            return None
+        used_cpu = sum(s.cpu for s in self.in_flight)
+        used_mem = sum(s.memory for s in self.in_flight)
+        if self.max_cpu is not None:
+            if cpu > self.max_cpu:
+                raise ConfigurationError(
+                    f"a pod requests {cpu:g} CPU but the cluster quota is {self.max_cpu:g}: it can never run"
+                )
+            if used_cpu + cpu > self.max_cpu + 1e-9:
+                return None
+        if self.max_memory is not None:
+            if memory > self.max_memory:
+                raise ConfigurationError(
+                    f"a pod requests {memory} bytes of memory but the cluster quota is "
+                    f"{self.max_memory}: it can never run"
+                )
+            if used_mem + memory > self.max_memory:
+                return None
+        slot = KubeSlot(cpu, memory)
+        self.in_flight.append(slot)
+        return slot
+
+    def release(self, slot: KubeSlot) -> None:
+        """Give back what :meth:`acquire` reserved."""
+        for i, s in enumerate(self.in_flight):
+            if s is slot:
+                del self.in_flight[i]
+                return
+
+    # ------------------------------------------------------------------ API
+    @property
+    def core(self) -> Any:
+        """A ``CoreV1Api`` on the live client."""
+        k8s = require("kubernetes_asyncio", "kube")
+        return k8s.client.CoreV1Api(resolve(self._api))
+
+    async def call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Call ``fn`` with retries for transient errors; translate the rest (see module doc)."""
+        k8s = require("kubernetes_asyncio", "kube")
+        aiohttp = require("aiohttp", "kube")
+        delay = self.backoff
+        name = getattr(fn, "__name__", what)
+        for attempt in range(1, self.retries + 1):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            try:
+                return await fn(*args, **kwargs)
+            except k8s.client.exceptions.ApiException as exc:
+                status = int(exc.status or 0)
+                message = _api_message(exc)
+                if status in _RETRY_STATUSES and attempt < self.retries:
+                    log.info("kubernetes %s: %s; retrying in %.1fs", what, message, delay)
+                elif status == 422:
+                    raise ConfigurationError(f"Kubernetes refused {what}: invalid: {message}") from exc
+                elif status == 403:
+                    raise ConfigurationError(
+                        f"Kubernetes refused {what}: forbidden: {message} (check the RBAC permissions "
+                        f"of the credentials for namespace {self.namespace!r})"
+                    ) from exc
+                elif status == 401:
+                    raise BackendUnavailableError(
+                        f"Kubernetes refused {what}: unauthorized (check the kubeconfig/token)"
+                    ) from exc
+                else:
+                    raise KubeApiError(f"Kubernetes {what}: {message}", status, str(exc.reason)) from exc
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if attempt >= self.retries:
+                    raise KubeApiError(
+                        f"Kubernetes {what}: API server unreachable: {type(exc).__name__}: {exc}", 0
+                    ) from exc
+                log.info("kubernetes %s: %s; retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def create_pod(self, body: dict[str, Any]) -> Any:
+        """Create a pod; :class:`KubeApiError` with status 409 if the name is taken."""
+        name = body.get("metadata", {}).get("name", "?")
+        return await self.call(
+            f"creating pod {name!r}", self.core.create_namespaced_pod, self.namespace, body
+        )
+
+    async def list_pods(self, selector: str) -> list[Any]:
+        """Pods matching the label selector (one LIST request)."""
+        result = await self.call(
+            f"listing pods ({selector})",
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=selector,
+        )
+        return list(result.items or [])
+
+    async def read_pod(self, name: str) -> Any | None:
+        """The pod, or None if absent."""
+        try:
+            return await self.call(
+                f"reading pod {name!r}", self.core.read_namespaced_pod, name, self.namespace
+            )
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def delete_pod(self, name: str, *, grace: int | None = None, uid: str | None = None) -> bool:
+        """Delete the pod (only if its uid is ``uid``, when given); False if it was absent."""
+        kwargs: dict[str, Any] = {}
+        if grace is not None:
+            kwargs["grace_period_seconds"] = grace
+        if uid is not None:
+            kwargs["body"] = {"preconditions": {"uid": uid}}
+        try:
+            await self.call(
+                f"deleting pod {name!r}", self.core.delete_namespaced_pod, name, self.namespace, **kwargs
+            )
+        except KubeApiError as exc:
+            if exc.status in (404, 409):  # gone, or replaced by another pod of that name
+                return False
+            raise
+        return True
+
+    async def patch_pod(self, name: str, body: dict[str, Any]) -> Any:
+        """Merge-patch the pod (a ``metadata.resourceVersion`` in ``body`` is a precondition)."""
+        return await self.call(
+            f"patching pod {name!r}", self.core.patch_namespaced_pod, name, self.namespace, body
+        )
+
+    async def pod_log(self, name: str, container: str, limit_bytes: int | None = None) -> str:
+        """The log of one container ('' with a note if it cannot be read)."""
+        kwargs: dict[str, Any] = {"container": container}
+        if limit_bytes:
+            kwargs["limit_bytes"] = limit_bytes
+        try:
+            text = await self.call(
+                f"reading the log of pod {name!r}",
+                self.core.read_namespaced_pod_log,
+                name,
+                self.namespace,
+                **kwargs,
+            )
+        except (KubeApiError, BackendUnavailableError) as exc:
+            return f"(log not available: {exc})\n"
+        return str(text)
+
+
+# ---------------------------------------------------------------------------- poller
+class PodPoller:
+    """The pods of one label selector, listed at most once per ``interval``.
+
+    Both the task's ``live`` listing and every job waiting for its pod read the same
+    snapshot, so a task costs one LIST per interval however many pods it runs. While at
+    least one job waits, a background poller refreshes the snapshot every interval and
+    wakes the waiters.
+    """
+
+    def __init__(self, cluster: KubeCluster, selector: str, interval: float) -> None:
+        self.cluster = cluster
+        self.selector = selector
+        self.interval = interval
+        self.pods: dict[str, Any] = {}
+        self.taken_at = -1e18
+        self.lists = 0
+        self._lock = asyncio.Lock()
+        self._changed: asyncio.Future[None] | None = None
+        self._waiters = 0
+        self._poller: asyncio.Task[None] | None = None
+        #: the error of the last listing, if it failed
+        self.error: Exception | None = None
+
+    async def refresh(self, max_age: float | None = None) -> dict[str, Any]:
+        """The snapshot ``{pod name: pod}``, listed again if older than ``max_age``."""
+        max_age = self.interval if max_age is None else max_age
+        async with self._lock:
+            if time.monotonic() - self.taken_at < max_age:
+                return self.pods
+            try:
+                pods = await self.cluster.list_pods(self.selector)
+            except Exception as exc:
+                self.error = exc
+                self._wake()
+                raise
+            self.error = None
+            self.pods = {p.metadata.name: p for p in pods}
+            self.taken_at = time.monotonic()
+            self.lists += 1
+            self._wake()
+            return self.pods
+
+    def _wake(self) -> None:
+        fut, self._changed = self._changed, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def next_snapshot(self) -> dict[str, Any]:
+        """Wait for the next listing (run by the background poller) and return it."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        fut = self._changed
+        self._waiters += 1
+        try:
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.get_running_loop().create_task(
+                    self._poll(), name=f"pod poller {self.selector}"
+                )
+            await asyncio.shield(fut)
+        finally:
+            self._waiters -= 1
+            if self._waiters == 0 and self._poller is not None:
+                self._poller.cancel()
+                self._poller = None
+        if self.error is not None:
+            raise self.error
+        return self.pods
+
+    async def _poll(self) -> None:
+        while True:
+            wait = self.interval - (time.monotonic() - self.taken_at)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                await self.refresh(self.interval * 0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # waiters got the error; keep polling for the others
+                log.warning("polling pods (%s) failed: %s", self.selector, exc)
+                await asyncio.sleep(self.interval)

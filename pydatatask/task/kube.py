@@ -1,0 +1,630 @@
+"""Tasks whose jobs are Kubernetes pods: :class:`KubeTask` and :class:`KubeFunctionTask`.
+
+Life of a job (see ``docs/kube.rst``):
+
+* **claim** = pod creation. The pod name is derived from (task, key) (:func:`pod_name`),
+  so creating it is the atomic claim: a 409 AlreadyExists means another scheduler runs
+  the key. The task's ``live`` repository is :class:`KubePodRepository`: the pods with
+  the task's label, keyed by the exact key kept in an annotation.
+* **wait**: one :class:`~pydatatask.executor.kube.PodPoller` per task lists the task's
+  pods (one LIST by label selector) at most once per ``poll_interval`` and wakes the jobs
+  waiting for their pod. The ``live`` listing reads the same snapshot.
+* **reap**: on Succeeded/Failed the outcome (phase, exit code per container, reason,
+  node, times) goes to the job record, every container's log to the job log, and the pod
+  is deleted. On timeout, cancellation or any error the pod is deleted (shielded).
+* **adopt** after a crash: a pod whose owner process is gone (the claim annotation names
+  host, pid and pid start time) is stale; :meth:`KubeTask.recover_stale` deletes it when
+  its key needs no work (record present, input gone), or offers it for adoption: the key
+  is hidden from ``live`` so the scheduler launches it, and the claim takes the existing
+  pod over (a patch with a resourceVersion precondition) instead of creating one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import yaml
+
+from ..durations import parse_duration
+from ..errors import ConfigurationError, JobError, KeyNotFoundError, UnsupportedOperationError
+from ..executor.kube import (
+    KubeApiError,
+    KubeCluster,
+    KubeSlot,
+    PodPoller,
+    label_value,
+    parse_cpu,
+    parse_memory,
+    pod_name,
+)
+from ..repository.base import BlobRepository, MetadataRepository, Repository
+from .base import JobContext, JobOutcome, Task
+from .inprocess import InProcessTask
+from .records import make_claim
+from .retry import RetryPolicy
+from .templates import job_context, render_yaml
+
+__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV")
+
+log = logging.getLogger("pydatatask.task.kube")
+
+TASK_LABEL = "pydatatask.io/task"
+KEY_LABEL = "pydatatask.io/key"
+TASK_ANNOTATION = "pydatatask.io/task"
+KEY_ANNOTATION = "pydatatask.io/key"
+CLAIM_ANNOTATION = "pydatatask.io/claim"
+#: set to "1" in the pods of a :class:`KubeFunctionTask`: the task then runs its function
+IN_POD_ENV = "PDT_IN_POD"
+
+_FINISHED = ("Succeeded", "Failed")
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def pod_summary(pod: Any) -> dict[str, Any]:
+    """The ``live`` value of a pod: its claim (owner, host, pid, ...) plus pod facts."""
+    meta = pod.metadata
+    annotations = meta.annotations or {}
+    try:
+        claim = json.loads(annotations.get(CLAIM_ANNOTATION, "{}"))
+    except ValueError:
+        claim = {}
+    summary: dict[str, Any] = claim if isinstance(claim, dict) else {}
+    summary.update(
+        pod=meta.name,
+        uid=meta.uid,
+        namespace=meta.namespace,
+        task=annotations.get(TASK_ANNOTATION),
+        key=annotations.get(KEY_ANNOTATION),
+        phase=(pod.status.phase if pod.status else None) or "Pending",
+        node=pod.spec.node_name if pod.spec else None,
+        created=_iso(meta.creation_timestamp),
+        deleting=meta.deletion_timestamp is not None,
+    )
+    return summary
+
+
+class KubePodRepository(MetadataRepository):
+    """The pods of one task (label ``pydatatask.io/task``), as a metadata repository:
+    keys are the exact job keys (from the ``pydatatask.io/key`` annotation), values are
+    :func:`pod_summary` dicts, ``delete`` deletes the pod. Used as a KubeTask's ``live``.
+
+    Listings come from the task's shared :class:`PodPoller` snapshot (at most one LIST per
+    poll interval). Writes are not supported: pods are created by the task's claim.
+    """
+
+    def __init__(self, cluster: KubeCluster, task: str, poll_interval: float) -> None:
+        self.cluster = cluster
+        self.task_name = task
+        self.selector = f"{TASK_LABEL}={label_value(task)}"
+        self.poller = PodPoller(cluster, self.selector, poll_interval)
+        #: keys of orphaned pods offered for adoption: {key: pod uid}; hidden from listings
+        self.adoptable: dict[str, str] = {}
+        #: True inside a KubeFunctionTask's own pod: no API access
+        self.offline = False
+
+    def describe(self) -> str:
+        return f"pods of task {self.task_name} in namespace {self.cluster.namespace}"
+
+    async def validate(self, create: bool = False) -> None:
+        if not self.offline:
+            await self.poller.refresh(0)  # fail early, with a clear error, if the API is unreachable
+
+    def _mine(self, pods: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for pod in pods.values():
+            annotations = pod.metadata.annotations or {}
+            key = annotations.get(KEY_ANNOTATION)
+            if key and annotations.get(TASK_ANNOTATION) == self.task_name:
+                out[key] = pod
+        return out
+
+    async def pods(self) -> dict[str, Any]:
+        """``{key: pod}`` from the current snapshot (listed again if older than the interval)."""
+        if self.offline:
+            return {}
+        return self._mine(await self.poller.refresh())
+
+    async def _list(self) -> Iterable[str]:
+        return [k for k in await self.pods() if k not in self.adoptable]
+
+    async def _get(self, key: str) -> Any:
+        pod = (await self.pods()).get(key)
+        if pod is None:
+            raise KeyNotFoundError(key, self.describe())
+        return pod_summary(pod)
+
+    async def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        pods = await self.pods()
+        return {k: pod_summary(pods[k]) for k in keys if k in pods}
+
+    async def _put(self, key: str, value: Any) -> None:
+        raise UnsupportedOperationError(f"{self.describe()}: pods are created by the task, not written")
+
+    async def _delete(self, key: str) -> None:
+        if not self.offline:
+            await self.cluster.delete_pod(pod_name(self.task_name, key))
+
+
+class KubeTask(Task):
+    """Each job is a pod rendered from a Jinja2 YAML template.
+
+    :param manifest: the Pod manifest template (YAML). Every ``{{ value }}`` is
+        JSON-encoded, so keys and paths are YAML-safe; the context is
+        :func:`~pydatatask.task.templates.job_context` (``key``, ``task``, ``params``,
+        ``links`` and one entry per link) plus ``namespace``, ``pod_name``, ``attempt``.
+        ``metadata.name``, labels and annotations are set by the task.
+    :param cluster: a :class:`~pydatatask.executor.kube.KubeCluster`, or an ``ApiClient``
+        / session accessor returning one (wrapped with ``namespace``).
+    :param params: extra template values (``{{ params.x }}``).
+    :param env: environment added to every container: ``{NAME: "value"}`` or
+        ``{NAME: {"secretKeyRef": {"name": ..., "key": ...}}}`` (a ``valueFrom``). Secrets go
+        here, never into command lines.
+    :param cpu, memory: requests = limits of containers that set no ``resources``; also what
+        the cluster quota counts per pod.
+    :param pending_timeout: fail a pod still Pending after this long, naming the reason.
+    :param poll_interval: how often the task's pods are listed (``"2s"``).
+    :param log_limit: at most this many bytes of each container's log are kept.
+    """
+
+    runner = "kube"
+
+    def __init__(
+        self,
+        name: str,
+        manifest: str,
+        *,
+        cluster: Any,
+        namespace: str = "default",
+        inputs: Mapping[str, Repository] | None = None,
+        outputs: Mapping[str, Repository] | None = None,
+        params: Mapping[str, Any] | None = None,
+        env: Mapping[str, Any] | None = None,
+        cpu: str | float | None = None,
+        memory: str | int | None = None,
+        done: MetadataRepository | None = None,
+        logs: BlobRepository | None = None,
+        concurrency: int = 8,
+        retry: RetryPolicy | None = None,
+        timeout: float | str | None = None,
+        priority: int = 0,
+        pending_timeout: float | str | None = None,
+        poll_interval: float | str = "2s",
+        log_limit: int = 1 << 20,
+    ) -> None:
+        if not isinstance(manifest, str) or not manifest.strip():
+            raise ConfigurationError(f"task {name!r}: manifest must be a non-empty YAML template string")
+        self.cluster = (
+            cluster if isinstance(cluster, KubeCluster) else KubeCluster(cluster, namespace=namespace)
+        )
+        self.manifest = manifest
+        self.params = dict(params or {})
+        self.env = dict(env or {})
+        for var, value in self.env.items():
+            if not isinstance(value, (str, dict)):
+                raise ConfigurationError(
+                    f"task {name!r}: env {var!r} must be a string or a valueFrom dict, not {type(value).__name__}"
+                )
+        self.cpu = None if cpu is None else str(cpu)
+        self.memory = None if memory is None else str(memory)
+        self._cpu = 0.0 if cpu is None else parse_cpu(cpu)
+        self._memory = 0 if memory is None else parse_memory(memory)
+        self.pending_timeout = None if pending_timeout is None else parse_duration(pending_timeout)
+        self.poll_interval = parse_duration(poll_interval)
+        self.log_limit = log_limit
+        self.pods = KubePodRepository(self.cluster, name, self.poll_interval)
+        #: pods this process created or adopted and has not reaped: {key: (name, uid)}
+        self._pods: dict[str, tuple[str, str]] = {}
+        #: pod creations made by this task object (for tests and status)
+        self.created = 0
+        super().__init__(
+            name,
+            inputs=inputs,
+            outputs=outputs,
+            done=done,
+            live=self.pods,
+            logs=logs,
+            concurrency=concurrency,
+            retry=retry,
+            timeout=timeout,
+            priority=priority,
+        )
+
+    @property
+    def in_pod(self) -> bool:
+        """True when this process is the job's own pod (only for :class:`KubeFunctionTask`)."""
+        return False
+
+    def describe(self) -> str:
+        return f"kube task {self.name} (namespace {self.cluster.namespace})"
+
+    # ---------------------------------------------------------------- manifest
+    def pod_name(self, key: str) -> str:
+        """The pod name of ``key`` (see :func:`~pydatatask.executor.kube.pod_name`)."""
+        return pod_name(self.name, key)
+
+    def render(self, key: str, *, attempt: int = 1, claim: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The pod body for ``key``: the rendered template plus name, labels, annotations,
+        resources, environment and ``restartPolicy: Never`` unless set."""
+        name = self.pod_name(key)
+        context = job_context(self, key, self.params)
+        context.update(namespace=self.cluster.namespace, pod_name=name, attempt=attempt)
+        text = render_yaml(self.manifest, context)
+        try:
+            body = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(
+                f"task {self.name}: the manifest rendered for {key!r} is not valid YAML: {exc}"
+            ) from exc
+        if not isinstance(body, dict) or body.get("kind", "Pod") != "Pod":
+            raise ConfigurationError(f"task {self.name}: the manifest must be one Pod (kind: Pod)")
+        body.setdefault("apiVersion", "v1")
+        body["kind"] = "Pod"
+        meta = body.get("metadata") or {}
+        body["metadata"] = meta
+        meta["name"] = name
+        meta["namespace"] = self.cluster.namespace
+        labels = meta.get("labels") or {}
+        labels[TASK_LABEL] = label_value(self.name)
+        labels[KEY_LABEL] = label_value(key)
+        meta["labels"] = labels
+        annotations = meta.get("annotations") or {}
+        annotations[TASK_ANNOTATION] = self.name
+        annotations[KEY_ANNOTATION] = key
+        annotations[CLAIM_ANNOTATION] = json.dumps(claim or make_claim("", self.name, key, time.time()))
+        meta["annotations"] = annotations
+        spec = body.get("spec")
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("containers"), list)
+            or not spec["containers"]
+        ):
+            raise ConfigurationError(
+                f"task {self.name}: the manifest needs spec.containers (a non-empty list)"
+            )
+        spec.setdefault("restartPolicy", "Never")
+        env = [self._env_entry(k, v) for k, v in self._pod_env().items()]
+        for container in spec["containers"]:
+            if not isinstance(container, dict):
+                raise ConfigurationError(f"task {self.name}: every container must be a mapping")
+            if not container.get("resources") and (self.cpu or self.memory):
+                amounts = {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v}
+                container["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
+            if env:
+                names = {e.get("name") for e in container.get("env") or []}
+                container["env"] = list(container.get("env") or []) + [
+                    e for e in env if e["name"] not in names
+                ]
+        return body
+
+    def _pod_env(self) -> dict[str, Any]:
+        return dict(self.env)
+
+    @staticmethod
+    def _env_entry(name: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {"name": name, "valueFrom": value}
+        return {"name": name, "value": value}
+
+    # ---------------------------------------------------------------- quota
+    def acquire_slot(self) -> Any:
+        if self.in_pod:
+            return True
+        return self.cluster.acquire(self._cpu, self._memory)
+
+    def release_slot(self, slot: Any) -> None:
+        if isinstance(slot, KubeSlot):
+            self.cluster.release(slot)
+
+    # ---------------------------------------------------------------- claim / adopt
+    async def claim(self, key: str, owner: str) -> bool:
+        """Create the pod (the atomic claim). On 409, take over an orphan offered for
+        adoption; otherwise another scheduler runs ``key``: False."""
+        if self.in_pod:
+            return True
+        claim = make_claim(owner, self.name, key, time.time())
+        try:
+            await self._create(key, 1, claim)
+            return True
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+        uid = self.pods.adoptable.pop(key, None)
+        if uid is None:
+            return False
+        return await self._adopt(key, uid, claim)
+
+    async def _adopt(self, key: str, uid: str, claim: dict[str, Any]) -> bool:
+        name = self.pod_name(key)
+        pod = await self.cluster.read_pod(name)
+        if pod is None or pod.metadata.uid != uid or pod.metadata.deletion_timestamp is not None:
+            return False
+        patch = {
+            "metadata": {
+                "resourceVersion": pod.metadata.resource_version,
+                "annotations": {CLAIM_ANNOTATION: json.dumps(claim)},
+            }
+        }
+        try:
+            await self.cluster.patch_pod(name, patch)
+        except KubeApiError as exc:
+            if exc.status in (404, 409):
+                return False  # gone, or another scheduler adopted it first
+            raise
+        log.info("task %s: adopted pod %s of %r (phase %s)", self.name, name, key, pod.status.phase)
+        self._pods[key] = (name, uid)
+        return True
+
+    async def release(self, key: str) -> None:
+        if self.in_pod:
+            return
+        current = self._pods.pop(key, None)
+        if current is not None:
+            await self.cluster.delete_pod(current[0], uid=current[1])
+
+    async def recover_stale(self, key: str, claim: Any) -> None:
+        """A pod whose scheduler is gone: delete it if ``key`` needs no work any more
+        (a job record exists, or an input is gone); otherwise offer it for adoption."""
+        if self.in_pod or not isinstance(claim, dict):
+            return
+        name, uid = claim.get("pod"), claim.get("uid")
+        reason = None
+        if claim.get("deleting"):
+            return
+        if await self.done.contains(key):
+            reason = "its job record exists"
+        else:
+            for link in self.required_links:
+                if not await link.repository.contains(key):
+                    reason = f"input {link.name!r} no longer has the key"
+                    break
+        if reason is not None or not isinstance(name, str) or not isinstance(uid, str):
+            log.warning("task %s: deleting orphaned pod %s of %r: %s", self.name, name, key, reason)
+            await self.cluster.delete_pod(self.pod_name(key), uid=uid if isinstance(uid, str) else None)
+            return
+        log.warning(
+            "task %s: pod %s of %r outlived its scheduler (%s); adopting it",
+            self.name,
+            name,
+            key,
+            claim.get("owner"),
+        )
+        self.pods.adoptable[key] = uid
+
+    # ---------------------------------------------------------------- the job
+    async def _create(self, key: str, attempt: int, claim: dict[str, Any] | None = None) -> tuple[str, str]:
+        body = self.render(key, attempt=attempt, claim=claim)
+        pod = await self.cluster.create_pod(body)
+        self.created += 1
+        current = (pod.metadata.name, pod.metadata.uid)
+        self._pods[key] = current
+        return current
+
+    async def _create_retrying(self, key: str, attempt: int) -> tuple[str, str]:
+        """Create the pod of a later attempt, waiting for a terminating predecessor to go."""
+        claim = make_claim(f"{self.name}-{os.getpid()}", self.name, key, time.time())
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return await self._create(key, attempt, claim)
+            except KubeApiError as exc:
+                if exc.status != 409:
+                    raise
+            old = await self.cluster.read_pod(self.pod_name(key))
+            if old is not None and old.metadata.deletion_timestamp is None:
+                raise JobError(
+                    f"task {self.name}: pod {self.pod_name(key)} of {key!r} exists already (another scheduler?)"
+                )
+            if time.monotonic() > deadline:
+                raise JobError(f"task {self.name}: the previous pod of {key!r} is still terminating")
+            await asyncio.sleep(min(self.poll_interval, 1.0))
+
+    async def run_job(self, job: JobContext) -> JobOutcome | None:
+        key = job.key
+        current = self._pods.get(key)
+        if current is None:
+            current = await self._create_retrying(key, job.attempt)
+        name, uid = current
+        since = time.monotonic()
+        job.log(f"pod {name} (uid {uid}) in namespace {self.cluster.namespace}")
+        reaped = False
+        try:
+            pod = await self._wait(name, uid, since)
+            outcome, failure = self._outcome(pod)
+            await self._copy_logs(job, pod)
+            await self.cluster.delete_pod(name, grace=0, uid=uid)
+            reaped = True
+        finally:
+            if self._pods.get(key) == current:
+                del self._pods[key]
+            if not reaped:
+                await asyncio.shield(self._delete_quietly(name, uid))
+        if failure is not None:
+            error = JobError(failure)
+            error.outcome = outcome  # type: ignore[attr-defined]
+            raise error
+        return outcome
+
+    async def _delete_quietly(self, name: str, uid: str) -> None:
+        try:
+            await self.cluster.delete_pod(name, uid=uid)
+        except Exception as exc:
+            log.error("task %s: could not delete pod %s: %s", self.name, name, exc)
+
+    async def _wait(self, name: str, uid: str, since: float) -> Any:
+        poller = self.pods.poller
+        snapshot = await poller.refresh()
+        while True:
+            pod = snapshot.get(name)
+            if pod is None or pod.metadata.uid != uid:
+                if poller.taken_at > since:
+                    raise JobError(f"task {self.name}: pod {name} disappeared before it finished (deleted?)")
+            else:
+                phase = (pod.status.phase if pod.status else None) or "Pending"
+                if phase in _FINISHED:
+                    return pod
+                if (
+                    phase == "Pending"
+                    and self.pending_timeout is not None
+                    and time.monotonic() - since > self.pending_timeout
+                ):
+                    raise JobError(
+                        f"task {self.name}: pod {name} still Pending after {self.pending_timeout:g}s: "
+                        f"{pending_reason(pod)}"
+                    )
+            snapshot = await poller.next_snapshot()
+
+    def _outcome(self, pod: Any) -> tuple[JobOutcome, str | None]:
+        status = pod.status
+        containers: dict[str, dict[str, Any]] = {}
+        finished: list[str] = []
+        for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
+            term = cs.state.terminated if cs.state else None
+            if term is None:
+                containers[cs.name] = {"exit_code": None, "reason": "not terminated"}
+                continue
+            containers[cs.name] = {
+                "exit_code": term.exit_code,
+                "reason": term.reason,
+                "started_at": _iso(term.started_at),
+                "finished_at": _iso(term.finished_at),
+            }
+            if term.finished_at is not None:
+                finished.append(_iso(term.finished_at) or "")
+        order = [c.name for c in pod.spec.containers]
+        codes = [containers.get(c, {}).get("exit_code") for c in order]
+        bad = [(c, containers[c]) for c in containers if containers[c].get("exit_code") not in (0,)]
+        exit_code = next((c for c in codes if c not in (0, None)), codes[0] if codes else None)
+        info = {
+            "pod": pod.metadata.name,
+            "uid": pod.metadata.uid,
+            "namespace": pod.metadata.namespace,
+            "phase": status.phase,
+            "reason": status.reason,
+            "message": status.message,
+            "node": pod.spec.node_name,
+            "start_time": _iso(status.start_time),
+            "finish_time": max(finished) if finished else None,
+            "containers": containers,
+        }
+        outcome = JobOutcome(exit_code=exit_code, host=pod.spec.node_name, extra={"kube": info})
+        if status.phase == "Succeeded":
+            return outcome, None
+        what = ", ".join(
+            f"container {c} exited with {d.get('exit_code')} ({d.get('reason')})" for c, d in bad
+        )
+        why = status.reason or ""
+        if status.message:
+            why = f"{why}: {status.message}" if why else status.message
+        return outcome, f"task {self.name}: pod {pod.metadata.name} failed: {what or why or 'phase Failed'}"
+
+    async def _copy_logs(self, job: JobContext, pod: Any) -> None:
+        names = [c.name for c in (pod.spec.init_containers or [])] + [c.name for c in pod.spec.containers]
+        for cname in names:
+            text = await self.cluster.pod_log(pod.metadata.name, cname, self.log_limit)
+            job.log(f"--- pod {pod.metadata.name} container {cname} output ---\n{text.rstrip()}")
+
+
+def pending_reason(pod: Any) -> str:
+    """Why a pod is Pending: an Unschedulable condition, a container's waiting reason, ..."""
+    reasons: list[str] = []
+    status = pod.status
+    for cond in (status.conditions if status else None) or []:
+        if cond.status != "True" and (cond.reason or cond.message):
+            reasons.append(f"{cond.type} {cond.reason or ''}: {cond.message or ''}".strip(": "))
+    for cs in (status.container_statuses if status else None) or []:
+        waiting = cs.state.waiting if cs.state else None
+        if waiting is not None and waiting.reason:
+            reasons.append(f"container {cs.name} {waiting.reason}: {waiting.message or ''}".strip(": "))
+    if pod.spec is not None and not pod.spec.node_name and not reasons:
+        reasons.append("not scheduled to any node yet")
+    return "; ".join(reasons) or "no reason reported"
+
+
+_FUNCTION_MANIFEST = """\
+apiVersion: v1
+kind: Pod
+spec:
+  containers:
+  - name: main
+    image: {image}
+    command: {command}
+    args: ["launch", {{{{ task }}}}, {{{{ key }}}}, "--force", "--sync"]{workdir}
+"""
+
+
+class KubeFunctionTask(KubeTask):
+    """Each job runs ``func`` (a function of the pipeline script) inside a pod.
+
+    The pod runs ``python3 <script_path> launch TASK KEY --force --sync``: the pipeline
+    script itself, whose CLI runs one job in-process. There the same task object sees
+    ``PDT_IN_POD=1`` (set in the pod's environment) and calls the function the way
+    :class:`~pydatatask.task.InProcessTask` does, instead of creating a pod. The image must
+    contain the script (at ``script_path``), pydatatask and whatever the function imports,
+    and the pod needs whatever the session's resources need (credentials via ``env``).
+    The record written by the scheduler that created the pod is the final one.
+    """
+
+    runner = "kube-function"
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        *,
+        script_path: str,
+        image: str,
+        python: str = "python3",
+        working_dir: str | None = None,
+        manifest: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not callable(func):
+            raise ConfigurationError(f"task {name!r}: {func!r} is not callable")
+        self.func = func
+        self.script_path = script_path
+        self.image = image
+        if manifest is None:
+            raw = {
+                "image": json.dumps(image),
+                "command": json.dumps([python, script_path]),
+                "workdir": f"\n    workingDir: {json.dumps(working_dir)}" if working_dir else "",
+            }
+            manifest = _FUNCTION_MANIFEST.format(
+                **{k: "{% raw %}" + v + "{% endraw %}" if k != "workdir" else v for k, v in raw.items()}
+            )
+        super().__init__(name, manifest, **kwargs)
+        self._inner = InProcessTask(name, func)
+        self._inner.links = self.links  # same links: the function sees this task's repositories
+        if self.in_pod:
+            self.pods.offline = True
+
+    @property
+    def in_pod(self) -> bool:
+        return os.environ.get(IN_POD_ENV) == "1"
+
+    def _pod_env(self) -> dict[str, Any]:
+        env = dict(self.env)
+        env[IN_POD_ENV] = "1"
+        return env
+
+    async def validate(self) -> None:
+        self._inner.check_parameters()
+
+    async def run_job(self, job: JobContext) -> JobOutcome | None:
+        if self.in_pod:
+            return await self._inner.run_job(job)
+        return await super().run_job(job)
