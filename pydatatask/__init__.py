@@ -104,6 +104,9 @@ __all__ = (
     "JsonMetadataS3Repository",
     "MongoMetadataRepository",
     "DockerRepository",
+    # Kubernetes tasks
+    "KubeTask",
+    "KubeFunctionTask",
     # command line
     "main",
 )
@@ -116,6 +119,8 @@ _LAZY: dict[str, str] = {
     "MongoMetadataRepository": ".repository",
     "DockerRepository": ".repository",
     "main": ".cli",
+    "KubeTask": ".task.kube",
+    "KubeFunctionTask": ".task.kube",
 }
 
 

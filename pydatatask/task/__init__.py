@@ -23,4 +23,17 @@ __all__ = (
     "Event",
     "EVENTS",
     "make_record",
+    "KubeTask",
+    "KubeFunctionTask",
 )
+
+
+def __getattr__(name: str) -> object:
+    # Kubernetes tasks are imported on first use (their client library is an extra)
+    if name in ("KubeTask", "KubeFunctionTask"):
+        from . import kube
+
+        value = getattr(kube, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
