@@ -252,12 +252,13 @@ class Pipeline:
                         reasons.append(
                             f"{link.kind.value} {link.name!r} ({link.repository.describe()}) already has {key!r}"
                         )
-            if key in view.blocked or (not reasons and key not in view.ready):
-                for up in self.graph.upstream[task_name]:
-                    upview = views[up]
-                    if key in upview.universe and key not in upview.succeeded:
-                        state = "failed" if key in upview.failed else "not finished"
-                        reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
+            for up in self.graph.upstream[task_name]:
+                upview = views[up]
+                if key in upview.universe and key not in upview.succeeded:
+                    state = "failed" if key in upview.failed else "not finished"
+                    reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
+            if not reasons and key not in view.ready:
+                reasons.append(f"{key!r} was ready a moment ago or is queued; nothing blocks it now")
         return reasons
 
     # ---------------------------------------------------------------- changes

@@ -145,7 +145,11 @@ class Scheduler:
         now = time.monotonic()
         if now - self._last_claim_check >= self.pipeline.claim_check_interval or self.ticks == 0:
             self._last_claim_check = now
-            await self._recover_stale_claims()
+            if await self._recover_stale_claims():
+                with listing_scope():
+                    self.views = views = await compute_views(
+                        self.all_tasks, self.pipeline, self.records, self.running
+                    )
         for task in self.selected:
             view = views[task.name]
             ready = view.ready - {k for (t, k) in self.errored if t == task.name}
@@ -153,7 +157,9 @@ class Scheduler:
         self.ticks += 1
         self.last_listing_seconds = time.perf_counter() - t0
 
-    async def _recover_stale_claims(self) -> None:
+    async def _recover_stale_claims(self) -> bool:
+        """Clean up after jobs whose claims are stale; return whether any was found."""
+        any_recovered = False
         for task in self.selected:
             view = self.views[task.name]
             foreign = [k for k in view.live if (task.name, k) not in self.running]
@@ -169,8 +175,8 @@ class Scheduler:
                     recovered = True
                 else:
                     checked.add(key)
-            if recovered:
-                self._wake.set()
+            any_recovered |= recovered
+        return any_recovered
 
     def _free_slots(self) -> int:
         if self.max_jobs is None:

@@ -295,8 +295,14 @@ class Task(ABC):
         """
         owner = owner or f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         hooks = hooks or Hooks()
-        if not claimed and not await self.claim(key, owner):
-            return None
+        if not claimed:
+            if not await self.claim(key, owner):
+                return None
+            # the listing this launch came from may be stale: another scheduler may have
+            # finished the job (record written, then claim released) since then
+            if await self.done.contains(key):
+                await self.release(key)
+                return None
         start = time.time()
         attempt = 0
         record: dict[str, Any]

@@ -52,8 +52,6 @@ class TestFileRepository(BlobRepositoryTests):
 
 
 class TestFileRepositoryNoExtension(BlobRepositoryTests):
-    large_blob_size = 5 * 1024 * 1024
-
     @pytest.fixture
     async def repo(self, tmp_path: Path) -> AsyncIterator[FileRepository]:
         yield FileRepository(tmp_path)
