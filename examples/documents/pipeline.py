@@ -153,7 +153,11 @@ def summary_hook(data: Path, stats: YamlMetadataFileRepository, summary: FileRep
             ]
         )
         await summary.write_text("summary", text)
-        print(f"corpus summary: {len(records)} documents, {words} words -> {data / 'summary.md'}")
+        # stderr: stdout belongs to the CLI (`run --json` prints only JSON there)
+        print(
+            f"corpus summary: {len(records)} documents, {words} words -> {data / 'summary.md'}",
+            file=sys.stderr,
+        )
 
     return write_summary
 

@@ -26,7 +26,7 @@ from . import output
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
-    from ..pipeline.scheduler import Scheduler
+    from ..pipeline.scheduler import RunSummary, Scheduler
 
 __all__ = ("main", "run_cli", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE")
 
@@ -218,6 +218,25 @@ def _yaml(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- commands
+def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
+    from ..pipeline.scheduler import RunSummary
+
+    per_task = {n: dict(c) for n, c in a.per_task.items()}
+    for n, counts in b.per_task.items():
+        mine = per_task.setdefault(n, {"succeeded": 0, "failed": 0})
+        for k, v in counts.items():
+            mine[k] = mine.get(k, 0) + v
+    return RunSummary(
+        succeeded=a.succeeded + b.succeeded,
+        failed=a.failed + b.failed,
+        errors=a.errors + b.errors,
+        interrupted=a.interrupted or b.interrupted,
+        timed_out=a.timed_out or b.timed_out,
+        elapsed=a.elapsed + b.elapsed,
+        per_task=per_task,
+    )
+
+
 async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
     for name in args.task or []:
         _task_name(pipeline, name)
@@ -255,6 +274,7 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
             pass
+    names = args.task or list(pipeline.tasks)
     try:
         with progress:
             summary = await pipeline.run(
@@ -265,6 +285,28 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 grace=args.grace,
                 on_progress=on_progress,
             )
+            # Work around a scheduler race: a job that ends while the repositories are
+            # being listed can be missed by that listing, and the run may then stop with
+            # keys ready downstream. Run again while a pass did something and left keys ready.
+            for _ in range(100):
+                if args.forever or signals or summary.interrupted or summary.timed_out:
+                    break
+                if summary.succeeded + summary.failed == 0:
+                    break
+                status = await pipeline.status()
+                ready = sum(len(status[n]["ready"]) for n in names)
+                remaining = None if args.timeout is None else args.timeout - summary.elapsed
+                if not ready or (remaining is not None and remaining <= 0):
+                    break
+                log.info("%d key(s) became ready as the run ended; running again", ready)
+                more = await pipeline.run(
+                    tasks=args.task,
+                    max_jobs=args.max_jobs,
+                    timeout=remaining,
+                    grace=args.grace,
+                    on_progress=on_progress,
+                )
+                summary = _merge(summary, more)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -278,7 +320,6 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
         _out(output.format_summary(result, signal_name))
         if not args.no_status:
             status = await pipeline.status()
-            names = args.task or list(pipeline.tasks)
             status = {n: status[n] for n in names}
             _out("\n")
             output.print_table(("task", *output.STATUS_COLUMNS), output.status_rows(status))
