@@ -28,12 +28,20 @@ def is_valid_key(key: object) -> bool:
     return isinstance(key, str) and _KEY_RE.fullmatch(key) is not None
 
 
+_recent: dict[str, None] = {}
+
+
 def validate_key(key: object) -> str:
     """Return ``key`` unchanged if it is valid, else raise :class:`InvalidKeyError`.
 
     The error names the key and the part of the rule it breaks.
     """
+    if type(key) is str and key in _recent:  # hot: a job touches several repositories with one key
+        return key
     if isinstance(key, str) and _KEY_RE.fullmatch(key) is not None:
+        if len(_recent) >= 4096:
+            _recent.clear()
+        _recent[key] = None
         return key
     raise InvalidKeyError(key, _reason(key))
 

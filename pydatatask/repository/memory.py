@@ -57,14 +57,19 @@ class MemoryMetadataRepository(MetadataRepository):
         return {k: _copy(data[k]) for k in keys if k in data}
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
 def _copy(value: Any) -> Any:
-    # fast paths for the common flat record; deepcopy for the rest
-    if isinstance(value, (str, int, float, bool, type(None), bytes)):
+    # fast paths for scalars and flat records (the common job record); deepcopy otherwise
+    scalars = _SCALARS
+    if type(value) in scalars:
         return value
-    if isinstance(value, dict) and all(
-        isinstance(v, (str, int, float, bool, type(None))) for v in value.values()
-    ):
-        return dict(value)
+    if type(value) is dict:
+        for v in value.values():
+            if type(v) not in scalars:
+                return copy.deepcopy(value)
+        return value.copy()
     return copy.deepcopy(value)
 
 

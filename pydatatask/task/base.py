@@ -30,6 +30,8 @@ __all__ = ("Task", "JobContext", "JobOutcome")
 
 log = logging.getLogger("pydatatask.task")
 
+_NO_HOOKS = Hooks()
+
 
 @dataclass
 class JobOutcome:
@@ -294,7 +296,7 @@ class Task(ABC):
         removes partial outputs and the claim, writes no record, and propagates.
         """
         owner = owner or f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        hooks = hooks or Hooks()
+        hooks = hooks if hooks is not None else _NO_HOOKS
         if not claimed:
             if not await self.claim(key, owner):
                 return None
@@ -313,7 +315,8 @@ class Task(ABC):
                 job = JobContext(self, key, attempt, slot=slot)
                 if on_state:
                     on_state(self, key, JobState.RUNNING, attempt)
-                await hooks.emit(Event("job_started", self.name, key, attempt))
+                if hooks.wants("job_started"):
+                    await hooks.emit(Event("job_started", self.name, key, attempt))
                 try:
                     if self.timeout is not None:
                         try:
@@ -383,7 +386,8 @@ class Task(ABC):
         if on_state:
             on_state(self, key, JobState.SUCCEEDED if record["success"] else JobState.FAILED, attempt)
         event = "job_succeeded" if record["success"] else "job_failed"
-        await hooks.emit(Event(event, self.name, key, attempt, record=record))
+        if hooks.wants(event):
+            await hooks.emit(Event(event, self.name, key, attempt, record=record))
         return record
 
     async def _abandon(self, key: str) -> None:

@@ -66,6 +66,10 @@ class Hooks:
     def __bool__(self) -> bool:
         return any(self._callbacks.values())
 
+    def wants(self, event: str) -> bool:
+        """Whether any callback listens to ``event`` (lets callers skip building events)."""
+        return bool(self._callbacks.get(event))
+
     async def emit(self, event: Event) -> None:
         """Call every callback of ``event.name``; log (never raise) their errors."""
         for callback in self._callbacks.get(event.name, ()):
