@@ -494,8 +494,19 @@ class _S3Reader(BlobReader):
             except Exception as exc:
                 if attempt >= repo.max_retries or not _retryable(exc, idempotent=True):
                     raise repo._translate(exc, f"reading {repo.url(self._key)}", attempt + 1) from exc
+                delay = random.uniform(0, min(repo.max_backoff, repo.retry_backoff * 2**attempt))
                 attempt += 1
-                await asyncio.sleep(random.uniform(0, min(repo.max_backoff, repo.retry_backoff * 2**attempt)))
+                log.debug(
+                    "%s: reading %r failed at byte %d (%s); resuming, retry %d/%d in %.2fs",
+                    repo.describe(),
+                    self._key,
+                    self._received,
+                    type(exc).__name__,
+                    attempt,
+                    repo.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
                 await self._resume()
                 continue
             self._received += len(data)

@@ -51,7 +51,8 @@ def _aio_session() -> Any:
 def make_client(conf: dict[str, Any], **config: Any) -> Any:
     from aiobotocore.config import AioConfig
 
-    options: dict[str, Any] = {"max_pool_connections": 64}
+    # botocore's own retries off: the repository's retry layer is the one under test
+    options: dict[str, Any] = {"max_pool_connections": 64, "retries": {"total_max_attempts": 1}}
     options.update(config)
     return _aio_session().create_client(
         "s3",
@@ -404,7 +405,7 @@ async def test_connection_refused_is_fast_and_bounded(
     s3conf: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     conf = {**s3conf, "endpoint_override": "http://127.0.0.1:1"}
-    async with make_client(conf, retries={"max_attempts": 1}, connect_timeout=2) as dead:
+    async with make_client(conf, connect_timeout=2) as dead:
         repo = S3BucketRepository(dead, "anything", max_retries=3, retry_backoff=0.05)
         started = time.perf_counter()
         with caplog.at_level(logging.DEBUG, logger="pydatatask.repository.s3"):
@@ -422,3 +423,19 @@ async def test_missing_key_reads(client: Any, bucket: str, prefix: str) -> None:
     with pytest.raises(KeyNotFoundError, match="nope"):
         await repo.read_bytes("nope")
     assert not await repo.contains("nope")
+
+
+async def test_read_resumes_after_a_dropped_connection(
+    client: Any, bucket: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = S3BucketRepository(client, bucket, prefix)
+    data = os.urandom(32 * MiB)
+    await repo.write_bytes("k", data)
+    with caplog.at_level(logging.DEBUG, logger="pydatatask.repository.s3"):
+        async with repo.open("k", "rb") as f:
+            first = await f.read(1000)
+            # cut the real TCP connection under the reader: the next read fails mid-body
+            f._body.raw_stream.connection.transport.abort()  # type: ignore[attr-defined]
+            rest = await f.read()
+    assert first + rest == data
+    assert "resuming" in caplog.text
