@@ -121,6 +121,7 @@ class Scheduler:
         self._last_claim_check = 0.0
         self.ticks = 0
         self.last_listing_seconds = 0.0
+        self._finished = 0  # jobs ended so far (to detect endings during a listing)
 
     # ---------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -242,6 +243,7 @@ class Scheduler:
                     )
         finally:
             task.release_slot(slot)
+            self._finished += 1
             self.running.pop(ident, None)
             self.states.pop(ident, None)
             self._wake.set()
@@ -282,11 +284,14 @@ class Scheduler:
 
     async def _loop(self, tg: asyncio.TaskGroup) -> None:
         while not self._stop.is_set():
+            finished_before = self._finished
             await self.refresh()
             self.launch(tg)
             if self.on_progress:
                 self.on_progress(self)
             if not self.running and not self._queued():
+                if self._finished != finished_before:
+                    continue  # a job ended during the listing: what it enabled may be missing
                 if not self.forever:
                     return
                 await self._wait(self.poll_interval)
