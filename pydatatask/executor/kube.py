@@ -414,6 +414,7 @@ class PodPoller:
         async with self._lock:
             if time.monotonic() - self.taken_at < max_age:
                 return self.pods
+            started = time.monotonic()  # the listing shows every pod created before this
             try:
                 pods = await self.cluster.list_pods(self.selector)
             except Exception as exc:
@@ -422,7 +423,7 @@ class PodPoller:
                 raise
             self.error = None
             self.pods = {p.metadata.name: p for p in pods}
-            self.taken_at = time.monotonic()
+            self.taken_at = started
             self.lists += 1
             self._wake()
             return self.pods

@@ -1,0 +1,91 @@
+"""A pipeline script for tests/task/test_kube.py, configured through the environment:
+
+PDT_KT_DIR (work dir: in/, out/, fnout/, state/, runs.log), PDT_KT_KUBECONFIG,
+PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs).
+
+Tasks: ``<name>sleep`` (a KubeTask running ``sh``) and ``<name>fn`` (a KubeFunctionTask
+running :func:`shout` inside its pod, which is this very script run with ``launch``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pydatatask
+from pydatatask import FileRepository, Session
+from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.pipeline import Pipeline
+from pydatatask.task.kube import KubeFunctionTask, KubeTask
+
+ROOT = Path(__file__).resolve().parents[2]
+DIR = Path(os.environ["PDT_KT_DIR"])
+NAME = os.environ["PDT_KT_NAME"]
+
+session = Session()
+
+
+@session.resource
+async def kube() -> AsyncIterator[Any]:
+    async with api_client(os.environ["PDT_KT_KUBECONFIG"]) as api:
+        yield api
+
+
+def shout(key: str, src: bytes) -> dict[str, bytes]:
+    """The function a KubeFunctionTask runs in its pod."""
+    where = f"in-pod={os.environ.get('PDT_IN_POD')} pod={os.environ.get('POD_NAME', '?')}"
+    with open(DIR / "fn-runs.log", "a") as f:
+        f.write(f"{key} {os.getpid()}\n")
+    return {"dst": src.upper() + f" ({where})".encode()}
+
+
+cluster = KubeCluster(kube, max_pods=int(os.environ.get("PDT_KT_MAX_PODS", "50")))
+inputs = FileRepository(DIR / "in", ".txt")
+
+sleep_task = KubeTask(
+    f"{NAME}sleep",
+    """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", 'echo "$KEY $POD_UID" >> "$RUNS"; sleep "$SLEEP"; printf done > "$OUT"']
+    env:
+    - {name: KEY, value: {{ key }}}
+    - {name: OUT, value: {{ out.path }}}
+    - {name: RUNS, value: {{ params.runs }}}
+    - {name: SLEEP, value: {{ params.sleep }}}
+    - name: POD_UID
+      valueFrom: {fieldRef: {fieldPath: metadata.uid}}
+""",
+    cluster=cluster,
+    inputs={"src": inputs},
+    outputs={"out": FileRepository(DIR / "out", ".txt")},
+    params={"runs": str(DIR / "runs.log"), "sleep": os.environ.get("PDT_KT_SLEEP", "1")},
+    poll_interval="0.3s",
+    concurrency=50,
+)
+
+fn_task = KubeFunctionTask(
+    f"{NAME}fn",
+    shout,
+    script_path=__file__,
+    image="python:3.11-slim",
+    working_dir=str(ROOT),
+    cluster=cluster,
+    inputs={"src": inputs},
+    outputs={"dst": FileRepository(DIR / "fnout", ".txt")},
+    env={
+        **{k: v for k, v in os.environ.items() if k.startswith("PDT_KT_")},
+        "PYTHONPATH": str(ROOT),
+        "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+    },
+    poll_interval="0.3s",
+)
+
+pipeline = Pipeline([sleep_task, fn_task], session, state_dir=DIR / "state", poll_interval="0.3s")
+
+if __name__ == "__main__":
+    pydatatask.main(pipeline)

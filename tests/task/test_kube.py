@@ -1,0 +1,499 @@
+"""KubeTask / KubeFunctionTask against the real kube-apiserver and the project's test
+kubelet (scripts/test-services), which runs each pod's command as a local process.
+
+Pods live in the services' namespace; every test uses task names with a random suffix
+(hence its own label selector) and checks that no pod of its tasks is left behind.
+Without $PDT_TEST_SERVICES these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pydatatask import (
+    ConfigurationError,
+    MemoryBlobRepository,
+    MemoryMetadataRepository,
+    Session,
+)
+from pydatatask.executor.kube import KubeCluster, api_client, label_value, parse_cpu, parse_memory, pod_name
+from pydatatask.pipeline import Pipeline
+from pydatatask.task.kube import KubeTask
+from tests.conftest import service
+
+pytestmark = pytest.mark.kube
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "kube_pipeline.py"
+DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?")
+
+SH_POD = """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+    env:
+    - {name: KEY, value: {{ key }}}
+"""
+
+
+# ---------------------------------------------------------------------------- pure parts
+@pytest.mark.parametrize(
+    "task,key",
+    [
+        ("t", "a"),
+        ("t", "moby-dick_v2.txt"),
+        ("t", "UPPER.Case"),
+        ("t", "0leading-digit"),
+        ("t", "x" * 200),
+        ("t", "a_b"),
+        ("t", "a-b"),
+        ("t", "_lead"),
+        ("my-task", "k"),
+        ("My_Task", "k"),
+        ("_t", "-"),
+        ("t" * 60, "key"),
+    ],
+)
+def test_pod_name_is_a_dns_label(task: str, key: str) -> None:
+    name = pod_name(task, key)
+    assert DNS_LABEL.fullmatch(name), name
+    assert len(name) <= 63
+    assert pod_name(task, key) == name  # deterministic
+
+
+def test_pod_name_readable_when_possible_and_unique() -> None:
+    assert pod_name("count", "moby") == "count-moby"
+    assert pod_name("count", "Moby").startswith("count-moby-")  # changed: hash appended
+    assert pod_name("count", "a_b") != pod_name("count", "a-b")
+    assert pod_name("count", "a.b") != pod_name("count", "a-b")
+    assert pod_name("count", "A") != pod_name("count", "a")
+    # the task/key boundary is ambiguous when the task name holds a dash
+    assert pod_name("a-b", "c") != pod_name("a", "b-c")
+    long1, long2 = "k" * 199 + "1", "k" * 199 + "2"
+    assert pod_name("t", long1) != pod_name("t", long2)
+    assert pod_name("t1", "k") != pod_name("t2", "k")
+    names = {pod_name("t", f"k{i}.{j}") for i in range(50) for j in range(20)}
+    assert len(names) == 1000
+
+
+@pytest.mark.parametrize(
+    "value", ["a", "moby-dick_v2.txt", "x" * 63, "x" * 64, "a_", "_a", "-", "Key.", "a" * 200]
+)
+def test_label_value(value: str) -> None:
+    out = label_value(value)
+    assert LABEL_VALUE.fullmatch(out) and 0 < len(out) <= 63, out
+    if len(value) <= 63 and value[0].isalnum() and value[-1].isalnum():
+        assert out == value
+    else:
+        assert out != value
+
+
+def test_quantities() -> None:
+    assert parse_cpu("500m") == 0.5 and parse_cpu("2") == 2 and parse_cpu(0.25) == 0.25
+    assert parse_memory("128Mi") == 128 << 20 and parse_memory("1G") == 10**9 and parse_memory(5) == 5
+    with pytest.raises(ConfigurationError, match="memory quantity"):
+        parse_memory("12 parsecs")
+    with pytest.raises(ConfigurationError, match="CPU quantity"):
+        parse_cpu("lots")
+
+
+def test_render_sets_identity_resources_env_and_quotes_values() -> None:
+    inp = MemoryMetadataRepository()
+    task = KubeTask(
+        "Render_T",
+        SH_POD + "    - {name: EVIL, value: {{ params.evil }}}\n",
+        cluster=KubeCluster(object(), namespace="ns1"),
+        inputs={"inp": inp},
+        params={"script": "echo hi", "evil": 'x"\n  injected: [1'},
+        env={"TOKEN": {"secretKeyRef": {"name": "s", "key": "token"}}, "PLAIN": "v"},
+        cpu="250m",
+        memory="64Mi",
+    )
+    body = task.render("Odd_Key.v2")
+    meta = body["metadata"]
+    assert meta["name"] == pod_name("Render_T", "Odd_Key.v2") and meta["namespace"] == "ns1"
+    assert meta["labels"]["pydatatask.io/task"] == "Render_T"
+    assert meta["labels"]["pydatatask.io/key"] == "Odd_Key.v2"
+    assert meta["annotations"]["pydatatask.io/key"] == "Odd_Key.v2"
+    spec = body["spec"]
+    assert spec["restartPolicy"] == "Never"
+    (c,) = spec["containers"]
+    assert c["resources"] == {
+        "requests": {"cpu": "250m", "memory": "64Mi"},
+        "limits": {"cpu": "250m", "memory": "64Mi"},
+    }
+    env = {e["name"]: e for e in c["env"]}
+    assert env["KEY"]["value"] == "Odd_Key.v2"
+    assert env["EVIL"]["value"] == 'x"\n  injected: [1'  # stayed one string
+    assert env["TOKEN"] == {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}
+    assert "token" not in repr(c["command"])
+    # a manifest that sets resources keeps them
+    task2 = KubeTask(
+        "r2",
+        SH_POD + "    resources: {requests: {cpu: 1}}\n",
+        cluster=KubeCluster(object()),
+        params={"script": "true"},
+        cpu="250m",
+    )
+    assert task2.render("k")["spec"]["containers"][0]["resources"] == {"requests": {"cpu": 1}}
+    with pytest.raises(ConfigurationError, match="spec.containers"):
+        KubeTask("r3", "kind: Pod\nspec: {}\n", cluster=KubeCluster(object())).render("k")
+    with pytest.raises(ConfigurationError, match="undefined"):
+        KubeTask("r4", "spec: {{ nope }}\n", cluster=KubeCluster(object())).render("k")
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def kcfg(services: dict[str, Any]) -> dict[str, Any]:
+    return service(services, "kube")
+
+
+@pytest.fixture
+def session(kcfg: dict[str, Any]) -> Session:
+    return Session()
+
+
+@pytest.fixture
+def name() -> str:
+    return "k" + secrets.token_hex(3)
+
+
+def _cluster(session: Session, kcfg: dict[str, Any], **kw: Any) -> KubeCluster:
+    @session.resource
+    async def kube() -> AsyncIterator[Any]:
+        async with api_client(kcfg["kubeconfig"]) as api:
+            yield api
+
+    return KubeCluster(kube, namespace=kcfg["namespace"], **kw)
+
+
+async def _pods(kcfg: dict[str, Any], prefix: str) -> list[Any]:
+    """Pods of the test's tasks (names start with the test's random prefix)."""
+    from kubernetes_asyncio import client
+
+    async with api_client(kcfg["kubeconfig"]) as api:
+        result = await client.CoreV1Api(api).list_namespaced_pod(kcfg["namespace"])
+    return [
+        p
+        for p in result.items
+        if (p.metadata.annotations or {}).get("pydatatask.io/task", "").startswith(prefix)
+    ]
+
+
+async def _no_pods_left(kcfg: dict[str, Any], prefix: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        left = await _pods(kcfg, prefix)
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
+        await asyncio.sleep(0.2)
+
+
+def _sh_task(session: Session, kcfg: dict[str, Any], tname: str, script: str, **kw: Any) -> KubeTask:
+    inp = kw.pop("inputs", None) or {"src": MemoryMetadataRepository()}
+    return KubeTask(
+        tname,
+        SH_POD,
+        cluster=kw.pop("cluster", None) or _cluster(session, kcfg),
+        inputs=inp,
+        params={"script": script},
+        poll_interval="0.2s",
+        **kw,
+    )
+
+
+# ---------------------------------------------------------------------------- jobs
+async def test_failing_container_gives_failure_record_with_exit_code_and_logs(
+    session: Session, kcfg: dict[str, Any], name: str
+) -> None:
+    logs = MemoryBlobRepository()
+    src = MemoryMetadataRepository()
+    task = _sh_task(
+        session, kcfg, name, 'echo "working on $KEY"; echo oops >&2; exit 3', inputs={"src": src}, logs=logs
+    )
+    await src.put("Bad_Key.1", {})
+    await src.put("ok", {})
+    summary = await Pipeline([task], session).run()
+    assert summary.failed == 2 and summary.succeeded == 0
+    rec = await task.done.get("Bad_Key.1")
+    assert rec["success"] is False and rec["exit_code"] == 3
+    assert rec["host"] == kcfg["node"]
+    assert rec["kube"]["containers"]["main"]["exit_code"] == 3
+    assert rec["kube"]["phase"] == "Failed"
+    assert "exited with 3" in rec["error"]["message"]
+    text = await logs.read_text("Bad_Key.1")
+    assert "working on Bad_Key.1" in text and "oops" in text
+    await _no_pods_left(kcfg, name)
+
+
+async def test_timeout_deletes_the_pod_and_records_a_timeout(
+    session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "alive"
+    src = MemoryMetadataRepository()
+    await src.put("slow", {})
+    task = _sh_task(session, kcfg, name, f"touch {marker}; sleep 60", inputs={"src": src}, timeout="1.5s")
+    t0 = time.monotonic()
+    summary = await Pipeline([task], session).run()
+    assert time.monotonic() - t0 < 15
+    assert summary.failed == 1
+    rec = await task.done.get("slow")
+    assert rec["error"]["type"].endswith("JobTimeoutError")
+    assert marker.exists()  # it really ran
+    await _no_pods_left(kcfg, name)  # deleted (the kubelet killed the process)
+
+
+async def test_pending_timeout_names_the_reason(session: Session, kcfg: dict[str, Any], name: str) -> None:
+    src = MemoryMetadataRepository()
+    await src.put("nowhere", {})
+    task = KubeTask(
+        name,
+        SH_POD + "  nodeSelector: {pydatatask.test/no-such-node: 'true'}\n",
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        params={"script": "true"},
+        pending_timeout="1s",
+        poll_interval="0.2s",
+    )
+    summary = await Pipeline([task], session).run()
+    assert summary.failed == 1
+    rec = await task.done.get("nowhere")
+    assert "still Pending" in rec["error"]["message"]
+    assert "Unschedulable" in rec["error"]["message"] or "not scheduled" in rec["error"]["message"]
+    await _no_pods_left(kcfg, name)
+
+
+async def test_invalid_manifest_is_a_configuration_error_with_the_api_message(
+    session: Session, kcfg: dict[str, Any], name: str
+) -> None:
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    task = KubeTask(
+        name,
+        'spec:\n  containers:\n  - name: Not_A_Valid_Name\n    image: busybox\n    command: ["true"]\n',
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        poll_interval="0.2s",
+    )
+    pipeline = Pipeline([task], session)
+    with pytest.raises(ConfigurationError, match=r"invalid: .*Not_A_Valid_Name"):
+        await pipeline.launch(name, "k")
+    summary = await pipeline.run()
+    assert summary.errors and "Not_A_Valid_Name" in summary.errors[0]
+    assert not await task.done.contains("k")
+
+
+async def test_two_stage_pipeline_of_100_pods_through_s3_within_quota(
+    session: Session, kcfg: dict[str, Any], services: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    from aiobotocore.session import get_session
+
+    from pydatatask.repository.s3 import S3BucketRepository
+
+    s3cfg = service(services, "s3")
+
+    @session.resource
+    async def s3() -> AsyncIterator[Any]:
+        async with get_session().create_client(
+            "s3",
+            endpoint_url=s3cfg["endpoint"],
+            aws_access_key_id=s3cfg["access_key"],
+            aws_secret_access_key=s3cfg["secret_key"],
+            region_name=s3cfg["region"],
+        ) as client:
+            yield client
+
+    bucket = f"pdt-kube-{name}"
+    stage1_out = S3BucketRepository(s3, bucket, "stage1/", ".txt", create_bucket=True)
+    stage2_out = S3BucketRepository(s3, bucket, "stage2/", ".txt", create_bucket=True)
+    timeline = tmp_path / "timeline"
+    curl = f'curl -sSf --aws-sigv4 "aws:amz:{s3cfg["region"]}:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"'
+    manifest = """
+spec:
+  containers:
+  - name: main
+    image: curlimages/curl
+    command: ["sh", "-c", {{ params.script }}]
+    env:
+    - {name: KEY, value: {{ key }}}
+    - {name: S3, value: {{ params.endpoint }}}
+    - {name: BUCKET, value: {{ out.bucket }}}
+    - {name: OUT, value: {{ out.object }}}
+    - {name: TL, value: {{ params.timeline }}}
+    - {name: IN, value: {{ links.src.object | default("") }}}
+"""
+    script1 = f"""echo "s $(date +%s.%N) 1" >> "$TL"; f=$(mktemp); printf 'v-%s' "$KEY" > "$f"
+{curl} -T "$f" "$S3/$BUCKET/$OUT"; rc=$?; rm -f "$f"; echo "e $(date +%s.%N) 1" >> "$TL"; exit $rc"""
+    script2 = f"""echo "s $(date +%s.%N) 2" >> "$TL"; f=$(mktemp)
+{curl} "$S3/$BUCKET/$IN" | tr a-z A-Z > "$f" && {curl} -T "$f" "$S3/$BUCKET/$OUT"; rc=$?; rm -f "$f"
+echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
+    cluster = _cluster(session, kcfg, max_pods=8, max_cpu="3")
+    creds = {"AWS_ACCESS_KEY_ID": s3cfg["access_key"], "AWS_SECRET_ACCESS_KEY": s3cfg["secret_key"]}
+    common = dict(cluster=cluster, env=creds, poll_interval="0.3s", concurrency=100)
+    keys = MemoryMetadataRepository()
+    for i in range(100):
+        await keys.put(f"doc_{i:03d}.v1", {})
+    stage1 = KubeTask(
+        f"{name}a",
+        manifest,
+        inputs={"src": keys},
+        outputs={"out": stage1_out},
+        params={"script": script1, "endpoint": s3cfg["endpoint"], "timeline": str(timeline)},
+        cpu="500m",
+        **common,  # type: ignore[arg-type]
+    )
+    stage2 = KubeTask(
+        f"{name}b",
+        manifest,
+        inputs={"src": stage1_out},
+        outputs={"out": stage2_out},
+        params={"script": script2, "endpoint": s3cfg["endpoint"], "timeline": str(timeline)},
+        cpu="250m",
+        **common,  # type: ignore[arg-type]
+    )
+    body = stage1.render("doc_000.v1")
+    assert s3cfg["secret_key"] not in yaml.safe_dump(body["spec"]["containers"][0]["command"])
+    pipeline = Pipeline([stage1, stage2], session, poll_interval="0.3s")
+    t0 = time.monotonic()
+    summary = await pipeline.run()
+    elapsed = time.monotonic() - t0
+    assert summary.ok, summary.as_dict()
+    assert summary.succeeded == 200
+    async with session:
+        assert await stage2_out.read_text("doc_042.v1") == "V-DOC_042.V1"
+        assert len(await stage2_out.keys()) == 100
+        rec = await stage2.done.get("doc_007.v1")
+        assert rec["success"] and rec["exit_code"] == 0 and rec["kube"]["node"] == kcfg["node"]
+    assert stage1.created == 100 and stage2.created == 100
+    # quota: never more than 8 pods, never more than 3 CPUs requested (process lifetimes
+    # lie within pod lifetimes, which lie within the quota slots)
+    events = []
+    for line in timeline.read_text().split("\n"):
+        if line:
+            kind, ts, stage = line.split()
+            events.append((float(ts), 0 if kind == "e" else 1, 0.5 if stage == "1" else 0.25))
+    assert len(events) == 400
+    pods = cpu = peak_pods = peak_cpu = 0.0
+    for _, start, c in sorted(events):
+        pods += 1 if start else -1
+        cpu += c if start else -c
+        peak_pods, peak_cpu = max(peak_pods, pods), max(peak_cpu, cpu)
+    assert peak_pods <= 8 and peak_cpu <= 3.0 + 1e-9, (peak_pods, peak_cpu)
+    assert peak_pods >= 3  # the quota, not something else, was the limit
+    assert cluster.in_flight == []
+    # one LIST per task per poll interval, not one per pod
+    for t in (stage1, stage2):
+        assert t.pods.poller.lists <= elapsed / 0.3 + 20, (t.pods.poller.lists, elapsed)
+        assert cluster.calls["list_namespaced_pod"] < 150
+    await _no_pods_left(kcfg, name)
+    async with session:
+        for repo in (stage1_out, stage2_out):
+            for key in await repo.keys():
+                await repo.delete(key)
+        await s3().delete_bucket(Bucket=bucket)
+
+
+# ---------------------------------------------------------------------------- scripts
+def _script_env(tmp_path: Path, kcfg: dict[str, Any], name: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PDT_KT_DIR=str(tmp_path),
+        PDT_KT_KUBECONFIG=kcfg["kubeconfig"],
+        PDT_KT_NAME=name,
+        PYTHONPATH=str(HERE.parents[1]),
+        **extra,
+    )
+    return env
+
+
+def _inputs(tmp_path: Path, keys: list[str]) -> None:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    for key in keys:
+        (tmp_path / "in" / f"{key}.txt").write_text(f"text of {key}")
+
+
+def test_function_task_runs_the_function_inside_the_pod(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    keys = ["a", "Mixed_Case.k", "x" * 70]
+    _inputs(tmp_path, keys)
+    env = _script_env(tmp_path, kcfg, name)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "run", "--task", f"{name}fn", "--no-status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for key in keys:
+        out = (tmp_path / "fnout" / f"{key}.txt").read_text()
+        assert out.startswith(f"TEXT OF {key.upper()} (in-pod=1 pod={pod_name(name + 'fn', key)})")
+        rec = yaml.safe_load((tmp_path / "state" / f"{name}fn" / "done" / f"{key}.yaml").read_text())
+        assert rec["success"] and rec["runner"] == "kube-function" and rec["kube"]["phase"] == "Succeeded"
+    runs = (tmp_path / "fn-runs.log").read_text().split()
+    assert sorted(runs[0::2]) == sorted(keys)
+    assert str(os.getpid()) not in runs[1::2]
+
+
+def test_scheduler_sigkill_then_restart_adopts_pods(kcfg: dict[str, Any], name: str, tmp_path: Path) -> None:
+    keys = [f"job_{i:02d}" for i in range(12)]
+    _inputs(tmp_path, keys)
+    env = _script_env(tmp_path, kcfg, name, PDT_KT_SLEEP="2.5")
+    argv = [sys.executable, str(SCRIPT), "run", "--task", f"{name}sleep", "--no-status"]
+    runs = tmp_path / "runs.log"
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (runs.exists() and len(runs.read_text().splitlines()) >= 12):
+            assert first.poll() is None, first.communicate()[0]
+            assert time.monotonic() < deadline, "pods did not start"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    running = asyncio.run(_pods(kcfg, name))
+    assert running, "every pod finished before the kill: nothing to adopt"
+    by_key = {p.metadata.annotations["pydatatask.io/key"]: p for p in running}
+    # a key whose record exists already needs no work: its pod must be deleted, not reaped
+    done_dir = tmp_path / "state" / f"{name}sleep" / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    fake = sorted(by_key)[0]
+    (done_dir / f"{fake}.yaml").write_text(
+        yaml.safe_dump({"task": f"{name}sleep", "key": fake, "success": True, "marker": 1})
+    )
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "adopting" in second.stderr or "adopting" in second.stdout
+    # every key ran exactly once: one process per key, no duplicate pod
+    lines = [line.split() for line in runs.read_text().splitlines()]
+    assert sorted(k for k, _ in lines) == keys, lines
+    uid_of = dict(lines)
+    for key in keys:
+        rec = yaml.safe_load((done_dir / f"{key}.yaml").read_text())
+        if key == fake:
+            assert rec.get("marker") == 1  # untouched
+            continue
+        assert rec["success"], rec
+        assert rec["kube"]["uid"] == uid_of[key]  # the very pod that ran, adopted or not
+        assert (tmp_path / "out" / f"{key}.txt").read_text() == "done"
+    adopted = [k for k in by_key if k != fake]
+    assert adopted
+    asyncio.run(_no_pods_left(kcfg, name))
