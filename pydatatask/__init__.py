@@ -107,6 +107,10 @@ __all__ = (
     # Kubernetes tasks
     "KubeTask",
     "KubeFunctionTask",
+    # process tasks and hosts
+    "ProcessTask",
+    "LocalHost",
+    "SSHHost",
     # command line
     "main",
 )
@@ -121,6 +125,9 @@ _LAZY: dict[str, str] = {
     "main": ".cli",
     "KubeTask": ".task.kube",
     "KubeFunctionTask": ".task.kube",
+    "ProcessTask": ".task.process",
+    "LocalHost": ".executor.local",
+    "SSHHost": ".executor.ssh",
 }
 
 

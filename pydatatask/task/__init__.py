@@ -6,6 +6,7 @@ from .base import JobContext, JobOutcome, Task
 from .hooks import EVENTS, Event, Hooks
 from .inprocess import ExecutorTask, InProcessTask
 from .links import Link, LinkKind
+from .process import ProcessTask
 from .records import JobState, make_record
 from .retry import RetryPolicy
 
@@ -15,6 +16,7 @@ __all__ = (
     "JobOutcome",
     "InProcessTask",
     "ExecutorTask",
+    "ProcessTask",
     "Link",
     "LinkKind",
     "JobState",

@@ -1,0 +1,326 @@
+"""Hosts: where a process job runs, how much it may hold, and how files get there.
+
+A :class:`Host` has a ``name``, a CPU and memory capacity (the quota that
+:class:`~pydatatask.task.ProcessTask` reserves from per job), an optional launch rate,
+and knows how to
+
+* start a job's shell command in its own process group (:meth:`Host.start`), streaming
+  its stdout/stderr into local files, and stop the whole group (SIGTERM, then SIGKILL
+  after a grace period);
+* move files: :meth:`Host.upload` / :meth:`Host.download` (local path <-> host path),
+  :meth:`Host.write_file` / :meth:`Host.read_file` (streams of chunks), :meth:`Host.makedirs`,
+  :meth:`Host.rmtree`;
+* tell whether a process it started earlier (by pid and start time) still runs, and kill
+  its group, so a restarted scheduler can clean up after a crashed one.
+
+Every job runs through the same small shell wrapper (:func:`wrapper_script`), which
+records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the command starts and
+the command's exit status in ``<job dir>/ctl/exit`` (written atomically) after it ends.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..durations import parse_duration
+from ..errors import ConfigurationError, JobError
+
+__all__ = (
+    "Host",
+    "HostUnavailableError",
+    "RunningProcess",
+    "ProcessSpec",
+    "parse_memory",
+    "format_memory",
+    "wrapper_script",
+    "kill_group_script",
+)
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTPE]i?|[kKMGTPE]?B?)?\s*$")
+_FACTORS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "p": 10**15,
+    "e": 10**18,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+    "pi": 2**50,
+    "ei": 2**60,
+}
+
+
+def parse_memory(value: str | int | float) -> int:
+    """Bytes in ``value``: a number of bytes, or Kubernetes-style quantities such as
+    ``"512Mi"``, ``"2Gi"`` (powers of 1024), ``"1G"``, ``"1000M"``, ``"1GB"`` (powers of 1000).
+    Raises :class:`ConfigurationError` naming the accepted forms on anything else."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"invalid memory size {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigurationError(f"a memory size cannot be negative: {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        match = _MEMORY.match(value)
+        if match:
+            unit = (match.group(2) or "").lower()
+            if unit.endswith("b") and len(unit) == 2:
+                unit = unit[0]
+            if unit in _FACTORS:
+                return int(float(match.group(1)) * _FACTORS[unit])
+    raise ConfigurationError(
+        f"invalid memory size {value!r}: use bytes or a quantity like '512Mi', '2Gi' "
+        "(1024-based) or '1G', '1000M' (1000-based)"
+    )
+
+
+def format_memory(n: int) -> str:
+    """A short form of ``n`` bytes (``"512Mi"``, ``"2Gi"``, ``"1000000"``)."""
+    for unit, factor in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def wrapper_script(ctl_dir: str, script: bool, read_env: bool) -> str:
+    """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
+
+    It optionally reads ``export`` lines from stdin (secrets over SSH), writes
+    ``ctl/pid`` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
+    script file with ``/bin/sh``), then writes ``ctl/exit`` atomically and exits with the
+    command's status.
+    """
+    ctl = shlex.quote(ctl_dir)
+    run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
+    lines = []
+    if read_env:
+        lines.append('eval "$(cat)" || exit 125')
+    lines += [
+        "exec </dev/null",
+        f"printf '%s %s\\n' \"$$\" \"$(cut -d' ' -f22 /proc/$$/stat 2>/dev/null)\" > {ctl}/pid.tmp"
+        f" && mv {ctl}/pid.tmp {ctl}/pid",
+        run,
+        "ec=$?",
+        f"printf '%s\\n' \"$ec\" > {ctl}/exit.tmp && mv {ctl}/exit.tmp {ctl}/exit",
+        'exit "$ec"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def kill_group_script(pid_file: str, grace: float, wait_for_pid: float = 3.0) -> str:
+    """A shell program that stops the process group whose leader's pid is in
+    ``pid_file``: SIGTERM, up to ``grace`` seconds for it to go, then SIGKILL, and waits
+    until no member is left. Prints ``gone`` when nothing (or nothing any more) runs."""
+    f = shlex.quote(pid_file)
+    ticks = max(1, int(grace * 10))
+    wait_ticks = max(1, int(wait_for_pid * 10))
+    return (
+        f"i=0; while [ ! -s {f} ] && [ $i -lt {wait_ticks} ]; do sleep 0.1; i=$((i+1)); done\n"
+        f'p=$(cut -d" " -f1 {f} 2>/dev/null)\n'
+        '[ -n "$p" ] || { echo gone; exit 0; }\n'
+        'kill -TERM "-$p" 2>/dev/null || { echo gone; exit 0; }\n'
+        "i=0\n"
+        'while kill -0 "-$p" 2>/dev/null; do\n'
+        f'  if [ $i -ge {ticks} ]; then kill -KILL "-$p" 2>/dev/null; fi\n'
+        f"  if [ $i -ge {ticks + 100} ]; then echo alive; exit 1; fi\n"
+        "  sleep 0.1; i=$((i+1))\n"
+        "done\n"
+        "echo gone\n"
+    )
+
+
+class HostUnavailableError(JobError):
+    """A host could not be reached, or its connection dropped while a job ran (the job
+    fails; the retry policy may run it again, on another host if one is free)."""
+
+
+@dataclass
+class ProcessSpec:
+    """What to start: ``command`` (shell text, or a script path if ``script``) run by the
+    wrapper with cwd ``cwd``; ``env`` added to the environment (never on a command line);
+    stdout to the local file ``stdout``, stderr to ``stderr`` (or into stdout if None)."""
+
+    command: str
+    job_dir: str
+    cwd: str
+    env: dict[str, str] = field(default_factory=dict)
+    script: bool = False
+    stdout: Path | None = None
+    stderr: Path | None = None
+
+    @property
+    def ctl_dir(self) -> str:
+        """Control files of the wrapper (pid, exit)."""
+        return f"{self.job_dir}/ctl"
+
+
+class RunningProcess(ABC):
+    """A started job process (the leader of its own process group)."""
+
+    #: pid of the group leader, if known yet
+    pid: int | None = None
+
+    @abstractmethod
+    async def wait(self) -> int:
+        """Wait for the process to end; return its exit status (128+N for signal N)."""
+
+    @abstractmethod
+    async def kill(self, grace: float) -> None:
+        """SIGTERM the whole process group, SIGKILL after ``grace`` seconds, and wait
+        until no member of the group is left."""
+
+
+class Host(ABC):
+    """Somewhere jobs run. Capacity is shared by every task that uses the same object.
+
+    :param name: shown in job records and logs.
+    :param cpus: CPU capacity (jobs reserve their task's ``cpu``).
+    :param memory: memory capacity (``"8Gi"``, bytes, ...).
+    :param launch_rate: at most this many job launches per second on this host.
+    """
+
+    #: whether paths of the host are paths of the scheduler's machine
+    is_local = False
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cpus: float = 1,
+        memory: str | int = "1Gi",
+        launch_rate: float | None = None,
+    ) -> None:
+        if cpus <= 0:
+            raise ConfigurationError(f"host {name!r}: cpus must be positive, not {cpus!r}")
+        if launch_rate is not None and launch_rate <= 0:
+            raise ConfigurationError(f"host {name!r}: launch_rate must be positive jobs/second")
+        self.name = name
+        self.cpus = float(cpus)
+        self.memory = parse_memory(memory)
+        if self.memory <= 0:
+            raise ConfigurationError(f"host {name!r}: memory capacity must be positive")
+        self.launch_rate = launch_rate
+        self.used_cpus = 0.0
+        self.used_memory = 0
+        self.running = 0
+        self._next_launch = 0.0
+        self._down_until = 0.0
+        self.down_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} cpus={self.cpus:g} memory={format_memory(self.memory)}>"
+
+    # ------------------------------------------------------------ capacity
+    def fits_at_all(self, cpu: float, memory: int) -> bool:
+        """Whether a job of this size could ever run here."""
+        return cpu <= self.cpus and memory <= self.memory
+
+    def can_take(self, cpu: float, memory: int, now: float | None = None) -> bool:
+        """Whether a job of this size fits now (capacity, launch rate, host up)."""
+        now = time.monotonic() if now is None else now
+        return (
+            self.is_up(now)
+            and now >= self._next_launch
+            and self.used_cpus + cpu <= self.cpus + 1e-9
+            and self.used_memory + memory <= self.memory
+        )
+
+    def free_share(self) -> float:
+        """Free fraction of the capacity (CPU and memory averaged); higher is emptier."""
+        return ((self.cpus - self.used_cpus) / self.cpus + (self.memory - self.used_memory) / self.memory) / 2
+
+    def reserve(self, cpu: float, memory: int, now: float | None = None) -> None:
+        """Take capacity for one job (and one launch from the rate budget)."""
+        now = time.monotonic() if now is None else now
+        self.used_cpus += cpu
+        self.used_memory += memory
+        self.running += 1
+        if self.launch_rate:
+            self._next_launch = max(now, self._next_launch) + 1.0 / self.launch_rate
+
+    def give_back(self, cpu: float, memory: int) -> None:
+        """Return what :meth:`reserve` took."""
+        self.used_cpus = max(0.0, self.used_cpus - cpu)
+        self.used_memory = max(0, self.used_memory - memory)
+        self.running = max(0, self.running - 1)
+
+    # ------------------------------------------------------------ health
+    def is_up(self, now: float | None = None) -> bool:
+        """False while the host is marked down (see :meth:`mark_down`)."""
+        return (time.monotonic() if now is None else now) >= self._down_until
+
+    def mark_down(self, reason: str, for_seconds: float | str = 5.0) -> None:
+        """Launch nothing here for ``for_seconds`` (the host is tried again after that)."""
+        self._down_until = time.monotonic() + parse_duration(for_seconds)
+        self.down_reason = reason
+
+    def mark_up(self) -> None:
+        """The host works again."""
+        self._down_until = 0.0
+        self.down_reason = None
+
+    # ------------------------------------------------------------ processes
+    @abstractmethod
+    async def start(self, spec: ProcessSpec) -> RunningProcess:
+        """Start ``spec`` in a new process group; its job directory must exist."""
+
+    @abstractmethod
+    async def process_start_time(self, pid: int) -> int | None:
+        """Start time (clock ticks since boot) of ``pid`` on the host, or None if it is gone."""
+
+    @abstractmethod
+    async def kill_group(self, pid_file: str, grace: float) -> bool:
+        """Stop the process group whose leader's pid is in ``pid_file`` (see
+        :func:`kill_group_script`); True when nothing of it runs any more."""
+
+    @abstractmethod
+    async def read_text(self, path: str) -> str | None:
+        """The content of a small file on the host, or None if it does not exist."""
+
+    # ------------------------------------------------------------ files
+    @abstractmethod
+    async def new_job_dir(self, prefix: str) -> str:
+        """Create a fresh, private (0700) job directory with ``ctl`` and ``work`` inside."""
+
+    @abstractmethod
+    async def makedirs(self, path: str) -> None:
+        """Create ``path`` and its parents (no error if it exists)."""
+
+    @abstractmethod
+    async def rmtree(self, path: str) -> None:
+        """Remove ``path`` recursively (no error if it is absent)."""
+
+    @abstractmethod
+    async def exists(self, path: str) -> bool:
+        """Whether ``path`` exists on the host."""
+
+    @abstractmethod
+    async def upload(self, local: Path, remote: str) -> None:
+        """Copy the local file or directory ``local`` to ``remote`` on the host."""
+
+    @abstractmethod
+    async def download(self, remote: str, local: Path) -> None:
+        """Copy the file ``remote`` on the host to ``local``; for a directory, copy its
+        contents into ``local`` (created if needed)."""
+
+    @abstractmethod
+    async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+        """Write a file on the host from a stream of chunks."""
+
+    @abstractmethod
+    def read_file(self, path: str) -> AsyncIterator[bytes]:
+        """Stream the content of a file on the host (raises FileNotFoundError if absent)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections the host opened itself."""

@@ -1,0 +1,198 @@
+"""The scheduler's own machine as a host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+from .hosts import Host, ProcessSpec, RunningProcess, kill_group_script, wrapper_script
+
+__all__ = ("LocalHost",)
+
+CHUNK = 1 << 20
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _open_append(path: Path | None) -> IO[bytes] | None:
+    if path is None:
+        return None
+    return await asyncio.to_thread(open, path, "ab")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _LocalProcess(RunningProcess):
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    async def wait(self) -> int:
+        code = await self.proc.wait()
+        return 128 - code if code < 0 else code
+
+    async def kill(self, grace: float) -> None:
+        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        signum = signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signum)
+        while _group_alive(pgid):
+            if signum == signal.SIGTERM and loop.time() >= deadline:
+                signum = signal.SIGKILL
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signum)
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            await self.proc.wait()
+
+
+class LocalHost(Host):
+    """Run jobs as child processes of the scheduler.
+
+    :param name: shown in records (default: this machine's hostname).
+    :param cpus: CPU capacity (default: ``os.cpu_count()``).
+    :param memory: memory capacity (default: ``"4Gi"``).
+    :param workdir: where job directories are made (default: ``$TMPDIR/pdt-jobs``).
+    :param launch_rate: at most this many launches per second.
+    """
+
+    is_local = True
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        cpus: float | None = None,
+        memory: str | int = "4Gi",
+        workdir: str | os.PathLike[str] | None = None,
+        launch_rate: float | None = None,
+    ) -> None:
+        super().__init__(
+            name or socket.gethostname(),
+            cpus=cpus if cpus is not None else (os.cpu_count() or 1),
+            memory=memory,
+            launch_rate=launch_rate,
+        )
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / "pdt-jobs"
+
+    async def start(self, spec: ProcessSpec) -> RunningProcess:
+        env = dict(os.environ)
+        env.update(spec.env)
+        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=False)
+        out = await _open_append(spec.stdout)
+        err = await _open_append(spec.stderr)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                "-c",
+                wrapper,
+                "pdt-job",
+                spec.command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out if out is not None else asyncio.subprocess.DEVNULL,
+                stderr=err
+                if err is not None
+                else (asyncio.subprocess.STDOUT if out is not None else asyncio.subprocess.DEVNULL),
+                cwd=spec.cwd,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            for f in (out, err):
+                if f is not None:
+                    f.close()
+        return _LocalProcess(proc)
+
+    async def process_start_time(self, pid: int) -> int | None:
+        return _start_time(pid)
+
+    async def kill_group(self, pid_file: str, grace: float) -> bool:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            kill_group_script(pid_file, grace, wait_for_pid=0.1),
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        return out.strip().endswith(b"gone")
+
+    async def read_text(self, path: str) -> str | None:
+        try:
+            return await asyncio.to_thread(Path(path).read_text)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    async def new_job_dir(self, prefix: str) -> str:
+        def make() -> str:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            path = tempfile.mkdtemp(prefix=prefix, dir=self.workdir)
+            os.mkdir(os.path.join(path, "ctl"))
+            os.mkdir(os.path.join(path, "work"))
+            return path
+
+        return await asyncio.to_thread(make)
+
+    async def makedirs(self, path: str) -> None:
+        await asyncio.to_thread(os.makedirs, path, exist_ok=True)
+
+    async def rmtree(self, path: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, path, True)
+
+    async def exists(self, path: str) -> bool:
+        return await asyncio.to_thread(os.path.lexists, path)
+
+    async def upload(self, local: Path, remote: str) -> None:
+        await asyncio.to_thread(_copy, local, Path(remote))
+
+    async def download(self, remote: str, local: Path) -> None:
+        await asyncio.to_thread(_copy, Path(remote), local)
+
+    async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+        f = await asyncio.to_thread(open, path, "wb")
+        try:
+            async for chunk in chunks:
+                await asyncio.to_thread(f.write, chunk)
+        finally:
+            f.close()
+
+    async def read_file(self, path: str) -> AsyncIterator[bytes]:
+        f = await asyncio.to_thread(open, path, "rb")
+        try:
+            while chunk := await asyncio.to_thread(f.read, CHUNK):
+                yield chunk
+        finally:
+            f.close()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)

@@ -1,0 +1,309 @@
+"""A machine reached over SSH (asyncssh, imported only when a connection is used).
+
+Jobs run as ``cd JOBDIR/work && exec setsid -w /bin/sh -c WRAPPER pdt-job COMMAND``:
+``setsid`` puts the job in its own session and process group on the remote machine, so
+stopping it (timeout, cancellation, a restarted scheduler) is ``kill -TERM -- -PGID``
+over a **new** channel, then ``KILL`` after the grace period; closing a channel would not
+stop a remote command. Environment variables (secrets included) are sent as ``export``
+lines on the job's stdin, which the wrapper evaluates: they never appear on a remote
+command line (``ps``). Files move over one SFTP client per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .._deps import require
+from ..durations import parse_duration
+from ..errors import ConfigurationError
+from ..repository.base import resolve
+from .hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, kill_group_script, wrapper_script
+from .local import _open_append
+
+__all__ = ("SSHHost", "HostUnavailableError")
+
+log = logging.getLogger("pydatatask.executor.ssh")
+
+CHUNK = 1 << 18
+
+
+def _env_script(env: dict[str, str]) -> bytes:
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()).encode()
+
+
+class _SSHProcess(RunningProcess):
+    def __init__(self, host: SSHHost, proc: Any, spec: ProcessSpec, files: list[Any]) -> None:
+        self.host = host
+        self.proc = proc
+        self.spec = spec
+        self.files = files
+
+    async def wait(self) -> int:
+        try:
+            result = await self.proc.wait()
+        except Exception as exc:
+            raise self.host._lost(exc) from exc
+        finally:
+            for f in self.files:
+                f.close()
+        if result.exit_status is not None and result.exit_status >= 0:
+            return int(result.exit_status)
+        if result.exit_signal:
+            return 128 + 15
+        raise self.host._lost(None)
+
+    async def kill(self, grace: float) -> None:
+        try:
+            await self.host.kill_group(f"{self.spec.ctl_dir}/pid", grace)
+        finally:
+            self.proc.close()
+            for f in self.files:
+                f.close()
+
+
+class SSHHost(Host):
+    """Run jobs on a machine reached over SSH.
+
+    :param connection: an ``asyncssh.SSHClientConnection``, or a session accessor /
+        zero-argument callable returning one (typically a ``@session.resource`` that does
+        ``async with asyncssh.connect(...) as conn: yield conn``). Keep known-hosts
+        verification on (asyncssh's default); ``known_hosts=None`` is for tests only.
+    :param connect: instead of ``connection``, an async factory (``lambda:
+        asyncssh.connect(...)``) the host calls to (re)connect: after a connection drops,
+        the host is marked down for ``retry_interval`` and reconnects on next use. With a
+        plain ``connection`` the host cannot reconnect by itself.
+    :param name: shown in records (default: ``"ssh:<peer host>:<port>"`` or ``"ssh"``).
+    :param cpus, memory: capacity for the quota.
+    :param workdir: remote directory holding the job directories (created if missing).
+    :param launch_rate: at most this many launches per second.
+    :param retry_interval: how long a host stays marked down after a failure.
+    """
+
+    def __init__(
+        self,
+        connection: Any = None,
+        *,
+        connect: Callable[[], Awaitable[Any]] | None = None,
+        name: str | None = None,
+        cpus: float = 1,
+        memory: str | int = "1Gi",
+        workdir: str = "/tmp/pdt-jobs",
+        launch_rate: float | None = None,
+        retry_interval: float | str = "2s",
+    ) -> None:
+        if (connection is None) == (connect is None):
+            raise ConfigurationError("SSHHost needs exactly one of connection= or connect=")
+        if not workdir.startswith("/"):
+            raise ConfigurationError(f"SSHHost workdir must be an absolute path, not {workdir!r}")
+        super().__init__(name or "ssh", cpus=cpus, memory=memory, launch_rate=launch_rate)
+        self._connection = connection
+        self._connect = connect
+        self.workdir = workdir.rstrip("/") or "/"
+        self.retry_interval = parse_duration(retry_interval)
+        self._conn: Any = None
+        self._sftp: Any = None
+        self._sftp_conn: Any = None
+        self._lock = asyncio.Lock()
+        self._workdir_made: Any = None
+
+    # ------------------------------------------------------------ connection
+    def _lost(self, exc: BaseException | None) -> HostUnavailableError:
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "the connection closed"
+        self.mark_down(reason, self.retry_interval)
+        self._conn = None
+        self._sftp = None
+        return HostUnavailableError(f"host {self.name}: connection lost ({reason})")
+
+    def _is_ssh_error(self, exc: BaseException) -> bool:
+        asyncssh = require("asyncssh", "ssh")
+        return isinstance(exc, (OSError, asyncssh.Error, asyncssh.ChannelOpenError, ConnectionError))
+
+    async def connection(self) -> Any:
+        """The live connection (reconnecting through ``connect`` if it dropped)."""
+        require("asyncssh", "ssh")
+        if self._connect is None:
+            conn = resolve(self._connection)
+            if callable(conn) and not hasattr(conn, "create_process"):
+                conn = conn()
+            if conn.is_closed():
+                raise self._lost(None)
+            return conn
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = None
+                self._sftp = None
+                try:
+                    self._conn = await self._connect()
+                except Exception as exc:
+                    if self._is_ssh_error(exc):
+                        raise self._lost(exc) from exc
+                    raise
+                self.mark_up()
+            return self._conn
+
+    async def sftp(self) -> Any:
+        """An SFTP client on the live connection (one per connection)."""
+        conn = await self.connection()
+        async with self._lock:
+            if self._sftp is None or self._sftp_conn is not conn:
+                try:
+                    self._sftp = await conn.start_sftp_client()
+                except Exception as exc:
+                    if self._is_ssh_error(exc):
+                        raise self._lost(exc) from exc
+                    raise
+                self._sftp_conn = conn
+            return self._sftp
+
+    async def _call(self, what: Awaitable[Any]) -> Any:
+        try:
+            return await what
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            asyncssh = require("asyncssh", "ssh")
+            if isinstance(exc, asyncssh.SFTPNoSuchFile):
+                raise FileNotFoundError(str(exc)) from exc
+            if isinstance(exc, asyncssh.SFTPError):
+                raise
+            if self._is_ssh_error(exc):
+                raise self._lost(exc) from exc
+            raise
+
+    async def run_shell(self, script: str) -> tuple[int, str]:
+        """Run a short shell program on the host; (exit status, stdout)."""
+        conn = await self.connection()
+        result = await self._call(conn.run(f"/bin/sh -c {shlex.quote(script)}", check=False))
+        out = result.stdout if isinstance(result.stdout, str) else (result.stdout or b"").decode()
+        return (result.exit_status if result.exit_status is not None else -1), out
+
+    async def aclose(self) -> None:
+        """Close the connection this host opened through ``connect`` (not a given one)."""
+        conn, self._conn, self._sftp = self._conn, None, None
+        if conn is not None:
+            conn.close()
+            await conn.wait_closed()
+
+    # ------------------------------------------------------------ processes
+    async def start(self, spec: ProcessSpec) -> RunningProcess:
+        conn = await self.connection()
+        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=True)
+        command = (
+            f"cd {shlex.quote(spec.cwd)} && exec setsid -w /bin/sh -c {shlex.quote(wrapper)} "
+            f"pdt-job {shlex.quote(spec.command)}"
+        )
+        files: list[Any] = []
+        try:
+            out = await _open_append(spec.stdout)
+            if out is not None:
+                files.append(out)
+            err = await _open_append(spec.stderr)
+            if err is not None:
+                files.append(err)
+            asyncssh = require("asyncssh", "ssh")
+            proc = await self._call(
+                conn.create_process(
+                    command,
+                    encoding=None,
+                    stdout=out if out is not None else asyncssh.DEVNULL,
+                    stderr=err
+                    if err is not None
+                    else (asyncssh.STDOUT if out is not None else asyncssh.DEVNULL),
+                )
+            )
+        except BaseException:
+            for f in files:
+                f.close()
+            raise
+        running = _SSHProcess(self, proc, spec, files)
+        try:
+            proc.stdin.write(_env_script(spec.env))
+            proc.stdin.write_eof()
+        except Exception as exc:
+            proc.close()
+            raise self._lost(exc) from exc
+        return running
+
+    async def process_start_time(self, pid: int) -> int | None:
+        status, out = await self.run_shell(f"cat /proc/{int(pid)}/stat 2>/dev/null")
+        data = out.strip()
+        if status != 0 or not data:
+            return None
+        try:
+            return int(data[data.rindex(")") + 2 :].split()[19])
+        except (ValueError, IndexError):
+            return None
+
+    async def kill_group(self, pid_file: str, grace: float) -> bool:
+        _, out = await self.run_shell(kill_group_script(pid_file, grace))
+        return out.strip().endswith("gone")
+
+    async def read_text(self, path: str) -> str | None:
+        status, out = await self.run_shell(f"cat {shlex.quote(path)} 2>/dev/null")
+        return out if status == 0 else None
+
+    # ------------------------------------------------------------ files
+    async def new_job_dir(self, prefix: str) -> str:
+        sftp = await self.sftp()
+        if self._workdir_made is not self._sftp_conn:
+            await self._call(sftp.makedirs(self.workdir, exist_ok=True))
+            self._workdir_made = self._sftp_conn
+        path = f"{self.workdir}/{prefix}{secrets.token_hex(6)}"
+        asyncssh = require("asyncssh", "ssh")
+        attrs = asyncssh.SFTPAttrs(permissions=0o700)
+        await self._call(sftp.mkdir(path, attrs))
+        await self._call(sftp.mkdir(f"{path}/ctl", attrs))
+        await self._call(sftp.mkdir(f"{path}/work", attrs))
+        return path
+
+    async def makedirs(self, path: str) -> None:
+        sftp = await self.sftp()
+        await self._call(sftp.makedirs(path, exist_ok=True))
+
+    async def rmtree(self, path: str) -> None:
+        sftp = await self.sftp()
+        await self._call(sftp.rmtree(path, ignore_errors=True))
+
+    async def exists(self, path: str) -> bool:
+        sftp = await self.sftp()
+        return bool(await self._call(sftp.exists(path)))
+
+    async def upload(self, local: Path, remote: str) -> None:
+        sftp = await self.sftp()
+        is_dir = await asyncio.to_thread(local.is_dir)
+        await self._call(sftp.put(os.fspath(local), remote, recurse=is_dir))
+
+    async def download(self, remote: str, local: Path) -> None:
+        sftp = await self.sftp()
+        if not await self._call(sftp.isdir(remote)):
+            await self._call(sftp.get(remote, os.fspath(local)))
+            return
+        await asyncio.to_thread(local.mkdir, parents=True, exist_ok=True)
+        for name in await self._call(sftp.listdir(remote)):
+            if name not in (".", ".."):
+                await self._call(sftp.get(f"{remote}/{name}", os.fspath(local / name), recurse=True))
+
+    async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+        sftp = await self.sftp()
+        f = await self._call(sftp.open(path, "wb", encoding=None))
+        try:
+            async for chunk in chunks:
+                await self._call(f.write(chunk))
+        finally:
+            await f.close()
+
+    async def read_file(self, path: str) -> AsyncIterator[bytes]:
+        sftp = await self.sftp()
+        f = await self._call(sftp.open(path, "rb", encoding=None))
+        try:
+            while chunk := await self._call(f.read(CHUNK)):
+                yield chunk
+        finally:
+            await f.close()
