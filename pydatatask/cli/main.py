@@ -367,7 +367,7 @@ async def _cmd_rm(pipeline: Pipeline, args: argparse.Namespace) -> int:
             down = pipeline.graph.descendants(task_name)
             if down:
                 what += f" and of the downstream task(s) {', '.join(down)}"
-        if not sys.stdin.isatty():
+        if sys.stdin is None or not sys.stdin.isatty():
             raise CommandFailed(f"refusing to remove {what} without confirmation: add --yes")
         sys.stderr.write(f"remove {what}? [y/N] ")
         sys.stderr.flush()
