@@ -1,0 +1,197 @@
+"""10k file jobs: read one 8-byte file, write it upper-cased, a YAML done record per job.
+
+* ``ours``: ``FileRepository`` in/out, ``InProcessTask`` with ``concurrency=C``,
+  ``Pipeline(state_dir=...)`` (done records and claims as YAML files; atomic writes).
+* ``bare``: plain asyncio, ``C`` worker coroutines, the same listing, the same reads and
+  atomic writes (temp file in the same directory + ``os.replace``) of the output and of
+  the same YAML job record, with blocking calls made inline (the physical limit).
+* ``bare-thread``: the same with one ``asyncio.to_thread`` hop per job (the shape a
+  loop that must never block its event loop has).
+* ``0.4.7``: the same pipeline written for pydatatask 0.4.7 (``baseline_047``).
+
+Our pipeline additionally writes and removes a claim file per job (``live``), which
+the bare loops do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import Options, Point, ScenarioResult, Verdict, profiled, ratio
+
+NAME = "file_jobs"
+TITLE = "file jobs: FileRepository in/out, YAML done records on disk, atomic writes"
+CONCURRENCY = 15  # 0.4.7 launches at most 15 jobs at once (fixed); every series uses 15
+
+
+def points(opts: Options) -> list[Point]:
+    n = 300 if opts.quick else 10_000
+    series = ["ours", "bare", "bare-thread"] + (["0.4.7"] if opts.with_047 else [])
+    return [Point(f"{n} jobs", n, {"n": n, "concurrency": CONCURRENCY}, series)]
+
+
+def verdicts(res: ScenarioResult) -> list[Verdict]:
+    p = res.points[0].label
+    ours, bare, old = (res.median(p, s) for s in ("ours", "bare", "0.4.7"))
+    out = []
+    r = ratio(old, ours)
+    out.append(
+        Verdict(
+            ">= 3x pydatatask 0.4.7 throughput",
+            "n/a" if r is None else f"{r:.2f}x",
+            None if r is None else r >= 3,
+        )
+    )
+    r = ratio(ours, bare)
+    out.append(
+        Verdict(
+            "<= 2x the bare loop's time", "n/a" if r is None else f"{r:.2f}x", None if r is None else r <= 2
+        )
+    )
+    return out
+
+
+def make_inputs(root: Path, n: int) -> Path:
+    src = root / "in"
+    src.mkdir(parents=True)
+    for i in range(n):
+        (src / f"k{i:07d}.txt").write_bytes(b"abcdefgh")
+    return src
+
+
+# ---------------------------------------------------------------------- workers
+def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
+    n, conc = params["n"], params["concurrency"]
+    root = Path(tempfile.mkdtemp(prefix="pdt-bench-files-", dir=os.environ.get("PDT_BENCH_TMP")))
+    try:
+        make_inputs(root, n)
+        if series == "ours":
+            return _ours(root, n, conc, params)
+        return _bare(root, n, conc, threaded=series == "bare-thread")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ours(root: Path, n: int, conc: int, params: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    from pydatatask.pipeline import Pipeline
+    from pydatatask.repository import FileRepository
+    from pydatatask.task import InProcessTask
+
+    import_s = time.perf_counter() - t0
+
+    async def upper(key: str, src: Any, dst: Any) -> None:
+        await dst.write_bytes(key, (await src.read_bytes(key)).upper())
+
+    task = InProcessTask(
+        "upper",
+        upper,
+        inputs={"src": FileRepository(root / "in", ".txt")},
+        outputs={"dst": FileRepository(root / "out", ".txt")},
+        concurrency=conc,
+    )
+    pipeline = Pipeline([task], state_dir=root / "state")
+    t1 = time.perf_counter()
+    summary, prof = profiled(params, lambda: asyncio.run(pipeline.run()))
+    seconds = time.perf_counter() - t1
+    done = len(os.listdir(root / "state" / "upper" / "done"))
+    assert summary.succeeded == n and done == n, (summary, done)
+    assert (root / "out" / "k0000000.txt").read_bytes() == b"ABCDEFGH"
+    return {
+        "seconds": seconds,
+        "jobs_per_s": n / seconds,
+        "import_seconds": import_s,
+        "ticks": pipeline.scheduler.ticks,
+        "profile": prof,
+    }
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    d, name = os.path.split(path)
+    tmp = os.path.join(d, f".{name}.tmp-{secrets.token_hex(6)}")
+    with open(tmp, "xb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _bare(root: Path, n: int, conc: int, *, threaded: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    import yaml
+
+    dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    import_s = time.perf_counter() - t0
+    host = socket.gethostname()
+    src, dst, done = str(root / "in"), str(root / "out"), str(root / "state" / "done")
+
+    def iso(ts: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+    def job(key: str) -> None:
+        start = time.time()
+        with open(os.path.join(src, key + ".txt"), "rb") as f:
+            data = f.read()
+        _atomic_write(os.path.join(dst, key + ".txt"), data.upper())
+        end = time.time()
+        record = {
+            "task": "upper",
+            "key": key,
+            "state": "succeeded",
+            "success": True,
+            "attempts": 1,
+            "start_time": iso(start),
+            "end_time": iso(end),
+            "duration": round(end - start, 6),
+            "host": host,
+            "runner": "in-process",
+            "exit_code": None,
+            "error": None,
+        }
+        text = yaml.dump(record, Dumper=dumper, sort_keys=False, allow_unicode=True).encode()
+        _atomic_write(os.path.join(done, key + ".yaml"), text)
+
+    def listing(d: str, ext: str) -> set[str]:
+        return {
+            e.name[: -len(ext)] for e in os.scandir(d) if e.name.endswith(ext) and not e.name.startswith(".")
+        }
+
+    async def main() -> int:
+        os.makedirs(dst, exist_ok=True)
+        os.makedirs(done, exist_ok=True)
+        ready = sorted(listing(src, ".txt") - listing(dst, ".txt") - listing(done, ".yaml"))
+        it = iter(ready)
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            for key in it:
+                if threaded:
+                    await asyncio.to_thread(job, key)
+                else:
+                    job(key)
+                    await asyncio.sleep(0)
+                count += 1
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(conc):
+                tg.create_task(worker())
+        return count
+
+    t1 = time.perf_counter()
+    count = asyncio.run(main())
+    seconds = time.perf_counter() - t1
+    assert count == n
+    return {"seconds": seconds, "jobs_per_s": n / seconds, "import_seconds": import_s}
+
+
+if __name__ == "__main__":
+    from .. import worker_main
+
+    worker_main(run)

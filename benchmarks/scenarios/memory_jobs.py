@@ -1,0 +1,127 @@
+"""Memory jobs at 1k/3k/10k keys: read 8 bytes, write them upper-cased, in-memory records.
+
+* ``ours``: ``MemoryBlobRepository`` in/out, ``InProcessTask`` (``concurrency=C``), the
+  default in-memory ``done``/``live`` repositories.
+* ``bare``: ``C`` worker coroutines over the ready keys (input dict minus output and
+  done dicts) doing the same dict reads/writes and storing the same job record per job.
+* ``0.4.7``: the same pipeline written for pydatatask 0.4.7 (``baseline_047``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+from . import Options, Point, ScenarioResult, Verdict, profiled, ratio
+
+NAME = "memory_jobs"
+TITLE = "memory jobs: MemoryBlobRepository in/out, in-memory done records"
+CONCURRENCY = 15  # 0.4.7 launches at most 15 jobs at once (fixed); every series uses 15
+
+
+def points(opts: Options) -> list[Point]:
+    sizes = [300] if opts.quick else [1_000, 3_000, 10_000]
+    series = ["ours", "bare"] + (["0.4.7"] if opts.with_047 else [])
+    return [Point(f"{n} jobs", n, {"n": n, "concurrency": CONCURRENCY}, series) for n in sizes]
+
+
+def verdicts(res: ScenarioResult) -> list[Verdict]:
+    p = res.points[-1].label
+    r = ratio(res.median(p, "0.4.7"), res.median(p, "ours"))
+    return [
+        Verdict(
+            f">= 2x pydatatask 0.4.7 throughput ({p})",
+            "n/a" if r is None else f"{r:.2f}x",
+            None if r is None else r >= 2,
+        )
+    ]
+
+
+def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
+    n, conc = params["n"], params["concurrency"]
+    data = {f"k{i:07d}": b"abcdefgh" for i in range(n)}
+    if series == "ours":
+        t0 = time.perf_counter()
+        from pydatatask.pipeline import Pipeline
+        from pydatatask.repository import MemoryBlobRepository
+        from pydatatask.task import InProcessTask
+
+        import_s = time.perf_counter() - t0
+
+        async def upper(key: str, src: Any, dst: Any) -> None:
+            await dst.write_bytes(key, (await src.read_bytes(key)).upper())
+
+        out = MemoryBlobRepository()
+        task = InProcessTask(
+            "upper", upper, inputs={"src": MemoryBlobRepository(data)}, outputs={"dst": out}, concurrency=conc
+        )
+        pipeline = Pipeline([task])
+        t1 = time.perf_counter()
+        summary, prof = profiled(params, lambda: asyncio.run(pipeline.run()))
+        seconds = time.perf_counter() - t1
+        assert summary.succeeded == n, summary
+        assert out._data["k0000000"] == b"ABCDEFGH"
+        return {
+            "seconds": seconds,
+            "jobs_per_s": n / seconds,
+            "import_seconds": import_s,
+            "ticks": pipeline.scheduler.ticks,
+            "profile": prof,
+        }
+    return _bare(data, n, conc)
+
+
+def _bare(data: dict[str, bytes], n: int, conc: int) -> dict[str, Any]:
+    host = socket.gethostname()
+    out: dict[str, bytes] = {}
+    done: dict[str, dict[str, Any]] = {}
+
+    def iso(ts: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+    async def main() -> int:
+        ready = sorted(set(data) - set(out) - set(done))
+        it = iter(ready)
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            for key in it:
+                start = time.time()
+                out[key] = data[key].upper()
+                await asyncio.sleep(0)
+                end = time.time()
+                done[key] = {
+                    "task": "upper",
+                    "key": key,
+                    "state": "succeeded",
+                    "success": True,
+                    "attempts": 1,
+                    "start_time": iso(start),
+                    "end_time": iso(end),
+                    "duration": round(end - start, 6),
+                    "host": host,
+                    "runner": "in-process",
+                    "exit_code": None,
+                    "error": None,
+                }
+                count += 1
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(conc):
+                tg.create_task(worker())
+        return count
+
+    t1 = time.perf_counter()
+    count = asyncio.run(main())
+    seconds = time.perf_counter() - t1
+    assert count == n
+    return {"seconds": seconds, "jobs_per_s": n / seconds, "import_seconds": 0.0}
+
+
+if __name__ == "__main__":
+    from .. import worker_main
+
+    worker_main(run)
