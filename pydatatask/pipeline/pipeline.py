@@ -46,6 +46,9 @@ class Pipeline:
         often repositories are listed when idle (``"2s"``, ``"500ms"``, ...).
     :param claim_check_interval: how often claims of other schedulers are checked for
         staleness.
+    :param claim_lease: how long a job's claim stays valid without a heartbeat; running
+        jobs renew theirs every third of it. A scheduler that dies on another host has its
+        claims taken over (and its jobs re-run) once the lease has passed.
     :param hooks: a :class:`~pydatatask.task.Hooks` registry (default: a new one, at
         ``pipeline.hooks``).
     """
@@ -59,6 +62,7 @@ class Pipeline:
         max_jobs: int | None = None,
         poll_interval: float | str = "2s",
         claim_check_interval: float | str = "30s",
+        claim_lease: float | str = "60s",
         hooks: Hooks | None = None,
         create_repositories: bool = True,
     ) -> None:
@@ -77,6 +81,9 @@ class Pipeline:
             raise ConfigurationError("max_jobs must be at least 1")
         self.poll_interval = parse_duration(poll_interval)
         self.claim_check_interval = parse_duration(claim_check_interval)
+        self.claim_lease = parse_duration(claim_lease)
+        if self.claim_lease <= 0:
+            raise ConfigurationError("claim_lease must be positive")
         self.hooks = hooks or Hooks()
         self.create_repositories = create_repositories
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -87,6 +94,8 @@ class Pipeline:
                 task.replace_state_repository("live", YamlMetadataFileRepository(base / "live"))
                 if task.logs is None:
                     task.replace_state_repository("logs", FileRepository(base / "logs", ".log"))
+        for task in self.tasks.values():
+            task.claim_lease = self.claim_lease
         self.graph = TaskGraph(list(self.tasks.values()))
         order = self.graph.order()
         self._rank = {name: i for i, name in enumerate(order)}

@@ -275,8 +275,10 @@ class Scheduler:
         try:
             async with asyncio.TaskGroup() as tg:
                 stopper = tg.create_task(self._stopper())
+                beater = tg.create_task(self._heartbeats())
                 await self._loop(tg)
                 stopper.cancel()
+                beater.cancel()
         finally:
             self.summary.elapsed = time.monotonic() - t0
             await self.hooks.emit(Event("pipeline_finished", summary=self.summary.as_dict()))
@@ -322,6 +324,27 @@ class Scheduler:
                 job.cancel()
             if self.running:
                 await asyncio.wait(list(self.running.values()))
+
+    async def _heartbeats(self) -> None:
+        """Renew the claims of running jobs; cancel a job whose claim was taken over."""
+        interval = max(0.05, self.pipeline.claim_lease / 3)
+        while True:
+            await asyncio.sleep(interval)
+            for (task_name, key), job in list(self.running.items()):
+                task = self.all_tasks[task_name]
+                try:
+                    ok = await task.heartbeat(key)
+                except Exception as exc:  # the live repository is unreachable: try again later
+                    log.warning("task %s: heartbeat for %r failed: %s", task_name, key, exc)
+                    continue
+                if ok is False and not job.done():
+                    log.error(
+                        "task %s: the claim on %r was taken over by another scheduler; stopping this job",
+                        task_name,
+                        key,
+                    )
+                    self.summary.errors.append(f"{task_name} {key}: claim lost")
+                    job.cancel()
 
     async def _stopper(self) -> None:
         await self._stop.wait()

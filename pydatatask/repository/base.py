@@ -144,6 +144,15 @@ class MetadataRepository(Repository):
         """
         return await self._create(validate_key(key), value)
 
+    async def replace_if(self, key: str, expected: Any, value: Any) -> bool:
+        """Atomically replace the value of ``key`` with ``value`` if it still equals ``expected``.
+
+        Returns False (and changes nothing) if the key is absent or holds something else.
+        Of several concurrent callers with the same ``expected`` at most one succeeds. Used
+        to take over the claim of a dead scheduler, and for claim heartbeats.
+        """
+        return await self._replace_if(validate_key(key), expected, value)
+
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Return ``{key: value}`` for the given keys that exist (absent keys are left out)."""
         return await self._get_many([validate_key(k) for k in keys])
@@ -165,6 +174,9 @@ class MetadataRepository(Repository):
 
     async def _create(self, key: str, value: Any) -> bool:
         raise UnsupportedOperationError(f"{self.describe()} cannot create keys exclusively")
+
+    async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
+        raise UnsupportedOperationError(f"{self.describe()} cannot replace values conditionally")
 
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
         from ..errors import KeyNotFoundError
@@ -310,6 +322,10 @@ class BlobRepository(Repository):
         """Store ``data`` only if ``key`` is absent, atomically; return whether it was stored."""
         return await self._create_bytes(validate_key(key), data)
 
+    async def replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        """Atomically replace the value of ``key`` with ``data`` if it is still ``expected``."""
+        return await self._replace_bytes_if(validate_key(key), bytes(expected), bytes(data))
+
     @abstractmethod
     async def _open_reader(self, key: str) -> BlobReader:
         """Open ``key`` for reading; raise :class:`KeyNotFoundError` if absent."""
@@ -319,3 +335,6 @@ class BlobRepository(Repository):
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         raise UnsupportedOperationError(f"{self.describe()} cannot create keys exclusively")
+
+    async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        raise UnsupportedOperationError(f"{self.describe()} cannot replace values conditionally")

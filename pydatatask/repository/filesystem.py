@@ -224,6 +224,29 @@ class FileRepository(BlobRepository):
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         return await asyncio.to_thread(self._create_sync, self._path(key), bytes(data))
 
+    def _replace_if_sync(self, path: Path, expected: bytes, data: bytes) -> bool:
+        # Conditional replacements are serialised by an advisory lock on the directory's
+        # lock file; the final rename is atomic, so plain readers and exclusive creators
+        # never see the name missing.
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".pdt-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                try:
+                    if path.read_bytes() != expected:
+                        return False
+                except FileNotFoundError:
+                    return False
+                self._write_sync(path, data)
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        return await asyncio.to_thread(self._replace_if_sync, self._path(key), expected, data)
+
 
 class DirectoryRepository(Repository):
     """One directory per key under ``root`` (for jobs that produce many files).

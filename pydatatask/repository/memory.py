@@ -52,6 +52,12 @@ class MemoryMetadataRepository(MetadataRepository):
         self._data[key] = _copy(value)
         return True
 
+    async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
+        if key not in self._data or self._data[key] != expected:
+            return False
+        self._data[key] = _copy(value)
+        return True
+
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
         data = self._data
         return {k: _copy(data[k]) for k in keys if k in data}
@@ -147,4 +153,10 @@ class MemoryBlobRepository(BlobRepository):
         if key in self._data:
             return False
         self._data[key] = bytes(data)
+        return True
+
+    async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        if self._data.get(key) != expected:
+            return False
+        self._data[key] = data
         return True

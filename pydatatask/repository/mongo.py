@@ -230,6 +230,31 @@ class MongoMetadataRepository(MetadataRepository):
 
         return await self._call("create", run)
 
+    async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
+        # Compare in Python (BSON compares documents field order included), then replace
+        # only the exact document version read, identified by its token.
+        new_token = secrets.token_hex(16)
+        doc = _document(key, value)
+        doc["token"] = new_token
+
+        async def run(coll: AsyncCollection[Any]) -> bool:
+            current = await coll.find_one({"_id": key}, projection={"value": 1, "token": 1})
+            if current is None:
+                return False
+            if current.get("token") == new_token:
+                return True  # a retry after a lost reply: the first attempt was ours
+            if current.get("value") != expected:
+                return False
+            version = current.get("token")
+            flt: dict[str, Any] = {
+                "_id": key,
+                "token": version if version is not None else {"$exists": False},
+            }
+            result = await coll.replace_one(flt, doc)
+            return bool(result.matched_count == 1)
+
+        return await self._call("replace_if", run)
+
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         unique = list(dict.fromkeys(keys))

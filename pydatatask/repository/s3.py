@@ -455,6 +455,31 @@ class S3BucketRepository(BlobRepository):
             return False
         return True
 
+    async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        # compare-and-swap on the ETag: read, compare, then PutObject with If-Match; a 412
+        # (or, on some servers, 404 for a vanished object) means another writer won
+        try:
+            response = await self._get_object(key)
+        except KeyNotFoundError:
+            return False
+        async with response["Body"] as body:
+            current = await body.read()
+        if current != expected:
+            return False
+        client = resolve(self._client)
+        name = self.object_name(key)
+        etag = response.get("ETag")
+        try:
+            await self._call(
+                f"replacing {self.url(key)}",
+                lambda: client.put_object(Bucket=self._bucket, Key=name, Body=data, IfMatch=etag),
+                idempotent=False,
+                expect=_EXISTS_CODES | _NOT_FOUND_CODES,
+            )
+        except _Expected:
+            return False
+        return True
+
 
 class _S3Reader(BlobReader):
     """Streams a ``GetObject`` body; resumes with a ranged GET after a transient failure."""

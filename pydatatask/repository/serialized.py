@@ -111,6 +111,15 @@ class SerializedMetadataRepository(MetadataRepository):
     async def _create(self, key: str, value: Any) -> bool:
         return await self.blobs.create_bytes(key, self._encode(key, value))
 
+    async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
+        try:
+            current = await self.blobs.read_bytes(key)
+        except KeyNotFoundError:
+            return False
+        if self._decode(key, current) != expected:
+            return False
+        return await self.blobs.replace_bytes_if(key, current, self._encode(key, value))
+
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
         sem = asyncio.Semaphore(self._concurrency)
         out: dict[str, Any] = {}

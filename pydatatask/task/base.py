@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobTimeoutError, KeyNotFoundError
+from ..errors import ConfigurationError, JobTimeoutError, KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.memory import MemoryMetadataRepository
 from .hooks import Event, Hooks
@@ -245,25 +245,78 @@ class Task(ABC):
                         "task %s: could not remove partial output %s of %r", self.name, link.name, key
                     )
 
+    #: seconds a claim stays valid without a heartbeat (the pipeline sets it)
+    claim_lease: float = 60.0
+
     async def claim(self, key: str, owner: str) -> bool:
         """Atomically claim ``key`` in the live repository; False if someone else holds it."""
-        return await self.live.create(key, make_claim(owner, self.name, key, time.time()))
+        value = make_claim(owner, self.name, key, time.time(), self.claim_lease)
+        if not await self.live.create(key, value):
+            return False
+        self._held_claims()[key] = value
+        return True
+
+    def _held_claims(self) -> dict[str, Any]:
+        held: dict[str, Any] | None = self.__dict__.get("_held")
+        if held is None:
+            held = self.__dict__["_held"] = {}
+        return held
 
     async def release(self, key: str) -> None:
         """Drop the claim on ``key``."""
+        self._held_claims().pop(key, None)
         await self.live.delete(key)
+
+    async def heartbeat(self, key: str) -> bool | None:
+        """Renew the claim on ``key``; False if it is no longer ours (taken over, deleted),
+        None if this process holds no claim on it (not claimed yet, or already released).
+
+        Uses a conditional replace, so a scheduler that was presumed dead never overwrites
+        the claim of the one that took over. Backends without conditional replace fall back
+        to re-checking the owner.
+        """
+        held = self._held_claims()
+        old = held.get(key)
+        if old is None:
+            return None
+        if not old:
+            return True  # claimed by other means (a subclass's own claim): nothing to renew
+        new = dict(old, heartbeat=time.time())
+        try:
+            ok = await self.live.replace_if(key, old, new)
+        except UnsupportedOperationError:
+            try:
+                ok = (await self.live.get(key)).get("owner") == old["owner"]
+            except KeyNotFoundError:
+                ok = False
+            if ok:
+                await self.live.put(key, new)
+        if ok:
+            held[key] = new
+        else:
+            held.pop(key, None)
+        return ok
+
+    def holds_claim(self, key: str) -> bool:
+        """Whether this process holds the claim on ``key``."""
+        return key in self._held_claims()
 
     def claim_is_stale(self, claim: Any, owner: str) -> bool:
         """Whether a claim found in ``live`` belongs to a job that cannot be running.
 
-        A claim made on this host whose process is gone (or whose pid now belongs to
-        another process) is stale; so is one of this scheduler's own owner id that it no
-        longer tracks. Claims from other hosts are left alone.
+        Stale: a claim made on this host whose process is gone (or whose pid now belongs
+        to another process), or any claim whose heartbeat is older than its lease (its
+        owner died elsewhere or lost its connection). Claims of ``owner`` (this scheduler)
+        are never stale.
         """
         if not isinstance(claim, dict):
             return True
         if claim.get("owner") == owner:
             return False  # the scheduler tracks its own jobs
+        heartbeat, lease = claim.get("heartbeat"), claim.get("lease")
+        if isinstance(heartbeat, (int, float)) and isinstance(lease, (int, float)):
+            if time.time() - heartbeat > lease:
+                return True
         if claim.get("host") != HOSTNAME:
             return False
         pid = claim.get("pid")
@@ -273,12 +326,27 @@ class Task(ABC):
         return start is None or (claim.get("pid_start") is not None and start != claim.get("pid_start"))
 
     async def recover_stale(self, key: str, claim: Any) -> None:
-        """Clean up after a job whose claim is stale: remove partial outputs, then the claim."""
+        """Take over a stale claim atomically, remove partial outputs, then free the key.
+
+        Of several schedulers recovering the same claim, only the one whose conditional
+        replace succeeds cleans up; the others leave it alone.
+        """
+        takeover = make_claim("recovery", self.name, key, time.time(), self.claim_lease)
+        try:
+            won = await self.live.replace_if(key, claim, takeover)
+        except UnsupportedOperationError:
+            won = True  # best effort on backends without conditional replace
+        if not won:
+            return
         log.warning(
-            "task %s: job %r was interrupted (claim %s); cleaning up to run it again", self.name, key, claim
+            "task %s: job %r was interrupted (claim by %s on %s); cleaning up to run it again",
+            self.name,
+            key,
+            claim.get("owner") if isinstance(claim, dict) else claim,
+            claim.get("host") if isinstance(claim, dict) else "?",
         )
         await self.cleanup_outputs(key)
-        await self.release(key)
+        await self.live.delete(key)
 
     async def execute(
         self,
@@ -305,6 +373,7 @@ class Task(ABC):
             if await self.done.contains(key):
                 await self.release(key)
                 return None
+        self._held_claims().setdefault(key, {})
         start = time.time()
         attempt = 0
         record: dict[str, Any]
@@ -382,7 +451,9 @@ class Task(ABC):
             # free the key so a later run does the job again
             await asyncio.shield(self._abandon(key))
             raise
-        await self.release(key)
+        if self.holds_claim(key):
+            await self.release(key)
+        self._held_claims().pop(key, None)
         if on_state:
             on_state(self, key, JobState.SUCCEEDED if record["success"] else JobState.FAILED, attempt)
         event = "job_succeeded" if record["success"] else "job_failed"
@@ -391,10 +462,13 @@ class Task(ABC):
         return record
 
     async def _abandon(self, key: str) -> None:
+        if not self.holds_claim(key):
+            return  # the claim was lost to another scheduler: its outputs are not ours to touch
         try:
             await self.cleanup_outputs(key)
         finally:
             await self.release(key)
+            self._held_claims().pop(key, None)
 
     async def _write_log(self, job: JobContext) -> None:
         logs = self.logs

@@ -113,8 +113,9 @@ def process_start_time(pid: int) -> int | None:
 _SELF_START = process_start_time(os.getpid())
 
 
-def make_claim(owner: str, task: str, key: str, now: float) -> dict[str, Any]:
-    """A claim for the live repository: who runs the job, where, since when."""
+def make_claim(owner: str, task: str, key: str, now: float, lease: float = 60.0) -> dict[str, Any]:
+    """A claim for the live repository: who runs the job, where, since when, and for how long
+    it stays valid without a heartbeat (``lease`` seconds)."""
     return {
         "owner": owner,
         "task": task,
@@ -125,4 +126,5 @@ def make_claim(owner: str, task: str, key: str, now: float) -> dict[str, Any]:
         "start_time": utcnow_iso(now),
         "started": now,
         "heartbeat": now,
+        "lease": lease,
     }

@@ -210,6 +210,25 @@ class MetadataRepositoryTests(RepositoryTests):
         assert await repo.get("race") == {"who": winner}
 
     @pytest.mark.asyncio
+    async def test_replace_if(self, repo: MetadataRepository) -> None:
+        if not self.supports_create:
+            with pytest.raises(UnsupportedOperationError):
+                await repo.replace_if("c", {"v": 1}, {"v": 2})
+            return
+        assert not await repo.replace_if("absent", {"v": 1}, {"v": 2})
+        assert not await repo.contains("absent")
+        await repo.put("c", {"v": 1, "owner": "a"})
+        assert not await repo.replace_if("c", {"v": 0}, {"v": 2})
+        assert await repo.get("c") == {"v": 1, "owner": "a"}
+        assert await repo.replace_if("c", {"v": 1, "owner": "a"}, {"v": 2})
+        assert await repo.get("c") == {"v": 2}
+        results = await asyncio.gather(
+            *(repo.replace_if("c", {"v": 2}, {"v": 3, "who": i}) for i in range(20))
+        )
+        assert sum(results) == 1
+        assert await repo.get("c") == {"v": 3, "who": results.index(True)}
+
+    @pytest.mark.asyncio
     async def test_invalid_key_refused_by_get_put(self, repo: MetadataRepository) -> None:
         for key in ("../x", "a/b", ""):
             with pytest.raises(InvalidKeyError):
@@ -339,6 +358,24 @@ class BlobRepositoryTests(RepositoryTests):
         results = await asyncio.gather(*(repo.create_bytes("race", str(i).encode()) for i in range(50)))
         assert sum(results) == 1
         assert await repo.read_bytes("race") == str(results.index(True)).encode()
+
+    @pytest.mark.asyncio
+    async def test_replace_bytes_if(self, repo: BlobRepository) -> None:
+        if not self.supports_create:
+            with pytest.raises(UnsupportedOperationError):
+                await repo.replace_bytes_if("c", b"1", b"2")
+            return
+        assert not await repo.replace_bytes_if("absent", b"1", b"2")
+        assert not await repo.contains("absent")
+        await repo.write_bytes("c", b"1")
+        assert not await repo.replace_bytes_if("c", b"0", b"2")
+        assert await repo.read_bytes("c") == b"1"
+        assert await repo.replace_bytes_if("c", b"1", b"2")
+        results = await asyncio.gather(
+            *(repo.replace_bytes_if("c", b"2", str(i).encode()) for i in range(20))
+        )
+        assert sum(results) == 1
+        assert await repo.read_bytes("c") == str(results.index(True)).encode()
 
     @pytest.mark.asyncio
     async def test_large_blob_streams(self, repo: BlobRepository) -> None:

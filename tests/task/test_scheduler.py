@@ -441,3 +441,78 @@ async def test_two_schedulers_never_run_a_job_twice(tmp_path: Path) -> None:
     s1, s2 = await asyncio.gather(make().run(), make().run())
     assert sorted(runs) == sorted(f"k{i}" for i in range(300))
     assert s1.succeeded + s2.succeeded == 300
+
+
+async def test_chain_always_completes_in_one_run(tmp_path: Path) -> None:
+    """Jobs ending while the scheduler lists repositories must not end the run early."""
+    import random
+
+    rng = random.Random(7)
+    for attempt in range(6):
+        first = MemoryMetadataRepository({f"k{i}": i for i in range(120)})
+        repos: list[Any] = [first] + [
+            YamlMetadataFileRepository(tmp_path / f"{attempt}-{i}") for i in range(3)
+        ]
+
+        async def step(key: str, src: Any, dst: Any) -> None:
+            await asyncio.sleep(rng.random() / 500)
+            await dst.put(key, await src.get(key))
+
+        tasks = [
+            InProcessTask(
+                f"s{i}",
+                step,
+                inputs={"src": repos[i]},
+                outputs={"dst": repos[i + 1]},
+                done=YamlMetadataFileRepository(tmp_path / f"{attempt}-done{i}"),
+                concurrency=7,
+            )
+            for i in range(3)
+        ]
+        summary = await Pipeline(tasks).run()
+        assert summary.succeeded == 360, summary.as_dict()
+        assert len(await repos[3].keys()) == 120
+
+
+async def test_expired_lease_from_another_host_is_taken_over(tmp_path: Path) -> None:
+    src = MemoryMetadataRepository({"k": 1})
+    dst = FileRepository(tmp_path / "dst")
+    await dst.write_bytes("k", b"partial")
+    live = YamlMetadataFileRepository(tmp_path / "live")
+    old = time.time() - 100
+    await live.put("k", {"owner": "gone", "host": "elsewhere", "pid": 1, "heartbeat": old, "lease": 30})
+
+    async def make(key: str, dst: Any) -> None:
+        await dst.write_bytes(key, b"complete")
+
+    task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
+    summary = await Pipeline([task]).run()
+    assert summary.succeeded == 1
+    assert await dst.read_bytes("k") == b"complete"
+    assert await live.keys() == set()
+
+
+async def test_heartbeats_renew_claims_and_a_lost_claim_stops_the_job(tmp_path: Path) -> None:
+    src = MemoryMetadataRepository({"k": 1})
+    live = YamlMetadataFileRepository(tmp_path / "live")
+    beats: list[float] = []
+    started = asyncio.Event()
+
+    async def slow(key: str) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    task = InProcessTask("t", slow, inputs={"src": src}, live=live)
+    pipeline = Pipeline([task], claim_lease="300ms")
+    run = asyncio.create_task(pipeline.run())
+    await started.wait()
+    for _ in range(3):
+        await asyncio.sleep(0.12)
+        beats.append((await live.get("k"))["heartbeat"])
+    assert beats[0] < beats[-1], "the claim was not renewed"
+    # another scheduler takes the claim over (as it would after our lease expired)
+    await live.put("k", {"owner": "thief", "host": "elsewhere", "heartbeat": time.time(), "lease": 300})
+    summary = await asyncio.wait_for(run, 5)
+    assert any("claim lost" in e for e in summary.errors)
+    assert (await live.get("k"))["owner"] == "thief", "the job's cleanup removed the new owner's claim"
+    assert await task.done.keys() == set()
