@@ -285,9 +285,9 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 grace=args.grace,
                 on_progress=on_progress,
             )
-            # Work around a scheduler race: a job that ends while the repositories are
-            # being listed can be missed by that listing, and the run may then stop with
-            # keys ready downstream. Run again while a pass did something and left keys ready.
+            # Belt and braces: "run" promises that nothing is left ready. Schedulers before
+            # commit 3381427 could stop early when a job ended during a listing; if a pass
+            # did some work and still left keys ready, run another pass.
             for _ in range(100):
                 if args.forever or signals or summary.interrupted or summary.timed_out:
                     break
