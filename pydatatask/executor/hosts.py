@@ -15,7 +15,7 @@ and knows how to
 
 Every job runs through the same small shell wrapper (:func:`wrapper_script`), which
 records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the command starts and
-the command's exit status in ``<job dir>/ctl/exit`` (written atomically) after it ends.
+the command's exit status in ``<job dir>/ctl/exit`` after it ends.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import re
 import shlex
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,8 +98,8 @@ def wrapper_script(ctl_dir: str, script: bool, read_env: bool) -> str:
 
     It optionally reads ``export`` lines from stdin (secrets over SSH), writes
     ``ctl/pid`` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
-    script file with ``/bin/sh``), then writes ``ctl/exit`` atomically and exits with the
-    command's status.
+    script file with ``/bin/sh``), then writes ``ctl/exit`` and exits with the command's
+    status. Only shell builtins besides the command itself: no extra processes.
     """
     ctl = shlex.quote(ctl_dir)
     run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
@@ -108,11 +108,12 @@ def wrapper_script(ctl_dir: str, script: bool, read_env: bool) -> str:
         lines.append('eval "$(cat)" || exit 125')
     lines += [
         "exec </dev/null",
-        f"printf '%s %s\\n' \"$$\" \"$(cut -d' ' -f22 /proc/$$/stat 2>/dev/null)\" > {ctl}/pid.tmp"
-        f" && mv {ctl}/pid.tmp {ctl}/pid",
+        # field 22 of /proc/PID/stat is the start time (the name field of sh has no space)
+        "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
+        f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
         run,
         "ec=$?",
-        f"printf '%s\\n' \"$ec\" > {ctl}/exit.tmp && mv {ctl}/exit.tmp {ctl}/exit",
+        f"printf '%s\\n' \"$ec\" > {ctl}/exit",
         'exit "$ec"',
     ]
     return "\n".join(lines) + "\n"
@@ -290,8 +291,9 @@ class Host(ABC):
 
     # ------------------------------------------------------------ files
     @abstractmethod
-    async def new_job_dir(self, prefix: str) -> str:
-        """Create a fresh, private (0700) job directory with ``ctl`` and ``work`` inside."""
+    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
+        """Create a fresh, private (0700) job directory with ``ctl``, ``work`` and
+        ``subdirs`` (relative paths) inside."""
 
     @abstractmethod
     async def makedirs(self, path: str) -> None:

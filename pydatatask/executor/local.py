@@ -9,7 +9,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -77,7 +77,7 @@ class LocalHost(Host):
     :param name: shown in records (default: this machine's hostname).
     :param cpus: CPU capacity (default: ``os.cpu_count()``).
     :param memory: memory capacity (default: ``"4Gi"``).
-    :param workdir: where job directories are made (default: ``$TMPDIR/pdt-jobs``).
+    :param workdir: where job directories are made (default: ``$TMPDIR/pdt-jobs-<uid>``).
     :param launch_rate: at most this many launches per second.
     """
 
@@ -98,7 +98,9 @@ class LocalHost(Host):
             memory=memory,
             launch_rate=launch_rate,
         )
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / "pdt-jobs"
+        self.workdir = (
+            Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / f"pdt-jobs-{os.getuid()}"
+        )
 
     async def start(self, spec: ProcessSpec) -> RunningProcess:
         env = dict(os.environ)
@@ -148,12 +150,12 @@ class LocalHost(Host):
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    async def new_job_dir(self, prefix: str) -> str:
+    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
         def make() -> str:
             self.workdir.mkdir(parents=True, exist_ok=True)
             path = tempfile.mkdtemp(prefix=prefix, dir=self.workdir)
-            os.mkdir(os.path.join(path, "ctl"))
-            os.mkdir(os.path.join(path, "work"))
+            for sub in ("ctl", "work", *subdirs):
+                os.makedirs(os.path.join(path, sub), exist_ok=True)
             return path
 
         return await asyncio.to_thread(make)

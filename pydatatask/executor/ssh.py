@@ -16,13 +16,13 @@ import logging
 import os
 import secrets
 import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._deps import require
 from ..durations import parse_duration
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, JobError
 from ..repository.base import resolve
 from .hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, kill_group_script, wrapper_script
 from .local import _open_append
@@ -31,7 +31,9 @@ __all__ = ("SSHHost", "HostUnavailableError")
 
 log = logging.getLogger("pydatatask.executor.ssh")
 
-CHUNK = 1 << 18
+# one SFTP request per read: asyncssh splits larger reads into parallel requests whose
+# end-of-file errors can be left unretrieved on small files
+CHUNK = 1 << 16
 
 
 def _env_script(env: dict[str, str]) -> bytes:
@@ -45,14 +47,18 @@ class _SSHProcess(RunningProcess):
         self.spec = spec
         self.files = files
 
+    def _close_files(self) -> None:
+        for f in self.files:
+            f.close()
+
     async def wait(self) -> int:
+        # on cancellation the files stay open: output may still arrive until kill() ends
         try:
             result = await self.proc.wait()
         except Exception as exc:
+            self._close_files()
             raise self.host._lost(exc) from exc
-        finally:
-            for f in self.files:
-                f.close()
+        self._close_files()
         if result.exit_status is not None and result.exit_status >= 0:
             return int(result.exit_status)
         if result.exit_signal:
@@ -61,11 +67,17 @@ class _SSHProcess(RunningProcess):
 
     async def kill(self, grace: float) -> None:
         try:
-            await self.host.kill_group(f"{self.spec.ctl_dir}/pid", grace)
+            if not await self.host.kill_group(f"{self.spec.ctl_dir}/pid", grace):
+                raise HostUnavailableError(f"host {self.host.name}: the job's process group did not stop")
         finally:
             self.proc.close()
-            for f in self.files:
-                f.close()
+            try:
+                async with asyncio.timeout(5):
+                    await self.proc.wait_closed()
+            except (TimeoutError, OSError):
+                pass
+            finally:
+                self._close_files()
 
 
 class SSHHost(Host):
@@ -84,6 +96,7 @@ class SSHHost(Host):
     :param workdir: remote directory holding the job directories (created if missing).
     :param launch_rate: at most this many launches per second.
     :param retry_interval: how long a host stays marked down after a failure.
+    :param sftp_channels: SFTP sessions opened per connection for file transfer.
     """
 
     def __init__(
@@ -97,6 +110,7 @@ class SSHHost(Host):
         workdir: str = "/tmp/pdt-jobs",
         launch_rate: float | None = None,
         retry_interval: float | str = "2s",
+        sftp_channels: int = 4,
     ) -> None:
         if (connection is None) == (connect is None):
             raise ConfigurationError("SSHHost needs exactly one of connection= or connect=")
@@ -112,6 +126,8 @@ class SSHHost(Host):
         self._sftp_conn: Any = None
         self._lock = asyncio.Lock()
         self._workdir_made: Any = None
+        self._sftp_turn = 0
+        self.sftp_channels = sftp_channels
 
     # ------------------------------------------------------------ connection
     def _lost(self, exc: BaseException | None) -> HostUnavailableError:
@@ -149,18 +165,25 @@ class SSHHost(Host):
             return self._conn
 
     async def sftp(self) -> Any:
-        """An SFTP client on the live connection (one per connection)."""
+        """An SFTP client on the live connection, from a small pool (``sftp_channels``
+        per connection, used in turn: one SFTP server process handles requests one at a
+        time)."""
         conn = await self.connection()
         async with self._lock:
             if self._sftp is None or self._sftp_conn is not conn:
+                self._sftp = []
+                self._sftp_conn = conn
+            if len(self._sftp) < self.sftp_channels:
                 try:
-                    self._sftp = await conn.start_sftp_client()
+                    client = await conn.start_sftp_client()
                 except Exception as exc:
                     if self._is_ssh_error(exc):
                         raise self._lost(exc) from exc
                     raise
-                self._sftp_conn = conn
-            return self._sftp
+                self._sftp.append(client)
+                return client
+            self._sftp_turn = (self._sftp_turn + 1) % len(self._sftp)
+            return self._sftp[self._sftp_turn]
 
     async def _call(self, what: Awaitable[Any]) -> Any:
         try:
@@ -250,17 +273,32 @@ class SSHHost(Host):
         return out if status == 0 else None
 
     # ------------------------------------------------------------ files
-    async def new_job_dir(self, prefix: str) -> str:
+    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
         sftp = await self.sftp()
-        if self._workdir_made is not self._sftp_conn:
-            await self._call(sftp.makedirs(self.workdir, exist_ok=True))
-            self._workdir_made = self._sftp_conn
-        path = f"{self.workdir}/{prefix}{secrets.token_hex(6)}"
         asyncssh = require("asyncssh", "ssh")
-        attrs = asyncssh.SFTPAttrs(permissions=0o700)
-        await self._call(sftp.mkdir(path, attrs))
-        await self._call(sftp.mkdir(f"{path}/ctl", attrs))
-        await self._call(sftp.mkdir(f"{path}/work", attrs))
+        path = f"{self.workdir}/{prefix}{secrets.token_hex(6)}"
+        try:
+            if self._workdir_made is not self._sftp_conn:
+                await self._call(sftp.makedirs(self.workdir, exist_ok=True))
+                self._workdir_made = self._sftp_conn
+            attrs = asyncssh.SFTPAttrs(permissions=0o700)
+            await self._call(sftp.mkdir(path, attrs))
+            # one level at a time, each level's directories in parallel (pipelined)
+            todo = sorted({"ctl", "work", *subdirs})
+            levels: dict[int, set[str]] = {}
+            for sub in todo:
+                parts = sub.strip("/").split("/")
+                for depth in range(1, len(parts) + 1):
+                    levels.setdefault(depth, set()).add("/".join(parts[:depth]))
+            for depth in sorted(levels):
+                await asyncio.gather(
+                    *(self._call(sftp.mkdir(f"{path}/{d}", attrs)) for d in sorted(levels[depth]))
+                )
+        except (asyncssh.SFTPError, FileNotFoundError) as exc:
+            raise JobError(
+                f"host {self.name}: cannot create a job directory in {self.workdir} ({exc}); "
+                "check that the SSH user may write there, or pass SSHHost(workdir=...)"
+            ) from exc
         return path
 
     async def makedirs(self, path: str) -> None:
@@ -268,8 +306,8 @@ class SSHHost(Host):
         await self._call(sftp.makedirs(path, exist_ok=True))
 
     async def rmtree(self, path: str) -> None:
-        sftp = await self.sftp()
-        await self._call(sftp.rmtree(path, ignore_errors=True))
+        # one `rm -rf` instead of an SFTP walk (dozens of sequential requests)
+        await self.run_shell(f"rm -rf -- {shlex.quote(path)}")
 
     async def exists(self, path: str) -> bool:
         sftp = await self.sftp()
@@ -301,7 +339,7 @@ class SSHHost(Host):
 
     async def read_file(self, path: str) -> AsyncIterator[bytes]:
         sftp = await self.sftp()
-        f = await self._call(sftp.open(path, "rb", encoding=None))
+        f = await self._call(sftp.open(path, "rb", encoding=None, block_size=CHUNK))
         try:
             while chunk := await self._call(f.read(CHUNK)):
                 yield chunk

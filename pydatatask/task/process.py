@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobError, KeyNotFoundError
+from ..errors import ConfigurationError, JobError, KeyNotFoundError, UnsupportedOperationError
 from ..executor.hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, parse_memory
 from ..executor.local import LocalHost
 from ..repository.base import BlobRepository, MetadataRepository, Repository, resolve
@@ -203,6 +203,7 @@ class ProcessTask(Task):
                     raise ConfigurationError(f"task {name!r}: {link_name}= needs a BlobRepository")
                 self.link(link_name, repo, LinkKind.OTHER)
         self._files: dict[int, _JobFiles] = {}
+        self._claim_lock = asyncio.Lock()
 
     def describe(self) -> str:
         return f"process task {self.name} on {', '.join(h.name for h in self.hosts)}"
@@ -272,7 +273,7 @@ class ProcessTask(Task):
         job_dir: str | None = None
         staged = _Staged()
         try:
-            job_dir = await host.new_job_dir(f"{self.name}.{job.key}.")
+            job_dir = await host.new_job_dir(f"{self.name}.{job.key}.", self._subdirs(host, job.key))
             context, env = await self._stage(job, host, job_dir, staged)
             command = render_command(self.template, context)
             spec = ProcessSpec(
@@ -361,13 +362,11 @@ class ProcessTask(Task):
     async def _note_claim(
         self, job: JobContext, host: Host, job_dir: str, staged: _Staged, proc: RunningProcess | None
     ) -> None:
-        """Record where the job runs in its claim, so a restarted scheduler can find it."""
-        try:
-            claim = await self.live.get(job.key)
-        except KeyNotFoundError:
-            return
-        if not isinstance(claim, dict):
-            return
+        """Record where the job runs in its claim, so a restarted scheduler can find it.
+
+        The claim is changed with the same conditional replace as heartbeats (and under
+        the same lock), so a claim taken over by another scheduler is never overwritten.
+        """
         info: dict[str, Any] = {
             "host": host.name,
             "dir": job_dir,
@@ -379,8 +378,27 @@ class ProcessTask(Task):
         if proc is not None and proc.pid is not None:
             info["pid"] = proc.pid
             info["pid_start"] = await host.process_start_time(proc.pid) if host.is_local else None
-        claim["job"] = info
-        await self.live.put(job.key, claim)
+        async with self._claim_lock:
+            held = self._held_claims()
+            old = held.get(job.key)
+            if not old:
+                return  # not claimed through Task.claim (e.g. execute(claimed=True))
+            new = dict(old, job=info, heartbeat=time.time())
+            try:
+                ok = await self.live.replace_if(job.key, old, new)
+            except UnsupportedOperationError:
+                await self.live.put(job.key, new)
+                ok = True
+            if not ok:
+                held.pop(job.key, None)
+                raise JobError(
+                    f"task {self.name}: the claim on {job.key!r} was taken over by another scheduler"
+                )
+            held[job.key] = new
+
+    async def heartbeat(self, key: str) -> bool | None:
+        async with self._claim_lock:
+            return await super().heartbeat(key)
 
     # ---------------------------------------------------------------- staging links
     async def _stage(
@@ -416,6 +434,21 @@ class ProcessTask(Task):
             env[var] = str(value)
         return context, env
 
+    def _subdirs(self, host: Host, key: str) -> list[str]:
+        """Directories of the job directory that staging needs (made with it)."""
+        dirs = []
+        for link in self.links.values():
+            repo = link.repository
+            if link.kind is LinkKind.INPUT and not (host.is_local and _in_place(repo)):
+                dirs.append(f"in/{link.name}")
+            elif link.is_output and not (
+                host.is_local and isinstance(repo, (FileRepository, DirectoryRepository))
+            ):
+                dirs.append(f"out/{link.name}")
+                if isinstance(repo, DirectoryRepository):
+                    dirs.append(f"out/{link.name}/{key}{repo.extension}")
+        return dirs
+
     async def _stage_input(
         self, link: Link, key: str, host: Host, job_dir: str, info: dict[str, Any]
     ) -> None:
@@ -423,7 +456,6 @@ class ProcessTask(Task):
         if host.is_local and _in_place(repo):
             return  # read where it is: info["path"] already points there
         base = f"{job_dir}/in/{link.name}"
-        await host.makedirs(base)
         if isinstance(repo, (FileRepository, DirectoryRepository)):
             path = f"{base}/{key}{repo.extension}"
             local = repo.path(key)
@@ -476,10 +508,8 @@ class ProcessTask(Task):
             staged.commits.append(commit_dir)
             return
         base = f"{job_dir}/out/{link.name}"
-        await host.makedirs(base)
         if isinstance(repo, DirectoryRepository):
             path = f"{base}/{key}{repo.extension}"
-            await host.makedirs(path)
 
             async def commit_remote_dir() -> None:
                 async with repo.open_dir(key) as tmp_dir:

@@ -1,0 +1,354 @@
+"""ProcessTask over SSH against the real sshd of scripts/test-services (no mocks).
+
+The outage test stops and restarts the shared sshd for a few seconds; it is the last test
+of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository, ProcessTask, Session
+from pydatatask.executor import SSHHost
+from pydatatask.pipeline import Pipeline
+from pydatatask.task import RetryPolicy
+from tests.conftest import service
+
+pytestmark = pytest.mark.ssh
+
+ROOT = Path(__file__).resolve().parents[2]
+EVIL = ["x;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "a'b", "a\nb\ntouch PWNED", '"; touch PWNED; "']
+
+
+@pytest.fixture
+def ssh(services: dict[str, Any]) -> dict[str, Any]:
+    return service(services, "ssh")
+
+
+def connector(conf: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+    import asyncssh
+
+    def connect() -> Awaitable[Any]:
+        return asyncssh.connect(  # type: ignore[no-any-return]
+            conf["host"],
+            port=conf["port"],
+            username=conf["user"],
+            client_keys=[conf["client_key"]],
+            known_hosts=conf["known_hosts"],  # verification stays on
+        )
+
+    return connect
+
+
+async def remote(conf: dict[str, Any], command: str) -> str:
+    async with await connector(conf)() as conn:
+        result = await conn.run(command, check=False)
+        return str(result.stdout)
+
+
+def _max_overlap(lines: list[str]) -> int:
+    events = sorted(
+        (int(ts), 1 if kind == "start" else -1) for kind, ts in (line.split()[:2] for line in lines)
+    )
+    cur = best = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+async def _fill(repo: MemoryBlobRepository, keys: list[str]) -> None:
+    for k in keys:
+        await repo.write_bytes(k, f"text of {k}\n".encode())
+
+
+@pytest.fixture
+async def s3client(services: dict[str, Any]) -> AsyncIterator[Any]:
+    from aiobotocore.session import get_session
+
+    conf = service(services, "s3")
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=conf["endpoint"],
+        aws_access_key_id=conf["access_key"],
+        aws_secret_access_key=conf["secret_key"],
+        region_name=conf.get("region", "us-east-1"),
+    ) as client:
+        yield client
+
+
+async def test_200_jobs_over_ssh_to_files_and_s3(ssh: dict[str, Any], s3client: Any, tmp_path: Path) -> None:
+    from pydatatask.repository.s3 import S3BucketRepository
+
+    bucket = f"pdt-process-{secrets.token_hex(4)}"
+    session = Session()
+
+    @session.resource
+    async def conn_a() -> AsyncIterator[Any]:
+        async with await connector(ssh)() as conn:
+            yield conn
+
+    @session.resource
+    async def conn_b() -> AsyncIterator[Any]:
+        async with await connector(ssh)() as conn:
+            yield conn
+
+    hosts = [
+        SSHHost(conn_a, name="a", cpus=8, memory="8Gi"),
+        SSHHost(conn_b, name="b", cpus=8, memory="8Gi"),
+        SSHHost(connect=connector(ssh), name="c", cpus=8, memory="8Gi"),
+        SSHHost(connect=connector(ssh), name="d", cpus=8, memory="8Gi"),
+    ]
+    keys = [f"doc-{i:03d}.v2" for i in range(200)]
+    src = FileRepository(tmp_path / "src", ".txt")
+    for k in keys:
+        await src.write_text(k, f"text of {k}\n")
+    upper = FileRepository(tmp_path / "upper", ".txt")
+    s3 = S3BucketRepository(s3client, bucket, "up/", ".txt", create_bucket=True)
+    meta = MemoryMetadataRepository()
+    task = ProcessTask(
+        "shout",
+        script=(
+            "tr a-z A-Z < {{ doc.path }} > {{ up.path }}\n"
+            'printf "%s on %s\\n" "$PDT_KEY" "$PDT_HOST" > {{ s3up.path }}\n'
+            'printf "key: %s\\nhost: %s\\n" "$PDT_KEY" "$PDT_HOST" > {{ meta.path }}\n'
+        ),
+        hosts=hosts,
+        inputs={"doc": src},
+        outputs={"up": upper, "s3up": s3, "meta": meta},
+        concurrency=32,
+        cpu=1,
+        memory="64Mi",
+    )
+    try:
+        t0 = time.monotonic()
+        summary = await Pipeline([task], session=session).run()
+        elapsed = time.monotonic() - t0
+        assert summary.ok and summary.succeeded == 200, summary
+        assert await upper.keys() == set(keys) and await s3.keys() == set(keys)
+        assert await upper.read_text("doc-007.v2") == "TEXT OF DOC-007.V2\n"
+        used = set()
+        for k in keys[:20]:
+            line = await s3.read_text(k)
+            assert line.startswith(f"{k} on ")
+            used.add(line.split()[-1])
+            assert (await meta.get(k))["key"] == k
+        assert len(used) >= 2, used  # spread over the pool
+        assert all(h.running == 0 and h.used_cpus == 0 for h in hosts)
+        assert elapsed < 45
+        leftovers = await remote(ssh, "ls /tmp/pdt-jobs | grep '^shout\\.' | wc -l")
+        assert leftovers.strip() == "0"
+    finally:
+        for h in hosts:
+            await h.aclose()
+        async with session:
+            for k in await s3.keys():
+                await s3.delete(k)
+        await s3client.delete_bucket(Bucket=bucket)
+
+
+async def test_injection_over_ssh(ssh: dict[str, Any]) -> None:
+    marker = f"/tmp/pdt-inject-{secrets.token_hex(4)}"
+    host = SSHHost(connect=connector(ssh), name="inj", cpus=4)
+    src = MemoryBlobRepository()
+    await _fill(src, ["k.1", "a-b_c"])
+    tasks, outs = [], []
+    for i, value in enumerate(EVIL):
+        out = MemoryBlobRepository()
+        outs.append(out)
+        tasks.append(
+            ProcessTask(
+                f"inj{i}",
+                "printf '%s|' {{ params.v }} {{ key }} > {{ o.path }}; cat {{ i.path }} >> {{ o.path }}",
+                hosts=[host],
+                inputs={"i": src},
+                outputs={"o": out},
+                params={"v": value.replace("PWNED", marker)},
+            )
+        )
+    try:
+        assert (await Pipeline(tasks).run()).ok
+    finally:
+        await host.aclose()
+    for value, out in zip(EVIL, outs, strict=True):
+        assert await out.read_text("k.1") == f"{value.replace('PWNED', marker)}|k.1|text of k.1\n"
+    assert (await remote(ssh, f"ls {marker} 2>/dev/null; echo end")).strip() == "end"
+
+
+async def test_failure_record_and_secret_not_on_remote_command_line(ssh: dict[str, Any]) -> None:
+    secret = "s3cr3t-" + secrets.token_hex(8)
+    host = SSHHost(connect=connector(ssh), name="sec", cpus=4)
+    src = MemoryBlobRepository()
+    await _fill(src, ["ok", "bad"])
+    out, logs = MemoryBlobRepository(), MemoryBlobRepository()
+    task = ProcessTask(
+        "sec",
+        'printf %s "$AWS_SECRET_ACCESS_KEY" | sha256sum > {{ o.path }}; sleep 1; '
+        '[ {{ key }} = ok ] || { echo "broken $PDT_KEY" >&2; exit 7; }',
+        hosts=[host],
+        inputs={"i": src},
+        outputs={"o": out},
+        logs=logs,
+        env={"AWS_SECRET_ACCESS_KEY": secret},
+    )
+    run = asyncio.create_task(Pipeline([task]).run())
+    seen = False
+    try:
+        while not run.done():
+            listing = await remote(ssh, "ps -eo args")
+            assert secret not in listing
+            seen = seen or "sha256sum" in listing
+            await asyncio.sleep(0.1)
+        summary = await run
+    finally:
+        await host.aclose()
+    assert seen and summary.succeeded == 1 and summary.failed == 1
+    assert (await out.read_text("ok")).split()[0] == hashlib.sha256(secret.encode()).hexdigest()
+    assert not await out.contains("bad")
+    record = await task.done.get("bad")
+    assert record["exit_code"] == 7 and record["host"] == "sec"
+    assert "broken bad" in record["error"]["message"] and "broken bad" in await logs.read_text("bad")
+    assert secret not in str(record) and secret not in await logs.read_text("bad")
+
+
+async def test_timeout_kills_the_remote_process_tree(ssh: dict[str, Any]) -> None:
+    duration = f"{200 + secrets.randbelow(10000) / 100:.2f}"
+    host = SSHHost(connect=connector(ssh), name="slow", cpus=2)
+    src = MemoryBlobRepository()
+    await _fill(src, ["k"])
+    task = ProcessTask(
+        "slow",
+        "trap '' TERM; sh -c 'sleep {{ params.d }} & sleep {{ params.d }}' & sleep {{ params.d }}",
+        hosts=[host],
+        inputs={"i": src},
+        params={"d": duration},
+        timeout=1.0,
+        kill_grace=0.5,
+    )
+    run = asyncio.create_task(Pipeline([task]).run())
+    running = ""
+    for _ in range(50):
+        running = await remote(ssh, f"pgrep -f 'slee[p] {duration}' | wc -l")
+        if int(running) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert int(running) >= 3  # three sleeps (and the shells that started them)
+    try:
+        summary = await run
+    finally:
+        await host.aclose()
+    assert summary.failed == 1
+    assert (await task.done.get("k"))["error"]["type"].endswith("JobTimeoutError")
+    assert (await remote(ssh, f"pgrep -f 'slee[p] {duration}' | wc -l")).strip() == "0"
+
+
+async def test_quota_over_ssh(ssh: dict[str, Any]) -> None:
+    events = f"/tmp/pdt-quota-{secrets.token_hex(4)}"
+    hosts = [SSHHost(connect=connector(ssh), name=n, cpus=1, memory="1Gi") for n in ("q1", "q2")]
+    src = MemoryBlobRepository()
+    await _fill(src, [f"k{i}" for i in range(8)])
+    task = ProcessTask(
+        "quota",
+        'echo "start $(date +%s%N) $PDT_HOST" >> {{ params.f }}; sleep 0.3; '
+        'echo "end $(date +%s%N) $PDT_HOST" >> {{ params.f }}',
+        hosts=hosts,
+        inputs={"i": src},
+        params={"f": events},
+        concurrency=8,
+    )
+    try:
+        assert (await Pipeline([task]).run()).succeeded == 8
+    finally:
+        for h in hosts:
+            await h.aclose()
+    lines = (await remote(ssh, f"cat {events}; rm -f {events}")).splitlines()
+    assert len(lines) == 16
+    assert _max_overlap(lines) == 2
+    for name in ("q1", "q2"):
+        assert _max_overlap([line for line in lines if line.endswith(" " + name)]) == 1
+
+
+def _count_words(path: Path) -> int:
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def _remove(path: Path) -> None:
+    if path.exists():
+        os.unlink(path)
+
+
+def _cut_connections(server_port: int, client_ports: list[int]) -> None:
+    for port in client_ports:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{server_port} and dport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for pid in re.findall(r"pid=(\d+)", out):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _services(*args: str) -> None:
+    subprocess.run(["bash", str(ROOT / "scripts" / "test-services"), *args], check=True, capture_output=True)
+
+
+async def test_sshd_outage_fails_jobs_cleanly_then_they_succeed(ssh: dict[str, Any]) -> None:
+    """Last SSH test: stops the shared sshd for a couple of seconds."""
+    hosts = [SSHHost(connect=connector(ssh), name=n, cpus=4, retry_interval="0.5s") for n in ("o1", "o2")]
+    keys = [f"k{i:02d}" for i in range(16)]
+    src = MemoryBlobRepository()
+    await _fill(src, keys)
+    out = MemoryBlobRepository()
+    started = Path(f"/tmp/pdt-outage-{secrets.token_hex(4)}")
+    task = ProcessTask(
+        "outage",
+        'echo "$PDT_KEY" >> {{ params.f }}; sleep 1; cat {{ i.path }} > {{ o.path }}',
+        hosts=hosts,
+        inputs={"i": src},
+        outputs={"o": out},
+        params={"f": str(started)},
+        concurrency=16,
+        retry=RetryPolicy(max_attempts=10, backoff=0.5, factor=1.5, max_backoff=3),
+    )
+    run = asyncio.create_task(Pipeline([task]).run())
+    try:
+        for _ in range(100):  # sshd runs on this machine: the file is local
+            if _count_words(started) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        # Stopping sshd leaves established sessions alone (each connection's sshd runs in
+        # its own session): cut this test's own connections too, as a crash or network
+        # failure would, by killing the server processes that serve them.
+        ports = [h._conn.get_extra_info("sockname")[1] for h in hosts if h._conn is not None]
+        assert ports
+        await asyncio.to_thread(_services, "stop", "sshd")
+        try:
+            await asyncio.to_thread(_cut_connections, ssh["port"], ports)
+            await asyncio.sleep(1.5)
+        finally:
+            await asyncio.to_thread(_services, "start", "sshd")
+        assert time.monotonic() - t0 < 10
+        summary = await asyncio.wait_for(run, 90)
+    finally:
+        for h in hosts:
+            await h.aclose()
+        await asyncio.to_thread(_remove, started)
+    assert summary.ok and summary.succeeded == 16, summary
+    records = [await task.done.get(k) for k in keys]
+    assert any(r["attempts"] > 1 for r in records)  # some jobs were cut off and retried
+    for k in keys:
+        assert await out.read_text(k) == f"text of {k}\n"
