@@ -338,6 +338,11 @@ class Task(ABC):
             won = True  # best effort on backends without conditional replace
         if not won:
             return
+        if await self.done.contains(key):
+            # the job finished (its record is written) and died before dropping its claim:
+            # its outputs are complete, keep them
+            await self.live.delete(key)
+            return
         log.warning(
             "task %s: job %r was interrupted (claim by %s on %s); cleaning up to run it again",
             self.name,

@@ -516,3 +516,26 @@ async def test_heartbeats_renew_claims_and_a_lost_claim_stops_the_job(tmp_path: 
     assert any("claim lost" in e for e in summary.errors)
     assert (await live.get("k"))["owner"] == "thief", "the job's cleanup removed the new owner's claim"
     assert await task.done.keys() == set()
+
+
+async def test_stale_claim_of_a_finished_job_keeps_its_outputs(tmp_path: Path) -> None:
+    """A run killed between writing the success record and dropping the claim."""
+    from pydatatask.task.records import HOSTNAME
+
+    src = MemoryMetadataRepository({"k": 1})
+    dst = FileRepository(tmp_path / "dst")
+    live = YamlMetadataFileRepository(tmp_path / "live")
+    calls: list[str] = []
+
+    async def make(key: str, dst: Any) -> None:
+        calls.append(key)
+        await dst.write_bytes(key, b"complete")
+
+    task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
+    assert (await Pipeline([task]).run()).succeeded == 1
+    await live.put("k", {"owner": "dead", "host": HOSTNAME, "pid": 2**22 + 54321, "pid_start": 1})
+    summary = await Pipeline([task]).run()
+    assert summary.ok and summary.succeeded == 0
+    assert await dst.read_bytes("k") == b"complete"
+    assert await live.keys() == set()
+    assert calls == ["k"]
