@@ -1,0 +1,656 @@
+"""A reusable crash and outage harness for pipelines run as real subprocesses.
+
+The pieces:
+
+* :class:`Backend` and its subclasses set up one namespace of a pipeline's data (a local
+  directory, an S3 prefix, a set of Mongo collections), seed the inputs, and read back
+  everything the final checks need: outputs, job records, claims, and *debris* (hidden
+  temporary files, in-progress S3 multipart uploads).
+* :class:`TcpProxy` is a small asyncio TCP proxy that can be *cut* (new connections are
+  refused, open ones dropped) and restored. It stands in for stopping a server whose
+  data would not survive a restart (the Mongo test server keeps its data in memory).
+* :class:`ChaosHarness` runs a pipeline script (``python SCRIPT run --json``), injects
+  faults at random points (SIGKILL of the whole process group, or an outage of one
+  server for a few seconds), restores what it broke, reruns until the pipeline reports
+  nothing left to do, then checks the invariants (:meth:`ChaosHarness.check`).
+
+Everything random comes from one ``random.Random(seed)``; every failure message carries
+the seed, and ``PDT_RELIABILITY_SEED=<seed>`` replays a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINES = Path(__file__).resolve().parent / "pipelines"
+COUNTED = PIPELINES / "counted.py"
+BUCKET = "pdt-reliability"
+
+
+# ---------------------------------------------------------------- figures
+@dataclass
+class Figures:
+    """What a reliability test counts; summed over rounds and written to the summary file."""
+
+    rounds: int = 0
+    faults: int = 0
+    kills: int = 0
+    outages: int = 0
+    runs: int = 0
+    jobs: int = 0
+    duplicates: int = 0
+    lost: int = 0
+
+    def add(self, other: Figures) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def rounds_wanted(config: Any, quick: int) -> int:
+    """Rounds per backend: ``PDT_RELIABILITY_ROUNDS``, else 20 with ``--reliability-full``, else ``quick``."""
+    env = os.environ.get("PDT_RELIABILITY_ROUNDS")
+    if env:
+        return max(1, int(env))
+    if config.getoption("--reliability-full", default=False):
+        return 20
+    return quick
+
+
+def make_seed() -> int:
+    env = os.environ.get("PDT_RELIABILITY_SEED")
+    return int(env) if env else random.SystemRandom().randrange(1 << 32)
+
+
+# ---------------------------------------------------------------- lines and processes
+def count_lines(path: Path) -> Counter[str]:
+    """``{key: number of lines}`` of a ``KEY PID`` log written by the pipeline script."""
+    if not path.exists():
+        return Counter()
+    return Counter(line.split()[0] for line in path.read_text().splitlines() if line.strip())
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Pids of live processes whose environment contains ``marker`` (``NAME=value``)."""
+    needle = marker.encode() + b"\0"
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read() + b"\0"
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and needle in env:
+            found.append(int(entry.name))
+    return found
+
+
+def service_cmd(action: str, name: str, timeout: float = 90) -> None:
+    """``bash scripts/test-services ACTION NAME`` (``start`` waits for readiness)."""
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "test-services"), action, name],
+        check=True,
+        timeout=timeout,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@dataclass
+class RunResult:
+    returncode: int | None
+    stdout: str
+    stderr: str
+    killed: bool = False
+
+
+async def start_script(
+    script: Path, args: list[str], env: dict[str, str]
+) -> asyncio.subprocess.Process:
+    """Start ``python script args`` in its own process group (so a kill takes its children too)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        *args,
+        env={**os.environ, **env},
+        cwd=str(ROOT),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float) -> RunResult:
+    """Wait for ``proc`` (killing its group after ``timeout``) and collect its output."""
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        kill_group(proc.pid)
+        out, err = await proc.communicate()
+        return RunResult(proc.returncode, out.decode(), err.decode() + "\n[harness: timed out]", True)
+    return RunResult(proc.returncode, out.decode(), err.decode())
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- TCP proxy
+class TcpProxy:
+    """An asyncio TCP proxy on 127.0.0.1 that can be cut and restored.
+
+    While cut, new connections are accepted and closed at once (the client sees a reset /
+    EOF, as from a server that went away) and every open connection is dropped.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.cut_now = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+        self.refused = 0
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self._drop_all()
+        await self._server.wait_closed()
+
+    def _drop_all(self) -> None:
+        for writer in list(self._writers):
+            transport = writer.transport
+            transport.abort()
+        self._writers.clear()
+
+    def cut(self) -> None:
+        self.cut_now = True
+        self._drop_all()
+
+    def restore(self) -> None:
+        self.cut_now = False
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_now:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self._writers.update((writer, up_writer))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if self.cut_now:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            self._writers.discard(writer)
+            self._writers.discard(up_writer)
+
+
+# ---------------------------------------------------------------- backends
+@dataclass
+class State:
+    """What a backend holds after a run."""
+
+    outputs: dict[str, bytes]
+    records: dict[str, Any]
+    claims: list[str]
+    debris: list[str]
+    other: list[str] = field(default_factory=list)  # anything outside the expected layout
+
+
+class Backend:
+    """One namespace of the counted pipeline's data on one kind of store."""
+
+    name = "files"
+    #: the server an outage stops (None: only kills)
+    outage_service: str | None = None
+
+    def __init__(self, data: Path, ns: str) -> None:
+        self.data = data
+        self.ns = ns
+
+    def env(self) -> dict[str, str]:
+        return {"PDT_REL_BACKEND": self.name, "PDT_REL_DATA": str(self.data), "PDT_REL_NS": self.ns}
+
+    @staticmethod
+    def text(key: str) -> bytes:
+        return f"value of {key}\n".encode()
+
+    async def seed(self, keys: list[str]) -> None:
+        (self.data / "src").mkdir(parents=True, exist_ok=True)
+        for key in keys:
+            (self.data / "src" / f"{key}.txt").write_bytes(self.text(key))
+
+    async def state(self) -> State:
+        from pydatatask import YamlMetadataFileRepository
+
+        out_dir = self.data / "out"
+        outputs = {p.name[:-4]: p.read_bytes() for p in _visible(out_dir) if p.name.endswith(".txt")}
+        records = {k: v async for k, v in YamlMetadataFileRepository(self.data / "state" / "done").items()}
+        claims = [p.name for p in _visible(self.data / "state" / "live")]
+        debris = [
+            str(p.relative_to(self.data))
+            for sub in ("out", "state")
+            for p in (self.data / sub).rglob(".*")
+            if p.name != ".pdt-lock"
+        ]
+        return State(outputs, records, claims, debris)
+
+    async def outage(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _visible(folder: Path) -> list[Path]:
+    if not folder.exists():
+        return []
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def s3_client(conf: dict[str, Any]) -> Any:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    return get_session().create_client(
+        "s3",
+        endpoint_url=conf["endpoint"],
+        aws_access_key_id=conf["access_key"],
+        aws_secret_access_key=conf["secret_key"],
+        region_name=conf.get("region", "us-east-1"),
+        config=AioConfig(max_pool_connections=64, retries={"total_max_attempts": 3}),
+    )
+
+
+async def ensure_bucket(client: Any, bucket: str = BUCKET) -> None:
+    try:
+        await client.head_bucket(Bucket=bucket)
+    except Exception:
+        with contextlib.suppress(Exception):
+            await client.create_bucket(Bucket=bucket)
+
+
+async def s3_names(client: Any, bucket: str, prefix: str) -> list[str]:
+    names: list[str] = []
+    async for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        names.extend(obj["Key"] for obj in page.get("Contents", ()))
+    return names
+
+
+async def s3_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    resp = await client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+    return list(resp.get("Uploads", ()))
+
+
+async def s3_empty(client: Any, bucket: str, prefix: str) -> None:
+    names = await s3_names(client, bucket, prefix)
+    for start in range(0, len(names), 1000):
+        batch = [{"Key": n} for n in names[start : start + 1000]]
+        await client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    for up in await s3_uploads(client, bucket, prefix):
+        await client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+
+
+class S3Backend(Backend):
+    """Inputs, outputs (multipart uploads), records and claims under ``s3://pdt-reliability/NS/``."""
+
+    name = "s3"
+    outage_service = "s3"
+
+    def __init__(self, data: Path, ns: str, conf: dict[str, Any], client: Any) -> None:
+        super().__init__(data, ns)
+        self.conf = conf
+        self.client = client
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "PDT_REL_S3": json.dumps({**self.conf, "bucket": BUCKET})}
+
+    async def seed(self, keys: list[str]) -> None:
+        await ensure_bucket(self.client)
+        sem = asyncio.Semaphore(32)
+
+        async def put(key: str) -> None:
+            async with sem:
+                await self.client.put_object(
+                    Bucket=BUCKET, Key=f"{self.ns}/src/{key}.txt", Body=self.text(key)
+                )
+
+        await asyncio.gather(*(put(k) for k in keys))
+
+    async def state(self) -> State:
+        from pydatatask import YamlMetadataS3Repository
+
+        names = await s3_names(self.client, BUCKET, f"{self.ns}/")
+        outputs: dict[str, bytes] = {}
+        claims: list[str] = []
+        other: list[str] = []
+        for name in names:
+            rel = name[len(self.ns) + 1 :]
+            folder, _, base = rel.partition("/")
+            if folder == "out" and base.endswith(".txt"):
+                body = await self.client.get_object(Bucket=BUCKET, Key=name)
+                async with body["Body"] as stream:
+                    outputs[base[:-4]] = await stream.read()
+            elif folder == "live":
+                claims.append(base)
+            elif folder not in ("src", "done", "logs"):
+                other.append(rel)
+        done = YamlMetadataS3Repository(self.client, BUCKET, f"{self.ns}/done/")
+        records = {k: v async for k, v in done.items()}
+        debris = [f"multipart upload of {u['Key']}" for u in await s3_uploads(self.client, BUCKET, self.ns)]
+        return State(outputs, records, claims, debris, other)
+
+    async def outage(self, seconds: float) -> None:
+        service_cmd("stop", "s3")
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await asyncio.to_thread(service_cmd, "start", "s3")
+
+    async def aclose(self) -> None:
+        await s3_empty(self.client, BUCKET, f"{self.ns}/")
+
+
+class MongoBackend(Backend):
+    """Inputs, outputs, records and claims in Mongo collections ``NS_*``, reached through a proxy."""
+
+    name = "mongo"
+    outage_service = "mongo"
+
+    def __init__(self, data: Path, ns: str, uri: str, proxy: TcpProxy, client: Any) -> None:
+        super().__init__(data, ns)
+        self.uri = uri
+        self.proxy = proxy
+        self.client = client  # direct to the server, for seeding and checks
+        self.db = client["pdt_reliability"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **super().env(),
+            "PDT_REL_MONGO": f"mongodb://127.0.0.1:{self.proxy.port}/?directConnection=true",
+        }
+
+    async def seed(self, keys: list[str]) -> None:
+        docs = [{"_id": k, "value": {"text": self.text(k).decode()}} for k in keys]
+        for start in range(0, len(docs), 1000):
+            await self.db[f"{self.ns}_src"].insert_many(docs[start : start + 1000])
+
+    async def state(self) -> State:
+        outputs = {
+            d["_id"]: str(d["value"]["text"]).encode() async for d in self.db[f"{self.ns}_out"].find()
+        }
+        records = {d["_id"]: d["value"] async for d in self.db[f"{self.ns}_done"].find()}
+        claims = [d["_id"] async for d in self.db[f"{self.ns}_live"].find()]
+        names = await self.db.list_collection_names()
+        expected = {f"{self.ns}_{n}" for n in ("src", "out", "done", "live")}
+        other = [n for n in names if n.startswith(f"{self.ns}_") and n not in expected]
+        return State(outputs, records, claims, [], other)
+
+    async def outage(self, seconds: float) -> None:
+        self.proxy.cut()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.proxy.restore()
+
+    async def aclose(self) -> None:
+        for suffix in ("src", "out", "done", "live"):
+            await self.db.drop_collection(f"{self.ns}_{suffix}")
+
+
+@contextlib.asynccontextmanager
+async def open_backend(
+    kind: str, data: Path, ns: str, services: dict[str, Any] | None
+) -> AsyncIterator[Backend]:
+    """A fresh backend namespace; its server-side data is removed at the end."""
+    data.mkdir(parents=True, exist_ok=True)
+    if kind == "files":
+        yield Backend(data, ns)
+        return
+    assert services is not None
+    if kind == "s3":
+        conf = {k: services["s3"][k] for k in ("endpoint", "access_key", "secret_key", "region")}
+        async with s3_client(conf) as client:
+            backend = S3Backend(data, ns, conf, client)
+            try:
+                yield backend
+            finally:
+                await ensure_service("s3")
+                await backend.aclose()
+        return
+    if kind == "mongo":
+        from pymongo import AsyncMongoClient
+
+        uri = services["mongo"]["uri"]
+        host, _, port = uri.split("//", 1)[1].split("/", 1)[0].rpartition(":")
+        client: Any = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
+        try:
+            async with TcpProxy(host, int(port)) as proxy:
+                backend = MongoBackend(data, ns, uri, proxy, client)
+                try:
+                    yield backend
+                finally:
+                    await backend.aclose()
+        finally:
+            await client.close()
+        return
+    raise ValueError(kind)
+
+
+async def ensure_service(name: str) -> None:
+    """Start ``name`` again if a fault left it stopped (``start`` of a running service is a no-op)."""
+    await asyncio.to_thread(service_cmd, "start", name)
+
+
+# ---------------------------------------------------------------- the harness
+@dataclass
+class Problem:
+    what: str
+    keys: list[str]
+
+    def __str__(self) -> str:
+        sample = ", ".join(self.keys[:8]) + (" ..." if len(self.keys) > 8 else "")
+        return f"{self.what} ({len(self.keys)}): {sample}"
+
+
+class ChaosHarness:
+    """Runs the counted pipeline over one backend namespace with random faults.
+
+    :param backend: where the data lives.
+    :param keys: the input keys (seeded by :meth:`prepare`).
+    :param rng: the seeded random source.
+    :param faults: which faults to choose from: ``"kill"`` and/or ``"outage"``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        keys: list[str],
+        rng: random.Random,
+        *,
+        faults: tuple[str, ...] = ("kill", "outage"),
+        script: Path = COUNTED,
+        extra_env: dict[str, str] | None = None,
+        run_timeout: float = 90.0,
+    ) -> None:
+        self.backend = backend
+        self.keys = keys
+        self.rng = rng
+        self.faults = faults if backend.outage_service else tuple(f for f in faults if f != "outage")
+        self.script = script
+        self.env = {**backend.env(), **(extra_env or {})}
+        self.run_timeout = run_timeout
+        self.figures = Figures()
+        self.log: list[str] = []  # what happened, for failure messages
+
+    @property
+    def marker(self) -> str:
+        return f"PDT_REL_NS={self.backend.ns}"
+
+    async def prepare(self) -> None:
+        await self.backend.seed(self.keys)
+
+    async def run_once(self, fault: str | None) -> RunResult:
+        """One ``run``; with ``fault``, inject it at a random point while the run goes on."""
+        proc = await start_script(self.script, ["run", "--json"], self.env)
+        self.figures.runs += 1
+        if fault is None:
+            result = await finish(proc, self.run_timeout)
+            self.log.append(f"run -> {result.returncode}")
+            return result
+        delay = self.rng.uniform(0.2, 2.0)
+        waiter = asyncio.ensure_future(proc.wait())
+        done, _ = await asyncio.wait({waiter}, timeout=delay)
+        if done:
+            self.log.append(f"run ended before {fault} at {delay:.2f}s")
+            return await finish(proc, self.run_timeout)
+        self.figures.faults += 1
+        if fault == "kill":
+            self.figures.kills += 1
+            kill_group(proc.pid)
+            self.log.append(f"SIGKILL at {delay:.2f}s")
+            return await finish(proc, self.run_timeout)
+        seconds = self.rng.uniform(1.0, 4.0)
+        self.figures.outages += 1
+        self.log.append(f"outage of {self.backend.outage_service} at {delay:.2f}s for {seconds:.1f}s")
+        await self.backend.outage(seconds)
+        result = await finish(proc, self.run_timeout)
+        self.log.append(f"run after outage -> {result.returncode}")
+        return result
+
+    async def complete(self) -> bool:
+        """Whether every key has a success record and no claim is left."""
+        state = await self.backend.state()
+        return not state.claims and all(
+            isinstance(state.records.get(k), dict) and state.records[k].get("success") for k in self.keys
+        )
+
+    async def round(self, n_faults: int) -> None:
+        """Runs with ``n_faults`` faults, then clean runs until the work is complete."""
+        for _ in range(n_faults):
+            await self.run_once(self.rng.choice(self.faults))
+        for _attempt in range(6):
+            result = await self.run_once(None)
+            if result.returncode == 0 and await self.complete():
+                return
+            self.log.append(f"rerun needed: rc={result.returncode} stderr tail={result.stderr[-600:]!r}")
+            await self._forget_outage_failures()
+        raise AssertionError("the pipeline did not complete after 6 clean runs")
+
+    async def _forget_outage_failures(self) -> None:
+        """Delete failure records caused by an outage (what an operator does: ``rm`` and rerun)."""
+        state = await self.backend.state()
+        failed = [k for k, r in state.records.items() if isinstance(r, dict) and not r.get("success")]
+        if failed:
+            self.log.append(f"removing {len(failed)} failure record(s): {failed[:5]}")
+            proc = await start_script(self.script, ["rm", "work.done", *failed], self.env)
+            await finish(proc, 60)
+
+    async def check(self) -> list[Problem]:
+        """The final invariants; returns the problems found (empty: all good)."""
+        state = await self.backend.state()
+        problems: list[Problem] = []
+        expected = set(self.keys)
+        runs = count_lines(self.backend.data / "runs.log")
+        done = count_lines(self.backend.data / "done.log")
+        self.figures.jobs += sum(runs.values())
+        lost = sorted(expected - set(state.outputs))
+        self.figures.lost += len(lost)
+        dup = sorted(k for k, n in done.items() if n > 1)
+        self.figures.duplicates += len(dup)
+        wrong = sorted(k for k in expected & set(state.outputs) if state.outputs[k] != self.backend.text(k).upper())
+        extra = sorted(set(state.outputs) - expected)
+        bad_records = sorted(
+            k for k in expected if not (isinstance(state.records.get(k), dict) and state.records[k].get("success"))
+        )
+        orphan_records = sorted(set(state.records) - set(state.outputs))
+        for what, keys in (
+            ("outputs lost", lost),
+            ("jobs recorded as succeeded more than once", dup),
+            ("outputs with wrong content (partial?)", wrong),
+            ("outputs for unknown keys", extra),
+            ("keys without a success record", bad_records),
+            ("records without an output", orphan_records),
+            ("claims left in live", sorted(state.claims)),
+            ("debris (temporary files / in-progress uploads)", sorted(state.debris)),
+            ("unexpected names", sorted(state.other)),
+        ):
+            if keys:
+                problems.append(Problem(what, keys))
+        orphans = processes_with_env(self.marker)
+        if orphans:
+            problems.append(Problem("orphaned processes", [str(p) for p in orphans]))
+        return problems
+
+
+async def run_rounds(
+    make: Callable[[int], Awaitable[tuple[ChaosHarness, Callable[[], Awaitable[None]]]]],
+    rounds: int,
+    seed: int,
+) -> Figures:
+    """Run ``rounds`` rounds; ``make(i)`` gives round ``i``'s harness and its cleanup."""
+    total = Figures()
+    for i in range(rounds):
+        harness, cleanup = await make(i)
+        try:
+            await harness.prepare()
+            await harness.round(harness.rng.randint(1, 2))
+            problems = await harness.check()
+            harness.figures.rounds += 1
+            total.add(harness.figures)
+            if problems:
+                raise AssertionError(
+                    f"seed {seed} round {i}: " + "; ".join(map(str, problems)) + f"\nhistory: {harness.log}"
+                )
+        except AssertionError:
+            raise
+        except BaseException as exc:
+            raise AssertionError(f"seed {seed} round {i}: {type(exc).__name__}: {exc}\nhistory: {harness.log}") from exc
+        finally:
+            await cleanup()
+    return total

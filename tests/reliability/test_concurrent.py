@@ -1,0 +1,73 @@
+"""Two and four ``run`` processes started at once on one pipeline: every job runs exactly once.
+
+Each scheduler is a real subprocess (``python tests/reliability/pipelines/counted.py run``)
+over the same repositories. Every job appends ``KEY PID`` to ``runs.log`` with O_APPEND
+before it writes its output, so a job executed twice shows up as two lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import ChaosHarness, count_lines, finish, open_backend, processes_with_env, start_script
+
+# keys per backend: 2,000 everywhere the test stays under ~30 s on a 2-core machine
+KEYS = {"files": 2000, "s3": 200, "mongo": 300}
+
+
+@pytest.mark.parametrize("schedulers", [2, 4])
+@pytest.mark.parametrize(
+    "backend",
+    ["files", pytest.param("s3", marks=pytest.mark.s3), pytest.param("mongo", marks=pytest.mark.mongo)],
+)
+async def test_concurrent_schedulers_run_each_job_once(
+    backend: str, schedulers: int, tmp_path: Path, request: pytest.FixtureRequest, figures: dict[str, Any]
+) -> None:
+    services = None if backend == "files" else request.getfixturevalue("services")
+    ns = f"conc{uuid.uuid4().hex[:10]}"
+    keys = [f"k{i:05d}" for i in range(KEYS[backend])]
+    async with open_backend(backend, tmp_path / "data", ns, services) as store:
+        harness = ChaosHarness(store, keys, __import__("random").Random(0), faults=())
+        await harness.prepare()
+        env = {**harness.env, "PDT_REL_CONCURRENCY": "16"}
+        t0 = time.monotonic()
+        procs = await asyncio.gather(*(start_script(harness.script, ["run", "--json"], env) for _ in range(schedulers)))
+        results = await asyncio.gather(*(finish(p, 100) for p in procs))
+        elapsed = time.monotonic() - t0
+        for r in results:
+            assert r.returncode == 0, r.stderr[-2000:]
+        per_process = [json.loads(r.stdout)["succeeded"] for r in results]
+
+        runs = count_lines(store.data / "runs.log")
+        done = count_lines(store.data / "done.log")
+        twice = sorted(k for k, n in runs.items() if n > 1)
+        assert not twice, f"{len(twice)} job(s) ran more than once: {twice[:10]}"
+        assert set(runs) == set(keys), f"{len(set(keys) - set(runs))} key(s) never ran"
+        assert sorted(done.values()) == [1] * len(keys)
+        assert sum(per_process) == len(keys), per_process
+        problems = await harness.check()
+        assert not problems, "; ".join(map(str, problems))
+        assert not processes_with_env(harness.marker)
+        pids = {line.split()[1] for line in (store.data / "runs.log").read_text().splitlines()}
+        figures.update(
+            backend=backend,
+            schedulers=schedulers,
+            keys=len(keys),
+            jobs=sum(runs.values()),
+            duplicates=len(twice),
+            lost=len(set(keys) - set(store_outputs(await store.state()))),
+            schedulers_that_ran_jobs=len(pids),
+            jobs_per_scheduler=per_process,
+            seconds=round(elapsed, 1),
+        )
+
+
+def store_outputs(state: Any) -> dict[str, bytes]:
+    return state.outputs  # type: ignore[no-any-return]
