@@ -208,7 +208,7 @@ def print_table(res: ScenarioResult, title: str, verdicts: list[Verdict]) -> Non
             r = ratio(res.median(point.label, series), res.median(point.label, "ours"))
             rtxt = (
                 f"  time/ours: {r:.2f}x"
-                if r is not None and series != "ours" and res.name != "ready_rss"
+                if r is not None and series not in ("ours", "python", "keyset")
                 else ""
             )
             print(
