@@ -105,7 +105,8 @@ def wrapper_script(ctl_dir: str, script: bool, read_env: bool) -> str:
     run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
     lines = []
     if read_env:
-        lines.append('eval "$(cat)" || exit 125')
+        # the env script ends with PDT_ENV_READ=1: a cut-off stdin runs nothing
+        lines.append('eval "$(cat)" && [ "${PDT_ENV_READ:-}" = 1 ] || exit 125')
     lines += [
         "exec </dev/null",
         # field 22 of /proc/PID/stat is the start time (the name field of sh has no space)

@@ -2,7 +2,7 @@
 
 Jobs run as ``cd JOBDIR/work && exec setsid -w /bin/sh -c WRAPPER pdt-job COMMAND``:
 ``setsid`` puts the job in its own session and process group on the remote machine, so
-stopping it (timeout, cancellation, a restarted scheduler) is ``kill -TERM -- -PGID``
+stopping it (timeout, cancellation, a restarted scheduler) is ``kill -TERM -PGID``
 over a **new** channel, then ``KILL`` after the grace period; closing a channel would not
 stop a remote command. Environment variables (secrets included) are sent as ``export``
 lines on the job's stdin, which the wrapper evaluates: they never appear on a remote
@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ CHUNK = 1 << 16
 
 
 def _env_script(env: dict[str, str]) -> bytes:
-    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()).encode()
+    lines = [f"export {name}={shlex.quote(value)}\n" for name, value in env.items()]
+    lines.append("PDT_ENV_READ=1\n")
+    return "".join(lines).encode()
 
 
 class _SSHProcess(RunningProcess):
@@ -62,7 +65,10 @@ class _SSHProcess(RunningProcess):
         if result.exit_status is not None and result.exit_status >= 0:
             return int(result.exit_status)
         if result.exit_signal:
-            return 128 + 15
+            try:
+                return 128 + int(signal.Signals["SIG" + str(result.exit_signal[0])])
+            except (KeyError, IndexError, TypeError):
+                return 128 + 15
         raise self.host._lost(None)
 
     async def kill(self, grace: float) -> None:

@@ -144,7 +144,6 @@ class ProcessTask(Task):
     :param stderr: blob repository for each job's stderr (default: into ``logs``).
     :param kill_grace: time between SIGTERM and SIGKILL when a job is stopped.
     :param launch_rate: at most this many launches of this task per second per host.
-    :param workdir: unused by the task itself; hosts own their work directories.
 
     Everything else (``inputs``, ``outputs``, ``done``, ``live``, ``logs``,
     ``concurrency``, ``retry``, ``timeout``, ``priority``) is as for :class:`Task`.
@@ -291,7 +290,11 @@ class ProcessTask(Task):
             await self._note_claim(job, host, job_dir, staged, None)
             t0 = time.time()
             proc = await host.start(spec)
-            await self._note_claim(job, host, job_dir, staged, proc)
+            try:
+                await self._note_claim(job, host, job_dir, staged, proc)
+            except BaseException:
+                await self._stop(proc)
+                raise
             job.log(f"started on {host.name} (pid {proc.pid}) in {job_dir}")
             code = await self._wait(proc)
             t1 = time.time()
@@ -322,16 +325,18 @@ class ProcessTask(Task):
             return await proc.wait()
         except BaseException:
             # timeout, cancellation, or the connection dropped: stop the whole group
-            kill = asyncio.ensure_future(proc.kill(self.kill_grace))
-            try:
-                await asyncio.shield(kill)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the host may be unreachable: nothing more to do here
-                log.warning(
-                    "task %s: could not stop a job process: %s: %s", self.name, type(exc).__name__, exc
-                )
+            await self._stop(proc)
             raise
+
+    async def _stop(self, proc: RunningProcess) -> None:
+        """Kill the job's process group (shielded: a second cancellation does not stop it)."""
+        kill = asyncio.ensure_future(proc.kill(self.kill_grace))
+        try:
+            await asyncio.shield(kill)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the host may be unreachable: nothing more to do here
+            log.warning("task %s: could not stop a job process: %s: %s", self.name, type(exc).__name__, exc)
 
     async def _cleanup(self, host: Host, job_dir: str | None, staged: _Staged) -> None:
         await asyncio.to_thread(_remove_paths, staged.local_temps)

@@ -41,7 +41,7 @@ def connector(conf: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
     import asyncssh
 
     def connect() -> Awaitable[Any]:
-        return asyncssh.connect(  # type: ignore[no-any-return]
+        return asyncssh.connect(
             conf["host"],
             port=conf["port"],
             username=conf["user"],
