@@ -112,6 +112,7 @@ class Scheduler:
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.states: dict[tuple[str, str], JobState] = {}
         self.queues: dict[str, list[str]] = {t.name: [] for t in self.selected}
+        self._workers: dict[str, int] = {t.name: 0 for t in self.selected}
         self.views: dict[str, TaskView] = {}
         self.summary = RunSummary(per_task={t.name: {"succeeded": 0, "failed": 0} for t in self.selected})
         self.errored: set[tuple[str, str]] = set()
@@ -185,29 +186,75 @@ class Scheduler:
         return self.max_jobs - len(self.running)
 
     def launch(self, tg: asyncio.TaskGroup) -> int:
-        """Start jobs from the ready queues within the limits; return how many started."""
+        """Start workers for the ready queues within the limits; return how many jobs started.
+
+        A worker runs one job after another from its task's queue while the limits allow,
+        so a busy task costs no scheduler round trip per job.
+        """
         if self._stop.is_set():
             return 0
         started = 0
-        running_per_task: dict[str, int] = {}
-        for t, _ in self.running:
-            running_per_task[t] = running_per_task.get(t, 0) + 1
         for task in self.pipeline.launch_order(self.selected):
             queue = self.queues[task.name]
-            while queue and self._free_slots() > 0 and running_per_task.get(task.name, 0) < task.concurrency:
+            while queue and self._free_slots() > 0 and self._workers[task.name] < task.concurrency:
                 slot = task.acquire_slot()
                 if slot is None:
                     break
                 key = queue.pop()
-                ident = (task.name, key)
-                if ident in self.running:
+                if (task.name, key) in self.running:
                     task.release_slot(slot)
                     continue
-                self.states[ident] = JobState.PENDING
-                self.running[ident] = tg.create_task(self._job(task, key, slot), name=f"{task.name}:{key}")
-                running_per_task[task.name] = running_per_task.get(task.name, 0) + 1
+                self._workers[task.name] += 1
+                self._start(tg, task, key, slot)
                 started += 1
         return started
+
+    def _start(self, tg: asyncio.TaskGroup, task: Task, key: str, slot: object) -> None:
+        ident = (task.name, key)
+        self.states[ident] = JobState.PENDING
+        self.running[ident] = tg.create_task(self._worker(task, key, slot), name=f"{task.name}:{key}")
+
+    def _next_for(self, task: Task) -> tuple[str, object] | None:
+        """The next job a worker of ``task`` may run at once, or None (then it ends)."""
+        if self._stop.is_set():
+            return None
+        queue = self.queues[task.name]
+        if not queue:
+            return None
+        if self.max_jobs is not None:
+            # under a global limit, hand the freed slot back when a task that launches
+            # before this one is waiting
+            for other in self.pipeline.launch_order(self.selected):
+                if other is task:
+                    break
+                if self.queues[other.name] and self._workers[other.name] < other.concurrency:
+                    return None
+        slot = task.acquire_slot()
+        if slot is None:
+            return None
+        while queue:
+            key = queue.pop()
+            if (task.name, key) not in self.running:
+                return key, slot
+        task.release_slot(slot)
+        return None
+
+    async def _worker(self, task: Task, key: str, slot: object) -> None:
+        try:
+            while True:
+                await self._job(task, key, slot)
+                nxt = self._next_for(task)
+                if nxt is None:
+                    break
+                key, slot = nxt
+                ident = (task.name, key)
+                self.states[ident] = JobState.PENDING
+                current = asyncio.current_task()
+                assert current is not None
+                self.running[ident] = current
+        finally:
+            self._workers[task.name] -= 1
+            self._wake.set()
 
     def _on_state(self, task: Task, key: str, state: JobState, attempt: int) -> None:
         self.states[(task.name, key)] = state
@@ -246,7 +293,6 @@ class Scheduler:
             self._finished += 1
             self.running.pop(ident, None)
             self.states.pop(ident, None)
-            self._wake.set()
             if self.on_progress:
                 self.on_progress(self)
 

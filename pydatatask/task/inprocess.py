@@ -64,6 +64,7 @@ class _FunctionTask(Task):
     def link(
         self, name: str, repository: Repository, kind: LinkKind | str = LinkKind.OTHER, **kw: Any
     ) -> Task:
+        self.__dict__.pop("_fixed_args", None)  # links changed: resolve the arguments again
         return super().link(name, repository, kind, **kw)
 
     def _wanted(self) -> list[str]:
@@ -123,22 +124,36 @@ class InProcessTask(_FunctionTask):
 
     runner = "in-process"
 
+    def __init__(self, name: str, func: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(name, func, **kwargs)
+        self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+            getattr(func, "__call__", None)  # noqa: B004
+        )
+
     async def run_job(self, job: JobContext) -> JobOutcome | None:
-        if inspect.iscoroutinefunction(self.func) or inspect.iscoroutinefunction(
-            getattr(self.func, "__call__", None)  # noqa: B004
-        ):
-            args: dict[str, Any] = {}
-            for name in self._wanted():
-                if name == "key":
-                    args[name] = job.key
-                elif name == "job":
-                    args[name] = job
-                else:
-                    args[name] = self.links[name].repository
+        if self._is_async:
+            # the repositories are fixed once the pipeline is built: resolve them once
+            fixed = self.__dict__.get("_fixed_args")
+            if fixed is None:
+                fixed = {n: self.links[n].repository for n in self._wanted() if n not in ("key", "job")}
+                self.__dict__["_fixed_args"] = fixed
+            args = dict(fixed)
+            if self._wants_key:
+                args["key"] = job.key
+            if self._wants_job:
+                args["job"] = job
             await self.func(**args)
         else:
             await _run_with_values(self, job, None)
         return None
+
+    @property
+    def _wants_key(self) -> bool:
+        return self._var_kw or "key" in self._params
+
+    @property
+    def _wants_job(self) -> bool:
+        return self._var_kw or "job" in self._params
 
 
 async def _run_with_values(
