@@ -113,6 +113,13 @@ __all__ = (
     "SSHHost",
     # command line
     "main",
+    "Pipeline",
+    "Task",
+    "InProcessTask",
+    "ExecutorTask",
+    "RetryPolicy",
+    "Hooks",
+    "JobState",
 )
 
 # name -> module, imported on first access
@@ -123,6 +130,13 @@ _LAZY: dict[str, str] = {
     "MongoMetadataRepository": ".repository",
     "DockerRepository": ".repository",
     "main": ".cli",
+    "Pipeline": ".pipeline",
+    "Task": ".task",
+    "InProcessTask": ".task",
+    "ExecutorTask": ".task",
+    "RetryPolicy": ".task",
+    "Hooks": ".task",
+    "JobState": ".task",
     "KubeTask": ".task.kube",
     "KubeFunctionTask": ".task.kube",
     "ProcessTask": ".task.process",

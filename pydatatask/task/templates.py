@@ -20,16 +20,17 @@ Secrets never go into the context: they reach processes through their environmen
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
-from typing import Any
-
-import jinja2
-from markupsafe import Markup
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..repository.base import Repository
 from ..repository.filesystem import DirectoryRepository, FileRepository
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = ("raw", "render_command", "render_yaml", "job_context", "link_info")
 
@@ -44,7 +45,7 @@ def raw(value: Any) -> _Raw:
 
 
 def _shell_finalize(value: Any) -> Any:
-    if isinstance(value, (_Raw, Markup)):
+    if isinstance(value, _Raw):
         return str(value)
     if value is None:
         return "''"
@@ -54,14 +55,17 @@ def _shell_finalize(value: Any) -> Any:
 
 
 def _yaml_finalize(value: Any) -> Any:
-    if isinstance(value, (_Raw, Markup)):
+    if isinstance(value, _Raw):
         return str(value)
     if isinstance(value, bool) or value is None or isinstance(value, (int, float)):
         return json.dumps(value)
     return json.dumps(value if isinstance(value, (list, dict)) else str(value), ensure_ascii=True)
 
 
+@functools.cache
 def _env(finalize: Any) -> jinja2.Environment:
+    import jinja2  # imported on first render: `import pydatatask` stays light
+
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -74,11 +78,9 @@ def _env(finalize: Any) -> jinja2.Environment:
     return env
 
 
-_SHELL = _env(_shell_finalize)
-_YAML = _env(_yaml_finalize)
-
-
 def _render(env: jinja2.Environment, template: str, context: dict[str, Any], what: str) -> str:
+    import jinja2
+
     try:
         return env.from_string(template).render(**context)
     except jinja2.TemplateSyntaxError as exc:
@@ -94,12 +96,12 @@ def _render(env: jinja2.Environment, template: str, context: dict[str, Any], wha
 
 def render_command(template: str, context: dict[str, Any]) -> str:
     """Render a shell command/script; every interpolated value is shell-quoted."""
-    return _render(_SHELL, template, context, "command")
+    return _render(_env(_shell_finalize), template, context, "command")
 
 
 def render_yaml(template: str, context: dict[str, Any]) -> str:
     """Render a YAML document (pod manifest); every interpolated value is JSON-encoded."""
-    return _render(_YAML, template, context, "manifest")
+    return _render(_env(_yaml_finalize), template, context, "manifest")
 
 
 def link_info(repo: Repository, key: str) -> dict[str, Any]:
