@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -278,6 +280,89 @@ async def test_quota_over_ssh(ssh: dict[str, Any]) -> None:
     assert _max_overlap(lines) == 2
     for name in ("q1", "q2"):
         assert _max_overlap([line for line in lines if line.endswith(" " + name)]) == 1
+
+
+SCHEDULER = """
+import asyncio, json, os, sys
+import asyncssh
+from pydatatask import FileRepository, ProcessTask, SSHHost
+from pydatatask.pipeline import Pipeline
+
+root, ticks = sys.argv[1], sys.argv[2]
+conf = json.loads(os.environ["PDT_SSH_CONF"])
+host = SSHHost(
+    connect=lambda: asyncssh.connect(
+        conf["host"], port=conf["port"], username=conf["user"],
+        client_keys=[conf["client_key"]], known_hosts=conf["known_hosts"],
+    ),
+    name="restart",
+    cpus=8,
+)
+task = ProcessTask(
+    "tick",
+    'for i in $(seq 1 12); do echo "{{ key }} $$ $(date +%s%N)" >> {{ params.f }}; sleep 0.1; done; '
+    'echo ok > {{ o.path }}',
+    inputs={"i": FileRepository(root + "/src")},
+    outputs={"o": FileRepository(root + "/out")},
+    params={"f": ticks},
+    hosts=[host],
+    kill_grace="1s",
+)
+
+async def main():
+    try:
+        return await Pipeline([task], state_dir=root + "/state", claim_check_interval="1s").run()
+    finally:
+        await host.aclose()
+
+summary = asyncio.run(main())
+print("OK" if summary.ok else "FAILED", summary.succeeded, flush=True)
+"""
+
+
+def _tick_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_restart_after_killed_scheduler_over_ssh(ssh: dict[str, Any], tmp_path: Path) -> None:
+    keys = ["a", "b", "c"]
+    (tmp_path / "src").mkdir()
+    for k in keys:
+        (tmp_path / "src" / k).write_text(k)
+    script = tmp_path / "sched.py"
+    script.write_text(SCHEDULER)
+    ticks = Path(f"/tmp/pdt-restart-{secrets.token_hex(4)}")  # written by the SSH user
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PDT_SSH_CONF=json.dumps(ssh))
+    argv = [sys.executable, str(script), str(tmp_path), str(ticks)]
+    try:
+        first = subprocess.Popen(argv, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = _tick_lines(ticks)
+            if all(sum(line.startswith(k + " ") for line in lines) >= 2 for k in keys):
+                break
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        old = {line.split()[1] for line in _tick_lines(ticks)}
+        alive = asyncio.run(remote(ssh, f"ps -o pid= -p {','.join(old)} | wc -l"))
+        assert int(alive) == 3  # the remote jobs outlive the scheduler
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert "OK 3" in second.stdout, second.stdout + second.stderr
+        assert asyncio.run(remote(ssh, f"ps -o pid= -p {','.join(old)} | wc -l")).strip() == "0"
+        runs: dict[tuple[str, str], list[int]] = {}
+        for line in _tick_lines(ticks):
+            k, pid, ts = line.split()
+            runs.setdefault((k, pid), []).append(int(ts))
+    finally:
+        _remove(ticks)
+    for k in keys:
+        spans = sorted((min(v), max(v)) for (key, _), v in runs.items() if key == k)
+        assert len(spans) == 2 and spans[0][1] < spans[1][0], f"runs of {k}: {spans}"
+        assert (tmp_path / "out" / k).read_text() == "ok\n"
+    assert list((tmp_path / "state" / "tick" / "live").glob("*.yaml")) == []
+    leftovers = asyncio.run(remote(ssh, "ls /tmp/pdt-jobs | grep '^tick\\.' | wc -l"))
+    assert leftovers.strip() == "0"
 
 
 def _count_words(path: Path) -> int:
