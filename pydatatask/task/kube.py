@@ -284,7 +284,10 @@ class KubeTask(Task):
         annotations = meta.get("annotations") or {}
         annotations[TASK_ANNOTATION] = self.name
         annotations[KEY_ANNOTATION] = key
-        annotations[CLAIM_ANNOTATION] = json.dumps(claim or make_claim("", self.name, key, time.time()))
+        claim = dict(claim or make_claim("", self.name, key, time.time()))
+        # no lease: a pod's claim is never renewed; its owner is judged by host and pid
+        claim.pop("lease", None)
+        annotations[CLAIM_ANNOTATION] = json.dumps(claim)
         meta["annotations"] = annotations
         spec = body.get("spec")
         if (
@@ -348,25 +351,37 @@ class KubeTask(Task):
         return await self._adopt(key, uid, claim)
 
     async def _adopt(self, key: str, uid: str, claim: dict[str, Any]) -> bool:
+        """Take the orphaned pod over: rewrite its claim annotation, guarded by the pod's
+        resourceVersion; retried while only the pod's status moved (the kubelet's updates)."""
         name = self.pod_name(key)
-        pod = await self.cluster.read_pod(name)
-        if pod is None or pod.metadata.uid != uid or pod.metadata.deletion_timestamp is not None:
-            return False
-        patch = {
-            "metadata": {
-                "resourceVersion": pod.metadata.resource_version,
-                "annotations": {CLAIM_ANNOTATION: json.dumps(claim)},
+        stale_claim: str | None = None
+        for _ in range(10):
+            pod = await self.cluster.read_pod(name)
+            if pod is None or pod.metadata.uid != uid or pod.metadata.deletion_timestamp is not None:
+                return False
+            current = (pod.metadata.annotations or {}).get(CLAIM_ANNOTATION)
+            if stale_claim is None:
+                stale_claim = current
+            elif current != stale_claim:
+                return False  # another scheduler adopted it first
+            patch = {
+                "metadata": {
+                    "resourceVersion": pod.metadata.resource_version,
+                    "annotations": {CLAIM_ANNOTATION: json.dumps({**claim, "lease": None})},
+                }
             }
-        }
-        try:
-            await self.cluster.patch_pod(name, patch)
-        except KubeApiError as exc:
-            if exc.status in (404, 409):
-                return False  # gone, or another scheduler adopted it first
-            raise
-        log.info("task %s: adopted pod %s of %r (phase %s)", self.name, name, key, pod.status.phase)
-        self._pods[key] = (name, uid)
-        return True
+            try:
+                await self.cluster.patch_pod(name, patch)
+            except KubeApiError as exc:
+                if exc.status == 404:
+                    return False
+                if exc.status == 409:
+                    continue  # the pod changed meanwhile: look again
+                raise
+            log.info("task %s: adopted pod %s of %r (phase %s)", self.name, name, key, pod.status.phase)
+            self._pods[key] = (name, uid)
+            return True
+        return False
 
     async def release(self, key: str) -> None:
         if self.in_pod:
