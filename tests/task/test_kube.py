@@ -9,6 +9,7 @@ Without $PDT_TEST_SERVICES these tests fail, they never skip.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -29,7 +30,15 @@ from pydatatask import (
     MemoryMetadataRepository,
     Session,
 )
-from pydatatask.executor.kube import KubeCluster, api_client, label_value, parse_cpu, parse_memory, pod_name
+from pydatatask.executor.kube import (
+    KubeApiError,
+    KubeCluster,
+    api_client,
+    label_value,
+    parse_cpu,
+    parse_memory,
+    pod_name,
+)
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.kube import KubeTask
 from tests.conftest import service
@@ -156,6 +165,53 @@ def test_render_sets_identity_resources_env_and_quotes_values() -> None:
         KubeTask("r3", "kind: Pod\nspec: {}\n", cluster=KubeCluster(object())).render("k")
     with pytest.raises(ConfigurationError, match="undefined"):
         KubeTask("r4", "spec: {{ nope }}\n", cluster=KubeCluster(object())).render("k")
+
+
+async def test_api_errors_are_retried_or_translated() -> None:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    cluster = KubeCluster(object(), retries=4, backoff=0.001)
+    answers: list[int] = [503, 429, 0]
+
+    async def flaky() -> str:
+        status = answers.pop(0)
+        if status:
+            raise ApiException(status=status, reason="busy")
+        return "ok"
+
+    assert await cluster.call("listing pods", flaky) == "ok"
+    assert answers == []
+
+    async def always(status: int, message: str) -> None:
+        exc = ApiException(status=status, reason="x")
+        exc.body = json.dumps({"kind": "Status", "message": message})
+        raise exc
+
+    with pytest.raises(ConfigurationError, match=r"invalid: Pod .* is invalid: spec.containers\[0\].name"):
+        await cluster.call("creating pod 'p'", always, 422, "Pod p is invalid: spec.containers[0].name: bad")
+    with pytest.raises(ConfigurationError, match="forbidden: .*RBAC"):
+        await cluster.call("creating pod 'p'", always, 403, "pods is forbidden")
+    with pytest.raises(KubeApiError) as info:
+        await cluster.call("creating pod 'p'", always, 409, "already exists")
+    assert info.value.status == 409
+    with pytest.raises(KubeApiError, match="gateway"):
+        await cluster.call("listing pods", always, 502, "gateway")  # retries exhausted
+
+
+def test_quota_accounting() -> None:
+    cluster = KubeCluster(object(), max_pods=3, max_cpu="1", max_memory="1Gi")
+    a = cluster.acquire(0.5, 256 << 20)
+    b = cluster.acquire(0.5, 256 << 20)
+    assert a and b and cluster.acquire(0.1, 0) is None  # CPU full
+    cluster.release(a)
+    c = cluster.acquire(0.25, 700 << 20)
+    d = cluster.acquire(0.0, 0)
+    assert c and d and cluster.acquire(0.0, 0) is None  # 3 pods
+    cluster.release(b)
+    assert cluster.acquire(0.0, 400 << 20) is None  # memory: 700 + 400 MiB > 1 GiB
+    assert cluster.acquire(0.0, 300 << 20) is not None
+    with pytest.raises(ConfigurationError, match="can never run"):
+        cluster.acquire(2.0, 0)
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -298,6 +354,45 @@ async def test_invalid_manifest_is_a_configuration_error_with_the_api_message(
     summary = await pipeline.run()
     assert summary.errors and "Not_A_Valid_Name" in summary.errors[0]
     assert not await task.done.contains("k")
+
+
+async def test_two_schedulers_never_run_a_key_twice(kcfg: dict[str, Any], name: str, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    src = MemoryMetadataRepository()
+    done = MemoryMetadataRepository()
+    for i in range(10):
+        await src.put(f"k{i}", {})
+    sessions = [Session(), Session()]
+    tasks = [
+        _sh_task(s, kcfg, name, f'echo "$KEY" >> {runs}; sleep 0.5', inputs={"src": src}, done=done)
+        for s in sessions
+    ]
+    results = await asyncio.gather(*(Pipeline([t], s).run() for t, s in zip(tasks, sessions, strict=True)))
+    assert sum(r.succeeded for r in results) == 10, results
+    assert sorted(runs.read_text().split()) == sorted(f"k{i}" for i in range(10))
+    assert tasks[0].created + tasks[1].created >= 10
+    await _no_pods_left(kcfg, name)
+
+
+async def test_cancelled_run_deletes_its_pods(
+    session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    src = MemoryMetadataRepository()
+    for i in range(3):
+        await src.put(f"c{i}", {})
+    task = _sh_task(session, kcfg, name, f'echo "$KEY" >> {started}; sleep 60', inputs={"src": src})
+    run = asyncio.ensure_future(Pipeline([task], session).run())
+    for _ in range(200):
+        if started.exists() and len(started.read_text().split()) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert len(await _pods(kcfg, name)) == 3
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await _no_pods_left(kcfg, name)
+    assert not await task.done.contains("c0")  # interrupted, not recorded
 
 
 async def test_two_stage_pipeline_of_100_pods_through_s3_within_quota(
