@@ -240,25 +240,21 @@ class KubeCluster:
     # ------------------------------------------------------------------ quota
     def acquire(self, cpu: float, memory: int) -> KubeSlot | None:
         """Reserve room for one pod with these requests, or None if the quota is full."""
+        if self.max_cpu is not None and cpu > self.max_cpu:
+            raise ConfigurationError(
+                f"a pod requests {cpu:g} CPU but the cluster quota is {self.max_cpu:g}: it can never run"
+            )
+        if self.max_memory is not None and memory > self.max_memory:
+            raise ConfigurationError(
+                f"a pod requests {memory} bytes of memory but the cluster quota is "
+                f"{self.max_memory}: it can never run"
+            )
         if self.max_pods is not None and len(self.in_flight) >= self.max_pods:
             return None
-        used_cpu = sum(s.cpu for s in self.in_flight)
-        used_mem = sum(s.memory for s in self.in_flight)
-        if self.max_cpu is not None:
-            if cpu > self.max_cpu:
-                raise ConfigurationError(
-                    f"a pod requests {cpu:g} CPU but the cluster quota is {self.max_cpu:g}: it can never run"
-                )
-            if used_cpu + cpu > self.max_cpu + 1e-9:
-                return None
-        if self.max_memory is not None:
-            if memory > self.max_memory:
-                raise ConfigurationError(
-                    f"a pod requests {memory} bytes of memory but the cluster quota is "
-                    f"{self.max_memory}: it can never run"
-                )
-            if used_mem + memory > self.max_memory:
-                return None
+        if self.max_cpu is not None and sum(s.cpu for s in self.in_flight) + cpu > self.max_cpu + 1e-9:
+            return None
+        if self.max_memory is not None and sum(s.memory for s in self.in_flight) + memory > self.max_memory:
+            return None
         slot = KubeSlot(cpu, memory)
         self.in_flight.append(slot)
         return slot

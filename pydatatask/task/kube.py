@@ -222,6 +222,14 @@ class KubeTask(Task):
         self.memory = None if memory is None else str(memory)
         self._cpu = 0.0 if cpu is None else parse_cpu(cpu)
         self._memory = 0 if memory is None else parse_memory(memory)
+        quota = self.cluster
+        if (quota.max_cpu is not None and self._cpu > quota.max_cpu) or (
+            quota.max_memory is not None and self._memory > quota.max_memory
+        ):
+            raise ConfigurationError(
+                f"task {name!r}: one pod requests cpu={cpu} memory={memory}, more than the cluster quota "
+                f"(max_cpu={quota.max_cpu}, max_memory={quota.max_memory}): it could never run"
+            )
         self.pending_timeout = None if pending_timeout is None else parse_duration(pending_timeout)
         self.poll_interval = parse_duration(poll_interval)
         self.log_limit = log_limit
