@@ -162,8 +162,9 @@ def run_scenario(mod: ModuleType, opts: Options) -> ScenarioResult:
                 try:
                     metrics = measure(mod, series, params, opts)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    res.unavailable[series] = str(exc)[:400]
-                    print(f"  ! {series}: {str(exc)[:400]}", flush=True)
+                    # a failed measurement is reported and left out; the other repetitions go on
+                    res.failures.setdefault(f"{point.label} {series}", []).append(str(exc)[:1500])
+                    print(f"  ! {point.label} {series}: {str(exc)[:1500]}", flush=True)
                     continue
                 slot = res.data.setdefault(point.label, {}).setdefault(series, {})
                 for key, value in metrics.items():
@@ -176,6 +177,11 @@ def run_scenario(mod: ModuleType, opts: Options) -> ScenarioResult:
                     else "",
                     flush=True,
                 )
+    for point in points:
+        for series in point.series:
+            failed = res.failures.get(f"{point.label} {series}")
+            if failed and not res.data.get(point.label, {}).get(series):
+                res.unavailable[series] = "every measurement failed: " + failed[-1][:400]
     if hasattr(mod, "cleanup"):
         mod.cleanup(opts, extra)
     return res
@@ -216,6 +222,8 @@ def print_table(res: ScenarioResult, title: str, verdicts: list[Verdict]) -> Non
                 + "; ".join(parts)
                 + rtxt
             )
+    for what, errors in res.failures.items():
+        print(f"  FAILED {len(errors)}x: {what}: {errors[-1][-300:]}")
     for v in verdicts:
         mark = {True: "MET", False: "NOT MET", None: "--"}[v.met]
         print(f"  target: {v.target:<42} {v.value:<50} {mark}")
@@ -376,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                         for p, ss in r.data.items()
                     },
                     "unavailable": r.unavailable,
+                    "failures": r.failures,
                     "targets": [
                         {"target": v.target, "value": v.value, "met": v.met} for v in verdicts[r.name]
                     ],

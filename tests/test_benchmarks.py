@@ -45,6 +45,7 @@ def test_quick_run_reports_every_scenario(tmp_path: Path, services: dict[str, ob
     assert set(doc["scenarios"]) == set(SCENARIOS)
     for name, scen in doc["scenarios"].items():
         assert not scen["unavailable"], (name, scen["unavailable"])
+        assert not scen["failures"], (name, scen["failures"])
         for point in scen["points"]:
             medians = scen["medians"][point["label"]]
             for series in point["series"]:

@@ -103,6 +103,7 @@ class ScenarioResult:
     data: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # series -> why
+    failures: dict[str, list[str]] = field(default_factory=dict)  # "point series" -> errors
 
     def stats(self, point: str, series: str, metric: str = "seconds") -> Stats | None:
         values = self.data.get(point, {}).get(series, {}).get(metric)
