@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +55,24 @@ def _shell_finalize(value: Any) -> Any:
     return shlex.quote(str(value))
 
 
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+def _yaml_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _yaml_finalize(value: Any) -> Any:
     if isinstance(value, _Raw):
         return str(value)
     if isinstance(value, bool) or value is None or isinstance(value, (int, float)):
         return json.dumps(value)
-    return json.dumps(value if isinstance(value, (list, dict)) else str(value), ensure_ascii=True)
+    text = json.dumps(value if isinstance(value, (list, dict)) else str(value), ensure_ascii=False)
+    # JSON's ASCII escapes write a character outside the BMP as a surrogate pair, which a
+    # YAML parser reads back as two lone surrogates: escape every non-ASCII or unprintable
+    # character with YAML's own \uXXXX / \UXXXXXXXX escapes instead
+    return _NOT_PRINTABLE_ASCII.sub(_yaml_escape, text)
 
 
 @functools.cache
