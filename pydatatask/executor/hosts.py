@@ -123,14 +123,22 @@ def wrapper_script(ctl_dir: str, script: bool, read_env: bool) -> str:
 def kill_group_script(pid_file: str, grace: float, wait_for_pid: float = 3.0) -> str:
     """A shell program that stops the process group whose leader's pid is in
     ``pid_file``: SIGTERM, up to ``grace`` seconds for it to go, then SIGKILL, and waits
-    until no member is left. Prints ``gone`` when nothing (or nothing any more) runs."""
+    until no member is left. Prints ``gone`` when nothing (or nothing any more) runs.
+
+    If the leader's pid now belongs to a process with another start time, the pid was
+    reused, which Linux does only once no process of the old group is left: nothing is
+    killed then."""
     f = shlex.quote(pid_file)
     ticks = max(1, int(grace * 10))
     wait_ticks = max(1, int(wait_for_pid * 10))
     return (
         f"i=0; while [ ! -s {f} ] && [ $i -lt {wait_ticks} ]; do sleep 0.1; i=$((i+1)); done\n"
-        f'p=$(cut -d" " -f1 {f} 2>/dev/null)\n'
+        f"p=; st=; [ -s {f} ] && read -r p st _ < {f}\n"
         '[ -n "$p" ] || { echo gone; exit 0; }\n'
+        'if [ -n "$st" ] && [ -r "/proc/$p/stat" ]; then\n'
+        '  cur=; read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ cur _ < "/proc/$p/stat" 2>/dev/null\n'
+        '  [ "$cur" = "$st" ] || { echo gone; exit 0; }\n'
+        "fi\n"
         'kill -TERM "-$p" 2>/dev/null || { echo gone; exit 0; }\n'
         "i=0\n"
         'while kill -0 "-$p" 2>/dev/null; do\n'

@@ -60,6 +60,7 @@ class _SSHProcess(RunningProcess):
             result = await self.proc.wait()
         except Exception as exc:
             self._close_files()
+            self.host._lost_dirs.add(self.spec.job_dir)
             raise self.host._lost(exc) from exc
         self._close_files()
         if result.exit_status is not None and result.exit_status >= 0:
@@ -69,12 +70,16 @@ class _SSHProcess(RunningProcess):
                 return 128 + int(signal.Signals["SIG" + str(result.exit_signal[0])])
             except (KeyError, IndexError, TypeError):
                 return 128 + 15
+        self.host._lost_dirs.add(self.spec.job_dir)
         raise self.host._lost(None)
 
     async def kill(self, grace: float) -> None:
         try:
             if not await self.host.kill_group(f"{self.spec.ctl_dir}/pid", grace):
                 raise HostUnavailableError(f"host {self.host.name}: the job's process group did not stop")
+        except Exception:
+            self.host._lost_dirs.add(self.spec.job_dir)  # stopped on reconnection
+            raise
         finally:
             self.proc.close()
             try:
@@ -133,6 +138,10 @@ class SSHHost(Host):
         self._lock = asyncio.Lock()
         self._workdir_made: Any = None
         self._sftp_turn = 0
+        # job directories of jobs cut off by a lost connection: their process groups are
+        # killed and the directories removed as soon as the host is reachable again
+        self._lost_dirs: set[str] = set()
+        self._reap_lock = asyncio.Lock()
         self.sftp_channels = sftp_channels
 
     # ------------------------------------------------------------ connection
@@ -214,7 +223,9 @@ class SSHHost(Host):
         return (result.exit_status if result.exit_status is not None else -1), out
 
     async def aclose(self) -> None:
-        """Close the connection this host opened through ``connect`` (not a given one)."""
+        """Close the connection this host opened through ``connect`` (not a given one).
+
+        Call :meth:`reap_lost_jobs` first to clean up after jobs cut off by an outage."""
         conn, self._conn, self._sftp = self._conn, None, None
         if conn is not None:
             conn.close()
@@ -279,7 +290,26 @@ class SSHHost(Host):
         return out if status == 0 else None
 
     # ------------------------------------------------------------ files
+    async def reap_lost_jobs(self) -> None:
+        """Kill what is left of jobs cut off by a lost connection and remove their job
+        directories (called before a new job starts here; a no-op when there are none)."""
+        async with self._reap_lock:
+            dirs = sorted(self._lost_dirs)
+            if not dirs:
+                return
+            script = "".join(
+                f"( {kill_group_script(f'{d}/ctl/pid', 0.5, wait_for_pid=0)}) >/dev/null 2>&1\n" for d in dirs
+            )
+            script += "rm -rf -- " + " ".join(shlex.quote(d) for d in dirs) + "\n"
+            await self.run_shell(script)
+            self._lost_dirs.difference_update(dirs)
+            log.info(
+                "host %s: stopped and removed %d job(s) cut off by a lost connection", self.name, len(dirs)
+            )
+
     async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
+        if self._lost_dirs:
+            await self.reap_lost_jobs()
         sftp = await self.sftp()
         asyncssh = require("asyncssh", "ssh")
         path = f"{self.workdir}/{prefix}{secrets.token_hex(6)}"
@@ -313,7 +343,12 @@ class SSHHost(Host):
 
     async def rmtree(self, path: str) -> None:
         # one `rm -rf` instead of an SFTP walk (dozens of sequential requests)
-        await self.run_shell(f"rm -rf -- {shlex.quote(path)}")
+        try:
+            await self.run_shell(f"rm -rf -- {shlex.quote(path)}")
+        except HostUnavailableError:
+            if path.startswith(self.workdir + "/"):
+                self._lost_dirs.add(path)  # removed on reconnection
+            raise
 
     async def exists(self, path: str) -> bool:
         sftp = await self.sftp()

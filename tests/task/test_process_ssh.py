@@ -119,17 +119,15 @@ async def test_200_jobs_over_ssh_to_files_and_s3(ssh: dict[str, Any], s3client: 
         await src.write_text(k, f"text of {k}\n")
     upper = FileRepository(tmp_path / "upper", ".txt")
     s3 = S3BucketRepository(s3client, bucket, "up/", ".txt", create_bucket=True)
-    meta = MemoryMetadataRepository()
     task = ProcessTask(
         "shout",
         script=(
             "tr a-z A-Z < {{ doc.path }} > {{ up.path }}\n"
             'printf "%s on %s\\n" "$PDT_KEY" "$PDT_HOST" > {{ s3up.path }}\n'
-            'printf "key: %s\\nhost: %s\\n" "$PDT_KEY" "$PDT_HOST" > {{ meta.path }}\n'
         ),
         hosts=hosts,
         inputs={"doc": src},
-        outputs={"up": upper, "s3up": s3, "meta": meta},
+        outputs={"up": upper, "s3up": s3},
         concurrency=32,
         cpu=1,
         memory="64Mi",
@@ -146,10 +144,9 @@ async def test_200_jobs_over_ssh_to_files_and_s3(ssh: dict[str, Any], s3client: 
             line = await s3.read_text(k)
             assert line.startswith(f"{k} on ")
             used.add(line.split()[-1])
-            assert (await meta.get(k))["key"] == k
         assert len(used) >= 2, used  # spread over the pool
         assert all(h.running == 0 and h.used_cpus == 0 for h in hosts)
-        assert elapsed < 45
+        assert elapsed < 85  # about 10 s on an idle 2-core machine
         leftovers = await remote(ssh, "ls /tmp/pdt-jobs | grep '^shout\\.' | wc -l")
         assert leftovers.strip() == "0"
     finally:
@@ -166,6 +163,9 @@ async def test_injection_over_ssh(ssh: dict[str, Any]) -> None:
     host = SSHHost(connect=connector(ssh), name="inj", cpus=4)
     src = MemoryBlobRepository()
     await _fill(src, ["k.1", "a-b_c"])
+    meta_in, meta_out = MemoryMetadataRepository(), MemoryMetadataRepository()
+    for k in ("k.1", "a-b_c"):
+        await meta_in.put(k, {"title": EVIL[0], "n": 1})
     tasks, outs = [], []
     for i, value in enumerate(EVIL):
         out = MemoryBlobRepository()
@@ -180,10 +180,20 @@ async def test_injection_over_ssh(ssh: dict[str, Any]) -> None:
                 params={"v": value.replace("PWNED", marker)},
             )
         )
+    tasks.append(
+        ProcessTask(
+            "meta",
+            "sed 's/^n: 1$/n: 2/' {{ m.path }} > {{ o.path }}",
+            hosts=[host],
+            inputs={"m": meta_in},
+            outputs={"o": meta_out},
+        )
+    )
     try:
         assert (await Pipeline(tasks).run()).ok
     finally:
         await host.aclose()
+    assert await meta_out.get("k.1") == {"title": EVIL[0], "n": 2}
     for value, out in zip(EVIL, outs, strict=True):
         assert await out.read_text("k.1") == f"{value.replace('PWNED', marker)}|k.1|text of k.1\n"
     assert (await remote(ssh, f"ls {marker} 2>/dev/null; echo end")).strip() == "end"
@@ -428,6 +438,10 @@ async def test_sshd_outage_fails_jobs_cleanly_then_they_succeed(ssh: dict[str, A
             await asyncio.to_thread(_services, "start", "sshd")
         assert time.monotonic() - t0 < 10
         summary = await asyncio.wait_for(run, 90)
+        for h in hosts:
+            await h.reap_lost_jobs()
+        leftovers = await remote(ssh, "ls /tmp/pdt-jobs | grep '^outage\\.' | wc -l")
+        assert leftovers.strip() == "0"
     finally:
         for h in hosts:
             await h.aclose()
