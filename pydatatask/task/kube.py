@@ -10,8 +10,10 @@ Life of a job (see ``docs/kube.rst``):
   pods (one LIST by label selector) at most once per ``poll_interval`` and wakes the jobs
   waiting for their pod. The ``live`` listing reads the same snapshot.
 * **reap**: on Succeeded/Failed the outcome (phase, exit code per container, reason,
-  node, times) goes to the job record, every container's log to the job log, and the pod
-  is deleted. On timeout, cancellation or any error the pod is deleted (shielded).
+  node, times) goes to the job record, every container's log to the job log. The
+  finished pod still holds the name until the record is written (then ``release``
+  deletes it) or the next attempt replaces it, so no other scheduler can start the key
+  in between. On timeout, cancellation or any error the pod is deleted at once (shielded).
 * **adopt** after a crash: a pod whose owner process is gone (the claim annotation names
   host, pid and pid start time) is stale; :meth:`KubeTask.recover_stale` deletes it when
   its key needs no work (record present, input gone), or offers it for adoption: the key
@@ -236,6 +238,10 @@ class KubeTask(Task):
         self.pods = KubePodRepository(self.cluster, name, self.poll_interval)
         #: pods this process created or adopted and has not reaped: {key: (name, uid)}
         self._pods: dict[str, tuple[str, str]] = {}
+        #: keys whose pod in ``_pods`` failed and is kept until the next attempt or release
+        self._spent: set[str] = set()
+        #: the claim each held key was created with (reused by later attempts)
+        self._claims: dict[str, dict[str, Any]] = {}
         #: pod creations made by this task object (for tests and status)
         self.created = 0
         super().__init__(
@@ -346,17 +352,19 @@ class KubeTask(Task):
         adoption; otherwise another scheduler runs ``key``: False."""
         if self.in_pod:
             return True
+        if await self.done.contains(key):
+            return False  # finished meanwhile: creating the pod would start the work again
         claim = make_claim(owner, self.name, key, time.time())
         try:
             await self._create(key, 1, claim)
-            return True
         except KubeApiError as exc:
             if exc.status != 409:
                 raise
-        uid = self.pods.adoptable.pop(key, None)
-        if uid is None:
-            return False
-        return await self._adopt(key, uid, claim)
+            uid = self.pods.adoptable.pop(key, None)
+            if uid is None or not await self._adopt(key, uid, claim):
+                return False
+        self._claims[key] = claim
+        return True
 
     async def _adopt(self, key: str, uid: str, claim: dict[str, Any]) -> bool:
         """Take the orphaned pod over: rewrite its claim annotation, guarded by the pod's
@@ -395,8 +403,11 @@ class KubeTask(Task):
         if self.in_pod:
             return
         current = self._pods.pop(key, None)
+        spent = key in self._spent
+        self._spent.discard(key)
+        self._claims.pop(key, None)
         if current is not None:
-            await self.cluster.delete_pod(current[0], uid=current[1])
+            await self.cluster.delete_pod(current[0], grace=0 if spent else None, uid=current[1])
 
     async def recover_stale(self, key: str, claim: Any) -> None:
         """A pod whose scheduler is gone: delete it if ``key`` needs no work any more
@@ -438,7 +449,7 @@ class KubeTask(Task):
 
     async def _create_retrying(self, key: str, attempt: int) -> tuple[str, str]:
         """Create the pod of a later attempt, waiting for a terminating predecessor to go."""
-        claim = make_claim(f"{self.name}-{os.getpid()}", self.name, key, time.time())
+        claim = self._claims.get(key) or make_claim(f"{self.name}-{os.getpid()}", self.name, key, time.time())
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -458,22 +469,31 @@ class KubeTask(Task):
     async def run_job(self, job: JobContext) -> JobOutcome | None:
         key = job.key
         current = self._pods.get(key)
+        if current is not None and key in self._spent:
+            # the failed pod of the previous attempt kept the name (the claim) during the
+            # retry delay; replace it now
+            self._spent.discard(key)
+            del self._pods[key]
+            await self.cluster.delete_pod(current[0], grace=0, uid=current[1])
+            current = None
         if current is None:
             current = await self._create_retrying(key, job.attempt)
         name, uid = current
         since = time.monotonic()
         job.log(f"pod {name} (uid {uid}) in namespace {self.cluster.namespace}")
-        reaped = False
+        settled = False
         try:
             pod = await self._wait(name, uid, since)
             outcome, failure = self._outcome(pod)
             await self._copy_logs(job, pod)
-            await self.cluster.delete_pod(name, grace=0, uid=uid)
-            reaped = True
+            # the finished pod keeps holding the name (the claim) until release(), after the
+            # record is written, or until the next attempt replaces it
+            self._spent.add(key)
+            settled = True
         finally:
-            if self._pods.get(key) == current:
-                del self._pods[key]
-            if not reaped:
+            if not settled:
+                if self._pods.get(key) == current:
+                    del self._pods[key]
                 await asyncio.shield(self._delete_quietly(name, uid))
         if failure is not None:
             error = JobError(failure)

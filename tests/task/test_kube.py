@@ -299,6 +299,47 @@ async def test_failing_container_gives_failure_record_with_exit_code_and_logs(
     await _no_pods_left(kcfg, name)
 
 
+async def test_retry_keeps_the_name_until_the_next_attempt_and_succeeds(
+    session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    from pydatatask.task import RetryPolicy
+
+    flag = tmp_path / "flag"
+    src = MemoryMetadataRepository()
+    await src.put("flaky", {})
+    await src.put("broken", {})
+    script = f'[ "$KEY" = flaky ] && [ -e {flag}-$KEY ] && exit 0; touch {flag}-$KEY; exit 5'
+    task = _sh_task(
+        session,
+        kcfg,
+        name,
+        script,
+        inputs={"src": src},
+        retry=RetryPolicy(max_attempts=3, backoff=0.3, jitter=0),
+    )
+    seen: list[int] = []
+
+    async def watch() -> None:  # the key stays live (its failed pod kept) during the retry delay
+        while True:
+            seen.append(len(await _pods(kcfg, name)))
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        summary = await Pipeline([task], session).run()
+    finally:
+        watcher.cancel()
+    assert summary.succeeded == 1 and summary.failed == 1
+    ok = await task.done.get("flaky")
+    bad = await task.done.get("broken")
+    assert ok["success"] and ok["attempts"] == 2
+    assert not bad["success"] and bad["attempts"] == 3 and bad["exit_code"] == 5
+    assert task.created == ok["attempts"] + 3
+    busy = [i for i, n in enumerate(seen) if n]
+    assert busy and 0 not in seen[busy[0] : busy[-1]], seen  # no gap: the name stays claimed
+    await _no_pods_left(kcfg, name)
+
+
 async def test_timeout_deletes_the_pod_and_records_a_timeout(
     session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
 ) -> None:
