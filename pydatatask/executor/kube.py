@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from .._deps import require
 from ..errors import BackendUnavailableError, ConfigurationError
+from ..quantities import parse_cpu, parse_memory
 from ..repository.base import resolve
 
 __all__ = (
@@ -89,49 +90,6 @@ def label_value(value: str) -> str:
 
 
 # ---------------------------------------------------------------------------- quantities
-_MEM_SUFFIX = {
-    "Ki": 1024,
-    "Mi": 1024**2,
-    "Gi": 1024**3,
-    "Ti": 1024**4,
-    "Pi": 1024**5,
-    "Ei": 1024**6,
-    "k": 10**3,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "m": 1,  # milli-bytes are not meaningful; treated as /1000 below
-}
-
-
-def parse_cpu(value: str | float | int) -> float:
-    """Kubernetes CPU quantity (``"500m"``, ``"2"``, ``0.5``) in cores."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    try:
-        if text.endswith("m"):
-            return float(text[:-1]) / 1000
-        return float(text)
-    except ValueError:
-        raise ConfigurationError(f"invalid CPU quantity {value!r} (use e.g. '500m' or '2')") from None
-
-
-def parse_memory(value: str | float | int) -> int:
-    """Kubernetes memory quantity (``"128Mi"``, ``"1G"``, ``1e9``) in bytes."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    text = str(value).strip()
-    m = re.fullmatch(r"([0-9.]+(?:[eE][0-9]+)?)([A-Za-z]{0,2})", text)
-    if m is None or (m.group(2) and m.group(2) not in _MEM_SUFFIX):
-        raise ConfigurationError(f"invalid memory quantity {value!r} (use e.g. '128Mi' or '1Gi')")
-    number = float(m.group(1))
-    if m.group(2) == "m":
-        return int(number / 1000)
-    return int(number * _MEM_SUFFIX.get(m.group(2), 1))
 
 
 # ---------------------------------------------------------------------------- client

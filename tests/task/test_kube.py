@@ -116,7 +116,7 @@ def test_label_value(value: str) -> None:
 def test_quantities() -> None:
     assert parse_cpu("500m") == 0.5 and parse_cpu("2") == 2 and parse_cpu(0.25) == 0.25
     assert parse_memory("128Mi") == 128 << 20 and parse_memory("1G") == 10**9 and parse_memory(5) == 5
-    with pytest.raises(ConfigurationError, match="memory quantity"):
+    with pytest.raises(ConfigurationError, match="memory size"):
         parse_memory("12 parsecs")
     with pytest.raises(ConfigurationError, match="CPU quantity"):
         parse_cpu("lots")
