@@ -382,6 +382,26 @@ class S3BucketRepository(BlobRepository):
         await self._call(
             f"deleting {self.url(key)}", lambda: client.delete_object(Bucket=self._bucket, Key=name)
         )
+        # a writer that was killed, or could not abort while the server was down, leaves an
+        # in-progress multipart upload (invisible, but stored): deleting the key removes it
+        # too, so cleaning up after a crashed or failed job leaves no debris
+        response = await self._call(
+            f"listing the uploads in progress to {self.url(key)}",
+            lambda: client.list_multipart_uploads(Bucket=self._bucket, Prefix=name),
+        )
+        for upload in response.get("Uploads", ()):
+            if upload.get("Key") != name:
+                continue
+            try:
+                await self._call(
+                    f"aborting the multipart upload to {self.url(key)}",
+                    lambda u=upload["UploadId"]: client.abort_multipart_upload(  # type: ignore[misc]
+                        Bucket=self._bucket, Key=name, UploadId=u
+                    ),
+                    expect=frozenset({"NoSuchUpload"}),
+                )
+            except _Expected:
+                pass
 
     async def validate(self, create: bool = False) -> None:
         """Check the bucket exists and is accessible; create it if ``create`` or ``create_bucket``."""

@@ -414,6 +414,9 @@ class Task(ABC):
                         )
                         await self._write_log(job)
                         await asyncio.sleep(delay)
+                        # again: the cleanup above fails when the backend is down, and the
+                        # failed attempt's debris (e.g. an S3 multipart upload) would stay
+                        await self.cleanup_outputs(key)
                         continue
                     outcome_info = getattr(exc, "outcome", None)
                     record = make_record(

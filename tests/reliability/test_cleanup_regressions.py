@@ -1,0 +1,70 @@
+"""Regression tests for debris the crash/outage harness found left behind."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from pydatatask import MemoryBlobRepository
+from pydatatask.pipeline import Pipeline
+from pydatatask.task import InProcessTask, JobContext, RetryPolicy
+
+from .harness import BUCKET, ensure_bucket, s3_client, s3_empty, s3_uploads
+
+
+@pytest.mark.s3
+async def test_s3_delete_aborts_the_uploads_a_dead_writer_left(services: dict[str, Any]) -> None:
+    from pydatatask import S3BucketRepository
+
+    conf = {k: services["s3"][k] for k in ("endpoint", "access_key", "secret_key", "region")}
+    prefix = f"debris{uuid.uuid4().hex[:8]}/"
+    async with s3_client(conf) as client:
+        await ensure_bucket(client)
+        try:
+            repo = S3BucketRepository(client, BUCKET, prefix, ".bin")
+            # what a SIGKILLed writer (or one that could not abort during an outage) leaves
+            for key in ("k", "k2"):
+                up = await client.create_multipart_upload(Bucket=BUCKET, Key=repo.object_name(key))
+                await client.upload_part(
+                    Bucket=BUCKET, Key=repo.object_name(key), UploadId=up["UploadId"], PartNumber=1, Body=b"x"
+                )
+            assert len(await s3_uploads(client, BUCKET, prefix)) == 2
+            await repo.delete("k")
+            left = await s3_uploads(client, BUCKET, prefix)
+            assert [u["Key"] for u in left] == [repo.object_name("k2")]  # only that key's upload
+        finally:
+            await s3_empty(client, BUCKET, prefix)
+
+
+class FlakyDeletes(MemoryBlobRepository):
+    """Deletes fail ``failures`` times (a backend that is down), then work."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def _delete(self, key: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("backend down")
+        await super()._delete(key)
+
+
+async def test_failed_cleanup_is_retried_before_the_next_attempt() -> None:
+    src, a, b = MemoryBlobRepository(), MemoryBlobRepository(), FlakyDeletes(failures=1)
+    await src.write_bytes("k", b"x")
+
+    async def job(key: str, job: JobContext, a: MemoryBlobRepository, b: FlakyDeletes) -> None:
+        if job.attempt == 1:
+            await b.write_bytes(key, b"partial")
+            raise RuntimeError("attempt 1 fails after writing b")
+        await a.write_bytes(key, b"done")
+
+    task = InProcessTask(
+        "t", job, inputs={"src": src}, outputs={"a": a, "b": b}, retry=RetryPolicy(max_attempts=2, backoff=0)
+    )
+    summary = await Pipeline([task]).run()
+    assert summary.succeeded == 1
+    assert not await b.contains("k"), "the failed attempt's partial output survived"
