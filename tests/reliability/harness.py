@@ -28,7 +28,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -124,9 +123,7 @@ class RunResult:
     killed: bool = False
 
 
-async def start_script(
-    script: Path, args: list[str], env: dict[str, str]
-) -> asyncio.subprocess.Process:
+async def start_script(script: Path, args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
     """Start ``python script args`` in its own process group (so a kill takes its children too)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -141,7 +138,7 @@ async def start_script(
     )
 
 
-async def finish(proc: asyncio.subprocess.Process, timeout: float) -> RunResult:
+async def finish(proc: asyncio.subprocess.Process, timeout: float) -> RunResult:  # noqa: ASYNC109
     """Wait for ``proc`` (killing its group after ``timeout``) and collect its output."""
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -421,9 +418,7 @@ class MongoBackend(Backend):
             await self.db[f"{self.ns}_src"].insert_many(docs[start : start + 1000])
 
     async def state(self) -> State:
-        outputs = {
-            d["_id"]: str(d["value"]["text"]).encode() async for d in self.db[f"{self.ns}_out"].find()
-        }
+        outputs = {d["_id"]: str(d["value"]["text"]).encode() async for d in self.db[f"{self.ns}_out"].find()}
         records = {d["_id"]: d["value"] async for d in self.db[f"{self.ns}_done"].find()}
         claims = [d["_id"] async for d in self.db[f"{self.ns}_live"].find()]
         names = await self.db.list_collection_names()
@@ -448,7 +443,7 @@ async def open_backend(
     kind: str, data: Path, ns: str, services: dict[str, Any] | None
 ) -> AsyncIterator[Backend]:
     """A fresh backend namespace; its server-side data is removed at the end."""
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local tmp dir, instant
     if kind == "files":
         yield Backend(data, ns)
         return
@@ -580,7 +575,12 @@ class ChaosHarness:
                 return
             self.log.append(f"rerun needed: rc={result.returncode} stderr tail={result.stderr[-600:]!r}")
             await self._forget_outage_failures()
-        raise AssertionError("the pipeline did not complete after 6 clean runs")
+        state = await self.backend.state()
+        unfinished = [k for k in self.keys if not (state.records.get(k) or {}).get("success")]
+        raise AssertionError(
+            f"the pipeline did not complete after 6 clean runs: {len(unfinished)} key(s) unfinished "
+            f"{unfinished[:5]}, claims {state.claims[:5]}\nhistory: {self.log}"
+        )
 
     async def _forget_outage_failures(self) -> None:
         """Delete failure records caused by an outage (what an operator does: ``rm`` and rerun)."""
@@ -603,10 +603,14 @@ class ChaosHarness:
         self.figures.lost += len(lost)
         dup = sorted(k for k, n in done.items() if n > 1)
         self.figures.duplicates += len(dup)
-        wrong = sorted(k for k in expected & set(state.outputs) if state.outputs[k] != self.backend.text(k).upper())
+        wrong = sorted(
+            k for k in expected & set(state.outputs) if state.outputs[k] != self.backend.text(k).upper()
+        )
         extra = sorted(set(state.outputs) - expected)
         bad_records = sorted(
-            k for k in expected if not (isinstance(state.records.get(k), dict) and state.records[k].get("success"))
+            k
+            for k in expected
+            if not (isinstance(state.records.get(k), dict) and state.records[k].get("success"))
         )
         orphan_records = sorted(set(state.records) - set(state.outputs))
         for what, keys in (
@@ -650,7 +654,9 @@ async def run_rounds(
         except AssertionError:
             raise
         except BaseException as exc:
-            raise AssertionError(f"seed {seed} round {i}: {type(exc).__name__}: {exc}\nhistory: {harness.log}") from exc
+            raise AssertionError(
+                f"seed {seed} round {i}: {type(exc).__name__}: {exc}\nhistory: {harness.log}"
+            ) from exc
         finally:
             await cleanup()
     return total

@@ -38,7 +38,9 @@ async def test_concurrent_schedulers_run_each_job_once(
         await harness.prepare()
         env = {**harness.env, "PDT_REL_CONCURRENCY": "16"}
         t0 = time.monotonic()
-        procs = await asyncio.gather(*(start_script(harness.script, ["run", "--json"], env) for _ in range(schedulers)))
+        procs = await asyncio.gather(
+            *(start_script(harness.script, ["run", "--json"], env) for _ in range(schedulers))
+        )
         results = await asyncio.gather(*(finish(p, 100) for p in procs))
         elapsed = time.monotonic() - t0
         for r in results:

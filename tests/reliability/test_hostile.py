@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from pydatatask import (
     FileRepository,
     InvalidKeyError,
-    RepositoryError,
     JsonMetadataFileRepository,
     MemoryBlobRepository,
     MemoryMetadataRepository,
+    RepositoryError,
     YamlMetadataFileRepository,
 )
 from pydatatask.pipeline import Pipeline
@@ -304,7 +304,9 @@ def test_render_command_quotes_everything(tmp_path: Path) -> None:
         out = render_command("echo {{ key }} {{ params.v }}", {"key": payload, "params": {"v": payload}})
         assert shlex.split(out) == ["echo", payload, payload]
         subprocess.run(["/bin/sh", "-c", out], check=True, stdout=subprocess.DEVNULL)
-        doc = yaml.safe_load(render_yaml("a: {{ key }}\nb: {{ params.v }}\n", {"key": payload, "params": {"v": payload}}))
+        doc = yaml.safe_load(
+            render_yaml("a: {{ key }}\nb: {{ params.v }}\n", {"key": payload, "params": {"v": payload}})
+        )
         assert doc == {"a": payload, "b": payload}
     assert not canary.exists()
 

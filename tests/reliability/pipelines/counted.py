@@ -171,9 +171,7 @@ def build_pipeline() -> Pipeline:
         ),
         **state,
     )
-    pipeline = Pipeline(
-        [task], session, claim_lease=LEASE, claim_check_interval=CHECK, poll_interval="0.5s"
-    )
+    pipeline = Pipeline([task], session, claim_lease=LEASE, claim_check_interval=CHECK, poll_interval="0.5s")
 
     @pipeline.hooks.on("job_succeeded")
     def _done(event: Event) -> None:
