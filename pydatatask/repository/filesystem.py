@@ -116,7 +116,21 @@ class _FileWriter(BlobWriter):
             pass
 
 
-class FileRepository(BlobRepository):
+class _LocalRoot(Repository):
+    """``validate`` for repositories rooted in a local directory."""
+
+    root: Path
+
+    async def validate(self, create: bool = False) -> None:
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+
+class FileRepository(_LocalRoot, BlobRepository):
     """One file per key under ``root``, named ``key + extension``.
 
     :param root: the directory; created on first write (or by ``validate(create=True)``).
@@ -139,14 +153,6 @@ class FileRepository(BlobRepository):
 
     def _path(self, key: str) -> Path:
         return self.root / (key + self.extension)
-
-    async def validate(self, create: bool = False) -> None:
-        if self.root.is_dir():
-            return
-        if self.root.exists():
-            raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
-        if create:
-            self.root.mkdir(parents=True, exist_ok=True)
 
     async def _list(self) -> Iterable[str]:
         return await asyncio.to_thread(_scan, self.root, False, self.extension)
@@ -248,7 +254,7 @@ class FileRepository(BlobRepository):
         return await asyncio.to_thread(self._replace_if_sync, self._path(key), expected, data)
 
 
-class DirectoryRepository(Repository):
+class DirectoryRepository(_LocalRoot, Repository):
     """One directory per key under ``root`` (for jobs that produce many files).
 
     Write a key's directory atomically with :meth:`open_dir`: the job fills a hidden
@@ -265,14 +271,6 @@ class DirectoryRepository(Repository):
     def path(self, key: str) -> Path:
         """The directory of ``key`` (whether or not it exists)."""
         return self.root / (validate_key(key) + self.extension)
-
-    async def validate(self, create: bool = False) -> None:
-        if self.root.is_dir():
-            return
-        if self.root.exists():
-            raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
-        if create:
-            self.root.mkdir(parents=True, exist_ok=True)
 
     async def _list(self) -> Iterable[str]:
         return await asyncio.to_thread(_scan, self.root, True, self.extension)

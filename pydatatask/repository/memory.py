@@ -13,17 +13,10 @@ from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository
 __all__ = ("MemoryMetadataRepository", "MemoryBlobRepository")
 
 
-class MemoryMetadataRepository(MetadataRepository):
-    """Structured values in a dict. Values are deep-copied in and out, like a real store."""
+class _DictKeys:
+    """Key handling shared by the in-memory repositories (a dict holds the values)."""
 
-    def __init__(self, data: dict[str, Any] | None = None, *, name: str = "") -> None:
-        self._data: dict[str, Any] = {}
-        self._name = name
-        for key, value in (data or {}).items():
-            self._data[validate_key(key)] = copy.deepcopy(value)
-
-    def describe(self) -> str:
-        return f"memory metadata{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
+    _data: dict[str, Any]
 
     async def keys(self) -> set[str]:
         return set(self._data)  # only valid keys ever get in
@@ -36,6 +29,19 @@ class MemoryMetadataRepository(MetadataRepository):
 
     async def _delete(self, key: str) -> None:
         self._data.pop(key, None)
+
+
+class MemoryMetadataRepository(_DictKeys, MetadataRepository):
+    """Structured values in a dict. Values are deep-copied in and out, like a real store."""
+
+    def __init__(self, data: dict[str, Any] | None = None, *, name: str = "") -> None:
+        self._data: dict[str, Any] = {}
+        self._name = name
+        for key, value in (data or {}).items():
+            self._data[validate_key(key)] = copy.deepcopy(value)
+
+    def describe(self) -> str:
+        return f"memory metadata{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
 
     async def _get(self, key: str) -> Any:
         try:
@@ -109,7 +115,7 @@ class _MemoryWriter(BlobWriter):
         self._parts = []
 
 
-class MemoryBlobRepository(BlobRepository):
+class MemoryBlobRepository(_DictKeys, BlobRepository):
     """Byte strings in a dict; a write becomes visible only when its writer commits."""
 
     def __init__(self, data: dict[str, bytes] | None = None, *, name: str = "") -> None:
@@ -118,18 +124,6 @@ class MemoryBlobRepository(BlobRepository):
 
     def describe(self) -> str:
         return f"memory blobs{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
-
-    async def keys(self) -> set[str]:
-        return set(self._data)
-
-    async def _list(self) -> Iterable[str]:
-        return self._data.keys()
-
-    async def _contains(self, key: str) -> bool:
-        return key in self._data
-
-    async def _delete(self, key: str) -> None:
-        self._data.pop(key, None)
 
     async def _open_reader(self, key: str) -> BlobReader:
         try:
