@@ -383,7 +383,7 @@ class Scheduler:
                 except Exception as exc:  # the live repository is unreachable: try again later
                     log.warning("task %s: heartbeat for %r failed: %s", task_name, key, exc)
                     continue
-                if ok is False and not job.done():
+                if ok is False and self.running.get((task_name, key)) is job and not job.done():
                     log.error(
                         "task %s: the claim on %r was taken over by another scheduler; stopping this job",
                         task_name,

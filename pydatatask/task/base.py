@@ -291,6 +291,8 @@ class Task(ABC):
                 ok = False
             if ok:
                 await self.live.put(key, new)
+        if key not in held:
+            return None  # released while we renewed: the job has ended, nothing was lost
         if ok:
             held[key] = new
         else:

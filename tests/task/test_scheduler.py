@@ -539,3 +539,25 @@ async def test_stale_claim_of_a_finished_job_keeps_its_outputs(tmp_path: Path) -
     assert await dst.read_bytes("k") == b"complete"
     assert await live.keys() == set()
     assert calls == ["k"]
+
+
+async def test_heartbeats_racing_with_job_ends_lose_nothing(tmp_path: Path) -> None:
+    """A heartbeat that meets a claim being released is not a lost claim."""
+    src = MemoryMetadataRepository({f"k{i}": i for i in range(400)})
+    live = YamlMetadataFileRepository(tmp_path / "live")
+
+    async def quick(key: str, dst: Any) -> None:
+        await asyncio.sleep(0.002)
+        await dst.put(key, 1)
+
+    task = InProcessTask(
+        "t",
+        quick,
+        inputs={"src": src},
+        outputs={"dst": MemoryMetadataRepository()},
+        live=live,
+        concurrency=16,
+    )
+    summary = await Pipeline([task], claim_lease="150ms").run()
+    assert summary.errors == []
+    assert summary.succeeded == 400
