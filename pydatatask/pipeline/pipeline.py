@@ -208,12 +208,16 @@ class Pipeline:
         return asyncio.run(self.run(**kwargs))
 
     # ---------------------------------------------------------------- inspection
-    async def views(self) -> dict[str, TaskView]:
-        """Per-task ready/running/succeeded/failed sets from one listing of everything."""
+    async def views(self, *, full: bool = True) -> dict[str, TaskView]:
+        """Per-task ready/running/succeeded/failed sets from one listing of everything.
+
+        With ``full=False`` this is exactly one scheduler tick: job records are read only
+        where readiness depends on them, and ``succeeded``/``failed`` may be partial.
+        """
         records = {name: RecordIndex(t.done) for name, t in self.tasks.items()}
         async with self:
             with listing_scope():
-                return await compute_views(self.tasks, self, records)
+                return await compute_views(self.tasks, self, records, full=full)
 
     async def status(self) -> dict[str, dict[str, Any]]:
         """Counts and sorted key lists per task: ready, running (live claims), succeeded, failed."""

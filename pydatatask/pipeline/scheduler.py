@@ -49,6 +49,8 @@ class TaskView:
     blocked: set[str] = field(default_factory=set)
     universe: set[str] = field(default_factory=set)
     live: set[str] = field(default_factory=set)
+    #: keys with a job record, whatever its outcome
+    recorded: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -142,7 +144,13 @@ class Scheduler:
         """List every repository once and recompute all ready queues."""
         t0 = time.perf_counter()
         with listing_scope():
-            views = await compute_views(self.all_tasks, self.pipeline, self.records, self.running)
+            views = await compute_views(
+                self.all_tasks,
+                self.pipeline,
+                self.records,
+                self.running,
+                full=self.ticks == 0 and self.on_progress is not None,  # exact counts to show
+            )
         self.views = views
         now = time.monotonic()
         if now - self._last_claim_check >= self.pipeline.claim_check_interval or self.ticks == 0:
@@ -402,10 +410,15 @@ async def compute_views(
     pipeline: Pipeline,
     records: dict[str, RecordIndex],
     running: dict[tuple[str, str], Any] | None = None,
+    *,
+    full: bool = False,
 ) -> dict[str, TaskView]:
     """One listing of every repository, then each task's ready set (see the module doc).
 
-    Must be called inside a :func:`listing_scope`.
+    Job records are read only where a decision needs them (upstream records of keys a
+    downstream task could start); with ``full`` every record is read so that
+    ``succeeded``/``failed`` are complete (status output). Must be called inside a
+    :func:`listing_scope`.
     """
     repos = {}
     for task in tasks.values():
@@ -414,9 +427,11 @@ async def compute_views(
                 repos[id(link.repository)] = link.repository
     listed = await asyncio.gather(*(cached_keys(r) for r in repos.values()))
     keys_of = dict(zip(repos, listed, strict=True))
-    await asyncio.gather(*(records[name].refresh(keys_of[id(t.done)]) for name, t in tasks.items()))
+    for name, task in tasks.items():
+        records[name].sync(keys_of[id(task.done)])
+    if full:
+        await asyncio.gather(*(index.load() for index in records.values()))
 
-    views: dict[str, TaskView] = {}
     universes: dict[str, set[str]] = {}
     for name, task in tasks.items():
         required = [keys_of[id(link.repository)] for link in task.required_links]
@@ -427,22 +442,30 @@ async def compute_views(
             universe = set()
         universes[name] = universe
     running_keys: dict[str, set[str]] = {name: set() for name in tasks}
-    for t, k in running or {}:
-        running_keys[t].add(k)
+    for task_name, k in running or {}:
+        running_keys[task_name].add(k)
+    views: dict[str, TaskView] = {}
     for name, task in tasks.items():
         view = TaskView(name)
         view.universe = universes[name]
-        view.succeeded = records[name].succeeded()
-        view.failed = records[name].failed()
         view.live = set(keys_of[id(task.live)])
+        view.recorded = keys_of[id(task.done)]
         ready = set(view.universe)
         for link in task.inhibiting_links:
             ready -= keys_of[id(link.repository)]
         for up in pipeline.graph.upstream[name]:
-            blocked = universes[up] - records[up].succeeded()
-            view.blocked |= blocked & ready
+            candidates = ready & universes[up]
+            if not candidates:
+                continue
+            index = records[up]
+            await index.load(candidates)
+            blocked = candidates - index.succeeded_among(candidates)
+            view.blocked |= blocked
             ready -= blocked
         ready -= running_keys[name]
         view.ready = ready
         views[name] = view
+    for name, view in views.items():
+        view.succeeded = records[name].succeeded()
+        view.failed = records[name].failed()
     return views
