@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,8 +29,53 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./+-]*\Z")
+# words YAML 1.1 resolves to booleans or null: never written as plain scalars
+_RESERVED = frozenset("y n yes no on off true false null".split())
+_ASCII_TEXT = re.compile(r"[\x00-\x7e]*\Z")
+_FLOAT_OK = re.compile(r"-?[0-9]+\.[0-9]+(e[-+][0-9]+)?\Z")
+
+
+def _fast_scalar(value: Any) -> str | None:
+    """``value`` as a YAML 1.1 scalar that PyYAML's safe loader reads back exactly, or None
+    when the general dumper must decide."""
+    t = type(value)
+    if t is str:
+        if _PLAIN.match(value) and value.lower() not in _RESERVED:
+            return value  # type: ignore[no-any-return]
+        if _ASCII_TEXT.match(value):
+            return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
+        return None
+    if t is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if t is int:
+        return str(value)
+    if t is float:
+        text = repr(value)
+        return text if _FLOAT_OK.match(text) else None
+    return None
+
+
 def yaml_dumps(value: Any) -> bytes:
-    """Serialize ``value`` as YAML (safe subset)."""
+    """Serialize ``value`` as YAML (safe subset), in block style.
+
+    Flat mappings of plain scalars (most job records and claims) are written directly;
+    everything else goes through PyYAML's dumper. Either way ``yaml_loads`` gives back an
+    equal value.
+    """
+    if type(value) is dict and value:
+        lines = []
+        for k, v in value.items():
+            if type(k) is not str or not _PLAIN.match(k) or k.lower() in _RESERVED:
+                break
+            text = _fast_scalar(v)
+            if text is None:
+                break
+            lines.append(f"{k}: {text}\n")
+        else:
+            return "".join(lines).encode("ascii")
     return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True).encode("utf-8")
 
 
