@@ -234,16 +234,22 @@ class Task(ABC):
     def release_slot(self, slot: Any) -> None:  # noqa: B027 - optional hook
         """Give back what :meth:`acquire_slot` reserved."""
 
-    async def cleanup_outputs(self, key: str) -> None:
-        """Delete whatever a failed or interrupted attempt left in the outputs."""
+    async def cleanup_outputs(self, key: str) -> bool:
+        """Delete whatever a failed or interrupted attempt left in the outputs.
+
+        Returns False if some output could not be deleted (the error is logged).
+        """
+        cleaned = True
         for link in self.output_links:
             if link.repository.is_writable:
                 try:
                     await link.repository.delete(key)
                 except Exception:
+                    cleaned = False
                     log.exception(
                         "task %s: could not remove partial output %s of %r", self.name, link.name, key
                     )
+        return cleaned
 
     #: seconds a claim stays valid without a heartbeat (the pipeline sets it)
     claim_lease: float = 60.0
@@ -352,7 +358,10 @@ class Task(ABC):
             claim.get("owner") if isinstance(claim, dict) else claim,
             claim.get("host") if isinstance(claim, dict) else "?",
         )
-        await self.cleanup_outputs(key)
+        if not await self.cleanup_outputs(key):
+            # keep the takeover claim: it goes stale in its turn and the cleanup is retried;
+            # freeing the key now would leave an output without a record, never re-run
+            return
         await self.live.delete(key)
 
     async def execute(
@@ -474,10 +483,24 @@ class Task(ABC):
     async def _abandon(self, key: str) -> None:
         if not self.holds_claim(key):
             return  # the claim was lost to another scheduler: its outputs are not ours to touch
+        cleaned = False
         try:
-            await self.cleanup_outputs(key)
+            cleaned = await self.cleanup_outputs(key)
         finally:
-            await self.release(key)
+            held = self._held_claims().get(key)
+            if cleaned or not held:
+                await self.release(key)
+            else:
+                # the partial outputs are still there (the backend is down?): releasing the
+                # claim would leave an output without a record, which blocks the key for
+                # good. Hand the claim to nobody with an expired heartbeat instead, so that
+                # the next claim check (of any scheduler) cleans up and frees the key.
+                self._held_claims().pop(key, None)
+                abandoned = dict(held, owner=f"{held.get('owner')}-abandoned", heartbeat=0.0)
+                try:
+                    await self.live.replace_if(key, held, abandoned)
+                except Exception as exc:
+                    log.warning("task %s: could not mark the claim on %r abandoned: %s", self.name, key, exc)
             self._held_claims().pop(key, None)
 
     async def _write_log(self, job: JobContext) -> None:

@@ -19,7 +19,7 @@ import pytest
 from .harness import ChaosHarness, count_lines, finish, open_backend, processes_with_env, start_script
 
 # keys per backend: 2,000 everywhere the test stays under ~30 s on a 2-core machine
-KEYS = {"files": 2000, "s3": 200, "mongo": 300}
+KEYS = {"files": 2000, "s3": 150, "mongo": 200}
 
 
 @pytest.mark.parametrize("schedulers", [2, 4])
