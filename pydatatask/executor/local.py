@@ -18,6 +18,11 @@ from .hosts import Host, ProcessSpec, RunningProcess, kill_group_script, wrapper
 __all__ = ("LocalHost",)
 
 CHUNK = 1 << 20
+#: file operations on local disk up to this size are done on the event loop: a thread hop
+#: costs more than the operation itself (and waits for the GIL while the loop is busy)
+SMALL = 1 << 16
+#: a job directory with at most this many entries is removed on the event loop
+SMALL_TREE = 64
 
 
 def _start_time(pid: int) -> int | None:
@@ -33,6 +38,41 @@ async def _open_append(path: Path | None) -> IO[bytes] | None:
     if path is None:
         return None
     return await asyncio.to_thread(open, path, "ab")
+
+
+def _open_append_now(path: Path | None) -> IO[bytes] | None:
+    """Open a local log file for appending (on the spot: opening is microseconds)."""
+    return None if path is None else open(path, "ab")  # noqa: SIM115 - closed by the caller
+
+
+def _remove_small_tree(path: str) -> bool:
+    """Remove ``path`` on the spot if it has at most :data:`SMALL_TREE` entries.
+
+    True when it is gone; False when it is bigger (what was removed so far is gone, the
+    rest is left for :func:`shutil.rmtree` in a thread)."""
+    budget = SMALL_TREE
+    dirs: list[str] = []
+    stack = [path]
+    try:
+        while stack:
+            top = stack.pop()
+            dirs.append(top)
+            with os.scandir(top) as it:
+                for entry in it:
+                    budget -= 1
+                    if budget < 0:
+                        return False
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        os.unlink(entry.path)
+        for d in reversed(dirs):
+            os.rmdir(d)
+    except FileNotFoundError:
+        return not os.path.lexists(path)
+    except OSError:
+        return False
+    return True
 
 
 def _group_alive(pgid: int) -> bool:
@@ -106,8 +146,13 @@ class LocalHost(Host):
         env = dict(os.environ)
         env.update(spec.env)
         wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=False)
-        out = await _open_append(spec.stdout)
-        err = await _open_append(spec.stderr)
+        out = _open_append_now(spec.stdout)
+        try:
+            err = _open_append_now(spec.stderr)
+        except BaseException:
+            if out is not None:
+                out.close()
+            raise
         try:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh",
@@ -151,20 +196,22 @@ class LocalHost(Host):
             return None
 
     async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
-        def make() -> str:
+        # a few mkdir calls on local disk: done here, a thread hop would cost more
+        try:
+            path = tempfile.mkdtemp(prefix=prefix, dir=self.workdir)
+        except FileNotFoundError:
             self.workdir.mkdir(parents=True, exist_ok=True)
             path = tempfile.mkdtemp(prefix=prefix, dir=self.workdir)
-            for sub in ("ctl", "work", *subdirs):
-                os.makedirs(os.path.join(path, sub), exist_ok=True)
-            return path
-
-        return await asyncio.to_thread(make)
+        for sub in ("ctl", "work", *subdirs):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        return path
 
     async def makedirs(self, path: str) -> None:
         await asyncio.to_thread(os.makedirs, path, exist_ok=True)
 
     async def rmtree(self, path: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, path, True)
+        if not _remove_small_tree(path):
+            await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def exists(self, path: str) -> bool:
         return await asyncio.to_thread(os.path.lexists, path)
@@ -176,18 +223,26 @@ class LocalHost(Host):
         await asyncio.to_thread(_copy, Path(remote), local)
 
     async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
-        f = await asyncio.to_thread(open, path, "wb")
+        f = open(path, "wb")  # noqa: ASYNC230, SIM115 - local disk, closed below
         try:
             async for chunk in chunks:
-                await asyncio.to_thread(f.write, chunk)
+                if len(chunk) <= SMALL:
+                    f.write(chunk)
+                else:
+                    await asyncio.to_thread(f.write, chunk)
         finally:
             f.close()
 
     async def read_file(self, path: str) -> AsyncIterator[bytes]:
-        f = await asyncio.to_thread(open, path, "rb")
+        f = open(path, "rb")  # noqa: ASYNC230, SIM115 - local disk, closed below
         try:
-            while chunk := await asyncio.to_thread(f.read, CHUNK):
-                yield chunk
+            if os.fstat(f.fileno()).st_size <= SMALL:
+                # small: read on the spot (a file growing meanwhile is still read to its end)
+                while chunk := f.read(CHUNK):
+                    yield chunk
+            else:
+                while chunk := await asyncio.to_thread(f.read, CHUNK):
+                    yield chunk
         finally:
             f.close()
 

@@ -46,6 +46,7 @@ __all__ = ("ProcessTask",)
 log = logging.getLogger("pydatatask.task.process")
 
 CHUNK = 1 << 20
+SMALL = 1 << 16  # local files up to this size are read on the event loop (no thread hop)
 TAIL = 2000
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -339,7 +340,8 @@ class ProcessTask(Task):
             log.warning("task %s: could not stop a job process: %s: %s", self.name, type(exc).__name__, exc)
 
     async def _cleanup(self, host: Host, job_dir: str | None, staged: _Staged) -> None:
-        await asyncio.to_thread(_remove_paths, staged.local_temps)
+        if staged.local_temps:
+            await asyncio.to_thread(_remove_paths, staged.local_temps)
         if job_dir is not None:
             try:
                 await host.rmtree(job_dir)
@@ -593,10 +595,14 @@ class ProcessTask(Task):
                 except KeyNotFoundError:
                     pass
             for path in paths:
-                f = await asyncio.to_thread(open, path, "rb")
+                f = open(path, "rb")  # noqa: ASYNC230, SIM115 - local temporary file, closed below
                 try:
-                    while chunk := await asyncio.to_thread(f.read, CHUNK):
-                        await writer.write(chunk)
+                    if os.fstat(f.fileno()).st_size <= SMALL:
+                        while chunk := f.read(CHUNK):
+                            await writer.write(chunk)
+                    else:
+                        while chunk := await asyncio.to_thread(f.read, CHUNK):
+                            await writer.write(chunk)
                 finally:
                     f.close()
             if trailer:

@@ -91,11 +91,17 @@ def _env(finalize: Any) -> jinja2.Environment:
     return env
 
 
+@functools.lru_cache(maxsize=256)
+def _compile(env: jinja2.Environment, template: str) -> jinja2.Template:
+    """``env.from_string(template)``, compiled once per template text and environment."""
+    return env.from_string(template)
+
+
 def _render(env: jinja2.Environment, template: str, context: dict[str, Any], what: str) -> str:
     import jinja2
 
     try:
-        return env.from_string(template).render(**context)
+        return _compile(env, template).render(**context)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigurationError(
             f"{what} template has a syntax error at line {exc.lineno}: {exc.message}"
