@@ -29,6 +29,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # hypothesis' report of a *failing* example touches mypy_extensions.TypedDict, whose
+    # DeprecationWarning (an error here) would turn the failure into an INTERNALERROR
+    config.addinivalue_line(
+        "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+    )
     config.addinivalue_line(
         "markers", "reliability: crash/outage/race/hostile-input tests (tests/reliability)"
     )
