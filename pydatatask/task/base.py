@@ -170,16 +170,12 @@ class Task(ABC):
     @property
     def done(self) -> MetadataRepository:
         """Where job records go."""
-        repo = self.links["done"].repository
-        assert isinstance(repo, MetadataRepository)
-        return repo
+        return self.links["done"].repository  # type: ignore[return-value]  # checked by link()
 
     @property
     def live(self) -> MetadataRepository:
         """Where claims of running jobs go."""
-        repo = self.links["live"].repository
-        assert isinstance(repo, MetadataRepository)
-        return repo
+        return self.links["live"].repository  # type: ignore[return-value]  # checked by link()
 
     @property
     def logs(self) -> BlobRepository | None:

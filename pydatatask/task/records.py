@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 import traceback
 from enum import StrEnum
 from typing import Any
@@ -44,11 +45,20 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+_iso_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def utcnow_iso(ts: float | None = None) -> str:
-    """An ISO-8601 UTC timestamp (now, or of the epoch seconds ``ts``)."""
+    """An ISO-8601 UTC timestamp with microseconds (now, or of the epoch seconds ``ts``),
+    e.g. ``2026-11-23T01:02:03.123456+00:00``."""
     if ts is None:
-        return datetime.datetime.now(datetime.UTC).isoformat()
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
+        ts = time.time()
+    micros = round(ts * 1_000_000)
+    second, micro = divmod(micros, 1_000_000)
+    if _iso_second[0] != second:  # jobs ending within one second share the formatting
+        _iso_second[0] = second
+        _iso_second[1] = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_iso_second[1]}.{micro:06d}+00:00"
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
