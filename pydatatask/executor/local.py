@@ -145,7 +145,8 @@ class LocalHost(Host):
     async def start(self, spec: ProcessSpec) -> RunningProcess:
         env = dict(os.environ)
         env.update(spec.env)
-        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=False)
+        # a command runs in a subshell of the wrapper: one shell process started per job
+        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=False, inline=not spec.script)
         out = _open_append_now(spec.stdout)
         try:
             err = _open_append_now(spec.stderr)
@@ -158,7 +159,7 @@ class LocalHost(Host):
                 "/bin/sh",
                 "-c",
                 wrapper,
-                "pdt-job",
+                "pdt-job" if spec.script else "/bin/sh",  # $0 of an inline command, as for sh -c
                 spec.command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out if out is not None else asyncio.subprocess.DEVNULL,
