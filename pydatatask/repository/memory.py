@@ -73,15 +73,18 @@ _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def _copy(value: Any) -> Any:
-    # fast paths for scalars and flat records (the common job record); deepcopy otherwise
-    scalars = _SCALARS
-    if type(value) in scalars:
+    """A copy of a JSON-like value (dicts, lists, scalars) as fast as plain Python allows;
+    other types go through :func:`copy.deepcopy`."""
+    t = type(value)
+    if t in _SCALARS:
         return value
-    if type(value) is dict:
-        for v in value.values():
-            if type(v) not in scalars:
-                return copy.deepcopy(value)
-        return value.copy()
+    if t is dict:
+        out = {}
+        for k, v in value.items():
+            out[k] = v if type(v) in _SCALARS else _copy(v)
+        return out
+    if t is list:
+        return [v if type(v) in _SCALARS else _copy(v) for v in value]
     return copy.deepcopy(value)
 
 
