@@ -372,9 +372,7 @@ class BlobRepositoryTests(RepositoryTests):
         assert await repo.read_bytes("c") == b"1"
         assert await repo.replace_bytes_if("c", b"1", b"2")
         # the new values differ from the expected one (else a winner could restore it: ABA)
-        results = await asyncio.gather(
-            *(repo.replace_bytes_if("c", b"2", b"new-%d" % i) for i in range(20))
-        )
+        results = await asyncio.gather(*(repo.replace_bytes_if("c", b"2", b"new-%d" % i) for i in range(20)))
         assert sum(results) == 1
         assert await repo.read_bytes("c") == b"new-%d" % results.index(True)
 
