@@ -170,6 +170,9 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
         self.refused = 0
+        #: drop the connection instead of forwarding the server's reply to the next request
+        #: that contains these bytes (e.g. ``b"insert"``); cleared once done
+        self.drop_reply_to: bytes | None = None
 
     async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -208,10 +211,20 @@ class TcpProxy:
         self.connections += 1
         self._writers.update((writer, up_writer))
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        doomed = False
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+            nonlocal doomed
             try:
                 while data := await src.read(65536):
                     if self.cut_now:
+                        break
+                    if not replies and self.drop_reply_to is not None and self.drop_reply_to in data:
+                        self.drop_reply_to = None
+                        doomed = True  # the request goes through; its reply will not
+                    elif replies and doomed:
+                        writer.transport.abort()
+                        up_writer.transport.abort()
                         break
                     dst.write(data)
                     await dst.drain()
@@ -221,7 +234,7 @@ class TcpProxy:
                 dst.transport.abort()
 
         try:
-            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+            await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
         finally:
             self._writers.discard(writer)
             self._writers.discard(up_writer)
@@ -538,7 +551,7 @@ class ChaosHarness:
             result = await finish(proc, self.run_timeout)
             self.log.append(f"run -> {result.returncode}")
             return result
-        delay = self.rng.uniform(0.2, 2.0)
+        delay = self.rng.uniform(0.3, 1.5)
         waiter = asyncio.ensure_future(proc.wait())
         done, _ = await asyncio.wait({waiter}, timeout=delay)
         if done:

@@ -30,7 +30,7 @@ import pytest
 
 from .harness import ChaosHarness, make_seed, open_backend, rounds_wanted, run_rounds
 
-KEYS = {"files": 60, "s3": 30, "mongo": 30}
+KEYS = {"files": 150, "s3": 30, "mongo": 30}
 
 
 @pytest.mark.timeout(2400)
@@ -63,8 +63,8 @@ async def test_crash_and_outage_rounds(
             keys,
             random.Random(rng.randrange(1 << 32)),
             extra_env={
-                "PDT_REL_SLEEP": str(round(rng.uniform(0.02, 0.15), 3)),
-                "PDT_REL_CONCURRENCY": str(rng.choice([4, 8, 16])),
+                "PDT_REL_SLEEP": str(round(rng.uniform(0.05, 0.2), 3)),
+                "PDT_REL_CONCURRENCY": str(rng.choice([4, 8])),
                 "PDT_REL_LEASE": "6s",
                 "PDT_REL_CHECK": "1s",
             },

@@ -1,4 +1,5 @@
-"""Regression tests for debris the crash/outage harness found left behind."""
+"""Regression tests for what the crash/outage harness found left behind (debris, orphaned
+outputs), and a lost-reply check of Mongo claims through the harness's proxy."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydatatask import MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import InProcessTask, JobContext, RetryPolicy
 
-from .harness import BUCKET, ensure_bucket, s3_client, s3_empty, s3_uploads
+from .harness import BUCKET, TcpProxy, ensure_bucket, s3_client, s3_empty, s3_uploads
 
 
 @pytest.mark.s3
@@ -105,3 +106,30 @@ async def test_output_left_by_a_failed_cleanup_is_not_orphaned() -> None:
     assert await out.read_bytes("k") == b"result"
     assert not await task.live.keys()
     assert runs == ["k", "k"]
+
+
+@pytest.mark.mongo
+async def test_mongo_create_whose_reply_was_lost_is_still_ours(services: dict[str, Any]) -> None:
+    # a claim whose insert reached the server but whose reply was lost (PyMongo retries the
+    # write, or the repository does) must still be reported as ours: otherwise the key
+    # stays claimed by a scheduler that believes someone else runs it
+    from pymongo import AsyncMongoClient
+
+    from pydatatask import MongoMetadataRepository
+
+    host, _, port = services["mongo"]["uri"].split("//", 1)[1].split("/", 1)[0].rpartition(":")
+    async with TcpProxy(host, int(port)) as proxy:
+        client: Any = AsyncMongoClient(
+            f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true", serverSelectionTimeoutMS=5000
+        )
+        db = client[f"pdt_lostreply_{uuid.uuid4().hex[:8]}"]
+        try:
+            repo = MongoMetadataRepository(db["live"], retry_delay=0.01)
+            await repo.put("warm", 1)  # connections and monitors are established
+            proxy.drop_reply_to = b"insert"
+            assert await repo.create("k", {"owner": "me"}) is True
+            assert proxy.drop_reply_to is None, "no reply was dropped"
+            assert await repo.create("k", {"owner": "other"}) is False
+        finally:
+            await client.drop_database(db.name)
+            await client.close()

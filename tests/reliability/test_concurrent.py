@@ -51,7 +51,13 @@ async def test_concurrent_schedulers_run_each_job_once(
         done = count_lines(store.data / "done.log")
         twice = sorted(k for k, n in runs.items() if n > 1)
         assert not twice, f"{len(twice)} job(s) ran more than once: {twice[:10]}"
-        assert set(runs) == set(keys), f"{len(set(keys) - set(runs))} key(s) never ran"
+        never = sorted(set(keys) - set(runs))
+        if never:
+            state = await store.state()
+            claims = await _claims(store, never[:3])
+            detail = {k: (state.records.get(k), claims.get(k), k in state.outputs) for k in never[:3]}
+            stderr = "\n---\n".join(r.stderr[-1500:] for r in results)
+            raise AssertionError(f"{len(never)} key(s) never ran: {never[:10]} {detail}\n{stderr}")
         assert sorted(done.values()) == [1] * len(keys)
         assert sum(per_process) == len(keys), per_process
         problems = await harness.check()
@@ -73,3 +79,10 @@ async def test_concurrent_schedulers_run_each_job_once(
 
 def store_outputs(state: Any) -> dict[str, bytes]:
     return state.outputs  # type: ignore[no-any-return]
+
+
+async def _claims(store: Any, keys: list[str]) -> dict[str, Any]:
+    """The claim documents/values of ``keys`` (for failure messages)."""
+    if store.name == "mongo":
+        return {d["_id"]: d async for d in store.db[f"{store.ns}_live"].find({"_id": {"$in": keys}})}
+    return {}
