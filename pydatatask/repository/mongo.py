@@ -213,17 +213,13 @@ class MongoMetadataRepository(MetadataRepository):
         token = secrets.token_hex(16)
         doc = _document(key, value)
         doc["token"] = token
-        tried = 0
 
         async def run(coll: AsyncCollection[Any]) -> bool:
-            nonlocal tried
-            tried += 1
             try:
                 await coll.insert_one(doc)
             except errors.DuplicateKeyError:
-                if tried == 1:
-                    return False
-                # a retry after a lost connection: the first attempt may have been ours
+                # the document may be our own: after a lost reply, our retry or PyMongo's own
+                # retryable write (on servers that do not deduplicate it) meets our insert
                 found = await coll.find_one({"_id": key}, projection={"token": 1})
                 return found is not None and found.get("token") == token
             return True
