@@ -271,35 +271,45 @@ class Task(ABC):
 
     async def heartbeat(self, key: str) -> bool | None:
         """Renew the claim on ``key``; False if it is no longer ours (taken over, deleted),
-        None if this process holds no claim on it (not claimed yet, or already released).
-
-        Uses a conditional replace, so a scheduler that was presumed dead never overwrites
-        the claim of the one that took over. Backends without conditional replace fall back
-        to re-checking the owner.
-        """
-        held = self._held_claims()
-        old = held.get(key)
-        if old is None:
-            return None
-        if not old:
+        None if this process holds no claim on it (not claimed yet, or already released)."""
+        if self._held_claims().get(key) == {}:
             return True  # claimed by other means (a subclass's own claim): nothing to renew
-        new = dict(old, heartbeat=time.time())
-        try:
-            ok = await self.live.replace_if(key, old, new)
-        except UnsupportedOperationError:
+        return await self.update_claim(key)
+
+    async def update_claim(self, key: str, **fields: Any) -> bool | None:
+        """Add ``fields`` to the claim this process holds on ``key`` and renew its heartbeat.
+
+        Returns False if the claim is no longer ours (taken over, deleted), None if this
+        process holds no claim on ``key``. Uses a conditional replace, so a scheduler that
+        was presumed dead never overwrites the claim of the one that took over; backends
+        without conditional replace fall back to re-checking the owner. Updates of one
+        task's claims are serialised.
+        """
+        lock: asyncio.Lock | None = self.__dict__.get("_claim_update_lock")
+        if lock is None:
+            lock = self.__dict__["_claim_update_lock"] = asyncio.Lock()
+        async with lock:
+            held = self._held_claims()
+            old = held.get(key)
+            if not old:
+                return None
+            new = dict(old, **fields, heartbeat=time.time())
             try:
-                ok = (await self.live.get(key)).get("owner") == old["owner"]
-            except KeyNotFoundError:
-                ok = False
+                ok = await self.live.replace_if(key, old, new)
+            except UnsupportedOperationError:
+                try:
+                    ok = (await self.live.get(key)).get("owner") == old["owner"]
+                except KeyNotFoundError:
+                    ok = False
+                if ok:
+                    await self.live.put(key, new)
+            if key not in held:
+                return None  # released meanwhile: the job has ended, nothing was lost
             if ok:
-                await self.live.put(key, new)
-        if key not in held:
-            return None  # released while we renewed: the job has ended, nothing was lost
-        if ok:
-            held[key] = new
-        else:
-            held.pop(key, None)
-        return ok
+                held[key] = new
+            else:
+                held.pop(key, None)
+            return ok
 
     def holds_claim(self, key: str) -> bool:
         """Whether this process holds the claim on ``key``."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobError, KeyNotFoundError, UnsupportedOperationError
+from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, parse_memory
 from ..executor.local import LocalHost
 from ..repository.base import BlobRepository, MetadataRepository, Repository, resolve
@@ -203,7 +203,6 @@ class ProcessTask(Task):
                     raise ConfigurationError(f"task {name!r}: {link_name}= needs a BlobRepository")
                 self.link(link_name, repo, LinkKind.OTHER)
         self._files: dict[int, _JobFiles] = {}
-        self._claim_lock = asyncio.Lock()
 
     def describe(self) -> str:
         return f"process task {self.name} on {', '.join(h.name for h in self.hosts)}"
@@ -385,27 +384,8 @@ class ProcessTask(Task):
         if proc is not None and proc.pid is not None:
             info["pid"] = proc.pid
             info["pid_start"] = await host.process_start_time(proc.pid) if host.is_local else None
-        async with self._claim_lock:
-            held = self._held_claims()
-            old = held.get(job.key)
-            if not old:
-                return  # not claimed through Task.claim (e.g. execute(claimed=True))
-            new = dict(old, job=info, heartbeat=time.time())
-            try:
-                ok = await self.live.replace_if(job.key, old, new)
-            except UnsupportedOperationError:
-                await self.live.put(job.key, new)
-                ok = True
-            if not ok:
-                held.pop(job.key, None)
-                raise JobError(
-                    f"task {self.name}: the claim on {job.key!r} was taken over by another scheduler"
-                )
-            held[job.key] = new
-
-    async def heartbeat(self, key: str) -> bool | None:
-        async with self._claim_lock:
-            return await super().heartbeat(key)
+        if await self.update_claim(job.key, job=info) is False:
+            raise JobError(f"task {self.name}: the claim on {job.key!r} was taken over by another scheduler")
 
     # ---------------------------------------------------------------- staging links
     async def _stage(
