@@ -435,9 +435,11 @@ async def compute_views(
     universes: dict[str, set[str]] = {}
     for name, task in tasks.items():
         required = [keys_of[id(link.repository)] for link in task.required_links]
-        if required:
+        if len(required) == 1:
+            universe = required[0]  # shared with the listing: never modified
+        elif required:
             smallest = min(required, key=len)
-            universe = set(smallest).intersection(*[r for r in required if r is not smallest])
+            universe = smallest.intersection(*[r for r in required if r is not smallest])
         else:
             universe = set()
         universes[name] = universe
@@ -450,9 +452,7 @@ async def compute_views(
         view.universe = universes[name]
         view.live = set(keys_of[id(task.live)])
         view.recorded = keys_of[id(task.done)]
-        ready = set(view.universe)
-        for link in task.inhibiting_links:
-            ready -= keys_of[id(link.repository)]
+        ready = view.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
         for up in pipeline.graph.upstream[name]:
             candidates = ready & universes[up]
             if not candidates:
