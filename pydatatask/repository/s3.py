@@ -42,6 +42,7 @@ from ..errors import (
     PydatataskError,
     RepositoryError,
 )
+from ..keys import validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, resolve
 from .serialized import JsonMetadataRepository, YamlMetadataRepository
 
@@ -54,6 +55,7 @@ T = TypeVar("T")
 MiB = 1024 * 1024
 #: the smallest part S3 accepts in a multipart upload (all parts but the last)
 MIN_PART_SIZE = 5 * MiB
+MAX_SINGLE_PUT = 5 * 1024 * MiB  # the S3 limit of one PutObject
 MAX_PARTS = 10_000
 
 # server said "not now": the request was not carried out, safe to repeat in any case
@@ -201,6 +203,7 @@ class S3BucketRepository(BlobRepository):
         retry_backoff: float = 0.1,
         max_backoff: float = 5.0,
         create_bucket: bool = False,
+        abort_uploads_on_delete: bool = True,
     ) -> None:
         require("aiobotocore", "s3")
         if not isinstance(bucket, str) or not bucket or "/" in bucket:
@@ -225,6 +228,7 @@ class S3BucketRepository(BlobRepository):
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
         self.create_bucket = create_bucket
+        self.abort_uploads_on_delete = abort_uploads_on_delete
 
     # --- naming ---------------------------------------------------------------
     @property
@@ -382,6 +386,8 @@ class S3BucketRepository(BlobRepository):
         await self._call(
             f"deleting {self.url(key)}", lambda: client.delete_object(Bucket=self._bucket, Key=name)
         )
+        if not self.abort_uploads_on_delete:
+            return
         # a writer that was killed, or could not abort while the server was down, leaves an
         # in-progress multipart upload (invisible, but stored): deleting the key removes it
         # too, so cleaning up after a crashed or failed job leaves no debris
@@ -458,6 +464,18 @@ class S3BucketRepository(BlobRepository):
 
     async def _open_writer(self, key: str) -> BlobWriter:
         return _S3Writer(self, key)
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` with one ``PutObject`` (atomic; no multipart upload to leave behind)."""
+        if len(data) > MAX_SINGLE_PUT:
+            await super().write_bytes(key, data)
+            return
+        client = resolve(self._client)
+        name = self.object_name(validate_key(key))
+        body = bytes(data)
+        await self._call(
+            f"writing {self.url(key)}", lambda: client.put_object(Bucket=self._bucket, Key=name, Body=body)
+        )
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         client = resolve(self._client)
@@ -757,7 +775,10 @@ class YamlMetadataS3Repository(_S3MetadataMixin, YamlMetadataRepository):
         **options: Any,
     ) -> None:
         super().__init__(
-            S3BucketRepository(client, bucket, prefix, suffix, **options), concurrency=concurrency
+            S3BucketRepository(
+                client, bucket, prefix, suffix, **{"abort_uploads_on_delete": False, **options}
+            ),
+            concurrency=concurrency,
         )
 
 
@@ -779,5 +800,8 @@ class JsonMetadataS3Repository(_S3MetadataMixin, JsonMetadataRepository):
         **options: Any,
     ) -> None:
         super().__init__(
-            S3BucketRepository(client, bucket, prefix, suffix, **options), concurrency=concurrency
+            S3BucketRepository(
+                client, bucket, prefix, suffix, **{"abort_uploads_on_delete": False, **options}
+            ),
+            concurrency=concurrency,
         )
