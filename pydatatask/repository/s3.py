@@ -465,6 +465,23 @@ class S3BucketRepository(BlobRepository):
     async def _open_writer(self, key: str) -> BlobWriter:
         return _S3Writer(self, key)
 
+    async def read_bytes(self, key: str) -> bytes:
+        """The whole object, with one ``GetObject`` (a dropped connection restarts the read)."""
+        validate_key(key)
+        for attempt in range(self.max_retries + 1):
+            response = await self._get_object(key)
+            try:
+                async with response["Body"] as body:
+                    data: bytes = await body.read()
+            except Exception as exc:
+                if not _is_network(exc):
+                    raise
+                if attempt >= self.max_retries:
+                    raise BackendUnavailableError(f"reading {self.url(key)} failed: {exc}") from exc
+                continue
+            return data
+        raise AssertionError("unreachable")
+
     async def write_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` with one ``PutObject`` (atomic; no multipart upload to leave behind)."""
         if len(data) > MAX_SINGLE_PUT:
