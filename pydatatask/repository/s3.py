@@ -774,6 +774,13 @@ class _S3MetadataMixin:
         return self.s3.url(key)
 
 
+def _metadata_store(
+    client: Any, bucket: str, prefix: str, suffix: str, options: dict[str, Any]
+) -> S3BucketRepository:
+    # metadata values are written whole (one PutObject): deletes need not look for uploads
+    return S3BucketRepository(client, bucket, prefix, suffix, **{"abort_uploads_on_delete": False, **options})
+
+
 class YamlMetadataS3Repository(_S3MetadataMixin, YamlMetadataRepository):
     """One YAML object per key: ``s3://bucket/prefix+key+suffix``.
 
@@ -791,12 +798,7 @@ class YamlMetadataS3Repository(_S3MetadataMixin, YamlMetadataRepository):
         concurrency: int = 32,
         **options: Any,
     ) -> None:
-        super().__init__(
-            S3BucketRepository(
-                client, bucket, prefix, suffix, **{"abort_uploads_on_delete": False, **options}
-            ),
-            concurrency=concurrency,
-        )
+        super().__init__(_metadata_store(client, bucket, prefix, suffix, options), concurrency=concurrency)
 
 
 class JsonMetadataS3Repository(_S3MetadataMixin, JsonMetadataRepository):
@@ -816,9 +818,4 @@ class JsonMetadataS3Repository(_S3MetadataMixin, JsonMetadataRepository):
         concurrency: int = 32,
         **options: Any,
     ) -> None:
-        super().__init__(
-            S3BucketRepository(
-                client, bucket, prefix, suffix, **{"abort_uploads_on_delete": False, **options}
-            ),
-            concurrency=concurrency,
-        )
+        super().__init__(_metadata_store(client, bucket, prefix, suffix, options), concurrency=concurrency)
