@@ -7,9 +7,7 @@ raises :class:`~pydatatask.errors.MissingDependencyError` naming the extra to in
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_getattr
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository, resolve
 from .combinators import (
     AndRepository,
@@ -73,10 +71,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
