@@ -13,6 +13,7 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -112,6 +113,28 @@ class ScenarioResult:
     def median(self, point: str, series: str, metric: str = "seconds") -> float | None:
         s = self.stats(point, series, metric)
         return None if s is None else s.median
+
+
+def bare_record(key: str, start: float, end: float, host: str) -> dict[str, Any]:
+    """The job record a bare-loop baseline writes: the same fields as ours."""
+
+    def iso(ts: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+    return {
+        "task": "upper",
+        "key": key,
+        "state": "succeeded",
+        "success": True,
+        "attempts": 1,
+        "start_time": iso(start),
+        "end_time": iso(end),
+        "duration": round(end - start, 6),
+        "host": host,
+        "runner": "in-process",
+        "exit_code": None,
+        "error": None,
+    }
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import Options, Point, ScenarioResult, Verdict, profiled, ratio
+from . import Options, Point, ScenarioResult, Verdict, bare_record, profiled, ratio
 
 NAME = "file_jobs"
 TITLE = "file jobs: FileRepository in/out, YAML done records on disk, atomic writes"
@@ -131,29 +131,13 @@ def _bare(root: Path, n: int, conc: int, *, threaded: bool) -> dict[str, Any]:
     host = socket.gethostname()
     src, dst, done = str(root / "in"), str(root / "out"), str(root / "state" / "done")
 
-    def iso(ts: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
-
     def job(key: str) -> None:
         start = time.time()
         with open(os.path.join(src, key + ".txt"), "rb") as f:
             data = f.read()
         _atomic_write(os.path.join(dst, key + ".txt"), data.upper())
         end = time.time()
-        record = {
-            "task": "upper",
-            "key": key,
-            "state": "succeeded",
-            "success": True,
-            "attempts": 1,
-            "start_time": iso(start),
-            "end_time": iso(end),
-            "duration": round(end - start, 6),
-            "host": host,
-            "runner": "in-process",
-            "exit_code": None,
-            "error": None,
-        }
+        record = bare_record(key, start, end, host)
         text = yaml.dump(record, Dumper=dumper, sort_keys=False, allow_unicode=True).encode()
         _atomic_write(os.path.join(done, key + ".yaml"), text)
 

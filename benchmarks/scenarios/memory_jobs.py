@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from . import Options, Point, ScenarioResult, Verdict, profiled, ratio
+from . import Options, Point, ScenarioResult, Verdict, bare_record, profiled, ratio
 
 NAME = "memory_jobs"
 TITLE = "memory jobs: MemoryBlobRepository in/out, in-memory done records"
@@ -78,9 +78,6 @@ def _bare(data: dict[str, bytes], n: int, conc: int) -> dict[str, Any]:
     out: dict[str, bytes] = {}
     done: dict[str, dict[str, Any]] = {}
 
-    def iso(ts: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
-
     async def main() -> int:
         ready = sorted(set(data) - set(out) - set(done))
         it = iter(ready)
@@ -93,20 +90,7 @@ def _bare(data: dict[str, bytes], n: int, conc: int) -> dict[str, Any]:
                 out[key] = data[key].upper()
                 await asyncio.sleep(0)
                 end = time.time()
-                done[key] = {
-                    "task": "upper",
-                    "key": key,
-                    "state": "succeeded",
-                    "success": True,
-                    "attempts": 1,
-                    "start_time": iso(start),
-                    "end_time": iso(end),
-                    "duration": round(end - start, 6),
-                    "host": host,
-                    "runner": "in-process",
-                    "exit_code": None,
-                    "error": None,
-                }
+                done[key] = bare_record(key, start, end, host)
                 count += 1
 
         async with asyncio.TaskGroup() as tg:
