@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
 COUNTED = PIPELINES / "counted.py"
+REMOTE = PIPELINES / "remote.py"
 BUCKET = "pdt-reliability"
 
 
@@ -262,6 +264,8 @@ class Backend:
     def __init__(self, data: Path, ns: str) -> None:
         self.data = data
         self.ns = ns
+        #: where the ``done`` and ``live`` folders are
+        self.state_dir = data / "state"
 
     def env(self) -> dict[str, str]:
         return {"PDT_REL_BACKEND": self.name, "PDT_REL_DATA": str(self.data), "PDT_REL_NS": self.ns}
@@ -280,8 +284,8 @@ class Backend:
 
         out_dir = self.data / "out"
         outputs = {p.name[:-4]: p.read_bytes() for p in _visible(out_dir) if p.name.endswith(".txt")}
-        records = {k: v async for k, v in YamlMetadataFileRepository(self.data / "state" / "done").items()}
-        claims = [p.name for p in _visible(self.data / "state" / "live")]
+        records = {k: v async for k, v in YamlMetadataFileRepository(self.state_dir / "done").items()}
+        claims = [p.name for p in _visible(self.state_dir / "live")]
         debris = [
             str(p.relative_to(self.data))
             for sub in ("out", "state")
@@ -292,6 +296,10 @@ class Backend:
 
     async def outage(self, seconds: float) -> None:
         raise NotImplementedError
+
+    async def leftovers(self) -> list[Problem]:
+        """Backend-specific final checks (remote processes, pods); empty: all good."""
+        return []
 
     async def aclose(self) -> None:
         pass
@@ -451,6 +459,179 @@ class MongoBackend(Backend):
             await self.db.drop_collection(f"{self.ns}_{suffix}")
 
 
+# ---------------------------------------------------------------- remote executors
+def _ss_pids(filter_expr: str) -> list[tuple[int, int]]:
+    """``(local port, pid)`` of established TCP sockets matching an ``ss`` filter."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", filter_expr], capture_output=True, text=True, check=True
+    ).stdout
+    found: list[tuple[int, int]] = []
+    for line in out.splitlines():
+        fields = line.split()
+        local = next((f for f in fields if f.count(":") >= 1 and f[0].isdigit()), "")
+        port = int(local.rpartition(":")[2]) if local else 0
+        found.extend((port, int(pid)) for pid in re.findall(r"pid=(\d+)", line))
+    return found
+
+
+class SshBackend(Backend):
+    """The files layout, jobs run by a ``ProcessTask`` over an ``SSHHost`` (``pipelines/remote.py``).
+
+    The job log ``runs.log`` is a symlink to a world-writable ``/tmp`` file the SSH user
+    appends to (sshd runs on this machine). An outage stops sshd and kills the sshd
+    processes that serve the pipeline's own connections (stopping sshd alone leaves
+    established sessions alive), then starts sshd again.
+    """
+
+    name = "ssh"
+    outage_service = "sshd"
+
+    def __init__(self, data: Path, ns: str, conf: dict[str, Any]) -> None:
+        super().__init__(data, ns)
+        self.conf = conf
+        self.state_dir = data / "state" / ns
+        self.runs = Path(f"/tmp/pdt-rel-{ns}.runs")
+
+    def env(self) -> dict[str, str]:
+        return {
+            **super().env(),
+            "PDT_REL_EXEC": "ssh",
+            "PDT_REL_RUNS": str(self.runs),
+            "PDT_REL_SSH": json.dumps(self.conf),
+        }
+
+    async def seed(self, keys: list[str]) -> None:
+        await super().seed(keys)
+        self.runs.touch()
+        self.runs.chmod(0o666)
+        (self.data / "runs.log").symlink_to(self.runs)
+        # the job reads its input and writes its output as the SSH user
+        for sub in ("src", "out"):
+            (self.data / sub).mkdir(exist_ok=True)
+        os.chmod(self.data, 0o755)
+
+    def _cut(self) -> int:
+        pids = set(processes_with_env(f"PDT_REL_NS={self.ns}"))
+        port = self.conf["port"]
+        clients = [lport for lport, pid in _ss_pids(f"( dport = :{port} )") if pid in pids]
+        killed = 0
+        for cport in clients:
+            for _, pid in _ss_pids(f"( sport = :{port} and dport = :{cport} )"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        return killed
+
+    async def outage(self, seconds: float) -> None:
+        await asyncio.to_thread(service_cmd, "stop", "sshd")
+        try:
+            await asyncio.to_thread(self._cut)
+            await asyncio.sleep(seconds)
+        finally:
+            await asyncio.to_thread(service_cmd, "start", "sshd")
+
+    async def leftovers(self) -> list[Problem]:
+        problems: list[Problem] = []
+        left: list[str] = []
+        for _ in range(50):  # a job killed with its connection may take a moment to go
+            found = (
+                await asyncio.to_thread(
+                    subprocess.run,
+                    ["pgrep", "-u", self.conf["user"], "-f", self.runs.name],
+                    capture_output=True,
+                    text=True,
+                )
+            ).stdout.split()
+            left = [p for p in found if int(p) != os.getpid()]
+            if not left:
+                break
+            await asyncio.sleep(0.1)
+        if left:
+            problems.append(Problem("job processes left on the SSH host", left))
+        jobs = "/tmp/pdt-jobs"  # the SSHHost's workdir, local since sshd runs on this machine
+        names = os.listdir(jobs) if os.path.isdir(jobs) else []  # noqa: ASYNC240 - instant
+        dirs = sorted(n for n in names if n.startswith(f"{self.ns}."))
+        if dirs:
+            problems.append(Problem("job directories left on the SSH host", dirs))
+        return problems
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.runs.unlink()
+
+
+class KubeBackend(Backend):
+    """The files layout, jobs run as pods by a ``KubeTask`` (``pipelines/remote.py``).
+
+    The pipeline reaches kube-apiserver through a :class:`TcpProxy` (a kubeconfig copy with
+    the proxy's port; the host stays 127.0.0.1, the name in the server's certificate);
+    an outage cuts the proxy. The checks list pods directly, bypassing the proxy.
+    """
+
+    name = "kube"
+    outage_service = "kube-apiserver"
+
+    def __init__(self, data: Path, ns: str, conf: dict[str, Any], proxy: TcpProxy) -> None:
+        super().__init__(data, ns)
+        self.conf = conf
+        self.proxy = proxy
+        self.state_dir = data / "state" / ns
+        self.kubeconfig = data / "kubeconfig"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **super().env(),
+            "PDT_REL_EXEC": "kube",
+            "PDT_REL_RUNS": str(self.data / "runs.log"),
+            "PDT_REL_KUBECONFIG": str(self.kubeconfig),
+        }
+
+    async def seed(self, keys: list[str]) -> None:
+        await super().seed(keys)
+        upstream = self.conf["server"]
+        text = Path(self.conf["kubeconfig"]).read_text()  # noqa: ASYNC240 - a small local file
+        assert upstream in text, "the kubeconfig does not name the server of services.json"
+        self.kubeconfig.write_text(text.replace(upstream, f"https://127.0.0.1:{self.proxy.port}"))
+
+    async def outage(self, seconds: float) -> None:
+        self.proxy.cut()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.proxy.restore()
+
+    async def pods(self) -> list[str]:
+        from kubernetes_asyncio import client
+
+        from pydatatask.executor.kube import api_client, label_value
+
+        async with api_client(self.conf["kubeconfig"]) as api:
+            result = await client.CoreV1Api(api).list_namespaced_pod(
+                self.conf["namespace"], label_selector=f"pydatatask.io/task={label_value(self.ns)}"
+            )
+        return [p.metadata.name for p in result.items]
+
+    async def leftovers(self) -> list[Problem]:
+        left = await self.pods()
+        for _ in range(50):  # a deleted pod may linger for a moment
+            if not left:
+                return []
+            await asyncio.sleep(0.2)
+            left = await self.pods()
+        return [Problem("orphaned pods", left)] if left else []
+
+    async def aclose(self) -> None:
+        from kubernetes_asyncio import client
+
+        from pydatatask.executor.kube import api_client
+
+        async with api_client(self.conf["kubeconfig"]) as api:
+            core = client.CoreV1Api(api)
+            for name in await self.pods():
+                with contextlib.suppress(Exception):
+                    await core.delete_namespaced_pod(name, self.conf["namespace"], grace_period_seconds=0)
+
+
 @contextlib.asynccontextmanager
 async def open_backend(
     kind: str, data: Path, ns: str, services: dict[str, Any] | None
@@ -486,6 +667,24 @@ async def open_backend(
                     await backend.aclose()
         finally:
             await client.close()
+        return
+    if kind == "ssh":
+        backend = SshBackend(data, ns, dict(services["ssh"]))
+        try:
+            yield backend
+        finally:
+            await ensure_service("sshd")
+            await backend.aclose()
+        return
+    if kind == "kube":
+        conf = services["kube"]
+        host, _, port = conf["server"].split("//", 1)[1].rpartition(":")
+        async with TcpProxy(host, int(port)) as proxy:
+            backend = KubeBackend(data, ns, conf, proxy)
+            try:
+                yield backend
+            finally:
+                await backend.aclose()
         return
     raise ValueError(kind)
 
@@ -642,6 +841,7 @@ class ChaosHarness:
         orphans = processes_with_env(self.marker)
         if orphans:
             problems.append(Problem("orphaned processes", [str(p) for p in orphans]))
+        problems.extend(await self.backend.leftovers())
         return problems
 
 
