@@ -418,6 +418,7 @@ class KubeTask(Task):
         reason = None
         if claim.get("deleting"):
             return
+        partial = False
         if await self.done.contains(key):
             reason = "its job record exists"
         else:
@@ -425,9 +426,21 @@ class KubeTask(Task):
                 if not await link.repository.contains(key):
                     reason = f"input {link.name!r} no longer has the key"
                     break
+            for link in self.output_links:
+                if reason is None and await link.repository.contains(key):
+                    # the pod wrote (some of) its outputs but no record exists: the key would
+                    # never be ready again, so the pod could never be adopted and reaped
+                    reason = (
+                        f"output {link.name!r} holds unrecorded work; it is removed and the job runs again"
+                    )
+                    partial = True
         if reason is not None or not isinstance(name, str) or not isinstance(uid, str):
             log.warning("task %s: deleting orphaned pod %s of %r: %s", self.name, name, key, reason)
-            await self.cluster.delete_pod(self.pod_name(key), uid=uid if isinstance(uid, str) else None)
+            await self.cluster.delete_pod(
+                self.pod_name(key), grace=0 if partial else None, uid=uid if isinstance(uid, str) else None
+            )
+            if partial:
+                await self.cleanup_outputs(key)
             return
         log.warning(
             "task %s: pod %s of %r outlived its scheduler (%s); adopting it",
