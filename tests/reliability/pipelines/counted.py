@@ -138,7 +138,7 @@ def build_pipeline() -> Pipeline:
         @session.resource
         async def mongo() -> AsyncIterator[Any]:
             client: AsyncMongoClient[Any] = AsyncMongoClient(
-                uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=5000
+                uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=30000
             )
             try:
                 yield client["pdt_reliability"]
