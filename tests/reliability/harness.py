@@ -29,8 +29,11 @@ import re
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -873,3 +876,39 @@ async def run_rounds(
         finally:
             await cleanup()
     return total
+
+
+async def chaos_rounds(
+    backend: str,
+    workdir: Path,
+    config: Any,
+    figures: dict[str, Any],
+    services: dict[str, Any] | None,
+    *,
+    keys: list[str],
+    extra_env: Callable[[random.Random], dict[str, str]],
+    script: Path = COUNTED,
+) -> None:
+    """The randomized crash/outage test of one backend: seeded rounds (2 in the quick mode),
+    figures recorded, then asserts no duplicate, no lost output, at least one fault."""
+    rounds = rounds_wanted(config, quick=2)
+    seed = make_seed()
+    print(f"reliability seed {seed} ({rounds} rounds on {backend})")
+    rng = random.Random(seed)
+    figures.update(backend=backend, seed=seed)
+    t0 = time.monotonic()
+
+    async def make(i: int) -> tuple[ChaosHarness, Callable[[], Awaitable[None]]]:
+        stack = AsyncExitStack()
+        ns = f"chaos{uuid.uuid4().hex[:8]}"
+        store = await stack.enter_async_context(open_backend(backend, workdir / f"r{i}", ns, services))
+        harness = ChaosHarness(
+            store, keys, random.Random(rng.randrange(1 << 32)), script=script, extra_env=extra_env(rng)
+        )
+        return harness, stack.aclose
+
+    total = await run_rounds(make, rounds, seed)
+    figures.update(total.as_dict(), seconds=round(time.monotonic() - t0, 1))
+    assert total.rounds == rounds
+    assert total.duplicates == 0 and total.lost == 0
+    assert total.faults >= 1, "no fault was injected (every run ended before its fault)"

@@ -18,17 +18,12 @@ or ``PDT_RELIABILITY_ROUNDS=N``. ``PDT_RELIABILITY_SEED=S`` replays a failing se
 
 from __future__ import annotations
 
-import random
-import time
-import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import ChaosHarness, make_seed, open_backend, rounds_wanted, run_rounds
+from .harness import chaos_rounds
 
 KEYS = {"files": 150, "s3": 30, "mongo": 30}
 
@@ -45,34 +40,17 @@ async def test_crash_and_outage_rounds(
     figures: dict[str, Any],
 ) -> None:
     services = None if backend == "files" else request.getfixturevalue("services")
-    rounds = rounds_wanted(request.config, quick=2)
-    seed = make_seed()
-    print(f"reliability seed {seed} ({rounds} rounds on {backend})")
-    rng = random.Random(seed)
-    figures.update(backend=backend, seed=seed)
-    t0 = time.monotonic()
-
-    async def make(i: int) -> tuple[ChaosHarness, Callable[[], Awaitable[None]]]:
-        stack = AsyncExitStack()
-        ns = f"chaos{uuid.uuid4().hex[:8]}"
-        store = await stack.enter_async_context(open_backend(backend, tmp_path / f"r{i}", ns, services))
-        n = KEYS[backend]
-        keys = [f"k{j:04d}" for j in range(n)]
-        harness = ChaosHarness(
-            store,
-            keys,
-            random.Random(rng.randrange(1 << 32)),
-            extra_env={
-                "PDT_REL_SLEEP": str(round(rng.uniform(0.05, 0.2), 3)),
-                "PDT_REL_CONCURRENCY": str(rng.choice([4, 8])),
-                "PDT_REL_LEASE": "6s",
-                "PDT_REL_CHECK": "1s",
-            },
-        )
-        return harness, stack.aclose
-
-    total = await run_rounds(make, rounds, seed)
-    figures.update(total.as_dict(), seconds=round(time.monotonic() - t0, 1))
-    assert total.rounds == rounds
-    assert total.duplicates == 0 and total.lost == 0
-    assert total.faults >= 1, "no fault was injected (every run ended before its fault)"
+    await chaos_rounds(
+        backend,
+        tmp_path,
+        request.config,
+        figures,
+        services,
+        keys=[f"k{j:04d}" for j in range(KEYS[backend])],
+        extra_env=lambda rng: {
+            "PDT_REL_SLEEP": str(round(rng.uniform(0.05, 0.2), 3)),
+            "PDT_REL_CONCURRENCY": str(rng.choice([4, 8])),
+            "PDT_REL_LEASE": "6s",
+            "PDT_REL_CHECK": "1s",
+        },
+    )

@@ -15,17 +15,12 @@ Quick mode: 2 rounds each; ``--reliability-full`` (20) or ``PDT_RELIABILITY_ROUN
 
 from __future__ import annotations
 
-import random
-import time
-import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import REMOTE, ChaosHarness, make_seed, open_backend, rounds_wanted, run_rounds
+from .harness import REMOTE, chaos_rounds
 
 KEYS = {"ssh": 12, "kube": 12}
 
@@ -42,34 +37,17 @@ async def test_remote_crash_and_outage_rounds(
     request: pytest.FixtureRequest,
     figures: dict[str, Any],
 ) -> None:
-    services = request.getfixturevalue("services")
-    rounds = rounds_wanted(request.config, quick=2)
-    seed = make_seed()
-    print(f"reliability seed {seed} ({rounds} rounds on {backend})")
-    rng = random.Random(seed)
-    figures.update(backend=backend, seed=seed)
-    t0 = time.monotonic()
-
-    async def make(i: int) -> tuple[ChaosHarness, Callable[[], Awaitable[None]]]:
-        stack = AsyncExitStack()
-        ns = f"chaos{uuid.uuid4().hex[:8]}"
-        store = await stack.enter_async_context(open_backend(backend, tmp_path / f"r{i}", ns, services))
-        keys = [f"k{j:03d}" for j in range(KEYS[backend])]
-        harness = ChaosHarness(
-            store,
-            keys,
-            random.Random(rng.randrange(1 << 32)),
-            script=REMOTE,
-            extra_env={
-                "PDT_REL_SLEEP": str(round(rng.uniform(0.3, 0.8), 2)),
-                "PDT_REL_CONCURRENCY": str(rng.choice([4, 8])),
-                **({"PDT_REL_LEASE": "6s", "PDT_REL_CHECK": "1s"} if backend == "ssh" else {}),
-            },
-        )
-        return harness, stack.aclose
-
-    total = await run_rounds(make, rounds, seed)
-    figures.update(total.as_dict(), seconds=round(time.monotonic() - t0, 1))
-    assert total.rounds == rounds
-    assert total.duplicates == 0 and total.lost == 0
-    assert total.faults >= 1, "no fault was injected (every run ended before its fault)"
+    await chaos_rounds(
+        backend,
+        tmp_path,
+        request.config,
+        figures,
+        request.getfixturevalue("services"),
+        keys=[f"k{j:03d}" for j in range(KEYS[backend])],
+        script=REMOTE,
+        extra_env=lambda rng: {
+            "PDT_REL_SLEEP": str(round(rng.uniform(0.3, 0.8), 2)),
+            "PDT_REL_CONCURRENCY": str(rng.choice([4, 8])),
+            **({"PDT_REL_LEASE": "6s", "PDT_REL_CHECK": "1s"} if backend == "ssh" else {}),
+        },
+    )
