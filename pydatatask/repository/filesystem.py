@@ -9,7 +9,9 @@ are never keys, so stale temporaries from a killed process are never listed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterable
@@ -23,9 +25,47 @@ from .base import BlobReader, BlobRepository, BlobWriter, Repository
 
 __all__ = ("FileRepository", "DirectoryRepository")
 
+log = logging.getLogger("pydatatask.repository")
+
 
 def _tmp_name(final: str) -> str:
-    return f".{final}.tmp-{secrets.token_hex(6)}"
+    # the writer's pid is in the name: a temporary whose writer is gone can be swept
+    return f".{final}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+_TMP = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]+")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep(root: Path) -> list[str]:
+    """Remove temporaries in ``root`` left by writers that no longer run (killed ones)."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        m = _TMP.fullmatch(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+        removed.append(entry.name)
+    return removed
 
 
 def _check_extension(extension: str) -> str:
@@ -122,7 +162,12 @@ class _LocalRoot(Repository):
     root: Path
 
     async def validate(self, create: bool = False) -> None:
+        """Check the root directory (create it with ``create``) and sweep temporaries left
+        by writers that were killed (their pid, part of the name, no longer runs)."""
         if self.root.is_dir():
+            removed = await asyncio.to_thread(_sweep, self.root)
+            if removed:
+                log.info("%s: removed %d temporary file(s) of killed writers", self.describe(), len(removed))
             return
         if self.root.exists():
             raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")

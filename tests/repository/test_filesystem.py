@@ -119,3 +119,15 @@ async def test_file_writers_race_on_one_key(tmp_path: Path) -> None:
     await asyncio.gather(*(repo.write_bytes("same", p) for p in payloads))
     assert await repo.read_bytes("same") in payloads
     assert os.listdir(tmp_path) == ["same"]
+
+
+async def test_validate_sweeps_temporaries_of_killed_writers(tmp_path: Path) -> None:
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()  # a pid that no longer runs
+    repo = FileRepository(tmp_path, ".txt")
+    (tmp_path / f".k.txt.tmp-{dead.pid}-abcdef123456").write_bytes(b"half written by a killed writer")
+    live = tmp_path / f".j.txt.tmp-{os.getpid()}-abcdef123456"
+    live.write_bytes(b"being written right now")
+    (tmp_path / "k.txt").write_bytes(b"done")
+    await repo.validate()
+    assert sorted(os.listdir(tmp_path)) == [live.name, "k.txt"]
