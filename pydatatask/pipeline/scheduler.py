@@ -453,6 +453,9 @@ async def compute_views(
         view.live = set(keys_of[id(task.live)])
         view.recorded = keys_of[id(task.done)]
         ready = view.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
+        resumable = task.resumable_keys()
+        if resumable:
+            ready |= (resumable & view.universe) - view.recorded - running_keys[name]
         for up in pipeline.graph.upstream[name]:
             candidates = ready & universes[up]
             if not candidates:

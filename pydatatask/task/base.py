@@ -14,6 +14,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,6 +315,13 @@ class Task(ABC):
     def holds_claim(self, key: str) -> bool:
         """Whether this process holds the claim on ``key``."""
         return key in self._held_claims()
+
+    def resumable_keys(self) -> AbstractSet[str]:
+        """Keys whose interrupted job this task can take over although an output already
+        holds them (e.g. a finished pod of a dead scheduler, whose outputs exist but whose
+        record was never written). The scheduler treats them as ready when no job record
+        exists; the claim then adopts the running work instead of starting it again."""
+        return frozenset()
 
     def claim_is_stale(self, claim: Any, owner: str) -> bool:
         """Whether a claim found in ``live`` belongs to a job that cannot be running.

@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import yaml
@@ -411,14 +412,19 @@ class KubeTask(Task):
 
     async def recover_stale(self, key: str, claim: Any) -> None:
         """A pod whose scheduler is gone: delete it if ``key`` needs no work any more
-        (a job record exists, or an input is gone); otherwise offer it for adoption."""
+        (a job record exists, or an input is gone); otherwise offer it for adoption.
+
+        A pod that already wrote (some of) its outputs is adopted too (see
+        :meth:`resumable_keys`): deleting it first and cleaning its outputs afterwards
+        would leave, if this scheduler died in between, an output without a record and
+        without a pod, a key no run would ever take up again.
+        """
         if self.in_pod or not isinstance(claim, dict):
             return
         name, uid = claim.get("pod"), claim.get("uid")
         reason = None
         if claim.get("deleting"):
             return
-        partial = False
         if await self.done.contains(key):
             reason = "its job record exists"
         else:
@@ -426,21 +432,9 @@ class KubeTask(Task):
                 if not await link.repository.contains(key):
                     reason = f"input {link.name!r} no longer has the key"
                     break
-            for link in self.output_links:
-                if reason is None and await link.repository.contains(key):
-                    # the pod wrote (some of) its outputs but no record exists: the key would
-                    # never be ready again, so the pod could never be adopted and reaped
-                    reason = (
-                        f"output {link.name!r} holds unrecorded work; it is removed and the job runs again"
-                    )
-                    partial = True
         if reason is not None or not isinstance(name, str) or not isinstance(uid, str):
             log.warning("task %s: deleting orphaned pod %s of %r: %s", self.name, name, key, reason)
-            await self.cluster.delete_pod(
-                self.pod_name(key), grace=0 if partial else None, uid=uid if isinstance(uid, str) else None
-            )
-            if partial:
-                await self.cleanup_outputs(key)
+            await self.cluster.delete_pod(self.pod_name(key), uid=uid if isinstance(uid, str) else None)
             return
         log.warning(
             "task %s: pod %s of %r outlived its scheduler (%s); adopting it",
@@ -450,6 +444,14 @@ class KubeTask(Task):
             claim.get("owner"),
         )
         self.pods.adoptable[key] = uid
+
+    def resumable_keys(self) -> AbstractSet[str]:
+        """Pods offered for adoption: their keys are ready even when the pod already wrote
+        outputs; the claim adopts the pod, its end is recorded (a failure removes the
+        outputs while the pod still holds the name)."""
+        if self.in_pod:
+            return frozenset()
+        return self.pods.adoptable.keys()
 
     # ---------------------------------------------------------------- the job
     async def _create(self, key: str, attempt: int, claim: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -634,3 +634,68 @@ def test_scheduler_sigkill_then_restart_adopts_pods(kcfg: dict[str, Any], name: 
     adopted = [k for k in by_key if k != fake]
     assert adopted
     asyncio.run(_no_pods_left(kcfg, name))
+
+
+OUT_POD = """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", 'echo "$KEY $$" >> "$RUNS"; echo "made by $$" > "$OUT"']
+    env:
+    - {name: KEY, value: {{ key }}}
+    - {name: OUT, value: {{ o.path }}}
+    - {name: RUNS, value: {{ params.runs }}}
+"""
+
+
+async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
+    session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """A pod of a dead scheduler that wrote its outputs before any record existed: the
+    key is taken up again by adopting the pod (its success recorded, the work not redone).
+    Deleting the pod first and cleaning its outputs afterwards lost the key for good when
+    the scheduler died in between (CI, chaos seed 1344213550)."""
+    from pydatatask import FileRepository
+    from pydatatask.task.records import make_claim
+
+    src = MemoryMetadataRepository()
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out", ".txt")
+    runs = tmp_path / "runs.log"
+    keys = ["orphan", "fresh"]
+    for key in keys:
+        await src.put(key, {})
+    task = KubeTask(
+        name,
+        OUT_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={"runs": str(runs)},
+        poll_interval="0.2s",
+    )
+    # the pod of a scheduler that is gone (its pid no longer runs on this host)
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    claim = dict(make_claim("dead-scheduler", name, "orphan", time.time()), pid=gone.pid, pid_start=None)
+    async with session:
+        await task.cluster.create_pod(task.render("orphan", claim=claim))
+    deadline = time.monotonic() + 30
+    while not (await out.contains("orphan") and runs.exists()):
+        assert time.monotonic() < deadline, "the orphan pod did not write its output"
+        await asyncio.sleep(0.1)
+    pods = await _pods(kcfg, name)
+    assert [p.metadata.annotations["pydatatask.io/key"] for p in pods] == ["orphan"]
+    orphan_uid = pods[0].metadata.uid
+    before = await out.read_text("orphan")
+
+    summary = await Pipeline([task], session).run()
+    assert summary.succeeded == 2 and summary.failed == 0
+    rec = await task.done.get("orphan")
+    assert rec["success"] and rec["kube"]["uid"] == orphan_uid  # adopted, not re-created
+    assert await out.read_text("orphan") == before
+    lines = runs.read_text().split("\n")
+    assert sorted(line.split()[0] for line in lines if line) == ["fresh", "orphan"]  # each ran once
+    assert task.created == 1  # only "fresh" got a new pod
+    await _no_pods_left(kcfg, name)
