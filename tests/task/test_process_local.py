@@ -448,3 +448,28 @@ def test_restart_after_killed_scheduler(tmp_path: Path) -> None:
         assert spans[0][1] < spans[1][0], f"two runs of {k} overlapped: {spans}"
         assert (tmp_path / "out" / k).read_text() == "ok\n"
     assert list((tmp_path / "state" / "tick" / "live").glob("*.yaml")) == []
+
+
+async def test_local_processes_are_reaped_without_a_thread_each(tmp_path: Path) -> None:
+    """LocalHost waits for its children through pidfds on the event loop: no waiter thread
+    per child (asyncio's default in 3.11, which cost more than short jobs themselves), no
+    zombie left, exit statuses and signals reported as the wrapper sees them."""
+    import threading
+
+    from pydatatask.executor.hosts import ProcessSpec
+
+    host = LocalHost(workdir=tmp_path / "jobs")
+    threads = threading.active_count()
+    commands = ["exit 0", "exit 3", "kill -9 $$", "sleep 0.3; exit 7"] * 5
+    procs = []
+    for command in commands:
+        job_dir = await host.new_job_dir("t.")
+        procs.append(await host.start(ProcessSpec(command=command, job_dir=job_dir, cwd=f"{job_dir}/work")))
+    assert threading.active_count() == threads
+    codes = await asyncio.gather(*(p.wait() for p in procs))
+    # "kill -9 $$" kills the wrapper's subshell: the wrapper reports 128+9 as its status
+    assert codes == [0, 3, 137, 7] * 5
+    for proc in procs:
+        assert proc.pid is not None
+        with pytest.raises(ChildProcessError):  # reaped already: no zombie left to wait for
+            os.waitpid(proc.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: never blocks
