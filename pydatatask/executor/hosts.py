@@ -14,8 +14,11 @@ and knows how to
   its group, so a restarted scheduler can clean up after a crashed one.
 
 Every job runs through the same small shell wrapper (:func:`wrapper_script`), which
-records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the command starts and
-the command's exit status in ``<job dir>/ctl/exit`` after it ends.
+records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the command starts. On
+SSH hosts it stays the command's parent and also writes the exit status to
+``<job dir>/ctl/exit`` (the connection may be gone when the command ends); on the local
+host, whose scheduler is the parent, the command replaces the wrapper in place
+(``eval`` of a command, ``exec`` of a script): no second process per job.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ __all__ = (
 )
 
 
-def wrapper_script(ctl_dir: str, script: bool, read_env: bool, inline: bool = False) -> str:
+def wrapper_script(
+    ctl_dir: str, script: bool, read_env: bool, inline: bool = False, in_place: bool = False
+) -> str:
     """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
 
     It optionally reads ``export`` lines from stdin (secrets over SSH), writes
@@ -55,8 +60,26 @@ def wrapper_script(ctl_dir: str, script: bool, read_env: bool, inline: bool = Fa
     (``( eval ... )``: a fork of the already loaded shell instead of starting a second
     ``/bin/sh``), with no positional parameters and none of the wrapper's variables, like
     ``/bin/sh -c``; start the wrapper with ``$0`` = ``/bin/sh`` so ``$0`` matches too.
+
+    With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
+    written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
+    traps behave as under ``/bin/sh -c``), a script replaces it (``exec /bin/sh``); the
+    pid and start time in ``ctl/pid`` stay those of the job's process.
     """
     ctl = shlex.quote(ctl_dir)
+    if in_place:
+        run = 'exec /bin/sh "$1"' if script else 'unset st; eval "set --; $1"'
+        return (
+            "\n".join(
+                [
+                    "exec </dev/null",
+                    "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
+                    f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
+                    run,
+                ]
+            )
+            + "\n"
+        )
     if script:
         run = '/bin/sh "$1"'
     elif inline:

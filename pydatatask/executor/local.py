@@ -211,8 +211,8 @@ class LocalHost(Host):
     async def start(self, spec: ProcessSpec) -> RunningProcess:
         env = dict(os.environ)
         env.update(spec.env)
-        # a command runs in a subshell of the wrapper: one shell process started per job
-        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=False, inline=not spec.script)
+        # the command runs in the wrapper shell itself: one process per job
+        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=False, in_place=True)
         out = _open_append_now(spec.stdout)
         try:
             err = _open_append_now(spec.stderr)
