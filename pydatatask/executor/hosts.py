@@ -283,9 +283,16 @@ class Host(ABC):
 
     # ------------------------------------------------------------ files
     @abstractmethod
-    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
+    def job_dir_path(self, prefix: str) -> str:
+        """A new, unused job directory path (``<workdir>/<prefix><random>``), not created:
+        a caller records it (in its claim) before :meth:`new_job_dir` creates it, so a
+        scheduler killed in between leaves nothing nobody knows about."""
+
+    @abstractmethod
+    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = (), path: str | None = None) -> str:
         """Create a fresh, private (0700) job directory with ``ctl``, ``work`` and
-        ``subdirs`` (relative paths) inside."""
+        ``subdirs`` (relative paths) inside: ``path`` (from :meth:`job_dir_path`, which
+        must not exist yet) or a new one under ``prefix``; return its path."""
 
     @abstractmethod
     async def makedirs(self, path: str) -> None:

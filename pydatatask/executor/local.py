@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -279,13 +280,17 @@ class LocalHost(Host):
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
+    def job_dir_path(self, prefix: str) -> str:
+        return os.path.join(self.workdir, f"{prefix}{secrets.token_hex(6)}")
+
+    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = (), path: str | None = None) -> str:
         # a few mkdir calls on local disk: done here, a thread hop would cost more
+        path = path or self.job_dir_path(prefix)
         try:
-            path = tempfile.mkdtemp(prefix=prefix, dir=self.workdir)
+            os.mkdir(path, 0o700)  # FileExistsError if taken: never share a directory
         except FileNotFoundError:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            path = tempfile.mkdtemp(prefix=prefix, dir=self.workdir)
+            os.mkdir(path, 0o700)
         for sub in ("ctl", "work", *subdirs):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         return path

@@ -307,12 +307,15 @@ class SSHHost(Host):
                 "host %s: stopped and removed %d job(s) cut off by a lost connection", self.name, len(dirs)
             )
 
-    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = ()) -> str:
+    def job_dir_path(self, prefix: str) -> str:
+        return f"{self.workdir}/{prefix}{secrets.token_hex(6)}"
+
+    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = (), path: str | None = None) -> str:
         if self._lost_dirs:
             await self.reap_lost_jobs()
         sftp = await self.sftp()
         asyncssh = require("asyncssh", "ssh")
-        path = f"{self.workdir}/{prefix}{secrets.token_hex(6)}"
+        path = path or self.job_dir_path(prefix)
         try:
             if self._workdir_made is not self._sftp_conn:
                 await self._call(sftp.makedirs(self.workdir, exist_ok=True))

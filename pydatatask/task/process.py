@@ -272,7 +272,11 @@ class ProcessTask(Task):
         job_dir: str | None = None
         staged = _Staged()
         try:
-            job_dir = await host.new_job_dir(f"{self.name}.{job.key}.", self._subdirs(host, job.key))
+            # the claim names the job directory before it exists: a scheduler killed while
+            # making or filling it leaves nothing the next one does not know to remove
+            planned = host.job_dir_path(f"{self.name}.{job.key}.")
+            await self._note_claim(job, host, planned, staged, None)
+            job_dir = await host.new_job_dir("", self._subdirs(host, job.key), path=planned)
             context, env = await self._stage(job, host, job_dir, staged)
             command = render_command(self.template, context)
             spec = ProcessSpec(
@@ -287,7 +291,8 @@ class ProcessTask(Task):
             if self.is_script:
                 spec.command = f"{job_dir}/ctl/script.sh"
                 await host.write_file(spec.command, _bytes_chunks(command.encode()))
-            await self._note_claim(job, host, job_dir, staged, None)
+            if staged.local_temps:
+                await self._note_claim(job, host, job_dir, staged, None)
             t0 = time.time()
             proc = await host.start(spec)
             try:

@@ -473,3 +473,56 @@ async def test_local_processes_are_reaped_without_a_thread_each(tmp_path: Path) 
         assert proc.pid is not None
         with pytest.raises(ChildProcessError):  # reaped already: no zombie left to wait for
             os.waitpid(proc.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: never blocks
+
+
+KILLED_WHILE_MAKING_DIRS = """
+import asyncio, os, signal, sys
+from pydatatask import FileRepository, LocalHost, ProcessTask
+from pydatatask.pipeline import Pipeline
+
+root, die = sys.argv[1], sys.argv[2] == "die"
+
+
+class DyingHost(LocalHost):
+    async def new_job_dir(self, prefix, subdirs=(), path=None):
+        made = await super().new_job_dir(prefix, subdirs, path)
+        if die:  # the scheduler is killed right after making a job directory
+            os.kill(os.getpid(), signal.SIGKILL)
+        return made
+
+
+task = ProcessTask(
+    "mk",
+    "echo ok > {{ o.path }}",
+    inputs={"i": FileRepository(root + "/src")},
+    outputs={"o": FileRepository(root + "/out")},
+    hosts=[DyingHost(workdir=root + "/jobs")],
+)
+summary = asyncio.run(Pipeline([task], state_dir=root + "/state", claim_check_interval="1s").run())
+print("OK" if summary.ok else "FAILED", summary.succeeded, flush=True)
+"""
+
+
+def test_scheduler_killed_after_making_a_job_directory_leaves_nothing(tmp_path: Path) -> None:
+    """The claim names the job directory before it is made: the next run removes it.
+    (Made first and recorded later, a kill in between left the directory for good; the
+    SSH chaos rounds found it, seed 1295190327.)"""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_text("a")
+    script = tmp_path / "sched.py"
+    script.write_text(KILLED_WHILE_MAKING_DIRS)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    first = subprocess.run([sys.executable, str(script), str(tmp_path), "die"], env=env, timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    assert len(list((tmp_path / "jobs").iterdir())) == 1  # the directory it made
+    second = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "live"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "OK 1" in second.stdout, second.stdout + second.stderr
+    assert (tmp_path / "out" / "a").read_text() == "ok\n"
+    assert list((tmp_path / "jobs").iterdir()) == []
+    assert list((tmp_path / "state" / "mk" / "live").glob("*.yaml")) == []
