@@ -202,16 +202,64 @@ async def test_delete_keeps_other_tags_of_the_same_image(repo: DockerRepository,
     assert await repo.keys() == set()
 
 
-async def test_deletes_disabled() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "HEAD":
-            return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "0" * 64})
-        return httpx.Response(405, json={"errors": [{"code": "UNSUPPORTED", "message": "unsupported"}]})
+# ---------------------------------------------------------------- registry-auth: basic auth, no deletes
+@pytest.fixture
+def registry_auth(services: dict[str, Any]) -> dict[str, Any]:
+    return service(services, "registry_auth")
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        repo = DockerRepository("https://reg.example.com", "a/b", client=client)
+
+@pytest.fixture
+async def auth_pusher(registry_auth: dict[str, Any], repo_name: str) -> AsyncIterator[Pusher]:
+    creds = (registry_auth["username"], registry_auth["password"])
+    async with httpx.AsyncClient(timeout=30, auth=creds) as client:
+        yield Pusher(client, registry_auth["url"], repo_name)
+
+
+async def test_basic_auth_registry(
+    registry_auth: dict[str, Any], repo_name: str, auth_pusher: Pusher
+) -> None:
+    """The registry answers 401 + ``WWW-Authenticate: Basic``; the repository sends the
+    credentials it was given and lists, checks and describes tags."""
+    digest = await auth_pusher.push("v1")
+    async with DockerRepository(
+        registry_auth["url"],
+        repo_name,
+        username=registry_auth["username"],
+        password=registry_auth["password"],
+    ) as repo:
+        await repo.validate()
+        assert await repo.keys() == {"v1"}
+        assert await repo.contains("v1") and not await repo.contains("v2")
+        assert (await repo.info("v1"))["digest"] == digest
+        assert registry_auth["password"] not in repo.describe()
+
+
+@pytest.mark.parametrize("password", ["wrong-password-123", None])
+async def test_refused_credentials_are_reported_without_them(
+    registry_auth: dict[str, Any], repo_name: str, password: str | None
+) -> None:
+    creds = {"username": registry_auth["username"], "password": password} if password else {}
+    async with DockerRepository(registry_auth["url"], repo_name, retry_delay=0.01, **creds) as repo:
+        expected = "authentication failed" if password else "requires credentials"
+        with pytest.raises(BackendUnavailableError, match=expected) as info:
+            await repo.keys()
+        assert registry_auth["host"] in str(info.value)
+        if password:
+            assert password not in str(info.value)
+
+
+async def test_deletes_disabled(registry_auth: dict[str, Any], repo_name: str, auth_pusher: Pusher) -> None:
+    """registry-auth runs with ``storage.delete.enabled: false`` (405 UNSUPPORTED)."""
+    await auth_pusher.push("v1")
+    async with DockerRepository(
+        registry_auth["url"],
+        repo_name,
+        username=registry_auth["username"],
+        password=registry_auth["password"],
+    ) as repo:
         with pytest.raises(UnsupportedOperationError, match="deletes are disabled"):
             await repo.delete("v1")
+        assert await repo.keys() == {"v1"}  # nothing lost
 
 
 async def test_pagination(registry: dict[str, Any], repo_name: str, pusher: Pusher) -> None:
@@ -315,7 +363,10 @@ def test_parse_www_authenticate() -> None:
 
 
 async def test_bearer_token_flow_with_mock_registry() -> None:
-    """401 + Bearer challenge -> token fetched with basic credentials -> retried request."""
+    """401 + Bearer challenge -> token fetched with basic credentials -> retried request.
+
+    A mock transport: the test servers include no token server (registry-auth covers the
+    real Basic challenge)."""
     calls: list[tuple[str, str | None]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -342,20 +393,8 @@ async def test_bearer_token_flow_with_mock_registry() -> None:
     assert [c[0] for c in calls] == ["/v2/a/b/tags/list", "/token", "/v2/a/b/tags/list", "/v2/a/b/tags/list"]
 
 
-async def test_auth_refused_message_has_no_credentials() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        repo = DockerRepository(
-            "https://reg.example.com", "a/b", client=client, username="u", password="pw-secret"
-        )
-        with pytest.raises(BackendUnavailableError, match="authentication failed") as info:
-            await repo.keys()
-        assert "pw-secret" not in str(info.value)
-
-
 async def test_server_errors_are_retried_then_reported() -> None:
+    """A mock transport: no real registry answers 503 on demand."""
     count = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
