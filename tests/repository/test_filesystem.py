@@ -131,3 +131,37 @@ async def test_validate_sweeps_temporaries_of_killed_writers(tmp_path: Path) -> 
     (tmp_path / "k.txt").write_bytes(b"done")
     await repo.validate()
     assert sorted(os.listdir(tmp_path)) == [live.name, "k.txt"]
+
+
+async def test_small_whole_files_stay_on_the_loop_large_ones_go_to_a_thread(tmp_path: Path) -> None:
+    """Whole-value reads/writes/creates of small files cost no thread hop; large values
+    (and fsync writes) use the loop's executor. Both round-trip exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydatatask.repository.filesystem import SMALL_FILE
+
+    submitted: list[str] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            submitted.append(getattr(fn, "__name__", repr(fn)))
+            return super().submit(fn, *args, **kwargs)
+
+    loop = asyncio.get_running_loop()
+    executor = Counting(max_workers=2)
+    loop.set_default_executor(executor)
+    repo = FileRepository(tmp_path / "r", ".bin")
+    small, large = b"s" * 100, os.urandom(SMALL_FILE + 1)
+    await repo.write_bytes("small", small)
+    assert await repo.create_bytes("small2", small)
+    assert await repo.read_bytes("small") == small
+    assert submitted == []
+    await repo.write_bytes("large", large)
+    assert len(submitted) == 1
+    assert await repo.read_bytes("large") == large
+    assert len(submitted) == 2
+    synced = FileRepository(tmp_path / "r", ".bin", fsync=True)
+    await synced.write_bytes("synced", small)
+    assert len(submitted) == 3 and await repo.read_bytes("synced") == small
+    assert sorted(await repo.keys()) == ["large", "small", "small2", "synced"]
+    assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")] == []
