@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 import uuid
@@ -318,6 +319,11 @@ class Scheduler:
             self.summary.timed_out = True
             self._stop.set()
 
+    def _chained(self) -> bool:
+        """Whether a selected task reads the outputs of another selected task."""
+        names = {t.name for t in self.selected}
+        return any(up in names for t in self.selected for up in self.pipeline.graph.upstream[t.name])
+
     def _queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
@@ -353,15 +359,25 @@ class Scheduler:
                 await self._wait(self.poll_interval)
                 continue
             # keep launching from the queues as jobs finish; list again when the queues
-            # are dry, or when a re-listing is due so downstream tasks start early
+            # are dry, or when a re-listing is due so downstream tasks start early (only
+            # when a selected task reads another's outputs: otherwise a re-listing while
+            # work is queued finds nothing to start and costs every backend a listing)
+            chained = self._chained()
             relist_every = max(0.05, min(self.poll_interval, 20 * self.last_listing_seconds))
-            relist_at = time.monotonic() + relist_every
+            relist_at = time.monotonic() + relist_every if chained else math.inf
             while not self._stop.is_set():
                 blocked = any(self.queues[t.name] for t in self.selected) and self._free_slots() > 0
                 await self._wait(min(relist_at - time.monotonic(), 0.1 if blocked else self.poll_interval))
                 self.launch(tg)
-                if not self._queued() or time.monotonic() >= relist_at:
+                if time.monotonic() >= relist_at:
                     break
+                if not self._queued():
+                    if chained or not self.running:
+                        break
+                    # unchained: the last jobs are running and nothing they finish can
+                    # make work ready; list again when they are done, or after
+                    # poll_interval for inputs that arrived meanwhile
+                    relist_at = min(relist_at, time.monotonic() + self.poll_interval)
         # stopping
         await self._drain()
 

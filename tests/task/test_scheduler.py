@@ -82,6 +82,36 @@ async def test_one_listing_per_repository_per_tick() -> None:
     assert shared.listings == pipeline.scheduler.ticks
 
 
+async def test_unchained_run_lists_only_when_its_queue_runs_dry() -> None:
+    """No periodic re-listing while work is queued when no task reads another's outputs
+    (it would find nothing new to start and cost every backend a listing per interval);
+    a chained pipeline re-lists while running so the downstream task starts early."""
+
+    async def slow_copy(key: str, src: MetadataRepository, dst: MetadataRepository) -> None:
+        await asyncio.sleep(0.01)
+        await dst.put(key, await src.get(key))
+
+    src = CountingMemory({f"k{i:03d}": i for i in range(120)})
+    one = InProcessTask(
+        "one", slow_copy, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()}, concurrency=4
+    )
+    pipeline = Pipeline([one], poll_interval="0.05s")
+    t0 = time.monotonic()
+    summary = await pipeline.run()
+    assert summary.succeeded == 120
+    assert time.monotonic() - t0 > 0.2  # long enough for several re-listings had they been due
+    assert src.listings == pipeline.scheduler.ticks == 2  # at the start, then when all is done
+
+    src2 = CountingMemory({f"k{i:03d}": i for i in range(120)})
+    mid, end = MemoryMetadataRepository(), MemoryMetadataRepository()
+    first = InProcessTask("first", slow_copy, inputs={"src": src2}, outputs={"dst": mid}, concurrency=4)
+    second = InProcessTask("second", slow_copy, inputs={"src": mid}, outputs={"dst": end}, concurrency=4)
+    chained = Pipeline([first, second], poll_interval="0.05s")
+    summary = await chained.run()
+    assert summary.succeeded == 240
+    assert chained.scheduler.ticks > 3  # re-listed while the first task's queue was not dry
+
+
 async def test_downstream_waits_for_upstream_success_record() -> None:
     src = MemoryMetadataRepository({"good": 1, "bad": 2, "slow": 3})
     mid = MemoryMetadataRepository()
