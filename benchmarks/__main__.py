@@ -130,6 +130,9 @@ def measure(
 ) -> dict[str, Any]:
     argv, cwd, env = worker_command(mod, series, params, opts)
     env.update(extra_env or {})
+    # write back what earlier measurements left dirty (10k-file scenarios leave tens of
+    # MB), so that no series pays for another's writeback during its timed part
+    os.sync()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
