@@ -307,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-baseline-047", dest="baseline_047", action="store_false", help="skip pydatatask 0.4.7"
     )
+    ap.add_argument(
+        "--tmp",
+        metavar="DIR",
+        help="make the scenarios' files under DIR (default: the system's temporary directory); "
+        "a tmpfs such as /dev/shm measures the software without the disk",
+    )
     args = ap.parse_args(argv)
 
     opts = Options(quick=args.quick, reps=args.reps or (1 if args.quick else 5))
@@ -324,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         if opts.python047 is None:
             notes.append(why)
             print(f"0.4.7 baseline unavailable: {why}")
-    tmp = tempfile.mkdtemp(prefix="pdt-bench-")
+    tmp = tempfile.mkdtemp(prefix="pdt-bench-", dir=args.tmp)
+    print(f"scenario files under {tmp}")
     os.environ["PDT_BENCH_TMP"] = tmp
     names = args.only or list(SCENARIOS)
     results: list[ScenarioResult] = []
