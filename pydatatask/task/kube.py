@@ -13,7 +13,8 @@ Life of a job (see ``docs/kube.rst``):
   node, times) goes to the job record, every container's log to the job log. The
   finished pod still holds the name until the record is written (then ``release``
   deletes it) or the next attempt replaces it, so no other scheduler can start the key
-  in between. On timeout, cancellation or any error the pod is deleted at once (shielded).
+  in between. On timeout, cancellation or any error the pod is deleted at once (shielded)
+  and waited for until it has left the API, then the partial outputs are removed.
 * **adopt** after a crash: a pod whose owner process is gone (the claim annotation names
   host, pid and pid start time) is stale; :meth:`KubeTask.recover_stale` deletes it when
   its key needs no work (record present, input gone), or offers it for adoption: the key
@@ -181,6 +182,9 @@ class KubeTask(Task):
     :param pending_timeout: fail a pod still Pending after this long, naming the reason.
     :param poll_interval: how often the task's pods are listed (``"2s"``).
     :param log_limit: at most this many bytes of each container's log are kept.
+    :param delete_wait: after a timeout or cancellation, how long to wait for the deleted
+        pod to leave the API (its containers stopped, after its grace period) before the
+        job's partial outputs are removed (``"90s"``).
     """
 
     runner = "kube"
@@ -207,6 +211,7 @@ class KubeTask(Task):
         pending_timeout: float | str | None = None,
         poll_interval: float | str = "2s",
         log_limit: int = 1 << 20,
+        delete_wait: float | str = "90s",
     ) -> None:
         if not isinstance(manifest, str) or not manifest.strip():
             raise ConfigurationError(f"task {name!r}: manifest must be a non-empty YAML template string")
@@ -234,6 +239,7 @@ class KubeTask(Task):
                 f"(max_cpu={quota.max_cpu}, max_memory={quota.max_memory}): it could never run"
             )
         self.pending_timeout = None if pending_timeout is None else parse_duration(pending_timeout)
+        self.delete_wait = parse_duration(delete_wait)
         self.poll_interval = parse_duration(poll_interval)
         self.log_limit = log_limit
         self.pods = KubePodRepository(self.cluster, name, self.poll_interval)
@@ -517,8 +523,31 @@ class KubeTask(Task):
         return outcome
 
     async def _delete_quietly(self, name: str, uid: str) -> None:
+        """Delete the pod of an attempt that ended early (timeout, cancellation, error) and
+        wait until it has left the API, i.e. its containers have stopped: the job's partial
+        outputs are removed next, and a pod still running in its grace period could write
+        them again after that."""
         try:
-            await self.cluster.delete_pod(name, uid=uid)
+            if not await self.cluster.delete_pod(name, uid=uid):
+                return
+            since = time.monotonic()
+            poller = self.pods.poller
+            deadline = since + self.delete_wait
+            snapshot = await poller.refresh(0)
+            while True:
+                pod = snapshot.get(name)
+                if pod is None or pod.metadata.uid != uid:
+                    if poller.taken_at > since:
+                        return
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "task %s: pod %s is still terminating after %gs; removing the outputs anyway",
+                        self.name,
+                        name,
+                        self.delete_wait,
+                    )
+                    return
+                snapshot = await poller.next_snapshot()
         except Exception as exc:
             log.error("task %s: could not delete pod %s: %s", self.name, name, exc)
 

@@ -699,3 +699,50 @@ async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
     assert sorted(line.split()[0] for line in lines if line) == ["fresh", "orphan"]  # each ran once
     assert task.created == 1  # only "fresh" got a new pod
     await _no_pods_left(kcfg, name)
+
+
+LATE_WRITER_POD = """
+spec:
+  terminationGracePeriodSeconds: 4
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", 'trap "sleep 1; echo late > \\"$OUT\\"; exit 1" TERM; touch "$STARTED"; sleep 60']
+    env:
+    - {name: OUT, value: {{ o.path }}}
+    - {name: STARTED, value: {{ params.started }}}
+"""
+
+
+async def test_timed_out_pod_is_gone_before_its_outputs_are_removed(
+    session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """A timed-out pod that writes its output during its grace period (after SIGTERM) must
+    not leave that output behind next to a failure record: the task waits until the pod
+    has left the API before it removes the partial outputs."""
+    from pydatatask import FileRepository
+
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out", ".txt")
+    src = MemoryMetadataRepository()
+    await src.put("slow", {})
+    started = tmp_path / "started"
+    task = KubeTask(
+        name,
+        LATE_WRITER_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={"started": str(started)},
+        poll_interval="0.2s",
+        timeout="2s",
+    )
+    summary = await Pipeline([task], session).run()
+    left_at_return = [p.metadata.name for p in await _pods(kcfg, name)]
+    await _no_pods_left(kcfg, name, within=20)  # whatever the pod still does, it is done now
+    assert summary.failed == 1
+    rec = await task.done.get("slow")
+    assert rec["error"]["type"].endswith("JobTimeoutError")
+    assert started.exists()  # it really ran
+    assert not await out.contains("slow"), "the pod's late write survived the cleanup"
+    assert left_at_return == []
