@@ -46,20 +46,13 @@ __all__ = (
 )
 
 
-def wrapper_script(
-    ctl_dir: str, script: bool, read_env: bool, inline: bool = False, in_place: bool = False
-) -> str:
+def wrapper_script(ctl_dir: str, script: bool, read_env: bool, in_place: bool = False) -> str:
     """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
 
     It optionally reads ``export`` lines from stdin (secrets over SSH), writes
     ``ctl/pid`` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
     script file with ``/bin/sh``), then writes ``ctl/exit`` and exits with the command's
     status. Only shell builtins besides the command itself: no extra processes.
-
-    With ``inline`` (a command, not a script) the command runs in a subshell of the wrapper
-    (``( eval ... )``: a fork of the already loaded shell instead of starting a second
-    ``/bin/sh``), with no positional parameters and none of the wrapper's variables, like
-    ``/bin/sh -c``; start the wrapper with ``$0`` = ``/bin/sh`` so ``$0`` matches too.
 
     With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
     written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
@@ -80,12 +73,7 @@ def wrapper_script(
             )
             + "\n"
         )
-    if script:
-        run = '/bin/sh "$1"'
-    elif inline:
-        run = 'unset st; ( eval "set --; $1" )'
-    else:
-        run = '/bin/sh -c "$1"'
+    run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
     lines = []
     if read_env:
         # the env script ends with PDT_ENV_READ=1: a cut-off stdin runs nothing

@@ -87,6 +87,22 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+async def _stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM the process group ``pgid`` (a job started in its own session: the leader's
+    pid), SIGKILL it after ``grace`` seconds, and return once no member is left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    signum = signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+    while _group_alive(pgid):
+        if signum == signal.SIGTERM and loop.time() >= deadline:
+            signum = signal.SIGKILL
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signum)
+        await asyncio.sleep(0.05)
+
+
 class _LocalProcess(RunningProcess):
     """A child process waited for through a pidfd on the event loop (Linux >= 5.3).
 
@@ -122,18 +138,7 @@ class _LocalProcess(RunningProcess):
         return 128 - code if code < 0 else code
 
     async def kill(self, grace: float) -> None:
-        pgid = self.popen.pid  # start_new_session: the leader's pid is the group id
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        signum = signal.SIGTERM
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signum)
-        while _group_alive(pgid):
-            if signum == signal.SIGTERM and loop.time() >= deadline:
-                signum = signal.SIGKILL
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signum)
-            await asyncio.sleep(0.05)
+        await _stop_group(self.popen.pid, grace)
         await self._done
 
 
@@ -149,18 +154,7 @@ class _AsyncioProcess(RunningProcess):
         return 128 - code if code < 0 else code
 
     async def kill(self, grace: float) -> None:
-        pgid = self.proc.pid
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        signum = signal.SIGTERM
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signum)
-        while _group_alive(pgid):
-            if signum == signal.SIGTERM and loop.time() >= deadline:
-                signum = signal.SIGKILL
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signum)
-            await asyncio.sleep(0.05)
+        await _stop_group(self.proc.pid, grace)
         with contextlib.suppress(ProcessLookupError):
             await self.proc.wait()
 

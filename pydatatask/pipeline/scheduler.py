@@ -471,7 +471,7 @@ async def compute_views(
         ready = view.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
         resumable = task.resumable_keys()
         if resumable:
-            ready |= (resumable & view.universe) - view.recorded - running_keys[name]
+            ready |= (resumable & view.universe) - view.recorded  # running ones removed below
         for up in pipeline.graph.upstream[name]:
             candidates = ready & universes[up]
             if not candidates:
