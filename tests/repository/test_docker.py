@@ -215,23 +215,28 @@ async def auth_pusher(registry_auth: dict[str, Any], repo_name: str) -> AsyncIte
         yield Pusher(client, registry_auth["url"], repo_name)
 
 
-async def test_basic_auth_registry(
-    registry_auth: dict[str, Any], repo_name: str, auth_pusher: Pusher
-) -> None:
-    """The registry answers 401 + ``WWW-Authenticate: Basic``; the repository sends the
-    credentials it was given and lists, checks and describes tags."""
-    digest = await auth_pusher.push("v1")
+@pytest.fixture
+async def auth_repo(registry_auth: dict[str, Any], repo_name: str) -> AsyncIterator[DockerRepository]:
     async with DockerRepository(
         registry_auth["url"],
         repo_name,
         username=registry_auth["username"],
         password=registry_auth["password"],
     ) as repo:
-        await repo.validate()
-        assert await repo.keys() == {"v1"}
-        assert await repo.contains("v1") and not await repo.contains("v2")
-        assert (await repo.info("v1"))["digest"] == digest
-        assert registry_auth["password"] not in repo.describe()
+        yield repo
+
+
+async def test_basic_auth_registry(
+    registry_auth: dict[str, Any], auth_repo: DockerRepository, auth_pusher: Pusher
+) -> None:
+    """The registry answers 401 + ``WWW-Authenticate: Basic``; the repository sends the
+    credentials it was given and lists, checks and describes tags."""
+    digest = await auth_pusher.push("v1")
+    await auth_repo.validate()
+    assert await auth_repo.keys() == {"v1"}
+    assert await auth_repo.contains("v1") and not await auth_repo.contains("v2")
+    assert (await auth_repo.info("v1"))["digest"] == digest
+    assert registry_auth["password"] not in auth_repo.describe()
 
 
 @pytest.mark.parametrize("password", ["wrong-password-123", None])
@@ -248,18 +253,12 @@ async def test_refused_credentials_are_reported_without_them(
             assert password not in str(info.value)
 
 
-async def test_deletes_disabled(registry_auth: dict[str, Any], repo_name: str, auth_pusher: Pusher) -> None:
+async def test_deletes_disabled(auth_repo: DockerRepository, auth_pusher: Pusher) -> None:
     """registry-auth runs with ``storage.delete.enabled: false`` (405 UNSUPPORTED)."""
     await auth_pusher.push("v1")
-    async with DockerRepository(
-        registry_auth["url"],
-        repo_name,
-        username=registry_auth["username"],
-        password=registry_auth["password"],
-    ) as repo:
-        with pytest.raises(UnsupportedOperationError, match="deletes are disabled"):
-            await repo.delete("v1")
-        assert await repo.keys() == {"v1"}  # nothing lost
+    with pytest.raises(UnsupportedOperationError, match="deletes are disabled"):
+        await auth_repo.delete("v1")
+    assert await auth_repo.keys() == {"v1"}  # nothing lost
 
 
 async def test_pagination(registry: dict[str, Any], repo_name: str, pusher: Pusher) -> None:
