@@ -21,6 +21,7 @@ from typing import Any
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobTimeoutError, KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import BlobRepository, MetadataRepository, Repository
+from ..repository.journal import WriteJournal, journaling, visible_keys
 from ..repository.memory import MemoryMetadataRepository
 from .hooks import Event, Hooks
 from .links import Link, LinkKind
@@ -231,10 +232,13 @@ class Task(ABC):
     def release_slot(self, slot: Any) -> None:  # noqa: B027 - optional hook
         """Give back what :meth:`acquire_slot` reserved."""
 
-    async def cleanup_outputs(self, key: str) -> bool:
+    async def cleanup_outputs(self, key: str, journal: WriteJournal | None = None) -> bool:
         """Delete whatever a failed or interrupted attempt left in the outputs.
 
-        Returns False if some output could not be deleted (the error is logged).
+        That is ``key`` in every output, and, given the job's ``journal``, every other key
+        the job wrote in an output repository (or in a repository under an output view);
+        keys deleted are dropped from the journal. Returns False if something could not be
+        deleted (the error is logged).
         """
         cleaned = True
         for link in self.output_links:
@@ -246,7 +250,101 @@ class Task(ABC):
                     log.exception(
                         "task %s: could not remove partial output %s of %r", self.name, link.name, key
                     )
+        if journal is None or not len(journal):
+            return cleaned
+        outputs = self._output_repositories()
+        for repo, written in journal.entries():
+            if id(repo) not in outputs or not repo.is_writable:
+                continue  # claims, records, logs: not outputs of the job
+            try:
+                await repo.delete(written)
+            except Exception:
+                cleaned = False
+                log.exception(
+                    "task %s: could not remove %r (written by the job of %r) from %s",
+                    self.name,
+                    written,
+                    key,
+                    repo.describe(),
+                )
+            else:
+                journal.discard(repo, written)
         return cleaned
+
+    def _output_repositories(self) -> dict[int, Repository]:
+        """The output repositories and every repository under an output view, by id."""
+        found: dict[int, Repository] = {}
+        todo: list[Repository] = [link.repository for link in self.output_links]
+        while todo:
+            repo = todo.pop()
+            if id(repo) not in found:
+                found[id(repo)] = repo
+                todo.extend(getattr(repo, "children", ()))
+        return found
+
+    def _journals(self) -> dict[str, WriteJournal]:
+        journals: dict[str, WriteJournal] | None = self.__dict__.get("_running_journals")
+        if journals is None:
+            journals = self.__dict__["_running_journals"] = {}
+        return journals
+
+    def in_flight_writes(self, since: float | None = None) -> dict[int, set[str]]:
+        """The keys that running jobs of this task (in this process) have written so far in
+        its outputs, as ``{id(repository): keys}``, at every layer the writes went through.
+
+        The scheduler holds them back from downstream tasks until the job has succeeded.
+        With ``since`` (a :func:`time.monotonic` value) the keys of jobs that failed or were
+        abandoned after that moment are included too (their cleanup may have removed keys
+        that a listing made meanwhile still shows).
+        """
+        out: dict[int, set[str]] = {}
+        if since is not None:
+            for ended_at, written in self.__dict__.get("_ended_writes", ()):
+                if ended_at >= since:
+                    for repo_id, keys in written.items():
+                        out.setdefault(repo_id, set()).update(keys)
+        journals = self.__dict__.get("_running_journals")
+        if not journals:
+            return out
+        outputs = self._output_repositories()
+        for journal in journals.values():
+            for repo_id, keys in journal.keys_by_repository().items():
+                if repo_id in outputs:
+                    out.setdefault(repo_id, set()).update(keys)
+        return out
+
+    def _end_journal(self, key: str, succeeded: bool) -> WriteJournal | None:
+        journal = self._journals().pop(key, None)
+        if journal is not None and not succeeded and len(journal):
+            outputs = self._output_repositories()
+            written = {i: ks for i, ks in journal.keys_by_repository().items() if i in outputs}
+            if written:
+                now = time.monotonic()
+                ended = self.__dict__.setdefault("_ended_writes", [])
+                # kept for listings still under way when the job ended; a minute is plenty
+                ended[:] = [e for e in ended if now - e[0] < 60.0]
+                ended.append((now, written))
+        return journal
+
+    def _wrote(self, key: str, journal: WriteJournal) -> list[str]:
+        """The keys beyond ``key`` that a job wrote, as its output links show them."""
+        written = journal.keys_by_repository()
+        keys: set[str] = set()
+        for link in self.output_links:
+            keys |= visible_keys(link.repository, written)
+        keys.discard(key)
+        return sorted(keys)
+
+    @property
+    def times_itself(self) -> bool:
+        """Whether :meth:`run_job` applies ``timeout`` itself, counting from when the work
+        starts (e.g. a function call waiting for a free worker of a pool first). Otherwise
+        :meth:`execute` applies it to the whole of :meth:`run_job`."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the task keeps between jobs (e.g. a thread pool); called when the
+        pipeline closes. The task stays usable: what it needs is made again."""
 
     #: seconds a claim stays valid without a heartbeat (the pipeline sets it)
     claim_lease: float = 60.0
@@ -408,6 +506,10 @@ class Task(ABC):
         attempt = 0
         record: dict[str, Any]
         job: JobContext | None = None
+        # every key the job writes (also beyond its own) is noted, so that a failed
+        # attempt removes all of it and downstream waits while the job runs
+        journal = self._journals()[key] = WriteJournal()
+        succeeded = False
         try:
             while True:
                 attempt += 1
@@ -417,19 +519,20 @@ class Task(ABC):
                 if hooks.wants("job_started"):
                     await hooks.emit(Event("job_started", self.name, key, attempt))
                 try:
-                    if self.timeout is not None:
-                        try:
-                            async with asyncio.timeout(self.timeout):
-                                outcome = await self.run_job(job)
-                        except TimeoutError as exc:
-                            raise JobTimeoutError(
-                                f"task {self.name}: job {key!r} timed out after {self.timeout:g}s"
-                            ) from exc
-                    else:
-                        outcome = await self.run_job(job)
+                    with journaling(journal):
+                        if self.timeout is not None and not self.times_itself:
+                            try:
+                                async with asyncio.timeout(self.timeout):
+                                    outcome = await self.run_job(job)
+                            except TimeoutError as exc:
+                                raise JobTimeoutError(
+                                    f"task {self.name}: job {key!r} timed out after {self.timeout:g}s"
+                                ) from exc
+                        else:
+                            outcome = await self.run_job(job)
                 except Exception as exc:
                     job.log(f"attempt {attempt} failed: {type(exc).__name__}: {exc}")
-                    await self.cleanup_outputs(key)
+                    await self.cleanup_outputs(key, journal)
                     if self.retry.should_retry(exc, attempt):
                         delay = self.retry.delay(attempt)
                         if on_state:
@@ -441,7 +544,7 @@ class Task(ABC):
                         await asyncio.sleep(delay)
                         # again: the cleanup above fails when the backend is down, and the
                         # failed attempt's debris (e.g. an S3 multipart upload) would stay
-                        await self.cleanup_outputs(key)
+                        await self.cleanup_outputs(key, journal)
                         continue
                     outcome_info = getattr(exc, "outcome", None)
                     record = make_record(
@@ -464,6 +567,9 @@ class Task(ABC):
                     job.log(record["error"]["traceback"].rstrip())
                     break
                 outcome = outcome or JobOutcome()
+                wrote = self._wrote(key, journal)
+                if wrote:
+                    outcome.extra = {**outcome.extra, "wrote": wrote}
                 record = make_record(
                     task=self.name,
                     key=key,
@@ -479,11 +585,14 @@ class Task(ABC):
                 break
             await self._write_log(job)
             await self.done.put(key, record)
+            succeeded = record["success"]
         except BaseException:
             # cancelled (Ctrl-C) or the record could not be written: leave no half output,
             # free the key so a later run does the job again
-            await asyncio.shield(self._abandon(key))
+            await asyncio.shield(self._abandon(key, journal))
             raise
+        finally:
+            self._end_journal(key, succeeded)
         if self.holds_claim(key):
             await self.release(key)
         self._held_claims().pop(key, None)
@@ -494,12 +603,12 @@ class Task(ABC):
             await hooks.emit(Event(event, self.name, key, attempt, record=record))
         return record
 
-    async def _abandon(self, key: str) -> None:
+    async def _abandon(self, key: str, journal: WriteJournal | None = None) -> None:
         if not self.holds_claim(key):
             return  # the claim was lost to another scheduler: its outputs are not ours to touch
         cleaned = False
         try:
-            cleaned = await self.cleanup_outputs(key)
+            cleaned = await self.cleanup_outputs(key, journal)
         finally:
             held = self._held_claims().get(key)
             if cleaned or not held:
