@@ -39,7 +39,9 @@ class Pipeline:
         to the in-memory default gets files instead: ``state_dir/<task>/done/*.yaml``,
         ``state_dir/<task>/live/*.yaml`` and logs in ``state_dir/<task>/logs/*.log``.
         Use it (or give persistent repositories yourself) so that a restarted run knows
-        what finished and what was interrupted.
+        what finished and what was interrupted. ``task.done`` and ``task.live`` remain the
+        objects they were (their store is bound here, once), so views built over them
+        before the pipeline read the files too.
     :param max_jobs: global limit on running jobs (default: no global limit beyond each
         task's ``concurrency``).
     :param poll_interval: how often remote state is polled and, with ``forever``, how

@@ -21,6 +21,7 @@ from typing import Any
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobTimeoutError, KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import BlobRepository, MetadataRepository, Repository
+from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, journaling, visible_keys
 from ..repository.memory import MemoryMetadataRepository
 from .hooks import Event, Hooks
@@ -123,11 +124,17 @@ class Task(ABC):
             self.link(link_name, repo, LinkKind.INPUT)
         for link_name, repo in (outputs or {}).items():
             self.link(link_name, repo, LinkKind.OUTPUT)
+        # the defaults are stable objects: Pipeline(state_dir=...) binds their store later,
+        # and a view a user built over task.done before that reads the store in use
         if done is None:
-            done = MemoryMetadataRepository(name=f"{name}.done")
+            done = DeferredMetadataRepository(
+                MemoryMetadataRepository(name=f"{name}.done"), owner=f"task {name!r}: the done repository"
+            )
             self._defaulted.add("done")
         if live is None:
-            live = MemoryMetadataRepository(name=f"{name}.live")
+            live = DeferredMetadataRepository(
+                MemoryMetadataRepository(name=f"{name}.live"), owner=f"task {name!r}: the live repository"
+            )
             self._defaulted.add("live")
         self.link("done", done, LinkKind.DONE)
         self.link("live", live, LinkKind.LIVE)
@@ -158,16 +165,29 @@ class Task(ABC):
         return self
 
     def replace_state_repository(self, kind: str, repository: Repository) -> None:
-        """Swap a defaulted ``done``/``live``/``logs`` repository (used by ``Pipeline(state_dir=...)``)."""
-        if kind in self.links and kind not in self._defaulted:
+        """Give a defaulted ``done``/``live`` repository its store, or add a ``logs``
+        repository where none was given (used by ``Pipeline(state_dir=...)``).
+
+        ``task.done`` and ``task.live`` stay the same objects (their store is bound once,
+        see :class:`~pydatatask.repository.deferred.DeferredMetadataRepository`), so what
+        a user obtained from them earlier reads and writes the store in use. Repositories
+        given to the task are kept.
+        """
+        link = self.links.get(kind)
+        if link is None:
+            self.link(kind, repository, LinkKind(kind))
             return
-        self.links.pop(kind, None)
-        self._defaulted.discard(kind)
-        self.link(kind, repository, LinkKind(kind))
+        current = link.repository
+        if kind not in self._defaulted or not isinstance(current, DeferredMetadataRepository):
+            return
+        if not isinstance(repository, MetadataRepository):
+            raise ConfigurationError(f"task {self.name!r}: the {kind} link needs a MetadataRepository")
+        current.bind(repository)
 
     def is_defaulted(self, kind: str) -> bool:
-        """Whether the ``done``/``live`` repository is the in-memory default."""
-        return kind in self._defaulted
+        """Whether the ``done``/``live`` repository is the in-memory default (no store bound)."""
+        repo = self.links[kind].repository if kind in self.links else None
+        return isinstance(repo, DeferredMetadataRepository) and not repo.is_bound
 
     @property
     def done(self) -> MetadataRepository:
