@@ -120,7 +120,14 @@ class Pipeline:
     ) -> None:
         self._open_depth -= 1
         if self._open_depth == 0:
-            await self.session.__aexit__(exc_type, exc, tb)
+            try:
+                for task in self.tasks.values():
+                    try:
+                        task.close()  # e.g. the thread pool of a sync function task
+                    except Exception as close_exc:
+                        log.warning("task %s: could not close: %s", task.name, close_exc)
+            finally:
+                await self.session.__aexit__(exc_type, exc, tb)
 
     async def validate(self) -> None:
         """Check every task and every repository (creating local roots where allowed)."""
