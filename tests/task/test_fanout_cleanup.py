@@ -175,3 +175,39 @@ async def test_journal_notes_each_write_path_once(tmp_path: Path) -> None:
         (False, "cb"),
         (False, "s"),
     ]
+
+
+async def test_a_timed_out_fan_out_job_leaves_no_part() -> None:
+    src = MemoryMetadataRepository({"A": 1})
+    parts = MemoryMetadataRepository()
+
+    async def split(key: str, parts: MetadataRepository) -> None:
+        await parts.put(f"{key}-part-1", 1)
+        await asyncio.sleep(30)
+
+    a = InProcessTask("a", split, inputs={"src": src}, outputs={"parts": parts}, timeout="50ms")
+    summary = await Pipeline([a]).run()
+    assert summary.failed == 1
+    assert (await a.done.get("A"))["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+    assert await parts.keys() == set()
+
+
+async def test_a_cancelled_fan_out_job_leaves_no_part(tmp_path: Path) -> None:
+    src = MemoryMetadataRepository({"A": 1})
+    parts = FileRepository(tmp_path / "parts")
+    written = asyncio.Event()
+
+    async def split(key: str, parts: BlobRepository) -> None:
+        await parts.write_bytes(f"{key}-part-1", b"1")
+        written.set()
+        await asyncio.sleep(30)
+
+    a = InProcessTask("a", split, inputs={"src": src}, outputs={"parts": parts})
+    pipeline = Pipeline([a], state_dir=tmp_path / "state")
+    run = asyncio.create_task(pipeline.run(grace="10ms"))
+    await written.wait()
+    pipeline.scheduler.request_stop()
+    summary = await run
+    assert summary.interrupted
+    assert await parts.keys() == set()
+    assert await a.done.keys() == set() and await a.live.keys() == set()
