@@ -138,7 +138,7 @@ class MetadataRepository(Repository):
         """Store ``value`` under ``key`` atomically, replacing any old value."""
         key = validate_key(key)
         if (journal := _journal.get()) is not None:
-            journal.record(self, key)
+            await journal.note(self, key)
         await self._put(key, value)
 
     async def create(self, key: str, value: Any) -> bool:
@@ -149,7 +149,7 @@ class MetadataRepository(Repository):
         key = validate_key(key)
         created = await self._create(key, value)
         if created and (journal := _journal.get()) is not None:
-            journal.record(self, key)  # only when stored: an existing key is someone else's
+            await journal.note(self, key)  # only when stored: an existing key is someone else's
         return created
 
     async def replace_if(self, key: str, expected: Any, value: Any) -> bool:
@@ -162,7 +162,7 @@ class MetadataRepository(Repository):
         key = validate_key(key)
         replaced = await self._replace_if(key, expected, value)
         if replaced and (journal := _journal.get()) is not None:
-            journal.record(self, key)
+            await journal.note(self, key)
         return replaced
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -283,9 +283,9 @@ class _WriteContext:
     ) -> None:
         assert self._writer is not None
         if exc_type is None:
-            if (journal := _journal.get()) is not None:
-                journal.record(self._repository, self._key)  # before it can become visible
             try:
+                if (journal := _journal.get()) is not None:
+                    await journal.note(self._repository, self._key)  # before it can become visible
                 await self._writer.commit()
             except BaseException:
                 await self._writer.abort()
@@ -339,7 +339,7 @@ class BlobRepository(Repository):
         key = validate_key(key)
         created = await self._create_bytes(key, data)
         if created and (journal := _journal.get()) is not None:
-            journal.record(self, key)
+            await journal.note(self, key)
         return created
 
     async def replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
@@ -347,7 +347,7 @@ class BlobRepository(Repository):
         key = validate_key(key)
         replaced = await self._replace_bytes_if(key, bytes(expected), bytes(data))
         if replaced and (journal := _journal.get()) is not None:
-            journal.record(self, key)
+            await journal.note(self, key)
         return replaced
 
     @abstractmethod

@@ -19,7 +19,7 @@ This module knows nothing of tasks.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -35,16 +35,32 @@ _current: contextvars.ContextVar[WriteJournal | None] = contextvars.ContextVar(
 
 class WriteJournal:
     """The ``(repository, key)`` pairs written by one piece of work, in the order of their
-    first write (each pair once)."""
+    first write (each pair once).
 
-    __slots__ = ("_entries",)
+    :param before_new_write: awaited by the write paths for each pair noted for the first
+        time, before the value can become visible (e.g. to store the pair where a later
+        process finds it if this one dies). An exception from it fails the write.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_entries", "_before_new_write")
+
+    def __init__(self, before_new_write: Callable[[Repository, str], Awaitable[None]] | None = None) -> None:
         self._entries: dict[tuple[int, str], tuple[Repository, str]] = {}
+        self._before_new_write = before_new_write
 
-    def record(self, repository: Repository, key: str) -> None:
-        """Note that ``key`` of ``repository`` is (about to be) written."""
-        self._entries.setdefault((id(repository), key), (repository, key))
+    def record(self, repository: Repository, key: str) -> bool:
+        """Note that ``key`` of ``repository`` is (about to be) written; return whether
+        the pair is new."""
+        ident = (id(repository), key)
+        if ident in self._entries:
+            return False
+        self._entries[ident] = (repository, key)
+        return True
+
+    async def note(self, repository: Repository, key: str) -> None:
+        """:meth:`record`, then await ``before_new_write`` if the pair is new."""
+        if self.record(repository, key) and self._before_new_write is not None:
+            await self._before_new_write(repository, key)
 
     def discard(self, repository: Repository, key: str) -> None:
         """Forget ``key`` of ``repository`` (e.g. once it has been deleted again)."""
@@ -83,16 +99,16 @@ def current_journal() -> WriteJournal | None:
     return _current.get()
 
 
-def note_write(repository: Repository, key: str) -> None:
+async def note_write(repository: Repository, key: str) -> None:
     """Note a write of ``key`` in ``repository`` in the current journal, if there is one.
 
     Backends that write outside the base class's write paths (an overridden
-    ``write_bytes``, a directory installed in place) call this before the value becomes
+    ``write_bytes``, a directory installed in place) await this before the value becomes
     visible.
     """
     journal = _current.get()
     if journal is not None:
-        journal.record(repository, key)
+        await journal.note(repository, key)
 
 
 def visible_keys(repository: Repository, written: Mapping[int, set[str]]) -> set[str]:

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import KeyNotFoundError
 from ..keys import validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository
-from .journal import note_write
+from .journal import current_journal
 
 __all__ = ("MemoryMetadataRepository", "MemoryBlobRepository")
 
@@ -146,7 +146,8 @@ class MemoryBlobRepository(_DictKeys, BlobRepository):
 
     async def write_bytes(self, key: str, data: bytes) -> None:
         key = validate_key(key)
-        note_write(self, key)
+        if (journal := current_journal()) is not None:
+            await journal.note(self, key)
         self._data[key] = bytes(data)
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:

@@ -44,7 +44,7 @@ from ..errors import (
 )
 from ..keys import validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, resolve
-from .journal import note_write
+from .journal import current_journal
 from .serialized import JsonMetadataRepository, YamlMetadataRepository
 
 __all__ = ("S3BucketRepository", "YamlMetadataS3Repository", "JsonMetadataS3Repository")
@@ -491,7 +491,8 @@ class S3BucketRepository(BlobRepository):
         client = resolve(self._client)
         key = validate_key(key)
         name = self.object_name(key)
-        note_write(self, key)
+        if (journal := current_journal()) is not None:
+            await journal.note(self, key)
         body = bytes(data)
         await self._call(
             f"writing {self.url(key)}", lambda: client.put_object(Bucket=self._bucket, Key=name, Body=body)

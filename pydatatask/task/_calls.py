@@ -247,11 +247,12 @@ async def run_call(
                 )
             result = future.result()
     except BaseException as exc:
+        if cfut.done() and not cfut.cancelled():
+            raise  # the call's own outcome
         # timed out or cancelled: the call must not start now, and if it runs, its result
         # goes nowhere
-        running = gate.give_up() if gate is not None else False
-        if not cfut.cancel() and not cfut.done():
-            running = True
+        cancelled = cfut.cancel()
+        running = gate.give_up() if gate is not None else not cancelled
         future.cancel()
         if running:
             if isinstance(exc, JobTimeoutError):

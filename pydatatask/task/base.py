@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobTimeoutError, KeyNotFoundError, UnsupportedOperationError
+from ..errors import (
+    ConfigurationError,
+    JobError,
+    JobTimeoutError,
+    KeyNotFoundError,
+    UnsupportedOperationError,
+)
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, journaling, visible_keys
@@ -302,6 +308,67 @@ class Task(ABC):
                 todo.extend(getattr(repo, "children", ()))
         return found
 
+    def _output_paths(self) -> dict[int, str]:
+        """``{id(repository): path}`` of the output repositories (``"link"``) and of the
+        repositories under output views (``"link/0/1"``: children by position)."""
+        paths: dict[int, str] = {}
+        todo: list[tuple[Repository, str]] = [(link.repository, link.name) for link in self.output_links]
+        while todo:
+            repo, path = todo.pop()
+            if id(repo) not in paths:
+                paths[id(repo)] = path
+                todo.extend((child, f"{path}/{i}") for i, child in enumerate(getattr(repo, "children", ())))
+        return paths
+
+    def _resolve_output_path(self, path: str) -> Repository | None:
+        name, *steps = path.split("/")
+        link = self.links.get(name)
+        if link is None or not link.is_output:
+            return None
+        repo = link.repository
+        for step in steps:
+            children = getattr(repo, "children", ())
+            if not step.isdigit() or int(step) >= len(children):
+                return None
+            repo = children[int(step)]
+        return repo
+
+    def _journal_from_claim(self, written: Any) -> WriteJournal | None:
+        """The journal a dead scheduler left in a claim's ``wrote``: ``[[path, key], ...]``."""
+        if not isinstance(written, list):
+            return None
+        journal = WriteJournal()
+        for entry in written:
+            if isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
+                repo = self._resolve_output_path(entry[0])
+                if repo is not None:
+                    journal.record(repo, entry[1])
+        return journal
+
+    def _durable_journal(self, key: str) -> WriteJournal:
+        """A job's journal; where claims outlive this process, every key the job writes
+        beyond its own is added to its claim (``wrote``) before it becomes visible, so that
+        the stale-claim recovery after a crash removes it too."""
+        live = self.live
+        target = live.target if isinstance(live, DeferredMetadataRepository) else live
+        if isinstance(target, MemoryMetadataRepository):
+            return WriteJournal()  # the claim dies with this process: nothing to recover
+
+        async def before_new_write(repo: Repository, written: str) -> None:
+            path = self._output_paths().get(id(repo))
+            if path is None or (written == key and "/" not in path):
+                return  # not an output, or the job's own key (always cleaned up)
+            held = self._held_claims().get(key)
+            if not held:
+                return  # no claim of ours to note it in (claimed by other means)
+            entries = [*held.get("wrote", []), [path, written]]
+            if await self.update_claim(key, wrote=entries) is False:
+                raise JobError(
+                    f"task {self.name}: job {key!r} lost its claim; not writing {written!r} to {repo.describe()}"
+                )
+
+        return WriteJournal(before_new_write)
+
     def _journals(self) -> dict[str, WriteJournal]:
         journals: dict[str, WriteJournal] | None = self.__dict__.get("_running_journals")
         if journals is None:
@@ -472,6 +539,9 @@ class Task(ABC):
         replace succeeds cleans up; the others leave it alone.
         """
         takeover = make_claim("recovery", self.name, key, time.time(), self.claim_lease)
+        written = claim.get("wrote") if isinstance(claim, dict) else None
+        if written:
+            takeover["wrote"] = written  # a failed cleanup leaves them to the next recovery
         try:
             won = await self.live.replace_if(key, claim, takeover)
         except UnsupportedOperationError:
@@ -490,7 +560,7 @@ class Task(ABC):
             claim.get("owner") if isinstance(claim, dict) else claim,
             claim.get("host") if isinstance(claim, dict) else "?",
         )
-        if not await self.cleanup_outputs(key):
+        if not await self.cleanup_outputs(key, self._journal_from_claim(written)):
             # keep the takeover claim: it goes stale in its turn and the cleanup is retried;
             # freeing the key now would leave an output without a record, never re-run
             return
@@ -528,7 +598,7 @@ class Task(ABC):
         job: JobContext | None = None
         # every key the job writes (also beyond its own) is noted, so that a failed
         # attempt removes all of it and downstream waits while the job runs
-        journal = self._journals()[key] = WriteJournal()
+        journal = self._journals()[key] = self._durable_journal(key)
         succeeded = False
         try:
             while True:

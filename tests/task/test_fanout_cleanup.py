@@ -4,6 +4,12 @@ never starts on them while the job runs or after it failed."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +217,66 @@ async def test_a_cancelled_fan_out_job_leaves_no_part(tmp_path: Path) -> None:
     assert summary.interrupted
     assert await parts.keys() == set()
     assert await a.done.keys() == set() and await a.live.keys() == set()
+
+
+CRASHING_SCHEDULER = """
+import asyncio, sys, time
+from pathlib import Path
+from pydatatask import FileRepository, MemoryMetadataRepository
+from pydatatask.pipeline import Pipeline
+from pydatatask.task import InProcessTask
+
+root = Path(sys.argv[1])
+
+async def split(key, parts):
+    await parts.write_bytes(key + "-part-1", b"1")
+    await parts.write_bytes(key + "-part-2", b"2")
+    (root / "written").write_text("yes")
+    await asyncio.sleep(60)
+
+task = InProcessTask(
+    "a", split, inputs={"src": MemoryMetadataRepository({"A": 1})},
+    outputs={"parts": FileRepository(root / "parts")},
+)
+asyncio.run(Pipeline([task], state_dir=root / "state").run())
+"""
+
+
+def test_parts_of_a_job_whose_scheduler_was_killed_are_removed_by_the_recovery(tmp_path: Path) -> None:
+    script = tmp_path / "sched.py"
+    script.write_text(textwrap.dedent(CRASHING_SCHEDULER))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "written").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "written").exists(), "the first scheduler never wrote its parts"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["A-part-1", "A-part-2"]
+    asyncio.run(_run_again_after_the_crash(tmp_path))
+
+
+async def _run_again_after_the_crash(tmp_path: Path) -> None:
+    parts = FileRepository(tmp_path / "parts")
+
+    async def fails(key: str, parts: BlobRepository) -> None:
+        raise RuntimeError("broken this time")
+
+    out = MemoryBlobRepository()
+    consumed: list[str] = []
+
+    async def consume(key: str, src: BlobRepository, dst: BlobRepository) -> None:
+        consumed.append(key)
+        await dst.write_bytes(key, await src.read_bytes(key))
+
+    a = InProcessTask(
+        "a", fails, inputs={"src": MemoryMetadataRepository({"A": 1})}, outputs={"parts": parts}
+    )
+    b = InProcessTask("b", consume, inputs={"src": parts}, outputs={"dst": out})
+    summary = await Pipeline([a, b], state_dir=tmp_path / "state").run()
+    assert consumed == []
+    assert await parts.keys() == set()
+    assert summary.failed == 1 and (await a.done.get("A"))["success"] is False
