@@ -26,7 +26,7 @@ from . import output
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
-    from ..pipeline.scheduler import RunSummary, Scheduler
+    from ..pipeline.scheduler import Scheduler
 
 __all__ = ("main", "run_cli", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE")
 
@@ -151,7 +151,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
     p.add_argument("--force", action="store_true", help="run even if the key is not ready")
-    p.add_argument("--sync", action="store_true", help="accepted for compatibility; launch always waits")
 
     p = add("logs", "print the log of a job", json=False)
     p.add_argument("task", metavar="TASK")
@@ -218,25 +217,6 @@ def _yaml(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- commands
-def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
-    from ..pipeline.scheduler import RunSummary
-
-    per_task = {n: dict(c) for n, c in a.per_task.items()}
-    for n, counts in b.per_task.items():
-        mine = per_task.setdefault(n, {"succeeded": 0, "failed": 0})
-        for k, v in counts.items():
-            mine[k] = mine.get(k, 0) + v
-    return RunSummary(
-        succeeded=a.succeeded + b.succeeded,
-        failed=a.failed + b.failed,
-        errors=a.errors + b.errors,
-        interrupted=a.interrupted or b.interrupted,
-        timed_out=a.timed_out or b.timed_out,
-        elapsed=a.elapsed + b.elapsed,
-        per_task=per_task,
-    )
-
-
 async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
     for name in args.task or []:
         _task_name(pipeline, name)
@@ -285,28 +265,6 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 grace=args.grace,
                 on_progress=on_progress,
             )
-            # Belt and braces: "run" promises that nothing is left ready. Schedulers before
-            # commit 3381427 could stop early when a job ended during a listing; if a pass
-            # did some work and still left keys ready, run another pass.
-            for _ in range(100):
-                if args.forever or signals or summary.interrupted or summary.timed_out:
-                    break
-                if summary.succeeded + summary.failed == 0:
-                    break
-                status = await pipeline.status()
-                ready = sum(len(status[n]["ready"]) for n in names)
-                remaining = None if args.timeout is None else args.timeout - summary.elapsed
-                if not ready or (remaining is not None and remaining <= 0):
-                    break
-                log.info("%d key(s) became ready as the run ended; running again", ready)
-                more = await pipeline.run(
-                    tasks=args.task,
-                    max_jobs=args.max_jobs,
-                    timeout=remaining,
-                    grace=args.grace,
-                    on_progress=on_progress,
-                )
-                summary = _merge(summary, more)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)

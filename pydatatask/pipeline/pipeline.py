@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -168,12 +167,13 @@ class Pipeline:
         timeout: float | str | None = None,  # noqa: ASYNC109 - a deadline for the whole run
         grace: float | str = "10s",
         on_progress: Callable[[Scheduler], None] | None = None,
-        handle_signals: bool = False,
     ) -> RunSummary:
         """Run jobs until nothing is ready and nothing runs (or forever).
 
-        With ``handle_signals`` SIGINT/SIGTERM stop launching, give running jobs ``grace``
-        to finish, then cancel them (their partial outputs are removed).
+        Cancelling the call (Ctrl-C under :func:`asyncio.run`) cancels the running jobs, which
+        remove their partial outputs and write no record. The command line's ``run`` adds the
+        gentler stop: on SIGINT/SIGTERM it calls :meth:`Scheduler.request_stop`, gives running
+        jobs ``grace`` to finish, then cancels them.
         """
         for name in tasks or []:
             self.task(name)
@@ -188,20 +188,7 @@ class Pipeline:
                 on_progress=on_progress,
             )
             self.scheduler = scheduler
-            installed: list[signal.Signals] = []
-            if handle_signals:
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    try:
-                        loop.add_signal_handler(sig, scheduler.request_stop)
-                        installed.append(sig)
-                    except (NotImplementedError, RuntimeError):  # pragma: no cover - not main thread
-                        pass
-            try:
-                return await scheduler.run()
-            finally:
-                for sig in installed:
-                    asyncio.get_running_loop().remove_signal_handler(sig)
+            return await scheduler.run()
 
     def run_sync(self, **kwargs: Any) -> RunSummary:
         """``asyncio.run(pipeline.run(**kwargs))``."""

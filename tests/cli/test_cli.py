@@ -342,10 +342,10 @@ def test_inject_errors(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 # ---------------------------------------------------------------- launch
 def test_launch(cli: Cli, data: Path) -> None:
-    code, _, err = cli("launch", "count", "k1", "--sync")
+    code, _, err = cli("launch", "count", "k1")
     assert code == 1
     assert_one_line_error(err, "not ready", "does not have 'k1'")
-    code, out, _ = cli("launch", "upper", "k1", "--sync")
+    code, out, _ = cli("launch", "upper", "k1")
     assert code == 0
     record = yaml.safe_load(out)
     assert record["success"] is True and record["state"] == "succeeded" and record["key"] == "k1"
@@ -367,6 +367,9 @@ def test_launch_failure_and_errors(cli: Cli, data: Path) -> None:
     code, _, err = cli("launch", "nope", "k1")
     assert code == 2
     assert_one_line_error(err, "no task named 'nope'")
+    code, _, err = cli("launch", "upper", "k1", "--sync")  # the flag that did nothing is gone
+    assert code == 2
+    assert_one_line_error(err, "unrecognized arguments: --sync")
 
 
 # ---------------------------------------------------------------- logs
