@@ -320,7 +320,11 @@ async def _cmd_rm(pipeline: Pipeline, args: argparse.Namespace) -> int:
         raise UsageError("give the keys to remove, or --all")
     keys = None if args.all else [_key(k) for k in args.keys]
     if args.all and not args.yes:
-        what = f"every key of {args.target}" if link else f"every output, record and log of {task_name}"
+        what = (
+            f"every key of {args.target} (with the job records and logs that go with them)"
+            if link
+            else f"every output, record and log of {task_name}"
+        )
         if args.cascade:
             down = pipeline.graph.descendants(task_name)
             if down:
@@ -335,16 +339,22 @@ async def _cmd_rm(pipeline: Pipeline, args: argparse.Namespace) -> int:
     removed = await pipeline.remove(task_name, keys, link=link or None, cascade=args.cascade)
     if args.json:
         _out(output.dump_json([{"task": t, "link": lk, "key": k} for t, lk, k in removed]))
-        return EXIT_OK
-    if not removed:
-        _out("nothing to remove\n")
-        return EXIT_OK
+    elif not removed and args.all:
+        _out(f"nothing to remove: {args.target} holds no keys\n")
     grouped: dict[tuple[str, str], list[str]] = {}
     for t, lk, k in removed:
         grouped.setdefault((t, lk), []).append(k)
-    for (t, lk), ks in grouped.items():
-        sample = ", ".join(ks[:10]) + (f", ... (+{len(ks) - 10} more)" if len(ks) > 10 else "")
-        _out(f"removed {len(ks)} key(s) from {t}.{lk}: {sample}\n")
+    if not args.json:
+        for (t, lk), ks in grouped.items():
+            sample = ", ".join(ks[:10]) + (f", ... (+{len(ks) - 10} more)" if len(ks) > 10 else "")
+            _out(f"removed {len(ks)} key(s) from {t}.{lk}: {sample}\n")
+    absent = [k for k in keys or [] if k not in {key for _, _, key in removed}]
+    if absent:
+        where = f"{args.target}" + (" or downstream" if args.cascade else "")
+        raise CommandFailed(
+            f"nothing to remove for {len(absent)} key(s) in {where}: {', '.join(map(repr, absent[:10]))}"
+            + (" ..." if len(absent) > 10 else "")
+        )
     return EXIT_OK
 
 

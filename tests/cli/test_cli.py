@@ -219,17 +219,12 @@ def test_rm_keys_cascade_and_nothing_to_remove(cli: Cli, data: Path) -> None:
         ("count", "done"),
     }
     assert not (data / "counts" / "k2.yaml").exists()
-    code, out, _ = cli("rm", "upper", "k2")
-    assert (code, out) == (0, "nothing to remove\n")
+    code, out, err = cli("rm", "upper", "k2")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "nothing to remove", "'k2'")
     summary = cli.json("run")
     assert summary["per_task"]["upper"]["succeeded"] == 2  # k1 and k2 again
     assert summary["per_task"]["count"]["succeeded"] == 1  # k2 (k1's count was kept)
-
-
-def test_rm_one_link(cli: Cli, data: Path) -> None:
-    cli("run")
-    assert cli.json("rm", "count.done", "k3") == [{"task": "count", "link": "done", "key": "k3"}]
-    assert (data / "counts" / "k3.yaml").exists()
 
 
 def test_rm_all_refuses_without_tty_or_yes(cli: Cli, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
