@@ -152,7 +152,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY")
     p.add_argument("--force", action="store_true", help="run even if the key is not ready")
 
-    p = add("logs", "print the log of a job", json=False)
+    p = add("logs", "print the log of a job")
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
 
@@ -208,6 +208,16 @@ def _key(key: str) -> str:
         return validate_key(key)
     except InvalidKeyError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _text_or_base64(data: bytes, name: str) -> dict[str, str]:
+    """``{name: text}`` for UTF-8 bytes, ``{"base64": ...}`` otherwise (``--json`` of bytes)."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {"base64": base64.b64encode(data).decode("ascii")}
 
 
 def _yaml(value: Any) -> str:
@@ -379,12 +389,7 @@ async def _cmd_cat(pipeline: Pipeline, args: argparse.Namespace) -> int:
         elif isinstance(repo, BlobRepository):
             data = await repo.read_bytes(key)
             if args.json:
-                try:
-                    _out(output.dump_json({"key": key, "text": data.decode("utf-8")}))
-                except UnicodeDecodeError:
-                    import base64
-
-                    _out(output.dump_json({"key": key, "base64": base64.b64encode(data).decode("ascii")}))
+                _out(output.dump_json({"key": key, **_text_or_base64(data, "text")}))
             else:
                 _out_bytes(data)
         else:
@@ -439,8 +444,17 @@ async def _cmd_logs(pipeline: Pipeline, args: argparse.Namespace) -> int:
         try:
             data = await logs.read_bytes(key)
         except KeyNotFoundError:
-            raise CommandFailed(f"task {task.name!r} has no log for {key!r}") from None
-    _out_bytes(data)
+            if await task.done.contains(key):
+                why = "its job wrote no log"
+            elif await task.live.contains(key):
+                why = "its job is running; the log is stored when it ends"
+            else:
+                why = "no job of it has run"
+            raise CommandFailed(f"task {task.name!r} has no log for {key!r}: {why}") from None
+    if args.json:
+        _out(output.dump_json({"task": task.name, "key": key, **_text_or_base64(data, "log")}))
+    else:
+        _out_bytes(data)
     return EXIT_OK
 
 
