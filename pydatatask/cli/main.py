@@ -156,7 +156,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
 
-    p = add("graph", "print the task graph")
+    p = add("graph", "draw the tasks and the repositories they read and write")
     p.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
 
     p = add("why", "explain why a key is or is not ready for a task")
@@ -461,7 +461,9 @@ async def _cmd_logs(pipeline: Pipeline, args: argparse.Namespace) -> int:
 async def _cmd_graph(pipeline: Pipeline, args: argparse.Namespace) -> int:
     graph = pipeline.graph
     if args.json:
-        _out(output.dump_json({"tasks": graph.order(), "edges": [asdict(e) for e in graph.edges]}))
+        drawing = graph.drawing().as_dict()
+        drawing["dependencies"] = [asdict(e) for e in graph.edges]
+        _out(output.dump_json(drawing))
     elif args.format == "dot":
         _out(graph.to_dot())
     elif args.format == "mermaid":

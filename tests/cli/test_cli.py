@@ -388,22 +388,7 @@ def test_logs_without_a_logs_repository(capsys: pytest.CaptureFixture[str]) -> N
     assert_one_line_error(err, "no logs repository")
 
 
-# ---------------------------------------------------------------- graph, why
-def test_graph_formats(cli: Cli) -> None:
-    code, out, _ = cli("graph")
-    assert (code, out) == (0, "upper\n  count  (via up -> up)\n")
-    code, out, _ = cli("graph", "--format", "dot")
-    assert out.startswith("digraph pipeline {") and '"upper" -> "count"' in out
-    code, out, _ = cli("graph", "--format", "mermaid")
-    assert out.startswith("flowchart LR") and "t0 -->|up → up| t1" in out
-    graph = cli.json("graph")
-    assert graph["tasks"] == ["upper", "count"]
-    assert graph["edges"][0]["upstream"] == "upper" and graph["edges"][0]["downstream"] == "count"
-    code, _, err = cli("graph", "--format", "png")
-    assert code == 2
-    assert_one_line_error(err, "invalid choice")
-
-
+# ---------------------------------------------------------------- why (graph: test_cli_graph.py)
 def test_why(cli: Cli) -> None:
     code, out, _ = cli("why", "upper", "k1")
     assert (code, out) == (0, "upper k1: ready\n")
