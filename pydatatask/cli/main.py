@@ -374,8 +374,10 @@ async def _cmd_ls(pipeline: Pipeline, args: argparse.Namespace) -> int:
         keys = sorted(await repo.keys())
     if args.json:
         _out(output.dump_json(keys))
-    else:
+    elif keys:
         _out("".join(k + "\n" for k in keys))
+    else:  # stdout stays empty for scripts; a person learns the listing was made
+        sys.stderr.write(f"{args.spec} ({repo.describe()}) holds no keys\n")
     return EXIT_OK
 
 

@@ -65,4 +65,7 @@ def test_ls_errors_and_empty(cli: Cli) -> None:
     assert code == 2
     assert_one_line_error(err, "expected TASK.LINK")
     assert cli.json("ls", "count.counts") == []
+    code, out, err = cli("ls", "count.counts")
+    assert (code, out) == (0, "")
+    assert err.startswith("count.counts (") and err.endswith(") holds no keys\n")
     assert cli.json("ls", "upper.src") == KEYS
