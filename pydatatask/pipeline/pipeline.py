@@ -295,7 +295,7 @@ class Pipeline:
         """
         task = self.task(task_name)
         key_list = None if keys is None else [validate_key(k) for k in keys]
-        # (task, link) pairs to clear; with ``exact`` only the keys chosen below
+        # the (task, link) pairs to clear, in order; each repository is cleared once
         plan: list[tuple[Task, Link]] = []
         redo: list[Task] = [task]
         chosen: Link | None = None
@@ -326,10 +326,11 @@ class Pipeline:
         else:
             plan.extend(_whole(task))
         if cascade:
-            seeds = {t.name for t in redo} | {task_name}
-            for seed in sorted(seeds, key=self._rank.__getitem__):
+            cleared = {t.name for t in redo}
+            for seed in sorted(cleared | {task_name}, key=self._rank.__getitem__):
                 for name in self.graph.descendants(seed):
-                    if name not in seeds:
+                    if name not in cleared:
+                        cleared.add(name)
                         plan.extend(_whole(self.tasks[name]))
         removed: list[tuple[str, str, str]] = []
         async with self:

@@ -104,6 +104,24 @@ def test_rm_an_input_written_upstream_removes_the_writers_record(cli: Cli, data:
     assert runs(data, "upper", "k4") == 2
 
 
+def test_rm_an_input_written_upstream_with_cascade_redoes_the_reader_too(cli: Cli, data: Path) -> None:
+    cli("run")
+    removed = cli.json("rm", "count.up", "k5", "--cascade")
+    assert {(r["task"], r["link"]) for r in removed} == {
+        ("count", "up"),
+        ("upper", "done"),
+        ("count", "counts"),
+        ("count", "done"),
+        ("count", "logs"),
+    }
+    summary = cli.json("run")
+    assert summary["per_task"] == {
+        "upper": {"succeeded": 1, "failed": 0},
+        "count": {"succeeded": 1, "failed": 0},
+    }
+    assert (runs(data, "upper", "k5"), runs(data, "count", "k5")) == (2, 2)
+
+
 def test_rm_the_done_link_removes_record_and_log_but_keeps_the_output(cli: Cli, data: Path) -> None:
     cli("run")
     assert cli.json("rm", "count.done", "k3") == [
