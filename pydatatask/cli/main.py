@@ -26,7 +26,7 @@ from . import output
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
-    from ..pipeline.scheduler import RunSummary, Scheduler
+    from ..pipeline.scheduler import Scheduler
 
 __all__ = ("main", "run_cli", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE")
 
@@ -151,13 +151,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
     p.add_argument("--force", action="store_true", help="run even if the key is not ready")
-    p.add_argument("--sync", action="store_true", help="accepted for compatibility; launch always waits")
 
-    p = add("logs", "print the log of a job", json=False)
+    p = add("logs", "print the log of a job")
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
 
-    p = add("graph", "print the task graph")
+    p = add("graph", "draw the tasks and the repositories they read and write")
     p.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
 
     p = add("why", "explain why a key is or is not ready for a task")
@@ -211,6 +210,16 @@ def _key(key: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+def _text_or_base64(data: bytes, name: str) -> dict[str, str]:
+    """``{name: text}`` for UTF-8 bytes, ``{"base64": ...}`` otherwise (``--json`` of bytes)."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
 def _yaml(value: Any) -> str:
     from ..repository.serialized import yaml_dumps
 
@@ -218,25 +227,6 @@ def _yaml(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- commands
-def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
-    from ..pipeline.scheduler import RunSummary
-
-    per_task = {n: dict(c) for n, c in a.per_task.items()}
-    for n, counts in b.per_task.items():
-        mine = per_task.setdefault(n, {"succeeded": 0, "failed": 0})
-        for k, v in counts.items():
-            mine[k] = mine.get(k, 0) + v
-    return RunSummary(
-        succeeded=a.succeeded + b.succeeded,
-        failed=a.failed + b.failed,
-        errors=a.errors + b.errors,
-        interrupted=a.interrupted or b.interrupted,
-        timed_out=a.timed_out or b.timed_out,
-        elapsed=a.elapsed + b.elapsed,
-        per_task=per_task,
-    )
-
-
 async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
     for name in args.task or []:
         _task_name(pipeline, name)
@@ -285,28 +275,6 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 grace=args.grace,
                 on_progress=on_progress,
             )
-            # Belt and braces: "run" promises that nothing is left ready. Schedulers before
-            # commit 3381427 could stop early when a job ended during a listing; if a pass
-            # did some work and still left keys ready, run another pass.
-            for _ in range(100):
-                if args.forever or signals or summary.interrupted or summary.timed_out:
-                    break
-                if summary.succeeded + summary.failed == 0:
-                    break
-                status = await pipeline.status()
-                ready = sum(len(status[n]["ready"]) for n in names)
-                remaining = None if args.timeout is None else args.timeout - summary.elapsed
-                if not ready or (remaining is not None and remaining <= 0):
-                    break
-                log.info("%d key(s) became ready as the run ended; running again", ready)
-                more = await pipeline.run(
-                    tasks=args.task,
-                    max_jobs=args.max_jobs,
-                    timeout=remaining,
-                    grace=args.grace,
-                    on_progress=on_progress,
-                )
-                summary = _merge(summary, more)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -362,7 +330,11 @@ async def _cmd_rm(pipeline: Pipeline, args: argparse.Namespace) -> int:
         raise UsageError("give the keys to remove, or --all")
     keys = None if args.all else [_key(k) for k in args.keys]
     if args.all and not args.yes:
-        what = f"every key of {args.target}" if link else f"every output, record and log of {task_name}"
+        what = (
+            f"every key of {args.target} (with the job records and logs that go with them)"
+            if link
+            else f"every output, record and log of {task_name}"
+        )
         if args.cascade:
             down = pipeline.graph.descendants(task_name)
             if down:
@@ -377,16 +349,22 @@ async def _cmd_rm(pipeline: Pipeline, args: argparse.Namespace) -> int:
     removed = await pipeline.remove(task_name, keys, link=link or None, cascade=args.cascade)
     if args.json:
         _out(output.dump_json([{"task": t, "link": lk, "key": k} for t, lk, k in removed]))
-        return EXIT_OK
-    if not removed:
-        _out("nothing to remove\n")
-        return EXIT_OK
+    elif not removed and args.all:
+        _out(f"nothing to remove: {args.target} holds no keys\n")
     grouped: dict[tuple[str, str], list[str]] = {}
     for t, lk, k in removed:
         grouped.setdefault((t, lk), []).append(k)
-    for (t, lk), ks in grouped.items():
-        sample = ", ".join(ks[:10]) + (f", ... (+{len(ks) - 10} more)" if len(ks) > 10 else "")
-        _out(f"removed {len(ks)} key(s) from {t}.{lk}: {sample}\n")
+    if not args.json:
+        for (t, lk), ks in grouped.items():
+            sample = ", ".join(ks[:10]) + (f", ... (+{len(ks) - 10} more)" if len(ks) > 10 else "")
+            _out(f"removed {len(ks)} key(s) from {t}.{lk}: {sample}\n")
+    absent = [k for k in keys or [] if k not in {key for _, _, key in removed}]
+    if absent:
+        where = f"{args.target}" + (" or downstream" if args.cascade else "")
+        raise CommandFailed(
+            f"nothing to remove for {len(absent)} key(s) in {where}: {', '.join(map(repr, absent[:10]))}"
+            + (" ..." if len(absent) > 10 else "")
+        )
     return EXIT_OK
 
 
@@ -396,8 +374,10 @@ async def _cmd_ls(pipeline: Pipeline, args: argparse.Namespace) -> int:
         keys = sorted(await repo.keys())
     if args.json:
         _out(output.dump_json(keys))
-    else:
+    elif keys:
         _out("".join(k + "\n" for k in keys))
+    else:  # stdout stays empty for scripts; a person learns the listing was made
+        sys.stderr.write(f"{args.spec} ({repo.describe()}) holds no keys\n")
     return EXIT_OK
 
 
@@ -411,12 +391,7 @@ async def _cmd_cat(pipeline: Pipeline, args: argparse.Namespace) -> int:
         elif isinstance(repo, BlobRepository):
             data = await repo.read_bytes(key)
             if args.json:
-                try:
-                    _out(output.dump_json({"key": key, "text": data.decode("utf-8")}))
-                except UnicodeDecodeError:
-                    import base64
-
-                    _out(output.dump_json({"key": key, "base64": base64.b64encode(data).decode("ascii")}))
+                _out(output.dump_json({"key": key, **_text_or_base64(data, "text")}))
             else:
                 _out_bytes(data)
         else:
@@ -471,15 +446,26 @@ async def _cmd_logs(pipeline: Pipeline, args: argparse.Namespace) -> int:
         try:
             data = await logs.read_bytes(key)
         except KeyNotFoundError:
-            raise CommandFailed(f"task {task.name!r} has no log for {key!r}") from None
-    _out_bytes(data)
+            if await task.done.contains(key):
+                why = "its job wrote no log"
+            elif await task.live.contains(key):
+                why = "its job is running; the log is stored when it ends"
+            else:
+                why = "no job of it has run"
+            raise CommandFailed(f"task {task.name!r} has no log for {key!r}: {why}") from None
+    if args.json:
+        _out(output.dump_json({"task": task.name, "key": key, **_text_or_base64(data, "log")}))
+    else:
+        _out_bytes(data)
     return EXIT_OK
 
 
 async def _cmd_graph(pipeline: Pipeline, args: argparse.Namespace) -> int:
     graph = pipeline.graph
     if args.json:
-        _out(output.dump_json({"tasks": graph.order(), "edges": [asdict(e) for e in graph.edges]}))
+        drawing = graph.drawing().as_dict()
+        drawing["dependencies"] = [asdict(e) for e in graph.edges]
+        _out(output.dump_json(drawing))
     elif args.format == "dot":
         _out(graph.to_dot())
     elif args.format == "mermaid":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +20,7 @@ from ..repository.serialized import YamlMetadataFileRepository
 from ..session import Session
 from ..task.base import Task
 from ..task.hooks import Hooks
+from ..task.links import Link, LinkKind
 from .graph import TaskGraph
 from .records import RecordIndex
 from .scheduler import RunSummary, Scheduler, TaskView, compute_views
@@ -28,6 +28,15 @@ from .scheduler import RunSummary, Scheduler, TaskView, compute_views
 __all__ = ("Pipeline",)
 
 log = logging.getLogger("pydatatask.pipeline")
+
+
+def _state_links(task: Task, *kinds: str) -> list[tuple[Task, Link]]:
+    return [(task, task.links[k]) for k in kinds if k in task.links]
+
+
+def _whole(task: Task) -> list[tuple[Task, Link]]:
+    """Everything that makes a key of ``task`` done: its outputs, record and log."""
+    return [(task, lk) for lk in task.output_links] + _state_links(task, "done", "logs")
 
 
 class Pipeline:
@@ -168,12 +177,13 @@ class Pipeline:
         timeout: float | str | None = None,  # noqa: ASYNC109 - a deadline for the whole run
         grace: float | str = "10s",
         on_progress: Callable[[Scheduler], None] | None = None,
-        handle_signals: bool = False,
     ) -> RunSummary:
         """Run jobs until nothing is ready and nothing runs (or forever).
 
-        With ``handle_signals`` SIGINT/SIGTERM stop launching, give running jobs ``grace``
-        to finish, then cancel them (their partial outputs are removed).
+        Cancelling the call (Ctrl-C under :func:`asyncio.run`) cancels the running jobs, which
+        remove their partial outputs and write no record. The command line's ``run`` adds the
+        gentler stop: on SIGINT/SIGTERM it calls :meth:`Scheduler.request_stop`, gives running
+        jobs ``grace`` to finish, then cancels them.
         """
         for name in tasks or []:
             self.task(name)
@@ -188,20 +198,7 @@ class Pipeline:
                 on_progress=on_progress,
             )
             self.scheduler = scheduler
-            installed: list[signal.Signals] = []
-            if handle_signals:
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    try:
-                        loop.add_signal_handler(sig, scheduler.request_stop)
-                        installed.append(sig)
-                    except (NotImplementedError, RuntimeError):  # pragma: no cover - not main thread
-                        pass
-            try:
-                return await scheduler.run()
-            finally:
-                for sig in installed:
-                    asyncio.get_running_loop().remove_signal_handler(sig)
+            return await scheduler.run()
 
     def run_sync(self, **kwargs: Any) -> RunSummary:
         """``asyncio.run(pipeline.run(**kwargs))``."""
@@ -278,38 +275,97 @@ class Pipeline:
     async def remove(
         self, task_name: str, keys: Iterable[str] | None, *, link: str | None = None, cascade: bool = False
     ) -> list[tuple[str, str, str]]:
-        """Delete outputs and records of ``keys`` (all keys if None) so they run again.
+        """Delete ``keys`` (every key if None) so that their jobs run again.
 
-        With ``link`` only that link is cleared. With ``cascade`` the same keys are also
-        removed from every downstream task. Returns ``(task, link, key)`` for each removal.
+        Without ``link``: the task's outputs, job records and logs of the keys.
+
+        With ``link``: that link's values and, so that the keys run again, the job records
+        and logs of every task that writes that repository as an output (the task itself
+        when ``link`` is one of its outputs, the upstream task when it is an input another
+        task writes). For ``done`` the records and the logs go; for ``logs`` only the logs;
+        an input nobody writes loses only its values. A job starts only when none of its
+        outputs holds the key, so when another output of such a task holds one of the keys
+        nothing is removed and :class:`ConfigurationError` names it. With ``keys=None`` the
+        keys are those the link's repository holds. A read-only link is an error.
+
+        With ``cascade`` the keys also go from every task downstream of the tasks whose
+        jobs run again (their outputs, records and logs).
+
+        Returns ``(task, link, key)`` for each value removed, in the order removed.
         """
         task = self.task(task_name)
-        targets = [task_name] + (self.graph.descendants(task_name) if cascade else [])
+        key_list = None if keys is None else [validate_key(k) for k in keys]
+        # the (task, link) pairs to clear, in order; each repository is cleared once
+        plan: list[tuple[Task, Link]] = []
+        redo: list[Task] = [task]
+        chosen: Link | None = None
+        if link is not None:
+            chosen = task.links.get(link)
+            if chosen is None:
+                raise ConfigurationError(
+                    f"task {task_name!r} has no link {link!r}; links: {', '.join(task.links)}"
+                )
+            if not chosen.repository.is_writable:
+                raise ConfigurationError(
+                    f"{task_name}.{link} ({chosen.repository.describe()}) is read-only; "
+                    "remove the keys from the repository it shows"
+                )
+            plan.append((task, chosen))
+            if chosen.kind is LinkKind.DONE:
+                plan.extend(_state_links(task, "logs"))
+            elif chosen.kind in (LinkKind.LOGS, LinkKind.LIVE):
+                redo = []
+            else:
+                redo = [
+                    t
+                    for t in self.tasks.values()
+                    if any(o.repository is chosen.repository for o in t.output_links)
+                ]
+                for owner in redo:
+                    plan.extend(_state_links(owner, "done", "logs"))
+        else:
+            plan.extend(_whole(task))
+        if cascade:
+            cleared = {t.name for t in redo}
+            for seed in sorted(cleared | {task_name}, key=self._rank.__getitem__):
+                for name in self.graph.descendants(seed):
+                    if name not in cleared:
+                        cleared.add(name)
+                        plan.extend(_whole(self.tasks[name]))
         removed: list[tuple[str, str, str]] = []
         async with self:
-            key_list = None if keys is None else [validate_key(k) for k in keys]
-            for name in targets:
-                t = self.tasks[name]
-                if link is not None and name == task_name:
-                    if link not in t.links:
-                        raise ConfigurationError(
-                            f"task {name!r} has no link {link!r}; links: {', '.join(t.links)}"
-                        )
-                    links = [t.links[link]]
-                else:
-                    links = [*t.output_links, t.links["done"]] + (
-                        [t.links["logs"]] if "logs" in t.links else []
-                    )
-                for lk in links:
-                    repo = lk.repository
-                    if not repo.is_writable:
-                        continue
-                    present = await repo.keys()
-                    for key in sorted(present if key_list is None else set(key_list) & present):
-                        await repo.delete(key)
-                        removed.append((name, lk.name, key))
-            del task
+            exact: set[str] | None = None if key_list is None else set(key_list)
+            if chosen is not None:
+                if exact is None:
+                    exact = set(await chosen.repository.keys())
+                if chosen.kind not in (LinkKind.DONE, LinkKind.LOGS, LinkKind.LIVE):
+                    await self._refuse_partial(redo, chosen.repository, exact)
+            seen: set[int] = set()
+            for t, lk in plan:
+                repo = lk.repository
+                if id(repo) in seen or not repo.is_writable:
+                    continue
+                seen.add(id(repo))
+                present = await repo.keys()
+                for key in sorted(present if exact is None else exact & present):
+                    await repo.delete(key)
+                    removed.append((t.name, lk.name, key))
         return removed
+
+    async def _refuse_partial(self, owners: list[Task], repo: Repository, keys: set[str]) -> None:
+        """Refuse to remove ``keys`` from one output of a task while another output keeps them."""
+        for owner in owners:
+            for other in owner.output_links:
+                if other.repository is repo:
+                    continue
+                kept = sorted(keys & await other.repository.keys())
+                if kept:
+                    raise ConfigurationError(
+                        f"{owner.name}.{other.name} also holds {kept[0]!r}"
+                        + (f" (and {len(kept) - 1} more)" if len(kept) > 1 else "")
+                        + f" and a job of {owner.name} runs again only when none of its outputs does;"
+                        f" nothing removed: `rm {owner.name} KEY` removes them all"
+                    )
 
     async def launch(self, task_name: str, key: str, *, force: bool = False) -> dict[str, Any] | None:
         """Run one job now, in this process. Unless ``force``, the key must be ready."""
