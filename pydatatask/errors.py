@@ -24,13 +24,11 @@ cross into pydatatask, chained with ``raise ... from exc`` so the cause stays vi
 Messages never contain credentials.
 
 ``asyncio.TaskGroup`` wraps the errors of its tasks in an :class:`ExceptionGroup`; where
-pydatatask runs a task group it re-raises the first error of the group itself
-(:func:`first_error`), so callers only ever catch the exceptions of this tree.
+pydatatask runs a task group it re-raises the first error of the group itself, so
+callers only ever catch the exceptions of this tree.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 __all__ = (
     "PydatataskError",
@@ -49,7 +47,6 @@ __all__ = (
     "JobError",
     "JobTimeoutError",
     "SchedulerError",
-    "first_error",
 )
 
 
@@ -168,19 +165,3 @@ class JobTimeoutError(JobError):
 
 class SchedulerError(PydatataskError):
     """The scheduler cannot continue."""
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """The exception to raise in place of ``exc``: ``exc`` itself, or for an exception
-    group (as ``asyncio.TaskGroup`` raises) its first error that is not a cancellation,
-    looking into nested groups.
-
-    Callers re-raise it as it is (``raise first_error(group) from None`` would hide the
-    rest; a plain ``raise first_error(group)`` inside ``except`` keeps the group as its
-    context and the error's own cause).
-    """
-    while isinstance(exc, BaseExceptionGroup):
-        errors = exc.exceptions
-        real = [e for e in errors if not isinstance(e, asyncio.CancelledError)]
-        exc = (real or list(errors))[0]
-    return exc

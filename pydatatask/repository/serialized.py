@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import CorruptValueError, KeyNotFoundError, RepositoryError, first_error
+from .._taskgroups import first_error
+from ..errors import CorruptValueError, KeyNotFoundError, RepositoryError
 from .base import BlobRepository, MetadataRepository
 from .filesystem import FileRepository
 
@@ -23,6 +24,7 @@ __all__ = (
     "JsonMetadataFileRepository",
     "yaml_dumps",
     "yaml_loads",
+    "parse_error",
 )
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -84,6 +86,17 @@ def yaml_loads(data: bytes) -> Any:
     return yaml.load(data, Loader=_Loader)  # noqa: S506 - the C/py *Safe* loader
 
 
+def parse_error(exc: BaseException) -> str:
+    """A YAML or JSON parse error on one line: what was wrong, and at which line and column."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        text = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = str(exc)  # json.JSONDecodeError says "... line 1 column 5 (char 4)" itself
+    return " ".join(text.split())
+
+
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -141,7 +154,7 @@ class SerializedMetadataRepository(MetadataRepository):
         try:
             return self._loads(data)
         except (ValueError, yaml.YAMLError) as exc:
-            raise self._corrupt(key, f"not valid {self.format_name}: {exc}") from exc
+            raise self._corrupt(key, f"not valid {self.format_name}: {parse_error(exc)}") from exc
 
     def _decode_or_error(self, key: str, data: bytes) -> Any:
         """The value, or the :class:`CorruptValueError` (the ``_get_many`` contract)."""
@@ -197,7 +210,8 @@ class SerializedMetadataRepository(MetadataRepository):
                 for key in keys:
                     tg.create_task(one(key))
         except BaseExceptionGroup as group:
-            raise first_error(group)  # a read failed (backend down, ...): that error, unwrapped
+            error = first_error(group)  # a read failed (backend down, ...): that error, unwrapped
+            raise error from error.__cause__
         return out
 
 
