@@ -82,7 +82,7 @@ class Hooks:
                 # one line; the traceback too when the log is verbose (-v) - a hook's bug
                 # must not bury the run's output
                 job = f"task {event.task} key {event.key!r}: " if event.task is not None else ""
-                log.error(
+                log.warning(
                     "%shook %s on %s raised %s: %s; the run goes on",
                     job,
                     _hook_name(callback),
