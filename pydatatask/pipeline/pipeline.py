@@ -231,9 +231,9 @@ class Pipeline:
         ``corrupt_details`` maps each corrupt key to what is corrupt, in which repository,
         where it is stored and why (see :func:`~pydatatask.pipeline.records.corrupt_info`).
         """
-        views = await self.views()
         out: dict[str, dict[str, Any]] = {}
-        async with self:
+        async with self:  # one session for the listing and the claims
+            views = await self.views()
             for name, view in views.items():
                 claims = await self._claims(self.tasks[name], view)
                 retrying = {
