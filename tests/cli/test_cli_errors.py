@@ -153,3 +153,25 @@ def test_a_hook_that_raises_prints_one_line_unless_verbose(
     assert ("Traceback" in err) is verbose
     if not verbose:
         assert err.splitlines() == hook_lines
+
+
+def test_format_status_shows_next_attempts_and_where_corrupt_values_are() -> None:
+    from pydatatask.cli.output import STATUS_COLUMNS, format_status, status_rows
+
+    empty: dict[str, list[str]] = {c: [] for c in STATUS_COLUMNS}
+    status = {
+        "A": {
+            **empty,
+            "retrying": ["k1"],
+            "corrupt": ["k2"],
+            "next_attempt": {"k1": "2026-11-23T01:02:08.500000+00:00"},
+            "corrupt_details": {"k2": {"what": "claim", "message": "live: the value of key 'k2' ..."}},
+        }
+    }
+    assert status_rows(status) == [["A", 0, 0, 1, 0, 0, 0, 1]]
+    assert format_status(status).splitlines() == [
+        "A retrying (1): k1",
+        "  k1: next attempt at 2026-11-23T01:02:08.500000+00:00",
+        "A corrupt (1): k2",
+        "  k2: claim: live: the value of key 'k2' ...",
+    ]
