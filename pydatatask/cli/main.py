@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._taskgroups import first_error
 from ..durations import parse_duration
 from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, PydatataskError
 from ..keys import validate_key
@@ -124,7 +125,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-status", action="store_true", help="do not print the status table at the end")
 
-    p = add("status", "counts and keys per task: ready, running, succeeded, failed, blocked")
+    p = add(
+        "status", "counts and keys per task: ready, running, retrying, succeeded, failed, blocked, corrupt"
+    )
     p.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
     p.add_argument("--all", action="store_true", help="list every key, not samples")
 
@@ -142,7 +145,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="TASK.LINK")
     p.add_argument("key", metavar="KEY")
 
-    p = add("inject", "store a value (from FILE or stdin; YAML for metadata)", json=False)
+    p = add("inject", "store a value (from FILE or stdin; YAML for metadata)")
     p.add_argument("spec", metavar="TASK.LINK")
     p.add_argument("key", metavar="KEY")
     p.add_argument("file", nargs="?", metavar="FILE", help="read from FILE ('-' or absent: stdin)")
@@ -308,6 +311,8 @@ async def _cmd_status(pipeline: Pipeline, args: argparse.Namespace) -> int:
                     n: {
                         "counts": {c: len(s[c]) for c in output.STATUS_COLUMNS},
                         **{c: s[c] for c in output.STATUS_COLUMNS},
+                        "next_attempt": s["next_attempt"],
+                        "corrupt_details": s["corrupt_details"],
                     }
                     for n, s in status.items()
                 }
@@ -416,6 +421,9 @@ async def _cmd_inject(pipeline: Pipeline, args: argparse.Namespace) -> int:
             raise CommandFailed(f"cannot read {args.file}: {exc.strerror or exc}") from None
     await pipeline.inject(args.spec, key, data)
     log.info("stored %d byte(s) under %r in %s", len(data), key, args.spec)
+    if args.json:
+        task_name, _, link = args.spec.partition(".")
+        _out(output.dump_json({"task": task_name, "link": link, "key": key, "bytes": len(data)}))
     return EXIT_OK
 
 
@@ -536,28 +544,39 @@ def run_cli(pipeline: Pipeline, argv: Sequence[str] | None = None, *, prog: str 
     pkg_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
     try:
         return asyncio.run(COMMANDS[args.command](pipeline, args))
-    except (UsageError, InvalidKeyError) as exc:
-        _error(_one_line(exc))
-        return EXIT_USAGE
-    except (CommandFailed, PydatataskError, KeyError, OSError) as exc:
-        _error(_one_line(exc))
-        if verbose and not isinstance(exc, CommandFailed):
-            traceback.print_exc(file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 128 + signal.SIGINT
-    except Exception as exc:
-        if verbose:
-            traceback.print_exc(file=sys.stderr)
-        _error(
-            f"unexpected {type(exc).__name__}: {_one_line(exc)}"
-            + ("" if verbose else " (run with -v for the traceback)")
-        )
-        return EXIT_FAILURE
+    except BaseExceptionGroup as group:
+        # the package unwraps its task groups; this is the last line of defence
+        return _report(first_error(group), group, verbose)
+    except (Exception, KeyboardInterrupt) as exc:
+        return _report(exc, exc, verbose)
     finally:
         pkg_log.removeHandler(handler)
         pkg_log.setLevel(old_level)
+
+
+def _report(exc: BaseException, raised: BaseException, verbose: int) -> int:
+    """Print the one-line error for ``exc`` (``raised`` is what reached :func:`run_cli`, for
+    the traceback with ``-v``) and return the exit status."""
+    if isinstance(exc, (UsageError, InvalidKeyError)):
+        _error(_one_line(exc))
+        return EXIT_USAGE
+    if isinstance(exc, (CommandFailed, PydatataskError, KeyError, OSError)):
+        _error(_one_line(exc))
+        if verbose and not isinstance(exc, CommandFailed):
+            traceback.print_exception(raised, file=sys.stderr)
+        return EXIT_FAILURE
+    if isinstance(exc, KeyboardInterrupt):
+        _error("interrupted")
+        return 128 + signal.SIGINT
+    if not isinstance(exc, Exception):
+        raise exc  # SystemExit and the like, out of a task group: not ours to report
+    if verbose:
+        traceback.print_exception(raised, file=sys.stderr)
+    _error(
+        f"unexpected {type(exc).__name__}: {_one_line(exc)}"
+        + ("" if verbose else " (run with -v for the traceback)")
+    )
+    return EXIT_FAILURE
 
 
 def main(pipeline: Pipeline, argv: Sequence[str] | None = None) -> NoReturn:

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, KeyNotFoundError
+from ..errors import ConfigurationError, CorruptValueError, InvalidValueError, KeyNotFoundError
 from ..keys import validate_key
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import FileRepository
@@ -21,8 +21,9 @@ from ..session import Session
 from ..task.base import Task
 from ..task.hooks import Hooks
 from ..task.links import Link, LinkKind
+from ..task.records import utcnow_iso
 from .graph import TaskGraph
-from .records import RecordIndex
+from .records import CORRUPT_ERROR_TYPE, RecordIndex, corrupt_info, warn_corrupt
 from .scheduler import RunSummary, Scheduler, TaskView, compute_views
 
 __all__ = ("Pipeline",)
@@ -217,18 +218,50 @@ class Pipeline:
                 return await compute_views(self.tasks, self, records, full=full)
 
     async def status(self) -> dict[str, dict[str, Any]]:
-        """Counts and sorted key lists per task: ready, running (live claims), succeeded, failed."""
-        views = await self.views()
+        """Sorted key lists per task, one per job state, and the details of some states.
+
+        ``ready`` (pending), ``running`` and ``retrying`` (live claims; a retrying job
+        waits out its backoff), ``succeeded``, ``failed``, ``blocked`` (an upstream task has
+        no success record for the key) and ``corrupt`` (the key's job record or claim does
+        not decode, or its job read an input value that does not). ``next_attempt`` maps
+        each retrying key to the time of its next attempt (ISO 8601 UTC);
+        ``corrupt_details`` maps each corrupt key to what is corrupt, in which repository,
+        where it is stored and why (see :func:`~pydatatask.pipeline.records.corrupt_info`).
+        """
         out: dict[str, dict[str, Any]] = {}
-        for name, view in views.items():
-            out[name] = {
-                "ready": sorted(view.ready - view.live),
-                "running": sorted(view.live),
-                "succeeded": sorted(view.succeeded),
-                "failed": sorted(view.failed),
-                "blocked": sorted(view.blocked),
-            }
+        async with self:  # one session for the listing and the claims
+            views = await self.views()
+            for name, view in views.items():
+                claims = await self._claims(self.tasks[name], view)
+                retrying = {
+                    k: c for k, c in claims.items() if isinstance(c, dict) and c.get("state") == "retrying"
+                }
+                corrupt = view.corrupt
+                out[name] = {
+                    "ready": sorted(view.ready - view.live),
+                    "running": sorted(view.live - retrying.keys() - corrupt.keys()),
+                    "retrying": sorted(retrying),
+                    "succeeded": sorted(view.succeeded),
+                    "failed": sorted(view.failed),
+                    "blocked": sorted(view.blocked),
+                    "corrupt": sorted(corrupt),
+                    "next_attempt": {k: _iso(c.get("retry_at")) for k, c in sorted(retrying.items())},
+                    "corrupt_details": {k: corrupt[k] for k in sorted(corrupt)},
+                }
         return out
+
+    async def _claims(self, task: Task, view: TaskView) -> dict[str, Any]:
+        """The claims of ``view.live``; corrupt ones go to ``view.corrupt`` (logged once)."""
+        if not view.live:
+            return {}
+
+        def bad(err: CorruptValueError) -> None:
+            warn_corrupt(
+                err, f"task {task.name} does not run {err.key!r} until the claim is fixed or removed"
+            )
+            view.corrupt[str(err.key)] = corrupt_info("claim", err)
+
+        return await task.live.get_many(view.live, on_corrupt=bad)
 
     async def why(self, task_name: str, key: str) -> list[str]:
         """Explain whether ``key`` is ready for ``task_name`` and, if not, which links say no."""
@@ -239,25 +272,21 @@ class Pipeline:
         reasons: list[str] = []
         async with self:
             for link in task.required_links:
-                if not await link.repository.contains(key):
+                try:
+                    present = await link.repository.contains(key)
+                except CorruptValueError as exc:
+                    reasons.append(f"input {link.name!r}: {_fix_corrupt(exc.location, str(exc))}")
+                    continue
+                if not present:
                     reasons.append(
                         f"input {link.name!r} ({link.repository.describe()}) does not have {key!r}"
                     )
             for link in task.inhibiting_links:
                 if await link.repository.contains(key):
                     if link.name == "done":
-                        try:
-                            rec = await task.done.get(key)
-                            state = "succeeded" if isinstance(rec, dict) and rec.get("success") else "failed"
-                        except KeyNotFoundError:
-                            state = "recorded"
-                        reasons.append(
-                            f"a job record exists ({state}); `rm {task_name} {key}` to run it again"
-                        )
+                        reasons.append(await self._why_record(task, key))
                     elif link.name == "live":
-                        reasons.append(
-                            f"a job for {key!r} is running (claim in {link.repository.describe()})"
-                        )
+                        reasons.append(await self._why_claim(task, key))
                     else:
                         reasons.append(
                             f"{link.kind.value} {link.name!r} ({link.repository.describe()}) already has {key!r}"
@@ -265,11 +294,52 @@ class Pipeline:
             for up in self.graph.upstream[task_name]:
                 upview = views[up]
                 if key in upview.universe and key not in upview.succeeded:
-                    state = "failed" if key in upview.failed else "not finished"
+                    state = (
+                        "its job record is corrupt"
+                        if key in upview.corrupt
+                        else "failed"
+                        if key in upview.failed
+                        else "not finished"
+                    )
                     reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
             if not reasons and key not in view.ready:
                 reasons.append(f"{key!r} was ready a moment ago or is queued; nothing blocks it now")
         return reasons
+
+    async def _why_record(self, task: Task, key: str) -> str:
+        try:
+            rec = await task.done.get(key)
+        except KeyNotFoundError:
+            return f"a job record exists; `rm {task.name} {key}` to run it again"
+        except CorruptValueError as exc:
+            return "the job record is corrupt: " + _fix_corrupt(exc.location, str(exc))
+        error = rec.get("error") if isinstance(rec, dict) else None
+        if isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
+            return (
+                f"the job failed because an input value is corrupt: {error.get('message')}; inspect "
+                f"{error.get('location') or 'it'}, fix or remove it, then `rm {task.name} {key}` to run it again"
+            )
+        state = "succeeded" if isinstance(rec, dict) and rec.get("success") else "failed"
+        return f"a job record exists ({state}); `rm {task.name} {key}` to run it again"
+
+    async def _why_claim(self, task: Task, key: str) -> str:
+        live = task.live.describe()
+        try:
+            claim = await task.live.get(key)
+        except KeyNotFoundError:
+            return f"a job for {key!r} was running a moment ago (claim in {live})"
+        except CorruptValueError as exc:
+            return (
+                f"the claim is corrupt, so no scheduler can tell whether a job runs: {exc}; inspect "
+                f"{exc.location}; if no run is going on, remove it (`rm {task.name}.live {key}`, and "
+                f"`rm {task.name} {key}` for partial outputs)"
+            )
+        if isinstance(claim, dict) and claim.get("state") == "retrying":
+            return (
+                f"a job for {key!r} is retrying: attempt {claim.get('attempt', '?')} failed, the next "
+                f"starts at {_iso(claim.get('retry_at'))} (claim in {live})"
+            )
+        return f"a job for {key!r} is running (claim in {live})"
 
     # ---------------------------------------------------------------- changes
     async def remove(
@@ -384,15 +454,43 @@ class Pipeline:
             return await task.execute(key, hooks=self.hooks)
 
     async def inject(self, spec: str, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` in the repository ``task.link`` (YAML for metadata)."""
+        """Store ``data`` under ``key`` in the repository ``task.link`` (YAML for metadata).
+
+        Data that does not parse as YAML (JSON is YAML too) raises
+        :class:`~pydatatask.errors.InvalidValueError` naming the line and column; nothing
+        is stored then.
+        """
         _, _, repo = self.repository(spec)
         validate_key(key)
+        value: Any = None
+        if not isinstance(repo, BlobRepository) and isinstance(repo, MetadataRepository):
+            value = _parse_yaml(spec, key, data)
         async with self:
             if isinstance(repo, BlobRepository):
                 await repo.write_bytes(key, data)
             elif isinstance(repo, MetadataRepository):
-                from ..repository.serialized import yaml_loads
-
-                await repo.put(key, yaml_loads(data))
+                await repo.put(key, value)
             else:
                 raise ConfigurationError(f"{spec} ({repo.describe()}) cannot take injected values")
+
+
+def _parse_yaml(spec: str, key: str, data: bytes) -> Any:
+    import yaml
+
+    from ..repository.serialized import parse_error, yaml_loads
+
+    try:
+        return yaml_loads(data)
+    except yaml.YAMLError as exc:
+        raise InvalidValueError(
+            f"the value for {spec} {key!r} is not valid YAML: {parse_error(exc)}"
+        ) from exc
+
+
+def _iso(ts: Any) -> str:
+    """Epoch seconds as ISO 8601 UTC (``?`` when absent)."""
+    return utcnow_iso(float(ts)) if isinstance(ts, (int, float)) else "?"
+
+
+def _fix_corrupt(location: str, message: str) -> str:
+    return f"{message}; inspect {location or 'it'} and fix or remove it (`rm` the file)"
