@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
-from ..errors import ConfigurationError, KeyNotFoundError, ReadOnlyRepositoryError, UnsupportedOperationError
+from ..errors import (
+    ConfigurationError,
+    CorruptValueError,
+    KeyNotFoundError,
+    ReadOnlyRepositoryError,
+    UnsupportedOperationError,
+)
 from ..keys import is_valid_key, validate_key
 from .base import BlobRepository, MetadataRepository, Repository
 from .listing import cached_keys
@@ -30,6 +37,8 @@ __all__ = (
     "FallbackRepository",
     "ReadOnlyRepository",
 )
+
+log = logging.getLogger("pydatatask.repository")
 
 
 async def _list_all(repos: Iterable[Repository]) -> list[set[str]]:
@@ -254,7 +263,14 @@ class FilterRepository(RepositoryView):
         if self.value_predicate is not None:
             child = self.children[0]
             assert isinstance(child, MetadataRepository)
-            values = await child.get_many(keys)
+            warned: set[str] = self.__dict__.setdefault("_warned_corrupt", set())
+
+            def skip(err: CorruptValueError) -> None:  # left out; named once per key
+                if err.key not in warned:
+                    warned.add(str(err.key))
+                    log.warning("%s; %s leaves the key out", err, self.describe())
+
+            values = await child.get_many(keys, on_corrupt=skip)
             keys = {k for k, v in values.items() if await _call(self.value_predicate, v)}
         return keys
 

@@ -103,4 +103,8 @@ class DeferredMetadataRepository(MetadataRepository):
         return await self._writing().replace_if(key, expected, value)
 
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
-        return await self._target.get_many(keys)
+        # the backend's hook itself: corrupt values come back as errors, for the caller
+        return await self._target._get_many(keys)
+
+    def _location(self, key: str) -> str:
+        return self._target._location(key)
