@@ -8,9 +8,10 @@ are never keys, so stale temporaries from a killed process are never listed.
 Durability (``fsync=True``, the default): a rename survives a killed process, but after a
 power loss the kernel may have written the new name before the file's data (the file is
 then empty or short) or neither, even though the call returned. So a durable write
-``fsync``s the file before the rename and the directory after it (and each directory it
-created, in its parent); a durable exclusive create fsyncs the file before the hard link
-and the directory after it; a durable delete fsyncs the directory after the unlink. When
+syncs the file (``fsync``) before the rename and the directory after it (and each
+directory it created, in its parent); a durable exclusive create syncs the file before
+the hard link and the directory after it; a durable delete syncs the directory after the
+unlink. When
 the call returns, the change is on the disk. ``fsync`` blocks for as long as the disk
 takes (milliseconds), so durable writes run in a thread, never on the event loop (several
 in flight share the filesystem's journal commits). On a filesystem held in memory
