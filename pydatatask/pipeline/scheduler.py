@@ -121,7 +121,8 @@ class Scheduler:
         self.errored: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._checked_claims: dict[str, set[str]] = {t.name: set() for t in self.selected}
+        # foreign claims found live: key -> when to judge it again (when its lease runs out)
+        self._checked_claims: dict[str, dict[str, float]] = {t.name: {} for t in self.selected}
         self._last_claim_check = 0.0
         self.ticks = 0
         self.last_listing_seconds = 0.0
@@ -175,7 +176,10 @@ class Scheduler:
             view = self.views[task.name]
             foreign = [k for k in view.live if (task.name, k) not in self.running]
             checked = self._checked_claims[task.name]
-            todo = [k for k in foreign if k not in checked]
+            for key in [k for k in checked if k not in view.live]:
+                del checked[key]  # released: a new claim on it is judged afresh
+            now = time.time()
+            todo = [k for k in foreign if checked.get(k, 0.0) <= now]
             if not todo:
                 continue
             claims = await task.live.get_many(todo)
@@ -185,7 +189,14 @@ class Scheduler:
                     await task.recover_stale(key, claim)
                     recovered = True
                 else:
-                    checked.add(key)
+                    expires = math.inf  # no heartbeat: never stale by lease
+                    hb, lease = (
+                        claim.get("heartbeat", claim.get("started")),
+                        claim.get("lease", task.claim_lease),
+                    )
+                    if isinstance(hb, (int, float)) and isinstance(lease, (int, float)):
+                        expires = hb + lease
+                    checked[key] = expires
             any_recovered |= recovered
         return any_recovered
 

@@ -272,3 +272,34 @@ def test_a_dead_schedulers_claim_in_another_namespace_is_taken_over_after_its_le
     assert (data / "out" / "k.txt").read_bytes() == b"ABC"
     assert not _claim_file(data).exists()
     assert yaml_loads((data / "state" / "upper" / "done" / "k.yaml").read_bytes())["success"] is True
+
+
+async def test_a_running_scheduler_takes_over_a_foreign_claim_once_its_lease_passes(tmp_path: Path) -> None:
+    """A claim that was fresh when a ``--forever`` scheduler first saw it is judged again
+    when its lease runs out (its owner, in another namespace, stopped renewing it)."""
+    from pydatatask.pipeline import Pipeline
+    from pydatatask.repository import FileRepository, YamlMetadataFileRepository
+
+    src = MemoryMetadataRepository({"k": 1})
+    dst = FileRepository(tmp_path / "dst")
+    live = YamlMetadataFileRepository(tmp_path / "live")
+    foreign = dict(make_claim("elsewhere", "t", "k", time.time(), 0.6), pid=1, pid_namespace="pid:[1]")
+    await live.put("k", foreign)
+
+    async def make(key: str, dst: FileRepository) -> None:
+        await dst.write_bytes(key, b"done")
+
+    task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
+    pipeline = Pipeline([task], claim_check_interval="0.05s", poll_interval="0.05s")
+    run = asyncio.create_task(pipeline.run(forever=True))
+    try:
+        for _ in range(200):  # 10 s
+            if await dst.contains("k") or run.done():
+                break
+            await asyncio.sleep(0.05)
+        assert await dst.contains("k"), "the expired claim was never taken over"
+    finally:
+        pipeline.scheduler.request_stop()
+        summary = await run
+    assert summary.succeeded == 1
+    assert await live.keys() == set()
