@@ -283,7 +283,9 @@ async def test_a_running_scheduler_takes_over_a_foreign_claim_once_its_lease_pas
     src = MemoryMetadataRepository({"k": 1})
     dst = FileRepository(tmp_path / "dst")
     live = YamlMetadataFileRepository(tmp_path / "live")
-    foreign = dict(make_claim("elsewhere", "t", "k", time.time(), 0.6), pid=1, pid_namespace="pid:[1]")
+    foreign = dict(
+        make_claim("elsewhere", "t", "k", time.time(), 0.6), host="other-host", pid=1, pid_namespace="pid:[1]"
+    )
     await live.put("k", foreign)
 
     async def make(key: str, dst: FileRepository) -> None:
