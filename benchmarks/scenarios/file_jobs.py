@@ -1,16 +1,22 @@
 """10k file jobs: read one 8-byte file, write it upper-cased, a YAML done record per job.
 
 * ``ours``: ``FileRepository`` in/out, ``InProcessTask`` with ``concurrency=C``,
-  ``Pipeline(state_dir=...)`` (done records and claims as YAML files; atomic writes).
+  ``Pipeline(state_dir=...)`` (done records and claims as YAML files; atomic writes),
+  everything durable as by default (``fsync`` of each file and of its directory).
+* ``ours-nofsync``: the same with ``fsync=False`` on every repository (the output, and
+  done/live/logs given to the task in the same layout): the default before durability.
 * ``bare``: plain asyncio, ``C`` worker coroutines, the same listing, the same reads and
   atomic writes (temp file in the same directory + ``os.replace``) of the output and of
   the same YAML job record, with blocking calls made inline (the physical limit).
 * ``bare-thread``: the same with one ``asyncio.to_thread`` hop per job (the shape a
   loop that must never block its event loop has).
+* ``bare-fsync``: ``bare-thread`` with the output and the record made durable the way
+  ours are (fsync of the file before ``os.replace``, of the directory after it): the
+  physical cost of durability.
 * ``0.4.7``: the same pipeline written for pydatatask 0.4.7 (``baseline_047``).
 
 Our pipeline additionally writes and removes a claim file per job (``live``), which
-the bare loops do not.
+the bare loops do not (durably: two fsyncs to create it, one to remove it).
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ CONCURRENCY = 15  # 0.4.7 launches at most 15 jobs at once (fixed); every series
 
 def points(opts: Options) -> list[Point]:
     n = 300 if opts.quick else 10_000
-    series = ["ours", "bare", "bare-thread"] + (["0.4.7"] if opts.with_047 else [])
+    series = ["ours", "ours-nofsync", "bare", "bare-thread", "bare-fsync"] + (
+        ["0.4.7"] if opts.with_047 else []
+    )
     return [Point(f"{n} jobs", n, {"n": n, "concurrency": CONCURRENCY}, series)]
 
 
@@ -56,6 +64,16 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
             "<= 2x the bare loop's time", "n/a" if r is None else f"{r:.2f}x", None if r is None else r <= 2
         )
     )
+    # durability: what it costs us, and what it costs a bare loop (figures, no target)
+    nofsync, bare_fsync, bare_thread = (
+        res.median(p, s) for s in ("ours-nofsync", "bare-fsync", "bare-thread")
+    )
+    r = ratio(ours, nofsync)
+    out.append(Verdict("time with fsync / without (ours)", "n/a" if r is None else f"{r:.2f}x", None))
+    r = ratio(bare_fsync, bare_thread)
+    out.append(Verdict("time with fsync / without (bare-thread)", "n/a" if r is None else f"{r:.2f}x", None))
+    r = ratio(ours, bare_fsync)
+    out.append(Verdict("durable: ours / bare-fsync time", "n/a" if r is None else f"{r:.2f}x", None))
     return out
 
 
@@ -73,17 +91,17 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="pdt-bench-files-", dir=os.environ.get("PDT_BENCH_TMP")))
     try:
         make_inputs(root, n)
-        if series == "ours":
-            return _ours(root, n, conc, params)
-        return _bare(root, n, conc, threaded=series == "bare-thread")
+        if series in ("ours", "ours-nofsync"):
+            return _ours(root, n, conc, params, fsync=series == "ours")
+        return _bare(root, n, conc, threaded=series != "bare", fsync=series == "bare-fsync")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _ours(root: Path, n: int, conc: int, params: dict[str, Any]) -> dict[str, Any]:
+def _ours(root: Path, n: int, conc: int, params: dict[str, Any], *, fsync: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     from pydatatask.pipeline import Pipeline
-    from pydatatask.repository import FileRepository
+    from pydatatask.repository import FileRepository, YamlMetadataFileRepository
     from pydatatask.task import InProcessTask
 
     import_s = time.perf_counter() - t0
@@ -91,14 +109,23 @@ def _ours(root: Path, n: int, conc: int, params: dict[str, Any]) -> dict[str, An
     async def upper(key: str, src: Any, dst: Any) -> None:
         await dst.write_bytes(key, (await src.read_bytes(key)).upper())
 
+    state: dict[str, Any] = {}
+    if not fsync:  # what state_dir makes, unsynced
+        base = root / "state" / "upper"
+        state = {
+            "done": YamlMetadataFileRepository(base / "done", fsync=False),
+            "live": YamlMetadataFileRepository(base / "live", fsync=False),
+            "logs": FileRepository(base / "logs", ".log", fsync=False),
+        }
     task = InProcessTask(
         "upper",
         upper,
-        inputs={"src": FileRepository(root / "in", ".txt")},
-        outputs={"dst": FileRepository(root / "out", ".txt")},
+        inputs={"src": FileRepository(root / "in", ".txt", fsync=fsync)},
+        outputs={"dst": FileRepository(root / "out", ".txt", fsync=fsync)},
         concurrency=conc,
+        **state,
     )
-    pipeline = Pipeline([task], state_dir=root / "state")
+    pipeline = Pipeline([task], state_dir=root / "state" if fsync else None)
     t1 = time.perf_counter()
     summary, prof = profiled(params, lambda: asyncio.run(pipeline.run()))
     seconds = time.perf_counter() - t1
@@ -114,15 +141,24 @@ def _ours(root: Path, n: int, conc: int, params: dict[str, Any]) -> dict[str, An
     }
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def _atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
     d, name = os.path.split(path)
     tmp = os.path.join(d, f".{name}.tmp-{secrets.token_hex(6)}")
     with open(tmp, "xb") as f:
         f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if fsync:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def _bare(root: Path, n: int, conc: int, *, threaded: bool) -> dict[str, Any]:
+def _bare(root: Path, n: int, conc: int, *, threaded: bool, fsync: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     import yaml
 
@@ -135,11 +171,11 @@ def _bare(root: Path, n: int, conc: int, *, threaded: bool) -> dict[str, Any]:
         start = time.time()
         with open(os.path.join(src, key + ".txt"), "rb") as f:
             data = f.read()
-        _atomic_write(os.path.join(dst, key + ".txt"), data.upper())
+        _atomic_write(os.path.join(dst, key + ".txt"), data.upper(), fsync)
         end = time.time()
         record = bare_record(key, start, end, host)
         text = yaml.dump(record, Dumper=dumper, sort_keys=False, allow_unicode=True).encode()
-        _atomic_write(os.path.join(done, key + ".yaml"), text)
+        _atomic_write(os.path.join(done, key + ".yaml"), text, fsync)
 
     def listing(d: str, ext: str) -> set[str]:
         return {

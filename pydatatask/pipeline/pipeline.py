@@ -102,10 +102,10 @@ class Pipeline:
         if self.state_dir is not None:
             for task in self.tasks.values():
                 base = self.state_dir / task.name
-                task.replace_state_repository("done", YamlMetadataFileRepository(base / "done"))
-                task.replace_state_repository("live", YamlMetadataFileRepository(base / "live"))
+                task.replace_state_repository("done", YamlMetadataFileRepository(base / "done", fsync=True))
+                task.replace_state_repository("live", YamlMetadataFileRepository(base / "live", fsync=True))
                 if task.logs is None:
-                    task.replace_state_repository("logs", FileRepository(base / "logs", ".log"))
+                    task.replace_state_repository("logs", FileRepository(base / "logs", ".log", fsync=True))
         for task in self.tasks.values():
             task.claim_lease = self.claim_lease
         self.graph = TaskGraph(list(self.tasks.values()))

@@ -127,7 +127,8 @@ class Scheduler:
         self.errored: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._checked_claims: dict[str, set[str]] = {t.name: set() for t in self.selected}
+        # foreign claims found live: key -> when to judge it again (when its lease runs out)
+        self._checked_claims: dict[str, dict[str, float]] = {t.name: {} for t in self.selected}
         #: claims found corrupt, per task: ``{key: corrupt_info(...)}``
         self.corrupt_claims: dict[str, dict[str, dict[str, str]]] = {t.name: {} for t in self.selected}
         self._last_claim_check = 0.0
@@ -188,15 +189,20 @@ class Scheduler:
             view = self.views[task.name]
             foreign = [k for k in view.live if (task.name, k) not in self.running]
             checked = self._checked_claims[task.name]
-            todo = [k for k in foreign if k not in checked]
+            for key in [k for k in checked if k not in view.live]:
+                del checked[key]  # released: a new claim on it is judged afresh
+            now = time.time()
+            todo = [k for k in foreign if checked.get(k, 0.0) <= now]
             if not todo:
                 continue
 
-            def corrupt(err: CorruptValueError, name: str = task.name, checked: set[str] = checked) -> None:
+            def corrupt(
+                err: CorruptValueError, name: str = task.name, checked: dict[str, float] = checked
+            ) -> None:
                 # nobody can tell whether its job runs: never taken over, never overwritten
                 warn_corrupt(err, f"task {name} does not run {err.key!r} until the claim is fixed or removed")
                 self.corrupt_claims[name][str(err.key)] = corrupt_info("claim", err)
-                checked.add(str(err.key))
+                checked[str(err.key)] = math.inf  # judged again only once it is removed
 
             claims = await task.live.get_many(todo, on_corrupt=corrupt)
             recovered = False
@@ -205,7 +211,14 @@ class Scheduler:
                     await task.recover_stale(key, claim)
                     recovered = True
                 else:
-                    checked.add(key)
+                    expires = math.inf  # no heartbeat: never stale by lease
+                    hb, lease = (
+                        claim.get("heartbeat", claim.get("started")),
+                        claim.get("lease", task.claim_lease),
+                    )
+                    if isinstance(hb, (int, float)) and isinstance(lease, (int, float)):
+                        expires = hb + lease
+                    checked[key] = expires
             any_recovered |= recovered
         return any_recovered
 

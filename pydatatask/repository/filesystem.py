@@ -4,6 +4,19 @@ Writes go to a hidden temporary name in the same directory and are renamed into 
 (``os.replace``) only when the writer finishes without an exception, so a crashed or
 failed writer never leaves a file that looks finished. Hidden names (starting with ``.``)
 are never keys, so stale temporaries from a killed process are never listed.
+
+Durability (``fsync=True``, the default): a rename survives a killed process, but after a
+power loss the kernel may have written the new name before the file's data (the file is
+then empty or short) or neither, even though the call returned. So a durable write
+syncs the file (``fsync``) before the rename and the directory after it (and each
+directory it created, in its parent); a durable exclusive create syncs the file before
+the hard link and the directory after it; a durable delete syncs the directory after the
+unlink. When
+the call returns, the change is on the disk. ``fsync`` blocks for as long as the disk
+takes (milliseconds), so durable writes run in a thread, never on the event loop (several
+in flight share the filesystem's journal commits). On a filesystem held in memory
+(tmpfs, ramfs) nothing survives a power loss anyway: there ``fsync`` is skipped and small
+files stay on the loop.
 """
 
 from __future__ import annotations
@@ -37,6 +50,87 @@ def _tmp_name(final: str) -> str:
 _TMP = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]+")
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (names created, renamed or removed) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path, fsync: bool) -> None:
+    """Create directory ``path`` and its missing parents; with ``fsync`` durably (the entry
+    of each new directory is in its parent, which is fsynced in turn)."""
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    if fsync:
+        for d in missing:
+            _fsync_dir(d.parent)
+
+
+def _fsync_tree(top: Path) -> None:
+    """fsync every regular file and directory under ``top`` (symlinks are left alone)."""
+    for dirpath, _dirnames, filenames in os.walk(top):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+_MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+
+
+def _unescape_mount(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def _on_memory_fs(path: Path) -> bool:
+    """Whether ``path`` (or, if it does not exist yet, its nearest existing parent) is on a
+    filesystem held in memory, according to ``/proc/self/mountinfo`` (False if unknown)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    real = os.path.realpath(p)
+    best, fstype = -1, ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, rest = left.split(), right.split()
+                if len(fields) < 5 or not rest:
+                    continue
+                point = _unescape_mount(fields[4])
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= best:  # the last of equal mounts is the one on top
+                    best, fstype = len(point), rest[0]
+    except OSError:
+        return False
+    return fstype in _MEMORY_FS
+
+
+def _boot_time() -> float:
+    """When this machine booted (epoch seconds), or 0 if unknown."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -48,15 +142,23 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _sweep(root: Path) -> list[str]:
-    """Remove temporaries in ``root`` left by writers that no longer run (killed ones)."""
+    """Remove temporaries in ``root`` left by writers that no longer run (killed ones, or
+    ones from before the last boot, whose pid may name a new process now)."""
     removed: list[str] = []
     try:
         entries = list(os.scandir(root))
     except FileNotFoundError:
         return removed
+    booted = _boot_time()
     for entry in entries:
         m = _TMP.fullmatch(entry.name)
-        if m is None or _pid_alive(int(m.group(1))):
+        if m is None:
+            continue
+        try:
+            before_boot = entry.stat(follow_symlinks=False).st_mtime < booted
+        except FileNotFoundError:
+            continue
+        if not before_boot and _pid_alive(int(m.group(1))):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
@@ -142,7 +244,7 @@ class _FileWriter(BlobWriter):
         try:
             self._f = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         except FileNotFoundError:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(self._final.parent, self._fsync)
             self._f = open(self._tmp, "xb")  # noqa: SIM115
 
     async def write(self, data: bytes) -> int:
@@ -155,9 +257,11 @@ class _FileWriter(BlobWriter):
         assert self._f is not None
         self._f.flush()
         if self._fsync:
-            os.fsync(self._f.fileno())
+            os.fsync(self._f.fileno())  # the data first: a durable name must not be empty
         self._f.close()
         os.replace(self._tmp, self._final)
+        if self._fsync:
+            _fsync_dir(self._final.parent)  # then the rename itself
 
     async def commit(self) -> None:
         await asyncio.to_thread(self._finish)
@@ -175,6 +279,17 @@ class _LocalRoot(Repository):
     """``validate`` for repositories rooted in a local directory."""
 
     root: Path
+    fsync: bool
+    _memory_fs: bool | None = None
+
+    def _durable(self) -> bool:
+        """Whether changes are fsynced: ``fsync`` was asked for and ``root`` is on a disk
+        (on tmpfs or ramfs nothing survives a power loss, so fsync would only cost)."""
+        if not self.fsync:
+            return False
+        if self._memory_fs is None:
+            self._memory_fs = _on_memory_fs(self.root)
+        return not self._memory_fs
 
     async def validate(self, create: bool = False) -> None:
         """Check the root directory (create it with ``create``) and sweep temporaries left
@@ -187,7 +302,7 @@ class _LocalRoot(Repository):
         if self.root.exists():
             raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_make_dirs, self.root, self._durable())
 
 
 class FileRepository(_LocalRoot, BlobRepository):
@@ -195,11 +310,16 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     :param root: the directory; created on first write (or by ``validate(create=True)``).
     :param extension: appended to every key, e.g. ``".txt"``; files without it are ignored.
-    :param fsync: also ``fsync`` each file before renaming it into place (durable across
-        power loss, slower). Renaming alone is enough to survive a killed process.
+    :param fsync: make every write, exclusive create, conditional replace and delete
+        durable before it returns (``fsync`` of the file and of its directory), so that it
+        survives a power loss or a kernel crash, not only a killed process. The default.
+        With ``fsync=False`` changes survive a killed process (renames are atomic) but the
+        last seconds of them may be lost or, for new files, come back empty after a power
+        loss; use it for outputs that are cheap to recompute, on a tmpfs, or where the
+        disk is thrown away with the machine.
     """
 
-    def __init__(self, root: str | os.PathLike[str], extension: str = "", *, fsync: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str], extension: str = "", *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.extension = _check_extension(extension)
         self.fsync = fsync
@@ -220,13 +340,25 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _contains(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    async def _delete(self, key: str) -> None:
+    def _delete_sync(self, path: Path) -> bool:
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return False
         except IsADirectoryError as exc:
-            raise RepositoryError(f"{self.describe()}: {self._path(key)} is a directory") from exc
+            raise RepositoryError(f"{self.describe()}: {path} is a directory") from exc
+        return True
+
+    def _delete_durably(self, path: Path) -> None:
+        if self._delete_sync(path):
+            _fsync_dir(path.parent)
+
+    async def _delete(self, key: str) -> None:
+        path = self._path(key)
+        if self._durable():
+            await asyncio.to_thread(self._delete_durably, path)
+        else:
+            self._delete_sync(path)
 
     async def _open_reader(self, key: str) -> BlobReader:
         try:
@@ -236,7 +368,7 @@ class FileRepository(_LocalRoot, BlobRepository):
             raise KeyNotFoundError(key, self.describe()) from None
 
     async def _open_writer(self, key: str) -> BlobWriter:
-        writer = _FileWriter(self._path(key), self.fsync)
+        writer = _FileWriter(self._path(key), self._durable())
         await asyncio.to_thread(writer._open)
         return writer
 
@@ -252,7 +384,7 @@ class FileRepository(_LocalRoot, BlobRepository):
             raise KeyNotFoundError(key, self.describe()) from None
 
     def _write_sync(self, path: Path, data: bytes) -> None:
-        writer = _FileWriter(path, self.fsync)
+        writer = _FileWriter(path, self._durable())
         writer._open()
         try:
             assert writer._f is not None
@@ -271,7 +403,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         path, data = self.path(key), bytes(data)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
-        if len(data) <= SMALL_FILE and not self.fsync:
+        if len(data) <= SMALL_FILE and not self._durable():
             self._write_sync(path, data)
         else:
             await asyncio.to_thread(self._write_sync, path, data)
@@ -281,24 +413,26 @@ class FileRepository(_LocalRoot, BlobRepository):
         try:
             f = open(tmp, "xb")  # noqa: SIM115
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(path.parent, self._durable())
             f = open(tmp, "xb")  # noqa: SIM115
         try:
             with f:
                 f.write(data)
-                if self.fsync:
+                if self._durable():
                     f.flush()
                     os.fsync(f.fileno())
             os.link(tmp, path)  # atomic, fails if the name exists
-            return True
         except FileExistsError:
             return False
         finally:
             os.unlink(tmp)
+        if self._durable():
+            _fsync_dir(path.parent)  # the new name (and the temporary's removal)
+        return True
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         path, data = self._path(key), bytes(data)
-        if len(data) <= SMALL_FILE and not self.fsync:
+        if len(data) <= SMALL_FILE and not self._durable():
             return self._create_sync(path, data)
         return await asyncio.to_thread(self._create_sync, path, data)
 
@@ -308,7 +442,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         # never see the name missing.
         import fcntl
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        _make_dirs(self.root, self._durable())
         with open(self.root / ".pdt-lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -331,11 +465,17 @@ class DirectoryRepository(_LocalRoot, Repository):
 
     Write a key's directory atomically with :meth:`open_dir`: the job fills a hidden
     temporary directory, which is renamed into place only if the block succeeds.
+
+    :param fsync: make :meth:`open_dir` and deletes durable before they return: every file
+        and directory of the tree is fsynced before the rename, and the parent directory
+        after it (the default; see :class:`FileRepository`). A directory made with
+        :meth:`mkdir` and filled in place is never made durable by the repository.
     """
 
-    def __init__(self, root: str | os.PathLike[str], extension: str = "") -> None:
+    def __init__(self, root: str | os.PathLike[str], extension: str = "", *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.extension = _check_extension(extension)
+        self.fsync = fsync
 
     def describe(self) -> str:
         return f"directories at {self.root}"
@@ -357,6 +497,8 @@ class DirectoryRepository(_LocalRoot, Repository):
             os.rename(path, trash)  # disappears at once, then is removed
         except FileNotFoundError:
             return
+        if self._durable():
+            _fsync_dir(path.parent)  # gone for good: what is left is a hidden temporary
         shutil.rmtree(trash, ignore_errors=True)
 
     async def _delete(self, key: str) -> None:
@@ -369,7 +511,7 @@ class DirectoryRepository(_LocalRoot, Repository):
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
         tmp = final.with_name(_tmp_name(final.name))
-        await asyncio.to_thread(tmp.mkdir, parents=True)
+        await asyncio.to_thread(_make_dirs, tmp, self._durable())
         try:
             yield tmp
         except BaseException:
@@ -378,13 +520,18 @@ class DirectoryRepository(_LocalRoot, Repository):
         await asyncio.to_thread(self._install, tmp, final)
 
     def _install(self, tmp: Path, final: Path) -> None:
+        if self._durable():
+            _fsync_tree(tmp)
         old = final.with_name(_tmp_name(final.name))
         try:
             os.rename(final, old)
+            replaced = True
         except FileNotFoundError:
-            old = None  # type: ignore[assignment]
+            replaced = False
         os.rename(tmp, final)
-        if old is not None:
+        if self._durable():
+            _fsync_dir(final.parent)
+        if replaced:
             shutil.rmtree(old, ignore_errors=True)
 
     async def mkdir(self, key: str) -> Path:

@@ -234,11 +234,10 @@ class JsonMetadataRepository(SerializedMetadataRepository):
 
 
 class YamlMetadataFileRepository(YamlMetadataRepository):
-    """One YAML file per key under ``root`` (``key.yaml``), written atomically."""
+    """One YAML file per key under ``root`` (``key.yaml``), written atomically and, with
+    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.FileRepository`)."""
 
-    def __init__(
-        self, root: str | os.PathLike[str], extension: str = ".yaml", *, fsync: bool = False
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], extension: str = ".yaml", *, fsync: bool = True) -> None:
         super().__init__(FileRepository(root, extension, fsync=fsync))
 
     @property
@@ -247,11 +246,10 @@ class YamlMetadataFileRepository(YamlMetadataRepository):
 
 
 class JsonMetadataFileRepository(JsonMetadataRepository):
-    """One JSON file per key under ``root`` (``key.json``), written atomically."""
+    """One JSON file per key under ``root`` (``key.json``), written atomically and, with
+    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.FileRepository`)."""
 
-    def __init__(
-        self, root: str | os.PathLike[str], extension: str = ".json", *, fsync: bool = False
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], extension: str = ".json", *, fsync: bool = True) -> None:
         super().__init__(FileRepository(root, extension, fsync=fsync))
 
     @property

@@ -32,7 +32,16 @@ from ..repository.journal import WriteJournal, journaling, visible_keys
 from ..repository.memory import MemoryMetadataRepository
 from .hooks import Event, Hooks
 from .links import Link, LinkKind
-from .records import HOSTNAME, JobState, error_info, make_claim, make_record, process_start_time, utcnow_iso
+from .records import (
+    HOSTNAME,
+    JobState,
+    error_info,
+    make_claim,
+    make_record,
+    pid_is_comparable,
+    process_start_time,
+    utcnow_iso,
+)
 from .retry import RetryPolicy
 
 __all__ = ("Task", "JobContext", "JobOutcome")
@@ -511,24 +520,30 @@ class Task(ABC):
     def claim_is_stale(self, claim: Any, owner: str) -> bool:
         """Whether a claim found in ``live`` belongs to a job that cannot be running.
 
-        Stale: a claim made on this host whose process is gone (or whose pid now belongs
-        to another process), or any claim whose heartbeat is older than its lease (its
-        owner died elsewhere or lost its connection). Claims of ``owner`` (this scheduler)
-        are never stale.
+        Stale: any claim whose heartbeat is older than its lease (its owner died, lost its
+        connection or was paused), or, at once, a claim whose process is gone (its pid is
+        dead, or belongs to a process with another start time). The pid is looked at only
+        when the claim was made on this boot of this kernel in this process's PID
+        namespace (:func:`~pydatatask.task.records.pid_is_comparable`): elsewhere the
+        same pid names an unrelated process or none. A claim made in another container,
+        on another host, before a reboot or by a version that did not record its boot and
+        namespace is judged by its lease alone; one without a heartbeat at all is never
+        taken over. Claims of ``owner`` (this scheduler) are never stale.
         """
         if not isinstance(claim, dict):
             return True
         if claim.get("owner") == owner:
             return False  # the scheduler tracks its own jobs
-        heartbeat, lease = claim.get("heartbeat"), claim.get("lease")
+        heartbeat = claim.get("heartbeat", claim.get("started"))
+        lease = claim.get("lease", self.claim_lease)
         if isinstance(heartbeat, (int, float)) and isinstance(lease, (int, float)):
             if time.time() - heartbeat > lease:
                 return True
-        if claim.get("host") != HOSTNAME:
+        if not pid_is_comparable(claim):
             return False
         pid = claim.get("pid")
-        if not isinstance(pid, int):
-            return True
+        if type(pid) is not int or pid <= 0:
+            return False  # no process named: only the lease can tell
         start = process_start_time(pid)
         return start is None or (claim.get("pid_start") is not None and start != claim.get("pid_start"))
 

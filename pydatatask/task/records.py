@@ -9,7 +9,11 @@ A **job record** is written to the task's ``done`` repository when a job ends::
 
 ``error`` is ``{"type": ..., "message": ..., "traceback": ...}`` for a failed job. A **claim**
 is written to the task's ``live`` repository (atomically, create-if-absent) before a job
-starts and removed after its record is written.
+starts and removed after its record is written. Besides the owner and the lease it names
+the process that holds it: ``host``, ``pid``, ``pid_start`` (the process start time), and
+``boot_id`` and ``pid_namespace``, without which a pid means nothing to another process
+(two containers on one host can both have a scheduler at pid 1). See
+:func:`pid_is_comparable`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ __all__ = (
     "make_claim",
     "utcnow_iso",
     "process_start_time",
+    "boot_id",
+    "pid_namespace",
+    "pid_is_comparable",
     "HOSTNAME",
 )
 
@@ -126,19 +133,82 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-_SELF_START = process_start_time(os.getpid())
+def boot_id() -> str | None:
+    """The kernel's id of the current boot (``/proc/sys/kernel/random/boot_id``), or None.
+
+    It changes at every boot and is the same in every container on one kernel, so pids and
+    process start times (clock ticks since boot) can only be compared between claims that
+    carry the same boot id.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return f.read().decode("ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def pid_namespace() -> str | None:
+    """The PID namespace this process is in (e.g. ``pid:[4026531836]``), or None.
+
+    None also when the ``/proc`` mounted here belongs to another PID namespace (a container
+    that shares the host's ``/proc``): the pids this process sees there are not the pids of
+    its own namespace, so it cannot judge a pid by looking at ``/proc``.
+    """
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+        if int(os.readlink("/proc/self")) != os.getpid():
+            return None
+    except (OSError, ValueError):
+        return None
+    return ns
+
+
+# The identity of this process, computed once (and again in a forked child, whose pid and
+# start time differ; the boot and the namespace a process is in never change under it).
+_self: dict[str, Any] = {}
+
+
+def _identity() -> dict[str, Any]:
+    if not _self:
+        pid = os.getpid()
+        _self.update(
+            pid=pid, pid_start=process_start_time(pid), boot_id=boot_id(), pid_namespace=pid_namespace()
+        )
+    return _self
+
+
+os.register_at_fork(after_in_child=_self.clear)
+
+
+def pid_is_comparable(claim: dict[str, Any]) -> bool:
+    """Whether the ``pid`` of ``claim`` names a process this process can look up.
+
+    True only when the claim records the same boot id and the same PID namespace as this
+    process has (and both are known). A claim made in another container, on another host,
+    before a reboot or by a version that did not record them can only be judged by its
+    lease: its pid may belong to an unrelated live process here, or to none.
+    """
+    me = _identity()
+    for field in ("boot_id", "pid_namespace"):
+        if me[field] is None or claim.get(field) != me[field]:
+            return False
+    return True
 
 
 def make_claim(owner: str, task: str, key: str, now: float, lease: float = 60.0) -> dict[str, Any]:
-    """A claim for the live repository: who runs the job, where, since when, and for how long
-    it stays valid without a heartbeat (``lease`` seconds)."""
+    """A claim for the live repository: who runs the job, where (host, process, boot and
+    PID namespace), since when, and for how long it stays valid without a heartbeat
+    (``lease`` seconds)."""
+    me = _identity()
     return {
         "owner": owner,
         "task": task,
         "key": key,
         "host": HOSTNAME,
-        "pid": os.getpid(),
-        "pid_start": _SELF_START,
+        "pid": me["pid"],
+        "pid_start": me["pid_start"],
+        "boot_id": me["boot_id"],
+        "pid_namespace": me["pid_namespace"],
         "start_time": utcnow_iso(now),
         "started": now,
         "heartbeat": now,

@@ -134,8 +134,9 @@ async def test_validate_sweeps_temporaries_of_killed_writers(tmp_path: Path) -> 
 
 
 async def test_small_whole_files_stay_on_the_loop_large_ones_go_to_a_thread(tmp_path: Path) -> None:
-    """Whole-value reads/writes/creates of small files cost no thread hop; large values
-    (and fsync writes) use the loop's executor. Both round-trip exactly."""
+    """Whole-value reads/writes/creates of small files cost no thread hop when they are not
+    fsynced; large values (and fsync writes on a disk) use the loop's executor. Both
+    round-trip exactly."""
     from concurrent.futures import ThreadPoolExecutor
 
     from pydatatask.repository.filesystem import SMALL_FILE
@@ -150,7 +151,7 @@ async def test_small_whole_files_stay_on_the_loop_large_ones_go_to_a_thread(tmp_
     loop = asyncio.get_running_loop()
     executor = Counting(max_workers=2)
     loop.set_default_executor(executor)
-    repo = FileRepository(tmp_path / "r", ".bin")
+    repo = FileRepository(tmp_path / "r", ".bin", fsync=False)
     small, large = b"s" * 100, os.urandom(SMALL_FILE + 1)
     await repo.write_bytes("small", small)
     assert await repo.create_bytes("small2", small)

@@ -426,10 +426,10 @@ async def test_stale_claims_are_recovered(tmp_path: Path) -> None:
     dst = FileRepository(tmp_path / "dst")
     await dst.write_bytes("k", b"partial from a dead run")
     live = YamlMetadataFileRepository(tmp_path / "live")
-    # a claim by a process that no longer exists on this host
-    from pydatatask.task.records import HOSTNAME
+    # a claim by a process that no longer exists on this host (same boot, same PID namespace)
+    from pydatatask.task.records import make_claim
 
-    await live.put("k", {"owner": "dead", "host": HOSTNAME, "pid": 2**22 + 12345, "pid_start": 1})
+    await live.put("k", dict(make_claim("dead", "t", "k", time.time()), pid=2**22 + 12345, pid_start=1))
 
     async def make(key: str, dst: Any) -> None:
         await dst.write_bytes(key, b"complete")
@@ -550,7 +550,7 @@ async def test_heartbeats_renew_claims_and_a_lost_claim_stops_the_job(tmp_path: 
 
 async def test_stale_claim_of_a_finished_job_keeps_its_outputs(tmp_path: Path) -> None:
     """A run killed between writing the success record and dropping the claim."""
-    from pydatatask.task.records import HOSTNAME
+    from pydatatask.task.records import make_claim
 
     src = MemoryMetadataRepository({"k": 1})
     dst = FileRepository(tmp_path / "dst")
@@ -563,7 +563,7 @@ async def test_stale_claim_of_a_finished_job_keeps_its_outputs(tmp_path: Path) -
 
     task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
     assert (await Pipeline([task]).run()).succeeded == 1
-    await live.put("k", {"owner": "dead", "host": HOSTNAME, "pid": 2**22 + 54321, "pid_start": 1})
+    await live.put("k", dict(make_claim("dead", "t", "k", time.time()), pid=2**22 + 54321, pid_start=1))
     summary = await Pipeline([task]).run()
     assert summary.ok and summary.succeeded == 0
     assert await dst.read_bytes("k") == b"complete"
