@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..repository.base import Repository
+from ..repository.combinators import RepositoryView
 from ..task.base import Task
 
 __all__ = ("Edge", "TaskGraph")
@@ -31,12 +32,15 @@ class TaskGraph:
         writers: dict[int, list[tuple[Task, str]]] = {}
         for task in tasks:
             for link in task.output_links:
-                writers.setdefault(id(link.repository), []).append((task, link.name))
+                for repo in _underlying(link.repository):
+                    writers.setdefault(id(repo), []).append((task, link.name))
         for task in tasks:
             for link in task.required_links:
+                linked: set[tuple[str, str]] = set()
                 for repo in _underlying(link.repository):
                     for up, out_link in writers.get(id(repo), []):
-                        if up is not task:
+                        if up is not task and (up.name, out_link) not in linked:
+                            linked.add((up.name, out_link))
                             self.edges.append(Edge(up.name, out_link, task.name, link.name, repo.describe()))
         self.upstream: dict[str, list[str]] = {name: [] for name in self.tasks}
         self.downstream: dict[str, list[str]] = {name: [] for name in self.tasks}
@@ -116,8 +120,6 @@ class TaskGraph:
 
 
 def _underlying(repo: Repository) -> list[Repository]:
-    """The repository and, for views, the repositories under it."""
-    out = [repo]
-    for child in getattr(repo, "children", ()):
-        out.extend(_underlying(child))
-    return out
+    """The stored repositories behind ``repo``: itself, or for a view those under it
+    (a task writing through a view and one reading through another meet there)."""
+    return repo.repositories() if isinstance(repo, RepositoryView) else [repo]
