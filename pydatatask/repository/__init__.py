@@ -11,10 +11,12 @@ from .._lazy import lazy_getattr
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository, resolve
 from .combinators import (
     AndRepository,
+    BlobView,
     BlockingRepository,
     FallbackRepository,
     FilterRepository,
     MapValuesRepository,
+    MetadataView,
     OrRepository,
     ReadOnlyRepository,
     RepositoryView,
@@ -47,6 +49,8 @@ __all__ = (
     "YamlMetadataFileRepository",
     "JsonMetadataFileRepository",
     "RepositoryView",
+    "MetadataView",
+    "BlobView",
     "AndRepository",
     "OrRepository",
     "BlockingRepository",
