@@ -96,7 +96,7 @@ async def test_process_task_reads_and_writes_through_views(tmp_path: Path) -> No
     assert await upper.read_text("up-k2") == "HELLO K2\n"
 
 
-def test_link_info_is_the_read_source_s(tmp_path: Path) -> None:
+def test_link_info_is_that_of_the_read_source(tmp_path: Path) -> None:
     files = FileRepository(tmp_path / "f", ".txt")
     records = YamlMetadataFileRepository(tmp_path / "r")
     translated = _prefixed(files, "raw-")
@@ -112,6 +112,15 @@ def test_link_info_is_the_read_source_s(tmp_path: Path) -> None:
     # reads come from whichever child holds the key: no single path to give
     assert "path" not in link_info(OrRepository(files, FileRepository(tmp_path / "g")), "k")
     assert "path" not in link_info(FallbackRepository(files, FileRepository(tmp_path / "g")), "k")
+
+
+def test_link_info_of_an_object_store_through_a_view() -> None:
+    from pydatatask import S3BucketRepository
+
+    objects = S3BucketRepository(object(), "bucket", "data/", ".bin")  # no request is made
+    info = link_info(ReadOnlyRepository(TranslateKeysRepository(objects, "raw-{}".format, str)), "k")
+    assert (info["kind"], info["bucket"], info["object"]) == ("s3", "bucket", "data/raw-k.bin")
+    assert info["url"] == "s3://bucket/data/raw-k.bin"
 
 
 def test_cat_and_inject_through_views(
