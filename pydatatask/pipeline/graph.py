@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..repository.base import Repository
-from ..repository.combinators import RepositoryView
+from ..repository.view import RepositoryView
 from ..task.base import Task
 
 __all__ = ("Edge", "TaskGraph")

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..repository.base import Repository
-from ..repository.combinators import RepositoryView
 from ..repository.listing import cached_keys, listing_scope
+from ..repository.view import RepositoryView
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
 from ..task.records import HOSTNAME, JobState

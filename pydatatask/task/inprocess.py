@@ -11,8 +11,8 @@ from typing import Any
 
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..repository.base import BlobRepository, MetadataRepository, Repository
-from ..repository.combinators import read_source
 from ..repository.filesystem import DirectoryRepository
+from ..repository.view import read_source
 from .base import JobContext, JobOutcome, Task
 from .links import LinkKind
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..repository.base import Repository
-from ..repository.combinators import read_source
 from ..repository.filesystem import DirectoryRepository, FileRepository
+from ..repository.view import read_source
 
 if TYPE_CHECKING:
     import jinja2
