@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any, ClassVar, Self, cast
 
-from ..errors import ConfigurationError, KeyNotFoundError, ReadOnlyRepositoryError
+from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, ReadOnlyRepositoryError
 from ..keys import is_valid_key, validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .listing import cached_keys
@@ -55,6 +55,11 @@ class RepositoryView(Repository):
     A plain ``RepositoryView`` (children of mixed kinds) lists keys and answers
     ``contains``; :class:`MetadataView` and :class:`BlobView` add the reads (and, where
     the view allows it, the writes) of their kind.
+
+    A view of your own subclasses one of the three, builds itself in ``__new__`` (with
+    ``cls._make(children)``, then its own attributes) and implements ``describe``,
+    ``keys`` (listing its children with :func:`~pydatatask.repository.listing.cached_keys`)
+    and ``_contains``; the hooks below say where reads and writes go and how keys map.
     """
 
     children: tuple[Repository, ...] = ()
@@ -76,7 +81,8 @@ class RepositoryView(Repository):
             if not isinstance(child, Repository):
                 raise ConfigurationError(f"{name}: {child!r} is not a Repository")
         target: type[RepositoryView] = cls
-        if cls._kinds is not None and not issubclass(cls, (MetadataView, BlobView)):
+        if cls.__dict__.get("_kinds") is not None:  # a combinator (not one of its kinds, nor a subclass)
+            assert cls._kinds is not None
             readers = children if cls._reads_any_child else children[:1]
             if all(isinstance(c, MetadataRepository) for c in readers):
                 target = cls._kinds[0]
@@ -89,8 +95,8 @@ class RepositoryView(Repository):
     @classmethod
     def _public_name(cls) -> str:
         """The combinator's name, also for its metadata and blob classes."""
-        for klass in cls.__mro__:
-            if klass.__dict__.get("_kinds") is not None:
+        for klass in cls.__mro__[1:]:
+            if cls in (klass.__dict__.get("_kinds") or ()):
                 return klass.__name__
         return cls.__name__
 
@@ -116,7 +122,11 @@ class RepositoryView(Repository):
         view reads (or is started because of) exactly these values.
         """
         out: list[tuple[Repository, str]] = []
-        for child, child_key in self._child_pairs(key):
+        try:
+            pairs_of_children = self._child_pairs(key)
+        except InvalidKeyError:  # a translated key no repository can hold: nothing is read
+            return out
+        for child, child_key in pairs_of_children:
             pairs = child.underlying(child_key) if isinstance(child, RepositoryView) else [(child, child_key)]
             for pair in pairs:
                 if not any(pair[0] is r and pair[1] == k for r, k in out):

@@ -28,7 +28,7 @@ from pydatatask import (
 )
 from pydatatask.errors import ConfigurationError
 from pydatatask.repository import RepositoryView
-from pydatatask.repository.combinators import read_source
+from pydatatask.repository.combinators import ReadOnlyBlobView, read_source
 from pydatatask.repository.listing import cached_keys, listing_scope
 
 
@@ -331,3 +331,20 @@ async def test_fallback_exclusive_writes_see_the_fallback() -> None:
     assert not await blobs.create_bytes("old", b"2")
     assert await blobs.replace_bytes_if("old", b"1", b"2")
     assert await blobs.read_bytes("old") == b"2"
+
+
+def test_a_subclass_of_a_view_stays_itself(tmp_path: Path) -> None:
+    class Audited(ReadOnlyRepository):
+        def describe(self) -> str:
+            return "audited " + super().describe()
+
+    view = Audited(FileRepository(tmp_path))
+    assert type(view) is Audited and view.describe().startswith("audited read-only files")
+    assert type(ReadOnlyRepository(FileRepository(tmp_path))).__name__ == "ReadOnlyBlobView"
+    with pytest.raises(ConfigurationError, match="^ReadOnlyRepository: 1 is not"):
+        ReadOnlyBlobView(1)  # type: ignore[call-overload]
+
+
+def test_a_translated_key_no_repository_can_hold_reads_nothing() -> None:
+    view = TranslateKeysRepository(MemoryMetadataRepository(), lambda k: "../" + k, lambda k: k)
+    assert view.underlying("a") == []
