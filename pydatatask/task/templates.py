@@ -13,7 +13,8 @@ The context of a job (:func:`job_context`)::
     params       the task's user parameters (``params=`` of the task)
     links        {link name: info}; each link is also available by its own name
     <link name>  info about the link for this key, e.g. for a FileRepository
-                 {"kind": "file", "path": "/data/docs/k.txt", "root": "/data/docs", "exists": ...}
+                 {"kind": "file", "path": "/data/docs/k.txt", "root": "/data/docs", "exists": ...};
+                 through a view, that of the repository (and key) the view reads from
 
 Secrets never go into the context: they reach processes through their environment.
 """
