@@ -133,3 +133,17 @@ async def test_same_key_gating_through_views_that_keep_keys() -> None:
     views = await pipeline.views()
     assert views["B"].ready == {"b", "z"}
     assert views["B"].blocked == {"a"}
+
+
+async def test_why_names_the_upstream_gate_through_a_translating_view() -> None:
+    src = MemoryMetadataRepository({"a": 1})
+    mid = MemoryMetadataRepository({"a": 1})  # A's output, no record: half done
+    a = InProcessTask("A", lambda key, src: {"mid": src}, inputs={"src": src}, outputs={"mid": mid})
+    b = InProcessTask(
+        "B",
+        lambda key, inp: {"res": inp},
+        inputs={"inp": _prefixed(mid, "x-")},
+        outputs={"res": MemoryMetadataRepository()},
+    )
+    reasons = await Pipeline([a, b]).why("B", "x-a")
+    assert reasons == ["an upstream task has no success record for what 'x-a' reads"]
