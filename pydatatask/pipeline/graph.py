@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..repository.base import Repository
-from ..repository.view import RepositoryView
+from ..repository.view import stored_repositories
 from ..task.base import Task
 
 __all__ = ("Edge", "TaskGraph")
@@ -122,4 +122,4 @@ class TaskGraph:
 def _underlying(repo: Repository) -> list[Repository]:
     """The stored repositories behind ``repo``: itself, or for a view those under it
     (a task writing through a view and one reading through another meet there)."""
-    return repo.repositories() if isinstance(repo, RepositoryView) else [repo]
+    return stored_repositories(repo)

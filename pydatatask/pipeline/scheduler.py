@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..repository.base import Repository
 from ..repository.listing import cached_keys, listing_scope
-from ..repository.view import RepositoryView
+from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
 from ..task.records import HOSTNAME, JobState
@@ -528,9 +528,9 @@ def _upstream_keys(task: Task, up: Task) -> Callable[[str], set[str]] | None:
     under it; None when every path between them keeps keys as they are."""
     paths: list[tuple[Repository, Repository]] = []
     for link in task.required_links:
-        reads = _stored(link.repository)
+        reads = stored_repositories(link.repository)
         for out in up.output_links:
-            if any(r is w for r in reads for w in _stored(out.repository)):
+            if any(r is w for r in reads for w in stored_repositories(out.repository)):
                 paths.append((link.repository, out.repository))
     if all(_keeps_keys(a) and _keeps_keys(b) for a, b in paths):
         return None
@@ -547,10 +547,6 @@ def _upstream_keys(task: Task, up: Task) -> Callable[[str], set[str]] | None:
         return keys
 
     return to_upstream
-
-
-def _stored(repo: Repository) -> list[Repository]:
-    return repo.repositories() if isinstance(repo, RepositoryView) else [repo]
 
 
 def _keeps_keys(repo: Repository) -> bool:

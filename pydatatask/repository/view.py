@@ -19,7 +19,7 @@ from ..keys import is_valid_key, validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .listing import cached_keys
 
-__all__ = ("RepositoryView", "MetadataView", "BlobView", "read_source")
+__all__ = ("RepositoryView", "MetadataView", "BlobView", "read_source", "stored_repositories")
 
 #: above this many keys, a view checks membership in a child with one (per-tick cached)
 #: listing instead of one ``contains`` round trip per key
@@ -287,3 +287,8 @@ def read_source(repo: Repository, key: str) -> tuple[Repository, str]:
             break
         repo, key = source
     return repo, key
+
+
+def stored_repositories(repo: Repository) -> list[Repository]:
+    """``[repo]``, or for a view the stored repositories under it (each once)."""
+    return repo.repositories() if isinstance(repo, RepositoryView) else [repo]
