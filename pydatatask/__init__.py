@@ -10,6 +10,8 @@ kubernetes_asyncio, httpx) and the terminal UI are imported only when used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._lazy import lazy_getattr
 from .errors import (
     BackendUnavailableError,
@@ -143,4 +145,20 @@ _LAZY: dict[str, str] = {
 }
 
 
-__getattr__ = lazy_getattr(__name__, _LAZY, globals())
+if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never imported at run time)
+    from .cli import main
+    from .executor.local import LocalHost
+    from .executor.ssh import SSHHost
+    from .pipeline import Pipeline
+    from .repository import (
+        DockerRepository,
+        JsonMetadataS3Repository,
+        MongoMetadataRepository,
+        S3BucketRepository,
+        YamlMetadataS3Repository,
+    )
+    from .task import ExecutorTask, Hooks, InProcessTask, JobState, RetryPolicy, Task
+    from .task.kube import KubeFunctionTask, KubeTask
+    from .task.process import ProcessTask
+else:
+    __getattr__ = lazy_getattr(__name__, _LAZY, globals())

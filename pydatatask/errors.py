@@ -14,6 +14,7 @@ Every error pydatatask raises on purpose derives from :class:`PydatataskError`::
     │   └── SessionClosedError                        a resource used outside ``async with session``
     ├── MissingDependencyError     (also ImportError) an optional extra is not installed
     ├── ConfigurationError         (also ValueError)  a task, link or pipeline is set up wrongly
+    ├── InvalidValueError          (also ValueError)  a value given by the user does not parse
     ├── JobError                                      a job failed (carries its record)
     │   └── JobTimeoutError
     └── SchedulerError                                the scheduler cannot go on
@@ -21,6 +22,10 @@ Every error pydatatask raises on purpose derives from :class:`PydatataskError`::
 Backend errors (botocore, pymongo, OS errors, ...) are translated into this tree where they
 cross into pydatatask, chained with ``raise ... from exc`` so the cause stays visible.
 Messages never contain credentials.
+
+``asyncio.TaskGroup`` wraps the errors of its tasks in an :class:`ExceptionGroup`; where
+pydatatask runs a task group it re-raises the first error of the group itself, so
+callers only ever catch the exceptions of this tree.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = (
     "SessionClosedError",
     "MissingDependencyError",
     "ConfigurationError",
+    "InvalidValueError",
     "JobError",
     "JobTimeoutError",
     "SchedulerError",
@@ -83,7 +89,35 @@ class UnsupportedOperationError(RepositoryError):
 
 
 class CorruptValueError(RepositoryError):
-    """A stored value exists but cannot be decoded (broken YAML/JSON, truncated data)."""
+    """A stored value exists but cannot be decoded (broken YAML/JSON, truncated data).
+
+    Built either from a message alone (``CorruptValueError("...")``) or from its parts,
+    which are then kept as attributes and make up the one-line message:
+
+    :param key: the key whose value does not decode.
+    :param repository: the repository, as its ``describe()`` text.
+    :param location: where the value is stored (a file path, ``s3://bucket/object``,
+        ``mongo db.coll _id='key'``).
+    :param reason: the parse error, on one line.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        key: str | None = None,
+        repository: str = "",
+        location: str = "",
+        reason: str = "",
+    ) -> None:
+        self.key = key
+        self.repository = repository
+        self.location = location
+        self.reason = " ".join(reason.split())
+        if message is None:
+            where = f" ({location})" if location else ""
+            message = f"{repository}: the value of key {key!r}{where} is corrupt: {self.reason}"
+        super().__init__(message)
 
 
 class BackendUnavailableError(RepositoryError):
@@ -111,6 +145,10 @@ class MissingDependencyError(PydatataskError, ImportError):
 
 class ConfigurationError(PydatataskError, ValueError):
     """A task, link, session or pipeline is configured wrongly."""
+
+
+class InvalidValueError(PydatataskError, ValueError):
+    """A value given by the user (YAML or JSON to store, ...) does not parse."""
 
 
 class JobError(PydatataskError):

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._taskgroups import first_error
 from ..durations import parse_duration
 from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, PydatataskError
 from ..keys import validate_key
@@ -26,7 +27,7 @@ from . import output
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
-    from ..pipeline.scheduler import RunSummary, Scheduler
+    from ..pipeline.scheduler import Scheduler
 
 __all__ = ("main", "run_cli", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE")
 
@@ -124,7 +125,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-status", action="store_true", help="do not print the status table at the end")
 
-    p = add("status", "counts and keys per task: ready, running, succeeded, failed, blocked")
+    p = add(
+        "status", "counts and keys per task: ready, running, retrying, succeeded, failed, blocked, corrupt"
+    )
     p.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
     p.add_argument("--all", action="store_true", help="list every key, not samples")
 
@@ -142,7 +145,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="TASK.LINK")
     p.add_argument("key", metavar="KEY")
 
-    p = add("inject", "store a value (from FILE or stdin; YAML for metadata)", json=False)
+    p = add("inject", "store a value (from FILE or stdin; YAML for metadata)")
     p.add_argument("spec", metavar="TASK.LINK")
     p.add_argument("key", metavar="KEY")
     p.add_argument("file", nargs="?", metavar="FILE", help="read from FILE ('-' or absent: stdin)")
@@ -151,13 +154,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
     p.add_argument("--force", action="store_true", help="run even if the key is not ready")
-    p.add_argument("--sync", action="store_true", help="accepted for compatibility; launch always waits")
 
-    p = add("logs", "print the log of a job", json=False)
+    p = add("logs", "print the log of a job")
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
 
-    p = add("graph", "print the task graph")
+    p = add("graph", "draw the tasks and the repositories they read and write")
     p.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
 
     p = add("why", "explain why a key is or is not ready for a task")
@@ -211,6 +213,16 @@ def _key(key: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+def _text_or_base64(data: bytes, name: str) -> dict[str, str]:
+    """``{name: text}`` for UTF-8 bytes, ``{"base64": ...}`` otherwise (``--json`` of bytes)."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
 def _yaml(value: Any) -> str:
     from ..repository.serialized import yaml_dumps
 
@@ -218,25 +230,6 @@ def _yaml(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- commands
-def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
-    from ..pipeline.scheduler import RunSummary
-
-    per_task = {n: dict(c) for n, c in a.per_task.items()}
-    for n, counts in b.per_task.items():
-        mine = per_task.setdefault(n, {"succeeded": 0, "failed": 0})
-        for k, v in counts.items():
-            mine[k] = mine.get(k, 0) + v
-    return RunSummary(
-        succeeded=a.succeeded + b.succeeded,
-        failed=a.failed + b.failed,
-        errors=a.errors + b.errors,
-        interrupted=a.interrupted or b.interrupted,
-        timed_out=a.timed_out or b.timed_out,
-        elapsed=a.elapsed + b.elapsed,
-        per_task=per_task,
-    )
-
-
 async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
     for name in args.task or []:
         _task_name(pipeline, name)
@@ -285,28 +278,6 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 grace=args.grace,
                 on_progress=on_progress,
             )
-            # Belt and braces: "run" promises that nothing is left ready. Schedulers before
-            # commit 3381427 could stop early when a job ended during a listing; if a pass
-            # did some work and still left keys ready, run another pass.
-            for _ in range(100):
-                if args.forever or signals or summary.interrupted or summary.timed_out:
-                    break
-                if summary.succeeded + summary.failed == 0:
-                    break
-                status = await pipeline.status()
-                ready = sum(len(status[n]["ready"]) for n in names)
-                remaining = None if args.timeout is None else args.timeout - summary.elapsed
-                if not ready or (remaining is not None and remaining <= 0):
-                    break
-                log.info("%d key(s) became ready as the run ended; running again", ready)
-                more = await pipeline.run(
-                    tasks=args.task,
-                    max_jobs=args.max_jobs,
-                    timeout=remaining,
-                    grace=args.grace,
-                    on_progress=on_progress,
-                )
-                summary = _merge(summary, more)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -340,6 +311,8 @@ async def _cmd_status(pipeline: Pipeline, args: argparse.Namespace) -> int:
                     n: {
                         "counts": {c: len(s[c]) for c in output.STATUS_COLUMNS},
                         **{c: s[c] for c in output.STATUS_COLUMNS},
+                        "next_attempt": s["next_attempt"],
+                        "corrupt_details": s["corrupt_details"],
                     }
                     for n, s in status.items()
                 }
@@ -362,7 +335,11 @@ async def _cmd_rm(pipeline: Pipeline, args: argparse.Namespace) -> int:
         raise UsageError("give the keys to remove, or --all")
     keys = None if args.all else [_key(k) for k in args.keys]
     if args.all and not args.yes:
-        what = f"every key of {args.target}" if link else f"every output, record and log of {task_name}"
+        what = (
+            f"every key of {args.target} (with the job records and logs that go with them)"
+            if link
+            else f"every output, record and log of {task_name}"
+        )
         if args.cascade:
             down = pipeline.graph.descendants(task_name)
             if down:
@@ -377,16 +354,22 @@ async def _cmd_rm(pipeline: Pipeline, args: argparse.Namespace) -> int:
     removed = await pipeline.remove(task_name, keys, link=link or None, cascade=args.cascade)
     if args.json:
         _out(output.dump_json([{"task": t, "link": lk, "key": k} for t, lk, k in removed]))
-        return EXIT_OK
-    if not removed:
-        _out("nothing to remove\n")
-        return EXIT_OK
+    elif not removed and args.all:
+        _out(f"nothing to remove: {args.target} holds no keys\n")
     grouped: dict[tuple[str, str], list[str]] = {}
     for t, lk, k in removed:
         grouped.setdefault((t, lk), []).append(k)
-    for (t, lk), ks in grouped.items():
-        sample = ", ".join(ks[:10]) + (f", ... (+{len(ks) - 10} more)" if len(ks) > 10 else "")
-        _out(f"removed {len(ks)} key(s) from {t}.{lk}: {sample}\n")
+    if not args.json:
+        for (t, lk), ks in grouped.items():
+            sample = ", ".join(ks[:10]) + (f", ... (+{len(ks) - 10} more)" if len(ks) > 10 else "")
+            _out(f"removed {len(ks)} key(s) from {t}.{lk}: {sample}\n")
+    absent = [k for k in keys or [] if k not in {key for _, _, key in removed}]
+    if absent:
+        where = f"{args.target}" + (" or downstream" if args.cascade else "")
+        raise CommandFailed(
+            f"nothing to remove for {len(absent)} key(s) in {where}: {', '.join(map(repr, absent[:10]))}"
+            + (" ..." if len(absent) > 10 else "")
+        )
     return EXIT_OK
 
 
@@ -396,8 +379,10 @@ async def _cmd_ls(pipeline: Pipeline, args: argparse.Namespace) -> int:
         keys = sorted(await repo.keys())
     if args.json:
         _out(output.dump_json(keys))
-    else:
+    elif keys:
         _out("".join(k + "\n" for k in keys))
+    else:  # stdout stays empty for scripts; a person learns the listing was made
+        sys.stderr.write(f"{args.spec} ({repo.describe()}) holds no keys\n")
     return EXIT_OK
 
 
@@ -411,12 +396,7 @@ async def _cmd_cat(pipeline: Pipeline, args: argparse.Namespace) -> int:
         elif isinstance(repo, BlobRepository):
             data = await repo.read_bytes(key)
             if args.json:
-                try:
-                    _out(output.dump_json({"key": key, "text": data.decode("utf-8")}))
-                except UnicodeDecodeError:
-                    import base64
-
-                    _out(output.dump_json({"key": key, "base64": base64.b64encode(data).decode("ascii")}))
+                _out(output.dump_json({"key": key, **_text_or_base64(data, "text")}))
             else:
                 _out_bytes(data)
         else:
@@ -441,6 +421,9 @@ async def _cmd_inject(pipeline: Pipeline, args: argparse.Namespace) -> int:
             raise CommandFailed(f"cannot read {args.file}: {exc.strerror or exc}") from None
     await pipeline.inject(args.spec, key, data)
     log.info("stored %d byte(s) under %r in %s", len(data), key, args.spec)
+    if args.json:
+        task_name, _, link = args.spec.partition(".")
+        _out(output.dump_json({"task": task_name, "link": link, "key": key, "bytes": len(data)}))
     return EXIT_OK
 
 
@@ -471,15 +454,26 @@ async def _cmd_logs(pipeline: Pipeline, args: argparse.Namespace) -> int:
         try:
             data = await logs.read_bytes(key)
         except KeyNotFoundError:
-            raise CommandFailed(f"task {task.name!r} has no log for {key!r}") from None
-    _out_bytes(data)
+            if await task.done.contains(key):
+                why = "its job wrote no log"
+            elif await task.live.contains(key):
+                why = "its job is running; the log is stored when it ends"
+            else:
+                why = "no job of it has run"
+            raise CommandFailed(f"task {task.name!r} has no log for {key!r}: {why}") from None
+    if args.json:
+        _out(output.dump_json({"task": task.name, "key": key, **_text_or_base64(data, "log")}))
+    else:
+        _out_bytes(data)
     return EXIT_OK
 
 
 async def _cmd_graph(pipeline: Pipeline, args: argparse.Namespace) -> int:
     graph = pipeline.graph
     if args.json:
-        _out(output.dump_json({"tasks": graph.order(), "edges": [asdict(e) for e in graph.edges]}))
+        drawing = graph.drawing().as_dict()
+        drawing["dependencies"] = [asdict(e) for e in graph.edges]
+        _out(output.dump_json(drawing))
     elif args.format == "dot":
         _out(graph.to_dot())
     elif args.format == "mermaid":
@@ -550,28 +544,39 @@ def run_cli(pipeline: Pipeline, argv: Sequence[str] | None = None, *, prog: str 
     pkg_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
     try:
         return asyncio.run(COMMANDS[args.command](pipeline, args))
-    except (UsageError, InvalidKeyError) as exc:
-        _error(_one_line(exc))
-        return EXIT_USAGE
-    except (CommandFailed, PydatataskError, KeyError, OSError) as exc:
-        _error(_one_line(exc))
-        if verbose and not isinstance(exc, CommandFailed):
-            traceback.print_exc(file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 128 + signal.SIGINT
-    except Exception as exc:
-        if verbose:
-            traceback.print_exc(file=sys.stderr)
-        _error(
-            f"unexpected {type(exc).__name__}: {_one_line(exc)}"
-            + ("" if verbose else " (run with -v for the traceback)")
-        )
-        return EXIT_FAILURE
+    except BaseExceptionGroup as group:
+        # the package unwraps its task groups; this is the last line of defence
+        return _report(first_error(group), group, verbose)
+    except (Exception, KeyboardInterrupt) as exc:
+        return _report(exc, exc, verbose)
     finally:
         pkg_log.removeHandler(handler)
         pkg_log.setLevel(old_level)
+
+
+def _report(exc: BaseException, raised: BaseException, verbose: int) -> int:
+    """Print the one-line error for ``exc`` (``raised`` is what reached :func:`run_cli`, for
+    the traceback with ``-v``) and return the exit status."""
+    if isinstance(exc, (UsageError, InvalidKeyError)):
+        _error(_one_line(exc))
+        return EXIT_USAGE
+    if isinstance(exc, (CommandFailed, PydatataskError, KeyError, OSError)):
+        _error(_one_line(exc))
+        if verbose and not isinstance(exc, CommandFailed):
+            traceback.print_exception(raised, file=sys.stderr)
+        return EXIT_FAILURE
+    if isinstance(exc, KeyboardInterrupt):
+        _error("interrupted")
+        return 128 + signal.SIGINT
+    if not isinstance(exc, Exception):
+        raise exc  # SystemExit and the like, out of a task group: not ours to report
+    if verbose:
+        traceback.print_exception(raised, file=sys.stderr)
+    _error(
+        f"unexpected {type(exc).__name__}: {_one_line(exc)}"
+        + ("" if verbose else " (run with -v for the traceback)")
+    )
+    return EXIT_FAILURE
 
 
 def main(pipeline: Pipeline, argv: Sequence[str] | None = None) -> NoReturn:

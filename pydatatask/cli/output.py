@@ -27,8 +27,9 @@ __all__ = (
     "STATUS_COLUMNS",
 )
 
-STATUS_COLUMNS = ("ready", "running", "succeeded", "failed", "blocked")
-PROGRESS_HEADERS = ("task", "succeeded", "failed", "running", "queued", "blocked")
+#: the job states ``status`` counts, in order (``ready`` is the pending state)
+STATUS_COLUMNS = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "corrupt")
+PROGRESS_HEADERS = ("task", "succeeded", "failed", "running", "retrying", "ready", "blocked", "corrupt")
 SAMPLES = 5
 
 
@@ -69,7 +70,7 @@ def print_table(
         stream.write(format_table(headers, rows))
 
 
-def status_rows(status: dict[str, dict[str, list[str]]]) -> list[list[Any]]:
+def status_rows(status: dict[str, dict[str, Any]]) -> list[list[Any]]:
     """One row per task: name and the count of each status column."""
     return [[name, *(len(s[c]) for c in STATUS_COLUMNS)] for name, s in status.items()]
 
@@ -80,15 +81,28 @@ def _sample(keys: list[str], all_keys: bool) -> str:
     return ", ".join(keys[:SAMPLES]) + f", ... (+{len(keys) - SAMPLES} more)"
 
 
-def format_status(status: dict[str, dict[str, list[str]]], *, all_keys: bool = False) -> str:
-    """Key samples (or every key) of each non-empty column except ``succeeded`` unless ``all_keys``."""
+def format_status(status: dict[str, dict[str, Any]], *, all_keys: bool = False) -> str:
+    """Key samples (or every key) of each non-empty column except ``succeeded`` unless ``all_keys``.
+
+    Retrying keys come with the time of their next attempt; each corrupt key shown gets a
+    line of its own naming what is corrupt, where it is stored and why.
+    """
     lines: list[str] = []
     for name, s in status.items():
         for col in STATUS_COLUMNS:
-            keys = s[col]
+            keys = s.get(col) or []
             if not keys or (col == "succeeded" and not all_keys):
                 continue
             lines.append(f"{name} {col} ({len(keys)}): {_sample(keys, all_keys)}")
+            shown = keys if all_keys else keys[:SAMPLES]
+            if col == "retrying":
+                when = s.get("next_attempt") or {}
+                lines.extend(f"  {k}: next attempt at {when.get(k, '?')}" for k in shown)
+            elif col == "corrupt":
+                details = s.get("corrupt_details") or {}
+                for k in shown:
+                    info = details.get(k) or {}
+                    lines.append(f"  {k}: {info.get('what', 'value')}: {info.get('message', '?')}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -115,14 +129,20 @@ def format_summary(summary: dict[str, Any], signal_name: str | None = None) -> s
 
 
 def progress_rows(scheduler: Scheduler, base: dict[str, tuple[int, int]] | None = None) -> list[list[Any]]:
-    """Per selected task: succeeded and failed (all runs), running, queued, blocked.
+    """Per selected task: succeeded and failed (all runs), running, retrying (in backoff),
+    ready (queued), blocked and corrupt.
 
     ``base`` holds each task's (succeeded, failed) counts at the first tick; adding this
     run's outcomes from the run summary gives exact totals without re-counting records.
     """
+    from ..task.records import JobState
+
     running: dict[str, int] = {}
-    for t, _ in scheduler.running:
-        running[t] = running.get(t, 0) + 1
+    retrying: dict[str, int] = {}
+    for ident in scheduler.running:
+        t = ident[0]
+        counts = retrying if scheduler.states.get(ident) is JobState.RETRYING else running
+        counts[t] = counts.get(t, 0) + 1
     rows: list[list[Any]] = []
     for task in scheduler.selected:
         view = scheduler.views.get(task.name)
@@ -134,8 +154,10 @@ def progress_rows(scheduler: Scheduler, base: dict[str, tuple[int, int]] | None 
                 ok0 + this_run.get("succeeded", 0),
                 failed0 + this_run.get("failed", 0),
                 running.get(task.name, 0),
+                retrying.get(task.name, 0),
                 len(scheduler.queues.get(task.name, ())),
                 len(view.blocked) if view is not None else 0,
+                len(view.corrupt) if view is not None else 0,
             ]
         )
     return rows
@@ -201,6 +223,12 @@ class RunProgress:
                 table.add_row(*(str(c) for c in row))
             self._live.update(table, refresh=True)
         else:
-            parts = [f"{r[0]} {r[1]} ok/{r[2]} failed/{r[3]} running/{r[4]} queued" for r in rows]
+            parts = []
+            for r in rows:
+                text = f"{r[0]} {r[1]} ok/{r[2]} failed/{r[3]} running/{r[5]} ready"
+                extra = [
+                    f"{n} {h}" for n, h in zip(r[4:], PROGRESS_HEADERS[4:], strict=True) if n and h != "ready"
+                ]
+                parts.append("/".join([text, *extra]))
             self.stream.write(f"[{elapsed:7.1f}s] " + " | ".join(parts) + "\n")
             self.stream.flush()

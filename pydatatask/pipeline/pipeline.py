@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, KeyNotFoundError
+from ..errors import ConfigurationError, CorruptValueError, InvalidValueError, KeyNotFoundError
 from ..keys import validate_key
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import FileRepository
@@ -21,13 +20,24 @@ from ..repository.serialized import YamlMetadataFileRepository
 from ..session import Session
 from ..task.base import Task
 from ..task.hooks import Hooks
+from ..task.links import Link, LinkKind
+from ..task.records import utcnow_iso
 from .graph import TaskGraph
-from .records import RecordIndex
+from .records import CORRUPT_ERROR_TYPE, RecordIndex, corrupt_info, warn_corrupt
 from .scheduler import RunSummary, Scheduler, TaskView, compute_views
 
 __all__ = ("Pipeline",)
 
 log = logging.getLogger("pydatatask.pipeline")
+
+
+def _state_links(task: Task, *kinds: str) -> list[tuple[Task, Link]]:
+    return [(task, task.links[k]) for k in kinds if k in task.links]
+
+
+def _whole(task: Task) -> list[tuple[Task, Link]]:
+    """Everything that makes a key of ``task`` done: its outputs, record and log."""
+    return [(task, lk) for lk in task.output_links] + _state_links(task, "done", "logs")
 
 
 class Pipeline:
@@ -168,12 +178,13 @@ class Pipeline:
         timeout: float | str | None = None,  # noqa: ASYNC109 - a deadline for the whole run
         grace: float | str = "10s",
         on_progress: Callable[[Scheduler], None] | None = None,
-        handle_signals: bool = False,
     ) -> RunSummary:
         """Run jobs until nothing is ready and nothing runs (or forever).
 
-        With ``handle_signals`` SIGINT/SIGTERM stop launching, give running jobs ``grace``
-        to finish, then cancel them (their partial outputs are removed).
+        Cancelling the call (Ctrl-C under :func:`asyncio.run`) cancels the running jobs, which
+        remove their partial outputs and write no record. The command line's ``run`` adds the
+        gentler stop: on SIGINT/SIGTERM it calls :meth:`Scheduler.request_stop`, gives running
+        jobs ``grace`` to finish, then cancels them.
         """
         for name in tasks or []:
             self.task(name)
@@ -188,20 +199,7 @@ class Pipeline:
                 on_progress=on_progress,
             )
             self.scheduler = scheduler
-            installed: list[signal.Signals] = []
-            if handle_signals:
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    try:
-                        loop.add_signal_handler(sig, scheduler.request_stop)
-                        installed.append(sig)
-                    except (NotImplementedError, RuntimeError):  # pragma: no cover - not main thread
-                        pass
-            try:
-                return await scheduler.run()
-            finally:
-                for sig in installed:
-                    asyncio.get_running_loop().remove_signal_handler(sig)
+            return await scheduler.run()
 
     def run_sync(self, **kwargs: Any) -> RunSummary:
         """``asyncio.run(pipeline.run(**kwargs))``."""
@@ -220,18 +218,50 @@ class Pipeline:
                 return await compute_views(self.tasks, self, records, full=full)
 
     async def status(self) -> dict[str, dict[str, Any]]:
-        """Counts and sorted key lists per task: ready, running (live claims), succeeded, failed."""
-        views = await self.views()
+        """Sorted key lists per task, one per job state, and the details of some states.
+
+        ``ready`` (pending), ``running`` and ``retrying`` (live claims; a retrying job
+        waits out its backoff), ``succeeded``, ``failed``, ``blocked`` (an upstream task has
+        no success record for the key) and ``corrupt`` (the key's job record or claim does
+        not decode, or its job read an input value that does not). ``next_attempt`` maps
+        each retrying key to the time of its next attempt (ISO 8601 UTC);
+        ``corrupt_details`` maps each corrupt key to what is corrupt, in which repository,
+        where it is stored and why (see :func:`~pydatatask.pipeline.records.corrupt_info`).
+        """
         out: dict[str, dict[str, Any]] = {}
-        for name, view in views.items():
-            out[name] = {
-                "ready": sorted(view.ready - view.live),
-                "running": sorted(view.live),
-                "succeeded": sorted(view.succeeded),
-                "failed": sorted(view.failed),
-                "blocked": sorted(view.blocked),
-            }
+        async with self:  # one session for the listing and the claims
+            views = await self.views()
+            for name, view in views.items():
+                claims = await self._claims(self.tasks[name], view)
+                retrying = {
+                    k: c for k, c in claims.items() if isinstance(c, dict) and c.get("state") == "retrying"
+                }
+                corrupt = view.corrupt
+                out[name] = {
+                    "ready": sorted(view.ready - view.live),
+                    "running": sorted(view.live - retrying.keys() - corrupt.keys()),
+                    "retrying": sorted(retrying),
+                    "succeeded": sorted(view.succeeded),
+                    "failed": sorted(view.failed),
+                    "blocked": sorted(view.blocked),
+                    "corrupt": sorted(corrupt),
+                    "next_attempt": {k: _iso(c.get("retry_at")) for k, c in sorted(retrying.items())},
+                    "corrupt_details": {k: corrupt[k] for k in sorted(corrupt)},
+                }
         return out
+
+    async def _claims(self, task: Task, view: TaskView) -> dict[str, Any]:
+        """The claims of ``view.live``; corrupt ones go to ``view.corrupt`` (logged once)."""
+        if not view.live:
+            return {}
+
+        def bad(err: CorruptValueError) -> None:
+            warn_corrupt(
+                err, f"task {task.name} does not run {err.key!r} until the claim is fixed or removed"
+            )
+            view.corrupt[str(err.key)] = corrupt_info("claim", err)
+
+        return await task.live.get_many(view.live, on_corrupt=bad)
 
     async def why(self, task_name: str, key: str) -> list[str]:
         """Explain whether ``key`` is ready for ``task_name`` and, if not, which links say no."""
@@ -242,25 +272,21 @@ class Pipeline:
         reasons: list[str] = []
         async with self:
             for link in task.required_links:
-                if not await link.repository.contains(key):
+                try:
+                    present = await link.repository.contains(key)
+                except CorruptValueError as exc:
+                    reasons.append(f"input {link.name!r}: {_fix_corrupt(exc.location, str(exc))}")
+                    continue
+                if not present:
                     reasons.append(
                         f"input {link.name!r} ({link.repository.describe()}) does not have {key!r}"
                     )
             for link in task.inhibiting_links:
                 if await link.repository.contains(key):
                     if link.name == "done":
-                        try:
-                            rec = await task.done.get(key)
-                            state = "succeeded" if isinstance(rec, dict) and rec.get("success") else "failed"
-                        except KeyNotFoundError:
-                            state = "recorded"
-                        reasons.append(
-                            f"a job record exists ({state}); `rm {task_name} {key}` to run it again"
-                        )
+                        reasons.append(await self._why_record(task, key))
                     elif link.name == "live":
-                        reasons.append(
-                            f"a job for {key!r} is running (claim in {link.repository.describe()})"
-                        )
+                        reasons.append(await self._why_claim(task, key))
                     else:
                         reasons.append(
                             f"{link.kind.value} {link.name!r} ({link.repository.describe()}) already has {key!r}"
@@ -268,7 +294,13 @@ class Pipeline:
             for up in self.graph.upstream[task_name]:
                 upview = views[up]
                 if key in upview.universe and key not in upview.succeeded:
-                    state = "failed" if key in upview.failed else "not finished"
+                    state = (
+                        "its job record is corrupt"
+                        if key in upview.corrupt
+                        else "failed"
+                        if key in upview.failed
+                        else "not finished"
+                    )
                     reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
             if not reasons and key in view.blocked:  # upstream keys differ (views rename them)
                 reasons.append(f"an upstream task has no success record for what {key!r} reads")
@@ -276,42 +308,136 @@ class Pipeline:
                 reasons.append(f"{key!r} was ready a moment ago or is queued; nothing blocks it now")
         return reasons
 
+    async def _why_record(self, task: Task, key: str) -> str:
+        try:
+            rec = await task.done.get(key)
+        except KeyNotFoundError:
+            return f"a job record exists; `rm {task.name} {key}` to run it again"
+        except CorruptValueError as exc:
+            return "the job record is corrupt: " + _fix_corrupt(exc.location, str(exc))
+        error = rec.get("error") if isinstance(rec, dict) else None
+        if isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
+            return (
+                f"the job failed because an input value is corrupt: {error.get('message')}; inspect "
+                f"{error.get('location') or 'it'}, fix or remove it, then `rm {task.name} {key}` to run it again"
+            )
+        state = "succeeded" if isinstance(rec, dict) and rec.get("success") else "failed"
+        return f"a job record exists ({state}); `rm {task.name} {key}` to run it again"
+
+    async def _why_claim(self, task: Task, key: str) -> str:
+        live = task.live.describe()
+        try:
+            claim = await task.live.get(key)
+        except KeyNotFoundError:
+            return f"a job for {key!r} was running a moment ago (claim in {live})"
+        except CorruptValueError as exc:
+            return (
+                f"the claim is corrupt, so no scheduler can tell whether a job runs: {exc}; inspect "
+                f"{exc.location}; if no run is going on, remove it (`rm {task.name}.live {key}`, and "
+                f"`rm {task.name} {key}` for partial outputs)"
+            )
+        if isinstance(claim, dict) and claim.get("state") == "retrying":
+            return (
+                f"a job for {key!r} is retrying: attempt {claim.get('attempt', '?')} failed, the next "
+                f"starts at {_iso(claim.get('retry_at'))} (claim in {live})"
+            )
+        return f"a job for {key!r} is running (claim in {live})"
+
     # ---------------------------------------------------------------- changes
     async def remove(
         self, task_name: str, keys: Iterable[str] | None, *, link: str | None = None, cascade: bool = False
     ) -> list[tuple[str, str, str]]:
-        """Delete outputs and records of ``keys`` (all keys if None) so they run again.
+        """Delete ``keys`` (every key if None) so that their jobs run again.
 
-        With ``link`` only that link is cleared. With ``cascade`` the same keys are also
-        removed from every downstream task. Returns ``(task, link, key)`` for each removal.
+        Without ``link``: the task's outputs, job records and logs of the keys.
+
+        With ``link``: that link's values and, so that the keys run again, the job records
+        and logs of every task that writes that repository as an output (the task itself
+        when ``link`` is one of its outputs, the upstream task when it is an input another
+        task writes). For ``done`` the records and the logs go; for ``logs`` only the logs;
+        an input nobody writes loses only its values. A job starts only when none of its
+        outputs holds the key, so when another output of such a task holds one of the keys
+        nothing is removed and :class:`ConfigurationError` names it. With ``keys=None`` the
+        keys are those the link's repository holds. A read-only link is an error.
+
+        With ``cascade`` the keys also go from every task downstream of the tasks whose
+        jobs run again (their outputs, records and logs).
+
+        Returns ``(task, link, key)`` for each value removed, in the order removed.
         """
         task = self.task(task_name)
-        targets = [task_name] + (self.graph.descendants(task_name) if cascade else [])
+        key_list = None if keys is None else [validate_key(k) for k in keys]
+        # the (task, link) pairs to clear, in order; each repository is cleared once
+        plan: list[tuple[Task, Link]] = []
+        redo: list[Task] = [task]
+        chosen: Link | None = None
+        if link is not None:
+            chosen = task.links.get(link)
+            if chosen is None:
+                raise ConfigurationError(
+                    f"task {task_name!r} has no link {link!r}; links: {', '.join(task.links)}"
+                )
+            if not chosen.repository.is_writable:
+                raise ConfigurationError(
+                    f"{task_name}.{link} ({chosen.repository.describe()}) is read-only; "
+                    "remove the keys from the repository it shows"
+                )
+            plan.append((task, chosen))
+            if chosen.kind is LinkKind.DONE:
+                plan.extend(_state_links(task, "logs"))
+            elif chosen.kind in (LinkKind.LOGS, LinkKind.LIVE):
+                redo = []
+            else:
+                redo = [
+                    t
+                    for t in self.tasks.values()
+                    if any(o.repository is chosen.repository for o in t.output_links)
+                ]
+                for owner in redo:
+                    plan.extend(_state_links(owner, "done", "logs"))
+        else:
+            plan.extend(_whole(task))
+        if cascade:
+            cleared = {t.name for t in redo}
+            for seed in sorted(cleared | {task_name}, key=self._rank.__getitem__):
+                for name in self.graph.descendants(seed):
+                    if name not in cleared:
+                        cleared.add(name)
+                        plan.extend(_whole(self.tasks[name]))
         removed: list[tuple[str, str, str]] = []
         async with self:
-            key_list = None if keys is None else [validate_key(k) for k in keys]
-            for name in targets:
-                t = self.tasks[name]
-                if link is not None and name == task_name:
-                    if link not in t.links:
-                        raise ConfigurationError(
-                            f"task {name!r} has no link {link!r}; links: {', '.join(t.links)}"
-                        )
-                    links = [t.links[link]]
-                else:
-                    links = [*t.output_links, t.links["done"]] + (
-                        [t.links["logs"]] if "logs" in t.links else []
-                    )
-                for lk in links:
-                    repo = lk.repository
-                    if not repo.is_writable:
-                        continue
-                    present = await repo.keys()
-                    for key in sorted(present if key_list is None else set(key_list) & present):
-                        await repo.delete(key)
-                        removed.append((name, lk.name, key))
-            del task
+            exact: set[str] | None = None if key_list is None else set(key_list)
+            if chosen is not None:
+                if exact is None:
+                    exact = set(await chosen.repository.keys())
+                if chosen.kind not in (LinkKind.DONE, LinkKind.LOGS, LinkKind.LIVE):
+                    await self._refuse_partial(redo, chosen.repository, exact)
+            seen: set[int] = set()
+            for t, lk in plan:
+                repo = lk.repository
+                if id(repo) in seen or not repo.is_writable:
+                    continue
+                seen.add(id(repo))
+                present = await repo.keys()
+                for key in sorted(present if exact is None else exact & present):
+                    await repo.delete(key)
+                    removed.append((t.name, lk.name, key))
         return removed
+
+    async def _refuse_partial(self, owners: list[Task], repo: Repository, keys: set[str]) -> None:
+        """Refuse to remove ``keys`` from one output of a task while another output keeps them."""
+        for owner in owners:
+            for other in owner.output_links:
+                if other.repository is repo:
+                    continue
+                kept = sorted(keys & await other.repository.keys())
+                if kept:
+                    raise ConfigurationError(
+                        f"{owner.name}.{other.name} also holds {kept[0]!r}"
+                        + (f" (and {len(kept) - 1} more)" if len(kept) > 1 else "")
+                        + f" and a job of {owner.name} runs again only when none of its outputs does;"
+                        f" nothing removed: `rm {owner.name} KEY` removes them all"
+                    )
 
     async def launch(self, task_name: str, key: str, *, force: bool = False) -> dict[str, Any] | None:
         """Run one job now, in this process. Unless ``force``, the key must be ready."""
@@ -330,15 +456,43 @@ class Pipeline:
             return await task.execute(key, hooks=self.hooks)
 
     async def inject(self, spec: str, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` in the repository ``task.link`` (YAML for metadata)."""
+        """Store ``data`` under ``key`` in the repository ``task.link`` (YAML for metadata).
+
+        Data that does not parse as YAML (JSON is YAML too) raises
+        :class:`~pydatatask.errors.InvalidValueError` naming the line and column; nothing
+        is stored then.
+        """
         _, _, repo = self.repository(spec)
         validate_key(key)
+        value: Any = None
+        if not isinstance(repo, BlobRepository) and isinstance(repo, MetadataRepository):
+            value = _parse_yaml(spec, key, data)
         async with self:
             if isinstance(repo, BlobRepository):
                 await repo.write_bytes(key, data)
             elif isinstance(repo, MetadataRepository):
-                from ..repository.serialized import yaml_loads
-
-                await repo.put(key, yaml_loads(data))
+                await repo.put(key, value)
             else:
                 raise ConfigurationError(f"{spec} ({repo.describe()}) cannot take injected values")
+
+
+def _parse_yaml(spec: str, key: str, data: bytes) -> Any:
+    import yaml
+
+    from ..repository.serialized import parse_error, yaml_loads
+
+    try:
+        return yaml_loads(data)
+    except yaml.YAMLError as exc:
+        raise InvalidValueError(
+            f"the value for {spec} {key!r} is not valid YAML: {parse_error(exc)}"
+        ) from exc
+
+
+def _iso(ts: Any) -> str:
+    """Epoch seconds as ISO 8601 UTC (``?`` when absent)."""
+    return utcnow_iso(float(ts)) if isinstance(ts, (int, float)) else "?"
+
+
+def _fix_corrupt(location: str, message: str) -> str:
+    return f"{message}; inspect {location or 'it'} and fix or remove it (`rm` the file)"

@@ -6,61 +6,100 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import CorruptValueError, KeyNotFoundError
+from ..errors import CorruptValueError
 from ..repository.base import MetadataRepository
 
-__all__ = ("RecordIndex",)
+__all__ = ("RecordIndex", "corrupt_info", "warn_corrupt", "CORRUPT_ERROR_TYPE")
 
 log = logging.getLogger("pydatatask.scheduler")
 
+#: the ``error.type`` of a job record whose job read an input value that does not decode
+CORRUPT_ERROR_TYPE = "pydatatask.errors.CorruptValueError"
+
+
+def corrupt_info(what: str, err: CorruptValueError | dict[str, Any]) -> dict[str, str]:
+    """How status output describes a corrupt key: ``what`` is corrupt (``"job record"``,
+    ``"claim"``, ``"input"``), in which repository, where it is stored, why, and the
+    one-line message. ``err`` is the error, or the ``error`` field of a job record."""
+    if isinstance(err, CorruptValueError):
+        fields = {
+            "repository": err.repository,
+            "location": err.location,
+            "reason": err.reason,
+            "message": str(err),
+        }
+    else:
+        fields = {name: str(err.get(name) or "") for name in ("repository", "location", "reason", "message")}
+    return {"what": what, **fields}
+
+
+_named: set[str] = set()
+
+
+def warn_corrupt(err: CorruptValueError, consequence: str) -> None:
+    """Log ``err`` and what follows from it, once per process (status is computed again
+    and again; the same bad file is named the first time only)."""
+    text = str(err)
+    if text not in _named:
+        _named.add(text)
+        log.warning("%s; %s", text, consequence)
+
 
 class RecordIndex:
-    """What the job records of a task say: success or failure per key.
+    """What the job records of a task say: success or failure per key, and which keys are
+    corrupt.
 
     Records are immutable once written (removing one is how a job is re-run), so a record
     is read at most once and cached. Reading is lazy: a tick reads only the records it
     needs to decide something (the upstream records of keys a downstream task could
     start), so a tick over a finished pipeline reads none.
+
+    A key is *corrupt* when its record does not decode, or when its job failed because an
+    input value did not decode (retrying cannot help; the data must be fixed). A corrupt
+    key counts neither as succeeded nor as failed; it is logged once, when first read.
     """
 
     def __init__(self, done: MetadataRepository) -> None:
         self.done = done
         self.success: dict[str, bool] = {}
+        #: corrupt keys: ``{key: corrupt_info(...)}``
+        self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
 
     def note(self, key: str, record: dict[str, Any]) -> None:
         """Record an outcome the scheduler wrote itself."""
-        self.success[key] = bool(record.get("success"))
+        self._take(key, record)
+
+    def _take(self, key: str, record: Any) -> None:
+        ok = isinstance(record, dict) and bool(record.get("success"))
+        self.success[key] = ok
+        error = record.get("error") if isinstance(record, dict) else None
+        if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
+            self.corrupt[key] = corrupt_info("input", error)
 
     def sync(self, keys: set[str]) -> None:
         """Take the latest listing ``keys`` of the done repository."""
         self.listed = keys
-        success = self.success
-        if len(success) > len(keys) or any(k not in keys for k in success):
-            for k in [k for k in success if k not in keys]:
-                del success[k]
+        for known in (self.success, self.corrupt):
+            if len(known) > len(keys) or any(k not in keys for k in known):
+                for k in [k for k in known if k not in keys]:
+                    del known[k]
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
         """Read the records of ``keys`` (default: every listed key) not read before."""
         wanted = self.listed if keys is None else keys
-        listed, success = self.listed, self.success
-        new = [k for k in wanted if k in listed and k not in success]
+        listed, success, corrupt = self.listed, self.success, self.corrupt
+        new = [k for k in wanted if k in listed and k not in success and k not in corrupt]
         if not new:
             return
-        try:
-            values = await self.done.get_many(new)
-        except CorruptValueError:
-            values = {}
-            for k in new:
-                try:
-                    values[k] = await self.done.get(k)
-                except KeyNotFoundError:
-                    continue
-                except CorruptValueError as exc:
-                    log.warning("%s", exc)
-                    values[k] = None
+
+        def bad(err: CorruptValueError) -> None:
+            warn_corrupt(err, "the key is left alone until the record is fixed or removed")
+            corrupt[str(err.key)] = corrupt_info("job record", err)
+
+        values = await self.done.get_many(new, on_corrupt=bad)
         for k, v in values.items():
-            success[k] = isinstance(v, dict) and bool(v.get("success"))
+            self._take(k, v)
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:
         """Those of ``keys`` known to have a success record (call :meth:`load` first)."""
@@ -72,5 +111,6 @@ class RecordIndex:
         return {k for k, ok in self.success.items() if ok}
 
     def failed(self) -> set[str]:
-        """Keys known to have a failure record."""
-        return {k for k, ok in self.success.items() if not ok}
+        """Keys known to have a failure record (corrupt ones excepted)."""
+        corrupt = self.corrupt
+        return {k for k, ok in self.success.items() if not ok and k not in corrupt}

@@ -24,13 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._taskgroups import first_error
+from ..errors import CorruptValueError
 from ..repository.base import Repository
 from ..repository.listing import cached_keys, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
 from ..task.records import HOSTNAME, JobState
-from .records import RecordIndex
+from .records import RecordIndex, corrupt_info, warn_corrupt
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -54,6 +56,9 @@ class TaskView:
     live: set[str] = field(default_factory=set)
     #: keys with a job record, whatever its outcome
     recorded: set[str] = field(default_factory=set)
+    #: keys whose job record, claim or input value does not decode:
+    #: ``{key: corrupt_info(...)}`` (see :func:`~pydatatask.pipeline.records.corrupt_info`)
+    corrupt: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,6 +129,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._checked_claims: dict[str, set[str]] = {t.name: set() for t in self.selected}
+        #: claims found corrupt, per task: ``{key: corrupt_info(...)}``
+        self.corrupt_claims: dict[str, dict[str, dict[str, str]]] = {t.name: {} for t in self.selected}
         self._last_claim_check = 0.0
         self.ticks = 0
         self.last_listing_seconds = 0.0
@@ -163,6 +170,11 @@ class Scheduler:
                     self.views = views = await compute_views(
                         self.all_tasks, self.pipeline, self.records, self.running
                     )
+        for name, claims in self.corrupt_claims.items():
+            view = views[name]
+            for key in [k for k in claims if k not in view.live]:
+                del claims[key]  # removed (or fixed and released) meanwhile
+            view.corrupt.update(claims)
         for task in self.selected:
             view = views[task.name]
             ready = view.ready - {k for (t, k) in self.errored if t == task.name}
@@ -180,7 +192,14 @@ class Scheduler:
             todo = [k for k in foreign if k not in checked]
             if not todo:
                 continue
-            claims = await task.live.get_many(todo)
+
+            def corrupt(err: CorruptValueError, name: str = task.name, checked: set[str] = checked) -> None:
+                # nobody can tell whether its job runs: never taken over, never overwritten
+                warn_corrupt(err, f"task {name} does not run {err.key!r} until the claim is fixed or removed")
+                self.corrupt_claims[name][str(err.key)] = corrupt_info("claim", err)
+                checked.add(str(err.key))
+
+            claims = await task.live.get_many(todo, on_corrupt=corrupt)
             recovered = False
             for key, claim in claims.items():
                 if task.claim_is_stale(claim, self.owner):
@@ -341,6 +360,9 @@ class Scheduler:
                 await self._loop(tg)
                 stopper.cancel()
                 beater.cancel()
+        except BaseExceptionGroup as group:
+            error = first_error(group)  # callers get the error itself, never the group
+            raise error from error.__cause__
         finally:
             self.summary.elapsed = time.monotonic() - t0
             await self.hooks.emit(Event("pipeline_finished", summary=self.summary.as_dict()))
@@ -482,6 +504,7 @@ async def compute_views(
     for name, view in views.items():
         view.succeeded = records[name].succeeded()
         view.failed = records[name].failed()
+        view.corrupt = dict(records[name].corrupt)
     return views
 
 

@@ -7,6 +7,8 @@ raises :class:`~pydatatask.errors.MissingDependencyError` naming the extra to in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_getattr
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository, resolve
 from .combinators import (
@@ -75,4 +77,9 @@ _LAZY = {
 }
 
 
-__getattr__ = lazy_getattr(__name__, _LAZY, globals())
+if TYPE_CHECKING:  # the lazily exported backends, typed for type checkers
+    from .docker import DockerRepository
+    from .mongo import MongoMetadataRepository
+    from .s3 import JsonMetadataS3Repository, S3BucketRepository, YamlMetadataS3Repository
+else:
+    __getattr__ = lazy_getattr(__name__, _LAZY, globals())

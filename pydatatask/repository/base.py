@@ -5,6 +5,14 @@ tasks or scheduling. Backends subclass one of the two value kinds and implement 
 of ``_``-prefixed coroutines; the public methods validate keys and enforce the shared
 semantics (missing keys raise :class:`~pydatatask.errors.KeyNotFoundError`, writes are
 atomic, deletes of absent keys are silent).
+
+Corrupt values in bulk reads: a metadata backend's ``_get_many`` returns, for a key whose
+stored value does not decode, the :class:`~pydatatask.errors.CorruptValueError` *instance*
+as its value (built with :meth:`MetadataRepository._corrupt`, which names the repository,
+the key, where the value is stored and the parse error). Legitimate values are JSON-like,
+so an exception instance cannot be one. The public ``get_many``/``items`` split them out:
+they raise the first error, or pass each to ``on_corrupt`` and return the other values.
+One bad value never hides the others, and never arrives wrapped in an exception group.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar, overload
 
-from ..errors import UnsupportedOperationError
+from ..errors import CorruptValueError, KeyNotFoundError, UnsupportedOperationError
 from ..keys import filter_valid_keys, validate_key
 
 __all__ = (
@@ -153,18 +161,44 @@ class MetadataRepository(Repository):
         """
         return await self._replace_if(validate_key(key), expected, value)
 
-    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Return ``{key: value}`` for the given keys that exist (absent keys are left out)."""
-        return await self._get_many([validate_key(k) for k in keys])
+    async def get_many(
+        self, keys: Iterable[str], *, on_corrupt: Callable[[CorruptValueError], None] | None = None
+    ) -> dict[str, Any]:
+        """Return ``{key: value}`` for the given keys that exist (absent keys are left out).
 
-    async def items(self) -> AsyncIterator[tuple[str, Any]]:
-        """Iterate over ``(key, value)`` pairs."""
+        A value that does not decode raises :class:`~pydatatask.errors.CorruptValueError`
+        (the first one found), unless ``on_corrupt`` is given: then it is called with the
+        error of each such key, the key is left out and the other values are returned.
+        """
+        return _split_corrupt(await self._get_many([validate_key(k) for k in keys]), on_corrupt)
+
+    async def items(
+        self, *, on_corrupt: Callable[[CorruptValueError], None] | None = None
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Iterate over ``(key, value)`` pairs, in key order.
+
+        A value that does not decode is handled as by :meth:`get_many`.
+        """
         keys = sorted(await self.keys())
         for start in range(0, len(keys), 1000):
-            batch = await self._get_many(keys[start : start + 1000])
+            batch = _split_corrupt(await self._get_many(keys[start : start + 1000]), on_corrupt)
             for key in keys[start : start + 1000]:
                 if key in batch:
                     yield key, batch[key]
+
+    def _location(self, key: str) -> str:
+        """Where the value of ``key`` is stored, for messages (a path, an URL, a document id).
+
+        Backends override it; the default names the key in :meth:`describe`.
+        """
+        return f"key {key!r} in {self.describe()}"
+
+    def _corrupt(self, key: str, reason: BaseException | str) -> CorruptValueError:
+        """The :class:`CorruptValueError` for ``key`` whose value does not decode."""
+        text = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+        return CorruptValueError(
+            key=key, repository=self.describe(), location=self._location(key), reason=text
+        )
 
     @abstractmethod
     async def _get(self, key: str) -> Any: ...
@@ -179,15 +213,32 @@ class MetadataRepository(Repository):
         raise UnsupportedOperationError(f"{self.describe()} cannot replace values conditionally")
 
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
-        from ..errors import KeyNotFoundError
-
+        """``{key: value}`` of the keys present; a value that does not decode is given as
+        its :class:`CorruptValueError` instance (the public methods split them out)."""
         out: dict[str, Any] = {}
         for key in keys:
             try:
                 out[key] = await self._get(key)
             except KeyNotFoundError:
                 pass
+            except CorruptValueError as exc:
+                out[key] = exc
         return out
+
+
+def _split_corrupt(
+    values: dict[str, Any], on_corrupt: Callable[[CorruptValueError], None] | None
+) -> dict[str, Any]:
+    """``values`` without the keys whose value is a :class:`CorruptValueError`: the first
+    is raised when ``on_corrupt`` is None, otherwise each is passed to it."""
+    bad = [k for k, v in values.items() if isinstance(v, CorruptValueError)]
+    if not bad:
+        return values
+    if on_corrupt is None:
+        raise values[bad[0]]
+    for k in bad:
+        on_corrupt(values.pop(k))
+    return values
 
 
 class BlobReadStream(Protocol):

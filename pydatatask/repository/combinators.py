@@ -245,8 +245,8 @@ class FilterRepository(RepositoryView):
 
     Predicates may be plain or async functions. ``value_predicate`` needs a metadata
     child; values are fetched with one bulk read per listing. A value that does not
-    decode cannot be judged: its key is left out of the listing (with one warning) and
-    reported as it is by ``get``/``get_many``.
+    decode cannot be judged: its key is left out of the listing (with one warning), and
+    ``contains``, ``get`` and ``get_many`` report it as the child does.
     """
 
     key_predicate: Predicate | None
@@ -306,7 +306,7 @@ class FilterRepository(RepositoryView):
             if isinstance(v, CorruptValueError):
                 if k not in self._warned_corrupt:
                     self._warned_corrupt.add(k)
-                    log.warning("%s: key %r left out, its value cannot be judged: %s", self.describe(), k, v)
+                    log.warning("%s; %s leaves the key out", v, self.describe())
             elif await _call(self.value_predicate, v):
                 accepted.add(k)
         return accepted
@@ -325,8 +325,11 @@ class FilterRepository(RepositoryView):
         if self.key_predicate is not None and not await _call(self.key_predicate, key):
             return False
         if self.value_predicate is not None:
-            values = await _metadata(child)._get_many([key])
-            return key in await self._judge(values)
+            try:  # a value that does not decode raises here: asked about one key, say why
+                value = await _metadata(child).get(key)
+            except KeyNotFoundError:
+                return False
+            return await _call(self.value_predicate, value)
         return await child.contains(key)
 
     async def _source(self, key: str) -> tuple[Repository, str]:

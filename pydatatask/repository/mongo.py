@@ -23,6 +23,7 @@ from .._deps import require
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
+    CorruptValueError,
     KeyNotFoundError,
     RepositoryError,
 )
@@ -198,7 +199,20 @@ class MongoMetadataRepository(MetadataRepository):
         doc = await self._call("get", run)
         if doc is None:
             raise KeyNotFoundError(key, self.describe())
-        return doc.get("value")
+        value = self._value(key, doc)
+        if isinstance(value, CorruptValueError):
+            raise value
+        return value
+
+    def _location(self, key: str) -> str:
+        return f"{self.describe()} _id={key!r}"
+
+    def _value(self, key: str, doc: dict[str, Any]) -> Any:
+        """The value a document holds, or the :class:`CorruptValueError` of a document
+        that was not written by this class (it has no ``value`` field)."""
+        if "value" not in doc:
+            return self._corrupt(key, "the document has no 'value' field")
+        return doc["value"]
 
     async def _put(self, key: str, value: Any) -> None:
         doc = _document(key, value)
@@ -263,7 +277,7 @@ class MongoMetadataRepository(MetadataRepository):
                 # trip) unless it exceeds the server's 16 MiB batch limit
                 cursor = coll.find({"_id": {"$in": chunk}}, projection={"value": 1}, batch_size=len(chunk))
                 async for doc in cursor:
-                    found[doc["_id"]] = doc.get("value")
+                    found[doc["_id"]] = self._value(doc["_id"], doc)
                 return found
 
             out.update(await self._call("get_many", run))

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .._taskgroups import first_error
 from ..errors import CorruptValueError, KeyNotFoundError, RepositoryError
 from .base import BlobRepository, MetadataRepository
 from .filesystem import FileRepository
@@ -23,6 +24,7 @@ __all__ = (
     "JsonMetadataFileRepository",
     "yaml_dumps",
     "yaml_loads",
+    "parse_error",
 )
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -84,6 +86,17 @@ def yaml_loads(data: bytes) -> Any:
     return yaml.load(data, Loader=_Loader)  # noqa: S506 - the C/py *Safe* loader
 
 
+def parse_error(exc: BaseException) -> str:
+    """A YAML or JSON parse error on one line: what was wrong, and at which line and column."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        text = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = str(exc)  # json.JSONDecodeError says "... line 1 column 5 (char 4)" itself
+    return " ".join(text.split())
+
+
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -91,8 +104,9 @@ def _json_dumps(value: Any) -> bytes:
 class SerializedMetadataRepository(MetadataRepository):
     """Metadata values encoded into the blobs of another repository.
 
-    A value that does not decode raises :class:`CorruptValueError` naming the key and the
-    repository; it is never returned half-parsed.
+    A value that does not decode raises :class:`CorruptValueError` naming the key, the
+    repository, the file or object that holds it and the parse error; it is never returned
+    half-parsed (``get_many(..., on_corrupt=...)`` reports it and returns the others).
     """
 
     format_name = "serialized"
@@ -128,13 +142,26 @@ class SerializedMetadataRepository(MetadataRepository):
     async def _delete(self, key: str) -> None:
         await self.blobs.delete(key)
 
+    def _location(self, key: str) -> str:
+        """The file path or object URL of ``key`` in the blob repository, where it has one."""
+        for name in ("path", "url"):
+            where = getattr(self.blobs, name, None)
+            if callable(where):
+                return str(where(key))
+        return super()._location(key)
+
     def _decode(self, key: str, data: bytes) -> Any:
         try:
             return self._loads(data)
         except (ValueError, yaml.YAMLError) as exc:
-            raise CorruptValueError(
-                f"{self.describe()}: the value of key {key!r} is not valid {self.format_name}: {exc}"
-            ) from exc
+            raise self._corrupt(key, f"not valid {self.format_name}: {parse_error(exc)}") from exc
+
+    def _decode_or_error(self, key: str, data: bytes) -> Any:
+        """The value, or the :class:`CorruptValueError` (the ``_get_many`` contract)."""
+        try:
+            return self._decode(key, data)
+        except CorruptValueError as exc:
+            return exc
 
     def _encode(self, key: str, value: Any) -> bytes:
         try:
@@ -176,11 +203,15 @@ class SerializedMetadataRepository(MetadataRepository):
                     data = await self.blobs.read_bytes(key)
                 except KeyNotFoundError:
                     return
-            out[key] = self._decode(key, data)
+            out[key] = self._decode_or_error(key, data)
 
-        async with asyncio.TaskGroup() as tg:
-            for key in keys:
-                tg.create_task(one(key))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for key in keys:
+                    tg.create_task(one(key))
+        except BaseExceptionGroup as group:
+            error = first_error(group)  # a read failed (backend down, ...): that error, unwrapped
+            raise error from error.__cause__
         return out
 
 

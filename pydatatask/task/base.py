@@ -414,6 +414,8 @@ class Task(ABC):
                 job = JobContext(self, key, attempt, slot=slot)
                 if on_state:
                     on_state(self, key, JobState.RUNNING, attempt)
+                if attempt > 1:
+                    await self._show_state(key, JobState.RUNNING, attempt=attempt, retry_at=None)
                 if hooks.wants("job_started"):
                     await hooks.emit(Event("job_started", self.name, key, attempt))
                 try:
@@ -434,6 +436,9 @@ class Task(ABC):
                         delay = self.retry.delay(attempt)
                         if on_state:
                             on_state(self, key, JobState.RETRYING, attempt)
+                        await self._show_state(
+                            key, JobState.RETRYING, attempt=attempt, retry_at=time.time() + delay
+                        )
                         await hooks.emit(
                             Event("job_retrying", self.name, key, attempt, error=exc, delay=delay)
                         )
@@ -516,6 +521,14 @@ class Task(ABC):
                 except Exception as exc:
                     log.warning("task %s: could not mark the claim on %r abandoned: %s", self.name, key, exc)
             self._held_claims().pop(key, None)
+
+    async def _show_state(self, key: str, state: JobState, **fields: Any) -> None:
+        """Write ``state`` (and ``fields``) into the claim on ``key``, so that ``status`` in
+        another process sees a job waiting to retry, and when."""
+        try:
+            await self.update_claim(key, state=state.value, **fields)
+        except Exception as exc:  # the live repository is unreachable: the job goes on
+            log.warning("task %s: could not note %s in the claim on %r: %s", self.name, state.value, key, exc)
 
     async def _write_log(self, job: JobContext) -> None:
         logs = self.logs

@@ -45,8 +45,9 @@ Callback = Callable[[Event], None | Awaitable[None]]
 class Hooks:
     """A registry of callbacks. ``hooks.on("job_failed", fn)`` or ``@hooks.on("job_failed")``.
 
-    Callbacks may be plain or async functions. A callback that raises is logged and never
-    stops the run.
+    Callbacks may be plain or async functions. A callback that raises is logged on one line
+    (task, key, hook, event, error; with the traceback when the ``pydatatask`` log is at
+    INFO or lower, as with ``-v``) and never stops the run.
     """
 
     def __init__(self) -> None:
@@ -77,5 +78,25 @@ class Hooks:
                 result = callback(event)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:
-                log.exception("hook %r for %s raised; the run goes on", callback, event.name)
+            except Exception as exc:
+                # one line; the traceback too when the log is verbose (-v) - a hook's bug
+                # must not bury the run's output
+                job = f"task {event.task} key {event.key!r}: " if event.task is not None else ""
+                log.warning(
+                    "%shook %s on %s raised %s: %s; the run goes on",
+                    job,
+                    _hook_name(callback),
+                    event.name,
+                    type(exc).__name__,
+                    " ".join(str(exc).split()),
+                    exc_info=log.isEnabledFor(logging.INFO),
+                )
+
+
+def _hook_name(callback: Callback) -> str:
+    """``module.qualname`` of a callback (its repr for objects without one)."""
+    qualname = getattr(callback, "__qualname__", None)
+    if qualname is None:
+        return repr(callback)
+    module = getattr(callback, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)

@@ -649,14 +649,14 @@ spec:
   - name: main
     image: {image}
     command: {command}
-    args: ["launch", {{{{ task }}}}, {{{{ key }}}}, "--force", "--sync"]{workdir}
+    args: ["launch", {{{{ task }}}}, {{{{ key }}}}, "--force"]{workdir}
 """
 
 
 class KubeFunctionTask(KubeTask):
     """Each job runs ``func`` (a function of the pipeline script) inside a pod.
 
-    The pod runs ``python3 <script_path> launch TASK KEY --force --sync``: the pipeline
+    The pod runs ``python3 <script_path> launch TASK KEY --force``: the pipeline
     script itself, whose CLI runs one job in-process. There the same task object sees
     ``PDT_IN_POD=1`` (set in the pod's environment) and calls the function the way
     :class:`~pydatatask.task.InProcessTask` does, instead of creating a pod. The image must

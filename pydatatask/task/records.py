@@ -22,6 +22,8 @@ import traceback
 from enum import StrEnum
 from typing import Any
 
+from ..errors import CorruptValueError
+
 __all__ = (
     "JobState",
     "make_record",
@@ -62,12 +64,16 @@ def utcnow_iso(ts: float | None = None) -> str:
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
-    """Type, message and formatted traceback of ``exc``."""
-    return {
+    """Type, message and formatted traceback of ``exc`` (and, for a value that does not
+    decode, its ``repository``, ``location`` and ``reason``)."""
+    info = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
     }
+    if isinstance(exc, CorruptValueError):
+        info.update(repository=exc.repository, location=exc.location, reason=exc.reason)
+    return info
 
 
 def make_record(

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, CorruptValueError
 
 __all__ = ("RetryPolicy",)
 
@@ -18,7 +18,9 @@ class RetryPolicy:
     The delay before attempt ``n+1`` is ``backoff * factor**(n-1)``, capped at
     ``max_backoff``, then spread by ``+-jitter`` (a fraction). Only exceptions that are
     instances of ``retry_on`` are retried (process tasks retry on non-zero exit codes when
-    ``retry_on`` includes :class:`~pydatatask.JobError`, the default).
+    ``retry_on`` includes :class:`~pydatatask.JobError`, the default). A
+    :class:`~pydatatask.errors.CorruptValueError` (a value the job read does not decode) is
+    never retried: the stored data has to be fixed first.
     """
 
     max_attempts: int = 1
@@ -40,6 +42,8 @@ class RetryPolicy:
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether to try again after ``exc`` ended attempt number ``attempt`` (1-based)."""
+        if isinstance(exc, CorruptValueError):
+            return False
         return attempt < self.max_attempts and isinstance(exc, self.retry_on)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:

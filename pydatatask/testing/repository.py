@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from ..errors import InvalidKeyError, KeyNotFoundError, ReadOnlyRepositoryError, UnsupportedOperationError
+from ..errors import (
+    CorruptValueError,
+    InvalidKeyError,
+    KeyNotFoundError,
+    ReadOnlyRepositoryError,
+    UnsupportedOperationError,
+)
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 
 __all__ = (
@@ -283,6 +289,40 @@ class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
             await repo.put(key, value)
         for key, value in values.items():
             assert await repo.get(key) == value
+
+    async def make_corrupt(self, repo: Any, key: str) -> bool:
+        """Store a value under ``key`` that does not decode; return False if the backend
+        cannot hold one. The default handles YAML/JSON over any blob repository; suites of
+        other backends override it (e.g. a Mongo document without its ``value`` field)."""
+        from ..repository.serialized import SerializedMetadataRepository
+
+        if not isinstance(repo, SerializedMetadataRepository):
+            return False
+        await repo.blobs.write_bytes(key, b'{"task": "A", "state": [trunc')
+        return True
+
+    @pytest.mark.asyncio
+    async def test_corrupt_value_in_get_many(self, repo: MetadataRepository) -> None:
+        await repo.put("good", {"ok": True})
+        corrupt = await self.make_corrupt(repo, "bad")
+        seen: list[CorruptValueError] = []
+        got = await repo.get_many(["good", "bad", "absent"], on_corrupt=seen.append)
+        assert got == {"good": {"ok": True}}
+        assert [k async for k, _ in repo.items(on_corrupt=seen.append)] == ["good"]
+        if not corrupt:
+            assert seen == []  # nothing to report; the good values are still all there
+            return
+        assert [e.key for e in seen] == ["bad", "bad"]
+        err = seen[0]
+        assert err.repository == repo.describe() and err.location and err.reason
+        assert "\n" not in str(err) and "bad" in str(err) and err.location in str(err)
+        for call in (repo.get_many(["good", "bad"]), repo.get("bad")):
+            with pytest.raises(CorruptValueError) as info:
+                await call
+            assert type(info.value) is CorruptValueError and info.value.key == "bad"
+        with pytest.raises(CorruptValueError):
+            _ = [kv async for kv in repo.items()]
+        assert await repo.contains("bad")  # reported, never removed or rewritten
 
     @pytest.mark.asyncio
     async def test_concurrent_writers(self, repo: MetadataRepository) -> None:

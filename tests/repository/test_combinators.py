@@ -281,7 +281,7 @@ class BrokenValues(MemoryMetadataRepository):
         self.broken = broken
 
     def _error(self, key: str) -> CorruptValueError:
-        return CorruptValueError(f"{self.describe()}: the value of key {key!r} is not valid YAML")
+        return self._corrupt(key, "not valid YAML")
 
     async def _get(self, key: str) -> Any:
         if key in self.broken:
@@ -315,7 +315,7 @@ async def test_corrupt_values_pass_through_views_bulk_reads(caplog: pytest.LogCa
         assert await judged.keys() == {"ok"}
         assert await judged.keys() == {"ok"}
     warnings = [r.getMessage() for r in caplog.records if "'bad'" in r.getMessage()]
-    assert len(warnings) == 1 and "cannot be judged" in warnings[0]
+    assert len(warnings) == 1 and "leaves the key out" in warnings[0]
 
 
 # ---------------------------------------------------------------- fallback writes

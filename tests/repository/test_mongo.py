@@ -73,6 +73,11 @@ class TestMongoConformance(MetadataRepositoryTests):
     async def repo(self, collection: AsyncCollection[Any]) -> AsyncIterator[MongoMetadataRepository]:
         yield MongoMetadataRepository(collection)
 
+    async def make_corrupt(self, repo: Any, key: str) -> bool:
+        # a document another program wrote: no "value" field
+        await repo.collection.insert_one({"_id": key, "task": "A"})
+        return True
+
 
 @pytest.fixture
 async def repo(collection: AsyncCollection[Any]) -> MongoMetadataRepository:
