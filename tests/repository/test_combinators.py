@@ -348,3 +348,22 @@ def test_a_subclass_of_a_view_stays_itself(tmp_path: Path) -> None:
 def test_a_translated_key_no_repository_can_hold_reads_nothing() -> None:
     view = TranslateKeysRepository(MemoryMetadataRepository(), lambda k: "../" + k, lambda k: k)
     assert view.underlying("a") == []
+
+
+async def test_a_corrupt_file_through_views_is_reported_and_the_rest_read(tmp_path: Path) -> None:
+    records = YamlMetadataFileRepository(tmp_path / "r")
+    await records.put("good", {"ok": True})
+    (tmp_path / "r" / "bad.yaml").write_bytes(b"task: A\nkey: bad\nstate: [trunc")
+    for view in (
+        ReadOnlyRepository(records),
+        OrRepository(MemoryMetadataRepository(), records),
+        AndRepository(records, records),
+        MapValuesRepository(records, lambda v: v),
+    ):
+        seen: list[CorruptValueError] = []
+        assert await view.get_many(["good", "bad"], on_corrupt=seen.append) == {"good": {"ok": True}}
+        assert [(e.key, e.location) for e in seen] == [("bad", str(tmp_path / "r" / "bad.yaml"))], view
+        with pytest.raises(CorruptValueError):
+            await view.get_many(["good", "bad"])
+        assert [k async for k, _ in view.items(on_corrupt=seen.append)] == ["good"]
+        assert len(seen) == 2
