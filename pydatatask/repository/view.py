@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Self, cast
 
 from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, ReadOnlyRepositoryError
@@ -250,7 +251,9 @@ class BlobView(RepositoryView, BlobRepository):
 
     async def _open_writer(self, key: str) -> BlobWriter:
         repo, child_key = await self._write_target(key)
-        return await _blobs(repo)._open_writer(child_key)
+        writer = _ChildWriter(_blobs(repo).open(child_key, "wb"))
+        await writer.start()
+        return writer
 
     async def read_bytes(self, key: str) -> bytes:
         """Return the whole value of ``key`` (the child's own whole-value read)."""
@@ -272,6 +275,38 @@ class BlobView(RepositoryView, BlobRepository):
     async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
         repo, child_key = await self._write_target(key)
         return await _blobs(repo).replace_bytes_if(child_key, expected, data)
+
+
+class _ChildWriter(BlobWriter):
+    """A write through a view: the child's own ``open(key, "wb")``, committed or aborted
+    with the view's, so whatever the child does around a write happens as for a direct one."""
+
+    def __init__(self, context: AbstractAsyncContextManager[BlobWriter]) -> None:
+        self._context = context
+        self._inner: BlobWriter | None = None
+        self._ended = False  # the child's context has been left (it aborts a failed commit itself)
+
+    async def start(self) -> None:
+        self._inner = await self._context.__aenter__()
+
+    async def write(self, data: bytes) -> int:
+        assert self._inner is not None
+        return await self._inner.write(data)
+
+    async def commit(self) -> None:
+        self._ended = True
+        await self._context.__aexit__(None, None, None)
+
+    async def abort(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        reason = _Aborted("the write through the view was abandoned")
+        await self._context.__aexit__(_Aborted, reason, None)
+
+
+class _Aborted(Exception):
+    """Passed to the child's write context so that it aborts."""
 
 
 def read_source(repo: Repository, key: str) -> tuple[Repository, str]:

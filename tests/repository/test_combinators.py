@@ -367,3 +367,25 @@ async def test_a_corrupt_file_through_views_is_reported_and_the_rest_read(tmp_pa
             await view.get_many(["good", "bad"])
         assert [k async for k, _ in view.items(on_corrupt=seen.append)] == ["good"]
         assert len(seen) == 2
+
+
+async def test_a_streamed_write_through_a_view_is_the_child_s_own() -> None:
+    class Audited(MemoryBlobRepository):
+        """A backend doing something around each write (as a journal of writes would)."""
+
+        opened: list[str] = []
+
+        def open(self, key: str, mode: Any = "rb") -> Any:
+            self.opened.append(f"{mode} {key}")
+            return super().open(key, mode)
+
+    child = Audited()
+    view = TranslateKeysRepository(child, lambda k: "raw-" + k, lambda k: k[4:])
+    async with view.open("k", "wb") as f:
+        await f.write(b"streamed")
+    with pytest.raises(RuntimeError):
+        async with view.open("failed", "wb") as f:
+            await f.write(b"half")
+            raise RuntimeError("boom")
+    assert child.opened == ["wb raw-k", "wb raw-failed"]
+    assert await child.keys() == {"raw-k"} and await child.read_bytes("raw-k") == b"streamed"
