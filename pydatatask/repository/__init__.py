@@ -13,15 +13,12 @@ from .._lazy import lazy_getattr
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository, resolve
 from .combinators import (
     AndRepository,
-    BlobView,
     BlockingRepository,
     FallbackRepository,
     FilterRepository,
     MapValuesRepository,
-    MetadataView,
     OrRepository,
     ReadOnlyRepository,
-    RepositoryView,
     TranslateKeysRepository,
 )
 from .filesystem import DirectoryRepository, FileRepository
@@ -33,6 +30,7 @@ from .serialized import (
     YamlMetadataFileRepository,
     YamlMetadataRepository,
 )
+from .view import BlobView, MetadataView, RepositoryView
 
 __all__ = (
     "Repository",

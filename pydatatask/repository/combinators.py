@@ -37,24 +37,9 @@ from ..errors import ConfigurationError, CorruptValueError, KeyNotFoundError
 from ..keys import is_valid_key, validate_key
 from .base import BlobRepository, MetadataRepository, Repository
 from .listing import cached_keys
-from .view import (
-    BlobView,
-    MetadataView,
-    RepositoryView,
-    _blobs,
-    _list_all,
-    _members,
-    _metadata,
-    read_source,
-    stored_repositories,
-)
+from .view import BlobView, MetadataView, RepositoryView, _blobs, _list_all, _members, _metadata
 
 __all__ = (
-    "RepositoryView",
-    "MetadataView",
-    "BlobView",
-    "read_source",
-    "stored_repositories",
     "AndRepository",
     "AndMetadataView",
     "AndBlobView",

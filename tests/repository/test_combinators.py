@@ -28,8 +28,9 @@ from pydatatask import (
 )
 from pydatatask.errors import ConfigurationError
 from pydatatask.repository import RepositoryView
-from pydatatask.repository.combinators import ReadOnlyBlobView, read_source
+from pydatatask.repository.combinators import ReadOnlyBlobView
 from pydatatask.repository.listing import cached_keys, listing_scope
+from pydatatask.repository.view import read_source
 
 
 class CountingRepository(MemoryMetadataRepository):
