@@ -49,7 +49,9 @@ class Pipeline:
         to the in-memory default gets files instead: ``state_dir/<task>/done/*.yaml``,
         ``state_dir/<task>/live/*.yaml`` and logs in ``state_dir/<task>/logs/*.log``.
         Use it (or give persistent repositories yourself) so that a restarted run knows
-        what finished and what was interrupted.
+        what finished and what was interrupted. ``task.done`` and ``task.live`` remain the
+        objects they were (their store is bound here, once), so views built over them
+        before the pipeline read the files too.
     :param max_jobs: global limit on running jobs (default: no global limit beyond each
         task's ``concurrency``).
     :param poll_interval: how often remote state is polled and, with ``forever``, how
@@ -128,7 +130,14 @@ class Pipeline:
     ) -> None:
         self._open_depth -= 1
         if self._open_depth == 0:
-            await self.session.__aexit__(exc_type, exc, tb)
+            try:
+                for task in self.tasks.values():
+                    try:
+                        task.close()  # e.g. the thread pool of a sync function task
+                    except Exception as close_exc:
+                        log.warning("task %s: could not close: %s", task.name, close_exc)
+            finally:
+                await self.session.__aexit__(exc_type, exc, tb)
 
     async def validate(self) -> None:
         """Check every task and every repository (creating local roots where allowed)."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .._taskgroups import first_error
 from ..errors import CorruptValueError
 from ..repository.base import Repository
+from ..repository.journal import visible_keys
 from ..repository.listing import cached_keys, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
@@ -460,6 +461,7 @@ async def compute_views(
     ``succeeded``/``failed`` are complete (status output). Must be called inside a
     :func:`listing_scope`.
     """
+    listed_since = time.monotonic()  # for the writes of running jobs, subtracted at the end
     repos = {}
     for task in tasks.values():
         for link in task.links.values():
@@ -505,6 +507,18 @@ async def compute_views(
         view.succeeded = records[name].succeeded()
         view.failed = records[name].failed()
         view.corrupt = dict(records[name].corrupt)
+    # keys that running jobs of this process wrote beyond their own (or that a job which
+    # failed during the listing has removed again) are not ready downstream
+    in_flight: dict[int, set[str]] = {}
+    for task in tasks.values():
+        for repo_id, written in task.in_flight_writes(since=listed_since).items():
+            in_flight.setdefault(repo_id, set()).update(written)
+    if in_flight:
+        for name, task in tasks.items():
+            for link in task.required_links:
+                held = views[name].ready & visible_keys(link.repository, in_flight)
+                views[name].ready -= held
+                views[name].blocked |= held
     return views
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 
 from ..errors import CorruptValueError, KeyNotFoundError, UnsupportedOperationError
 from ..keys import filter_valid_keys, validate_key
+from .journal import _current as _journal
 
 __all__ = (
     "Repository",
@@ -143,14 +144,21 @@ class MetadataRepository(Repository):
 
     async def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` atomically, replacing any old value."""
-        await self._put(validate_key(key), value)
+        key = validate_key(key)
+        if (journal := _journal.get()) is not None:
+            await journal.note(self, key)
+        await self._put(key, value)
 
     async def create(self, key: str, value: Any) -> bool:
         """Store ``value`` only if ``key`` is absent, atomically; return whether it was stored.
 
         Concurrent callers on one key: exactly one gets ``True``. Used for job claims.
         """
-        return await self._create(validate_key(key), value)
+        key = validate_key(key)
+        created = await self._create(key, value)
+        if created and (journal := _journal.get()) is not None:
+            await journal.note(self, key)  # only when stored: an existing key is someone else's
+        return created
 
     async def replace_if(self, key: str, expected: Any, value: Any) -> bool:
         """Atomically replace the value of ``key`` with ``value`` if it still equals ``expected``.
@@ -159,7 +167,11 @@ class MetadataRepository(Repository):
         Of several concurrent callers with the same ``expected`` at most one succeeds. Used
         to take over the claim of a dead scheduler, and for claim heartbeats.
         """
-        return await self._replace_if(validate_key(key), expected, value)
+        key = validate_key(key)
+        replaced = await self._replace_if(key, expected, value)
+        if replaced and (journal := _journal.get()) is not None:
+            await journal.note(self, key)
+        return replaced
 
     async def get_many(
         self, keys: Iterable[str], *, on_corrupt: Callable[[CorruptValueError], None] | None = None
@@ -304,9 +316,11 @@ class _ReadContext:
 class _WriteContext:
     """Commits on clean exit; aborts when the body raised (cancellation included)."""
 
-    def __init__(self, opener: Callable[[], Any]) -> None:
+    def __init__(self, opener: Callable[[], Any], repository: Repository, key: str) -> None:
         self._opener = opener
         self._writer: BlobWriter | None = None
+        self._repository = repository
+        self._key = key
 
     async def __aenter__(self) -> BlobWriter:
         self._writer = await self._opener()
@@ -321,6 +335,8 @@ class _WriteContext:
         assert self._writer is not None
         if exc_type is None:
             try:
+                if (journal := _journal.get()) is not None:
+                    await journal.note(self._repository, self._key)  # before it can become visible
                 await self._writer.commit()
             except BaseException:
                 await self._writer.abort()
@@ -348,7 +364,7 @@ class BlobRepository(Repository):
         if mode == "rb":
             return _ReadContext(lambda: self._open_reader(key))
         if mode == "wb":
-            return _WriteContext(lambda: self._open_writer(key))
+            return _WriteContext(lambda: self._open_writer(key), self, key)
         raise ValueError(f"mode must be 'rb' or 'wb', not {mode!r}")
 
     async def read_bytes(self, key: str) -> bytes:
@@ -371,11 +387,19 @@ class BlobRepository(Repository):
 
     async def create_bytes(self, key: str, data: bytes) -> bool:
         """Store ``data`` only if ``key`` is absent, atomically; return whether it was stored."""
-        return await self._create_bytes(validate_key(key), data)
+        key = validate_key(key)
+        created = await self._create_bytes(key, data)
+        if created and (journal := _journal.get()) is not None:
+            await journal.note(self, key)
+        return created
 
     async def replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
         """Atomically replace the value of ``key`` with ``data`` if it is still ``expected``."""
-        return await self._replace_bytes_if(validate_key(key), bytes(expected), bytes(data))
+        key = validate_key(key)
+        replaced = await self._replace_bytes_if(key, bytes(expected), bytes(data))
+        if replaced and (journal := _journal.get()) is not None:
+            await journal.note(self, key)
+        return replaced
 
     @abstractmethod
     async def _open_reader(self, key: str) -> BlobReader:

@@ -22,6 +22,7 @@ from typing import IO
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
 from ..keys import validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, Repository
+from .journal import current_journal
 
 __all__ = ("FileRepository", "DirectoryRepository")
 
@@ -268,6 +269,8 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     async def write_bytes(self, key: str, data: bytes) -> None:
         path, data = self.path(key), bytes(data)
+        if (journal := current_journal()) is not None:
+            await journal.note(self, key)
         if len(data) <= SMALL_FILE and not self.fsync:
             self._write_sync(path, data)
         else:
@@ -363,6 +366,8 @@ class DirectoryRepository(_LocalRoot, Repository):
     async def open_dir(self, key: str) -> AsyncIterator[Path]:
         """Yield a fresh temporary directory that becomes the value of ``key`` on success."""
         final = self.path(key)
+        if (journal := current_journal()) is not None:
+            await journal.note(self, key)
         tmp = final.with_name(_tmp_name(final.name))
         await asyncio.to_thread(tmp.mkdir, parents=True)
         try:
@@ -385,5 +390,7 @@ class DirectoryRepository(_LocalRoot, Repository):
     async def mkdir(self, key: str) -> Path:
         """Create an empty directory for ``key`` (no error if it exists) and return it."""
         path = self.path(key)
+        if (journal := current_journal()) is not None:
+            await journal.note(self, key)
         await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
         return path

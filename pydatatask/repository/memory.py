@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import KeyNotFoundError
 from ..keys import validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository
+from .journal import current_journal
 
 __all__ = ("MemoryMetadataRepository", "MemoryBlobRepository")
 
@@ -144,7 +145,10 @@ class MemoryBlobRepository(_DictKeys, BlobRepository):
             raise KeyNotFoundError(key, self.describe()) from None
 
     async def write_bytes(self, key: str, data: bytes) -> None:
-        self._data[validate_key(key)] = bytes(data)
+        key = validate_key(key)
+        if (journal := current_journal()) is not None:
+            await journal.note(self, key)
+        self._data[key] = bytes(data)
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         if key in self._data:

@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..keys import validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, resolve
+from .journal import current_journal
 from .serialized import JsonMetadataRepository, YamlMetadataRepository
 
 __all__ = ("S3BucketRepository", "YamlMetadataS3Repository", "JsonMetadataS3Repository")
@@ -488,7 +489,10 @@ class S3BucketRepository(BlobRepository):
             await super().write_bytes(key, data)
             return
         client = resolve(self._client)
-        name = self.object_name(validate_key(key))
+        key = validate_key(key)
+        name = self.object_name(key)
+        if (journal := current_journal()) is not None:
+            await journal.note(self, key)
         body = bytes(data)
         await self._call(
             f"writing {self.url(key)}", lambda: client.put_object(Bucket=self._bucket, Key=name, Body=body)

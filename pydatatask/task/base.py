@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobTimeoutError, KeyNotFoundError, UnsupportedOperationError
+from ..errors import (
+    ConfigurationError,
+    JobError,
+    JobTimeoutError,
+    KeyNotFoundError,
+    UnsupportedOperationError,
+)
 from ..repository.base import BlobRepository, MetadataRepository, Repository
+from ..repository.deferred import DeferredMetadataRepository
+from ..repository.journal import WriteJournal, journaling, visible_keys
 from ..repository.memory import MemoryMetadataRepository
 from .hooks import Event, Hooks
 from .links import Link, LinkKind
@@ -122,11 +130,17 @@ class Task(ABC):
             self.link(link_name, repo, LinkKind.INPUT)
         for link_name, repo in (outputs or {}).items():
             self.link(link_name, repo, LinkKind.OUTPUT)
+        # the defaults are stable objects: Pipeline(state_dir=...) binds their store later,
+        # and a view a user built over task.done before that reads the store in use
         if done is None:
-            done = MemoryMetadataRepository(name=f"{name}.done")
+            done = DeferredMetadataRepository(
+                MemoryMetadataRepository(name=f"{name}.done"), owner=f"task {name!r}: the done repository"
+            )
             self._defaulted.add("done")
         if live is None:
-            live = MemoryMetadataRepository(name=f"{name}.live")
+            live = DeferredMetadataRepository(
+                MemoryMetadataRepository(name=f"{name}.live"), owner=f"task {name!r}: the live repository"
+            )
             self._defaulted.add("live")
         self.link("done", done, LinkKind.DONE)
         self.link("live", live, LinkKind.LIVE)
@@ -157,16 +171,29 @@ class Task(ABC):
         return self
 
     def replace_state_repository(self, kind: str, repository: Repository) -> None:
-        """Swap a defaulted ``done``/``live``/``logs`` repository (used by ``Pipeline(state_dir=...)``)."""
-        if kind in self.links and kind not in self._defaulted:
+        """Give a defaulted ``done``/``live`` repository its store, or add a ``logs``
+        repository where none was given (used by ``Pipeline(state_dir=...)``).
+
+        ``task.done`` and ``task.live`` stay the same objects (their store is bound once,
+        see :class:`~pydatatask.repository.deferred.DeferredMetadataRepository`), so what
+        a user obtained from them earlier reads and writes the store in use. Repositories
+        given to the task are kept.
+        """
+        link = self.links.get(kind)
+        if link is None:
+            self.link(kind, repository, LinkKind(kind))
             return
-        self.links.pop(kind, None)
-        self._defaulted.discard(kind)
-        self.link(kind, repository, LinkKind(kind))
+        current = link.repository
+        if kind not in self._defaulted or not isinstance(current, DeferredMetadataRepository):
+            return
+        if not isinstance(repository, MetadataRepository):
+            raise ConfigurationError(f"task {self.name!r}: the {kind} link needs a MetadataRepository")
+        current.bind(repository)
 
     def is_defaulted(self, kind: str) -> bool:
-        """Whether the ``done``/``live`` repository is the in-memory default."""
-        return kind in self._defaulted
+        """Whether the ``done``/``live`` repository is the in-memory default (no store bound)."""
+        repo = self.links[kind].repository if kind in self.links else None
+        return isinstance(repo, DeferredMetadataRepository) and not repo.is_bound
 
     @property
     def done(self) -> MetadataRepository:
@@ -231,10 +258,13 @@ class Task(ABC):
     def release_slot(self, slot: Any) -> None:  # noqa: B027 - optional hook
         """Give back what :meth:`acquire_slot` reserved."""
 
-    async def cleanup_outputs(self, key: str) -> bool:
+    async def cleanup_outputs(self, key: str, journal: WriteJournal | None = None) -> bool:
         """Delete whatever a failed or interrupted attempt left in the outputs.
 
-        Returns False if some output could not be deleted (the error is logged).
+        That is ``key`` in every output, and, given the job's ``journal``, every other key
+        the job wrote in an output repository (or in a repository under an output view);
+        keys deleted are dropped from the journal. Returns False if something could not be
+        deleted (the error is logged).
         """
         cleaned = True
         for link in self.output_links:
@@ -246,7 +276,162 @@ class Task(ABC):
                     log.exception(
                         "task %s: could not remove partial output %s of %r", self.name, link.name, key
                     )
+        if journal is None or not len(journal):
+            return cleaned
+        outputs = self._output_repositories()
+        for repo, written in journal.entries():
+            if id(repo) not in outputs or not repo.is_writable:
+                continue  # claims, records, logs: not outputs of the job
+            try:
+                await repo.delete(written)
+            except Exception:
+                cleaned = False
+                log.exception(
+                    "task %s: could not remove %r (written by the job of %r) from %s",
+                    self.name,
+                    written,
+                    key,
+                    repo.describe(),
+                )
+            else:
+                journal.discard(repo, written)
         return cleaned
+
+    def _output_repositories(self) -> dict[int, Repository]:
+        """The output repositories and every repository under an output view, by id."""
+        found: dict[int, Repository] = {}
+        todo: list[Repository] = [link.repository for link in self.output_links]
+        while todo:
+            repo = todo.pop()
+            if id(repo) not in found:
+                found[id(repo)] = repo
+                todo.extend(getattr(repo, "children", ()))
+        return found
+
+    def _output_paths(self) -> dict[int, str]:
+        """``{id(repository): path}`` of the output repositories (``"link"``) and of the
+        repositories under output views (``"link/0/1"``: children by position)."""
+        paths: dict[int, str] = {}
+        todo: list[tuple[Repository, str]] = [(link.repository, link.name) for link in self.output_links]
+        while todo:
+            repo, path = todo.pop()
+            if id(repo) not in paths:
+                paths[id(repo)] = path
+                todo.extend((child, f"{path}/{i}") for i, child in enumerate(getattr(repo, "children", ())))
+        return paths
+
+    def _resolve_output_path(self, path: str) -> Repository | None:
+        name, *steps = path.split("/")
+        link = self.links.get(name)
+        if link is None or not link.is_output:
+            return None
+        repo = link.repository
+        for step in steps:
+            children = getattr(repo, "children", ())
+            if not step.isdigit() or int(step) >= len(children):
+                return None
+            repo = children[int(step)]
+        return repo
+
+    def _journal_from_claim(self, written: Any) -> WriteJournal | None:
+        """The journal a dead scheduler left in a claim's ``wrote``: ``[[path, key], ...]``."""
+        if not isinstance(written, list):
+            return None
+        journal = WriteJournal()
+        for entry in written:
+            if isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
+                repo = self._resolve_output_path(entry[0])
+                if repo is not None:
+                    journal.record(repo, entry[1])
+        return journal
+
+    def _durable_journal(self, key: str) -> WriteJournal:
+        """A job's journal; where claims outlive this process, every key the job writes
+        beyond its own is added to its claim (``wrote``) before it becomes visible, so that
+        the stale-claim recovery after a crash removes it too."""
+        live = self.live
+        target = live.target if isinstance(live, DeferredMetadataRepository) else live
+        if isinstance(target, MemoryMetadataRepository):
+            return WriteJournal()  # the claim dies with this process: nothing to recover
+
+        async def before_new_write(repo: Repository, written: str) -> None:
+            path = self._output_paths().get(id(repo))
+            if path is None or (written == key and "/" not in path):
+                return  # not an output, or the job's own key (always cleaned up)
+            held = self._held_claims().get(key)
+            if not held:
+                return  # no claim of ours to note it in (claimed by other means)
+            entries = [*held.get("wrote", []), [path, written]]
+            if await self.update_claim(key, wrote=entries) is False:
+                raise JobError(
+                    f"task {self.name}: job {key!r} lost its claim; not writing {written!r} to {repo.describe()}"
+                )
+
+        return WriteJournal(before_new_write)
+
+    def _journals(self) -> dict[str, WriteJournal]:
+        journals: dict[str, WriteJournal] | None = self.__dict__.get("_running_journals")
+        if journals is None:
+            journals = self.__dict__["_running_journals"] = {}
+        return journals
+
+    def in_flight_writes(self, since: float | None = None) -> dict[int, set[str]]:
+        """The keys that running jobs of this task (in this process) have written so far in
+        its outputs, as ``{id(repository): keys}``, at every layer the writes went through.
+
+        The scheduler holds them back from downstream tasks until the job has succeeded.
+        With ``since`` (a :func:`time.monotonic` value) the keys of jobs that failed or were
+        abandoned after that moment are included too (their cleanup may have removed keys
+        that a listing made meanwhile still shows).
+        """
+        out: dict[int, set[str]] = {}
+        if since is not None:
+            for ended_at, written in self.__dict__.get("_ended_writes", ()):
+                if ended_at >= since:
+                    for repo_id, keys in written.items():
+                        out.setdefault(repo_id, set()).update(keys)
+        journals = self.__dict__.get("_running_journals")
+        if not journals:
+            return out
+        outputs = self._output_repositories()
+        for journal in journals.values():
+            for repo_id, keys in journal.keys_by_repository().items():
+                if repo_id in outputs:
+                    out.setdefault(repo_id, set()).update(keys)
+        return out
+
+    def _end_journal(self, key: str, succeeded: bool) -> WriteJournal | None:
+        journal = self._journals().pop(key, None)
+        if journal is not None and not succeeded and len(journal):
+            outputs = self._output_repositories()
+            written = {i: ks for i, ks in journal.keys_by_repository().items() if i in outputs}
+            if written:
+                now = time.monotonic()
+                ended = self.__dict__.setdefault("_ended_writes", [])
+                # kept for listings still under way when the job ended; a minute is plenty
+                ended[:] = [e for e in ended if now - e[0] < 60.0]
+                ended.append((now, written))
+        return journal
+
+    def _wrote(self, key: str, journal: WriteJournal) -> list[str]:
+        """The keys beyond ``key`` that a job wrote, as its output links show them."""
+        written = journal.keys_by_repository()
+        keys: set[str] = set()
+        for link in self.output_links:
+            keys |= visible_keys(link.repository, written)
+        keys.discard(key)
+        return sorted(keys)
+
+    @property
+    def times_itself(self) -> bool:
+        """Whether :meth:`run_job` applies ``timeout`` itself, counting from when the work
+        starts (e.g. a function call waiting for a free worker of a pool first). Otherwise
+        :meth:`execute` applies it to the whole of :meth:`run_job`."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the task keeps between jobs (e.g. a thread pool); called when the
+        pipeline closes. The task stays usable: what it needs is made again."""
 
     #: seconds a claim stays valid without a heartbeat (the pipeline sets it)
     claim_lease: float = 60.0
@@ -354,6 +539,9 @@ class Task(ABC):
         replace succeeds cleans up; the others leave it alone.
         """
         takeover = make_claim("recovery", self.name, key, time.time(), self.claim_lease)
+        written = claim.get("wrote") if isinstance(claim, dict) else None
+        if written:
+            takeover["wrote"] = written  # a failed cleanup leaves them to the next recovery
         try:
             won = await self.live.replace_if(key, claim, takeover)
         except UnsupportedOperationError:
@@ -372,7 +560,7 @@ class Task(ABC):
             claim.get("owner") if isinstance(claim, dict) else claim,
             claim.get("host") if isinstance(claim, dict) else "?",
         )
-        if not await self.cleanup_outputs(key):
+        if not await self.cleanup_outputs(key, self._journal_from_claim(written)):
             # keep the takeover claim: it goes stale in its turn and the cleanup is retried;
             # freeing the key now would leave an output without a record, never re-run
             return
@@ -408,6 +596,10 @@ class Task(ABC):
         attempt = 0
         record: dict[str, Any]
         job: JobContext | None = None
+        # every key the job writes (also beyond its own) is noted, so that a failed
+        # attempt removes all of it and downstream waits while the job runs
+        journal = self._journals()[key] = self._durable_journal(key)
+        succeeded = False
         try:
             while True:
                 attempt += 1
@@ -419,19 +611,20 @@ class Task(ABC):
                 if hooks.wants("job_started"):
                     await hooks.emit(Event("job_started", self.name, key, attempt))
                 try:
-                    if self.timeout is not None:
-                        try:
-                            async with asyncio.timeout(self.timeout):
-                                outcome = await self.run_job(job)
-                        except TimeoutError as exc:
-                            raise JobTimeoutError(
-                                f"task {self.name}: job {key!r} timed out after {self.timeout:g}s"
-                            ) from exc
-                    else:
-                        outcome = await self.run_job(job)
+                    with journaling(journal):
+                        if self.timeout is not None and not self.times_itself:
+                            try:
+                                async with asyncio.timeout(self.timeout):
+                                    outcome = await self.run_job(job)
+                            except TimeoutError as exc:
+                                raise JobTimeoutError(
+                                    f"task {self.name}: job {key!r} timed out after {self.timeout:g}s"
+                                ) from exc
+                        else:
+                            outcome = await self.run_job(job)
                 except Exception as exc:
                     job.log(f"attempt {attempt} failed: {type(exc).__name__}: {exc}")
-                    await self.cleanup_outputs(key)
+                    await self.cleanup_outputs(key, journal)
                     if self.retry.should_retry(exc, attempt):
                         delay = self.retry.delay(attempt)
                         if on_state:
@@ -446,7 +639,7 @@ class Task(ABC):
                         await asyncio.sleep(delay)
                         # again: the cleanup above fails when the backend is down, and the
                         # failed attempt's debris (e.g. an S3 multipart upload) would stay
-                        await self.cleanup_outputs(key)
+                        await self.cleanup_outputs(key, journal)
                         continue
                     outcome_info = getattr(exc, "outcome", None)
                     record = make_record(
@@ -469,6 +662,9 @@ class Task(ABC):
                     job.log(record["error"]["traceback"].rstrip())
                     break
                 outcome = outcome or JobOutcome()
+                wrote = self._wrote(key, journal)
+                if wrote:
+                    outcome.extra = {**outcome.extra, "wrote": wrote}
                 record = make_record(
                     task=self.name,
                     key=key,
@@ -484,11 +680,14 @@ class Task(ABC):
                 break
             await self._write_log(job)
             await self.done.put(key, record)
+            succeeded = record["success"]
         except BaseException:
             # cancelled (Ctrl-C) or the record could not be written: leave no half output,
             # free the key so a later run does the job again
-            await asyncio.shield(self._abandon(key))
+            await asyncio.shield(self._abandon(key, journal))
             raise
+        finally:
+            self._end_journal(key, succeeded)
         if self.holds_claim(key):
             await self.release(key)
         self._held_claims().pop(key, None)
@@ -499,12 +698,12 @@ class Task(ABC):
             await hooks.emit(Event(event, self.name, key, attempt, record=record))
         return record
 
-    async def _abandon(self, key: str) -> None:
+    async def _abandon(self, key: str, journal: WriteJournal | None = None) -> None:
         if not self.holds_claim(key):
             return  # the claim was lost to another scheduler: its outputs are not ours to touch
         cleaned = False
         try:
-            cleaned = await self.cleanup_outputs(key)
+            cleaned = await self.cleanup_outputs(key, journal)
         finally:
             held = self._held_claims().get(key)
             if cleaned or not held:

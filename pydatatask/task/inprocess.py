@@ -9,10 +9,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigurationError, JobError, KeyNotFoundError
+from ..errors import ConfigurationError, JobError, JobTimeoutError, KeyNotFoundError
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import DirectoryRepository
 from ..repository.view import read_source
+from ._calls import DaskStartEvents, run_call
 from .base import JobContext, JobOutcome, Task
 from .links import LinkKind
 
@@ -120,7 +121,10 @@ class InProcessTask(_FunctionTask):
             await stats.put(key, {"words": len(text.split())})
 
     A **sync** function is run in a worker thread with *values* instead of repositories,
-    exactly as :class:`ExecutorTask` describes.
+    exactly as :class:`ExecutorTask` describes. Each such task has a thread pool of its
+    own, of ``concurrency`` threads, made when the first job runs and shut down when the
+    pipeline closes (so its calls never wait behind the repositories' file work, which
+    uses asyncio's default executor). Its ``timeout`` counts from when the call starts.
     """
 
     runner = "in-process"
@@ -130,6 +134,24 @@ class InProcessTask(_FunctionTask):
         self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
             getattr(func, "__call__", None)  # noqa: B004
         )
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def times_itself(self) -> bool:
+        return not self._is_async
+
+    def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix=f"pydatatask-{self.name}"
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Shut the task's thread pool down (calls still running finish on their own)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def run_job(self, job: JobContext) -> JobOutcome | None:
         if self._is_async:
@@ -145,7 +167,7 @@ class InProcessTask(_FunctionTask):
                 args["job"] = job
             await self.func(**args)
         else:
-            await _run_with_values(self, job, None)
+            await _run_with_values(self, job, self._threads(), values_only=False)
         return None
 
     @property
@@ -158,14 +180,47 @@ class InProcessTask(_FunctionTask):
 
 
 async def _run_with_values(
-    task: _FunctionTask, job: JobContext, executor: concurrent.futures.Executor | None
+    task: _FunctionTask,
+    job: JobContext,
+    executor: concurrent.futures.Executor,
+    *,
+    values_only: bool = True,
+    dask: DaskStartEvents | None = None,
 ) -> None:
+    """Read the input values, call the function in ``executor``, write what it returned.
+
+    The task's timeout counts from when the call starts (not while it waits for a worker)
+    to the end of the writing of its outputs; reading the inputs before the call has a
+    limit of the same length of its own.
+    """
+    what = f"task {task.name}: job {job.key!r}"
+    if task.timeout is not None:
+        try:
+            async with asyncio.timeout(task.timeout):
+                args = await _arguments(task, job, values_only)
+        except TimeoutError as exc:
+            raise JobTimeoutError(f"{what} timed out after {task.timeout:g}s reading its inputs") from exc
+    else:
+        args = await _arguments(task, job, values_only)
+    call = functools.partial(task.func, **args)
+    result, deadline = await run_call(call, executor, limit=task.timeout, what=what, dask=dask)
+    if deadline is None:
+        await _write_outputs(task, job, result)
+        return
+    try:
+        async with asyncio.timeout_at(deadline):
+            await _write_outputs(task, job, result)
+    except TimeoutError as exc:
+        raise JobTimeoutError(f"{what} timed out after {task.timeout:g}s writing its outputs") from exc
+
+
+async def _arguments(task: _FunctionTask, job: JobContext, values_only: bool) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for name in task._wanted():
         if name == "key":
             args[name] = job.key
         elif name == "job":
-            if executor is not None:
+            if values_only:
                 raise ConfigurationError(
                     f"task {task.name}: an executor function cannot take the job context"
                 )
@@ -177,15 +232,16 @@ async def _run_with_values(
             elif link.is_output:
                 continue  # outputs are returned, not passed
             else:
-                if executor is not None:
+                if values_only:
                     raise ConfigurationError(
                         f"task {task.name}: parameter {name!r} names a {link.kind.value} link; "
                         "executor functions receive input values only"
                     )
                 args[name] = link.repository
-    call = functools.partial(task.func, **args)
-    loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(executor, call)
+    return args
+
+
+async def _write_outputs(task: _FunctionTask, job: JobContext, result: Any) -> None:
     outputs = task.output_links
     if not outputs:
         return
@@ -215,13 +271,22 @@ class ExecutorTask(_FunctionTask):
     ``{output link name: value}`` (bytes or str for blob outputs, any structured value for
     metadata outputs), which is written after the call returns. With a process pool the
     function must be importable (defined at module level).
+
+    The task's ``timeout`` counts from when the call starts, not while it waits for a free
+    worker; a call that runs past it cannot be interrupted, so the job fails saying so and
+    the call's late result is discarded (see :mod:`pydatatask.task._calls` for how each
+    kind of executor reports the start).
     """
 
     runner = "executor"
 
     def __init__(self, name: str, func: Callable[..., Any], executor: Any, **kwargs: Any) -> None:
+        self._dask: DaskStartEvents | None = None
         if hasattr(executor, "get_executor") and not isinstance(executor, concurrent.futures.Executor):
-            executor = executor.get_executor()  # a dask.distributed Client
+            self._dask = DaskStartEvents(executor)  # a dask.distributed Client
+            executor = executor.get_executor()
+        elif type(executor).__module__.startswith("distributed") and hasattr(executor, "_client"):
+            self._dask = DaskStartEvents(executor._client)  # Client.get_executor() itself
         if not isinstance(executor, concurrent.futures.Executor):
             raise ConfigurationError(
                 f"task {name!r}: executor must be a concurrent.futures.Executor or a distributed.Client, "
@@ -240,6 +305,15 @@ class ExecutorTask(_FunctionTask):
                     f"task {self.name!r}: executor function parameter {p!r} must be `key` or an input link"
                 )
 
+    @property
+    def times_itself(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Stop listening for the start events of a Dask client (the executor is the user's)."""
+        if self._dask is not None:
+            self._dask.close()
+
     async def run_job(self, job: JobContext) -> JobOutcome | None:
-        await _run_with_values(self, job, self.executor)
+        await _run_with_values(self, job, self.executor, dask=self._dask)
         return None

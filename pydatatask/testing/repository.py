@@ -18,6 +18,7 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..repository.base import BlobRepository, MetadataRepository, Repository
+from ..repository.journal import WriteJournal, journaling, visible_keys
 
 __all__ = (
     "RepositoryReadTests",
@@ -364,6 +365,20 @@ class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
         assert await repo.get("c") == {"v": 3, "who": results.index(True)}
 
     @pytest.mark.asyncio
+    async def test_writes_are_journaled(self, repo: MetadataRepository) -> None:
+        """Every write path notes its key in the current write journal (a failed job
+        removes what it wrote)."""
+        journal = WriteJournal()
+        with journaling(journal):
+            await repo.put("j1", {"v": 1})
+            if self.supports_create:
+                assert await repo.create("j2", {"v": 2})
+                assert await repo.replace_if("j1", {"v": 1}, {"v": 3})
+        await repo.put("outside", 1)
+        expected = {"j1", "j2"} if self.supports_create else {"j1"}
+        assert visible_keys(repo, journal.keys_by_repository()) == expected
+
+    @pytest.mark.asyncio
     async def test_invalid_key_refused_by_get_put(self, repo: MetadataRepository) -> None:
         for key in ("../x", "a/b", ""):
             with pytest.raises(InvalidKeyError):
@@ -511,6 +526,25 @@ class BlobRepositoryTests(BlobRepositoryReadTests, RepositoryTests):
         await asyncio.gather(*(repo.write_bytes(f"w{i}", str(i).encode()) for i in range(200)))
         assert await repo.keys() == {f"w{i}" for i in range(200)}
         assert await repo.read_bytes("w199") == b"199"
+
+    @pytest.mark.asyncio
+    async def test_writes_are_journaled(self, repo: BlobRepository) -> None:
+        """Every write path notes its key in the current write journal; a write that failed
+        before its commit does not."""
+        journal = WriteJournal()
+        with journaling(journal):
+            await repo.write_bytes("j1", b"1")
+            async with repo.open("j2", "wb") as f:
+                await f.write(b"2")
+            with pytest.raises(ValueError):
+                async with repo.open("j3", "wb") as f:
+                    await f.write(b"3")
+                    raise ValueError("fail the write")
+            if self.supports_create:
+                assert await repo.create_bytes("j4", b"4")
+        await repo.write_bytes("outside", b"x")
+        expected = {"j1", "j2", "j4"} if self.supports_create else {"j1", "j2"}
+        assert visible_keys(repo, journal.keys_by_repository()) == expected
 
     @pytest.mark.asyncio
     async def test_create_is_exclusive(self, repo: BlobRepository) -> None:
