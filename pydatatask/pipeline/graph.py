@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..repository.base import Repository
+from ..repository.view import stored_repositories
 from ..task.base import Task
 from ..task.links import LinkKind
 
@@ -39,12 +40,15 @@ class TaskGraph:
         writers: dict[int, list[tuple[Task, str]]] = {}
         for task in tasks:
             for link in task.output_links:
-                writers.setdefault(id(link.repository), []).append((task, link.name))
+                for repo in _underlying(link.repository):
+                    writers.setdefault(id(repo), []).append((task, link.name))
         for task in tasks:
             for link in task.required_links:
+                linked: set[tuple[str, str]] = set()
                 for repo in _underlying(link.repository):
                     for up, out_link in writers.get(id(repo), []):
-                        if up is not task:
+                        if up is not task and (up.name, out_link) not in linked:
+                            linked.add((up.name, out_link))
                             self.edges.append(Edge(up.name, out_link, task.name, link.name, repo.describe()))
         self.upstream: dict[str, list[str]] = {name: [] for name in self.tasks}
         self.downstream: dict[str, list[str]] = {name: [] for name in self.tasks}
@@ -305,8 +309,6 @@ def _mermaid_escape(text: str, keep: str = "") -> str:
 
 
 def _underlying(repo: Repository) -> list[Repository]:
-    """The repository and, for views, the repositories under it."""
-    out = [repo]
-    for child in getattr(repo, "children", ()):
-        out.extend(_underlying(child))
-    return out
+    """The stored repositories behind ``repo``: itself, or for a view those under it
+    (a task writing through a view and one reading through another meet there)."""
+    return stored_repositories(repo)

@@ -311,6 +311,8 @@ class Pipeline:
                         else "not finished"
                     )
                     reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
+            if not reasons and key in view.blocked:  # upstream keys differ (views rename them)
+                reasons.append(f"an upstream task has no success record for what {key!r} reads")
             if not reasons and key not in view.ready:
                 reasons.append(f"{key!r} was ready a moment ago or is queued; nothing blocks it now")
         return reasons

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from .._taskgroups import first_error
 from ..errors import CorruptValueError
+from ..repository.base import Repository
 from ..repository.journal import visible_keys
 from ..repository.listing import cached_keys, listing_scope
+from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
 from ..task.records import HOSTNAME, JobState
@@ -509,15 +511,8 @@ async def compute_views(
         resumable = task.resumable_keys()
         if resumable:
             ready |= (resumable & view.universe) - view.recorded  # running ones removed below
-        for up in pipeline.graph.upstream[name]:
-            candidates = ready & universes[up]
-            if not candidates:
-                continue
-            index = records[up]
-            await index.load(candidates)
-            blocked = candidates - index.succeeded_among(candidates)
-            view.blocked |= blocked
-            ready -= blocked
+        view.blocked = await _blocked_by_upstream(tasks, name, ready, pipeline, universes, records)
+        ready -= view.blocked
         ready -= running_keys[name]
         view.ready = ready
         views[name] = view
@@ -538,3 +533,71 @@ async def compute_views(
                 views[name].ready -= held
                 views[name].blocked |= held
     return views
+
+
+async def _blocked_by_upstream(
+    tasks: dict[str, Task],
+    name: str,
+    ready: set[str],
+    pipeline: Pipeline,
+    universes: dict[str, set[str]],
+    records: dict[str, RecordIndex],
+) -> set[str]:
+    """Those of ``ready`` that read what an upstream job could work on but has no
+    success record for (a failed, running or half-done job's outputs are never read).
+
+    Keys are compared in the upstream task's own key space: through views that translate
+    keys, a key of this task maps to the upstream keys whose outputs it reads.
+    """
+    blocked: set[str] = set()
+    for up in pipeline.graph.upstream[name]:
+        to_upstream = _upstream_keys(tasks[name], tasks[up])
+        index = records[up]
+        if to_upstream is None:  # the same keys on both sides
+            candidates = (ready - blocked) & universes[up]
+            if candidates:
+                await index.load(candidates)
+                blocked |= candidates - index.succeeded_among(candidates)
+            continue
+        wanted: dict[str, set[str]] = {}
+        for key in ready - blocked:
+            ups = to_upstream(key) & universes[up]
+            if ups:
+                wanted[key] = ups
+        if not wanted:
+            continue
+        needed = set().union(*wanted.values())
+        await index.load(needed)
+        succeeded = index.succeeded_among(needed)
+        blocked |= {key for key, ups in wanted.items() if not ups <= succeeded}
+    return blocked
+
+
+def _upstream_keys(task: Task, up: Task) -> Callable[[str], set[str]] | None:
+    """For a key of ``task``, the keys of ``up`` whose outputs the inputs of ``task`` read
+    under it; None when every path between them keeps keys as they are."""
+    paths: list[tuple[Repository, Repository]] = []
+    for link in task.required_links:
+        reads = stored_repositories(link.repository)
+        for out in up.output_links:
+            if any(r is w for r in reads for w in stored_repositories(out.repository)):
+                paths.append((link.repository, out.repository))
+    if all(_keeps_keys(a) and _keeps_keys(b) for a, b in paths):
+        return None
+
+    def to_upstream(key: str) -> set[str]:
+        keys: set[str] = set()
+        for read, written in paths:
+            pairs = read.underlying(key) if isinstance(read, RepositoryView) else [(read, key)]
+            for repo, stored_key in pairs:
+                if isinstance(written, RepositoryView):
+                    keys |= written.view_keys(repo, stored_key)
+                elif written is repo:
+                    keys.add(stored_key)
+        return keys
+
+    return to_upstream
+
+
+def _keeps_keys(repo: Repository) -> bool:
+    return not isinstance(repo, RepositoryView) or repo.keeps_keys

@@ -19,7 +19,6 @@ from .combinators import (
     MapValuesRepository,
     OrRepository,
     ReadOnlyRepository,
-    RepositoryView,
     TranslateKeysRepository,
 )
 from .filesystem import DirectoryRepository, FileRepository
@@ -31,6 +30,7 @@ from .serialized import (
     YamlMetadataFileRepository,
     YamlMetadataRepository,
 )
+from .view import BlobView, MetadataView, RepositoryView
 
 __all__ = (
     "Repository",
@@ -49,6 +49,8 @@ __all__ = (
     "YamlMetadataFileRepository",
     "JsonMetadataFileRepository",
     "RepositoryView",
+    "MetadataView",
+    "BlobView",
     "AndRepository",
     "OrRepository",
     "BlockingRepository",

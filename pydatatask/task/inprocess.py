@@ -9,9 +9,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigurationError, JobError, JobTimeoutError
+from ..errors import ConfigurationError, JobError, JobTimeoutError, KeyNotFoundError
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import DirectoryRepository
+from ..repository.view import read_source
 from ._calls import DaskStartEvents, run_call
 from .base import JobContext, JobOutcome, Task
 from .links import LinkKind
@@ -75,16 +76,18 @@ class _FunctionTask(Task):
 
 
 async def _read_value(repo: Repository, key: str) -> Any:
-    if isinstance(repo, DirectoryRepository):
-        return str(repo.path(key))
+    source, source_key = read_source(repo, key)
+    if isinstance(source, DirectoryRepository):
+        if source is not repo and not await repo.contains(key):
+            raise KeyNotFoundError(key, repo.describe())
+        return str(source.path(source_key))
     if isinstance(repo, MetadataRepository):
         return await repo.get(key)
     if isinstance(repo, BlobRepository):
         return await repo.read_bytes(key)
-    getter = getattr(repo, "get", None) or getattr(repo, "read_bytes", None)
-    if getter is None:
-        raise ConfigurationError(f"cannot read a value from {repo.describe()}")
-    return await getter(key)
+    raise ConfigurationError(
+        f"cannot read a value from {repo.describe()}: it holds neither metadata nor blobs"
+    )
 
 
 async def _write_value(task: Task, link_name: str, repo: Repository, key: str, value: Any) -> None:
@@ -100,12 +103,10 @@ async def _write_value(task: Task, link_name: str, repo: Repository, key: str, v
             )
         await repo.write_bytes(key, bytes(value))
     else:
-        writer = getattr(repo, "put", None)
-        if writer is None:
-            raise JobError(
-                f"task {task.name}: cannot write a value to output {link_name!r} ({repo.describe()})"
-            )
-        await writer(key, value)
+        raise JobError(
+            f"task {task.name}: cannot write a value to output {link_name!r} ({repo.describe()}): "
+            "it holds neither metadata nor blobs"
+        )
 
 
 class InProcessTask(_FunctionTask):

@@ -13,7 +13,8 @@ The context of a job (:func:`job_context`)::
     params       the task's user parameters (``params=`` of the task)
     links        {link name: info}; each link is also available by its own name
     <link name>  info about the link for this key, e.g. for a FileRepository
-                 {"kind": "file", "path": "/data/docs/k.txt", "root": "/data/docs", "exists": ...}
+                 {"kind": "file", "path": "/data/docs/k.txt", "root": "/data/docs", "exists": ...};
+                 through a view, that of the repository (and key) the view reads from
 
 Secrets never go into the context: they reach processes through their environment.
 """
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError
 from ..repository.base import Repository
 from ..repository.filesystem import DirectoryRepository, FileRepository
+from ..repository.view import read_source
 
 if TYPE_CHECKING:
     import jinja2
@@ -124,7 +126,17 @@ def render_yaml(template: str, context: dict[str, Any]) -> str:
 
 
 def link_info(repo: Repository, key: str) -> dict[str, Any]:
-    """What a program needs to reach ``key`` in ``repo``: paths, bucket/object, image, ..."""
+    """What a program needs to reach ``key`` in ``repo``: paths, bucket/object, image, ...
+
+    Through a view, the information is that of the repository (and key) the view reads
+    ``key`` from, where that is one value (a translated key names the child's key);
+    ``repository`` still describes the view.
+    """
+    source, source_key = read_source(repo, key)
+    if source is not repo:
+        through = link_info(source, source_key)
+        through["repository"] = repo.describe()
+        return through
     info: dict[str, Any] = {"kind": type(repo).__name__, "repository": repo.describe()}
     if isinstance(repo, FileRepository):
         info.update(kind="file", path=str(repo.path(key).absolute()), root=str(repo.root.absolute()))

@@ -12,23 +12,48 @@ stored, so the suite can check that failed writes leave no debris)::
         async def repo(self, tmp_path):
             yield MyBackend(tmp_path)
 
+A repository that is read but not written through (a read-only or filtering view) runs
+the read halves, :class:`MetadataRepositoryReadTests` or :class:`BlobRepositoryReadTests`,
+with a ``store`` method that puts values where the view reads them, and
+:class:`ReadOnlyRepositoryTests` to check that it refuses writes::
+
+    class TestReadOnlyFiles(BlobRepositoryReadTests, ReadOnlyRepositoryTests):
+        @pytest.fixture
+        async def repo(self, tmp_path):
+            self.files = FileRepository(tmp_path)
+            yield ReadOnlyRepository(self.files)
+
+        async def store(self, repo, key, value):
+            await self.files.write_bytes(key, value)
+
+        async def remove(self, repo, key):
+            await self.files.delete(key)
+
 The suites use pytest and pytest-asyncio (installed with ``pydatatask[test]``).
 """
 
 from __future__ import annotations
 
 from .repository import (
+    BlobRepositoryReadTests,
     BlobRepositoryTests,
+    MetadataRepositoryReadTests,
     MetadataRepositoryTests,
+    ReadOnlyRepositoryTests,
+    RepositoryReadTests,
     RepositoryTests,
     invalid_keys,
     odd_valid_keys,
 )
 
 __all__ = (
+    "RepositoryReadTests",
     "RepositoryTests",
+    "MetadataRepositoryReadTests",
     "MetadataRepositoryTests",
+    "BlobRepositoryReadTests",
     "BlobRepositoryTests",
+    "ReadOnlyRepositoryTests",
     "invalid_keys",
     "odd_valid_keys",
 )

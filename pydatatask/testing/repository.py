@@ -10,14 +10,24 @@ from typing import Any
 
 import pytest
 
-from ..errors import CorruptValueError, InvalidKeyError, KeyNotFoundError, UnsupportedOperationError
+from ..errors import (
+    CorruptValueError,
+    InvalidKeyError,
+    KeyNotFoundError,
+    ReadOnlyRepositoryError,
+    UnsupportedOperationError,
+)
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.journal import WriteJournal, journaling, visible_keys
 
 __all__ = (
+    "RepositoryReadTests",
     "RepositoryTests",
+    "MetadataRepositoryReadTests",
     "MetadataRepositoryTests",
+    "BlobRepositoryReadTests",
     "BlobRepositoryTests",
+    "ReadOnlyRepositoryTests",
     "invalid_keys",
     "odd_valid_keys",
 )
@@ -65,13 +75,31 @@ def odd_valid_keys() -> list[str]:
     ]
 
 
-class RepositoryTests:
-    """Behaviour shared by every repository. Subclasses provide the ``repo`` fixture and
-    :meth:`make` (store some value under a key)."""
+class RepositoryReadTests:
+    """The reading half of the contract every repository keeps: listing, ``contains``,
+    odd keys, invalid keys refused. Values are stored through :meth:`store`, so a view
+    that refuses writes (read-only, filter, and, ...) runs these tests by storing into its
+    underlying repository instead.
+
+    Subclasses provide the ``repo`` fixture; the kind-specific suites provide :meth:`store`.
+    """
+
+    async def store(self, repo: Any, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` so that ``repo`` holds it (overridden by the suites,
+        and by views that are read through but written elsewhere)."""
+        raise NotImplementedError
+
+    def sample(self, key: Any) -> Any:
+        """Some value to store under ``key``."""
+        return {"key": key}
 
     async def make(self, repo: Any, key: str) -> None:
-        """Store some value under ``key`` (overridden by the metadata/blob suites)."""
-        raise NotImplementedError
+        """Store some value under ``key``."""
+        await self.store(repo, key, self.sample(key))
+
+    async def remove(self, repo: Any, key: str) -> None:
+        """Remove ``key`` so that ``repo`` no longer holds it (default: ``repo.delete``)."""
+        await repo.delete(key)
 
     async def raw_names(self, repo: Any) -> set[str] | None:
         """Names physically present in the store (including temporaries), or None if unknown."""
@@ -89,7 +117,7 @@ class RepositoryTests:
             await self.make(repo, key)
         assert await repo.keys() == {"a", "b", "c"}
         assert sorted([k async for k in repo]) == ["a", "b", "c"]
-        await repo.delete("b")
+        await self.remove(repo, "b")
         assert await repo.keys() == {"a", "c"}
 
     @pytest.mark.asyncio
@@ -98,14 +126,6 @@ class RepositoryTests:
         await self.make(repo, "k1")
         assert await repo.contains("k1")
         assert not await repo.contains("k2")
-
-    @pytest.mark.asyncio
-    async def test_delete_missing_key_is_silent(self, repo: Repository) -> None:
-        await repo.delete("never-there")
-        await self.make(repo, "k")
-        await repo.delete("k")
-        await repo.delete("k")
-        assert not await repo.contains("k")
 
     @pytest.mark.asyncio
     async def test_odd_valid_keys(self, repo: Repository) -> None:
@@ -118,6 +138,31 @@ class RepositoryTests:
 
     @pytest.mark.asyncio
     @pytest.mark.parametrize("key", invalid_keys(), ids=repr)
+    async def test_invalid_keys_refused_by_contains(self, repo: Repository, key: Any) -> None:
+        with pytest.raises(InvalidKeyError):
+            await repo.contains(key)
+        assert await repo.keys() == set()
+
+    @pytest.mark.asyncio
+    async def test_describe(self, repo: Repository) -> None:
+        text = repo.describe()
+        assert isinstance(text, str) and 0 < len(text) < 300
+
+
+class RepositoryTests(RepositoryReadTests):
+    """Behaviour shared by every writable repository: the read tests, and writes and
+    deletes through the repository itself."""
+
+    @pytest.mark.asyncio
+    async def test_delete_missing_key_is_silent(self, repo: Repository) -> None:
+        await repo.delete("never-there")
+        await self.make(repo, "k")
+        await repo.delete("k")
+        await repo.delete("k")
+        assert not await repo.contains("k")
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("key", invalid_keys(), ids=repr)
     async def test_invalid_keys_refused(self, repo: Repository, key: Any) -> None:
         with pytest.raises(InvalidKeyError):
             await repo.contains(key)
@@ -127,20 +172,102 @@ class RepositoryTests:
             await self.make(repo, key)
         assert await repo.keys() == set()
 
+
+class ReadOnlyRepositoryTests:
+    """Mix in with a read suite for a repository that refuses every write and delete."""
+
     @pytest.mark.asyncio
-    async def test_describe(self, repo: Repository) -> None:
-        text = repo.describe()
-        assert isinstance(text, str) and 0 < len(text) < 300
+    async def test_writes_and_deletes_refused(self, repo: Repository) -> None:
+        await self.make(repo, "k")  # type: ignore[attr-defined]
+        assert not repo.is_writable
+        before = await repo.get("k") if isinstance(repo, MetadataRepository) else None
+        with pytest.raises(ReadOnlyRepositoryError):
+            await repo.delete("k")
+        if isinstance(repo, MetadataRepository):
+            with pytest.raises(ReadOnlyRepositoryError):
+                await repo.put("k", {"changed": True})
+            with pytest.raises(ReadOnlyRepositoryError):
+                await repo.put("new", {"changed": True})
+            assert await repo.get("k") == before
+        if isinstance(repo, BlobRepository):
+            before = await repo.read_bytes("k")
+            with pytest.raises(ReadOnlyRepositoryError):
+                await repo.write_bytes("k", b"changed")
+            with pytest.raises(ReadOnlyRepositoryError):
+                async with repo.open("new", "wb") as f:
+                    await f.write(b"changed")
+            assert await repo.read_bytes("k") == before
+        assert await repo.keys() == {"k"}
 
 
-class MetadataRepositoryTests(RepositoryTests):
+class MetadataRepositoryReadTests(RepositoryReadTests):
+    """The reading half of the :class:`~pydatatask.repository.MetadataRepository` contract
+    (``get``, ``get_many``, ``items``), for views that are read but not written."""
+
+    async def store(self, repo: Any, key: str, value: Any) -> None:
+        await repo.put(key, value)
+
+    @pytest.mark.asyncio
+    async def test_stored_values_read_back(self, repo: MetadataRepository) -> None:
+        values: dict[str, Any] = {
+            "nested": {
+                "n": 1,
+                "f": 1.5,
+                "s": "text",
+                "b": True,
+                "none": None,
+                "list": [1, "two", {"three": 3}],
+            },
+            "int": 7,
+            "str": "h\u00e9llo w\u00f6rld \u2603 \U0001f600",
+            "empty": {},
+            "yamlish": {"text": "key: value\n- item\n{{ jinja }}", "colon": "a: b"},
+        }
+        for key, value in values.items():
+            await self.store(repo, key, value)
+        for key, value in values.items():
+            assert await repo.get(key) == value
+
+    @pytest.mark.asyncio
+    async def test_missing_key_raises(self, repo: MetadataRepository) -> None:
+        with pytest.raises(KeyNotFoundError) as info:
+            await repo.get("absent")
+        assert isinstance(info.value, KeyError)
+        assert "absent" in str(info.value)
+
+    @pytest.mark.asyncio
+    async def test_get_many_and_items(self, repo: MetadataRepository) -> None:
+        for i in range(25):
+            await self.store(repo, f"k{i}", {"i": i})
+        got = await repo.get_many([f"k{i}" for i in range(30)])
+        assert got == {f"k{i}": {"i": i} for i in range(25)}
+        items = {k: v async for k, v in repo.items()}
+        assert items == got
+
+    @pytest.mark.asyncio
+    async def test_returned_values_are_copies(self, repo: MetadataRepository) -> None:
+        value = {"list": [1, 2]}
+        await self.store(repo, "k", value)
+        value["list"].append(3)
+        got = await repo.get("k")
+        assert got == {"list": [1, 2]}
+        got["list"].append(4)
+        assert await repo.get("k") == {"list": [1, 2]}
+
+    @pytest.mark.asyncio
+    async def test_invalid_key_refused_by_get(self, repo: MetadataRepository) -> None:
+        for key in ("../x", "a/b", ""):
+            with pytest.raises(InvalidKeyError):
+                await repo.get(key)
+            with pytest.raises(InvalidKeyError):
+                await repo.get_many([key])
+
+
+class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
     """The contract of :class:`~pydatatask.repository.MetadataRepository` backends."""
 
     #: whether the backend implements ``create`` (exclusive put)
     supports_create = True
-
-    async def make(self, repo: Any, key: str) -> None:
-        await repo.put(key, {"key": key})
 
     @pytest.mark.asyncio
     async def test_put_get_round_trip(self, repo: MetadataRepository) -> None:
@@ -163,22 +290,6 @@ class MetadataRepositoryTests(RepositoryTests):
             await repo.put(key, value)
         for key, value in values.items():
             assert await repo.get(key) == value
-
-    @pytest.mark.asyncio
-    async def test_missing_key_raises(self, repo: MetadataRepository) -> None:
-        with pytest.raises(KeyNotFoundError) as info:
-            await repo.get("absent")
-        assert isinstance(info.value, KeyError)
-        assert "absent" in str(info.value)
-
-    @pytest.mark.asyncio
-    async def test_get_many_and_items(self, repo: MetadataRepository) -> None:
-        for i in range(25):
-            await repo.put(f"k{i}", {"i": i})
-        got = await repo.get_many([f"k{i}" for i in range(30)])
-        assert got == {f"k{i}": {"i": i} for i in range(25)}
-        items = {k: v async for k, v in repo.items()}
-        assert items == got
 
     async def make_corrupt(self, repo: Any, key: str) -> bool:
         """Store a value under ``key`` that does not decode; return False if the backend
@@ -213,16 +324,6 @@ class MetadataRepositoryTests(RepositoryTests):
         with pytest.raises(CorruptValueError):
             _ = [kv async for kv in repo.items()]
         assert await repo.contains("bad")  # reported, never removed or rewritten
-
-    @pytest.mark.asyncio
-    async def test_returned_values_are_copies(self, repo: MetadataRepository) -> None:
-        value = {"list": [1, 2]}
-        await repo.put("k", value)
-        value["list"].append(3)
-        got = await repo.get("k")
-        assert got == {"list": [1, 2]}
-        got["list"].append(4)
-        assert await repo.get("k") == {"list": [1, 2]}
 
     @pytest.mark.asyncio
     async def test_concurrent_writers(self, repo: MetadataRepository) -> None:
@@ -286,7 +387,64 @@ class MetadataRepositoryTests(RepositoryTests):
                 await repo.put(key, 1)
 
 
-class BlobRepositoryTests(RepositoryTests):
+class BlobRepositoryReadTests(RepositoryReadTests):
+    """The reading half of the :class:`~pydatatask.repository.BlobRepository` contract
+    (whole-value and streaming reads), for views that are read but not written."""
+
+    def sample(self, key: Any) -> Any:
+        return key.encode() if isinstance(key, str) else b"x"
+
+    async def store(self, repo: Any, key: str, value: Any) -> None:
+        await repo.write_bytes(key, value)
+
+    @pytest.mark.asyncio
+    async def test_stored_bytes_read_back(self, repo: BlobRepository) -> None:
+        data = bytes(range(256)) * 10 + b"\0\r\n\xff"
+        await self.store(repo, "bin", data)
+        assert await repo.read_bytes("bin") == data
+        async with repo.open("bin", "rb") as f:
+            assert await f.read() == data
+        await self.store(repo, "empty", b"")
+        assert await repo.read_bytes("empty") == b""
+        assert await repo.contains("empty")
+        text = "h\u00e9llo \u2603 \U0001f600\nline two"
+        await self.store(repo, "t", text.encode())
+        assert await repo.read_text("t") == text
+
+    @pytest.mark.asyncio
+    async def test_missing_key_raises(self, repo: BlobRepository) -> None:
+        with pytest.raises(KeyNotFoundError):
+            await repo.read_bytes("absent")
+        with pytest.raises(KeyNotFoundError):
+            async with repo.open("absent", "rb") as f:
+                await f.read()
+
+    @pytest.mark.asyncio
+    async def test_streaming_read_honours_n(self, repo: BlobRepository) -> None:
+        data = os.urandom(300_000)
+        await self.store(repo, "s", data)
+        async with repo.open("s", "rb") as f:
+            first = await f.read(10)
+            assert first == data[:10]
+            rest = b""
+            while chunk := await f.read(65536):
+                assert len(chunk) <= 65536
+                rest += chunk
+        assert first + rest == data
+        async with repo.open("s", "rb") as f:
+            assert b"".join([c async for c in f]) == data
+
+    @pytest.mark.asyncio
+    async def test_invalid_key_refused_by_reads(self, repo: BlobRepository) -> None:
+        for key in ("../x", "a/b", ""):
+            with pytest.raises(InvalidKeyError):
+                await repo.read_bytes(key)
+            with pytest.raises(InvalidKeyError):
+                async with repo.open(key, "rb") as f:
+                    await f.read()
+
+
+class BlobRepositoryTests(BlobRepositoryReadTests, RepositoryTests):
     """The contract of :class:`~pydatatask.repository.BlobRepository` backends."""
 
     supports_create = True
@@ -294,9 +452,6 @@ class BlobRepositoryTests(RepositoryTests):
     large_blob_size = 50 * 1024 * 1024
     #: whether the backend keeps values out of process memory (then streaming is checked)
     stores_out_of_process = True
-
-    async def make(self, repo: Any, key: str) -> None:
-        await repo.write_bytes(key, key.encode() if isinstance(key, str) else b"x")
 
     @pytest.mark.asyncio
     async def test_bytes_round_trip(self, repo: BlobRepository) -> None:
@@ -318,29 +473,6 @@ class BlobRepositoryTests(RepositoryTests):
         await repo.write_bytes("k", b"old value that is longer")
         await repo.write_bytes("k", b"new")
         assert await repo.read_bytes("k") == b"new"
-
-    @pytest.mark.asyncio
-    async def test_missing_key_raises(self, repo: BlobRepository) -> None:
-        with pytest.raises(KeyNotFoundError):
-            await repo.read_bytes("absent")
-        with pytest.raises(KeyNotFoundError):
-            async with repo.open("absent", "rb") as f:
-                await f.read()
-
-    @pytest.mark.asyncio
-    async def test_streaming_read_honours_n(self, repo: BlobRepository) -> None:
-        data = os.urandom(300_000)
-        await repo.write_bytes("s", data)
-        async with repo.open("s", "rb") as f:
-            first = await f.read(10)
-            assert first == data[:10]
-            rest = b""
-            while chunk := await f.read(65536):
-                assert len(chunk) <= 65536
-                rest += chunk
-        assert first + rest == data
-        async with repo.open("s", "rb") as f:
-            assert b"".join([c async for c in f]) == data
 
     @pytest.mark.asyncio
     async def test_write_is_atomic(self, repo: BlobRepository) -> None:
