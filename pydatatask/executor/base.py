@@ -1,0 +1,211 @@
+"""The executor contract: *where* a job runs.
+
+A task says *what* runs and turns one attempt of one job into a :class:`Work` item; an
+:class:`Executor` runs it and gives back a :class:`JobHandle`. The contract is narrow, in
+the spirit of an HTTP client's transport:
+
+* capacity: :meth:`Executor.acquire` reserves room for a job's :class:`Resources` (or says
+  there is none now), :meth:`Executor.release` gives it back; quotas (CPU, memory, number
+  of jobs, launch rate) belong to the executor and are shared by every task using it;
+* :meth:`Executor.start` starts a work item in a reserved :class:`Slot` and returns a
+  handle: wait for its :class:`Outcome`, cancel it with a grace period, read its logs;
+* :meth:`Executor.recover` re-attaches to what a crashed scheduler left running, from the
+  JSON :attr:`JobHandle.info` that the job's claim stored.
+
+The executor layer knows nothing of tasks, links, claims or job records: the one job
+lifecycle (:mod:`pydatatask.task.lifecycle`) drives it. ``pydatatask.testing.executor``
+holds the conformance suite every executor passes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = (
+    "Resources",
+    "Slot",
+    "Work",
+    "FunctionCall",
+    "ProcessWork",
+    "PodWork",
+    "Outcome",
+    "JobHandle",
+    "Executor",
+)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job reserves on its executor: CPUs and memory (bytes)."""
+
+    cpu: float = 0.0
+    memory: int = 0
+
+
+@dataclass(eq=False)
+class Slot:
+    """Capacity reserved for one job by :meth:`Executor.acquire`. Executors may subclass it
+    to remember more (the host chosen, a pod quota entry)."""
+
+    executor: Executor
+    resources: Resources
+    #: where the job will run: a host name, ``"loop"``, a pool, a namespace
+    place: str
+
+
+class Work:
+    """What to run for one attempt of one job. See the three kinds below."""
+
+    #: a short name of the kind, for messages (``"function"``, ``"process"``, ``"pod"``)
+    kind: ClassVar[str] = "work"
+
+
+@dataclass(frozen=True)
+class FunctionCall(Work):
+    """Call ``func(**kwargs)``. ``is_async``: ``func`` is a coroutine function (only the
+    event-loop executor runs those). ``reference`` names the function for executors that run
+    it in another process image (a pod): ``(script or module, task name)``. The return value
+    comes back as :attr:`Outcome.result`, an exception as :attr:`Outcome.error`."""
+
+    kind: ClassVar[str] = "function"
+
+    func: Callable[..., Any]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    is_async: bool = False
+    reference: tuple[str, str] | None = None
+    #: the job this call belongs to, for logs and names: ``(task, key)``
+    job: tuple[str, str] = ("", "")
+
+
+@dataclass(frozen=True)
+class ProcessWork(Work):
+    """A shell command (``script=False``: run with ``/bin/sh -c``) or a whole script, with
+    ``env`` added to its environment (never on a command line). The executor makes a job
+    directory, stages ``files_in`` (path relative to the job directory -> a callable
+    returning an async iterator of bytes) before the start and, after an exit status of 0,
+    hands each of ``files_out`` (relative path -> async callable taking an async iterator of
+    the file's bytes) the file the command wrote. ``job`` is ``(task, key)``."""
+
+    kind: ClassVar[str] = "process"
+
+    command: str
+    script: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+    files_in: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+    files_out: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    job: tuple[str, str] = ("", "")
+
+
+@dataclass(frozen=True)
+class PodWork(Work):
+    """A rendered Pod manifest; the executor names the pod and labels it for ``job``."""
+
+    kind: ClassVar[str] = "pod"
+
+    manifest: Mapping[str, Any]
+    job: tuple[str, str] = ("", "")
+
+
+@dataclass
+class Outcome:
+    """How a work item ended."""
+
+    #: the exit status of a process or pod (None for function calls)
+    exit_code: int | None = None
+    #: a function's exception, or why the work could not run to its end
+    error: BaseException | None = None
+    #: a function's return value
+    result: Any = None
+    #: where it ran (host, pod, worker)
+    place: str | None = None
+    #: added to the job record
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No error and (for processes and pods) exit status 0."""
+        return self.error is None and self.exit_code in (None, 0)
+
+
+class JobHandle(ABC):
+    """A started (or recovered) work item."""
+
+    #: JSON-ready: enough for :meth:`Executor.recover` in another process to find it again
+    info: dict[str, Any]
+    #: whether a recovered handle's outcome can still be waited for (a pod that outlived its
+    #: scheduler); otherwise recovery cancels it and the job runs again
+    adoptable: bool = False
+
+    async def started(self) -> None:  # noqa: B027 - most work starts at once
+        """Return once the work really began (a pool's queue wait is not run time: a job's
+        timeout starts here)."""
+
+    @abstractmethod
+    async def wait(self) -> Outcome:
+        """Wait for the work to end."""
+
+    @abstractmethod
+    async def cancel(self, grace: float) -> None:
+        """Stop the work (TERM, KILL after ``grace`` seconds); return once it has stopped."""
+
+    async def logs(self) -> bytes:
+        """What the work printed (bounded by the executor); ``b""`` if nothing."""
+        return b""
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        """Free what the finished work still holds (a pod, a job directory). Idempotent."""
+
+
+class Executor(ABC):
+    """Somewhere jobs run. Subclasses implement :meth:`start`, :meth:`recover` and, for
+    quotas, :meth:`acquire`/:meth:`release`."""
+
+    #: the kinds of work this executor can run
+    carries: ClassVar[frozenset[type[Work]]] = frozenset()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def describe(self) -> str:
+        """One line for status output."""
+        return f"{type(self).__name__} {self.name}"
+
+    def can_run(self, work: type[Work]) -> bool:
+        """Whether this executor carries work of this kind."""
+        return any(issubclass(work, kind) for kind in self.carries)
+
+    # ---------------------------------------------------------------- capacity
+    def fits_at_all(self, resources: Resources) -> bool:
+        """Whether a job with these resources could ever run here (checked when a pipeline
+        opens). The default: always."""
+        return True
+
+    def acquire(self, resources: Resources) -> Slot | None:
+        """Reserve room for one job, or return None if there is none now. The default has no
+        quota."""
+        return Slot(self, resources, self.name)
+
+    def release(self, slot: Slot) -> None:  # noqa: B027 - no quota by default
+        """Give back what :meth:`acquire` reserved."""
+
+    # ---------------------------------------------------------------- jobs
+    @abstractmethod
+    async def start(self, work: Work, slot: Slot) -> JobHandle:
+        """Start ``work`` in ``slot``; raise :class:`~pydatatask.errors.ConfigurationError` for a
+        kind this executor does not carry."""
+
+    async def recover(self, info: Mapping[str, Any]) -> JobHandle | None:
+        """A handle on what a crashed scheduler left from ``info`` (a :attr:`JobHandle.info`),
+        or None if nothing of it is left. Raises
+        :class:`~pydatatask.errors.BackendUnavailableError` when it cannot tell. The default
+        (work that dies with its scheduler: the event loop, pools): nothing is left."""
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 - optional
+        """Release the executor's own resources (pools, connections)."""
