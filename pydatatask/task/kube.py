@@ -6,20 +6,29 @@ Life of a job (see ``docs/kube.rst``):
   so creating it is the atomic claim: a 409 AlreadyExists means another scheduler runs
   the key. The task's ``live`` repository is :class:`KubePodRepository`: the pods with
   the task's label, keyed by the exact key kept in an annotation.
+* **hold**: every pod carries the finalizer :data:`CLEANUP_FINALIZER`, so a deleted pod
+  stays in the API (``Terminating``) after its containers stopped, until this task lets
+  it go. The claim thus outlives the containers: a pod that was deleted (timeout,
+  cancellation, by hand) keeps the key claimed until the job's partial outputs are gone
+  (or its record is written), also across a scheduler that is killed meanwhile.
 * **wait**: one :class:`~pydatatask.executor.kube.PodPoller` per task lists the task's
   pods (one LIST by label selector) at most once per ``poll_interval`` and wakes the jobs
   waiting for their pod. The ``live`` listing reads the same snapshot.
 * **reap**: on Succeeded/Failed the outcome (phase, exit code per container, reason,
   node, times) goes to the job record, every container's log to the job log. The
   finished pod still holds the name until the record is written (then ``release``
-  deletes it) or the next attempt replaces it, so no other scheduler can start the key
-  in between. On timeout, cancellation or any error the pod is deleted at once (shielded)
-  and waited for until it has left the API, then the partial outputs are removed.
-* **adopt** after a crash: a pod whose owner process is gone (the claim annotation names
-  host, pid and pid start time) is stale; :meth:`KubeTask.recover_stale` deletes it when
-  its key needs no work (record present, input gone), or offers it for adoption: the key
-  is hidden from ``live`` so the scheduler launches it, and the claim takes the existing
-  pod over (a patch with a resourceVersion precondition) instead of creating one.
+  deletes it and lets it go) or the next attempt replaces it, so no other scheduler can
+  start the key in between. On timeout, cancellation or any error the pod is deleted at
+  once (shielded) and waited for until its containers have stopped; the partial outputs
+  are removed while the pod still holds the name.
+* **recover** after a crash: a pod whose owner process is gone (the claim annotation names
+  host, pid and pid start time) is stale. :meth:`KubeTask.recover_stale` takes its claim
+  over (a patch with a resourceVersion precondition: of several schedulers, one wins) and
+  retires it - deleted, its partial outputs removed unless a success record vouches for
+  them, then let go - when its key needs no work (record present, input gone) or when it
+  was already deleted; otherwise it offers the pod for adoption: the key is hidden from
+  ``live`` so the scheduler launches it, and the claim takes the existing pod over
+  instead of creating one.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from .records import make_claim
 from .retry import RetryPolicy
 from .templates import job_context, render_yaml
 
-__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV")
+__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV", "CLEANUP_FINALIZER")
 
 log = logging.getLogger("pydatatask.task.kube")
 
@@ -64,6 +73,9 @@ KEY_LABEL = "pydatatask.io/key"
 TASK_ANNOTATION = "pydatatask.io/task"
 KEY_ANNOTATION = "pydatatask.io/key"
 CLAIM_ANNOTATION = "pydatatask.io/claim"
+#: the finalizer on every pod of a task: a deleted pod stays in the API (and keeps its key
+#: claimed) until its job's partial outputs have been removed
+CLEANUP_FINALIZER = "pydatatask.io/cleanup"
 #: set to "1" in the pods of a :class:`KubeFunctionTask`: the task then runs its function
 IN_POD_ENV = "PDT_IN_POD"
 
@@ -76,6 +88,34 @@ def _iso(value: Any) -> str | None:
     if isinstance(value, datetime.datetime):
         return value.isoformat()
     return str(value)
+
+
+def cleanup_pending(pod: Any) -> bool:
+    """Whether ``pod`` was deleted but is held by :data:`CLEANUP_FINALIZER`: its job's
+    partial outputs may still have to be removed before its key can run again."""
+    meta = pod.metadata
+    return meta.deletion_timestamp is not None and CLEANUP_FINALIZER in (meta.finalizers or [])
+
+
+def containers_stopped(pod: Any) -> bool:
+    """Whether no container of ``pod`` can run any more: its phase is final, or it was
+    deleted and its grace period is over (the kubelet confirms the stop by deleting it
+    with grace 0; the API server does so itself for unscheduled or finished pods)."""
+    if pod.status is not None and pod.status.phase in _FINISHED:
+        return True
+    meta = pod.metadata
+    return meta.deletion_timestamp is not None and meta.deletion_grace_period_seconds == 0
+
+
+def _same_claim(annotation: str | None, judged: Mapping[str, Any]) -> bool:
+    """Whether the claim annotation is still the claim ``judged`` (a :func:`pod_summary`)."""
+    try:
+        current = json.loads(annotation or "{}")
+    except ValueError:
+        current = None
+    if not isinstance(current, dict):
+        return not any(judged.get(k) is not None for k in ("owner", "pid", "started"))
+    return all(judged.get(k) == v for k, v in current.items())
 
 
 def pod_summary(pod: Any) -> dict[str, Any]:
@@ -97,6 +137,7 @@ def pod_summary(pod: Any) -> dict[str, Any]:
         node=pod.spec.node_name if pod.spec else None,
         created=_iso(meta.creation_timestamp),
         deleting=meta.deletion_timestamp is not None,
+        cleanup_pending=cleanup_pending(pod),
     )
     return summary
 
@@ -247,6 +288,13 @@ class KubeTask(Task):
         self._pods: dict[str, tuple[str, str]] = {}
         #: keys whose pod in ``_pods`` failed and is kept until the next attempt or release
         self._spent: set[str] = set()
+        #: pods deleted before they finished (timeout, cancellation, error), still holding
+        #: their key (finalizer) until the outputs are removed: {key: (name, uid)}
+        self._stopped: dict[str, tuple[str, str]] = {}
+        #: keys whose last removal of partial outputs failed
+        self._dirty: set[str] = set()
+        #: the claims judged stale of pods offered for adoption (only that claim is taken over)
+        self._stale: dict[str, dict[str, Any]] = {}
         #: the claim each held key was created with (reused by later attempts)
         self._claims: dict[str, dict[str, Any]] = {}
         #: pod creations made by this task object (for tests and status)
@@ -310,6 +358,8 @@ class KubeTask(Task):
         claim.pop("lease", None)
         annotations[CLAIM_ANNOTATION] = json.dumps(claim)
         meta["annotations"] = annotations
+        finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
+        meta["finalizers"] = [*finalizers, CLEANUP_FINALIZER]
         spec = body.get("spec")
         if (
             not isinstance(spec, dict)
@@ -368,29 +418,35 @@ class KubeTask(Task):
             if exc.status != 409:
                 raise
             uid = self.pods.adoptable.pop(key, None)
-            if uid is None or not await self._adopt(key, uid, claim):
+            stale = self._stale.pop(key, None)
+            adoption = {k: v for k, v in claim.items() if k != "lease"}  # judged by host and pid
+            if uid is None or stale is None or not await self._take_over(key, uid, stale, adoption):
                 return False
+            log.info("task %s: adopted pod %s of %r", self.name, self.pod_name(key), key)
+            self._pods[key] = (self.pod_name(key), uid)
         self._claims[key] = claim
         return True
 
-    async def _adopt(self, key: str, uid: str, claim: dict[str, Any]) -> bool:
-        """Take the orphaned pod over: rewrite its claim annotation, guarded by the pod's
-        resourceVersion; retried while only the pod's status moved (the kubelet's updates)."""
+    async def _take_over(
+        self, key: str, uid: str, stale: Mapping[str, Any], claim: dict[str, Any], *, deleting: bool = False
+    ) -> bool:
+        """Replace the claim annotation ``stale`` (judged stale) of pod ``uid`` by ``claim``,
+        guarded by the pod's resourceVersion; retried while only the pod's status moved (the
+        kubelet's updates). False if the pod is gone, replaced, being deleted (unless
+        ``deleting``) or already taken over by another scheduler."""
         name = self.pod_name(key)
-        stale_claim: str | None = None
         for _ in range(10):
             pod = await self.cluster.read_pod(name)
-            if pod is None or pod.metadata.uid != uid or pod.metadata.deletion_timestamp is not None:
+            if pod is None or pod.metadata.uid != uid:
                 return False
-            current = (pod.metadata.annotations or {}).get(CLAIM_ANNOTATION)
-            if stale_claim is None:
-                stale_claim = current
-            elif current != stale_claim:
-                return False  # another scheduler adopted it first
+            if pod.metadata.deletion_timestamp is not None and not deleting:
+                return False
+            if not _same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), stale):
+                return False  # another scheduler took it over first
             patch = {
                 "metadata": {
                     "resourceVersion": pod.metadata.resource_version,
-                    "annotations": {CLAIM_ANNOTATION: json.dumps({**claim, "lease": None})},
+                    "annotations": {CLAIM_ANNOTATION: json.dumps(claim)},
                 }
             }
             try:
@@ -401,55 +457,117 @@ class KubeTask(Task):
                 if exc.status == 409:
                     continue  # the pod changed meanwhile: look again
                 raise
-            log.info("task %s: adopted pod %s of %r (phase %s)", self.name, name, key, pod.status.phase)
-            self._pods[key] = (name, uid)
             return True
         return False
 
     async def release(self, key: str) -> None:
+        """Delete the key's pod and let it go (its record is written, or its job abandoned).
+
+        If the job's partial outputs could not be removed, the pod keeps holding the key
+        (finalizer) with a claim marked stale, so that the next check for stale claims (of
+        this scheduler or any other) removes them and frees the key.
+        """
         if self.in_pod:
             return
         current = self._pods.pop(key, None)
         spent = key in self._spent
         self._spent.discard(key)
-        self._claims.pop(key, None)
-        if current is not None:
-            await self.cluster.delete_pod(current[0], grace=0 if spent else None, uid=current[1])
+        claim = self._claims.pop(key, None)
+        stopped = self._stopped.pop(key, None)
+        dirty = key in self._dirty
+        self._dirty.discard(key)
+        for pod in (current, stopped):
+            if pod is None:
+                continue
+            name, uid = pod
+            if pod is current:
+                await self.cluster.delete_pod(name, grace=0 if spent else None, uid=uid)
+            if not dirty:
+                await self.cluster.remove_finalizer(name, uid, CLEANUP_FINALIZER)
+                continue
+            log.warning(
+                "task %s: the partial outputs of %r could not be removed; pod %s keeps the key "
+                "claimed until a later check removes them",
+                self.name,
+                key,
+                name,
+            )
+            abandoned = dict(
+                claim or {}, owner=f"{(claim or {}).get('owner')}-abandoned", heartbeat=0, lease=0
+            )
+            await self.cluster.patch_pod(
+                name, {"metadata": {"annotations": {CLAIM_ANNOTATION: json.dumps(abandoned)}}}, uid=uid
+            )
+
+    async def cleanup_outputs(self, key: str) -> bool:
+        cleaned = await super().cleanup_outputs(key)
+        if cleaned:
+            self._dirty.discard(key)
+        else:
+            self._dirty.add(key)
+        return cleaned
 
     async def recover_stale(self, key: str, claim: Any) -> None:
-        """A pod whose scheduler is gone: delete it if ``key`` needs no work any more
-        (a job record exists, or an input is gone); otherwise offer it for adoption.
+        """A pod whose scheduler is gone: retire it if ``key`` needs no work any more (a job
+        record exists, or an input is gone) or if it was deleted before its partial outputs
+        were removed; otherwise offer it for adoption.
 
-        A pod that already wrote (some of) its outputs is adopted too (see
-        :meth:`resumable_keys`): deleting it first and cleaning its outputs afterwards
-        would leave, if this scheduler died in between, an output without a record and
-        without a pod, a key no run would ever take up again.
+        Retiring takes the pod's claim over (a scheduler killed meanwhile leaves a claim
+        that goes stale in its turn), deletes the pod, waits for its containers to stop,
+        removes the partial outputs unless a success record vouches for them, and only then
+        lets the pod go: until then the pod is the record that a cleanup is pending.
+
+        A pod that already wrote (some of) its outputs is adopted (see
+        :meth:`resumable_keys`), not retired: its finished work is recorded, not redone.
         """
         if self.in_pod or not isinstance(claim, dict):
             return
-        name, uid = claim.get("pod"), claim.get("uid")
-        reason = None
-        if claim.get("deleting"):
+        pod = (await self.pods.pods()).get(key)
+        if pod is None or not _same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim):
             return
-        if await self.done.contains(key):
+        name, uid = pod.metadata.name, pod.metadata.uid
+        pending = cleanup_pending(pod)
+        if pod.metadata.deletion_timestamp is not None and not pending:
+            return  # deleted and not held by this task: it leaves by itself
+        record = None
+        try:
+            record = await self.done.get(key)
+        except KeyNotFoundError:
+            pass
+        succeeded = isinstance(record, Mapping) and record.get("success") is True
+        if pending:
+            reason = "it was stopped before the partial outputs of its job were removed"
+        elif record is not None:
             reason = "its job record exists"
         else:
+            missing = None
             for link in self.required_links:
                 if not await link.repository.contains(key):
-                    reason = f"input {link.name!r} no longer has the key"
+                    missing = link.name
                     break
-        if reason is not None or not isinstance(name, str) or not isinstance(uid, str):
-            log.warning("task %s: deleting orphaned pod %s of %r: %s", self.name, name, key, reason)
-            await self.cluster.delete_pod(self.pod_name(key), uid=uid if isinstance(uid, str) else None)
+            if missing is None:
+                log.warning(
+                    "task %s: pod %s of %r outlived its scheduler (%s); adopting it",
+                    self.name,
+                    name,
+                    key,
+                    claim.get("owner"),
+                )
+                self.pods.adoptable[key] = uid
+                self._stale[key] = claim
+                return
+            reason = f"input {missing!r} no longer has the key"
+        takeover = make_claim(f"{self.name}-recovery", self.name, key, time.time(), self.claim_lease)
+        if not await self._take_over(key, uid, claim, takeover, deleting=True):
             return
-        log.warning(
-            "task %s: pod %s of %r outlived its scheduler (%s); adopting it",
-            self.name,
-            name,
-            key,
-            claim.get("owner"),
-        )
-        self.pods.adoptable[key] = uid
+        log.warning("task %s: retiring orphaned pod %s of %r: %s", self.name, name, key, reason)
+        if pod.metadata.deletion_timestamp is None:
+            await self.cluster.delete_pod(name, uid=uid)
+        await self._await_stopped(name, uid)
+        if not succeeded and not await self.cleanup_outputs(key):
+            return  # the takeover claim's lease runs out, then the cleanup is tried again
+        await self.cluster.remove_finalizer(name, uid, CLEANUP_FINALIZER)
+        self.pods.poller.invalidate()  # the key is free: the next listing must show it
 
     def resumable_keys(self) -> AbstractSet[str]:
         """Pods offered for adoption: their keys are ready even when the pod already wrote
@@ -489,6 +607,12 @@ class KubeTask(Task):
 
     async def run_job(self, job: JobContext) -> JobOutcome | None:
         key = job.key
+        self._dirty.discard(key)  # this attempt writes the outputs afresh
+        stopped = self._stopped.pop(key, None)
+        if stopped is not None:
+            # the stopped pod of the previous attempt held the name while its outputs were
+            # removed (before the retry delay); let it go now
+            await self.cluster.remove_finalizer(*stopped, CLEANUP_FINALIZER)
         current = self._pods.get(key)
         if current is not None and key in self._spent:
             # the failed pod of the previous attempt kept the name (the claim) during the
@@ -496,6 +620,7 @@ class KubeTask(Task):
             self._spent.discard(key)
             del self._pods[key]
             await self.cluster.delete_pod(current[0], grace=0, uid=current[1])
+            await self.cluster.remove_finalizer(*current, CLEANUP_FINALIZER)
             current = None
         if current is None:
             current = await self._create_retrying(key, job.attempt)
@@ -515,41 +640,48 @@ class KubeTask(Task):
             if not settled:
                 if self._pods.get(key) == current:
                     del self._pods[key]
-                await asyncio.shield(self._delete_quietly(name, uid))
+                # still held by its finalizer: the key stays claimed while the partial
+                # outputs are removed, until release() or the next attempt
+                self._stopped[key] = current
+                await asyncio.shield(self._stop(name, uid))
         if failure is not None:
             error = JobError(failure)
             error.outcome = outcome  # type: ignore[attr-defined]
             raise error
         return outcome
 
-    async def _delete_quietly(self, name: str, uid: str) -> None:
+    async def _stop(self, name: str, uid: str) -> None:
         """Delete the pod of an attempt that ended early (timeout, cancellation, error) and
-        wait until it has left the API, i.e. its containers have stopped: the job's partial
-        outputs are removed next, and a pod still running in its grace period could write
-        them again after that."""
+        wait until its containers have stopped: the job's partial outputs are removed next,
+        and a pod still running in its grace period could write them again after that."""
         try:
-            if not await self.cluster.delete_pod(name, uid=uid):
-                return
-            since = time.monotonic()
-            poller = self.pods.poller
-            deadline = since + self.delete_wait
-            snapshot = await poller.refresh(0)
-            while True:
-                pod = snapshot.get(name)
-                if pod is None or pod.metadata.uid != uid:
-                    if poller.taken_at > since:
-                        return
-                if time.monotonic() > deadline:
-                    log.warning(
-                        "task %s: pod %s is still terminating after %gs; removing the outputs anyway",
-                        self.name,
-                        name,
-                        self.delete_wait,
-                    )
-                    return
-                snapshot = await poller.next_snapshot()
+            if await self.cluster.delete_pod(name, uid=uid):
+                await self._await_stopped(name, uid)
         except Exception as exc:
             log.error("task %s: could not delete pod %s: %s", self.name, name, exc)
+
+    async def _await_stopped(self, name: str, uid: str) -> bool:
+        """Wait (at most ``delete_wait``) until the deleted pod's containers have stopped
+        (:func:`containers_stopped`) or the pod has left the API; False on timeout."""
+        since = time.monotonic()
+        poller = self.pods.poller
+        deadline = since + self.delete_wait
+        snapshot = await poller.refresh(0)
+        while True:
+            pod = snapshot.get(name)
+            if poller.taken_at > since and (
+                pod is None or pod.metadata.uid != uid or containers_stopped(pod)
+            ):
+                return True
+            if time.monotonic() > deadline:
+                log.warning(
+                    "task %s: pod %s is still terminating after %gs; removing the outputs anyway",
+                    self.name,
+                    name,
+                    self.delete_wait,
+                )
+                return False
+            snapshot = await poller.next_snapshot()
 
     async def _wait(self, name: str, uid: str, since: float) -> Any:
         poller = self.pods.poller
@@ -563,6 +695,8 @@ class KubeTask(Task):
                 phase = (pod.status.phase if pod.status else None) or "Pending"
                 if phase in _FINISHED:
                     return pod
+                if pod.metadata.deletion_timestamp is not None:
+                    raise JobError(f"task {self.name}: pod {name} was deleted before it finished")
                 if (
                     phase == "Pending"
                     and self.pending_timeout is not None

@@ -1,0 +1,297 @@
+"""KubeTask: a scheduler SIGKILLed after a pod job ended badly but before its partial
+outputs were removed. The job's pod is its claim; it must outlive its containers (held by
+the task's finalizer) until the outputs are gone, so that the next scheduler finds the
+cleanup pending, does it, and runs the key again.
+
+Runs against the real kube-apiserver and test kubelet (see test_kube.py); the scheduler is
+a script that kills itself (SIGKILL) at the named step, as in test_process_local.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pydatatask import FileRepository, MemoryMetadataRepository, Session
+from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.pipeline import Pipeline
+from pydatatask.task.kube import CLEANUP_FINALIZER, KubeTask
+from pydatatask.task.records import make_claim
+from tests.conftest import service
+
+pytestmark = pytest.mark.kube
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The pod writes a partial output and then fails (retry mode) or hangs; once its flag
+# exists (the second run), it writes the finished output and succeeds.
+DYING_SCHEDULER = """
+import asyncio, os, signal, sys
+from pydatatask import FileRepository, Session
+from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.pipeline import Pipeline
+from pydatatask.task import RetryPolicy
+from pydatatask.task.kube import KubeTask
+
+root, name, kubeconfig, namespace, mode, die = sys.argv[1:7]
+session = Session()
+
+
+@session.resource
+async def kube():
+    async with api_client(kubeconfig) as api:
+        yield api
+
+
+class DyingKubeTask(KubeTask):
+    async def cleanup_outputs(self, key):
+        if die == "die":  # the job's pod has stopped; its partial outputs are still there
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super().cleanup_outputs(key)
+
+
+MANIFEST = '''
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+    env:
+    - {name: OUT, value: {{ out.path }}}
+'''
+SCRIPT = (
+    f'echo "$$" >> {root}/runs; if [ -e {root}/flag ]; then echo done > "$OUT"; exit 0; fi; '
+    f'touch {root}/flag; echo partial > "$OUT"; touch {root}/started; '
+    + ("exit 3" if mode == "retry" else "sleep 60")
+)
+task = DyingKubeTask(
+    name,
+    MANIFEST,
+    cluster=KubeCluster(kube, namespace=namespace),
+    inputs={"src": FileRepository(root + "/src")},
+    outputs={"out": FileRepository(root + "/out")},
+    params={"script": SCRIPT},
+    poll_interval="0.2s",
+    timeout="2s" if mode == "timeout" else None,
+    retry=RetryPolicy(max_attempts=2, backoff=0.2, jitter=0) if mode == "retry" else None,
+)
+pipeline = Pipeline([task], session, state_dir=root + "/state", poll_interval="0.2s")
+
+
+async def started():
+    while not os.path.exists(root + "/started"):
+        await asyncio.sleep(0.05)
+
+
+async def main():
+    run = asyncio.ensure_future(pipeline.run())
+    if die == "die" and mode in ("cancel", "deleted"):
+        await started()
+        if mode == "cancel":  # what Ctrl-C does to a running job
+            run.cancel()
+        else:  # someone else deletes the pod (kubectl delete pod, an eviction)
+            async with api_client(kubeconfig) as api:
+                await KubeCluster(api, namespace=namespace).delete_pod(task.pod_name("k"))
+    try:
+        summary = await run
+    except asyncio.CancelledError:
+        print("CANCELLED", flush=True)
+        return
+    print("OK" if summary.ok else "FAILED", summary.succeeded, summary.failed, flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def kcfg(services: dict[str, Any]) -> dict[str, Any]:
+    return service(services, "kube")
+
+
+@pytest.fixture
+def name() -> str:
+    return "kc" + secrets.token_hex(3)
+
+
+async def _pods(kcfg: dict[str, Any], task: str) -> list[Any]:
+    from kubernetes_asyncio import client
+
+    async with api_client(kcfg["kubeconfig"]) as api:
+        result = await client.CoreV1Api(api).list_namespaced_pod(
+            kcfg["namespace"], label_selector=f"pydatatask.io/task={task}"
+        )
+    return list(result.items)
+
+
+async def _no_pods_left(kcfg: dict[str, Any], task: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        left = await _pods(kcfg, task)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            # let them go, so that a failing test leaves nothing behind in the namespace
+            from kubernetes_asyncio import client
+
+            async with api_client(kcfg["kubeconfig"]) as api:
+                for pod in left:
+                    await client.CoreV1Api(api).patch_namespaced_pod(
+                        pod.metadata.name, kcfg["namespace"], {"metadata": {"finalizers": None}}
+                    )
+            raise AssertionError(f"pods left behind: {[p.metadata.name for p in left]}")
+        await asyncio.sleep(0.2)
+
+
+def _scheduler(tmp_path: Path, kcfg: dict[str, Any], name: str, mode: str, die: bool) -> Any:
+    script = tmp_path / "sched.py"
+    script.write_text(DYING_SCHEDULER)
+    argv = [sys.executable, str(script), str(tmp_path), name, kcfg["kubeconfig"], kcfg["namespace"], mode]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [*argv, "die" if die else "live"], env=env, capture_output=True, text=True, timeout=90
+    )
+
+
+@pytest.mark.parametrize("mode", ["timeout", "cancel", "deleted", "retry"])
+def test_scheduler_killed_before_the_partial_outputs_are_removed(
+    kcfg: dict[str, Any], name: str, tmp_path: Path, mode: str
+) -> None:
+    """timeout: the pod timed out; cancel: the run was cancelled (Ctrl-C); deleted: the pod
+    was deleted by someone else; retry: the pod failed and the retry policy allows another
+    attempt. In each case the scheduler dies just before removing the partial output.
+    Before, the deleted pod left the API first: after the kill nothing said a cleanup was
+    pending, and the partial output blocked the key for good (timeout, cancel, deleted)."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "src" / "k").write_text("input")
+    first = _scheduler(tmp_path, kcfg, name, mode, die=True)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    assert (tmp_path / "out" / "k").read_text() == "partial\n"
+    done = tmp_path / "state" / name / "done"
+    assert not done.exists() or not list(done.iterdir())  # no record
+    held = asyncio.run(_pods(kcfg, name))  # what the next scheduler finds
+
+    second = _scheduler(tmp_path, kcfg, name, mode, die=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "OK 1 0" in second.stdout, second.stdout + second.stderr
+    assert (tmp_path / "out" / "k").read_text() == "done\n"
+    records = list(done.iterdir())
+    assert [p.stem for p in records] == ["k"], records
+    record = yaml.safe_load(records[0].read_text())
+    assert record["success"] is True
+    runs = (tmp_path / "runs").read_text().split()
+    assert len(runs) == 2, runs  # the interrupted run and the one that finished
+    asyncio.run(_no_pods_left(kcfg, name))
+    # the key stayed claimed across the kill: its pod was held for the cleanup
+    assert [p.metadata.annotations["pydatatask.io/key"] for p in held] == ["k"]
+    assert CLEANUP_FINALIZER in (held[0].metadata.finalizers or [])
+    if mode != "retry":
+        assert held[0].metadata.deletion_timestamp is not None  # deleted, not gone
+
+
+# ---------------------------------------------------------------------------- in-process
+def _cluster(session: Session, kcfg: dict[str, Any]) -> KubeCluster:
+    @session.resource
+    async def kube() -> AsyncIterator[Any]:
+        async with api_client(kcfg["kubeconfig"]) as api:
+            yield api
+
+    return KubeCluster(kube, namespace=kcfg["namespace"])
+
+
+SH_POD = """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+"""
+SLEEP_POD = """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "sleep 30"]
+"""
+
+
+async def test_an_orphan_is_adopted_by_one_scheduler_only(kcfg: dict[str, Any], name: str) -> None:
+    """Two restarted schedulers both find the orphan of a dead one: the adoption (a claim
+    takeover guarded by the pod's resourceVersion) must be won by one, not by both (the
+    second used to compare the claim with its own first read, i.e. the winner's claim)."""
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    sessions = [Session(), Session()]
+    tasks = [
+        KubeTask(name, SLEEP_POD, cluster=_cluster(s, kcfg), inputs={"src": src}, poll_interval="0.2s")
+        for s in sessions
+    ]
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    claim = dict(make_claim("dead-scheduler", name, "k", time.time()), pid=gone.pid, pid_start=None)
+    async with sessions[0], sessions[1]:
+        try:
+            await tasks[0].cluster.create_pod(tasks[0].render("k", claim=claim))
+            for task in tasks:
+                (stale,) = (await task.live.get_many(["k"])).values()
+                assert task.claim_is_stale(stale, "me")
+                await task.recover_stale("k", stale)
+                assert task.resumable_keys() == {"k"}
+            won = [await task.claim("k", f"scheduler-{i}") for i, task in enumerate(tasks)]
+            assert won == [True, False]
+        finally:
+            for task in tasks:
+                await task.release("k")
+    await _no_pods_left(kcfg, name)
+
+
+async def test_a_pod_deleted_by_hand_fails_the_job_and_its_outputs_go(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """A running pod deleted by someone else stays held (Terminating) until its job has
+    removed the partial output and written the failure record; the job does not wait for
+    a phase that never comes."""
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out")
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    started = tmp_path / "started"
+    task = KubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={"script": f"echo partial > {tmp_path}/out/k; touch {started}; sleep 30"},
+        poll_interval="0.2s",
+    )
+    run = asyncio.ensure_future(Pipeline([task], session).run())
+    try:
+        while not started.exists():
+            assert not run.done(), run
+            await asyncio.sleep(0.05)
+        async with api_client(kcfg["kubeconfig"]) as api:
+            cluster = KubeCluster(api, namespace=kcfg["namespace"])
+            await cluster.delete_pod(task.pod_name("k"))
+        summary = await asyncio.wait_for(run, 30)
+    finally:
+        run.cancel()
+    assert summary.failed == 1, summary.as_dict()
+    record = await task.done.get("k")
+    assert "deleted" in record["error"]["message"]
+    assert not await out.contains("k")
+    await _no_pods_left(kcfg, name)
