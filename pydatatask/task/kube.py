@@ -498,6 +498,7 @@ class KubeTask(Task):
             await self.cluster.patch_pod(
                 name, {"metadata": {"annotations": {CLAIM_ANNOTATION: json.dumps(abandoned)}}}, uid=uid
             )
+            self.pods.poller.invalidate()  # the next claim check must see the claim abandoned
 
     async def cleanup_outputs(self, key: str) -> bool:
         cleaned = await super().cleanup_outputs(key)

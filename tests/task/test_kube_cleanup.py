@@ -10,6 +10,7 @@ a script that kills itself (SIGKILL) at the named step, as in test_process_local
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -122,8 +123,22 @@ def kcfg(services: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def name() -> str:
-    return "kc" + secrets.token_hex(3)
+async def name(kcfg: dict[str, Any]) -> AsyncIterator[str]:
+    """The test's task name; pods of it still held at the end are let go (and the test
+    fails through its own checks), so that nothing stays Terminating in the namespace."""
+    task = "kc" + secrets.token_hex(3)
+    yield task
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    async with api_client(kcfg["kubeconfig"]) as api:
+        core = client.CoreV1Api(api)
+        for pod in await _pods(kcfg, task):
+            with contextlib.suppress(ApiException):  # 404: gone meanwhile
+                await core.delete_namespaced_pod(pod.metadata.name, kcfg["namespace"], grace_period_seconds=0)
+                await core.patch_namespaced_pod(
+                    pod.metadata.name, kcfg["namespace"], {"metadata": {"finalizers": None}}
+                )
 
 
 async def _pods(kcfg: dict[str, Any], task: str) -> list[Any]:
@@ -142,16 +157,7 @@ async def _no_pods_left(kcfg: dict[str, Any], task: str, within: float = 20.0) -
         left = await _pods(kcfg, task)
         if not left:
             return
-        if time.monotonic() > deadline:
-            # let them go, so that a failing test leaves nothing behind in the namespace
-            from kubernetes_asyncio import client
-
-            async with api_client(kcfg["kubeconfig"]) as api:
-                for pod in left:
-                    await client.CoreV1Api(api).patch_namespaced_pod(
-                        pod.metadata.name, kcfg["namespace"], {"metadata": {"finalizers": None}}
-                    )
-            raise AssertionError(f"pods left behind: {[p.metadata.name for p in left]}")
+        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
         await asyncio.sleep(0.2)
 
 
@@ -294,4 +300,49 @@ async def test_a_pod_deleted_by_hand_fails_the_job_and_its_outputs_go(
     record = await task.done.get("k")
     assert "deleted" in record["error"]["message"]
     assert not await out.contains("k")
+    await _no_pods_left(kcfg, name)
+
+
+class FlakyFiles(FileRepository):
+    """Deletes fail ``failures`` times (a backend that is down), then work."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    async def _delete(self, key: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("backend down")
+        await super()._delete(key)
+
+
+async def test_a_failed_cleanup_keeps_the_pod_held_until_a_claim_check_removes_the_outputs(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """The partial output of a timed-out pod cannot be removed (its backend is down): the
+    pod keeps holding the key, its claim marked stale, and the next claim check removes
+    the output and lets the pod go. Letting it go at once would leave the output beside a
+    failure record with nothing left to say it is debris."""
+    (tmp_path / "out").mkdir()
+    out = FlakyFiles(tmp_path / "out", failures=1)
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    task = KubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={"script": f"echo partial > {tmp_path}/out/k; sleep 30"},
+        poll_interval="0.2s",
+        timeout="1s",
+    )
+    summary = await Pipeline([task], session, claim_check_interval=0).run()
+    assert summary.failed == 1, summary.as_dict()
+    assert out.failures == 0  # the first removal did fail
+    record = await task.done.get("k")
+    assert record["error"]["type"].endswith("JobTimeoutError")
+    assert not await out.contains("k"), "the partial output stayed beside the failure record"
     await _no_pods_left(kcfg, name)
