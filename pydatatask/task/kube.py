@@ -148,7 +148,9 @@ class KubePodRepository(MetadataRepository):
     :func:`pod_summary` dicts, ``delete`` deletes the pod. Used as a KubeTask's ``live``.
 
     Listings come from the task's shared :class:`PodPoller` snapshot (at most one LIST per
-    poll interval). Writes are not supported: pods are created by the task's claim.
+    poll interval). A deleted pod still held by :data:`CLEANUP_FINALIZER` is listed too
+    (its value says ``cleanup_pending``): its key stays claimed until the task lets it go.
+    Writes are not supported: pods are created by the task's claim.
     """
 
     def __init__(self, cluster: KubeCluster, task: str, poll_interval: float) -> None:

@@ -346,3 +346,55 @@ async def test_a_failed_cleanup_keeps_the_pod_held_until_a_claim_check_removes_t
     assert record["error"]["type"].endswith("JobTimeoutError")
     assert not await out.contains("k"), "the partial output stayed beside the failure record"
     await _no_pods_left(kcfg, name)
+
+
+async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """With a retry policy, the timed-out pod holds the name through the cleanup and the
+    retry delay, and is let go when the next attempt creates its pod."""
+    from pydatatask.task import RetryPolicy
+
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out")
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    flag = tmp_path / "flag"
+    task = KubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={
+            "script": f"[ -e {flag} ] && {{ echo done > {tmp_path}/out/k; exit 0; }}; touch {flag}; "
+            f"echo partial > {tmp_path}/out/k; sleep 30"
+        },
+        poll_interval="0.2s",
+        timeout="1.5s",
+        retry=RetryPolicy(max_attempts=2, backoff=0.5, jitter=0),
+    )
+    held: list[bool] = []
+
+    async def watch() -> None:  # once written, whenever the output is gone a pod must hold the key
+        written = False
+        while True:
+            if await out.contains("k"):
+                written = True
+            elif written:
+                held.append(bool(await _pods(kcfg, name)))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        summary = await Pipeline([task], session).run()
+    finally:
+        watcher.cancel()
+    assert summary.succeeded == 1, summary.as_dict()
+    record = await task.done.get("k")
+    assert record["attempts"] == 2
+    assert await out.read_text("k") == "done\n"
+    assert task.created == 2
+    assert held and all(held), held
+    await _no_pods_left(kcfg, name)
