@@ -61,6 +61,11 @@ class DyingKubeTask(KubeTask):
             os.kill(os.getpid(), signal.SIGKILL)
         return await super().cleanup_outputs(key)
 
+    async def _await_stopped(self, name, uid):
+        if die == "die" and mode == "grace":  # the pod was told to stop; its grace period runs
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super()._await_stopped(name, uid)
+
 
 MANIFEST = '''
 spec:
@@ -74,7 +79,8 @@ spec:
 '''
 SCRIPT = (
     f'echo "$$" >> {root}/runs; if [ -e {root}/flag ]; then echo done > "$OUT"; exit 0; fi; '
-    f'touch {root}/flag; echo partial > "$OUT"; touch {root}/started; '
+    + ("trap 'sleep 1; echo late > $OUT; exit 1' TERM; " if mode == "grace" else "")
+    + f'touch {root}/flag; echo partial > "$OUT"; touch {root}/started; '
     + ("exit 3" if mode == "retry" else "sleep 60")
 )
 task = DyingKubeTask(
@@ -85,7 +91,7 @@ task = DyingKubeTask(
     outputs={"out": FileRepository(root + "/out")},
     params={"script": SCRIPT},
     poll_interval="0.2s",
-    timeout="2s" if mode == "timeout" else None,
+    timeout="2s" if mode in ("timeout", "grace") else None,
     retry=RetryPolicy(max_attempts=2, backoff=0.2, jitter=0) if mode == "retry" else None,
 )
 pipeline = Pipeline([task], session, state_dir=root + "/state", poll_interval="0.2s")
@@ -171,13 +177,15 @@ def _scheduler(tmp_path: Path, kcfg: dict[str, Any], name: str, mode: str, die: 
     )
 
 
-@pytest.mark.parametrize("mode", ["timeout", "cancel", "deleted", "retry"])
+@pytest.mark.parametrize("mode", ["timeout", "cancel", "deleted", "retry", "grace"])
 def test_scheduler_killed_before_the_partial_outputs_are_removed(
     kcfg: dict[str, Any], name: str, tmp_path: Path, mode: str
 ) -> None:
     """timeout: the pod timed out; cancel: the run was cancelled (Ctrl-C); deleted: the pod
     was deleted by someone else; retry: the pod failed and the retry policy allows another
-    attempt. In each case the scheduler dies just before removing the partial output.
+    attempt. In each case the scheduler dies just before removing the partial output;
+    grace: it dies after a timeout while the pod still runs in its grace period (and
+    writes its output once more).
     Before, the deleted pod left the API first: after the kill nothing said a cleanup was
     pending, and the partial output blocked the key for good (timeout, cancel, deleted)."""
     (tmp_path / "src").mkdir()
@@ -185,7 +193,13 @@ def test_scheduler_killed_before_the_partial_outputs_are_removed(
     (tmp_path / "src" / "k").write_text("input")
     first = _scheduler(tmp_path, kcfg, name, mode, die=True)
     assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
-    assert (tmp_path / "out" / "k").read_text() == "partial\n"
+    if mode == "grace":  # the output the pod writes in its grace period, once it is done
+        deadline = time.monotonic() + 20
+        while (tmp_path / "out" / "k").read_text() != "late\n":
+            assert time.monotonic() < deadline, "the pod did not write during its grace period"
+            time.sleep(0.05)
+    else:
+        assert (tmp_path / "out" / "k").read_text() == "partial\n"
     done = tmp_path / "state" / name / "done"
     assert not done.exists() or not list(done.iterdir())  # no record
     held = asyncio.run(_pods(kcfg, name))  # what the next scheduler finds
