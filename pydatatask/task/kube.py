@@ -34,24 +34,22 @@ Life of a job (see ``docs/kube.rst``):
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 import yaml
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobError, KeyNotFoundError, UnsupportedOperationError
+from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.kube import (
     KubeApiError,
     KubeCluster,
     KubeSlot,
-    PodPoller,
     label_value,
     parse_cpu,
     parse_memory,
@@ -60,6 +58,21 @@ from ..executor.kube import (
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from .base import JobContext, JobOutcome, Task
 from .inprocess import InProcessTask
+from .kube_pods import (
+    CLAIM_ANNOTATION,
+    CLEANUP_FINALIZER,
+    FINISHED_PHASES,
+    KEY_ANNOTATION,
+    KEY_LABEL,
+    TASK_ANNOTATION,
+    TASK_LABEL,
+    KubePodRepository,
+    cleanup_pending,
+    containers_stopped,
+    iso_time,
+    pending_reason,
+    same_claim,
+)
 from .records import make_claim
 from .retry import RetryPolicy
 from .templates import job_context, render_yaml
@@ -68,142 +81,8 @@ __all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV", "C
 
 log = logging.getLogger("pydatatask.task.kube")
 
-TASK_LABEL = "pydatatask.io/task"
-KEY_LABEL = "pydatatask.io/key"
-TASK_ANNOTATION = "pydatatask.io/task"
-KEY_ANNOTATION = "pydatatask.io/key"
-CLAIM_ANNOTATION = "pydatatask.io/claim"
-#: the finalizer on every pod of a task: a deleted pod stays in the API (and keeps its key
-#: claimed) until its job's partial outputs have been removed
-CLEANUP_FINALIZER = "pydatatask.io/cleanup"
 #: set to "1" in the pods of a :class:`KubeFunctionTask`: the task then runs its function
 IN_POD_ENV = "PDT_IN_POD"
-
-_FINISHED = ("Succeeded", "Failed")
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def cleanup_pending(pod: Any) -> bool:
-    """Whether ``pod`` was deleted but is held by :data:`CLEANUP_FINALIZER`: its job's
-    partial outputs may still have to be removed before its key can run again."""
-    meta = pod.metadata
-    return meta.deletion_timestamp is not None and CLEANUP_FINALIZER in (meta.finalizers or [])
-
-
-def containers_stopped(pod: Any) -> bool:
-    """Whether no container of ``pod`` can run any more: its phase is final, or it was
-    deleted and its grace period is over (the kubelet confirms the stop by deleting it
-    with grace 0; the API server does so itself for unscheduled or finished pods)."""
-    if pod.status is not None and pod.status.phase in _FINISHED:
-        return True
-    meta = pod.metadata
-    return meta.deletion_timestamp is not None and meta.deletion_grace_period_seconds == 0
-
-
-def _same_claim(annotation: str | None, judged: Mapping[str, Any]) -> bool:
-    """Whether the claim annotation is still the claim ``judged`` (a :func:`pod_summary`)."""
-    try:
-        current = json.loads(annotation or "{}")
-    except ValueError:
-        current = None
-    if not isinstance(current, dict):
-        return not any(judged.get(k) is not None for k in ("owner", "pid", "started"))
-    return all(judged.get(k) == v for k, v in current.items())
-
-
-def pod_summary(pod: Any) -> dict[str, Any]:
-    """The ``live`` value of a pod: its claim (owner, host, pid, ...) plus pod facts."""
-    meta = pod.metadata
-    annotations = meta.annotations or {}
-    try:
-        claim = json.loads(annotations.get(CLAIM_ANNOTATION, "{}"))
-    except ValueError:
-        claim = {}
-    summary: dict[str, Any] = claim if isinstance(claim, dict) else {}
-    summary.update(
-        pod=meta.name,
-        uid=meta.uid,
-        namespace=meta.namespace,
-        task=annotations.get(TASK_ANNOTATION),
-        key=annotations.get(KEY_ANNOTATION),
-        phase=(pod.status.phase if pod.status else None) or "Pending",
-        node=pod.spec.node_name if pod.spec else None,
-        created=_iso(meta.creation_timestamp),
-        deleting=meta.deletion_timestamp is not None,
-        cleanup_pending=cleanup_pending(pod),
-    )
-    return summary
-
-
-class KubePodRepository(MetadataRepository):
-    """The pods of one task (label ``pydatatask.io/task``), as a metadata repository:
-    keys are the exact job keys (from the ``pydatatask.io/key`` annotation), values are
-    :func:`pod_summary` dicts, ``delete`` deletes the pod. Used as a KubeTask's ``live``.
-
-    Listings come from the task's shared :class:`PodPoller` snapshot (at most one LIST per
-    poll interval). A deleted pod still held by :data:`CLEANUP_FINALIZER` is listed too
-    (its value says ``cleanup_pending``): its key stays claimed until the task lets it go.
-    Writes are not supported: pods are created by the task's claim.
-    """
-
-    def __init__(self, cluster: KubeCluster, task: str, poll_interval: float) -> None:
-        self.cluster = cluster
-        self.task_name = task
-        self.selector = f"{TASK_LABEL}={label_value(task)}"
-        self.poller = PodPoller(cluster, self.selector, poll_interval)
-        #: keys of orphaned pods offered for adoption: {key: pod uid}; hidden from listings
-        self.adoptable: dict[str, str] = {}
-        #: True inside a KubeFunctionTask's own pod: no API access
-        self.offline = False
-
-    def describe(self) -> str:
-        return f"pods of task {self.task_name} in namespace {self.cluster.namespace}"
-
-    async def validate(self, create: bool = False) -> None:
-        if not self.offline:
-            await self.poller.refresh(0)  # fail early, with a clear error, if the API is unreachable
-
-    def _mine(self, pods: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for pod in pods.values():
-            annotations = pod.metadata.annotations or {}
-            key = annotations.get(KEY_ANNOTATION)
-            if key and annotations.get(TASK_ANNOTATION) == self.task_name:
-                out[key] = pod
-        return out
-
-    async def pods(self) -> dict[str, Any]:
-        """``{key: pod}`` from the current snapshot (listed again if older than the interval)."""
-        if self.offline:
-            return {}
-        return self._mine(await self.poller.refresh())
-
-    async def _list(self) -> Iterable[str]:
-        return [k for k in await self.pods() if k not in self.adoptable]
-
-    async def _get(self, key: str) -> Any:
-        pod = (await self.pods()).get(key)
-        if pod is None:
-            raise KeyNotFoundError(key, self.describe())
-        return pod_summary(pod)
-
-    async def _get_many(self, keys: list[str]) -> dict[str, Any]:
-        pods = await self.pods()
-        return {k: pod_summary(pods[k]) for k in keys if k in pods}
-
-    async def _put(self, key: str, value: Any) -> None:
-        raise UnsupportedOperationError(f"{self.describe()}: pods are created by the task, not written")
-
-    async def _delete(self, key: str) -> None:
-        if not self.offline:
-            await self.cluster.delete_pod(pod_name(self.task_name, key))
 
 
 class KubeTask(Task):
@@ -297,6 +176,8 @@ class KubeTask(Task):
         self._dirty: set[str] = set()
         #: the claims judged stale of pods offered for adoption (only that claim is taken over)
         self._stale: dict[str, dict[str, Any]] = {}
+        #: keys another scheduler claimed between two attempts of this one
+        self._lost: set[str] = set()
         #: the claim each held key was created with (reused by later attempts)
         self._claims: dict[str, dict[str, Any]] = {}
         #: pod creations made by this task object (for tests and status)
@@ -414,6 +295,7 @@ class KubeTask(Task):
         if await self.done.contains(key):
             return False  # finished meanwhile: creating the pod would start the work again
         claim = make_claim(owner, self.name, key, time.time())
+        self._lost.discard(key)
         try:
             await self._create(key, 1, claim)
         except KubeApiError as exc:
@@ -443,7 +325,7 @@ class KubeTask(Task):
                 return False
             if pod.metadata.deletion_timestamp is not None and not deleting:
                 return False
-            if not _same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), stale):
+            if not same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), stale):
                 return False  # another scheduler took it over first
             patch = {
                 "metadata": {
@@ -476,6 +358,7 @@ class KubeTask(Task):
         self._spent.discard(key)
         claim = self._claims.pop(key, None)
         stopped = self._stopped.pop(key, None)
+        self._lost.discard(key)
         dirty = key in self._dirty
         self._dirty.discard(key)
         for pod in (current, stopped):
@@ -503,6 +386,11 @@ class KubeTask(Task):
             self.pods.poller.invalidate()  # the next claim check must see the claim abandoned
 
     async def cleanup_outputs(self, key: str) -> bool:
+        if key in self._lost:
+            log.warning(
+                "task %s: %r is another scheduler's job now; its outputs are left alone", self.name, key
+            )
+            return True
         cleaned = await super().cleanup_outputs(key)
         if cleaned:
             self._dirty.discard(key)
@@ -526,7 +414,7 @@ class KubeTask(Task):
         if self.in_pod or not isinstance(claim, dict):
             return
         pod = (await self.pods.pods()).get(key)
-        if pod is None or not _same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim):
+        if pod is None or not same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim):
             return
         name, uid = pod.metadata.name, pod.metadata.uid
         pending = cleanup_pending(pod)
@@ -600,9 +488,15 @@ class KubeTask(Task):
                 if exc.status != 409:
                     raise
             old = await self.cluster.read_pod(self.pod_name(key))
-            if old is not None and old.metadata.deletion_timestamp is None:
+            if old is not None and not same_claim(
+                (old.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim
+            ):
+                # another scheduler claimed the key in the moment between the previous pod
+                # and this one: what the outputs hold now is its job's, not ours to remove
+                self._lost.add(key)
                 raise JobError(
-                    f"task {self.name}: pod {self.pod_name(key)} of {key!r} exists already (another scheduler?)"
+                    f"task {self.name}: pod {self.pod_name(key)} of {key!r} was created by another "
+                    "scheduler meanwhile"
                 )
             if time.monotonic() > deadline:
                 raise JobError(f"task {self.name}: the previous pod of {key!r} is still terminating")
@@ -696,7 +590,7 @@ class KubeTask(Task):
                     raise JobError(f"task {self.name}: pod {name} disappeared before it finished (deleted?)")
             else:
                 phase = (pod.status.phase if pod.status else None) or "Pending"
-                if phase in _FINISHED:
+                if phase in FINISHED_PHASES:
                     return pod
                 if pod.metadata.deletion_timestamp is not None:
                     raise JobError(f"task {self.name}: pod {name} was deleted before it finished")
@@ -723,11 +617,11 @@ class KubeTask(Task):
             containers[cs.name] = {
                 "exit_code": term.exit_code,
                 "reason": term.reason,
-                "started_at": _iso(term.started_at),
-                "finished_at": _iso(term.finished_at),
+                "started_at": iso_time(term.started_at),
+                "finished_at": iso_time(term.finished_at),
             }
             if term.finished_at is not None:
-                finished.append(_iso(term.finished_at) or "")
+                finished.append(iso_time(term.finished_at) or "")
         order = [c.name for c in pod.spec.containers]
         codes = [containers.get(c, {}).get("exit_code") for c in order]
         bad = [(c, containers[c]) for c in containers if containers[c].get("exit_code") not in (0,)]
@@ -740,7 +634,7 @@ class KubeTask(Task):
             "reason": status.reason,
             "message": status.message,
             "node": pod.spec.node_name,
-            "start_time": _iso(status.start_time),
+            "start_time": iso_time(status.start_time),
             "finish_time": max(finished) if finished else None,
             "containers": containers,
         }
@@ -760,22 +654,6 @@ class KubeTask(Task):
         for cname in names:
             text = await self.cluster.pod_log(pod.metadata.name, cname, self.log_limit)
             job.log(f"--- pod {pod.metadata.name} container {cname} output ---\n{text.rstrip()}")
-
-
-def pending_reason(pod: Any) -> str:
-    """Why a pod is Pending: an Unschedulable condition, a container's waiting reason, ..."""
-    reasons: list[str] = []
-    status = pod.status
-    for cond in (status.conditions if status else None) or []:
-        if cond.status != "True" and (cond.reason or cond.message):
-            reasons.append(f"{cond.type} {cond.reason or ''}: {cond.message or ''}".strip(": "))
-    for cs in (status.container_statuses if status else None) or []:
-        waiting = cs.state.waiting if cs.state else None
-        if waiting is not None and waiting.reason:
-            reasons.append(f"container {cs.name} {waiting.reason}: {waiting.message or ''}".strip(": "))
-    if pod.spec is not None and not pod.spec.node_name and not reasons:
-        reasons.append("not scheduled to any node yet")
-    return "; ".join(reasons) or "no reason reported"
 
 
 _FUNCTION_MANIFEST = """\

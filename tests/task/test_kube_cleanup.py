@@ -362,11 +362,22 @@ async def test_a_failed_cleanup_keeps_the_pod_held_until_a_claim_check_removes_t
     await _no_pods_left(kcfg, name)
 
 
+class WatchedKubeTask(KubeTask):
+    """Notes, at each removal of partial outputs, whether the key's pod is in the API."""
+
+    held: list[bool]
+
+    async def cleanup_outputs(self, key: str) -> bool:
+        self.held.append(await self.cluster.read_pod(self.pod_name(key)) is not None)
+        return await super().cleanup_outputs(key)
+
+
 async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
     kcfg: dict[str, Any], name: str, tmp_path: Path
 ) -> None:
     """With a retry policy, the timed-out pod holds the name through the cleanup and the
-    retry delay, and is let go when the next attempt creates its pod."""
+    retry delay (and the cleanup again after it), and is let go when the next attempt
+    creates its pod. Before, it had left the API before the first cleanup."""
     from pydatatask.task import RetryPolicy
 
     (tmp_path / "out").mkdir()
@@ -375,7 +386,7 @@ async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
     await src.put("k", {})
     session = Session()
     flag = tmp_path / "flag"
-    task = KubeTask(
+    task = WatchedKubeTask(
         name,
         SH_POD,
         cluster=_cluster(session, kcfg),
@@ -389,26 +400,58 @@ async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
         timeout="1.5s",
         retry=RetryPolicy(max_attempts=2, backoff=0.5, jitter=0),
     )
-    held: list[bool] = []
-
-    async def watch() -> None:  # once written, whenever the output is gone a pod must hold the key
-        written = False
-        while True:
-            if await out.contains("k"):
-                written = True
-            elif written:
-                held.append(bool(await _pods(kcfg, name)))
-            await asyncio.sleep(0.05)
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        summary = await Pipeline([task], session).run()
-    finally:
-        watcher.cancel()
+    task.held = []
+    summary = await Pipeline([task], session).run()
     assert summary.succeeded == 1, summary.as_dict()
     record = await task.done.get("k")
     assert record["attempts"] == 2
     assert await out.read_text("k") == "done\n"
     assert task.created == 2
-    assert held and all(held), held
+    assert task.held == [True, True]  # after the timeout, and again after the retry delay
     await _no_pods_left(kcfg, name)
+
+
+class RacedKubeTask(KubeTask):
+    """Before its second pod is created, another scheduler takes the key (in the moment no
+    pod holds it) and its pod writes the output."""
+
+    async def _create_retrying(self, key: str, attempt: int) -> tuple[str, str]:
+        foreign = make_claim("other-scheduler", self.name, key, time.time())
+        await self.cluster.create_pod(self.render(key, attempt=attempt, claim=foreign))
+        out = self.links["o"].repository
+        deadline = time.monotonic() + 30
+        while not await out.contains(key):
+            assert time.monotonic() < deadline, "the other scheduler's pod wrote nothing"
+            await asyncio.sleep(0.05)
+        return await super()._create_retrying(key, attempt)
+
+
+async def test_a_key_taken_by_another_scheduler_between_attempts_keeps_its_outputs(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """The next attempt finds the name taken by another scheduler's pod: that job's output
+    is not this job's partial output, and must not be removed."""
+    from pydatatask.task import RetryPolicy
+
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out")
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    task = RacedKubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={
+            "script": f"[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 3; }}; "
+            f"echo theirs > {tmp_path}/out/k; sleep 30"
+        },
+        poll_interval="0.2s",
+        retry=RetryPolicy(max_attempts=2, backoff=0.2, jitter=0),
+    )
+    summary = await Pipeline([task], session).run()
+    assert summary.failed == 1, summary.as_dict()
+    assert "another scheduler" in (await task.done.get("k"))["error"]["message"]
+    assert await out.read_text("k") == "theirs\n"
