@@ -346,7 +346,8 @@ class KubeCluster:
             if exc.status == 404 or (exc.status == 422 and "metadata.uid" in str(exc)):
                 return None
             if exc.status == 422:
-                raise ConfigurationError(f"Kubernetes refused {what}: invalid: {exc}") from exc
+                message = str(exc).removeprefix(f"Kubernetes {what}: ")
+                raise ConfigurationError(f"Kubernetes refused {what}: invalid: {message}") from exc
             raise
 
     async def remove_finalizer(self, name: str, uid: str, finalizer: str) -> bool:

@@ -4,11 +4,11 @@ Life of a job (see ``docs/kube.rst``):
 
 * **claim** = pod creation. The pod name is derived from (task, key) (:func:`pod_name`),
   so creating it is the atomic claim: a 409 AlreadyExists means another scheduler runs
-  the key. The task's ``live`` repository is :class:`KubePodRepository`: the pods with
-  the task's label, keyed by the exact key kept in an annotation.
-* **hold**: every pod carries the finalizer :data:`CLEANUP_FINALIZER`, so a deleted pod
-  stays in the API (``Terminating``) after its containers stopped, until this task lets
-  it go. The claim thus outlives the containers: a pod that was deleted (timeout,
+  the key. The task's ``live`` repository is :class:`~.kube_pods.KubePodRepository`: the
+  pods with the task's label, keyed by the exact key kept in an annotation.
+* **hold**: every pod carries the finalizer :data:`~.kube_pods.CLEANUP_FINALIZER`, so a
+  deleted pod stays in the API (``Terminating``) after its containers stopped, until this
+  task lets it go. The claim thus outlives the containers: a pod that was deleted (timeout,
   cancellation, by hand) keeps the key claimed until the job's partial outputs are gone
   (or its record is written), also across a scheduler that is killed meanwhile.
 * **wait**: one :class:`~pydatatask.executor.kube.PodPoller` per task lists the task's
