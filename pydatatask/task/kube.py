@@ -385,13 +385,16 @@ class KubeTask(Task):
             )
             self.pods.poller.invalidate()  # the next claim check must see the claim abandoned
 
-    async def cleanup_outputs(self, key: str) -> bool:
+    async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
+        """:meth:`Task.cleanup_outputs <pydatatask.task.Task.cleanup_outputs>` (the same
+        arguments), noting whether it failed (the pod then keeps holding the key, see
+        :meth:`release`); nothing is removed for a key another scheduler took meanwhile."""
         if key in self._lost:
             log.warning(
                 "task %s: %r is another scheduler's job now; its outputs are left alone", self.name, key
             )
             return True
-        cleaned = await super().cleanup_outputs(key)
+        cleaned = await super().cleanup_outputs(key, *args, **kwargs)
         if cleaned:
             self._dirty.discard(key)
         else:

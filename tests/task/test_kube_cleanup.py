@@ -56,10 +56,10 @@ async def kube():
 
 
 class DyingKubeTask(KubeTask):
-    async def cleanup_outputs(self, key):
+    async def cleanup_outputs(self, key, *args, **kwargs):
         if die == "die":  # the job's pod has stopped; its partial outputs are still there
             os.kill(os.getpid(), signal.SIGKILL)
-        return await super().cleanup_outputs(key)
+        return await super().cleanup_outputs(key, *args, **kwargs)
 
     async def _await_stopped(self, name, uid):
         if die == "die" and mode == "grace":  # the pod was told to stop; its grace period runs
@@ -367,9 +367,9 @@ class WatchedKubeTask(KubeTask):
 
     held: list[bool]
 
-    async def cleanup_outputs(self, key: str) -> bool:
+    async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
         self.held.append(await self.cluster.read_pod(self.pod_name(key)) is not None)
-        return await super().cleanup_outputs(key)
+        return await super().cleanup_outputs(key, *args, **kwargs)
 
 
 async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
