@@ -6,7 +6,7 @@ Life of a job (see ``docs/kube.rst``):
   so creating it is the atomic claim: a 409 AlreadyExists means another scheduler runs
   the key. The task's ``live`` repository is :class:`~.kube_pods.KubePodRepository`: the
   pods with the task's label, keyed by the exact key kept in an annotation.
-* **hold**: every pod carries the finalizer :data:`~.kube_pods.CLEANUP_FINALIZER`, so a
+* **hold**: every pod carries the finalizer ``pydatatask.io/cleanup``, so a
   deleted pod stays in the API (``Terminating``) after its containers stopped, until this
   task lets it go. The claim thus outlives the containers: a pod that was deleted (timeout,
   cancellation, by hand) keeps the key claimed until the job's partial outputs are gone
@@ -386,7 +386,7 @@ class KubeTask(Task):
             self.pods.poller.invalidate()  # the next claim check must see the claim abandoned
 
     async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
-        """:meth:`Task.cleanup_outputs <pydatatask.task.Task.cleanup_outputs>` (the same
+        """:meth:`Task.cleanup_outputs <pydatatask.task.base.Task.cleanup_outputs>` (the same
         arguments), noting whether it failed (the pod then keeps holding the key, see
         :meth:`release`); nothing is removed for a key another scheduler took meanwhile."""
         if key in self._lost:

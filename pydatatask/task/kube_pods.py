@@ -49,8 +49,8 @@ def iso_time(value: Any) -> str | None:
 
 
 def cleanup_pending(pod: Any) -> bool:
-    """Whether ``pod`` was deleted but is held by :data:`CLEANUP_FINALIZER`: its job's
-    partial outputs may still have to be removed before its key can run again."""
+    """Whether ``pod`` was deleted but is held by the finalizer ``pydatatask.io/cleanup``:
+    its job's partial outputs may still have to be removed before its key can run again."""
     meta = pod.metadata
     return meta.deletion_timestamp is not None and CLEANUP_FINALIZER in (meta.finalizers or [])
 
@@ -106,9 +106,9 @@ class KubePodRepository(MetadataRepository):
     :func:`pod_summary` dicts, ``delete`` deletes the pod. Used as a KubeTask's ``live``.
 
     Listings come from the task's shared :class:`PodPoller` snapshot (at most one LIST per
-    poll interval). A deleted pod still held by :data:`CLEANUP_FINALIZER` is listed too
-    (its value says ``cleanup_pending``): its key stays claimed until the task lets it go.
-    Writes are not supported: pods are created by the task's claim.
+    poll interval). A deleted pod still held by the finalizer ``pydatatask.io/cleanup`` is
+    listed too (its value says ``cleanup_pending``): its key stays claimed until the task
+    lets it go. Writes are not supported: pods are created by the task's claim.
     """
 
     def __init__(self, cluster: KubeCluster, task: str, poll_interval: float) -> None:
