@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -231,8 +231,19 @@ class KubeCluster:
         k8s = require("kubernetes_asyncio", "kube")
         return k8s.client.CoreV1Api(resolve(self._api))
 
-    async def call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Call ``fn`` with retries for transient errors; translate the rest (see module doc)."""
+    async def call(
+        self,
+        what: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        passthrough: Collection[int] = (),
+        **kwargs: Any,
+    ) -> T:
+        """Call ``fn`` with retries for transient errors; translate the rest (see module doc).
+
+        Statuses in ``passthrough`` are raised as :class:`KubeApiError` instead of being
+        translated (for callers that expect them, e.g. a 422 on a uid guard).
+        """
         k8s = require("kubernetes_asyncio", "kube")
         aiohttp = require("aiohttp", "kube")
         delay = self.backoff
@@ -246,6 +257,8 @@ class KubeCluster:
                 message = _api_message(exc)
                 if status in _RETRY_STATUSES and attempt < self.retries:
                     log.info("kubernetes %s: %s; retrying in %.1fs", what, message, delay)
+                elif status in passthrough:
+                    raise KubeApiError(f"Kubernetes {what}: {message}", status, str(exc.reason)) from exc
                 elif status == 422:
                     raise ConfigurationError(f"Kubernetes refused {what}: invalid: {message}") from exc
                 elif status == 403:
@@ -314,11 +327,34 @@ class KubeCluster:
             raise
         return True
 
-    async def patch_pod(self, name: str, body: dict[str, Any]) -> Any:
-        """Merge-patch the pod (a ``metadata.resourceVersion`` in ``body`` is a precondition)."""
-        return await self.call(
-            f"patching pod {name!r}", self.core.patch_namespaced_pod, name, self.namespace, body
-        )
+    async def patch_pod(self, name: str, body: dict[str, Any], *, uid: str | None = None) -> Any:
+        """Strategic-merge-patch the pod (a ``metadata.resourceVersion`` in ``body`` is a
+        precondition: 409 if the pod changed since).
+
+        With ``uid``, only the pod of that uid is patched: None if the name is free or held
+        by another pod (the API server refuses a patch that would change the uid).
+        """
+        what = f"patching pod {name!r}"
+        if uid is None:
+            return await self.call(what, self.core.patch_namespaced_pod, name, self.namespace, body)
+        body = dict(body, metadata=dict(body.get("metadata") or {}, uid=uid))
+        try:
+            return await self.call(
+                what, self.core.patch_namespaced_pod, name, self.namespace, body, passthrough=(404, 422)
+            )
+        except KubeApiError as exc:
+            if exc.status == 404 or (exc.status == 422 and "metadata.uid" in str(exc)):
+                return None
+            if exc.status == 422:
+                message = str(exc).removeprefix(f"Kubernetes {what}: ")
+                raise ConfigurationError(f"Kubernetes refused {what}: invalid: {message}") from exc
+            raise
+
+    async def remove_finalizer(self, name: str, uid: str, finalizer: str) -> bool:
+        """Remove ``finalizer`` from the pod of that uid (a pod being deleted then leaves the
+        API); False if that pod is gone."""
+        patch = {"metadata": {"$deleteFromPrimitiveList/finalizers": [finalizer]}}
+        return await self.patch_pod(name, patch, uid=uid) is not None
 
     async def pod_log(self, name: str, container: str, limit_bytes: int | None = None) -> str:
         """The log of one container ('' with a note if it cannot be read)."""
@@ -361,12 +397,13 @@ class PodPoller:
         self._poller: asyncio.Task[None] | None = None
         #: the error of the last listing, if it failed
         self.error: Exception | None = None
+        self._valid_after = -1e18
 
     async def refresh(self, max_age: float | None = None) -> dict[str, Any]:
         """The snapshot ``{pod name: pod}``, listed again if older than ``max_age``."""
         max_age = self.interval if max_age is None else max_age
         async with self._lock:
-            if time.monotonic() - self.taken_at < max_age:
+            if time.monotonic() - self.taken_at < max_age and self.taken_at > self._valid_after:
                 return self.pods
             started = time.monotonic()  # the listing shows every pod created before this
             try:
@@ -381,6 +418,11 @@ class PodPoller:
             self.lists += 1
             self._wake()
             return self.pods
+
+    def invalidate(self) -> None:
+        """Make the next :meth:`refresh` list again, however recent the snapshot is (after a
+        change this process made, such as a pod it let go)."""
+        self._valid_after = time.monotonic()
 
     def _wake(self) -> None:
         fut, self._changed = self._changed, None

@@ -4,45 +4,52 @@ Life of a job (see ``docs/kube.rst``):
 
 * **claim** = pod creation. The pod name is derived from (task, key) (:func:`pod_name`),
   so creating it is the atomic claim: a 409 AlreadyExists means another scheduler runs
-  the key. The task's ``live`` repository is :class:`KubePodRepository`: the pods with
-  the task's label, keyed by the exact key kept in an annotation.
+  the key. The task's ``live`` repository is :class:`~.kube_pods.KubePodRepository`: the
+  pods with the task's label, keyed by the exact key kept in an annotation.
+* **hold**: every pod carries the finalizer ``pydatatask.io/cleanup``, so a
+  deleted pod stays in the API (``Terminating``) after its containers stopped, until this
+  task lets it go. The claim thus outlives the containers: a pod that was deleted (timeout,
+  cancellation, by hand) keeps the key claimed until the job's partial outputs are gone
+  (or its record is written), also across a scheduler that is killed meanwhile.
 * **wait**: one :class:`~pydatatask.executor.kube.PodPoller` per task lists the task's
   pods (one LIST by label selector) at most once per ``poll_interval`` and wakes the jobs
   waiting for their pod. The ``live`` listing reads the same snapshot.
 * **reap**: on Succeeded/Failed the outcome (phase, exit code per container, reason,
   node, times) goes to the job record, every container's log to the job log. The
   finished pod still holds the name until the record is written (then ``release``
-  deletes it) or the next attempt replaces it, so no other scheduler can start the key
-  in between. On timeout, cancellation or any error the pod is deleted at once (shielded)
-  and waited for until it has left the API, then the partial outputs are removed.
-* **adopt** after a crash: a pod whose owner process is gone (the claim annotation names
-  host, pid and pid start time) is stale; :meth:`KubeTask.recover_stale` deletes it when
-  its key needs no work (record present, input gone), or offers it for adoption: the key
-  is hidden from ``live`` so the scheduler launches it, and the claim takes the existing
-  pod over (a patch with a resourceVersion precondition) instead of creating one.
+  deletes it and lets it go) or the next attempt replaces it, so no other scheduler can
+  start the key in between. On timeout, cancellation or any error the pod is deleted at
+  once (shielded) and waited for until its containers have stopped; the partial outputs
+  are removed while the pod still holds the name.
+* **recover** after a crash: a pod whose owner process is gone (the claim annotation names
+  host, pid and pid start time) is stale. :meth:`KubeTask.recover_stale` takes its claim
+  over (a patch with a resourceVersion precondition: of several schedulers, one wins) and
+  retires it - deleted, its partial outputs removed unless a success record vouches for
+  them, then let go - when its key needs no work (record present, input gone) or when it
+  was already deleted; otherwise it offers the pod for adoption: the key is hidden from
+  ``live`` so the scheduler launches it, and the claim takes the existing pod over
+  instead of creating one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 import yaml
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobError, KeyNotFoundError, UnsupportedOperationError
+from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.kube import (
     KubeApiError,
     KubeCluster,
     KubeSlot,
-    PodPoller,
     label_value,
     parse_cpu,
     parse_memory,
@@ -51,116 +58,31 @@ from ..executor.kube import (
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from .base import JobContext, JobOutcome, Task
 from .inprocess import InProcessTask
+from .kube_pods import (
+    CLAIM_ANNOTATION,
+    CLEANUP_FINALIZER,
+    FINISHED_PHASES,
+    KEY_ANNOTATION,
+    KEY_LABEL,
+    TASK_ANNOTATION,
+    TASK_LABEL,
+    KubePodRepository,
+    cleanup_pending,
+    containers_stopped,
+    iso_time,
+    pending_reason,
+    same_claim,
+)
 from .records import make_claim
 from .retry import RetryPolicy
 from .templates import job_context, render_yaml
 
-__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV")
+__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV", "CLEANUP_FINALIZER")
 
 log = logging.getLogger("pydatatask.task.kube")
 
-TASK_LABEL = "pydatatask.io/task"
-KEY_LABEL = "pydatatask.io/key"
-TASK_ANNOTATION = "pydatatask.io/task"
-KEY_ANNOTATION = "pydatatask.io/key"
-CLAIM_ANNOTATION = "pydatatask.io/claim"
 #: set to "1" in the pods of a :class:`KubeFunctionTask`: the task then runs its function
 IN_POD_ENV = "PDT_IN_POD"
-
-_FINISHED = ("Succeeded", "Failed")
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def pod_summary(pod: Any) -> dict[str, Any]:
-    """The ``live`` value of a pod: its claim (owner, host, pid, ...) plus pod facts."""
-    meta = pod.metadata
-    annotations = meta.annotations or {}
-    try:
-        claim = json.loads(annotations.get(CLAIM_ANNOTATION, "{}"))
-    except ValueError:
-        claim = {}
-    summary: dict[str, Any] = claim if isinstance(claim, dict) else {}
-    summary.update(
-        pod=meta.name,
-        uid=meta.uid,
-        namespace=meta.namespace,
-        task=annotations.get(TASK_ANNOTATION),
-        key=annotations.get(KEY_ANNOTATION),
-        phase=(pod.status.phase if pod.status else None) or "Pending",
-        node=pod.spec.node_name if pod.spec else None,
-        created=_iso(meta.creation_timestamp),
-        deleting=meta.deletion_timestamp is not None,
-    )
-    return summary
-
-
-class KubePodRepository(MetadataRepository):
-    """The pods of one task (label ``pydatatask.io/task``), as a metadata repository:
-    keys are the exact job keys (from the ``pydatatask.io/key`` annotation), values are
-    :func:`pod_summary` dicts, ``delete`` deletes the pod. Used as a KubeTask's ``live``.
-
-    Listings come from the task's shared :class:`PodPoller` snapshot (at most one LIST per
-    poll interval). Writes are not supported: pods are created by the task's claim.
-    """
-
-    def __init__(self, cluster: KubeCluster, task: str, poll_interval: float) -> None:
-        self.cluster = cluster
-        self.task_name = task
-        self.selector = f"{TASK_LABEL}={label_value(task)}"
-        self.poller = PodPoller(cluster, self.selector, poll_interval)
-        #: keys of orphaned pods offered for adoption: {key: pod uid}; hidden from listings
-        self.adoptable: dict[str, str] = {}
-        #: True inside a KubeFunctionTask's own pod: no API access
-        self.offline = False
-
-    def describe(self) -> str:
-        return f"pods of task {self.task_name} in namespace {self.cluster.namespace}"
-
-    async def validate(self, create: bool = False) -> None:
-        if not self.offline:
-            await self.poller.refresh(0)  # fail early, with a clear error, if the API is unreachable
-
-    def _mine(self, pods: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for pod in pods.values():
-            annotations = pod.metadata.annotations or {}
-            key = annotations.get(KEY_ANNOTATION)
-            if key and annotations.get(TASK_ANNOTATION) == self.task_name:
-                out[key] = pod
-        return out
-
-    async def pods(self) -> dict[str, Any]:
-        """``{key: pod}`` from the current snapshot (listed again if older than the interval)."""
-        if self.offline:
-            return {}
-        return self._mine(await self.poller.refresh())
-
-    async def _list(self) -> Iterable[str]:
-        return [k for k in await self.pods() if k not in self.adoptable]
-
-    async def _get(self, key: str) -> Any:
-        pod = (await self.pods()).get(key)
-        if pod is None:
-            raise KeyNotFoundError(key, self.describe())
-        return pod_summary(pod)
-
-    async def _get_many(self, keys: list[str]) -> dict[str, Any]:
-        pods = await self.pods()
-        return {k: pod_summary(pods[k]) for k in keys if k in pods}
-
-    async def _put(self, key: str, value: Any) -> None:
-        raise UnsupportedOperationError(f"{self.describe()}: pods are created by the task, not written")
-
-    async def _delete(self, key: str) -> None:
-        if not self.offline:
-            await self.cluster.delete_pod(pod_name(self.task_name, key))
 
 
 class KubeTask(Task):
@@ -247,6 +169,15 @@ class KubeTask(Task):
         self._pods: dict[str, tuple[str, str]] = {}
         #: keys whose pod in ``_pods`` failed and is kept until the next attempt or release
         self._spent: set[str] = set()
+        #: pods deleted before they finished (timeout, cancellation, error), still holding
+        #: their key (finalizer) until the outputs are removed: {key: (name, uid)}
+        self._stopped: dict[str, tuple[str, str]] = {}
+        #: keys whose last removal of partial outputs failed
+        self._dirty: set[str] = set()
+        #: the claims judged stale of pods offered for adoption (only that claim is taken over)
+        self._stale: dict[str, dict[str, Any]] = {}
+        #: keys another scheduler claimed between two attempts of this one
+        self._lost: set[str] = set()
         #: the claim each held key was created with (reused by later attempts)
         self._claims: dict[str, dict[str, Any]] = {}
         #: pod creations made by this task object (for tests and status)
@@ -310,6 +241,8 @@ class KubeTask(Task):
         claim.pop("lease", None)
         annotations[CLAIM_ANNOTATION] = json.dumps(claim)
         meta["annotations"] = annotations
+        finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
+        meta["finalizers"] = [*finalizers, CLEANUP_FINALIZER]
         spec = body.get("spec")
         if (
             not isinstance(spec, dict)
@@ -362,35 +295,42 @@ class KubeTask(Task):
         if await self.done.contains(key):
             return False  # finished meanwhile: creating the pod would start the work again
         claim = make_claim(owner, self.name, key, time.time())
+        self._lost.discard(key)
         try:
             await self._create(key, 1, claim)
         except KubeApiError as exc:
             if exc.status != 409:
                 raise
             uid = self.pods.adoptable.pop(key, None)
-            if uid is None or not await self._adopt(key, uid, claim):
+            stale = self._stale.pop(key, None)
+            adoption = {k: v for k, v in claim.items() if k != "lease"}  # judged by host and pid
+            if uid is None or stale is None or not await self._take_over(key, uid, stale, adoption):
                 return False
+            log.info("task %s: adopted pod %s of %r", self.name, self.pod_name(key), key)
+            self._pods[key] = (self.pod_name(key), uid)
         self._claims[key] = claim
         return True
 
-    async def _adopt(self, key: str, uid: str, claim: dict[str, Any]) -> bool:
-        """Take the orphaned pod over: rewrite its claim annotation, guarded by the pod's
-        resourceVersion; retried while only the pod's status moved (the kubelet's updates)."""
+    async def _take_over(
+        self, key: str, uid: str, stale: Mapping[str, Any], claim: dict[str, Any], *, deleting: bool = False
+    ) -> bool:
+        """Replace the claim annotation ``stale`` (judged stale) of pod ``uid`` by ``claim``,
+        guarded by the pod's resourceVersion; retried while only the pod's status moved (the
+        kubelet's updates). False if the pod is gone, replaced, being deleted (unless
+        ``deleting``) or already taken over by another scheduler."""
         name = self.pod_name(key)
-        stale_claim: str | None = None
         for _ in range(10):
             pod = await self.cluster.read_pod(name)
-            if pod is None or pod.metadata.uid != uid or pod.metadata.deletion_timestamp is not None:
+            if pod is None or pod.metadata.uid != uid:
                 return False
-            current = (pod.metadata.annotations or {}).get(CLAIM_ANNOTATION)
-            if stale_claim is None:
-                stale_claim = current
-            elif current != stale_claim:
-                return False  # another scheduler adopted it first
+            if pod.metadata.deletion_timestamp is not None and not deleting:
+                return False
+            if not same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), stale):
+                return False  # another scheduler took it over first
             patch = {
                 "metadata": {
                     "resourceVersion": pod.metadata.resource_version,
-                    "annotations": {CLAIM_ANNOTATION: json.dumps({**claim, "lease": None})},
+                    "annotations": {CLAIM_ANNOTATION: json.dumps(claim)},
                 }
             }
             try:
@@ -401,55 +341,127 @@ class KubeTask(Task):
                 if exc.status == 409:
                     continue  # the pod changed meanwhile: look again
                 raise
-            log.info("task %s: adopted pod %s of %r (phase %s)", self.name, name, key, pod.status.phase)
-            self._pods[key] = (name, uid)
             return True
         return False
 
     async def release(self, key: str) -> None:
+        """Delete the key's pod and let it go (its record is written, or its job abandoned).
+
+        If the job's partial outputs could not be removed, the pod keeps holding the key
+        (finalizer) with a claim marked stale, so that the next check for stale claims (of
+        this scheduler or any other) removes them and frees the key.
+        """
         if self.in_pod:
             return
         current = self._pods.pop(key, None)
         spent = key in self._spent
         self._spent.discard(key)
-        self._claims.pop(key, None)
-        if current is not None:
-            await self.cluster.delete_pod(current[0], grace=0 if spent else None, uid=current[1])
+        claim = self._claims.pop(key, None)
+        stopped = self._stopped.pop(key, None)
+        self._lost.discard(key)
+        dirty = key in self._dirty
+        self._dirty.discard(key)
+        for pod in (current, stopped):
+            if pod is None:
+                continue
+            name, uid = pod
+            if pod is current:
+                await self.cluster.delete_pod(name, grace=0 if spent else None, uid=uid)
+            if not dirty:
+                await self.cluster.remove_finalizer(name, uid, CLEANUP_FINALIZER)
+                continue
+            log.warning(
+                "task %s: the partial outputs of %r could not be removed; pod %s keeps the key "
+                "claimed until a later check removes them",
+                self.name,
+                key,
+                name,
+            )
+            abandoned = dict(
+                claim or {}, owner=f"{(claim or {}).get('owner')}-abandoned", heartbeat=0, lease=0
+            )
+            await self.cluster.patch_pod(
+                name, {"metadata": {"annotations": {CLAIM_ANNOTATION: json.dumps(abandoned)}}}, uid=uid
+            )
+            self.pods.poller.invalidate()  # the next claim check must see the claim abandoned
+
+    async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
+        """:meth:`Task.cleanup_outputs <pydatatask.task.base.Task.cleanup_outputs>` (the same
+        arguments), noting whether it failed (the pod then keeps holding the key, see
+        :meth:`release`); nothing is removed for a key another scheduler took meanwhile."""
+        if key in self._lost:
+            log.warning(
+                "task %s: %r is another scheduler's job now; its outputs are left alone", self.name, key
+            )
+            return True
+        cleaned = await super().cleanup_outputs(key, *args, **kwargs)
+        if cleaned:
+            self._dirty.discard(key)
+        else:
+            self._dirty.add(key)
+        return cleaned
 
     async def recover_stale(self, key: str, claim: Any) -> None:
-        """A pod whose scheduler is gone: delete it if ``key`` needs no work any more
-        (a job record exists, or an input is gone); otherwise offer it for adoption.
+        """A pod whose scheduler is gone: retire it if ``key`` needs no work any more (a job
+        record exists, or an input is gone) or if it was deleted before its partial outputs
+        were removed; otherwise offer it for adoption.
 
-        A pod that already wrote (some of) its outputs is adopted too (see
-        :meth:`resumable_keys`): deleting it first and cleaning its outputs afterwards
-        would leave, if this scheduler died in between, an output without a record and
-        without a pod, a key no run would ever take up again.
+        Retiring takes the pod's claim over (a scheduler killed meanwhile leaves a claim
+        that goes stale in its turn), deletes the pod, waits for its containers to stop,
+        removes the partial outputs unless a success record vouches for them, and only then
+        lets the pod go: until then the pod is the record that a cleanup is pending.
+
+        A pod that already wrote (some of) its outputs is adopted (see
+        :meth:`resumable_keys`), not retired: its finished work is recorded, not redone.
         """
         if self.in_pod or not isinstance(claim, dict):
             return
-        name, uid = claim.get("pod"), claim.get("uid")
-        reason = None
-        if claim.get("deleting"):
+        pod = (await self.pods.pods()).get(key)
+        if pod is None or not same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim):
             return
-        if await self.done.contains(key):
+        name, uid = pod.metadata.name, pod.metadata.uid
+        pending = cleanup_pending(pod)
+        if pod.metadata.deletion_timestamp is not None and not pending:
+            return  # deleted and not held by this task: it leaves by itself
+        record = None
+        try:
+            record = await self.done.get(key)
+        except KeyNotFoundError:
+            pass
+        succeeded = isinstance(record, Mapping) and record.get("success") is True
+        if pending:
+            reason = "it was stopped before the partial outputs of its job were removed"
+        elif record is not None:
             reason = "its job record exists"
         else:
+            missing = None
             for link in self.required_links:
                 if not await link.repository.contains(key):
-                    reason = f"input {link.name!r} no longer has the key"
+                    missing = link.name
                     break
-        if reason is not None or not isinstance(name, str) or not isinstance(uid, str):
-            log.warning("task %s: deleting orphaned pod %s of %r: %s", self.name, name, key, reason)
-            await self.cluster.delete_pod(self.pod_name(key), uid=uid if isinstance(uid, str) else None)
+            if missing is None:
+                log.warning(
+                    "task %s: pod %s of %r outlived its scheduler (%s); adopting it",
+                    self.name,
+                    name,
+                    key,
+                    claim.get("owner"),
+                )
+                self.pods.adoptable[key] = uid
+                self._stale[key] = claim
+                return
+            reason = f"input {missing!r} no longer has the key"
+        takeover = make_claim(f"{self.name}-recovery", self.name, key, time.time(), self.claim_lease)
+        if not await self._take_over(key, uid, claim, takeover, deleting=True):
             return
-        log.warning(
-            "task %s: pod %s of %r outlived its scheduler (%s); adopting it",
-            self.name,
-            name,
-            key,
-            claim.get("owner"),
-        )
-        self.pods.adoptable[key] = uid
+        log.warning("task %s: retiring orphaned pod %s of %r: %s", self.name, name, key, reason)
+        if pod.metadata.deletion_timestamp is None:
+            await self.cluster.delete_pod(name, uid=uid)
+        await self._await_stopped(name, uid)
+        if not succeeded and not await self.cleanup_outputs(key):
+            return  # the takeover claim's lease runs out, then the cleanup is tried again
+        await self.cluster.remove_finalizer(name, uid, CLEANUP_FINALIZER)
+        self.pods.poller.invalidate()  # the key is free: the next listing must show it
 
     def resumable_keys(self) -> AbstractSet[str]:
         """Pods offered for adoption: their keys are ready even when the pod already wrote
@@ -479,9 +491,15 @@ class KubeTask(Task):
                 if exc.status != 409:
                     raise
             old = await self.cluster.read_pod(self.pod_name(key))
-            if old is not None and old.metadata.deletion_timestamp is None:
+            if old is not None and not same_claim(
+                (old.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim
+            ):
+                # another scheduler claimed the key in the moment between the previous pod
+                # and this one: what the outputs hold now is its job's, not ours to remove
+                self._lost.add(key)
                 raise JobError(
-                    f"task {self.name}: pod {self.pod_name(key)} of {key!r} exists already (another scheduler?)"
+                    f"task {self.name}: pod {self.pod_name(key)} of {key!r} was created by another "
+                    "scheduler meanwhile"
                 )
             if time.monotonic() > deadline:
                 raise JobError(f"task {self.name}: the previous pod of {key!r} is still terminating")
@@ -489,6 +507,12 @@ class KubeTask(Task):
 
     async def run_job(self, job: JobContext) -> JobOutcome | None:
         key = job.key
+        self._dirty.discard(key)  # this attempt writes the outputs afresh
+        stopped = self._stopped.pop(key, None)
+        if stopped is not None:
+            # the stopped pod of the previous attempt held the name while its outputs were
+            # removed (before the retry delay); let it go now
+            await self.cluster.remove_finalizer(*stopped, CLEANUP_FINALIZER)
         current = self._pods.get(key)
         if current is not None and key in self._spent:
             # the failed pod of the previous attempt kept the name (the claim) during the
@@ -496,6 +520,7 @@ class KubeTask(Task):
             self._spent.discard(key)
             del self._pods[key]
             await self.cluster.delete_pod(current[0], grace=0, uid=current[1])
+            await self.cluster.remove_finalizer(*current, CLEANUP_FINALIZER)
             current = None
         if current is None:
             current = await self._create_retrying(key, job.attempt)
@@ -515,41 +540,48 @@ class KubeTask(Task):
             if not settled:
                 if self._pods.get(key) == current:
                     del self._pods[key]
-                await asyncio.shield(self._delete_quietly(name, uid))
+                # still held by its finalizer: the key stays claimed while the partial
+                # outputs are removed, until release() or the next attempt
+                self._stopped[key] = current
+                await asyncio.shield(self._stop(name, uid))
         if failure is not None:
             error = JobError(failure)
             error.outcome = outcome  # type: ignore[attr-defined]
             raise error
         return outcome
 
-    async def _delete_quietly(self, name: str, uid: str) -> None:
+    async def _stop(self, name: str, uid: str) -> None:
         """Delete the pod of an attempt that ended early (timeout, cancellation, error) and
-        wait until it has left the API, i.e. its containers have stopped: the job's partial
-        outputs are removed next, and a pod still running in its grace period could write
-        them again after that."""
+        wait until its containers have stopped: the job's partial outputs are removed next,
+        and a pod still running in its grace period could write them again after that."""
         try:
-            if not await self.cluster.delete_pod(name, uid=uid):
-                return
-            since = time.monotonic()
-            poller = self.pods.poller
-            deadline = since + self.delete_wait
-            snapshot = await poller.refresh(0)
-            while True:
-                pod = snapshot.get(name)
-                if pod is None or pod.metadata.uid != uid:
-                    if poller.taken_at > since:
-                        return
-                if time.monotonic() > deadline:
-                    log.warning(
-                        "task %s: pod %s is still terminating after %gs; removing the outputs anyway",
-                        self.name,
-                        name,
-                        self.delete_wait,
-                    )
-                    return
-                snapshot = await poller.next_snapshot()
+            if await self.cluster.delete_pod(name, uid=uid):
+                await self._await_stopped(name, uid)
         except Exception as exc:
             log.error("task %s: could not delete pod %s: %s", self.name, name, exc)
+
+    async def _await_stopped(self, name: str, uid: str) -> bool:
+        """Wait (at most ``delete_wait``) until the deleted pod's containers have stopped
+        (:func:`containers_stopped`) or the pod has left the API; False on timeout."""
+        since = time.monotonic()
+        poller = self.pods.poller
+        deadline = since + self.delete_wait
+        snapshot = await poller.refresh(0)
+        while True:
+            pod = snapshot.get(name)
+            if poller.taken_at > since and (
+                pod is None or pod.metadata.uid != uid or containers_stopped(pod)
+            ):
+                return True
+            if time.monotonic() > deadline:
+                log.warning(
+                    "task %s: pod %s is still terminating after %gs; removing the outputs anyway",
+                    self.name,
+                    name,
+                    self.delete_wait,
+                )
+                return False
+            snapshot = await poller.next_snapshot()
 
     async def _wait(self, name: str, uid: str, since: float) -> Any:
         poller = self.pods.poller
@@ -561,8 +593,10 @@ class KubeTask(Task):
                     raise JobError(f"task {self.name}: pod {name} disappeared before it finished (deleted?)")
             else:
                 phase = (pod.status.phase if pod.status else None) or "Pending"
-                if phase in _FINISHED:
+                if phase in FINISHED_PHASES:
                     return pod
+                if pod.metadata.deletion_timestamp is not None:
+                    raise JobError(f"task {self.name}: pod {name} was deleted before it finished")
                 if (
                     phase == "Pending"
                     and self.pending_timeout is not None
@@ -586,11 +620,11 @@ class KubeTask(Task):
             containers[cs.name] = {
                 "exit_code": term.exit_code,
                 "reason": term.reason,
-                "started_at": _iso(term.started_at),
-                "finished_at": _iso(term.finished_at),
+                "started_at": iso_time(term.started_at),
+                "finished_at": iso_time(term.finished_at),
             }
             if term.finished_at is not None:
-                finished.append(_iso(term.finished_at) or "")
+                finished.append(iso_time(term.finished_at) or "")
         order = [c.name for c in pod.spec.containers]
         codes = [containers.get(c, {}).get("exit_code") for c in order]
         bad = [(c, containers[c]) for c in containers if containers[c].get("exit_code") not in (0,)]
@@ -603,7 +637,7 @@ class KubeTask(Task):
             "reason": status.reason,
             "message": status.message,
             "node": pod.spec.node_name,
-            "start_time": _iso(status.start_time),
+            "start_time": iso_time(status.start_time),
             "finish_time": max(finished) if finished else None,
             "containers": containers,
         }
@@ -623,22 +657,6 @@ class KubeTask(Task):
         for cname in names:
             text = await self.cluster.pod_log(pod.metadata.name, cname, self.log_limit)
             job.log(f"--- pod {pod.metadata.name} container {cname} output ---\n{text.rstrip()}")
-
-
-def pending_reason(pod: Any) -> str:
-    """Why a pod is Pending: an Unschedulable condition, a container's waiting reason, ..."""
-    reasons: list[str] = []
-    status = pod.status
-    for cond in (status.conditions if status else None) or []:
-        if cond.status != "True" and (cond.reason or cond.message):
-            reasons.append(f"{cond.type} {cond.reason or ''}: {cond.message or ''}".strip(": "))
-    for cs in (status.container_statuses if status else None) or []:
-        waiting = cs.state.waiting if cs.state else None
-        if waiting is not None and waiting.reason:
-            reasons.append(f"container {cs.name} {waiting.reason}: {waiting.message or ''}".strip(": "))
-    if pod.spec is not None and not pod.spec.node_name and not reasons:
-        reasons.append("not scheduled to any node yet")
-    return "; ".join(reasons) or "no reason reported"
 
 
 _FUNCTION_MANIFEST = """\

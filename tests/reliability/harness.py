@@ -633,6 +633,10 @@ class KubeBackend(Backend):
             for name in await self.pods():
                 with contextlib.suppress(Exception):
                     await core.delete_namespaced_pod(name, self.conf["namespace"], grace_period_seconds=0)
+                with contextlib.suppress(Exception):  # the task's finalizer would keep it Terminating
+                    await core.patch_namespaced_pod(
+                        name, self.conf["namespace"], {"metadata": {"finalizers": None}}
+                    )
 
 
 @contextlib.asynccontextmanager

@@ -534,10 +534,13 @@ echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
     assert peak_pods <= 8 and peak_cpu <= 3.0 + 1e-9, (peak_pods, peak_cpu)
     assert peak_pods >= 3  # the quota, not something else, was the limit
     assert cluster.in_flight == []
-    # one LIST per task per poll interval, not one per pod
+    # one LIST per task per poll interval, not one per pod: every LIST is a poller's, bar a
+    # few retried after a transient error (an absolute bound on their number only held
+    # while the machine was not busy: the run lasts longer, the pollers list more often)
     for t in (stage1, stage2):
         assert t.pods.poller.lists <= elapsed / 0.3 + 20, (t.pods.poller.lists, elapsed)
-        assert cluster.calls["list_namespaced_pod"] < 150
+    pollers = stage1.pods.poller.lists + stage2.pods.poller.lists
+    assert pollers <= cluster.calls["list_namespaced_pod"] <= pollers + 10
     await _no_pods_left(kcfg, name)
     async with session:
         for repo in (stage1_out, stage2_out):

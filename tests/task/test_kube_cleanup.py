@@ -1,0 +1,457 @@
+"""KubeTask: a scheduler SIGKILLed after a pod job ended badly but before its partial
+outputs were removed. The job's pod is its claim; it must outlive its containers (held by
+the task's finalizer) until the outputs are gone, so that the next scheduler finds the
+cleanup pending, does it, and runs the key again.
+
+Runs against the real kube-apiserver and test kubelet (see test_kube.py); the scheduler is
+a script that kills itself (SIGKILL) at the named step, as in test_process_local.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pydatatask import FileRepository, MemoryMetadataRepository, Session
+from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.pipeline import Pipeline
+from pydatatask.task.kube import CLEANUP_FINALIZER, KubeTask
+from pydatatask.task.records import make_claim
+from tests.conftest import service
+
+pytestmark = pytest.mark.kube
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The pod writes a partial output and then fails (retry mode) or hangs; once its flag
+# exists (the second run), it writes the finished output and succeeds.
+DYING_SCHEDULER = """
+import asyncio, os, signal, sys
+from pydatatask import FileRepository, Session
+from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.pipeline import Pipeline
+from pydatatask.task import RetryPolicy
+from pydatatask.task.kube import KubeTask
+
+root, name, kubeconfig, namespace, mode, die = sys.argv[1:7]
+session = Session()
+
+
+@session.resource
+async def kube():
+    async with api_client(kubeconfig) as api:
+        yield api
+
+
+class DyingKubeTask(KubeTask):
+    async def cleanup_outputs(self, key, *args, **kwargs):
+        if die == "die":  # the job's pod has stopped; its partial outputs are still there
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super().cleanup_outputs(key, *args, **kwargs)
+
+    async def _await_stopped(self, name, uid):
+        if die == "die" and mode == "grace":  # the pod was told to stop; its grace period runs
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super()._await_stopped(name, uid)
+
+
+MANIFEST = '''
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+    env:
+    - {name: OUT, value: {{ out.path }}}
+'''
+SCRIPT = (
+    f'echo "$$" >> {root}/runs; if [ -e {root}/flag ]; then echo done > "$OUT"; exit 0; fi; '
+    + ("trap 'sleep 1; echo late > $OUT; exit 1' TERM; " if mode == "grace" else "")
+    + f'touch {root}/flag; echo partial > "$OUT"; touch {root}/started; '
+    + ("exit 3" if mode == "retry" else "sleep 60")
+)
+task = DyingKubeTask(
+    name,
+    MANIFEST,
+    cluster=KubeCluster(kube, namespace=namespace),
+    inputs={"src": FileRepository(root + "/src")},
+    outputs={"out": FileRepository(root + "/out")},
+    params={"script": SCRIPT},
+    poll_interval="0.2s",
+    timeout="2s" if mode in ("timeout", "grace") else None,
+    retry=RetryPolicy(max_attempts=2, backoff=0.2, jitter=0) if mode == "retry" else None,
+)
+pipeline = Pipeline([task], session, state_dir=root + "/state", poll_interval="0.2s")
+
+
+async def started():
+    while not os.path.exists(root + "/started"):
+        await asyncio.sleep(0.05)
+
+
+async def main():
+    run = asyncio.ensure_future(pipeline.run())
+    if die == "die" and mode in ("cancel", "deleted"):
+        await started()
+        if mode == "cancel":  # what Ctrl-C does to a running job
+            run.cancel()
+        else:  # someone else deletes the pod (kubectl delete pod, an eviction)
+            async with api_client(kubeconfig) as api:
+                await KubeCluster(api, namespace=namespace).delete_pod(task.pod_name("k"))
+    try:
+        summary = await run
+    except asyncio.CancelledError:
+        print("CANCELLED", flush=True)
+        return
+    print("OK" if summary.ok else "FAILED", summary.succeeded, summary.failed, flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def kcfg(services: dict[str, Any]) -> dict[str, Any]:
+    return service(services, "kube")
+
+
+@pytest.fixture
+async def name(kcfg: dict[str, Any]) -> AsyncIterator[str]:
+    """The test's task name; pods of it still held at the end are let go (and the test
+    fails through its own checks), so that nothing stays Terminating in the namespace."""
+    task = "kc" + secrets.token_hex(3)
+    yield task
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    async with api_client(kcfg["kubeconfig"]) as api:
+        core = client.CoreV1Api(api)
+        for pod in await _pods(kcfg, task):
+            with contextlib.suppress(ApiException):  # 404: gone meanwhile
+                await core.delete_namespaced_pod(pod.metadata.name, kcfg["namespace"], grace_period_seconds=0)
+                await core.patch_namespaced_pod(
+                    pod.metadata.name, kcfg["namespace"], {"metadata": {"finalizers": None}}
+                )
+
+
+async def _pods(kcfg: dict[str, Any], task: str) -> list[Any]:
+    from kubernetes_asyncio import client
+
+    async with api_client(kcfg["kubeconfig"]) as api:
+        result = await client.CoreV1Api(api).list_namespaced_pod(
+            kcfg["namespace"], label_selector=f"pydatatask.io/task={task}"
+        )
+    return list(result.items)
+
+
+async def _no_pods_left(kcfg: dict[str, Any], task: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        left = await _pods(kcfg, task)
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
+        await asyncio.sleep(0.2)
+
+
+def _scheduler(tmp_path: Path, kcfg: dict[str, Any], name: str, mode: str, die: bool) -> Any:
+    script = tmp_path / "sched.py"
+    script.write_text(DYING_SCHEDULER)
+    argv = [sys.executable, str(script), str(tmp_path), name, kcfg["kubeconfig"], kcfg["namespace"], mode]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [*argv, "die" if die else "live"], env=env, capture_output=True, text=True, timeout=90
+    )
+
+
+@pytest.mark.parametrize("mode", ["timeout", "cancel", "deleted", "retry", "grace"])
+def test_scheduler_killed_before_the_partial_outputs_are_removed(
+    kcfg: dict[str, Any], name: str, tmp_path: Path, mode: str
+) -> None:
+    """timeout: the pod timed out; cancel: the run was cancelled (Ctrl-C); deleted: the pod
+    was deleted by someone else; retry: the pod failed and the retry policy allows another
+    attempt. In each case the scheduler dies just before removing the partial output;
+    grace: it dies after a timeout while the pod still runs in its grace period (and
+    writes its output once more).
+    Before, the deleted pod left the API first: after the kill nothing said a cleanup was
+    pending, and the partial output blocked the key for good (timeout, cancel, deleted)."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "src" / "k").write_text("input")
+    first = _scheduler(tmp_path, kcfg, name, mode, die=True)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    if mode == "grace":  # the output the pod writes in its grace period, once it is done
+        deadline = time.monotonic() + 20
+        while (tmp_path / "out" / "k").read_text() != "late\n":
+            assert time.monotonic() < deadline, "the pod did not write during its grace period"
+            time.sleep(0.05)
+    else:
+        assert (tmp_path / "out" / "k").read_text() == "partial\n"
+    done = tmp_path / "state" / name / "done"
+    assert not done.exists() or not list(done.iterdir())  # no record
+    held = asyncio.run(_pods(kcfg, name))  # what the next scheduler finds
+
+    second = _scheduler(tmp_path, kcfg, name, mode, die=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "OK 1 0" in second.stdout, second.stdout + second.stderr
+    assert (tmp_path / "out" / "k").read_text() == "done\n"
+    records = list(done.iterdir())
+    assert [p.stem for p in records] == ["k"], records
+    record = yaml.safe_load(records[0].read_text())
+    assert record["success"] is True
+    runs = (tmp_path / "runs").read_text().split()
+    assert len(runs) == 2, runs  # the interrupted run and the one that finished
+    asyncio.run(_no_pods_left(kcfg, name))
+    # the key stayed claimed across the kill: its pod was held for the cleanup
+    assert [p.metadata.annotations["pydatatask.io/key"] for p in held] == ["k"]
+    assert CLEANUP_FINALIZER in (held[0].metadata.finalizers or [])
+    if mode != "retry":
+        assert held[0].metadata.deletion_timestamp is not None  # deleted, not gone
+
+
+# ---------------------------------------------------------------------------- in-process
+def _cluster(session: Session, kcfg: dict[str, Any]) -> KubeCluster:
+    @session.resource
+    async def kube() -> AsyncIterator[Any]:
+        async with api_client(kcfg["kubeconfig"]) as api:
+            yield api
+
+    return KubeCluster(kube, namespace=kcfg["namespace"])
+
+
+SH_POD = """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+"""
+SLEEP_POD = """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "sleep 30"]
+"""
+
+
+async def test_an_orphan_is_adopted_by_one_scheduler_only(kcfg: dict[str, Any], name: str) -> None:
+    """Two restarted schedulers both find the orphan of a dead one: the adoption (a claim
+    takeover guarded by the pod's resourceVersion) must be won by one, not by both (the
+    second used to compare the claim with its own first read, i.e. the winner's claim)."""
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    sessions = [Session(), Session()]
+    tasks = [
+        KubeTask(name, SLEEP_POD, cluster=_cluster(s, kcfg), inputs={"src": src}, poll_interval="0.2s")
+        for s in sessions
+    ]
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    claim = dict(make_claim("dead-scheduler", name, "k", time.time()), pid=gone.pid, pid_start=None)
+    async with sessions[0], sessions[1]:
+        try:
+            await tasks[0].cluster.create_pod(tasks[0].render("k", claim=claim))
+            for task in tasks:
+                (stale,) = (await task.live.get_many(["k"])).values()
+                assert task.claim_is_stale(stale, "me")
+                await task.recover_stale("k", stale)
+                assert task.resumable_keys() == {"k"}
+            won = [await task.claim("k", f"scheduler-{i}") for i, task in enumerate(tasks)]
+            assert won == [True, False]
+        finally:
+            for task in tasks:
+                await task.release("k")
+    await _no_pods_left(kcfg, name)
+
+
+async def test_a_pod_deleted_by_hand_fails_the_job_and_its_outputs_go(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """A running pod deleted by someone else stays held (Terminating) until its job has
+    removed the partial output and written the failure record; the job does not wait for
+    a phase that never comes."""
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out")
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    started = tmp_path / "started"
+    task = KubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={"script": f"echo partial > {tmp_path}/out/k; touch {started}; sleep 30"},
+        poll_interval="0.2s",
+    )
+    run = asyncio.ensure_future(Pipeline([task], session).run())
+    try:
+        while not started.exists():
+            assert not run.done(), run
+            await asyncio.sleep(0.05)
+        async with api_client(kcfg["kubeconfig"]) as api:
+            cluster = KubeCluster(api, namespace=kcfg["namespace"])
+            await cluster.delete_pod(task.pod_name("k"))
+        summary = await asyncio.wait_for(run, 30)
+    finally:
+        run.cancel()
+    assert summary.failed == 1, summary.as_dict()
+    record = await task.done.get("k")
+    assert "deleted" in record["error"]["message"]
+    assert not await out.contains("k")
+    await _no_pods_left(kcfg, name)
+
+
+class FlakyFiles(FileRepository):
+    """Deletes fail ``failures`` times (a backend that is down), then work."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    async def _delete(self, key: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("backend down")
+        await super()._delete(key)
+
+
+async def test_a_failed_cleanup_keeps_the_pod_held_until_a_claim_check_removes_the_outputs(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """The partial output of a timed-out pod cannot be removed (its backend is down): the
+    pod keeps holding the key, its claim marked stale, and the next claim check removes
+    the output and lets the pod go. Letting it go at once would leave the output beside a
+    failure record with nothing left to say it is debris."""
+    (tmp_path / "out").mkdir()
+    out = FlakyFiles(tmp_path / "out", failures=1)
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    task = KubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={"script": f"echo partial > {tmp_path}/out/k; sleep 30"},
+        poll_interval="0.2s",
+        timeout="1s",
+    )
+    summary = await Pipeline([task], session, claim_check_interval=0).run()
+    assert summary.failed == 1, summary.as_dict()
+    assert out.failures == 0  # the first removal did fail
+    record = await task.done.get("k")
+    assert record["error"]["type"].endswith("JobTimeoutError")
+    assert not await out.contains("k"), "the partial output stayed beside the failure record"
+    await _no_pods_left(kcfg, name)
+
+
+class WatchedKubeTask(KubeTask):
+    """Notes, at each removal of partial outputs, whether the key's pod is in the API."""
+
+    held: list[bool]
+
+    async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
+        self.held.append(await self.cluster.read_pod(self.pod_name(key)) is not None)
+        return await super().cleanup_outputs(key, *args, **kwargs)
+
+
+async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """With a retry policy, the timed-out pod holds the name through the cleanup and the
+    retry delay (and the cleanup again after it), and is let go when the next attempt
+    creates its pod. Before, it had left the API before the first cleanup."""
+    from pydatatask.task import RetryPolicy
+
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out")
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    flag = tmp_path / "flag"
+    task = WatchedKubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={
+            "script": f"[ -e {flag} ] && {{ echo done > {tmp_path}/out/k; exit 0; }}; touch {flag}; "
+            f"echo partial > {tmp_path}/out/k; sleep 30"
+        },
+        poll_interval="0.2s",
+        timeout="1.5s",
+        retry=RetryPolicy(max_attempts=2, backoff=0.5, jitter=0),
+    )
+    task.held = []
+    summary = await Pipeline([task], session).run()
+    assert summary.succeeded == 1, summary.as_dict()
+    record = await task.done.get("k")
+    assert record["attempts"] == 2
+    assert await out.read_text("k") == "done\n"
+    assert task.created == 2
+    assert task.held == [True, True]  # after the timeout, and again after the retry delay
+    await _no_pods_left(kcfg, name)
+
+
+class RacedKubeTask(KubeTask):
+    """Before its second pod is created, another scheduler takes the key (in the moment no
+    pod holds it) and its pod writes the output."""
+
+    async def _create_retrying(self, key: str, attempt: int) -> tuple[str, str]:
+        foreign = make_claim("other-scheduler", self.name, key, time.time())
+        await self.cluster.create_pod(self.render(key, attempt=attempt, claim=foreign))
+        out = self.links["o"].repository
+        deadline = time.monotonic() + 30
+        while not await out.contains(key):
+            assert time.monotonic() < deadline, "the other scheduler's pod wrote nothing"
+            await asyncio.sleep(0.05)
+        return await super()._create_retrying(key, attempt)
+
+
+async def test_a_key_taken_by_another_scheduler_between_attempts_keeps_its_outputs(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """The next attempt finds the name taken by another scheduler's pod: that job's output
+    is not this job's partial output, and must not be removed."""
+    from pydatatask.task import RetryPolicy
+
+    (tmp_path / "out").mkdir()
+    out = FileRepository(tmp_path / "out")
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    session = Session()
+    task = RacedKubeTask(
+        name,
+        SH_POD,
+        cluster=_cluster(session, kcfg),
+        inputs={"src": src},
+        outputs={"o": out},
+        params={
+            "script": f"[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 3; }}; "
+            f"echo theirs > {tmp_path}/out/k; sleep 30"
+        },
+        poll_interval="0.2s",
+        retry=RetryPolicy(max_attempts=2, backoff=0.2, jitter=0),
+    )
+    summary = await Pipeline([task], session).run()
+    assert summary.failed == 1, summary.as_dict()
+    assert "another scheduler" in (await task.done.get("k"))["error"]["message"]
+    assert await out.read_text("k") == "theirs\n"
