@@ -1,0 +1,25 @@
+"""The API reference covers every public module."""
+
+from __future__ import annotations
+
+import pkgutil
+import re
+from pathlib import Path
+
+import pydatatask
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_public_module_has_an_automodule_entry() -> None:
+    root = Path(pydatatask.__file__).parent
+    modules = []
+    for info in pkgutil.walk_packages([str(root)], "pydatatask."):
+        if any(part.startswith("_") for part in info.name.split(".")[1:]) or info.ispkg:
+            continue
+        modules.append(info.name)
+    documented = set(re.findall(r"^\.\. automodule:: (\S+)$", (DOCS / "api.rst").read_text(), re.M))
+    missing = sorted(set(modules) - documented)
+    assert not missing, f"docs/api.rst has no `.. automodule::` for {missing}"
+    stale = sorted(documented - set(modules) - {"pydatatask"})
+    assert not stale, f"docs/api.rst documents modules that do not exist: {stale}"
