@@ -18,7 +18,7 @@ from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.base import Executor, Outcome, Resources, Work
+from ..executor.base import Executor, Outcome, Resources, Slot, Work
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, visible_keys
@@ -245,16 +245,16 @@ class Task(ABC):
         """Do the work of ``job.key``; raise to fail the attempt."""
 
     def acquire_slot(self) -> Any:
-        """Reserve capacity for one more job, or return None if there is none now.
+        """Reserve capacity for one more job, or return None if there is none now: a
+        :class:`~pydatatask.executor.base.Slot` of :attr:`executor` for :attr:`resources`
+        (the executor's quotas are shared by every task using it). The slot is passed to
+        the job as ``job.slot``."""
+        return self.executor.acquire(self.resources)
 
-        The default always succeeds (the scheduler already enforces ``concurrency``).
-        Tasks with quotas (hosts with CPU/memory, cluster quotas, launch rates) override it
-        and :meth:`release_slot`; the slot is passed to the job as ``job.slot``.
-        """
-        return True
-
-    def release_slot(self, slot: Any) -> None:  # noqa: B027 - optional hook
+    def release_slot(self, slot: Any) -> None:
         """Give back what :meth:`acquire_slot` reserved."""
+        if isinstance(slot, Slot):
+            slot.executor.release(slot)
 
     async def cleanup_outputs(self, key: str, journal: WriteJournal | None = None) -> bool:
         """Delete whatever a failed or interrupted attempt left in the outputs.
