@@ -511,9 +511,7 @@ class Task(ABC):
     async def recover_stale(self, key: str, claim: Any) -> None:
         """Take over a stale claim atomically, stop what is left of its work, remove partial
         outputs, then free the key (see :func:`pydatatask.task.lifecycle.recover`)."""
-        from .lifecycle import recover
-
-        await recover(self, key, claim)
+        await _lifecycle.recover(self, key, claim)
 
     async def execute(
         self,
@@ -531,9 +529,7 @@ class Task(ABC):
         Returns the job record, or None if another scheduler holds the claim. Cancellation
         removes partial outputs and the claim, writes no record, and propagates.
         """
-        from .lifecycle import execute
-
-        return await execute(
+        return await _lifecycle.execute(
             self, key, owner=owner, hooks=hooks, claimed=claimed, on_state=on_state, slot=slot
         )
 
@@ -551,3 +547,8 @@ class Task(ABC):
             await logs.write_text(job.key, old + job.log_text)
         except Exception:
             log.exception("task %s: could not write the log of %r", self.name, job.key)
+
+
+# the lifecycle drives tasks and is driven through them: imported last, as a module, so
+# that either may be imported first
+from . import lifecycle as _lifecycle  # noqa: E402
