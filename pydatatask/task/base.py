@@ -35,6 +35,8 @@ from .retry import RetryPolicy
 
 __all__ = ("Task", "JobContext", "JobOutcome")
 
+_NO_RESOURCES = Resources()
+
 log = logging.getLogger("pydatatask.task")
 
 
@@ -442,13 +444,8 @@ class Task:
 
     @property
     def resources(self) -> Resources:
-        """What one job reserves on :attr:`executor`."""
-        return Resources()
-
-    def executor_for(self, work: Work) -> Executor:
-        """The executor that runs ``work`` (:attr:`executor`; the transition adapter for
-        tasks still on :meth:`run_job`)."""
-        return RUN_JOB_EXECUTOR if isinstance(work, RunJobWork) else self.executor
+        """What one job reserves on :attr:`executor` (default: nothing but a slot)."""
+        return _NO_RESOURCES
 
     async def prepare(self, job: JobContext) -> Work:
         """What runs for this attempt of ``job``. The default runs :meth:`run_job` (tasks

@@ -140,15 +140,12 @@ class FunctionTask(Task):
                 f"in the scheduler's event loop (InLoopExecutor), not on {executor.describe()}"
             )
         self._executor = executor
+        self._in_process = isinstance(executor, InLoopExecutor)
         self.runner = "in-process" if isinstance(executor, InLoopExecutor) else f"function:{executor.name}"
 
     @property
     def executor(self) -> Executor:
         return self._executor
-
-    @property
-    def _in_process(self) -> bool:
-        return isinstance(self._executor, InLoopExecutor)
 
     def describe(self) -> str:
         return f"function task {self.name} on {self._executor.describe()}"
