@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
-from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository, resolve
+from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .combinators import (
     AndRepository,
     BlockingRepository,
@@ -38,7 +38,6 @@ __all__ = (
     "BlobRepository",
     "BlobReader",
     "BlobWriter",
-    "resolve",
     "MemoryMetadataRepository",
     "MemoryBlobRepository",
     "FileRepository",
