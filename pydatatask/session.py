@@ -26,7 +26,7 @@ import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from .errors import SessionClosedError, SessionError
 
@@ -40,7 +40,11 @@ def _is_factory(obj: object) -> bool:
     return inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, functools.partial)
 
 
-def resolve(obj: T | Callable[[], T]) -> T:
+@overload
+def resolve(obj: ResourceAccessor[T]) -> T: ...
+@overload
+def resolve(obj: Any) -> Any: ...
+def resolve(obj: Any) -> Any:
     """The live object behind ``obj``, for backends that take "a client, or a way to get one".
 
     * a session accessor (what ``@session.resource`` returns) is called: the open resource;
@@ -54,11 +58,11 @@ def resolve(obj: T | Callable[[], T]) -> T:
     a per-job value applies, at every use, so they can be built before the session opens.
     """
     if isinstance(obj, ResourceAccessor):
-        return obj()  # type: ignore[no-any-return]
+        return obj()
     if _is_factory(obj):
-        made = obj()  # type: ignore[operator]
+        made = obj()
         return made() if isinstance(made, ResourceAccessor) else made
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 class ResourceAccessor(Generic[T]):

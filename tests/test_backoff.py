@@ -35,7 +35,7 @@ def test_settings_parse_durations_and_are_checked() -> None:
         ({"initial": "soon"}, "invalid duration 'soon'"),
     ):
         with pytest.raises(ConfigurationError, match=match):
-            Backoff(**bad)  # type: ignore[arg-type]
+            Backoff(**bad)
 
 
 def test_delays_grow_by_the_factor_up_to_the_cap_and_spread_by_the_jitter() -> None:

@@ -215,7 +215,8 @@ class DockerRepository(Repository):
     # --- lifecycle ----------------------------------------------------------------
     def _client(self) -> httpx.AsyncClient:
         if self._client_arg is not None:
-            return resolve(self._client_arg)
+            client: httpx.AsyncClient = resolve(self._client_arg)
+            return client
         if self._owned is None:
             httpx_mod = require("httpx", "docker")
             self._owned = httpx_mod.AsyncClient(timeout=self.timeout)
