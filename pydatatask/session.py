@@ -49,7 +49,7 @@ def resolve(obj: Any) -> Any:
 
     * a session accessor (what ``@session.resource`` returns) is called: the open resource;
     * a zero-argument factory written as a function, ``lambda``, bound method or
-      :func:`functools.partial` is called, and an accessor it returns is called in turn
+      ``functools.partial`` is called, and an accessor it returns is called in turn
       (``lambda: mongo()["db"]["coll"]``);
     * anything else is returned as it is, callable or not: a client object is never called
       (a pymongo collection, say, is callable only to explain that it is not a function).

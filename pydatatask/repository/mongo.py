@@ -58,7 +58,7 @@ class MongoMetadataRepository(MetadataRepository):
 
     ``collection`` is a ``pymongo.asynchronous.collection.AsyncCollection`` (that is,
     ``pymongo.AsyncMongoClient(...)[db][coll]``) or a session accessor / zero-argument
-    callable returning one; it is resolved at every call, so the repository can be built
+    function returning one (see :func:`pydatatask.session.resolve`); it is resolved at every call, so the repository can be built
     before the session opens.
 
     Network errors (server selection timeout, connection failure, network timeout,
