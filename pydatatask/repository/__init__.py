@@ -15,11 +15,8 @@ from .combinators import (
     AndRepository,
     BlockingRepository,
     FallbackRepository,
-    FilterRepository,
-    MapValuesRepository,
     OrRepository,
     ReadOnlyRepository,
-    TranslateKeysRepository,
 )
 from .filesystem import DirectoryRepository, FileRepository
 from .memory import MemoryBlobRepository, MemoryMetadataRepository
@@ -30,6 +27,7 @@ from .serialized import (
     YamlMetadataFileRepository,
     YamlMetadataRepository,
 )
+from .transform import FilterRepository, MapValuesRepository, TranslateKeysRepository
 from .view import BlobView, MetadataView, RepositoryView
 
 __all__ = (
