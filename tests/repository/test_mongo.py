@@ -195,6 +195,7 @@ async def test_unreachable_server() -> None:
         elapsed = time.perf_counter() - start
         message = str(info.value)
         assert f"127.0.0.1:{port}" in message
+        assert "failed after 3 attempt(s)" in message  # the Backoff's attempts, not more
         assert secret not in message and "pdtuser" not in message
         assert info.value.__cause__ is not None
         assert elapsed < 5, elapsed
