@@ -416,6 +416,7 @@ class DockerRepository(Repository):
             transient=lambda exc: isinstance(exc, httpx_mod.TransportError | _Busy),
             fail=fail,
             wait_at_least=lambda exc: exc.retry_after if isinstance(exc, _Busy) else None,
+            describe=lambda exc: str(exc) if isinstance(exc, _Busy) else type(exc).__name__,
         )
 
     async def _authenticate(self, resp: httpx.Response, scope: str | None) -> str | None:

@@ -8,6 +8,7 @@ the request. Counting what reaches it shows how many attempts were made, whoever
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -138,8 +139,13 @@ def test_s3_retry_must_be_a_backoff() -> None:
         S3BucketRepository(object(), "bucket", retry=3)  # type: ignore[arg-type]
 
 
-async def test_registry_retries_under_the_backoff(listener: Listener) -> None:
+async def test_registry_retries_under_the_backoff(
+    listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
     async with DockerRepository(listener.url, "a/b", retry=FAST) as repo:
-        with pytest.raises(BackendUnavailableError, match=r"keeps failing: 503 .* after 3 attempt"):
-            await repo.keys()
+        with caplog.at_level(logging.INFO, logger="pydatatask.backoff"):
+            with pytest.raises(BackendUnavailableError, match=r"keeps failing: 503 .* after 3 attempt"):
+                await repo.keys()
     assert listener.requests == 3
+    retries = [r.getMessage() for r in caplog.records if r.name == "pydatatask.backoff"]
+    assert len(retries) == 2 and all("failed (HTTP 503); retry" in m for m in retries), retries
