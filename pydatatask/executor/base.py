@@ -64,7 +64,7 @@ class Work:
     kind: ClassVar[str] = "work"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FunctionCall(Work):
     """Call ``func(**kwargs)``. ``is_async``: ``func`` is a coroutine function (only the
     event-loop executor runs those). ``reference`` names the function for executors that run
@@ -81,7 +81,7 @@ class FunctionCall(Work):
     job: tuple[str, str] = ("", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProcessWork(Work):
     """A shell command (``script=False``: run with ``/bin/sh -c``) or a whole script, with
     ``env`` added to its environment (never on a command line). The executor makes a job
@@ -100,7 +100,7 @@ class ProcessWork(Work):
     job: tuple[str, str] = ("", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodWork(Work):
     """A rendered Pod manifest; the executor names the pod and labels it for ``job``."""
 
