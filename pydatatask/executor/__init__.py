@@ -1,4 +1,7 @@
-"""Executors: where jobs of process tasks run (this machine, SSH hosts).
+"""Executors: where jobs run (see :mod:`pydatatask.executor.base` for the contract).
+
+Host executors run process jobs on this machine (:class:`LocalHost`) or over SSH
+(:class:`SSHHost`); :class:`Hosts` spreads jobs over several of them.
 
 :class:`SSHHost` is imported lazily so that ``import pydatatask.executor`` does not load
 asyncssh (which is itself imported only when a connection is used).
@@ -9,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, format_memory, parse_memory
+from .hosts import Host, Hosts, HostUnavailableError, format_memory, parse_memory
 from .local import LocalHost
 
 if TYPE_CHECKING:
@@ -17,11 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = (
     "Host",
+    "Hosts",
     "LocalHost",
     "SSHHost",
     "HostUnavailableError",
-    "ProcessSpec",
-    "RunningProcess",
     "parse_memory",
     "format_memory",
 )
