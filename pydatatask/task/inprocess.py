@@ -292,7 +292,7 @@ class ExecutorTask(_FunctionTask):
                 f"task {name!r}: executor must be a concurrent.futures.Executor or a distributed.Client, "
                 f"not {type(executor).__name__}"
             )
-        self.executor = executor
+        self.pool = executor
         super().__init__(name, func, **kwargs)
         self.runner = f"executor:{type(executor).__name__}"
 
@@ -315,5 +315,5 @@ class ExecutorTask(_FunctionTask):
             self._dask.close()
 
     async def run_job(self, job: JobContext) -> JobOutcome | None:
-        await _run_with_values(self, job, self.executor, dask=self._dask)
+        await _run_with_values(self, job, self.pool, dask=self._dask)
         return None
