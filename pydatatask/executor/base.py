@@ -95,7 +95,9 @@ class ProcessWork(Work):
     ``job_dir``: the job directory to make (a task that renders its path into the command
     asks the host for one first); None: the executor picks one. ``stdout``/``stderr``: local
     files the output is appended to (``stderr`` None: into ``stdout``; both None: the
-    executor keeps it, for :meth:`JobHandle.logs`)."""
+    executor keeps it, for :meth:`JobHandle.logs`). ``scratch``: local paths the command
+    writes besides its job directory (temporary siblings of outputs written in place),
+    removed by :meth:`JobHandle.close` and by recovery once they are not renamed away."""
 
     kind: ClassVar[str] = "process"
 
@@ -108,6 +110,7 @@ class ProcessWork(Work):
     job_dir: str | None = None
     stdout: Path | None = None
     stderr: Path | None = None
+    scratch: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,12 @@ class Executor(ABC):
         """Give back what :meth:`acquire` reserved."""
 
     # ---------------------------------------------------------------- jobs
+    def planned_info(self, work: Work, slot: Slot) -> dict[str, Any]:
+        """What :meth:`recover` needs should the scheduler die while :meth:`start` is still
+        running (a job directory being made and filled), noted in the job's claim before
+        the start; ``{}`` (the default) when a start leaves nothing behind."""
+        return {}
+
     @abstractmethod
     async def start(self, work: Work, slot: Slot) -> JobHandle:
         """Start ``work`` in ``slot``; raise :class:`~pydatatask.errors.ConfigurationError` for a

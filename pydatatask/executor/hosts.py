@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -52,6 +53,7 @@ __all__ = (
     "HostFile",
     "HostUnavailableError",
     "host_for",
+    "unreserved_slot",
     "parse_memory",
     "format_memory",
     "wrapper_script",
@@ -296,8 +298,9 @@ class _HostJob(JobHandle):
             raise JobError(f"host {self.host.name}: the process group of {self.job_dir} did not stop")
 
     async def logs(self) -> bytes:
-        out, err = self._logs
-        return _tail(out) + _tail(err)
+        """The end of the output the host kept itself (``b""`` when the work named its own
+        ``stdout``/``stderr`` files: the caller has it all there)."""
+        return b"".join(_tail(path) for path in self._own_logs)
 
     async def close(self) -> None:
         if self._closed:
@@ -306,6 +309,7 @@ class _HostJob(JobHandle):
         for path in self._own_logs:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        await _remove_scratch(self.info.get("scratch"))
         try:
             await self.host._rmtree(self.job_dir)
         except Exception as exc:  # the host may be unreachable: reaped on reconnection
@@ -449,13 +453,26 @@ class Host(Executor):
             for path in own_logs:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+            await asyncio.shield(_remove_scratch([str(p) for p in work.scratch]))
             if made:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._rmtree(job_dir))
             raise
-        info: dict[str, Any] = {"host": self.name, "dir": job_dir, "pid": proc.pid}
+        info = {"host": self.name} | self.planned_info(work, slot) | {"dir": job_dir, "pid": proc.pid}
         info.update(await self._identify(proc))
         return _HostJob(self, info, proc, work, (stdout, stderr), own_logs)
+
+    def planned_info(self, work: Work, slot: Slot) -> dict[str, Any]:
+        """The host, the job directory (:attr:`ProcessWork.job_dir
+        <pydatatask.executor.base.ProcessWork>`, which a task asks for first) and the local
+        scratch paths: what :meth:`recover` removes should the scheduler die while
+        :meth:`start` makes and fills the directory."""
+        if not isinstance(work, ProcessWork) or work.job_dir is None:
+            return {}
+        info: dict[str, Any] = {"host": self.name, "dir": work.job_dir}
+        if work.scratch:
+            info["scratch"] = [str(p) for p in work.scratch]
+        return info
 
     async def recover(self, info: Mapping[str, Any]) -> JobHandle | None:
         """A handle on the process group of an interrupted job, to cancel, or None when
@@ -485,6 +502,7 @@ class Host(Executor):
                     exit_text.strip(),
                 )
             await self._rmtree(job_dir)
+            await _remove_scratch(info.get("scratch"))
         except HostUnavailableError as exc:
             raise BackendUnavailableError(
                 f"host {self.name}: cannot check an interrupted job ({exc})"
@@ -554,6 +572,22 @@ class Host(Executor):
     @abstractmethod
     def _read_file(self, path: str) -> AsyncIterator[bytes]:
         """Stream a file's content (FileNotFoundError if absent)."""
+
+
+def _remove_paths(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+
+
+async def _remove_scratch(paths: Any) -> None:
+    """Remove the local scratch paths of a job (those still there: a committed output was
+    renamed away)."""
+    if isinstance(paths, list) and paths:
+        await asyncio.to_thread(_remove_paths, [p for p in paths if isinstance(p, str)])
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
@@ -646,6 +680,11 @@ class Hosts(Executor):
         assert isinstance(new, Host)
         return new
 
+    def planned_info(self, work: Work, slot: Slot) -> dict[str, Any]:
+        if not isinstance(slot, _MemberSlot):
+            return {}
+        return slot.inner.executor.planned_info(work, slot.inner)
+
     async def start(self, work: Work, slot: Slot) -> JobHandle:
         """Start on the host the slot names (:meth:`member` moves a slot off a host that
         went down; a task that renders host paths into the work calls it first)."""
@@ -680,3 +719,13 @@ def host_for(slot: Slot) -> Host:
             raise HostUnavailableError(f"host {executor.name} is down ({executor.down_reason})")
         return executor
     raise ConfigurationError(f"{executor!r} is not a host executor")
+
+
+def unreserved_slot(executor: Host | Hosts, resources: Resources) -> Slot:
+    """A slot on the emptiest host of ``executor`` that reserves nothing, for a job run
+    outside a scheduler (``task.execute(key)`` in a test or a script): its quota is not
+    consulted and nothing needs to be released."""
+    if isinstance(executor, Hosts):
+        host = max(executor.hosts, key=lambda h: (h.is_up(), h.free_share(), -h.running))
+        return _MemberSlot(executor, resources, host.name, Slot(host, resources, host.name))
+    return Slot(executor, resources, executor.name)

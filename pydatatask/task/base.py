@@ -445,6 +445,12 @@ class Task(ABC):
         """What one job reserves on :attr:`executor`."""
         return Resources()
 
+    @property
+    def cancel_grace(self) -> float:
+        """Seconds a stopped job (timeout, cancellation, recovery) gets between TERM and
+        KILL."""
+        return 10.0
+
     def executor_for(self, work: Work) -> Executor:
         """The executor that runs ``work`` (:attr:`executor`; the transition adapter for
         tasks still on :meth:`run_job`)."""

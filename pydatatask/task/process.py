@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,8 +35,8 @@ from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.base import Executor, JobHandle, Outcome, ProcessWork, Resources, Slot
-from ..executor.hosts import Host, HostFile, Hosts, host_for, parse_memory
+from ..executor.base import Executor, Outcome, ProcessWork, Resources, Slot
+from ..executor.hosts import Host, HostFile, Hosts, host_for, parse_memory, unreserved_slot
 from ..executor.local import LocalHost
 from ..repository.base import BlobRepository, MetadataRepository, Repository, resolve
 from ..repository.filesystem import DirectoryRepository, FileRepository
@@ -78,7 +77,7 @@ class _Staged:
     host: Host
     #: local outputs written in place: committed by :meth:`ProcessTask.finish`
     commits: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    #: their temporary paths, removed unless committed
+    #: their temporary paths (the work's scratch: the host removes what is not committed)
     local_temps: list[Path] = field(default_factory=list)
     files: _JobFiles = field(default_factory=_JobFiles)
 
@@ -100,15 +99,6 @@ def _tail(path: Path | None) -> str:
         return ""
     text = data.decode("utf-8", "replace")
     return ("..." if size > TAIL else "") + text
-
-
-def _remove_paths(paths: list[Path]) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink()
 
 
 def _in_place(repo: Repository) -> bool:
@@ -193,7 +183,7 @@ class ProcessTask(Task):
             raise ConfigurationError(
                 f"task {name!r}: executor= must be a LocalHost, an SSHHost or Hosts([...]), not {executor!r}"
             )
-        self.executor: Host | Hosts = executor
+        self._executor: Host | Hosts = executor
         self.params = dict(params or {})
         self.env = dict(env or {})
         for var in self.env:
@@ -201,17 +191,30 @@ class ProcessTask(Task):
                 raise ConfigurationError(f"task {name!r}: {var!r} is not a valid environment variable name")
         if not cpu > 0:
             raise ConfigurationError(f"task {name!r}: cpu must be positive")
-        self.resources = Resources(cpu=float(cpu), memory=parse_memory(memory))
+        self._resources = Resources(cpu=float(cpu), memory=parse_memory(memory))
         self.kill_grace = parse_duration(kill_grace)
         for link_name, repo in (("stdout", stdout), ("stderr", stderr)):
             if repo is not None:
                 if not isinstance(repo, BlobRepository):
                     raise ConfigurationError(f"task {name!r}: {link_name}= needs a BlobRepository")
                 self.link(link_name, repo, LinkKind.OTHER)
-        # what prepare() staged for each running job, until finish() and the cleanup
+        # what prepare() staged for each attempt (key, attempt), until its log is written
         self._staged: dict[tuple[str, int], _Staged] = {}
-        # the local output files of each job, until its log is written
-        self._files: dict[int, _JobFiles] = {}
+
+    @property
+    def executor(self) -> Host | Hosts:
+        """Where the jobs run (a host, or :class:`~pydatatask.executor.Hosts`)."""
+        return self._executor
+
+    @property
+    def resources(self) -> Resources:
+        """What one job reserves on its host."""
+        return self._resources
+
+    @property
+    def cancel_grace(self) -> float:
+        """``kill_grace``: time between SIGTERM and SIGKILL when a job is stopped."""
+        return self.kill_grace
 
     @property
     def hosts(self) -> list[Host]:
@@ -247,93 +250,23 @@ class ProcessTask(Task):
         if isinstance(slot, Slot):
             slot.executor.release(slot)
 
-    async def _slot_for(self, job: JobContext) -> tuple[Slot, bool]:
-        if isinstance(job.slot, Slot):
-            return job.slot, False
-        # run outside the scheduler: reserve here
-        while (new := self.acquire_slot()) is None:  # noqa: ASYNC110 - capacity frees without an event
-            await asyncio.sleep(0.05)
-        return new, True
-
     # ---------------------------------------------------------------- the job
     async def run_job(self, job: JobContext) -> JobOutcome | None:
-        slot, own_slot = await self._slot_for(job)
-        handle: JobHandle | None = None
-        staged: _Staged | None = None
-        try:
-            work = await self.prepare(job.key, job.attempt, slot)
-            staged = self._staged[(job.key, job.attempt)]
-            self._files[id(job)] = staged.files
-            host = staged.host
-            # the claim names the job directory before it exists: a scheduler killed while
-            # making or filling it leaves nothing the next one does not know to remove
-            await self._note_run(job, {"host": host.name, "dir": work.job_dir}, staged)
-            handle = await self.executor.start(work, slot)
-            try:
-                await self._note_run(job, handle.info, staged)
-            except BaseException:
-                await self._stop(handle)
-                raise
-            job.log(f"started on {host.name} (pid {handle.info.get('pid')}) in {work.job_dir}")
-            try:
-                await handle.started()
-                outcome = await handle.wait()
-            except BaseException:
-                # timeout or cancellation: stop the whole group
-                await self._stop(handle)
-                raise
-            result = await self.finish(job.key, outcome, attempt=job.attempt)
-            job.log(f"exited 0 on {host.name} after {outcome.extra.get('process_seconds', 0):.3f}s")
-            return result
-        except asyncio.CancelledError:
-            files = self._files.pop(id(job), None)
-            if files is not None:
-                files.remove()
-            raise
-        finally:
-            await asyncio.shield(self._cleanup(handle, staged))
-            self._staged.pop((job.key, job.attempt), None)
-            if own_slot:
-                self.release_slot(slot)
+        """Not used: the lifecycle runs :meth:`prepare`'s work on :attr:`executor` and then
+        :meth:`finish`."""
+        raise ConfigurationError(f"task {self.name}: a process task runs through prepare() and finish()")
 
-    async def _stop(self, handle: JobHandle) -> None:
-        """Kill the job's process group (shielded: a second cancellation does not stop it)."""
-        kill = asyncio.ensure_future(handle.cancel(self.kill_grace))
-        try:
-            await asyncio.shield(kill)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the host may be unreachable: nothing more to do here
-            log.warning("task %s: could not stop a job process: %s: %s", self.name, type(exc).__name__, exc)
-
-    async def _cleanup(self, handle: JobHandle | None, staged: _Staged | None) -> None:
-        if staged is not None and staged.local_temps:
-            await asyncio.to_thread(_remove_paths, staged.local_temps)
-        if handle is not None:
-            await handle.close()
-
-    async def _note_run(self, job: JobContext, info: Mapping[str, Any], staged: _Staged) -> None:
-        """Record where the job runs in its claim (``run``: the executor's handle info, for
-        :meth:`~pydatatask.executor.base.Executor.recover`; ``temp_paths``: local outputs
-        being written), so a restarted scheduler can find it. The claim is changed with
-        the same conditional replace as heartbeats, so a claim taken over by another
-        scheduler is never overwritten."""
-        fields = {
-            "run": dict(info),
-            "temp_paths": [str(p) for p in staged.local_temps],
-            "attempt": job.attempt,
-        }
-        if await self.update_claim(job.key, **fields) is False:
-            raise JobError(f"task {self.name}: the claim on {job.key!r} was taken over by another scheduler")
-
-    async def prepare(self, key: str, attempt: int, slot: Slot) -> ProcessWork:
+    async def prepare(self, job: JobContext) -> ProcessWork:
         """The work of one attempt: the rendered command, its environment, the files the
-        host copies in and brings back. ``slot`` (from :meth:`acquire_slot`) names the host;
-        one that went down is swapped for another with room first."""
-        host = host_for(slot)
+        host copies in and brings back. ``job.slot`` (from :meth:`acquire_slot`) names the
+        host; one that went down is swapped for another with room first."""
+        key, attempt = job.key, job.attempt
+        if not isinstance(job.slot, Slot):
+            job.slot = unreserved_slot(self.executor, self.resources)  # run outside a scheduler
+        host = host_for(job.slot)
         job_dir = host.job_dir_path((self.name, key))
-        staged = _Staged(host=host, files=self._new_files())
-        self._staged[(key, attempt)] = staged
+        self._forget(key)  # what a cancelled earlier attempt left
+        staged = self._staged[(key, attempt)] = _Staged(host=host, files=self._new_files())
         context = job_context(self, key, self.params)
         context["attempt"] = attempt
         context["job_dir"] = job_dir
@@ -374,13 +307,14 @@ class ProcessTask(Task):
             job_dir=job_dir,
             stdout=files.combined or files.stdout,
             stderr=files.stderr,
+            scratch=tuple(staged.local_temps),
         )
 
-    async def finish(self, key: str, outcome: Outcome, *, attempt: int = 1) -> JobOutcome:
+    async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome:
         """Commit the outputs written in place after an exit status of 0 (the host has
         brought back the others); raise :class:`~pydatatask.errors.JobError` for a failed
         command (with the end of its output) or a missing output."""
-        staged = self._staged.get((key, attempt))
+        staged = self._staged.get((job.key, job.attempt))
         place = outcome.place or (staged.host.name if staged is not None else "")
         if outcome.error is not None:
             raise outcome.error
@@ -388,7 +322,7 @@ class ProcessTask(Task):
             files = staged.files if staged is not None else _JobFiles()
             tail = _tail(files.stderr or files.combined or files.stdout)
             exc = JobError(
-                f"task {self.name}: job {key!r} on {place}: the command exited with status {outcome.exit_code}"
+                f"task {self.name}: job {job.key!r} on {place}: the command exited with status {outcome.exit_code}"
                 + (f"; last output:\n{tail}" if tail else "")
             )
             exc.outcome = JobOutcome(exit_code=outcome.exit_code, host=place, extra=outcome.extra)  # type: ignore[attr-defined]
@@ -396,7 +330,19 @@ class ProcessTask(Task):
         if staged is not None:
             for commit in staged.commits:
                 await commit()
+        job.log(f"exited 0 on {place} after {outcome.extra.get('process_seconds', 0):.3f}s")
         return JobOutcome(exit_code=0, host=place, extra=dict(outcome.extra))
+
+    def _forget(self, key: str) -> None:
+        """Drop what earlier attempts of ``key`` left here (a cancelled attempt has no
+        :meth:`finish` and no log) and remove their local output files."""
+        for k in [k for k in self._staged if k[0] == key]:
+            self._staged.pop(k).files.remove()
+
+    def close(self) -> None:
+        for staged in self._staged.values():
+            staged.files.remove()
+        self._staged.clear()
 
     def _new_files(self) -> _JobFiles:
         def make(tag: str) -> Path:
@@ -528,7 +474,8 @@ class ProcessTask(Task):
 
     # ---------------------------------------------------------------- logs
     async def _write_log(self, job: JobContext) -> None:
-        files = self._files.pop(id(job), None)
+        staged = self._staged.pop((job.key, job.attempt), None)
+        files = staged.files if staged is not None else None
         try:
             if files is not None:
                 for name, path in (("stdout", files.stdout), ("stderr", files.stderr)):
@@ -572,45 +519,6 @@ class ProcessTask(Task):
                     f.close()
             if trailer:
                 await writer.write(trailer.encode())
-
-        # ---------------------------------------------------------------- restart
-
-    async def recover_stale(self, key: str, claim: Any) -> None:
-        """Stop what is left of an interrupted job, then clean up and free the key.
-
-        The executor finds the job again from the ``run`` the claim recorded
-        (:meth:`~pydatatask.executor.base.Executor.recover`): if its process group still
-        runs, it is killed (SIGTERM, SIGKILL after ``kill_grace``) and the job runs again
-        from scratch; if it finished, it runs again too (its outputs were never committed).
-        If the host cannot be reached, the claim stays until a later check succeeds, so
-        the job never runs twice at once.
-        """
-        run = claim.get("run") if isinstance(claim, dict) else None
-        if isinstance(run, dict):
-            try:
-                handle = await self.executor.recover(run)
-                if handle is not None:
-                    log.warning(
-                        "task %s: killing the orphaned process group of %r on %s",
-                        self.name,
-                        key,
-                        run.get("host"),
-                    )
-                    await handle.cancel(self.kill_grace)
-                    await handle.close()
-            except Exception as exc:
-                log.warning(
-                    "task %s: could not check the interrupted job %r on %s (%s: %s); will try again",
-                    self.name,
-                    key,
-                    run.get("host"),
-                    type(exc).__name__,
-                    exc,
-                )
-                return
-            temps = claim.get("temp_paths") or []
-            await asyncio.to_thread(_remove_paths, [Path(p) for p in temps if isinstance(p, str)])
-        await super().recover_stale(key, claim)
 
 
 async def _read_all(found: HostFile) -> bytes:
