@@ -531,3 +531,68 @@ def test_scheduler_killed_after_making_a_job_directory_leaves_nothing(tmp_path: 
     assert (tmp_path / "out" / "a").read_text() == "ok\n"
     assert list((tmp_path / "jobs").iterdir()) == []
     assert list((tmp_path / "state" / "mk" / "live").glob("*.yaml")) == []
+
+
+def _stat_start(pid: int) -> int:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+@pytest.mark.parametrize("where", ["another boot", "another PID namespace"])
+async def test_recovery_does_not_kill_a_pid_recorded_elsewhere(tmp_path: Path, where: str) -> None:
+    """A claim left by a scheduler on another boot, or in another container, names a pid
+    that means nothing here: recovery must not kill the process that has it now (here a
+    bystander started with the very pid and start time the job directory records), it
+    removes the job directory and runs the job again. (Recovery used to kill by the pid
+    and start time alone.)"""
+    src = FileRepository(tmp_path / "src")
+    await src.write_text("k", "x")
+    host = LocalHost("here", workdir=tmp_path / "jobs")
+    task = ProcessTask(
+        "t",
+        "echo ran > {{ o.path }}",
+        executor=host,
+        inputs={"i": src},
+        outputs={"o": FileRepository(tmp_path / "out")},
+    )
+    pipeline = Pipeline([task], state_dir=tmp_path / "state", claim_check_interval="0.1s")
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)  # noqa: ASYNC220 - killed below
+    try:
+        start = _stat_start(bystander.pid)
+        job_dir = tmp_path / "jobs" / "t.k.0123456789ab"
+        (job_dir / "ctl").mkdir(parents=True)
+        (job_dir / "work").mkdir()
+        (job_dir / "ctl" / "pid").write_text(f"{bystander.pid} {start}\n")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # noqa: ASYNC240 - procfs
+        ns = os.readlink("/proc/self/ns/pid")
+        if where == "another boot":
+            boot = "00000000-0000-0000-0000-000000000000"
+        else:
+            ns = "pid:[1]"
+        run = {"host": "here", "dir": str(job_dir), "pid": bystander.pid, "pid_start": start}
+        claim = {
+            "owner": "elsewhere",
+            "task": "t",
+            "key": "k",
+            "host": "elsewhere",
+            "pid": bystander.pid,
+            "pid_start": start,
+            "boot_id": boot,
+            "pid_namespace": ns,
+            "started": 0.0,
+            "heartbeat": 0.0,
+            "lease": 1.0,
+            "run": {**run, "boot_id": boot, "pid_namespace": ns},
+            # the same, as the claims of the version before the executor layer named it
+            "job": {**run, "pid_file": f"{job_dir}/ctl/pid", "exit_file": f"{job_dir}/ctl/exit"},
+        }
+        await task.live.put("k", claim)
+        summary = await pipeline.run()
+        assert bystander.poll() is None, "recovery killed a process it cannot know"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert summary.succeeded == 1
+    assert (tmp_path / "out" / "k").read_text() == "ran\n"
+    assert list((tmp_path / "jobs").iterdir()) == []
+    assert not await task.live.contains("k")
