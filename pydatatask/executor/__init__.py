@@ -1,7 +1,7 @@
-"""Executors: where jobs run (see :mod:`pydatatask.executor.base` for the contract).
-
-Host executors run process jobs on this machine (:class:`LocalHost`) or over SSH
-(:class:`SSHHost`); :class:`Hosts` spreads jobs over several of them.
+"""Executors: where jobs run. The contract is :mod:`pydatatask.executor.base`; function
+calls run in the event loop (:class:`InLoopExecutor`) or a pool (:class:`PoolExecutor`:
+threads, processes, Dask); processes on this machine (:class:`LocalHost`) or SSH hosts
+(:class:`SSHHost`), and :class:`Hosts` spreads them over several hosts.
 
 :class:`SSHHost` is imported lazily so that ``import pydatatask.executor`` does not load
 asyncssh (which is itself imported only when a connection is used).
@@ -12,13 +12,39 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .base import (
+    Capacity,
+    Executor,
+    FunctionCall,
+    JobHandle,
+    Outcome,
+    PodWork,
+    ProcessWork,
+    Resources,
+    Slot,
+    Work,
+)
 from .hosts import Host, Hosts, HostUnavailableError, format_memory, parse_memory
+from .inloop import InLoopExecutor
 from .local import LocalHost
+from .pool import PoolExecutor
 
 if TYPE_CHECKING:
     from .ssh import SSHHost
 
 __all__ = (
+    "Executor",
+    "Resources",
+    "Slot",
+    "Work",
+    "FunctionCall",
+    "ProcessWork",
+    "PodWork",
+    "Outcome",
+    "JobHandle",
+    "Capacity",
+    "InLoopExecutor",
+    "PoolExecutor",
     "Host",
     "Hosts",
     "LocalHost",

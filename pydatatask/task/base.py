@@ -422,14 +422,6 @@ class Task(ABC):
         keys.discard(key)
         return sorted(keys)
 
-    @property
-    def times_itself(self) -> bool:
-        """Whether the work applies ``timeout`` itself, counting from when it starts (e.g. a
-        function call waiting for a free worker of a pool first). Otherwise the lifecycle
-        applies it from :meth:`~pydatatask.executor.base.JobHandle.started` to the end of
-        the work."""
-        return False
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the task keeps between jobs (e.g. a thread pool); called when the
         pipeline closes. The task stays usable: what it needs is made again."""

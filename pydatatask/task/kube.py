@@ -57,7 +57,7 @@ from ..executor.kube import (
 )
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from .base import JobContext, JobOutcome, Task
-from .inprocess import InProcessTask
+from .function import FunctionTask as InProcessTask
 from .kube_pods import (
     CLAIM_ANNOTATION,
     CLEANUP_FINALIZER,
@@ -731,5 +731,5 @@ class KubeFunctionTask(KubeTask):
 
     async def run_job(self, job: JobContext) -> JobOutcome | None:
         if self.in_pod:
-            return await self._inner.run_job(job)
+            return await self._inner.run_here(job)
         return await super().run_job(job)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobError, JobTimeoutError
-from ..executor.base import JobHandle
+from ..executor.base import Executor, JobHandle, Resources, Slot
 from ..repository.journal import WriteJournal, journaling
 from .base import JobContext, JobOutcome
 from .claims import Claim, new_owner
@@ -41,7 +41,7 @@ from .records import HOSTNAME, JobState, error_info, make_record
 if TYPE_CHECKING:
     from .base import Task
 
-__all__ = ("execute", "recover", "StateCallback", "CANCEL_GRACE")
+__all__ = ("execute", "recover", "run_attempt", "StateCallback", "CANCEL_GRACE")
 
 log = logging.getLogger("pydatatask.task")
 
@@ -175,42 +175,73 @@ async def execute(
 
 
 async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutcome | None:
-    """One attempt: prepare, start, wait (within the time limit), finish."""
+    """One attempt: prepare, start, wait and finish (within the time limit, which counts
+    from the handle's start)."""
     work = await task.prepare(job)
     executor = task.executor_for(work)
-    planned = executor.planned_info(work, job.slot)
-    if planned and claim is not None:
-        # a scheduler killed while the work is being set up leaves what recovery removes
-        if not await task.claims.update(claim, run=planned):
-            raise JobError(f"task {task.name}: the claim on {job.key!r} was taken over by another scheduler")
-    handle = await executor.start(work, job.slot)
+    given = job.slot if isinstance(job.slot, Slot) and job.slot.executor is executor else None
+    slot = given or await _acquire(executor, task.resources)
     try:
-        if handle.info and claim is not None:
-            # before anything else: a scheduler killed from now on leaves what recovery needs
-            if not await task.claims.update(claim, run=handle.info):
+        planned = executor.planned_info(work, slot)
+        if planned and claim is not None:
+            # a scheduler killed while the work is being set up leaves what recovery removes
+            if not await task.claims.update(claim, run=planned):
                 raise JobError(
                     f"task {task.name}: the claim on {job.key!r} was taken over by another scheduler"
                 )
-        limit = None if task.times_itself else task.timeout
-        if limit is None:
-            outcome = await handle.wait()
-        else:
+        handle = await executor.start(work, slot)
+        try:
+            if handle.info and claim is not None:
+                # before anything else: a scheduler killed from now on leaves what recovery needs
+                if not await task.claims.update(claim, run=handle.info):
+                    raise JobError(
+                        f"task {task.name}: the claim on {job.key!r} was taken over by another scheduler"
+                    )
+            limit = task.timeout
+            if limit is None:
+                outcome = await handle.wait()
+                await _keep_logs(job, handle)
+                return await task.finish(job, outcome)
             await handle.started()
             try:
                 async with asyncio.timeout(limit):
                     outcome = await handle.wait()
+                    await _keep_logs(job, handle)
+                    return await task.finish(job, outcome)
             except TimeoutError as exc:
+                message = f"task {task.name}: job {job.key!r} timed out after {limit:g}s"
+                if not handle.interruptible:
+                    message += (
+                        f"; the call cannot be interrupted and may still be running in "
+                        f"{executor.describe()}: whatever it returns is discarded"
+                    )
+                    log.warning("%s", message)
                 await handle.cancel(task.cancel_grace)
-                raise JobTimeoutError(
-                    f"task {task.name}: job {job.key!r} timed out after {limit:g}s"
-                ) from exc
-        await _keep_logs(job, handle)
-        return await task.finish(job, outcome)
-    except BaseException:
-        await asyncio.shield(_stop(handle, task.cancel_grace))
-        raise
+                raise JobTimeoutError(message) from exc
+        except BaseException:
+            await asyncio.shield(_stop(handle, task.cancel_grace))
+            raise
+        finally:
+            await handle.close()
     finally:
-        await handle.close()
+        if given is None:
+            executor.release(slot)
+
+
+async def run_attempt(task: Task, job: JobContext) -> JobOutcome | None:
+    """One attempt of ``job`` on the task's executor, without claim, retries or record (a
+    process that runs one job on behalf of another scheduler, e.g. inside a pod)."""
+    return await _attempt(task, job, None)
+
+
+async def _acquire(executor: Executor, resources: Resources) -> Slot:
+    """A slot of ``executor`` for a job run without the scheduler's (``Pipeline.launch``):
+    waits for room."""
+    delay = 0.005
+    while (slot := executor.acquire(resources)) is None:  # noqa: ASYNC110 - capacity frees without an event
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return slot
 
 
 async def _stop(handle: JobHandle, grace: float) -> None:

@@ -16,7 +16,7 @@ import pytest
 from pydatatask.repository.base import MetadataRepository
 from pydatatask.repository.memory import MemoryMetadataRepository
 from pydatatask.repository.serialized import YamlMetadataFileRepository
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 from pydatatask.task.claims import Claims
 from pydatatask.task.lifecycle import recover
 from pydatatask.task.records import make_claim
@@ -168,7 +168,7 @@ async def _noop(key: str, out: Any) -> None:
 
 async def test_recovery_of_an_orphan_removes_its_outputs_and_frees_the_key(live: MetadataRepository) -> None:
     out = MemoryMetadataRepository()
-    task = InProcessTask(
+    task = FunctionTask(
         "t", _noop, inputs={"src": MemoryMetadataRepository()}, outputs={"out": out}, live=live
     )
     await out.put("k", "partial")
@@ -184,7 +184,7 @@ async def test_recovery_of_an_orphan_removes_its_outputs_and_frees_the_key(live:
 
 async def test_recovery_keeps_the_outputs_of_a_recorded_job(live: MetadataRepository) -> None:
     out = MemoryMetadataRepository()
-    task = InProcessTask(
+    task = FunctionTask(
         "t", _noop, inputs={"src": MemoryMetadataRepository()}, outputs={"out": out}, live=live
     )
     await out.put("k", "complete")
@@ -205,7 +205,7 @@ async def test_recovery_by_20_schedulers_cleans_up_once(live: MetadataRepository
 
     out = Counting()
     tasks = [
-        InProcessTask("t", _noop, inputs={"src": MemoryMetadataRepository()}, outputs={"out": out}, live=live)
+        FunctionTask("t", _noop, inputs={"src": MemoryMetadataRepository()}, outputs={"out": out}, live=live)
         for _ in range(20)
     ]
     orphan = make_claim("dead", "t", "k", time.time() - 600)
