@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 from ..durations import parse_duration
 from ..errors import BackendUnavailableError, ConfigurationError, JobError
 from ..quantities import format_memory, parse_memory
-from .base import Executor, JobHandle, Outcome, ProcessWork, Resources, Slot, Work
+from .base import Capacity, Executor, JobHandle, Outcome, ProcessWork, Resources, Slot, Work
 from .quota import LaunchRate
 
 __all__ = (
@@ -345,9 +345,7 @@ class Host(Executor):
         if self.memory <= 0:
             raise ConfigurationError(f"host {name!r}: memory capacity must be positive")
         self.launch_rate = LaunchRate(launch_rate, f"host {name!r}")
-        self.used_cpus = 0.0
-        self.used_memory = 0
-        self.running = 0
+        self.capacity = Capacity(name, cpu=self.cpus, memory=self.memory)
         self._down_until = 0.0
         self.down_reason: str | None = None
 
@@ -358,18 +356,28 @@ class Host(Executor):
         return f"<{type(self).__name__} {self.name} cpus={self.cpus:g} memory={format_memory(self.memory)}>"
 
     # ------------------------------------------------------------ capacity
-    def fits_at_all(self, resources: Resources) -> bool:
-        return resources.cpu <= self.cpus and resources.memory <= self.memory
+    @property
+    def used_cpus(self) -> float:
+        """CPUs the running jobs reserve."""
+        return self.capacity.cpu_used
 
-    def can_take(self, resources: Resources, now: float | None = None) -> bool:
-        """Whether a job of this size fits now (capacity, launch rate, host up)."""
+    @property
+    def used_memory(self) -> int:
+        """Memory (bytes) the running jobs reserve."""
+        return self.capacity.memory_used
+
+    @property
+    def running(self) -> int:
+        """Jobs holding a slot here."""
+        return self.capacity.jobs
+
+    def fits_at_all(self, resources: Resources) -> bool:
+        return self.capacity.fits_at_all(resources)
+
+    def may_launch(self, now: float | None = None) -> bool:
+        """Whether the host is up and its launch rate allows a launch now."""
         now = time.monotonic() if now is None else now
-        return (
-            self.is_up(now)
-            and self.launch_rate.ready(now)
-            and self.used_cpus + resources.cpu <= self.cpus + 1e-9
-            and self.used_memory + resources.memory <= self.memory
-        )
+        return self.is_up(now) and self.launch_rate.ready(now)
 
     def free_share(self) -> float:
         """Free fraction of the capacity (CPU and memory averaged); higher is emptier."""
@@ -377,18 +385,15 @@ class Host(Executor):
 
     def acquire(self, resources: Resources) -> Slot | None:
         now = time.monotonic()
-        if not self.can_take(resources, now):
+        if not self.may_launch(now):
             return None
-        self.used_cpus += resources.cpu
-        self.used_memory += resources.memory
-        self.running += 1
-        self.launch_rate.take(now)
-        return Slot(self, resources, self.name)
+        slot = self.capacity.acquire(self, resources, self.name)
+        if slot is not None:
+            self.launch_rate.take(now)
+        return slot
 
     def release(self, slot: Slot) -> None:
-        self.used_cpus = max(0.0, self.used_cpus - slot.resources.cpu)
-        self.used_memory = max(0, self.used_memory - slot.resources.memory)
-        self.running = max(0, self.running - 1)
+        self.capacity.release(slot)
 
     # ------------------------------------------------------------ health
     def is_up(self, now: float | None = None) -> bool:
@@ -643,11 +648,13 @@ class Hosts(Executor):
 
     def _pick(self, resources: Resources, exclude: Host | None = None) -> Slot | None:
         now = time.monotonic()
-        candidates = [h for h in self.hosts if h is not exclude and h.can_take(resources, now)]
-        if not candidates:
-            return None
-        host = max(candidates, key=lambda h: (h.free_share(), -h.running))
-        return host.acquire(resources)
+        candidates = [h for h in self.hosts if h is not exclude and h.may_launch(now)]
+        # the emptiest first; the first with room for the job takes it
+        for host in sorted(candidates, key=lambda h: (-h.free_share(), h.running)):
+            slot = host.acquire(resources)
+            if slot is not None:
+                return slot
+        return None
 
     def acquire(self, resources: Resources) -> Slot | None:
         inner = self._pick(resources)
