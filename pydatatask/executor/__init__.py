@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..quantities import format_memory, parse_memory
 from .base import (
     Capacity,
     Executor,
@@ -24,7 +25,7 @@ from .base import (
     Slot,
     Work,
 )
-from .hosts import Host, Hosts, HostUnavailableError, format_memory, parse_memory
+from .hosts import Host, Hosts, HostUnavailableError
 from .inloop import InLoopExecutor
 from .local import LocalHost
 from .pool import PoolExecutor

@@ -87,7 +87,7 @@ class ProcessWork(Work):
     """A shell command (``script=False``: run with ``/bin/sh -c``) or a whole script, with
     ``env`` added to its environment (never on a command line). The executor makes a job
     directory, stages ``files_in`` (path relative to the job directory -> a callable
-    returning an async iterator of bytes, or a local :class:`~pathlib.Path` of a file or
+    returning an async iterator of bytes, or a local ``pathlib.Path`` of a file or
     directory to copy) before the start and, after an exit status of 0, hands each of
     ``files_out`` (relative path, ending in ``/`` for a directory made before the start ->
     async callable) what the command wrote there (host executors: a

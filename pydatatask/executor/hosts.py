@@ -9,9 +9,9 @@ For each work item it
   with ``<job dir>/work`` as working directory, stdout/stderr streamed to local files;
 * on an exit status of 0 hands each of ``files_out`` a :class:`HostFile` to stream back
   (the task commits it atomically); a failed command brings nothing back;
-* stops the whole group on :meth:`JobHandle.cancel` (SIGTERM, SIGKILL after the grace
-  period) and removes the job directory on :meth:`JobHandle.close`;
-* finds what a crashed scheduler left from :attr:`JobHandle.info` (:meth:`Host.recover`):
+* stops the whole group on :meth:`~pydatatask.executor.base.JobHandle.cancel` (SIGTERM, SIGKILL after the grace
+  period) and removes the job directory on :meth:`~pydatatask.executor.base.JobHandle.close`;
+* finds what a crashed scheduler left from :attr:`~pydatatask.executor.base.JobHandle.info` (:meth:`Host.recover`):
   the pid and start time in ``ctl/pid``, so a reused pid is never killed.
 
 :class:`Hosts` spreads jobs over several hosts by free share and moves a job whose host
@@ -54,8 +54,6 @@ __all__ = (
     "HostUnavailableError",
     "host_for",
     "unreserved_slot",
-    "parse_memory",
-    "format_memory",
     "wrapper_script",
     "kill_group_script",
 )
@@ -528,7 +526,7 @@ class Host(Executor):
         return now_start is not None and (start is None or now_start == start)
 
     async def _identify(self, proc: _Process) -> dict[str, Any]:
-        """More of :attr:`JobHandle.info` for a started process (local: its start time)."""
+        """More of :attr:`~pydatatask.executor.base.JobHandle.info` for a started process (local: its start time)."""
         return {}
 
     # ------------------------------------------------------------ the host's own business

@@ -2,8 +2,8 @@
 
 See ``docs/process.rst`` for exactly what a job's process sees (paths, environment,
 working directory) and for the restart semantics. The task says *what* runs; its executor
-(:class:`~pydatatask.executor.LocalHost`, :class:`~pydatatask.executor.SSHHost` or
-:class:`~pydatatask.executor.Hosts`) says *where*, holds the quota, makes the job
+(:class:`~pydatatask.executor.local.LocalHost`, :class:`~pydatatask.executor.ssh.SSHHost` or
+:class:`~pydatatask.executor.hosts.Hosts`) says *where*, holds the quota, makes the job
 directory, stages files and stops or finds again the process:
 
 * :meth:`ProcessTask.prepare` renders the command (or script) template with
@@ -36,8 +36,9 @@ from typing import Any
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.base import Executor, Outcome, ProcessWork, Resources, Slot
-from ..executor.hosts import Host, HostFile, Hosts, host_for, parse_memory, unreserved_slot
+from ..executor.hosts import Host, HostFile, Hosts, host_for, unreserved_slot
 from ..executor.local import LocalHost
+from ..quantities import parse_memory
 from ..repository.base import BlobRepository, MetadataRepository, Repository, resolve
 from ..repository.filesystem import DirectoryRepository, FileRepository
 from ..repository.serialized import SerializedMetadataRepository, yaml_dumps, yaml_loads
@@ -129,9 +130,9 @@ class ProcessTask(Task):
     :param command: Jinja2 template of a shell command, run with ``/bin/sh -c``.
     :param script: instead of ``command``, a template of a whole shell script (written to
         ``<job dir>/ctl/script.sh`` and run with ``/bin/sh``).
-    :param executor: where jobs run: a :class:`~pydatatask.executor.LocalHost` (the
-        default, one made for the task), an :class:`~pydatatask.executor.SSHHost`, or
-        :class:`~pydatatask.executor.Hosts` over several (each job goes to the host with
+    :param executor: where jobs run: a :class:`~pydatatask.executor.local.LocalHost` (the
+        default, one made for the task), an :class:`~pydatatask.executor.ssh.SSHHost`, or
+        :class:`~pydatatask.executor.hosts.Hosts` over several (each job goes to the host with
         the most free capacity that fits its ``cpu``/``memory``). The executor holds the
         quota (CPUs, memory, launch rate), shared by every task that uses the same object.
     :param params: extra template values, available as ``params.NAME``.
@@ -144,7 +145,7 @@ class ProcessTask(Task):
     :param kill_grace: time between SIGTERM and SIGKILL when a job is stopped.
 
     Everything else (``inputs``, ``outputs``, ``done``, ``live``, ``logs``,
-    ``concurrency``, ``retry``, ``timeout``, ``priority``) is as for :class:`Task`.
+    ``concurrency``, ``retry``, ``timeout``, ``priority``) is as for :class:`~pydatatask.task.base.Task`.
     """
 
     runner = "process"
@@ -203,7 +204,7 @@ class ProcessTask(Task):
 
     @property
     def executor(self) -> Host | Hosts:
-        """Where the jobs run (a host, or :class:`~pydatatask.executor.Hosts`)."""
+        """Where the jobs run (a host, or :class:`~pydatatask.executor.hosts.Hosts`)."""
         return self._executor
 
     @property
