@@ -243,14 +243,6 @@ class ProcessTask(Task):
                 f"more than any host has: {sizes}"
             )
 
-    # ---------------------------------------------------------------- quotas
-    def acquire_slot(self) -> Any:
-        return self.executor.acquire(self.resources)
-
-    def release_slot(self, slot: Any) -> None:
-        if isinstance(slot, Slot):
-            slot.executor.release(slot)
-
     # ---------------------------------------------------------------- the job
     async def run_job(self, job: JobContext) -> JobOutcome | None:
         """Not used: the lifecycle runs :meth:`prepare`'s work on :attr:`executor` and then
