@@ -321,6 +321,7 @@ class Host(Executor):
     :param cpus: CPU capacity (jobs reserve their task's ``cpu``).
     :param memory: memory capacity (``"8Gi"``, bytes, ...).
     :param launch_rate: at most this many job launches per second on this host.
+    :param max_jobs: at most this many jobs at once (default: as many as fit).
     """
 
     carries: ClassVar[frozenset[type[Work]]] = frozenset({ProcessWork})
@@ -334,6 +335,7 @@ class Host(Executor):
         cpus: float = 1,
         memory: str | int = "1Gi",
         launch_rate: float | None = None,
+        max_jobs: int | None = None,
     ) -> None:
         if not cpus > 0:
             raise ConfigurationError(f"host {name!r}: cpus must be positive, not {cpus!r}")
@@ -343,7 +345,7 @@ class Host(Executor):
         if self.memory <= 0:
             raise ConfigurationError(f"host {name!r}: memory capacity must be positive")
         self.launch_rate = LaunchRate(launch_rate, f"host {name!r}")
-        self.capacity = Capacity(name, cpu=self.cpus, memory=self.memory)
+        self.capacity = Capacity(name, max_jobs=max_jobs, cpu=self.cpus, memory=self.memory)
         self._down_until = 0.0
         self.down_reason: str | None = None
 

@@ -182,6 +182,7 @@ class LocalHost(Host):
     :param memory: memory capacity (default: ``"4Gi"``).
     :param workdir: where job directories are made (default: ``$TMPDIR/pdt-jobs-<uid>``).
     :param launch_rate: at most this many launches per second.
+    :param max_jobs: at most this many jobs at once (default: as many as fit).
     """
 
     is_local = True
@@ -194,12 +195,14 @@ class LocalHost(Host):
         memory: str | int = "4Gi",
         workdir: str | os.PathLike[str] | None = None,
         launch_rate: float | None = None,
+        max_jobs: int | None = None,
     ) -> None:
         super().__init__(
             name or socket.gethostname(),
             cpus=cpus if cpus is not None else (os.cpu_count() or 1),
             memory=memory,
             launch_rate=launch_rate,
+            max_jobs=max_jobs,
         )
         self.workdir = (
             Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / f"pdt-jobs-{os.getuid()}"

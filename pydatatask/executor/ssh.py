@@ -107,6 +107,7 @@ class SSHHost(Host):
     :param cpus, memory: capacity for the quota.
     :param workdir: remote directory holding the job directories (created if missing).
     :param launch_rate: at most this many launches per second.
+    :param max_jobs: at most this many jobs at once (default: as many as fit).
     :param retry_interval: how long a host stays marked down after a failure.
     :param sftp_channels: SFTP sessions opened per connection for file transfer.
     """
@@ -121,6 +122,7 @@ class SSHHost(Host):
         memory: str | int = "1Gi",
         workdir: str = "/tmp/pdt-jobs",
         launch_rate: float | None = None,
+        max_jobs: int | None = None,
         retry_interval: float | str = "2s",
         sftp_channels: int = 4,
     ) -> None:
@@ -128,7 +130,7 @@ class SSHHost(Host):
             raise ConfigurationError("SSHHost needs exactly one of connection= or connect=")
         if not workdir.startswith("/"):
             raise ConfigurationError(f"SSHHost workdir must be an absolute path, not {workdir!r}")
-        super().__init__(name or "ssh", cpus=cpus, memory=memory, launch_rate=launch_rate)
+        super().__init__(name or "ssh", cpus=cpus, memory=memory, launch_rate=launch_rate, max_jobs=max_jobs)
         self._connection = connection
         self._connect = connect
         self.workdir = workdir.rstrip("/") or "/"

@@ -1,11 +1,13 @@
-"""The host executors (LocalHost, SSHHost, Hosts) under the executor contract: outcomes
-and exit codes, logs, cancel with grace, capacity, staged files, and recovery of a job
-from its handle's info by another executor object."""
+"""The host executors (LocalHost, SSHHost, Hosts): the executor conformance suite on a
+local and a real SSH host, and what hosts do beyond it (exit codes, staged files in and
+out, quotas of CPU and memory, spreading over several hosts, recovery by name)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,10 @@ import pytest
 from pydatatask._procfs import parse_start_time, process_start_time
 from pydatatask.errors import BackendUnavailableError, ConfigurationError
 from pydatatask.executor import Hosts, LocalHost
-from pydatatask.executor.base import FunctionCall, JobHandle, ProcessWork, Resources
+from pydatatask.executor.base import Executor, FunctionCall, JobHandle, ProcessWork, Resources, Work
 from pydatatask.executor.hosts import Host, HostFile
 from pydatatask.executor.quota import LaunchRate
+from pydatatask.testing.executor import ExecutorTests
 from tests.conftest import service
 
 ONE = Resources(cpu=1, memory=1 << 20)
@@ -181,6 +184,114 @@ async def _running(host: Host, handle: JobHandle) -> None:
     raise AssertionError("the job never started")
 
 
+class _ProcessSuite(ExecutorTests):
+    """The conformance suite's work items as shell commands."""
+
+    survives_scheduler = True
+
+    def work_ok(self) -> Work:
+        return ProcessWork(command="exit 0")
+
+    def work_fails(self) -> Work:
+        return ProcessWork(command="echo boom >&2; exit 3")
+
+    def work_sleeps(self, seconds: float) -> Work:
+        return ProcessWork(command=f"sleep {seconds:g}")
+
+    def work_prints(self, text: str) -> Work | None:
+        return ProcessWork(command='printf "%s\\n" "$TEXT"', env={"TEXT": text})
+
+    def work_traps_term(self, marker: Path) -> Work | None:
+        m = str(marker)
+        return ProcessWork(
+            command=f"trap 'echo term >> {m}; exit 0' TERM; echo ready > {m}; while :; do sleep 0.05; done"
+        )
+
+
+class TestLocalHostSuite(_ProcessSuite):
+    @pytest.fixture(autouse=True)
+    def _workdir(self, tmp_path: Path) -> None:
+        self.workdir = tmp_path / "jobs"
+
+    @pytest.fixture
+    async def executor(self) -> AsyncIterator[Executor]:
+        host = LocalHost("here", workdir=self.workdir)
+        yield host
+        await host.aclose()
+
+    def limited(self, max_jobs: int) -> Executor:
+        return LocalHost("here", workdir=self.workdir, max_jobs=max_jobs)
+
+    def subprocess_setup(self) -> str:
+        return f"""
+        from pydatatask.executor import LocalHost
+        from pydatatask.executor.base import ProcessWork
+        executor = LocalHost("here", workdir={str(self.workdir)!r})
+        work = ProcessWork(command="sleep 60")
+        """
+
+
+_SSH_CONNECT = """
+import asyncssh, json, os
+conf = json.load(open(os.environ["PDT_TEST_SERVICES"]))["ssh"]
+def connect():
+    return asyncssh.connect(conf["host"], port=conf["port"], username=conf["user"],
+                            client_keys=[conf["client_key"]], known_hosts=conf["known_hosts"])
+"""
+
+
+def _ssh_host(conf: dict[str, Any], **kwargs: Any) -> Host:
+    import asyncssh
+
+    from pydatatask.executor.ssh import SSHHost
+
+    def connect() -> Any:
+        return asyncssh.connect(
+            conf["host"],
+            port=conf["port"],
+            username=conf["user"],
+            client_keys=[conf["client_key"]],
+            known_hosts=conf["known_hosts"],
+        )
+
+    return SSHHost(connect=connect, name="remote", workdir="/tmp/pdt-jobs", **kwargs)
+
+
+@pytest.mark.ssh
+class TestSSHHostSuite(_ProcessSuite):
+    @pytest.fixture(autouse=True)
+    def _conf(self, services: dict[str, Any]) -> None:
+        self.conf = service(services, "ssh")
+
+    @pytest.fixture
+    def tmp_path(self) -> Iterator[Path]:
+        # the SSH user (sshd runs on this machine) writes the suite's markers here
+        path = Path(tempfile.mkdtemp(prefix="pdt-ssh-suite-"))
+        path.chmod(0o777)
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+
+    @pytest.fixture
+    async def executor(self) -> AsyncIterator[Executor]:
+        host = _ssh_host(self.conf, cpus=8)
+        yield host
+        await host.aclose()
+
+    def limited(self, max_jobs: int) -> Executor:
+        return _ssh_host(self.conf, cpus=8, max_jobs=max_jobs)
+
+    def subprocess_setup(self) -> str:
+        return (
+            _SSH_CONNECT
+            + """
+from pydatatask.executor.ssh import SSHHost
+from pydatatask.executor.base import ProcessWork
+executor = SSHHost(connect=connect, name="remote", workdir="/tmp/pdt-jobs")
+work = ProcessWork(command="sleep 60")
+"""
+        )
+
+
 class TestLocalHost(HostContract):
     @pytest.fixture(autouse=True)
     def _workdir(self, tmp_path: Path) -> None:
@@ -197,22 +308,7 @@ class TestSSHHost(HostContract):
         self.conf = service(services, "ssh")
 
     def make(self, **kwargs: Any) -> Host:
-        import asyncssh
-
-        from pydatatask.executor.ssh import SSHHost
-
-        conf = self.conf
-
-        def connect() -> Any:
-            return asyncssh.connect(
-                conf["host"],
-                port=conf["port"],
-                username=conf["user"],
-                client_keys=[conf["client_key"]],
-                known_hosts=conf["known_hosts"],
-            )
-
-        return SSHHost(connect=connect, name="remote", workdir="/tmp/pdt-jobs", **{"cpus": 8, **kwargs})
+        return _ssh_host(self.conf, **{"cpus": 8, **kwargs})
 
 
 async def test_hosts_spread_and_dispatch_recovery(tmp_path: Path) -> None:
