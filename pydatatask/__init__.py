@@ -114,6 +114,7 @@ __all__ = (
     "ProcessTask",
     "LocalHost",
     "SSHHost",
+    "Hosts",
     # command line
     "main",
     "Pipeline",
@@ -145,12 +146,14 @@ _LAZY: dict[str, str] = {
     "ProcessTask": ".task.process",
     "LocalHost": ".executor.local",
     "SSHHost": ".executor.ssh",
+    "Hosts": ".executor.hosts",
 }
 
 
 if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never imported at run time)
     from .cli import main
     from .executor import InLoopExecutor, PoolExecutor
+    from .executor.hosts import Hosts
     from .executor.local import LocalHost
     from .executor.ssh import SSHHost
     from .pipeline import Pipeline

@@ -7,6 +7,7 @@ may itself hold spaces and parentheses, so the fields are counted from the *last
 
 from __future__ import annotations
 
+import functools
 import os
 
 __all__ = ("parse_start_time", "process_start_time", "boot_id", "pid_namespace", "same_pid_space")
@@ -32,6 +33,7 @@ def process_start_time(pid: int) -> int | None:
     return parse_start_time(data)
 
 
+@functools.cache
 def boot_id() -> str | None:
     """The kernel's id of the current boot (``/proc/sys/kernel/random/boot_id``), or None.
 
@@ -46,6 +48,7 @@ def boot_id() -> str | None:
         return None
 
 
+@functools.cache
 def pid_namespace() -> str | None:
     """The PID namespace this process is in (e.g. ``pid:[4026531836]``), or None.
 
@@ -60,6 +63,11 @@ def pid_namespace() -> str | None:
     except (OSError, ValueError):
         return None
     return ns
+
+
+# (computed once per process: the boot never changes under a process; a forked child may
+# be the first process of a new PID namespace, so it asks again)
+os.register_at_fork(after_in_child=pid_namespace.cache_clear)
 
 
 def same_pid_space(boot: object, namespace: object) -> bool:
