@@ -146,15 +146,15 @@ _LAZY: dict[str, str] = {
     "ProcessTask": ".task.process",
     "LocalHost": ".executor.local",
     "SSHHost": ".executor.ssh",
-    "Hosts": ".executor.hosts",
+    "Hosts": ".executor.multihost",
 }
 
 
 if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never imported at run time)
     from .cli import main
     from .executor import InLoopExecutor, PoolExecutor
-    from .executor.hosts import Hosts
     from .executor.local import LocalHost
+    from .executor.multihost import Hosts
     from .executor.ssh import SSHHost
     from .pipeline import Pipeline
     from .repository import (

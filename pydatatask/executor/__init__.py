@@ -25,9 +25,10 @@ from .base import (
     Slot,
     Work,
 )
-from .hosts import Host, Hosts, HostUnavailableError
+from .hosts import Host, HostUnavailableError
 from .inloop import InLoopExecutor
 from .local import LocalHost
+from .multihost import Hosts
 from .pool import PoolExecutor
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ For each work item it
 * finds what a crashed scheduler left from :attr:`~pydatatask.executor.base.JobHandle.info` (:meth:`Host.recover`):
   the pid and start time in ``ctl/pid``, so a reused pid is never killed.
 
-:class:`Hosts` spreads jobs over several hosts by free share and moves a job whose host
-went down to another one. How files move and how ``/proc`` is read are each host's private
+:class:`~pydatatask.executor.multihost.Hosts` spreads jobs over several hosts by free
+share and moves a job whose host went down to another one. How files move and how ``/proc`` is read are each host's private
 business (:mod:`~pydatatask.executor.local`, :mod:`~pydatatask.executor.ssh`).
 
-Every job runs through the same small shell wrapper (:func:`wrapper_script`), which
+Every job runs through the same small shell wrapper (``executor/_shell.py``), which
 records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the command starts. On
 SSH hosts it stays the command's parent and also writes the exit status to
 ``<job dir>/ctl/exit`` (the connection may be gone when the command ends); on the local
@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import shutil
 import time
 from abc import abstractmethod
@@ -47,96 +46,12 @@ from ..quantities import format_memory, parse_memory
 from .base import Capacity, Executor, JobHandle, Outcome, ProcessWork, Resources, Slot, Work
 from .quota import LaunchRate
 
-__all__ = (
-    "Host",
-    "Hosts",
-    "HostFile",
-    "HostUnavailableError",
-    "host_for",
-    "unreserved_slot",
-    "wrapper_script",
-    "kill_group_script",
-)
+__all__ = ("Host", "HostFile", "HostUnavailableError")
 
 log = logging.getLogger("pydatatask.executor.hosts")
 
 #: how much of a job's output :meth:`JobHandle.logs` returns (its end)
 LOG_TAIL = 2000
-
-
-def wrapper_script(ctl_dir: str, script: bool, read_env: bool, in_place: bool = False) -> str:
-    """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
-
-    It optionally reads ``export`` lines from stdin (secrets over SSH), writes
-    ``ctl/pid`` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
-    script file with ``/bin/sh``), then writes ``ctl/exit`` and exits with the command's
-    status. Only shell builtins besides the command itself: no extra processes.
-
-    With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
-    written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
-    traps behave as under ``/bin/sh -c``), a script replaces it (``exec /bin/sh``); the
-    pid and start time in ``ctl/pid`` stay those of the job's process.
-    """
-    ctl = shlex.quote(ctl_dir)
-    if in_place:
-        run = 'exec /bin/sh "$1"' if script else 'unset st; eval "set --; $1"'
-        return (
-            "\n".join(
-                [
-                    "exec </dev/null",
-                    "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-                    f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
-                    run,
-                ]
-            )
-            + "\n"
-        )
-    run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
-    lines = []
-    if read_env:
-        # the env script ends with PDT_ENV_READ=1: a cut-off stdin runs nothing
-        lines.append('eval "$(cat)" && [ "${PDT_ENV_READ:-}" = 1 ] || exit 125')
-    lines += [
-        "exec </dev/null",
-        # field 22 of /proc/PID/stat is the start time (the name field of sh has no space)
-        "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-        f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
-        run,
-        "ec=$?",
-        f"printf '%s\\n' \"$ec\" > {ctl}/exit",
-        'exit "$ec"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def kill_group_script(pid_file: str, grace: float, wait_for_pid: float = 3.0) -> str:
-    """A shell program that stops the process group whose leader's pid is in
-    ``pid_file``: SIGTERM, up to ``grace`` seconds for it to go, then SIGKILL, and waits
-    until no member is left. Prints ``gone`` when nothing (or nothing any more) runs.
-
-    If the leader's pid now belongs to a process with another start time, the pid was
-    reused, which Linux does only once no process of the old group is left: nothing is
-    killed then."""
-    f = shlex.quote(pid_file)
-    ticks = max(1, int(grace * 10))
-    wait_ticks = max(1, int(wait_for_pid * 10))
-    return (
-        f"i=0; while [ ! -s {f} ] && [ $i -lt {wait_ticks} ]; do sleep 0.1; i=$((i+1)); done\n"
-        f"p=; st=; [ -s {f} ] && read -r p st _ < {f}\n"
-        '[ -n "$p" ] || { echo gone; exit 0; }\n'
-        'if [ -n "$st" ] && [ -r "/proc/$p/stat" ]; then\n'
-        '  cur=; read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ cur _ < "/proc/$p/stat" 2>/dev/null\n'
-        '  [ "$cur" = "$st" ] || { echo gone; exit 0; }\n'
-        "fi\n"
-        'kill -TERM "-$p" 2>/dev/null || { echo gone; exit 0; }\n'
-        "i=0\n"
-        'while kill -0 "-$p" 2>/dev/null; do\n'
-        f'  if [ $i -ge {ticks} ]; then kill -KILL "-$p" 2>/dev/null; fi\n'
-        f"  if [ $i -ge {ticks + 100} ]; then echo alive; exit 1; fi\n"
-        "  sleep 0.1; i=$((i+1))\n"
-        "done\n"
-        "echo gone\n"
-    )
 
 
 class HostUnavailableError(JobError):
@@ -605,134 +520,3 @@ def _temp_log(host: str) -> Path:
     fd, path = tempfile.mkstemp(prefix="pdt-job-log-")
     os.close(fd)
     return Path(path)
-
-
-@dataclass(eq=False)
-class _MemberSlot(Slot):
-    """A slot of :class:`Hosts`: the member host's own slot inside."""
-
-    inner: Slot
-
-
-class Hosts(Executor):
-    """Several hosts as one executor: each job goes to the member with the most free share
-    of its capacity that fits the job now; a job whose host went down before it started
-    moves to another member with room. Each member keeps its own quota (a host object
-    shared with other executors or tasks is one pool).
-
-    :param hosts: the members (unique names).
-    :param name: shown in status output (default: the members' names).
-    """
-
-    carries: ClassVar[frozenset[type[Work]]] = frozenset({ProcessWork})
-
-    def __init__(self, hosts: Sequence[Host], *, name: str | None = None) -> None:
-        members = list(hosts)
-        if not members or not all(isinstance(h, Host) for h in members):
-            raise ConfigurationError("Hosts needs a non-empty list of Host objects (LocalHost, SSHHost)")
-        names = [h.name for h in members]
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"Hosts: host names must be unique, got {names}")
-        super().__init__(name or "+".join(names))
-        self.hosts = members
-
-    def describe(self) -> str:
-        return ", ".join(h.name for h in self.hosts)
-
-    def host_named(self, name: Any) -> Host | None:
-        """The member called ``name``, or None."""
-        return next((h for h in self.hosts if h.name == name), None)
-
-    def fits_at_all(self, resources: Resources) -> bool:
-        return any(h.fits_at_all(resources) for h in self.hosts)
-
-    def _pick(self, resources: Resources, exclude: Host | None = None) -> Slot | None:
-        now = time.monotonic()
-        candidates = [h for h in self.hosts if h is not exclude and h.may_launch(now)]
-        # the emptiest first; the first with room for the job takes it
-        for host in sorted(candidates, key=lambda h: (-h.free_share(), h.running)):
-            slot = host.acquire(resources)
-            if slot is not None:
-                return slot
-        return None
-
-    def acquire(self, resources: Resources) -> Slot | None:
-        inner = self._pick(resources)
-        if inner is None:
-            return None
-        return _MemberSlot(self, resources, inner.place, inner)
-
-    def release(self, slot: Slot) -> None:
-        if isinstance(slot, _MemberSlot):
-            slot.inner.executor.release(slot.inner)
-
-    def member(self, slot: Slot) -> Host:
-        """The host ``slot`` reserves room on, moved first to another member with room if
-        that host is down; :class:`HostUnavailableError` if none has."""
-        if not isinstance(slot, _MemberSlot) or slot.executor is not self:
-            raise ConfigurationError(f"{self!r}: a slot of another executor ({slot.executor!r})")
-        host = slot.inner.executor
-        assert isinstance(host, Host)
-        if host.is_up():
-            return host
-        moved = self._pick(slot.resources, exclude=host)
-        if moved is None:
-            raise HostUnavailableError(
-                f"host {host.name} is down ({host.down_reason}) and no other host has room"
-            )
-        host.release(slot.inner)
-        slot.inner = moved
-        slot.place = moved.place
-        new = moved.executor
-        assert isinstance(new, Host)
-        return new
-
-    def planned_info(self, work: Work, slot: Slot) -> dict[str, Any]:
-        if not isinstance(slot, _MemberSlot):
-            return {}
-        return slot.inner.executor.planned_info(work, slot.inner)
-
-    async def start(self, work: Work, slot: Slot) -> JobHandle:
-        """Start on the host the slot names (:meth:`member` moves a slot off a host that
-        went down; a task that renders host paths into the work calls it first)."""
-        if not isinstance(slot, _MemberSlot) or slot.executor is not self:
-            raise ConfigurationError(f"{self!r}: a slot of another executor ({slot.executor!r})")
-        return await slot.inner.executor.start(work, slot.inner)
-
-    async def recover(self, info: Mapping[str, Any]) -> JobHandle | None:
-        """Dispatch to the member named in ``info``; a host no longer listed cannot be
-        checked (:class:`~pydatatask.errors.BackendUnavailableError`)."""
-        host = self.host_named(info.get("host"))
-        if host is None:
-            raise BackendUnavailableError(
-                f"{self!r}: the interrupted job ran on host {info.get('host')!r}, which is not listed any more; "
-                "remove its claim with `rm` once its process is surely gone"
-            )
-        return await host.recover(info)
-
-    async def aclose(self) -> None:
-        for host in self.hosts:
-            await host.aclose()
-
-
-def host_for(slot: Slot) -> Host:
-    """The host a slot of a :class:`Host` or :class:`Hosts` reserves room on (moved off a
-    host that went down, see :meth:`Hosts.member`)."""
-    executor = slot.executor
-    if isinstance(executor, Hosts):
-        return executor.member(slot)
-    if isinstance(executor, Host):
-        if not executor.is_up():
-            raise HostUnavailableError(f"host {executor.name} is down ({executor.down_reason})")
-        return executor
-    raise ConfigurationError(f"{executor!r} is not a host executor")
-
-
-def unreserved_slot(executor: Host | Hosts, resources: Resources) -> Slot:
-    """A slot on the emptiest host of ``executor`` that reserves nothing, for a job run
-    outside a scheduler (``task.execute(key)`` in a test or a script): its quota is not
-    consulted and nothing needs to be released."""
-    if isinstance(executor, Hosts):
-        host = max(executor.hosts, key=lambda h: (h.is_up(), h.free_share(), -h.running))
-        return _MemberSlot(executor, resources, host.name, Slot(host, resources, host.name))
-    return Slot(executor, resources, executor.name)

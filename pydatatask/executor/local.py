@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._procfs import boot_id, pid_namespace, process_start_time, same_pid_space
-from .hosts import Host, _Process, _ProcessSpec, kill_group_script, wrapper_script
+from ._shell import kill_group_script, wrapper_script
+from .hosts import Host, _Process, _ProcessSpec
 
 __all__ = ("LocalHost",)
 

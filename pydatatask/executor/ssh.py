@@ -26,7 +26,8 @@ from .._procfs import parse_start_time
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError
 from ..repository.base import resolve
-from .hosts import Host, HostUnavailableError, _Process, _ProcessSpec, kill_group_script, wrapper_script
+from ._shell import kill_group_script, wrapper_script
+from .hosts import Host, HostUnavailableError, _Process, _ProcessSpec
 from .local import _open_append
 
 __all__ = ("SSHHost", "HostUnavailableError")

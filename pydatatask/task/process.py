@@ -3,7 +3,7 @@
 See ``docs/process.rst`` for exactly what a job's process sees (paths, environment,
 working directory) and for the restart semantics. The task says *what* runs; its executor
 (:class:`~pydatatask.executor.local.LocalHost`, :class:`~pydatatask.executor.ssh.SSHHost` or
-:class:`~pydatatask.executor.hosts.Hosts`) says *where*, holds the quota, makes the job
+:class:`~pydatatask.executor.multihost.Hosts`) says *where*, holds the quota, makes the job
 directory, stages files and stops or finds again the process:
 
 * :meth:`ProcessTask.prepare` renders the command (or script) template with
@@ -36,8 +36,9 @@ from typing import Any
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.base import Executor, Outcome, ProcessWork, Resources, Slot
-from ..executor.hosts import Host, HostFile, Hosts, host_for, unreserved_slot
+from ..executor.hosts import Host, HostFile
 from ..executor.local import LocalHost
+from ..executor.multihost import Hosts, host_for, unreserved_slot
 from ..quantities import parse_memory
 from ..repository.base import BlobRepository, MetadataRepository, Repository, resolve
 from ..repository.filesystem import DirectoryRepository, FileRepository
@@ -132,7 +133,7 @@ class ProcessTask(Task):
         ``<job dir>/ctl/script.sh`` and run with ``/bin/sh``).
     :param executor: where jobs run: a :class:`~pydatatask.executor.local.LocalHost` (the
         default, one made for the task), an :class:`~pydatatask.executor.ssh.SSHHost`, or
-        :class:`~pydatatask.executor.hosts.Hosts` over several (each job goes to the host with
+        :class:`~pydatatask.executor.multihost.Hosts` over several (each job goes to the host with
         the most free capacity that fits its ``cpu``/``memory``). The executor holds the
         quota (CPUs, memory, launch rate), shared by every task that uses the same object.
     :param params: extra template values, available as ``params.NAME``.
@@ -204,7 +205,7 @@ class ProcessTask(Task):
 
     @property
     def executor(self) -> Host | Hosts:
-        """Where the jobs run (a host, or :class:`~pydatatask.executor.hosts.Hosts`)."""
+        """Where the jobs run (a host, or :class:`~pydatatask.executor.multihost.Hosts`)."""
         return self._executor
 
     @property
@@ -251,7 +252,7 @@ class ProcessTask(Task):
 
     async def prepare(self, job: JobContext) -> ProcessWork:
         """The work of one attempt: the rendered command, its environment, the files the
-        host copies in and brings back. ``job.slot`` (from :meth:`acquire_slot`) names the
+        host copies in and brings back. ``job.slot`` (from :meth:`~pydatatask.task.base.Task.acquire_slot`) names the
         host; one that went down is swapped for another with room first."""
         key, attempt = job.key, job.attempt
         if not isinstance(job.slot, Slot):
