@@ -172,10 +172,6 @@ class ProcessTask(Task):
         template = command if command is not None else script
         if not isinstance(template, str) or not template.strip():
             raise ConfigurationError(f"task {name!r}: the command/script must be a non-empty string")
-        if "hosts" in kwargs:
-            raise ConfigurationError(
-                f"task {name!r}: hosts= is gone; pass executor=Hosts([...]) (or one host as executor=)"
-            )
         super().__init__(name, **kwargs)
         self.template = template
         self.is_script = script is not None
