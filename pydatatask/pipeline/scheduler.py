@@ -213,14 +213,8 @@ class Scheduler:
                     await task.recover_stale(key, claim)
                     recovered = True
                 else:
-                    expires = math.inf  # no heartbeat: never stale by lease
-                    hb, lease = (
-                        claim.get("heartbeat", claim.get("started")),
-                        claim.get("lease", task.claim_lease),
-                    )
-                    if isinstance(hb, (int, float)) and isinstance(lease, (int, float)):
-                        expires = hb + lease
-                    checked[key] = expires
+                    expires = task.claims.expires(claim)
+                    checked[key] = math.inf if expires is None else expires  # None: no heartbeat
             any_recovered |= recovered
         return any_recovered
 
