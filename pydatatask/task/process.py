@@ -241,11 +241,6 @@ class ProcessTask(Task):
             )
 
     # ---------------------------------------------------------------- the job
-    async def run_job(self, job: JobContext) -> JobOutcome | None:
-        """Not used: the lifecycle runs :meth:`prepare`'s work on :attr:`executor` and then
-        :meth:`finish`."""
-        raise ConfigurationError(f"task {self.name}: a process task runs through prepare() and finish()")
-
     async def prepare(self, job: JobContext) -> ProcessWork:
         """The work of one attempt: the rendered command, its environment, the files the
         host copies in and brings back. ``job.slot`` (from :meth:`~pydatatask.task.base.Task.acquire_slot`) names the
