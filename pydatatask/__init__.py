@@ -116,6 +116,7 @@ __all__ = (
     "ProcessTask",
     "LocalHost",
     "SSHHost",
+    "Hosts",
     # command line
     "main",
     "Pipeline",
@@ -147,6 +148,7 @@ _LAZY: dict[str, str] = {
     "ProcessTask": ".task.process",
     "LocalHost": ".executor.local",
     "SSHHost": ".executor.ssh",
+    "Hosts": ".executor.multihost",
 }
 
 
@@ -154,6 +156,7 @@ if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never i
     from .cli import main
     from .executor import InLoopExecutor, PoolExecutor
     from .executor.local import LocalHost
+    from .executor.multihost import Hosts
     from .executor.ssh import SSHHost
     from .pipeline import Pipeline
     from .repository import (

@@ -68,7 +68,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
             task = ProcessTask(
                 "noop",
                 "true",
-                hosts=[LocalHost(cpus=conc, workdir=root / "jobs")],
+                executor=LocalHost(cpus=conc, workdir=root / "jobs"),
                 cpu=1,
                 memory="1Mi",
                 inputs={"src": MemoryBlobRepository(dict.fromkeys(keys, b"x"))},

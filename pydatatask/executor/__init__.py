@@ -1,6 +1,7 @@
 """Executors: where jobs run. The contract is :mod:`pydatatask.executor.base`; function
 calls run in the event loop (:class:`InLoopExecutor`) or a pool (:class:`PoolExecutor`:
-threads, processes, Dask); processes on this machine or SSH hosts.
+threads, processes, Dask); processes on this machine (:class:`LocalHost`) or SSH hosts
+(:class:`SSHHost`), and :class:`Hosts` spreads them over several hosts.
 
 :class:`SSHHost` is imported lazily so that ``import pydatatask.executor`` does not load
 asyncssh (which is itself imported only when a connection is used).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..quantities import format_memory, parse_memory
 from .base import (
     Capacity,
     Executor,
@@ -23,9 +25,10 @@ from .base import (
     Slot,
     Work,
 )
-from .hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, format_memory, parse_memory
+from .hosts import Host, HostUnavailableError
 from .inloop import InLoopExecutor
 from .local import LocalHost
+from .multihost import Hosts
 from .pool import PoolExecutor
 
 if TYPE_CHECKING:
@@ -45,11 +48,10 @@ __all__ = (
     "InLoopExecutor",
     "PoolExecutor",
     "Host",
+    "Hosts",
     "LocalHost",
     "SSHHost",
     "HostUnavailableError",
-    "ProcessSpec",
-    "RunningProcess",
     "parse_memory",
     "format_memory",
 )

@@ -20,8 +20,9 @@ holds the conformance suite every executor passes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = (
@@ -86,18 +87,31 @@ class ProcessWork(Work):
     """A shell command (``script=False``: run with ``/bin/sh -c``) or a whole script, with
     ``env`` added to its environment (never on a command line). The executor makes a job
     directory, stages ``files_in`` (path relative to the job directory -> a callable
-    returning an async iterator of bytes) before the start and, after an exit status of 0,
-    hands each of ``files_out`` (relative path -> async callable taking an async iterator of
-    the file's bytes) the file the command wrote. ``job`` is ``(task, key)``."""
+    returning an async iterator of bytes, or a local ``pathlib.Path`` of a file or
+    directory to copy) before the start and, after an exit status of 0, hands each of
+    ``files_out`` (relative path, ending in ``/`` for a directory made before the start ->
+    async callable) what the command wrote there (host executors: a
+    :class:`~pydatatask.executor.hosts.HostFile`). ``job`` is ``(task, key)``.
+
+    ``job_dir``: the job directory to make (a task that renders its path into the command
+    asks the host for one first); None: the executor picks one. ``stdout``/``stderr``: local
+    files the output is appended to (``stderr`` None: into ``stdout``; both None: the
+    executor keeps it, for :meth:`JobHandle.logs`). ``scratch``: local paths the command
+    writes besides its job directory (temporary siblings of outputs written in place),
+    removed by :meth:`JobHandle.close` and by recovery once they are not renamed away."""
 
     kind: ClassVar[str] = "process"
 
     command: str
     script: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
-    files_in: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
-    files_out: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    files_in: Mapping[str, Callable[[], Any] | Path] = field(default_factory=dict)
+    files_out: Mapping[str, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
     job: tuple[str, str] = ("", "")
+    job_dir: str | None = None
+    stdout: Path | None = None
+    stderr: Path | None = None
+    scratch: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +213,12 @@ class Executor(ABC):
         """Give back what :meth:`acquire` reserved."""
 
     # ---------------------------------------------------------------- jobs
+    def planned_info(self, work: Work, slot: Slot) -> dict[str, Any]:
+        """What :meth:`recover` needs should the scheduler die while :meth:`start` is still
+        running (a job directory being made and filled), noted in the job's claim before
+        the start; ``{}`` (the default) when a start leaves nothing behind."""
+        return {}
+
     @abstractmethod
     async def start(self, work: Work, slot: Slot) -> JobHandle:
         """Start ``work`` in ``slot``; raise :class:`~pydatatask.errors.ConfigurationError` for a

@@ -1,19 +1,24 @@
-"""Hosts: where a process job runs, how much it may hold, and how files get there.
+"""Host executors: process jobs (:class:`~pydatatask.executor.base.ProcessWork`) on a machine.
 
-A :class:`Host` has a ``name``, a CPU and memory capacity (the quota that
-:class:`~pydatatask.task.ProcessTask` reserves from per job), an optional launch rate,
-and knows how to
+A :class:`Host` is an :class:`~pydatatask.executor.base.Executor` with a CPU and memory
+capacity and an optional launch rate (the quota every task using the same object shares).
+For each work item it
 
-* start a job's shell command in its own process group (:meth:`Host.start`), streaming
-  its stdout/stderr into local files, and stop the whole group (SIGTERM, then SIGKILL
-  after a grace period);
-* move files: :meth:`Host.upload` / :meth:`Host.download` (local path <-> host path),
-  :meth:`Host.write_file` / :meth:`Host.read_file` (streams of chunks), :meth:`Host.makedirs`,
-  :meth:`Host.rmtree`;
-* tell whether a process it started earlier (by pid and start time) still runs, and kill
-  its group, so a restarted scheduler can clean up after a crashed one.
+* makes a private job directory (``ctl/``, ``work/`` and the directories of the files to
+  stage), writes the ``files_in`` there, and starts the command in its own process group
+  with ``<job dir>/work`` as working directory, stdout/stderr streamed to local files;
+* on an exit status of 0 hands each of ``files_out`` a :class:`HostFile` to stream back
+  (the task commits it atomically); a failed command brings nothing back;
+* stops the whole group on :meth:`~pydatatask.executor.base.JobHandle.cancel` (SIGTERM, SIGKILL after the grace
+  period) and removes the job directory on :meth:`~pydatatask.executor.base.JobHandle.close`;
+* finds what a crashed scheduler left from :attr:`~pydatatask.executor.base.JobHandle.info` (:meth:`Host.recover`):
+  the pid and start time in ``ctl/pid``, so a reused pid is never killed.
 
-Every job runs through the same small shell wrapper (:func:`wrapper_script`), which
+:class:`~pydatatask.executor.multihost.Hosts` spreads jobs over several hosts by free
+share and moves a job whose host went down to another one. How files move and how ``/proc`` is read are each host's private
+business (:mod:`~pydatatask.executor.local`, :mod:`~pydatatask.executor.ssh`).
+
+Every job runs through the same small shell wrapper (``executor/_shell.py``), which
 records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the command starts. On
 SSH hosts it stays the command's parent and also writes the exit status to
 ``<job dir>/ctl/exit`` (the connection may be gone when the command ends); on the local
@@ -23,102 +28,30 @@ host, whose scheduler is the parent, the command replaces the wrapper in place
 
 from __future__ import annotations
 
-import shlex
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
 import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobError
+from ..errors import BackendUnavailableError, ConfigurationError, JobError
 from ..quantities import format_memory, parse_memory
+from .base import Capacity, Executor, JobHandle, Outcome, ProcessWork, Resources, Slot, Work
+from .quota import LaunchRate
 
-__all__ = (
-    "Host",
-    "HostUnavailableError",
-    "RunningProcess",
-    "ProcessSpec",
-    "parse_memory",
-    "format_memory",
-    "wrapper_script",
-    "kill_group_script",
-)
+__all__ = ("Host", "HostFile", "HostUnavailableError")
 
+log = logging.getLogger("pydatatask.executor.hosts")
 
-def wrapper_script(ctl_dir: str, script: bool, read_env: bool, in_place: bool = False) -> str:
-    """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
-
-    It optionally reads ``export`` lines from stdin (secrets over SSH), writes
-    ``ctl/pid`` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
-    script file with ``/bin/sh``), then writes ``ctl/exit`` and exits with the command's
-    status. Only shell builtins besides the command itself: no extra processes.
-
-    With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
-    written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
-    traps behave as under ``/bin/sh -c``), a script replaces it (``exec /bin/sh``); the
-    pid and start time in ``ctl/pid`` stay those of the job's process.
-    """
-    ctl = shlex.quote(ctl_dir)
-    if in_place:
-        run = 'exec /bin/sh "$1"' if script else 'unset st; eval "set --; $1"'
-        return (
-            "\n".join(
-                [
-                    "exec </dev/null",
-                    "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-                    f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
-                    run,
-                ]
-            )
-            + "\n"
-        )
-    run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
-    lines = []
-    if read_env:
-        # the env script ends with PDT_ENV_READ=1: a cut-off stdin runs nothing
-        lines.append('eval "$(cat)" && [ "${PDT_ENV_READ:-}" = 1 ] || exit 125')
-    lines += [
-        "exec </dev/null",
-        # field 22 of /proc/PID/stat is the start time (the name field of sh has no space)
-        "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-        f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
-        run,
-        "ec=$?",
-        f"printf '%s\\n' \"$ec\" > {ctl}/exit",
-        'exit "$ec"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def kill_group_script(pid_file: str, grace: float, wait_for_pid: float = 3.0) -> str:
-    """A shell program that stops the process group whose leader's pid is in
-    ``pid_file``: SIGTERM, up to ``grace`` seconds for it to go, then SIGKILL, and waits
-    until no member is left. Prints ``gone`` when nothing (or nothing any more) runs.
-
-    If the leader's pid now belongs to a process with another start time, the pid was
-    reused, which Linux does only once no process of the old group is left: nothing is
-    killed then."""
-    f = shlex.quote(pid_file)
-    ticks = max(1, int(grace * 10))
-    wait_ticks = max(1, int(wait_for_pid * 10))
-    return (
-        f"i=0; while [ ! -s {f} ] && [ $i -lt {wait_ticks} ]; do sleep 0.1; i=$((i+1)); done\n"
-        f"p=; st=; [ -s {f} ] && read -r p st _ < {f}\n"
-        '[ -n "$p" ] || { echo gone; exit 0; }\n'
-        'if [ -n "$st" ] && [ -r "/proc/$p/stat" ]; then\n'
-        '  cur=; read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ cur _ < "/proc/$p/stat" 2>/dev/null\n'
-        '  [ "$cur" = "$st" ] || { echo gone; exit 0; }\n'
-        "fi\n"
-        'kill -TERM "-$p" 2>/dev/null || { echo gone; exit 0; }\n'
-        "i=0\n"
-        'while kill -0 "-$p" 2>/dev/null; do\n'
-        f'  if [ $i -ge {ticks} ]; then kill -KILL "-$p" 2>/dev/null; fi\n'
-        f"  if [ $i -ge {ticks + 100} ]; then echo alive; exit 1; fi\n"
-        "  sleep 0.1; i=$((i+1))\n"
-        "done\n"
-        "echo gone\n"
-    )
+#: how much of a job's output :meth:`JobHandle.logs` returns (its end)
+LOG_TAIL = 2000
 
 
 class HostUnavailableError(JobError):
@@ -127,52 +60,188 @@ class HostUnavailableError(JobError):
 
 
 @dataclass
-class ProcessSpec:
-    """What to start: ``command`` (shell text, or a script path if ``script``) run by the
-    wrapper with cwd ``cwd``; ``env`` added to the environment (never on a command line);
-    stdout to the local file ``stdout``, stderr to ``stderr`` (or into stdout if None)."""
+class _ProcessSpec:
+    """What a host starts: ``command`` (shell text, or a script path if ``script``) run by
+    the wrapper with cwd ``cwd``; ``env`` added to the environment (never on a command
+    line); stdout to the local file ``stdout``, stderr to ``stderr`` (or into stdout)."""
 
     command: str
     job_dir: str
     cwd: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
     script: bool = False
     stdout: Path | None = None
     stderr: Path | None = None
 
     @property
     def ctl_dir(self) -> str:
-        """Control files of the wrapper (pid, exit)."""
         return f"{self.job_dir}/ctl"
 
 
-class RunningProcess(ABC):
+class _Process:
     """A started job process (the leader of its own process group)."""
 
-    #: pid of the group leader, if known yet
+    #: pid of the group leader, if known
     pid: int | None = None
 
-    @abstractmethod
     async def wait(self) -> int:
-        """Wait for the process to end; return its exit status (128+N for signal N)."""
+        """Wait for the process to end; its exit status (128+N for signal N)."""
+        raise NotImplementedError
 
-    @abstractmethod
     async def kill(self, grace: float) -> None:
-        """SIGTERM the whole process group, SIGKILL after ``grace`` seconds, and wait
-        until no member of the group is left."""
+        """SIGTERM the whole group, SIGKILL after ``grace`` seconds, wait until it is gone."""
+        raise NotImplementedError
 
 
-class Host(ABC):
-    """Somewhere jobs run. Capacity is shared by every task that uses the same object.
+def _tail(path: Path | None, size: int = LOG_TAIL) -> bytes:
+    if path is None:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            f.seek(max(0, end - size))
+            data = f.read()
+    except OSError:
+        return b""
+    return (b"..." if end > size else b"") + data
+
+
+class HostFile:
+    """A file (or directory) a finished job left in its job directory, as handed to the
+    ``files_out`` callbacks of a :class:`~pydatatask.executor.base.ProcessWork`."""
+
+    def __init__(self, host: Host, path: str, name: str) -> None:
+        self.host = host
+        #: the path on the host
+        self.path = path
+        #: the relative path the work declared
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self.path} on {self.host.name}"
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Stream the file's bytes (:class:`FileNotFoundError` if the command did not write
+        it)."""
+        return self.host._read_file(self.path)
+
+    async def copy_to(self, local: Path) -> None:
+        """Copy the file to the local path ``local``, or a directory's contents into it
+        (:class:`FileNotFoundError` if the command did not write it)."""
+        await self.host._download(self.path, local)
+
+
+def _parent_dirs(paths: Sequence[str]) -> list[str]:
+    dirs: set[str] = set()
+    for path in paths:
+        parts = path.strip("/").split("/")
+        stop = len(parts) if path.endswith("/") else len(parts) - 1
+        for depth in range(1, stop + 1):
+            dirs.add("/".join(parts[:depth]))
+    return sorted(dirs)
+
+
+def _check_relative(path: str) -> None:
+    parts = path.rstrip("/").split("/")
+    if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ConfigurationError(f"a staged file path must be relative to the job directory, not {path!r}")
+
+
+class _HostJob(JobHandle):
+    """A process started (or found again) on a host."""
+
+    def __init__(
+        self,
+        host: Host,
+        info: dict[str, Any],
+        proc: _Process | None = None,
+        work: ProcessWork | None = None,
+        logs: tuple[Path | None, Path | None] = (None, None),
+        own_logs: Sequence[Path] = (),
+    ) -> None:
+        self.host = host
+        self.info = info
+        self.proc = proc
+        self.work = work
+        self._logs = logs
+        self._own_logs = list(own_logs)
+        self._outcome: Outcome | None = None
+        self._closed = False
+        self._t0 = time.time()
+
+    @property
+    def job_dir(self) -> str:
+        return str(self.info["dir"])
+
+    async def wait(self) -> Outcome:
+        if self._outcome is not None:
+            return self._outcome
+        if self.proc is None:
+            # found again after a crash: its scheduler, not this one, was its parent
+            return Outcome(
+                error=JobError(f"the job on {self.host.name} was interrupted"), place=self.host.name
+            )
+        try:
+            code = await self.proc.wait()
+        except HostUnavailableError as exc:
+            self._outcome = Outcome(error=exc, place=self.host.name)
+            return self._outcome
+        t1 = time.time()
+        outcome = Outcome(
+            exit_code=code,
+            place=self.host.name,
+            extra={"process_seconds": round(t1 - self._t0, 6), "job_dir": self.job_dir},
+        )
+        if code == 0 and self.work is not None:
+            try:
+                for name, sink in self.work.files_out.items():
+                    await sink(HostFile(self.host, f"{self.job_dir}/{name.rstrip('/')}", name))
+            except Exception as exc:
+                outcome.error = exc
+        self._outcome = outcome
+        return outcome
+
+    async def cancel(self, grace: float) -> None:
+        if self.proc is not None:
+            # shielded: a second cancellation does not leave the group half-stopped
+            await asyncio.shield(self.proc.kill(grace))
+            return
+        if not await self.host._kill_group(f"{self.job_dir}/ctl/pid", grace):
+            raise JobError(f"host {self.host.name}: the process group of {self.job_dir} did not stop")
+
+    async def logs(self) -> bytes:
+        """The end of the output the host kept itself (``b""`` when the work named its own
+        ``stdout``/``stderr`` files: the caller has it all there)."""
+        return b"".join(_tail(path) for path in self._own_logs)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for path in self._own_logs:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        await _remove_scratch(self.info.get("scratch"))
+        try:
+            await self.host._rmtree(self.job_dir)
+        except Exception as exc:  # the host may be unreachable: reaped on reconnection
+            log.warning("host %s: could not remove %s: %s", self.host.name, self.job_dir, exc)
+
+
+class Host(Executor):
+    """Somewhere process jobs run. Capacity is shared by every task that uses the object.
 
     :param name: shown in job records and logs.
     :param cpus: CPU capacity (jobs reserve their task's ``cpu``).
     :param memory: memory capacity (``"8Gi"``, bytes, ...).
     :param launch_rate: at most this many job launches per second on this host.
+    :param max_jobs: at most this many jobs at once (default: as many as fit).
     """
 
+    carries: ClassVar[frozenset[type[Work]]] = frozenset({ProcessWork})
     #: whether paths of the host are paths of the scheduler's machine
-    is_local = False
+    is_local: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -181,60 +250,65 @@ class Host(ABC):
         cpus: float = 1,
         memory: str | int = "1Gi",
         launch_rate: float | None = None,
+        max_jobs: int | None = None,
     ) -> None:
-        if cpus <= 0:
+        if not cpus > 0:
             raise ConfigurationError(f"host {name!r}: cpus must be positive, not {cpus!r}")
-        if launch_rate is not None and launch_rate <= 0:
-            raise ConfigurationError(f"host {name!r}: launch_rate must be positive jobs/second")
-        self.name = name
+        super().__init__(name)
         self.cpus = float(cpus)
         self.memory = parse_memory(memory)
         if self.memory <= 0:
             raise ConfigurationError(f"host {name!r}: memory capacity must be positive")
-        self.launch_rate = launch_rate
-        self.used_cpus = 0.0
-        self.used_memory = 0
-        self.running = 0
-        self._next_launch = 0.0
+        self.launch_rate = LaunchRate(launch_rate, f"host {name!r}")
+        self.capacity = Capacity(name, max_jobs=max_jobs, cpu=self.cpus, memory=self.memory)
         self._down_until = 0.0
         self.down_reason: str | None = None
+
+    def describe(self) -> str:
+        return self.name
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} cpus={self.cpus:g} memory={format_memory(self.memory)}>"
 
     # ------------------------------------------------------------ capacity
-    def fits_at_all(self, cpu: float, memory: int) -> bool:
-        """Whether a job of this size could ever run here."""
-        return cpu <= self.cpus and memory <= self.memory
+    @property
+    def used_cpus(self) -> float:
+        """CPUs the running jobs reserve."""
+        return self.capacity.cpu_used
 
-    def can_take(self, cpu: float, memory: int, now: float | None = None) -> bool:
-        """Whether a job of this size fits now (capacity, launch rate, host up)."""
+    @property
+    def used_memory(self) -> int:
+        """Memory (bytes) the running jobs reserve."""
+        return self.capacity.memory_used
+
+    @property
+    def running(self) -> int:
+        """Jobs holding a slot here."""
+        return self.capacity.jobs
+
+    def fits_at_all(self, resources: Resources) -> bool:
+        return self.capacity.fits_at_all(resources)
+
+    def may_launch(self, now: float | None = None) -> bool:
+        """Whether the host is up and its launch rate allows a launch now."""
         now = time.monotonic() if now is None else now
-        return (
-            self.is_up(now)
-            and now >= self._next_launch
-            and self.used_cpus + cpu <= self.cpus + 1e-9
-            and self.used_memory + memory <= self.memory
-        )
+        return self.is_up(now) and self.launch_rate.ready(now)
 
     def free_share(self) -> float:
         """Free fraction of the capacity (CPU and memory averaged); higher is emptier."""
         return ((self.cpus - self.used_cpus) / self.cpus + (self.memory - self.used_memory) / self.memory) / 2
 
-    def reserve(self, cpu: float, memory: int, now: float | None = None) -> None:
-        """Take capacity for one job (and one launch from the rate budget)."""
-        now = time.monotonic() if now is None else now
-        self.used_cpus += cpu
-        self.used_memory += memory
-        self.running += 1
-        if self.launch_rate:
-            self._next_launch = max(now, self._next_launch) + 1.0 / self.launch_rate
+    def acquire(self, resources: Resources) -> Slot | None:
+        now = time.monotonic()
+        if not self.may_launch(now):
+            return None
+        slot = self.capacity.acquire(self, resources, self.name)
+        if slot is not None:
+            self.launch_rate.take(now)
+        return slot
 
-    def give_back(self, cpu: float, memory: int) -> None:
-        """Return what :meth:`reserve` took."""
-        self.used_cpus = max(0.0, self.used_cpus - cpu)
-        self.used_memory = max(0, self.used_memory - memory)
-        self.running = max(0, self.running - 1)
+    def release(self, slot: Slot) -> None:
+        self.capacity.release(slot)
 
     # ------------------------------------------------------------ health
     def is_up(self, now: float | None = None) -> bool:
@@ -251,65 +325,198 @@ class Host(ABC):
         self._down_until = 0.0
         self.down_reason = None
 
-    # ------------------------------------------------------------ processes
+    # ------------------------------------------------------------ jobs
+    def job_dir_path(self, job: tuple[str, str] = ("", "")) -> str:
+        """A new, unused job directory path on this host for ``job`` (``(task, key)``), not
+        created yet: a task renders it into the command before :meth:`start` makes it."""
+        task, key = job
+        prefix = f"{task}.{key.replace('/', '_')}." if task or key else "job."
+        return self._job_dir_path(prefix)
+
+    async def start(self, work: Work, slot: Slot) -> JobHandle:
+        if not isinstance(work, ProcessWork):
+            raise ConfigurationError(f"host {self.name} runs process work, not {work.kind} work")
+        for rel in (*work.files_in, *work.files_out):
+            _check_relative(rel)
+        job_dir = work.job_dir or self.job_dir_path(work.job)
+        own_logs: list[Path] = []
+        stdout = Path(work.stdout) if work.stdout is not None else None
+        stderr = Path(work.stderr) if work.stderr is not None else None
+        if stdout is None:
+            stdout = _temp_log(self.name)
+            own_logs.append(stdout)
+        made = False
+        try:
+            await self._new_job_dir(job_dir, _parent_dirs([*work.files_in, *work.files_out]))
+            made = True
+            for rel, source in work.files_in.items():
+                target = f"{job_dir}/{rel}"
+                if isinstance(source, Path):
+                    await self._upload(source, target)
+                else:
+                    await self._write_file(target, source())
+            command = work.command
+            if work.script:
+                command = f"{job_dir}/ctl/script.sh"
+                await self._write_file(command, _one_chunk(work.command.encode()))
+            spec = _ProcessSpec(
+                command=command,
+                job_dir=job_dir,
+                cwd=f"{job_dir}/work",
+                env=work.env,
+                script=work.script,
+                stdout=stdout,
+                stderr=stderr,
+            )
+            proc = await self._spawn(spec)
+        except BaseException:
+            for path in own_logs:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            await asyncio.shield(_remove_scratch([str(p) for p in work.scratch]))
+            if made:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._rmtree(job_dir))
+            raise
+        info = {"host": self.name} | self.planned_info(work, slot) | {"dir": job_dir, "pid": proc.pid}
+        info.update(await self._identify(proc))
+        return _HostJob(self, info, proc, work, (stdout, stderr), own_logs)
+
+    def planned_info(self, work: Work, slot: Slot) -> dict[str, Any]:
+        """The host, the job directory (:attr:`ProcessWork.job_dir
+        <pydatatask.executor.base.ProcessWork>`, which a task asks for first) and the local
+        scratch paths: what :meth:`recover` removes should the scheduler die while
+        :meth:`start` makes and fills the directory."""
+        if not isinstance(work, ProcessWork) or work.job_dir is None:
+            return {}
+        info: dict[str, Any] = {"host": self.name, "dir": work.job_dir}
+        if work.scratch:
+            info["scratch"] = [str(p) for p in work.scratch]
+        return info
+
+    async def recover(self, info: Mapping[str, Any]) -> JobHandle | None:
+        """A handle on the process group of an interrupted job, to cancel, or None when
+        nothing of it runs any more (its job directory is removed then).
+
+        The pid and start time come from ``ctl/pid`` (or from ``info``); a pid that now
+        belongs to a process with another start time was reused: nothing is killed.
+        Raises :class:`~pydatatask.errors.BackendUnavailableError` if the host cannot be
+        reached."""
+        if info.get("host", self.name) != self.name:
+            raise BackendUnavailableError(
+                f"host {self.name}: the interrupted job ran on host {info.get('host')!r}, not here"
+            )
+        job_dir = info.get("dir")
+        if not isinstance(job_dir, str) or not job_dir:
+            return None
+        try:
+            alive = await self._is_alive(dict(info))
+            if alive:
+                return _HostJob(self, dict(info))
+            exit_text = await self._read_text(f"{job_dir}/ctl/exit")
+            if exit_text is not None:
+                log.warning(
+                    "host %s: the interrupted job in %s had finished with status %s",
+                    self.name,
+                    job_dir,
+                    exit_text.strip(),
+                )
+            await self._rmtree(job_dir)
+            await _remove_scratch(info.get("scratch"))
+        except HostUnavailableError as exc:
+            raise BackendUnavailableError(
+                f"host {self.name}: cannot check an interrupted job ({exc})"
+            ) from exc
+        return None
+
+    async def _is_alive(self, info: dict[str, Any]) -> bool:
+        """Whether the process group recorded for a job still runs."""
+        pid, start = info.get("pid"), info.get("pid_start")
+        text = await self._read_text(f"{info['dir']}/ctl/pid")
+        if text:
+            parts = text.split()
+            with contextlib.suppress(ValueError, IndexError):
+                pid, start = int(parts[0]), int(parts[1])
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        now_start = await self._process_start_time(pid)
+        return now_start is not None and (start is None or now_start == start)
+
+    async def _identify(self, proc: _Process) -> dict[str, Any]:
+        """More of :attr:`~pydatatask.executor.base.JobHandle.info` for a started process (local: its start time)."""
+        return {}
+
+    # ------------------------------------------------------------ the host's own business
     @abstractmethod
-    async def start(self, spec: ProcessSpec) -> RunningProcess:
-        """Start ``spec`` in a new process group; its job directory must exist."""
+    async def _spawn(self, spec: _ProcessSpec) -> _Process:
+        """Start ``spec`` in a new process group; its job directory exists."""
 
     @abstractmethod
-    async def process_start_time(self, pid: int) -> int | None:
-        """Start time (clock ticks since boot) of ``pid`` on the host, or None if it is gone."""
+    async def _process_start_time(self, pid: int) -> int | None:
+        """Start time of ``pid`` on the host, or None if it is gone."""
 
     @abstractmethod
-    async def kill_group(self, pid_file: str, grace: float) -> bool:
-        """Stop the process group whose leader's pid is in ``pid_file`` (see
-        :func:`kill_group_script`); True when nothing of it runs any more."""
+    async def _kill_group(self, pid_file: str, grace: float) -> bool:
+        """Stop the group whose leader's pid is in ``pid_file`` (:func:`kill_group_script`);
+        True when nothing of it runs any more."""
 
     @abstractmethod
-    async def read_text(self, path: str) -> str | None:
-        """The content of a small file on the host, or None if it does not exist."""
-
-    # ------------------------------------------------------------ files
-    @abstractmethod
-    def job_dir_path(self, prefix: str) -> str:
-        """A new, unused job directory path (``<workdir>/<prefix><random>``), not created:
-        a caller records it (in its claim) before :meth:`new_job_dir` creates it, so a
-        scheduler killed in between leaves nothing nobody knows about."""
+    async def _read_text(self, path: str) -> str | None:
+        """A small file's content, or None if it does not exist."""
 
     @abstractmethod
-    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = (), path: str | None = None) -> str:
-        """Create a fresh, private (0700) job directory with ``ctl``, ``work`` and
-        ``subdirs`` (relative paths) inside: ``path`` (from :meth:`job_dir_path`, which
-        must not exist yet) or a new one under ``prefix``; return its path."""
+    def _job_dir_path(self, prefix: str) -> str:
+        """A new, unused job directory path ``<workdir>/<prefix><random>``."""
 
     @abstractmethod
-    async def makedirs(self, path: str) -> None:
-        """Create ``path`` and its parents (no error if it exists)."""
+    async def _new_job_dir(self, path: str, subdirs: Sequence[str] = ()) -> None:
+        """Create the private (0700) job directory ``path`` (which must not exist) with
+        ``ctl``, ``work`` and ``subdirs`` inside."""
 
     @abstractmethod
-    async def rmtree(self, path: str) -> None:
-        """Remove ``path`` recursively (no error if it is absent)."""
+    async def _rmtree(self, path: str) -> None:
+        """Remove ``path`` recursively (no error if absent)."""
 
     @abstractmethod
-    async def exists(self, path: str) -> bool:
-        """Whether ``path`` exists on the host."""
+    async def _upload(self, local: Path, remote: str) -> None:
+        """Copy a local file or directory to ``remote``."""
 
     @abstractmethod
-    async def upload(self, local: Path, remote: str) -> None:
-        """Copy the local file or directory ``local`` to ``remote`` on the host."""
+    async def _download(self, remote: str, local: Path) -> None:
+        """Copy the file ``remote`` to ``local``, or a directory's contents into ``local``."""
 
     @abstractmethod
-    async def download(self, remote: str, local: Path) -> None:
-        """Copy the file ``remote`` on the host to ``local``; for a directory, copy its
-        contents into ``local`` (created if needed)."""
+    async def _write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+        """Write a file from a stream of chunks."""
 
     @abstractmethod
-    async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
-        """Write a file on the host from a stream of chunks."""
+    def _read_file(self, path: str) -> AsyncIterator[bytes]:
+        """Stream a file's content (FileNotFoundError if absent)."""
 
-    @abstractmethod
-    def read_file(self, path: str) -> AsyncIterator[bytes]:
-        """Stream the content of a file on the host (raises FileNotFoundError if absent)."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release connections the host opened itself."""
+def _remove_paths(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+
+
+async def _remove_scratch(paths: Any) -> None:
+    """Remove the local scratch paths of a job (those still there: a committed output was
+    renamed away)."""
+    if isinstance(paths, list) and paths:
+        await asyncio.to_thread(_remove_paths, [p for p in paths if isinstance(p, str)])
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _temp_log(host: str) -> Path:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="pdt-job-log-")
+    os.close(fd)
+    return Path(path)

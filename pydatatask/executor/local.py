@@ -1,9 +1,17 @@
-"""The scheduler's own machine as a host."""
+"""The scheduler's own machine as a host executor.
+
+Jobs are child processes of the scheduler, each in its own session (process group),
+waited for through a pidfd on the event loop. A restarted scheduler judges the pid of an
+interrupted job only when the job was started on this boot of the kernel in this PID
+namespace (a pid recorded in another container, or before a reboot, names an unrelated
+process here, or none).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -15,9 +23,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .hosts import Host, ProcessSpec, RunningProcess, kill_group_script, wrapper_script
+from .._procfs import boot_id, pid_namespace, process_start_time, same_pid_space
+from ._shell import kill_group_script, wrapper_script
+from .hosts import Host, _Process, _ProcessSpec
 
 __all__ = ("LocalHost",)
+
+log = logging.getLogger("pydatatask.executor.local")
 
 CHUNK = 1 << 20
 #: file operations on local disk up to this size are done on the event loop: a thread hop
@@ -25,15 +37,6 @@ CHUNK = 1 << 20
 SMALL = 1 << 16
 #: a job directory with at most this many entries is removed on the event loop
 SMALL_TREE = 64
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 async def _open_append(path: Path | None) -> IO[bytes] | None:
@@ -103,7 +106,7 @@ async def _stop_group(pgid: int, grace: float) -> None:
         await asyncio.sleep(0.05)
 
 
-class _LocalProcess(RunningProcess):
+class _LocalProcess(_Process):
     """A child process waited for through a pidfd on the event loop (Linux >= 5.3).
 
     asyncio's default child watcher in Python 3.11 starts one thread per child to block
@@ -142,7 +145,7 @@ class _LocalProcess(RunningProcess):
         await self._done
 
 
-class _AsyncioProcess(RunningProcess):
+class _AsyncioProcess(_Process):
     """Fallback where pidfds are missing: asyncio's own subprocess support."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
@@ -180,6 +183,7 @@ class LocalHost(Host):
     :param memory: memory capacity (default: ``"4Gi"``).
     :param workdir: where job directories are made (default: ``$TMPDIR/pdt-jobs-<uid>``).
     :param launch_rate: at most this many launches per second.
+    :param max_jobs: at most this many jobs at once (default: as many as fit).
     """
 
     is_local = True
@@ -192,18 +196,20 @@ class LocalHost(Host):
         memory: str | int = "4Gi",
         workdir: str | os.PathLike[str] | None = None,
         launch_rate: float | None = None,
+        max_jobs: int | None = None,
     ) -> None:
         super().__init__(
             name or socket.gethostname(),
             cpus=cpus if cpus is not None else (os.cpu_count() or 1),
             memory=memory,
             launch_rate=launch_rate,
+            max_jobs=max_jobs,
         )
         self.workdir = (
             Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / f"pdt-jobs-{os.getuid()}"
         )
 
-    async def start(self, spec: ProcessSpec) -> RunningProcess:
+    async def _spawn(self, spec: _ProcessSpec) -> _Process:
         # bytes throughout: os.environ decodes every variable and Popen encodes it again,
         # a cost that showed at hundreds of jobs per second
         env: dict[bytes, bytes] = dict(os.environb)
@@ -257,10 +263,10 @@ class LocalHost(Host):
                 if f is not None:
                     f.close()
 
-    async def process_start_time(self, pid: int) -> int | None:
-        return _start_time(pid)
+    async def _process_start_time(self, pid: int) -> int | None:
+        return process_start_time(pid)
 
-    async def kill_group(self, pid_file: str, grace: float) -> bool:
+    async def _kill_group(self, pid_file: str, grace: float) -> bool:
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",
@@ -271,44 +277,64 @@ class LocalHost(Host):
         out, _ = await proc.communicate()
         return out.strip().endswith(b"gone")
 
-    async def read_text(self, path: str) -> str | None:
+    async def _read_text(self, path: str) -> str | None:
         try:
             return await asyncio.to_thread(Path(path).read_text)
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def job_dir_path(self, prefix: str) -> str:
+    def _job_dir_path(self, prefix: str) -> str:
         return os.path.join(self.workdir, f"{prefix}{secrets.token_hex(6)}")
 
-    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = (), path: str | None = None) -> str:
+    async def _new_job_dir(self, path: str, subdirs: Sequence[str] = ()) -> None:
         # a few mkdir calls on local disk: done here, a thread hop would cost more
-        path = path or self.job_dir_path(prefix)
         try:
             os.mkdir(path, 0o700)  # FileExistsError if taken: never share a directory
         except FileNotFoundError:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             os.mkdir(path, 0o700)
         for sub in ("ctl", "work", *subdirs):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
-        return path
 
-    async def makedirs(self, path: str) -> None:
+    async def _identify(self, proc: _Process) -> dict[str, object]:
+        if proc.pid is None:
+            return {}
+        return {
+            "pid_start": process_start_time(proc.pid),
+            "boot_id": boot_id(),
+            "pid_namespace": pid_namespace(),
+        }
+
+    async def _is_alive(self, info: dict[str, object]) -> bool:
+        if not same_pid_space(info.get("boot_id"), info.get("pid_namespace")):
+            # started before a reboot (everything of it is gone), in another container, or
+            # by a version that did not record where: its pid means nothing here
+            log.warning(
+                "host %s: the interrupted job in %s was started on another boot or in another PID "
+                "namespace; its pid is not looked up here",
+                self.name,
+                info.get("dir"),
+            )
+            return False
+        return await super()._is_alive(info)
+
+    async def _makedirs(self, path: str) -> None:
         await asyncio.to_thread(os.makedirs, path, exist_ok=True)
 
-    async def rmtree(self, path: str) -> None:
+    async def _rmtree(self, path: str) -> None:
         if not _remove_small_tree(path):
             await asyncio.to_thread(shutil.rmtree, path, True)
 
-    async def exists(self, path: str) -> bool:
+    async def _exists(self, path: str) -> bool:
         return await asyncio.to_thread(os.path.lexists, path)
 
-    async def upload(self, local: Path, remote: str) -> None:
+    async def _upload(self, local: Path, remote: str) -> None:
         await asyncio.to_thread(_copy, local, Path(remote))
 
-    async def download(self, remote: str, local: Path) -> None:
+    async def _download(self, remote: str, local: Path) -> None:
         await asyncio.to_thread(_copy, Path(remote), local)
 
-    async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+    async def _write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
         f = open(path, "wb")  # noqa: ASYNC230, SIM115 - local disk, closed below
         try:
             async for chunk in chunks:
@@ -319,7 +345,7 @@ class LocalHost(Host):
         finally:
             f.close()
 
-    async def read_file(self, path: str) -> AsyncIterator[bytes]:
+    async def _read_file(self, path: str) -> AsyncIterator[bytes]:
         f = open(path, "rb")  # noqa: ASYNC230, SIM115 - local disk, closed below
         try:
             if os.fstat(f.fileno()).st_size <= SMALL:

@@ -17,15 +17,17 @@ import os
 import secrets
 import shlex
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._deps import require
+from .._procfs import parse_start_time
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError
 from ..session import resolve
-from .hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, kill_group_script, wrapper_script
+from ._shell import kill_group_script, wrapper_script
+from .hosts import Host, HostUnavailableError, _Process, _ProcessSpec
 from .local import _open_append
 
 __all__ = ("SSHHost", "HostUnavailableError")
@@ -37,14 +39,14 @@ log = logging.getLogger("pydatatask.executor.ssh")
 CHUNK = 1 << 16
 
 
-def _env_script(env: dict[str, str]) -> bytes:
+def _env_script(env: Mapping[str, str]) -> bytes:
     lines = [f"export {name}={shlex.quote(value)}\n" for name, value in env.items()]
     lines.append("PDT_ENV_READ=1\n")
     return "".join(lines).encode()
 
 
-class _SSHProcess(RunningProcess):
-    def __init__(self, host: SSHHost, proc: Any, spec: ProcessSpec, files: list[Any]) -> None:
+class _SSHProcess(_Process):
+    def __init__(self, host: SSHHost, proc: Any, spec: _ProcessSpec, files: list[Any]) -> None:
         self.host = host
         self.proc = proc
         self.spec = spec
@@ -75,7 +77,7 @@ class _SSHProcess(RunningProcess):
 
     async def kill(self, grace: float) -> None:
         try:
-            if not await self.host.kill_group(f"{self.spec.ctl_dir}/pid", grace):
+            if not await self.host._kill_group(f"{self.spec.ctl_dir}/pid", grace):
                 raise HostUnavailableError(f"host {self.host.name}: the job's process group did not stop")
         except Exception:
             self.host._lost_dirs.add(self.spec.job_dir)  # stopped on reconnection
@@ -106,6 +108,7 @@ class SSHHost(Host):
     :param cpus, memory: capacity for the quota.
     :param workdir: remote directory holding the job directories (created if missing).
     :param launch_rate: at most this many launches per second.
+    :param max_jobs: at most this many jobs at once (default: as many as fit).
     :param retry_interval: how long a host stays marked down after a failure.
     :param sftp_channels: SFTP sessions opened per connection for file transfer.
     """
@@ -120,6 +123,7 @@ class SSHHost(Host):
         memory: str | int = "1Gi",
         workdir: str = "/tmp/pdt-jobs",
         launch_rate: float | None = None,
+        max_jobs: int | None = None,
         retry_interval: float | str = "2s",
         sftp_channels: int = 4,
     ) -> None:
@@ -127,7 +131,7 @@ class SSHHost(Host):
             raise ConfigurationError("SSHHost needs exactly one of connection= or connect=")
         if not workdir.startswith("/"):
             raise ConfigurationError(f"SSHHost workdir must be an absolute path, not {workdir!r}")
-        super().__init__(name or "ssh", cpus=cpus, memory=memory, launch_rate=launch_rate)
+        super().__init__(name or "ssh", cpus=cpus, memory=memory, launch_rate=launch_rate, max_jobs=max_jobs)
         self._connection = connection
         self._connect = connect
         self.workdir = workdir.rstrip("/") or "/"
@@ -230,7 +234,7 @@ class SSHHost(Host):
             await conn.wait_closed()
 
     # ------------------------------------------------------------ processes
-    async def start(self, spec: ProcessSpec) -> RunningProcess:
+    async def _spawn(self, spec: _ProcessSpec) -> _Process:
         conn = await self.connection()
         wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=True)
         command = (
@@ -269,21 +273,18 @@ class SSHHost(Host):
             raise self._lost(exc) from exc
         return running
 
-    async def process_start_time(self, pid: int) -> int | None:
+    async def _process_start_time(self, pid: int) -> int | None:
         status, out = await self.run_shell(f"cat /proc/{int(pid)}/stat 2>/dev/null")
         data = out.strip()
         if status != 0 or not data:
             return None
-        try:
-            return int(data[data.rindex(")") + 2 :].split()[19])
-        except (ValueError, IndexError):
-            return None
+        return parse_start_time(data)
 
-    async def kill_group(self, pid_file: str, grace: float) -> bool:
+    async def _kill_group(self, pid_file: str, grace: float) -> bool:
         _, out = await self.run_shell(kill_group_script(pid_file, grace))
         return out.strip().endswith("gone")
 
-    async def read_text(self, path: str) -> str | None:
+    async def _read_text(self, path: str) -> str | None:
         status, out = await self.run_shell(f"cat {shlex.quote(path)} 2>/dev/null")
         return out if status == 0 else None
 
@@ -305,15 +306,14 @@ class SSHHost(Host):
                 "host %s: stopped and removed %d job(s) cut off by a lost connection", self.name, len(dirs)
             )
 
-    def job_dir_path(self, prefix: str) -> str:
+    def _job_dir_path(self, prefix: str) -> str:
         return f"{self.workdir}/{prefix}{secrets.token_hex(6)}"
 
-    async def new_job_dir(self, prefix: str, subdirs: Sequence[str] = (), path: str | None = None) -> str:
+    async def _new_job_dir(self, path: str, subdirs: Sequence[str] = ()) -> None:
         if self._lost_dirs:
             await self.reap_lost_jobs()
         sftp = await self.sftp()
         asyncssh = require("asyncssh", "ssh")
-        path = path or self.job_dir_path(prefix)
         try:
             if self._workdir_made is not self._sftp_conn:
                 await self._call(sftp.makedirs(self.workdir, exist_ok=True))
@@ -336,13 +336,12 @@ class SSHHost(Host):
                 f"host {self.name}: cannot create a job directory in {self.workdir} ({exc}); "
                 "check that the SSH user may write there, or pass SSHHost(workdir=...)"
             ) from exc
-        return path
 
-    async def makedirs(self, path: str) -> None:
+    async def _makedirs(self, path: str) -> None:
         sftp = await self.sftp()
         await self._call(sftp.makedirs(path, exist_ok=True))
 
-    async def rmtree(self, path: str) -> None:
+    async def _rmtree(self, path: str) -> None:
         # one `rm -rf` instead of an SFTP walk (dozens of sequential requests)
         try:
             await self.run_shell(f"rm -rf -- {shlex.quote(path)}")
@@ -351,16 +350,16 @@ class SSHHost(Host):
                 self._lost_dirs.add(path)  # removed on reconnection
             raise
 
-    async def exists(self, path: str) -> bool:
+    async def _exists(self, path: str) -> bool:
         sftp = await self.sftp()
         return bool(await self._call(sftp.exists(path)))
 
-    async def upload(self, local: Path, remote: str) -> None:
+    async def _upload(self, local: Path, remote: str) -> None:
         sftp = await self.sftp()
         is_dir = await asyncio.to_thread(local.is_dir)
         await self._call(sftp.put(os.fspath(local), remote, recurse=is_dir))
 
-    async def download(self, remote: str, local: Path) -> None:
+    async def _download(self, remote: str, local: Path) -> None:
         sftp = await self.sftp()
         if not await self._call(sftp.isdir(remote)):
             await self._call(sftp.get(remote, os.fspath(local)))
@@ -370,7 +369,7 @@ class SSHHost(Host):
             if name not in (".", ".."):
                 await self._call(sftp.get(f"{remote}/{name}", os.fspath(local / name), recurse=True))
 
-    async def write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+    async def _write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
         sftp = await self.sftp()
         f = await self._call(sftp.open(path, "wb", encoding=None))
         try:
@@ -379,7 +378,7 @@ class SSHHost(Host):
         finally:
             await f.close()
 
-    async def read_file(self, path: str) -> AsyncIterator[bytes]:
+    async def _read_file(self, path: str) -> AsyncIterator[bytes]:
         sftp = await self.sftp()
         f = await self._call(sftp.open(path, "rb", encoding=None, block_size=CHUNK))
         try:

@@ -447,6 +447,12 @@ class Task:
         """What one job reserves on :attr:`executor` (default: nothing but a slot)."""
         return _NO_RESOURCES
 
+    @property
+    def cancel_grace(self) -> float:
+        """Seconds a stopped job (timeout, cancellation, recovery) gets between TERM and
+        KILL."""
+        return 10.0
+
     async def prepare(self, job: JobContext) -> Work:
         """What runs for this attempt of ``job``. The default runs :meth:`run_job` (tasks
         not yet expressed as work items)."""

@@ -42,14 +42,11 @@ from .records import HOSTNAME, JobState, error_info, make_record
 if TYPE_CHECKING:
     from .base import Task
 
-__all__ = ("execute", "recover", "run_attempt", "StateCallback", "CANCEL_GRACE")
+__all__ = ("execute", "recover", "run_attempt", "StateCallback")
 
 log = logging.getLogger("pydatatask.task")
 
 _NO_HOOKS = Hooks()
-
-#: seconds a cancelled or timed-out handle gets between TERM and KILL
-CANCEL_GRACE = 10.0
 
 #: ``on_state(task, key, state, attempt)``: told of every change of a job's state
 StateCallback = Callable[["Task", str, JobState, int], None]
@@ -183,6 +180,13 @@ async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutco
     given = job.slot if isinstance(job.slot, Slot) and job.slot.executor is executor else None
     slot = given or await _acquire(executor, task.resources)
     try:
+        planned = executor.planned_info(work, slot)
+        if planned and claim is not None:
+            # a scheduler killed while the work is being set up leaves what recovery removes
+            if not await task.claims.update(claim, run=planned):
+                raise JobError(
+                    f"task {task.name}: the claim on {job.key!r} was taken over by another scheduler"
+                )
         handle = await executor.start(work, slot)
         try:
             if handle.info and claim is not None:
@@ -212,10 +216,10 @@ async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutco
                         f"{executor.describe()}: whatever it returns is discarded"
                     )
                     log.warning("%s", message)
-                await handle.cancel(CANCEL_GRACE)
+                await handle.cancel(task.cancel_grace)
                 raise JobTimeoutError(message) from exc
         except BaseException:
-            await asyncio.shield(_stop(handle))
+            await asyncio.shield(_stop(handle, task.cancel_grace))
             raise
         finally:
             await handle.close()
@@ -240,9 +244,9 @@ async def _acquire(executor: Executor, resources: Resources) -> Slot:
     return slot
 
 
-async def _stop(handle: JobHandle) -> None:
+async def _stop(handle: JobHandle, grace: float) -> None:
     try:
-        await handle.cancel(CANCEL_GRACE)
+        await handle.cancel(grace)
     except Exception as exc:  # what the executor could not stop is named; the job ends anyway
         log.warning("could not stop %s: %s", handle.info or "a job", exc)
 
@@ -294,7 +298,9 @@ async def recover(task: Task, key: str, value: Any) -> None:
     succeeds cleans up; the others leave it alone. A cleanup that fails keeps the takeover
     claim: it goes stale in its turn and the cleanup is tried again.
     """
-    claim = await task.claims.take_over(key, value)
+    run = value.get("run") if isinstance(value, dict) else None
+    # the takeover keeps "run": a recovery that cannot reach the work leaves it to the next
+    claim = await task.claims.take_over(key, value, **({"run": run} if isinstance(run, dict) and run else {}))
     if claim is None:
         return
     if await task.done.contains(key):
@@ -309,11 +315,26 @@ async def recover(task: Task, key: str, value: Any) -> None:
         value.get("owner") if isinstance(value, dict) else value,
         value.get("host") if isinstance(value, dict) else "?",
     )
-    run = value.get("run") if isinstance(value, dict) else None
     if isinstance(run, dict) and run:
-        handle = await task.executor.recover(run)
-        if handle is not None:
-            await _stop_recovered(task, key, handle)
+        try:
+            handle = await task.executor.recover(run)
+            if handle is not None:
+                await _stop_recovered(task, key, handle)
+        except Exception as exc:
+            # the host is unreachable (or cannot tell): the claim stays, handed to nobody, and
+            # the next check tries again; the job never runs twice at once
+            log.warning(
+                "task %s: could not check the interrupted job %r (%s: %s); will try again",
+                task.name,
+                key,
+                type(exc).__name__,
+                exc,
+            )
+            try:
+                await task.claims.abandon(claim)
+            except Exception:
+                task.claims.forget(claim)  # stale by its lease in its turn
+            return
     written = value.get("wrote") if isinstance(value, dict) else None
     if not await task.cleanup_outputs(key, task.journal_from_claim(written)):
         task.claims.forget(claim)
@@ -325,7 +346,7 @@ async def _stop_recovered(task: Task, key: str, handle: JobHandle) -> None:
     """What a dead scheduler left running: stopped (adoption of a handle whose outcome can
     still be recorded is the next step; until then its work is done again)."""
     try:
-        await handle.cancel(CANCEL_GRACE)
+        await handle.cancel(task.cancel_grace)
     finally:
         await handle.close()
     log.info("task %s: stopped what the interrupted job of %r left running", task.name, key)

@@ -1,17 +1,22 @@
-"""Tasks whose jobs are shell commands, run on this machine or on SSH hosts.
+"""Tasks whose jobs are shell commands, run by a host executor (this machine, SSH hosts).
 
 See ``docs/process.rst`` for exactly what a job's process sees (paths, environment,
-working directory) and for the restart semantics. In short:
+working directory) and for the restart semantics. The task says *what* runs; its executor
+(:class:`~pydatatask.executor.local.LocalHost`, :class:`~pydatatask.executor.ssh.SSHHost` or
+:class:`~pydatatask.executor.multihost.Hosts`) says *where*, holds the quota, makes the job
+directory, stages files and stops or finds again the process:
 
-* the command (or script) is a Jinja2 template rendered with
-  :func:`~pydatatask.task.templates.render_command` (every value shell-quoted);
-* the process runs in a fresh job directory (cwd ``<job dir>/work``), in its own process
-  group, with secrets only in its environment;
-* inputs a host cannot read in place are copied into the job directory first; outputs are
-  written to temporary paths and become visible only after a successful exit;
+* :meth:`ProcessTask.prepare` renders the command (or script) template with
+  :func:`~pydatatask.task.templates.render_command` (every value shell-quoted) and
+  declares the files to copy in (inputs the host cannot read in place) and to bring back
+  (outputs that are not local files);
+* :meth:`ProcessTask.finish` commits the outputs after an exit status of 0: each becomes
+  visible only then, atomically (a temporary sibling renamed into place, a streamed write
+  committed on close);
 * stdout/stderr stream to local temporary files, then into the ``logs`` (or
   ``stdout=``/``stderr=``) repositories;
-* on timeout or cancellation the group gets SIGTERM, then SIGKILL after ``kill_grace``.
+* on timeout or cancellation the process group gets SIGTERM, then SIGKILL after
+  ``kill_grace``.
 """
 
 from __future__ import annotations
@@ -22,18 +27,19 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import tempfile
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, parse_memory
+from ..executor.base import Executor, Outcome, ProcessWork, Resources, Slot
+from ..executor.hosts import Host, HostFile
 from ..executor.local import LocalHost
+from ..executor.multihost import Hosts, host_for, unreserved_slot
+from ..quantities import parse_memory
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import DirectoryRepository, FileRepository
 from ..repository.serialized import SerializedMetadataRepository, yaml_dumps, yaml_loads
@@ -53,20 +59,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
-class _Slot:
-    """Capacity reserved on one host for one job (moved if the host goes down)."""
-
-    host: Host
-    cpu: float
-    memory: int
-
-
-@dataclass
 class _JobFiles:
     combined: Path | None = None
     stdout: Path | None = None
     stderr: Path | None = None
-    host: str = ""
 
     def paths(self) -> list[Path]:
         return [p for p in (self.combined, self.stdout, self.stderr) if p is not None]
@@ -79,10 +75,14 @@ class _JobFiles:
 
 @dataclass
 class _Staged:
-    """What happens to the links of one job before and after the process."""
+    """What one attempt of one job does with its links besides what the host stages."""
 
-    commits: list[Any] = field(default_factory=list)  # coroutine factories, run on success
-    local_temps: list[Path] = field(default_factory=list)  # removed unless committed
+    host: Host
+    #: local outputs written in place: committed by :meth:`ProcessTask.finish`
+    commits: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: their temporary paths (the work's scratch: the host removes what is not committed)
+    local_temps: list[Path] = field(default_factory=list)
+    files: _JobFiles = field(default_factory=_JobFiles)
 
 
 def _tmp_sibling(final: Path) -> Path:
@@ -104,15 +104,6 @@ def _tail(path: Path | None) -> str:
     return ("..." if size > TAIL else "") + text
 
 
-def _remove_paths(paths: list[Path]) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink()
-
-
 def _in_place(repo: Repository) -> bool:
     if isinstance(repo, (FileRepository, DirectoryRepository)):
         return True
@@ -129,14 +120,23 @@ async def _bytes_chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+def _members(executor: Executor) -> list[Host]:
+    if isinstance(executor, Hosts):
+        return list(executor.hosts)
+    return [executor] if isinstance(executor, Host) else []
+
+
 class ProcessTask(Task):
-    """Jobs are shell commands on :class:`~pydatatask.executor.Host` objects.
+    """Jobs are shell commands run by a host executor.
 
     :param command: Jinja2 template of a shell command, run with ``/bin/sh -c``.
     :param script: instead of ``command``, a template of a whole shell script (written to
         ``<job dir>/ctl/script.sh`` and run with ``/bin/sh``).
-    :param hosts: where jobs may run (default: one :class:`LocalHost`). Each job goes to
-        the host with the most free capacity that fits its ``cpu``/``memory``.
+    :param executor: where jobs run: a :class:`~pydatatask.executor.local.LocalHost` (the
+        default, one made for the task), an :class:`~pydatatask.executor.ssh.SSHHost`, or
+        :class:`~pydatatask.executor.multihost.Hosts` over several (each job goes to the host with
+        the most free capacity that fits its ``cpu``/``memory``). The executor holds the
+        quota (CPUs, memory, launch rate), shared by every task that uses the same object.
     :param params: extra template values, available as ``params.NAME``.
     :param env: environment variables for the process (values may be session accessors
         or zero-argument callables, resolved per job). Put secrets here, never in the
@@ -145,10 +145,9 @@ class ProcessTask(Task):
     :param stdout: blob repository for each job's stdout (default: into ``logs``).
     :param stderr: blob repository for each job's stderr (default: into ``logs``).
     :param kill_grace: time between SIGTERM and SIGKILL when a job is stopped.
-    :param launch_rate: at most this many launches of this task per second per host.
 
     Everything else (``inputs``, ``outputs``, ``done``, ``live``, ``logs``,
-    ``concurrency``, ``retry``, ``timeout``, ``priority``) is as for :class:`Task`.
+    ``concurrency``, ``retry``, ``timeout``, ``priority``) is as for :class:`~pydatatask.task.base.Task`.
     """
 
     runner = "process"
@@ -159,7 +158,7 @@ class ProcessTask(Task):
         command: str | None = None,
         script: str | None = None,
         *,
-        hosts: Sequence[Host] | None = None,
+        executor: Host | Hosts | None = None,
         params: Mapping[str, Any] | None = None,
         env: Mapping[str, Any] | None = None,
         cpu: float = 1,
@@ -167,7 +166,6 @@ class ProcessTask(Task):
         stdout: BlobRepository | None = None,
         stderr: BlobRepository | None = None,
         kill_grace: float | str = "5s",
-        launch_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         if (command is None) == (script is None):
@@ -178,240 +176,99 @@ class ProcessTask(Task):
         super().__init__(name, **kwargs)
         self.template = template
         self.is_script = script is not None
-        self.hosts: list[Host] = list(hosts) if hosts is not None else [LocalHost()]
-        if not self.hosts or not all(isinstance(h, Host) for h in self.hosts):
-            raise ConfigurationError(f"task {name!r}: hosts must be a non-empty list of Host objects")
-        names = [h.name for h in self.hosts]
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"task {name!r}: host names must be unique, got {names}")
+        if executor is None:
+            executor = LocalHost()
+        if not isinstance(executor, (Host, Hosts)):
+            raise ConfigurationError(
+                f"task {name!r}: executor= must be a LocalHost, an SSHHost or Hosts([...]), not {executor!r}"
+            )
+        self._executor: Host | Hosts = executor
         self.params = dict(params or {})
         self.env = dict(env or {})
         for var in self.env:
             if not isinstance(var, str) or not _ENV_NAME.match(var):
                 raise ConfigurationError(f"task {name!r}: {var!r} is not a valid environment variable name")
-        if cpu <= 0:
+        if not cpu > 0:
             raise ConfigurationError(f"task {name!r}: cpu must be positive")
-        self.cpu = float(cpu)
-        self.memory = parse_memory(memory)
+        self._resources = Resources(cpu=float(cpu), memory=parse_memory(memory))
         self.kill_grace = parse_duration(kill_grace)
-        if launch_rate is not None and launch_rate <= 0:
-            raise ConfigurationError(f"task {name!r}: launch_rate must be positive jobs/second")
-        self.launch_rate = launch_rate
-        self._next_launch: dict[str, float] = {}
         for link_name, repo in (("stdout", stdout), ("stderr", stderr)):
             if repo is not None:
                 if not isinstance(repo, BlobRepository):
                     raise ConfigurationError(f"task {name!r}: {link_name}= needs a BlobRepository")
                 self.link(link_name, repo, LinkKind.OTHER)
-        self._files: dict[int, _JobFiles] = {}
+        # what prepare() staged for each attempt (key, attempt), until its log is written
+        self._staged: dict[tuple[str, int], _Staged] = {}
+
+    @property
+    def executor(self) -> Host | Hosts:
+        """Where the jobs run (a host, or :class:`~pydatatask.executor.multihost.Hosts`)."""
+        return self._executor
+
+    @property
+    def resources(self) -> Resources:
+        """What one job reserves on its host."""
+        return self._resources
+
+    @property
+    def cancel_grace(self) -> float:
+        """``kill_grace``: time between SIGTERM and SIGKILL when a job is stopped."""
+        return self.kill_grace
+
+    @property
+    def hosts(self) -> list[Host]:
+        """The hosts jobs may run on."""
+        return _members(self.executor)
+
+    @property
+    def cpu(self) -> float:
+        """CPUs one job reserves."""
+        return self.resources.cpu
+
+    @property
+    def memory(self) -> int:
+        """Bytes of memory one job reserves."""
+        return self.resources.memory
 
     def describe(self) -> str:
         return f"process task {self.name} on {', '.join(h.name for h in self.hosts)}"
 
     async def validate(self) -> None:
-        if not any(h.fits_at_all(self.cpu, self.memory) for h in self.hosts):
+        if not self.executor.fits_at_all(self.resources):
             sizes = ", ".join(f"{h.name} (cpus={h.cpus:g}, memory={h.memory})" for h in self.hosts)
             raise ConfigurationError(
                 f"task {self.name!r}: a job needs cpu={self.cpu:g} and memory={self.memory} bytes, "
                 f"more than any host has: {sizes}"
             )
 
-    # ---------------------------------------------------------------- quotas
-    def _candidates(self, now: float, exclude: Host | None = None) -> list[Host]:
-        return [
-            h
-            for h in self.hosts
-            if h is not exclude
-            and h.can_take(self.cpu, self.memory, now)
-            and now >= self._next_launch.get(h.name, 0.0)
-        ]
-
-    def _take(self, host: Host, now: float) -> None:
-        host.reserve(self.cpu, self.memory, now)
-        if self.launch_rate:
-            self._next_launch[host.name] = now + 1.0 / self.launch_rate
-
-    def acquire_slot(self) -> Any:
-        now = time.monotonic()
-        candidates = self._candidates(now)
-        if not candidates:
-            return None
-        host = max(candidates, key=lambda h: (h.free_share(), -h.running))
-        self._take(host, now)
-        return _Slot(host, self.cpu, self.memory)
-
-    def release_slot(self, slot: Any) -> None:
-        if isinstance(slot, _Slot):
-            slot.host.give_back(slot.cpu, slot.memory)
-
-    async def _slot_for(self, job: JobContext) -> tuple[_Slot, bool]:
-        """The job's slot, moved off a host that went down if another can take it."""
-        slot = job.slot
-        if not isinstance(slot, _Slot):  # run outside the scheduler: reserve here
-            while (new := self.acquire_slot()) is None:  # noqa: ASYNC110 - capacity frees without an event
-                await asyncio.sleep(0.05)
-            return new, True
-        if not slot.host.is_up():
-            now = time.monotonic()
-            others = self._candidates(now, exclude=slot.host)
-            if not others:
-                raise HostUnavailableError(
-                    f"task {self.name}: host {slot.host.name} is down ({slot.host.down_reason}) "
-                    "and no other host has room"
-                )
-            host = max(others, key=lambda h: (h.free_share(), -h.running))
-            slot.host.give_back(slot.cpu, slot.memory)
-            self._take(host, now)
-            slot.host = host
-        return slot, False
-
     # ---------------------------------------------------------------- the job
-    async def run_job(self, job: JobContext) -> JobOutcome | None:
-        slot, own_slot = await self._slot_for(job)
-        host = slot.host
-        files = self._new_files(job, host)
-        job_dir: str | None = None
-        staged = _Staged()
-        try:
-            # the claim names the job directory before it exists: a scheduler killed while
-            # making or filling it leaves nothing the next one does not know to remove
-            planned = host.job_dir_path(f"{self.name}.{job.key}.")
-            await self._note_claim(job, host, planned, staged, None)
-            job_dir = await host.new_job_dir("", self._subdirs(host, job.key), path=planned)
-            context, env = await self._stage(job, host, job_dir, staged)
-            command = render_command(self.template, context)
-            spec = ProcessSpec(
-                command=command,
-                job_dir=job_dir,
-                cwd=f"{job_dir}/work",
-                env=env,
-                script=self.is_script,
-                stdout=files.combined or files.stdout,
-                stderr=files.stderr,
-            )
-            if self.is_script:
-                spec.command = f"{job_dir}/ctl/script.sh"
-                await host.write_file(spec.command, _bytes_chunks(command.encode()))
-            if staged.local_temps:
-                await self._note_claim(job, host, job_dir, staged, None)
-            t0 = time.time()
-            proc = await host.start(spec)
-            try:
-                await self._note_claim(job, host, job_dir, staged, proc)
-            except BaseException:
-                await self._stop(proc)
-                raise
-            job.log(f"started on {host.name} (pid {proc.pid}) in {job_dir}")
-            code = await self._wait(proc)
-            t1 = time.time()
-            extra = {"process_seconds": round(t1 - t0, 6), "job_dir": job_dir}
-            if code != 0:
-                tail = _tail(files.stderr or files.combined or files.stdout)
-                exc = JobError(
-                    f"task {self.name}: job {job.key!r} on {host.name}: the command exited with status {code}"
-                    + (f"; last output:\n{tail}" if tail else "")
-                )
-                exc.outcome = JobOutcome(exit_code=code, host=host.name, extra=extra)  # type: ignore[attr-defined]
-                raise exc
-            for commit in staged.commits:
-                await commit()
-            job.log(f"exited 0 on {host.name} after {t1 - t0:.3f}s")
-            return JobOutcome(exit_code=0, host=host.name, extra=extra)
-        except asyncio.CancelledError:
-            self._files.pop(id(job), None)
-            files.remove()
-            raise
-        finally:
-            await asyncio.shield(self._cleanup(host, job_dir, staged))
-            if own_slot:
-                self.release_slot(slot)
-
-    async def _wait(self, proc: RunningProcess) -> int:
-        try:
-            return await proc.wait()
-        except BaseException:
-            # timeout, cancellation, or the connection dropped: stop the whole group
-            await self._stop(proc)
-            raise
-
-    async def _stop(self, proc: RunningProcess) -> None:
-        """Kill the job's process group (shielded: a second cancellation does not stop it)."""
-        kill = asyncio.ensure_future(proc.kill(self.kill_grace))
-        try:
-            await asyncio.shield(kill)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the host may be unreachable: nothing more to do here
-            log.warning("task %s: could not stop a job process: %s: %s", self.name, type(exc).__name__, exc)
-
-    async def _cleanup(self, host: Host, job_dir: str | None, staged: _Staged) -> None:
-        if staged.local_temps:
-            await asyncio.to_thread(_remove_paths, staged.local_temps)
-        if job_dir is not None:
-            try:
-                await host.rmtree(job_dir)
-            except Exception as exc:
-                log.warning("task %s: could not remove %s on %s: %s", self.name, job_dir, host.name, exc)
-
-    def _new_files(self, job: JobContext, host: Host) -> _JobFiles:
-        def make(tag: str) -> Path:
-            fd, path = tempfile.mkstemp(prefix=f"pdt-{self.name}-{tag}-")
-            os.close(fd)
-            return Path(path)
-
-        files = _JobFiles(host=host.name)
-        has_out = "stdout" in self.links
-        has_err = "stderr" in self.links
-        if has_out:
-            files.stdout = make("stdout")
-        if has_err:
-            files.stderr = make("stderr")
-        if not (has_out and has_err):
-            files.combined = make("log")
-        self._files[id(job)] = files
-        return files
-
-    async def _note_claim(
-        self, job: JobContext, host: Host, job_dir: str, staged: _Staged, proc: RunningProcess | None
-    ) -> None:
-        """Record where the job runs in its claim, so a restarted scheduler can find it.
-
-        The claim is changed with the same conditional replace as heartbeats (and under
-        the same lock), so a claim taken over by another scheduler is never overwritten.
-        """
-        info: dict[str, Any] = {
-            "host": host.name,
-            "dir": job_dir,
-            "pid_file": f"{job_dir}/ctl/pid",
-            "exit_file": f"{job_dir}/ctl/exit",
-            "temp_paths": [str(p) for p in staged.local_temps],
-            "attempt": job.attempt,
-        }
-        if proc is not None and proc.pid is not None:
-            info["pid"] = proc.pid
-            info["pid_start"] = await host.process_start_time(proc.pid) if host.is_local else None
-        if await self.update_claim(job.key, job=info) is False:
-            raise JobError(f"task {self.name}: the claim on {job.key!r} was taken over by another scheduler")
-
-    # ---------------------------------------------------------------- staging links
-    async def _stage(
-        self, job: JobContext, host: Host, job_dir: str, staged: _Staged
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        key = job.key
+    async def prepare(self, job: JobContext) -> ProcessWork:
+        """The work of one attempt: the rendered command, its environment, the files the
+        host copies in and brings back. ``job.slot`` (from :meth:`~pydatatask.task.base.Task.acquire_slot`) names the
+        host; one that went down is swapped for another with room first."""
+        key, attempt = job.key, job.attempt
+        if not isinstance(job.slot, Slot):
+            job.slot = unreserved_slot(self.executor, self.resources)  # run outside a scheduler
+        host = host_for(job.slot)
+        job_dir = host.job_dir_path((self.name, key))
+        self._forget(key)  # what a cancelled earlier attempt left
+        staged = self._staged[(key, attempt)] = _Staged(host=host, files=self._new_files())
         context = job_context(self, key, self.params)
-        context["attempt"] = job.attempt
+        context["attempt"] = attempt
         context["job_dir"] = job_dir
         context["host"] = host.name
+        files_in: dict[str, Any] = {}
+        files_out: dict[str, Callable[[Any], Awaitable[None]]] = {}
         for link in self.links.values():
             info = context["links"][link.name]
             if link.kind is LinkKind.INPUT:
-                await self._stage_input(link, key, host, job_dir, info)
+                await self._stage_input(link, key, host, job_dir, info, files_in)
             elif link.is_output:
-                await self._stage_output(link, key, host, job_dir, info, staged)
+                self._stage_output(link, key, host, job_dir, info, staged, files_out)
         env = {
             "PDT_KEY": key,
             "PDT_TASK": self.name,
-            "PDT_ATTEMPT": str(job.attempt),
+            "PDT_ATTEMPT": str(attempt),
             "PDT_JOB_DIR": job_dir,
             "PDT_HOST": host.name,
         }
@@ -422,50 +279,106 @@ class ProcessTask(Task):
                 env[f"PDT_{name.upper()}_{field_name.upper()}"] = str(value)
         for var, value in self.env.items():
             env[var] = str(resolve(value))
-        return context, env
+        files = staged.files
+        return ProcessWork(
+            command=render_command(self.template, context),
+            script=self.is_script,
+            env=env,
+            files_in=files_in,
+            files_out=files_out,
+            job=(self.name, key),
+            job_dir=job_dir,
+            stdout=files.combined or files.stdout,
+            stderr=files.stderr,
+            scratch=tuple(staged.local_temps),
+        )
 
-    def _subdirs(self, host: Host, key: str) -> list[str]:
-        """Directories of the job directory that staging needs (made with it)."""
-        dirs = []
-        for link in self.links.values():
-            repo = link.repository
-            if link.kind is LinkKind.INPUT and not (host.is_local and _in_place(repo)):
-                dirs.append(f"in/{link.name}")
-            elif link.is_output and not (
-                host.is_local and isinstance(repo, (FileRepository, DirectoryRepository))
-            ):
-                dirs.append(f"out/{link.name}")
-                if isinstance(repo, DirectoryRepository):
-                    dirs.append(f"out/{link.name}/{key}{repo.extension}")
-        return dirs
+    async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome:
+        """Commit the outputs written in place after an exit status of 0 (the host has
+        brought back the others); raise :class:`~pydatatask.errors.JobError` for a failed
+        command (with the end of its output) or a missing output."""
+        staged = self._staged.get((job.key, job.attempt))
+        place = outcome.place or (staged.host.name if staged is not None else "")
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.exit_code != 0:
+            files = staged.files if staged is not None else _JobFiles()
+            tail = _tail(files.stderr or files.combined or files.stdout)
+            exc = JobError(
+                f"task {self.name}: job {job.key!r} on {place}: the command exited with status {outcome.exit_code}"
+                + (f"; last output:\n{tail}" if tail else "")
+            )
+            exc.outcome = JobOutcome(exit_code=outcome.exit_code, host=place, extra=outcome.extra)  # type: ignore[attr-defined]
+            raise exc
+        if staged is not None:
+            for commit in staged.commits:
+                await commit()
+        job.log(f"exited 0 on {place} after {outcome.extra.get('process_seconds', 0):.3f}s")
+        return JobOutcome(exit_code=0, host=place, extra=dict(outcome.extra))
 
+    def _forget(self, key: str) -> None:
+        """Drop what earlier attempts of ``key`` left here (a cancelled attempt has no
+        :meth:`finish` and no log) and remove their local output files."""
+        for k in [k for k in self._staged if k[0] == key]:
+            self._staged.pop(k).files.remove()
+
+    def close(self) -> None:
+        for staged in self._staged.values():
+            staged.files.remove()
+        self._staged.clear()
+
+    def _new_files(self) -> _JobFiles:
+        def make(tag: str) -> Path:
+            fd, path = tempfile.mkstemp(prefix=f"pdt-{self.name}-{tag}-")
+            os.close(fd)
+            return Path(path)
+
+        files = _JobFiles()
+        has_out = "stdout" in self.links
+        has_err = "stderr" in self.links
+        if has_out:
+            files.stdout = make("stdout")
+        if has_err:
+            files.stderr = make("stderr")
+        if not (has_out and has_err):
+            files.combined = make("log")
+        return files
+
+    # ---------------------------------------------------------------- staging links
     async def _stage_input(
-        self, link: Link, key: str, host: Host, job_dir: str, info: dict[str, Any]
+        self, link: Link, key: str, host: Host, job_dir: str, info: dict[str, Any], files_in: dict[str, Any]
     ) -> None:
         repo = link.repository
         if host.is_local and _in_place(repo):
             return  # read where it is: info["path"] already points there
-        base = f"{job_dir}/in/{link.name}"
+        base = f"in/{link.name}"
         if isinstance(repo, (FileRepository, DirectoryRepository)):
-            path = f"{base}/{key}{repo.extension}"
+            rel = f"{base}/{key}{repo.extension}"
             local = repo.path(key)
             if not local.exists():
                 raise JobError(f"task {self.name}: input {link.name!r} has no {key!r} ({local})")
-            await host.upload(local, path)
+            files_in[rel] = local
         elif isinstance(repo, MetadataRepository):
-            path = f"{base}/{key}.yaml"
+            rel = f"{base}/{key}.yaml"
             data = yaml_dumps(await repo.get(key))
-            await host.write_file(path, _bytes_chunks(data))
+            files_in[rel] = lambda: _bytes_chunks(data)
             info["format"] = "YAML"
         elif isinstance(repo, BlobRepository):
-            path = f"{base}/{key}"
-            await host.write_file(path, _repo_chunks(repo, key))
+            rel = f"{base}/{key}"
+            files_in[rel] = lambda: _repo_chunks(repo, key)
         else:
             return
-        info["path"] = path
+        info["path"] = f"{job_dir}/{rel}"
 
-    async def _stage_output(
-        self, link: Link, key: str, host: Host, job_dir: str, info: dict[str, Any], staged: _Staged
+    def _stage_output(
+        self,
+        link: Link,
+        key: str,
+        host: Host,
+        job_dir: str,
+        info: dict[str, Any],
+        staged: _Staged,
+        files_out: dict[str, Callable[[Any], Awaitable[None]]],
     ) -> None:
         repo = link.repository
         if host.is_local and isinstance(repo, FileRepository):
@@ -497,21 +410,21 @@ class ProcessTask(Task):
 
             staged.commits.append(commit_dir)
             return
-        base = f"{job_dir}/out/{link.name}"
+        base = f"out/{link.name}"
         if isinstance(repo, DirectoryRepository):
-            path = f"{base}/{key}{repo.extension}"
+            rel = f"{base}/{key}{repo.extension}/"
 
-            async def commit_remote_dir() -> None:
+            async def commit_remote_dir(found: HostFile) -> None:
                 async with repo.open_dir(key) as tmp_dir:
-                    await host.download(path, tmp_dir)
+                    await self._missing_output(link, found, found.copy_to(tmp_dir))
 
-            staged.commits.append(commit_remote_dir)
+            files_out[rel] = commit_remote_dir
         elif isinstance(repo, MetadataRepository):
-            path = f"{base}/{key}.yaml"
+            rel = f"{base}/{key}.yaml"
             info["format"] = "YAML"
 
-            async def commit_metadata() -> None:
-                data = b"".join([chunk async for chunk in self._read_output(host, link, path)])
+            async def commit_metadata(found: HostFile) -> None:
+                data = await self._missing_output(link, found, _read_all(found))
                 try:
                     value = yaml_loads(data)
                 except Exception as exc:
@@ -520,33 +433,32 @@ class ProcessTask(Task):
                     ) from exc
                 await repo.put(key, value)
 
-            staged.commits.append(commit_metadata)
+            files_out[rel] = commit_metadata
         elif isinstance(repo, BlobRepository):
             ext = repo.extension if isinstance(repo, FileRepository) else ""
-            path = f"{base}/{key}{ext}"
+            rel = f"{base}/{key}{ext}"
 
-            async def commit_blob() -> None:
+            async def commit_blob(found: HostFile) -> None:
                 async with repo.open(key, "wb") as writer:
-                    async for chunk in self._read_output(host, link, path):
-                        await writer.write(chunk)
+                    await self._missing_output(link, found, _copy_chunks(found, writer))
 
-            staged.commits.append(commit_blob)
+            files_out[rel] = commit_blob
         else:
             return
-        info["path"] = path
+        info["path"] = f"{job_dir}/{rel.rstrip('/')}"
 
-    async def _read_output(self, host: Host, link: Link, path: str) -> AsyncIterator[bytes]:
+    async def _missing_output(self, link: Link, found: HostFile, step: Awaitable[Any]) -> Any:
         try:
-            async for chunk in host.read_file(path):
-                yield chunk
+            return await step
         except FileNotFoundError:
             raise JobError(
-                f"task {self.name}: the command did not write output {link.name!r} ({path} on {host.name})"
+                f"task {self.name}: the command did not write output {link.name!r} ({found})"
             ) from None
 
     # ---------------------------------------------------------------- logs
     async def _write_log(self, job: JobContext) -> None:
-        files = self._files.pop(id(job), None)
+        staged = self._staged.pop((job.key, job.attempt), None)
+        files = staged.files if staged is not None else None
         try:
             if files is not None:
                 for name, path in (("stdout", files.stdout), ("stderr", files.stderr)):
@@ -591,73 +503,11 @@ class ProcessTask(Task):
             if trailer:
                 await writer.write(trailer.encode())
 
-    # ---------------------------------------------------------------- restart
-    def _host_named(self, name: Any) -> Host | None:
-        return next((h for h in self.hosts if h.name == name), None)
 
-    async def recover_stale(self, key: str, claim: Any) -> None:
-        """Stop what is left of an interrupted job, then clean up and free the key.
+async def _read_all(found: HostFile) -> bytes:
+    return b"".join([chunk async for chunk in found.chunks()])
 
-        If the job's process group still runs, it is killed (SIGTERM, SIGKILL after
-        ``kill_grace``) and the job runs again from scratch; if it finished, its exit
-        status is logged and the job runs again too (its outputs were never committed).
-        If the host cannot be reached, the claim stays until a later check succeeds, so
-        the job never runs twice at once.
-        """
-        info = claim.get("job") if isinstance(claim, dict) else None
-        if isinstance(info, dict):
-            host = self._host_named(info.get("host"))
-            if host is None:
-                log.error(
-                    "task %s: job %r was interrupted on host %r, which this task no longer lists; "
-                    "leaving its claim (remove it with `rm` once the process is surely gone)",
-                    self.name,
-                    key,
-                    info.get("host"),
-                )
-                return
-            try:
-                await self._stop_orphan(host, key, info)
-            except Exception as exc:
-                log.warning(
-                    "task %s: could not check the interrupted job %r on %s (%s: %s); will try again",
-                    self.name,
-                    key,
-                    host.name,
-                    type(exc).__name__,
-                    exc,
-                )
-                return
-            await asyncio.to_thread(_remove_paths, [Path(p) for p in info.get("temp_paths") or []])
-        await super().recover_stale(key, claim)
 
-    async def _stop_orphan(self, host: Host, key: str, info: dict[str, Any]) -> None:
-        pid_file = str(info.get("pid_file") or "")
-        pid, start = info.get("pid"), info.get("pid_start")
-        text = await host.read_text(pid_file) if pid_file else None
-        if text:
-            parts = text.split()
-            with contextlib.suppress(ValueError, IndexError):
-                pid, start = int(parts[0]), int(parts[1])
-        alive = False
-        if isinstance(pid, int):
-            now_start = await host.process_start_time(pid)
-            alive = now_start is not None and (start is None or now_start == start)
-        if alive:
-            log.warning(
-                "task %s: killing the orphaned process group %s of %r on %s", self.name, pid, key, host.name
-            )
-            if not await host.kill_group(pid_file, self.kill_grace):
-                raise JobError(f"process group {pid} did not stop")
-        else:
-            exit_text = await host.read_text(str(info.get("exit_file") or ""))
-            if exit_text is not None:
-                log.warning(
-                    "task %s: the interrupted job %r had finished on %s with status %s; running it again",
-                    self.name,
-                    key,
-                    host.name,
-                    exit_text.strip(),
-                )
-        if info.get("dir"):
-            await host.rmtree(str(info["dir"]))
+async def _copy_chunks(found: HostFile, writer: Any) -> None:
+    async for chunk in found.chunks():
+        await writer.write(chunk)

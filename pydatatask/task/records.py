@@ -26,6 +26,7 @@ import traceback
 from enum import StrEnum
 from typing import Any
 
+from .._procfs import boot_id, pid_namespace, process_start_time
 from ..errors import CorruptValueError
 
 __all__ = (
@@ -115,52 +116,6 @@ def make_record(
     if extra:
         record.update(extra)
     return record
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), or None.
-
-    Together with the pid it identifies a process across pid reuse.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    try:
-        return int(data[data.rindex(b")") + 2 :].split()[19])
-    except (ValueError, IndexError):
-        return None
-
-
-def boot_id() -> str | None:
-    """The kernel's id of the current boot (``/proc/sys/kernel/random/boot_id``), or None.
-
-    It changes at every boot and is the same in every container on one kernel, so pids and
-    process start times (clock ticks since boot) can only be compared between claims that
-    carry the same boot id.
-    """
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            return f.read().decode("ascii").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def pid_namespace() -> str | None:
-    """The PID namespace this process is in (e.g. ``pid:[4026531836]``), or None.
-
-    None also when the ``/proc`` mounted here belongs to another PID namespace (a container
-    that shares the host's ``/proc``): the pids this process sees there are not the pids of
-    its own namespace, so it cannot judge a pid by looking at ``/proc``.
-    """
-    try:
-        ns = os.readlink("/proc/self/ns/pid")
-        if int(os.readlink("/proc/self")) != os.getpid():
-            return None
-    except (OSError, ValueError):
-        return None
-    return ns
 
 
 # The identity of this process, computed once (and again in a forked child, whose pid and

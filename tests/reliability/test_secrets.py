@@ -214,7 +214,7 @@ async def test_ssh_key_passphrase_never_leaks(
         done = MemoryMetadataRepository()
         host = SSHHost(connect=connect(phrase), name="locked", retry_interval="0.2s")
         task = ProcessTask(
-            "p", "echo {{ key }}", hosts=[host], inputs={"src": src}, done=done, logs=logs, timeout="15s"
+            "p", "echo {{ key }}", executor=host, inputs={"src": src}, done=done, logs=logs, timeout="15s"
         )
         try:
             summary = await Pipeline([task]).run(timeout="30s")

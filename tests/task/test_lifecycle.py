@@ -16,8 +16,9 @@ from pydatatask.pipeline import Pipeline
 from pydatatask.repository.memory import MemoryMetadataRepository
 from pydatatask.repository.serialized import YamlMetadataFileRepository
 from pydatatask.task.base import JobContext, JobOutcome, Task
-from pydatatask.task.lifecycle import CANCEL_GRACE
 from pydatatask.task.records import make_claim
+
+CANCEL_GRACE = 10.0  # Task.cancel_grace of a task kind that keeps the default
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pydatatask import (
     MemoryMetadataRepository,
     ProcessTask,
 )
-from pydatatask.executor import parse_memory
+from pydatatask.executor import Hosts, parse_memory
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import RetryPolicy
 from pydatatask.task.templates import job_context, render_command
@@ -100,21 +100,21 @@ async def test_three_stage_pipeline(tmp_path: Path) -> None:
     t1 = ProcessTask(
         "upper",
         "tr a-z A-Z < {{ doc.path }} > {{ up.path }}",
-        hosts=[host],
+        executor=host,
         inputs={"doc": docs},
         outputs={"up": upper},
     )
     t2 = ProcessTask(
         "count",
         script="n=$(wc -c < {{ up.path }})\nprintf 'chars: %s\\nkey: %s\\n' $n \"$PDT_KEY\" > {{ stats.path }}\n",
-        hosts=[host],
+        executor=host,
         inputs={"up": upper},
         outputs={"stats": counts},
     )
     t3 = ProcessTask(
         "bundle",
         "cp {{ up.path }} {{ out.path }}/copy.txt && cat {{ st.path }} > {{ out.path }}/stats.yaml",
-        hosts=[host],
+        executor=host,
         inputs={"up": upper, "st": counts},
         outputs={"out": final},
     )
@@ -145,7 +145,7 @@ async def test_injection_through_params_paths_and_templates(tmp_path: Path) -> N
             ProcessTask(
                 f"t{i}",
                 "cd {{ d.path }} && printf '%s|' {{ params.v }} {{ key }} > {{ o.path }} && cat f >> {{ o.path }}",
-                hosts=[LocalHost(workdir=tmp_path / "jobs")],
+                executor=LocalHost(workdir=tmp_path / "jobs"),
                 inputs={"d": src},
                 outputs={"o": out},
                 params={"v": value},
@@ -292,7 +292,7 @@ async def test_quota_limits_concurrent_processes(tmp_path: Path) -> None:
     task = ProcessTask(
         "q",
         'echo "start $(date +%s%N)" >> {{ params.f }}; sleep 0.25; echo "end $(date +%s%N)" >> {{ params.f }}',
-        hosts=[host],
+        executor=host,
         inputs={"i": src},
         params={"f": str(events)},
         cpu=1,
@@ -309,10 +309,10 @@ async def test_quota_limits_concurrent_processes(tmp_path: Path) -> None:
 async def test_jobs_spread_over_hosts_and_memory_counts(tmp_path: Path) -> None:
     a = LocalHost("a", cpus=8, memory="1Gi", workdir=tmp_path / "jobs")
     b = LocalHost("b", cpus=8, memory="1Gi", workdir=tmp_path / "jobs")
-    task = ProcessTask("m", "true", hosts=[a, b], memory="512Mi")
+    task = ProcessTask("m", "true", executor=Hosts([a, b]), memory="512Mi")
     slots = [task.acquire_slot() for _ in range(5)]
     assert slots[4] is None  # memory: two jobs per host
-    assert sorted(s.host.name for s in slots[:4]) == ["a", "a", "b", "b"]
+    assert sorted(s.place for s in slots[:4]) == ["a", "a", "b", "b"]
     for s in slots[:4]:
         task.release_slot(s)
     assert a.used_memory == 0 and b.running == 0
@@ -320,11 +320,11 @@ async def test_jobs_spread_over_hosts_and_memory_counts(tmp_path: Path) -> None:
 
 async def test_job_larger_than_every_host_is_a_configuration_error(tmp_path: Path) -> None:
     src = MemoryBlobRepository()
-    task = ProcessTask("big", "true", hosts=[LocalHost(cpus=2, memory="1Gi")], inputs={"i": src}, cpu=3)
+    task = ProcessTask("big", "true", executor=LocalHost(cpus=2, memory="1Gi"), inputs={"i": src}, cpu=3)
     with pytest.raises(ConfigurationError, match="more than any host"):
         await Pipeline([task]).run()
     task = ProcessTask(
-        "big2", "true", hosts=[LocalHost(cpus=2, memory="1Gi")], inputs={"i": src}, memory="2Gi"
+        "big2", "true", executor=LocalHost(cpus=2, memory="1Gi"), inputs={"i": src}, memory="2Gi"
     )
     with pytest.raises(ConfigurationError, match="more than any host"):
         await task.validate()
@@ -354,10 +354,9 @@ async def test_launch_rate(tmp_path: Path) -> None:
     task = ProcessTask(
         "r",
         "date +%s%N >> {{ params.f }}",
-        hosts=[LocalHost(cpus=8, workdir=tmp_path / "jobs")],
+        executor=LocalHost(cpus=8, workdir=tmp_path / "jobs", launch_rate=5),
         inputs={"i": src},
         params={"f": str(starts)},
-        launch_rate=5,
     )
     assert (await Pipeline([task]).run()).succeeded == 4
     times = sorted(int(x) for x in starts.read_text().split())
@@ -405,7 +404,7 @@ task = ProcessTask(
     inputs={"i": src},
     outputs={"o": FileRepository(root + "/out")},
     params={"f": root + "/ticks"},
-    hosts=[LocalHost(cpus=8)],
+    executor=LocalHost(cpus=8),
     kill_grace="1s",
 )
 summary = asyncio.run(Pipeline([task], state_dir=root + "/state", claim_check_interval="1s").run())
@@ -456,26 +455,30 @@ async def test_local_processes_are_reaped_without_a_thread_each(tmp_path: Path) 
     zombie left, exit statuses and signals reported as the wrapper sees them."""
     import threading
 
-    from pydatatask.executor.hosts import ProcessSpec
+    from pydatatask.executor.base import ProcessWork, Resources
 
-    host = LocalHost(workdir=tmp_path / "jobs")
+    host = LocalHost(cpus=100, workdir=tmp_path / "jobs")
     threads = threading.active_count()
     commands = ["exit 0", "exit 3", "kill -9 $$", "sleep 0.3; exit 7"] * 5
-    procs = []
+    handles = []
     for command in commands:
-        job_dir = await host.new_job_dir("t.")
-        procs.append(await host.start(ProcessSpec(command=command, job_dir=job_dir, cwd=f"{job_dir}/work")))
+        slot = host.acquire(Resources(cpu=1))
+        assert slot is not None
+        handles.append(await host.start(ProcessWork(command=command), slot))
     from pydatatask.executor import local
 
     if local._PIDFD:  # kernels without pidfds (< 5.3) use asyncio's watcher, a thread per child
         assert threading.active_count() <= threads  # none started (others may have ended)
-    codes = await asyncio.gather(*(p.wait() for p in procs))
+    outcomes = await asyncio.gather(*(h.wait() for h in handles))
     # "kill -9 $$" kills the wrapper's subshell: the wrapper reports 128+9 as its status
-    assert codes == [0, 3, 137, 7] * 5
-    for proc in procs:
-        assert proc.pid is not None
+    assert [o.exit_code for o in outcomes] == [0, 3, 137, 7] * 5
+    for handle in handles:
+        pid = handle.info["pid"]
+        assert isinstance(pid, int)
         with pytest.raises(ChildProcessError):  # reaped already: no zombie left to wait for
-            os.waitpid(proc.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: never blocks
+            os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: never blocks
+        await handle.close()
+    assert list((tmp_path / "jobs").iterdir()) == []
 
 
 KILLED_WHILE_MAKING_DIRS = """
@@ -487,11 +490,10 @@ root, die = sys.argv[1], sys.argv[2] == "die"
 
 
 class DyingHost(LocalHost):
-    async def new_job_dir(self, prefix, subdirs=(), path=None):
-        made = await super().new_job_dir(prefix, subdirs, path)
+    async def _new_job_dir(self, path, subdirs=()):
+        await super()._new_job_dir(path, subdirs)
         if die:  # the scheduler is killed right after making a job directory
             os.kill(os.getpid(), signal.SIGKILL)
-        return made
 
 
 task = ProcessTask(
@@ -499,7 +501,7 @@ task = ProcessTask(
     "echo ok > {{ o.path }}",
     inputs={"i": FileRepository(root + "/src")},
     outputs={"o": FileRepository(root + "/out")},
-    hosts=[DyingHost(workdir=root + "/jobs")],
+    executor=DyingHost(workdir=root + "/jobs"),
 )
 summary = asyncio.run(Pipeline([task], state_dir=root + "/state", claim_check_interval="1s").run())
 print("OK" if summary.ok else "FAILED", summary.succeeded, flush=True)
@@ -529,3 +531,68 @@ def test_scheduler_killed_after_making_a_job_directory_leaves_nothing(tmp_path: 
     assert (tmp_path / "out" / "a").read_text() == "ok\n"
     assert list((tmp_path / "jobs").iterdir()) == []
     assert list((tmp_path / "state" / "mk" / "live").glob("*.yaml")) == []
+
+
+def _stat_start(pid: int) -> int:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+@pytest.mark.parametrize("where", ["another boot", "another PID namespace"])
+async def test_recovery_does_not_kill_a_pid_recorded_elsewhere(tmp_path: Path, where: str) -> None:
+    """A claim left by a scheduler on another boot, or in another container, names a pid
+    that means nothing here: recovery must not kill the process that has it now (here a
+    bystander started with the very pid and start time the job directory records), it
+    removes the job directory and runs the job again. (Recovery used to kill by the pid
+    and start time alone.)"""
+    src = FileRepository(tmp_path / "src")
+    await src.write_text("k", "x")
+    host = LocalHost("here", workdir=tmp_path / "jobs")
+    task = ProcessTask(
+        "t",
+        "echo ran > {{ o.path }}",
+        executor=host,
+        inputs={"i": src},
+        outputs={"o": FileRepository(tmp_path / "out")},
+    )
+    pipeline = Pipeline([task], state_dir=tmp_path / "state", claim_check_interval="0.1s")
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)  # noqa: ASYNC220 - killed below
+    try:
+        start = _stat_start(bystander.pid)
+        job_dir = tmp_path / "jobs" / "t.k.0123456789ab"
+        (job_dir / "ctl").mkdir(parents=True)
+        (job_dir / "work").mkdir()
+        (job_dir / "ctl" / "pid").write_text(f"{bystander.pid} {start}\n")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # noqa: ASYNC240 - procfs
+        ns = os.readlink("/proc/self/ns/pid")
+        if where == "another boot":
+            boot = "00000000-0000-0000-0000-000000000000"
+        else:
+            ns = "pid:[1]"
+        run = {"host": "here", "dir": str(job_dir), "pid": bystander.pid, "pid_start": start}
+        claim = {
+            "owner": "elsewhere",
+            "task": "t",
+            "key": "k",
+            "host": "elsewhere",
+            "pid": bystander.pid,
+            "pid_start": start,
+            "boot_id": boot,
+            "pid_namespace": ns,
+            "started": 0.0,
+            "heartbeat": 0.0,
+            "lease": 1.0,
+            "run": {**run, "boot_id": boot, "pid_namespace": ns},
+            # the same, as the claims of the version before the executor layer named it
+            "job": {**run, "pid_file": f"{job_dir}/ctl/pid", "exit_file": f"{job_dir}/ctl/exit"},
+        }
+        await task.live.put("k", claim)
+        summary = await pipeline.run()
+        assert bystander.poll() is None, "recovery killed a process it cannot know"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert summary.succeeded == 1
+    assert (tmp_path / "out" / "k").read_text() == "ran\n"
+    assert list((tmp_path / "jobs").iterdir()) == []
+    assert not await task.live.contains("k")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository, ProcessTask, Session
-from pydatatask.executor import SSHHost
+from pydatatask.executor import Hosts, SSHHost
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import RetryPolicy
 from tests.conftest import service
@@ -125,7 +125,7 @@ async def test_200_jobs_over_ssh_to_files_and_s3(ssh: dict[str, Any], s3client: 
             "tr a-z A-Z < {{ doc.path }} > {{ up.path }}\n"
             'printf "%s on %s\\n" "$PDT_KEY" "$PDT_HOST" > {{ s3up.path }}\n'
         ),
-        hosts=hosts,
+        executor=Hosts(hosts),
         inputs={"doc": src},
         outputs={"up": upper, "s3up": s3},
         concurrency=32,
@@ -174,7 +174,7 @@ async def test_injection_over_ssh(ssh: dict[str, Any]) -> None:
             ProcessTask(
                 f"inj{i}",
                 "printf '%s|' {{ params.v }} {{ key }} > {{ o.path }}; cat {{ i.path }} >> {{ o.path }}",
-                hosts=[host],
+                executor=host,
                 inputs={"i": src},
                 outputs={"o": out},
                 params={"v": value.replace("PWNED", marker)},
@@ -184,7 +184,7 @@ async def test_injection_over_ssh(ssh: dict[str, Any]) -> None:
         ProcessTask(
             "meta",
             "sed 's/^n: 1$/n: 2/' {{ m.path }} > {{ o.path }}",
-            hosts=[host],
+            executor=host,
             inputs={"m": meta_in},
             outputs={"o": meta_out},
         )
@@ -209,7 +209,7 @@ async def test_failure_record_and_secret_not_on_remote_command_line(ssh: dict[st
         "sec",
         'printf %s "$AWS_SECRET_ACCESS_KEY" | sha256sum > {{ o.path }}; sleep 1; '
         '[ {{ key }} = ok ] || { echo "broken $PDT_KEY" >&2; exit 7; }',
-        hosts=[host],
+        executor=host,
         inputs={"i": src},
         outputs={"o": out},
         logs=logs,
@@ -243,7 +243,7 @@ async def test_timeout_kills_the_remote_process_tree(ssh: dict[str, Any]) -> Non
     task = ProcessTask(
         "slow",
         "trap '' TERM; sh -c 'sleep {{ params.d }} & sleep {{ params.d }}' & sleep {{ params.d }}",
-        hosts=[host],
+        executor=host,
         inputs={"i": src},
         params={"d": duration},
         timeout=1.0,
@@ -275,7 +275,7 @@ async def test_quota_over_ssh(ssh: dict[str, Any]) -> None:
         "quota",
         'echo "start $(date +%s%N) $PDT_HOST" >> {{ params.f }}; sleep 0.3; '
         'echo "end $(date +%s%N) $PDT_HOST" >> {{ params.f }}',
-        hosts=hosts,
+        executor=Hosts(hosts),
         inputs={"i": src},
         params={"f": events},
         concurrency=8,
@@ -315,7 +315,7 @@ task = ProcessTask(
     inputs={"i": FileRepository(root + "/src")},
     outputs={"o": FileRepository(root + "/out")},
     params={"f": ticks},
-    hosts=[host],
+    executor=host,
     kill_grace="1s",
 )
 
@@ -411,7 +411,7 @@ async def test_sshd_outage_fails_jobs_cleanly_then_they_succeed(ssh: dict[str, A
     task = ProcessTask(
         "outage",
         'echo "$PDT_KEY" >> {{ params.f }}; sleep 1; cat {{ i.path }} > {{ o.path }}',
-        hosts=hosts,
+        executor=Hosts(hosts),
         inputs={"i": src},
         outputs={"o": out},
         params={"f": str(started)},

@@ -87,7 +87,7 @@ async def test_process_task_reads_and_writes_through_views(tmp_path: Path) -> No
     task = ProcessTask(
         "upper",
         "tr a-z A-Z < {{ doc.path }} > {{ up.path }}",
-        hosts=[LocalHost(workdir=tmp_path / "jobs")],
+        executor=LocalHost(workdir=tmp_path / "jobs"),
         inputs={"doc": ReadOnlyRepository(docs)},
         outputs={"up": _prefixed(upper, "up-")},
     )

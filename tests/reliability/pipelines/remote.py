@@ -83,7 +83,7 @@ def build_pipeline() -> Pipeline:
                 "sleep {{ params.sleep }}\n"
                 "tr a-z A-Z < {{ i.path }} > {{ o.path }}\n"
             ),
-            hosts=[host],
+            executor=host,
             inputs={"i": src},
             outputs={"o": out},
             params={"runs": RUNS, "sleep": SLEEP},

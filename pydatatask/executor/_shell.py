@@ -1,0 +1,87 @@
+"""The shell programs every host job runs through (private to the host executors).
+
+:func:`wrapper_script` records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the
+command starts; :func:`kill_group_script` stops a job's process group from that file.
+Both use only shell builtins besides the command itself.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+__all__ = ("wrapper_script", "kill_group_script")
+
+
+def wrapper_script(ctl_dir: str, script: bool, read_env: bool, in_place: bool = False) -> str:
+    """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
+
+    It optionally reads ``export`` lines from stdin (secrets over SSH), writes
+    ``ctl/pid`` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
+    script file with ``/bin/sh``), then writes ``ctl/exit`` and exits with the command's
+    status. Only shell builtins besides the command itself: no extra processes.
+
+    With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
+    written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
+    traps behave as under ``/bin/sh -c``), a script replaces it (``exec /bin/sh``); the
+    pid and start time in ``ctl/pid`` stay those of the job's process.
+    """
+    ctl = shlex.quote(ctl_dir)
+    if in_place:
+        run = 'exec /bin/sh "$1"' if script else 'unset st; eval "set --; $1"'
+        return (
+            "\n".join(
+                [
+                    "exec </dev/null",
+                    "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
+                    f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
+                    run,
+                ]
+            )
+            + "\n"
+        )
+    run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
+    lines = []
+    if read_env:
+        # the env script ends with PDT_ENV_READ=1: a cut-off stdin runs nothing
+        lines.append('eval "$(cat)" && [ "${PDT_ENV_READ:-}" = 1 ] || exit 125')
+    lines += [
+        "exec </dev/null",
+        # field 22 of /proc/PID/stat is the start time (the name field of sh has no space)
+        "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
+        f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
+        run,
+        "ec=$?",
+        f"printf '%s\\n' \"$ec\" > {ctl}/exit",
+        'exit "$ec"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def kill_group_script(pid_file: str, grace: float, wait_for_pid: float = 3.0) -> str:
+    """A shell program that stops the process group whose leader's pid is in
+    ``pid_file``: SIGTERM, up to ``grace`` seconds for it to go, then SIGKILL, and waits
+    until no member is left. Prints ``gone`` when nothing (or nothing any more) runs.
+
+    If the leader's pid now belongs to a process with another start time, the pid was
+    reused, which Linux does only once no process of the old group is left: nothing is
+    killed then."""
+    f = shlex.quote(pid_file)
+    ticks = max(1, int(grace * 10))
+    wait_ticks = max(1, int(wait_for_pid * 10))
+    return (
+        f"i=0; while [ ! -s {f} ] && [ $i -lt {wait_ticks} ]; do sleep 0.1; i=$((i+1)); done\n"
+        f"p=; st=; [ -s {f} ] && read -r p st _ < {f}\n"
+        '[ -n "$p" ] || { echo gone; exit 0; }\n'
+        'if [ -n "$st" ] && [ -r "/proc/$p/stat" ]; then\n'
+        '  cur=; read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ cur _ < "/proc/$p/stat" 2>/dev/null\n'
+        '  [ "$cur" = "$st" ] || { echo gone; exit 0; }\n'
+        "fi\n"
+        'kill -TERM "-$p" 2>/dev/null || { echo gone; exit 0; }\n'
+        "i=0\n"
+        'while kill -0 "-$p" 2>/dev/null; do\n'
+        f'  if [ $i -ge {ticks} ]; then kill -KILL "-$p" 2>/dev/null; fi\n'
+        f"  if [ $i -ge {ticks + 100} ]; then echo alive; exit 1; fi\n"
+        "  sleep 0.1; i=$((i+1))\n"
+        "done\n"
+        "echo gone\n"
+    )
