@@ -11,7 +11,7 @@ Life of a job (see ``docs/kube.rst``):
   task lets it go. The claim thus outlives the containers: a pod that was deleted (timeout,
   cancellation, by hand) keeps the key claimed until the job's partial outputs are gone
   (or its record is written), also across a scheduler that is killed meanwhile.
-* **wait**: one :class:`~pydatatask.executor.kube.PodPoller` per task lists the task's
+* **wait**: one :class:`~pydatatask.executor.pods.PodPoller` per task lists the task's
   pods (one LIST by label selector) at most once per ``poll_interval`` and wakes the jobs
   waiting for their pod. The ``live`` listing reads the same snapshot.
 * **reap**: on Succeeded/Failed the outcome (phase, exit code per container, reason,
@@ -46,7 +46,20 @@ import yaml
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.kube import (
+from ..executor.pod_state import (
+    CLAIM_ANNOTATION,
+    CLEANUP_FINALIZER,
+    FINISHED_PHASES,
+    KEY_ANNOTATION,
+    KEY_LABEL,
+    TASK_ANNOTATION,
+    TASK_LABEL,
+    cleanup_pending,
+    containers_stopped,
+    iso_time,
+    pending_reason,
+)
+from ..executor.pods import (
     KubeApiError,
     KubeCluster,
     KubeSlot,
@@ -58,21 +71,7 @@ from ..executor.kube import (
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from .base import JobContext, JobOutcome, Task
 from .inprocess import InProcessTask
-from .kube_pods import (
-    CLAIM_ANNOTATION,
-    CLEANUP_FINALIZER,
-    FINISHED_PHASES,
-    KEY_ANNOTATION,
-    KEY_LABEL,
-    TASK_ANNOTATION,
-    TASK_LABEL,
-    KubePodRepository,
-    cleanup_pending,
-    containers_stopped,
-    iso_time,
-    pending_reason,
-    same_claim,
-)
+from .kube_pods import KubePodRepository, same_claim
 from .records import make_claim
 from .retry import RetryPolicy
 from .templates import job_context, render_yaml
@@ -93,7 +92,7 @@ class KubeTask(Task):
         :func:`~pydatatask.task.templates.job_context` (``key``, ``task``, ``params``,
         ``links`` and one entry per link) plus ``namespace``, ``pod_name``, ``attempt``.
         ``metadata.name``, labels and annotations are set by the task.
-    :param cluster: a :class:`~pydatatask.executor.kube.KubeCluster`, or an ``ApiClient``
+    :param cluster: a :class:`~pydatatask.executor.pods.KubeCluster`, or an ``ApiClient``
         / session accessor returning one (wrapped with ``namespace``).
     :param params: extra template values (``{{ params.x }}``).
     :param env: environment added to every container: ``{NAME: "value"}`` or
@@ -205,7 +204,7 @@ class KubeTask(Task):
 
     # ---------------------------------------------------------------- manifest
     def pod_name(self, key: str) -> str:
-        """The pod name of ``key`` (see :func:`~pydatatask.executor.kube.pod_name`)."""
+        """The pod name of ``key`` (see :func:`~pydatatask.executor.pods.pod_name`)."""
         return pod_name(self.name, key)
 
     def render(self, key: str, *, attempt: int = 1, claim: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pydatatask
 from pydatatask import FileRepository, Session
-from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.executor.pods import KubeCluster, api_client
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.kube import KubeFunctionTask, KubeTask
 

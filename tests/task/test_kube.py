@@ -30,7 +30,7 @@ from pydatatask import (
     MemoryMetadataRepository,
     Session,
 )
-from pydatatask.executor.kube import (
+from pydatatask.executor.pods import (
     KubeApiError,
     KubeCluster,
     api_client,

@@ -42,7 +42,7 @@ __all__ = (
     "parse_memory",
 )
 
-log = logging.getLogger("pydatatask.executor.kube")
+log = logging.getLogger("pydatatask.executor.pods")
 
 T = TypeVar("T")
 
@@ -176,7 +176,7 @@ class KubeCluster:
         if api is None:
             raise ConfigurationError(
                 "KubeCluster needs an API client: pass a session resource yielding "
-                "kubernetes_asyncio.client.ApiClient (see pydatatask.executor.kube.api_client)"
+                "kubernetes_asyncio.client.ApiClient (see pydatatask.executor.pods.api_client)"
             )
         if max_pods is not None and max_pods < 1:
             raise ConfigurationError("max_pods must be at least 1")
