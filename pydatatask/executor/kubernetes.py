@@ -19,7 +19,7 @@ What the executor guarantees about a job's pod:
 * **one LIST per interval**: one :class:`~pydatatask.executor.pods.PodPoller` per executor
   lists its pods (label ``pydatatask.io/executor``) at most once per ``poll_interval`` and
   wakes every handle waiting for its pod.
-* **recovery**: :meth:`KubeExecutor.recover` turns a handle's :attr:`~PodHandle.info` into a
+* **recovery**: :meth:`KubeExecutor.recover` turns a handle's :attr:`~pydatatask.executor.base.JobHandle.info` into a
   handle on the same pod (same uid), adoptable while the pod was not deleted (it runs or
   has finished: its outcome is recorded, not redone); :meth:`KubeExecutor.jobs` lists the
   pods of a task for orphans that no claim names.
@@ -500,7 +500,7 @@ class KubeExecutor(Executor):
         )
 
     async def recover(self, info: Mapping[str, Any]) -> PodHandle | None:
-        """A handle on the pod of ``info`` (a :attr:`PodHandle.info`) if that pod (same uid)
+        """A handle on the pod of ``info`` (a :attr:`~pydatatask.executor.base.JobHandle.info`) if that pod (same uid)
         still exists: adoptable unless it was deleted. None if it is gone."""
         name, uid = info.get("pod"), info.get("uid")
         task, key = info.get("task"), info.get("key")

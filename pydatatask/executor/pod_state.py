@@ -32,10 +32,10 @@ TASK_ANNOTATION = "pydatatask.io/task"
 #: the exact job key (labels and names only hold a sanitised, hashed form)
 KEY_ANNOTATION = "pydatatask.io/key"
 CLAIM_ANNOTATION = "pydatatask.io/claim"
-#: who started the pod: ``{"executor", "run", "host", "pid"}`` as JSON
+#: who started the pod (``{"executor", "run", "host", "pid"}`` as JSON)
 RUN_ANNOTATION = "pydatatask.io/run"
-#: the finalizer on every pod of a job: a deleted pod stays in the API (and keeps its key
-#: claimed) until its job's partial outputs have been removed
+#: the finalizer on every pod of a job (a deleted pod stays in the API, and keeps its key
+#: claimed, until its job's partial outputs have been removed)
 CLEANUP_FINALIZER = "pydatatask.io/cleanup"
 
 #: the phases of a pod whose containers have all ended

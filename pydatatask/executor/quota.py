@@ -33,7 +33,7 @@ class LaunchRate:
 
 
 class Quota:
-    """What an executor admits at once: ``max_jobs`` jobs whose :class:`Resources` add up to
+    """What an executor admits at once: ``max_jobs`` jobs whose :class:`~pydatatask.executor.base.Resources` add up to
     at most ``max_cpu`` CPUs and ``max_memory`` bytes, started at most ``launch_rate`` per
     second. None means no limit. ``what`` names the executor in error messages."""
 

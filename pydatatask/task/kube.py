@@ -46,6 +46,7 @@ import yaml
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
+from ..executor.kubernetes import FUNCTION_COMMAND
 from ..executor.pod_state import (
     CLAIM_ANNOTATION,
     CLEANUP_FINALIZER,
@@ -76,12 +77,9 @@ from .records import make_claim
 from .retry import RetryPolicy
 from .templates import job_context, render_yaml
 
-__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV", "CLEANUP_FINALIZER")
+__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "CLEANUP_FINALIZER")
 
 log = logging.getLogger("pydatatask.task.kube")
-
-#: set to "1" in the pods of a :class:`KubeFunctionTask`: the task then runs its function
-IN_POD_ENV = "PDT_IN_POD"
 
 
 class KubeTask(Task):
@@ -194,11 +192,6 @@ class KubeTask(Task):
             priority=priority,
         )
 
-    @property
-    def in_pod(self) -> bool:
-        """True when this process is the job's own pod (only for :class:`KubeFunctionTask`)."""
-        return False
-
     def describe(self) -> str:
         return f"kube task {self.name} (namespace {self.cluster.namespace})"
 
@@ -252,7 +245,7 @@ class KubeTask(Task):
                 f"task {self.name}: the manifest needs spec.containers (a non-empty list)"
             )
         spec.setdefault("restartPolicy", "Never")
-        env = [self._env_entry(k, v) for k, v in self._pod_env().items()]
+        env = [self._env_entry(k, v) for k, v in self.env.items()]
         for container in spec["containers"]:
             if not isinstance(container, dict):
                 raise ConfigurationError(f"task {self.name}: every container must be a mapping")
@@ -266,9 +259,6 @@ class KubeTask(Task):
                 ]
         return body
 
-    def _pod_env(self) -> dict[str, Any]:
-        return dict(self.env)
-
     @staticmethod
     def _env_entry(name: str, value: Any) -> dict[str, Any]:
         if isinstance(value, dict):
@@ -277,8 +267,6 @@ class KubeTask(Task):
 
     # ---------------------------------------------------------------- quota
     def acquire_slot(self) -> Any:
-        if self.in_pod:
-            return True
         return self.cluster.acquire(self._cpu, self._memory)
 
     def release_slot(self, slot: Any) -> None:
@@ -289,8 +277,6 @@ class KubeTask(Task):
     async def claim(self, key: str, owner: str) -> bool:
         """Create the pod (the atomic claim). On 409, take over an orphan offered for
         adoption; otherwise another scheduler runs ``key``: False."""
-        if self.in_pod:
-            return True
         if await self.done.contains(key):
             return False  # finished meanwhile: creating the pod would start the work again
         claim = make_claim(owner, self.name, key, time.time())
@@ -350,8 +336,6 @@ class KubeTask(Task):
         (finalizer) with a claim marked stale, so that the next check for stale claims (of
         this scheduler or any other) removes them and frees the key.
         """
-        if self.in_pod:
-            return
         current = self._pods.pop(key, None)
         spent = key in self._spent
         self._spent.discard(key)
@@ -413,7 +397,7 @@ class KubeTask(Task):
         A pod that already wrote (some of) its outputs is adopted (see
         :meth:`resumable_keys`), not retired: its finished work is recorded, not redone.
         """
-        if self.in_pod or not isinstance(claim, dict):
+        if not isinstance(claim, dict):
             return
         pod = (await self.pods.pods()).get(key)
         if pod is None or not same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim):
@@ -466,8 +450,6 @@ class KubeTask(Task):
         """Pods offered for adoption: their keys are ready even when the pod already wrote
         outputs; the claim adopts the pod, its end is recorded (a failure removes the
         outputs while the pod still holds the name)."""
-        if self.in_pod:
-            return frozenset()
         return self.pods.adoptable.keys()
 
     # ---------------------------------------------------------------- the job
@@ -666,20 +648,22 @@ spec:
   - name: main
     image: {image}
     command: {command}
-    args: ["launch", {{{{ task }}}}, {{{{ key }}}}, "--force"]{workdir}
+    args: [{function_command}, {{{{ task }}}}, {{{{ key }}}}]{workdir}
 """
 
 
 class KubeFunctionTask(KubeTask):
     """Each job runs ``func`` (a function of the pipeline script) inside a pod.
 
-    The pod runs ``python3 <script_path> launch TASK KEY --force``: the pipeline
-    script itself, whose CLI runs one job in-process. There the same task object sees
-    ``PDT_IN_POD=1`` (set in the pod's environment) and calls the function the way
-    :class:`~pydatatask.task.InProcessTask` does, instead of creating a pod. The image must
-    contain the script (at ``script_path``), pydatatask and whatever the function imports,
-    and the pod needs whatever the session's resources need (credentials via ``env``).
-    The record written by the scheduler that created the pod is the final one.
+    The pod runs ``python3 <script_path> _call-function TASK KEY``: the pipeline script
+    itself, whose hidden command
+    (:data:`~pydatatask.executor.kubernetes.FUNCTION_COMMAND`,
+    :func:`~pydatatask.task.function_pod.call_function`) reads the key's input values,
+    calls the function and writes its outputs, as a sync function of an
+    :class:`~pydatatask.task.inprocess.InProcessTask` would; it takes no claim and writes no record
+    (this task, in the scheduler, does). The image must contain the script (at
+    ``script_path``), pydatatask and whatever the function imports, and the pod needs
+    whatever the session's resources need (credentials via ``env``).
     """
 
     runner = "kube-function"
@@ -705,6 +689,7 @@ class KubeFunctionTask(KubeTask):
             raw = {
                 "image": json.dumps(image),
                 "command": json.dumps([python, script_path]),
+                "function_command": json.dumps(FUNCTION_COMMAND),
                 "workdir": f"\n    workingDir: {json.dumps(working_dir)}" if working_dir else "",
             }
             manifest = _FUNCTION_MANIFEST.format(
@@ -713,22 +698,6 @@ class KubeFunctionTask(KubeTask):
         super().__init__(name, manifest, **kwargs)
         self._inner = InProcessTask(name, func)
         self._inner.links = self.links  # same links: the function sees this task's repositories
-        if self.in_pod:
-            self.pods.offline = True
-
-    @property
-    def in_pod(self) -> bool:
-        return os.environ.get(IN_POD_ENV) == "1"
-
-    def _pod_env(self) -> dict[str, Any]:
-        env = dict(self.env)
-        env[IN_POD_ENV] = "1"
-        return env
 
     async def validate(self) -> None:
         self._inner.check_parameters()
-
-    async def run_job(self, job: JobContext) -> JobOutcome | None:
-        if self.in_pod:
-            return await self._inner.run_job(job)
-        return await super().run_job(job)

@@ -77,15 +77,12 @@ class KubePodRepository(MetadataRepository):
         self.poller = PodPoller(cluster, self.selector, poll_interval)
         #: keys of orphaned pods offered for adoption: {key: pod uid}; hidden from listings
         self.adoptable: dict[str, str] = {}
-        #: True inside a KubeFunctionTask's own pod: no API access
-        self.offline = False
 
     def describe(self) -> str:
         return f"pods of task {self.task_name} in namespace {self.cluster.namespace}"
 
     async def validate(self, create: bool = False) -> None:
-        if not self.offline:
-            await self.poller.refresh(0)  # fail early, with a clear error, if the API is unreachable
+        await self.poller.refresh(0)  # fail early, with a clear error, if the API is unreachable
 
     def _mine(self, pods: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -98,8 +95,6 @@ class KubePodRepository(MetadataRepository):
 
     async def pods(self) -> dict[str, Any]:
         """``{key: pod}`` from the current snapshot (listed again if older than the interval)."""
-        if self.offline:
-            return {}
         return self._mine(await self.poller.refresh())
 
     async def _list(self) -> Iterable[str]:
@@ -119,5 +114,4 @@ class KubePodRepository(MetadataRepository):
         raise UnsupportedOperationError(f"{self.describe()}: pods are created by the task, not written")
 
     async def _delete(self, key: str) -> None:
-        if not self.offline:
-            await self.cluster.delete_pod(pod_name(self.task_name, key))
+        await self.cluster.delete_pod(pod_name(self.task_name, key))

@@ -4,7 +4,8 @@ PDT_KT_DIR (work dir: in/, out/, fnout/, state/, runs.log), PDT_KT_KUBECONFIG,
 PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs).
 
 Tasks: ``<name>sleep`` (a KubeTask running ``sh``) and ``<name>fn`` (a KubeFunctionTask
-running :func:`shout` inside its pod, which is this very script run with ``launch``).
+running :func:`shout` inside its pod, which is this very script run with its hidden
+``_call-function`` command).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ async def kube() -> AsyncIterator[Any]:
 
 def shout(key: str, src: bytes) -> dict[str, bytes]:
     """The function a KubeFunctionTask runs in its pod."""
-    where = f"in-pod={os.environ.get('PDT_IN_POD')} pod={os.environ.get('POD_NAME', '?')}"
+    where = f"pod={os.environ.get('POD_NAME', '?')}"
     with open(DIR / "fn-runs.log", "a") as f:
         f.write(f"{key} {os.getpid()}\n")
     return {"dst": src.upper() + f" ({where})".encode()}
