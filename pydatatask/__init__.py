@@ -107,6 +107,9 @@ __all__ = (
     # Kubernetes tasks
     "KubeTask",
     "KubeFunctionTask",
+    # executors of function tasks
+    "InLoopExecutor",
+    "PoolExecutor",
     # process tasks and hosts
     "ProcessTask",
     "LocalHost",
@@ -115,8 +118,7 @@ __all__ = (
     "main",
     "Pipeline",
     "Task",
-    "InProcessTask",
-    "ExecutorTask",
+    "FunctionTask",
     "RetryPolicy",
     "Hooks",
     "JobState",
@@ -132,8 +134,9 @@ _LAZY: dict[str, str] = {
     "main": ".cli",
     "Pipeline": ".pipeline",
     "Task": ".task",
-    "InProcessTask": ".task",
-    "ExecutorTask": ".task",
+    "FunctionTask": ".task",
+    "InLoopExecutor": ".executor",
+    "PoolExecutor": ".executor",
     "RetryPolicy": ".task",
     "Hooks": ".task",
     "JobState": ".task",
@@ -147,6 +150,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never imported at run time)
     from .cli import main
+    from .executor import InLoopExecutor, PoolExecutor
     from .executor.local import LocalHost
     from .executor.ssh import SSHHost
     from .pipeline import Pipeline
@@ -157,7 +161,7 @@ if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never i
         S3BucketRepository,
         YamlMetadataS3Repository,
     )
-    from .task import ExecutorTask, Hooks, InProcessTask, JobState, RetryPolicy, Task
+    from .task import FunctionTask, Hooks, JobState, RetryPolicy, Task
     from .task.kube import KubeFunctionTask, KubeTask
     from .task.process import ProcessTask
 else:

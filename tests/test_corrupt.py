@@ -21,7 +21,7 @@ from pydatatask import (
 )
 from pydatatask.cli.output import PROGRESS_HEADERS, progress_rows
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import Event, Hooks, InProcessTask, RetryPolicy
+from pydatatask.task import Event, FunctionTask, Hooks, RetryPolicy
 
 TRUNCATED = b"task: A\nkey: k2\nstate: [trunc"
 KEYS = ["k1", "k2", "k3", "k4", "k5"]
@@ -43,10 +43,10 @@ def build(data: Path, calls: dict[str, int], *, through_filter: bool = False) ->
 
     return Pipeline(
         [
-            InProcessTask(
+            FunctionTask(
                 "A", a, inputs={"src": src}, outputs={"mid": mid}, retry=RetryPolicy(3, backoff=0.01)
             ),
-            InProcessTask("B", b, inputs={"mid": mid}, outputs={"out": out}),
+            FunctionTask("B", b, inputs={"mid": mid}, outputs={"out": out}),
         ],
         state_dir=data / "state",
     )
@@ -189,7 +189,7 @@ async def test_scheduler_errors_are_not_exception_groups() -> None:
     async def a(key: str) -> None:
         pass
 
-    pipeline = Pipeline([InProcessTask("A", a, inputs={"src": BrokenListing()})])
+    pipeline = Pipeline([FunctionTask("A", a, inputs={"src": BrokenListing()})])
     with pytest.raises(RepositoryError, match="the store is down") as info:
         await pipeline.run()
     assert not isinstance(info.value, BaseExceptionGroup)
@@ -228,7 +228,7 @@ async def test_retrying_shows_in_status_of_another_pipeline_and_progress(tmp_pat
     def make(backoff: float) -> Pipeline:
         return Pipeline(
             [
-                InProcessTask(
+                FunctionTask(
                     "A",
                     flaky,
                     inputs={"src": YamlMetadataFileRepository(tmp_path / "src")},
@@ -302,5 +302,5 @@ async def test_blob_inputs_are_not_corrupt(tmp_path: Path) -> None:
     def a(key: str, src: bytes) -> None:
         seen.append(src)
 
-    summary = await Pipeline([InProcessTask("A", a, inputs={"src": src})]).run()
+    summary = await Pipeline([FunctionTask("A", a, inputs={"src": src})]).run()
     assert summary.ok and seen == [TRUNCATED]

@@ -10,7 +10,7 @@ import pytest
 from pydatatask import ConfigurationError, FilterRepository, MemoryMetadataRepository
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import MetadataRepository
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 
 def _failed(record: Any) -> bool:
@@ -27,13 +27,13 @@ async def test_alert_over_done_built_before_the_pipeline_fires(tmp_path: Path) -
             raise RuntimeError("bad input")
         await dst.put(key, await src.get(key))
 
-    a = InProcessTask("A", work, inputs={"src": src}, outputs={"dst": out})
+    a = FunctionTask("A", work, inputs={"src": src}, outputs={"dst": out})
     failed_a = FilterRepository(a.done, value_predicate=_failed)  # before the Pipeline exists
 
     async def alert(key: str, failure: MetadataRepository, alerts: MetadataRepository) -> None:
         await alerts.put(key, (await failure.get(key))["error"]["message"])
 
-    b = InProcessTask("alert", alert, inputs={"failure": failed_a}, outputs={"alerts": alerts})
+    b = FunctionTask("alert", alert, inputs={"failure": failed_a}, outputs={"alerts": alerts})
     done_before = a.done
     pipeline = Pipeline([a, b], state_dir=tmp_path / "state")
     assert a.done is done_before
@@ -44,11 +44,11 @@ async def test_alert_over_done_built_before_the_pipeline_fires(tmp_path: Path) -
 
 
 async def test_records_survive_in_the_files_for_a_new_pipeline(tmp_path: Path) -> None:
-    def make() -> InProcessTask:
+    def make() -> FunctionTask:
         async def work(key: str, src: MetadataRepository, dst: MetadataRepository) -> None:
             await dst.put(key, await src.get(key))
 
-        return InProcessTask("A", work, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
+        return FunctionTask("A", work, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
 
     src = MemoryMetadataRepository({"k": 1})
     first = make()
@@ -60,7 +60,7 @@ async def test_records_survive_in_the_files_for_a_new_pipeline(tmp_path: Path) -
 
 
 def test_moving_a_bound_store_is_an_error_naming_the_task(tmp_path: Path) -> None:
-    task = InProcessTask("A", lambda key: None)
+    task = FunctionTask("A", lambda key: None)
     Pipeline([task], state_dir=tmp_path / "one")
     Pipeline([task], state_dir=tmp_path / "one")  # the same store again: fine
     with pytest.raises(ConfigurationError, match="task 'A': the done repository is already stored in"):
@@ -68,7 +68,7 @@ def test_moving_a_bound_store_is_an_error_naming_the_task(tmp_path: Path) -> Non
 
 
 async def test_binding_after_values_were_written_in_memory_is_an_error(tmp_path: Path) -> None:
-    task = InProcessTask("A", lambda key: None)
+    task = FunctionTask("A", lambda key: None)
     await task.done.put("k", {"success": True})
     with pytest.raises(ConfigurationError, match="task 'A': the done repository was written to in memory"):
         Pipeline([task], state_dir=tmp_path)
@@ -77,7 +77,7 @@ async def test_binding_after_values_were_written_in_memory_is_an_error(tmp_path:
 
 def test_given_repositories_are_kept(tmp_path: Path) -> None:
     done = MemoryMetadataRepository()
-    task = InProcessTask("A", lambda key: None, done=done)
+    task = FunctionTask("A", lambda key: None, done=done)
     Pipeline([task], state_dir=tmp_path)
     assert task.done is done
     assert task.logs is not None and "logs" in task.logs.describe()

@@ -1,6 +1,6 @@
 """10k file jobs: read one 8-byte file, write it upper-cased, a YAML done record per job.
 
-* ``ours``: ``FileRepository`` in/out, ``InProcessTask`` with ``concurrency=C``,
+* ``ours``: ``FileRepository`` in/out, ``FunctionTask`` with ``concurrency=C``,
   ``Pipeline(state_dir=...)`` (done records and claims as YAML files; atomic writes),
   everything durable as by default (``fsync`` of each file and of its directory).
 * ``ours-nofsync``: the same with ``fsync=False`` on every repository (the output, and
@@ -102,7 +102,7 @@ def _ours(root: Path, n: int, conc: int, params: dict[str, Any], *, fsync: bool)
     t0 = time.perf_counter()
     from pydatatask.pipeline import Pipeline
     from pydatatask.repository import FileRepository, YamlMetadataFileRepository
-    from pydatatask.task import InProcessTask
+    from pydatatask.task import FunctionTask
 
     import_s = time.perf_counter() - t0
 
@@ -117,7 +117,7 @@ def _ours(root: Path, n: int, conc: int, params: dict[str, Any], *, fsync: bool)
             "live": YamlMetadataFileRepository(base / "live", fsync=False),
             "logs": FileRepository(base / "logs", ".log", fsync=False),
         }
-    task = InProcessTask(
+    task = FunctionTask(
         "upper",
         upper,
         inputs={"src": FileRepository(root / "in", ".txt", fsync=fsync)},

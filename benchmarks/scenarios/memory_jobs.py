@@ -1,6 +1,6 @@
 """Memory jobs at 1k/3k/10k keys: read 8 bytes, write them upper-cased, in-memory records.
 
-* ``ours``: ``MemoryBlobRepository`` in/out, ``InProcessTask`` (``concurrency=C``), the
+* ``ours``: ``MemoryBlobRepository`` in/out, ``FunctionTask`` (``concurrency=C``), the
   default in-memory ``done``/``live`` repositories.
 * ``bare``: ``C`` worker coroutines over the ready keys (input dict minus output and
   done dicts) doing the same dict reads/writes and storing the same job record per job.
@@ -46,7 +46,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         from pydatatask.pipeline import Pipeline
         from pydatatask.repository import MemoryBlobRepository
-        from pydatatask.task import InProcessTask
+        from pydatatask.task import FunctionTask
 
         import_s = time.perf_counter() - t0
 
@@ -54,7 +54,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
             await dst.write_bytes(key, (await src.read_bytes(key)).upper())
 
         out = MemoryBlobRepository()
-        task = InProcessTask(
+        task = FunctionTask(
             "upper", upper, inputs={"src": MemoryBlobRepository(data)}, outputs={"dst": out}, concurrency=conc
         )
         pipeline = Pipeline([task])

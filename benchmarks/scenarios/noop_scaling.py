@@ -56,7 +56,7 @@ def _ours(keys: list[str], chain: int, params: dict[str, Any]) -> dict[str, Any]
     t0 = time.perf_counter()
     from pydatatask.pipeline import Pipeline
     from pydatatask.repository import MemoryBlobRepository, MemoryMetadataRepository
-    from pydatatask.task import InProcessTask
+    from pydatatask.task import FunctionTask
 
     import_s = time.perf_counter() - t0
 
@@ -71,7 +71,7 @@ def _ours(keys: list[str], chain: int, params: dict[str, Any]) -> dict[str, Any]
         # setup only (not timed): fill the dict directly instead of n deep copies
         done._data = dict.fromkeys(keys, RECORD)
         tasks.append(
-            InProcessTask(f"t{i}", noop, inputs={"src": repos[i]}, outputs={"dst": repos[i + 1]}, done=done)
+            FunctionTask(f"t{i}", noop, inputs={"src": repos[i]}, outputs={"dst": repos[i + 1]}, done=done)
         )
     pipeline = Pipeline(tasks)
     base_rss = rss_mb()

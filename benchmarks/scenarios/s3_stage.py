@@ -3,7 +3,7 @@
 Inputs are uploaded once (``prepare``) under ``in/`` of the bucket ``pdt-bench``; every
 measurement writes to its own output prefix, removed after it (not timed).
 
-* ``ours``: ``S3BucketRepository`` in/out, ``InProcessTask`` (``concurrency=C``), the
+* ``ours``: ``S3BucketRepository`` in/out, ``FunctionTask`` (``concurrency=C``), the
   client opened by a ``Session`` resource, in-memory done records. Timed from the open
   pipeline (client created, bucket checked), as the bare loop is timed from its client.
 * ``bare``: one aiobotocore client, one paginated listing of each prefix, then ``C``
@@ -152,7 +152,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
         from pydatatask import Session
         from pydatatask.pipeline import Pipeline
         from pydatatask.repository import S3BucketRepository
-        from pydatatask.task import InProcessTask
+        from pydatatask.task import FunctionTask
 
         import_s = time.perf_counter() - t0
     else:
@@ -177,7 +177,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
             async def upper(key: str, src: Any, dst: Any) -> None:
                 await dst.write_bytes(key, (await src.read_bytes(key)).upper())
 
-            task = InProcessTask(
+            task = FunctionTask(
                 "upper",
                 upper,
                 inputs={"src": Only(s3, BUCKET, "in/", ".txt")},

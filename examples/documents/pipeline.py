@@ -35,8 +35,9 @@ from typing import Any
 
 from pydatatask import FileRepository, MetadataRepository, YamlMetadataFileRepository
 from pydatatask.cli import main
+from pydatatask.executor import PoolExecutor
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import Event, ExecutorTask, InProcessTask, JobContext, RetryPolicy
+from pydatatask.task import Event, FunctionTask, JobContext, RetryPolicy
 
 #: seconds of pretend work per document in ``stats`` (so the live progress has something
 #: to show); set PDT_EXAMPLE_DELAY=0 for full speed
@@ -98,7 +99,7 @@ def document_stats(key: str, doc: bytes) -> dict[str, Any]:
 async def write_report(
     key: str, job: JobContext, stats: MetadataRepository, docs: FileRepository, report: FileRepository
 ) -> None:
-    """An async InProcessTask function: gets the repositories themselves and writes its output.
+    """An async FunctionTask function: gets the repositories themselves and writes its output.
 
     ``stats`` is the output of the ``stats`` task, so this task waits for the *success
     record* of ``stats`` for each key (not merely for the YAML file to exist).
@@ -171,17 +172,17 @@ def build_pipeline(data: Path) -> Pipeline:
 
     pipeline = Pipeline(
         [
-            ExecutorTask(
+            FunctionTask(
                 "stats",
                 document_stats,
-                ThreadPoolExecutor(8),
+                executor=PoolExecutor(ThreadPoolExecutor(8)),
                 inputs={"doc": docs},
                 outputs={"stats": stats},
                 concurrency=8,
                 # a flaky disk or network share: try again twice, 0.2 s then 0.4 s later
                 retry=RetryPolicy(max_attempts=3, backoff="200ms", retry_on=(OSError,)),
             ),
-            InProcessTask(
+            FunctionTask(
                 "report",
                 write_report,
                 inputs={"stats": stats},

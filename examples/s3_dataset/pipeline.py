@@ -38,7 +38,7 @@ import pydatatask
 from pydatatask import Session
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository import S3BucketRepository, YamlMetadataS3Repository
-from pydatatask.task import Event, InProcessTask, RetryPolicy
+from pydatatask.task import Event, FunctionTask, RetryPolicy
 
 BUCKET = os.environ.get("PDT_S3_BUCKET", "")
 PREFIX = os.environ.get("PDT_S3_PREFIX", "")
@@ -97,7 +97,7 @@ async def top_words(key: str, doc: S3BucketRepository, stats: Any, words: S3Buck
 
 
 tasks = [
-    InProcessTask(
+    FunctionTask(
         "stats",
         count,
         inputs={"doc": docs},
@@ -107,7 +107,7 @@ tasks = [
         concurrency=CONCURRENCY,
         retry=RetryPolicy(max_attempts=3, backoff="1s"),
     ),
-    InProcessTask(
+    FunctionTask(
         "words",
         top_words,
         inputs={"doc": docs, "stats": stats},

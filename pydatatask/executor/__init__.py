@@ -1,4 +1,6 @@
-"""Executors: where jobs of process tasks run (this machine, SSH hosts).
+"""Executors: where jobs run. The contract is :mod:`pydatatask.executor.base`; function
+calls run in the event loop (:class:`InLoopExecutor`) or a pool (:class:`PoolExecutor`:
+threads, processes, Dask); processes on this machine or SSH hosts.
 
 :class:`SSHHost` is imported lazily so that ``import pydatatask.executor`` does not load
 asyncssh (which is itself imported only when a connection is used).
@@ -9,13 +11,39 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .base import (
+    Capacity,
+    Executor,
+    FunctionCall,
+    JobHandle,
+    Outcome,
+    PodWork,
+    ProcessWork,
+    Resources,
+    Slot,
+    Work,
+)
 from .hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, format_memory, parse_memory
+from .inloop import InLoopExecutor
 from .local import LocalHost
+from .pool import PoolExecutor
 
 if TYPE_CHECKING:
     from .ssh import SSHHost
 
 __all__ = (
+    "Executor",
+    "Resources",
+    "Slot",
+    "Work",
+    "FunctionCall",
+    "ProcessWork",
+    "PodWork",
+    "Outcome",
+    "JobHandle",
+    "Capacity",
+    "InLoopExecutor",
+    "PoolExecutor",
     "Host",
     "LocalHost",
     "SSHHost",

@@ -34,6 +34,7 @@ __all__ = (
     "Outcome",
     "JobHandle",
     "Executor",
+    "Capacity",
 )
 
 
@@ -138,6 +139,9 @@ class JobHandle(ABC):
     #: whether a recovered handle's outcome can still be waited for (a pod that outlived its
     #: scheduler); otherwise recovery cancels it and the job runs again
     adoptable: bool = False
+    #: whether :meth:`cancel` stops work that has started (False for a function call in a
+    #: pool: it runs to its end, and what it returns is discarded)
+    interruptible: bool = True
 
     async def started(self) -> None:  # noqa: B027 - most work starts at once
         """Return once the work really began (a pool's queue wait is not run time: a job's
@@ -215,3 +219,69 @@ class Executor(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional
         """Release the executor's own resources (pools, connections)."""
+
+
+class Capacity:
+    """A quota of jobs, CPUs and memory, for executors to hand out as slots.
+
+    ``max_jobs``, ``cpu`` and ``memory`` (bytes) are limits; None means no limit of that
+    kind. A job is admitted while every limit still has room for its
+    :class:`Resources`; one that could never fit is refused by :meth:`fits_at_all`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_jobs: int | None = None,
+        cpu: float | None = None,
+        memory: int | None = None,
+    ) -> None:
+        from ..errors import ConfigurationError
+
+        if max_jobs is not None and max_jobs < 1:
+            raise ConfigurationError(f"executor {name!r}: max_jobs must be at least 1, not {max_jobs}")
+        if cpu is not None and cpu <= 0:
+            raise ConfigurationError(f"executor {name!r}: cpu must be positive, not {cpu}")
+        if memory is not None and memory <= 0:
+            raise ConfigurationError(f"executor {name!r}: memory must be positive, not {memory}")
+        self.name = name
+        self.max_jobs = max_jobs
+        self.cpu = cpu
+        self.memory = memory
+        self.cpu_used = 0.0
+        self.memory_used = 0
+        self._slots: set[Slot] = set()
+
+    @property
+    def jobs(self) -> int:
+        """Slots handed out and not given back."""
+        return len(self._slots)
+
+    def fits_at_all(self, resources: Resources) -> bool:
+        """Whether a job with ``resources`` fits when nothing else runs."""
+        return (self.cpu is None or resources.cpu <= self.cpu) and (
+            self.memory is None or resources.memory <= self.memory
+        )
+
+    def acquire(self, executor: Executor, resources: Resources, place: str) -> Slot | None:
+        """A slot of ``executor`` for ``resources``, or None if a limit is reached."""
+        if self.max_jobs is not None and self.jobs >= self.max_jobs:
+            return None
+        if self.cpu is not None and self.cpu_used + resources.cpu > self.cpu + 1e-9:
+            return None
+        if self.memory is not None and self.memory_used + resources.memory > self.memory:
+            return None
+        slot = Slot(executor, resources, place)
+        self._slots.add(slot)
+        self.cpu_used += resources.cpu
+        self.memory_used += resources.memory
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """Give back what :meth:`acquire` reserved for ``slot`` (once; again: nothing)."""
+        if slot not in self._slots:
+            return
+        self._slots.discard(slot)
+        self.cpu_used = max(0.0, self.cpu_used - slot.resources.cpu)
+        self.memory_used = max(0, self.memory_used - slot.resources.memory)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .base import JobContext, JobOutcome, Task
+from .claims import Claim, Claims
+from .function import FunctionTask
 from .hooks import EVENTS, Event, Hooks
-from .inprocess import ExecutorTask, InProcessTask
 from .links import Link, LinkKind
 from .process import ProcessTask
 from .records import JobState, make_record
@@ -14,9 +15,10 @@ __all__ = (
     "Task",
     "JobContext",
     "JobOutcome",
-    "InProcessTask",
-    "ExecutorTask",
+    "FunctionTask",
     "ProcessTask",
+    "Claim",
+    "Claims",
     "Link",
     "LinkKind",
     "JobState",

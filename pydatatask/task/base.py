@@ -1,4 +1,4 @@
-"""The task base class and the life of one job.
+"""The task base class: links, state repositories, claims and the hooks of the job lifecycle.
 
 Subclasses implement :meth:`Task.run_job`. Everything around it is shared: claiming the
 key in the ``live`` repository, attempts with the retry policy, timeouts, removing partial
@@ -7,11 +7,9 @@ outputs of a failed attempt, writing the job record to ``done``, logs and hooks.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-import os
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
@@ -19,36 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..durations import parse_duration
-from ..errors import (
-    ConfigurationError,
-    JobError,
-    JobTimeoutError,
-    KeyNotFoundError,
-    UnsupportedOperationError,
-)
+from ..errors import ConfigurationError, JobError, KeyNotFoundError
+from ..executor.base import Executor, Outcome, Resources, Work
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.deferred import DeferredMetadataRepository
-from ..repository.journal import WriteJournal, journaling, visible_keys
+from ..repository.journal import WriteJournal, visible_keys
 from ..repository.memory import MemoryMetadataRepository
-from .hooks import Event, Hooks
+from ._runjob import RUN_JOB_EXECUTOR, RunJobWork
+from .claims import Claims
+from .hooks import Hooks
 from .links import Link, LinkKind
-from .records import (
-    HOSTNAME,
-    JobState,
-    error_info,
-    make_claim,
-    make_record,
-    pid_is_comparable,
-    process_start_time,
-    utcnow_iso,
-)
+from .records import JobState, utcnow_iso
 from .retry import RetryPolicy
 
 __all__ = ("Task", "JobContext", "JobOutcome")
 
 log = logging.getLogger("pydatatask.task")
-
-_NO_HOOKS = Hooks()
 
 
 @dataclass
@@ -155,6 +139,11 @@ class Task(ABC):
         self.link("live", live, LinkKind.LIVE)
         if logs is not None:
             self.link("logs", logs, LinkKind.LOGS)
+        #: the claims of this task's jobs in ``live``
+        self.claims = Claims(self.live, name)
+        # the write journals of running jobs, and what failed jobs wrote (for a minute)
+        self._running_journals: dict[str, WriteJournal] = {}
+        self._ended_writes: list[tuple[float, dict[int, set[str]]]] = []
 
     # ---------------------------------------------------------------- links
     def link(
@@ -342,7 +331,7 @@ class Task(ABC):
             repo = children[int(step)]
         return repo
 
-    def _journal_from_claim(self, written: Any) -> WriteJournal | None:
+    def journal_from_claim(self, written: Any) -> WriteJournal | None:
         """The journal a dead scheduler left in a claim's ``wrote``: ``[[path, key], ...]``."""
         if not isinstance(written, list):
             return None
@@ -354,10 +343,17 @@ class Task(ABC):
                     journal.record(repo, entry[1])
         return journal
 
+    def start_journal(self, key: str) -> WriteJournal:
+        """The write journal of the job of ``key`` (ended by :meth:`end_journal`).
+
+        Where claims outlive this process, every key the job writes beyond its own is added
+        to its claim (``wrote``) before it becomes visible, so that the stale-claim recovery
+        after a crash removes it too.
+        """
+        journal = self._running_journals[key] = self._durable_journal(key)
+        return journal
+
     def _durable_journal(self, key: str) -> WriteJournal:
-        """A job's journal; where claims outlive this process, every key the job writes
-        beyond its own is added to its claim (``wrote``) before it becomes visible, so that
-        the stale-claim recovery after a crash removes it too."""
         live = self.live
         target = live.target if isinstance(live, DeferredMetadataRepository) else live
         if isinstance(target, MemoryMetadataRepository):
@@ -367,22 +363,16 @@ class Task(ABC):
             path = self._output_paths().get(id(repo))
             if path is None or (written == key and "/" not in path):
                 return  # not an output, or the job's own key (always cleaned up)
-            held = self._held_claims().get(key)
-            if not held:
+            claim = self.claims.get(key)
+            if claim is None:
                 return  # no claim of ours to note it in (claimed by other means)
-            entries = [*held.get("wrote", []), [path, written]]
-            if await self.update_claim(key, wrote=entries) is False:
+            entries = [*claim.value.get("wrote", []), [path, written]]
+            if not await self.claims.update(claim, wrote=entries):
                 raise JobError(
                     f"task {self.name}: job {key!r} lost its claim; not writing {written!r} to {repo.describe()}"
                 )
 
         return WriteJournal(before_new_write)
-
-    def _journals(self) -> dict[str, WriteJournal]:
-        journals: dict[str, WriteJournal] | None = self.__dict__.get("_running_journals")
-        if journals is None:
-            journals = self.__dict__["_running_journals"] = {}
-        return journals
 
     def in_flight_writes(self, since: float | None = None) -> dict[int, set[str]]:
         """The keys that running jobs of this task (in this process) have written so far in
@@ -395,34 +385,35 @@ class Task(ABC):
         """
         out: dict[int, set[str]] = {}
         if since is not None:
-            for ended_at, written in self.__dict__.get("_ended_writes", ()):
+            for ended_at, written in self._ended_writes:
                 if ended_at >= since:
                     for repo_id, keys in written.items():
                         out.setdefault(repo_id, set()).update(keys)
-        journals = self.__dict__.get("_running_journals")
-        if not journals:
+        if not self._running_journals:
             return out
         outputs = self._output_repositories()
-        for journal in journals.values():
+        for journal in self._running_journals.values():
             for repo_id, keys in journal.keys_by_repository().items():
                 if repo_id in outputs:
                     out.setdefault(repo_id, set()).update(keys)
         return out
 
-    def _end_journal(self, key: str, succeeded: bool) -> WriteJournal | None:
-        journal = self._journals().pop(key, None)
+    def end_journal(self, key: str, succeeded: bool) -> WriteJournal | None:
+        """End the journal of the job of ``key``; a failed job's output keys are kept for a
+        minute (see :meth:`in_flight_writes`)."""
+        journal = self._running_journals.pop(key, None)
         if journal is not None and not succeeded and len(journal):
             outputs = self._output_repositories()
             written = {i: ks for i, ks in journal.keys_by_repository().items() if i in outputs}
             if written:
                 now = time.monotonic()
-                ended = self.__dict__.setdefault("_ended_writes", [])
+                ended = self._ended_writes
                 # kept for listings still under way when the job ended; a minute is plenty
                 ended[:] = [e for e in ended if now - e[0] < 60.0]
                 ended.append((now, written))
         return journal
 
-    def _wrote(self, key: str, journal: WriteJournal) -> list[str]:
+    def wrote_beyond(self, key: str, journal: WriteJournal) -> list[str]:
         """The keys beyond ``key`` that a job wrote, as its output links show them."""
         written = journal.keys_by_repository()
         keys: set[str] = set()
@@ -431,84 +422,79 @@ class Task(ABC):
         keys.discard(key)
         return sorted(keys)
 
-    @property
-    def times_itself(self) -> bool:
-        """Whether :meth:`run_job` applies ``timeout`` itself, counting from when the work
-        starts (e.g. a function call waiting for a free worker of a pool first). Otherwise
-        :meth:`execute` applies it to the whole of :meth:`run_job`."""
-        return False
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the task keeps between jobs (e.g. a thread pool); called when the
         pipeline closes. The task stays usable: what it needs is made again."""
 
-    #: seconds a claim stays valid without a heartbeat (the pipeline sets it)
-    claim_lease: float = 60.0
+    # ---------------------------------------------------------------- what runs, where
+    @property
+    def executor(self) -> Executor:
+        """Where the jobs of this task run."""
+        return RUN_JOB_EXECUTOR
+
+    @property
+    def resources(self) -> Resources:
+        """What one job reserves on :attr:`executor`."""
+        return Resources()
+
+    def executor_for(self, work: Work) -> Executor:
+        """The executor that runs ``work`` (:attr:`executor`; the transition adapter for
+        tasks still on :meth:`run_job`)."""
+        return RUN_JOB_EXECUTOR if isinstance(work, RunJobWork) else self.executor
+
+    async def prepare(self, job: JobContext) -> Work:
+        """What runs for this attempt of ``job``. The default runs :meth:`run_job` (tasks
+        not yet expressed as work items)."""
+        return RunJobWork(functools.partial(self.run_job, job))
+
+    async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:
+        """Commit what the work produced; raise to fail the attempt. The default raises the
+        outcome's error and returns its result (what :meth:`run_job` returned)."""
+        if outcome.error is not None:
+            raise outcome.error
+        result = outcome.result
+        return result if isinstance(result, JobOutcome) else None
+
+    # ---------------------------------------------------------------- claims
+    @property
+    def claim_lease(self) -> float:
+        """Seconds a claim stays valid without a heartbeat (the pipeline sets it)."""
+        return self.claims.lease
+
+    @claim_lease.setter
+    def claim_lease(self, seconds: float) -> None:
+        self.claims.lease = seconds
 
     async def claim(self, key: str, owner: str) -> bool:
         """Atomically claim ``key`` in the live repository; False if someone else holds it."""
-        value = make_claim(owner, self.name, key, time.time(), self.claim_lease)
-        if not await self.live.create(key, value):
-            return False
-        self._held_claims()[key] = value
-        return True
-
-    def _held_claims(self) -> dict[str, Any]:
-        held: dict[str, Any] | None = self.__dict__.get("_held")
-        if held is None:
-            held = self.__dict__["_held"] = {}
-        return held
+        return await self.claims.acquire(key, owner) is not None
 
     async def release(self, key: str) -> None:
         """Drop the claim on ``key``."""
-        self._held_claims().pop(key, None)
-        await self.live.delete(key)
+        claim = self.claims.get(key)
+        if claim is not None:
+            await self.claims.release(claim)
+        else:
+            await self.live.delete(key)
 
     async def heartbeat(self, key: str) -> bool | None:
         """Renew the claim on ``key``; False if it is no longer ours (taken over, deleted),
-        None if this process holds no claim on it (not claimed yet, or already released)."""
-        if self._held_claims().get(key) == {}:
-            return True  # claimed by other means (a subclass's own claim): nothing to renew
-        return await self.update_claim(key)
+        None if this process holds no claim on it in ``live``."""
+        claim = self.claims.get(key)
+        return None if claim is None else await self.claims.heartbeat(claim)
 
     async def update_claim(self, key: str, **fields: Any) -> bool | None:
-        """Add ``fields`` to the claim this process holds on ``key`` and renew its heartbeat.
+        """Add ``fields`` to the claim this process holds on ``key`` and renew its heartbeat
+        (compare-and-swap, see :meth:`~pydatatask.task.claims.Claims.update`).
 
-        Returns False if the claim is no longer ours (taken over, deleted), None if this
-        process holds no claim on ``key``. Uses a conditional replace, so a scheduler that
-        was presumed dead never overwrites the claim of the one that took over; backends
-        without conditional replace fall back to re-checking the owner. Updates of one
-        task's claims are serialised.
+        Returns False if the claim is no longer ours, None if this process holds none.
         """
-        lock: asyncio.Lock | None = self.__dict__.get("_claim_update_lock")
-        if lock is None:
-            lock = self.__dict__["_claim_update_lock"] = asyncio.Lock()
-        async with lock:
-            held = self._held_claims()
-            old = held.get(key)
-            if not old:
-                return None
-            new = dict(old, **fields, heartbeat=time.time())
-            try:
-                ok = await self.live.replace_if(key, old, new)
-            except UnsupportedOperationError:
-                try:
-                    ok = (await self.live.get(key)).get("owner") == old["owner"]
-                except KeyNotFoundError:
-                    ok = False
-                if ok:
-                    await self.live.put(key, new)
-            if key not in held:
-                return None  # released meanwhile: the job has ended, nothing was lost
-            if ok:
-                held[key] = new
-            else:
-                held.pop(key, None)
-            return ok
+        claim = self.claims.get(key)
+        return None if claim is None else await self.claims.update(claim, **fields)
 
     def holds_claim(self, key: str) -> bool:
-        """Whether this process holds the claim on ``key``."""
-        return key in self._held_claims()
+        """Whether this process holds the claim on ``key`` in ``live``."""
+        return self.claims.get(key) is not None
 
     def resumable_keys(self) -> AbstractSet[str]:
         """Keys whose interrupted job this task can take over although an output already
@@ -518,68 +504,16 @@ class Task(ABC):
         return frozenset()
 
     def claim_is_stale(self, claim: Any, owner: str) -> bool:
-        """Whether a claim found in ``live`` belongs to a job that cannot be running.
-
-        Stale: any claim whose heartbeat is older than its lease (its owner died, lost its
-        connection or was paused), or, at once, a claim whose process is gone (its pid is
-        dead, or belongs to a process with another start time). The pid is looked at only
-        when the claim was made on this boot of this kernel in this process's PID
-        namespace (:func:`~pydatatask.task.records.pid_is_comparable`): elsewhere the
-        same pid names an unrelated process or none. A claim made in another container,
-        on another host, before a reboot or by a version that did not record its boot and
-        namespace is judged by its lease alone; one without a heartbeat at all is never
-        taken over. Claims of ``owner`` (this scheduler) are never stale.
-        """
-        if not isinstance(claim, dict):
-            return True
-        if claim.get("owner") == owner:
-            return False  # the scheduler tracks its own jobs
-        heartbeat = claim.get("heartbeat", claim.get("started"))
-        lease = claim.get("lease", self.claim_lease)
-        if isinstance(heartbeat, (int, float)) and isinstance(lease, (int, float)):
-            if time.time() - heartbeat > lease:
-                return True
-        if not pid_is_comparable(claim):
-            return False
-        pid = claim.get("pid")
-        if type(pid) is not int or pid <= 0:
-            return False  # no process named: only the lease can tell
-        start = process_start_time(pid)
-        return start is None or (claim.get("pid_start") is not None and start != claim.get("pid_start"))
+        """Whether a claim found in ``live`` belongs to a job that cannot be running (see
+        :meth:`~pydatatask.task.claims.Claims.is_stale`). Claims of ``owner`` are not."""
+        return self.claims.is_stale(claim, owner=owner)
 
     async def recover_stale(self, key: str, claim: Any) -> None:
-        """Take over a stale claim atomically, remove partial outputs, then free the key.
+        """Take over a stale claim atomically, stop what is left of its work, remove partial
+        outputs, then free the key (see :func:`pydatatask.task.lifecycle.recover`)."""
+        from .lifecycle import recover
 
-        Of several schedulers recovering the same claim, only the one whose conditional
-        replace succeeds cleans up; the others leave it alone.
-        """
-        takeover = make_claim("recovery", self.name, key, time.time(), self.claim_lease)
-        written = claim.get("wrote") if isinstance(claim, dict) else None
-        if written:
-            takeover["wrote"] = written  # a failed cleanup leaves them to the next recovery
-        try:
-            won = await self.live.replace_if(key, claim, takeover)
-        except UnsupportedOperationError:
-            won = True  # best effort on backends without conditional replace
-        if not won:
-            return
-        if await self.done.contains(key):
-            # the job finished (its record is written) and died before dropping its claim:
-            # its outputs are complete, keep them
-            await self.live.delete(key)
-            return
-        log.warning(
-            "task %s: job %r was interrupted (claim by %s on %s); cleaning up to run it again",
-            self.name,
-            key,
-            claim.get("owner") if isinstance(claim, dict) else claim,
-            claim.get("host") if isinstance(claim, dict) else "?",
-        )
-        if not await self.cleanup_outputs(key, self._journal_from_claim(written)):
-            # keep the takeover claim: it goes stale in its turn and the cleanup is retried;
-            # freeing the key now would leave an output without a record, never re-run
-            return
-        await self.live.delete(key)
+        await recover(self, key, claim)
 
     async def execute(
         self,
@@ -591,158 +525,17 @@ class Task(ABC):
         on_state: Any = None,
         slot: Any = True,
     ) -> dict[str, Any] | None:
-        """Run the job for ``key`` to its end: claim, attempts, record, release.
+        """Run the job for ``key`` to its end: claim, attempts, record, release (see
+        :func:`pydatatask.task.lifecycle.execute`).
 
         Returns the job record, or None if another scheduler holds the claim. Cancellation
         removes partial outputs and the claim, writes no record, and propagates.
         """
-        owner = owner or f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        hooks = hooks if hooks is not None else _NO_HOOKS
-        if not claimed:
-            if not await self.claim(key, owner):
-                return None
-            # the listing this launch came from may be stale: another scheduler may have
-            # finished the job (record written, then claim released) since then
-            if await self.done.contains(key):
-                await self.release(key)
-                return None
-        self._held_claims().setdefault(key, {})
-        start = time.time()
-        attempt = 0
-        record: dict[str, Any]
-        job: JobContext | None = None
-        # every key the job writes (also beyond its own) is noted, so that a failed
-        # attempt removes all of it and downstream waits while the job runs
-        journal = self._journals()[key] = self._durable_journal(key)
-        succeeded = False
-        try:
-            while True:
-                attempt += 1
-                job = JobContext(self, key, attempt, slot=slot)
-                if on_state:
-                    on_state(self, key, JobState.RUNNING, attempt)
-                if attempt > 1:
-                    await self._show_state(key, JobState.RUNNING, attempt=attempt, retry_at=None)
-                if hooks.wants("job_started"):
-                    await hooks.emit(Event("job_started", self.name, key, attempt))
-                try:
-                    with journaling(journal):
-                        if self.timeout is not None and not self.times_itself:
-                            try:
-                                async with asyncio.timeout(self.timeout):
-                                    outcome = await self.run_job(job)
-                            except TimeoutError as exc:
-                                raise JobTimeoutError(
-                                    f"task {self.name}: job {key!r} timed out after {self.timeout:g}s"
-                                ) from exc
-                        else:
-                            outcome = await self.run_job(job)
-                except Exception as exc:
-                    job.log(f"attempt {attempt} failed: {type(exc).__name__}: {exc}")
-                    await self.cleanup_outputs(key, journal)
-                    if self.retry.should_retry(exc, attempt):
-                        delay = self.retry.delay(attempt)
-                        if on_state:
-                            on_state(self, key, JobState.RETRYING, attempt)
-                        await self._show_state(
-                            key, JobState.RETRYING, attempt=attempt, retry_at=time.time() + delay
-                        )
-                        await hooks.emit(
-                            Event("job_retrying", self.name, key, attempt, error=exc, delay=delay)
-                        )
-                        await self._write_log(job)
-                        await asyncio.sleep(delay)
-                        # again: the cleanup above fails when the backend is down, and the
-                        # failed attempt's debris (e.g. an S3 multipart upload) would stay
-                        await self.cleanup_outputs(key, journal)
-                        continue
-                    outcome_info = getattr(exc, "outcome", None)
-                    record = make_record(
-                        task=self.name,
-                        key=key,
-                        success=False,
-                        attempts=attempt,
-                        start=start,
-                        end=time.time(),
-                        runner=self.runner,
-                        host=(
-                            outcome_info.host
-                            if isinstance(outcome_info, JobOutcome) and outcome_info.host
-                            else HOSTNAME
-                        ),
-                        exit_code=outcome_info.exit_code if isinstance(outcome_info, JobOutcome) else None,
-                        error=error_info(exc),
-                        extra=outcome_info.extra if isinstance(outcome_info, JobOutcome) else None,
-                    )
-                    job.log(record["error"]["traceback"].rstrip())
-                    break
-                outcome = outcome or JobOutcome()
-                wrote = self._wrote(key, journal)
-                if wrote:
-                    outcome.extra = {**outcome.extra, "wrote": wrote}
-                record = make_record(
-                    task=self.name,
-                    key=key,
-                    success=True,
-                    attempts=attempt,
-                    start=start,
-                    end=time.time(),
-                    runner=self.runner,
-                    host=outcome.host or HOSTNAME,
-                    exit_code=outcome.exit_code,
-                    extra=outcome.extra,
-                )
-                break
-            await self._write_log(job)
-            await self.done.put(key, record)
-            succeeded = record["success"]
-        except BaseException:
-            # cancelled (Ctrl-C) or the record could not be written: leave no half output,
-            # free the key so a later run does the job again
-            await asyncio.shield(self._abandon(key, journal))
-            raise
-        finally:
-            self._end_journal(key, succeeded)
-        if self.holds_claim(key):
-            await self.release(key)
-        self._held_claims().pop(key, None)
-        if on_state:
-            on_state(self, key, JobState.SUCCEEDED if record["success"] else JobState.FAILED, attempt)
-        event = "job_succeeded" if record["success"] else "job_failed"
-        if hooks.wants(event):
-            await hooks.emit(Event(event, self.name, key, attempt, record=record))
-        return record
+        from .lifecycle import execute
 
-    async def _abandon(self, key: str, journal: WriteJournal | None = None) -> None:
-        if not self.holds_claim(key):
-            return  # the claim was lost to another scheduler: its outputs are not ours to touch
-        cleaned = False
-        try:
-            cleaned = await self.cleanup_outputs(key, journal)
-        finally:
-            held = self._held_claims().get(key)
-            if cleaned or not held:
-                await self.release(key)
-            else:
-                # the partial outputs are still there (the backend is down?): releasing the
-                # claim would leave an output without a record, which blocks the key for
-                # good. Hand the claim to nobody with an expired heartbeat instead, so that
-                # the next claim check (of any scheduler) cleans up and frees the key.
-                self._held_claims().pop(key, None)
-                abandoned = dict(held, owner=f"{held.get('owner')}-abandoned", heartbeat=0.0)
-                try:
-                    await self.live.replace_if(key, held, abandoned)
-                except Exception as exc:
-                    log.warning("task %s: could not mark the claim on %r abandoned: %s", self.name, key, exc)
-            self._held_claims().pop(key, None)
-
-    async def _show_state(self, key: str, state: JobState, **fields: Any) -> None:
-        """Write ``state`` (and ``fields``) into the claim on ``key``, so that ``status`` in
-        another process sees a job waiting to retry, and when."""
-        try:
-            await self.update_claim(key, state=state.value, **fields)
-        except Exception as exc:  # the live repository is unreachable: the job goes on
-            log.warning("task %s: could not note %s in the claim on %r: %s", self.name, state.value, key, exc)
+        return await execute(
+            self, key, owner=owner, hooks=hooks, claimed=claimed, on_state=on_state, slot=slot
+        )
 
     async def _write_log(self, job: JobContext) -> None:
         logs = self.logs

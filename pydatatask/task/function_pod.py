@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..errors import ConfigurationError
 from .base import JobContext, Task
-from .inprocess import InProcessTask
+from .function import FunctionTask
 
 __all__ = ("call_function",)
 
@@ -25,12 +25,12 @@ async def call_function(task: Task, key: str) -> str:
         raise ConfigurationError(
             f"task {task.name!r} runs no function: only function tasks run in a function pod"
         )
-    body = InProcessTask(task.name, func)
+    body = FunctionTask(task.name, func)  # on this process's own in-loop executor
     body.links = task.links  # the same repositories as the scheduler's task
     body.check_parameters()
     job = JobContext(body, key, 1)
     try:
-        await body.run_job(job)
+        await body.run_here(job)
     finally:
         body.close()
     return job.log_text

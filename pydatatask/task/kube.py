@@ -71,7 +71,7 @@ from ..executor.pods import (
 )
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from .base import JobContext, JobOutcome, Task
-from .inprocess import InProcessTask
+from .function import FunctionTask
 from .kube_pods import KubePodRepository, same_claim
 from .records import make_claim
 from .retry import RetryPolicy
@@ -660,7 +660,7 @@ class KubeFunctionTask(KubeTask):
     (:data:`~pydatatask.executor.kubernetes.FUNCTION_COMMAND`,
     :func:`~pydatatask.task.function_pod.call_function`) reads the key's input values,
     calls the function and writes its outputs, as a sync function of an
-    :class:`~pydatatask.task.inprocess.InProcessTask` would; it takes no claim and writes no record
+    :class:`~pydatatask.FunctionTask` on its default executor would; it takes no claim and writes no record
     (this task, in the scheduler, does). The image must contain the script (at
     ``script_path``), pydatatask and whatever the function imports, and the pod needs
     whatever the session's resources need (credentials via ``env``).
@@ -696,7 +696,7 @@ class KubeFunctionTask(KubeTask):
                 **{k: "{% raw %}" + v + "{% endraw %}" if k != "workdir" else v for k, v in raw.items()}
             )
         super().__init__(name, manifest, **kwargs)
-        self._inner = InProcessTask(name, func)
+        self._inner = FunctionTask(name, func)
         self._inner.links = self.links  # same links: the function sees this task's repositories
 
     async def validate(self) -> None:

@@ -8,7 +8,7 @@ Layout under the data directory::
     src/<key>.txt      inputs (written by the test)
     up/<key>.txt       task ``upper`` (an ExecutorTask in a thread pool): the text upper-cased;
                        a text containing "fail" makes the job fail
-    counts/<key>.yaml  task ``count`` (an async InProcessTask): words and characters of up/
+    counts/<key>.yaml  task ``count`` (an async FunctionTask): words and characters of up/
     runs/<task>/<key>  one line appended (O_APPEND) per execution of a job: a side-effect counter
     state/             job records, claims and logs
 """
@@ -23,8 +23,9 @@ from pathlib import Path
 
 from pydatatask import FileRepository, MetadataRepository, YamlMetadataFileRepository
 from pydatatask.cli import main
+from pydatatask.executor import PoolExecutor
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import ExecutorTask, InProcessTask, JobContext
+from pydatatask.task import FunctionTask, JobContext
 
 SLEEP = float(os.environ.get("PDT_CLI_SLEEP", "0"))
 
@@ -60,15 +61,15 @@ def build_pipeline(data: Path, *, workers: int = 4) -> Pipeline:
 
     return Pipeline(
         [
-            ExecutorTask(
+            FunctionTask(
                 "upper",
                 upper,
-                ThreadPoolExecutor(workers),
+                executor=PoolExecutor(ThreadPoolExecutor(workers)),
                 inputs={"src": src},
                 outputs={"up": up},
                 concurrency=workers,
             ),
-            InProcessTask("count", count, inputs={"up": up}, outputs={"counts": counts}),
+            FunctionTask("count", count, inputs={"up": up}, outputs={"counts": counts}),
         ],
         state_dir=data / "state",
     )

@@ -21,7 +21,7 @@ import pydatatask
 from pydatatask import MemoryBlobRepository, Session
 from pydatatask.cli import run_cli
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 from .demo_pipeline import build_pipeline
 
@@ -389,7 +389,7 @@ def test_logs_without_a_logs_repository(capsys: pytest.CaptureFixture[str]) -> N
     async def noop(key: str) -> None:
         return None
 
-    p = Pipeline([InProcessTask("t", noop, inputs={"src": MemoryBlobRepository()})])
+    p = Pipeline([FunctionTask("t", noop, inputs={"src": MemoryBlobRepository()})])
     code = run_cli(p, ["logs", "t", "k"])
     _, err = capsys.readouterr()
     assert code == 1
@@ -427,7 +427,7 @@ def test_unexpected_error_is_one_line_unless_verbose(capsys: pytest.CaptureFixtu
     async def noop(key: str) -> None:
         return None
 
-    p = Pipeline([InProcessTask("t", noop, inputs={"src": MemoryBlobRepository()})], session)
+    p = Pipeline([FunctionTask("t", noop, inputs={"src": MemoryBlobRepository()})], session)
     assert run_cli(p, ["status"]) == 1
     _, err = capsys.readouterr()
     assert_one_line_error(err, "unexpected RuntimeError: the database is on fire", "-v")
@@ -441,10 +441,10 @@ def test_main_is_lazy_and_exits(tmp_path: Path) -> None:
         "import sys, pydatatask; assert 'rich' not in sys.modules and 'pydatatask.cli' not in sys.modules; "
         "from pydatatask import main; assert 'rich' not in sys.modules; "
         "from pydatatask import MemoryBlobRepository\n"
-        "from pydatatask.task import InProcessTask\n"
+        "from pydatatask.task import FunctionTask\n"
         "from pydatatask.pipeline import Pipeline\n"
         "async def f(key): pass\n"
-        "main(Pipeline([InProcessTask('t', f, inputs={'src': MemoryBlobRepository()})]), ['status', 'nope'])"
+        "main(Pipeline([FunctionTask('t', f, inputs={'src': MemoryBlobRepository()})]), ['status', 'nope'])"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc.stderr

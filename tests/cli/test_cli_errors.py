@@ -14,7 +14,7 @@ import pytest
 from pydatatask import MemoryMetadataRepository, Session
 from pydatatask.cli import run_cli
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import Event, InProcessTask
+from pydatatask.task import Event, FunctionTask
 
 from ..test_corrupt import build, corrupt_state, write_inputs
 from .test_cli import DEMO, assert_one_line_error, env_for, set_stdin, write_sources
@@ -123,7 +123,7 @@ def test_an_exception_group_from_user_code_is_reported_as_its_error(
     async def a(key: str) -> None:
         pass
 
-    pipeline = Pipeline([InProcessTask("A", a, inputs={"src": MemoryMetadataRepository({"k": 1})})], session)
+    pipeline = Pipeline([FunctionTask("A", a, inputs={"src": MemoryMetadataRepository({"k": 1})})], session)
     code, _, err = cli(pipeline, capsys, "run")
     assert code == 1
     assert_one_line_error(err, "Connection refused")
@@ -137,7 +137,7 @@ def test_a_hook_that_raises_prints_one_line_unless_verbose(
     async def a(key: str) -> None:
         pass
 
-    pipeline = Pipeline([InProcessTask("A", a, inputs={"src": MemoryMetadataRepository({"k1": 1})})])
+    pipeline = Pipeline([FunctionTask("A", a, inputs={"src": MemoryMetadataRepository({"k1": 1})})])
 
     def notify(event: Event) -> None:
         raise RuntimeError("mail server said no")

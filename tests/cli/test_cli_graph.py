@@ -19,7 +19,7 @@ from pydatatask import (
 )
 from pydatatask.cli import run_cli
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 from .demo_pipeline import build_pipeline
 from .test_cli import KEYS, Cli, assert_one_line_error, write_sources
@@ -29,9 +29,9 @@ async def _noop(key: str) -> None:
     return None
 
 
-def task(name: str, **links: Any) -> InProcessTask:
+def task(name: str, **links: Any) -> FunctionTask:
     """A task whose function takes no links (the graph only looks at the links)."""
-    return InProcessTask(name, _noop, **links)
+    return FunctionTask(name, _noop, **links)
 
 
 def graph(pipeline: Pipeline, capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from pydatatask import MemoryBlobRepository, ReadOnlyRepository
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 from .demo_pipeline import build_pipeline
 from .test_cli import KEYS, Cli, assert_one_line_error, write_sources
@@ -179,8 +179,8 @@ def _two_outputs(
 
     pipeline = Pipeline(
         [
-            InProcessTask("split", split, inputs={"src": src}, outputs={"left": left, "right": right}),
-            InProcessTask("show", show, inputs={"view": ReadOnlyRepository(left)}),
+            FunctionTask("split", split, inputs={"src": src}, outputs={"left": left, "right": right}),
+            FunctionTask("show", show, inputs={"view": ReadOnlyRepository(left)}),
         ]
     )
     return Cli(pipeline, capsys), left, right

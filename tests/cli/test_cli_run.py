@@ -18,8 +18,9 @@ import pytest
 
 from pydatatask import MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.cli import run_cli
+from pydatatask.executor import PoolExecutor
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import ExecutorTask, InProcessTask
+from pydatatask.task import FunctionTask
 
 N = 60
 
@@ -52,10 +53,17 @@ def chain() -> Iterator[Pipeline]:
 
     pipeline = Pipeline(
         [
-            ExecutorTask("a", stage_a, pool_a, inputs={"src": src}, outputs={"a": a_out}, concurrency=4),
-            InProcessTask("b", stage_b, inputs={"a": a_out}, outputs={"b": b_out}, concurrency=3),
-            InProcessTask("c", stage_c, inputs={"b": b_out}, outputs={"c": c_out}, concurrency=2),
-            InProcessTask("d", stage_d, inputs={"c": c_out}, outputs={"d": d_out}),
+            FunctionTask(
+                "a",
+                stage_a,
+                executor=PoolExecutor(pool_a),
+                inputs={"src": src},
+                outputs={"a": a_out},
+                concurrency=4,
+            ),
+            FunctionTask("b", stage_b, inputs={"a": a_out}, outputs={"b": b_out}, concurrency=3),
+            FunctionTask("c", stage_c, inputs={"b": b_out}, outputs={"c": c_out}, concurrency=2),
+            FunctionTask("d", stage_d, inputs={"c": c_out}, outputs={"d": d_out}),
         ]
     )
     yield pipeline

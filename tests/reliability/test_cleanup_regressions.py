@@ -10,7 +10,7 @@ import pytest
 
 from pydatatask import MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask, JobContext, RetryPolicy
+from pydatatask.task import FunctionTask, JobContext, RetryPolicy
 
 from .harness import BUCKET, TcpProxy, ensure_bucket, s3_client, s3_empty, s3_uploads
 
@@ -63,7 +63,7 @@ async def test_failed_cleanup_is_retried_before_the_next_attempt() -> None:
             raise RuntimeError("attempt 1 fails after writing b")
         await a.write_bytes(key, b"done")
 
-    task = InProcessTask(
+    task = FunctionTask(
         "t", job, inputs={"src": src}, outputs={"a": a, "b": b}, retry=RetryPolicy(max_attempts=2, backoff=0)
     )
     summary = await Pipeline([task]).run()
@@ -97,7 +97,7 @@ async def test_output_left_by_a_failed_cleanup_is_not_orphaned() -> None:
         runs.append(key)
         await out.write_bytes(key, b"result")
 
-    task = InProcessTask("t", job, inputs={"src": src}, outputs={"out": out}, done=done)
+    task = FunctionTask("t", job, inputs={"src": src}, outputs={"out": out}, done=done)
     pipeline = Pipeline([task], claim_check_interval=0)
     first = await pipeline.run()
     assert first.succeeded == 0 and first.errors

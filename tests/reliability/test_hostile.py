@@ -36,7 +36,7 @@ from pydatatask import (
 )
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import BlobRepository, MetadataRepository, Repository
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 from pydatatask.task.templates import render_command, render_yaml
 
 from .harness import ensure_bucket, s3_client, s3_names
@@ -388,7 +388,7 @@ async def test_broken_inputs_give_failure_records_and_the_run_goes_on(tmp_path: 
             os.unlink(tmp_path / "json_in" / "k3.json")
         await out.put(key, {"a": await a.get(key), "b": await b.get(key)})
 
-    task = InProcessTask("t", job, inputs={"a": yaml_in, "b": json_in}, outputs={"out": out})
+    task = FunctionTask("t", job, inputs={"a": yaml_in, "b": json_in}, outputs={"out": out})
     summary = await Pipeline([task]).run()
     records = {k: v async for k, v in task.done.items()}
     assert summary.failed == 3 and summary.succeeded == 7

@@ -25,7 +25,7 @@ import pytest
 
 from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository, Session
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 from .harness import BUCKET, ROOT, ensure_bucket, s3_client, s3_empty
 
@@ -151,7 +151,7 @@ async def test_mongo_password_never_leaks(tmp_path: Path, caplog: pytest.LogCapt
             pass
 
         src = FileRepository(tmp_path / "src", ".txt")
-        pipeline = Pipeline([InProcessTask("t", job, inputs={"src": src}, done=done)])
+        pipeline = Pipeline([FunctionTask("t", job, inputs={"src": src}, done=done)])
         with pytest.raises(BackendUnavailableError) as info:
             await pipeline.run()
         with pytest.raises(BackendUnavailableError) as info2:

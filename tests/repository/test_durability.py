@@ -23,7 +23,7 @@ from pydatatask.pipeline import Pipeline
 from pydatatask.repository import DirectoryRepository, FileRepository, YamlMetadataFileRepository
 from pydatatask.repository.filesystem import _on_memory_fs
 from pydatatask.repository.memory import MemoryMetadataRepository
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,7 +208,7 @@ async def test_state_dir_claims_and_records_are_durable_in_the_order_that_matter
         order.append(("job starts", len(calls.events)))
         await dst.write_bytes(key, b"done")
 
-    task = InProcessTask("t", work, inputs={"src": MemoryMetadataRepository({"k": 1})}, outputs={"dst": out})
+    task = FunctionTask("t", work, inputs={"src": MemoryMetadataRepository({"k": 1})}, outputs={"dst": out})
     summary = await Pipeline([task], state_dir=disk / "state").run()
     assert summary.succeeded == 1
     live, done = disk / "state" / "t" / "live", disk / "state" / "t" / "done"

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydatatask import FileRepository
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 
 def build(data: Path, lease: str) -> Pipeline:
@@ -40,7 +40,7 @@ def build(data: Path, lease: str) -> Pipeline:
             await asyncio.sleep(0.05)
         await out.write_bytes(key, (await src.read_bytes(key)).upper())
 
-    task = InProcessTask(
+    task = FunctionTask(
         "upper",
         upper,
         inputs={"src": FileRepository(data / "src", ".txt")},

@@ -23,7 +23,7 @@ import pytest
 
 from pydatatask.repository.memory import MemoryMetadataRepository
 from pydatatask.repository.serialized import yaml_loads
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 from pydatatask.task.records import (
     HOSTNAME,
     boot_id,
@@ -42,8 +42,8 @@ async def _nothing(key: str, dst: Any) -> None:
     await dst.put(key, 1)
 
 
-def _task() -> InProcessTask:
-    return InProcessTask(
+def _task() -> FunctionTask:
+    return FunctionTask(
         "t", _nothing, inputs={"src": MemoryMetadataRepository()}, outputs={"dst": MemoryMetadataRepository()}
     )
 
@@ -291,7 +291,7 @@ async def test_a_running_scheduler_takes_over_a_foreign_claim_once_its_lease_pas
     async def make(key: str, dst: FileRepository) -> None:
         await dst.write_bytes(key, b"done")
 
-    task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
+    task = FunctionTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
     pipeline = Pipeline([task], claim_check_interval="0.05s", poll_interval="0.05s")
     run = asyncio.create_task(pipeline.run(forever=True))
     try:

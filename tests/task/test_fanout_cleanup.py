@@ -23,7 +23,7 @@ from pydatatask import (
 from pydatatask.pipeline import Pipeline, Scheduler
 from pydatatask.repository.base import BlobRepository, MetadataRepository
 from pydatatask.repository.journal import WriteJournal, journaling
-from pydatatask.task import InProcessTask, RetryPolicy
+from pydatatask.task import FunctionTask, RetryPolicy
 
 
 async def copy(key: str, src: MetadataRepository, dst: MetadataRepository) -> None:
@@ -40,8 +40,8 @@ async def test_failed_fan_out_leaves_no_part_and_downstream_never_runs() -> None
         await parts.put(f"{key}-part-2", 2)
         raise RuntimeError("broken after two parts")
 
-    a = InProcessTask("a", split, inputs={"src": src}, outputs={"parts": parts})
-    b = InProcessTask("b", copy, inputs={"src": parts}, outputs={"dst": out})
+    a = FunctionTask("a", split, inputs={"src": src}, outputs={"parts": parts})
+    b = FunctionTask("b", copy, inputs={"src": parts}, outputs={"dst": out})
     summary = await Pipeline([a, b]).run()
     assert summary.failed == 1 and summary.succeeded == 0
     assert await parts.keys() == set()
@@ -63,7 +63,7 @@ async def test_each_failed_attempt_is_cleaned_before_the_retry(tmp_path: Path) -
         if job.attempt < 3:
             raise RuntimeError("try again")
 
-    a = InProcessTask(
+    a = FunctionTask(
         "a",
         split,
         inputs={"src": src},
@@ -88,7 +88,7 @@ async def test_writes_through_a_view_are_removed_in_the_underlying_repository(tm
         await parts.put(f"{key}-2", 2)
         raise RuntimeError("broken")
 
-    a = InProcessTask("a", split, inputs={"src": src}, outputs={"parts": view})
+    a = FunctionTask("a", split, inputs={"src": src}, outputs={"parts": view})
     summary = await Pipeline([a]).run()
     assert summary.failed == 1
     assert await under.keys() == set()
@@ -112,8 +112,8 @@ async def test_parts_are_not_ready_downstream_while_the_job_runs() -> None:
         started_b.append(key)
         await dst.write_bytes(key, await src.read_bytes(key))
 
-    a = InProcessTask("a", split, inputs={"src": src}, outputs={"parts": parts})
-    b = InProcessTask("b", consume, inputs={"src": parts}, outputs={"dst": out})
+    a = FunctionTask("a", split, inputs={"src": src}, outputs={"parts": parts})
+    b = FunctionTask("b", consume, inputs={"src": parts}, outputs={"dst": out})
     pipeline = Pipeline([a, b], poll_interval="20ms")
     ticks_after_write: set[int] = set()
     listed_again = asyncio.Event()
@@ -146,7 +146,7 @@ async def test_claims_and_records_are_not_taken_for_outputs() -> None:
         await side.put("keep", 2)  # a repository that is not an output: not the job's to remove
         raise RuntimeError("failed")
 
-    a = InProcessTask("a", writes_elsewhere, inputs={"src": src})
+    a = FunctionTask("a", writes_elsewhere, inputs={"src": src})
     a.link("side", other)
     await Pipeline([a]).run()
     assert await other.get("keep") == 2
@@ -191,7 +191,7 @@ async def test_a_timed_out_fan_out_job_leaves_no_part() -> None:
         await parts.put(f"{key}-part-1", 1)
         await asyncio.sleep(30)
 
-    a = InProcessTask("a", split, inputs={"src": src}, outputs={"parts": parts}, timeout="50ms")
+    a = FunctionTask("a", split, inputs={"src": src}, outputs={"parts": parts}, timeout="50ms")
     summary = await Pipeline([a]).run()
     assert summary.failed == 1
     assert (await a.done.get("A"))["error"]["type"] == "pydatatask.errors.JobTimeoutError"
@@ -208,7 +208,7 @@ async def test_a_cancelled_fan_out_job_leaves_no_part(tmp_path: Path) -> None:
         written.set()
         await asyncio.sleep(30)
 
-    a = InProcessTask("a", split, inputs={"src": src}, outputs={"parts": parts})
+    a = FunctionTask("a", split, inputs={"src": src}, outputs={"parts": parts})
     pipeline = Pipeline([a], state_dir=tmp_path / "state")
     run = asyncio.create_task(pipeline.run(grace="10ms"))
     await written.wait()
@@ -224,7 +224,7 @@ import asyncio, sys, time
 from pathlib import Path
 from pydatatask import FileRepository, MemoryMetadataRepository
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 root = Path(sys.argv[1])
 
@@ -234,7 +234,7 @@ async def split(key, parts):
     (root / "written").write_text("yes")
     await asyncio.sleep(60)
 
-task = InProcessTask(
+task = FunctionTask(
     "a", split, inputs={"src": MemoryMetadataRepository({"A": 1})},
     outputs={"parts": FileRepository(root / "parts")},
 )
@@ -272,10 +272,8 @@ async def _run_again_after_the_crash(tmp_path: Path) -> None:
         consumed.append(key)
         await dst.write_bytes(key, await src.read_bytes(key))
 
-    a = InProcessTask(
-        "a", fails, inputs={"src": MemoryMetadataRepository({"A": 1})}, outputs={"parts": parts}
-    )
-    b = InProcessTask("b", consume, inputs={"src": parts}, outputs={"dst": out})
+    a = FunctionTask("a", fails, inputs={"src": MemoryMetadataRepository({"A": 1})}, outputs={"parts": parts})
+    b = FunctionTask("b", consume, inputs={"src": parts}, outputs={"dst": out})
     summary = await Pipeline([a, b], state_dir=tmp_path / "state").run()
     assert consumed == []
     assert await parts.keys() == set()

@@ -18,9 +18,10 @@ from pydatatask import (
     MemoryMetadataRepository,
     YamlMetadataFileRepository,
 )
+from pydatatask.executor import PoolExecutor
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import MetadataRepository
-from pydatatask.task import Event, ExecutorTask, Hooks, InProcessTask, JobState, RetryPolicy
+from pydatatask.task import Event, FunctionTask, Hooks, JobState, RetryPolicy
 
 
 class CountingMemory(MemoryMetadataRepository):
@@ -46,8 +47,8 @@ async def test_ready_rule_chain_and_fan_in() -> None:
     async def join(key: str, a: Any, b: Any, ab: Any) -> None:
         await ab.put(key, [await a.get(key), await b.get(key)])
 
-    t1 = InProcessTask("join", join, inputs={"a": a, "b": b}, outputs={"ab": ab})
-    t2 = InProcessTask("copy", copy, inputs={"src": ab}, outputs={"dst": out})
+    t1 = FunctionTask("join", join, inputs={"a": a, "b": b}, outputs={"ab": ab})
+    t2 = FunctionTask("copy", copy, inputs={"src": ab}, outputs={"dst": out})
     pipeline = Pipeline([t2, t1])
     views = await pipeline.views()
     assert views["join"].ready == {"2", "3"}
@@ -65,11 +66,11 @@ async def test_one_listing_per_repository_per_tick() -> None:
     shared = CountingMemory({f"k{i}": i for i in range(50)})
     outs = [MemoryMetadataRepository() for _ in range(3)]
     tasks = [
-        InProcessTask(f"t{i}", copy, inputs={"src": shared}, outputs={"dst": outs[i]}, concurrency=100)
+        FunctionTask(f"t{i}", copy, inputs={"src": shared}, outputs={"dst": outs[i]}, concurrency=100)
         for i in range(3)
     ]
     # a view over the shared repository is listed through the same tick cache
-    view_task = InProcessTask(
+    view_task = FunctionTask(
         "view",
         copy,
         inputs={"src": AndRepository(shared, shared)},
@@ -92,7 +93,7 @@ async def test_unchained_run_lists_only_when_its_queue_runs_dry() -> None:
         await dst.put(key, await src.get(key))
 
     src = CountingMemory({f"k{i:03d}": i for i in range(120)})
-    one = InProcessTask(
+    one = FunctionTask(
         "one", slow_copy, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()}, concurrency=4
     )
     pipeline = Pipeline([one], poll_interval="0.05s")
@@ -104,8 +105,8 @@ async def test_unchained_run_lists_only_when_its_queue_runs_dry() -> None:
 
     src2 = CountingMemory({f"k{i:03d}": i for i in range(120)})
     mid, end = MemoryMetadataRepository(), MemoryMetadataRepository()
-    first = InProcessTask("first", slow_copy, inputs={"src": src2}, outputs={"dst": mid}, concurrency=4)
-    second = InProcessTask("second", slow_copy, inputs={"src": mid}, outputs={"dst": end}, concurrency=4)
+    first = FunctionTask("first", slow_copy, inputs={"src": src2}, outputs={"dst": mid}, concurrency=4)
+    second = FunctionTask("second", slow_copy, inputs={"src": mid}, outputs={"dst": end}, concurrency=4)
     chained = Pipeline([first, second], poll_interval="0.05s")
     summary = await chained.run()
     assert summary.succeeded == 240
@@ -130,8 +131,8 @@ async def test_downstream_waits_for_upstream_success_record() -> None:
         seen_by_b.append(key)
         await out.put(key, await mid.get(key))
 
-    a = InProcessTask("a", a_fn, inputs={"src": src}, outputs={"mid": mid})
-    b = InProcessTask("b", b_fn, inputs={"mid": mid}, outputs={"out": out})
+    a = FunctionTask("a", a_fn, inputs={"src": src}, outputs={"mid": mid})
+    b = FunctionTask("b", b_fn, inputs={"mid": mid}, outputs={"out": out})
     pipeline = Pipeline([a, b])
     run = asyncio.create_task(pipeline.run())
     for _ in range(200):
@@ -159,8 +160,8 @@ async def test_seeded_intermediate_data_is_used_when_upstream_cannot_make_it() -
     src = MemoryMetadataRepository({"x": 1})
     mid = MemoryMetadataRepository({"seeded": 5})  # A has no input for "seeded"
     out = MemoryMetadataRepository()
-    a = InProcessTask("a", copy, inputs={"src": src}, outputs={"dst": mid})
-    b = InProcessTask("b", copy, inputs={"src": mid}, outputs={"dst": out})
+    a = FunctionTask("a", copy, inputs={"src": src}, outputs={"dst": mid})
+    b = FunctionTask("b", copy, inputs={"src": mid}, outputs={"dst": out})
     summary = await Pipeline([a, b]).run()
     assert summary.ok
     assert await out.keys() == {"x", "seeded"}
@@ -185,7 +186,7 @@ async def test_job_records_and_states() -> None:
         lambda ev: states.append(("pipeline_finished", ev.summary["succeeded"] if ev.summary else None)),
     )
 
-    task = InProcessTask("t", copy, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
+    task = FunctionTask("t", copy, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
     summary = await Pipeline([task], hooks=hooks).run()
     assert summary.ok
     record = await task.done.get("k")
@@ -210,7 +211,7 @@ async def test_retries_with_backoff_then_success() -> None:
 
     hooks = Hooks()
     hooks.on("job_retrying", lambda ev: retrying.append(ev.delay or 0))
-    task = InProcessTask(
+    task = FunctionTask(
         "t",
         flaky,
         inputs={"src": src},
@@ -234,7 +235,7 @@ async def test_retry_only_listed_exceptions() -> None:
         calls.append(key)
         raise ValueError("not transient")
 
-    task = InProcessTask(
+    task = FunctionTask(
         "t", broken, inputs={"src": src}, retry=RetryPolicy(max_attempts=5, retry_on=(ConnectionError,))
     )
     summary = await Pipeline([task]).run()
@@ -266,7 +267,7 @@ async def test_recorded_failures_are_not_rerun_until_removed() -> None:
             raise RuntimeError("first time")
         await dst.put(key, 1)
 
-    task = InProcessTask("t", fails_once, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
+    task = FunctionTask("t", fails_once, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
     pipeline = Pipeline([task])
     assert (await pipeline.run()).failed == 1
     assert (await pipeline.run()).failed == 0 and calls == ["k"]
@@ -289,12 +290,12 @@ async def test_concurrency_limits() -> None:
         await asyncio.sleep(0.01)
         running -= 1
 
-    t = InProcessTask("t", slow, inputs={"src": src}, concurrency=3)
+    t = FunctionTask("t", slow, inputs={"src": src}, concurrency=3)
     assert (await Pipeline([t]).run()).succeeded == 40
     assert peak == 3
     running = peak = 0
-    t1 = InProcessTask("a", slow, inputs={"src": src}, concurrency=10)
-    t2 = InProcessTask("b", slow, inputs={"src": src}, concurrency=10)
+    t1 = FunctionTask("a", slow, inputs={"src": src}, concurrency=10)
+    t2 = FunctionTask("b", slow, inputs={"src": src}, concurrency=10)
     assert (await Pipeline([t1, t2], max_jobs=4).run()).succeeded == 80
     assert peak == 4
 
@@ -303,8 +304,8 @@ async def test_completion_wakes_the_loop_without_polling() -> None:
     src = MemoryMetadataRepository({f"k{i}": i for i in range(30)})
     mids = MemoryMetadataRepository()
     out = MemoryMetadataRepository()
-    a = InProcessTask("a", copy, inputs={"src": src}, outputs={"dst": mids}, concurrency=1)
-    b = InProcessTask("b", copy, inputs={"src": mids}, outputs={"dst": out}, concurrency=1)
+    a = FunctionTask("a", copy, inputs={"src": src}, outputs={"dst": mids}, concurrency=1)
+    b = FunctionTask("b", copy, inputs={"src": mids}, outputs={"dst": out}, concurrency=1)
     t0 = time.monotonic()
     summary = await Pipeline([a, b], poll_interval="5s").run()
     assert summary.succeeded == 60
@@ -324,12 +325,18 @@ async def test_executor_task(tmp_path: Path, kind: str) -> None:
     meta = YamlMetadataFileRepository(tmp_path / "meta")
     pool = ThreadPoolExecutor(4) if kind == "thread" else ProcessPoolExecutor(2)
     with pool:
-        task = ExecutorTask("upper", _upper, pool, inputs={"src": src}, outputs={"dst": dst, "meta": meta})
+        task = FunctionTask(
+            "upper",
+            _upper,
+            executor=PoolExecutor(pool),
+            inputs={"src": src},
+            outputs={"dst": dst, "meta": meta},
+        )
         summary = await Pipeline([task]).run()
     assert summary.ok and summary.succeeded == 20
     assert await dst.read_bytes("doc7") == b"TEXT 7"
     assert await meta.get("doc7") == {"len": 6, "key": "doc7"}
-    assert (await task.done.get("doc7"))["runner"].startswith("executor:")
+    assert (await task.done.get("doc7"))["runner"].startswith("function:")
 
 
 def _bad_return(key: str, src: bytes) -> Any:
@@ -340,7 +347,9 @@ async def test_executor_task_bad_return_is_a_failure_record() -> None:
     src = MemoryBlobRepository({"k": b"x"})
     dst = MemoryBlobRepository()
     with ThreadPoolExecutor(1) as pool:
-        task = ExecutorTask("t", _bad_return, pool, inputs={"src": src}, outputs={"dst": dst})
+        task = FunctionTask(
+            "t", _bad_return, executor=PoolExecutor(pool), inputs={"src": src}, outputs={"dst": dst}
+        )
         summary = await Pipeline([task]).run()
     assert summary.failed == 1
     record = await task.done.get("k")
@@ -354,7 +363,9 @@ def test_dask_executor(tmp_path: Path) -> None:
     with distributed.Client(
         processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
     ) as client:
-        task = ExecutorTask("t", _upper_only, client, inputs={"src": src}, outputs={"dst": dst})
+        task = FunctionTask(
+            "t", _upper_only, executor=PoolExecutor(client), inputs={"src": src}, outputs={"dst": dst}
+        )
         summary = Pipeline([task]).run_sync()
     assert summary.ok and summary.succeeded == 5
     assert asyncio.run(dst.read_bytes("k3")) == b"ABC"
@@ -367,21 +378,21 @@ def _upper_only(key: str, src: bytes) -> dict[str, bytes]:
 async def test_configuration_errors() -> None:
     repo = MemoryMetadataRepository()
     with pytest.raises(ConfigurationError, match="already has a link named 'src'"):
-        InProcessTask("t", copy, inputs={"src": repo}).link("src", repo)
+        FunctionTask("t", copy, inputs={"src": repo}).link("src", repo)
     with pytest.raises(ConfigurationError, match="unique"):
-        Pipeline([InProcessTask("t", copy), InProcessTask("t", copy)])
+        Pipeline([FunctionTask("t", copy), FunctionTask("t", copy)])
 
     async def wrong(key: str, nonexistent: Any) -> None:
         pass
 
     with pytest.raises(ConfigurationError, match="'nonexistent'.*match no link"):
-        await Pipeline([InProcessTask("t", wrong, inputs={"src": repo})]).run()
+        await Pipeline([FunctionTask("t", wrong, inputs={"src": repo})]).run()
     with pytest.raises(ConfigurationError, match="no task named"):
-        await Pipeline([InProcessTask("t", copy)]).run(tasks=["nope"])
+        await Pipeline([FunctionTask("t", copy)]).run(tasks=["nope"])
     with pytest.raises(ConfigurationError, match="link name"):
-        InProcessTask("t", copy, inputs={"not an identifier": repo})
+        FunctionTask("t", copy, inputs={"not an identifier": repo})
     with pytest.raises(ConfigurationError, match="task name"):
-        InProcessTask("bad name!", copy)
+        FunctionTask("bad name!", copy)
 
 
 async def test_timeout_records_failure() -> None:
@@ -390,7 +401,7 @@ async def test_timeout_records_failure() -> None:
     async def hang(key: str) -> None:
         await asyncio.sleep(30)
 
-    task = InProcessTask("t", hang, inputs={"src": src}, timeout="100ms")
+    task = FunctionTask("t", hang, inputs={"src": src}, timeout="100ms")
     summary = await Pipeline([task]).run()
     assert summary.failed == 1
     record = await task.done.get("k")
@@ -408,7 +419,7 @@ async def test_stop_cancels_and_cleans_up(tmp_path: Path) -> None:
             started.set()
             await asyncio.sleep(60)
 
-    task = InProcessTask("t", slow, inputs={"src": src}, outputs={"dst": dst}, concurrency=5)
+    task = FunctionTask("t", slow, inputs={"src": src}, outputs={"dst": dst}, concurrency=5)
     pipeline = Pipeline([task], state_dir=tmp_path / "state")
     run = asyncio.create_task(pipeline.run(grace="100ms"))
     await started.wait()
@@ -434,7 +445,7 @@ async def test_stale_claims_are_recovered(tmp_path: Path) -> None:
     async def make(key: str, dst: Any) -> None:
         await dst.write_bytes(key, b"complete")
 
-    task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
+    task = FunctionTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
     summary = await Pipeline([task]).run()
     assert summary.succeeded == 1
     assert await dst.read_bytes("k") == b"complete"
@@ -462,7 +473,7 @@ async def test_two_schedulers_never_run_a_job_twice(tmp_path: Path) -> None:
     def make() -> Pipeline:
         return Pipeline(
             [
-                InProcessTask(
+                FunctionTask(
                     "t", job, inputs={"src": src}, outputs={"dst": dst}, live=live, done=done, concurrency=16
                 )
             ]
@@ -489,7 +500,7 @@ async def test_chain_always_completes_in_one_run(tmp_path: Path) -> None:
             await dst.put(key, await src.get(key))
 
         tasks = [
-            InProcessTask(
+            FunctionTask(
                 f"s{i}",
                 step,
                 inputs={"src": repos[i]},
@@ -515,7 +526,7 @@ async def test_expired_lease_from_another_host_is_taken_over(tmp_path: Path) -> 
     async def make(key: str, dst: Any) -> None:
         await dst.write_bytes(key, b"complete")
 
-    task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
+    task = FunctionTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
     summary = await Pipeline([task]).run()
     assert summary.succeeded == 1
     assert await dst.read_bytes("k") == b"complete"
@@ -532,7 +543,7 @@ async def test_heartbeats_renew_claims_and_a_lost_claim_stops_the_job(tmp_path: 
         started.set()
         await asyncio.sleep(30)
 
-    task = InProcessTask("t", slow, inputs={"src": src}, live=live)
+    task = FunctionTask("t", slow, inputs={"src": src}, live=live)
     pipeline = Pipeline([task], claim_lease="300ms")
     run = asyncio.create_task(pipeline.run())
     await started.wait()
@@ -561,7 +572,7 @@ async def test_stale_claim_of_a_finished_job_keeps_its_outputs(tmp_path: Path) -
         calls.append(key)
         await dst.write_bytes(key, b"complete")
 
-    task = InProcessTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
+    task = FunctionTask("t", make, inputs={"src": src}, outputs={"dst": dst}, live=live)
     assert (await Pipeline([task]).run()).succeeded == 1
     await live.put("k", dict(make_claim("dead", "t", "k", time.time()), pid=2**22 + 54321, pid_start=1))
     summary = await Pipeline([task]).run()
@@ -580,7 +591,7 @@ async def test_heartbeats_racing_with_job_ends_lose_nothing(tmp_path: Path) -> N
         await asyncio.sleep(0.002)
         await dst.put(key, 1)
 
-    task = InProcessTask(
+    task = FunctionTask(
         "t",
         quick,
         inputs={"src": src},

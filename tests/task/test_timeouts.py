@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from pydatatask import MemoryBlobRepository, MemoryMetadataRepository
+from pydatatask.executor import PoolExecutor
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import ExecutorTask, InProcessTask
+from pydatatask.task import FunctionTask
 
 
 def _slow_upper(key: str, src: bytes) -> dict[str, bytes]:
@@ -35,8 +36,14 @@ async def test_queue_wait_of_a_thread_pool_does_not_count() -> None:
         return {"dst": src.upper()}
 
     with ThreadPoolExecutor(1) as pool:
-        task = ExecutorTask(
-            "t", work, pool, inputs={"src": src}, outputs={"dst": dst}, timeout="0.3s", concurrency=4
+        task = FunctionTask(
+            "t",
+            work,
+            executor=PoolExecutor(pool),
+            inputs={"src": src},
+            outputs={"dst": dst},
+            timeout="0.3s",
+            concurrency=4,
         )
         summary = await Pipeline([task]).run()
     assert summary.ok and summary.succeeded == 4, summary
@@ -48,8 +55,14 @@ async def test_queue_wait_of_a_process_pool_does_not_count() -> None:
     src, dst = _keys(3), MemoryBlobRepository()
     with ProcessPoolExecutor(1) as pool:
         pool.submit(time.sleep, 0).result()  # the worker process is up before the clock matters
-        task = ExecutorTask(
-            "t", _slow_upper, pool, inputs={"src": src}, outputs={"dst": dst}, timeout="0.8s", concurrency=3
+        task = FunctionTask(
+            "t",
+            _slow_upper,
+            executor=PoolExecutor(pool),
+            inputs={"src": src},
+            outputs={"dst": dst},
+            timeout="0.8s",
+            concurrency=3,
         )
         summary = await Pipeline([task]).run()
     assert summary.ok and summary.succeeded == 3, summary
@@ -62,8 +75,14 @@ def test_queue_wait_of_a_dask_client_does_not_count() -> None:
     with distributed.Client(
         processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
     ) as client:
-        task = ExecutorTask(
-            "t", _slow_upper, client, inputs={"src": src}, outputs={"dst": dst}, timeout="0.6s", concurrency=3
+        task = FunctionTask(
+            "t",
+            _slow_upper,
+            executor=PoolExecutor(client),
+            inputs={"src": src},
+            outputs={"dst": dst},
+            timeout="0.6s",
+            concurrency=3,
         )
         summary = Pipeline([task]).run_sync()
     assert summary.ok and summary.succeeded == 3, summary
@@ -84,7 +103,7 @@ async def test_a_sync_function_task_has_its_own_pool_sized_by_concurrency() -> N
         together.wait()  # all three calls run at once
         return {"dst": {"thread": threading.current_thread().name}}
 
-    task = InProcessTask("sync", work, inputs={"src": src}, outputs={"dst": dst}, timeout="3s", concurrency=3)
+    task = FunctionTask("sync", work, inputs={"src": src}, outputs={"dst": dst}, timeout="3s", concurrency=3)
     try:
         summary = await Pipeline([task]).run()
     finally:
@@ -114,7 +133,9 @@ async def test_a_timed_out_thread_call_is_reported_and_its_late_result_discarded
         return {"dst": b"late"}
 
     with ThreadPoolExecutor(1) as pool:
-        task = ExecutorTask("t", work, pool, inputs={"src": src}, outputs={"dst": dst}, timeout="0.2s")
+        task = FunctionTask(
+            "t", work, executor=PoolExecutor(pool), inputs={"src": src}, outputs={"dst": dst}, timeout="0.2s"
+        )
         with caplog.at_level(logging.WARNING, logger="pydatatask"):
             summary = await Pipeline([task]).run()
         assert summary.failed == 1
@@ -144,8 +165,14 @@ async def test_a_job_that_never_started_is_not_recorded() -> None:
         return {"dst": src}
 
     with ThreadPoolExecutor(1) as pool:
-        task = ExecutorTask(
-            "t", work, pool, inputs={"src": src}, outputs={"dst": dst}, timeout="5s", concurrency=3
+        task = FunctionTask(
+            "t",
+            work,
+            executor=PoolExecutor(pool),
+            inputs={"src": src},
+            outputs={"dst": dst},
+            timeout="5s",
+            concurrency=3,
         )
         pipeline = Pipeline([task])
         run = asyncio.create_task(pipeline.run(grace="50ms"))

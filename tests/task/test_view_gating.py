@@ -17,7 +17,7 @@ from pydatatask import (
 from pydatatask.pipeline import Pipeline
 from pydatatask.pipeline.scheduler import Scheduler
 from pydatatask.repository.base import MetadataRepository
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 
 def _prefixed(child: Any, prefix: str) -> Any:
@@ -32,15 +32,15 @@ def _unprefixed(child: Any, prefix: str) -> Any:
     )  # view key "a" is the child's "out-a"
 
 
-async def _record(task: InProcessTask, key: str, success: bool) -> None:
+async def _record(task: FunctionTask, key: str, success: bool) -> None:
     await task.done.put(key, {"task": task.name, "key": key, "success": success})
 
 
 async def test_half_done_upstream_output_is_not_read_through_a_translating_view() -> None:
     src = MemoryMetadataRepository({"a": 1, "b": 2, "c": 3})
     mid = MemoryMetadataRepository()
-    a = InProcessTask("A", lambda key, src: {"mid": src}, inputs={"src": src}, outputs={"mid": mid})
-    b = InProcessTask(
+    a = FunctionTask("A", lambda key, src: {"mid": src}, inputs={"src": src}, outputs={"mid": mid})
+    b = FunctionTask(
         "B",
         lambda key, inp: {"res": inp},
         inputs={"inp": _prefixed(mid, "x-")},
@@ -75,8 +75,8 @@ async def test_failed_upstream_job_is_not_consumed_through_a_translating_view() 
         consumed.append(key)
         await res.put(key, await inp.get(key))
 
-    a = InProcessTask("A", upstream, inputs={"src": src}, outputs={"mid": mid})
-    b = InProcessTask(
+    a = FunctionTask("A", upstream, inputs={"src": src}, outputs={"mid": mid})
+    b = FunctionTask(
         "B", downstream, inputs={"inp": _prefixed(mid, "x-")}, outputs={"res": MemoryMetadataRepository()}
     )
 
@@ -92,13 +92,13 @@ async def test_failed_upstream_job_is_not_consumed_through_a_translating_view() 
 async def test_output_written_through_a_view_gates_its_readers(tmp_path: Path) -> None:
     src = MemoryMetadataRepository({"a": 1, "b": 2})
     files = FileRepository(tmp_path / "out", ".txt")
-    a = InProcessTask(
+    a = FunctionTask(
         "A",
         lambda key, src: {"out": str(src)},
         inputs={"src": src},
         outputs={"out": _unprefixed(files, "out-")},
     )
-    b = InProcessTask(
+    b = FunctionTask(
         "B",
         lambda key, f: {"res": {"n": len(f)}},
         inputs={"f": ReadOnlyRepository(files)},
@@ -119,8 +119,8 @@ async def test_same_key_gating_through_views_that_keep_keys() -> None:
     src = MemoryMetadataRepository({"a": 1, "b": 2})
     mid = MemoryMetadataRepository()
     other = MemoryMetadataRepository({"z": 0})
-    a = InProcessTask("A", lambda key, src: {"mid": src}, inputs={"src": src}, outputs={"mid": mid})
-    b = InProcessTask(
+    a = FunctionTask("A", lambda key, src: {"mid": src}, inputs={"src": src}, outputs={"mid": mid})
+    b = FunctionTask(
         "B",
         lambda key, inp: {"res": inp},
         inputs={"inp": OrRepository(other, ReadOnlyRepository(mid))},
@@ -138,8 +138,8 @@ async def test_same_key_gating_through_views_that_keep_keys() -> None:
 async def test_why_names_the_upstream_gate_through_a_translating_view() -> None:
     src = MemoryMetadataRepository({"a": 1})
     mid = MemoryMetadataRepository({"a": 1})  # A's output, no record: half done
-    a = InProcessTask("A", lambda key, src: {"mid": src}, inputs={"src": src}, outputs={"mid": mid})
-    b = InProcessTask(
+    a = FunctionTask("A", lambda key, src: {"mid": src}, inputs={"src": src}, outputs={"mid": mid})
+    b = FunctionTask(
         "B",
         lambda key, inp: {"res": inp},
         inputs={"inp": _prefixed(mid, "x-")},

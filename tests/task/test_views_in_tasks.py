@@ -24,7 +24,7 @@ from pydatatask import (
 )
 from pydatatask.cli import run_cli
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 from pydatatask.task.templates import link_info
 
 
@@ -42,7 +42,7 @@ async def test_sync_function_reads_through_a_read_only_view(tmp_path: Path) -> N
     def count(key: str, doc: bytes) -> dict[str, object]:
         return {"stats": {"words": len(doc.split())}}
 
-    task = InProcessTask("count", count, inputs={"doc": ReadOnlyRepository(files)}, outputs={"stats": out})
+    task = FunctionTask("count", count, inputs={"doc": ReadOnlyRepository(files)}, outputs={"stats": out})
     summary = await Pipeline([task]).run()
     assert summary.ok, await task.done.get("k1")
     assert await out.get("k1") == {"words": 3}
@@ -55,7 +55,7 @@ async def test_sync_function_writes_through_a_translated_view(tmp_path: Path) ->
     def render(key: str, src: dict[str, str]) -> dict[str, str]:
         return {"page": src["text"] * 2}
 
-    task = InProcessTask("render", render, inputs={"src": src}, outputs={"page": _prefixed(files, "page-")})
+    task = FunctionTask("render", render, inputs={"src": src}, outputs={"page": _prefixed(files, "page-")})
     summary = await Pipeline([task]).run()
     assert summary.ok, await task.done.get("a")
     assert await files.keys() == {"page-a", "page-b"}
@@ -73,7 +73,7 @@ async def test_sync_function_gets_the_path_of_a_directory_through_a_view(tmp_pat
     def look(key: str, folder: str) -> dict[str, object]:
         return {"found": sorted(p.name for p in Path(folder).iterdir())}
 
-    task = InProcessTask("look", look, inputs={"folder": ReadOnlyRepository(dirs)}, outputs={"found": out})
+    task = FunctionTask("look", look, inputs={"folder": ReadOnlyRepository(dirs)}, outputs={"found": out})
     summary = await Pipeline([task]).run()
     assert summary.ok, await task.done.get("d1")
     assert await out.get("d1") == ["f.txt"]
@@ -128,7 +128,7 @@ def test_cat_and_inject_through_views(
 ) -> None:
     files = FileRepository(tmp_path / "files", ".txt")
     records = YamlMetadataFileRepository(tmp_path / "records")
-    task = InProcessTask(
+    task = FunctionTask(
         "t",
         lambda key, doc, meta: {},
         inputs={"doc": ReadOnlyRepository(files), "meta": FilterRepository(records, lambda k: True)},

@@ -38,7 +38,7 @@ from pydatatask import (
 from pydatatask.cli import main
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import BlobRepository, Repository
-from pydatatask.task import Event, InProcessTask, JobContext, RetryPolicy
+from pydatatask.task import Event, FunctionTask, JobContext, RetryPolicy
 
 DATA = Path(os.environ["PDT_REL_DATA"])
 BACKEND = os.environ.get("PDT_REL_BACKEND", "files")
@@ -159,7 +159,7 @@ def build_pipeline() -> Pipeline:
     else:
         raise SystemExit(f"unknown PDT_REL_BACKEND {BACKEND!r}")
 
-    task = InProcessTask(
+    task = FunctionTask(
         "work",
         work,
         inputs={"src": src},

@@ -23,7 +23,7 @@ from typing import Any
 from pydatatask import FileRepository, Session
 from pydatatask.cli import main
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import InProcessTask
+from pydatatask.task import FunctionTask
 
 DATA = Path(os.environ["PDT_SEC_DATA"])
 MODE = os.environ["PDT_SEC_MODE"]
@@ -97,7 +97,7 @@ def build() -> Pipeline:
 
     else:
         raise SystemExit(f"unknown PDT_SEC_MODE {MODE!r}")
-    return Pipeline([InProcessTask("leaky", job, inputs={"src": src}, **state)], session)
+    return Pipeline([FunctionTask("leaky", job, inputs={"src": src}, **state)], session)
 
 
 if __name__ == "__main__":

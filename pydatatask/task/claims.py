@@ -1,0 +1,210 @@
+"""Claims: who runs the job of a key, as values in a task's ``live`` repository.
+
+A :class:`Claims` object is the whole protocol, used by the job lifecycle of every task
+kind:
+
+* :meth:`Claims.acquire` creates the claim if absent (the atomic step: of several
+  schedulers, exactly one gets it);
+* :meth:`Claims.update` and :meth:`Claims.heartbeat` change a held claim by compare-and-swap
+  (a conditional replace), so a scheduler that was presumed dead never overwrites the claim
+  of the one that took over; it learns that the claim is lost instead;
+* :meth:`Claims.is_stale` judges a claim found in ``live`` (lease, boot id, PID namespace,
+  pid and its start time; see :func:`~pydatatask.task.records.pid_is_comparable`);
+* :meth:`Claims.take_over` replaces a stale claim by a recovery claim of this process, by
+  compare-and-swap: of several schedulers recovering it, one wins;
+* :meth:`Claims.release` drops a claim; :meth:`Claims.abandon` hands it to nobody with an
+  expired heartbeat, so that the next check of any scheduler recovers it (used when the
+  partial outputs of a job could not be removed: freeing the key would leave an output
+  without a record).
+
+The claims this process holds are :meth:`Claims.held`; nothing else keeps claim state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import KeyNotFoundError, UnsupportedOperationError
+from ..repository.base import MetadataRepository
+from .records import HOSTNAME, make_claim, pid_is_comparable, process_start_time
+
+__all__ = ("Claim", "Claims", "new_owner")
+
+
+def new_owner() -> str:
+    """A fresh owner name for claims: host, pid and a random part."""
+    return f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(eq=False)
+class Claim:
+    """A claim this process holds: the key and the value stored in ``live`` (kept equal
+    to the stored one by every successful :meth:`Claims.update`)."""
+
+    key: str
+    value: dict[str, Any]
+
+
+class Claims:
+    """The claims of one task in its ``live`` repository.
+
+    :param live: where claims are stored (create-if-absent and conditional replace are used
+        where the backend has them).
+    :param task: the task name written into each claim.
+    :param owner: the owner written into claims (default: a fresh :func:`new_owner`);
+        :meth:`acquire` takes another per call (a scheduler's own name).
+    :param lease: seconds a claim stays valid without a heartbeat.
+    """
+
+    def __init__(
+        self, live: MetadataRepository, task: str, owner: str | None = None, lease: float = 60.0
+    ) -> None:
+        self.live = live
+        self.task = task
+        self.owner = owner or new_owner()
+        self.lease = lease
+        self._held: dict[str, Claim] = {}
+        # updates of one task's claims are serialised: a heartbeat and a note of a written
+        # key must not both replace the same old value
+        self._lock = asyncio.Lock()
+
+    def held(self) -> Mapping[str, Claim]:
+        """The claims this process holds, by key."""
+        return self._held
+
+    def get(self, key: str) -> Claim | None:
+        """The claim held on ``key``, or None."""
+        return self._held.get(key)
+
+    async def acquire(self, key: str, owner: str | None = None, **fields: Any) -> Claim | None:
+        """Create the claim on ``key`` if there is none; None if someone holds it.
+        ``fields`` are added to the claim."""
+        value = make_claim(owner or self.owner, self.task, key, time.time(), self.lease)
+        value.update(fields)
+        if not await self.live.create(key, value):
+            return None
+        claim = self._held[key] = Claim(key, value)
+        return claim
+
+    async def update(self, claim: Claim, **fields: Any) -> bool:
+        """Add ``fields`` to a held claim and renew its heartbeat, by compare-and-swap.
+
+        Returns False if the claim is lost (taken over or deleted by someone else; it is no
+        longer held then). A claim released meanwhile (its job has ended) is left alone and
+        counts as not lost. Backends without conditional replace fall back to re-checking
+        the owner.
+        """
+        async with self._lock:
+            if self._held.get(claim.key) is not claim:
+                return True  # released (or never ours): nothing to renew, nothing lost
+            old = claim.value
+            new = dict(old, **fields, heartbeat=time.time())
+            try:
+                ok = await self.live.replace_if(claim.key, old, new)
+            except UnsupportedOperationError:
+                try:
+                    ok = (await self.live.get(claim.key)).get("owner") == old.get("owner")
+                except KeyNotFoundError:
+                    ok = False
+                if ok:
+                    await self.live.put(claim.key, new)
+            if self._held.get(claim.key) is not claim:
+                return True  # released while the replace was under way
+            if ok:
+                claim.value = new
+            else:
+                del self._held[claim.key]
+            return ok
+
+    async def heartbeat(self, claim: Claim) -> bool:
+        """Renew a held claim; False if it is lost."""
+        return await self.update(claim)
+
+    async def release(self, claim: Claim) -> None:
+        """Drop the claim (from ``live`` too)."""
+        if self._held.get(claim.key) is claim:
+            del self._held[claim.key]
+        await self.live.delete(claim.key)
+
+    def forget(self, claim: Claim) -> None:
+        """Stop holding ``claim`` without touching ``live`` (it was handed on)."""
+        if self._held.get(claim.key) is claim:
+            del self._held[claim.key]
+
+    async def abandon(self, claim: Claim) -> None:
+        """Hand the claim to nobody with an expired heartbeat: the next check of any
+        scheduler finds it stale and recovers the key (removes what the job left, then
+        frees it). The claim keeps what it noted (``wrote``)."""
+        self.forget(claim)
+        value = claim.value
+        abandoned = dict(value, owner=f"{value.get('owner')}-abandoned", heartbeat=0.0)
+        await self.live.replace_if(claim.key, value, abandoned)
+
+    def expires(self, value: Any) -> float | None:
+        """When a claim found in ``live`` goes stale by its lease (epoch seconds), or None
+        if never (no heartbeat recorded)."""
+        if not isinstance(value, dict):
+            return None
+        heartbeat = value.get("heartbeat", value.get("started"))
+        lease = value.get("lease", self.lease)
+        if isinstance(heartbeat, (int, float)) and isinstance(lease, (int, float)):
+            return float(heartbeat + lease)
+        return None
+
+    def is_stale(self, value: Any, now: float | None = None, *, owner: str | None = None) -> bool:
+        """Whether a claim found in ``live`` belongs to a job that cannot be running.
+
+        Stale: any claim whose heartbeat is older than its lease (its owner died, lost its
+        connection or was paused), or, at once, a claim whose process is gone (its pid is
+        dead, or belongs to a process with another start time). The pid is looked at only
+        when the claim was made on this boot of this kernel in this process's PID
+        namespace (:func:`~pydatatask.task.records.pid_is_comparable`): elsewhere the
+        same pid names an unrelated process or none. A claim made in another container,
+        on another host, before a reboot or by a version that did not record its boot and
+        namespace is judged by its lease alone; one without a heartbeat at all is never
+        taken over. Claims of ``owner`` (default: this object's owner; the scheduler
+        tracks its own jobs) are never stale; a value that is not a claim is.
+        """
+        if not isinstance(value, dict):
+            return True
+        if value.get("owner") == (owner or self.owner):
+            return False
+        expires = self.expires(value)
+        if expires is not None and (time.time() if now is None else now) > expires:
+            return True
+        if not pid_is_comparable(value):
+            return False
+        pid = value.get("pid")
+        if type(pid) is not int or pid <= 0:
+            return False  # no process named: only the lease can tell
+        start = process_start_time(pid)
+        return start is None or (value.get("pid_start") is not None and start != value.get("pid_start"))
+
+    async def take_over(self, key: str, value: Any, **fields: Any) -> Claim | None:
+        """Replace the stale claim ``value`` on ``key`` by a recovery claim of this process
+        (compare-and-swap); None if another scheduler changed it first.
+
+        The recovery claim keeps the keys the old job noted (``wrote``), so that a cleanup
+        that fails leaves them to the next recovery; ``fields`` are added to it. On backends
+        without conditional replace the takeover is best effort.
+        """
+        takeover = make_claim(f"{self.owner}-recovery", self.task, key, time.time(), self.lease)
+        written = value.get("wrote") if isinstance(value, dict) else None
+        if written:
+            takeover["wrote"] = written
+        takeover.update(fields)
+        try:
+            won = await self.live.replace_if(key, value, takeover)
+        except UnsupportedOperationError:
+            won = True
+            await self.live.put(key, takeover)
+        if not won:
+            return None
+        claim = self._held[key] = Claim(key, takeover)
+        return claim

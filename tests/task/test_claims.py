@@ -1,0 +1,215 @@
+"""The claim/lease protocol (``pydatatask.task.claims``) on every kind of live repository:
+memory, files, S3 (the real test server) and Mongo (the real test server)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pydatatask.repository.base import MetadataRepository
+from pydatatask.repository.memory import MemoryMetadataRepository
+from pydatatask.repository.serialized import YamlMetadataFileRepository
+from pydatatask.task import FunctionTask
+from pydatatask.task.claims import Claims
+from pydatatask.task.lifecycle import recover
+from pydatatask.task.records import make_claim
+from tests.conftest import service
+from tests.repository.test_s3 import empty_prefix, make_client
+
+BACKENDS = [
+    "memory",
+    "files",
+    pytest.param("s3", marks=pytest.mark.s3),
+    pytest.param("mongo", marks=pytest.mark.mongo),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+async def live(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetadataRepository]:
+    kind = request.param
+    if kind == "memory":
+        yield MemoryMetadataRepository()
+    elif kind == "files":
+        yield YamlMetadataFileRepository(tmp_path / "live", fsync=False)
+    elif kind == "s3":
+        from pydatatask.repository.s3 import JsonMetadataS3Repository
+
+        conf = service(request.getfixturevalue("services"), "s3")
+        bucket = "pdt-claims-test"
+        prefix = f"claims-{secrets.token_hex(4)}/"
+        async with make_client(conf) as client:
+            try:
+                await client.head_bucket(Bucket=bucket)
+            except client.exceptions.ClientError:
+                await client.create_bucket(Bucket=bucket)
+            try:
+                yield JsonMetadataS3Repository(client, bucket, prefix)
+            finally:
+                await empty_prefix(client, bucket, prefix)
+    else:
+        from pymongo import AsyncMongoClient
+
+        from pydatatask.repository.mongo import MongoMetadataRepository
+
+        uri = str(service(request.getfixturevalue("services"), "mongo")["uri"])
+        client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
+        coll = client["pdt_test"][f"claims_{uuid.uuid4().hex}"]
+        try:
+            yield MongoMetadataRepository(coll)
+        finally:
+            await coll.drop()
+            await client.close()
+
+
+async def test_acquire_is_create_if_absent_among_20_racers(live: MetadataRepository) -> None:
+    racers = [Claims(live, "t", owner=f"s{i}") for i in range(20)]
+    got = await asyncio.gather(*(c.acquire("k") for c in racers))
+    winners = [c for c, claim in zip(racers, got, strict=True) if claim is not None]
+    assert len(winners) == 1
+    stored = await live.get("k")
+    assert stored["owner"] == winners[0].owner and stored["task"] == "t" and stored["key"] == "k"
+    assert list(winners[0].held()) == ["k"]
+    assert all(not c.held() for c in racers if c is not winners[0])
+
+
+async def test_update_and_heartbeat_renew_the_stored_claim(live: MetadataRepository) -> None:
+    claims = Claims(live, "t", lease=30.0)
+    claim = await claims.acquire("k", extra="x")
+    assert claim is not None and claim.value["lease"] == 30.0 and claim.value["extra"] == "x"
+    first = claim.value["heartbeat"]
+    assert await claims.update(claim, state="retrying", attempt=2)
+    assert await claims.heartbeat(claim)
+    stored = await live.get("k")
+    assert stored == claim.value
+    assert stored["state"] == "retrying" and stored["attempt"] == 2 and stored["heartbeat"] >= first
+
+
+async def test_a_claim_taken_over_is_lost_and_never_overwritten(live: MetadataRepository) -> None:
+    old = Claims(live, "t", owner="old")
+    new = Claims(live, "t", owner="new")
+    claim = await old.acquire("k")
+    assert claim is not None
+    assert new.is_stale(dict(claim.value, heartbeat=0.0))
+    # the old owner is presumed dead: its stored claim is expired, then taken over
+    expired = dict(claim.value, heartbeat=0.0)
+    await live.put("k", expired)
+    taken = await new.take_over("k", expired)
+    assert taken is not None and taken.value["owner"] == "new-recovery"
+    assert not await old.heartbeat(claim)
+    assert "k" not in old.held()
+    assert (await live.get("k"))["owner"] == "new-recovery"
+
+
+async def test_stale_takeover_by_compare_and_swap_has_one_winner_of_20(live: MetadataRepository) -> None:
+    value = make_claim("dead", "t", "k", time.time() - 120, lease=60.0)
+    await live.put("k", value)
+    racers = [Claims(live, "t", owner=f"s{i}") for i in range(20)]
+    assert all(c.is_stale(value) for c in racers)
+    got = await asyncio.gather(*(c.take_over("k", value) for c in racers))
+    won = [claim for claim in got if claim is not None]
+    assert len(won) == 1
+    assert (await live.get("k")) == won[0].value
+
+
+async def test_lease_and_owner_rules(live: MetadataRepository) -> None:
+    claims = Claims(live, "t", owner="me", lease=5.0)
+    now = time.time()
+    fresh = make_claim("other", "t", "k", now, lease=5.0)
+    assert not claims.is_stale(fresh, now)
+    assert claims.is_stale(fresh, now + 6)
+    assert claims.expires(fresh) == pytest.approx(now + 5)
+    # a claim without a lease of its own is judged by this lease
+    no_lease = {k: v for k, v in fresh.items() if k != "lease"}
+    assert claims.is_stale(no_lease, now + 6) and not claims.is_stale(no_lease, now + 4)
+    # ours is never stale; a value that is not a claim always is; no heartbeat: never by lease
+    assert not claims.is_stale(dict(fresh, owner="me"), now + 1000)
+    assert claims.is_stale(["not", "a", "claim"])
+    assert claims.expires({"owner": "x"}) is None
+
+
+async def test_release_and_abandon(live: MetadataRepository) -> None:
+    claims = Claims(live, "t", owner="me")
+    claim = await claims.acquire("a")
+    assert claim is not None
+    await claims.release(claim)
+    assert not await live.contains("a") and not claims.held()
+
+    claim = await claims.acquire("b")
+    assert claim is not None
+    assert await claims.update(claim, wrote=[["out", "b-part-1"]])
+    await claims.abandon(claim)
+    assert not claims.held()
+    stored = await live.get("b")
+    assert stored["owner"] == "me-abandoned" and stored["heartbeat"] == 0.0
+    assert stored["wrote"] == [["out", "b-part-1"]]  # the next recovery removes them
+    # anyone (even this process, under its own owner name) finds it stale at once
+    assert claims.is_stale(stored) and Claims(live, "t").is_stale(stored)
+
+
+async def test_an_update_after_release_is_not_a_loss(live: MetadataRepository) -> None:
+    claims = Claims(live, "t")
+    claim = await claims.acquire("k")
+    assert claim is not None
+    await claims.release(claim)
+    assert await claims.update(claim, state="running")  # the job ended: nothing was lost
+    assert not await live.contains("k")
+
+
+async def _noop(key: str, out: Any) -> None:
+    await out.put(key, 1)
+
+
+async def test_recovery_of_an_orphan_removes_its_outputs_and_frees_the_key(live: MetadataRepository) -> None:
+    out = MemoryMetadataRepository()
+    task = FunctionTask(
+        "t", _noop, inputs={"src": MemoryMetadataRepository()}, outputs={"out": out}, live=live
+    )
+    await out.put("k", "partial")
+    await out.put("k-extra", "partial")
+    orphan = dict(make_claim("dead", "t", "k", time.time() - 600), wrote=[["out", "k-extra"]])
+    await live.put("k", orphan)
+    assert task.claim_is_stale(orphan, "me")
+    await recover(task, "k", orphan)
+    assert not await live.contains("k")
+    assert not await out.contains("k") and not await out.contains("k-extra")
+    assert not task.claims.held()
+
+
+async def test_recovery_keeps_the_outputs_of_a_recorded_job(live: MetadataRepository) -> None:
+    out = MemoryMetadataRepository()
+    task = FunctionTask(
+        "t", _noop, inputs={"src": MemoryMetadataRepository()}, outputs={"out": out}, live=live
+    )
+    await out.put("k", "complete")
+    await task.done.put("k", {"success": True})
+    orphan = make_claim("dead", "t", "k", time.time() - 600)
+    await live.put("k", orphan)
+    await recover(task, "k", orphan)
+    assert not await live.contains("k") and await out.get("k") == "complete"
+
+
+async def test_recovery_by_20_schedulers_cleans_up_once(live: MetadataRepository) -> None:
+    removed: list[str] = []
+
+    class Counting(MemoryMetadataRepository):
+        async def delete(self, key: str) -> None:
+            removed.append(key)
+            await super().delete(key)
+
+    out = Counting()
+    tasks = [
+        FunctionTask("t", _noop, inputs={"src": MemoryMetadataRepository()}, outputs={"out": out}, live=live)
+        for _ in range(20)
+    ]
+    orphan = make_claim("dead", "t", "k", time.time() - 600)
+    await live.put("k", orphan)
+    await asyncio.gather(*(recover(t, "k", orphan) for t in tasks))
+    assert removed == ["k"]
+    assert not await live.contains("k")
