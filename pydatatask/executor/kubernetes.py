@@ -40,7 +40,7 @@ from typing import Any
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError
 from ..quantities import parse_cpu, parse_memory
-from .base import Executor, FunctionCall, JobHandle, Outcome, PodWork, Resources, Slot, Work
+from .base import Capacity, Executor, FunctionCall, JobHandle, Outcome, PodWork, Resources, Slot, Work
 from .pod_state import (
     CLEANUP_FINALIZER,
     EXECUTOR_LABEL,
@@ -55,7 +55,7 @@ from .pod_state import (
     pending_reason,
 )
 from .pods import KubeApiError, KubeCluster, PodPoller, label_value, pod_name
-from .quota import Quota
+from .quota import LaunchRate
 
 __all__ = ("KubeExecutor", "PodHandle", "PodNameTakenError", "FUNCTION_COMMAND", "pod_outcome")
 
@@ -320,12 +320,14 @@ class KubeExecutor(Executor):
         self.cluster = (
             cluster if isinstance(cluster, KubeCluster) else KubeCluster(cluster, namespace=namespace)
         )
-        self.quota = Quota(
-            what=f"Kubernetes executor {name!r}",
+        self.capacity = Capacity(
+            name,
             max_jobs=max_pods,
-            max_cpu=None if max_cpu is None else parse_cpu(max_cpu),
-            max_memory=None if max_memory is None else parse_memory(max_memory),
-            launch_rate=launch_rate,
+            cpu=None if max_cpu is None else parse_cpu(max_cpu),
+            memory=None if max_memory is None else parse_memory(max_memory),
+        )
+        self.rate = (
+            None if launch_rate is None else LaunchRate(launch_rate, what=f"executor {name!r}: launch_rate")
         )
         self.poll_interval = parse_duration(poll_interval)
         self.pending_timeout = None if pending_timeout is None else parse_duration(pending_timeout)
@@ -352,20 +354,25 @@ class KubeExecutor(Executor):
 
     # ---------------------------------------------------------------- capacity
     def fits_at_all(self, resources: Resources) -> bool:
-        return self.quota.fits_at_all(resources)
+        return self.capacity.fits_at_all(resources)
 
     def acquire(self, resources: Resources) -> Slot | None:
-        if not self.quota.fits_at_all(resources):
+        """A slot for one pod, or None while the quota is full or the launch rate says wait.
+        A pod larger than the whole quota is a :class:`~pydatatask.errors.ConfigurationError`."""
+        if not self.capacity.fits_at_all(resources):
             raise ConfigurationError(
                 f"{self.describe()}: a pod requests cpu={resources.cpu:g} memory={resources.memory} bytes, more "
-                f"than the quota (max_cpu={self.quota.max_cpu}, max_memory={self.quota.max_memory}): it can never run"
+                f"than the quota (max_cpu={self.capacity.cpu}, max_memory={self.capacity.memory}): it can never run"
             )
-        if not self.quota.take(resources):
+        if self.rate is not None and not self.rate.ready():
             return None
-        return Slot(self, resources, self.cluster.namespace)
+        slot = self.capacity.acquire(self, resources, self.cluster.namespace)
+        if slot is not None and self.rate is not None:
+            self.rate.take()
+        return slot
 
     def release(self, slot: Slot) -> None:
-        self.quota.give(slot.resources)
+        self.capacity.release(slot)
 
     # ---------------------------------------------------------------- pods
     def function_manifest(self, work: FunctionCall) -> dict[str, Any]:
