@@ -104,7 +104,9 @@ __all__ = (
     "JsonMetadataS3Repository",
     "MongoMetadataRepository",
     "DockerRepository",
-    # Kubernetes tasks
+    # Kubernetes tasks and executor
+    "PodTask",
+    "KubeExecutor",
     "KubeTask",
     "KubeFunctionTask",
     # executors of function tasks
@@ -140,6 +142,8 @@ _LAZY: dict[str, str] = {
     "RetryPolicy": ".task",
     "Hooks": ".task",
     "JobState": ".task",
+    "PodTask": ".task.pod",
+    "KubeExecutor": ".executor.kubernetes",
     "KubeTask": ".task.kube",
     "KubeFunctionTask": ".task.kube",
     "ProcessTask": ".task.process",
@@ -151,6 +155,7 @@ _LAZY: dict[str, str] = {
 if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never imported at run time)
     from .cli import main
     from .executor import InLoopExecutor, PoolExecutor
+    from .executor.kubernetes import KubeExecutor
     from .executor.local import LocalHost
     from .executor.ssh import SSHHost
     from .pipeline import Pipeline
@@ -163,6 +168,7 @@ if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never i
     )
     from .task import FunctionTask, Hooks, JobState, RetryPolicy, Task
     from .task.kube import KubeFunctionTask, KubeTask
+    from .task.pod import PodTask
     from .task.process import ProcessTask
 else:
     __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -295,6 +295,9 @@ class KubeExecutor(Executor):
     """
 
     carries = frozenset({PodWork, FunctionCall})
+    #: a function call's pod reads the job's inputs and writes its outputs itself (the
+    #: pipeline script's :data:`FUNCTION_COMMAND`): the task passes neither values nor results
+    runs_whole_function = True
 
     def __init__(
         self,

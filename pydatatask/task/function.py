@@ -147,6 +147,10 @@ class FunctionTask(Task):
         return self._executor
 
     @property
+    def _body_elsewhere(self) -> bool:
+        return bool(getattr(self._executor, "runs_whole_function", False))
+
+    @property
     def _in_process(self) -> bool:
         return isinstance(self._executor, InLoopExecutor)
 
@@ -209,6 +213,10 @@ class FunctionTask(Task):
             if self._var_kw or "job" in self._params:
                 args["job"] = job
             return FunctionCall(self.func, args, is_async=True, job=(self.name, job.key))
+        if self._body_elsewhere:
+            # the executor runs the whole body where the call runs (a pod of the pipeline's
+            # image reads the inputs and writes the outputs itself)
+            return FunctionCall(self.func, {}, job=(self.name, job.key))
         if self.timeout is None:
             values = await self._arguments(job)
         else:
@@ -225,7 +233,7 @@ class FunctionTask(Task):
         """Raise the call's error, or write what a plain function returned."""
         if outcome.error is not None:
             raise outcome.error
-        if not self.is_async:
+        if not self.is_async and not self._body_elsewhere:
             await self._write_outputs(job, outcome.result)
         host = None if self._in_process else outcome.place
         return JobOutcome(host=host, extra=dict(outcome.extra))

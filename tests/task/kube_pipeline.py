@@ -3,9 +3,10 @@
 PDT_KT_DIR (work dir: in/, out/, fnout/, state/, runs.log), PDT_KT_KUBECONFIG,
 PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs).
 
-Tasks: ``<name>sleep`` (a KubeTask running ``sh``) and ``<name>fn`` (a KubeFunctionTask
+Tasks: ``<name>sleep`` (a KubeTask running ``sh``), ``<name>fn`` (a KubeFunctionTask
 running :func:`shout` inside its pod, which is this very script run with its hidden
-``_call-function`` command).
+``_call-function`` command) and ``<name>fk`` (the same function as a FunctionTask on a
+KubeExecutor).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 
 import pydatatask
 from pydatatask import FileRepository, Session
+from pydatatask.executor.kubernetes import KubeExecutor
 from pydatatask.executor.pods import KubeCluster, api_client
 from pydatatask.pipeline import Pipeline
+from pydatatask.task.function import FunctionTask
 from pydatatask.task.kube import KubeFunctionTask, KubeTask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +89,29 @@ fn_task = KubeFunctionTask(
     poll_interval="0.3s",
 )
 
-pipeline = Pipeline([sleep_task, fn_task], session, state_dir=DIR / "state", poll_interval="0.3s")
+pods = KubeExecutor(
+    kube,
+    name=f"{NAME}x",
+    poll_interval="0.3s",
+    image="python:3.11-slim",
+    script_path=__file__,
+    working_dir=str(ROOT),
+    env={
+        **{k: v for k, v in os.environ.items() if k.startswith("PDT_KT_")},
+        "PYTHONPATH": str(ROOT),
+        "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+    },
+)
+
+fn_on_pods = FunctionTask(
+    f"{NAME}fk",
+    shout,
+    executor=pods,
+    inputs={"src": inputs},
+    outputs={"dst": FileRepository(DIR / "fkout", ".txt")},
+)
+
+pipeline = Pipeline([sleep_task, fn_task, fn_on_pods], session, state_dir=DIR / "state", poll_interval="0.3s")
 
 if __name__ == "__main__":
     pydatatask.main(pipeline)
