@@ -39,6 +39,7 @@ class PodTask(Task):
     :param params: extra template values (``{{ params.x }}``).
     :param cpu, memory: requests = limits of containers that set no ``resources``; what the
         executor's quota counts per pod.
+
     Other parameters as for :class:`~pydatatask.task.base.Task`.
     """
 
