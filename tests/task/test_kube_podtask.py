@@ -152,7 +152,10 @@ async def test_two_schedulers_run_each_key_once(kcfg: dict[str, Any], name: str,
         )
         return Pipeline([task], session, state_dir=tmp_path / "state")
 
-    await asyncio.gather(pipeline().run(), pipeline().run())
+    first, second = pipeline(), pipeline()
+    async with first:  # creates the state directories (two creating them at once race)
+        pass
+    await asyncio.gather(first.run(), second.run())
     assert sorted(runs.read_text().split()) == keys
     for key in keys:
         record = yaml.safe_load((tmp_path / "state" / name / "done" / f"{key}.yaml").read_text())
