@@ -1,6 +1,6 @@
 """No-op tick over 100k keys, two-task chain (a -> b), everything done, in memory.
 
-``ours`` times one ``await pipeline.views(full=False)`` (a scheduler tick) in a fresh process (listings, the done
+``ours`` times one ``await pipeline.figures(full=False)`` (a scheduler tick) in a fresh process (listings, the done
 records read once, ready sets); ``0.4.7`` times one ``pipeline.update()`` on the same
 data (its ready computation and launch phase, which finds nothing); ``bare`` times the
 hand-written set arithmetic. Target: >= 5x faster than 0.4.7.

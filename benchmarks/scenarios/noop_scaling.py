@@ -1,7 +1,7 @@
 """No-op tick at 10k/100k/1M keys in memory: one readiness computation, nothing to do.
 
 A task over N input keys whose outputs and (compact, ``{"success": True}``) done records
-are all present. ``ours`` times one ``await pipeline.views(full=False)`` (a scheduler tick) (one listing of every
+are all present. ``ours`` times one ``await pipeline.figures(full=False)`` (a scheduler tick) (one listing of every
 repository, the done records read once, the ready sets computed) in a fresh process,
 after the setup; ``bare`` times the same set arithmetic written by hand over the same
 dicts. Target: growth linear, t(1M)/t(100k) <= 12. The ``chain`` parameter adds a second
@@ -79,11 +79,11 @@ def _ours(keys: list[str], chain: int, params: dict[str, Any]) -> dict[str, Any]
     async def main() -> tuple[float, float, float]:
         reset_peak_rss()
         t1 = time.perf_counter()
-        views = await pipeline.views(full=False)  # one scheduler tick
+        views = await pipeline.figures(full=False)  # one scheduler tick
         first = time.perf_counter() - t1
         peak = peak_rss_mb()  # without a reset: the peak since the process started (an upper bound)
         t2 = time.perf_counter()
-        await pipeline.views(full=False)
+        await pipeline.figures(full=False)
         second = time.perf_counter() - t2
         assert all(not v.ready for v in views.values()), "something was ready"
         assert all(len(v.recorded) == len(keys) for v in views.values())
@@ -92,7 +92,7 @@ def _ours(keys: list[str], chain: int, params: dict[str, Any]) -> dict[str, Any]
     first, second, peak = asyncio.run(main())
     prof = None
     if params.get("profile"):
-        _, prof = profiled(params, lambda: asyncio.run(pipeline.views(full=False)))
+        _, prof = profiled(params, lambda: asyncio.run(pipeline.figures(full=False)))
     return {
         "seconds": first,
         "second_call_seconds": second,

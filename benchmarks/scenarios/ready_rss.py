@@ -1,7 +1,7 @@
 """Peak RSS of the ready computation at 1M keys, beside the RSS of the bare key set.
 
 ``ours``: a task over 1M in-memory keys, all done; the peak RSS counter is reset
-(``/proc/self/clear_refs``) right before one ``pipeline.views()``; reported: the RSS
+(``/proc/self/clear_refs``) right before one ``pipeline.figures()``; reported: the RSS
 before, the peak during, and their difference (what the ready computation itself
 costs). ``keyset``: the RSS growth of building a Python ``set`` of the same 1M keys.
 """

@@ -145,7 +145,7 @@ def progress_rows(scheduler: Scheduler, base: dict[str, tuple[int, int]] | None 
         counts[t] = counts.get(t, 0) + 1
     rows: list[list[Any]] = []
     for task in scheduler.selected:
-        view = scheduler.views.get(task.name)
+        fig = scheduler.figures.get(task.name)
         ok0, failed0 = (base or {}).get(task.name, (0, 0))
         this_run = scheduler.summary.per_task.get(task.name, {})
         rows.append(
@@ -156,8 +156,8 @@ def progress_rows(scheduler: Scheduler, base: dict[str, tuple[int, int]] | None 
                 running.get(task.name, 0),
                 retrying.get(task.name, 0),
                 len(scheduler.queues.get(task.name, ())),
-                len(view.blocked) if view is not None else 0,
-                len(view.corrupt) if view is not None else 0,
+                len(fig.blocked) if fig is not None else 0,
+                len(fig.corrupt) if fig is not None else 0,
             ]
         )
     return rows
@@ -202,7 +202,7 @@ class RunProgress:
             # first call: after the first listing, before any job of this run has ended
             self._scheduler = scheduler
             self._base = {
-                name: (len(view.succeeded), len(view.failed)) for name, view in scheduler.views.items()
+                name: (len(fig.succeeded), len(fig.failed)) for name, fig in scheduler.figures.items()
             }
         now = time.monotonic()
         if now - self._last < self.interval:

@@ -252,10 +252,12 @@ class Capacity:
         self.cpu_used = 0.0
         self.memory_used = 0
         self._slots: set[Slot] = set()
+        # without limits nothing needs counting (the hot path of in-loop jobs)
+        self._limited = max_jobs is not None or cpu is not None or memory is not None
 
     @property
     def jobs(self) -> int:
-        """Slots handed out and not given back."""
+        """Slots handed out and not given back (counted only under a limit)."""
         return len(self._slots)
 
     def fits_at_all(self, resources: Resources) -> bool:
@@ -266,6 +268,8 @@ class Capacity:
 
     def acquire(self, executor: Executor, resources: Resources, place: str) -> Slot | None:
         """A slot of ``executor`` for ``resources``, or None if a limit is reached."""
+        if not self._limited:
+            return Slot(executor, resources, place)
         if self.max_jobs is not None and self.jobs >= self.max_jobs:
             return None
         if self.cpu is not None and self.cpu_used + resources.cpu > self.cpu + 1e-9:
@@ -280,7 +284,7 @@ class Capacity:
 
     def release(self, slot: Slot) -> None:
         """Give back what :meth:`acquire` reserved for ``slot`` (once; again: nothing)."""
-        if slot not in self._slots:
+        if not self._limited or slot not in self._slots:
             return
         self._slots.discard(slot)
         self.cpu_used = max(0.0, self.cpu_used - slot.resources.cpu)

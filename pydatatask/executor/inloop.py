@@ -52,7 +52,9 @@ class _LoopHandle(JobHandle):
             coro.close()
 
     async def close(self) -> None:
-        await self.cancel(0.0)
+        coro, self._coro = self._coro, None
+        if coro is not None:
+            coro.close()
 
 
 class InLoopExecutor(Executor):

@@ -9,9 +9,12 @@ outputs; the scheduler's lifecycle keeps the claim and writes the record).
 What the executor guarantees about a job's pod:
 
 * **one pod per (task, key)**: the pod is named by
-  :func:`~pydatatask.executor.pods.pod_name`, so a second pod of the same job cannot exist;
-  a 409 on creation means another scheduler runs the key (:class:`PodNameTakenError`). The
-  exact task and key are kept in annotations, sanitised forms in labels.
+  :func:`~pydatatask.executor.pods.pod_name`, so a second pod of the same job cannot exist.
+  The claim is the lifecycle's; a 409 on creation means the job's pod exists already: a
+  pod that runs or has finished is adopted (the claim holder waits for it and records its
+  end, the work is not started twice), one held for another scheduler's cleanup is
+  :class:`PodNameTakenError`. The exact task and key are kept in annotations, sanitised
+  forms in labels.
 * **held until closed**: every pod carries the finalizer ``pydatatask.io/cleanup``, so a
   pod deleted by a timeout, a cancellation or by hand stays in the API (its name taken)
   until :meth:`PodHandle.close`, which the lifecycle calls after the job's partial outputs
@@ -329,9 +332,7 @@ class KubeExecutor(Executor):
             cpu=None if max_cpu is None else parse_cpu(max_cpu),
             memory=None if max_memory is None else parse_memory(max_memory),
         )
-        self.rate = (
-            None if launch_rate is None else LaunchRate(launch_rate, what=f"executor {name!r}: launch_rate")
-        )
+        self.rate = None if launch_rate is None else LaunchRate(launch_rate, f"executor {name!r}")
         self.poll_interval = parse_duration(poll_interval)
         self.pending_timeout = None if pending_timeout is None else parse_duration(pending_timeout)
         self.delete_wait = parse_duration(delete_wait)
@@ -460,8 +461,11 @@ class KubeExecutor(Executor):
         return body
 
     async def start(self, work: Work, slot: Slot) -> PodHandle:
-        """Create the job's pod. :class:`PodNameTakenError` if another scheduler's pod holds
-        the name; the terminating pod of this executor's previous attempt is waited for."""
+        """Create the job's pod. The caller holds the job's claim, so a pod of the same job
+        that exists already (its scheduler died, or lost the claim) is adopted: the handle
+        is on that pod (``adoptable``), no second pod starts. A deleted pod of the job that
+        leaves by itself is waited for; one held for another scheduler's cleanup (or a pod
+        of another job under the name) is :class:`PodNameTakenError`."""
         if isinstance(work, PodWork):
             manifest: Mapping[str, Any] = work.manifest
         elif isinstance(work, FunctionCall):
@@ -480,11 +484,16 @@ class KubeExecutor(Executor):
                 if exc.status != 409:
                     raise
             old = await self.cluster.read_pod(name)
-            if old is None and time.monotonic() <= deadline:
-                continue  # it left between the two requests
-            if old is None or not self._ours_leaving(old, task, key):
+            if old is not None and self._same_job(old, task, key) and old.metadata.deletion_timestamp is None:
+                # the job's pod runs (or ran) already, started by a scheduler that is gone or
+                # lost its claim: the caller holds the claim now and takes the pod over
+                # instead of starting the work a second time
+                log.warning("%s: adopting pod %s of %s %r", self.describe(), name, task, key)
+                self.poller.invalidate()
+                return PodHandle(self, name, old.metadata.uid, task, key, adoptable=True)
+            if old is not None and not self._leaving(old, task, key):
                 raise PodNameTakenError(
-                    f"{task} {key!r}: pod {name} exists already (another scheduler runs the key)", name
+                    f"{task} {key!r}: pod {name} is held for another job or another scheduler's cleanup", name
                 ) from None
             if time.monotonic() > deadline:
                 raise JobError(f"{task} {key!r}: the previous pod {name} is still terminating")
@@ -493,21 +502,23 @@ class KubeExecutor(Executor):
         self.poller.invalidate()
         return PodHandle(self, pod.metadata.name, pod.metadata.uid, task, key)
 
-    def _ours_leaving(self, pod: Any, task: str, key: str) -> bool:
-        """Whether ``pod`` is a deleted pod of this executor object for this job (a previous
-        attempt that was closed and is leaving)."""
+    @staticmethod
+    def _same_job(pod: Any, task: str, key: str) -> bool:
         annotations = pod.metadata.annotations or {}
+        return annotations.get(TASK_ANNOTATION) == task and annotations.get(KEY_ANNOTATION) == key
+
+    def _leaving(self, pod: Any, task: str, key: str) -> bool:
+        """Whether ``pod``, a deleted pod of this job, will leave by itself: nobody holds it
+        any more, or this executor object does (an attempt of its own being closed)."""
+        if not self._same_job(pod, task, key) or pod.metadata.deletion_timestamp is None:
+            return False
+        if CLEANUP_FINALIZER not in (pod.metadata.finalizers or []):
+            return True
         try:
-            run = json.loads(annotations.get(RUN_ANNOTATION) or "{}")
+            run = json.loads((pod.metadata.annotations or {}).get(RUN_ANNOTATION) or "{}")
         except ValueError:
             return False
-        return (
-            isinstance(run, dict)
-            and run.get("run") == self.run_id
-            and annotations.get(TASK_ANNOTATION) == task
-            and annotations.get(KEY_ANNOTATION) == key
-            and pod.metadata.deletion_timestamp is not None
-        )
+        return isinstance(run, dict) and run.get("run") == self.run_id
 
     async def recover(self, info: Mapping[str, Any]) -> PodHandle | None:
         """A handle on the pod of ``info`` (a :attr:`~pydatatask.executor.base.JobHandle.info`) if that pod (same uid)

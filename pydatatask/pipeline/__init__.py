@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from .graph import Edge, TaskGraph
 from .pipeline import Pipeline
-from .scheduler import RunSummary, Scheduler, TaskView
+from .scheduler import RunSummary, Scheduler, TaskFigures
 
-__all__ = ("Pipeline", "Scheduler", "RunSummary", "TaskView", "TaskGraph", "Edge")
+__all__ = ("Pipeline", "Scheduler", "RunSummary", "TaskFigures", "TaskGraph", "Edge")

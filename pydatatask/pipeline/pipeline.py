@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, CorruptValueError, InvalidValueError, KeyNotFoundError
@@ -23,8 +23,11 @@ from ..task.hooks import Hooks
 from ..task.links import Link, LinkKind
 from ..task.records import utcnow_iso
 from .graph import TaskGraph
-from .records import CORRUPT_ERROR_TYPE, RecordIndex, corrupt_info, warn_corrupt
-from .scheduler import RunSummary, Scheduler, TaskView, compute_views
+from .record_index import CORRUPT_ERROR_TYPE, RecordIndex, corrupt_info, warn_corrupt
+from .scheduler import RunSummary, Scheduler, TaskFigures, compute_figures
+
+if TYPE_CHECKING:
+    from ..executor.base import Executor
 
 __all__ = ("Pipeline",)
 
@@ -131,11 +134,18 @@ class Pipeline:
         self._open_depth -= 1
         if self._open_depth == 0:
             try:
+                executors: dict[int, Executor] = {}
                 for task in self.tasks.values():
+                    executors.setdefault(id(task.executor), task.executor)
                     try:
                         task.close()  # e.g. the thread pool of a sync function task
                     except Exception as close_exc:
                         log.warning("task %s: could not close: %s", task.name, close_exc)
+                for executor in executors.values():
+                    try:
+                        await executor.aclose()
+                    except Exception as close_exc:
+                        log.warning("%s: could not close: %s", executor.describe(), close_exc)
             finally:
                 await self.session.__aexit__(exc_type, exc, tb)
 
@@ -144,6 +154,11 @@ class Pipeline:
         seen: set[int] = set()
         for task in self.tasks.values():
             await task.validate()
+            if not task.executor.fits_at_all(task.resources):
+                raise ConfigurationError(
+                    f"task {task.name!r}: a job needs {task.resources}, more than "
+                    f"{task.executor.describe()} has at all"
+                )
             for link in task.links.values():
                 repo = link.repository
                 if id(repo) in seen:
@@ -215,7 +230,7 @@ class Pipeline:
         return asyncio.run(self.run(**kwargs))
 
     # ---------------------------------------------------------------- inspection
-    async def views(self, *, full: bool = True) -> dict[str, TaskView]:
+    async def figures(self, *, full: bool = True) -> dict[str, TaskFigures]:
         """Per-task ready/running/succeeded/failed sets from one listing of everything.
 
         With ``full=False`` this is exactly one scheduler tick: job records are read only
@@ -224,7 +239,7 @@ class Pipeline:
         records = {name: RecordIndex(t.done) for name, t in self.tasks.items()}
         async with self:
             with listing_scope():
-                return await compute_views(self.tasks, self, records, full=full)
+                return await compute_figures(self.tasks, self, records, full=full)
 
     async def status(self) -> dict[str, dict[str, Any]]:
         """Sorted key lists per task, one per job state, and the details of some states.
@@ -235,49 +250,49 @@ class Pipeline:
         not decode, or its job read an input value that does not). ``next_attempt`` maps
         each retrying key to the time of its next attempt (ISO 8601 UTC);
         ``corrupt_details`` maps each corrupt key to what is corrupt, in which repository,
-        where it is stored and why (see :func:`~pydatatask.pipeline.records.corrupt_info`).
+        where it is stored and why (see :func:`~pydatatask.pipeline.record_index.corrupt_info`).
         """
         out: dict[str, dict[str, Any]] = {}
         async with self:  # one session for the listing and the claims
-            views = await self.views()
-            for name, view in views.items():
-                claims = await self._claims(self.tasks[name], view)
+            figures = await self.figures()
+            for name, fig in figures.items():
+                claims = await self._claims(self.tasks[name], fig)
                 retrying = {
                     k: c for k, c in claims.items() if isinstance(c, dict) and c.get("state") == "retrying"
                 }
-                corrupt = view.corrupt
+                corrupt = fig.corrupt
                 out[name] = {
-                    "ready": sorted(view.ready - view.live),
-                    "running": sorted(view.live - retrying.keys() - corrupt.keys()),
+                    "ready": sorted(fig.ready - fig.live),
+                    "running": sorted(fig.live - retrying.keys() - corrupt.keys()),
                     "retrying": sorted(retrying),
-                    "succeeded": sorted(view.succeeded),
-                    "failed": sorted(view.failed),
-                    "blocked": sorted(view.blocked),
+                    "succeeded": sorted(fig.succeeded),
+                    "failed": sorted(fig.failed),
+                    "blocked": sorted(fig.blocked),
                     "corrupt": sorted(corrupt),
                     "next_attempt": {k: _iso(c.get("retry_at")) for k, c in sorted(retrying.items())},
                     "corrupt_details": {k: corrupt[k] for k in sorted(corrupt)},
                 }
         return out
 
-    async def _claims(self, task: Task, view: TaskView) -> dict[str, Any]:
-        """The claims of ``view.live``; corrupt ones go to ``view.corrupt`` (logged once)."""
-        if not view.live:
+    async def _claims(self, task: Task, fig: TaskFigures) -> dict[str, Any]:
+        """The claims of ``fig.live``; corrupt ones go to ``fig.corrupt`` (logged once)."""
+        if not fig.live:
             return {}
 
         def bad(err: CorruptValueError) -> None:
             warn_corrupt(
                 err, f"task {task.name} does not run {err.key!r} until the claim is fixed or removed"
             )
-            view.corrupt[str(err.key)] = corrupt_info("claim", err)
+            fig.corrupt[str(err.key)] = corrupt_info("claim", err)
 
-        return await task.live.get_many(view.live, on_corrupt=bad)
+        return await task.live.get_many(fig.live, on_corrupt=bad)
 
     async def why(self, task_name: str, key: str) -> list[str]:
         """Explain whether ``key`` is ready for ``task_name`` and, if not, which links say no."""
         task = self.task(task_name)
         validate_key(key)
-        views = await self.views()
-        view = views[task_name]
+        figures = await self.figures()
+        fig = figures[task_name]
         reasons: list[str] = []
         async with self:
             for link in task.required_links:
@@ -301,7 +316,7 @@ class Pipeline:
                             f"{link.kind.value} {link.name!r} ({link.repository.describe()}) already has {key!r}"
                         )
             for up in self.graph.upstream[task_name]:
-                upview = views[up]
+                upview = figures[up]
                 if key in upview.universe and key not in upview.succeeded:
                     state = (
                         "its job record is corrupt"
@@ -311,9 +326,9 @@ class Pipeline:
                         else "not finished"
                     )
                     reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
-            if not reasons and key in view.blocked:  # upstream keys differ (views rename them)
+            if not reasons and key in fig.blocked:  # upstream keys differ (views rename them)
                 reasons.append(f"an upstream task has no success record for what {key!r} reads")
-            if not reasons and key not in view.ready:
+            if not reasons and key not in fig.ready:
                 reasons.append(f"{key!r} was ready a moment ago or is queued; nothing blocks it now")
         return reasons
 
@@ -454,8 +469,8 @@ class Pipeline:
         validate_key(key)
         async with self:
             if not force:
-                views = await self.views()
-                if key not in views[task_name].ready:
+                figures = await self.figures()
+                if key not in figures[task_name].ready:
                     reasons = await self.why(task_name, key)
                     raise ConfigurationError(
                         f"{task_name} {key!r} is not ready: " + ("; ".join(reasons) or "unknown reason")

@@ -33,18 +33,18 @@ from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
 from ..task.records import HOSTNAME, JobState
-from .records import RecordIndex, corrupt_info, warn_corrupt
+from .record_index import RecordIndex, corrupt_info, warn_corrupt
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-__all__ = ("Scheduler", "RunSummary", "TaskView")
+__all__ = ("Scheduler", "RunSummary", "TaskFigures")
 
 log = logging.getLogger("pydatatask.scheduler")
 
 
 @dataclass
-class TaskView:
+class TaskFigures:
     """Per-task figures of one tick (for status output and progress)."""
 
     name: str
@@ -58,7 +58,7 @@ class TaskView:
     #: keys with a job record, whatever its outcome
     recorded: set[str] = field(default_factory=set)
     #: keys whose job record, claim or input value does not decode:
-    #: ``{key: corrupt_info(...)}`` (see :func:`~pydatatask.pipeline.records.corrupt_info`)
+    #: ``{key: corrupt_info(...)}`` (see :func:`~pydatatask.pipeline.record_index.corrupt_info`)
     corrupt: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -124,7 +124,7 @@ class Scheduler:
         self.states: dict[tuple[str, str], JobState] = {}
         self.queues: dict[str, list[str]] = {t.name: [] for t in self.selected}
         self._workers: dict[str, int] = {t.name: 0 for t in self.selected}
-        self.views: dict[str, TaskView] = {}
+        self.figures: dict[str, TaskFigures] = {}
         self.summary = RunSummary(per_task={t.name: {"succeeded": 0, "failed": 0} for t in self.selected})
         self.errored: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
@@ -156,30 +156,30 @@ class Scheduler:
         """List every repository once and recompute all ready queues."""
         t0 = time.perf_counter()
         with listing_scope():
-            views = await compute_views(
+            figures = await compute_figures(
                 self.all_tasks,
                 self.pipeline,
                 self.records,
                 self.running,
                 full=self.ticks == 0 and self.on_progress is not None,  # exact counts to show
             )
-        self.views = views
+        self.figures = figures
         now = time.monotonic()
         if now - self._last_claim_check >= self.pipeline.claim_check_interval or self.ticks == 0:
             self._last_claim_check = now
             if await self._recover_stale_claims():
                 with listing_scope():
-                    self.views = views = await compute_views(
+                    self.figures = figures = await compute_figures(
                         self.all_tasks, self.pipeline, self.records, self.running
                     )
         for name, claims in self.corrupt_claims.items():
-            view = views[name]
-            for key in [k for k in claims if k not in view.live]:
+            fig = figures[name]
+            for key in [k for k in claims if k not in fig.live]:
                 del claims[key]  # removed (or fixed and released) meanwhile
-            view.corrupt.update(claims)
+            fig.corrupt.update(claims)
         for task in self.selected:
-            view = views[task.name]
-            ready = view.ready - {k for (t, k) in self.errored if t == task.name}
+            fig = figures[task.name]
+            ready = fig.ready - {k for (t, k) in self.errored if t == task.name}
             self.queues[task.name] = sorted(ready, reverse=True)  # pop() from the end: ascending order
         self.ticks += 1
         self.last_listing_seconds = time.perf_counter() - t0
@@ -188,10 +188,10 @@ class Scheduler:
         """Clean up after jobs whose claims are stale; return whether any was found."""
         any_recovered = False
         for task in self.selected:
-            view = self.views[task.name]
-            foreign = [k for k in view.live if (task.name, k) not in self.running]
+            fig = self.figures[task.name]
+            foreign = [k for k in fig.live if (task.name, k) not in self.running]
             checked = self._checked_claims[task.name]
-            for key in [k for k in checked if k not in view.live]:
+            for key in [k for k in checked if k not in fig.live]:
                 del checked[key]  # released: a new claim on it is judged afresh
             now = time.time()
             todo = [k for k in foreign if checked.get(k, 0.0) <= now]
@@ -459,14 +459,14 @@ class Scheduler:
         self._wake.set()
 
 
-async def compute_views(
+async def compute_figures(
     tasks: dict[str, Task],
     pipeline: Pipeline,
     records: dict[str, RecordIndex],
     running: dict[tuple[str, str], Any] | None = None,
     *,
     full: bool = False,
-) -> dict[str, TaskView]:
+) -> dict[str, TaskFigures]:
     """One listing of every repository, then each task's ready set (see the module doc).
 
     Job records are read only where a decision needs them (upstream records of keys a
@@ -501,25 +501,25 @@ async def compute_views(
     running_keys: dict[str, set[str]] = {name: set() for name in tasks}
     for task_name, k in running or {}:
         running_keys[task_name].add(k)
-    views: dict[str, TaskView] = {}
+    figures: dict[str, TaskFigures] = {}
     for name, task in tasks.items():
-        view = TaskView(name)
-        view.universe = universes[name]
-        view.live = set(keys_of[id(task.live)])
-        view.recorded = keys_of[id(task.done)]
-        ready = view.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
+        fig = TaskFigures(name)
+        fig.universe = universes[name]
+        fig.live = set(keys_of[id(task.live)])
+        fig.recorded = keys_of[id(task.done)]
+        ready = fig.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
         resumable = task.resumable_keys()
         if resumable:
-            ready |= (resumable & view.universe) - view.recorded  # running ones removed below
-        view.blocked = await _blocked_by_upstream(tasks, name, ready, pipeline, universes, records)
-        ready -= view.blocked
+            ready |= (resumable & fig.universe) - fig.recorded  # running ones removed below
+        fig.blocked = await _blocked_by_upstream(tasks, name, ready, pipeline, universes, records)
+        ready -= fig.blocked
         ready -= running_keys[name]
-        view.ready = ready
-        views[name] = view
-    for name, view in views.items():
-        view.succeeded = records[name].succeeded()
-        view.failed = records[name].failed()
-        view.corrupt = dict(records[name].corrupt)
+        fig.ready = ready
+        figures[name] = fig
+    for name, fig in figures.items():
+        fig.succeeded = records[name].succeeded()
+        fig.failed = records[name].failed()
+        fig.corrupt = dict(records[name].corrupt)
     # keys that running jobs of this process wrote beyond their own (or that a job which
     # failed during the listing has removed again) are not ready downstream
     in_flight: dict[int, set[str]] = {}
@@ -529,10 +529,10 @@ async def compute_views(
     if in_flight:
         for name, task in tasks.items():
             for link in task.required_links:
-                held = views[name].ready & visible_keys(link.repository, in_flight)
-                views[name].ready -= held
-                views[name].blocked |= held
-    return views
+                held = figures[name].ready & visible_keys(link.repository, in_flight)
+                figures[name].ready -= held
+                figures[name].blocked |= held
+    return figures
 
 
 async def _blocked_by_upstream(

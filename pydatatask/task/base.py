@@ -18,7 +18,7 @@ from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.base import Executor, Outcome, Resources, Work
+from ..executor.base import Executor, Outcome, Resources, Slot, Work
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, visible_keys
@@ -245,16 +245,16 @@ class Task(ABC):
         """Do the work of ``job.key``; raise to fail the attempt."""
 
     def acquire_slot(self) -> Any:
-        """Reserve capacity for one more job, or return None if there is none now.
+        """Reserve capacity for one more job, or return None if there is none now: a
+        :class:`~pydatatask.executor.base.Slot` of :attr:`executor` for :attr:`resources`
+        (the executor's quotas are shared by every task using it). The slot is passed to
+        the job as ``job.slot``."""
+        return self.executor.acquire(self.resources)
 
-        The default always succeeds (the scheduler already enforces ``concurrency``).
-        Tasks with quotas (hosts with CPU/memory, cluster quotas, launch rates) override it
-        and :meth:`release_slot`; the slot is passed to the job as ``job.slot``.
-        """
-        return True
-
-    def release_slot(self, slot: Any) -> None:  # noqa: B027 - optional hook
+    def release_slot(self, slot: Any) -> None:
         """Give back what :meth:`acquire_slot` reserved."""
+        if isinstance(slot, Slot):
+            slot.executor.release(slot)
 
     async def cleanup_outputs(self, key: str, journal: WriteJournal | None = None) -> bool:
         """Delete whatever a failed or interrupted attempt left in the outputs.
@@ -511,9 +511,7 @@ class Task(ABC):
     async def recover_stale(self, key: str, claim: Any) -> None:
         """Take over a stale claim atomically, stop what is left of its work, remove partial
         outputs, then free the key (see :func:`pydatatask.task.lifecycle.recover`)."""
-        from .lifecycle import recover
-
-        await recover(self, key, claim)
+        await _lifecycle.recover(self, key, claim)
 
     async def execute(
         self,
@@ -531,9 +529,7 @@ class Task(ABC):
         Returns the job record, or None if another scheduler holds the claim. Cancellation
         removes partial outputs and the claim, writes no record, and propagates.
         """
-        from .lifecycle import execute
-
-        return await execute(
+        return await _lifecycle.execute(
             self, key, owner=owner, hooks=hooks, claimed=claimed, on_state=on_state, slot=slot
         )
 
@@ -551,3 +547,8 @@ class Task(ABC):
             await logs.write_text(job.key, old + job.log_text)
         except Exception:
             log.exception("task %s: could not write the log of %r", self.name, job.key)
+
+
+# the lifecycle drives tasks and is driven through them: imported last, as a module, so
+# that either may be imported first
+from . import lifecycle as _lifecycle  # noqa: E402

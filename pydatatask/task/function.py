@@ -235,6 +235,8 @@ class FunctionTask(Task):
             raise outcome.error
         if not self.is_async and not self._body_elsewhere:
             await self._write_outputs(job, outcome.result)
+        if self._in_process and not outcome.extra:
+            return None  # the common case: nothing to add to the record
         host = None if self._in_process else outcome.place
         return JobOutcome(host=host, extra=dict(outcome.extra))
 

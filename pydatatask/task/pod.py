@@ -73,6 +73,8 @@ class PodTask(Task):
                 f"{executor.describe()}: it could never run"
             )
         self._executor = executor
+        #: keys whose pod outlived its scheduler and waits to be adopted by the next launch
+        self.adoptable: set[str] = set()
         super().__init__(name, **kwargs)
 
     @property
@@ -93,6 +95,31 @@ class PodTask(Task):
         if isinstance(slot, Slot):
             self._executor.release(slot)
 
+    # ---------------------------------------------------------------- recovery
+    async def recover_stale(self, key: str, claim: Any) -> None:
+        """A stale claim whose pod still runs or has finished (not deleted): take the claim
+        over, then free the key for the next launch, which adopts the pod (the executor
+        hands out a handle on the existing pod) and records its end; a pod whose job is
+        recorded already is let go. Anything else as for every task: the pod is stopped,
+        the partial outputs removed, the key freed."""
+        run = claim.get("run") if isinstance(claim, dict) else None
+        handle = await self._executor.recover(run) if isinstance(run, dict) and run else None
+        if handle is None or not handle.adoptable:
+            await super().recover_stale(key, claim)
+            return
+        taken = await self.claims.take_over(key, claim)
+        if taken is None:
+            return  # another scheduler recovers it
+        if await self.done.contains(key):
+            await handle.close()  # recorded before its scheduler died: nothing left to do
+        else:
+            self.adoptable.add(key)
+        await self.claims.release(taken)
+
+    def resumable_keys(self) -> set[str]:
+        """Keys of pods to adopt: ready even when the pod already wrote the outputs."""
+        return self.adoptable
+
     # ---------------------------------------------------------------- the job
     def render(self, key: str, *, attempt: int = 1) -> dict[str, Any]:
         """The manifest rendered for ``key`` (before the executor names and labels it)."""
@@ -112,6 +139,7 @@ class PodTask(Task):
 
     async def prepare(self, job: JobContext) -> Work:
         """The pod of this attempt."""
+        self.adoptable.discard(job.key)  # the executor adopts the pod, if it is still there
         return PodWork(self.render(job.key, attempt=job.attempt), job=(self.name, job.key))
 
     async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:

@@ -50,7 +50,7 @@ def data(tmp_path: Path) -> Path:
 def pipeline(data: Path) -> Iterator[Pipeline]:
     p = build_pipeline(data)
     yield p
-    p.tasks["upper"].executor.shutdown()  # type: ignore[attr-defined]
+    p.tasks["upper"].executor.pool.shutdown()  # type: ignore[attr-defined]
 
 
 class Cli:

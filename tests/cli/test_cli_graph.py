@@ -45,7 +45,7 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     write_sources(tmp_path, KEYS)
     p = build_pipeline(tmp_path)
     yield Cli(p, capsys)
-    p.tasks["upper"].executor.shutdown()  # type: ignore[attr-defined]
+    p.tasks["upper"].executor.pool.shutdown()  # type: ignore[attr-defined]
 
 
 def test_text_draws_repositories_between_tasks(cli: Cli, tmp_path: Path) -> None:

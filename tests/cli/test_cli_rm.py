@@ -31,7 +31,7 @@ def data(tmp_path: Path) -> Path:
 def cli(data: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     p = build_pipeline(data)
     yield Cli(p, capsys)
-    p.tasks["upper"].executor.shutdown()  # type: ignore[attr-defined]
+    p.tasks["upper"].executor.pool.shutdown()  # type: ignore[attr-defined]
 
 
 def runs(data: Path, task: str, key: str) -> int:

@@ -22,10 +22,11 @@ import pytest
 
 from pydatatask import Session
 from pydatatask.errors import ConfigurationError, JobError
-from pydatatask.executor.base import FunctionCall, PodWork, ProcessWork, Resources
+from pydatatask.executor.base import Executor, FunctionCall, Outcome, PodWork, ProcessWork, Resources, Work
 from pydatatask.executor.kubernetes import FUNCTION_COMMAND, KubeExecutor, PodHandle, PodNameTakenError
 from pydatatask.executor.pod_state import CLEANUP_FINALIZER
 from pydatatask.executor.pods import api_client
+from pydatatask.testing.executor import ExecutorTests
 from tests.conftest import service
 
 pytestmark = pytest.mark.kube
@@ -83,6 +84,75 @@ async def run(
         return await ex.start(work, slot)
     finally:
         ex.release(slot)
+
+
+# ---------------------------------------------------------------------------- the suite
+class TestKubeExecutorConformance(ExecutorTests):
+    """The executor conformance suite on pods of the test cluster."""
+
+    survives_scheduler = True
+
+    @pytest.fixture
+    async def executor(self, kcfg: dict[str, Any], name: str) -> AsyncIterator[Executor]:
+        self.kcfg, self.name = kcfg, name
+        self.session = Session()
+        ex = make(self.session, kcfg, name)
+        self.api = ex.cluster._api  # the other executors of a test share this client
+        async with self.session:
+            yield ex
+            await ex.aclose()
+        await no_pods_left(kcfg, name)
+
+    def limited(self, max_jobs: int) -> Executor:
+        api = getattr(self, "api", object())  # test_capacity makes no request
+        return KubeExecutor(api, name=getattr(self, "name", "q"), max_pods=max_jobs, poll_interval="0.2s")
+
+    def _pod(self, script: str) -> PodWork:
+        return PodWork(sh(script), job=("t", secrets.token_hex(4)))
+
+    def work_ok(self) -> Work:
+        return self._pod("true")
+
+    def check_ok(self, outcome: Outcome) -> None:
+        assert outcome.ok and outcome.exit_code == 0 and outcome.place == self.kcfg["node"], outcome
+
+    def work_fails(self) -> Work:
+        return self._pod("exit 3")
+
+    def check_failed(self, outcome: Outcome) -> None:
+        # a failed pod has both: its exit status and an error naming the container
+        assert not outcome.ok and outcome.exit_code == 3, outcome
+        assert "container main exited with 3" in str(outcome.error), outcome
+
+    def work_sleeps(self, seconds: float) -> Work:
+        return self._pod(f"sleep {seconds}")
+
+    def work_prints(self, text: str) -> Work | None:
+        return self._pod(f"echo {text!r}")
+
+    def work_traps_term(self, marker: Path) -> Work | None:
+        return self._pod(
+            f"trap 'echo term >> {marker}; exit 0' TERM; echo ready > {marker}; while true; do sleep 0.1; done"
+        )
+
+    def subprocess_setup(self) -> str:
+        return f"""
+            from pydatatask import Session
+            from pydatatask.executor.base import PodWork
+            from pydatatask.executor.kubernetes import KubeExecutor
+            from pydatatask.executor.pods import api_client
+            session = Session()
+
+            @session.resource
+            async def kube():
+                async with api_client({self.kcfg["kubeconfig"]!r}) as api:
+                    yield api
+
+            await session.__aenter__()
+            executor = KubeExecutor(kube, name={self.name!r}, namespace={self.kcfg["namespace"]!r})
+            manifest = {{"spec": {{"containers": [{{"name": "main", "image": "busybox", "command": ["sleep", "60"]}}]}}}}
+            work = PodWork(manifest, job=("t", "killed"))
+        """
 
 
 # ---------------------------------------------------------------------------- without a cluster
@@ -212,18 +282,36 @@ async def test_timeout_from_started_then_cancel_with_grace_lets_the_pod_clean_up
 
 
 async def test_two_executors_never_run_one_job_twice(kcfg: dict[str, Any], name: str) -> None:
+    """Five schedulers start the same job at once: one pod exists, the others adopt it."""
     session = Session()
-    ex = make(session, kcfg, name)
-    others = [make(session, kcfg, name) for _ in range(4)]
+    executors = [make(session, kcfg, name) for _ in range(5)]
     async with session:
-        results = await asyncio.gather(
-            *(run(e, PodWork(sh("sleep 0.5"), job=("t", "k"))) for e in [ex, *others]), return_exceptions=True
-        )
-        handles = [r for r in results if isinstance(r, PodHandle)]
-        assert len(handles) == 1, results
-        assert all(isinstance(r, PodNameTakenError) for r in results if r not in handles)
-        assert (await handles[0].wait()).ok
-        await handles[0].close()
+        handles = await asyncio.gather(*(run(e, PodWork(sh("sleep 0.5"), job=("t", "k"))) for e in executors))
+        assert sum(e.created for e in executors) == 1
+        assert len({h.uid for h in handles}) == 1
+        assert sum(h.adoptable for h in handles) == 4
+        for handle in handles:
+            assert (await handle.wait()).ok
+        for handle in handles:
+            await handle.close()
+    await no_pods_left(kcfg, name)
+
+
+async def test_a_pod_held_for_another_job_is_never_taken(kcfg: dict[str, Any], name: str) -> None:
+    session = Session()
+    ex, other = make(session, kcfg, name), make(session, kcfg, name)
+    async with session:
+        body = ex.pod_body(sh("sleep 30"), "t", "k", Resources())
+        body["metadata"]["annotations"]["pydatatask.io/key"] = "another key"  # same name, other job
+        await ex.cluster.create_pod(body)
+        with pytest.raises(PodNameTakenError, match="held for another job"):
+            await run(other, PodWork(sh("true"), job=("t", "k")))
+        info = {"pod": body["metadata"]["name"], "task": "t", "key": "another key"}
+        pod = await ex.cluster.read_pod(info["pod"])
+        handle = await ex.recover({**info, "uid": pod.metadata.uid})
+        assert handle is not None
+        await handle.cancel(0)
+        await handle.close()
     await no_pods_left(kcfg, name)
 
 

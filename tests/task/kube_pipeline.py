@@ -6,7 +6,7 @@ PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs).
 Tasks: ``<name>sleep`` (a KubeTask running ``sh``), ``<name>fn`` (a KubeFunctionTask
 running :func:`shout` inside its pod, which is this very script run with its hidden
 ``_call-function`` command) and ``<name>fk`` (the same function as a FunctionTask on a
-KubeExecutor).
+KubeExecutor) and ``<name>psleep`` (the sleep pod as a PodTask on that executor).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydatatask.executor.pods import KubeCluster, api_client
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.function import FunctionTask
 from pydatatask.task.kube import KubeFunctionTask, KubeTask
+from pydatatask.task.pod import PodTask
 
 ROOT = Path(__file__).resolve().parents[2]
 DIR = Path(os.environ["PDT_KT_DIR"])
@@ -111,7 +112,19 @@ fn_on_pods = FunctionTask(
     outputs={"dst": FileRepository(DIR / "fkout", ".txt")},
 )
 
-pipeline = Pipeline([sleep_task, fn_task, fn_on_pods], session, state_dir=DIR / "state", poll_interval="0.3s")
+pod_sleep = PodTask(
+    f"{NAME}psleep",
+    sleep_task.manifest,
+    executor=pods,
+    inputs={"src": inputs},
+    outputs={"out": FileRepository(DIR / "pout", ".txt")},
+    params=sleep_task.params,
+    concurrency=50,
+)
+
+pipeline = Pipeline(
+    [sleep_task, fn_task, fn_on_pods, pod_sleep], session, state_dir=DIR / "state", poll_interval="0.3s"
+)
 
 if __name__ == "__main__":
     pydatatask.main(pipeline)

@@ -128,7 +128,7 @@ async def test_parts_are_not_ready_downstream_while_the_job_runs() -> None:
     # the scheduler lists again while A runs; the part must not be ready for B
     await listed_again.wait()
     assert "A-part-1" in await parts.keys()
-    assert "A-part-1" not in pipeline.scheduler.views["b"].ready
+    assert "A-part-1" not in pipeline.scheduler.figures["b"].ready
     assert started_b == []
     release.set()
     summary = await run

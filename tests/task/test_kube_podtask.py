@@ -216,3 +216,56 @@ def test_function_task_on_a_kube_executor_runs_in_the_pod(
     runs = (tmp_path / "fn-runs.log").read_text().split()
     assert sorted(runs[0::2]) == sorted(keys)
     assert str(os.getpid()) not in runs[1::2]
+
+
+def test_a_sigkilled_schedulers_pods_are_adopted_not_rerun(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    keys = [f"job_{i:02d}" for i in range(8)]
+    (tmp_path / "in").mkdir()
+    for key in keys:
+        (tmp_path / "in" / f"{key}.txt").write_text(key)
+    env = dict(
+        os.environ,
+        PDT_KT_DIR=str(tmp_path),
+        PDT_KT_KUBECONFIG=kcfg["kubeconfig"],
+        PDT_KT_NAME=name,
+        PDT_KT_SLEEP="2.5",
+        PYTHONPATH=str(HERE.parents[1]),
+    )
+    argv = [sys.executable, str(SCRIPT), "run", "--task", f"{name}psleep", "--no-status"]
+    runs = tmp_path / "runs.log"
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (runs.exists() and len(runs.read_text().splitlines()) >= len(keys)):
+            assert first.poll() is None, "the first scheduler ended before it was killed"
+            assert time.monotonic() < deadline, "pods did not start"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+    running = asyncio.run(pods_of(kcfg, f"{name}x"))
+    assert running, "every pod finished before the kill: nothing to adopt"
+    # a key whose record exists already needs no work: its pod is let go, not reaped
+    done_dir = tmp_path / "state" / f"{name}psleep" / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    fake = sorted(p.metadata.annotations["pydatatask.io/key"] for p in running)[0]
+    (done_dir / f"{fake}.yaml").write_text(
+        yaml.safe_dump({"task": f"{name}psleep", "key": fake, "success": True, "marker": 1})
+    )
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "adopting pod" in second.stderr, second.stderr
+    lines = [line.split() for line in runs.read_text().splitlines()]
+    assert sorted(k for k, _ in lines) == keys, lines  # one pod per key: nothing ran twice
+    uid_of = dict(lines)
+    for key in keys:
+        rec = yaml.safe_load((done_dir / f"{key}.yaml").read_text())
+        if key == fake:
+            assert rec.get("marker") == 1  # untouched
+            continue
+        assert rec["success"] and rec["attempts"] == 1, rec
+        assert rec["kube"]["uid"] == uid_of[key]  # the very pod that ran, adopted or not
+        assert (tmp_path / "pout" / f"{key}.txt").read_text() == "done"
+    asyncio.run(no_pods_left(kcfg, f"{name}x"))

@@ -50,7 +50,7 @@ async def test_ready_rule_chain_and_fan_in() -> None:
     t1 = FunctionTask("join", join, inputs={"a": a, "b": b}, outputs={"ab": ab})
     t2 = FunctionTask("copy", copy, inputs={"src": ab}, outputs={"dst": out})
     pipeline = Pipeline([t2, t1])
-    views = await pipeline.views()
+    views = await pipeline.figures()
     assert views["join"].ready == {"2", "3"}
     assert views["copy"].ready == set()
     summary = await pipeline.run()

@@ -54,7 +54,7 @@ async def test_half_done_upstream_output_is_not_read_through_a_translating_view(
         await mid.put(key, {"from": key})
     await _record(a, "b", False)
     await _record(a, "c", True)
-    views = await pipeline.views()
+    views = await pipeline.figures()
     assert views["B"].ready == {"x-c"}
     assert views["B"].blocked == {"x-a", "x-b"}
 
@@ -110,7 +110,7 @@ async def test_output_written_through_a_view_gates_its_readers(tmp_path: Path) -
     await files.write_text("out-b", "done")
     await _record(a, "b", True)
     await files.write_text("manual", "placed by hand")  # no upstream job could write it
-    views = await pipeline.views()
+    views = await pipeline.figures()
     assert views["B"].ready == {"out-b", "manual"}
     assert views["B"].blocked == {"out-a"}
 
@@ -130,7 +130,7 @@ async def test_same_key_gating_through_views_that_keep_keys() -> None:
     await mid.put("a", 1)
     await mid.put("b", 2)
     await _record(a, "b", True)
-    views = await pipeline.views()
+    views = await pipeline.figures()
     assert views["B"].ready == {"b", "z"}
     assert views["B"].blocked == {"a"}
 
