@@ -96,6 +96,40 @@ class PodTask(Task):
             self._executor.release(slot)
 
     # ---------------------------------------------------------------- recovery
+    async def validate(self) -> None:
+        """Look for this task's pods that no claim names (a crashed run whose ``live`` was
+        in memory): a pod that runs or has finished is adopted by the next launch of its
+        key (let go if its job is recorded); a deleted pod still held for its cleanup gets
+        it now: its partial outputs are removed under a claim of ours, then it is let go."""
+        await super().validate()
+        orphans = await self._executor.jobs(self.name)
+        if not orphans:
+            return
+        claimed = set(await self.live.keys())
+        for key, info in orphans.items():
+            if key in claimed:
+                continue  # its claim tells who runs it; a stale one is recovered as usual
+            handle = await self._executor.recover(info)
+            if handle is None:
+                continue
+            if handle.adoptable:
+                if await self.done.contains(key):
+                    await handle.close()
+                else:
+                    self.adoptable.add(key)
+                continue
+            claim = await self.claims.acquire(key)
+            if claim is None:
+                continue  # claimed meanwhile: that scheduler deals with it
+            try:
+                await handle.cancel(0)  # deleted already: wait until its containers stopped
+                record = (await self.done.get_many([key])).get(key)
+                succeeded = isinstance(record, Mapping) and record.get("success") is True
+                if succeeded or await self.cleanup_outputs(key):
+                    await handle.close()
+            finally:
+                await self.claims.release(claim)
+
     async def recover_stale(self, key: str, claim: Any) -> None:
         """A stale claim whose pod still runs or has finished (not deleted): take the claim
         over, then free the key for the next launch, which adopts the pod (the executor

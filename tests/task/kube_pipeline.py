@@ -1,7 +1,8 @@
 """A pipeline script for tests/task/test_kube.py, configured through the environment:
 
 PDT_KT_DIR (work dir: in/, out/, fnout/, state/, runs.log), PDT_KT_KUBECONFIG,
-PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs).
+PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs),
+PDT_KT_MEMORY (set: claims and records in memory, no state_dir).
 
 Tasks: ``<name>sleep`` (a KubeTask running ``sh``), ``<name>fn`` (a KubeFunctionTask
 running :func:`shout` inside its pod, which is this very script run with its hidden
@@ -123,7 +124,10 @@ pod_sleep = PodTask(
 )
 
 pipeline = Pipeline(
-    [sleep_task, fn_task, fn_on_pods, pod_sleep], session, state_dir=DIR / "state", poll_interval="0.3s"
+    [sleep_task, fn_task, fn_on_pods, pod_sleep],
+    session,
+    state_dir=None if os.environ.get("PDT_KT_MEMORY") else DIR / "state",  # memory: claims die with the run
+    poll_interval="0.3s",
 )
 
 if __name__ == "__main__":
