@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_getattr
+from .backoff import Backoff
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -79,6 +80,7 @@ __all__ = (
     "validate_key",
     # session
     "Session",
+    "Backoff",
     # repositories
     "Repository",
     "MetadataRepository",

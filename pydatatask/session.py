@@ -21,22 +21,52 @@ ones already open are closed and the error propagates. An exception raised insid
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from .errors import SessionClosedError, SessionError
 
-__all__ = ("Session", "ResourceAccessor")
+__all__ = ("Session", "ResourceAccessor", "resolve")
 
 T = TypeVar("T")
 
 
+def _is_factory(obj: object) -> bool:
+    """A zero-argument factory written as code: a function, lambda, bound method or partial."""
+    return inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, functools.partial)
+
+
+@overload
+def resolve(obj: ResourceAccessor[T]) -> T: ...
+@overload
+def resolve(obj: Any) -> Any: ...
+def resolve(obj: Any) -> Any:
+    """The live object behind ``obj``, for backends that take "a client, or a way to get one".
+
+    * a session accessor (what ``@session.resource`` returns) is called: the open resource;
+    * a zero-argument factory written as a function, ``lambda``, bound method or
+      ``functools.partial`` is called, and an accessor it returns is called in turn
+      (``lambda: mongo()["db"]["coll"]``);
+    * anything else is returned as it is, callable or not: a client object is never called
+      (a pymongo collection, say, is callable only to explain that it is not a function).
+
+    This is the one rule every backend and task setting that takes a client, a connection or
+    a per-job value applies, at every use, so they can be built before the session opens.
+    """
+    if isinstance(obj, ResourceAccessor):
+        return obj()
+    if _is_factory(obj):
+        made = obj()
+        return made() if isinstance(made, ResourceAccessor) else made
+    return obj
+
+
 class ResourceAccessor(Generic[T]):
     """What ``@session.resource`` returns: call it to get the live resource."""
-
-    __pydatatask_accessor__ = True
 
     def __init__(self, session: Session, name: str, factory: Callable[[], AsyncIterator[T]]) -> None:
         self.session = session

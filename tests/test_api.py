@@ -70,22 +70,126 @@ def test_import_is_light() -> None:
     assert heavy == [], f"import pydatatask loaded {heavy}"
 
 
-def test_repository_layer_imports_nothing_above_it() -> None:
-    upper = ("task", "pipeline", "cli", "executor")
-    for path in (PACKAGE / "repository").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                # relative imports from repository/ reach the package root with level 2
-                names = [
-                    node.module if node.level == 0 else "pydatatask." + node.module if node.level == 2 else ""
-                ]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            for name in names:
-                assert not name.startswith(tuple(f"pydatatask.{up}" for up in upper)), (
-                    f"{path} imports {name}"
-                )
+# The layers, lowest first; a module may import its own layer and those below it only.
+# Top-level modules (session, keys, errors, durations, quantities, backoff, the private
+# helpers) form the lowest layer. The package's own __init__ is the facade: it re-exports
+# every layer, so it is exempt. ``testing`` (the conformance suites users run on their own
+# backends and executors) may import the layers it tests and nothing above them; no layer
+# imports it.
+LAYERS = ("base", "repository", "executor", "task", "pipeline", "cli")
+LAYER_OF_TESTING = "executor"
+RULE = "cli -> pipeline -> task -> executor -> repository -> session/keys/errors/durations/quantities/backoff"
+
+
+def _layer(module: str) -> str | None:
+    """The layer of a module of the package (``None`` for other packages, "facade" for it)."""
+    parts = module.split(".")
+    if parts[0] != "pydatatask":
+        return None
+    if len(parts) == 1:
+        return "facade"
+    if parts[1] in LAYERS or parts[1] == "testing":
+        return parts[1]
+    return "base"
+
+
+def _rank(layer: str) -> int:
+    return LAYERS.index(LAYER_OF_TESTING if layer == "testing" else layer)
+
+
+def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in ``source``: at module level, inside
+    functions and under ``if TYPE_CHECKING:`` alike (a type-only import still ties the
+    lower layer's signatures to the upper one)."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if node.module is None:  # `from .. import errors`: a name is a module or the package's
+                for alias in node.names:
+                    where = PACKAGE.parent.joinpath(*target.split("."), alias.name)
+                    is_module = where.is_dir() or where.with_suffix(".py").is_file()
+                    found.append((node.lineno, f"{target}.{alias.name}" if is_module else target))
+            else:
+                found.append((node.lineno, target))
+    return found
+
+
+def layer_violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    """What ``module`` imports against the layer rule, one line each."""
+    own = _layer(module)
+    assert own is not None
+    if own == "facade":
+        return []
+    bad = []
+    for line, target in imported_modules(source, module, is_package):
+        other = _layer(target)
+        if other is None or other == own:
+            continue
+        if other == "facade":
+            why = "the package facade (import from the module that defines the name)"
+        elif other == "testing":
+            why = "the testing suites, which no layer imports"
+        elif _rank(other) > _rank(own):
+            why = f"the {other} layer, above {own}"
+        else:
+            continue
+        bad.append(f"{module} (line {line}) imports {target}: {why}; the rule is {RULE}")
+    return bad
+
+
+def _package_modules() -> list[tuple[str, Path, bool]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        out.append((".".join(parts), path, is_package))
+    return out
+
+
+@pytest.mark.parametrize(("module", "path", "is_package"), _package_modules(), ids=lambda v: str(v))
+def test_layers_import_only_downwards(module: str, path: Path, is_package: bool) -> None:
+    bad = layer_violations(path.read_text(), module, is_package)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layer_check_finds_upward_imports() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from ..errors import ConfigurationError\n"
+        "from ..repository.base import Repository\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..task.base import Task\n"
+        "def later():\n"
+        "    from pydatatask.pipeline import Pipeline\n"
+        "    from .. import cli\n"
+        "    from . import local\n"
+    )
+    bad = layer_violations(source, "pydatatask.executor.example")
+    assert [b.split(" imports ")[1].split(":")[0] for b in bad] == [
+        "pydatatask.task.base",
+        "pydatatask.pipeline",
+        "pydatatask.cli",
+    ]
+    assert bad[0].startswith(
+        "pydatatask.executor.example (line 5) imports pydatatask.task.base: the task layer"
+    )
+    assert layer_violations("from ..executor.base import Executor\n", "pydatatask.repository.x")
+    assert layer_violations("from .. import Pipeline\n", "pydatatask.task.x")  # the facade
+    assert layer_violations("from ..testing import RepositoryTests\n", "pydatatask.repository.x")
+    assert layer_violations("from .repository import base\n", "pydatatask.backoff")
+    assert not layer_violations("from .errors import ConfigurationError\n", "pydatatask.backoff")
+    assert not layer_violations("from ..s3 import S3BucketRepository\n", "pydatatask.repository.s3._x")
+    assert not layer_violations("from .cli import main\n", "pydatatask", is_package=True)
 
 
 def test_errors_tree() -> None:

@@ -7,7 +7,7 @@ kubeconfig or the in-cluster service account). ``kubernetes_asyncio`` is importe
 when the API is used (``pip install 'pydatatask[kube]'``).
 
 API errors are translated once, in :meth:`KubeCluster.call`: 429 and 5xx (and connection
-errors) are retried with bounded exponential backoff; 403 and 422 become
+errors) are retried under the cluster's ``retry`` (a :class:`~pydatatask.backoff.Backoff`); 403 and 422 become
 :class:`~pydatatask.errors.ConfigurationError` carrying the API server's message; 404 and
 409 are passed to the caller as :class:`KubeApiError` with ``status`` set.
 """
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._deps import require
+from ..backoff import Backoff
 from ..errors import BackendUnavailableError, ConfigurationError
 from ..quantities import parse_cpu, parse_memory
-from ..repository.base import resolve
+from ..session import resolve
 
 __all__ = (
     "KubeCluster",
@@ -158,7 +159,8 @@ class KubeCluster:
     :param max_pods: at most this many pods of these tasks exist at once.
     :param max_cpu: the CPU requests of those pods add up to at most this (``"4"``, ``"500m"``).
     :param max_memory: their memory requests add up to at most this (``"8Gi"``).
-    :param retries: attempts for 429/5xx/connection errors (exponential backoff, bounded).
+    :param retry: how 429/5xx answers and connection errors are retried (a
+        :class:`~pydatatask.backoff.Backoff`; default ``Backoff()``).
     """
 
     def __init__(
@@ -169,9 +171,7 @@ class KubeCluster:
         max_pods: int | None = None,
         max_cpu: str | float | None = None,
         max_memory: str | int | None = None,
-        retries: int = 6,
-        backoff: float = 0.2,
-        max_backoff: float = 5.0,
+        retry: Backoff | None = None,
     ) -> None:
         if api is None:
             raise ConfigurationError(
@@ -185,9 +185,10 @@ class KubeCluster:
         self.max_pods = max_pods
         self.max_cpu = None if max_cpu is None else parse_cpu(max_cpu)
         self.max_memory = None if max_memory is None else parse_memory(max_memory)
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        if retry is not None and not isinstance(retry, Backoff):
+            raise ConfigurationError(f"retry must be a pydatatask.Backoff, not {type(retry).__name__}")
+        #: the retry policy of API requests
+        self.retry = retry or Backoff()
         self.in_flight: list[KubeSlot] = []
         #: number of API requests made (for tests and status)
         self.calls: dict[str, int] = {}
@@ -246,41 +247,50 @@ class KubeCluster:
         """
         k8s = require("kubernetes_asyncio", "kube")
         aiohttp = require("aiohttp", "kube")
-        delay = self.backoff
+        api_error = k8s.client.exceptions.ApiException
         name = getattr(fn, "__name__", what)
-        for attempt in range(1, self.retries + 1):
+
+        async def once() -> T:
             self.calls[name] = self.calls.get(name, 0) + 1
-            try:
-                return await fn(*args, **kwargs)
-            except k8s.client.exceptions.ApiException as exc:
-                status = int(exc.status or 0)
-                message = _api_message(exc)
-                if status in _RETRY_STATUSES and attempt < self.retries:
-                    log.info("kubernetes %s: %s; retrying in %.1fs", what, message, delay)
-                elif status in passthrough:
-                    raise KubeApiError(f"Kubernetes {what}: {message}", status, str(exc.reason)) from exc
-                elif status == 422:
-                    raise ConfigurationError(f"Kubernetes refused {what}: invalid: {message}") from exc
-                elif status == 403:
-                    raise ConfigurationError(
-                        f"Kubernetes refused {what}: forbidden: {message} (check the RBAC permissions "
-                        f"of the credentials for namespace {self.namespace!r})"
-                    ) from exc
-                elif status == 401:
-                    raise BackendUnavailableError(
-                        f"Kubernetes refused {what}: unauthorized (check the kubeconfig/token)"
-                    ) from exc
-                else:
-                    raise KubeApiError(f"Kubernetes {what}: {message}", status, str(exc.reason)) from exc
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                if attempt >= self.retries:
-                    raise KubeApiError(
+            return await fn(*args, **kwargs)
+
+        def transient(exc: Exception) -> bool:
+            if isinstance(exc, api_error):
+                return int(exc.status or 0) in _RETRY_STATUSES
+            return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
+
+        def describe(exc: Exception) -> str:
+            if isinstance(exc, api_error):
+                return _api_message(exc)
+            return f"{type(exc).__name__}: {exc}"
+
+        def fail(exc: Exception, attempts: int) -> BaseException:
+            if not isinstance(exc, api_error):
+                if isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
+                    return KubeApiError(
                         f"Kubernetes {what}: API server unreachable: {type(exc).__name__}: {exc}", 0
-                    ) from exc
-                log.info("kubernetes %s: %s; retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
-        raise AssertionError("unreachable")  # pragma: no cover
+                    )
+                return exc
+            status = int(exc.status or 0)
+            message = _api_message(exc)
+            if status in passthrough:
+                return KubeApiError(f"Kubernetes {what}: {message}", status, str(exc.reason))
+            if status == 422:
+                return ConfigurationError(f"Kubernetes refused {what}: invalid: {message}")
+            if status == 403:
+                return ConfigurationError(
+                    f"Kubernetes refused {what}: forbidden: {message} (check the RBAC permissions "
+                    f"of the credentials for namespace {self.namespace!r})"
+                )
+            if status == 401:
+                return BackendUnavailableError(
+                    f"Kubernetes refused {what}: unauthorized (check the kubeconfig/token)"
+                )
+            return KubeApiError(f"Kubernetes {what}: {message}", status, str(exc.reason))
+
+        return await self.retry.run(
+            f"kubernetes {what}", once, transient=transient, fail=fail, describe=describe, logger=log
+        )
 
     async def create_pod(self, body: dict[str, Any]) -> Any:
         """Create a pod; :class:`KubeApiError` with status 409 if the name is taken."""

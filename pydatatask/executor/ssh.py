@@ -24,7 +24,7 @@ from typing import Any
 from .._deps import require
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError
-from ..repository.base import resolve
+from ..session import resolve
 from .hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, kill_group_script, wrapper_script
 from .local import _open_append
 
@@ -161,8 +161,6 @@ class SSHHost(Host):
         require("asyncssh", "ssh")
         if self._connect is None:
             conn = resolve(self._connection)
-            if callable(conn) and not hasattr(conn, "create_process"):
-                conn = conn()
             if conn.is_closed():
                 raise self._lost(None)
             return conn

@@ -10,16 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
-from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository, resolve
+from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .combinators import (
     AndRepository,
     BlockingRepository,
     FallbackRepository,
-    FilterRepository,
-    MapValuesRepository,
     OrRepository,
     ReadOnlyRepository,
-    TranslateKeysRepository,
 )
 from .filesystem import DirectoryRepository, FileRepository
 from .memory import MemoryBlobRepository, MemoryMetadataRepository
@@ -30,6 +27,7 @@ from .serialized import (
     YamlMetadataFileRepository,
     YamlMetadataRepository,
 )
+from .transform import FilterRepository, MapValuesRepository, TranslateKeysRepository
 from .view import BlobView, MetadataView, RepositoryView
 
 __all__ = (
@@ -38,7 +36,6 @@ __all__ = (
     "BlobRepository",
     "BlobReader",
     "BlobWriter",
-    "resolve",
     "MemoryMetadataRepository",
     "MemoryBlobRepository",
     "FileRepository",

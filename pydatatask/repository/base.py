@@ -35,7 +35,6 @@ __all__ = (
     "BlobWriter",
     "BlobReadStream",
     "BlobWriteStream",
-    "resolve",
 )
 
 log = logging.getLogger("pydatatask.repository")
@@ -43,17 +42,6 @@ log = logging.getLogger("pydatatask.repository")
 T = TypeVar("T")
 
 DEFAULT_CHUNK = 1 << 20
-
-
-def resolve(obj: T | Callable[[], T]) -> T:
-    """Return ``obj``, or call it if it is a session accessor / zero-argument factory.
-
-    Backends take clients either directly or as the accessor that ``@session.resource``
-    returns, so repositories can be built before the session is open.
-    """
-    if getattr(obj, "__pydatatask_accessor__", False):
-        return obj()  # type: ignore[operator]
-    return obj  # type: ignore[return-value]
 
 
 class Repository(ABC):

@@ -15,20 +15,19 @@ httpx is imported lazily: importing this module does not need it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import ipaddress
 import json
-import random
 import re
 import secrets
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .._deps import require
+from ..backoff import Backoff
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -38,7 +37,8 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..keys import validate_key
-from .base import Repository, resolve
+from ..session import resolve
+from .base import Repository
 
 if TYPE_CHECKING:
     import httpx
@@ -120,8 +120,10 @@ class DockerRepository(Repository):
     ``async with``). ``username``/``password`` are used for Basic auth or to fetch Bearer
     tokens when the registry asks (``WWW-Authenticate``); they never appear in messages.
 
-    Connection errors and 429/5xx answers are retried ``max_retries`` times with
-    exponential backoff, then raise :class:`~pydatatask.errors.BackendUnavailableError`;
+    Connection errors and 429/5xx answers are retried under ``retry`` (a
+    :class:`~pydatatask.backoff.Backoff`; default ``Backoff()``; a ``Retry-After`` of the
+    registry lengthens a wait, up to 30 s), then raise
+    :class:`~pydatatask.errors.BackendUnavailableError`;
     other failures raise :class:`~pydatatask.errors.RepositoryError` with the HTTP status and
     the registry's error code.
     """
@@ -136,8 +138,7 @@ class DockerRepository(Repository):
         password: str | None = None,
         insecure: bool | None = None,
         timeout: float = 30.0,
-        max_retries: int = 3,
-        retry_delay: float = 0.2,
+        retry: Backoff | None = None,
         page_size: int | None = None,
     ) -> None:
         if "://" not in registry:
@@ -164,8 +165,10 @@ class DockerRepository(Repository):
         self.host = parts.netloc
         self.repository = repository
         self.timeout = timeout
-        self.max_retries = max_retries
-        self.retry_delay = retry_delay
+        if retry is not None and not isinstance(retry, Backoff):
+            raise ConfigurationError(f"retry must be a pydatatask.Backoff, not {type(retry).__name__}")
+        #: the retry policy of this repository's requests
+        self.retry = retry or Backoff()
         self.page_size = page_size
         self._client_arg = client
         self._owned: httpx.AsyncClient | None = None
@@ -212,10 +215,8 @@ class DockerRepository(Repository):
     # --- lifecycle ----------------------------------------------------------------
     def _client(self) -> httpx.AsyncClient:
         if self._client_arg is not None:
-            client: Any = resolve(self._client_arg)
-            if _plain_callable(client):
-                client = client()
-            return client  # type: ignore[no-any-return]
+            client: httpx.AsyncClient = resolve(self._client_arg)
+            return client
         if self._owned is None:
             httpx_mod = require("httpx", "docker")
             self._owned = httpx_mod.AsyncClient(timeout=self.timeout)
@@ -372,45 +373,51 @@ class DockerRepository(Repository):
         """Send one request with auth, retries and error translation; return an ``ok`` response."""
         httpx_mod = require("httpx", "docker")
         full = url if "://" in url else self.base_url + url
+        what = f"{method} {self._path(full)}"
         scope: str | None = f"repository:{self.repository}:pull"
-        attempt = 0
         authed = False
-        while True:
-            client = self._client()
-            try:
-                resp = await client.request(
+
+        async def once() -> httpx.Response:
+            nonlocal scope, authed
+            while True:
+                resp = await self._client().request(
                     method, full, headers={**(headers or {}), **self._auth_header(scope)}, content=content
                 )
-            except httpx_mod.TransportError as exc:
-                if attempt >= self.max_retries:
+                if resp.status_code == 401 and not authed:
+                    authed = True  # answer the challenge once, then send the request again
+                    scope = await self._authenticate(resp, scope)
+                    continue
+                if resp.status_code in ok:
+                    return resp
+                if resp.status_code == 401:
                     raise BackendUnavailableError(
-                        f"registry {self.base_url} is unreachable ({method} {self._path(full)} failed after "
-                        f"{attempt + 1} attempt(s)): {type(exc).__name__}"
-                    ) from exc
-                attempt += 1
-                await self._backoff(attempt)
-                continue
-            if resp.status_code == 401 and not authed:
-                authed = True
-                scope = await self._authenticate(resp, scope)
-                continue
-            if resp.status_code in ok:
-                return resp
-            if resp.status_code == 401:
-                raise BackendUnavailableError(
-                    f"authentication failed for registry {self.base_url} "
-                    f"({'no credentials given' if self._username is None else 'credentials refused'})"
+                        f"authentication failed for registry {self.base_url} "
+                        f"({'no credentials given' if self._username is None else 'credentials refused'})"
+                    )
+                if resp.status_code in _RETRY_STATUS:
+                    raise _Busy(resp)
+                raise self._error(what, resp)
+
+        def fail(exc: Exception, attempts: int) -> BaseException:
+            if isinstance(exc, httpx_mod.TransportError):
+                return BackendUnavailableError(
+                    f"registry {self.base_url} is unreachable ({what} failed after {attempts} "
+                    f"attempt(s)): {type(exc).__name__}"
                 )
-            if resp.status_code in _RETRY_STATUS and attempt < self.max_retries:
-                attempt += 1
-                await self._backoff(attempt, resp.headers.get("Retry-After"))
-                continue
-            if resp.status_code in _RETRY_STATUS:
-                raise BackendUnavailableError(
-                    f"registry {self.base_url} keeps failing: {resp.status_code} on {method} "
-                    f"{self._path(full)} after {attempt + 1} attempt(s)"
+            if isinstance(exc, _Busy):
+                return BackendUnavailableError(
+                    f"registry {self.base_url} keeps failing: {exc.status} on {what} after {attempts} attempt(s)"
                 )
-            raise self._error(f"{method} {self._path(full)}", resp)
+            return exc
+
+        return await self.retry.run(
+            f"{self.describe()}: {what}",
+            once,
+            transient=lambda exc: isinstance(exc, httpx_mod.TransportError | _Busy),
+            fail=fail,
+            wait_at_least=lambda exc: exc.retry_after if isinstance(exc, _Busy) else None,
+            describe=lambda exc: str(exc) if isinstance(exc, _Busy) else type(exc).__name__,
+        )
 
     async def _authenticate(self, resp: httpx.Response, scope: str | None) -> str | None:
         """Answer a 401 challenge; return the scope to use for the retried request."""
@@ -450,12 +457,6 @@ class DockerRepository(Repository):
         self._tokens[scope or ""] = str(token)
         return scope or ""
 
-    async def _backoff(self, attempt: int, retry_after: str | None = None) -> None:
-        delay = min(5.0, self.retry_delay * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-        if retry_after and retry_after.isdigit():
-            delay = min(30.0, max(delay, float(retry_after)))
-        await asyncio.sleep(delay)
-
     def _path(self, url: str) -> str:
         return urlsplit(url).path
 
@@ -464,11 +465,14 @@ class DockerRepository(Repository):
         return RepositoryError(f"{what} on {self.describe()} failed: HTTP {resp.status_code} ({codes})")
 
 
-def _plain_callable(obj: Any) -> bool:
-    """A zero-argument factory (not an accessor, not a client)."""
-    return (
-        callable(obj) and not getattr(obj, "__pydatatask_accessor__", False) and not hasattr(obj, "request")
-    )
+class _Busy(Exception):
+    """A 429/5xx answer: worth another attempt, after ``Retry-After`` if the registry says."""
+
+    def __init__(self, resp: httpx.Response) -> None:
+        super().__init__(f"HTTP {resp.status_code}")
+        self.status = resp.status_code
+        after = resp.headers.get("Retry-After", "")
+        self.retry_after = min(30.0, float(after)) if after.isdigit() else None
 
 
 def _error_codes(resp: httpx.Response) -> set[str]:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -34,141 +32,13 @@ from typing import IO
 
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
 from ..keys import validate_key
+from ._localfs import fsync_dir, fsync_tree, make_dirs, on_memory_fs, sweep, tmp_name
 from .base import BlobReader, BlobRepository, BlobWriter, Repository
 from .journal import current_journal
 
 __all__ = ("FileRepository", "DirectoryRepository")
 
 log = logging.getLogger("pydatatask.repository")
-
-
-def _tmp_name(final: str) -> str:
-    # the writer's pid is in the name: a temporary whose writer is gone can be swept
-    return f".{final}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
-
-
-_TMP = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]+")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` (names created, renamed or removed) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(path: Path, fsync: bool) -> None:
-    """Create directory ``path`` and its missing parents; with ``fsync`` durably (the entry
-    of each new directory is in its parent, which is fsynced in turn)."""
-    missing: list[Path] = []
-    p = path
-    while not p.is_dir() and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    path.mkdir(parents=True, exist_ok=True)
-    if fsync:
-        for d in missing:
-            _fsync_dir(d.parent)
-
-
-def _fsync_tree(top: Path) -> None:
-    """fsync every regular file and directory under ``top`` (symlinks are left alone)."""
-    for dirpath, _dirnames, filenames in os.walk(top):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path) or not os.path.isfile(path):
-                continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-_MEMORY_FS = frozenset({"tmpfs", "ramfs"})
-
-
-def _unescape_mount(text: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def _on_memory_fs(path: Path) -> bool:
-    """Whether ``path`` (or, if it does not exist yet, its nearest existing parent) is on a
-    filesystem held in memory, according to ``/proc/self/mountinfo`` (False if unknown)."""
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    real = os.path.realpath(p)
-    best, fstype = -1, ""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                fields, rest = left.split(), right.split()
-                if len(fields) < 5 or not rest:
-                    continue
-                point = _unescape_mount(fields[4])
-                inside = real == point or real.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= best:  # the last of equal mounts is the one on top
-                    best, fstype = len(point), rest[0]
-    except OSError:
-        return False
-    return fstype in _MEMORY_FS
-
-
-def _boot_time() -> float:
-    """When this machine booted (epoch seconds), or 0 if unknown."""
-    try:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep(root: Path) -> list[str]:
-    """Remove temporaries in ``root`` left by writers that no longer run (killed ones, or
-    ones from before the last boot, whose pid may name a new process now)."""
-    removed: list[str] = []
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return removed
-    booted = _boot_time()
-    for entry in entries:
-        m = _TMP.fullmatch(entry.name)
-        if m is None:
-            continue
-        try:
-            before_boot = entry.stat(follow_symlinks=False).st_mtime < booted
-        except FileNotFoundError:
-            continue
-        if not before_boot and _pid_alive(int(m.group(1))):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-        removed.append(entry.name)
-    return removed
 
 
 #: whole-file reads and writes up to this size run on the event loop: on a local disk a
@@ -236,7 +106,7 @@ class _FileReader(BlobReader):
 class _FileWriter(BlobWriter):
     def __init__(self, final: Path, fsync: bool) -> None:
         self._final = final
-        self._tmp = final.with_name(_tmp_name(final.name))
+        self._tmp = final.with_name(tmp_name(final.name))
         self._fsync = fsync
         self._f: IO[bytes] | None = None
 
@@ -244,7 +114,7 @@ class _FileWriter(BlobWriter):
         try:
             self._f = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         except FileNotFoundError:
-            _make_dirs(self._final.parent, self._fsync)
+            make_dirs(self._final.parent, self._fsync)
             self._f = open(self._tmp, "xb")  # noqa: SIM115
 
     async def write(self, data: bytes) -> int:
@@ -261,7 +131,7 @@ class _FileWriter(BlobWriter):
         self._f.close()
         os.replace(self._tmp, self._final)
         if self._fsync:
-            _fsync_dir(self._final.parent)  # then the rename itself
+            fsync_dir(self._final.parent)  # then the rename itself
 
     async def commit(self) -> None:
         await asyncio.to_thread(self._finish)
@@ -288,21 +158,21 @@ class _LocalRoot(Repository):
         if not self.fsync:
             return False
         if self._memory_fs is None:
-            self._memory_fs = _on_memory_fs(self.root)
+            self._memory_fs = on_memory_fs(self.root)
         return not self._memory_fs
 
     async def validate(self, create: bool = False) -> None:
         """Check the root directory (create it with ``create``) and sweep temporaries left
         by writers that were killed (their pid, part of the name, no longer runs)."""
         if self.root.is_dir():
-            removed = await asyncio.to_thread(_sweep, self.root)
+            removed = await asyncio.to_thread(sweep, self.root)
             if removed:
                 log.info("%s: removed %d temporary file(s) of killed writers", self.describe(), len(removed))
             return
         if self.root.exists():
             raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
         if create:
-            await asyncio.to_thread(_make_dirs, self.root, self._durable())
+            await asyncio.to_thread(make_dirs, self.root, self._durable())
 
 
 class FileRepository(_LocalRoot, BlobRepository):
@@ -351,7 +221,7 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     def _delete_durably(self, path: Path) -> None:
         if self._delete_sync(path):
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     async def _delete(self, key: str) -> None:
         path = self._path(key)
@@ -409,11 +279,11 @@ class FileRepository(_LocalRoot, BlobRepository):
             await asyncio.to_thread(self._write_sync, path, data)
 
     def _create_sync(self, path: Path, data: bytes) -> bool:
-        tmp = path.with_name(_tmp_name(path.name))
+        tmp = path.with_name(tmp_name(path.name))
         try:
             f = open(tmp, "xb")  # noqa: SIM115
         except FileNotFoundError:
-            _make_dirs(path.parent, self._durable())
+            make_dirs(path.parent, self._durable())
             f = open(tmp, "xb")  # noqa: SIM115
         try:
             with f:
@@ -427,7 +297,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         finally:
             os.unlink(tmp)
         if self._durable():
-            _fsync_dir(path.parent)  # the new name (and the temporary's removal)
+            fsync_dir(path.parent)  # the new name (and the temporary's removal)
         return True
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
@@ -442,7 +312,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         # never see the name missing.
         import fcntl
 
-        _make_dirs(self.root, self._durable())
+        make_dirs(self.root, self._durable())
         with open(self.root / ".pdt-lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -492,13 +362,13 @@ class DirectoryRepository(_LocalRoot, Repository):
         return p.is_dir() and not p.is_symlink()
 
     def _delete_sync(self, path: Path) -> None:
-        trash = path.with_name(_tmp_name(path.name))
+        trash = path.with_name(tmp_name(path.name))
         try:
             os.rename(path, trash)  # disappears at once, then is removed
         except FileNotFoundError:
             return
         if self._durable():
-            _fsync_dir(path.parent)  # gone for good: what is left is a hidden temporary
+            fsync_dir(path.parent)  # gone for good: what is left is a hidden temporary
         shutil.rmtree(trash, ignore_errors=True)
 
     async def _delete(self, key: str) -> None:
@@ -510,8 +380,8 @@ class DirectoryRepository(_LocalRoot, Repository):
         final = self.path(key)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
-        tmp = final.with_name(_tmp_name(final.name))
-        await asyncio.to_thread(_make_dirs, tmp, self._durable())
+        tmp = final.with_name(tmp_name(final.name))
+        await asyncio.to_thread(make_dirs, tmp, self._durable())
         try:
             yield tmp
         except BaseException:
@@ -521,8 +391,8 @@ class DirectoryRepository(_LocalRoot, Repository):
 
     def _install(self, tmp: Path, final: Path) -> None:
         if self._durable():
-            _fsync_tree(tmp)
-        old = final.with_name(_tmp_name(final.name))
+            fsync_tree(tmp)
+        old = final.with_name(tmp_name(final.name))
         try:
             os.rename(final, old)
             replaced = True
@@ -530,7 +400,7 @@ class DirectoryRepository(_LocalRoot, Repository):
             replaced = False
         os.rename(tmp, final)
         if self._durable():
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         if replaced:
             shutil.rmtree(old, ignore_errors=True)
 

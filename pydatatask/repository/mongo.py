@@ -13,13 +13,12 @@ pymongo is imported lazily: importing this module does not need it.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._deps import require
+from ..backoff import Backoff
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -27,7 +26,8 @@ from ..errors import (
     KeyNotFoundError,
     RepositoryError,
 )
-from .base import MetadataRepository, resolve
+from ..session import resolve
+from .base import MetadataRepository
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
@@ -58,13 +58,12 @@ class MongoMetadataRepository(MetadataRepository):
 
     ``collection`` is a ``pymongo.asynchronous.collection.AsyncCollection`` (that is,
     ``pymongo.AsyncMongoClient(...)[db][coll]``) or a session accessor / zero-argument
-    callable returning one; it is resolved at every call, so the repository can be built
+    function returning one (see :func:`pydatatask.session.resolve`); it is resolved at every call, so the repository can be built
     before the session opens.
 
     Network errors (server selection timeout, connection failure, network timeout,
-    reconnect) are retried up to ``max_retries`` times with exponential backoff and jitter
-    (starting at ``retry_delay`` seconds, capped at ``max_retry_delay``), then raised as
-    :class:`~pydatatask.errors.BackendUnavailableError` naming the server address (never the
+    reconnect) are retried under ``retry`` (a :class:`~pydatatask.backoff.Backoff`; default
+    ``Backoff()``), then raised as :class:`~pydatatask.errors.BackendUnavailableError` naming the server address (never the
     URI or credentials). Refused credentials raise ``BackendUnavailableError`` at once.
     Other server errors raise :class:`~pydatatask.errors.RepositoryError`. The cause is
     always chained.
@@ -74,26 +73,21 @@ class MongoMetadataRepository(MetadataRepository):
         self,
         collection: AsyncCollection[Any] | Callable[[], AsyncCollection[Any]],
         *,
-        max_retries: int = 3,
-        retry_delay: float = 0.2,
-        max_retry_delay: float = 5.0,
+        retry: Backoff | None = None,
     ) -> None:
         if _is_motor(collection):
             raise _motor_error()
-        if max_retries < 0:
-            raise ConfigurationError(f"max_retries must be >= 0, not {max_retries}")
+        if retry is not None and not isinstance(retry, Backoff):
+            raise ConfigurationError(f"retry must be a pydatatask.Backoff, not {type(retry).__name__}")
         self._collection_arg = collection
-        self.max_retries = max_retries
-        self.retry_delay = retry_delay
-        self.max_retry_delay = max_retry_delay
+        #: the retry policy of this repository's requests
+        self.retry = retry or Backoff()
 
     # --- plumbing --------------------------------------------------------------
     @property
     def collection(self) -> AsyncCollection[Any]:
         """The live collection (resolving a session accessor)."""
         coll: Any = resolve(cast(Any, self._collection_arg))
-        if callable(coll) and not hasattr(coll, "find_one"):  # a plain zero-argument factory
-            coll = coll()
         if _is_motor(coll):
             raise _motor_error()
         return coll  # type: ignore[no-any-return]
@@ -119,41 +113,43 @@ class MongoMetadataRepository(MetadataRepository):
         """Run ``fn(collection)``, retrying network errors; translate pymongo errors."""
         errors = require("pymongo.errors", "mongo")
         bson_errors = require("bson.errors", "mongo")
-        attempt = 0
-        while True:
+        coll = self.collection
+
+        async def once() -> T:
+            nonlocal coll
             coll = self.collection
-            try:
-                return await fn(coll)
-            except errors.ConnectionFailure as exc:
+            return await fn(coll)
+
+        def fail(exc: Exception, attempts: int) -> BaseException:
+            where = f"{coll.database.name}.{coll.name}"
+            if isinstance(exc, errors.ConnectionFailure):
                 # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout are subclasses
-                if attempt >= self.max_retries:
-                    raise BackendUnavailableError(
-                        f"MongoDB server at {self._address(coll)} is unavailable ({op} on "
-                        f"{coll.database.name}.{coll.name} failed after {attempt + 1} attempt(s)): "
-                        f"{type(exc).__name__}"
-                    ) from exc
-                delay = min(self.max_retry_delay, self.retry_delay * 2**attempt)
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                attempt += 1
-            except errors.OperationFailure as exc:
+                return BackendUnavailableError(
+                    f"MongoDB server at {self._address(coll)} is unavailable ({op} on {where} failed "
+                    f"after {attempts} attempt(s)): {type(exc).__name__}"
+                )
+            if isinstance(exc, errors.OperationFailure):
                 if exc.code in _AUTH_CODES:
-                    raise BackendUnavailableError(
+                    return BackendUnavailableError(
                         f"{_AUTH_CODES[exc.code]} for MongoDB server at {self._address(coll)} "
-                        f"({op} on {coll.database.name}.{coll.name}); check the user, password and authSource"
-                    ) from exc
-                raise RepositoryError(
-                    f"{op} on mongo {coll.database.name}.{coll.name} failed: code {exc.code}: {_errmsg(exc)}"
-                ) from exc
-            except (bson_errors.InvalidDocument, OverflowError) as exc:
-                raise RepositoryError(
-                    f"{op} on mongo {coll.database.name}.{coll.name}: the value cannot be stored as BSON "
-                    f"(JSON-like values only: dict with str keys, list, str, int up to 64 bits, float, "
-                    f"bool, None): {exc}"
-                ) from exc
-            except errors.PyMongoError as exc:
-                raise RepositoryError(
-                    f"{op} on mongo {coll.database.name}.{coll.name} failed: {type(exc).__name__}: {exc}"
-                ) from exc
+                        f"({op} on {where}); check the user, password and authSource"
+                    )
+                return RepositoryError(f"{op} on mongo {where} failed: code {exc.code}: {_errmsg(exc)}")
+            if isinstance(exc, bson_errors.InvalidDocument | OverflowError):
+                return RepositoryError(
+                    f"{op} on mongo {where}: the value cannot be stored as BSON (JSON-like values only: "
+                    f"dict with str keys, list, str, int up to 64 bits, float, bool, None): {exc}"
+                )
+            if isinstance(exc, errors.PyMongoError):
+                return RepositoryError(f"{op} on mongo {where} failed: {type(exc).__name__}: {exc}")
+            return exc
+
+        return await self.retry.run(
+            f"{op} on {self.describe()}",
+            once,
+            transient=lambda exc: isinstance(exc, errors.ConnectionFailure),
+            fail=fail,
+        )
 
     # --- lifecycle ---------------------------------------------------------------
     async def validate(self, create: bool = False) -> None:

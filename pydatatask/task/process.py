@@ -34,9 +34,10 @@ from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.hosts import Host, HostUnavailableError, ProcessSpec, RunningProcess, parse_memory
 from ..executor.local import LocalHost
-from ..repository.base import BlobRepository, MetadataRepository, Repository, resolve
+from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import DirectoryRepository, FileRepository
 from ..repository.serialized import SerializedMetadataRepository, yaml_dumps, yaml_loads
+from ..session import resolve
 from .base import JobContext, JobOutcome, Task
 from .links import Link, LinkKind
 from .templates import job_context, render_command
@@ -420,10 +421,7 @@ class ProcessTask(Task):
                     continue
                 env[f"PDT_{name.upper()}_{field_name.upper()}"] = str(value)
         for var, value in self.env.items():
-            value = resolve(value)
-            if callable(value):
-                value = value()
-            env[var] = str(value)
+            env[var] = str(resolve(value))
         return context, env
 
     def _subdirs(self, host: Host, key: str) -> list[str]:

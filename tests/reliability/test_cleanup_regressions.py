@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pydatatask import MemoryBlobRepository, MemoryMetadataRepository
+from pydatatask import Backoff, MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import FunctionTask, JobContext, RetryPolicy
 
@@ -124,7 +124,7 @@ async def test_mongo_create_whose_reply_was_lost_is_still_ours(services: dict[st
         )
         db = client[f"pdt_lostreply_{uuid.uuid4().hex[:8]}"]
         try:
-            repo = MongoMetadataRepository(db["live"], retry_delay=0.01)
+            repo = MongoMetadataRepository(db["live"], retry=Backoff(initial=0.01))
             await repo.put("warm", 1)  # connections and monitors are established
             proxy.drop_reply_to = b"insert"
             assert await repo.create("k", {"owner": "me"}) is True

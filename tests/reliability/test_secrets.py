@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository, Session
+from pydatatask import Backoff, FileRepository, MemoryBlobRepository, MemoryMetadataRepository, Session
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import FunctionTask
 
@@ -99,7 +99,7 @@ async def test_s3_secret_never_leaks(
             from pydatatask import RepositoryError, S3BucketRepository
 
             async with s3_client({**conf, "secret_key": bad}) as wrong:
-                repo = S3BucketRepository(wrong, BUCKET, prefix, max_retries=0)
+                repo = S3BucketRepository(wrong, BUCKET, prefix, retry=Backoff(attempts=1))
                 with pytest.raises(RepositoryError) as info:
                     await repo.write_bytes("k", b"x")
             for secret in (real, bad):
@@ -145,7 +145,7 @@ async def test_mongo_password_never_leaks(tmp_path: Path, caplog: pytest.LogCapt
 
     client: Any = AsyncMongoClient(uri, serverSelectionTimeoutMS=300)
     try:
-        done = MongoMetadataRepository(client["db"]["done"], max_retries=1, retry_delay=0.05)
+        done = MongoMetadataRepository(client["db"]["done"], retry=Backoff(attempts=2, initial=0.05))
 
         async def job(key: str) -> None:
             pass
@@ -280,7 +280,9 @@ async def test_kube_token_never_leaks(
             "knons",
             pod,
             params=params,
-            cluster=KubeCluster(api, namespace="no-such-ns-" + uuid.uuid4().hex[:6], retries=1),
+            cluster=KubeCluster(
+                api, namespace="no-such-ns-" + uuid.uuid4().hex[:6], retry=Backoff(attempts=1)
+            ),
             inputs={"src": src},
             done=nowhere,
             timeout="20s",

@@ -18,6 +18,7 @@ import pytest
 
 from pydatatask import (
     BackendUnavailableError,
+    Backoff,
     ConfigurationError,
     InvalidKeyError,
     KeyNotFoundError,
@@ -244,7 +245,9 @@ async def test_refused_credentials_are_reported_without_them(
     registry_auth: dict[str, Any], repo_name: str, password: str | None
 ) -> None:
     creds = {"username": registry_auth["username"], "password": password} if password else {}
-    async with DockerRepository(registry_auth["url"], repo_name, retry_delay=0.01, **creds) as repo:
+    async with DockerRepository(
+        registry_auth["url"], repo_name, retry=Backoff(initial=0.01), **creds
+    ) as repo:
         expected = "authentication failed" if password else "requires credentials"
         with pytest.raises(BackendUnavailableError, match=expected) as info:
             await repo.keys()
@@ -299,7 +302,11 @@ async def test_unreachable_registry() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     async with DockerRepository(
-        f"http://127.0.0.1:{port}", "x/y", username="pdtuser", password="s3cretPassw0rd", retry_delay=0.05
+        f"http://127.0.0.1:{port}",
+        "x/y",
+        username="pdtuser",
+        password="s3cretPassw0rd",
+        retry=Backoff(initial=0.05),
     ) as repo:
         start = time.perf_counter()
         with pytest.raises(BackendUnavailableError) as info:
@@ -404,7 +411,7 @@ async def test_server_errors_are_retried_then_reported() -> None:
         return httpx.Response(200, json={"name": "a/b", "tags": ["v1"]})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        repo = DockerRepository("https://reg.example.com", "a/b", client=client, retry_delay=0.01)
+        repo = DockerRepository("https://reg.example.com", "a/b", client=client, retry=Backoff(initial=0.01))
         assert await repo.keys() == {"v1"}
         assert count == 3
         count = -100

@@ -21,7 +21,7 @@ import pytest
 
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository import DirectoryRepository, FileRepository, YamlMetadataFileRepository
-from pydatatask.repository.filesystem import _on_memory_fs
+from pydatatask.repository._localfs import on_memory_fs
 from pydatatask.repository.memory import MemoryMetadataRepository
 from pydatatask.task import FunctionTask
 
@@ -86,9 +86,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Syscalls:
 def disk() -> Iterator[Path]:
     """A fresh directory on a real disk (not a tmpfs, where fsync is skipped by design)."""
     base = Path(tempfile.gettempdir())
-    if _on_memory_fs(base):
+    if on_memory_fs(base):
         base = ROOT
-    assert not _on_memory_fs(base), f"no disk-backed directory found ({base} is in memory)"
+    assert not on_memory_fs(base), f"no disk-backed directory found ({base} is in memory)"
     path = Path(tempfile.mkdtemp(prefix=".pdt-durability-", dir=base)).resolve()
     try:
         yield path
@@ -163,7 +163,7 @@ async def test_fsync_false_and_memory_filesystems_do_not_sync(disk: Path, calls:
     assert await fast.create_bytes("b", b"2")
     await fast.delete("a")
     assert calls.fsynced() == []
-    if not _on_memory_fs(Path("/dev/shm")):
+    if not on_memory_fs(Path("/dev/shm")):
         pytest.fail("this test needs the tmpfs at /dev/shm", pytrace=False)
     shm = Path(tempfile.mkdtemp(prefix="pdt-durability-", dir="/dev/shm"))
     try:
@@ -229,9 +229,9 @@ async def test_state_dir_claims_and_records_are_durable_in_the_order_that_matter
 async def test_temporaries_from_before_the_last_boot_are_swept(disk: Path) -> None:
     """After a power loss the pid in a temporary's name may belong to a new process: a
     temporary older than the boot is debris whatever its pid."""
-    from pydatatask.repository.filesystem import _boot_time
+    from pydatatask.repository._localfs import boot_time
 
-    booted = _boot_time()
+    booted = boot_time()
     assert booted > 0
     repo = FileRepository(disk, ".txt")
     old = disk / f".k.txt.tmp-{os.getpid()}-abcdef123456"  # a pid that is alive (ours)

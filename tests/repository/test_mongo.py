@@ -12,7 +12,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 
-from pydatatask import BackendUnavailableError, ConfigurationError, KeyNotFoundError
+from pydatatask import BackendUnavailableError, Backoff, ConfigurationError, KeyNotFoundError
 from pydatatask.repository.mongo import MongoMetadataRepository
 from pydatatask.testing import MetadataRepositoryTests
 from tests.conftest import service
@@ -188,13 +188,14 @@ async def test_unreachable_server() -> None:
         connectTimeoutMS=200,
     )
     try:
-        repo = MongoMetadataRepository(client[DB]["unreachable"], max_retries=2, retry_delay=0.05)
+        repo = MongoMetadataRepository(client[DB]["unreachable"], retry=Backoff(attempts=3, initial=0.05))
         start = time.perf_counter()
         with pytest.raises(BackendUnavailableError) as info:
             await repo.get("k")
         elapsed = time.perf_counter() - start
         message = str(info.value)
         assert f"127.0.0.1:{port}" in message
+        assert "failed after 3 attempt(s)" in message  # the Backoff's attempts, not more
         assert secret not in message and "pdtuser" not in message
         assert info.value.__cause__ is not None
         assert elapsed < 5, elapsed

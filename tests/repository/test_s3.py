@@ -22,6 +22,7 @@ import pytest
 
 from pydatatask import (
     BackendUnavailableError,
+    Backoff,
     ConfigurationError,
     KeyNotFoundError,
     RepositoryError,
@@ -360,7 +361,7 @@ async def test_200mb_streams_with_bounded_memory(client: Any, bucket: str, prefi
 async def test_wrong_secret_is_refused_without_leaking_it(s3conf: dict[str, Any], bucket: str) -> None:
     secret = "wrong-" + secrets.token_hex(12)
     async with make_client({**s3conf, "secret_key": secret}) as bad:
-        repo = S3BucketRepository(bad, bucket, max_retries=1)
+        repo = S3BucketRepository(bad, bucket, retry=Backoff(attempts=2))
         for attempt in (repo.keys(), repo.validate(), repo.contains("k"), repo.write_bytes("k", b"x")):
             with pytest.raises(BackendUnavailableError) as info:
                 await attempt
@@ -372,7 +373,7 @@ async def test_wrong_secret_is_refused_without_leaking_it(s3conf: dict[str, Any]
 
 async def test_unknown_access_key_is_refused(s3conf: dict[str, Any], bucket: str) -> None:
     async with make_client({**s3conf, "access_key": "nobody-" + secrets.token_hex(4)}) as bad:
-        repo = S3BucketRepository(bad, bucket, max_retries=0)
+        repo = S3BucketRepository(bad, bucket, retry=Backoff(attempts=1))
         with pytest.raises(BackendUnavailableError, match="access refused") as info:
             await repo.keys()
         assert s3conf["secret_key"] not in str(info.value)
@@ -406,7 +407,7 @@ async def test_connection_refused_is_fast_and_bounded(
 ) -> None:
     conf = {**s3conf, "endpoint_override": "http://127.0.0.1:1"}
     async with make_client(conf, connect_timeout=2) as dead:
-        repo = S3BucketRepository(dead, "anything", max_retries=3, retry_backoff=0.05)
+        repo = S3BucketRepository(dead, "anything", retry=Backoff(attempts=4, initial=0.05))
         started = time.perf_counter()
         with caplog.at_level(logging.DEBUG, logger="pydatatask.repository.s3"):
             with pytest.raises(BackendUnavailableError) as info:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from pydatatask import (
+    Backoff,
     ConfigurationError,
     MemoryBlobRepository,
     MemoryMetadataRepository,
@@ -171,7 +172,7 @@ def test_render_sets_identity_resources_env_and_quotes_values() -> None:
 async def test_api_errors_are_retried_or_translated() -> None:
     from kubernetes_asyncio.client.exceptions import ApiException
 
-    cluster = KubeCluster(object(), retries=4, backoff=0.001)
+    cluster = KubeCluster(object(), retry=Backoff(attempts=4, initial=0.001))
     answers: list[int] = [503, 429, 0]
 
     async def flaky() -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydatatask import (
     BackendUnavailableError,
+    Backoff,
     FileRepository,
     MetadataRepository,
     RepositoryError,
@@ -119,7 +120,7 @@ def build_pipeline() -> Pipeline:
                 yield client
 
         bucket = conf["bucket"]
-        opts: dict[str, Any] = {"max_retries": 6, "retry_backoff": 0.2, "max_backoff": 2.0}
+        opts: dict[str, Any] = {"retry": Backoff(attempts=7, initial=0.2, max_delay=2.0)}
         src = S3BucketRepository(s3, bucket, f"{NS}/src/", ".txt", **opts)
         # every output goes through a multipart upload, so a kill can interrupt one
         out = S3BucketRepository(s3, bucket, f"{NS}/out/", ".txt", multipart_threshold=0, **opts)
@@ -148,7 +149,7 @@ def build_pipeline() -> Pipeline:
         def coll(name: str) -> Any:
             return lambda: mongo()[f"{NS}_{name}"]
 
-        opts = {"max_retries": 6, "retry_delay": 0.2, "max_retry_delay": 2.0}
+        opts = {"retry": Backoff(attempts=7, initial=0.2, max_delay=2.0)}
         src = MongoMetadataRepository(coll("src"), **opts)
         out = MongoMetadataRepository(coll("out"), **opts)
         state = {

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from pydatatask import FileRepository, Session
+from pydatatask import Backoff, FileRepository, Session
 from pydatatask.cli import main
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import FunctionTask
@@ -67,7 +67,7 @@ def build() -> Pipeline:
             "live": YamlMetadataS3Repository(good, b, f"{p}live/"),
             "logs": S3BucketRepository(good, b, f"{p}logs/", ".log"),
         }
-        wrong = S3BucketRepository(bad, b, f"{p}src/", ".txt", max_retries=0)
+        wrong = S3BucketRepository(bad, b, f"{p}src/", ".txt", retry=Backoff(attempts=1))
 
         async def job(key: str, src: FileRepository) -> None:
             if key == "viabad":
@@ -88,8 +88,8 @@ def build() -> Pipeline:
                 await c.close()
 
         state = {
-            "done": MongoMetadataRepository(lambda: mongo()["done"], max_retries=1, retry_delay=0.05),
-            "live": MongoMetadataRepository(lambda: mongo()["live"], max_retries=1, retry_delay=0.05),
+            "done": MongoMetadataRepository(lambda: mongo()["done"], retry=Backoff(attempts=2, initial=0.05)),
+            "live": MongoMetadataRepository(lambda: mongo()["live"], retry=Backoff(attempts=2, initial=0.05)),
         }
 
         async def job(key: str, src: FileRepository) -> None:

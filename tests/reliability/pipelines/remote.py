@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from pydatatask import FileRepository, Session
+from pydatatask import Backoff, FileRepository, Session
 from pydatatask.cli import main
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import Event, RetryPolicy, Task
@@ -116,7 +116,7 @@ spec:
     - {name: RUNS, value: {{ params.runs }}}
     - {name: SLEEP, value: {{ params.sleep }}}
 """,
-            cluster=KubeCluster(kube, retries=8, backoff=0.2, max_backoff=2.0),
+            cluster=KubeCluster(kube, retry=Backoff(attempts=8, initial=0.2, max_delay=2.0)),
             inputs={"i": src},
             outputs={"o": out},
             params={"runs": RUNS, "sleep": SLEEP},

@@ -1,0 +1,155 @@
+"""File-system mechanics under the local repositories (:mod:`pydatatask.repository.filesystem`).
+
+Temporary names that carry their writer's pid, and the sweep that removes the ones whose
+writer is gone (killed, or from before the last boot); ``fsync`` of directories and of the
+directories a write created; and the detection of file systems held in memory (tmpfs,
+ramfs), where ``fsync`` buys nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+__all__ = (
+    "TMP_NAME",
+    "fsync_dir",
+    "fsync_tree",
+    "make_dirs",
+    "on_memory_fs",
+    "sweep",
+    "tmp_name",
+    "boot_time",
+)
+
+
+def tmp_name(final: str) -> str:
+    # the writer's pid is in the name: a temporary whose writer is gone can be swept
+    return f".{final}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+TMP_NAME = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]+")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (names created, renamed or removed) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path, fsync: bool) -> None:
+    """Create directory ``path`` and its missing parents; with ``fsync`` durably (the entry
+    of each new directory is in its parent, which is fsynced in turn)."""
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    if fsync:
+        for d in missing:
+            fsync_dir(d.parent)
+
+
+def fsync_tree(top: Path) -> None:
+    """fsync every regular file and directory under ``top`` (symlinks are left alone)."""
+    for dirpath, _dirnames, filenames in os.walk(top):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+_MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+
+
+def _unescape_mount(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def on_memory_fs(path: Path) -> bool:
+    """Whether ``path`` (or, if it does not exist yet, its nearest existing parent) is on a
+    filesystem held in memory, according to ``/proc/self/mountinfo`` (False if unknown)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    real = os.path.realpath(p)
+    best, fstype = -1, ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, rest = left.split(), right.split()
+                if len(fields) < 5 or not rest:
+                    continue
+                point = _unescape_mount(fields[4])
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= best:  # the last of equal mounts is the one on top
+                    best, fstype = len(point), rest[0]
+    except OSError:
+        return False
+    return fstype in _MEMORY_FS
+
+
+def boot_time() -> float:
+    """When this machine booted (epoch seconds), or 0 if unknown."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(root: Path) -> list[str]:
+    """Remove temporaries in ``root`` left by writers that no longer run (killed ones, or
+    ones from before the last boot, whose pid may name a new process now)."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return removed
+    booted = boot_time()
+    for entry in entries:
+        m = TMP_NAME.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            before_boot = entry.stat(follow_symlinks=False).st_mtime < booted
+        except FileNotFoundError:
+            continue
+        if not before_boot and _pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+        removed.append(entry.name)
+    return removed
