@@ -76,7 +76,7 @@ def generate_documents(folder: Path, n: int = N_DOCUMENTS, seed: int = 7) -> Non
 
 # ---------------------------------------------------------------- stage 1: stats
 def document_stats(key: str, doc: bytes) -> dict[str, Any]:
-    """An ExecutorTask function: gets the input *value* (bytes), returns ``{output: value}``.
+    """A function run on a pool: gets the input *value* (bytes), returns ``{output: value}``.
 
     It runs in a thread pool; being a module-level function it would run unchanged in a
     ``ProcessPoolExecutor`` or a Dask ``distributed.Client``.

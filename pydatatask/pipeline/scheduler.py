@@ -32,6 +32,7 @@ from ..repository.listing import cached_keys, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
+from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from .record_index import RecordIndex, corrupt_info, warn_corrupt
 
@@ -213,14 +214,8 @@ class Scheduler:
                     await task.recover_stale(key, claim)
                     recovered = True
                 else:
-                    expires = math.inf  # no heartbeat: never stale by lease
-                    hb, lease = (
-                        claim.get("heartbeat", claim.get("started")),
-                        claim.get("lease", task.claim_lease),
-                    )
-                    if isinstance(hb, (int, float)) and isinstance(lease, (int, float)):
-                        expires = hb + lease
-                    checked[key] = expires
+                    expires = task.claims.expires(claim)
+                    checked[key] = math.inf if expires is None else expires  # None: no heartbeat
             any_recovered |= recovered
         return any_recovered
 
@@ -306,8 +301,8 @@ class Scheduler:
     async def _job(self, task: Task, key: str, slot: object) -> None:
         ident = (task.name, key)
         try:
-            record = await task.execute(
-                key, owner=self.owner, hooks=self.hooks, on_state=self._on_state, slot=slot
+            record = await execute_job(
+                task, key, owner=self.owner, hooks=self.hooks, on_state=self._on_state, slot=slot
             )
         except asyncio.CancelledError:
             raise

@@ -1,8 +1,12 @@
 """The task base class: links, state repositories, claims and the hooks of the job lifecycle.
 
-Subclasses implement :meth:`Task.run_job`. Everything around it is shared: claiming the
-key in the ``live`` repository, attempts with the retry policy, timeouts, removing partial
-outputs of a failed attempt, writing the job record to ``done``, logs and hooks.
+A task kind provides *what* runs: :attr:`Task.executor` and :attr:`Task.resources`,
+:meth:`Task.prepare` (the work item of one attempt) and :meth:`Task.finish` (commit the
+outputs of a finished work item, or raise). Everything around it is shared, in
+:mod:`pydatatask.task.lifecycle`: claiming the key in the ``live`` repository
+(:mod:`pydatatask.task.claims`), attempts with the retry policy, timeouts, removing partial
+outputs of a failed attempt, writing the job record to ``done``, logs and hooks. Task kinds
+not yet expressed as work items implement :meth:`Task.run_job` instead.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ from .records import JobState, utcnow_iso
 from .retry import RetryPolicy
 
 __all__ = ("Task", "JobContext", "JobOutcome")
+
+_NO_RESOURCES = Resources()
 
 log = logging.getLogger("pydatatask.task")
 
@@ -68,7 +73,7 @@ class JobContext:
         return "\n".join(self._log) + ("\n" if self._log else "")
 
 
-class Task(ABC):
+class Task:
     """One phase of computation, run as one job per ready key.
 
     :param name: unique in the pipeline; letters, digits, ``_`` and ``-``.
@@ -240,9 +245,14 @@ class Task(ABC):
         """Check the task is runnable (called when the pipeline opens)."""
 
     # ---------------------------------------------------------------- the job
-    @abstractmethod
     async def run_job(self, job: JobContext) -> JobOutcome | None:
-        """Do the work of ``job.key``; raise to fail the attempt."""
+        """Do the work of ``job.key`` in the scheduler's loop; raise to fail the attempt.
+
+        Only for task kinds that do not :meth:`prepare` work items for an executor (the
+        default :meth:`prepare` runs this)."""
+        raise ConfigurationError(
+            f"task {self.name!r}: {type(self).__name__} defines neither prepare() nor run_job()"
+        )
 
     def acquire_slot(self) -> Any:
         """Reserve capacity for one more job, or return None if there is none now: a
@@ -434,13 +444,8 @@ class Task(ABC):
 
     @property
     def resources(self) -> Resources:
-        """What one job reserves on :attr:`executor`."""
-        return Resources()
-
-    def executor_for(self, work: Work) -> Executor:
-        """The executor that runs ``work`` (:attr:`executor`; the transition adapter for
-        tasks still on :meth:`run_job`)."""
-        return RUN_JOB_EXECUTOR if isinstance(work, RunJobWork) else self.executor
+        """What one job reserves on :attr:`executor` (default: nothing but a slot)."""
+        return _NO_RESOURCES
 
     async def prepare(self, job: JobContext) -> Work:
         """What runs for this attempt of ``job``. The default runs :meth:`run_job` (tasks

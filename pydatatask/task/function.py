@@ -140,19 +140,15 @@ class FunctionTask(Task):
                 f"in the scheduler's event loop (InLoopExecutor), not on {executor.describe()}"
             )
         self._executor = executor
+        self._in_process = isinstance(executor, InLoopExecutor)
+        #: the executor runs the whole body where the call runs (a pod of the pipeline's
+        #: image reads the inputs and writes the outputs itself)
+        self._body_elsewhere = bool(getattr(executor, "runs_whole_function", False))
         self.runner = "in-process" if isinstance(executor, InLoopExecutor) else f"function:{executor.name}"
 
     @property
     def executor(self) -> Executor:
         return self._executor
-
-    @property
-    def _body_elsewhere(self) -> bool:
-        return bool(getattr(self._executor, "runs_whole_function", False))
-
-    @property
-    def _in_process(self) -> bool:
-        return isinstance(self._executor, InLoopExecutor)
 
     def describe(self) -> str:
         return f"function task {self.name} on {self._executor.describe()}"
@@ -214,8 +210,6 @@ class FunctionTask(Task):
                 args["job"] = job
             return FunctionCall(self.func, args, is_async=True, job=(self.name, job.key))
         if self._body_elsewhere:
-            # the executor runs the whole body where the call runs (a pod of the pipeline's
-            # image reads the inputs and writes the outputs itself)
             return FunctionCall(self.func, {}, job=(self.name, job.key))
         if self.timeout is None:
             values = await self._arguments(job)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
 from ..repository.journal import WriteJournal, journaling
+from ._runjob import RUN_JOB_EXECUTOR, RunJobWork
 from .base import JobContext, JobOutcome
 from .claims import Claim, new_owner
 from .hooks import Event, Hooks
@@ -178,7 +179,7 @@ async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutco
     """One attempt: prepare, start, wait and finish (within the time limit, which counts
     from the handle's start)."""
     work = await task.prepare(job)
-    executor = task.executor_for(work)
+    executor = RUN_JOB_EXECUTOR if type(work) is RunJobWork else task.executor
     given = job.slot if isinstance(job.slot, Slot) and job.slot.executor is executor else None
     slot = given or await _acquire(executor, task.resources)
     try:
@@ -193,13 +194,15 @@ async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutco
             limit = task.timeout
             if limit is None:
                 outcome = await handle.wait()
-                await _keep_logs(job, handle)
+                if type(handle).logs is not JobHandle.logs:  # function calls keep none
+                    await _keep_logs(job, handle)
                 return await task.finish(job, outcome)
             await handle.started()
             try:
                 async with asyncio.timeout(limit):
                     outcome = await handle.wait()
-                    await _keep_logs(job, handle)
+                    if type(handle).logs is not JobHandle.logs:
+                        await _keep_logs(job, handle)
                     return await task.finish(job, outcome)
             except TimeoutError as exc:
                 message = f"task {task.name}: job {job.key!r} timed out after {limit:g}s"

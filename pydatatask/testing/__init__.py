@@ -29,11 +29,15 @@ with a ``store`` method that puts values where the view reads them, and
         async def remove(self, repo, key):
             await self.files.delete(key)
 
+Executors have their suite too, :class:`ExecutorTests` (see
+:mod:`pydatatask.testing.executor`).
+
 The suites use pytest and pytest-asyncio (installed with ``pydatatask[test]``).
 """
 
 from __future__ import annotations
 
+from .executor import ExecutorTests
 from .repository import (
     BlobRepositoryReadTests,
     BlobRepositoryTests,
@@ -56,4 +60,5 @@ __all__ = (
     "ReadOnlyRepositoryTests",
     "invalid_keys",
     "odd_valid_keys",
+    "ExecutorTests",
 )

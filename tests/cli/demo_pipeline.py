@@ -6,7 +6,7 @@ directory. ``PDT_CLI_SLEEP`` (seconds) slows each job down so a test can interru
 Layout under the data directory::
 
     src/<key>.txt      inputs (written by the test)
-    up/<key>.txt       task ``upper`` (an ExecutorTask in a thread pool): the text upper-cased;
+    up/<key>.txt       task ``upper`` (a FunctionTask on a thread pool): the text upper-cased;
                        a text containing "fail" makes the job fail
     counts/<key>.yaml  task ``count`` (an async FunctionTask): words and characters of up/
     runs/<task>/<key>  one line appended (O_APPEND) per execution of a job: a side-effect counter

@@ -1,0 +1,239 @@
+"""The one job lifecycle (``pydatatask.task.lifecycle``) driving an executor: a task kind
+that only prepares work items and finishes them, on an executor whose work outlives its
+scheduler (as processes on a host or pods do), written here against the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydatatask.executor.base import Executor, JobHandle, Outcome, Resources, Slot, Work
+from pydatatask.pipeline import Pipeline
+from pydatatask.repository.memory import MemoryMetadataRepository
+from pydatatask.repository.serialized import YamlMetadataFileRepository
+from pydatatask.task.base import JobContext, JobOutcome, Task
+from pydatatask.task.lifecycle import CANCEL_GRACE
+from pydatatask.task.records import make_claim
+
+
+@dataclass(frozen=True)
+class Step(Work):
+    """Run for ``seconds`` (after ``queued`` seconds of waiting for a worker) and give
+    ``value``, or fail with ``error``."""
+
+    kind: ClassVar[str] = "step"
+
+    key: str
+    seconds: float = 0.0
+    queued: float = 0.0
+    value: Any = None
+    error: str | None = None
+
+
+class StepHandle(JobHandle):
+    adoptable = False
+
+    def __init__(self, executor: StepExecutor, ident: str, work: Step) -> None:
+        self.info = {"step": ident}
+        self.executor = executor
+        self.ident = ident
+        self.work = work
+        self.cancelled_with: float | None = None
+        self.closed = 0
+        self._started = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> Outcome:
+        await asyncio.sleep(self.work.queued)
+        self._started.set()
+        await asyncio.sleep(self.work.seconds)
+        if self.work.error:
+            return Outcome(exit_code=3, error=RuntimeError(self.work.error), place="steps")
+        return Outcome(exit_code=0, result=self.work.value, place="steps")
+
+    async def started(self) -> None:
+        await self._started.wait()
+
+    async def wait(self) -> Outcome:
+        return await asyncio.shield(self._task)
+
+    async def cancel(self, grace: float) -> None:
+        self.cancelled_with = grace
+        self._task.cancel()
+        await asyncio.wait({self._task})
+
+    async def logs(self) -> bytes:
+        return f"step {self.ident} printed this\n".encode()
+
+    async def close(self) -> None:
+        self.closed += 1
+        self.executor.alive.pop(self.ident, None)
+
+
+class StepExecutor(Executor):
+    """Work that lives on in ``alive`` (shared by every StepExecutor, like a host's
+    processes) until it is closed."""
+
+    carries = frozenset({Step})
+    alive: ClassVar[dict[str, StepHandle]] = {}
+
+    def __init__(self) -> None:
+        super().__init__("steps")
+        self.handles: list[StepHandle] = []
+
+    async def start(self, work: Work, slot: Slot) -> JobHandle:
+        assert isinstance(work, Step) and slot.executor is self
+        handle = StepHandle(self, f"{work.key}-{len(self.handles)}", work)
+        self.handles.append(handle)
+        StepExecutor.alive[handle.ident] = handle
+        return handle
+
+    async def recover(self, info: Mapping[str, Any]) -> JobHandle | None:
+        return StepExecutor.alive.get(str(info.get("step")))
+
+
+class StepTask(Task):
+    """A task kind of the new shape: prepare, finish; nothing else."""
+
+    def __init__(self, name: str, executor: StepExecutor, **kwargs: Any) -> None:
+        self._executor = executor
+        self.steps: dict[str, dict[str, Any]] = {}
+        self.seen_claims: list[Any] = []
+        super().__init__(name, **kwargs)
+
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(cpu=1.0)
+
+    async def prepare(self, job: JobContext) -> Work:
+        return Step(job.key, **self.steps.get(job.key, {}))
+
+    async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:
+        self.seen_claims.append(await self.live.get(job.key))
+        if outcome.error is not None:
+            raise outcome.error
+        await self.links["out"].repository.put(job.key, outcome.result)  # type: ignore[attr-defined]
+        return JobOutcome(exit_code=outcome.exit_code, host=outcome.place)
+
+
+def _task(tmp_path: Path, keys: list[str], **kwargs: Any) -> tuple[StepTask, MemoryMetadataRepository]:
+    src = MemoryMetadataRepository({k: 1 for k in keys})
+    out = MemoryMetadataRepository()
+    live = YamlMetadataFileRepository(tmp_path / "live", fsync=False)  # claims outlive the process
+    task = StepTask("steps", StepExecutor(), inputs={"src": src}, outputs={"out": out}, live=live, **kwargs)
+    return task, out
+
+
+async def test_the_claim_notes_the_run_before_the_work_ends(tmp_path: Path) -> None:
+    task, out = _task(tmp_path, ["a"])
+    task.steps["a"] = {"value": "A"}
+    summary = await Pipeline([task]).run()
+    assert summary.ok and await out.get("a") == "A"
+    claim = task.seen_claims[0]
+    assert claim["run"] == {"step": "a-0"}  # stored in the claim while the work ran
+    record = await task.done.get("a")
+    assert record["success"] and record["exit_code"] == 0 and record["host"] == "steps"
+    handle = task._executor.handles[0]
+    assert handle.closed >= 1 and handle.cancelled_with is None
+    assert not await task.live.contains("a")
+
+
+async def test_the_time_limit_counts_from_started(tmp_path: Path) -> None:
+    task, out = _task(tmp_path, ["a"], timeout="1s")
+    task.steps["a"] = {"queued": 1.2, "seconds": 0.05, "value": "A"}  # a long queue, a short run
+    summary = await Pipeline([task]).run()
+    assert summary.ok, await task.done.get("a")
+    assert await out.get("a") == "A"
+
+
+async def test_a_timeout_cancels_the_handle_with_grace(tmp_path: Path) -> None:
+    task, out = _task(tmp_path, ["a"], timeout="100ms")
+    task.steps["a"] = {"seconds": 30}
+    summary = await Pipeline([task]).run()
+    assert summary.failed == 1 and not await out.contains("a")
+    record = await task.done.get("a")
+    assert record["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+    handle = task._executor.handles[0]
+    assert handle.cancelled_with == CANCEL_GRACE and handle.closed >= 1
+    assert "a-0" not in StepExecutor.alive
+
+
+async def test_a_failed_finish_fails_the_attempt_and_the_log_keeps_what_it_printed(tmp_path: Path) -> None:
+    from pydatatask.repository.memory import MemoryBlobRepository
+
+    logs = MemoryBlobRepository()
+    task, out = _task(tmp_path, ["a"], logs=logs)
+    task.steps["a"] = {"error": "bad input"}
+    summary = await Pipeline([task]).run()
+    assert summary.failed == 1
+    record = await task.done.get("a")
+    assert record["error"]["message"] == "bad input" and not await out.contains("a")
+    assert "step a-0 printed this" in await logs.read_text("a")
+
+
+async def test_ctrl_c_cancels_the_handle_and_writes_no_record(tmp_path: Path) -> None:
+    task, out = _task(tmp_path, ["a"])
+    task.steps["a"] = {"seconds": 30}
+    pipeline = Pipeline([task])
+    run = asyncio.create_task(pipeline.run(grace="50ms"))
+    for _ in range(200):
+        if task._executor.handles:
+            break
+        await asyncio.sleep(0.01)
+    pipeline.scheduler.request_stop()
+    summary = await run
+    assert summary.interrupted
+    assert not await task.done.contains("a") and not await task.live.contains("a")
+    assert task._executor.handles[0].cancelled_with == CANCEL_GRACE
+
+
+async def test_recovery_stops_what_a_dead_scheduler_left_and_runs_the_key_again(tmp_path: Path) -> None:
+    task, out = _task(tmp_path, ["a"])
+    # a scheduler died while its work of "a" ran: the work is still alive, its claim stale
+    orphan_executor = StepExecutor()
+    orphan = await orphan_executor.start(Step("a", seconds=30), Slot(orphan_executor, Resources(), "steps"))
+    assert isinstance(orphan, StepHandle)
+    await out.put("a", "partial")
+    await task.live.put("a", dict(make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info))
+    task.steps["a"] = {"value": "A"}
+    summary = await Pipeline([task]).run()
+    assert summary.ok, summary
+    assert orphan.cancelled_with == CANCEL_GRACE and orphan.closed >= 1
+    assert await out.get("a") == "A" and (await task.done.get("a"))["success"]
+
+
+async def test_slots_come_from_the_executor_for_the_tasks_resources(tmp_path: Path) -> None:
+    class Quota(StepExecutor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.given: list[Slot] = []
+            self.back: list[Slot] = []
+
+        def acquire(self, resources: Resources) -> Slot | None:
+            if len(self.given) - len(self.back) >= 1:
+                return None
+            slot = Slot(self, resources, "steps")
+            self.given.append(slot)
+            return slot
+
+        def release(self, slot: Slot) -> None:
+            self.back.append(slot)
+
+    src = MemoryMetadataRepository({f"k{i}": 1 for i in range(5)})
+    out = MemoryMetadataRepository()
+    quota = Quota()
+    task = StepTask("steps", quota, inputs={"src": src}, outputs={"out": out}, concurrency=5)
+    for i in range(5):
+        task.steps[f"k{i}"] = {"seconds": 0.01, "value": i}
+    summary = await Pipeline([task]).run()
+    assert summary.ok and summary.succeeded == 5
+    assert len(quota.given) == 5 and quota.back == quota.given  # one at a time, all given back
+    assert all(s.resources == Resources(cpu=1.0) for s in quota.given)
