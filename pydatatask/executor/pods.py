@@ -1,7 +1,7 @@
 """Kubernetes access for pod tasks: :class:`KubeCluster` (API client, namespace, quota),
 pod naming, and the shared per-task pod poller.
 
-The API client is a ``kubernetes_asyncio`` :class:`ApiClient`, given directly or as the
+The API client is a ``kubernetes_asyncio`` ``ApiClient``, given directly or as the
 accessor ``@session.resource`` returns (see :func:`api_client` to make one from a
 kubeconfig or the in-cluster service account). ``kubernetes_asyncio`` is imported only
 when the API is used (``pip install 'pydatatask[kube]'``).

@@ -2,7 +2,7 @@
 
 Life of a job (see ``docs/kube.rst``):
 
-* **claim** = pod creation. The pod name is derived from (task, key) (:func:`pod_name`),
+* **claim** = pod creation. The pod name is derived from (task, key) (:func:`~pydatatask.executor.pods.pod_name`),
   so creating it is the atomic claim: a 409 AlreadyExists means another scheduler runs
   the key. The task's ``live`` repository is :class:`~.kube_pods.KubePodRepository`: the
   pods with the task's label, keyed by the exact key kept in an annotation.
@@ -660,7 +660,7 @@ class KubeFunctionTask(KubeTask):
     (:data:`~pydatatask.executor.kubernetes.FUNCTION_COMMAND`,
     :func:`~pydatatask.task.function_pod.call_function`) reads the key's input values,
     calls the function and writes its outputs, as a sync function of an
-    :class:`~pydatatask.FunctionTask` on its default executor would; it takes no claim and writes no record
+    :class:`~pydatatask.task.function.FunctionTask` on its default executor would; it takes no claim and writes no record
     (this task, in the scheduler, does). The image must contain the script (at
     ``script_path``), pydatatask and whatever the function imports, and the pod needs
     whatever the session's resources need (credentials via ``env``).

@@ -25,7 +25,7 @@ __all__ = ("KubePodRepository", "pod_summary", "same_claim")
 
 
 def same_claim(annotation: str | None, judged: Mapping[str, Any]) -> bool:
-    """Whether the claim annotation is still the claim ``judged`` (a :func:`pod_summary`)."""
+    """Whether the claim annotation is still the claim ``judged`` (a :func:`~pydatatask.task.kube_pods.pod_summary`)."""
     try:
         current = json.loads(annotation or "{}")
     except ValueError:
@@ -62,9 +62,9 @@ def pod_summary(pod: Any) -> dict[str, Any]:
 class KubePodRepository(MetadataRepository):
     """The pods of one task (label ``pydatatask.io/task``), as a metadata repository:
     keys are the exact job keys (from the ``pydatatask.io/key`` annotation), values are
-    :func:`pod_summary` dicts, ``delete`` deletes the pod. Used as a KubeTask's ``live``.
+    :func:`~pydatatask.task.kube_pods.pod_summary` dicts, ``delete`` deletes the pod. Used as a KubeTask's ``live``.
 
-    Listings come from the task's shared :class:`PodPoller` snapshot (at most one LIST per
+    Listings come from the task's shared :class:`~pydatatask.executor.pods.PodPoller` snapshot (at most one LIST per
     poll interval). A deleted pod still held by the finalizer ``pydatatask.io/cleanup`` is
     listed too (its value says ``cleanup_pending``): its key stays claimed until the task
     lets it go. Writes are not supported: pods are created by the task's claim.
@@ -75,7 +75,7 @@ class KubePodRepository(MetadataRepository):
         self.task_name = task
         self.selector = f"{TASK_LABEL}={label_value(task)}"
         self.poller = PodPoller(cluster, self.selector, poll_interval)
-        #: keys of orphaned pods offered for adoption: {key: pod uid}; hidden from listings
+        #: keys of orphaned pods offered for adoption (``{key: pod uid}``), hidden from listings
         self.adoptable: dict[str, str] = {}
 
     def describe(self) -> str:
