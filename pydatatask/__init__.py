@@ -110,7 +110,6 @@ __all__ = (
     "PodTask",
     "KubeExecutor",
     "KubeTask",
-    "KubeFunctionTask",
     # executors of function tasks
     "InLoopExecutor",
     "PoolExecutor",
@@ -147,7 +146,6 @@ _LAZY: dict[str, str] = {
     "PodTask": ".task.pod",
     "KubeExecutor": ".executor.kubernetes",
     "KubeTask": ".task.kube",
-    "KubeFunctionTask": ".task.kube",
     "ProcessTask": ".task.process",
     "LocalHost": ".executor.local",
     "SSHHost": ".executor.ssh",
@@ -169,7 +167,7 @@ if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never i
         YamlMetadataS3Repository,
     )
     from .task import FunctionTask, Hooks, JobState, RetryPolicy, Task
-    from .task.kube import KubeFunctionTask, KubeTask
+    from .task.kube import KubeTask
     from .task.pod import PodTask
     from .task.process import ProcessTask
 else:

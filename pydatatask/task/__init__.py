@@ -29,13 +29,12 @@ __all__ = (
     "make_record",
     "PodTask",
     "KubeTask",
-    "KubeFunctionTask",
 )
 
 
 def __getattr__(name: str) -> object:
     # Kubernetes tasks are imported on first use (their client library is an extra)
-    if name in ("PodTask", "KubeTask", "KubeFunctionTask"):
+    if name in ("PodTask", "KubeTask"):
         from . import kube, pod
 
         value = getattr(pod if name == "PodTask" else kube, name)

@@ -1,4 +1,5 @@
-"""Tasks whose jobs are Kubernetes pods: :class:`KubeTask` and :class:`KubeFunctionTask`.
+"""Tasks whose jobs are Kubernetes pods that claim their keys themselves: :class:`KubeTask`
+(see :class:`~pydatatask.task.pod.PodTask` for pods under the shared job lifecycle).
 
 Life of a job (see ``docs/kube.rst``):
 
@@ -38,7 +39,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -46,7 +47,6 @@ import yaml
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.kubernetes import FUNCTION_COMMAND
 from ..executor.pod_state import (
     CLAIM_ANNOTATION,
     CLEANUP_FINALIZER,
@@ -71,13 +71,12 @@ from ..executor.pods import (
 )
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from .base import JobContext, JobOutcome, Task
-from .function import FunctionTask
 from .kube_pods import KubePodRepository, same_claim
 from .records import make_claim
 from .retry import RetryPolicy
 from .templates import job_context, render_yaml
 
-__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "CLEANUP_FINALIZER")
+__all__ = ("KubeTask", "KubePodRepository", "CLEANUP_FINALIZER")
 
 log = logging.getLogger("pydatatask.task.kube")
 
@@ -638,66 +637,3 @@ class KubeTask(Task):
         for cname in names:
             text = await self.cluster.pod_log(pod.metadata.name, cname, self.log_limit)
             job.log(f"--- pod {pod.metadata.name} container {cname} output ---\n{text.rstrip()}")
-
-
-_FUNCTION_MANIFEST = """\
-apiVersion: v1
-kind: Pod
-spec:
-  containers:
-  - name: main
-    image: {image}
-    command: {command}
-    args: [{function_command}, {{{{ task }}}}, {{{{ key }}}}]{workdir}
-"""
-
-
-class KubeFunctionTask(KubeTask):
-    """Each job runs ``func`` (a function of the pipeline script) inside a pod.
-
-    The pod runs ``python3 <script_path> _call-function TASK KEY``: the pipeline script
-    itself, whose hidden command
-    (:data:`~pydatatask.executor.kubernetes.FUNCTION_COMMAND`,
-    :func:`~pydatatask.task.function_pod.call_function`) reads the key's input values,
-    calls the function and writes its outputs, as a sync function of an
-    :class:`~pydatatask.task.function.FunctionTask` on its default executor would; it takes no claim and writes no record
-    (this task, in the scheduler, does). The image must contain the script (at
-    ``script_path``), pydatatask and whatever the function imports, and the pod needs
-    whatever the session's resources need (credentials via ``env``).
-    """
-
-    runner = "kube-function"
-
-    def __init__(
-        self,
-        name: str,
-        func: Callable[..., Any],
-        *,
-        script_path: str,
-        image: str,
-        python: str = "python3",
-        working_dir: str | None = None,
-        manifest: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not callable(func):
-            raise ConfigurationError(f"task {name!r}: {func!r} is not callable")
-        self.func = func
-        self.script_path = script_path
-        self.image = image
-        if manifest is None:
-            raw = {
-                "image": json.dumps(image),
-                "command": json.dumps([python, script_path]),
-                "function_command": json.dumps(FUNCTION_COMMAND),
-                "workdir": f"\n    workingDir: {json.dumps(working_dir)}" if working_dir else "",
-            }
-            manifest = _FUNCTION_MANIFEST.format(
-                **{k: "{% raw %}" + v + "{% endraw %}" if k != "workdir" else v for k, v in raw.items()}
-            )
-        super().__init__(name, manifest, **kwargs)
-        self._inner = FunctionTask(name, func)
-        self._inner.links = self.links  # same links: the function sees this task's repositories
-
-    async def validate(self) -> None:
-        self._inner.check_parameters()

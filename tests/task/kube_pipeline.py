@@ -1,13 +1,13 @@
 """A pipeline script for tests/task/test_kube.py, configured through the environment:
 
-PDT_KT_DIR (work dir: in/, out/, fnout/, state/, runs.log), PDT_KT_KUBECONFIG,
+PDT_KT_DIR (work dir: in/, out/, fkout/, pout/, state/, runs.log), PDT_KT_KUBECONFIG,
 PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs),
 PDT_KT_MEMORY (set: claims and records in memory, no state_dir).
 
-Tasks: ``<name>sleep`` (a KubeTask running ``sh``), ``<name>fn`` (a KubeFunctionTask
-running :func:`shout` inside its pod, which is this very script run with its hidden
-``_call-function`` command) and ``<name>fk`` (the same function as a FunctionTask on a
-KubeExecutor) and ``<name>psleep`` (the sleep pod as a PodTask on that executor).
+Tasks: ``<name>sleep`` (a KubeTask running ``sh``), ``<name>psleep`` (the same pod as a
+PodTask on a KubeExecutor) and ``<name>fk`` (a FunctionTask on that executor running
+:func:`shout` inside its pod, which is this very script run with its hidden
+``_call-function`` command).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydatatask.executor.kubernetes import KubeExecutor
 from pydatatask.executor.pods import KubeCluster, api_client
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.function import FunctionTask
-from pydatatask.task.kube import KubeFunctionTask, KubeTask
+from pydatatask.task.kube import KubeTask
 from pydatatask.task.pod import PodTask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ async def kube() -> AsyncIterator[Any]:
 
 
 def shout(key: str, src: bytes) -> dict[str, bytes]:
-    """The function a KubeFunctionTask runs in its pod."""
+    """The function ``<name>fk`` runs in its pod."""
     where = f"pod={os.environ.get('POD_NAME', '?')}"
     with open(DIR / "fn-runs.log", "a") as f:
         f.write(f"{key} {os.getpid()}\n")
@@ -72,23 +72,6 @@ spec:
     params={"runs": str(DIR / "runs.log"), "sleep": os.environ.get("PDT_KT_SLEEP", "1")},
     poll_interval="0.3s",
     concurrency=50,
-)
-
-fn_task = KubeFunctionTask(
-    f"{NAME}fn",
-    shout,
-    script_path=__file__,
-    image="python:3.11-slim",
-    working_dir=str(ROOT),
-    cluster=cluster,
-    inputs={"src": inputs},
-    outputs={"dst": FileRepository(DIR / "fnout", ".txt")},
-    env={
-        **{k: v for k, v in os.environ.items() if k.startswith("PDT_KT_")},
-        "PYTHONPATH": str(ROOT),
-        "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
-    },
-    poll_interval="0.3s",
 )
 
 pods = KubeExecutor(
@@ -124,7 +107,7 @@ pod_sleep = PodTask(
 )
 
 pipeline = Pipeline(
-    [sleep_task, fn_task, fn_on_pods, pod_sleep],
+    [sleep_task, fn_on_pods, pod_sleep],
     session,
     state_dir=None if os.environ.get("PDT_KT_MEMORY") else DIR / "state",  # memory: claims die with the run
     poll_interval="0.3s",
