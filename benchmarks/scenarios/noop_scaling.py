@@ -79,14 +79,14 @@ def _ours(keys: list[str], chain: int, params: dict[str, Any]) -> dict[str, Any]
     async def main() -> tuple[float, float, float]:
         reset_peak_rss()
         t1 = time.perf_counter()
-        views = await pipeline.figures(full=False)  # one scheduler tick
+        figures = await pipeline.figures(full=False)  # one scheduler tick
         first = time.perf_counter() - t1
         peak = peak_rss_mb()  # without a reset: the peak since the process started (an upper bound)
         t2 = time.perf_counter()
         await pipeline.figures(full=False)
         second = time.perf_counter() - t2
-        assert all(not v.ready for v in views.values()), "something was ready"
-        assert all(len(v.recorded) == len(keys) for v in views.values())
+        assert all(not v.ready for v in figures.values()), "something was ready"
+        assert all(len(v.recorded) == len(keys) for v in figures.values())
         return first, second, peak
 
     first, second, peak = asyncio.run(main())
