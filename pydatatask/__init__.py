@@ -106,9 +106,10 @@ __all__ = (
     "JsonMetadataS3Repository",
     "MongoMetadataRepository",
     "DockerRepository",
-    # Kubernetes tasks
+    # Kubernetes tasks and executor
+    "PodTask",
+    "KubeExecutor",
     "KubeTask",
-    "KubeFunctionTask",
     # executors of function tasks
     "InLoopExecutor",
     "PoolExecutor",
@@ -143,8 +144,9 @@ _LAZY: dict[str, str] = {
     "RetryPolicy": ".task",
     "Hooks": ".task",
     "JobState": ".task",
+    "PodTask": ".task.pod",
+    "KubeExecutor": ".executor.kubernetes",
     "KubeTask": ".task.kube",
-    "KubeFunctionTask": ".task.kube",
     "ProcessTask": ".task.process",
     "LocalHost": ".executor.local",
     "SSHHost": ".executor.ssh",
@@ -155,6 +157,7 @@ _LAZY: dict[str, str] = {
 if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never imported at run time)
     from .cli import main
     from .executor import InLoopExecutor, PoolExecutor
+    from .executor.kubernetes import KubeExecutor
     from .executor.local import LocalHost
     from .executor.multihost import Hosts
     from .executor.ssh import SSHHost
@@ -167,7 +170,8 @@ if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never i
         YamlMetadataS3Repository,
     )
     from .task import FunctionTask, Hooks, JobState, RetryPolicy, Task
-    from .task.kube import KubeFunctionTask, KubeTask
+    from .task.kube import KubeTask
+    from .task.pod import PodTask
     from .task.process import ProcessTask
 else:
     __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .._taskgroups import first_error
 from ..durations import parse_duration
 from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, PydatataskError
+from ..executor.kubernetes import FUNCTION_COMMAND
 from ..keys import validate_key
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from . import output
@@ -154,6 +155,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK")
     p.add_argument("key", metavar="KEY")
     p.add_argument("--force", action="store_true", help="run even if the key is not ready")
+
+    # hidden (no help): what a function task's pod runs, see pydatatask.task.function_pod
+    p = sub.add_parser(FUNCTION_COMMAND, parents=[common])
+    p.add_argument("task", metavar="TASK")
+    p.add_argument("key", metavar="KEY")
 
     p = add("logs", "print the log of a job")
     p.add_argument("task", metavar="TASK")
@@ -427,6 +433,21 @@ async def _cmd_inject(pipeline: Pipeline, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_call_function(pipeline: Pipeline, args: argparse.Namespace) -> int:
+    from ..task.function_pod import call_function
+
+    task = pipeline.task(_task_name(pipeline, args.task))
+    key = _key(args.key)
+    async with pipeline.session:
+        try:
+            text = await call_function(task, key)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)  # the pod's log: the whole story
+            raise
+    sys.stderr.write(text)
+    return EXIT_OK
+
+
 async def _cmd_launch(pipeline: Pipeline, args: argparse.Namespace) -> int:
     _task_name(pipeline, args.task)
     key = _key(args.key)
@@ -504,6 +525,7 @@ COMMANDS: dict[str, Callable[[Pipeline, argparse.Namespace], Coroutine[Any, Any,
     "cat": _cmd_cat,
     "inject": _cmd_inject,
     "launch": _cmd_launch,
+    FUNCTION_COMMAND: _cmd_call_function,
     "logs": _cmd_logs,
     "graph": _cmd_graph,
     "why": _cmd_why,

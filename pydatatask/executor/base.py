@@ -231,6 +231,12 @@ class Executor(ABC):
         (work that dies with its scheduler: the event loop, pools): nothing is left."""
         return None
 
+    async def jobs(self, task: str) -> Mapping[str, dict[str, Any]]:
+        """``{key: info}`` for every job of ``task`` this executor still finds running or
+        held (pods by label), whether or not a claim names it: the lifecycle's recovery
+        passes each to :meth:`recover`. The default (nothing outlives its scheduler): none."""
+        return {}
+
     async def aclose(self) -> None:  # noqa: B027 - optional
         """Release the executor's own resources (pools, connections)."""
 

@@ -27,17 +27,17 @@ __all__ = (
     "Event",
     "EVENTS",
     "make_record",
+    "PodTask",
     "KubeTask",
-    "KubeFunctionTask",
 )
 
 
 def __getattr__(name: str) -> object:
     # Kubernetes tasks are imported on first use (their client library is an extra)
-    if name in ("KubeTask", "KubeFunctionTask"):
-        from . import kube
+    if name in ("PodTask", "KubeTask"):
+        from . import kube, pod
 
-        value = getattr(kube, name)
+        value = getattr(pod if name == "PodTask" else kube, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

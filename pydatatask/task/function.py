@@ -141,6 +141,9 @@ class FunctionTask(Task):
             )
         self._executor = executor
         self._in_process = isinstance(executor, InLoopExecutor)
+        #: the executor runs the whole body where the call runs (a pod of the pipeline's
+        #: image reads the inputs and writes the outputs itself)
+        self._body_elsewhere = bool(getattr(executor, "runs_whole_function", False))
         self.runner = "in-process" if isinstance(executor, InLoopExecutor) else f"function:{executor.name}"
 
     @property
@@ -206,6 +209,8 @@ class FunctionTask(Task):
             if self._var_kw or "job" in self._params:
                 args["job"] = job
             return FunctionCall(self.func, args, is_async=True, job=(self.name, job.key))
+        if self._body_elsewhere:
+            return FunctionCall(self.func, {}, job=(self.name, job.key))
         if self.timeout is None:
             values = await self._arguments(job)
         else:
@@ -222,7 +227,7 @@ class FunctionTask(Task):
         """Raise the call's error, or write what a plain function returned."""
         if outcome.error is not None:
             raise outcome.error
-        if not self.is_async:
+        if not self.is_async and not self._body_elsewhere:
             await self._write_outputs(job, outcome.result)
         if self._in_process and not outcome.extra:
             return None  # the common case: nothing to add to the record

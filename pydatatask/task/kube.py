@@ -1,8 +1,9 @@
-"""Tasks whose jobs are Kubernetes pods: :class:`KubeTask` and :class:`KubeFunctionTask`.
+"""Tasks whose jobs are Kubernetes pods that claim their keys themselves: :class:`KubeTask`
+(see :class:`~pydatatask.task.pod.PodTask` for pods under the shared job lifecycle).
 
 Life of a job (see ``docs/kube.rst``):
 
-* **claim** = pod creation. The pod name is derived from (task, key) (:func:`pod_name`),
+* **claim** = pod creation. The pod name is derived from (task, key) (:func:`~pydatatask.executor.pods.pod_name`),
   so creating it is the atomic claim: a 409 AlreadyExists means another scheduler runs
   the key. The task's ``live`` repository is :class:`~.kube_pods.KubePodRepository`: the
   pods with the task's label, keyed by the exact key kept in an annotation.
@@ -11,7 +12,7 @@ Life of a job (see ``docs/kube.rst``):
   task lets it go. The claim thus outlives the containers: a pod that was deleted (timeout,
   cancellation, by hand) keeps the key claimed until the job's partial outputs are gone
   (or its record is written), also across a scheduler that is killed meanwhile.
-* **wait**: one :class:`~pydatatask.executor.kube.PodPoller` per task lists the task's
+* **wait**: one :class:`~pydatatask.executor.pods.PodPoller` per task lists the task's
   pods (one LIST by label selector) at most once per ``poll_interval`` and wakes the jobs
   waiting for their pod. The ``live`` listing reads the same snapshot.
 * **reap**: on Succeeded/Failed the outcome (phase, exit code per container, reason,
@@ -38,7 +39,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -46,7 +47,20 @@ import yaml
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.kube import (
+from ..executor.pod_state import (
+    CLAIM_ANNOTATION,
+    CLEANUP_FINALIZER,
+    FINISHED_PHASES,
+    KEY_ANNOTATION,
+    KEY_LABEL,
+    TASK_ANNOTATION,
+    TASK_LABEL,
+    cleanup_pending,
+    containers_stopped,
+    iso_time,
+    pending_reason,
+)
+from ..executor.pods import (
     KubeApiError,
     KubeCluster,
     KubeSlot,
@@ -57,32 +71,14 @@ from ..executor.kube import (
 )
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from .base import JobContext, JobOutcome, Task
-from .function import FunctionTask as InProcessTask
-from .kube_pods import (
-    CLAIM_ANNOTATION,
-    CLEANUP_FINALIZER,
-    FINISHED_PHASES,
-    KEY_ANNOTATION,
-    KEY_LABEL,
-    TASK_ANNOTATION,
-    TASK_LABEL,
-    KubePodRepository,
-    cleanup_pending,
-    containers_stopped,
-    iso_time,
-    pending_reason,
-    same_claim,
-)
+from .kube_pods import KubePodRepository, same_claim
 from .records import make_claim
 from .retry import RetryPolicy
 from .templates import job_context, render_yaml
 
-__all__ = ("KubeTask", "KubeFunctionTask", "KubePodRepository", "IN_POD_ENV", "CLEANUP_FINALIZER")
+__all__ = ("KubeTask", "KubePodRepository", "CLEANUP_FINALIZER")
 
 log = logging.getLogger("pydatatask.task.kube")
-
-#: set to "1" in the pods of a :class:`KubeFunctionTask`: the task then runs its function
-IN_POD_ENV = "PDT_IN_POD"
 
 
 class KubeTask(Task):
@@ -93,7 +89,7 @@ class KubeTask(Task):
         :func:`~pydatatask.task.templates.job_context` (``key``, ``task``, ``params``,
         ``links`` and one entry per link) plus ``namespace``, ``pod_name``, ``attempt``.
         ``metadata.name``, labels and annotations are set by the task.
-    :param cluster: a :class:`~pydatatask.executor.kube.KubeCluster`, or an ``ApiClient``
+    :param cluster: a :class:`~pydatatask.executor.pods.KubeCluster`, or an ``ApiClient``
         / session accessor returning one (wrapped with ``namespace``).
     :param params: extra template values (``{{ params.x }}``).
     :param env: environment added to every container: ``{NAME: "value"}`` or
@@ -195,17 +191,12 @@ class KubeTask(Task):
             priority=priority,
         )
 
-    @property
-    def in_pod(self) -> bool:
-        """True when this process is the job's own pod (only for :class:`KubeFunctionTask`)."""
-        return False
-
     def describe(self) -> str:
         return f"kube task {self.name} (namespace {self.cluster.namespace})"
 
     # ---------------------------------------------------------------- manifest
     def pod_name(self, key: str) -> str:
-        """The pod name of ``key`` (see :func:`~pydatatask.executor.kube.pod_name`)."""
+        """The pod name of ``key`` (see :func:`~pydatatask.executor.pods.pod_name`)."""
         return pod_name(self.name, key)
 
     def render(self, key: str, *, attempt: int = 1, claim: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -253,7 +244,7 @@ class KubeTask(Task):
                 f"task {self.name}: the manifest needs spec.containers (a non-empty list)"
             )
         spec.setdefault("restartPolicy", "Never")
-        env = [self._env_entry(k, v) for k, v in self._pod_env().items()]
+        env = [self._env_entry(k, v) for k, v in self.env.items()]
         for container in spec["containers"]:
             if not isinstance(container, dict):
                 raise ConfigurationError(f"task {self.name}: every container must be a mapping")
@@ -267,9 +258,6 @@ class KubeTask(Task):
                 ]
         return body
 
-    def _pod_env(self) -> dict[str, Any]:
-        return dict(self.env)
-
     @staticmethod
     def _env_entry(name: str, value: Any) -> dict[str, Any]:
         if isinstance(value, dict):
@@ -278,8 +266,6 @@ class KubeTask(Task):
 
     # ---------------------------------------------------------------- quota
     def acquire_slot(self) -> Any:
-        if self.in_pod:
-            return True
         return self.cluster.acquire(self._cpu, self._memory)
 
     def release_slot(self, slot: Any) -> None:
@@ -290,8 +276,6 @@ class KubeTask(Task):
     async def claim(self, key: str, owner: str) -> bool:
         """Create the pod (the atomic claim). On 409, take over an orphan offered for
         adoption; otherwise another scheduler runs ``key``: False."""
-        if self.in_pod:
-            return True
         if await self.done.contains(key):
             return False  # finished meanwhile: creating the pod would start the work again
         claim = make_claim(owner, self.name, key, time.time())
@@ -351,8 +335,6 @@ class KubeTask(Task):
         (finalizer) with a claim marked stale, so that the next check for stale claims (of
         this scheduler or any other) removes them and frees the key.
         """
-        if self.in_pod:
-            return
         current = self._pods.pop(key, None)
         spent = key in self._spent
         self._spent.discard(key)
@@ -414,7 +396,7 @@ class KubeTask(Task):
         A pod that already wrote (some of) its outputs is adopted (see
         :meth:`resumable_keys`), not retired: its finished work is recorded, not redone.
         """
-        if self.in_pod or not isinstance(claim, dict):
+        if not isinstance(claim, dict):
             return
         pod = (await self.pods.pods()).get(key)
         if pod is None or not same_claim((pod.metadata.annotations or {}).get(CLAIM_ANNOTATION), claim):
@@ -467,8 +449,6 @@ class KubeTask(Task):
         """Pods offered for adoption: their keys are ready even when the pod already wrote
         outputs; the claim adopts the pod, its end is recorded (a failure removes the
         outputs while the pod still holds the name)."""
-        if self.in_pod:
-            return frozenset()
         return self.pods.adoptable.keys()
 
     # ---------------------------------------------------------------- the job
@@ -657,79 +637,3 @@ class KubeTask(Task):
         for cname in names:
             text = await self.cluster.pod_log(pod.metadata.name, cname, self.log_limit)
             job.log(f"--- pod {pod.metadata.name} container {cname} output ---\n{text.rstrip()}")
-
-
-_FUNCTION_MANIFEST = """\
-apiVersion: v1
-kind: Pod
-spec:
-  containers:
-  - name: main
-    image: {image}
-    command: {command}
-    args: ["launch", {{{{ task }}}}, {{{{ key }}}}, "--force"]{workdir}
-"""
-
-
-class KubeFunctionTask(KubeTask):
-    """Each job runs ``func`` (a function of the pipeline script) inside a pod.
-
-    The pod runs ``python3 <script_path> launch TASK KEY --force``: the pipeline
-    script itself, whose CLI runs one job in-process. There the same task object sees
-    ``PDT_IN_POD=1`` (set in the pod's environment) and calls the function the way
-    :class:`~pydatatask.task.InProcessTask` does, instead of creating a pod. The image must
-    contain the script (at ``script_path``), pydatatask and whatever the function imports,
-    and the pod needs whatever the session's resources need (credentials via ``env``).
-    The record written by the scheduler that created the pod is the final one.
-    """
-
-    runner = "kube-function"
-
-    def __init__(
-        self,
-        name: str,
-        func: Callable[..., Any],
-        *,
-        script_path: str,
-        image: str,
-        python: str = "python3",
-        working_dir: str | None = None,
-        manifest: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not callable(func):
-            raise ConfigurationError(f"task {name!r}: {func!r} is not callable")
-        self.func = func
-        self.script_path = script_path
-        self.image = image
-        if manifest is None:
-            raw = {
-                "image": json.dumps(image),
-                "command": json.dumps([python, script_path]),
-                "workdir": f"\n    workingDir: {json.dumps(working_dir)}" if working_dir else "",
-            }
-            manifest = _FUNCTION_MANIFEST.format(
-                **{k: "{% raw %}" + v + "{% endraw %}" if k != "workdir" else v for k, v in raw.items()}
-            )
-        super().__init__(name, manifest, **kwargs)
-        self._inner = InProcessTask(name, func)
-        self._inner.links = self.links  # same links: the function sees this task's repositories
-        if self.in_pod:
-            self.pods.offline = True
-
-    @property
-    def in_pod(self) -> bool:
-        return os.environ.get(IN_POD_ENV) == "1"
-
-    def _pod_env(self) -> dict[str, Any]:
-        env = dict(self.env)
-        env[IN_POD_ENV] = "1"
-        return env
-
-    async def validate(self) -> None:
-        self._inner.check_parameters()
-
-    async def run_job(self, job: JobContext) -> JobOutcome | None:
-        if self.in_pod:
-            return await self._inner.run_here(job)
-        return await super().run_job(job)

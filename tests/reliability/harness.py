@@ -606,7 +606,7 @@ class KubeBackend(Backend):
     async def pods(self) -> list[str]:
         from kubernetes_asyncio import client
 
-        from pydatatask.executor.kube import api_client, label_value
+        from pydatatask.executor.pods import api_client, label_value
 
         async with api_client(self.conf["kubeconfig"]) as api:
             result = await client.CoreV1Api(api).list_namespaced_pod(
@@ -626,7 +626,7 @@ class KubeBackend(Backend):
     async def aclose(self) -> None:
         from kubernetes_asyncio import client
 
-        from pydatatask.executor.kube import api_client
+        from pydatatask.executor.pods import api_client
 
         async with api_client(self.conf["kubeconfig"]) as api:
             core = client.CoreV1Api(api)

@@ -347,7 +347,7 @@ async def test_process_task_never_executes_keys_or_params(tmp_path: Path) -> Non
 
 
 def test_kube_manifest_rendering_is_inert(tmp_path: Path) -> None:
-    from pydatatask.executor.kube import KubeCluster
+    from pydatatask.executor.pods import KubeCluster
     from pydatatask.task import KubeTask
 
     canary = tmp_path / "canary"

@@ -240,7 +240,7 @@ async def test_ssh_key_passphrase_never_leaks(
 async def test_kube_token_never_leaks(
     services: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pydatatask.executor.kube import KubeCluster, api_client
+    from pydatatask.executor.pods import KubeCluster, api_client
     from pydatatask.task import KubeTask
 
     caplog.set_level(logging.DEBUG)

@@ -1,10 +1,13 @@
 """A pipeline script for tests/task/test_kube.py, configured through the environment:
 
-PDT_KT_DIR (work dir: in/, out/, fnout/, state/, runs.log), PDT_KT_KUBECONFIG,
-PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs).
+PDT_KT_DIR (work dir: in/, out/, fkout/, pout/, state/, runs.log), PDT_KT_KUBECONFIG,
+PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs),
+PDT_KT_MEMORY (set: claims and records in memory, no state_dir).
 
-Tasks: ``<name>sleep`` (a KubeTask running ``sh``) and ``<name>fn`` (a KubeFunctionTask
-running :func:`shout` inside its pod, which is this very script run with ``launch``).
+Tasks: ``<name>sleep`` (a KubeTask running ``sh``), ``<name>psleep`` (the same pod as a
+PodTask on a KubeExecutor) and ``<name>fk`` (a FunctionTask on that executor running
+:func:`shout` inside its pod, which is this very script run with its hidden
+``_call-function`` command).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from typing import Any
 
 import pydatatask
 from pydatatask import FileRepository, Session
-from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.executor.kubernetes import KubeExecutor
+from pydatatask.executor.pods import KubeCluster, api_client
 from pydatatask.pipeline import Pipeline
-from pydatatask.task.kube import KubeFunctionTask, KubeTask
+from pydatatask.task.function import FunctionTask
+from pydatatask.task.kube import KubeTask
+from pydatatask.task.pod import PodTask
 
 ROOT = Path(__file__).resolve().parents[2]
 DIR = Path(os.environ["PDT_KT_DIR"])
@@ -34,8 +40,8 @@ async def kube() -> AsyncIterator[Any]:
 
 
 def shout(key: str, src: bytes) -> dict[str, bytes]:
-    """The function a KubeFunctionTask runs in its pod."""
-    where = f"in-pod={os.environ.get('PDT_IN_POD')} pod={os.environ.get('POD_NAME', '?')}"
+    """The function ``<name>fk`` runs in its pod."""
+    where = f"pod={os.environ.get('POD_NAME', '?')}"
     with open(DIR / "fn-runs.log", "a") as f:
         f.write(f"{key} {os.getpid()}\n")
     return {"dst": src.upper() + f" ({where})".encode()}
@@ -68,24 +74,44 @@ spec:
     concurrency=50,
 )
 
-fn_task = KubeFunctionTask(
-    f"{NAME}fn",
-    shout,
-    script_path=__file__,
+pods = KubeExecutor(
+    kube,
+    name=f"{NAME}x",
+    poll_interval="0.3s",
     image="python:3.11-slim",
+    script_path=__file__,
     working_dir=str(ROOT),
-    cluster=cluster,
-    inputs={"src": inputs},
-    outputs={"dst": FileRepository(DIR / "fnout", ".txt")},
     env={
         **{k: v for k, v in os.environ.items() if k.startswith("PDT_KT_")},
         "PYTHONPATH": str(ROOT),
         "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
     },
-    poll_interval="0.3s",
 )
 
-pipeline = Pipeline([sleep_task, fn_task], session, state_dir=DIR / "state", poll_interval="0.3s")
+fn_on_pods = FunctionTask(
+    f"{NAME}fk",
+    shout,
+    executor=pods,
+    inputs={"src": inputs},
+    outputs={"dst": FileRepository(DIR / "fkout", ".txt")},
+)
+
+pod_sleep = PodTask(
+    f"{NAME}psleep",
+    sleep_task.manifest,
+    executor=pods,
+    inputs={"src": inputs},
+    outputs={"out": FileRepository(DIR / "pout", ".txt")},
+    params=sleep_task.params,
+    concurrency=50,
+)
+
+pipeline = Pipeline(
+    [sleep_task, fn_on_pods, pod_sleep],
+    session,
+    state_dir=None if os.environ.get("PDT_KT_MEMORY") else DIR / "state",  # memory: claims die with the run
+    poll_interval="0.3s",
+)
 
 if __name__ == "__main__":
     pydatatask.main(pipeline)

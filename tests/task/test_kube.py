@@ -1,4 +1,4 @@
-"""KubeTask / KubeFunctionTask against the real kube-apiserver and the project's test
+"""KubeTask and the function pods' entry point against the real kube-apiserver and the project's test
 kubelet (scripts/test-services), which runs each pod's command as a local process.
 
 Pods live in the services' namespace; every test uses task names with a random suffix
@@ -31,7 +31,8 @@ from pydatatask import (
     MemoryMetadataRepository,
     Session,
 )
-from pydatatask.executor.kube import (
+from pydatatask.executor.kubernetes import FUNCTION_COMMAND
+from pydatatask.executor.pods import (
     KubeApiError,
     KubeCluster,
     api_client,
@@ -569,28 +570,28 @@ def _inputs(tmp_path: Path, keys: list[str]) -> None:
         (tmp_path / "in" / f"{key}.txt").write_text(f"text of {key}")
 
 
-def test_function_task_runs_the_function_inside_the_pod(
-    kcfg: dict[str, Any], name: str, tmp_path: Path
-) -> None:
-    keys = ["a", "Mixed_Case.k", "x" * 70]
-    _inputs(tmp_path, keys)
-    env = _script_env(tmp_path, kcfg, name)
+def test_function_command_runs_the_body_only(kcfg: dict[str, Any], name: str, tmp_path: Path) -> None:
+    """What a function pod runs: the function for one key, its outputs written, and
+    neither a claim nor a record (the scheduler that started the pod keeps those)."""
+    _inputs(tmp_path, ["k_1"])
+    env = _script_env(tmp_path, kcfg, name, POD_NAME="here")
+    script = [sys.executable, str(SCRIPT)]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "run", "--task", f"{name}fn", "--no-status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
+        [*script, FUNCTION_COMMAND, f"{name}fk", "k_1"], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for key in keys:
-        out = (tmp_path / "fnout" / f"{key}.txt").read_text()
-        assert out.startswith(f"TEXT OF {key.upper()} (in-pod=1 pod={pod_name(name + 'fn', key)})")
-        rec = yaml.safe_load((tmp_path / "state" / f"{name}fn" / "done" / f"{key}.yaml").read_text())
-        assert rec["success"] and rec["runner"] == "kube-function" and rec["kube"]["phase"] == "Succeeded"
-    runs = (tmp_path / "fn-runs.log").read_text().split()
-    assert sorted(runs[0::2]) == sorted(keys)
-    assert str(os.getpid()) not in runs[1::2]
+    assert (tmp_path / "fkout" / "k_1.txt").read_text() == "TEXT OF K_1 (pod=here)"
+    state = tmp_path / "state" / f"{name}fk"
+    assert not list(state.glob("done/*")) and not list(state.glob("live/*"))
+    (tmp_path / "fkout" / "k_1.txt").unlink()
+    (tmp_path / "in" / "k_1.txt").unlink()
+    failed = subprocess.run(
+        [*script, FUNCTION_COMMAND, f"{name}fk", "k_1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode == 1 and "Traceback" in failed.stderr and "k_1" in failed.stderr.splitlines()[-1]
+    assert not list(state.glob("done/*")) and not (tmp_path / "fkout" / "k_1.txt").exists()
+    helped = subprocess.run([*script, "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "launch" in helped.stdout and FUNCTION_COMMAND not in helped.stdout
 
 
 def test_scheduler_sigkill_then_restart_adopts_pods(kcfg: dict[str, Any], name: str, tmp_path: Path) -> None:

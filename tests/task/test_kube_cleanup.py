@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from pydatatask import FileRepository, MemoryMetadataRepository, Session
-from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.executor.pods import KubeCluster, api_client
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.kube import CLEANUP_FINALIZER, KubeTask
 from pydatatask.task.records import make_claim
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DYING_SCHEDULER = """
 import asyncio, os, signal, sys
 from pydatatask import FileRepository, Session
-from pydatatask.executor.kube import KubeCluster, api_client
+from pydatatask.executor.pods import KubeCluster, api_client
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import RetryPolicy
 from pydatatask.task.kube import KubeTask

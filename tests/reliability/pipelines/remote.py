@@ -93,7 +93,7 @@ def build_pipeline() -> Pipeline:
             retry=RETRY,
         )
     elif EXEC == "kube":
-        from pydatatask.executor.kube import KubeCluster, api_client
+        from pydatatask.executor.pods import KubeCluster, api_client
         from pydatatask.task.kube import KubeTask
 
         @session.resource

@@ -1,7 +1,7 @@
 """Kubernetes access for pod tasks: :class:`KubeCluster` (API client, namespace, quota),
 pod naming, and the shared per-task pod poller.
 
-The API client is a ``kubernetes_asyncio`` :class:`ApiClient`, given directly or as the
+The API client is a ``kubernetes_asyncio`` ``ApiClient``, given directly or as the
 accessor ``@session.resource`` returns (see :func:`api_client` to make one from a
 kubeconfig or the in-cluster service account). ``kubernetes_asyncio`` is imported only
 when the API is used (``pip install 'pydatatask[kube]'``).
@@ -43,7 +43,7 @@ __all__ = (
     "parse_memory",
 )
 
-log = logging.getLogger("pydatatask.executor.kube")
+log = logging.getLogger("pydatatask.executor.pods")
 
 T = TypeVar("T")
 
@@ -176,7 +176,7 @@ class KubeCluster:
         if api is None:
             raise ConfigurationError(
                 "KubeCluster needs an API client: pass a session resource yielding "
-                "kubernetes_asyncio.client.ApiClient (see pydatatask.executor.kube.api_client)"
+                "kubernetes_asyncio.client.ApiClient (see pydatatask.executor.pods.api_client)"
             )
         if max_pods is not None and max_pods < 1:
             raise ConfigurationError("max_pods must be at least 1")

@@ -1,0 +1,560 @@
+"""Kubernetes as an executor: each job is one pod (:class:`KubeExecutor`, :class:`PodHandle`).
+
+:class:`KubeExecutor` carries :class:`~pydatatask.executor.base.PodWork` (a rendered
+manifest) and :class:`~pydatatask.executor.base.FunctionCall` (the function runs in a pod of
+the pipeline's image: the pod runs the pipeline script with the hidden command
+:data:`FUNCTION_COMMAND`, which reads the job's inputs, calls the function and writes its
+outputs; the scheduler's lifecycle keeps the claim and writes the record).
+
+What the executor guarantees about a job's pod:
+
+* **one pod per (task, key)**: the pod is named by
+  :func:`~pydatatask.executor.pods.pod_name`, so a second pod of the same job cannot exist.
+  The claim is the lifecycle's; a 409 on creation means the job's pod exists already: a
+  pod that runs or has finished is adopted (the claim holder waits for it and records its
+  end, the work is not started twice), one held for another scheduler's cleanup is
+  :class:`PodNameTakenError`. The exact task and key are kept in annotations, sanitised
+  forms in labels.
+* **held until closed**: every pod carries the finalizer ``pydatatask.io/cleanup``, so a
+  pod deleted by a timeout, a cancellation or by hand stays in the API (its name taken)
+  until :meth:`PodHandle.close`, which the lifecycle calls after the job's partial outputs
+  are gone; a crashed scheduler's pod thus keeps its key until someone recovers it.
+* **one LIST per interval**: one :class:`~pydatatask.executor.pods.PodPoller` per executor
+  lists its pods (label ``pydatatask.io/executor``) at most once per ``poll_interval`` and
+  wakes every handle waiting for its pod.
+* **recovery**: :meth:`KubeExecutor.recover` turns a handle's :attr:`~pydatatask.executor.base.JobHandle.info` into a
+  handle on the same pod (same uid), adoptable while the pod was not deleted (it runs or
+  has finished: its outcome is recorded, not redone); :meth:`KubeExecutor.jobs` lists the
+  pods of a task for orphans that no claim names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ..durations import parse_duration
+from ..errors import ConfigurationError, JobError
+from ..quantities import parse_cpu, parse_memory
+from .base import Capacity, Executor, FunctionCall, JobHandle, Outcome, PodWork, Resources, Slot, Work
+from .pod_state import (
+    CLEANUP_FINALIZER,
+    EXECUTOR_LABEL,
+    FINISHED_PHASES,
+    KEY_ANNOTATION,
+    KEY_LABEL,
+    RUN_ANNOTATION,
+    TASK_ANNOTATION,
+    TASK_LABEL,
+    containers_stopped,
+    iso_time,
+    pending_reason,
+)
+from .pods import KubeApiError, KubeCluster, PodPoller, label_value, pod_name
+from .quota import LaunchRate
+
+__all__ = ("KubeExecutor", "PodHandle", "PodNameTakenError", "FUNCTION_COMMAND", "pod_outcome")
+
+log = logging.getLogger("pydatatask.executor.kubernetes")
+
+#: the hidden command of a pipeline script that runs one function call in a pod:
+#: ``python SCRIPT _call-function TASK KEY``
+FUNCTION_COMMAND = "_call-function"
+
+
+class PodNameTakenError(JobError):
+    """The pod name of a job is held by a pod this executor did not start for this job:
+    another scheduler runs the key."""
+
+    def __init__(self, message: str, pod: str) -> None:
+        super().__init__(message)
+        self.pod = pod
+
+
+def pod_outcome(pod: Any) -> Outcome:
+    """The :class:`~pydatatask.executor.base.Outcome` of a finished pod: the first non-zero
+    exit status of its containers (else the first one's), the node, and under
+    ``extra["kube"]`` phase, reason, times and each container's exit status; ``error`` is a
+    :class:`~pydatatask.errors.JobError` naming the failed containers unless it succeeded."""
+    status = pod.status
+    containers: dict[str, dict[str, Any]] = {}
+    finished: list[str] = []
+    for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
+        term = cs.state.terminated if cs.state else None
+        if term is None:
+            containers[cs.name] = {"exit_code": None, "reason": "not terminated"}
+            continue
+        containers[cs.name] = {
+            "exit_code": term.exit_code,
+            "reason": term.reason,
+            "started_at": iso_time(term.started_at),
+            "finished_at": iso_time(term.finished_at),
+        }
+        if term.finished_at is not None:
+            finished.append(iso_time(term.finished_at) or "")
+    codes = [containers.get(c.name, {}).get("exit_code") for c in pod.spec.containers]
+    exit_code = next((c for c in codes if c not in (0, None)), codes[0] if codes else None)
+    info = {
+        "pod": pod.metadata.name,
+        "uid": pod.metadata.uid,
+        "namespace": pod.metadata.namespace,
+        "phase": status.phase,
+        "reason": status.reason,
+        "message": status.message,
+        "node": pod.spec.node_name,
+        "start_time": iso_time(status.start_time),
+        "finish_time": max(finished) if finished else None,
+        "containers": containers,
+    }
+    outcome = Outcome(exit_code=exit_code, place=pod.spec.node_name, extra={"kube": info})
+    if status.phase != "Succeeded":
+        bad = [(c, d) for c, d in containers.items() if d.get("exit_code") != 0]
+        what = ", ".join(
+            f"container {c} exited with {d.get('exit_code')} ({d.get('reason')})" for c, d in bad
+        )
+        why = status.reason or ""
+        if status.message:
+            why = f"{why}: {status.message}" if why else status.message
+        outcome.error = JobError(f"pod {pod.metadata.name} failed: {what or why or 'phase Failed'}")
+    return outcome
+
+
+class PodHandle(JobHandle):
+    """The pod of one job. When :meth:`wait` returns, no container of the pod runs any more;
+    the pod keeps its name (and so its key) until :meth:`close`."""
+
+    def __init__(
+        self, executor: KubeExecutor, name: str, uid: str, task: str, key: str, *, adoptable: bool = False
+    ) -> None:
+        self.executor = executor
+        self.name = name
+        self.uid = uid
+        self.task = task
+        self.key = key
+        self.adoptable = adoptable
+        self.info = {
+            "executor": "kube",
+            "namespace": executor.cluster.namespace,
+            "pod": name,
+            "uid": uid,
+            "task": task,
+            "key": key,
+        }
+        self._since = time.monotonic()
+        self._pod: Any = None
+        self._outcome: Outcome | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<PodHandle {self.executor.cluster.namespace}/{self.name} uid={self.uid}>"
+
+    def _mine(self, snapshot: Mapping[str, Any]) -> Any:
+        pod = snapshot.get(self.name)
+        return pod if pod is not None and pod.metadata.uid == self.uid else None
+
+    async def started(self) -> None:
+        """Return once the pod left ``Pending`` (its containers were started), has ended or
+        is gone, or its ``pending_timeout`` passed (then :meth:`wait` reports why)."""
+        poller = self.executor.poller
+        timeout = self.executor.pending_timeout
+        snapshot = await poller.refresh()
+        while True:
+            pod = self._mine(snapshot)
+            if pod is None:
+                if poller.taken_at > self._since:
+                    return
+            else:
+                phase = (pod.status.phase if pod.status else None) or "Pending"
+                if phase != "Pending" or pod.metadata.deletion_timestamp is not None:
+                    return
+                if timeout is not None and time.monotonic() - self._since > timeout:
+                    return
+            snapshot = await poller.next_snapshot()
+
+    async def wait(self) -> Outcome:
+        """Wait until the pod has ended; a pod deleted or still Pending after
+        ``pending_timeout`` is stopped first and reported as an error."""
+        if self._outcome is not None:
+            return self._outcome
+        poller = self.executor.poller
+        timeout = self.executor.pending_timeout
+        where = self.executor.cluster.namespace
+        snapshot = await poller.refresh()
+        while True:
+            pod = self._mine(snapshot)
+            if pod is None:
+                if poller.taken_at > self._since:
+                    return self._end(
+                        Outcome(error=JobError(f"pod {self.name} disappeared before it finished (deleted?)"))
+                    )
+            else:
+                phase = (pod.status.phase if pod.status else None) or "Pending"
+                if phase in FINISHED_PHASES:
+                    self._pod = pod
+                    return self._end(pod_outcome(pod))
+                if pod.metadata.deletion_timestamp is not None:
+                    await self._await_stopped()
+                    return self._end(
+                        Outcome(
+                            error=JobError(f"pod {self.name} was deleted before it finished"), place=where
+                        )
+                    )
+                if phase == "Pending" and timeout is not None and time.monotonic() - self._since > timeout:
+                    reason = pending_reason(pod)
+                    await self.cancel(0)
+                    return self._end(
+                        Outcome(
+                            error=JobError(f"pod {self.name} still Pending after {timeout:g}s: {reason}"),
+                            place=where,
+                        )
+                    )
+            snapshot = await poller.next_snapshot()
+
+    def _end(self, outcome: Outcome) -> Outcome:
+        outcome.extra.setdefault(
+            "kube", {"pod": self.name, "uid": self.uid, "namespace": self.info["namespace"]}
+        )
+        self._outcome = outcome
+        return outcome
+
+    async def cancel(self, grace: float) -> None:
+        """Delete the pod (its containers get ``grace`` seconds after TERM) and return once
+        they have stopped (at most the executor's ``delete_wait``). The pod keeps its name
+        until :meth:`close`."""
+        seconds = max(0, math.ceil(grace))
+        if await self.executor.cluster.delete_pod(self.name, grace=seconds, uid=self.uid):
+            await self._await_stopped()
+
+    async def _await_stopped(self) -> bool:
+        """Wait until the deleted pod's containers have stopped or it left the API; False
+        after ``delete_wait``."""
+        poller = self.executor.poller
+        since = time.monotonic()
+        deadline = since + self.executor.delete_wait
+        snapshot = await poller.refresh(0)
+        while True:
+            pod = self._mine(snapshot)
+            if poller.taken_at > since and (pod is None or containers_stopped(pod)):
+                return True
+            if time.monotonic() > deadline:
+                log.warning("pod %s is still terminating after %gs", self.name, self.executor.delete_wait)
+                return False
+            snapshot = await poller.next_snapshot()
+
+    async def logs(self) -> bytes:
+        """Each container's log (init containers first), at most ``log_limit`` bytes each,
+        under a line naming pod and container."""
+        cluster = self.executor.cluster
+        pod = self._pod or await cluster.read_pod(self.name)
+        if pod is None or pod.metadata.uid != self.uid:
+            return f"--- pod {self.name}: gone, no log ---\n".encode()
+        names = [c.name for c in (pod.spec.init_containers or [])] + [c.name for c in pod.spec.containers]
+        parts = []
+        for cname in names:
+            text = await cluster.pod_log(self.name, cname, self.executor.log_limit)
+            parts.append(f"--- pod {self.name} container {cname} output ---\n{text.rstrip()}\n")
+        return "".join(parts).encode()
+
+    async def close(self) -> None:
+        """Delete the pod (if it still exists) and drop its finalizer: it leaves the API and
+        its key is free. Idempotent."""
+        if self._closed:
+            return
+        cluster = self.executor.cluster
+        await cluster.delete_pod(self.name, uid=self.uid)
+        await cluster.remove_finalizer(self.name, self.uid, CLEANUP_FINALIZER)
+        self._closed = True
+        self.executor.poller.invalidate()
+
+
+class KubeExecutor(Executor):
+    """Runs each job as a pod in one namespace of a cluster.
+
+    :param cluster: a :class:`~pydatatask.executor.pods.KubeCluster`, or an ``ApiClient`` /
+        session accessor returning one (wrapped with ``namespace``).
+    :param name: the executor's name, also its pods' label ``pydatatask.io/executor``: two
+        pipelines sharing a namespace use different names, or one's recovery sees the
+        other's pods.
+    :param max_pods, max_cpu, max_memory: at most this many pods at once, whose requests add
+        up to at most this much CPU (``"4"``, ``"500m"``) and memory (``"8Gi"``).
+    :param launch_rate: at most this many pod creations per second.
+    :param poll_interval: how often the executor's pods are listed (``"2s"``).
+    :param pending_timeout: a pod still Pending after this long fails, naming the reason.
+    :param log_limit: at most this many bytes of each container's log are kept.
+    :param delete_wait: how long to wait for a deleted pod's containers to stop.
+    :param image, script_path: for function calls: the image holding the pipeline script
+        at ``script_path`` (with pydatatask and what the function imports).
+    :param python: the interpreter that runs the script in that image.
+    :param working_dir: the working directory of function pods.
+    :param env: environment added to every container: ``{NAME: "value"}`` or ``{NAME:
+        {"secretKeyRef": {...}}}`` (a ``valueFrom``); secrets go here, never into commands.
+    """
+
+    carries = frozenset({PodWork, FunctionCall})
+    #: a function call's pod reads the job's inputs and writes its outputs itself (the
+    #: pipeline script's :data:`FUNCTION_COMMAND`): the task passes neither values nor results
+    runs_whole_function = True
+
+    def __init__(
+        self,
+        cluster: Any,
+        *,
+        name: str = "kube",
+        namespace: str = "default",
+        max_pods: int | None = None,
+        max_cpu: str | float | None = None,
+        max_memory: str | int | None = None,
+        launch_rate: float | None = None,
+        poll_interval: float | str = "2s",
+        pending_timeout: float | str | None = None,
+        log_limit: int = 1 << 20,
+        delete_wait: float | str = "90s",
+        image: str | None = None,
+        script_path: str | None = None,
+        python: str = "python3",
+        working_dir: str | None = None,
+        env: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.cluster = (
+            cluster if isinstance(cluster, KubeCluster) else KubeCluster(cluster, namespace=namespace)
+        )
+        self.capacity = Capacity(
+            name,
+            max_jobs=max_pods,
+            cpu=None if max_cpu is None else parse_cpu(max_cpu),
+            memory=None if max_memory is None else parse_memory(max_memory),
+        )
+        self.rate = None if launch_rate is None else LaunchRate(launch_rate, f"executor {name!r}")
+        self.poll_interval = parse_duration(poll_interval)
+        self.pending_timeout = None if pending_timeout is None else parse_duration(pending_timeout)
+        self.delete_wait = parse_duration(delete_wait)
+        self.log_limit = log_limit
+        self.image = image
+        self.script_path = script_path
+        self.python = python
+        self.working_dir = working_dir
+        self.env = dict(env or {})
+        for var, value in self.env.items():
+            if not isinstance(value, (str, dict)):
+                raise ConfigurationError(
+                    f"{self}: env {var!r} must be a string or a valueFrom dict, not {type(value).__name__}"
+                )
+        self.poller = PodPoller(self.cluster, f"{EXECUTOR_LABEL}={label_value(name)}", self.poll_interval)
+        #: this executor object's run, written on its pods (with host and pid)
+        self.run_id = uuid.uuid4().hex
+        #: pods created by this executor object (for tests and status)
+        self.created = 0
+
+    def describe(self) -> str:
+        return f"Kubernetes executor {self.name} (namespace {self.cluster.namespace})"
+
+    # ---------------------------------------------------------------- capacity
+    def fits_at_all(self, resources: Resources) -> bool:
+        return self.capacity.fits_at_all(resources)
+
+    def acquire(self, resources: Resources) -> Slot | None:
+        """A slot for one pod, or None while the quota is full or the launch rate says wait.
+        A pod larger than the whole quota is a :class:`~pydatatask.errors.ConfigurationError`."""
+        if not self.capacity.fits_at_all(resources):
+            raise ConfigurationError(
+                f"{self.describe()}: a pod requests cpu={resources.cpu:g} memory={resources.memory} bytes, more "
+                f"than the quota (max_cpu={self.capacity.cpu}, max_memory={self.capacity.memory}): it can never run"
+            )
+        if self.rate is not None and not self.rate.ready():
+            return None
+        slot = self.capacity.acquire(self, resources, self.cluster.namespace)
+        if slot is not None and self.rate is not None:
+            self.rate.take()
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        self.capacity.release(slot)
+
+    # ---------------------------------------------------------------- pods
+    def function_manifest(self, work: FunctionCall) -> dict[str, Any]:
+        """The pod that runs ``work`` with the pipeline script's :data:`FUNCTION_COMMAND`."""
+        if self.image is None or self.script_path is None:
+            raise ConfigurationError(
+                f"{self.describe()}: running functions in pods needs image= and script_path="
+            )
+        if work.is_async:
+            raise ConfigurationError(
+                f"{self.describe()}: {work.job[0]}: async functions run in the event loop only; "
+                "a pod runs a plain function of input values"
+            )
+        task, key = work.job
+        container: dict[str, Any] = {
+            "name": "main",
+            "image": self.image,
+            "command": [self.python, self.script_path],
+            "args": [FUNCTION_COMMAND, task, key],
+        }
+        if self.working_dir:
+            container["workingDir"] = self.working_dir
+        return {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [container]}}
+
+    def pod_body(
+        self, manifest: Mapping[str, Any], task: str, key: str, resources: Resources
+    ) -> dict[str, Any]:
+        """``manifest`` with the job's name, labels, annotations, finalizer, environment,
+        default resources and ``restartPolicy: Never``."""
+        body = json.loads(json.dumps(manifest))  # a deep copy of plain data
+        if not isinstance(body, dict) or body.get("kind", "Pod") != "Pod":
+            raise ConfigurationError(f"{task}: the manifest must be one Pod (kind: Pod)")
+        spec = body.get("spec")
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("containers"), list)
+            or not spec["containers"]
+        ):
+            raise ConfigurationError(f"{task}: the manifest needs spec.containers (a non-empty list)")
+        body.setdefault("apiVersion", "v1")
+        body["kind"] = "Pod"
+        meta = body.get("metadata") or {}
+        body["metadata"] = meta
+        meta["name"] = pod_name(task, key)
+        meta["namespace"] = self.cluster.namespace
+        meta["labels"] = {
+            **(meta.get("labels") or {}),
+            EXECUTOR_LABEL: label_value(self.name),
+            TASK_LABEL: label_value(task),
+            KEY_LABEL: label_value(key),
+        }
+        run = {"executor": self.name, "run": self.run_id, "host": socket.gethostname(), "pid": os.getpid()}
+        meta["annotations"] = {
+            **(meta.get("annotations") or {}),
+            TASK_ANNOTATION: task,
+            KEY_ANNOTATION: key,
+            RUN_ANNOTATION: json.dumps(run),
+        }
+        meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER] + [
+            CLEANUP_FINALIZER
+        ]
+        spec.setdefault("restartPolicy", "Never")
+        amounts = {}
+        if resources.cpu:
+            amounts["cpu"] = f"{resources.cpu:g}"
+        if resources.memory:
+            amounts["memory"] = str(resources.memory)
+        env = [
+            {"name": k, "valueFrom": v} if isinstance(v, dict) else {"name": k, "value": v}
+            for k, v in self.env.items()
+        ]
+        for container in spec["containers"]:
+            if not isinstance(container, dict):
+                raise ConfigurationError(f"{task}: every container must be a mapping")
+            if amounts and not container.get("resources"):
+                container["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
+            if env:
+                names = {e.get("name") for e in container.get("env") or []}
+                container["env"] = list(container.get("env") or []) + [
+                    e for e in env if e["name"] not in names
+                ]
+        return body
+
+    async def start(self, work: Work, slot: Slot) -> PodHandle:
+        """Create the job's pod. The caller holds the job's claim, so a pod of the same job
+        that exists already (its scheduler died, or lost the claim) is adopted: the handle
+        is on that pod (``adoptable``), no second pod starts. A deleted pod of the job that
+        leaves by itself is waited for; one held for another scheduler's cleanup (or a pod
+        of another job under the name) is :class:`PodNameTakenError`."""
+        if isinstance(work, PodWork):
+            manifest: Mapping[str, Any] = work.manifest
+        elif isinstance(work, FunctionCall):
+            manifest = self.function_manifest(work)
+        else:
+            raise ConfigurationError(f"{self.describe()} does not run {work.kind} work")
+        task, key = work.job
+        body = self.pod_body(manifest, task, key, slot.resources)
+        name = body["metadata"]["name"]
+        deadline = time.monotonic() + self.delete_wait
+        while True:
+            try:
+                pod = await self.cluster.create_pod(body)
+                break
+            except KubeApiError as exc:
+                if exc.status != 409:
+                    raise
+            old = await self.cluster.read_pod(name)
+            if old is not None and self._same_job(old, task, key) and old.metadata.deletion_timestamp is None:
+                # the job's pod runs (or ran) already, started by a scheduler that is gone or
+                # lost its claim: the caller holds the claim now and takes the pod over
+                # instead of starting the work a second time
+                log.warning("%s: adopting pod %s of %s %r", self.describe(), name, task, key)
+                self.poller.invalidate()
+                return PodHandle(self, name, old.metadata.uid, task, key, adoptable=True)
+            if old is not None and not self._leaving(old, task, key):
+                raise PodNameTakenError(
+                    f"{task} {key!r}: pod {name} is held for another job or another scheduler's cleanup", name
+                ) from None
+            if time.monotonic() > deadline:
+                raise JobError(f"{task} {key!r}: the previous pod {name} is still terminating")
+            await self.poller.next_snapshot()
+        self.created += 1
+        self.poller.invalidate()
+        return PodHandle(self, pod.metadata.name, pod.metadata.uid, task, key)
+
+    @staticmethod
+    def _same_job(pod: Any, task: str, key: str) -> bool:
+        annotations = pod.metadata.annotations or {}
+        return annotations.get(TASK_ANNOTATION) == task and annotations.get(KEY_ANNOTATION) == key
+
+    def _leaving(self, pod: Any, task: str, key: str) -> bool:
+        """Whether ``pod``, a deleted pod of this job, will leave by itself: nobody holds it
+        any more, or this executor object does (an attempt of its own being closed)."""
+        if not self._same_job(pod, task, key) or pod.metadata.deletion_timestamp is None:
+            return False
+        if CLEANUP_FINALIZER not in (pod.metadata.finalizers or []):
+            return True
+        try:
+            run = json.loads((pod.metadata.annotations or {}).get(RUN_ANNOTATION) or "{}")
+        except ValueError:
+            return False
+        return isinstance(run, dict) and run.get("run") == self.run_id
+
+    async def recover(self, info: Mapping[str, Any]) -> PodHandle | None:
+        """A handle on the pod of ``info`` (a :attr:`~pydatatask.executor.base.JobHandle.info`) if that pod (same uid)
+        still exists: adoptable unless it was deleted. None if it is gone."""
+        name, uid = info.get("pod"), info.get("uid")
+        task, key = info.get("task"), info.get("key")
+        if not all(isinstance(v, str) for v in (name, uid, task, key)):
+            raise ConfigurationError(f"{self.describe()}: not the information of a pod job: {sorted(info)}")
+        assert (
+            isinstance(name, str) and isinstance(uid, str) and isinstance(task, str) and isinstance(key, str)
+        )
+        if info.get("namespace", self.cluster.namespace) != self.cluster.namespace:
+            raise ConfigurationError(
+                f"{self.describe()}: pod {name} was started in namespace {info.get('namespace')!r}, "
+                f"not {self.cluster.namespace!r}"
+            )
+        pod = await self.cluster.read_pod(name)
+        if pod is None or pod.metadata.uid != uid:
+            return None
+        return PodHandle(self, name, uid, task, key, adoptable=pod.metadata.deletion_timestamp is None)
+
+    async def jobs(self, task: str) -> dict[str, dict[str, Any]]:
+        """``{key: info}`` of every pod of ``task`` this executor's label shows (one fresh
+        listing): for :meth:`recover` of orphans that no claim names."""
+        snapshot = await self.poller.refresh(0)
+        out: dict[str, dict[str, Any]] = {}
+        for pod in snapshot.values():
+            annotations = pod.metadata.annotations or {}
+            key = annotations.get(KEY_ANNOTATION)
+            if key and annotations.get(TASK_ANNOTATION) == task:
+                out[key] = {
+                    "executor": "kube",
+                    "namespace": self.cluster.namespace,
+                    "pod": pod.metadata.name,
+                    "uid": pod.metadata.uid,
+                    "task": task,
+                    "key": key,
+                }
+        return out

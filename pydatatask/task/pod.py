@@ -1,0 +1,191 @@
+"""Tasks whose jobs are Kubernetes pods rendered from a template: :class:`PodTask`.
+
+The task says *what* runs (the manifest, rendered per job by :meth:`PodTask.prepare`) and
+turns the pod's end into the job's outcome (:meth:`PodTask.finish`); a
+:class:`~pydatatask.executor.kubernetes.KubeExecutor` says *where*, names, labels and holds
+the pod; the job lifecycle (:mod:`pydatatask.task.lifecycle`) claims the key in the task's
+``live`` repository, notes the pod in the claim, applies the timeout and retries, removes
+partial outputs and writes the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigurationError, JobError
+from ..executor.base import Executor, Outcome, PodWork, Resources, Slot, Work
+from ..executor.kubernetes import KubeExecutor
+from ..executor.pods import pod_name
+from ..quantities import parse_cpu, parse_memory
+from .base import JobContext, JobOutcome, Task
+from .templates import job_context, render_yaml
+
+__all__ = ("PodTask",)
+
+
+class PodTask(Task):
+    """Each job is a pod rendered from a Jinja2 YAML template, run by ``executor``.
+
+    :param manifest: the Pod manifest template (YAML). Every ``{{ value }}`` is
+        JSON-encoded, so keys and paths are YAML-safe; the context is
+        :func:`~pydatatask.task.templates.job_context` (``key``, ``task``, ``params``,
+        ``links`` and one entry per link) plus ``namespace``, ``pod_name``, ``attempt``.
+        ``metadata.name``, labels, annotations and the finalizer are set by the executor.
+    :param executor: a :class:`~pydatatask.executor.kubernetes.KubeExecutor` (its quota is
+        shared by every task using it).
+    :param params: extra template values (``{{ params.x }}``).
+    :param cpu, memory: requests = limits of containers that set no ``resources``; what the
+        executor's quota counts per pod.
+
+    Other parameters as for :class:`~pydatatask.task.base.Task`.
+    """
+
+    runner = "kube"
+
+    def __init__(
+        self,
+        name: str,
+        manifest: str,
+        *,
+        executor: KubeExecutor,
+        params: Mapping[str, Any] | None = None,
+        cpu: str | float | None = None,
+        memory: str | int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(manifest, str) or not manifest.strip():
+            raise ConfigurationError(f"task {name!r}: manifest must be a non-empty YAML template string")
+        if not isinstance(executor, Executor) or not executor.can_run(PodWork):
+            raise ConfigurationError(
+                f"task {name!r}: executor must run pods (a KubeExecutor), not {type(executor).__name__}"
+            )
+        self.manifest = manifest
+        self.params = dict(params or {})
+        self._resources = Resources(
+            cpu=0.0 if cpu is None else parse_cpu(cpu), memory=0 if memory is None else parse_memory(memory)
+        )
+        if not executor.fits_at_all(self._resources):
+            raise ConfigurationError(
+                f"task {name!r}: one pod requests cpu={cpu} memory={memory}, more than the quota of "
+                f"{executor.describe()}: it could never run"
+            )
+        self._executor = executor
+        #: keys whose pod outlived its scheduler and waits to be adopted by the next launch
+        self.adoptable: set[str] = set()
+        super().__init__(name, **kwargs)
+
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
+    @property
+    def resources(self) -> Resources:
+        return self._resources
+
+    def describe(self) -> str:
+        return f"pod task {self.name} on {self._executor.describe()}"
+
+    def acquire_slot(self) -> Slot | None:
+        return self._executor.acquire(self._resources)
+
+    def release_slot(self, slot: Any) -> None:
+        if isinstance(slot, Slot):
+            self._executor.release(slot)
+
+    # ---------------------------------------------------------------- recovery
+    async def validate(self) -> None:
+        """Look for this task's pods that no claim names (a crashed run whose ``live`` was
+        in memory): a pod that runs or has finished is adopted by the next launch of its
+        key (let go if its job is recorded); a deleted pod still held for its cleanup gets
+        it now: its partial outputs are removed under a claim of ours, then it is let go."""
+        await super().validate()
+        orphans = await self._executor.jobs(self.name)
+        if not orphans:
+            return
+        claimed = set(await self.live.keys())
+        for key, info in orphans.items():
+            if key in claimed:
+                continue  # its claim tells who runs it; a stale one is recovered as usual
+            handle = await self._executor.recover(info)
+            if handle is None:
+                continue
+            if handle.adoptable:
+                if await self.done.contains(key):
+                    await handle.close()
+                else:
+                    self.adoptable.add(key)
+                continue
+            claim = await self.claims.acquire(key)
+            if claim is None:
+                continue  # claimed meanwhile: that scheduler deals with it
+            try:
+                await handle.cancel(0)  # deleted already: wait until its containers stopped
+                record = (await self.done.get_many([key])).get(key)
+                succeeded = isinstance(record, Mapping) and record.get("success") is True
+                if succeeded or await self.cleanup_outputs(key):
+                    await handle.close()
+            finally:
+                await self.claims.release(claim)
+
+    async def recover_stale(self, key: str, claim: Any) -> None:
+        """A stale claim whose pod still runs or has finished (not deleted): take the claim
+        over, then free the key for the next launch, which adopts the pod (the executor
+        hands out a handle on the existing pod) and records its end; a pod whose job is
+        recorded already is let go. Anything else as for every task: the pod is stopped,
+        the partial outputs removed, the key freed."""
+        run = claim.get("run") if isinstance(claim, dict) else None
+        handle = await self._executor.recover(run) if isinstance(run, dict) and run else None
+        if handle is None or not handle.adoptable:
+            await super().recover_stale(key, claim)
+            return
+        taken = await self.claims.take_over(key, claim)
+        if taken is None:
+            return  # another scheduler recovers it
+        if await self.done.contains(key):
+            await handle.close()  # recorded before its scheduler died: nothing left to do
+        else:
+            self.adoptable.add(key)
+        await self.claims.release(taken)
+
+    def resumable_keys(self) -> set[str]:
+        """Keys of pods to adopt: ready even when the pod already wrote the outputs."""
+        return self.adoptable
+
+    # ---------------------------------------------------------------- the job
+    def render(self, key: str, *, attempt: int = 1) -> dict[str, Any]:
+        """The manifest rendered for ``key`` (before the executor names and labels it)."""
+        namespace = getattr(getattr(self._executor, "cluster", None), "namespace", None)
+        context = job_context(self, key, self.params)
+        context.update(namespace=namespace, pod_name=pod_name(self.name, key), attempt=attempt)
+        text = render_yaml(self.manifest, context)
+        try:
+            body = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(
+                f"task {self.name}: the manifest rendered for {key!r} is not valid YAML: {exc}"
+            ) from exc
+        if not isinstance(body, dict) or body.get("kind", "Pod") != "Pod":
+            raise ConfigurationError(f"task {self.name}: the manifest must be one Pod (kind: Pod)")
+        return body
+
+    async def prepare(self, job: JobContext) -> Work:
+        """The pod of this attempt."""
+        self.adoptable.discard(job.key)  # the executor adopts the pod, if it is still there
+        return PodWork(self.render(job.key, attempt=job.attempt), job=(self.name, job.key))
+
+    async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:
+        """The pod's exit code, node and pod facts (``kube`` in the record); a failed pod
+        fails the attempt with the pod's reason."""
+        result = JobOutcome(exit_code=outcome.exit_code, host=outcome.place, extra=dict(outcome.extra))
+        if outcome.error is not None:
+            error = JobError(f"task {self.name}: {outcome.error}")
+            error.outcome = result  # type: ignore[attr-defined]
+            raise error from outcome.error
+        return result
+
+    async def run_job(self, job: JobContext) -> JobOutcome | None:
+        """Not used: pod tasks run through :meth:`prepare` and :meth:`finish`."""
+        raise NotImplementedError("pod tasks run through prepare() and finish()")

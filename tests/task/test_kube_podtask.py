@@ -1,0 +1,292 @@
+"""PodTask and FunctionTask on a KubeExecutor, driven by the one job lifecycle, against the
+real kube-apiserver and the project's test kubelet (which runs each pod's command as a
+local process, so pods write into the test's tmp_path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository, Session
+from pydatatask.errors import ConfigurationError
+from pydatatask.executor.kubernetes import KubeExecutor
+from pydatatask.executor.pods import api_client, pod_name
+from pydatatask.pipeline import Pipeline
+from pydatatask.task.pod import PodTask
+from tests.conftest import service
+
+pytestmark = pytest.mark.kube
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "kube_pipeline.py"
+
+SH_POD = """
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+    env:
+    - {name: KEY, value: {{ key }}}
+    - {name: OUT, value: {{ out.path }}}
+"""
+
+
+@pytest.fixture
+def kcfg(services: dict[str, Any]) -> dict[str, Any]:
+    return service(services, "kube")
+
+
+@pytest.fixture
+def name() -> str:
+    return "p" + secrets.token_hex(3)
+
+
+def executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
+    async def kube() -> AsyncIterator[Any]:
+        async with api_client(kcfg["kubeconfig"]) as api:
+            yield api
+
+    kube.__name__ = f"kube_{secrets.token_hex(4)}"
+    return KubeExecutor(
+        session.resource(kube), name=name, namespace=kcfg["namespace"], poll_interval="0.2s", **kw
+    )
+
+
+async def pods_of(kcfg: dict[str, Any], name: str) -> list[Any]:
+    from kubernetes_asyncio import client
+
+    async with api_client(kcfg["kubeconfig"]) as api:
+        result = await client.CoreV1Api(api).list_namespaced_pod(
+            kcfg["namespace"], label_selector=f"pydatatask.io/executor={name}"
+        )
+    return list(result.items)
+
+
+async def no_pods_left(kcfg: dict[str, Any], name: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while left := await pods_of(kcfg, name):
+        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
+        await asyncio.sleep(0.2)
+
+
+def sh_task(ex: KubeExecutor, tname: str, script: str, tmp_path: Path, **kw: Any) -> PodTask:
+    return PodTask(
+        tname,
+        SH_POD,
+        executor=ex,
+        inputs={"src": kw.pop("src")},
+        outputs={"out": FileRepository(tmp_path / "out", ".txt")},
+        params={"script": script},
+        **kw,
+    )
+
+
+async def test_pod_task_records_exit_code_node_and_logs(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    session = Session()
+    ex = executor(session, kcfg, name)
+    src, logs = MemoryMetadataRepository(), MemoryBlobRepository()
+    script = 'echo "working on $KEY"; if [ "$KEY" = bad ]; then echo oops >&2; exit 3; fi; printf "done $KEY" > "$OUT"'
+    task = sh_task(ex, name, script, tmp_path, src=src, logs=logs)
+    for key in ("bad", "Good_Key.1"):
+        await src.put(key, {})
+    summary = await Pipeline([task], session).run()
+    assert summary.failed == 1 and summary.succeeded == 1
+    bad = await task.done.get("bad")
+    assert bad["success"] is False and bad["exit_code"] == 3 and bad["host"] == kcfg["node"]
+    assert bad["kube"]["containers"]["main"]["exit_code"] == 3 and bad["kube"]["phase"] == "Failed"
+    assert "exited with 3" in bad["error"]["message"]
+    assert "working on bad" in await logs.read_text("bad") and "oops" in await logs.read_text("bad")
+    assert not (tmp_path / "out" / "bad.txt").exists()
+    good = await task.done.get("Good_Key.1")
+    assert good["success"] and good["exit_code"] == 0 and good["kube"]["phase"] == "Succeeded"
+    assert good["kube"]["pod"] == pod_name(name, "Good_Key.1")
+    assert (tmp_path / "out" / "Good_Key.1.txt").read_text() == "done Good_Key.1"
+    await no_pods_left(kcfg, name)
+
+
+async def test_pod_task_timeout_stops_the_pod_and_removes_its_output(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    session = Session()
+    ex = executor(session, kcfg, name)
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    task = sh_task(ex, name, 'printf partial > "$OUT"; sleep 30', tmp_path, src=src, timeout="2s")
+    summary = await Pipeline([task], session).run()
+    assert summary.failed == 1
+    record = await task.done.get("k")
+    assert record["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+    assert not (tmp_path / "out" / "k.txt").exists()
+    await no_pods_left(kcfg, name)
+
+
+async def test_two_schedulers_run_each_key_once(kcfg: dict[str, Any], name: str, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.log"
+    keys = [f"k{i}" for i in range(6)]
+    (tmp_path / "in").mkdir()
+    for key in keys:
+        (tmp_path / "in" / f"{key}.txt").write_text(key)
+
+    def pipeline() -> Pipeline:
+        session = Session()
+        task = sh_task(
+            executor(session, kcfg, name),
+            name,
+            f'echo "$KEY" >> {runs}; sleep 0.5; printf ok > "$OUT"',
+            tmp_path,
+            src=FileRepository(tmp_path / "in", ".txt"),
+        )
+        return Pipeline([task], session, state_dir=tmp_path / "state")
+
+    first, second = pipeline(), pipeline()
+    async with first:  # creates the state directories (two creating them at once race)
+        pass
+    await asyncio.gather(first.run(), second.run())
+    assert sorted(runs.read_text().split()) == keys
+    for key in keys:
+        record = yaml.safe_load((tmp_path / "state" / name / "done" / f"{key}.yaml").read_text())
+        assert record["success"] and record["attempts"] == 1
+    await no_pods_left(kcfg, name)
+
+
+def test_pod_task_needs_a_pod_executor_and_a_pod_within_the_quota(tmp_path: Path) -> None:
+    ex = KubeExecutor(object(), name="q", max_cpu="1")
+    with pytest.raises(ConfigurationError, match="could never run"):
+        PodTask("t", SH_POD, executor=ex, cpu="2")
+    with pytest.raises(ConfigurationError, match="manifest must be a non-empty"):
+        PodTask("t", " ", executor=ex)
+    task = PodTask(
+        "t",
+        SH_POD,
+        executor=ex,
+        inputs={"src": MemoryMetadataRepository()},
+        outputs={"out": FileRepository(tmp_path, ".txt")},
+        params={"script": "x"},
+    )
+    body = task.render("A_b.1", attempt=2)
+    assert body["spec"]["containers"][0]["command"] == ["sh", "-c", "x"]
+    assert body["spec"]["containers"][0]["env"] == [
+        {"name": "KEY", "value": "A_b.1"},
+        {"name": "OUT", "value": str(tmp_path / "A_b.1.txt")},
+    ]
+
+
+def test_function_task_on_a_kube_executor_runs_in_the_pod(
+    kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    keys = ["a", "Mixed_Case.k", "x" * 70]
+    (tmp_path / "in").mkdir()
+    for key in keys:
+        (tmp_path / "in" / f"{key}.txt").write_text(f"text of {key}")
+    env = dict(
+        os.environ,
+        PDT_KT_DIR=str(tmp_path),
+        PDT_KT_KUBECONFIG=kcfg["kubeconfig"],
+        PDT_KT_NAME=name,
+        PYTHONPATH=str(HERE.parents[1]),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "run", "--task", f"{name}fk", "--no-status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for key in keys:
+        assert (
+            tmp_path / "fkout" / f"{key}.txt"
+        ).read_text() == f"TEXT OF {key.upper()} (pod={pod_name(name + 'fk', key)})"
+        rec = yaml.safe_load((tmp_path / "state" / f"{name}fk" / "done" / f"{key}.yaml").read_text())
+        assert rec["success"] and rec["host"] == kcfg["node"] and rec["kube"]["phase"] == "Succeeded"
+    runs = (tmp_path / "fn-runs.log").read_text().split()
+    assert sorted(runs[0::2]) == sorted(keys)
+    assert str(os.getpid()) not in runs[1::2]
+
+
+@pytest.mark.parametrize("live", ["durable", "memory"])
+def test_a_sigkilled_schedulers_pods_are_adopted_not_rerun(
+    kcfg: dict[str, Any], name: str, tmp_path: Path, live: str
+) -> None:
+    """Killed while its pods run, the next run adopts them: found through the stale claims
+    of a durable ``live``, or, with claims in memory (gone with the run), by the pods'
+    labels."""
+    keys = [f"job_{i:02d}" for i in range(8)]
+    (tmp_path / "in").mkdir()
+    for key in keys:
+        (tmp_path / "in" / f"{key}.txt").write_text(key)
+    env = dict(
+        os.environ,
+        PDT_KT_DIR=str(tmp_path),
+        PDT_KT_KUBECONFIG=kcfg["kubeconfig"],
+        PDT_KT_NAME=name,
+        PDT_KT_SLEEP="2.5",
+        PYTHONPATH=str(HERE.parents[1]),
+        **({"PDT_KT_MEMORY": "1"} if live == "memory" else {}),
+    )
+    argv = [sys.executable, str(SCRIPT), "run", "--task", f"{name}psleep", "--no-status"]
+    runs = tmp_path / "runs.log"
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (runs.exists() and len(runs.read_text().splitlines()) >= len(keys)):
+            assert first.poll() is None, "the first scheduler ended before it was killed"
+            assert time.monotonic() < deadline, "pods did not start"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+    running = asyncio.run(pods_of(kcfg, f"{name}x"))
+    assert running, "every pod finished before the kill: nothing to adopt"
+    if live == "memory":
+        # the orphans finish (and write their outputs) before the next run: their keys are
+        # not ready any more, only the pods' labels tell that their jobs were never recorded
+        deadline = time.monotonic() + 30
+        while not all(p.status.phase == "Succeeded" for p in asyncio.run(pods_of(kcfg, f"{name}x"))):
+            assert time.monotonic() < deadline, "the orphaned pods did not finish"
+            time.sleep(0.2)
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "adopting pod" in second.stderr, second.stderr
+        lines = [line.split() for line in runs.read_text().splitlines()]
+        assert sorted(k for k, _ in lines) == keys, lines  # one pod per key: nothing ran twice
+        for key in keys:
+            assert (tmp_path / "pout" / f"{key}.txt").read_text() == "done"
+        asyncio.run(no_pods_left(kcfg, f"{name}x"))
+        return
+    # a key whose record exists already needs no work: its pod is let go, not reaped
+    done_dir = tmp_path / "state" / f"{name}psleep" / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    fake = sorted(p.metadata.annotations["pydatatask.io/key"] for p in running)[0]
+    (done_dir / f"{fake}.yaml").write_text(
+        yaml.safe_dump({"task": f"{name}psleep", "key": fake, "success": True, "marker": 1})
+    )
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "adopting pod" in second.stderr, second.stderr
+    lines = [line.split() for line in runs.read_text().splitlines()]
+    assert sorted(k for k, _ in lines) == keys, lines  # one pod per key: nothing ran twice
+    uid_of = dict(lines)
+    for key in keys:
+        rec = yaml.safe_load((done_dir / f"{key}.yaml").read_text())
+        if key == fake:
+            assert rec.get("marker") == 1  # untouched
+            continue
+        assert rec["success"] and rec["attempts"] == 1, rec
+        assert rec["kube"]["uid"] == uid_of[key]  # the very pod that ran, adopted or not
+        assert (tmp_path / "pout" / f"{key}.txt").read_text() == "done"
+    asyncio.run(no_pods_left(kcfg, f"{name}x"))
