@@ -37,6 +37,10 @@ class PodTask(Task):
     :param executor: a :class:`~pydatatask.executor.kubernetes.KubeExecutor` (its quota is
         shared by every task using it).
     :param params: extra template values (``{{ params.x }}``).
+    :param env: environment added to every container of the task's pods:
+        ``{NAME: "value"}`` or ``{NAME: {"secretKeyRef": {"name": ..., "key": ...}}}`` (a
+        ``valueFrom``). Secrets go here, never into command lines. A variable the manifest
+        sets itself keeps the manifest's value; the task's ``env`` wins over the executor's.
     :param cpu, memory: requests = limits of containers that set no ``resources``; what the
         executor's quota counts per pod.
 
@@ -52,6 +56,7 @@ class PodTask(Task):
         *,
         executor: KubeExecutor,
         params: Mapping[str, Any] | None = None,
+        env: Mapping[str, Any] | None = None,
         cpu: str | float | None = None,
         memory: str | int | None = None,
         **kwargs: Any,
@@ -64,6 +69,14 @@ class PodTask(Task):
             )
         self.manifest = manifest
         self.params = dict(params or {})
+        self.env = dict(env or {})
+        for var, value in self.env.items():
+            if not isinstance(var, str) or not var:
+                raise ConfigurationError(f"task {name!r}: env names must be non-empty strings, not {var!r}")
+            if not isinstance(value, (str, dict)):
+                raise ConfigurationError(
+                    f"task {name!r}: env {var!r} must be a string or a valueFrom dict, not {type(value).__name__}"
+                )
         self._resources = Resources(
             cpu=0.0 if cpu is None else parse_cpu(cpu), memory=0 if memory is None else parse_memory(memory)
         )
@@ -169,7 +182,29 @@ class PodTask(Task):
             ) from exc
         if not isinstance(body, dict) or body.get("kind", "Pod") != "Pod":
             raise ConfigurationError(f"task {self.name}: the manifest must be one Pod (kind: Pod)")
+        if self.env:
+            self._add_env(body)
         return body
+
+    def _add_env(self, body: dict[str, Any]) -> None:
+        """The task's ``env`` into every container of ``body`` (a name the container sets
+        itself keeps its value)."""
+        spec = body.get("spec")
+        containers = spec.get("containers") if isinstance(spec, dict) else None
+        if not isinstance(containers, list):
+            return  # the executor names what is missing
+        entries = [
+            {"name": k, "valueFrom": v} if isinstance(v, dict) else {"name": k, "value": v}
+            for k, v in self.env.items()
+        ]
+        for container in containers:
+            if not isinstance(container, dict):
+                continue  # the executor names it
+            present = container.get("env") or []
+            if not isinstance(present, list):
+                raise ConfigurationError(f"task {self.name}: a container's env must be a list")
+            names = {e.get("name") for e in present if isinstance(e, dict)}
+            container["env"] = list(present) + [e for e in entries if e["name"] not in names]
 
     async def prepare(self, job: JobContext) -> Work:
         """The pod of this attempt."""

@@ -185,6 +185,52 @@ def test_pod_task_needs_a_pod_executor_and_a_pod_within_the_quota(tmp_path: Path
     ]
 
 
+def test_pod_task_env_reaches_every_container_and_the_manifest_wins(tmp_path: Path) -> None:
+    """A task's ``env`` (plain values and ``valueFrom``) is added to every container; a
+    variable the manifest sets keeps its value; the task's value wins over the executor's;
+    secrets stay out of the command line."""
+    ex = KubeExecutor(object(), name="e", env={"SHARED": "executor", "ONLY_EX": "x"})
+    manifest = SH_POD + "  - name: side\n    image: busybox\n    command: [sleep, '1']\n"
+    token = {"secretKeyRef": {"name": "s", "key": "token"}}
+    task = PodTask(
+        "t",
+        manifest,
+        executor=ex,
+        inputs={"src": MemoryMetadataRepository()},
+        outputs={"out": FileRepository(tmp_path, ".txt")},
+        params={"script": "echo hi"},
+        env={"TOKEN": token, "KEY": "from-task", "SHARED": "task"},
+    )
+    body = ex.pod_body(task.render("k1"), "t", "k1", task.resources)
+    main, side = body["spec"]["containers"]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["KEY"] == {"name": "KEY", "value": "k1"}  # the manifest's own
+    assert env["TOKEN"] == {"name": "TOKEN", "valueFrom": token}
+    assert env["SHARED"]["value"] == "task" and env["ONLY_EX"]["value"] == "x"
+    assert [e["name"] for e in side["env"]] == ["TOKEN", "KEY", "SHARED", "ONLY_EX"]
+    assert "token" not in repr(main["command"])
+    with pytest.raises(ConfigurationError, match="env 'N' must be a string or a valueFrom dict"):
+        PodTask("t", SH_POD, executor=ex, env={"N": 3})
+
+
+async def test_pod_task_env_is_seen_by_the_pod(kcfg: dict[str, Any], name: str, tmp_path: Path) -> None:
+    session = Session()
+    src = MemoryMetadataRepository()
+    await src.put("k", {})
+    task = sh_task(
+        executor(session, kcfg, name),
+        name,
+        'printf "%s" "$GREETING" > "$OUT"',
+        tmp_path,
+        src=src,
+        env={"GREETING": "hello from the task"},
+    )
+    summary = await Pipeline([task], session).run()
+    assert summary.ok and summary.succeeded == 1, summary.as_dict()
+    assert (tmp_path / "out" / "k.txt").read_text() == "hello from the task"
+    await no_pods_left(kcfg, name)
+
+
 def test_function_task_on_a_kube_executor_runs_in_the_pod(
     kcfg: dict[str, Any], name: str, tmp_path: Path
 ) -> None:
