@@ -11,9 +11,15 @@
         outcome = await handle.wait()
         await task.finish(job, outcome)             commit outputs, or raise: the attempt failed
         a failed attempt: its partial outputs are removed (the write journal names every key
-        it wrote), the claim shows "retrying" until the next attempt
-    the log (handle.logs() and the job's own lines), the record in ``done``, hooks
-    release: the claim, and handle.close()
+        it wrote), then its handle is closed; the claim shows "retrying" until the next
+        attempt
+    the log (handle.logs() and the job's own lines), the record in ``done``
+    handle.close() of the last attempt, release of the claim, hooks
+
+A handle is closed only once the outputs of its attempt are settled (removed, or recorded
+with the job): what the executor holds of the work (a pod kept by its finalizer) is what
+tells a scheduler started after a kill that a job was left unfinished, even when the claims
+were in memory.
 
 Cancellation (Ctrl-C, a lost claim) cancels the running handle with the executor's grace,
 removes partial outputs, writes no record and propagates. :func:`recover` deals with a
@@ -88,6 +94,8 @@ async def execute(
     # removes all of it and downstream waits while the job runs
     journal = task.start_journal(key)
     succeeded = False
+    # the handle of the attempt under way: closed once its outputs are settled
+    handles: list[JobHandle] = []
     try:
         while True:
             attempt += 1
@@ -100,11 +108,13 @@ async def execute(
                 await hooks.emit(Event("job_started", task.name, key, attempt))
             try:
                 with journaling(journal):
-                    outcome = await _attempt(task, job, claim)
+                    outcome = await _attempt(task, job, claim, handles)
             except Exception as exc:
                 job.log(f"attempt {attempt} failed: {type(exc).__name__}: {exc}")
-                await task.cleanup_outputs(key, journal)
+                cleaned = await task.cleanup_outputs(key, journal)
                 if task.retry.should_retry(exc, attempt):
+                    if cleaned:
+                        await _close(task, handles)
                     delay = task.retry.delay(attempt)
                     if on_state:
                         on_state(task, key, JobState.RETRYING, attempt)
@@ -117,6 +127,8 @@ async def execute(
                     # again: the cleanup above fails when the backend is down, and the failed
                     # attempt's debris (e.g. an S3 multipart upload) would stay
                     await task.cleanup_outputs(key, journal)
+                    # the next attempt's work takes the place of this one's (the same pod name)
+                    await _close(task, handles)
                     continue
                 info = getattr(exc, "outcome", None)
                 known = info if isinstance(info, JobOutcome) else None
@@ -158,10 +170,11 @@ async def execute(
     except BaseException:
         # cancelled (Ctrl-C) or the record could not be written: leave no half output, free
         # the key so a later run does the job again
-        await asyncio.shield(_abandon(task, key, claim, journal))
+        await asyncio.shield(_abandon(task, key, claim, journal, handles))
         raise
     finally:
         task.end_journal(key, succeeded)
+    await _close(task, handles)  # recorded: nothing of the job is needed any more
     if claim is None or task.claims.get(key) is claim:
         await task.release(key)
     if on_state:
@@ -172,9 +185,12 @@ async def execute(
     return record
 
 
-async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutcome | None:
+async def _attempt(
+    task: Task, job: JobContext, claim: Claim | None, handles: list[JobHandle]
+) -> JobOutcome | None:
     """One attempt: prepare, start, wait and finish (within the time limit, which counts
-    from the handle's start)."""
+    from the handle's start). The handle goes into ``handles``, still open: the caller
+    closes it once the attempt's outputs are removed or recorded."""
     work = await task.prepare(job)
     executor = RUN_JOB_EXECUTOR if type(work) is RunJobWork else task.executor
     given = job.slot if isinstance(job.slot, Slot) and job.slot.executor is executor else None
@@ -188,6 +204,7 @@ async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutco
                     f"task {task.name}: the claim on {job.key!r} was taken over by another scheduler"
                 )
         handle = await executor.start(work, slot)
+        handles.append(handle)
         try:
             if handle.info and claim is not None:
                 # before anything else: a scheduler killed from now on leaves what recovery needs
@@ -221,8 +238,6 @@ async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutco
         except BaseException:
             await asyncio.shield(_stop(handle, task.cancel_grace))
             raise
-        finally:
-            await handle.close()
     finally:
         if given is None:
             executor.release(slot)
@@ -231,7 +246,11 @@ async def _attempt(task: Task, job: JobContext, claim: Claim | None) -> JobOutco
 async def run_attempt(task: Task, job: JobContext) -> JobOutcome | None:
     """One attempt of ``job`` on the task's executor, without claim, retries or record (a
     process that runs one job on behalf of another scheduler, e.g. inside a pod)."""
-    return await _attempt(task, job, None)
+    handles: list[JobHandle] = []
+    try:
+        return await _attempt(task, job, None, handles)
+    finally:
+        await _close(task, handles)
 
 
 async def _acquire(executor: Executor, resources: Resources) -> Slot:
@@ -251,20 +270,34 @@ async def _stop(handle: JobHandle, grace: float) -> None:
         log.warning("could not stop %s: %s", handle.info or "a job", exc)
 
 
+async def _close(task: Task, handles: list[JobHandle]) -> None:
+    """Close the handles in ``handles`` (and forget them)."""
+    while handles:
+        handle = handles.pop()
+        try:
+            await handle.close()
+        except Exception as exc:  # the job is settled; what the executor still holds is named
+            log.warning("task %s: could not free %s: %s", task.name, handle.info or "a finished job", exc)
+
+
 async def _keep_logs(job: JobContext, handle: JobHandle) -> None:
     printed = await handle.logs()
     if printed:
         job.log("output:\n" + printed.decode("utf-8", "replace").rstrip("\n"))
 
 
-async def _abandon(task: Task, key: str, claim: Claim | None, journal: WriteJournal | None) -> None:
+async def _abandon(
+    task: Task, key: str, claim: Claim | None, journal: WriteJournal | None, handles: list[JobHandle]
+) -> None:
     if claim is not None and task.claims.get(key) is not claim:
+        await _close(task, handles)  # the work was stopped; the claim's new holder adopts nothing of it
         return  # the claim was lost to another scheduler: its outputs are not ours to touch
     cleaned = False
     try:
         cleaned = await task.cleanup_outputs(key, journal)
     finally:
         if cleaned or claim is None:
+            await _close(task, handles)
             await task.release(key)
         else:
             # the partial outputs are still there (the backend is down?): releasing the
@@ -315,10 +348,12 @@ async def recover(task: Task, key: str, value: Any) -> None:
         value.get("owner") if isinstance(value, dict) else value,
         value.get("host") if isinstance(value, dict) else "?",
     )
+    handles: list[JobHandle] = []
     if isinstance(run, dict) and run:
         try:
             handle = await task.executor.recover(run)
             if handle is not None:
+                handles.append(handle)
                 await _stop_recovered(task, key, handle)
         except Exception as exc:
             # the host is unreachable (or cannot tell): the claim stays, handed to nobody, and
@@ -337,6 +372,13 @@ async def recover(task: Task, key: str, value: Any) -> None:
             return
     written = value.get("wrote") if isinstance(value, dict) else None
     if not await task.cleanup_outputs(key, task.journal_from_claim(written)):
+        task.claims.forget(claim)  # the work stays held: the next recovery finds it again
+        return
+    try:
+        for handle in handles:
+            await handle.close()
+    except Exception as exc:  # still held: the claim stays, the next check frees it
+        log.warning("task %s: could not free the interrupted job %r: %s; will try again", task.name, key, exc)
         task.claims.forget(claim)
         return
     await task.claims.release(claim)
@@ -344,9 +386,7 @@ async def recover(task: Task, key: str, value: Any) -> None:
 
 async def _stop_recovered(task: Task, key: str, handle: JobHandle) -> None:
     """What a dead scheduler left running: stopped (adoption of a handle whose outcome can
-    still be recorded is the next step; until then its work is done again)."""
-    try:
-        await handle.cancel(task.cancel_grace)
-    finally:
-        await handle.close()
+    still be recorded is the next step; until then its work is done again). The handle is
+    closed once the partial outputs are gone."""
+    await handle.cancel(task.cancel_grace)
     log.info("task %s: stopped what the interrupted job of %r left running", task.name, key)

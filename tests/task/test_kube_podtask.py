@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -336,3 +337,122 @@ def test_a_sigkilled_schedulers_pods_are_adopted_not_rerun(
         assert rec["kube"]["uid"] == uid_of[key]  # the very pod that ran, adopted or not
         assert (tmp_path / "pout" / f"{key}.txt").read_text() == "done"
     asyncio.run(no_pods_left(kcfg, f"{name}x"))
+
+
+# The pod writes a partial output and then fails (retry), hangs (timeout, cancel) or is
+# deleted by someone else (deleted); once its flag exists (the second run) it finishes.
+DYING_POD_SCHEDULER = """
+import asyncio, os, signal, sys
+from pydatatask import FileRepository, Session
+from pydatatask.executor.kubernetes import KubeExecutor
+from pydatatask.executor.pods import api_client, pod_name
+from pydatatask.pipeline import Pipeline
+from pydatatask.task import RetryPolicy
+from pydatatask.task.pod import PodTask
+
+root, name, kubeconfig, namespace, mode, die = sys.argv[1:7]
+session = Session()
+
+
+@session.resource
+async def kube():
+    async with api_client(kubeconfig) as api:
+        yield api
+
+
+class DyingPodTask(PodTask):
+    async def cleanup_outputs(self, key, *args, **kwargs):
+        if die == "die":  # the attempt has ended; its partial outputs are still there
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super().cleanup_outputs(key, *args, **kwargs)
+
+
+MANIFEST = '''
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+    env:
+    - {name: OUT, value: {{ out.path }}}
+'''
+SCRIPT = (
+    f'echo "$$" >> {root}/runs; if [ -e {root}/flag ]; then echo done > "$OUT"; exit 0; fi; '
+    f'touch {root}/flag; echo partial > "$OUT"; touch {root}/started; '
+    + ("exit 3" if mode == "retry" else "sleep 60")
+)
+executor = KubeExecutor(kube, name=name, namespace=namespace, poll_interval="0.2s")
+task = DyingPodTask(
+    name,
+    MANIFEST,
+    executor=executor,
+    inputs={"src": FileRepository(root + "/src")},
+    outputs={"out": FileRepository(root + "/out")},
+    params={"script": SCRIPT},
+    timeout="2s" if mode == "timeout" else None,
+    retry=RetryPolicy(max_attempts=2, backoff=0.2, jitter=0) if mode == "retry" else None,
+)
+# no state_dir: claims and records in memory, gone with the process
+pipeline = Pipeline([task], session, poll_interval="0.2s")
+
+
+async def started():
+    while not os.path.exists(root + "/started"):
+        await asyncio.sleep(0.05)
+
+
+async def main():
+    run = asyncio.ensure_future(pipeline.run())
+    if die == "die" and mode in ("cancel", "deleted"):
+        await started()
+        if mode == "cancel":  # what Ctrl-C does to a running job
+            run.cancel()
+        else:  # someone else deletes the pod (kubectl delete pod, an eviction)
+            await executor.cluster.delete_pod(pod_name(name, "k"))
+    try:
+        summary = await run
+    except asyncio.CancelledError:
+        print("CANCELLED", flush=True)
+        return
+    print("OK" if summary.ok else "FAILED", summary.succeeded, summary.failed, flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", ["retry", "timeout", "cancel", "deleted"])
+def test_a_scheduler_killed_before_removing_partial_outputs_leaves_its_pod_held(
+    kcfg: dict[str, Any], name: str, tmp_path: Path, mode: str
+) -> None:
+    """With claims and records in memory, a scheduler SIGKILLed once an attempt ended badly
+    but before its partial outputs were removed: the pod must still be there (held by the
+    executor's finalizer), since nothing else tells the next run that the output it finds
+    is partial. The next run cleans up (or adopts the pod) and does the job.
+    Before, the lifecycle closed the handle (deleted the pod) first: the partial output,
+    with no record and no pod, blocked the key for good."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "src" / "k").write_text("input")
+    script = tmp_path / "sched.py"
+    script.write_text(DYING_POD_SCHEDULER)
+    argv = [sys.executable, str(script), str(tmp_path), name, kcfg["kubeconfig"], kcfg["namespace"], mode]
+    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1]))
+
+    def scheduler(die: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, die], env=env, capture_output=True, text=True, timeout=90)
+
+    first = scheduler("die")
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    assert (tmp_path / "out" / "k").read_text() == "partial\n"
+    held = asyncio.run(pods_of(kcfg, name))
+    assert [p.metadata.annotations["pydatatask.io/key"] for p in held] == ["k"], "the pod went first"
+
+    second = scheduler("live")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "OK 1 0" in second.stdout, second.stdout + second.stderr
+    assert (tmp_path / "out" / "k").read_text() == "done\n"
+    runs = (tmp_path / "runs").read_text().split()
+    assert len(runs) == 2, runs  # the interrupted run and the one that finished
+    asyncio.run(no_pods_left(kcfg, name))
