@@ -271,7 +271,6 @@ class PodHandle(JobHandle):
         await cluster.delete_pod(self.name, uid=self.uid)
         await cluster.remove_finalizer(self.name, self.uid, CLEANUP_FINALIZER)
         self._closed = True
-        self.executor.poller.invalidate()
 
 
 class KubeExecutor(Executor):
@@ -499,7 +498,8 @@ class KubeExecutor(Executor):
                 raise JobError(f"{task} {key!r}: the previous pod {name} is still terminating")
             await self.poller.next_snapshot()
         self.created += 1
-        self.poller.invalidate()
+        # no fresh listing forced: a handle trusts only listings taken after it was made, so
+        # the next periodic one shows the pod (forcing one per pod cost a LIST per pod)
         return PodHandle(self, pod.metadata.name, pod.metadata.uid, task, key)
 
     @staticmethod

@@ -11,8 +11,8 @@
         outcome = await handle.wait()
         await task.finish(job, outcome)             commit outputs, or raise: the attempt failed
         a failed attempt: its partial outputs are removed (the write journal names every key
-        it wrote), then its handle is closed; the claim shows "retrying" until the next
-        attempt
+        it wrote); the claim shows "retrying" until the next attempt, and the handle is
+        closed just before it
     the log (handle.logs() and the job's own lines), the record in ``done``
     handle.close() of the last attempt, release of the claim, hooks
 
@@ -21,7 +21,9 @@ with the job): what the executor holds of the work (a pod kept by its finalizer)
 tells a scheduler started after a kill that a job was left unfinished, even when the claims
 were in memory.
 
-Cancellation (Ctrl-C, a lost claim) cancels the running handle with the executor's grace,
+A :class:`~pydatatask.errors.ConfigurationError` from an attempt (a template that does not
+render, a manifest the cluster refuses) is not the job's failure: it propagates like a
+cancellation, with nothing recorded. Cancellation (Ctrl-C, a lost claim) cancels the running handle with the executor's grace,
 removes partial outputs, writes no record and propagates. :func:`recover` deals with a
 stale claim another scheduler left: it takes the claim over by compare-and-swap, stops
 what the executor still runs of it (:meth:`~pydatatask.executor.base.Executor.recover`),
@@ -36,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import JobError, JobTimeoutError
+from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
 from ..repository.journal import WriteJournal, journaling
 from ._runjob import RUN_JOB_EXECUTOR, RunJobWork
@@ -109,12 +111,15 @@ async def execute(
             try:
                 with journaling(journal):
                     outcome = await _attempt(task, job, claim, handles)
+            except ConfigurationError:
+                # the task's settings are wrong (a manifest the cluster refuses): no attempt
+                # can succeed and the job is not to blame; nothing is recorded, the key
+                # stays ready for a corrected run
+                raise
             except Exception as exc:
                 job.log(f"attempt {attempt} failed: {type(exc).__name__}: {exc}")
-                cleaned = await task.cleanup_outputs(key, journal)
+                await task.cleanup_outputs(key, journal)
                 if task.retry.should_retry(exc, attempt):
-                    if cleaned:
-                        await _close(task, handles)
                     delay = task.retry.delay(attempt)
                     if on_state:
                         on_state(task, key, JobState.RETRYING, attempt)
@@ -127,7 +132,7 @@ async def execute(
                     # again: the cleanup above fails when the backend is down, and the failed
                     # attempt's debris (e.g. an S3 multipart upload) would stay
                     await task.cleanup_outputs(key, journal)
-                    # the next attempt's work takes the place of this one's (the same pod name)
+                    # held during the delay (a pod keeps its name), freed for the next attempt
                     await _close(task, handles)
                     continue
                 info = getattr(exc, "outcome", None)

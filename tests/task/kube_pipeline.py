@@ -4,10 +4,10 @@ PDT_KT_DIR (work dir: in/, out/, fkout/, pout/, state/, runs.log), PDT_KT_KUBECO
 PDT_KT_NAME (task name prefix), PDT_KT_SLEEP (seconds each ``sleep`` pod runs),
 PDT_KT_MEMORY (set: claims and records in memory, no state_dir).
 
-Tasks: ``<name>sleep`` (a KubeTask running ``sh``), ``<name>psleep`` (the same pod as a
-PodTask on a KubeExecutor) and ``<name>fk`` (a FunctionTask on that executor running
-:func:`shout` inside its pod, which is this very script run with its hidden
-``_call-function`` command).
+Tasks, all on one KubeExecutor (``<name>x``): ``<name>sleep`` (a PodTask running ``sh``,
+writing to out/), ``<name>psleep`` (the same pod writing to pout/) and ``<name>fk`` (a
+FunctionTask running :func:`shout` inside its pod, which is this very script run with its
+hidden ``_call-function`` command).
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from typing import Any
 import pydatatask
 from pydatatask import FileRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor
-from pydatatask.executor.pods import KubeCluster, api_client
+from pydatatask.executor.pods import api_client
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.function import FunctionTask
-from pydatatask.task.kube import KubeTask
 from pydatatask.task.pod import PodTask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +46,9 @@ def shout(key: str, src: bytes) -> dict[str, bytes]:
     return {"dst": src.upper() + f" ({where})".encode()}
 
 
-cluster = KubeCluster(kube, max_pods=int(os.environ.get("PDT_KT_MAX_PODS", "50")))
 inputs = FileRepository(DIR / "in", ".txt")
 
-sleep_task = KubeTask(
-    f"{NAME}sleep",
-    """
+SLEEP_POD = """
 spec:
   containers:
   - name: main
@@ -65,19 +61,14 @@ spec:
     - {name: SLEEP, value: {{ params.sleep }}}
     - name: POD_UID
       valueFrom: {fieldRef: {fieldPath: metadata.uid}}
-""",
-    cluster=cluster,
-    inputs={"src": inputs},
-    outputs={"out": FileRepository(DIR / "out", ".txt")},
-    params={"runs": str(DIR / "runs.log"), "sleep": os.environ.get("PDT_KT_SLEEP", "1")},
-    poll_interval="0.3s",
-    concurrency=50,
-)
+"""
+SLEEP_PARAMS = {"runs": str(DIR / "runs.log"), "sleep": os.environ.get("PDT_KT_SLEEP", "1")}
 
 pods = KubeExecutor(
     kube,
     name=f"{NAME}x",
     poll_interval="0.3s",
+    max_pods=50,
     image="python:3.11-slim",
     script_path=__file__,
     working_dir=str(ROOT),
@@ -96,13 +87,23 @@ fn_on_pods = FunctionTask(
     outputs={"dst": FileRepository(DIR / "fkout", ".txt")},
 )
 
+sleep_task = PodTask(
+    f"{NAME}sleep",
+    SLEEP_POD,
+    executor=pods,
+    inputs={"src": inputs},
+    outputs={"out": FileRepository(DIR / "out", ".txt")},
+    params=SLEEP_PARAMS,
+    concurrency=50,
+)
+
 pod_sleep = PodTask(
     f"{NAME}psleep",
-    sleep_task.manifest,
+    SLEEP_POD,
     executor=pods,
     inputs={"src": inputs},
     outputs={"out": FileRepository(DIR / "pout", ".txt")},
-    params=sleep_task.params,
+    params=SLEEP_PARAMS,
     concurrency=50,
 )
 

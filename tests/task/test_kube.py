@@ -1,4 +1,4 @@
-"""KubeTask and the function pods' entry point against the real kube-apiserver and the project's test
+"""PodTask on a KubeExecutor and the function pods' entry point against the real kube-apiserver and the project's test
 kubelet (scripts/test-services), which runs each pod's command as a local process.
 
 Pods live in the services' namespace; every test uses task names with a random suffix
@@ -31,7 +31,8 @@ from pydatatask import (
     MemoryMetadataRepository,
     Session,
 )
-from pydatatask.executor.kubernetes import FUNCTION_COMMAND
+from pydatatask.executor.base import Resources
+from pydatatask.executor.kubernetes import FUNCTION_COMMAND, KubeExecutor
 from pydatatask.executor.pods import (
     KubeApiError,
     KubeCluster,
@@ -42,7 +43,7 @@ from pydatatask.executor.pods import (
     pod_name,
 )
 from pydatatask.pipeline import Pipeline
-from pydatatask.task.kube import KubeTask
+from pydatatask.task.pod import PodTask
 from tests.conftest import service
 
 pytestmark = pytest.mark.kube
@@ -124,19 +125,26 @@ def test_quantities() -> None:
         parse_cpu("lots")
 
 
+def _body(task: PodTask, key: str) -> dict[str, Any]:
+    """The pod ``task``'s executor creates for ``key``."""
+    ex = task.executor
+    assert isinstance(ex, KubeExecutor)
+    return ex.pod_body(task.render(key), task.name, key, task.resources)
+
+
 def test_render_sets_identity_resources_env_and_quotes_values() -> None:
     inp = MemoryMetadataRepository()
-    task = KubeTask(
+    task = PodTask(
         "Render_T",
         SH_POD + "    - {name: EVIL, value: {{ params.evil }}}\n",
-        cluster=KubeCluster(object(), namespace="ns1"),
+        executor=KubeExecutor(object(), namespace="ns1"),
         inputs={"inp": inp},
         params={"script": "echo hi", "evil": 'x"\n  injected: [1'},
         env={"TOKEN": {"secretKeyRef": {"name": "s", "key": "token"}}, "PLAIN": "v"},
         cpu="250m",
         memory="64Mi",
     )
-    body = task.render("Odd_Key.v2")
+    body = _body(task, "Odd_Key.v2")
     meta = body["metadata"]
     assert meta["name"] == pod_name("Render_T", "Odd_Key.v2") and meta["namespace"] == "ns1"
     assert meta["labels"]["pydatatask.io/task"] == "Render_T"
@@ -145,9 +153,9 @@ def test_render_sets_identity_resources_env_and_quotes_values() -> None:
     spec = body["spec"]
     assert spec["restartPolicy"] == "Never"
     (c,) = spec["containers"]
-    assert c["resources"] == {
-        "requests": {"cpu": "250m", "memory": "64Mi"},
-        "limits": {"cpu": "250m", "memory": "64Mi"},
+    assert c["resources"] == {  # 250m and 64Mi, as the executor counts them
+        "requests": {"cpu": "0.25", "memory": str(64 << 20)},
+        "limits": {"cpu": "0.25", "memory": str(64 << 20)},
     }
     env = {e["name"]: e for e in c["env"]}
     assert env["KEY"]["value"] == "Odd_Key.v2"
@@ -155,18 +163,18 @@ def test_render_sets_identity_resources_env_and_quotes_values() -> None:
     assert env["TOKEN"] == {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}
     assert "token" not in repr(c["command"])
     # a manifest that sets resources keeps them
-    task2 = KubeTask(
+    task2 = PodTask(
         "r2",
         SH_POD + "    resources: {requests: {cpu: 1}}\n",
-        cluster=KubeCluster(object()),
+        executor=KubeExecutor(object()),
         params={"script": "true"},
         cpu="250m",
     )
-    assert task2.render("k")["spec"]["containers"][0]["resources"] == {"requests": {"cpu": 1}}
+    assert _body(task2, "k")["spec"]["containers"][0]["resources"] == {"requests": {"cpu": 1}}
     with pytest.raises(ConfigurationError, match="spec.containers"):
-        KubeTask("r3", "kind: Pod\nspec: {}\n", cluster=KubeCluster(object())).render("k")
+        _body(PodTask("r3", "kind: Pod\nspec: {}\n", executor=KubeExecutor(object())), "k")
     with pytest.raises(ConfigurationError, match="undefined"):
-        KubeTask("r4", "spec: {{ nope }}\n", cluster=KubeCluster(object())).render("k")
+        PodTask("r4", "spec: {{ nope }}\n", executor=KubeExecutor(object())).render("k")
 
 
 async def test_api_errors_are_retried_or_translated() -> None:
@@ -201,19 +209,19 @@ async def test_api_errors_are_retried_or_translated() -> None:
 
 
 def test_quota_accounting() -> None:
-    cluster = KubeCluster(object(), max_pods=3, max_cpu="1", max_memory="1Gi")
-    a = cluster.acquire(0.5, 256 << 20)
-    b = cluster.acquire(0.5, 256 << 20)
-    assert a and b and cluster.acquire(0.1, 0) is None  # CPU full
-    cluster.release(a)
-    c = cluster.acquire(0.25, 700 << 20)
-    d = cluster.acquire(0.0, 0)
-    assert c and d and cluster.acquire(0.0, 0) is None  # 3 pods
-    cluster.release(b)
-    assert cluster.acquire(0.0, 400 << 20) is None  # memory: 700 + 400 MiB > 1 GiB
-    assert cluster.acquire(0.0, 300 << 20) is not None
+    ex = KubeExecutor(object(), max_pods=3, max_cpu="1", max_memory="1Gi")
+    a = ex.acquire(Resources(0.5, 256 << 20))
+    b = ex.acquire(Resources(0.5, 256 << 20))
+    assert a and b and ex.acquire(Resources(0.1, 0)) is None  # CPU full
+    ex.release(a)
+    c = ex.acquire(Resources(0.25, 700 << 20))
+    d = ex.acquire(Resources(0.0, 0))
+    assert c and d and ex.acquire(Resources(0.0, 0)) is None  # 3 pods
+    ex.release(b)
+    assert ex.acquire(Resources(0.0, 400 << 20)) is None  # memory: 700 + 400 MiB > 1 GiB
+    assert ex.acquire(Resources(0.0, 300 << 20)) is not None
     with pytest.raises(ConfigurationError, match="can never run"):
-        cluster.acquire(2.0, 0)
+        ex.acquire(Resources(2.0, 0))
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -232,13 +240,14 @@ def name() -> str:
     return "k" + secrets.token_hex(3)
 
 
-def _cluster(session: Session, kcfg: dict[str, Any], **kw: Any) -> KubeCluster:
-    @session.resource
+def _executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
     async def kube() -> AsyncIterator[Any]:
         async with api_client(kcfg["kubeconfig"]) as api:
             yield api
 
-    return KubeCluster(kube, namespace=kcfg["namespace"], **kw)
+    kube.__name__ = f"kube_{secrets.token_hex(4)}"  # one resource per executor of a session
+    kw.setdefault("poll_interval", "0.2s")
+    return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
 
 
 async def _pods(kcfg: dict[str, Any], prefix: str) -> list[Any]:
@@ -264,17 +273,23 @@ async def _no_pods_left(kcfg: dict[str, Any], prefix: str, within: float = 20.0)
         await asyncio.sleep(0.2)
 
 
-def _sh_task(session: Session, kcfg: dict[str, Any], tname: str, script: str, **kw: Any) -> KubeTask:
+def _sh_task(session: Session, kcfg: dict[str, Any], tname: str, script: str, **kw: Any) -> PodTask:
     inp = kw.pop("inputs", None) or {"src": MemoryMetadataRepository()}
-    return KubeTask(
+    return PodTask(
         tname,
         SH_POD,
-        cluster=kw.pop("cluster", None) or _cluster(session, kcfg),
+        executor=kw.pop("executor", None) or _executor(session, kcfg, tname),
         inputs=inp,
         params={"script": script},
-        poll_interval="0.2s",
         **kw,
     )
+
+
+def _created(task: PodTask) -> int:
+    """Pods the task's executor created."""
+    ex = task.executor
+    assert isinstance(ex, KubeExecutor)
+    return ex.created
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -336,7 +351,7 @@ async def test_retry_keeps_the_name_until_the_next_attempt_and_succeeds(
     bad = await task.done.get("broken")
     assert ok["success"] and ok["attempts"] == 2
     assert not bad["success"] and bad["attempts"] == 3 and bad["exit_code"] == 5
-    assert task.created == ok["attempts"] + 3
+    assert _created(task) == ok["attempts"] + 3
     busy = [i for i, n in enumerate(seen) if n]
     assert busy and 0 not in seen[busy[0] : busy[-1]], seen  # no gap: the name stays claimed
     await _no_pods_left(kcfg, name)
@@ -362,14 +377,12 @@ async def test_timeout_deletes_the_pod_and_records_a_timeout(
 async def test_pending_timeout_names_the_reason(session: Session, kcfg: dict[str, Any], name: str) -> None:
     src = MemoryMetadataRepository()
     await src.put("nowhere", {})
-    task = KubeTask(
+    task = PodTask(
         name,
         SH_POD + "  nodeSelector: {pydatatask.test/no-such-node: 'true'}\n",
-        cluster=_cluster(session, kcfg),
+        executor=_executor(session, kcfg, name, pending_timeout="1s"),
         inputs={"src": src},
         params={"script": "true"},
-        pending_timeout="1s",
-        poll_interval="0.2s",
     )
     summary = await Pipeline([task], session).run()
     assert summary.failed == 1
@@ -384,12 +397,11 @@ async def test_invalid_manifest_is_a_configuration_error_with_the_api_message(
 ) -> None:
     src = MemoryMetadataRepository()
     await src.put("k", {})
-    task = KubeTask(
+    task = PodTask(
         name,
         'spec:\n  containers:\n  - name: Not_A_Valid_Name\n    image: busybox\n    command: ["true"]\n',
-        cluster=_cluster(session, kcfg),
+        executor=_executor(session, kcfg, name),
         inputs={"src": src},
-        poll_interval="0.2s",
     )
     pipeline = Pipeline([task], session)
     with pytest.raises(ConfigurationError, match=r"invalid: .*Not_A_Valid_Name"):
@@ -405,15 +417,18 @@ async def test_two_schedulers_never_run_a_key_twice(kcfg: dict[str, Any], name: 
     done = MemoryMetadataRepository()
     for i in range(10):
         await src.put(f"k{i}", {})
+    live = MemoryMetadataRepository()  # the claims both schedulers see
     sessions = [Session(), Session()]
     tasks = [
-        _sh_task(s, kcfg, name, f'echo "$KEY" >> {runs}; sleep 0.5', inputs={"src": src}, done=done)
+        _sh_task(
+            s, kcfg, name, f'echo "$KEY" >> {runs}; sleep 0.5', inputs={"src": src}, done=done, live=live
+        )
         for s in sessions
     ]
     results = await asyncio.gather(*(Pipeline([t], s).run() for t, s in zip(tasks, sessions, strict=True)))
     assert sum(r.succeeded for r in results) == 10, results
     assert sorted(runs.read_text().split()) == sorted(f"k{i}" for i in range(10))
-    assert tasks[0].created + tasks[1].created >= 10
+    assert _created(tasks[0]) + _created(tasks[1]) >= 10
     await _no_pods_left(kcfg, name)
 
 
@@ -482,13 +497,13 @@ spec:
     script2 = f"""echo "s $(date +%s.%N) 2" >> "$TL"; f=$(mktemp)
 {curl} "$S3/$BUCKET/$IN" | tr a-z A-Z > "$f" && {curl} -T "$f" "$S3/$BUCKET/$OUT"; rc=$?; rm -f "$f"
 echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
-    cluster = _cluster(session, kcfg, max_pods=8, max_cpu="3")
+    ex = _executor(session, kcfg, name, max_pods=8, max_cpu="3", poll_interval="0.3s")
     creds = {"AWS_ACCESS_KEY_ID": s3cfg["access_key"], "AWS_SECRET_ACCESS_KEY": s3cfg["secret_key"]}
-    common = dict(cluster=cluster, env=creds, poll_interval="0.3s", concurrency=100)
+    common = dict(executor=ex, env=creds, concurrency=100)
     keys = MemoryMetadataRepository()
     for i in range(100):
         await keys.put(f"doc_{i:03d}.v1", {})
-    stage1 = KubeTask(
+    stage1 = PodTask(
         f"{name}a",
         manifest,
         inputs={"src": keys},
@@ -497,7 +512,7 @@ echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
         cpu="500m",
         **common,  # type: ignore[arg-type]
     )
-    stage2 = KubeTask(
+    stage2 = PodTask(
         f"{name}b",
         manifest,
         inputs={"src": stage1_out},
@@ -506,7 +521,7 @@ echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
         cpu="250m",
         **common,  # type: ignore[arg-type]
     )
-    body = stage1.render("doc_000.v1")
+    body = _body(stage1, "doc_000.v1")
     assert s3cfg["secret_key"] not in yaml.safe_dump(body["spec"]["containers"][0]["command"])
     pipeline = Pipeline([stage1, stage2], session, poll_interval="0.3s")
     t0 = time.monotonic()
@@ -519,7 +534,7 @@ echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
         assert len(await stage2_out.keys()) == 100
         rec = await stage2.done.get("doc_007.v1")
         assert rec["success"] and rec["exit_code"] == 0 and rec["kube"]["node"] == kcfg["node"]
-    assert stage1.created == 100 and stage2.created == 100
+    assert ex.created == 200
     # quota: never more than 8 pods, never more than 3 CPUs requested (process lifetimes
     # lie within pod lifetimes, which lie within the quota slots)
     events = []
@@ -535,14 +550,14 @@ echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
         peak_pods, peak_cpu = max(peak_pods, pods), max(peak_cpu, cpu)
     assert peak_pods <= 8 and peak_cpu <= 3.0 + 1e-9, (peak_pods, peak_cpu)
     assert peak_pods >= 3  # the quota, not something else, was the limit
-    assert cluster.in_flight == []
-    # one LIST per task per poll interval, not one per pod: every LIST is a poller's, bar a
-    # few retried after a transient error (an absolute bound on their number only held
-    # while the machine was not busy: the run lasts longer, the pollers list more often)
-    for t in (stage1, stage2):
-        assert t.pods.poller.lists <= elapsed / 0.3 + 20, (t.pods.poller.lists, elapsed)
-    pollers = stage1.pods.poller.lists + stage2.pods.poller.lists
-    assert pollers <= cluster.calls["list_namespaced_pod"] <= pollers + 10
+    assert ex.capacity.jobs == 0 and ex.capacity.cpu_used == 0
+    # one LIST per executor per poll interval (both tasks share it), not one per pod: every
+    # LIST is the poller's, bar a few retried after a transient error (an absolute bound on
+    # their number only held while the machine was not busy: the run lasts longer, the
+    # poller lists more often)
+    lists = ex.poller.lists
+    assert lists <= elapsed / 0.3 + 20, (lists, elapsed)
+    assert lists <= ex.cluster.calls["list_namespaced_pod"] <= lists + 10
     await _no_pods_left(kcfg, name)
     async with session:
         for repo in (stage1_out, stage2_out):
@@ -662,7 +677,6 @@ async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
     Deleting the pod first and cleaning its outputs afterwards lost the key for good when
     the scheduler died in between (CI, chaos seed 1344213550)."""
     from pydatatask import FileRepository
-    from pydatatask.task.records import make_claim
 
     src = MemoryMetadataRepository()
     (tmp_path / "out").mkdir()
@@ -671,21 +685,19 @@ async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
     keys = ["orphan", "fresh"]
     for key in keys:
         await src.put(key, {})
-    task = KubeTask(
+    task = PodTask(
         name,
         OUT_POD,
-        cluster=_cluster(session, kcfg),
+        executor=_executor(session, kcfg, name),
         inputs={"src": src},
         outputs={"o": out},
         params={"runs": str(runs)},
-        poll_interval="0.2s",
     )
-    # the pod of a scheduler that is gone (its pid no longer runs on this host)
-    gone = await asyncio.create_subprocess_exec("true")
-    await gone.wait()
-    claim = dict(make_claim("dead-scheduler", name, "orphan", time.time()), pid=gone.pid, pid_start=None)
+    # the pod of a scheduler that is gone (another executor object of the same name, its
+    # claims in memory gone with it)
+    dead = _executor(session, kcfg, name)
     async with session:
-        await task.cluster.create_pod(task.render("orphan", claim=claim))
+        await dead.cluster.create_pod(dead.pod_body(task.render("orphan"), name, "orphan", task.resources))
     deadline = time.monotonic() + 30
     while not (await out.contains("orphan") and runs.exists()):
         assert time.monotonic() < deadline, "the orphan pod did not write its output"
@@ -702,7 +714,7 @@ async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
     assert await out.read_text("orphan") == before
     lines = runs.read_text().split("\n")
     assert sorted(line.split()[0] for line in lines if line) == ["fresh", "orphan"]  # each ran once
-    assert task.created == 1  # only "fresh" got a new pod
+    assert _created(task) == 1  # only "fresh" got a new pod
     await _no_pods_left(kcfg, name)
 
 
@@ -732,14 +744,13 @@ async def test_timed_out_pod_is_gone_before_its_outputs_are_removed(
     src = MemoryMetadataRepository()
     await src.put("slow", {})
     started = tmp_path / "started"
-    task = KubeTask(
+    task = PodTask(
         name,
         LATE_WRITER_POD,
-        cluster=_cluster(session, kcfg),
+        executor=_executor(session, kcfg, name),
         inputs={"src": src},
         outputs={"o": out},
         params={"started": str(started)},
-        poll_interval="0.2s",
         timeout="2s",
     )
     summary = await Pipeline([task], session).run()
