@@ -98,6 +98,7 @@ async def execute(
     succeeded = False
     # the handle of the attempt under way: closed once its outputs are settled
     handles: list[JobHandle] = []
+    cleaned = True
     try:
         while True:
             attempt += 1
@@ -118,7 +119,7 @@ async def execute(
                 raise
             except Exception as exc:
                 job.log(f"attempt {attempt} failed: {type(exc).__name__}: {exc}")
-                await task.cleanup_outputs(key, journal)
+                cleaned = await task.cleanup_outputs(key, journal)
                 if task.retry.should_retry(exc, attempt):
                     delay = task.retry.delay(attempt)
                     if on_state:
@@ -131,7 +132,7 @@ async def execute(
                     await asyncio.sleep(delay)
                     # again: the cleanup above fails when the backend is down, and the failed
                     # attempt's debris (e.g. an S3 multipart upload) would stay
-                    await task.cleanup_outputs(key, journal)
+                    cleaned = await task.cleanup_outputs(key, journal)
                     # held during the delay (a pod keeps its name), freed for the next attempt
                     await _close(task, handles)
                     continue
@@ -179,9 +180,18 @@ async def execute(
         raise
     finally:
         task.end_journal(key, succeeded)
-    await _close(task, handles)  # recorded: nothing of the job is needed any more
-    if claim is None or task.claims.get(key) is claim:
-        await task.release(key)
+    if not cleaned and claim is not None and task.claims.get(key) is claim:
+        # a failure whose partial outputs could not be removed (the backend is down): the
+        # record is written, but the key stays held (its claim handed to nobody, its work
+        # not let go) until the next claim check removes the debris (see recover())
+        try:
+            await task.claims.abandon(claim)
+        except Exception as exc:
+            log.warning("task %s: could not mark the claim on %r abandoned: %s", task.name, key, exc)
+    else:
+        await _close(task, handles)  # recorded: nothing of the job is needed any more
+        if claim is None or task.claims.get(key) is claim:
+            await task.release(key)
     if on_state:
         on_state(task, key, JobState.SUCCEEDED if record["success"] else JobState.FAILED, attempt)
     event = "job_succeeded" if record["success"] else "job_failed"
@@ -341,17 +351,19 @@ async def recover(task: Task, key: str, value: Any) -> None:
     claim = await task.claims.take_over(key, value, **({"run": run} if isinstance(run, dict) and run else {}))
     if claim is None:
         return
-    if await task.done.contains(key):
-        # the job finished (its record is written) and died before dropping its claim: its
-        # outputs are complete, keep them
+    record = (await task.done.get_many([key])).get(key)
+    if isinstance(record, dict) and record.get("success") is True:
+        # the job succeeded (its record is written) and died before dropping its claim:
+        # its outputs are complete, keep them
         await task.claims.release(claim)
         return
     log.warning(
-        "task %s: job %r was interrupted (claim by %s on %s); cleaning up to run it again",
+        "task %s: job %r was interrupted (claim by %s on %s); cleaning up%s",
         task.name,
         key,
         value.get("owner") if isinstance(value, dict) else value,
         value.get("host") if isinstance(value, dict) else "?",
+        " after its failure record" if record is not None else " to run it again",
     )
     handles: list[JobHandle] = []
     if isinstance(run, dict) and run:
