@@ -564,7 +564,8 @@ class SshBackend(Backend):
 
 
 class KubeBackend(Backend):
-    """The files layout, jobs run as pods by a ``KubeTask`` (``pipelines/remote.py``).
+    """The files layout, jobs run as pods by a ``PodTask`` on a ``KubeExecutor``
+    (``pipelines/remote.py``).
 
     The pipeline reaches kube-apiserver through a :class:`TcpProxy` (a kubeconfig copy with
     the proxy's port; the host stays 127.0.0.1, the name in the server's certificate);

@@ -5,7 +5,7 @@ and after the test nothing appeared outside the repository's root / prefix / col
 (the parent directory is walked, the whole bucket listed, the other collections listed).
 Templates: keys and params full of shell, YAML/JSON and Jinja syntax are rendered inert by
 ``render_command``/``render_yaml``, by a real ProcessTask (a canary file is never created)
-and by KubeTask's pod manifest rendering. Broken data: unparsable records, objects deleted
+and by PodTask's pod manifest rendering. Broken data: unparsable records, objects deleted
 between listing and reading, truncated blobs give failure records naming key and cause.
 """
 
@@ -347,20 +347,21 @@ async def test_process_task_never_executes_keys_or_params(tmp_path: Path) -> Non
 
 
 def test_kube_manifest_rendering_is_inert(tmp_path: Path) -> None:
-    from pydatatask.executor.pods import KubeCluster
-    from pydatatask.task import KubeTask
+    from pydatatask.executor.kubernetes import KubeExecutor
+    from pydatatask.task import PodTask
 
     canary = tmp_path / "canary"
     for i, payload in enumerate(_payloads(canary)):
-        task = KubeTask(
+        executor = KubeExecutor(object())
+        task = PodTask(
             f"k{i}",
             "spec:\n  containers:\n  - name: main\n    image: busybox\n"
             "    command: [sh, -c, {{ params.script }}]\n"
             "    env:\n    - {name: KEY, value: {{ key }}}\n    - {name: EVIL, value: {{ params.evil }}}\n",
-            cluster=KubeCluster(object()),
+            executor=executor,
             params={"script": "echo hi", "evil": payload},
         )
-        pod = task.render("Odd_Key.v2")
+        pod = executor.pod_body(task.render("Odd_Key.v2"), task.name, "Odd_Key.v2", task.resources)
         container = pod["spec"]["containers"][0]
         assert container["command"] == ["sh", "-c", "echo hi"]
         env = {e["name"]: e["value"] for e in container["env"]}

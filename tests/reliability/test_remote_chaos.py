@@ -4,7 +4,7 @@ The pipeline (``pipelines/remote.py``) keeps its inputs, outputs, records and cl
 local files; its jobs run either as a ``ProcessTask`` over an ``SSHHost`` (faults: SIGKILL
 of the pipeline, or an sshd outage of 1-4 s: ``scripts/test-services stop sshd`` plus a
 kill of the sshd processes serving the pipeline's connections, then ``start sshd``), or
-as ``KubeTask`` pods whose API client reaches kube-apiserver through the harness's
+as ``PodTask`` pods (on a ``KubeExecutor``) whose API client reaches kube-apiserver through the harness's
 :class:`~tests.reliability.harness.TcpProxy` (faults: SIGKILL, or a cut of the proxy for
 1-4 s). The final checks are the harness's plus: no job process of the round left on the
 SSH side (``pgrep -u USER -f MARKER``; sshd runs on this machine) and no job directory,
@@ -27,7 +27,7 @@ KEYS = {"ssh": 12, "kube": 12}
 
 @pytest.mark.timeout(2400)
 # kube: PDT_RELIABILITY_SEED=667297474 once left pods whose outputs existed without a
-# record unadoptable (fixed in KubeTask.recover_stale); it is a regression check now.
+# record unadoptable (fixed then in the pod task's recovery); it is a regression check now.
 @pytest.mark.parametrize(
     "backend", [pytest.param("ssh", marks=pytest.mark.ssh), pytest.param("kube", marks=pytest.mark.kube)]
 )

@@ -240,8 +240,9 @@ async def test_ssh_key_passphrase_never_leaks(
 async def test_kube_token_never_leaks(
     services: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from pydatatask.executor.kubernetes import KubeExecutor
     from pydatatask.executor.pods import KubeCluster, api_client
-    from pydatatask.task import KubeTask
+    from pydatatask.task import PodTask
 
     caplog.set_level(logging.DEBUG)
     kube = services["kube"]
@@ -263,11 +264,11 @@ async def test_kube_token_never_leaks(
     )
     params = {"script": "echo failing >&2; exit 3"}
     tasks = [
-        KubeTask(
+        PodTask(
             "kfail",
             pod,
             params=params,
-            cluster=KubeCluster(api, namespace=kube["namespace"]),
+            executor=KubeExecutor(KubeCluster(api, namespace=kube["namespace"]), name="kfail"),
             inputs={"src": src},
             done=done,
             logs=logs,
@@ -276,12 +277,13 @@ async def test_kube_token_never_leaks(
     ]
     nowhere = MemoryMetadataRepository()
     tasks.append(
-        KubeTask(
+        PodTask(
             "knons",
             pod,
             params=params,
-            cluster=KubeCluster(
-                api, namespace="no-such-ns-" + uuid.uuid4().hex[:6], retry=Backoff(attempts=1)
+            executor=KubeExecutor(
+                KubeCluster(api, namespace="no-such-ns-" + uuid.uuid4().hex[:6], retry=Backoff(attempts=1)),
+                name="knons",
             ),
             inputs={"src": src},
             done=nowhere,

@@ -5,7 +5,7 @@ SSH and Kubernetes chaos rounds of the reliability tests. Settings come from the
 environment, as for ``counted.py``:
 
 ``PDT_REL_EXEC``        ``ssh`` (a :class:`~pydatatask.ProcessTask` over an ``SSHHost``) or
-                        ``kube`` (a :class:`~pydatatask.task.kube.KubeTask`)
+                        ``kube`` (a :class:`~pydatatask.task.pod.PodTask` on a ``KubeExecutor``)
 ``PDT_REL_DATA``        the local directory: ``src/``, ``out/``, ``state/NS/{done,live}``, logs
 ``PDT_REL_NS``          the task name (unique per round: the pods' label, the remote marker)
 ``PDT_REL_RUNS``        the file each job appends ``KEY PID`` to when it starts its work
@@ -93,15 +93,16 @@ def build_pipeline() -> Pipeline:
             retry=RETRY,
         )
     elif EXEC == "kube":
+        from pydatatask.executor.kubernetes import KubeExecutor
         from pydatatask.executor.pods import KubeCluster, api_client
-        from pydatatask.task.kube import KubeTask
+        from pydatatask.task.pod import PodTask
 
         @session.resource
         async def kube() -> AsyncIterator[Any]:
             async with api_client(os.environ["PDT_REL_KUBECONFIG"]) as api:
                 yield api
 
-        task = KubeTask(
+        task = PodTask(
             NS,
             """
 spec:
@@ -116,12 +117,15 @@ spec:
     - {name: RUNS, value: {{ params.runs }}}
     - {name: SLEEP, value: {{ params.sleep }}}
 """,
-            cluster=KubeCluster(kube, retry=Backoff(attempts=8, initial=0.2, max_delay=2.0)),
+            executor=KubeExecutor(
+                KubeCluster(kube, retry=Backoff(attempts=8, initial=0.2, max_delay=2.0)),
+                name=NS,
+                poll_interval="0.3s",
+            ),
             inputs={"i": src},
             outputs={"o": out},
             params={"runs": RUNS, "sleep": SLEEP},
             concurrency=CONCURRENCY,
-            poll_interval="0.3s",
             retry=RETRY,
         )
     else:
