@@ -109,7 +109,6 @@ __all__ = (
     # Kubernetes tasks and executor
     "PodTask",
     "KubeExecutor",
-    "KubeTask",
     # executors of function tasks
     "InLoopExecutor",
     "PoolExecutor",
@@ -146,7 +145,6 @@ _LAZY: dict[str, str] = {
     "JobState": ".task",
     "PodTask": ".task.pod",
     "KubeExecutor": ".executor.kubernetes",
-    "KubeTask": ".task.kube",
     "ProcessTask": ".task.process",
     "LocalHost": ".executor.local",
     "SSHHost": ".executor.ssh",
@@ -170,7 +168,6 @@ if TYPE_CHECKING:  # the lazily exported names, typed for type checkers (never i
         YamlMetadataS3Repository,
     )
     from .task import FunctionTask, Hooks, JobState, RetryPolicy, Task
-    from .task.kube import KubeTask
     from .task.pod import PodTask
     from .task.process import ProcessTask
 else:

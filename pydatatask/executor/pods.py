@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._deps import require
@@ -34,7 +33,6 @@ from ..session import resolve
 __all__ = (
     "KubeCluster",
     "KubeApiError",
-    "KubeSlot",
     "PodPoller",
     "api_client",
     "pod_name",
@@ -142,23 +140,12 @@ def _api_message(exc: Any) -> str:
     return f"{getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}".strip()
 
 
-@dataclass
-class KubeSlot:
-    """What :meth:`KubeCluster.acquire` reserved for one pod."""
-
-    cpu: float
-    memory: int
-
-
 class KubeCluster:
-    """Where pods run: an API client, a namespace and an optional quota shared by every
-    task that uses this object.
+    """Where pods run: an API client and a namespace (the quota of pods, CPU and memory
+    is the :class:`~pydatatask.executor.kubernetes.KubeExecutor`'s).
 
     :param api: an ``ApiClient``, or a session accessor returning one.
     :param namespace: namespace of the pods.
-    :param max_pods: at most this many pods of these tasks exist at once.
-    :param max_cpu: the CPU requests of those pods add up to at most this (``"4"``, ``"500m"``).
-    :param max_memory: their memory requests add up to at most this (``"8Gi"``).
     :param retry: how 429/5xx answers and connection errors are retried (a
         :class:`~pydatatask.backoff.Backoff`; default ``Backoff()``).
     """
@@ -168,9 +155,6 @@ class KubeCluster:
         api: Any,
         *,
         namespace: str = "default",
-        max_pods: int | None = None,
-        max_cpu: str | float | None = None,
-        max_memory: str | int | None = None,
         retry: Backoff | None = None,
     ) -> None:
         if api is None:
@@ -178,52 +162,17 @@ class KubeCluster:
                 "KubeCluster needs an API client: pass a session resource yielding "
                 "kubernetes_asyncio.client.ApiClient (see pydatatask.executor.pods.api_client)"
             )
-        if max_pods is not None and max_pods < 1:
-            raise ConfigurationError("max_pods must be at least 1")
         self._api = api
         self.namespace = namespace
-        self.max_pods = max_pods
-        self.max_cpu = None if max_cpu is None else parse_cpu(max_cpu)
-        self.max_memory = None if max_memory is None else parse_memory(max_memory)
         if retry is not None and not isinstance(retry, Backoff):
             raise ConfigurationError(f"retry must be a pydatatask.Backoff, not {type(retry).__name__}")
         #: the retry policy of API requests
         self.retry = retry or Backoff()
-        self.in_flight: list[KubeSlot] = []
         #: number of API requests made (for tests and status)
         self.calls: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<KubeCluster namespace={self.namespace}>"
-
-    # ------------------------------------------------------------------ quota
-    def acquire(self, cpu: float, memory: int) -> KubeSlot | None:
-        """Reserve room for one pod with these requests, or None if the quota is full."""
-        if self.max_cpu is not None and cpu > self.max_cpu:
-            raise ConfigurationError(
-                f"a pod requests {cpu:g} CPU but the cluster quota is {self.max_cpu:g}: it can never run"
-            )
-        if self.max_memory is not None and memory > self.max_memory:
-            raise ConfigurationError(
-                f"a pod requests {memory} bytes of memory but the cluster quota is "
-                f"{self.max_memory}: it can never run"
-            )
-        if self.max_pods is not None and len(self.in_flight) >= self.max_pods:
-            return None
-        if self.max_cpu is not None and sum(s.cpu for s in self.in_flight) + cpu > self.max_cpu + 1e-9:
-            return None
-        if self.max_memory is not None and sum(s.memory for s in self.in_flight) + memory > self.max_memory:
-            return None
-        slot = KubeSlot(cpu, memory)
-        self.in_flight.append(slot)
-        return slot
-
-    def release(self, slot: KubeSlot) -> None:
-        """Give back what :meth:`acquire` reserved."""
-        for i, s in enumerate(self.in_flight):
-            if s is slot:
-                del self.in_flight[i]
-                return
 
     # ------------------------------------------------------------------ API
     @property

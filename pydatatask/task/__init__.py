@@ -28,16 +28,14 @@ __all__ = (
     "EVENTS",
     "make_record",
     "PodTask",
-    "KubeTask",
 )
 
 
 def __getattr__(name: str) -> object:
-    # Kubernetes tasks are imported on first use (their client library is an extra)
-    if name in ("PodTask", "KubeTask"):
-        from . import kube, pod
+    # the pod task is imported on first use (its client library is an extra)
+    if name == "PodTask":
+        from .pod import PodTask
 
-        value = getattr(pod if name == "PodTask" else kube, name)
-        globals()[name] = value
-        return value
+        globals()[name] = PodTask
+        return PodTask
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

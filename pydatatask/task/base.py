@@ -5,13 +5,11 @@ A task kind provides *what* runs: :attr:`Task.executor` and :attr:`Task.resource
 outputs of a finished work item, or raise). Everything around it is shared, in
 :mod:`pydatatask.task.lifecycle`: claiming the key in the ``live`` repository
 (:mod:`pydatatask.task.claims`), attempts with the retry policy, timeouts, removing partial
-outputs of a failed attempt, writing the job record to ``done``, logs and hooks. Task kinds
-not yet expressed as work items implement :meth:`Task.run_job` instead.
+outputs of a failed attempt, writing the job record to ``done``, logs and hooks.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -26,7 +24,6 @@ from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, visible_keys
 from ..repository.memory import MemoryMetadataRepository
-from ._runjob import RUN_JOB_EXECUTOR, RunJobWork
 from .claims import Claims
 from .hooks import Hooks
 from .links import Link, LinkKind
@@ -42,7 +39,7 @@ log = logging.getLogger("pydatatask.task")
 
 @dataclass
 class JobOutcome:
-    """What :meth:`Task.run_job` may return to add to the job record."""
+    """What :meth:`Task.finish` may return to add to the job record."""
 
     exit_code: int | None = None
     host: str | None = None
@@ -51,8 +48,8 @@ class JobOutcome:
 
 @dataclass
 class JobContext:
-    """One attempt of one job, passed to :meth:`Task.run_job` (and to functions that take
-    a ``job`` parameter)."""
+    """One attempt of one job, passed to :meth:`Task.prepare` and :meth:`Task.finish` (and
+    to functions that take a ``job`` parameter)."""
 
     task: Task
     key: str
@@ -244,16 +241,6 @@ class Task:
     async def validate(self) -> None:  # noqa: B027 - optional hook
         """Check the task is runnable (called when the pipeline opens)."""
 
-    # ---------------------------------------------------------------- the job
-    async def run_job(self, job: JobContext) -> JobOutcome | None:
-        """Do the work of ``job.key`` in the scheduler's loop; raise to fail the attempt.
-
-        Only for task kinds that do not :meth:`prepare` work items for an executor (the
-        default :meth:`prepare` runs this)."""
-        raise ConfigurationError(
-            f"task {self.name!r}: {type(self).__name__} defines neither prepare() nor run_job()"
-        )
-
     def acquire_slot(self) -> Any:
         """Reserve capacity for one more job, or return None if there is none now: a
         :class:`~pydatatask.executor.base.Slot` of :attr:`executor` for :attr:`resources`
@@ -439,8 +426,8 @@ class Task:
     # ---------------------------------------------------------------- what runs, where
     @property
     def executor(self) -> Executor:
-        """Where the jobs of this task run."""
-        return RUN_JOB_EXECUTOR
+        """Where the jobs of this task run (every task kind names one)."""
+        raise ConfigurationError(f"task {self.name!r}: {type(self).__name__} names no executor")
 
     @property
     def resources(self) -> Resources:
@@ -454,13 +441,13 @@ class Task:
         return 10.0
 
     async def prepare(self, job: JobContext) -> Work:
-        """What runs for this attempt of ``job``. The default runs :meth:`run_job` (tasks
-        not yet expressed as work items)."""
-        return RunJobWork(functools.partial(self.run_job, job))
+        """What runs for this attempt of ``job`` on :attr:`executor` (every task kind
+        prepares its own work items)."""
+        raise ConfigurationError(f"task {self.name!r}: {type(self).__name__} prepares no work")
 
     async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:
         """Commit what the work produced; raise to fail the attempt. The default raises the
-        outcome's error and returns its result (what :meth:`run_job` returned)."""
+        outcome's error and returns its result if that is a :class:`JobOutcome`."""
         if outcome.error is not None:
             raise outcome.error
         result = outcome.result
@@ -493,19 +480,6 @@ class Task:
         None if this process holds no claim on it in ``live``."""
         claim = self.claims.get(key)
         return None if claim is None else await self.claims.heartbeat(claim)
-
-    async def update_claim(self, key: str, **fields: Any) -> bool | None:
-        """Add ``fields`` to the claim this process holds on ``key`` and renew its heartbeat
-        (compare-and-swap, see :meth:`~pydatatask.task.claims.Claims.update`).
-
-        Returns False if the claim is no longer ours, None if this process holds none.
-        """
-        claim = self.claims.get(key)
-        return None if claim is None else await self.claims.update(claim, **fields)
-
-    def holds_claim(self, key: str) -> bool:
-        """Whether this process holds the claim on ``key`` in ``live``."""
-        return self.claims.get(key) is not None
 
     def resumable_keys(self) -> AbstractSet[str]:
         """Keys whose interrupted job this task can take over although an output already

@@ -286,7 +286,3 @@ class FunctionTask(Task):
         from .lifecycle import run_attempt
 
         return await run_attempt(self, job)
-
-    async def run_job(self, job: JobContext) -> JobOutcome | None:
-        """Not used: function tasks run through :meth:`prepare` and :meth:`finish`."""
-        return await self.run_here(job)

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
 from ..repository.journal import WriteJournal, journaling
-from ._runjob import RUN_JOB_EXECUTOR, RunJobWork
 from .base import JobContext, JobOutcome
 from .claims import Claim, new_owner
 from .hooks import Event, Hooks
@@ -207,7 +206,7 @@ async def _attempt(
     from the handle's start). The handle goes into ``handles``, still open: the caller
     closes it once the attempt's outputs are removed or recorded."""
     work = await task.prepare(job)
-    executor = RUN_JOB_EXECUTOR if type(work) is RunJobWork else task.executor
+    executor = task.executor
     given = job.slot if isinstance(job.slot, Slot) and job.slot.executor is executor else None
     slot = given or await _acquire(executor, task.resources)
     try:

@@ -220,7 +220,3 @@ class PodTask(Task):
             error.outcome = result  # type: ignore[attr-defined]
             raise error from outcome.error
         return result
-
-    async def run_job(self, job: JobContext) -> JobOutcome | None:
-        """Not used: pod tasks run through :meth:`prepare` and :meth:`finish`."""
-        raise NotImplementedError("pod tasks run through prepare() and finish()")
