@@ -14,7 +14,7 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 def parse_duration(value: str | float | int) -> float:
     """Return ``value`` in seconds. Numbers are seconds; strings combine ``<n><unit>`` parts
-    with units ms, s, m, h, d (``"1h30m"``, ``"2.5s"``). Raises :class:`ConfigurationError`
+    with units ms, s, m, h, d (``"1h30m"``, ``"2.5s"``). Raises :class:`~pydatatask.errors.ConfigurationError`
     with the accepted forms on anything else."""
     if isinstance(value, bool):
         raise ConfigurationError(f"invalid duration {value!r}")

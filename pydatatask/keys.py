@@ -32,7 +32,7 @@ _recent: dict[str, None] = {}
 
 
 def validate_key(key: object) -> str:
-    """Return ``key`` unchanged if it is valid, else raise :class:`InvalidKeyError`.
+    """Return ``key`` unchanged if it is valid, else raise :class:`~pydatatask.errors.InvalidKeyError`.
 
     The error names the key and the part of the rule it breaks.
     """

@@ -30,7 +30,7 @@ _FACTORS = {
 def parse_memory(value: str | int | float) -> int:
     """Bytes in ``value``: a number of bytes, or Kubernetes-style quantities such as
     ``"512Mi"``, ``"2Gi"`` (powers of 1024), ``"1G"``, ``"1000M"``, ``"1GB"`` (powers of 1000).
-    Raises :class:`ConfigurationError` naming the accepted forms on anything else."""
+    Raises :class:`~pydatatask.errors.ConfigurationError` naming the accepted forms on anything else."""
     if isinstance(value, bool):
         raise ConfigurationError(f"invalid memory size {value!r}")
     if isinstance(value, (int, float)):

@@ -25,7 +25,10 @@ def test_every_public_module_has_an_automodule_entry() -> None:
             if not children or not all(name.startswith("_") for name in children):
                 continue
         modules.append(info.name)
-    documented = set(re.findall(r"^\.\. automodule:: (\S+)$", (DOCS / "api.rst").read_text(), re.M))
+    entries = re.findall(r"^\.\. automodule:: (\S+)$", (DOCS / "api.rst").read_text(), re.M)
+    twice = sorted({m for m in entries if entries.count(m) > 1})
+    assert not twice, f"docs/api.rst documents {twice} twice (Sphinx refuses duplicate descriptions)"
+    documented = set(entries)
     missing = sorted(set(modules) - documented)
     assert not missing, f"docs/api.rst has no `.. automodule::` for {missing}"
     stale = sorted(documented - set(modules) - {"pydatatask"})

@@ -54,7 +54,7 @@ class Slot:
 
     executor: Executor
     resources: Resources
-    #: where the job will run: a host name, ``"loop"``, a pool, a namespace
+    #: where the job will run (a host name, ``"loop"``, a pool, a namespace)
     place: str
 
 
@@ -78,7 +78,7 @@ class FunctionCall(Work):
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     is_async: bool = False
     reference: tuple[str, str] | None = None
-    #: the job this call belongs to, for logs and names: ``(task, key)``
+    #: the job this call belongs to, ``(task, key)``, for logs and names
     job: tuple[str, str] = ("", "")
 
 
@@ -148,7 +148,8 @@ class Outcome:
 class JobHandle(ABC):
     """A started (or recovered) work item."""
 
-    #: JSON-ready: enough for :meth:`Executor.recover` in another process to find it again
+    #: JSON data enough for :meth:`Executor.recover <pydatatask.executor.base.Executor.recover>`
+    #: in another process to find it again
     info: dict[str, Any]
     #: whether a recovered handle's outcome can still be waited for (a pod that outlived its
     #: scheduler); otherwise recovery cancels it and the job runs again

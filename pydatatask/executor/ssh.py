@@ -105,7 +105,8 @@ class SSHHost(Host):
         the host is marked down for ``retry_interval`` and reconnects on next use. With a
         plain ``connection`` the host cannot reconnect by itself.
     :param name: shown in records (default: ``"ssh:<peer host>:<port>"`` or ``"ssh"``).
-    :param cpus, memory: capacity for the quota.
+    :param cpus: CPU capacity for the quota.
+    :param memory: memory capacity for the quota (bytes, or a string such as ``"8Gi"``).
     :param workdir: remote directory holding the job directories (created if missing).
     :param launch_rate: at most this many launches per second.
     :param max_jobs: at most this many jobs at once (default: as many as fit).

@@ -64,7 +64,7 @@ class Pipeline:
     :param claim_lease: how long a job's claim stays valid without a heartbeat; running
         jobs renew theirs every third of it. A scheduler that dies on another host has its
         claims taken over (and its jobs re-run) once the lease has passed.
-    :param hooks: a :class:`~pydatatask.task.Hooks` registry (default: a new one, at
+    :param hooks: a :class:`~pydatatask.task.hooks.Hooks` registry (default: a new one, at
         ``pipeline.hooks``).
     """
 
@@ -207,7 +207,7 @@ class Pipeline:
 
         Cancelling the call (Ctrl-C under :func:`asyncio.run`) cancels the running jobs, which
         remove their partial outputs and write no record. The command line's ``run`` adds the
-        gentler stop: on SIGINT/SIGTERM it calls :meth:`Scheduler.request_stop`, gives running
+        gentler stop: on SIGINT/SIGTERM it calls :meth:`Scheduler.request_stop <pydatatask.pipeline.scheduler.Scheduler.request_stop>`, gives running
         jobs ``grace`` to finish, then cancels them.
         """
         for name in tasks or []:
@@ -381,7 +381,7 @@ class Pipeline:
         task writes). For ``done`` the records and the logs go; for ``logs`` only the logs;
         an input nobody writes loses only its values. A job starts only when none of its
         outputs holds the key, so when another output of such a task holds one of the keys
-        nothing is removed and :class:`ConfigurationError` names it. With ``keys=None`` the
+        nothing is removed and :class:`~pydatatask.errors.ConfigurationError` names it. With ``keys=None`` the
         keys are those the link's repository holds. A read-only link is an error.
 
         With ``cascade`` the keys also go from every task downstream of the tasks whose

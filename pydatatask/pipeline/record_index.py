@@ -62,7 +62,7 @@ class RecordIndex:
     def __init__(self, done: MetadataRepository) -> None:
         self.done = done
         self.success: dict[str, bool] = {}
-        #: corrupt keys: ``{key: corrupt_info(...)}``
+        #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
 

@@ -95,7 +95,7 @@ class RunSummary:
 
 
 class Scheduler:
-    """Runs the jobs of a pipeline. Made by :meth:`Pipeline.run`; not reusable."""
+    """Runs the jobs of a pipeline. Made by :meth:`~pydatatask.pipeline.pipeline.Pipeline.run`; not reusable."""
 
     def __init__(
         self,
@@ -132,7 +132,7 @@ class Scheduler:
         self._stop = asyncio.Event()
         # foreign claims found live: key -> when to judge it again (when its lease runs out)
         self._checked_claims: dict[str, dict[str, float]] = {t.name: {} for t in self.selected}
-        #: claims found corrupt, per task: ``{key: corrupt_info(...)}``
+        #: the claims found corrupt, as ``{task: {key: corrupt_info(...)}}``
         self.corrupt_claims: dict[str, dict[str, dict[str, str]]] = {t.name: {} for t in self.selected}
         self._last_claim_check = 0.0
         self.ticks = 0

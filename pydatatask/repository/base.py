@@ -116,6 +116,7 @@ class Repository(ABC):
         """Return every stored name (valid or not)."""
 
     async def _contains(self, key: str) -> bool:
+        """Whether ``key`` is stored; backends with a cheaper lookup than a listing override it."""
         return key in await self._list()
 
     @abstractmethod
@@ -127,7 +128,7 @@ class MetadataRepository(Repository):
     """A repository of structured values (JSON-like: dict, list, str, int, float, bool, None)."""
 
     async def get(self, key: str) -> Any:
-        """Return the value of ``key``; raise :class:`KeyNotFoundError` if absent."""
+        """Return the value of ``key``; raise :class:`~pydatatask.errors.KeyNotFoundError` if absent."""
         return await self._get(validate_key(key))
 
     async def put(self, key: str, value: Any) -> None:
@@ -194,7 +195,7 @@ class MetadataRepository(Repository):
         return f"key {key!r} in {self.describe()}"
 
     def _corrupt(self, key: str, reason: BaseException | str) -> CorruptValueError:
-        """The :class:`CorruptValueError` for ``key`` whose value does not decode."""
+        """The :class:`~pydatatask.errors.CorruptValueError` for ``key`` whose value does not decode."""
         text = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
         return CorruptValueError(
             key=key, repository=self.describe(), location=self._location(key), reason=text
@@ -391,7 +392,7 @@ class BlobRepository(Repository):
 
     @abstractmethod
     async def _open_reader(self, key: str) -> BlobReader:
-        """Open ``key`` for reading; raise :class:`KeyNotFoundError` if absent."""
+        """Open ``key`` for reading; raise :class:`~pydatatask.errors.KeyNotFoundError` if absent."""
 
     @abstractmethod
     async def _open_writer(self, key: str) -> BlobWriter: ...

@@ -9,21 +9,21 @@ says where they go (:class:`~pydatatask.repository.transform.TranslateKeysReposi
 :class:`FallbackRepository`).
 
 **A view is the kind of repository its reads come from.** Built over metadata
-repositories a view is a :class:`MetadataView` (a
-:class:`~pydatatask.repository.MetadataRepository`), over blob repositories a
-:class:`BlobView` (a :class:`~pydatatask.repository.BlobRepository`), for the type checker
+repositories a view is a :class:`~pydatatask.repository.view.MetadataView` (a
+:class:`~pydatatask.repository.base.MetadataRepository`), over blob repositories a
+:class:`~pydatatask.repository.view.BlobView` (a :class:`~pydatatask.repository.base.BlobRepository`), for the type checker
 as well as for ``isinstance``. The children that decide the kind are those reads come
 from: the first child of :class:`AndRepository`, the source of
 :class:`BlockingRepository`, the one child of the single-child views, and *every* child
 of :class:`OrRepository` and :class:`FallbackRepository` (which read from whichever holds
 the key). When those children are of different kinds, or of neither (a
-:class:`~pydatatask.repository.DirectoryRepository`), the view is a plain
-:class:`RepositoryView`: it lists and answers ``contains``, which is all that readiness
+:class:`~pydatatask.repository.filesystem.DirectoryRepository`), the view is a plain
+:class:`~pydatatask.repository.view.RepositoryView`: it lists and answers ``contains``, which is all that readiness
 needs (``AndRepository(files, yaml_records)``).
 
-Every view also says which stored values a key depends on (:meth:`RepositoryView.underlying`)
+Every view also says which stored values a key depends on (:meth:`RepositoryView.underlying <pydatatask.repository.view.RepositoryView.underlying>`)
 and, the other way round, under which keys a stored value is seen
-(:meth:`RepositoryView.view_keys`), so the scheduler can gate a downstream task on the
+(:meth:`RepositoryView.view_keys <pydatatask.repository.view.RepositoryView.view_keys>`), so the scheduler can gate a downstream task on the
 success of the upstream job that wrote what it reads, whatever views sit between them.
 """
 
@@ -278,7 +278,7 @@ FallbackRepository._kinds = (FallbackMetadataView, FallbackBlobView)
 
 
 class ReadOnlyRepository(RepositoryView):
-    """``child`` with every write and delete refused (:class:`ReadOnlyRepositoryError`)."""
+    """``child`` with every write and delete refused (:class:`~pydatatask.errors.ReadOnlyRepositoryError`)."""
 
     @overload
     def __new__(cls, child: MetadataRepository) -> ReadOnlyMetadataView: ...

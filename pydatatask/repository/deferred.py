@@ -45,7 +45,7 @@ class DeferredMetadataRepository(MetadataRepository):
         to the default (those values would be lost).
 
         Binding again to a store with the same description (the same directory, say) keeps
-        the first; anything else is a :class:`ConfigurationError` naming the owner.
+        the first; anything else is a :class:`~pydatatask.errors.ConfigurationError` naming the owner.
         """
         if store is self._target:
             return

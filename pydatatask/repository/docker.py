@@ -1,6 +1,6 @@
 """The tags of one repository in an OCI / Docker registry (distribution API v2).
 
-A :class:`DockerRepository` is a plain :class:`~pydatatask.repository.Repository`: its keys
+A :class:`DockerRepository` is a plain :class:`~pydatatask.repository.base.Repository`: its keys
 are image tags, and it can list, check and delete them, and name the images for templates
 (:meth:`DockerRepository.image`, :meth:`DockerRepository.info`). Reading or writing image
 *contents* is out of scope: images are pushed by ``docker``/``buildah``/``crane`` or by a
@@ -184,7 +184,7 @@ class DockerRepository(Repository):
 
     @staticmethod
     def tag(key: str) -> str:
-        """Return ``key`` as a tag (unchanged), or raise :class:`InvalidKeyError`."""
+        """Return ``key`` as a tag (unchanged), or raise :class:`~pydatatask.errors.InvalidKeyError`."""
         validate_key(key)
         if not _TAG_RE.fullmatch(key):
             raise InvalidKeyError(key, f"{TAG_RULE} (this key has {len(key)})")
@@ -195,7 +195,7 @@ class DockerRepository(Repository):
         return f"{self.host}/{self.repository}:{self.tag(key)}"
 
     async def info(self, key: str) -> dict[str, str]:
-        """Names of ``key``'s image for templates; raise :class:`KeyNotFoundError` if absent.
+        """Names of ``key``'s image for templates; raise :class:`~pydatatask.errors.KeyNotFoundError` if absent.
 
         ``image`` (``host/repo:tag``), ``image_without_registry`` (``repo:tag``),
         ``digest`` (``sha256:...``), ``reference_by_digest`` (``host/repo@sha256:...``).

@@ -3,9 +3,10 @@
 Storage format: one document per key, ``{"_id": key, "value": <the value>}``. Wrapping the
 value (rather than storing its fields at the top level of the document) lets any JSON-like
 value round trip - lists, strings, numbers, ``None`` - and keeps user fields from clashing
-with ``_id``. Documents written by :meth:`MongoMetadataRepository.create` also carry a
-``token`` field (a random string) so a create that is retried after a lost connection can
-recognise its own insert; readers ignore every field but ``value``.
+with ``_id``. Documents written by
+:meth:`~pydatatask.repository.base.MetadataRepository.create` also carry a ``token`` field
+(a random string) so a create that is retried after a lost connection can recognise its own
+insert; readers ignore every field but ``value``.
 
 The client is PyMongo's own asyncio API (``pymongo.AsyncMongoClient``); Motor is refused.
 pymongo is imported lazily: importing this module does not need it.
@@ -153,7 +154,7 @@ class MongoMetadataRepository(MetadataRepository):
 
     # --- lifecycle ---------------------------------------------------------------
     async def validate(self, create: bool = False) -> None:
-        """Ping the server; raise :class:`BackendUnavailableError` if it cannot be reached.
+        """Ping the server; raise :class:`~pydatatask.errors.BackendUnavailableError` if it cannot be reached.
 
         Collections are created by the server on first write, so ``create`` needs nothing.
         """

@@ -104,7 +104,7 @@ def _json_dumps(value: Any) -> bytes:
 class SerializedMetadataRepository(MetadataRepository):
     """Metadata values encoded into the blobs of another repository.
 
-    A value that does not decode raises :class:`CorruptValueError` naming the key, the
+    A value that does not decode raises :class:`~pydatatask.errors.CorruptValueError` naming the key, the
     repository, the file or object that holds it and the parse error; it is never returned
     half-parsed (``get_many(..., on_corrupt=...)`` reports it and returns the others).
     """
@@ -157,7 +157,7 @@ class SerializedMetadataRepository(MetadataRepository):
             raise self._corrupt(key, f"not valid {self.format_name}: {parse_error(exc)}") from exc
 
     def _decode_or_error(self, key: str, data: bytes) -> Any:
-        """The value, or the :class:`CorruptValueError` (the ``_get_many`` contract)."""
+        """The value, or the :class:`~pydatatask.errors.CorruptValueError` (the ``_get_many`` contract)."""
         try:
             return self._decode(key, data)
         except CorruptValueError as exc:
@@ -235,7 +235,7 @@ class JsonMetadataRepository(SerializedMetadataRepository):
 
 class YamlMetadataFileRepository(YamlMetadataRepository):
     """One YAML file per key under ``root`` (``key.yaml``), written atomically and, with
-    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.FileRepository`)."""
+    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.filesystem.FileRepository`)."""
 
     def __init__(self, root: str | os.PathLike[str], extension: str = ".yaml", *, fsync: bool = True) -> None:
         super().__init__(FileRepository(root, extension, fsync=fsync))
@@ -247,7 +247,7 @@ class YamlMetadataFileRepository(YamlMetadataRepository):
 
 class JsonMetadataFileRepository(JsonMetadataRepository):
     """One JSON file per key under ``root`` (``key.json``), written atomically and, with
-    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.FileRepository`)."""
+    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.filesystem.FileRepository`)."""
 
     def __init__(self, root: str | os.PathLike[str], extension: str = ".json", *, fsync: bool = True) -> None:
         super().__init__(FileRepository(root, extension, fsync=fsync))

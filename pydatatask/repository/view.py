@@ -203,7 +203,7 @@ class RepositoryView(Repository):
 
 
 class MetadataView(RepositoryView, MetadataRepository):
-    """A view over metadata repositories: a :class:`~pydatatask.repository.MetadataRepository`.
+    """A view over metadata repositories: a :class:`~pydatatask.repository.base.MetadataRepository`.
 
     ``get_many`` asks each read source once (its own bulk read), so values that do not
     decode reach the caller exactly as the child reports them.
@@ -236,7 +236,7 @@ class MetadataView(RepositoryView, MetadataRepository):
 
 
 class BlobView(RepositoryView, BlobRepository):
-    """A view over blob repositories: a :class:`~pydatatask.repository.BlobRepository`.
+    """A view over blob repositories: a :class:`~pydatatask.repository.base.BlobRepository`.
 
     Streams are the child's own: a write through a writable view is as atomic as the
     child makes it.
@@ -313,8 +313,9 @@ def read_source(repo: Repository, key: str) -> tuple[Repository, str]:
     """Follow views down to the repository (and key) that reads of ``key`` come from.
 
     Stops at a stored repository, or at a view that reads from whichever child holds the
-    key (:class:`OrRepository`, :class:`FallbackRepository`); template information such as
-    a file's path is that of the repository returned.
+    key (:class:`~pydatatask.repository.combinators.OrRepository`,
+    :class:`~pydatatask.repository.combinators.FallbackRepository`); template information
+    such as a file's path is that of the repository returned.
     """
     while isinstance(repo, RepositoryView):
         source = repo.source_of(key)

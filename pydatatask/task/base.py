@@ -81,7 +81,7 @@ class Task:
     :param live: metadata repository holding a claim per running job (same defaults).
     :param logs: blob repository receiving each job's log (optional).
     :param concurrency: at most this many jobs of this task at once (default 8).
-    :param retry: a :class:`RetryPolicy` (default: one attempt).
+    :param retry: a :class:`~pydatatask.task.retry.RetryPolicy` (default: one attempt).
     :param timeout: per-attempt time limit (``"30s"``, ``"5m"``, seconds).
     :param priority: tasks with higher priority launch first when slots are scarce.
     """

@@ -85,10 +85,10 @@ class FunctionTask(Task):
     """Each job is one call of ``func``, on ``executor``.
 
     An **async** function runs in the scheduler's event loop (an
-    :class:`~pydatatask.executor.InLoopExecutor`, the default; any other executor is a
+    :class:`~pydatatask.executor.inloop.InLoopExecutor`, the default; any other executor is a
     :class:`~pydatatask.errors.ConfigurationError`). It is called with keyword arguments
     chosen by its parameter names: ``key`` (the job key), ``job`` (the
-    :class:`~pydatatask.task.JobContext`), and each link name (the linked repository
+    :class:`~pydatatask.task.base.JobContext`), and each link name (the linked repository
     itself), so it reads inputs and writes outputs as it likes::
 
         async def count(key, doc, stats):
@@ -98,12 +98,12 @@ class FunctionTask(Task):
     A **plain** (sync) function gets *values* instead: ``key`` and, for each **input** link
     named by a parameter, the input's value (the record of a metadata repository, the bytes
     of a blob repository, the path (str) of a
-    :class:`~pydatatask.repository.DirectoryRepository` entry). It returns a dict
+    :class:`~pydatatask.repository.filesystem.DirectoryRepository` entry). It returns a dict
     ``{output link name: value}`` (bytes or str for blob outputs, any structured value for
     metadata outputs), written after the call returns. It runs on any executor carrying
     function calls: the default in-loop executor's threads (one pool per task, of
     ``concurrency`` threads, never asyncio's default executor), a
-    :class:`~pydatatask.executor.PoolExecutor` over threads, processes or a Dask client
+    :class:`~pydatatask.executor.pool.PoolExecutor` over threads, processes or a Dask client
     (then the function must be importable: defined at module level), and so on.
 
     The ``timeout`` counts from when the call starts (not while it waits for a free worker)

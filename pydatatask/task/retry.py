@@ -18,7 +18,7 @@ class RetryPolicy:
     The delay before attempt ``n+1`` is ``backoff * factor**(n-1)``, capped at
     ``max_backoff``, then spread by ``+-jitter`` (a fraction). Only exceptions that are
     instances of ``retry_on`` are retried (process tasks retry on non-zero exit codes when
-    ``retry_on`` includes :class:`~pydatatask.JobError`, the default). A
+    ``retry_on`` includes :class:`~pydatatask.errors.JobError`, the default). A
     :class:`~pydatatask.errors.CorruptValueError` (a value the job read does not decode) is
     never retried: the stored data has to be fixed first.
     """

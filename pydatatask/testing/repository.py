@@ -1,4 +1,4 @@
-"""Abstract test classes for repositories (see :mod:`pydatatask.testing`)."""
+"""Abstract test classes for repositories (re-exported by ``pydatatask.testing``)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ __all__ = (
 
 
 def invalid_keys() -> list[Any]:
-    """Keys every repository must refuse with :class:`InvalidKeyError`."""
+    """Keys every repository must refuse with :class:`~pydatatask.errors.InvalidKeyError`."""
     return [
         "",
         "../x",
@@ -201,7 +201,7 @@ class ReadOnlyRepositoryTests:
 
 
 class MetadataRepositoryReadTests(RepositoryReadTests):
-    """The reading half of the :class:`~pydatatask.repository.MetadataRepository` contract
+    """The reading half of the :class:`~pydatatask.repository.base.MetadataRepository` contract
     (``get``, ``get_many``, ``items``), for views that are read but not written."""
 
     async def store(self, repo: Any, key: str, value: Any) -> None:
@@ -264,7 +264,7 @@ class MetadataRepositoryReadTests(RepositoryReadTests):
 
 
 class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
-    """The contract of :class:`~pydatatask.repository.MetadataRepository` backends."""
+    """The contract of :class:`~pydatatask.repository.base.MetadataRepository` backends."""
 
     #: whether the backend implements ``create`` (exclusive put)
     supports_create = True
@@ -388,7 +388,7 @@ class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
 
 
 class BlobRepositoryReadTests(RepositoryReadTests):
-    """The reading half of the :class:`~pydatatask.repository.BlobRepository` contract
+    """The reading half of the :class:`~pydatatask.repository.base.BlobRepository` contract
     (whole-value and streaming reads), for views that are read but not written."""
 
     def sample(self, key: Any) -> Any:
@@ -445,7 +445,7 @@ class BlobRepositoryReadTests(RepositoryReadTests):
 
 
 class BlobRepositoryTests(BlobRepositoryReadTests, RepositoryTests):
-    """The contract of :class:`~pydatatask.repository.BlobRepository` backends."""
+    """The contract of :class:`~pydatatask.repository.base.BlobRepository` backends."""
 
     supports_create = True
     #: size of the large-blob test (bytes)
