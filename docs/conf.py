@@ -75,10 +75,6 @@ nitpick_ignore = [
     ("py:class", "max_pods"),
     ("py:class", "max_cpu"),
     ("py:class", "image"),
-    # task/kube.py (KubeTask, being removed) refers to its own attributes unqualified
-    ("py:attr", "executor"),
-    ("py:attr", "resources"),
-    ("py:meth", "prepare"),
 ]
 
 
