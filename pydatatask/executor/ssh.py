@@ -24,7 +24,7 @@ from typing import Any
 from .._deps import require
 from .._procfs import parse_start_time
 from ..durations import parse_duration
-from ..errors import ConfigurationError, JobError
+from ..errors import ConfigurationError, JobError, PydatataskError
 from ..session import resolve
 from ._shell import kill_group_script, wrapper_script
 from .hosts import Host, HostUnavailableError, _Process, _ProcessSpec
@@ -228,7 +228,20 @@ class SSHHost(Host):
     async def aclose(self) -> None:
         """Close the connection this host opened through ``connect`` (not a given one).
 
-        Call :meth:`reap_lost_jobs` first to clean up after jobs cut off by an outage."""
+        Jobs cut off by an outage whose directories could not be removed then are reaped
+        first (best effort: a host still unreachable is logged and left; nothing else knows
+        those directories, so this is their last chance in this process)."""
+        if self._lost_dirs:
+            try:
+                async with asyncio.timeout(30):
+                    await self.reap_lost_jobs()
+            except (OSError, TimeoutError, PydatataskError) as exc:
+                log.warning(
+                    "host %s: could not remove %d job director(ies) cut off by an outage: %s",
+                    self.name,
+                    len(self._lost_dirs),
+                    exc,
+                )
         conn, self._conn, self._sftp = self._conn, None, None
         if conn is not None:
             conn.close()

@@ -451,3 +451,15 @@ async def test_sshd_outage_fails_jobs_cleanly_then_they_succeed(ssh: dict[str, A
     assert any(r["attempts"] > 1 for r in records)  # some jobs were cut off and retried
     for k in keys:
         assert await out.read_text(k) == f"text of {k}\n"
+
+
+async def test_closing_the_host_removes_job_dirs_an_outage_left(ssh: dict[str, Any]) -> None:
+    # a job cut off by an sshd outage whose directory could not be removed then: if no later
+    # job ran on that host in the same process, the directory stayed for good (SSH chaos
+    # round, seed 585651144: "job directories left on the SSH host (1)")
+    host = SSHHost(connect=connector(ssh), name="closing", cpus=1, memory="1Gi")
+    name = f"/tmp/pdt-jobs/lost-{os.getpid()}-{time.monotonic_ns()}"
+    await remote(ssh, f"mkdir -p {name}/ctl && echo x > {name}/work")
+    host._lost_dirs.add(name)
+    await host.aclose()
+    assert (await remote(ssh, f"test -e {name} && echo left || echo gone")).strip() == "gone"
