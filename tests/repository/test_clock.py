@@ -37,7 +37,10 @@ async def test_hourly_windows_are_aligned_and_due_at_their_start() -> None:
     clock = Clock("2026-12-01T07:42:13")
     repo = ClockRepository("1h", now=clock)
     assert await repo.keys() == {"2026-12-01T0700Z"}
-    assert await repo.get("2026-12-01T0700Z") == {"start": "2026-12-01T07:00:00Z", "end": "2026-12-01T08:00:00Z"}
+    assert await repo.get("2026-12-01T0700Z") == {
+        "start": "2026-12-01T07:00:00Z",
+        "end": "2026-12-01T08:00:00Z",
+    }
     assert repo.seconds_until_next() == pytest.approx(17 * 60 + 47)
     clock.set("2026-12-01T08:00:00")
     assert await repo.keys() == {"2026-12-01T0800Z"}

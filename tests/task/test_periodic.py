@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pydatatask import ConfigurationError, MemoryMetadataRepository, YamlMetadataFileRepository
+from pydatatask import AndRepository, ConfigurationError, MemoryMetadataRepository, YamlMetadataFileRepository
 from pydatatask.cli import run_cli
 from pydatatask.pipeline import Pipeline
 from pydatatask.pipeline.scheduler import until_next_window
@@ -177,10 +177,15 @@ def test_the_idle_wait_ends_at_the_next_window() -> None:
         return {}
 
     hourly = FunctionTask("hourly", job, schedule=ClockRepository("1h", now=now))
-    other = FunctionTask("other", job, inputs={"src": MemoryMetadataRepository()})
+    other_src = MemoryMetadataRepository()
+    other = FunctionTask("other", job, inputs={"src": other_src})
     assert until_next_window([other], 30.0) == 30.0
     assert until_next_window([other, hourly], 30.0) == pytest.approx(1.5, abs=0.01)
     assert until_next_window([hourly], 1.0) == 1.0  # the poll interval is sooner
+    inside = FunctionTask(
+        "inside", job, inputs={"both": AndRepository(hourly.links["clock"].repository, other_src)}
+    )
+    assert until_next_window([inside], 30.0) == pytest.approx(1.5, abs=0.01)  # a clock under a view
     now.set("2026-12-01T08:00:00")
     assert until_next_window([hourly], 7200.0) == pytest.approx(3600, abs=0.01)
 
