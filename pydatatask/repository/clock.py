@@ -209,8 +209,8 @@ class ClockRepository(MetadataRepository):
         recent (default :data:`DEFAULT_MAX_WINDOWS`); older ones are no longer listed.
     :param tz: the time zone a cron expression is evaluated in (``"Europe/Paris"``); keys
         stay in UTC. Intervals are always aligned on UTC.
-    :param now: the current time as Unix seconds (default :func:`time.time`); give your own
-        to drive the clock in tests.
+    :param now: a callable giving the current time, as Unix seconds or a datetime (naive
+        meaning UTC); default :func:`time.time`. Give your own to drive the clock in tests.
     :param name: a name for status output.
 
     ``get`` answers for every window of the schedule that has come due since ``start``,
@@ -228,7 +228,7 @@ class ClockRepository(MetadataRepository):
         start: str | datetime | float | None = None,
         max_windows: int = DEFAULT_MAX_WINDOWS,
         tz: str | None = None,
-        now: Callable[[], float] | None = None,
+        now: Callable[[], float | datetime] | None = None,
         name: str = "",
     ) -> None:
         if isinstance(schedule, bool) or not isinstance(schedule, (str, int, float)):
@@ -271,8 +271,12 @@ class ClockRepository(MetadataRepository):
     def is_writable(self) -> bool:
         return False
 
+    def _time(self) -> float:
+        now = self._now()
+        return _utc(now).timestamp() if isinstance(now, datetime) else float(now)
+
     def _now_int(self) -> int:
-        return math.floor(self._now())
+        return math.floor(self._time())
 
     def _latest_due(self, now: int) -> int:
         """The start of the newest window that is due at ``now``."""
@@ -297,7 +301,7 @@ class ClockRepository(MetadataRepository):
 
     def seconds_until_next(self) -> float:
         """Seconds from now until the next window comes due (a new key appears)."""
-        now = self._now()
+        now = self._time()
         return max(0.0, self._schedule.after(math.floor(now)) - now)
 
     def key_of(self, start: datetime | float) -> str:

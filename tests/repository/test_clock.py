@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pydatatask import ConfigurationError, KeyNotFoundError, ReadOnlyRepositoryError, validate_key
 from pydatatask.repository.clock import ClockRepository, window_key
@@ -231,3 +235,48 @@ def test_cron_library_is_imported_only_for_cron() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT, check=True
     )
     assert proc.stdout.split() == ["False", "True"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    period=st.integers(1, 3 * 86400),
+    now=st.floats(1.5e9, 2.5e9),
+    back=st.integers(0, 40),
+    due=st.sampled_from(["start", "end"]),
+)
+async def test_interval_listing_matches_counting_the_windows(
+    period: int, now: float, back: int, due: str
+) -> None:
+    """Against a plain count: every window k*period whose due time has passed, since start."""
+    start = now - back * period - period / 2
+    repo = ClockRepository(period, due=due, catch_up="all", start=start, now=lambda: now)  # type: ignore[arg-type]
+    first = math.ceil(start / period)
+    expected = [
+        k * period
+        for k in range(first, math.floor(now / period) + 1)
+        if (k * period if due == "start" else (k + 1) * period) <= now
+    ]
+    assert [s.timestamp() for s, _ in repo.windows()] == expected
+    assert len(await repo.keys()) == len(expected)
+    newest = math.floor(now / period) * period - (0 if due == "start" else period)
+    latest = ClockRepository(period, due=due, now=lambda: now)  # type: ignore[arg-type]
+    assert [s.timestamp() for s, _ in latest.windows()] == [newest]
+    assert expected == [] or expected[-1] == newest
+    assert 0 < repo.seconds_until_next() <= period
+
+
+@settings(max_examples=50, deadline=None)
+@given(now=st.floats(1.5e9, 2.5e9), due=st.sampled_from(["start", "end"]))
+async def test_hourly_cron_and_hourly_interval_agree(now: float, due: str) -> None:
+    kwargs: dict[str, Any] = {"due": due, "catch_up": "all", "start": now - 5 * 3600, "now": lambda: now}
+    cron = ClockRepository("0 * * * *", **kwargs)
+    interval = ClockRepository("1h", **kwargs)
+    assert await cron.keys() == await interval.keys()
+    assert cron.windows() == interval.windows()
+    assert cron.seconds_until_next() == pytest.approx(interval.seconds_until_next())
+
+
+async def test_now_may_give_a_datetime() -> None:
+    repo = ClockRepository("1h", now=lambda: datetime(2026, 12, 1, 7, 30))
+    assert await repo.keys() == {"2026-12-01T0700Z"}
+    assert repo.seconds_until_next() == pytest.approx(1800)
