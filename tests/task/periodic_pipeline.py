@@ -2,7 +2,8 @@
 
 ``python tests/task/periodic_pipeline.py COMMAND ...`` with ``PDT_PERIODIC_DATA`` naming the
 data directory. The task ``tick`` runs every second (``PDT_PERIODIC_SCHEDULE``) and writes
-``out/<window>.txt`` (the window's start); the pipeline polls only once an hour, so every
+``out/<window>.txt`` (the window's start) and appends a line to ``runs/<window>`` per
+execution; the pipeline polls only once an hour, so every
 window after the first is launched by the wake-up for the next window.
 """
 
@@ -22,6 +23,13 @@ def build_pipeline(data: Path) -> Pipeline:
     """The periodic pipeline over ``data``."""
 
     def tick(key: str, clock: dict[str, Any]) -> dict[str, str]:
+        runs = data / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        fd = os.open(runs / key, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:  # one line per execution, whichever scheduler runs it
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
         return {"out": clock["start"]}
 
     task = FunctionTask(

@@ -221,16 +221,19 @@ def _wait_for(predicate: Any, timeout: float, proc: subprocess.Popen[str]) -> No
         time.sleep(0.02)
 
 
-def test_run_forever_launches_each_window_when_it_comes(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PDT_PERIODIC_DATA=str(tmp_path))
-    proc = subprocess.Popen(
+def _forever(data: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, str(SCRIPT), "run", "--forever", "--json"],
-        env=env,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), PDT_PERIODIC_DATA=str(data)),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_run_forever_launches_each_window_when_it_comes(tmp_path: Path) -> None:
+    proc = _forever(tmp_path)
     out = tmp_path / "out"
     try:
         # the pipeline polls once an hour: the second and third windows come from the
@@ -250,3 +253,26 @@ def test_run_forever_launches_each_window_when_it_comes(tmp_path: Path) -> None:
     assert set(written) == done
     for key, start in written.items():  # each window wrote its own start
         assert datetime.strptime(key, "%Y-%m-%dT%H%M%SZ").strftime("%Y-%m-%dT%H:%M:%SZ") == start
+
+
+def test_two_forever_schedulers_run_each_window_once(tmp_path: Path) -> None:
+    procs = [_forever(tmp_path), _forever(tmp_path)]  # both wake at each window and race for it
+    out = tmp_path / "out"
+    try:
+        for proc in procs:
+            _wait_for(lambda: out.exists() and len(list(out.glob("*.txt"))) >= 4, 30, proc)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        results = [proc.communicate(timeout=30) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [143, 143], [err for _, err in results]
+    summaries = [json.loads(stdout) for stdout, _ in results]
+    runs = {p.name: p.read_text().splitlines() for p in (tmp_path / "runs").iterdir()}
+    assert len(runs) >= 4
+    assert all(len(lines) == 1 for lines in runs.values()), runs  # no window ran twice
+    assert sum(s["succeeded"] for s in summaries) == len(runs)
+    assert {p.stem for p in out.glob("*.txt")} == set(runs)
