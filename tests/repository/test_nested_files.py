@@ -101,7 +101,9 @@ async def test_key_and_prefix_conflicts_are_clear(tmp_path: Path) -> None:
         lambda: repo.create_bytes("a/b", b"x"),
         lambda: _stream(repo, "a/b"),
     ):
-        with pytest.raises(RepositoryError, match=r"cannot store key 'a/b': .* is a file \(the key 'a'\)") as info:
+        with pytest.raises(
+            RepositoryError, match=r"cannot store key 'a/b': .* is a file \(the key 'a'\)"
+        ) as info:
             await write()
         assert "\n" not in str(info.value)
     assert not await repo.contains("a/b")
@@ -170,7 +172,9 @@ async def test_directory_repository_nested_keys(tmp_path: Path) -> None:
     assert await repo.contains("runs/2024/r 1") and not await repo.contains("runs")
     await repo.delete("runs")  # a prefix, not a key: nothing happens
     assert await repo.keys() == {"runs/2024/r 1", "runs/2025"}
-    with pytest.raises(RepositoryError, match="cannot store key 'runs/2025/x': .* is the directory of the key"):
+    with pytest.raises(
+        RepositoryError, match="cannot store key 'runs/2025/x': .* is the directory of the key"
+    ):
         await repo.mkdir("runs/2025/x")
     with pytest.raises(RepositoryError, match="cannot store key 'runs/2024': .* holds other keys"):
         async with repo.open_dir("runs/2024") as tmp:
