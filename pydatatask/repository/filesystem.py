@@ -481,6 +481,10 @@ class DirectoryRepository(_LocalRoot, Repository):
                         os.rename(tmp, here)
                         if durable:
                             fsync_dir(parent)
+                except OSError:
+                    if not here.is_dir():
+                        raise
+                    # made meanwhile by a concurrent writer (ENOTEMPTY): checked below
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
             if not (here / PREFIX_MARKER).exists():

@@ -193,3 +193,34 @@ async def test_sweep_reaches_nested_temporaries(tmp_path: Path) -> None:
     await repo.validate()
     assert not dead.exists()
     assert await repo.read_bytes("a/b/c") == b"x"
+
+
+async def test_directory_prefixes_made_concurrently(tmp_path: Path) -> None:
+    import threading
+
+    repo = DirectoryRepository(tmp_path / "d", fsync=False)
+    rounds, writers = 20, 8
+    barrier = threading.Barrier(writers)
+    errors: list[Exception] = []
+
+    def write(i: int) -> None:
+        try:
+            for r in range(rounds):
+                barrier.wait(timeout=30)  # every writer makes the same new prefixes at once
+                repo._make_prefixes(f"p{r}/q/k{i}")
+                repo.path(f"p{r}/q/k{i}").mkdir()
+        except Exception as exc:
+            errors.append(exc)
+            barrier.abort()  # the others stop at once instead of waiting for this writer
+
+    def run_all() -> None:  # threads of their own: the loop's default pool may be smaller
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    await asyncio.to_thread(run_all)
+    assert not errors, [e for e in errors if not isinstance(e, threading.BrokenBarrierError)][:1]
+    assert await repo.keys() == {f"p{r}/q/k{i}" for r in range(rounds) for i in range(writers)}
+    assert not [p for p in (tmp_path / "d").rglob(".*tmp-*")]
