@@ -275,7 +275,12 @@ class FileRepository(_LocalRoot, BlobRepository):
             if not path.is_dir():
                 raise
             raise RepositoryError(f"{self.describe()}: {path} is a directory") from exc
-        fsync_dir(path.parent)
+        try:
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            # a sibling's delete removed the directory once this unlink left it empty:
+            # that removal is synced in its own parent by the delete that made it
+            return
         if path.parent != self.root:
             remove_empty_parents(self.root, path, True)
 

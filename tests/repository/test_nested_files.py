@@ -224,3 +224,15 @@ async def test_directory_prefixes_made_concurrently(tmp_path: Path) -> None:
     assert not errors, [e for e in errors if not isinstance(e, threading.BrokenBarrierError)][:1]
     assert await repo.keys() == {f"p{r}/q/k{i}" for r in range(rounds) for i in range(writers)}
     assert not [p for p in (tmp_path / "d").rglob(".*tmp-*")]
+
+
+async def test_durable_deletes_of_siblings_at_once(tmp_path: Path) -> None:
+    """Durable deletes of the last keys of one directory at the same time: one of them
+    removes the emptied directory before another syncs it; neither fails."""
+    repo = YamlMetadataFileRepository(tmp_path / "claims")  # durable: fsync on
+    keys = [f"a/b/k{i}" for i in range(16)]
+    for _ in range(10):
+        assert all(await asyncio.gather(*(repo.create(k, {"n": 1}) for k in keys)))
+        await asyncio.gather(*(repo.delete(k) for k in keys))
+        assert await repo.keys() == set()
+    assert not (tmp_path / "claims" / "a").exists()
