@@ -199,3 +199,26 @@ async def test_two_concurrent_schedulers_run_each_group_once(tmp_path: Path) -> 
     assert first.succeeded + second.succeeded == 6
     assert sorted(calls.read_text().split()) == [f"g{g}" for g in range(6)]
     assert await YamlMetadataFileRepository(tmp_path / "totals").get("g5") == 3
+
+
+async def test_a_process_task_template_gets_the_members(tmp_path: Path) -> None:
+    from pydatatask import FileRepository
+    from pydatatask.executor import LocalHost
+    from pydatatask.task import ProcessTask
+
+    parts = FileRepository(tmp_path / "parts", ".txt")
+    for key, text in {"a.1": "one\n", "a.2": "two\n", "b.1": "three\n"}.items():
+        await parts.write_text(key, text)
+    joined = FileRepository(tmp_path / "joined", ".txt")
+    task = ProcessTask(
+        "join",
+        "cat {% for m in members %}{{ m.links.part.path }} {% endfor %}> {{ out.path }}",
+        executor=LocalHost(workdir=tmp_path / "jobs"),
+        inputs={"part": parts},
+        outputs={"out": joined},
+        group_by=first_part,
+    )
+    summary = await Pipeline([task]).run()
+    assert summary.ok, summary.errors
+    assert await joined.read_text("a") == "one\ntwo\n" and await joined.read_text("b") == "three\n"
+    assert (await task.done.get("a"))["members"] == ["a.1", "a.2"]
