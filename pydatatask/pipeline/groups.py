@@ -37,7 +37,15 @@ from .record_index import RecordIndex
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-__all__ = ("GroupChange", "group_keys", "fan_out_blocked", "held_groups", "changed_groups", "group_reasons")
+__all__ = (
+    "GroupChange",
+    "group_keys",
+    "fan_out_blocked",
+    "held_groups",
+    "changed_groups",
+    "group_reasons",
+    "cascade_keys",
+)
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,38 @@ async def changed_groups(
         if before != now:
             changes[group] = GroupChange(group, tuple(sorted(now - before)), tuple(sorted(before - now)))
     return changes
+
+
+async def cascade_keys(
+    pipeline: Pipeline, plan: list[tuple[Task, Any]], seeds: list[str], keys: set[str]
+) -> dict[tuple[str, str], set[str]]:
+    """The keys ``rm`` removes from each ``(task, link)`` of ``plan`` when it removes
+    ``keys`` from the tasks ``seeds`` and cascades: a fan-out output also loses the
+    children of the keys; downstream, a task takes the keys and children of its upstream
+    tasks in the plan, a fan-in task their groups."""
+    tasks = pipeline.tasks
+    in_plan = list(dict.fromkeys(t.name for t, _ in plan))
+    own: dict[str, set[str]] = {name: set(keys) for name in seeds}
+    spread: dict[str, set[str]] = {}  # the keys of a task and the children of its jobs
+    for name in sorted(set(in_plan) | set(seeds), key=pipeline.graph.order().index):
+        task = tasks[name]
+        if name not in own:
+            base: set[str] = set()
+            for up in pipeline.graph.upstream[name]:
+                base |= spread.get(up, set())
+            if task.group_by is not None:
+                base = {g for g in (group_of(task, k) for k in base) if g is not None}
+            own[name] = base
+        reach = set(own[name])
+        for link_name, sep in task.fan_out.items():
+            for child in await task.links[link_name].repository.keys():
+                if parent_among(child, own[name], sep) is not None:
+                    reach.add(child)
+        spread[name] = reach
+    out: dict[tuple[str, str], set[str]] = {}
+    for task, link in plan:
+        out[(task.name, link.name)] = spread[task.name] if link.name in task.fan_out else own[task.name]
+    return out
 
 
 def group_reasons(pipeline: Pipeline, task_name: str, key: str, figures: dict[str, Any]) -> list[str]:

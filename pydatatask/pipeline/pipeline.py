@@ -24,7 +24,7 @@ from ..task.hooks import Hooks
 from ..task.links import Link, LinkKind
 from ..task.records import utcnow_iso
 from .graph import TaskGraph
-from .groups import GroupChange, changed_groups, group_reasons
+from .groups import GroupChange, cascade_keys, changed_groups, group_reasons
 from .record_index import CORRUPT_ERROR_TYPE, RecordIndex, corrupt_info, warn_corrupt
 from .scheduler import RunSummary, Scheduler, TaskFigures, compute_figures
 
@@ -297,7 +297,7 @@ class Pipeline:
         fig = figures[task_name]
         reasons: list[str] = []
         async with self:
-            for link in task.required_links:
+            for link in task.required_links if task.group_by is None else []:  # fan-in: by members
                 try:
                     present = await link.repository.contains(key)
                 except CorruptValueError as exc:
@@ -336,7 +336,9 @@ class Pipeline:
                 reasons.append(f"{key!r} was ready a moment ago or is queued; nothing blocks it now")
         return reasons
 
-    async def changed_groups(self, task_name: str, groups: Iterable[str] | None = None) -> dict[str, GroupChange]:
+    async def changed_groups(
+        self, task_name: str, groups: Iterable[str] | None = None
+    ) -> dict[str, GroupChange]:
         """For the fan-in task ``task_name``: the recorded groups whose membership differs
         from their record's (see :func:`pydatatask.pipeline.groups.changed_groups`)."""
         return await changed_groups(self, task_name, groups)
@@ -445,6 +447,10 @@ class Pipeline:
                     exact = set(await chosen.repository.keys())
                 if chosen.kind not in (LinkKind.DONE, LinkKind.LOGS, LinkKind.LIVE):
                     await self._refuse_partial(redo, chosen.repository, exact)
+            # fan-out children and fan-in groups of the keys, per task (see cascade_keys)
+            per_task = (
+                None if exact is None else await cascade_keys(self, plan, [t.name for t in redo], exact)
+            )
             seen: set[int] = set()
             for t, lk in plan:
                 repo = lk.repository
@@ -452,7 +458,8 @@ class Pipeline:
                     continue
                 seen.add(id(repo))
                 present = await repo.keys()
-                for key in sorted(present if exact is None else exact & present):
+                wanted = exact if per_task is None or lk is chosen else per_task.get((t.name, lk.name), exact)
+                for key in sorted(present if wanted is None else wanted & present):
                     await repo.delete(key)
                     removed.append((t.name, lk.name, key))
         return removed

@@ -49,7 +49,9 @@ async def test_an_async_function_gets_the_members_and_the_repositories() -> None
     parts = MemoryMetadataRepository({"x.1": 1, "x.2": 2, "y.1": 3})
     totals = MemoryMetadataRepository()
 
-    async def gather(key: str, members: list[str], parts: MetadataRepository, totals: MetadataRepository) -> None:
+    async def gather(
+        key: str, members: list[str], parts: MetadataRepository, totals: MetadataRepository
+    ) -> None:
         await totals.put(key, [await parts.get(m) for m in members])
 
     task = FunctionTask(
@@ -76,7 +78,9 @@ async def test_a_member_still_running_upstream_holds_the_group() -> None:
         return {"total": sum(part.values())}
 
     up = FunctionTask("up", slow_copy, inputs={"src": src}, outputs={"dst": parts})
-    fan_in = FunctionTask("sum", summed, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part)
+    fan_in = FunctionTask(
+        "sum", summed, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part
+    )
     pipeline = Pipeline([up, fan_in], poll_interval="20ms")
     seen_held = asyncio.Event()
 
@@ -101,7 +105,9 @@ async def test_a_member_ready_upstream_holds_the_group_and_why_names_it() -> Non
     parts = MemoryMetadataRepository()
     totals = MemoryMetadataRepository()
     up = FunctionTask("up", copy, inputs={"src": src}, outputs={"dst": parts})
-    fan_in = FunctionTask("sum", total, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part)
+    fan_in = FunctionTask(
+        "sum", total, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part
+    )
     pipeline = Pipeline([up, fan_in])
     assert (await pipeline.run(tasks=["up"])).ok
     await src.put("A.2", 2)  # a new member, not yet copied
@@ -125,9 +131,15 @@ async def test_a_failed_member_blocks_the_group_and_status_and_why_say_so() -> N
         await dst.put(key, await src.get(key))
 
     up = FunctionTask(
-        "up", fails_on_a2, inputs={"src": src}, outputs={"dst": parts}, retry=RetryPolicy(max_attempts=2, backoff=0)
+        "up",
+        fails_on_a2,
+        inputs={"src": src},
+        outputs={"dst": parts},
+        retry=RetryPolicy(max_attempts=2, backoff=0),
     )
-    fan_in = FunctionTask("sum", total, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part)
+    fan_in = FunctionTask(
+        "sum", total, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part
+    )
     pipeline = Pipeline([up, fan_in])
     summary = await pipeline.run()
     assert summary.failed == 1 and summary.per_task["sum"]["succeeded"] == 1
@@ -142,7 +154,9 @@ async def test_changed_groups_names_what_was_added_and_removed() -> None:
     parts = MemoryMetadataRepository()
     totals = MemoryMetadataRepository()
     up = FunctionTask("up", copy, inputs={"src": src}, outputs={"dst": parts})
-    fan_in = FunctionTask("sum", total, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part)
+    fan_in = FunctionTask(
+        "sum", total, inputs={"part": parts}, outputs={"total": totals}, group_by=first_part
+    )
     pipeline = Pipeline([up, fan_in])
     assert (await pipeline.run()).ok
     assert await pipeline.changed_groups("sum") == {}
@@ -161,7 +175,11 @@ async def test_changed_groups_names_what_was_added_and_removed() -> None:
 async def test_a_group_by_returning_a_bad_key_is_named() -> None:
     parts = MemoryMetadataRepository({"x": 1})
     task = FunctionTask(
-        "sum", total, inputs={"part": parts}, outputs={"total": MemoryMetadataRepository()}, group_by=lambda k: 3
+        "sum",
+        total,
+        inputs={"part": parts},
+        outputs={"total": MemoryMetadataRepository()},
+        group_by=lambda k: 3,
     )
     with pytest.raises(ConfigurationError, match="group_by returned 3 for 'x'"):
         await Pipeline([task]).run()
@@ -174,7 +192,9 @@ async def test_two_concurrent_schedulers_run_each_group_once(tmp_path: Path) -> 
             await parts.put(f"g{g}.{i}", i)
     calls = tmp_path / "calls.log"
 
-    async def slow_sum(key: str, members: list[str], parts: MetadataRepository, totals: MetadataRepository) -> None:
+    async def slow_sum(
+        key: str, members: list[str], parts: MetadataRepository, totals: MetadataRepository
+    ) -> None:
         fd = os.open(calls, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, f"{key}\n".encode())

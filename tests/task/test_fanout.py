@@ -242,4 +242,51 @@ async def test_a_parent_killed_midway_leaves_no_child_and_the_rerun_makes_each_o
     assert [p for p in (tmp_path / "state" / "split" / "live").iterdir() if not p.name.startswith(".")] == []
     for key in "AB":
         record = await pipeline.tasks["split"].done.get(key)
-        assert record["attempts"] == 1 and record["children"]["pages"] == [f"{key}.page-{i}" for i in (1, 2, 3)]
+        assert record["attempts"] == 1 and record["children"]["pages"] == [
+            f"{key}.page-{i}" for i in (1, 2, 3)
+        ]
+
+
+async def test_rm_of_a_parent_removes_its_children_and_cascades_to_them_and_their_groups() -> None:
+    src = MemoryMetadataRepository({"A": 2, "B": 1})
+    pages = MemoryMetadataRepository()
+    out = MemoryMetadataRepository()
+    totals = MemoryMetadataRepository()
+
+    async def split(key: str, src: MetadataRepository, pages: MetadataRepository) -> None:
+        for i in range(1, await src.get(key) + 1):
+            await pages.put(f"{key}.page-{i}", i)
+
+    async def copy(key: str, pages: MetadataRepository, out: MetadataRepository) -> None:
+        await out.put(key, await pages.get(key))
+
+    def total(key: str, out: dict[str, int]) -> dict[str, int]:
+        return {"totals": sum(out.values())}
+
+    a = FunctionTask("split", split, inputs={"src": src}, outputs={"pages": FanOut(pages, ".")})
+    b = FunctionTask("copy", copy, inputs={"pages": pages}, outputs={"out": out})
+    c = FunctionTask(
+        "total", total, inputs={"out": out}, outputs={"totals": totals}, group_by=lambda k: k.split(".")[0]
+    )
+    pipeline = Pipeline([a, b, c])
+    assert (await pipeline.run()).succeeded == 2 + 3 + 2
+    removed = await pipeline.remove("split", ["A"], cascade=True)
+    assert sorted(removed) == [
+        ("copy", "done", "A.page-1"),
+        ("copy", "done", "A.page-2"),
+        ("copy", "out", "A.page-1"),
+        ("copy", "out", "A.page-2"),
+        ("split", "done", "A"),
+        ("split", "pages", "A.page-1"),
+        ("split", "pages", "A.page-2"),
+        ("total", "done", "A"),
+        ("total", "totals", "A"),
+    ]
+    assert await pages.keys() == {"B.page-1"} and await totals.keys() == {"B"}
+    summary = await pipeline.run()
+    assert summary.ok and summary.per_task == {
+        "split": {"succeeded": 1, "failed": 0},
+        "copy": {"succeeded": 2, "failed": 0},
+        "total": {"succeeded": 1, "failed": 0},
+    }
+    assert await totals.get("A") == 3
