@@ -65,7 +65,7 @@ class RecordIndex:
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
-        #: the children a fan-out job's success record lists: ``{key: {link: children}}``
+        #: the children that the success records of fan-out jobs list, as ``{key: {link: children}}``
         self.children: dict[str, dict[str, frozenset[str]]] = {}
 
     def note(self, key: str, record: dict[str, Any]) -> None:

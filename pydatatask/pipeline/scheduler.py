@@ -62,8 +62,9 @@ class TaskFigures:
     #: keys whose job record, claim or input value does not decode:
     #: ``{key: corrupt_info(...)}`` (see :func:`~pydatatask.pipeline.record_index.corrupt_info`)
     corrupt: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: fan-in: the groups held back, and by what: ``{group: (upstream task, member key)}``
-    #: (the task is ``""`` when the member is held by the gating of its own key)
+    #: the groups of a fan-in task held back, and by what, as
+    #: ``{group: (upstream task, member key)}`` (the task is ``""`` when the member is held
+    #: by the gating of its own key)
     held: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 

@@ -154,7 +154,7 @@ class Task:
             self.link(link_name, given, LinkKind.OUTPUT)
         if group_by is not None and not callable(group_by):
             raise ConfigurationError(f"task {name!r}: group_by must be a function of a key, not {group_by!r}")
-        #: the key function of a fan-in task (None: one job per key)
+        #: the key function of a fan-in task, or None for one job per key
         self.group_by = group_by
         self._group_cache: dict[str, str | None] = {}
         # members of the groups found ready by the last tick, and of the groups running
@@ -478,8 +478,9 @@ class Task:
             self._job_members[key] = list(members) if members is not None else await list_members(self, key)
 
     def record_fields(self, key: str, journal: WriteJournal) -> dict[str, Any]:
-        """What a success record notes of the job's writes: ``wrote``, ``children`` and
-        ``members`` (see :func:`pydatatask.task.fan.record_fields`)."""
+        """What a success record notes of the job's writes and members: ``wrote`` (keys
+        beyond its own that are not children), ``children`` (fan-out) and ``members``
+        (fan-in)."""
         return record_fields(self, key, journal)
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -40,7 +40,7 @@ __all__ = ("FanOut", "GroupBy", "is_child", "parent_among", "group_of")
 
 log = logging.getLogger("pydatatask.task")
 
-#: a fan-in task's key function: member key -> group key (None: the key is in no group)
+#: the key function of a fan-in task, from a member key to its group key (or None)
 GroupBy = Callable[[str], "str | None"]
 
 _SEPARATORS = frozenset("/._-")

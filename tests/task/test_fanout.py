@@ -290,3 +290,15 @@ async def test_rm_of_a_parent_removes_its_children_and_cascades_to_them_and_thei
         "total": {"succeeded": 1, "failed": 0},
     }
     assert await totals.get("A") == 3
+
+
+def test_the_parent_of_a_child_is_the_longest_parent_key_at_a_separator() -> None:
+    from pydatatask.task.fan import is_child, parent_among
+
+    parents = {"books", "books/2024/a.tar.gz", "b"}
+    assert parent_among("books/2024/a.tar.gz/page-0001", parents, "/") == "books/2024/a.tar.gz"
+    assert parent_among("books/2024/other/page-1", parents, "/") == "books"
+    assert parent_among("booksX/page-1", parents, "/") is None
+    assert parent_among("books", parents, "/") is None  # a parent is not its own child
+    assert is_child("A/page 1", "A", "/") and is_child("A.x", "A", ".")
+    assert not is_child("A/", "A", "/") and not is_child("AB/x", "A", "/") and not is_child("A", "A", "/")
