@@ -307,6 +307,14 @@ class Task:
                     log.exception(
                         "task %s: could not remove partial output %s of %r", self.name, link.name, key
                     )
+        if self.fan_out:
+            # every child of the key, whether the journal names it or not: a dead
+            # scheduler's claim does not list them (see _durable_journal)
+            try:
+                await clear_children(self, key)
+            except Exception:
+                cleaned = False
+                log.exception("task %s: could not remove the children of %r", self.name, key)
         if journal is None or not len(journal):
             return cleaned
         outputs = self._output_repositories()
@@ -402,8 +410,11 @@ class Task:
             return WriteJournal(check_only)
 
         async def before_new_write(repo: Repository, written: str) -> None:
-            if fan_out:
+            if fan_out and id(repo) in self._fan_out_ids:
+                # a child: never noted in the claim (a million children would rewrite it a
+                # million times); the recovery removes every child of the key instead
                 check_child(self, key, repo, written)
+                return
             path = self._output_paths().get(id(repo))
             if path is None or (written == key and "/" not in path):
                 return  # not an output, or the job's own key (always cleaned up)
@@ -472,7 +483,11 @@ class Task:
         children an earlier run left; a fan-in job fixes its members (those the last
         scheduler tick found, else those present in the inputs now)."""
         if self.fan_out:
-            await clear_children(self, key)
+            stale = await clear_children(self, key)
+            if stale:
+                log.info(
+                    "task %s: job %r removed %d child key(s) an earlier run left", self.name, key, len(stale)
+                )
         if self.group_by is not None:
             members = self._tick_members.get(key)
             self._job_members[key] = list(members) if members is not None else await list_members(self, key)

@@ -21,7 +21,6 @@ This module holds what the task layer needs; the readiness rules are in
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     from .base import Task
 
 __all__ = ("FanOut", "GroupBy", "is_child", "parent_among", "group_of")
-
-log = logging.getLogger("pydatatask.task")
 
 #: the key function of a fan-in task, from a member key to its group key (or None)
 GroupBy = Callable[[str], "str | None"]
@@ -147,8 +144,9 @@ def _maps_to_child(top: Repository, repo: Repository, written: str, key: str, se
 
 
 async def clear_children(task: Task, key: str) -> list[tuple[str, str]]:
-    """Delete what earlier runs of the job of ``key`` left in the fan-out outputs of
-    ``task``; returns ``(link, child)`` of each deleted."""
+    """Delete every child of ``key`` in the fan-out outputs of ``task`` (what an earlier
+    run left, before a job starts; what a failed or interrupted one wrote, after it);
+    returns ``(link, child)`` of each deleted."""
     deleted: list[tuple[str, str]] = []
     for name, sep in task.fan_out.items():
         repo = task.links[name].repository
@@ -158,13 +156,6 @@ async def clear_children(task: Task, key: str) -> list[tuple[str, str]]:
         for child in stale:
             await repo.delete(child)
             deleted.append((name, child))
-    if deleted:
-        log.info(
-            "task %s: job %r starts by removing %d child key(s) of an earlier run",
-            task.name,
-            key,
-            len(deleted),
-        )
     return deleted
 
 

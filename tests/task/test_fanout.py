@@ -230,6 +230,8 @@ async def test_a_parent_killed_midway_leaves_no_child_and_the_rerun_makes_each_o
     assert {"A.page-1", "A.page-2"} <= on_disk or {"B.page-1", "B.page-2"} <= on_disk
     consumed: list[str] = []
     pipeline = _pipeline(tmp_path, consumed)
+    claims = await pipeline.tasks["split"].live.get_many(await pipeline.tasks["split"].live.keys())
+    assert claims and all("wrote" not in claim for claim in claims.values())  # no update per child
     figures = await pipeline.figures()
     assert figures["consume"].ready == set()
     # the rerun recovers the dead claim (its children go), then runs each parent once
