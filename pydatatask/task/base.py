@@ -21,6 +21,7 @@ from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.base import Executor, Outcome, Resources, Slot, Work
 from ..repository.base import BlobRepository, MetadataRepository, Repository
+from ..repository.clock import ClockRepository
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, visible_keys
 from ..repository.memory import MemoryMetadataRepository
@@ -102,6 +103,10 @@ class Task:
     :param group_by: makes the task a *fan-in*: a function of a key present in the inputs
         returning the key of its group (or None); one job runs per group, keyed by the
         group key, once every member has succeeded upstream (see :doc:`/fan`).
+    :param schedule: run one job per time window: an interval (``"5m"``, ``"1h30m"``), a
+        cron expression (``"0 * * * *"``) or a
+        :class:`~pydatatask.repository.clock.ClockRepository` for more options, linked as
+        the input ``clock`` (see :doc:`/periodic`).
 
     An output given as :class:`~pydatatask.task.fan.FanOut` ``(repository)`` is a
     *fan-out*: the job of ``K`` writes children ``K/...`` there (see :doc:`/fan`).
@@ -124,6 +129,7 @@ class Task:
         timeout: float | str | None = None,
         priority: int = 0,
         group_by: GroupBy | None = None,
+        schedule: str | float | ClockRepository | None = None,
     ) -> None:
         if (
             not isinstance(name, str)
@@ -161,6 +167,8 @@ class Task:
         self._tick_members: dict[str, list[str]] = {}
         self._job_members: dict[str, list[str]] = {}
         self._fan_out_ids: dict[int, tuple[str, str]] = {}
+        if schedule is not None:
+            self._link_schedule(schedule)
         # the defaults are stable objects: Pipeline(state_dir=...) binds their store later,
         # and a view a user built over task.done before that reads the store in use
         if done is None:
@@ -205,6 +213,15 @@ class Task:
             raise ConfigurationError(f"task {self.name!r}: the logs link needs a BlobRepository")
         self.links[name] = link
         return self
+
+    def _link_schedule(self, schedule: str | float | ClockRepository) -> None:
+        """``schedule=``: a clock of the schedule, as the input link ``clock``."""
+        if not isinstance(schedule, ClockRepository):
+            try:
+                schedule = ClockRepository(schedule, name=self.name)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"task {self.name!r}: {exc}") from exc
+        self.link("clock", schedule, LinkKind.INPUT)
 
     def replace_state_repository(self, kind: str, repository: Repository) -> None:
         """Give a defaulted ``done``/``live`` repository its store, or add a ``logs``
