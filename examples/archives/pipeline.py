@@ -40,7 +40,6 @@ from typing import Any
 
 import pydatatask
 from pydatatask import Session
-from pydatatask.keys import is_valid_key
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository import S3BucketRepository, YamlMetadataS3Repository
 from pydatatask.task import FanOut, FunctionTask, RetryPolicy
@@ -50,9 +49,8 @@ PREFIX = os.environ.get("PDT_S3_PREFIX", "")
 ENDPOINT = os.environ.get("PDT_S3_ENDPOINT") or None
 DELAY = float(os.environ.get("PDT_EXAMPLE_DELAY", "0"))
 CONCURRENCY = int(os.environ.get("PDT_S3_CONCURRENCY", "8"))
-#: pages are keyed under their archive: ``book-1/page-0001`` where keys may be paths,
-#: ``book-1.page-0001`` with flat keys
-SEP = "/" if is_valid_key("a/b") else "."
+#: pages are keyed under their archive: ``book-1/page-0001``
+SEP = "/"
 
 session = Session()
 

@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from pydatatask.keys import is_valid_key
 from tests.conftest import service
 
 pytestmark = pytest.mark.s3
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "archives" / "pipeline.py"
-SEP = "/" if is_valid_key("a/b") else "."
+SEP = "/"
 #: archive name -> number of text files in it
 ARCHIVES = {f"book-{i}": 3 + i % 4 for i in range(8)}
 

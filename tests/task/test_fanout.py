@@ -304,3 +304,42 @@ def test_the_parent_of_a_child_is_the_longest_parent_key_at_a_separator() -> Non
     assert parent_among("books", parents, "/") is None  # a parent is not its own child
     assert is_child("A/page 1", "A", "/") and is_child("A.x", "A", ".")
     assert not is_child("A/", "A", "/") and not is_child("AB/x", "A", "/") and not is_child("A", "A", "/")
+
+
+async def test_nested_path_keys_fan_out_to_children_and_fan_in_per_parent(tmp_path: Path) -> None:
+    src = YamlMetadataFileRepository(tmp_path / "src")
+    await src.put("books/2024/Moby Dick", 3)
+    await src.put("books/2024/Été", 1)
+    pages = FileRepository(tmp_path / "pages", ".txt")
+    figures = YamlMetadataFileRepository(tmp_path / "figures")
+    reports = FileRepository(tmp_path / "reports", ".md")
+
+    async def split(key: str, src: MetadataRepository, pages: BlobRepository) -> None:
+        for i in range(1, await src.get(key) + 1):
+            await pages.write_text(f"{key}/page {i:02d}", "word " * i)
+
+    def count(key: str, page: bytes) -> dict[str, object]:
+        return {"figures": {"words": len(page.split())}}
+
+    def report(key: str, members: list[str], figures: dict[str, dict[str, int]]) -> dict[str, str]:
+        return {"reports": " ".join(f"{m.rsplit('/', 1)[1]}={figures[m]['words']}" for m in members)}
+
+    tasks = [
+        FunctionTask("split", split, inputs={"src": src}, outputs={"pages": FanOut(pages)}),
+        FunctionTask("count", count, inputs={"page": pages}, outputs={"figures": figures}),
+        FunctionTask(
+            "report",
+            report,
+            inputs={"figures": figures},
+            outputs={"reports": reports},
+            group_by=lambda k: k.rsplit("/", 1)[0],
+        ),
+    ]
+    pipeline = Pipeline(tasks)  # claims and records in memory: the values are nested files
+    summary = await pipeline.run()
+    assert summary.ok and summary.per_task["count"]["succeeded"] == 4, summary.errors
+    assert (tmp_path / "pages" / "books" / "2024" / "Moby Dick" / "page 03.txt").read_text() == "word " * 3
+    assert await reports.read_text("books/2024/Moby Dick") == "page 01=1 page 02=2 page 03=3"
+    assert await reports.read_text("books/2024/Été") == "page 01=1"
+    record = await pipeline.tasks["split"].done.get("books/2024/Été")
+    assert record["children"] == {"pages": ["books/2024/Été/page 01"]}
