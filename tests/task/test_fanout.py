@@ -343,3 +343,47 @@ async def test_nested_path_keys_fan_out_to_children_and_fan_in_per_parent(tmp_pa
     assert await reports.read_text("books/2024/Été") == "page 01=1"
     record = await pipeline.tasks["split"].done.get("books/2024/Été")
     assert record["children"] == {"pages": ["books/2024/Été/page 01"]}
+
+
+class CountingRecords(MemoryMetadataRepository):
+    """Job records in memory, counting the records read."""
+
+    reads = 0
+
+    async def _get(self, key: str) -> object:
+        self.reads += 1
+        return await super()._get(key)
+
+    async def _get_many(self, keys: list[str]) -> dict[str, object]:
+        self.reads += len(keys)
+        return await super()._get_many(keys)
+
+
+async def test_five_thousand_children_cost_one_record_read_per_parent() -> None:
+    src = MemoryMetadataRepository({f"p{i:02d}": 250 for i in range(20)})
+    pages = MemoryMetadataRepository()
+    out = MemoryMetadataRepository()
+    records = CountingRecords()
+
+    async def split(key: str, src: MetadataRepository, pages: MetadataRepository) -> None:
+        for i in range(await src.get(key)):
+            await pages.put(f"{key}.{i:04d}", i)
+
+    async def copy(key: str, pages: MetadataRepository, out: MetadataRepository) -> None:
+        await out.put(key, await pages.get(key))
+
+    a = FunctionTask("split", split, inputs={"src": src}, outputs={"pages": FanOut(pages, ".")}, done=records)
+    b = FunctionTask("copy", copy, inputs={"pages": pages}, outputs={"out": out}, concurrency=64)
+    pipeline = Pipeline([a, b], poll_interval="10ms")
+    summary = await pipeline.run()
+    assert summary.ok and summary.per_task["copy"]["succeeded"] == 5_000
+    # the scheduler wrote the parents' records itself and never read them back; a second
+    # scheduler reads each parent's record once, and a finished pipeline none at all
+    assert records.reads == 0
+    assert (await Pipeline([a, b]).figures(full=False))["copy"].ready == set()
+    assert records.reads == 0
+    await out.delete("p07.0001")
+    await b.done.delete("p07.0001")
+    figures = await Pipeline([a, b]).figures(full=False)
+    assert figures["copy"].ready == {"p07.0001"}
+    assert records.reads == 1
