@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import CorruptValueError
 from ..repository.base import MetadataRepository
 
-__all__ = ("RecordIndex", "corrupt_info", "warn_corrupt", "CORRUPT_ERROR_TYPE")
+__all__ = ("RecordIndex", "RecordFacts", "corrupt_info", "warn_corrupt", "CORRUPT_ERROR_TYPE")
 
 log = logging.getLogger("pydatatask.scheduler")
 
@@ -45,6 +45,33 @@ def warn_corrupt(err: CorruptValueError, consequence: str) -> None:
         log.warning("%s; %s", text, consequence)
 
 
+class RecordFacts:
+    """What staleness needs of one job record (see :mod:`pydatatask.pipeline.staleness`):
+    the task version and input versions it names, the upstream records it read after, the
+    outputs the job left, when it ended, and what the task kept of it
+    (:meth:`~pydatatask.task.base.Task.stale_facts`)."""
+
+    __slots__ = ("success", "version", "inputs", "upstream", "outputs", "end_time", "extra")
+
+    def __init__(self, record: dict[str, Any], extra: Any = None) -> None:
+        self.success = bool(record.get("success"))
+        version = record.get("version")
+        self.version: str | None = version if isinstance(version, str) else None
+        self.inputs: dict[str, Any] = _mapping(record.get("inputs"))
+        self.upstream: dict[str, Any] = _mapping(record.get("upstream"))
+        outputs = record.get("outputs")
+        self.outputs: list[str] | None = (
+            [o for o in outputs if isinstance(o, str)] if isinstance(outputs, list) else None
+        )
+        end = record.get("end_time")
+        self.end_time: str | None = end if isinstance(end, str) else None
+        self.extra = extra
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 class RecordIndex:
     """What the job records of a task say: success or failure per key, and which keys are
     corrupt.
@@ -59,9 +86,12 @@ class RecordIndex:
     key counts neither as succeeded nor as failed; it is logged once, when first read.
     """
 
-    def __init__(self, done: MetadataRepository) -> None:
+    def __init__(self, done: MetadataRepository, keep: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.done = done
+        self.keep = keep
         self.success: dict[str, bool] = {}
+        #: what staleness needs of each record read (corrupt ones excepted)
+        self.facts: dict[str, RecordFacts] = {}
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
@@ -73,6 +103,8 @@ class RecordIndex:
     def _take(self, key: str, record: Any) -> None:
         ok = isinstance(record, dict) and bool(record.get("success"))
         self.success[key] = ok
+        if isinstance(record, dict):
+            self.facts[key] = RecordFacts(record, None if self.keep is None else self.keep(record))
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
             self.corrupt[key] = corrupt_info("input", error)
@@ -80,10 +112,12 @@ class RecordIndex:
     def sync(self, keys: set[str]) -> None:
         """Take the latest listing ``keys`` of the done repository."""
         self.listed = keys
+        known: dict[str, Any]
         for known in (self.success, self.corrupt):
             if len(known) > len(keys) or any(k not in keys for k in known):
                 for k in [k for k in known if k not in keys]:
                     del known[k]
+                    self.facts.pop(k, None)  # kept only of keys in success
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
         """Read the records of ``keys`` (default: every listed key) not read before."""
@@ -100,6 +134,17 @@ class RecordIndex:
         values = await self.done.get_many(new, on_corrupt=bad)
         for k, v in values.items():
             self._take(k, v)
+
+    def forget(self, key: str) -> None:
+        """Drop what is known of the record of ``key`` (it was removed or replaced)."""
+        for known in (self.success, self.corrupt, self.facts):
+            known.pop(key, None)
+
+    def stamp(self, key: str) -> str | None:
+        """When the success record of ``key`` was made (its ``end_time``), or None (no
+        success record read): what a downstream record stores to notice a redone job."""
+        facts = self.facts.get(key)
+        return facts.end_time if facts is not None and facts.success and key in self.listed else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:
         """Those of ``keys`` known to have a success record (call :meth:`load` first)."""

@@ -70,6 +70,15 @@ class Repository(ABC):
         for key in sorted(await self.keys()):
             yield key
 
+    async def versions(self) -> dict[str, str | None]:
+        """Every key with the version of its value, from one listing: an opaque string that
+        changes whenever the value is replaced (an S3 ETag, a file's size and mtime), or
+        None where this backend cannot tell. Never one request per key."""
+        return await self._list_versions()
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        return dict.fromkeys(await self.keys())
+
     def _warn_invalid(self, names: list[str]) -> None:
         if not self._warned_invalid:
             self._warned_invalid = True
