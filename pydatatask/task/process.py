@@ -399,7 +399,7 @@ class ProcessTask(Task):
             return
         if host.is_local and isinstance(repo, DirectoryRepository):
             final = repo.path(key)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            repo._make_prefixes(key)  # the directories above a nested key are marked as such
             tmp = _tmp_sibling(final)
             tmp.mkdir()
             staged.local_temps.append(tmp)

@@ -47,7 +47,9 @@ from .repository import (
     RepositoryReadTests,
     RepositoryTests,
     invalid_keys,
+    long_key,
     odd_valid_keys,
+    path_keys,
 )
 
 __all__ = (
@@ -60,5 +62,7 @@ __all__ = (
     "ReadOnlyRepositoryTests",
     "invalid_keys",
     "odd_valid_keys",
+    "path_keys",
+    "long_key",
     "ExecutorTests",
 )

@@ -100,7 +100,7 @@ async def test_storage_format_and_non_dict_values(
 async def test_foreign_documents_are_skipped(
     repo: MongoMetadataRepository, collection: AsyncCollection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    await collection.insert_many([{"x": 1}, {"_id": "bad/name", "value": 1}, {"_id": "ok", "value": 2}])
+    await collection.insert_many([{"x": 1}, {"_id": "bad//name", "value": 1}, {"_id": "ok", "value": 2}])
     assert await repo.keys() == {"ok"}
     assert "not valid keys" in caplog.text
 
