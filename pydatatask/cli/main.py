@@ -132,7 +132,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
 
     p = add(
-        "status", "counts and keys per task: ready, running, retrying, succeeded, failed, blocked, corrupt, stale"
+        "status",
+        "counts and keys per task: ready, running, retrying, succeeded, failed, blocked, corrupt, stale",
     )
     p.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
     p.add_argument("--all", action="store_true", help="list every key, not samples")

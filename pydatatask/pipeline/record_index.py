@@ -90,8 +90,9 @@ class RecordIndex:
         self.done = done
         self.keep = keep
         self.success: dict[str, bool] = {}
-        #: what staleness needs of each record read (corrupt ones excepted)
-        self.facts: dict[str, RecordFacts] = {}
+        # the records read or noted (corrupt ones excepted), and their facts once asked for
+        self._kept: dict[str, dict[str, Any]] = {}
+        self._facts: dict[str, RecordFacts] = {}
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
@@ -104,7 +105,8 @@ class RecordIndex:
         ok = isinstance(record, dict) and bool(record.get("success"))
         self.success[key] = ok
         if isinstance(record, dict):
-            self.facts[key] = RecordFacts(record, None if self.keep is None else self.keep(record))
+            self._kept[key] = record
+            self._facts.pop(key, None)
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
             self.corrupt[key] = corrupt_info("input", error)
@@ -117,7 +119,8 @@ class RecordIndex:
             if len(known) > len(keys) or any(k not in keys for k in known):
                 for k in [k for k in known if k not in keys]:
                     del known[k]
-                    self.facts.pop(k, None)  # kept only of keys in success
+                    self._kept.pop(k, None)  # kept only of keys in success
+                    self._facts.pop(k, None)
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
         """Read the records of ``keys`` (default: every listed key) not read before."""
@@ -137,14 +140,31 @@ class RecordIndex:
 
     def forget(self, key: str) -> None:
         """Drop what is known of the record of ``key`` (it was removed or replaced)."""
-        for known in (self.success, self.corrupt, self.facts):
+        for known in (self.success, self.corrupt, self._kept, self._facts):
             known.pop(key, None)
+
+    def recorded(self) -> list[str]:
+        """The keys whose record has been read or noted (and decodes)."""
+        return list(self._kept)
+
+    def facts(self, key: str) -> RecordFacts | None:
+        """What staleness needs of the record of ``key`` (None: not read, or corrupt)."""
+        facts = self._facts.get(key)
+        if facts is None:
+            record = self._kept.get(key)
+            if record is None:
+                return None
+            facts = self._facts[key] = RecordFacts(record, None if self.keep is None else self.keep(record))
+        return facts
 
     def stamp(self, key: str) -> str | None:
         """When the success record of ``key`` was made (its ``end_time``), or None (no
         success record read): what a downstream record stores to notice a redone job."""
-        facts = self.facts.get(key)
-        return facts.end_time if facts is not None and facts.success and key in self.listed else None
+        record = self._kept.get(key)
+        if record is None or not self.success.get(key) or key not in self.listed:
+            return None
+        end = record.get("end_time")
+        return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:
         """Those of ``keys`` known to have a success record (call :meth:`load` first)."""

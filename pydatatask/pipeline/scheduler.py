@@ -206,9 +206,12 @@ class Scheduler:
     def _note_redo(self, name: str, fig: TaskFigures) -> None:
         """Remember the records judged stale of the keys queued for a redo (a key already
         running keeps the judgement it was launched with)."""
-        facts = self.records[name].facts
+        index = self.records[name]
         kept = {k: f for k, f in self._redo[name].items() if (name, k) in self.running}
-        kept.update((k, facts[k]) for k in fig.redo if k in facts and (name, k) not in self.running)
+        for key in fig.redo:
+            facts = index.facts(key)
+            if facts is not None and (name, key) not in self.running:
+                kept[key] = facts
         self._redo[name] = kept
 
     def _record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
@@ -727,8 +730,10 @@ async def _find_stale(
         outputs = {link.name: keys_of[id(link.repository)] for link in task.inhibiting_links}
         index, universe, live = records[name], universes[name], keys_of[id(task.live)]
         found: dict[str, list[StaleReason]] = {}
-        for key, facts in index.facts.items():
+        for key in index.recorded():
             if key in universe and key not in live and key not in index.corrupt and key in index.listed:
+                facts = index.facts(key)
+                assert facts is not None
                 reasons = stale_reasons(task, key, facts, sources, versions, records, outputs)
                 if reasons:
                     found[key] = reasons

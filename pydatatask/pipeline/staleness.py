@@ -9,13 +9,14 @@ Every job record stores what the job read (see :mod:`pydatatask.task.records`):
     launched the job gave it (:meth:`~pydatatask.repository.base.Repository.versions`; None
     where the backend cannot tell);
 ``upstream``
-    ``{link: stamp}`` for each input another task writes: the ``end_time`` of the upstream
+    (only when another task writes an input) ``{link: stamp}`` for each input another task writes: the ``end_time`` of the upstream
     success record(s) of what the key reads (several joined by ``,``). A redone upstream job
     writes a new record, so the downstream record no longer matches even when the backend
     gives no versions, or the redone value has the same content (the same ETag);
 ``outputs``
-    the output links the job wrote its key to (None when the job wrote its outputs in place,
-    not through a repository: then every output is expected to hold the key).
+    (only when the job wrote its key to some of its outputs, not all) the output links
+    it wrote its key to. Without it, every output is expected to hold the key (as when the
+    job writes its outputs in place, not through a repository: a command or a pod).
 
 A recorded key is **stale** when an input's version differs from its record's, an upstream
 record it read was replaced, the task version differs, an output of a succeeded job is
@@ -113,7 +114,7 @@ def record_fields(
         inputs[src.link] = None if listed is None else listed.get(key)
         if src.producers:
             upstream[src.link] = _stamp(key, src, records)
-    return {"inputs": inputs, "upstream": upstream}
+    return {"inputs": inputs, "upstream": upstream} if upstream else {"inputs": inputs}
 
 
 def _differ(old: Any, new: str | None) -> bool:

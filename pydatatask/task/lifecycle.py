@@ -158,7 +158,6 @@ async def execute(
             wrote = task.wrote_beyond(key, journal)
             if wrote:
                 outcome.extra = {**outcome.extra, "wrote": wrote}
-            outcome.extra = {**outcome.extra, "outputs": _outputs_written(task, key, journal)}
             record = make_record(
                 task=task.name,
                 key=key,
@@ -171,6 +170,9 @@ async def execute(
                 exit_code=outcome.exit_code,
                 extra=_fields(task, record_fields, outcome.extra),
             )
+            held = _outputs_written(task, key, journal)
+            if held is not None:
+                record["outputs"] = held
             break
         await task._write_log(job)
         await task.done.put(key, record)
@@ -205,7 +207,7 @@ async def execute(
 def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any]:
     """The record fields beyond the outcome: the task version, the inputs' versions (from
     ``given``), then what the attempt added."""
-    fields: dict[str, Any] = {"version": task.version, "inputs": {}, "upstream": {}}
+    fields: dict[str, Any] = {"version": task.version, "inputs": {}}
     if given:
         fields.update(given)
     if extra:
@@ -215,15 +217,25 @@ def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | No
 
 def _outputs_written(task: Task, key: str, journal: WriteJournal) -> list[str] | None:
     """The output links that hold ``key`` after a successful job, as its journal saw the
-    writes; None when the job wrote none of its outputs through a repository (a command
-    or pod writing them in place): then every output is expected to hold it."""
+    writes, when they are not all of them; None when every output holds it, or when the
+    job wrote none of its outputs through a repository (a command or pod writing them in
+    place): then every output is expected to hold it."""
     written = journal.keys_by_repository()
     if not written:
         return None
-    stored = task._output_repositories()
-    if not any(repo_id in stored for repo_id in written):
+    outputs = task.output_links
+    names = []
+    for link in outputs:
+        direct = written.get(id(link.repository))
+        if (direct is not None and key in direct) or key in visible_keys(link.repository, written):
+            names.append(link.name)
+    if len(names) == len(outputs):
         return None
-    return [link.name for link in task.output_links if key in visible_keys(link.repository, written)]
+    if not names:
+        stored = task._output_repositories()
+        if not any(repo_id in stored for repo_id in written):
+            return None
+    return names
 
 
 async def _attempt(
