@@ -193,9 +193,10 @@ class RepositoryReadTests:
         assert isinstance(text, str) and 0 < len(text) < 300
 
     # --- path keys and versions ---------------------------------------------
-    #: whether the backend stores nested keys, spaces and non-ASCII names (every key of
-    #: :func:`path_keys` but, possibly, the 1,024-byte one); False for a backend whose own
-    #: rule is narrower (Docker tags), which must then refuse them with InvalidKeyError
+    #: whether the backend stores nested keys, spaces and non-ASCII names (the first nine
+    #: keys of :func:`path_keys`; the others it may refuse by its own rule); False for a
+    #: backend whose rule is narrower (Docker tags), which must then refuse them with
+    #: InvalidKeyError
     stores_path_keys = True
     #: whether :meth:`~pydatatask.repository.base.Repository.versions` tells versions
     #: (False: None for every key)
@@ -224,8 +225,8 @@ class RepositoryReadTests:
     async def test_path_keys_round_trip(self, repo: Repository) -> None:
         keys = path_keys()
         stored = [k for k in keys if self.admits(repo, k)]
-        if self.stores_path_keys:
-            assert set(keys) - set(stored) <= {long_key()}, set(keys) - set(stored)
+        if self.stores_path_keys:  # nested, spaces, non-ASCII: the first ones of the list
+            assert set(keys[:9]) <= set(stored), set(keys[:9]) - set(stored)
         for key in keys:
             if key in stored:
                 await self.make(repo, key)
@@ -234,7 +235,8 @@ class RepositoryReadTests:
                     await self.make(repo, key)
                 with pytest.raises(InvalidKeyError):
                     await repo.contains(key)
-        assert await repo.keys() == set(stored)
+        listed = await repo.keys()
+        assert listed == set(stored), (sorted(listed - set(stored)), sorted(set(stored) - listed))
         assert sorted([k async for k in repo]) == sorted(stored)
         for key in stored:
             assert await self.read_back(repo, key) == self.sample(key), key

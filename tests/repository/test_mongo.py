@@ -92,7 +92,18 @@ async def test_storage_format_and_non_dict_values(
         await repo.put(key, value)
     for key, value in values.items():
         assert await repo.get(key) == value
-    assert await collection.find_one({"_id": "list"}) == {"_id": "list", "value": [1, [2, {"x": None}]]}
+    doc = await collection.find_one({"_id": "list"})
+    assert doc is not None and set(doc) == {"_id", "value", "token"}
+    assert doc["value"] == [1, [2, {"x": None}]]
+    versions = await repo.versions()
+    assert versions["list"] == doc["token"]  # the version is the token of the last write
+    await repo.put("nested/k\u00e9y with spaces", 1)
+    assert (await collection.find_one({"_id": "nested/k\u00e9y with spaces"}) or {})["value"] == 1
+    await repo.delete("nested/k\u00e9y with spaces")
+    # a document another program wrote, without a token: listed, version unknown
+    await collection.insert_one({"_id": "foreign", "value": 1})
+    assert (await repo.versions())["foreign"] is None
+    await collection.delete_one({"_id": "foreign"})
     assert await collection.count_documents({}) == len(values)
     assert repo.describe() == f"mongo {DB}.{collection.name}"
 

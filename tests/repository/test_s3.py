@@ -258,24 +258,28 @@ async def test_prefix_and_suffix_isolation(
         f"{prefix}b.txt",  # wrong suffix
         f"{prefix}a.bin.old",  # suffix not at the end
         f"{prefix}.bin",  # empty key
-        f"{prefix}deeper/c.bin",  # a level below the prefix: not a key
+        f"{prefix}tab\there.bin",  # a control character: not a key
     }
     for name in outside:
         await client.put_object(Bucket=bucket, Key=name, Body=b"not mine")
     try:
         repo = S3BucketRepository(client, bucket, prefix, ".bin")
         await repo.write_bytes("a", b"mine")
+        await repo.write_bytes("deeper/c", b"mine too")  # a level below: a nested key
         with caplog.at_level(logging.WARNING, logger="pydatatask.repository"):
-            assert await repo.keys() == {"a"}
-        assert "deeper/c" in caplog.text
-        for key in ("a", "b", "c", "deeper", "bin", "old"):
+            assert await repo.keys() == {"a", "deeper/c"}
+        assert repr("tab\there") in caplog.text
+        flat = S3BucketRepository(client, bucket, prefix, ".bin", flat=True)
+        assert await flat.keys() == {"a"}
+        assert set(await flat.versions()) == {"a"}
+        for key in ("a", "b", "c", "deeper", "bin", "old", "deeper/c"):
             await repo.delete(key)
         assert await repo.keys() == set()
         for name in outside:
             head = await client.head_object(Bucket=bucket, Key=name)
             assert head["ContentLength"] == len(b"not mine"), name
-        # without a suffix every name under the prefix counts (".bin", "deeper/c.bin": not keys)
-        assert await S3BucketRepository(client, bucket, prefix).keys() == {"b.txt", "a.bin.old"}
+        # without a suffix every name under the prefix counts (".bin" is a key there)
+        assert await S3BucketRepository(client, bucket, prefix).keys() == {"b.txt", "a.bin.old", ".bin"}
     finally:
         for name in outside:
             await client.delete_object(Bucket=bucket, Key=name)
