@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository
+from pydatatask import AndRepository, FileRepository, MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.errors import ConfigurationError
 from pydatatask.pipeline import Pipeline
 from pydatatask.pipeline.record_index import RecordFacts, RecordIndex
@@ -363,3 +363,21 @@ async def test_an_output_the_job_did_not_write_is_not_missing() -> None:
     status = await pipeline.status()
     assert status["only_x"]["stale"] == ["b"]
     assert status["only_x"]["stale_details"]["b"][0]["link"] == "x"
+
+
+async def test_a_view_input_lists_its_children_once_per_tick_with_versions() -> None:
+    a, b, out = CountingMemory(), CountingMemory(), MemoryBlobRepository()
+    await a.write_bytes("x", b"1")
+    await b.write_bytes("x", b"2")
+
+    async def f(key: str, both: BlobRepository, out: BlobRepository) -> None:
+        await out.write_bytes(key, await both.read_bytes(key))
+
+    task = FunctionTask("t", f, inputs={"both": AndRepository(a, b)}, outputs={"out": out})
+    pipeline = Pipeline([task])
+    await pipeline.figures(full=False)
+    assert (a.listings, b.listings) == (1, 1)
+    assert (await pipeline.run()).succeeded == 1
+    assert (await task.done.get("x"))["inputs"] == {"both": (await a.versions())["x"]}
+    await a.write_bytes("x", b"3")
+    assert (await pipeline.status())["t"]["stale"] == ["x"]
