@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,13 @@ import pytest
 
 from pydatatask import AndRepository, FileRepository, MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.errors import ConfigurationError
+from pydatatask.executor.base import Outcome
 from pydatatask.pipeline import Pipeline
 from pydatatask.pipeline.record_index import RecordFacts, RecordIndex
 from pydatatask.pipeline.staleness import redo
 from pydatatask.repository.base import BlobRepository
-from pydatatask.task import FunctionTask
+from pydatatask.task import FunctionTask, JobOutcome
+from pydatatask.task.base import JobContext
 
 from .stale_pipeline import build as build_files_pipeline
 from .stale_pipeline import runs
@@ -381,3 +383,49 @@ async def test_a_view_input_lists_its_children_once_per_tick_with_versions() -> 
     assert (await task.done.get("x"))["inputs"] == {"both": (await a.versions())["x"]}
     await a.write_bytes("x", b"3")
     assert (await pipeline.status())["t"]["stale"] == ["x"]
+
+
+class GroupTask(FunctionTask):
+    """Notes every key of its input in the record and calls a key stale when that set has
+    changed: the extension point a task reading a group of keys uses."""
+
+    async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:
+        done = await super().finish(job, outcome) or JobOutcome()
+        done.extra["members"] = sorted(await self.links["src"].repository.keys())
+        return done
+
+    def stale_facts(self, record: Mapping[str, Any]) -> Any:
+        return frozenset(record.get("members") or ())
+
+    def stale_reasons(
+        self, key: str, facts: Any, inputs: Mapping[str, Mapping[str, str | None]]
+    ) -> list[str]:
+        now = frozenset(inputs["src"])
+        return [] if now == facts else [f"the group changed: {sorted(facts)} -> {sorted(now)}"]
+
+
+async def test_a_task_can_give_stale_reasons_of_its_own() -> None:
+    src, out = MemoryBlobRepository({"a": b"1", "b": b"2"}), MemoryBlobRepository()
+
+    async def members(key: str, src: BlobRepository, out: BlobRepository) -> None:
+        await out.write_bytes(key, b"")
+
+    task = GroupTask("group", members, inputs={"src": src}, outputs={"out": out})
+    pipeline = Pipeline([task])
+    assert (await pipeline.run()).succeeded == 2
+    assert (await pipeline.status())["group"]["stale"] == []
+    await src.write_bytes("c", b"3")
+    status = await pipeline.status()
+    assert status["group"]["stale"] == ["a", "b"]  # c has no record: it is ready, not stale
+    assert status["group"]["stale_details"]["a"] == [
+        {
+            "kind": "task",
+            "message": "the group changed: ['a', 'b'] -> ['a', 'b', 'c']",
+            "link": None,
+            "old": None,
+            "new": None,
+        }
+    ]
+    summary = await pipeline.run(rerun_stale=True)
+    assert summary.succeeded == 3
+    assert (await pipeline.status())["group"]["stale"] == []
