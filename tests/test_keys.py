@@ -138,3 +138,35 @@ def test_rule_matches_its_statement(key: str) -> None:
     else:
         with pytest.raises(InvalidKeyError):
             validate_key(key)
+
+
+# ---------------------------------------------------------------- names derived from path keys
+_DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL_VALUE = r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?"
+
+
+def test_pod_names_of_path_keys_are_dns_labels_and_distinct() -> None:
+    import re
+
+    from pydatatask.executor.pods import label_value, pod_name
+
+    keys = ["a/b c/\u00e9", "a/b_c/\u00e9", "a/b-c/\u00e9", "a/b c/e", "A/B C/\u00c9", long_key()]
+    names = [pod_name("t", k) for k in keys]
+    for name in names:
+        assert re.fullmatch(_DNS_LABEL, name), name
+    assert len(set(names)) == len(names)
+    assert pod_name("t", "a/b c/\u00e9") != pod_name("t", "a/b_c/\u00e9")
+    labels = [label_value(k) for k in keys]
+    for label in labels:
+        assert re.fullmatch(_LABEL_VALUE, label), label
+    assert len(set(labels)) == len(labels)
+
+
+def test_commands_quote_path_keys() -> None:
+    import shlex
+
+    from pydatatask.task.templates import render_command
+
+    for key in path_keys():
+        command = render_command("process {{ key }} --out {{ key }}.txt", {"key": key})
+        assert shlex.split(command) == ["process", key, "--out", key + ".txt"]

@@ -166,6 +166,12 @@ class RepositoryView(Repository):
             return None
         return self.children[0], self._child_key(key)
 
+    def _check_key(self, key: str) -> str:
+        """A view admits the keys every child admits (under its child key)."""
+        for child, child_key in self._child_pairs(key):
+            child._check_key(child_key)
+        return key
+
     # ---- hooks of the combinators ----
     def _child_key(self, key: str) -> str:
         """The key in the children (translated by :class:`TranslateKeysRepository`)."""

@@ -46,6 +46,7 @@ from .repository import (
     ReadOnlyRepositoryTests,
     RepositoryReadTests,
     RepositoryTests,
+    adversarial_keys,
     invalid_keys,
     long_key,
     odd_valid_keys,
@@ -64,5 +65,6 @@ __all__ = (
     "odd_valid_keys",
     "path_keys",
     "long_key",
+    "adversarial_keys",
     "ExecutorTests",
 )

@@ -6,9 +6,11 @@ import asyncio
 import hashlib
 import os
 import tracemalloc
+import unicodedata
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from ..errors import (
     CorruptValueError,
@@ -18,6 +20,7 @@ from ..errors import (
     RepositoryError,
     UnsupportedOperationError,
 )
+from ..keys import is_valid_key
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.journal import WriteJournal, journaling, visible_keys
 
@@ -33,6 +36,7 @@ __all__ = (
     "odd_valid_keys",
     "path_keys",
     "long_key",
+    "adversarial_keys",
 )
 
 
@@ -110,6 +114,67 @@ def path_keys() -> list[str]:
         "x" * 200,
         long_key(),
     ]
+
+
+_ADVERSARIAL_PIECES = [
+    "a",
+    "B",
+    "0",
+    ".",
+    "..",
+    "/",
+    "//",
+    "../",
+    "/..",
+    " ",
+    "-",
+    "_",
+    "~",
+    ".hidden",
+    "\0",
+    "\n",
+    "\r",
+    "\t",
+    "\x1b",
+    "\x7f",
+    "\u00e9",
+    "e\u0301",  # NFD
+    "\u00c9",
+    "\u200b",
+    "\u00a0",
+    "\u2028",
+    "\U0001f600",
+    "\u65e5",
+    "$(touch x)",
+    "`id`",
+    "${HOME}",
+    "; rm -rf ~",
+    "| cat",
+    "&&",
+    "'",
+    '"',
+    "*",
+    "?",
+    "[a]",
+    "{{ 7*7 }}",
+    "{% raw %}",
+    "{#",
+    "%2e%2e",
+    "%2F",
+    "+",
+    "\\",
+    ":",
+    "#",
+]
+
+
+def adversarial_keys() -> Any:
+    """A hypothesis strategy of hostile keys (valid and invalid): traversal, empty
+    segments, control characters, shell and template syntax, NFC/NFD and case twins."""
+    from hypothesis import strategies as st
+
+    pieces = st.lists(st.sampled_from(_ADVERSARIAL_PIECES), min_size=1, max_size=8).map("".join)
+    return st.one_of(pieces, pieces.map(str.upper), st.text(max_size=24))
 
 
 def long_key() -> str:
@@ -285,6 +350,63 @@ class RepositoryReadTests:
         assert set(third) == {keys[0], keys[2]}
         await self.make(repo, keys[1])
         assert (await repo.versions())[keys[1]] is not None
+
+    #: whether two keys differing only in case are two keys (False for a store that folds
+    #: case, such as a case-insensitive file system: then the twins must not both list)
+    case_sensitive = True
+
+    @pytest.mark.asyncio
+    @settings(
+        max_examples=50,
+        deadline=None,
+        # one fresh repository per test, reused (and emptied) by its examples; each
+        # backend's class is its own test, so one method runs on several "executors"
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
+    )
+    @given(key=adversarial_keys())
+    async def test_adversarial_keys(self, repo: Repository, key: str) -> None:
+        """Traversal, empty segments, control characters, shell and template syntax,
+        non-NFC text: refused with InvalidKeyError, or stored and read back exactly under
+        that key; and nothing ever lands outside the repository's root or prefix."""
+        before = await self.outside(repo)
+        if is_valid_key(key) and self.admits(repo, key):
+            await self.make(repo, key)
+            listed = await repo.keys()
+            assert key in listed, (key, listed)
+            assert await self.read_back(repo, key) == self.sample(key)
+            for name in listed:  # whatever is listed reads back under that very key
+                assert await repo.contains(name), name
+            await self.remove(repo, key)
+            assert key not in await repo.keys()
+        else:
+            for call in (repo.contains, repo.delete, lambda k: self.make(repo, k)):
+                with pytest.raises(InvalidKeyError):
+                    await call(key)
+        assert await repo.keys() == set()
+        assert await self.outside(repo) == before
+
+    @pytest.mark.asyncio
+    async def test_normalization_and_case_twins(self, repo: Repository) -> None:
+        nfc = "twins/caf\u00e9"
+        nfd = unicodedata.normalize("NFD", nfc)
+        with pytest.raises(InvalidKeyError, match="NFC"):
+            await self.make(repo, nfd)
+        pairs = [("Readme", "README"), ("twins/\u00c9t\u00e9", "twins/\u00e9t\u00e9")]
+        for lower, upper in pairs:
+            if not (self.admits(repo, lower) and self.admits(repo, upper)):
+                continue
+            await self.make(repo, lower)
+            await self.make(repo, upper)
+            listed = await repo.keys()
+            if self.case_sensitive:
+                assert {lower, upper} <= listed
+                assert await self.read_back(repo, lower) == self.sample(lower)
+                assert await self.read_back(repo, upper) == self.sample(upper)
+            for name in listed:
+                assert await repo.contains(name), name
+        if self.admits(repo, nfc):
+            await self.make(repo, nfc)
+            assert nfc in await repo.keys() and nfd not in await repo.keys()
 
     async def replace(self, repo: Any, key: str) -> None:
         """Store a different value under the existing ``key``."""

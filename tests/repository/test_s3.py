@@ -86,6 +86,11 @@ async def _uploads(client: Any, bucket: str, prefix: str = "") -> list[dict[str,
     return list(response.get("Uploads", ()))
 
 
+async def _outside_prefix(repo: S3BucketRepository) -> set[str]:
+    """The objects of the test's bucket outside the repository's prefix."""
+    return {n for n in await raw_bucket_names(repo.client, repo.bucket) if not n.startswith(repo.prefix)}
+
+
 async def raw_bucket_names(client: Any, bucket: str) -> set[str]:
     """Every object in the bucket plus every in-progress multipart upload."""
     names = {obj["Key"] async for obj in _objects(client, bucket)}
@@ -143,6 +148,9 @@ class TestS3Blob(BlobRepositoryTests):
     async def raw_names(self, repo: Any) -> set[str] | None:
         return await raw_bucket_names(repo.client, repo.bucket)
 
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo)
+
 
 class TestS3BlobMultipartThroughSession(BlobRepositoryTests):
     """Every non-empty write is a multipart upload; the client comes from a Session."""
@@ -165,11 +173,30 @@ class TestS3BlobMultipartThroughSession(BlobRepositoryTests):
     async def raw_names(self, repo: Any) -> set[str] | None:
         return await raw_bucket_names(repo.client, repo.bucket)
 
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo)
+
 
 class TestS3Yaml(MetadataRepositoryTests):
     @pytest.fixture
     async def repo(self, client: Any, bucket: str, prefix: str) -> AsyncIterator[YamlMetadataS3Repository]:
         yield YamlMetadataS3Repository(client, bucket, prefix)
+
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo.s3)
+
+
+class TestS3Flat(BlobRepositoryTests):
+    """Only the objects directly under the prefix are keys; keys with '/' are refused."""
+
+    stores_path_keys = False
+
+    @pytest.fixture
+    async def repo(self, client: Any, bucket: str, prefix: str) -> AsyncIterator[S3BucketRepository]:
+        yield S3BucketRepository(client, bucket, prefix, flat=True)
+
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo)
 
 
 class TestS3Json(MetadataRepositoryTests):

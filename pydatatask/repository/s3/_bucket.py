@@ -70,7 +70,7 @@ class S3BucketRepository(BlobRepository):
     (a ``Delimiter="/"`` listing, as a file browser shows a folder), and keys containing
     ``/`` are refused. An object name is at most 1,024 bytes (the S3 limit), prefix and
     suffix included: longer keys are refused with
-    :class:`~pydatatask.errors.InvalidKeyError`. :meth:`versions` gives each object's
+    :class:`~pydatatask.errors.InvalidKeyError`. :meth:`~pydatatask.repository.base.Repository.versions` gives each object's
     ETag, from the same ``ListObjectsV2`` pages.
     """
 
