@@ -70,7 +70,7 @@ def yaml_dumps(value: Any) -> bytes:
     if type(value) is dict and value:
         lines: list[str] = []
         for k, v in value.items():
-            if not _plain_key(k):
+            if type(k) is not str or not _PLAIN.match(k) or k.lower() in _RESERVED:
                 break
             text = _fast_scalar(v)
             if text is None:
