@@ -9,6 +9,8 @@ summary as JSON on the last line. Layout under ``DATA``::
     state/           job records and claims (``Pipeline(state_dir=...)``)
     runs.log         one line per job start (O_APPEND): "TASK KEY PID"
     hold-<key>       while this file exists, the job of "upper" on KEY waits (at most 20 s)
+    hold-rm-<key>    while this file exists, removing KEY from mid/ waits (at most 20 s),
+                     after noting "rm KEY PID" in runs.log
 """
 
 from __future__ import annotations
@@ -32,6 +34,24 @@ def _note(data: Path, line: str) -> None:
         os.close(fd)
 
 
+class HeldFiles(FileRepository):
+    """Files whose removal of a key waits while ``hold-rm-<key>`` exists."""
+
+    def __init__(self, data: Path, root: Path) -> None:
+        super().__init__(root, ".txt")
+        self.data = data
+
+    async def delete(self, key: str) -> None:
+        hold = self.data / f"hold-rm-{key}"
+        if hold.exists():
+            _note(self.data, f"rm {key} {os.getpid()}\n")
+            for _ in range(400):
+                if not hold.exists():
+                    break
+                await asyncio.sleep(0.05)
+        await super().delete(key)
+
+
 def build(data: Path, *, version: str | None = None) -> Pipeline:
     """The pipeline over ``data`` (``version``: the version of the "upper" task)."""
 
@@ -49,7 +69,7 @@ def build(data: Path, *, version: str | None = None) -> Pipeline:
         await asyncio.sleep(0.02)
         await out.write_bytes(key, (await mid.read_bytes(key)) + b"!")
 
-    mid = FileRepository(data / "mid", ".txt")
+    mid = HeldFiles(data, data / "mid")
     t1 = FunctionTask(
         "upper",
         upper,

@@ -312,6 +312,41 @@ def test_a_scheduler_killed_during_a_redo_leaves_the_key_to_be_done_again(tmp_pa
     assert redone.count(("upper", "k2")) == 0 and redone.count(("mark", "k2")) == 0
 
 
+def test_a_scheduler_killed_between_removing_the_record_and_the_outputs(tmp_path: Path) -> None:
+    """The record goes first: a scheduler killed before the old outputs are removed leaves
+    the key without a record and a claim; the next run's claim recovery removes the old
+    outputs and the key is done again (never read as done with its old outputs)."""
+    _write_sources(tmp_path, {"k1": "one"})
+    assert build_files_pipeline(tmp_path).run_sync().ok
+    _write_sources(tmp_path, {"k1": "uno"})
+    hold = tmp_path / "hold-rm-k1"
+    hold.touch()
+    before = len(runs(tmp_path))
+    proc = _run_script(tmp_path, "--rerun-stale")
+    try:
+        for _ in range(400):
+            if ("rm", "k1") in runs(tmp_path)[before:]:
+                break
+            assert proc.poll() is None, proc.communicate()
+            subprocess.run(["sleep", "0.05"], check=True)
+        else:
+            pytest.fail("the redo of k1 never removed its old output")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    hold.unlink()
+    state = tmp_path / "state" / "upper"
+    assert not (state / "done" / "k1.yaml").exists()  # the record went first
+    assert (tmp_path / "mid" / "k1.txt").read_text() == "ONE"  # the old output, no record
+    assert (state / "live" / "k1.yaml").exists()  # the dead scheduler's claim
+    status = asyncio.run(build_files_pipeline(tmp_path).status())
+    assert "k1" not in status["upper"]["succeeded"] and status["upper"]["running"] == ["k1"]
+    assert build_files_pipeline(tmp_path).run_sync().ok  # recovery, then the job
+    assert (tmp_path / "mid" / "k1.txt").read_text() == "UNO"
+    assert ("upper", "k1") in runs(tmp_path)[before:]
+    assert not (state / "live" / "k1.yaml").exists()
+
+
 async def test_a_key_redone_by_another_scheduler_meanwhile_is_not_redone_again(tmp_path: Path) -> None:
     """The record judged stale is checked under the claim: a scheduler that judged from
     the record another scheduler has replaced since leaves the key alone."""
