@@ -68,6 +68,10 @@ class RecordFacts:
         self.extra = extra
 
 
+#: the fields of a job record :class:`RecordFacts` reads (the rest is not kept in memory)
+_FACT_FIELDS = ("success", "version", "inputs", "upstream", "outputs", "end_time")
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -91,7 +95,7 @@ class RecordIndex:
         self.keep = keep
         self.success: dict[str, bool] = {}
         # the records read or noted (corrupt ones excepted), and their facts once asked for
-        self._kept: dict[str, dict[str, Any]] = {}
+        self._kept: dict[str, tuple[dict[str, Any], Any]] = {}
         self._facts: dict[str, RecordFacts] = {}
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
@@ -105,7 +109,9 @@ class RecordIndex:
         ok = isinstance(record, dict) and bool(record.get("success"))
         self.success[key] = ok
         if isinstance(record, dict):
-            self._kept[key] = record
+            # only what staleness reads (a record's error and traceback are not kept)
+            kept = {f: record[f] for f in _FACT_FIELDS if f in record}
+            self._kept[key] = (kept, None if self.keep is None else self.keep(record))
             self._facts.pop(key, None)
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
@@ -151,19 +157,19 @@ class RecordIndex:
         """What staleness needs of the record of ``key`` (None: not read, or corrupt)."""
         facts = self._facts.get(key)
         if facts is None:
-            record = self._kept.get(key)
-            if record is None:
+            kept = self._kept.get(key)
+            if kept is None:
                 return None
-            facts = self._facts[key] = RecordFacts(record, None if self.keep is None else self.keep(record))
+            facts = self._facts[key] = RecordFacts(*kept)
         return facts
 
     def stamp(self, key: str) -> str | None:
         """When the success record of ``key`` was made (its ``end_time``), or None (no
         success record read): what a downstream record stores to notice a redone job."""
-        record = self._kept.get(key)
-        if record is None or not self.success.get(key) or key not in self.listed:
+        kept = self._kept.get(key)
+        if kept is None or not self.success.get(key) or key not in self.listed:
             return None
-        end = record.get("end_time")
+        end = kept[0].get("end_time")
         return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:
