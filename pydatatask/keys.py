@@ -53,14 +53,29 @@ KEY_RULE = (
 )
 
 # The common case, checked by one precompiled regex: printable ASCII (space to '~') with
-# '/' between segments, no segment empty, '.' or '..'. ASCII text is always NFC and its
-# length in characters is its length in bytes.
-_SEGMENT = r"(?!\.\.?(?:/|\Z))[\x20-\x2e\x30-\x7e]+"
-_ASCII_KEY_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+# single '/' between non-empty segments; then '.' and '..' segments, looked for only when
+# a segment starts with a dot. ASCII text is always NFC and its length in characters is its
+# length in bytes.
+_ASCII_KEY_RE = re.compile(r"[\x20-\x2e\x30-\x7e]+(?:/[\x20-\x2e\x30-\x7e]+)*")
+
+
+def _dot_segment(key: str) -> bool:
+    """Whether ``key`` (segments already non-empty) has a ``.`` or ``..`` segment."""
+    return (
+        key in (".", "..")
+        or key.startswith(("./", "../"))
+        or key.endswith(("/.", "/.."))
+        or "/./" in key
+        or "/../" in key
+    )
 
 
 def _ascii_ok(key: str) -> bool:
-    return len(key) <= MAX_KEY_BYTES and _ASCII_KEY_RE.fullmatch(key) is not None
+    return (
+        len(key) <= MAX_KEY_BYTES
+        and _ASCII_KEY_RE.fullmatch(key) is not None
+        and ((key[0] != "." and "/." not in key) or not _dot_segment(key))
+    )
 
 
 def _slow_ok(key: str) -> bool:
@@ -78,6 +93,7 @@ def is_valid_key(key: object) -> bool:
 
 
 _recent: dict[str, None] = {}
+_match = _ASCII_KEY_RE.fullmatch
 
 
 def validate_key(key: object) -> str:
@@ -88,7 +104,13 @@ def validate_key(key: object) -> str:
     """
     if type(key) is str and key in _recent:  # hot: a job touches several repositories with one key
         return key
-    if isinstance(key, str) and (_ascii_ok(key) if key.isascii() else _slow_ok(key)):
+    if (
+        type(key) is str
+        and key.isascii()
+        and len(key) <= MAX_KEY_BYTES
+        and _match(key) is not None
+        and ((key[0] != "." and "/." not in key) or not _dot_segment(key))
+    ) or (isinstance(key, str) and not key.isascii() and _slow_ok(key)):
         if len(_recent) >= 4096:
             _recent.clear()
         _recent[key] = None
@@ -151,7 +173,11 @@ def filter_valid_keys(names: Iterable[str]) -> tuple[set[str], list[str]]:
     match = _ASCII_KEY_RE.fullmatch
     for name in names:
         if type(name) is str and name.isascii():
-            ok = len(name) <= MAX_KEY_BYTES and match(name) is not None
+            ok = (
+                len(name) <= MAX_KEY_BYTES
+                and match(name) is not None
+                and ((name[0] != "." and "/." not in name) or not _dot_segment(name))
+            )
         else:
             ok = is_valid_key(name)
         if ok:

@@ -134,5 +134,8 @@ def remove_empty_parents(root: Path, path: Path, durable: bool) -> None:
         except OSError:
             return  # not empty (or already gone, or not ours to remove)
         if durable:
-            fsync_dir(parent.parent)
+            try:
+                fsync_dir(parent.parent)
+            except FileNotFoundError:
+                return  # removed meanwhile by another delete, which syncs its own parent
         parent = parent.parent

@@ -122,14 +122,28 @@ class _FileWriter(BlobWriter):
 
 def open_tmp(tmp: Path, fsync: bool) -> IO[bytes]:
     """Open the new temporary ``tmp`` for writing, creating its directory (durably with
-    ``fsync``) if needed. A concurrent delete may remove a directory it left empty between
-    the two steps: then the directory is made again."""
+    ``fsync``) if needed. A concurrent delete may remove a directory it left empty while
+    it is being made or before the temporary is in it: then the directory is made again.
+    A file where a directory must be raises ``FileExistsError`` or ``NotADirectoryError``."""
     for _ in range(100):
         try:
             return open(tmp, "xb")  # noqa: SIM115 - closed by the caller
         except FileNotFoundError:
+            pass
+        try:
             make_dirs(tmp.parent, fsync)
+        except (FileExistsError, FileNotFoundError):
+            if _file_in_the_way(tmp.parent):
+                raise
     return open(tmp, "xb")  # noqa: SIM115 - a hundred deletes in a row: let this one say why
+
+
+def _file_in_the_way(directory: Path) -> bool:
+    """Whether ``directory`` or one of its parents exists and is not a directory."""
+    for p in (directory, *directory.parents):
+        if p.exists() or p.is_symlink():
+            return not p.is_dir()
+    return False
 
 
 class _LocalRoot(Repository):
