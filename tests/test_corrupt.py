@@ -184,6 +184,9 @@ class BrokenListing(MemoryMetadataRepository):
     async def keys(self) -> set[str]:
         raise RepositoryError("listing failed: the store is down")
 
+    async def versions(self) -> dict[str, str | None]:
+        raise RepositoryError("listing failed: the store is down")
+
 
 async def test_scheduler_errors_are_not_exception_groups() -> None:
     async def a(key: str) -> None:

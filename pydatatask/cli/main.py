@@ -125,9 +125,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="on Ctrl-C/SIGTERM, wait this long for running jobs before cancelling them (default 10s)",
     )
     p.add_argument("--no-status", action="store_true", help="do not print the status table at the end")
+    p.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="redo the stale keys (changed inputs, task version or missing outputs) and what is downstream of them",
+    )
 
     p = add(
-        "status", "counts and keys per task: ready, running, retrying, succeeded, failed, blocked, corrupt"
+        "status",
+        "counts and keys per task: ready, running, retrying, succeeded, failed, blocked, corrupt, stale",
     )
     p.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
     p.add_argument("--all", action="store_true", help="list every key, not samples")
@@ -283,6 +289,7 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 grace=args.grace,
                 on_progress=on_progress,
+                rerun_stale=args.rerun_stale,
             )
     finally:
         for sig in installed:
@@ -319,6 +326,7 @@ async def _cmd_status(pipeline: Pipeline, args: argparse.Namespace) -> int:
                         **{c: s[c] for c in output.STATUS_COLUMNS},
                         "next_attempt": s["next_attempt"],
                         "corrupt_details": s["corrupt_details"],
+                        "stale_details": s["stale_details"],
                     }
                     for n, s in status.items()
                 }

@@ -28,7 +28,7 @@ __all__ = (
 )
 
 #: the job states ``status`` counts, in order (``ready`` is the pending state)
-STATUS_COLUMNS = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "corrupt")
+STATUS_COLUMNS = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "corrupt", "stale")
 PROGRESS_HEADERS = ("task", "succeeded", "failed", "running", "retrying", "ready", "blocked", "corrupt")
 SAMPLES = 5
 
@@ -85,7 +85,8 @@ def format_status(status: dict[str, dict[str, Any]], *, all_keys: bool = False) 
     """Key samples (or every key) of each non-empty column except ``succeeded`` unless ``all_keys``.
 
     Retrying keys come with the time of their next attempt; each corrupt key shown gets a
-    line of its own naming what is corrupt, where it is stored and why.
+    line of its own naming what is corrupt, where it is stored and why; each stale key shown
+    a line per reason (which input changed, from which version to which).
     """
     lines: list[str] = []
     for name, s in status.items():
@@ -103,6 +104,9 @@ def format_status(status: dict[str, dict[str, Any]], *, all_keys: bool = False) 
                 for k in shown:
                     info = details.get(k) or {}
                     lines.append(f"  {k}: {info.get('what', 'value')}: {info.get('message', '?')}")
+            elif col == "stale":
+                why = s.get("stale_details") or {}
+                lines.extend(f"  {k}: {r.get('message', '?')}" for k in shown for r in why.get(k) or [])
     return "\n".join(lines) + ("\n" if lines else "")
 
 

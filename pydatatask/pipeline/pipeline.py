@@ -25,8 +25,8 @@ from ..task.links import Link, LinkKind
 from ..task.records import utcnow_iso
 from .graph import TaskGraph
 from .groups import GroupChange, cascade_keys, changed_groups, group_reasons
-from .record_index import CORRUPT_ERROR_TYPE, RecordIndex, corrupt_info, warn_corrupt
-from .scheduler import RunSummary, Scheduler, TaskFigures, compute_figures
+from .record_index import CORRUPT_ERROR_TYPE, corrupt_info, warn_corrupt
+from .scheduler import RunSummary, Scheduler, TaskFigures, compute_figures, record_indexes
 
 if TYPE_CHECKING:
     from ..executor.base import Executor
@@ -204,6 +204,7 @@ class Pipeline:
         timeout: float | str | None = None,  # noqa: ASYNC109 - a deadline for the whole run
         grace: float | str = "10s",
         on_progress: Callable[[Scheduler], None] | None = None,
+        rerun_stale: bool = False,
     ) -> RunSummary:
         """Run jobs until nothing is ready and nothing runs (or forever).
 
@@ -211,6 +212,10 @@ class Pipeline:
         remove their partial outputs and write no record. The command line's ``run`` adds the
         gentler stop: on SIGINT/SIGTERM it calls :meth:`Scheduler.request_stop <pydatatask.pipeline.scheduler.Scheduler.request_stop>`, gives running
         jobs ``grace`` to finish, then cancels them.
+
+        With ``rerun_stale`` the stale keys of the tasks run are redone, and what is
+        downstream of them (see :doc:`/staleness`); tasks with ``on_change="rerun"`` redo
+        theirs in any case.
         """
         for name in tasks or []:
             self.task(name)
@@ -223,6 +228,7 @@ class Pipeline:
                 timeout=None if timeout is None else parse_duration(timeout),
                 grace=parse_duration(grace),
                 on_progress=on_progress,
+                rerun_stale=rerun_stale,
             )
             self.scheduler = scheduler
             return await scheduler.run()
@@ -238,7 +244,7 @@ class Pipeline:
         With ``full=False`` this is exactly one scheduler tick: job records are read only
         where readiness depends on them, and ``succeeded``/``failed`` may be partial.
         """
-        records = {name: RecordIndex(t.done) for name, t in self.tasks.items()}
+        records = record_indexes(self.tasks)
         async with self:
             with listing_scope():
                 return await compute_figures(self.tasks, self, records, full=full)
@@ -253,6 +259,10 @@ class Pipeline:
         each retrying key to the time of its next attempt (ISO 8601 UTC);
         ``corrupt_details`` maps each corrupt key to what is corrupt, in which repository,
         where it is stored and why (see :func:`~pydatatask.pipeline.record_index.corrupt_info`).
+        ``stale`` lists the recorded keys whose inputs, version or outputs have changed
+        since their job ran (they count in ``succeeded`` or ``failed`` too), and
+        ``stale_details`` maps each to its reasons (see
+        :class:`~pydatatask.pipeline.staleness.StaleReason`).
         """
         out: dict[str, dict[str, Any]] = {}
         async with self:  # one session for the listing and the claims
@@ -273,6 +283,8 @@ class Pipeline:
                     "corrupt": sorted(corrupt),
                     "next_attempt": {k: _iso(c.get("retry_at")) for k, c in sorted(retrying.items())},
                     "corrupt_details": {k: corrupt[k] for k in sorted(corrupt)},
+                    "stale": sorted(fig.stale),
+                    "stale_details": {k: [r.as_dict() for r in fig.stale[k]] for k in sorted(fig.stale)},
                 }
         return out
 
@@ -330,6 +342,8 @@ class Pipeline:
                         else "not finished"
                     )
                     reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
+            for reason in fig.stale.get(key, []):
+                reasons.append(f"stale: {reason.message}; `run --rerun-stale` redoes it")
             if not reasons and key in fig.blocked:  # upstream keys differ (views rename them)
                 reasons.append(_why_child(self, task_name, key, figures))
             if not reasons and key not in fig.ready:

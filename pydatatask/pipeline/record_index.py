@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import CorruptValueError
 from ..repository.base import MetadataRepository
 
-__all__ = ("RecordIndex", "corrupt_info", "warn_corrupt", "CORRUPT_ERROR_TYPE")
+__all__ = ("RecordIndex", "RecordFacts", "corrupt_info", "warn_corrupt", "CORRUPT_ERROR_TYPE")
 
 log = logging.getLogger("pydatatask.scheduler")
 
@@ -45,6 +45,37 @@ def warn_corrupt(err: CorruptValueError, consequence: str) -> None:
         log.warning("%s; %s", text, consequence)
 
 
+class RecordFacts:
+    """What staleness needs of one job record (see :mod:`pydatatask.pipeline.staleness`):
+    the task version and input versions it names, the upstream records it read after, the
+    outputs the job left, when it ended, and what the task kept of it
+    (:meth:`~pydatatask.task.base.Task.stale_facts`)."""
+
+    __slots__ = ("success", "version", "inputs", "upstream", "outputs", "end_time", "extra")
+
+    def __init__(self, record: dict[str, Any], extra: Any = None) -> None:
+        self.success = bool(record.get("success"))
+        version = record.get("version")
+        self.version: str | None = version if isinstance(version, str) else None
+        self.inputs: dict[str, Any] = _mapping(record.get("inputs"))
+        self.upstream: dict[str, Any] = _mapping(record.get("upstream"))
+        outputs = record.get("outputs")
+        self.outputs: list[str] | None = (
+            [o for o in outputs if isinstance(o, str)] if isinstance(outputs, list) else None
+        )
+        end = record.get("end_time")
+        self.end_time: str | None = end if isinstance(end, str) else None
+        self.extra = extra
+
+
+#: the fields of a job record :class:`RecordFacts` reads (the rest is not kept in memory)
+_FACT_FIELDS = ("success", "version", "inputs", "upstream", "outputs", "end_time")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 class RecordIndex:
     """What the job records of a task say: success or failure per key, and which keys are
     corrupt.
@@ -59,9 +90,13 @@ class RecordIndex:
     key counts neither as succeeded nor as failed; it is logged once, when first read.
     """
 
-    def __init__(self, done: MetadataRepository) -> None:
+    def __init__(self, done: MetadataRepository, keep: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.done = done
+        self.keep = keep
         self.success: dict[str, bool] = {}
+        # the records read or noted (corrupt ones excepted), and their facts once asked for
+        self._kept: dict[str, tuple[dict[str, Any], Any]] = {}
+        self._facts: dict[str, RecordFacts] = {}
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
@@ -82,6 +117,11 @@ class RecordIndex:
                 for link, keys in children.items()
                 if isinstance(keys, list)
             }
+        if isinstance(record, dict):
+            # only what staleness reads (a record's error and traceback are not kept)
+            kept = {f: record[f] for f in _FACT_FIELDS if f in record}
+            self._kept[key] = (kept, None if self.keep is None else self.keep(record))
+            self._facts.pop(key, None)
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
             self.corrupt[key] = corrupt_info("input", error)
@@ -89,10 +129,13 @@ class RecordIndex:
     def sync(self, keys: set[str]) -> None:
         """Take the latest listing ``keys`` of the done repository."""
         self.listed = keys
+        known: dict[str, Any]
         for known in (self.success, self.corrupt, self.children):
             if len(known) > len(keys) or any(k not in keys for k in known):
                 for k in [k for k in known if k not in keys]:
                     del known[k]
+                    self._kept.pop(k, None)  # kept only of keys in success
+                    self._facts.pop(k, None)
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
         """Read the records of ``keys`` (default: every listed key) not read before."""
@@ -109,6 +152,34 @@ class RecordIndex:
         values = await self.done.get_many(new, on_corrupt=bad)
         for k, v in values.items():
             self._take(k, v)
+
+    def forget(self, key: str) -> None:
+        """Drop what is known of the record of ``key`` (it was removed or replaced)."""
+        for known in (self.success, self.corrupt, self._kept, self._facts):
+            known.pop(key, None)
+
+    def recorded(self) -> list[str]:
+        """The keys whose record has been read or noted (and decodes)."""
+        return list(self._kept)
+
+    def facts(self, key: str) -> RecordFacts | None:
+        """What staleness needs of the record of ``key`` (None: not read, or corrupt)."""
+        facts = self._facts.get(key)
+        if facts is None:
+            kept = self._kept.get(key)
+            if kept is None:
+                return None
+            facts = self._facts[key] = RecordFacts(*kept)
+        return facts
+
+    def stamp(self, key: str) -> str | None:
+        """When the success record of ``key`` was made (its ``end_time``), or None (no
+        success record read): what a downstream record stores to notice a redone job."""
+        kept = self._kept.get(key)
+        if kept is None or not self.success.get(key) or key not in self.listed:
+            return None
+        end = kept[0].get("end_time")
+        return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:
         """Those of ``keys`` known to have a success record (call :meth:`load` first)."""

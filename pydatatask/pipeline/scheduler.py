@@ -20,7 +20,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,14 +29,15 @@ from ..errors import CorruptValueError
 from ..repository.base import Repository
 from ..repository.clock import ClockRepository
 from ..repository.journal import visible_keys
-from ..repository.listing import cached_keys, listing_scope
+from ..repository.listing import cached_keys, cached_versions, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from .groups import fan_out_blocked, group_keys, held_groups
-from .record_index import RecordIndex, corrupt_info, warn_corrupt
+from .record_index import RecordFacts, RecordIndex, corrupt_info, warn_corrupt
+from .staleness import InputSource, StaleReason, record_fields, redo, stale_reasons
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -67,6 +68,14 @@ class TaskFigures:
     #: ``{group: (upstream task, member key)}`` (the task is ``""`` when the member is held
     #: by the gating of its own key)
     held: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: recorded keys whose inputs, version or outputs changed, with the reasons (computed
+    #: for status, and for the tasks a run redoes stale keys of; see
+    #: :mod:`~pydatatask.pipeline.staleness`)
+    stale: dict[str, list[StaleReason]] = field(default_factory=dict)
+    #: the stale keys this tick redoes (part of ``ready``)
+    redo: set[str] = field(default_factory=set)
+    #: this tick's listing of each input link, ``{link: {key: version}}``
+    versions: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +122,7 @@ class Scheduler:
         timeout: float | None = None,
         grace: float = 10.0,
         on_progress: Callable[[Scheduler], None] | None = None,
+        rerun_stale: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.all_tasks = pipeline.tasks
@@ -126,7 +136,12 @@ class Scheduler:
         self.on_progress = on_progress
         self.hooks: Hooks = pipeline.hooks
         self.owner = f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.records = {name: RecordIndex(t.done) for name, t in self.all_tasks.items()}
+        self.records = record_indexes(self.all_tasks)
+        #: the tasks whose stale keys this run redoes (``rerun_stale``, or ``on_change="rerun"``)
+        self.redo_tasks = {t.name for t in self.selected if rerun_stale or t.on_change == "rerun"}
+        # stale keys queued for a redo, with the record judged stale
+        self._redo: dict[str, dict[str, RecordFacts]] = {t.name: {} for t in self.selected}
+        self._sources: dict[str, list[InputSource]] = {}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.states: dict[tuple[str, str], JobState] = {}
         self.queues: dict[str, list[str]] = {t.name: [] for t in self.selected}
@@ -169,6 +184,7 @@ class Scheduler:
                 self.records,
                 self.running,
                 full=self.ticks == 0 and self.on_progress is not None,  # exact counts to show
+                redo_for=self.redo_tasks,
             )
         self.figures = figures
         now = time.monotonic()
@@ -177,7 +193,7 @@ class Scheduler:
             if await self._recover_stale_claims():
                 with listing_scope():
                     self.figures = figures = await compute_figures(
-                        self.all_tasks, self.pipeline, self.records, self.running
+                        self.all_tasks, self.pipeline, self.records, self.running, redo_for=self.redo_tasks
                     )
         for name, claims in self.corrupt_claims.items():
             fig = figures[name]
@@ -188,8 +204,29 @@ class Scheduler:
             fig = figures[task.name]
             ready = fig.ready - {k for (t, k) in self.errored if t == task.name}
             self.queues[task.name] = sorted(ready, reverse=True)  # pop() from the end: ascending order
+            if task.name in self.redo_tasks:
+                self._note_redo(task.name, fig)
         self.ticks += 1
         self.last_listing_seconds = time.perf_counter() - t0
+
+    def _note_redo(self, name: str, fig: TaskFigures) -> None:
+        """Remember the records judged stale of the keys queued for a redo (a key already
+        running keeps the judgement it was launched with)."""
+        index = self.records[name]
+        kept = {k: f for k, f in self._redo[name].items() if (name, k) in self.running}
+        for key in fig.redo:
+            facts = index.facts(key)
+            if facts is not None and (name, key) not in self.running:
+                kept[key] = facts
+        self._redo[name] = kept
+
+    def _record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
+        sources = self._sources.get(task.name)
+        if sources is None:
+            sources = self._sources[task.name] = input_sources(self.pipeline, self.all_tasks, task.name)
+        fig = self.figures.get(task.name)
+        versions = fig.versions if fig is not None else {}
+        return lambda key: record_fields(key, sources, versions, self.records)
 
     async def _recover_stale_claims(self) -> bool:
         """Clean up after jobs whose claims are stale; return whether any was found."""
@@ -307,9 +344,30 @@ class Scheduler:
     async def _job(self, task: Task, key: str, slot: object) -> None:
         ident = (task.name, key)
         try:
-            record = await execute_job(
-                task, key, owner=self.owner, hooks=self.hooks, on_state=self._on_state, slot=slot
-            )
+            fields = self._record_fields(task)(key)
+            judged = self._redo[task.name].pop(key, None) if task.name in self._redo else None
+            if judged is not None:
+                record = await redo(
+                    task,
+                    key,
+                    judged=judged,
+                    index=self.records[task.name],
+                    owner=self.owner,
+                    hooks=self.hooks,
+                    on_state=self._on_state,
+                    slot=slot,
+                    fields=fields,
+                )
+            else:
+                record = await execute_job(
+                    task,
+                    key,
+                    owner=self.owner,
+                    hooks=self.hooks,
+                    on_state=self._on_state,
+                    slot=slot,
+                    record_fields=fields,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -486,22 +544,41 @@ async def compute_figures(
     running: dict[tuple[str, str], Any] | None = None,
     *,
     full: bool = False,
+    redo_for: Collection[str] = (),
 ) -> dict[str, TaskFigures]:
     """One listing of every repository, then each task's ready set (see the module doc).
 
     Job records are read only where a decision needs them (upstream records of keys a
     downstream task could start); with ``full`` every record is read so that
     ``succeeded``/``failed`` are complete (status output). Must be called inside a
-    :func:`listing_scope`.
+    :func:`listing_scope`. The inputs are listed with their versions (for the job
+    records). Stale keys are found with ``full`` (every task) and for the tasks in
+    ``redo_for``, whose stale keys are made ready (see :mod:`~pydatatask.pipeline.staleness`).
     """
     listed_since = time.monotonic()  # for the writes of running jobs, subtracted at the end
-    repos = {}
+    repos: dict[int, Repository] = {}
+    versioned: dict[int, Repository] = {}
     for task in tasks.values():
         for link in task.links.values():
-            if link.required_for_start or link.inhibits_start or link.name == "done":
+            if link.required_for_start:
+                versioned[id(link.repository)] = link.repository
+            elif link.inhibits_start or link.name == "done":
                 repos[id(link.repository)] = link.repository
-    listed = await asyncio.gather(*(cached_keys(r) for r in repos.values()))
-    keys_of = dict(zip(repos, listed, strict=True))
+    for repo_id in versioned:
+        repos.pop(repo_id, None)
+    # the versioned first: a view listing a child for its keys then reuses its versions
+    listed_versions = await asyncio.gather(
+        *(cached_versions(r) for r in versioned.values()), *(cached_keys(r) for r in repos.values())
+    )
+    versions_of: dict[int, dict[str, str | None]] = {}
+    keys_of: dict[int, set[str]] = {}
+    for repo_id, value in zip([*versioned, *repos], listed_versions, strict=True):
+        if isinstance(value, dict):
+            versions_of[repo_id] = value
+            keys_of[repo_id] = await cached_keys(versioned[repo_id])
+        else:
+            assert isinstance(value, set)
+            keys_of[repo_id] = value
     for name, task in tasks.items():
         records[name].sync(keys_of[id(task.done)])
     if full:
@@ -522,6 +599,9 @@ async def compute_figures(
             grouped[name] = group_keys(task, universe)
             universe = set(grouped[name])
         universes[name] = universe
+    stale_of = await _find_stale(
+        tasks, pipeline, records, keys_of, versions_of, universes, tasks if full else redo_for
+    )
     running_keys: dict[str, set[str]] = {name: set() for name in tasks}
     for task_name, k in running or {}:
         running_keys[task_name].add(k)
@@ -531,7 +611,13 @@ async def compute_figures(
         fig.universe = universes[name]
         fig.live = set(keys_of[id(task.live)])
         fig.recorded = keys_of[id(task.done)]
+        fig.versions = {link.name: versions_of[id(link.repository)] for link in task.required_links}
         ready = fig.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
+        if name in stale_of:
+            fig.stale = stale_of[name]
+            if name in redo_for:
+                fig.redo = _redo_keys(pipeline, name, fig, stale_of, redo_for, running_keys[name])
+                ready |= fig.redo
         resumable = task.resumable_keys()
         if resumable:
             ready |= (resumable & fig.universe) - fig.recorded  # running ones removed below
@@ -546,6 +632,7 @@ async def compute_figures(
             )
         ready -= fig.blocked
         ready -= running_keys[name]
+        fig.redo &= ready
         fig.ready = ready
         figures[name] = fig
     for name, fig in figures.items():
@@ -665,3 +752,81 @@ def _upstream_keys(task: Task, up: Task) -> Callable[[str], set[str]] | None:
 
 def _keeps_keys(repo: Repository) -> bool:
     return not isinstance(repo, RepositoryView) or repo.keeps_keys
+
+
+def record_indexes(tasks: dict[str, Task]) -> dict[str, RecordIndex]:
+    """A :class:`RecordIndex` per task, keeping what each task's :meth:`~pydatatask.task.base.Task.stale_facts` wants."""
+    return {
+        name: RecordIndex(t.done, keep=t.stale_facts if type(t).stale_facts is not Task.stale_facts else None)
+        for name, t in tasks.items()
+    }
+
+
+def input_sources(pipeline: Pipeline, tasks: dict[str, Task], name: str) -> list[InputSource]:
+    """The input links of task ``name`` and the upstream tasks writing what each reads."""
+    task = tasks[name]
+    sources: list[InputSource] = []
+    for link in task.required_links:
+        ups: list[tuple[str, Callable[[str], set[str]] | None]] = []
+        for edge in pipeline.graph.edges:
+            if edge.downstream == name and edge.in_link == link.name and edge.upstream in tasks:
+                if all(up != edge.upstream for up, _ in ups):
+                    ups.append((edge.upstream, _upstream_keys(task, tasks[edge.upstream])))
+        sources.append(InputSource(link.name, link.repository, tuple(ups)))
+    return sources
+
+
+async def _find_stale(
+    tasks: dict[str, Task],
+    pipeline: Pipeline,
+    records: dict[str, RecordIndex],
+    keys_of: dict[int, set[str]],
+    versions_of: dict[int, dict[str, str | None]],
+    universes: dict[str, set[str]],
+    names: Collection[str],
+) -> dict[str, dict[str, list[StaleReason]]]:
+    """The stale keys of the tasks ``names``, with their reasons (their records, and those
+    of their upstream tasks, are read first: once, then cached)."""
+    if not names:
+        return {}
+    wanted = set(names) | {up for n in names for up in pipeline.graph.upstream[n] if up in tasks}
+    await asyncio.gather(*(records[n].load() for n in wanted))
+    out: dict[str, dict[str, list[StaleReason]]] = {}
+    for name in names:
+        task = tasks[name]
+        sources = input_sources(pipeline, tasks, name)
+        versions = {link.name: versions_of[id(link.repository)] for link in task.required_links}
+        outputs = {link.name: keys_of[id(link.repository)] for link in task.inhibiting_links}
+        index, universe, live = records[name], universes[name], keys_of[id(task.live)]
+        found: dict[str, list[StaleReason]] = {}
+        for key in index.recorded():
+            if key in universe and key not in live and key not in index.corrupt and key in index.listed:
+                facts = index.facts(key)
+                assert facts is not None
+                reasons = stale_reasons(task, key, facts, sources, versions, records, outputs)
+                if reasons:
+                    found[key] = reasons
+        out[name] = found
+    return out
+
+
+def _redo_keys(
+    pipeline: Pipeline,
+    name: str,
+    fig: TaskFigures,
+    stale_of: dict[str, dict[str, list[StaleReason]]],
+    redo_for: Collection[str],
+    running: set[str],
+) -> set[str]:
+    """The stale keys of ``name`` to redo now: not running, and not waiting for an
+    upstream task to redo what they read (they are redone after it, once)."""
+    keys = set(fig.stale) - fig.live - running
+    for up in pipeline.graph.upstream[name]:
+        if up in redo_for and stale_of.get(up):
+            pending = stale_of[up]
+            to_upstream = _upstream_keys(pipeline.tasks[name], pipeline.tasks[up])
+            if to_upstream is None:
+                keys -= pending.keys()
+            else:
+                keys = {k for k in keys if not (to_upstream(k) & pending.keys())}
+    return keys

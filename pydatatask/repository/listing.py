@@ -2,28 +2,38 @@
 
 Inside ``with listing_scope():`` the first ``cached_keys(repo)`` lists ``repo`` and every
 later call (from another task, or from a view over it) reuses that result.
+``cached_versions(repo)`` does the same for :meth:`~pydatatask.repository.base.Repository.versions`;
+once a repository's versions are listed in a scope, ``cached_keys`` of it is taken from
+them (one listing serves both). A caller that wants both should ask for the versions
+first: a repository whose keys alone were listed is listed again for its versions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from .base import Repository
 
-__all__ = ("listing_scope", "cached_keys")
+__all__ = ("listing_scope", "cached_keys", "cached_versions")
 
-_scope: contextvars.ContextVar[dict[int, asyncio.Future[set[str]]] | None] = contextvars.ContextVar(
+T = TypeVar("T")
+
+# {(id(repository), "keys" | "versions"): the listing, or its future while it runs}
+_Cache = dict[tuple[int, str], "asyncio.Future[Any]"]
+
+_scope: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar(
     "pydatatask_listing_scope", default=None
 )
 
 
 @contextmanager
-def listing_scope() -> Iterator[dict[int, asyncio.Future[set[str]]]]:
+def listing_scope() -> Iterator[_Cache]:
     """Share listings made inside the block."""
-    cache: dict[int, asyncio.Future[set[str]]] = {}
+    cache: _Cache = {}
     token = _scope.set(cache)
     try:
         yield cache
@@ -39,15 +49,45 @@ async def cached_keys(repo: Repository) -> set[str]:
     cache = _scope.get()
     if cache is None:
         return await repo.keys()
-    fut = cache.get(id(repo))
+    fut = cache.get((id(repo), "keys"))
     if fut is not None:
         return await asyncio.shield(fut)
-    fut = asyncio.get_running_loop().create_future()
-    cache[id(repo)] = fut
+    versions = cache.get((id(repo), "versions"))
+    if versions is not None:
+        listed: dict[str, str | None] = await asyncio.shield(versions)
+        fut = cache.get((id(repo), "keys"))  # another caller may have made the set meanwhile
+        if fut is not None:
+            return await asyncio.shield(fut)
+        keys = set(listed)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(keys)
+        cache[(id(repo), "keys")] = done
+        return keys
+    return await _shared(cache, (id(repo), "keys"), repo.keys)
+
+
+async def cached_versions(repo: Repository) -> dict[str, str | None]:
+    """``await repo.versions()``, shared within the current :func:`listing_scope`.
+
+    The dict returned is shared: callers must not modify it.
+    """
+    cache = _scope.get()
+    if cache is None:
+        return await repo.versions()
+    fut = cache.get((id(repo), "versions"))
+    if fut is not None:
+        return await asyncio.shield(fut)
+    return await _shared(cache, (id(repo), "versions"), repo.versions)
+
+
+async def _shared(cache: _Cache, slot: tuple[int, str], list_: Callable[[], Awaitable[T]]) -> T:
+    """Run ``list_()`` once for ``slot``: later callers await its future."""
+    fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    cache[slot] = fut
     try:
-        result = await repo.keys()
+        result = await list_()
     except BaseException as exc:
-        del cache[id(repo)]
+        del cache[slot]
         if isinstance(exc, asyncio.CancelledError):
             fut.cancel()
         else:

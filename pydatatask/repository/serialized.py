@@ -68,17 +68,53 @@ def yaml_dumps(value: Any) -> bytes:
     equal value.
     """
     if type(value) is dict and value:
-        lines = []
+        lines: list[str] = []
         for k, v in value.items():
             if type(k) is not str or not _PLAIN.match(k) or k.lower() in _RESERVED:
                 break
             text = _fast_scalar(v)
             if text is None:
-                break
+                # one level down: a flat mapping or list of scalars (a record's input versions)
+                nested = _fast_nested(v)
+                if nested is None:
+                    break
+                lines.append(f"{k}:{nested}")
+                continue
             lines.append(f"{k}: {text}\n")
         else:
             return "".join(lines).encode("ascii")
     return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True).encode("utf-8")
+
+
+def _plain_key(k: Any) -> bool:
+    return type(k) is str and _PLAIN.match(k) is not None and k.lower() not in _RESERVED
+
+
+def _fast_nested(value: Any) -> str | None:
+    """A flat mapping (plain keys) or list of scalars as the block YAML following ``key:``
+    (``" {}"``/``" []"`` when empty), or None when the general dumper must decide."""
+    t = type(value)
+    if t is dict:
+        if not value:
+            return " {}\n"
+        parts = ["\n"]
+        for k, v in value.items():
+            text = _fast_scalar(v)
+            if text is None or not _plain_key(k):
+                return None
+            parts.append(f"  {k}: {text}\n")
+        return "".join(parts)
+    if t is list:
+        if not value:
+            return " []\n"
+        parts = ["\n"]
+        for v in value:
+            text = _fast_scalar(v)
+            if text is None:
+                return None
+            parts.append(f"- {text}\n")
+        return "".join(parts)
+    return None
 
 
 def yaml_loads(data: bytes) -> Any:

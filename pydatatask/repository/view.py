@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self, cast
 from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, ReadOnlyRepositoryError
 from ..keys import is_valid_key, validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
-from .listing import cached_keys
+from .listing import cached_keys, cached_versions
 
 __all__ = ("RepositoryView", "MetadataView", "BlobView", "read_source", "stored_repositories")
 
@@ -209,8 +209,9 @@ class RepositoryView(Repository):
         views that read from whichever child holds the key, the first that does), under
         the child's key."""
         readers = self.children if self._reads_any_child else self.children[:1]
+        # the versions first: in a listing scope the children's keys are then taken from them
+        versions = await asyncio.gather(*(cached_versions(c) for c in readers))
         keys = await self.keys()
-        versions = await asyncio.gather(*(c.versions() for c in readers))
         out: dict[str, str | None] = {}
         for key in keys:
             out[key] = None

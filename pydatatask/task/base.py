@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +43,9 @@ from .retry import RetryPolicy
 __all__ = ("Task", "JobContext", "JobOutcome")
 
 _NO_RESOURCES = Resources()
+
+#: the values of ``on_change``
+ON_CHANGE = ("keep", "rerun")
 
 log = logging.getLogger("pydatatask.task")
 
@@ -103,6 +106,11 @@ class Task:
     :param group_by: makes the task a *fan-in*: a function of a key present in the inputs
         returning the key of its group (or None); one job runs per group, keyed by the
         group key, once every member has succeeded upstream (see :doc:`/fan`).
+    :param version: the version of the task's code, any string (bump it when a change of
+        the code should redo what was done: every job record stores it, and a key whose
+        record names another version is *stale*, see :doc:`/staleness`).
+    :param on_change: what a run does with the stale keys of this task: ``"keep"`` (the
+        default) only reports them; ``"rerun"`` redoes them, as ``run --rerun-stale`` does.
     :param schedule: run one job per time window: an interval (``"5m"``, ``"1h30m"``), a
         cron expression (``"0 * * * *"``) or a
         :class:`~pydatatask.repository.clock.ClockRepository` for more options, linked as
@@ -129,6 +137,8 @@ class Task:
         timeout: float | str | None = None,
         priority: int = 0,
         group_by: GroupBy | None = None,
+        version: str | None = None,
+        on_change: str = "keep",
         schedule: str | float | ClockRepository | None = None,
     ) -> None:
         if (
@@ -148,6 +158,16 @@ class Task:
         self.retry = retry or RetryPolicy()
         self.timeout = None if timeout is None else parse_duration(timeout)
         self.priority = priority
+        if version is not None and not isinstance(version, str):
+            raise ConfigurationError(f"task {name!r}: version must be a string, got {version!r}")
+        if on_change not in ON_CHANGE:
+            raise ConfigurationError(
+                f"task {name!r}: on_change must be one of {', '.join(map(repr, ON_CHANGE))}, got {on_change!r}"
+            )
+        #: the version of the task's code, stored in every job record
+        self.version = version
+        #: ``"keep"`` or ``"rerun"``: whether a run redoes the stale keys of this task
+        self.on_change = on_change
         self._defaulted: set[str] = set()
         for link_name, repo in (inputs or {}).items():
             self.link(link_name, repo, LinkKind.INPUT)
@@ -583,6 +603,24 @@ class Task:
         record was never written). The scheduler treats them as ready when no job record
         exists; the claim then adopts the running work instead of starting it again."""
         return frozenset()
+
+    def stale_facts(self, record: Mapping[str, Any]) -> Any:
+        """What of a job record :meth:`stale_reasons` needs later (kept in memory for every
+        recorded key; default: nothing). Records are read once; this keeps a part."""
+        return None
+
+    def stale_reasons(
+        self, key: str, facts: Any, inputs: Mapping[str, Mapping[str, str | None]]
+    ) -> Iterable[str]:
+        """Reasons, beyond the shared ones (an input's version, the task version, an output
+        gone), why the recorded job of ``key`` is stale: one line each, none by default.
+
+        ``facts`` is what :meth:`stale_facts` kept of the key's record, ``inputs`` the
+        versions of this tick's listing of each input link (``{link: {key: version}}``).
+        A task whose job reads more than the key's own values (a group of keys) says here
+        that what it read has changed.
+        """
+        return ()
 
     def claim_is_stale(self, claim: Any, owner: str) -> bool:
         """Whether a claim found in ``live`` belongs to a job that cannot be running (see

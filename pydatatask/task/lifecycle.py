@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
-from ..repository.journal import WriteJournal, journaling
+from ..repository.journal import WriteJournal, journaling, visible_keys
 from .base import JobContext, JobOutcome
 from .claims import Claim, new_owner
 from .hooks import Event, Hooks
@@ -68,12 +68,14 @@ async def execute(
     claimed: bool = False,
     on_state: StateCallback | None = None,
     slot: Any = True,
+    record_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Run the job of ``key`` to its end: claim, attempts, record, release.
 
     Returns the job record, or None if another scheduler holds the claim. With ``claimed``
     the caller holds the claim already. Cancellation removes partial outputs and the claim,
-    writes no record, and propagates.
+    writes no record, and propagates. ``record_fields`` go into the record (the scheduler
+    gives the versions of the inputs the job reads, see :mod:`pydatatask.task.records`).
     """
     owner = owner or new_owner()
     hooks = hooks if hooks is not None else _NO_HOOKS
@@ -149,7 +151,7 @@ async def execute(
                     host=(known.host if known and known.host else HOSTNAME),
                     exit_code=known.exit_code if known else None,
                     error=error_info(exc),
-                    extra=known.extra if known else None,
+                    extra=_fields(task, record_fields, known.extra if known else None),
                 )
                 job.log(record["error"]["traceback"].rstrip())
                 break
@@ -167,8 +169,11 @@ async def execute(
                 runner=task.runner,
                 host=outcome.host or HOSTNAME,
                 exit_code=outcome.exit_code,
-                extra=outcome.extra,
+                extra=_fields(task, record_fields, outcome.extra),
             )
+            held = _outputs_written(task, key, journal)
+            if held is not None:
+                record["outputs"] = held
             break
         await task._write_log(job)
         await task.done.put(key, record)
@@ -198,6 +203,40 @@ async def execute(
     if hooks.wants(event):
         await hooks.emit(Event(event, task.name, key, attempt, record=record))
     return record
+
+
+def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The record fields beyond the outcome: the task version, the inputs' versions (from
+    ``given``), then what the attempt added."""
+    fields: dict[str, Any] = {"version": task.version, "inputs": {}}
+    if given:
+        fields.update(given)
+    if extra:
+        fields.update(extra)
+    return fields
+
+
+def _outputs_written(task: Task, key: str, journal: WriteJournal) -> list[str] | None:
+    """The output links that hold ``key`` after a successful job, as its journal saw the
+    writes, when they are not all of them; None when every output holds it, or when the
+    job wrote none of its outputs through a repository (a command or pod writing them in
+    place): then every output is expected to hold it."""
+    written = journal.keys_by_repository()
+    if not written:
+        return None
+    outputs = task.output_links
+    names = []
+    for link in outputs:
+        direct = written.get(id(link.repository))
+        if (direct is not None and key in direct) or key in visible_keys(link.repository, written):
+            names.append(link.name)
+    if len(names) == len(outputs):
+        return None
+    if not names:
+        stored = task._output_repositories()
+        if not any(repo_id in stored for repo_id in written):
+            return None
+    return names
 
 
 async def _attempt(

@@ -7,7 +7,12 @@ A **job record** is written to the task's ``done`` repository when a job ends::
      "duration": 0.012, "host": "worker-3", "runner": "in-process", "exit_code": None,
      "error": None}
 
-``error`` is ``{"type": ..., "message": ..., "traceback": ...}`` for a failed job. A **claim**
+``error`` is ``{"type": ..., "message": ..., "traceback": ...}`` for a failed job. A record
+made by the scheduler also names what the job read, for finding *stale* keys later (see
+:mod:`pydatatask.pipeline.staleness`): ``"version"`` (the task's), ``"inputs"``
+(``{link: version of the value read}``), ``"upstream"`` (``{link: end time of the upstream
+success record read after}``, where another task writes the input) and ``"outputs"`` (the
+outputs the job wrote its key to, when not all of them). A **claim**
 is written to the task's ``live`` repository (atomically, create-if-absent) before a job
 starts and removed after its record is written. Besides the owner and the lease it names
 the process that holds it: ``host``, ``pid``, ``pid_start`` (the process start time), and

@@ -55,3 +55,34 @@ def test_records_are_plain_block_yaml() -> None:
         'start_time: "2026-11-23T01:02:03.123456+00:00"\nduration: 0.25\nexit_code: null\n'
     )
     assert yaml.safe_load(text) == record
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        names,
+        scalars | st.dictionaries(names, scalars, max_size=4) | st.lists(scalars, max_size=4),
+        max_size=6,
+    )
+)
+def test_records_with_one_nested_level_round_trip(value: dict[str, Any]) -> None:
+    assert yaml_loads(yaml_dumps(value)) == value
+
+
+def test_a_record_with_input_versions_is_plain_block_yaml() -> None:
+    record = {
+        "key": "k1",
+        "version": None,
+        "inputs": {"src": "1532020-17-1796127318125248498", "etag": '"9b2cf535f27731c974343645a3985328"'},
+        "upstream": {},
+        "outputs": ["mid"],
+        "wrote": [],
+    }
+    text = yaml_dumps(record).decode()
+    assert text == (
+        "key: k1\nversion: null\ninputs:\n"
+        '  src: "1532020-17-1796127318125248498"\n'
+        '  etag: "\\"9b2cf535f27731c974343645a3985328\\""\n'
+        "upstream: {}\noutputs:\n- mid\nwrote: []\n"
+    )
+    assert yaml.safe_load(text) == record

@@ -33,6 +33,10 @@ class CountingMemory(MemoryMetadataRepository):
         self.listings += 1
         return await super().keys()
 
+    async def versions(self) -> dict[str, str | None]:
+        self.listings += 1  # a listing too: inputs are listed with their versions
+        return await super().versions()
+
 
 async def copy(key: str, src: MetadataRepository, dst: MetadataRepository) -> None:
     await dst.put(key, await src.get(key))
