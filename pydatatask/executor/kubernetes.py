@@ -155,6 +155,9 @@ class PodHandle(JobHandle):
     def __repr__(self) -> str:
         return f"<PodHandle {self.executor.cluster.namespace}/{self.name} uid={self.uid}>"
 
+    def describe(self) -> str:
+        return f"pod {self.executor.cluster.namespace}/{self.name}"
+
     def _mine(self, snapshot: Mapping[str, Any]) -> Any:
         pod = snapshot.get(self.name)
         return pod if pod is not None and pod.metadata.uid == self.uid else None

@@ -32,8 +32,10 @@ from ..repository.listing import cached_keys, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
+from ..task.lifecycle import Adoption
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
+from ..task.recovery import adopt_orphans, recover
 from .record_index import RecordIndex, corrupt_info, warn_corrupt
 
 if TYPE_CHECKING:
@@ -135,6 +137,8 @@ class Scheduler:
         #: the claims found corrupt, as ``{task: {key: corrupt_info(...)}}``
         self.corrupt_claims: dict[str, dict[str, dict[str, str]]] = {t.name: {} for t in self.selected}
         self._last_claim_check = 0.0
+        #: work of interrupted jobs taken over, waiting to be launched (``{task: {key: ...}}``)
+        self.adoptions: dict[str, dict[str, Adoption]] = {t.name: {} for t in self.selected}
         self.ticks = 0
         self.last_listing_seconds = 0.0
         self._finished = 0  # jobs ended so far (to detect endings during a listing)
@@ -156,6 +160,8 @@ class Scheduler:
     async def refresh(self) -> None:
         """List every repository once and recompute all ready queues."""
         t0 = time.perf_counter()
+        if self.ticks == 0:
+            await self._adopt_orphans()
         with listing_scope():
             figures = await compute_figures(
                 self.all_tasks,
@@ -168,7 +174,7 @@ class Scheduler:
         now = time.monotonic()
         if now - self._last_claim_check >= self.pipeline.claim_check_interval or self.ticks == 0:
             self._last_claim_check = now
-            if await self._recover_stale_claims():
+            if await self._check_claims():
                 with listing_scope():
                     self.figures = figures = await compute_figures(
                         self.all_tasks, self.pipeline, self.records, self.running
@@ -182,15 +188,34 @@ class Scheduler:
             fig = figures[task.name]
             ready = fig.ready - {k for (t, k) in self.errored if t == task.name}
             self.queues[task.name] = sorted(ready, reverse=True)  # pop() from the end: ascending order
+            self._queue_adoptions(task)
         self.ticks += 1
         self.last_listing_seconds = time.perf_counter() - t0
 
-    async def _recover_stale_claims(self) -> bool:
-        """Clean up after jobs whose claims are stale; return whether any was found."""
+    def _queue_adoptions(self, task: Task) -> None:
+        """Adopted work goes first in the task's queue (its work runs already); it is
+        launched like a job, within the task's concurrency and the executor's capacity."""
+        adopted = self.adoptions[task.name]
+        if adopted:
+            queue = self.queues[task.name]
+            queue[:] = [k for k in queue if k not in adopted]
+            queue.extend(sorted((k for k in adopted if (task.name, k) not in self.running), reverse=True))
+
+    async def _adopt_orphans(self) -> None:
+        """Before the first listing: work an executor still runs for a task that no claim
+        names (its scheduler died with its claims in memory) is adopted or cleaned up."""
+        for task in self.selected:
+            for adoption in await adopt_orphans(task, self.owner):
+                self.adoptions[task.name][adoption.key] = adoption
+
+    async def _check_claims(self) -> bool:
+        """Clean up after jobs whose claims are stale, taking over what can be adopted;
+        return whether any was found."""
         any_recovered = False
         for task in self.selected:
             fig = self.figures[task.name]
-            foreign = [k for k in fig.live if (task.name, k) not in self.running]
+            adopted = self.adoptions[task.name]
+            foreign = [k for k in fig.live if (task.name, k) not in self.running and k not in adopted]
             checked = self._checked_claims[task.name]
             for key in [k for k in checked if k not in fig.live]:
                 del checked[key]  # released: a new claim on it is judged afresh
@@ -210,8 +235,10 @@ class Scheduler:
             claims = await task.live.get_many(todo, on_corrupt=corrupt)
             recovered = False
             for key, claim in claims.items():
-                if task.claim_is_stale(claim, self.owner):
-                    await task.recover_stale(key, claim)
+                if task.claims.is_stale(claim, owner=self.owner):
+                    taken = await recover(task, key, claim)
+                    if taken is not None:
+                        adopted[key] = taken
                     recovered = True
                 else:
                     expires = task.claims.expires(claim)
@@ -302,7 +329,13 @@ class Scheduler:
         ident = (task.name, key)
         try:
             record = await execute_job(
-                task, key, owner=self.owner, hooks=self.hooks, on_state=self._on_state, slot=slot
+                task,
+                key,
+                owner=self.owner,
+                hooks=self.hooks,
+                on_state=self._on_state,
+                slot=slot,
+                adopt=self.adoptions.get(task.name, {}).pop(key, None),
             )
         except asyncio.CancelledError:
             raise
@@ -413,6 +446,19 @@ class Scheduler:
                     relist_at = min(relist_at, time.monotonic() + self.poll_interval)
         # stopping
         await self._drain()
+        await self._abandon_adoptions()
+
+    async def _abandon_adoptions(self) -> None:
+        """Adopted work not launched before the stop: its claim is handed to nobody (stale at
+        once), so that the next run adopts it again."""
+        for name, adopted in self.adoptions.items():
+            task = self.all_tasks[name]
+            while adopted:
+                _, adoption = adopted.popitem()
+                try:
+                    await task.claims.abandon(adoption.claim)
+                except Exception as exc:  # stale by its lease instead
+                    log.warning("task %s: could not hand on the adopted job %r: %s", name, adoption.key, exc)
 
     async def _drain(self) -> None:
         if not self.running:
@@ -433,10 +479,12 @@ class Scheduler:
         interval = max(0.05, self.pipeline.claim_lease / 3)
         while True:
             await asyncio.sleep(interval)
+            await self._adoption_heartbeats()
             for (task_name, key), job in list(self.running.items()):
                 task = self.all_tasks[task_name]
+                claim = task.claims.get(key)
                 try:
-                    ok = await task.heartbeat(key)
+                    ok = None if claim is None else await task.claims.heartbeat(claim)
                 except Exception as exc:  # the live repository is unreachable: try again later
                     log.warning("task %s: heartbeat for %r failed: %s", task_name, key, exc)
                     continue
@@ -448,6 +496,23 @@ class Scheduler:
                     )
                     self.summary.errors.append(f"{task_name} {key}: claim lost")
                     job.cancel()
+
+    async def _adoption_heartbeats(self) -> None:
+        """Renew the claims of adopted work waiting for a slot; one lost meanwhile is not
+        ours any more (its new holder deals with the work)."""
+        for name, adopted in self.adoptions.items():
+            task = self.all_tasks[name]
+            for key, adoption in list(adopted.items()):
+                if (name, key) in self.running:
+                    continue
+                try:
+                    kept = await task.claims.heartbeat(adoption.claim)
+                except Exception as exc:
+                    log.warning("task %s: heartbeat for %r failed: %s", name, key, exc)
+                    continue
+                if not kept and adopted.get(key) is adoption:
+                    log.error("task %s: the claim on the adopted job %r was taken over", name, key)
+                    del adopted[key]
 
     async def _stopper(self) -> None:
         await self._stop.wait()
@@ -503,9 +568,6 @@ async def compute_figures(
         fig.live = set(keys_of[id(task.live)])
         fig.recorded = keys_of[id(task.done)]
         ready = fig.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
-        resumable = task.resumable_keys()
-        if resumable:
-            ready |= (resumable & fig.universe) - fig.recorded  # running ones removed below
         fig.blocked = await _blocked_by_upstream(tasks, name, ready, pipeline, universes, records)
         ready -= fig.blocked
         ready -= running_keys[name]
