@@ -154,7 +154,9 @@ async def test_claims_without_boot_id_or_namespace_are_judged_by_lease_only() ->
     assert task.claims.is_stale(dict(old, heartbeat=now - 61), owner="me")
     # no lease recorded: the task's lease applies
     task.claim_lease = 5.0
-    assert task.claims.is_stale({k: v for k, v in old.items() if k != "lease"} | {"heartbeat": now - 6}, owner="me")
+    assert task.claims.is_stale(
+        {k: v for k, v in old.items() if k != "lease"} | {"heartbeat": now - 6}, owner="me"
+    )
     # nothing to judge it by (no heartbeat, no start): never taken over
     assert not task.claims.is_stale({"owner": "old", "host": HOSTNAME, "pid": dead}, owner="me")
     for missing in ("boot_id", "pid_namespace"):

@@ -293,7 +293,9 @@ async def test_adoptable_work_of_a_dead_scheduler_is_waited_for_not_started_agai
 async def test_an_adopted_attempt_keeps_the_time_limit_of_its_start(tmp_path: Path) -> None:
     task, out = _adopting(tmp_path, ["a"], timeout="3s")
     orphan = await _orphan("a", seconds=2, value="late")
-    claim = dict(make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info, run_at=time.time() - 600)
+    claim = dict(
+        make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info, run_at=time.time() - 600
+    )
     await task.live.put("a", claim)
     summary = await Pipeline([task]).run()
     assert summary.failed == 1, summary  # started 10 minutes ago: its 3 seconds are over
@@ -309,7 +311,9 @@ async def test_a_failed_adopted_attempt_is_retried_as_the_next_attempt(tmp_path:
     task, out = _adopting(tmp_path, ["a"], retry=RetryPolicy(max_attempts=3, backoff=0.01))
     orphan = await _orphan("a", seconds=0.05, error="the orphan failed")
     await out.put("a", "partial")
-    claim = dict(make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info, run_at=time.time(), attempt=2)
+    claim = dict(
+        make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info, run_at=time.time(), attempt=2
+    )
     await task.live.put("a", claim)
     task.steps["a"] = {"value": "A"}
     summary = await Pipeline([task]).run()
