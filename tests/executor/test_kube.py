@@ -91,6 +91,7 @@ class TestKubeExecutorConformance(ExecutorTests):
     """The executor conformance suite on pods of the test cluster."""
 
     survives_scheduler = True
+    adopts = True
 
     @pytest.fixture
     async def executor(self, kcfg: dict[str, Any], name: str) -> AsyncIterator[Executor]:
@@ -134,6 +135,9 @@ class TestKubeExecutorConformance(ExecutorTests):
         return self._pod(
             f"trap 'echo term >> {marker}; exit 0' TERM; echo ready > {marker}; while true; do sleep 0.1; done"
         )
+
+    def work_counted(self, marker: Path, seconds: float) -> Work:
+        return self._pod(f"echo run >> {marker}; sleep {seconds:g}")
 
     def subprocess_setup(self) -> str:
         return f"""
