@@ -31,8 +31,9 @@ An :class:`Adoption` is work a dead scheduler left running that this process tak
 (:mod:`pydatatask.task.recovery` finds it: a stale claim, or a job the executor still
 runs that no claim names). ``execute(task, key, adopt=...)`` waits for its handle as the
 job's current attempt, on the very path of a launched one: the time limit counted from
-when the work was started, the outcome through :meth:`Task.finish`, cleanup of a failure,
-the next attempts under the retry policy, the record, hooks and release.
+when the work was started, the outcome through
+:meth:`~pydatatask.task.base.Task.finish`, cleanup of a failure, the next attempts under
+the retry policy, the record, hooks and release.
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ class Adoption:
     key: str
     claim: Claim
     handle: JobHandle
-    #: when the job began (its first claim; epoch seconds): the record's start
+    #: the record's start, when the job began with its first claim (epoch seconds)
     since: float = field(default_factory=time.time)
-    #: when the adopted attempt's work was started (epoch seconds): its time limit counts
-    #: from here
+    #: the moment the adopted attempt's work was started (epoch seconds), from which its
+    #: time limit counts
     run_at: float = field(default_factory=time.time)
     #: the number of the adopted attempt
     attempt: int = 1

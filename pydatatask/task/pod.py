@@ -42,8 +42,10 @@ class PodTask(Task):
         ``{NAME: "value"}`` or ``{NAME: {"secretKeyRef": {"name": ..., "key": ...}}}`` (a
         ``valueFrom``). Secrets go here, never into command lines. A variable the manifest
         sets itself keeps the manifest's value; the task's ``env`` wins over the executor's.
-    :param cpu, memory: requests = limits of containers that set no ``resources``; what the
-        executor's quota counts per pod.
+    :param cpu: the CPU request (= limit) of containers that set no ``resources``
+        (``"500m"``, ``2``); what the executor's quota counts per pod.
+    :param memory: the memory request (= limit) of containers that set no ``resources``
+        (``"1Gi"``, bytes); what the executor's quota counts per pod.
 
     Other parameters as for :class:`~pydatatask.task.base.Task`.
     """

@@ -114,7 +114,7 @@ async def recover(task: Task, key: str, value: Any) -> Adoption | None:
 
 
 async def adopt_orphans(task: Task, owner: str | None = None) -> list[Adoption]:
-    """Deal with the work :attr:`Task.executor` still runs or holds for ``task`` that no
+    """Deal with the work :attr:`~pydatatask.task.base.Task.executor` still runs or holds for ``task`` that no
     claim in ``live`` names: each key is claimed (as ``owner``), then its work is adopted
     (returned, to be run with ``execute(..., adopt=...)``) or, when it cannot be adopted or
     its job is recorded already, stopped, its partial outputs removed (unless it succeeded)

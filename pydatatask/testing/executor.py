@@ -123,8 +123,9 @@ class ExecutorTests:
     #: whether work outlives the executor object that started it (processes on a host,
     #: pods): then ``recover`` of a running work's ``info`` returns a handle
     survives_scheduler: bool = False
-    #: whether such a handle is adoptable (its outcome can still be waited for: pods): the
-    #: job lifecycle then waits for it instead of stopping it and running the job again
+    #: whether the handles ``recover`` gives are adoptable, as those of pods are (their
+    #: outcome can still be waited for); the job lifecycle then waits for the work instead
+    #: of stopping it and running the job again
     adopts: bool = False
 
     # ---------------------------------------------------------------- hooks
