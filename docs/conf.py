@@ -36,6 +36,7 @@ _EXTERNAL_MODULES = (
     "collections",
     "concurrent.futures",
     "contextlib",
+    "datetime",
     "enum",
     "os",
     "pathlib",

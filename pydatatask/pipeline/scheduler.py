@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .._taskgroups import first_error
 from ..errors import CorruptValueError
 from ..repository.base import Repository
+from ..repository.clock import ClockRepository
 from ..repository.journal import visible_keys
 from ..repository.listing import cached_keys, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
@@ -41,7 +42,7 @@ from .record_index import RecordIndex, corrupt_info, warn_corrupt
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-__all__ = ("Scheduler", "RunSummary", "TaskFigures")
+__all__ = ("Scheduler", "RunSummary", "TaskFigures", "until_next_window")
 
 log = logging.getLogger("pydatatask.scheduler")
 
@@ -422,7 +423,7 @@ class Scheduler:
                     continue  # a job ended during the listing: what it enabled may be missing
                 if not self.forever:
                     return
-                await self._wait(self.poll_interval)
+                await self._wait(until_next_window(self.selected, self.poll_interval))
                 continue
             # keep launching from the queues as jobs finish; list again when the queues
             # are dry, or when a re-listing is due so downstream tasks start early (only
@@ -443,7 +444,9 @@ class Scheduler:
                     # unchained: the last jobs are running and nothing they finish can
                     # make work ready; list again when they are done, or after
                     # poll_interval for inputs that arrived meanwhile
-                    relist_at = min(relist_at, time.monotonic() + self.poll_interval)
+                    relist_at = min(
+                        relist_at, time.monotonic() + until_next_window(self.selected, self.poll_interval)
+                    )
         # stopping
         await self._drain()
         await self._abandon_adoptions()
@@ -517,6 +520,23 @@ class Scheduler:
     async def _stopper(self) -> None:
         await self._stop.wait()
         self._wake.set()
+
+
+#: woken this long after a window's start, so that the listing made then includes it
+_CLOCK_MARGIN = 0.005
+
+
+def until_next_window(tasks: list[Task], seconds: float) -> float:
+    """``seconds``, or less: the time until the next window of a
+    :class:`~pydatatask.repository.clock.ClockRepository` that ``tasks`` read (directly or
+    under a view) comes due. With ``run --forever`` the idle scheduler sleeps this long, so
+    a periodic job starts when its window comes, not at the next poll."""
+    for task in tasks:
+        for link in task.required_links:
+            for repo in stored_repositories(link.repository):
+                if isinstance(repo, ClockRepository):
+                    seconds = min(seconds, repo.seconds_until_next() + _CLOCK_MARGIN)
+    return seconds
 
 
 async def compute_figures(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
+from .clock import ClockRepository
 from .combinators import (
     AndRepository,
     BlockingRepository,
@@ -56,6 +57,7 @@ __all__ = (
     "MapValuesRepository",
     "FallbackRepository",
     "ReadOnlyRepository",
+    "ClockRepository",
     "S3BucketRepository",
     "YamlMetadataS3Repository",
     "JsonMetadataS3Repository",

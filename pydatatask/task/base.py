@@ -20,6 +20,7 @@ from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
 from ..executor.base import Executor, Outcome, Resources, Slot, Work
 from ..repository.base import BlobRepository, MetadataRepository, Repository
+from ..repository.clock import ClockRepository
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, visible_keys
 from ..repository.memory import MemoryMetadataRepository
@@ -83,6 +84,10 @@ class Task:
     :param retry: a :class:`~pydatatask.task.retry.RetryPolicy` (default: one attempt).
     :param timeout: per-attempt time limit (``"30s"``, ``"5m"``, seconds).
     :param priority: tasks with higher priority launch first when slots are scarce.
+    :param schedule: run one job per time window: an interval (``"5m"``, ``"1h30m"``), a
+        cron expression (``"0 * * * *"``) or a
+        :class:`~pydatatask.repository.clock.ClockRepository` for more options, linked as
+        the input ``clock`` (see :doc:`/periodic`).
     """
 
     #: a short name of where jobs run, written to job records
@@ -101,6 +106,7 @@ class Task:
         retry: RetryPolicy | None = None,
         timeout: float | str | None = None,
         priority: int = 0,
+        schedule: str | float | ClockRepository | None = None,
     ) -> None:
         if (
             not isinstance(name, str)
@@ -124,6 +130,8 @@ class Task:
             self.link(link_name, repo, LinkKind.INPUT)
         for link_name, repo in (outputs or {}).items():
             self.link(link_name, repo, LinkKind.OUTPUT)
+        if schedule is not None:
+            self._link_schedule(schedule)
         # the defaults are stable objects: Pipeline(state_dir=...) binds their store later,
         # and a view a user built over task.done before that reads the store in use
         if done is None:
@@ -168,6 +176,15 @@ class Task:
             raise ConfigurationError(f"task {self.name!r}: the logs link needs a BlobRepository")
         self.links[name] = link
         return self
+
+    def _link_schedule(self, schedule: str | float | ClockRepository) -> None:
+        """``schedule=``: a clock of the schedule, as the input link ``clock``."""
+        if not isinstance(schedule, ClockRepository):
+            try:
+                schedule = ClockRepository(schedule, name=self.name)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"task {self.name!r}: {exc}") from exc
+        self.link("clock", schedule, LinkKind.INPUT)
 
     def replace_state_repository(self, kind: str, repository: Repository) -> None:
         """Give a defaulted ``done``/``live`` repository its store, or add a ``logs``
