@@ -14,7 +14,7 @@ from typing import Any
 
 from pydatatask import FileRepository, MemoryMetadataRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor
-from pydatatask.executor.pods import api_client
+from pydatatask.executor.pods import api_client, pod_name
 from pydatatask.repository.base import Repository
 from pydatatask.task.pod import PodTask
 
@@ -22,6 +22,7 @@ __all__ = (
     "SH_POD",
     "make_executor",
     "pod_task",
+    "WatchedPodTask",
     "pods",
     "no_pods_left",
     "let_go",
@@ -40,6 +41,19 @@ spec:
     env:
     - {name: KEY, value: {{ key }}}
 """
+
+
+class WatchedPodTask(PodTask):
+    """Notes, at each removal of partial outputs, whether the key's pod is in the API
+    (``held``): a failed attempt's pod keeps the key until the next attempt starts."""
+
+    held: list[bool]
+
+    async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
+        ex = self.executor
+        assert isinstance(ex, KubeExecutor)
+        self.held.append(await ex.cluster.read_pod(pod_name(self.name, key)) is not None)
+        return await super().cleanup_outputs(key, *args, **kwargs)
 
 
 def make_executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:

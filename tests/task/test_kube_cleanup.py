@@ -30,7 +30,7 @@ from pydatatask.executor.pod_state import CLEANUP_FINALIZER
 from pydatatask.executor.pods import pod_name
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.pod import PodTask
-from tests.kube_support import SH_POD, let_go, no_pods_left, pod_task, pods
+from tests.kube_support import SH_POD, WatchedPodTask, let_go, no_pods_left, pod_task, pods
 from tests.kube_support import make_executor as _executor
 
 pytestmark = pytest.mark.kube
@@ -325,18 +325,6 @@ async def test_a_failed_cleanup_keeps_the_pod_held_until_a_claim_check_removes_t
     assert record["error"]["type"].endswith("JobTimeoutError")
     assert not await out.contains("k"), "the partial output stayed beside the failure record"
     await _no_pods_left(kcfg, name)
-
-
-class WatchedPodTask(PodTask):
-    """Notes, at each removal of partial outputs, whether the key's pod is in the API."""
-
-    held: list[bool]
-
-    async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
-        ex = self.executor
-        assert isinstance(ex, KubeExecutor)
-        self.held.append(await ex.cluster.read_pod(pod_name(self.name, key)) is not None)
-        return await super().cleanup_outputs(key, *args, **kwargs)
 
 
 async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
