@@ -108,10 +108,10 @@ async def execute(
     owner = owner or new_owner()
     hooks = hooks if hooks is not None else _NO_HOOKS
     if adopt is not None:
-        if adopt.key != key or task.claims.get(key) is not adopt.claim:
-            raise JobError(
-                f"task {task.name}: the adoption of {adopt.key!r} does not hold the claim on {key!r}"
-            )
+        if adopt.key != key:
+            raise JobError(f"task {task.name}: an adoption of {adopt.key!r} cannot run the job of {key!r}")
+        if task.claims.get(key) is not adopt.claim:
+            return None  # its claim was taken over meanwhile: the new holder deals with the work
     elif not claimed:
         if await task.claims.acquire(key, owner) is None:
             return None
@@ -224,7 +224,7 @@ async def execute(
     if not cleaned and claim is not None and task.claims.get(key) is claim:
         # a failure whose partial outputs could not be removed (the backend is down): the
         # record is written, but the key stays held (its claim handed to nobody, its work
-        # not let go) until the next claim check removes the debris (see recover())
+        # not let go) until the next claim check removes the debris (see task/recovery.py)
         try:
             await task.claims.abandon(claim)
         except Exception as exc:

@@ -358,3 +358,24 @@ async def test_orphaned_work_no_claim_names_is_adopted_within_capacity(tmp_path:
     assert [h.work.key for h in executor.handles] == ["b"] and orphan.closed >= 1
     assert executor.most == 1 and executor.out == []  # the adoption held the one slot in its turn
     assert (await task.done.get("a"))["success"]
+
+
+async def test_an_adoption_whose_claim_was_taken_over_leaves_the_work_alone(tmp_path: Path) -> None:
+    from pydatatask.task.claims import Claims
+    from pydatatask.task.lifecycle import execute
+    from pydatatask.task.recovery import recover
+
+    task, out = _adopting(tmp_path, ["a"])
+    orphan = await _orphan("a", seconds=30)
+    stale = dict(make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info)
+    await task.live.put("a", stale)
+    adoption = await recover(task, "a", stale)
+    assert adoption is not None and adoption.handle is orphan and adoption.key == "a"
+    # while it waits for a slot, another scheduler takes the claim over
+    assert await Claims(task.live, "steps").take_over("a", adoption.claim.value) is not None
+    assert not await task.claims.heartbeat(adoption.claim)
+    assert await execute(task, "a", adopt=adoption) is None
+    assert orphan.cancelled_with is None and orphan.closed == 0  # the new holder's now
+    assert not await task.done.contains("a") and not await out.contains("a")
+    await orphan.cancel(0)
+    await orphan.close()
