@@ -372,7 +372,7 @@ class ExecutorTests:
         marker, state = tmp_path / "runs", tmp_path / "state"
         task = "adopt" + secrets.token_hex(3)
         work_file = tmp_path / "work.pickle"
-        work_file.write_bytes(pickle.dumps(self.work_counted(marker, 2.0)))
+        work_file.write_bytes(pickle.dumps(self.work_counted(marker, 3.0)))  # time to see it run
         script = tmp_path / "scheduler.py"
         script.write_text(
             _SCHEDULER.format(setup=textwrap.indent(textwrap.dedent(self.subprocess_setup()), "    "))
@@ -414,11 +414,11 @@ class ExecutorTests:
         assert record["success"] is True and record["exit_code"] in (None, 0), record
         runs = marker.read_text().splitlines()
         if self.adopts:
-            assert runs == ["run"], f"adopted work was started again: {runs}"
+            assert runs == ["run"], f"adopted work was started again: {runs}; {err.decode()}"
             assert record["attempts"] == 1, record
             assert "adopting" in err.decode(), err.decode()
         else:
-            assert runs == ["run", "run"], f"the job was not run again: {runs}"
+            assert runs == ["run", "run"], f"the job was not run again: {runs}; {err.decode()}"
         assert not await live.contains("k")
         if self.survives_scheduler:
             assert await executor.recover(info) is None  # nothing is left of either run
