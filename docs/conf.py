@@ -70,12 +70,6 @@ nitpick_ignore = [
     ("py:class", "pydatatask.executor.pool._DaskStarted"),
     ("py:class", "pydatatask.executor.pool._DaskStartEvents"),
     ("py:class", "pydatatask.task.templates._Raw"),
-    # executor/kubernetes.py documents two parameters in one field (``:param max_pods,
-    # max_cpu, max_memory:``, ``:param image, script_path:``), which Sphinx reads as a type
-    # and a name; drop these once each has its own field
-    ("py:class", "max_pods"),
-    ("py:class", "max_cpu"),
-    ("py:class", "image"),
 ]
 
 

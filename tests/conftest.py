@@ -37,3 +37,9 @@ def service(services: dict[str, Any], name: str) -> dict[str, Any]:
     if name not in services:
         pytest.fail(f"test server {name!r} is not listed in $PDT_TEST_SERVICES", pytrace=False)
     return services[name]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def kcfg(services: dict[str, Any]) -> dict[str, Any]:
+    """The test Kubernetes cluster's section of services.json (kubeconfig, namespace, node)."""
+    return service(services, "kube")

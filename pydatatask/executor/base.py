@@ -152,11 +152,16 @@ class JobHandle(ABC):
     #: in another process to find it again
     info: dict[str, Any]
     #: whether a recovered handle's outcome can still be waited for (a pod that outlived its
-    #: scheduler); otherwise recovery cancels it and the job runs again
+    #: scheduler): the job lifecycle then adopts it, waiting for it as the job's current
+    #: attempt; otherwise recovery cancels it and the job runs again
     adoptable: bool = False
     #: whether :meth:`cancel` stops work that has started (False for a function call in a
     #: pool: it runs to its end, and what it returns is discarded)
     interruptible: bool = True
+
+    def describe(self) -> str:
+        """A few words naming the work, for messages (``"pod NAMESPACE/NAME"``)."""
+        return f"{type(self).__name__} {self.info}"
 
     async def started(self) -> None:  # noqa: B027 - most work starts at once
         """Return once the work really began (a pool's queue wait is not run time: a job's

@@ -155,6 +155,9 @@ class PodHandle(JobHandle):
     def __repr__(self) -> str:
         return f"<PodHandle {self.executor.cluster.namespace}/{self.name} uid={self.uid}>"
 
+    def describe(self) -> str:
+        return f"pod {self.executor.cluster.namespace}/{self.name}"
+
     def _mine(self, snapshot: Mapping[str, Any]) -> Any:
         pod = snapshot.get(self.name)
         return pod if pod is not None and pod.metadata.uid == self.uid else None
@@ -281,15 +284,20 @@ class KubeExecutor(Executor):
     :param name: the executor's name, also its pods' label ``pydatatask.io/executor``: two
         pipelines sharing a namespace use different names, or one's recovery sees the
         other's pods.
-    :param max_pods, max_cpu, max_memory: at most this many pods at once, whose requests add
-        up to at most this much CPU (``"4"``, ``"500m"``) and memory (``"8Gi"``).
+    :param namespace: the namespace of the pods, when ``cluster`` is not a
+        :class:`~pydatatask.executor.pods.KubeCluster` (which names its own).
+    :param max_pods: at most this many pods at once.
+    :param max_cpu: at most this much CPU requested by the pods at once (``"4"``,
+        ``"500m"``).
+    :param max_memory: at most this much memory requested by the pods at once (``"8Gi"``).
     :param launch_rate: at most this many pod creations per second.
     :param poll_interval: how often the executor's pods are listed (``"2s"``).
     :param pending_timeout: a pod still Pending after this long fails, naming the reason.
     :param log_limit: at most this many bytes of each container's log are kept.
     :param delete_wait: how long to wait for a deleted pod's containers to stop.
-    :param image, script_path: for function calls: the image holding the pipeline script
-        at ``script_path`` (with pydatatask and what the function imports).
+    :param image: for function calls: the image holding the pipeline script (with
+        pydatatask and what the function imports).
+    :param script_path: for function calls: where the pipeline script is in ``image``.
     :param python: the interpreter that runs the script in that image.
     :param working_dir: the working directory of function pods.
     :param env: environment added to every container: ``{NAME: "value"}`` or ``{NAME:

@@ -33,8 +33,10 @@ from ..repository.listing import cached_keys, cached_versions, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
+from ..task.lifecycle import Adoption
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
+from ..task.recovery import adopt_orphans, recover
 from .groups import fan_out_blocked, group_keys, held_groups
 from .record_index import RecordFacts, RecordIndex, corrupt_info, warn_corrupt
 from .staleness import InputSource, StaleReason, record_fields, redo, stale_reasons
@@ -156,6 +158,8 @@ class Scheduler:
         #: the claims found corrupt, as ``{task: {key: corrupt_info(...)}}``
         self.corrupt_claims: dict[str, dict[str, dict[str, str]]] = {t.name: {} for t in self.selected}
         self._last_claim_check = 0.0
+        #: work of interrupted jobs taken over, waiting to be launched (``{task: {key: ...}}``)
+        self.adoptions: dict[str, dict[str, Adoption]] = {t.name: {} for t in self.selected}
         self.ticks = 0
         self.last_listing_seconds = 0.0
         self._finished = 0  # jobs ended so far (to detect endings during a listing)
@@ -177,6 +181,8 @@ class Scheduler:
     async def refresh(self) -> None:
         """List every repository once and recompute all ready queues."""
         t0 = time.perf_counter()
+        if self.ticks == 0:
+            await self._adopt_orphans()
         with listing_scope():
             figures = await compute_figures(
                 self.all_tasks,
@@ -190,7 +196,7 @@ class Scheduler:
         now = time.monotonic()
         if now - self._last_claim_check >= self.pipeline.claim_check_interval or self.ticks == 0:
             self._last_claim_check = now
-            if await self._recover_stale_claims():
+            if await self._check_claims():
                 with listing_scope():
                     self.figures = figures = await compute_figures(
                         self.all_tasks, self.pipeline, self.records, self.running, redo_for=self.redo_tasks
@@ -206,6 +212,7 @@ class Scheduler:
             self.queues[task.name] = sorted(ready, reverse=True)  # pop() from the end: ascending order
             if task.name in self.redo_tasks:
                 self._note_redo(task.name, fig)
+            self._queue_adoptions(task)
         self.ticks += 1
         self.last_listing_seconds = time.perf_counter() - t0
 
@@ -228,12 +235,30 @@ class Scheduler:
         versions = fig.versions if fig is not None else {}
         return lambda key: record_fields(key, sources, versions, self.records)
 
-    async def _recover_stale_claims(self) -> bool:
-        """Clean up after jobs whose claims are stale; return whether any was found."""
+    def _queue_adoptions(self, task: Task) -> None:
+        """Adopted work goes first in the task's queue (its work runs already); it is
+        launched like a job, within the task's concurrency and the executor's capacity."""
+        adopted = self.adoptions[task.name]
+        if adopted:
+            queue = self.queues[task.name]
+            queue[:] = [k for k in queue if k not in adopted]
+            queue.extend(sorted((k for k in adopted if (task.name, k) not in self.running), reverse=True))
+
+    async def _adopt_orphans(self) -> None:
+        """Before the first listing: work an executor still runs for a task that no claim
+        names (its scheduler died with its claims in memory) is adopted or cleaned up."""
+        for task in self.selected:
+            for adoption in await adopt_orphans(task, self.owner):
+                self.adoptions[task.name][adoption.key] = adoption
+
+    async def _check_claims(self) -> bool:
+        """Clean up after jobs whose claims are stale, taking over what can be adopted;
+        return whether any was found."""
         any_recovered = False
         for task in self.selected:
             fig = self.figures[task.name]
-            foreign = [k for k in fig.live if (task.name, k) not in self.running]
+            adopted = self.adoptions[task.name]
+            foreign = [k for k in fig.live if (task.name, k) not in self.running and k not in adopted]
             checked = self._checked_claims[task.name]
             for key in [k for k in checked if k not in fig.live]:
                 del checked[key]  # released: a new claim on it is judged afresh
@@ -253,8 +278,10 @@ class Scheduler:
             claims = await task.live.get_many(todo, on_corrupt=corrupt)
             recovered = False
             for key, claim in claims.items():
-                if task.claim_is_stale(claim, self.owner):
-                    await task.recover_stale(key, claim)
+                if task.claims.is_stale(claim, owner=self.owner):
+                    taken = await recover(task, key, claim)
+                    if taken is not None:
+                        adopted[key] = taken
                     recovered = True
                 else:
                     expires = task.claims.expires(claim)
@@ -345,8 +372,9 @@ class Scheduler:
         ident = (task.name, key)
         try:
             fields = self._record_fields(task)(key)
+            adopt = self.adoptions.get(task.name, {}).pop(key, None)
             judged = self._redo[task.name].pop(key, None) if task.name in self._redo else None
-            if judged is not None:
+            if judged is not None and adopt is None:
                 record = await redo(
                     task,
                     key,
@@ -367,6 +395,7 @@ class Scheduler:
                     on_state=self._on_state,
                     slot=slot,
                     record_fields=fields,
+                    adopt=adopt,
                 )
         except asyncio.CancelledError:
             raise
@@ -479,6 +508,19 @@ class Scheduler:
                     )
         # stopping
         await self._drain()
+        await self._abandon_adoptions()
+
+    async def _abandon_adoptions(self) -> None:
+        """Adopted work not launched before the stop: its claim is handed to nobody (stale at
+        once), so that the next run adopts it again."""
+        for name, adopted in self.adoptions.items():
+            task = self.all_tasks[name]
+            while adopted:
+                _, adoption = adopted.popitem()
+                try:
+                    await task.claims.abandon(adoption.claim)
+                except Exception as exc:  # stale by its lease instead
+                    log.warning("task %s: could not hand on the adopted job %r: %s", name, adoption.key, exc)
 
     async def _drain(self) -> None:
         if not self.running:
@@ -499,10 +541,12 @@ class Scheduler:
         interval = max(0.05, self.pipeline.claim_lease / 3)
         while True:
             await asyncio.sleep(interval)
+            await self._adoption_heartbeats()
             for (task_name, key), job in list(self.running.items()):
                 task = self.all_tasks[task_name]
+                claim = task.claims.get(key)
                 try:
-                    ok = await task.heartbeat(key)
+                    ok = None if claim is None else await task.claims.heartbeat(claim)
                 except Exception as exc:  # the live repository is unreachable: try again later
                     log.warning("task %s: heartbeat for %r failed: %s", task_name, key, exc)
                     continue
@@ -514,6 +558,23 @@ class Scheduler:
                     )
                     self.summary.errors.append(f"{task_name} {key}: claim lost")
                     job.cancel()
+
+    async def _adoption_heartbeats(self) -> None:
+        """Renew the claims of adopted work waiting for a slot; one lost meanwhile is not
+        ours any more (its new holder deals with the work)."""
+        for name, adopted in self.adoptions.items():
+            task = self.all_tasks[name]
+            for key, adoption in list(adopted.items()):
+                if (name, key) in self.running:
+                    continue
+                try:
+                    kept = await task.claims.heartbeat(adoption.claim)
+                except Exception as exc:
+                    log.warning("task %s: heartbeat for %r failed: %s", name, key, exc)
+                    continue
+                if not kept and adopted.get(key) is adoption:
+                    log.error("task %s: the claim on the adopted job %r was taken over", name, key)
+                    del adopted[key]
 
     async def _stopper(self) -> None:
         await self._stop.wait()
@@ -618,9 +679,6 @@ async def compute_figures(
             if name in redo_for:
                 fig.redo = _redo_keys(pipeline, name, fig, stale_of, redo_for, running_keys[name])
                 ready |= fig.redo
-        resumable = task.resumable_keys()
-        if resumable:
-            ready |= (resumable & fig.universe) - fig.recorded  # running ones removed below
         if name in grouped:
             fig.blocked = await _held_groups(
                 tasks, name, ready, pipeline, universes, records, keys_of, grouped[name], fig

@@ -204,16 +204,16 @@ async def redo(
     """
     from ..task import lifecycle
 
-    if not await task.claim(key, owner):
+    claim = await task.claims.acquire(key, owner)
+    if claim is None:
         return None
-    claim = task.claims.get(key)
     removed = False
     try:
         current = (await task.done.get_many([key])).get(key)
         if not isinstance(current, dict) or current.get("end_time") != judged.end_time:
             if isinstance(current, dict):
                 index.note(key, current)  # redone meanwhile: that record is the one to judge
-            await task.release(key)
+            await task.claims.release(claim)
             return None
         wrote = [k for k in current.get("wrote") or [] if isinstance(k, str)]
         journal = WriteJournal()
@@ -222,7 +222,7 @@ async def redo(
             for k in wrote:
                 journal.record(link.repository, k)
                 entries.append([link.name, k])
-        if entries and claim is not None:
+        if entries:
             # a scheduler killed from here on leaves what the claim recovery removes
             if not await task.claims.update(claim, wrote=[*claim.value.get("wrote", []), *entries]):
                 raise JobError(f"task {task.name}: the claim on {key!r} was taken over by another scheduler")
@@ -233,8 +233,8 @@ async def redo(
             raise JobError(f"task {task.name}: could not remove the old outputs of {key!r} to redo it")
     except BaseException:
         if not removed:
-            await task.release(key)
-        elif claim is not None and task.claims.get(key) is claim:
+            await task.claims.release(claim)
+        elif task.claims.get(key) is claim:
             # outputs may be left without their record: the claim recovery removes them
             await task.claims.abandon(claim)
         raise

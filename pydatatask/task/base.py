@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -579,31 +578,6 @@ class Task:
     def claim_lease(self, seconds: float) -> None:
         self.claims.lease = seconds
 
-    async def claim(self, key: str, owner: str) -> bool:
-        """Atomically claim ``key`` in the live repository; False if someone else holds it."""
-        return await self.claims.acquire(key, owner) is not None
-
-    async def release(self, key: str) -> None:
-        """Drop the claim on ``key``."""
-        claim = self.claims.get(key)
-        if claim is not None:
-            await self.claims.release(claim)
-        else:
-            await self.live.delete(key)
-
-    async def heartbeat(self, key: str) -> bool | None:
-        """Renew the claim on ``key``; False if it is no longer ours (taken over, deleted),
-        None if this process holds no claim on it in ``live``."""
-        claim = self.claims.get(key)
-        return None if claim is None else await self.claims.heartbeat(claim)
-
-    def resumable_keys(self) -> AbstractSet[str]:
-        """Keys whose interrupted job this task can take over although an output already
-        holds them (e.g. a finished pod of a dead scheduler, whose outputs exist but whose
-        record was never written). The scheduler treats them as ready when no job record
-        exists; the claim then adopts the running work instead of starting it again."""
-        return frozenset()
-
     def stale_facts(self, record: Mapping[str, Any]) -> Any:
         """What of a job record :meth:`stale_reasons` needs later (kept in memory for every
         recorded key; default: nothing). Records are read once; this keeps a part."""
@@ -621,16 +595,6 @@ class Task:
         that what it read has changed.
         """
         return ()
-
-    def claim_is_stale(self, claim: Any, owner: str) -> bool:
-        """Whether a claim found in ``live`` belongs to a job that cannot be running (see
-        :meth:`~pydatatask.task.claims.Claims.is_stale`). Claims of ``owner`` are not."""
-        return self.claims.is_stale(claim, owner=owner)
-
-    async def recover_stale(self, key: str, claim: Any) -> None:
-        """Take over a stale claim atomically, stop what is left of its work, remove partial
-        outputs, then free the key (see :func:`pydatatask.task.lifecycle.recover`)."""
-        await _lifecycle.recover(self, key, claim)
 
     async def execute(
         self,

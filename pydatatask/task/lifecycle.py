@@ -23,11 +23,17 @@ were in memory.
 
 A :class:`~pydatatask.errors.ConfigurationError` from an attempt (a template that does not
 render, a manifest the cluster refuses) is not the job's failure: it propagates like a
-cancellation, with nothing recorded. Cancellation (Ctrl-C, a lost claim) cancels the running handle with the executor's grace,
-removes partial outputs, writes no record and propagates. :func:`recover` deals with a
-stale claim another scheduler left: it takes the claim over by compare-and-swap, stops
-what the executor still runs of it (:meth:`~pydatatask.executor.base.Executor.recover`),
-removes partial outputs and frees the key.
+cancellation, with nothing recorded. Cancellation (Ctrl-C, a lost claim) cancels the
+running handle with the executor's grace, removes partial outputs, writes no record and
+propagates.
+
+An :class:`Adoption` is work a dead scheduler left running that this process takes over
+(:mod:`pydatatask.task.recovery` finds it: a stale claim, or a job the executor still
+runs that no claim names). ``execute(task, key, adopt=...)`` waits for its handle as the
+job's current attempt, on the very path of a launched one: the time limit counted from
+when the work was started, the outcome through
+:meth:`~pydatatask.task.base.Task.finish`, cleanup of a failure, the next attempts under
+the retry policy, the record, hooks and release.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, JobError, JobTimeoutError
@@ -49,7 +56,7 @@ from .records import HOSTNAME, JobState, error_info, make_record
 if TYPE_CHECKING:
     from .base import Task
 
-__all__ = ("execute", "recover", "run_attempt", "StateCallback")
+__all__ = ("execute", "run_attempt", "Adoption", "StateCallback")
 
 log = logging.getLogger("pydatatask.task")
 
@@ -57,6 +64,27 @@ _NO_HOOKS = Hooks()
 
 #: ``on_state(task, key, state, attempt)``: told of every change of a job's state
 StateCallback = Callable[["Task", str, JobState, int], None]
+
+
+@dataclass(eq=False)
+class Adoption:
+    """Work of an interrupted job that this process has taken over, to be waited for as
+    the job's current attempt (``execute(task, key, adopt=adoption)``).
+
+    ``claim`` is held by this process (taken over by compare-and-swap, or created for a job
+    no claim named); ``handle`` is the executor's adoptable handle on the work.
+    """
+
+    key: str
+    claim: Claim
+    handle: JobHandle
+    #: the record's start, when the job began with its first claim (epoch seconds)
+    since: float = field(default_factory=time.time)
+    #: the moment the adopted attempt's work was started (epoch seconds), from which its
+    #: time limit counts
+    run_at: float = field(default_factory=time.time)
+    #: the number of the adopted attempt
+    attempt: int = 1
 
 
 async def execute(
@@ -69,28 +97,37 @@ async def execute(
     on_state: StateCallback | None = None,
     slot: Any = True,
     record_fields: dict[str, Any] | None = None,
+    adopt: Adoption | None = None,
 ) -> dict[str, Any] | None:
     """Run the job of ``key`` to its end: claim, attempts, record, release.
 
     Returns the job record, or None if another scheduler holds the claim. With ``claimed``
-    the caller holds the claim already. Cancellation removes partial outputs and the claim,
-    writes no record, and propagates. ``record_fields`` go into the record (the scheduler
-    gives the versions of the inputs the job reads, see :mod:`pydatatask.task.records`).
+    the caller holds the claim already; with ``adopt`` (an :class:`Adoption` of ``key``)
+    the claim is the adoption's and its handle is the first attempt waited for.
+    Cancellation removes partial outputs and the claim, writes no record, and propagates.
+    ``record_fields`` go into the record (the scheduler gives the versions of the inputs
+    the job reads, see :mod:`pydatatask.task.records`).
     """
     owner = owner or new_owner()
     hooks = hooks if hooks is not None else _NO_HOOKS
-    if not claimed:
-        if not await task.claim(key, owner):
+    if adopt is not None:
+        if adopt.key != key:
+            raise JobError(f"task {task.name}: an adoption of {adopt.key!r} cannot run the job of {key!r}")
+        if task.claims.get(key) is not adopt.claim:
+            return None  # its claim was taken over meanwhile: the new holder deals with the work
+    elif not claimed:
+        if await task.claims.acquire(key, owner) is None:
             return None
         # the listing this launch came from may be stale: another scheduler may have
         # finished the job (record written, then claim released) since then
         if await task.done.contains(key):
-            await task.release(key)
+            await _release(task, key)
             return None
-    # None: the task claims by other means (a pod holds the key), nothing to renew here
+    # None: claimed=True by a caller that keeps no claim in this task's claims
     claim = task.claims.get(key)
-    start = time.time()
-    attempt = 0
+    start = adopt.since if adopt is not None else time.time()
+    attempt = adopt.attempt - 1 if adopt is not None else 0
+    adopted = adopt.handle if adopt is not None else None
     record: dict[str, Any]
     job: JobContext | None = None
     # every key the job writes (also beyond its own) is noted, so that a failed attempt
@@ -113,7 +150,13 @@ async def execute(
                 await hooks.emit(Event("job_started", task.name, key, attempt))
             try:
                 with journaling(journal):
-                    outcome = await _attempt(task, job, claim, handles)
+                    if adopted is not None:
+                        handle, adopted = adopted, None
+                        handles.append(handle)
+                        assert adopt is not None
+                        outcome = await _follow(task, job, handle, since=adopt.run_at)
+                    else:
+                        outcome = await _attempt(task, job, claim, handles)
             except ConfigurationError:
                 # the task's settings are wrong (a manifest the cluster refuses): no attempt
                 # can succeed and the job is not to blame; nothing is recorded, the key
@@ -188,7 +231,7 @@ async def execute(
     if not cleaned and claim is not None and task.claims.get(key) is claim:
         # a failure whose partial outputs could not be removed (the backend is down): the
         # record is written, but the key stays held (its claim handed to nobody, its work
-        # not let go) until the next claim check removes the debris (see recover())
+        # not let go) until the next claim check removes the debris (see task/recovery.py)
         try:
             await task.claims.abandon(claim)
         except Exception as exc:
@@ -196,7 +239,7 @@ async def execute(
     else:
         await _close(task, handles)  # recorded: nothing of the job is needed any more
         if claim is None or task.claims.get(key) is claim:
-            await task.release(key)
+            await _release(task, key)
     if on_state:
         on_state(task, key, JobState.SUCCEEDED if record["success"] else JobState.FAILED, attempt)
     event = "job_succeeded" if record["success"] else "job_failed"
@@ -261,40 +304,57 @@ async def _attempt(
         handles.append(handle)
         try:
             if handle.info and claim is not None:
-                # before anything else: a scheduler killed from now on leaves what recovery needs
-                if not await task.claims.update(claim, run=handle.info):
+                # before anything else: a scheduler killed from now on leaves what recovery
+                # needs (and when the work began and which attempt it is, for an adoption)
+                if not await task.claims.update(
+                    claim, run=handle.info, run_at=time.time(), attempt=job.attempt
+                ):
                     raise JobError(
                         f"task {task.name}: the claim on {job.key!r} was taken over by another scheduler"
                     )
-            limit = task.timeout
-            if limit is None:
-                outcome = await handle.wait()
-                if type(handle).logs is not JobHandle.logs:  # function calls keep none
-                    await _keep_logs(job, handle)
-                return await task.finish(job, outcome)
-            await handle.started()
-            try:
-                async with asyncio.timeout(limit):
-                    outcome = await handle.wait()
-                    if type(handle).logs is not JobHandle.logs:
-                        await _keep_logs(job, handle)
-                    return await task.finish(job, outcome)
-            except TimeoutError as exc:
-                message = f"task {task.name}: job {job.key!r} timed out after {limit:g}s"
-                if not handle.interruptible:
-                    message += (
-                        f"; the call cannot be interrupted and may still be running in "
-                        f"{executor.describe()}: whatever it returns is discarded"
-                    )
-                    log.warning("%s", message)
-                await handle.cancel(task.cancel_grace)
-                raise JobTimeoutError(message) from exc
         except BaseException:
             await asyncio.shield(_stop(handle, task.cancel_grace))
             raise
+        return await _follow(task, job, handle)
     finally:
         if given is None:
             executor.release(slot)
+
+
+async def _follow(
+    task: Task, job: JobContext, handle: JobHandle, *, since: float | None = None
+) -> JobOutcome | None:
+    """Wait for ``handle`` (within the time limit, counted from its start, or from
+    ``since`` for work started before this process took it over), keep its logs and
+    finish the attempt. A failure or cancellation stops the work first."""
+    try:
+        limit = task.timeout
+        if limit is None:
+            outcome = await handle.wait()
+            if type(handle).logs is not JobHandle.logs:  # function calls keep none
+                await _keep_logs(job, handle)
+            return await task.finish(job, outcome)
+        await handle.started()
+        left = limit if since is None else max(0.0, limit - (time.time() - since))
+        try:
+            async with asyncio.timeout(left):
+                outcome = await handle.wait()
+                if type(handle).logs is not JobHandle.logs:
+                    await _keep_logs(job, handle)
+                return await task.finish(job, outcome)
+        except TimeoutError as exc:
+            message = f"task {task.name}: job {job.key!r} timed out after {limit:g}s"
+            if not handle.interruptible:
+                message += (
+                    f"; the call cannot be interrupted and may still be running in "
+                    f"{task.executor.describe()}: whatever it returns is discarded"
+                )
+                log.warning("%s", message)
+            await handle.cancel(task.cancel_grace)
+            raise JobTimeoutError(message) from exc
+    except BaseException:
+        await asyncio.shield(_stop(handle, task.cancel_grace))
+        raise
 
 
 async def run_attempt(task: Task, job: JobContext) -> JobOutcome | None:
@@ -352,7 +412,7 @@ async def _abandon(
     finally:
         if cleaned or claim is None:
             await _close(task, handles)
-            await task.release(key)
+            await _release(task, key)
         else:
             # the partial outputs are still there (the backend is down?): releasing the
             # claim would leave an output without a record, which blocks the key for good.
@@ -377,72 +437,10 @@ async def _show_state(task: Task, claim: Claim | None, state: JobState, **fields
         )
 
 
-async def recover(task: Task, key: str, value: Any) -> None:
-    """Take over the stale claim ``value`` on ``key`` atomically, stop what is left of its
-    work, remove partial outputs, then free the key.
-
-    Of several schedulers recovering the same claim, only the one whose compare-and-swap
-    succeeds cleans up; the others leave it alone. A cleanup that fails keeps the takeover
-    claim: it goes stale in its turn and the cleanup is tried again.
-    """
-    run = value.get("run") if isinstance(value, dict) else None
-    # the takeover keeps "run": a recovery that cannot reach the work leaves it to the next
-    claim = await task.claims.take_over(key, value, **({"run": run} if isinstance(run, dict) and run else {}))
-    if claim is None:
-        return
-    record = (await task.done.get_many([key])).get(key)
-    if isinstance(record, dict) and record.get("success") is True:
-        # the job succeeded (its record is written) and died before dropping its claim:
-        # its outputs are complete, keep them
+async def _release(task: Task, key: str) -> None:
+    """Drop the claim on ``key`` (held, or in ``live`` only for a caller that claimed it)."""
+    claim = task.claims.get(key)
+    if claim is not None:
         await task.claims.release(claim)
-        return
-    log.warning(
-        "task %s: job %r was interrupted (claim by %s on %s); cleaning up%s",
-        task.name,
-        key,
-        value.get("owner") if isinstance(value, dict) else value,
-        value.get("host") if isinstance(value, dict) else "?",
-        " after its failure record" if record is not None else " to run it again",
-    )
-    handles: list[JobHandle] = []
-    if isinstance(run, dict) and run:
-        try:
-            handle = await task.executor.recover(run)
-            if handle is not None:
-                handles.append(handle)
-                await _stop_recovered(task, key, handle)
-        except Exception as exc:
-            # the host is unreachable (or cannot tell): the claim stays, handed to nobody, and
-            # the next check tries again; the job never runs twice at once
-            log.warning(
-                "task %s: could not check the interrupted job %r (%s: %s); will try again",
-                task.name,
-                key,
-                type(exc).__name__,
-                exc,
-            )
-            try:
-                await task.claims.abandon(claim)
-            except Exception:
-                task.claims.forget(claim)  # stale by its lease in its turn
-            return
-    written = value.get("wrote") if isinstance(value, dict) else None
-    if not await task.cleanup_outputs(key, task.journal_from_claim(written)):
-        task.claims.forget(claim)  # the work stays held: the next recovery finds it again
-        return
-    try:
-        for handle in handles:
-            await handle.close()
-    except Exception as exc:  # still held: the claim stays, the next check frees it
-        log.warning("task %s: could not free the interrupted job %r: %s; will try again", task.name, key, exc)
-        task.claims.forget(claim)
-        return
-    await task.claims.release(claim)
-
-
-async def _stop_recovered(task: Task, key: str, handle: JobHandle) -> None:
-    """What a dead scheduler left running: stopped (adoption of a handle whose outcome can
-    still be recorded is the next step; until then its work is done again). The handle is
-    closed once the partial outputs are gone."""
-    await handle.cancel(task.cancel_grace)
-    log.info("task %s: stopped what the interrupted job of %r left running", task.name, key)
+    else:
+        await task.live.delete(key)

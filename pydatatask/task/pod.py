@@ -5,7 +5,8 @@ turns the pod's end into the job's outcome (:meth:`PodTask.finish`); a
 :class:`~pydatatask.executor.kubernetes.KubeExecutor` says *where*, names, labels and holds
 the pod; the job lifecycle (:mod:`pydatatask.task.lifecycle`) claims the key in the task's
 ``live`` repository, notes the pod in the claim, applies the timeout and retries, removes
-partial outputs and writes the record.
+partial outputs and writes the record. A pod that outlived its scheduler is adopted by the
+lifecycle (:mod:`pydatatask.task.recovery`), as any work whose outcome can still be waited for.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigurationError, JobError
-from ..executor.base import Executor, Outcome, PodWork, Resources, Slot, Work
+from ..executor.base import Executor, Outcome, PodWork, Resources, Work
 from ..executor.kubernetes import KubeExecutor
 from ..executor.pods import pod_name
 from ..quantities import parse_cpu, parse_memory
@@ -41,8 +42,10 @@ class PodTask(Task):
         ``{NAME: "value"}`` or ``{NAME: {"secretKeyRef": {"name": ..., "key": ...}}}`` (a
         ``valueFrom``). Secrets go here, never into command lines. A variable the manifest
         sets itself keeps the manifest's value; the task's ``env`` wins over the executor's.
-    :param cpu, memory: requests = limits of containers that set no ``resources``; what the
-        executor's quota counts per pod.
+    :param cpu: the CPU request (= limit) of containers that set no ``resources``
+        (``"500m"``, ``2``); what the executor's quota counts per pod.
+    :param memory: the memory request (= limit) of containers that set no ``resources``
+        (``"1Gi"``, bytes); what the executor's quota counts per pod.
 
     Other parameters as for :class:`~pydatatask.task.base.Task`.
     """
@@ -86,8 +89,6 @@ class PodTask(Task):
                 f"{executor.describe()}: it could never run"
             )
         self._executor = executor
-        #: keys whose pod outlived its scheduler and waits to be adopted by the next launch
-        self.adoptable: set[str] = set()
         super().__init__(name, **kwargs)
 
     @property
@@ -100,72 +101,6 @@ class PodTask(Task):
 
     def describe(self) -> str:
         return f"pod task {self.name} on {self._executor.describe()}"
-
-    def acquire_slot(self) -> Slot | None:
-        return self._executor.acquire(self._resources)
-
-    def release_slot(self, slot: Any) -> None:
-        if isinstance(slot, Slot):
-            self._executor.release(slot)
-
-    # ---------------------------------------------------------------- recovery
-    async def validate(self) -> None:
-        """Look for this task's pods that no claim names (a crashed run whose ``live`` was
-        in memory): a pod that runs or has finished is adopted by the next launch of its
-        key (let go if its job is recorded); a deleted pod still held for its cleanup gets
-        it now: its partial outputs are removed under a claim of ours, then it is let go."""
-        await super().validate()
-        orphans = await self._executor.jobs(self.name)
-        if not orphans:
-            return
-        claimed = set(await self.live.keys())
-        for key, info in orphans.items():
-            if key in claimed:
-                continue  # its claim tells who runs it; a stale one is recovered as usual
-            handle = await self._executor.recover(info)
-            if handle is None:
-                continue
-            if handle.adoptable:
-                if await self.done.contains(key):
-                    await handle.close()
-                else:
-                    self.adoptable.add(key)
-                continue
-            claim = await self.claims.acquire(key)
-            if claim is None:
-                continue  # claimed meanwhile: that scheduler deals with it
-            try:
-                await handle.cancel(0)  # deleted already: wait until its containers stopped
-                record = (await self.done.get_many([key])).get(key)
-                succeeded = isinstance(record, Mapping) and record.get("success") is True
-                if succeeded or await self.cleanup_outputs(key):
-                    await handle.close()
-            finally:
-                await self.claims.release(claim)
-
-    async def recover_stale(self, key: str, claim: Any) -> None:
-        """A stale claim whose pod still runs or has finished (not deleted): take the claim
-        over, then free the key for the next launch, which adopts the pod (the executor
-        hands out a handle on the existing pod) and records its end; a pod whose job is
-        recorded already is let go. Anything else as for every task: the pod is stopped,
-        the partial outputs removed, the key freed."""
-        run = claim.get("run") if isinstance(claim, dict) else None
-        handle = await self._executor.recover(run) if isinstance(run, dict) and run else None
-        if handle is None or not handle.adoptable:
-            await super().recover_stale(key, claim)
-            return
-        taken = await self.claims.take_over(key, claim)
-        if taken is None:
-            return  # another scheduler recovers it
-        if await self.done.contains(key):
-            await handle.close()  # recorded before its scheduler died: nothing left to do
-        else:
-            self.adoptable.add(key)
-        await self.claims.release(taken)
-
-    def resumable_keys(self) -> set[str]:
-        """Keys of pods to adopt: ready even when the pod already wrote the outputs."""
-        return self.adoptable
 
     # ---------------------------------------------------------------- the job
     def render(self, key: str, *, attempt: int = 1) -> dict[str, Any]:
@@ -208,7 +143,6 @@ class PodTask(Task):
 
     async def prepare(self, job: JobContext) -> Work:
         """The pod of this attempt."""
-        self.adoptable.discard(job.key)  # the executor adopts the pod, if it is still there
         return PodWork(self.render(job.key, attempt=job.attempt), job=(self.name, job.key))
 
     async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:

@@ -5,7 +5,10 @@ fixture, and work items of the kind the executor carries (a function call, a com
 pod). Every executor runs the same tests: start and outcome, a failure in the outcome,
 logs, the time limit counted from :meth:`~pydatatask.executor.base.JobHandle.started`,
 cancel with grace, capacity, recovery from a handle's ``info`` in another executor
-object, and recovery after the scheduler process was killed with SIGKILL::
+object, recovery after the scheduler process was killed with SIGKILL, and the same under
+the job lifecycle: a scheduler killed while its job runs, then a new one that adopts the
+work (executors that declare :attr:`ExecutorTests.adopts`: the work runs once and its
+outcome becomes the job record) or stops it and runs the job again::
 
     import pytest
     from pydatatask.executor import FunctionCall, InLoopExecutor
@@ -36,18 +39,80 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
+import secrets
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..executor.base import Executor, JobHandle, Outcome, Resources, Slot, Work
+from ..executor.base import Executor, FunctionCall, JobHandle, Outcome, Resources, Slot, Work
+from ..repository.serialized import YamlMetadataFileRepository
 
-__all__ = ("ExecutorTests",)
+__all__ = ("ExecutorTests", "count_and_sleep")
+
+
+def count_and_sleep(marker: str, seconds: float) -> None:
+    """Append a line to the file ``marker`` (one line per start), then sleep ``seconds``:
+    the function call of :meth:`ExecutorTests.work_counted`."""
+    with open(marker, "a") as f:
+        f.write("run\n")
+    time.sleep(seconds)
+
+
+# A scheduler process for the lifecycle tests: one task running the pickled work item for
+# key "k", with its claims and records in files; prints the run's summary.
+_SCHEDULER = """
+import asyncio, dataclasses, json, pickle, sys
+from pydatatask.errors import JobError
+from pydatatask.pipeline import Pipeline
+from pydatatask.repository.memory import MemoryMetadataRepository
+from pydatatask.repository.serialized import YamlMetadataFileRepository
+from pydatatask.task.base import JobOutcome, Task
+
+
+class WorkTask(Task):
+    def __init__(self, name, executor, work, **kwargs):
+        self._executor, self._work = executor, work
+        super().__init__(name, **kwargs)
+
+    @property
+    def executor(self):
+        return self._executor
+
+    async def prepare(self, job):
+        return dataclasses.replace(self._work, job=(self.name, job.key))
+
+    async def finish(self, job, outcome):
+        if not outcome.ok:
+            raise JobError(f"the work failed: {{outcome.error or outcome.exit_code}}")
+        return JobOutcome(exit_code=outcome.exit_code, host=outcome.place, extra=outcome.extra)
+
+
+async def main():
+{setup}
+    with open(sys.argv[1], "rb") as f:
+        work = pickle.load(f)
+    state = sys.argv[2]
+    task = WorkTask(
+        sys.argv[3],
+        executor,
+        work,
+        inputs={{"src": MemoryMetadataRepository({{"k": 1}})}},
+        done=YamlMetadataFileRepository(state + "/done", fsync=False),
+        live=YamlMetadataFileRepository(state + "/live", fsync=False),
+    )
+    summary = await Pipeline([task], poll_interval="0.2s").run()
+    print(json.dumps(summary.as_dict()), flush=True)
+
+
+asyncio.run(main())
+"""
 
 
 class ExecutorTests:
@@ -58,6 +123,10 @@ class ExecutorTests:
     #: whether work outlives the executor object that started it (processes on a host,
     #: pods): then ``recover`` of a running work's ``info`` returns a handle
     survives_scheduler: bool = False
+    #: whether the handles ``recover`` gives are adoptable, as those of pods are (their
+    #: outcome can still be waited for); the job lifecycle then waits for the work instead
+    #: of stopping it and running the job again
+    adopts: bool = False
 
     # ---------------------------------------------------------------- hooks
     def limited(self, max_jobs: int) -> Executor:
@@ -100,8 +169,15 @@ class ExecutorTests:
 
     def subprocess_setup(self) -> str:
         """Python source run in a fresh process defining ``executor`` and ``work`` (a work
-        item that runs for a minute), for the SIGKILL test."""
+        item that runs for a minute), for the SIGKILL test. It runs inside an ``async def``
+        (``await`` is allowed)."""
         raise NotImplementedError
+
+    def work_counted(self, marker: Path, seconds: float) -> Work:
+        """Work that appends a line to ``marker`` when it starts, runs ``seconds`` and
+        succeeds; picklable (it is handed to scheduler processes). The default: a call of
+        :func:`count_and_sleep`."""
+        return FunctionCall(count_and_sleep, {"marker": str(marker), "seconds": seconds})
 
     # ---------------------------------------------------------------- helpers
     async def _start(self, executor: Executor, work: Work) -> tuple[JobHandle, Slot]:
@@ -285,3 +361,64 @@ class ExecutorTests:
         await found.cancel(grace=5.0)
         await found.close()
         assert await executor.recover(info) is None
+
+    async def test_a_killed_schedulers_job_is_adopted_or_run_again(
+        self, executor: Executor, tmp_path: Path
+    ) -> None:
+        """A scheduler process is killed with SIGKILL while its job runs; the next one finds
+        the stale claim. An executor that :attr:`adopts` has its work waited for: it ran
+        once and its outcome is the job's record; any other has it stopped (or finds it
+        gone) and runs the job again."""
+        marker, state = tmp_path / "runs", tmp_path / "state"
+        task = "adopt" + secrets.token_hex(3)
+        work_file = tmp_path / "work.pickle"
+        work_file.write_bytes(pickle.dumps(self.work_counted(marker, 3.0)))  # time to see it run
+        script = tmp_path / "scheduler.py"
+        script.write_text(
+            _SCHEDULER.format(setup=textwrap.indent(textwrap.dedent(self.subprocess_setup()), "    "))
+        )
+        argv = [sys.executable, str(script), str(work_file), str(state), task]
+        live = YamlMetadataFileRepository(state / "live", fsync=False)
+        done = YamlMetadataFileRepository(state / "done", fsync=False)
+        first = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            # running: its claim exists, and names the work where the work outlives it
+            claim: Any = None
+            for _ in range(1200):
+                if marker.exists() and (state / "live").is_dir() and await live.contains("k"):
+                    claim = await live.get("k")
+                    if claim.get("run") or not self.survives_scheduler:
+                        break
+                assert first.returncode is None, "the first scheduler ended before it was killed"
+                await asyncio.sleep(0.05)
+            assert claim, "the first scheduler never claimed its job"
+            info = claim.get("run")
+            assert info or not self.survives_scheduler, f"the claim does not name the work: {claim}"
+        finally:
+            try:
+                os.killpg(first.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await first.wait()
+        assert not (state / "done").is_dir() or not await done.contains("k"), "the job ended before the kill"
+        second = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(second.communicate(), 90)
+        assert second.returncode == 0, err.decode()
+        summary = json.loads(out.decode().strip().splitlines()[-1])
+        assert summary["ok"] and summary["succeeded"] == 1, (summary, err.decode())
+        record = await done.get("k")
+        assert record["success"] is True and record["exit_code"] in (None, 0), record
+        runs = marker.read_text().splitlines()
+        if self.adopts:
+            assert runs == ["run"], f"adopted work was started again: {runs}; {err.decode()}"
+            assert record["attempts"] == 1, record
+            assert "adopting" in err.decode(), err.decode()
+        else:
+            assert runs == ["run", "run"], f"the job was not run again: {runs}; {err.decode()}"
+        assert not await live.contains("k")
+        if self.survives_scheduler:
+            assert await executor.recover(info) is None  # nothing is left of either run

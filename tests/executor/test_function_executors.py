@@ -103,25 +103,33 @@ class TestInLoopThreads(_Calls):
         """
 
 
-class TestThreadPool(_Calls):
+class _PoolCalls(_Calls):
+    """Plain calls on a :class:`PoolExecutor`; a scheduler process makes its pool with
+    ``pool_source`` (after ``pool_import``)."""
+
+    pool_import = "from concurrent.futures import ThreadPoolExecutor"
+    pool_source = "ThreadPoolExecutor(1)"
+
+    def limited(self, max_jobs: int) -> Executor:
+        return PoolExecutor(ThreadPoolExecutor(1), max_jobs=max_jobs)
+
+    def subprocess_setup(self) -> str:
+        return f"""
+            import functools, time
+            {self.pool_import}
+            from pydatatask.executor import FunctionCall, PoolExecutor
+            executor = PoolExecutor({self.pool_source})
+            work = FunctionCall(functools.partial(time.sleep, 60))
+        """
+
+
+class TestThreadPool(_PoolCalls):
     @pytest.fixture
     async def executor(self) -> AsyncIterator[Executor]:
         with ThreadPoolExecutor(2) as pool:
             ex = PoolExecutor(pool)
             yield ex
             await ex.aclose()
-
-    def limited(self, max_jobs: int) -> Executor:
-        return PoolExecutor(ThreadPoolExecutor(1), max_jobs=max_jobs)
-
-    def subprocess_setup(self) -> str:
-        return """
-            import functools, time
-            from concurrent.futures import ThreadPoolExecutor
-            from pydatatask.executor import FunctionCall, PoolExecutor
-            executor = PoolExecutor(ThreadPoolExecutor(1))
-            work = FunctionCall(functools.partial(time.sleep, 60))
-        """
 
 
 @pytest.fixture(scope="module")
@@ -131,24 +139,15 @@ def process_pool() -> Iterator[ProcessPoolExecutor]:
         yield pool
 
 
-class TestProcessPool(_Calls):
+class TestProcessPool(_PoolCalls):
+    pool_import = "from concurrent.futures import ProcessPoolExecutor"
+    pool_source = "ProcessPoolExecutor(1)"
+
     @pytest.fixture
     async def executor(self, process_pool: ProcessPoolExecutor) -> AsyncIterator[Executor]:
         ex = PoolExecutor(process_pool)
         yield ex
         await ex.aclose()
-
-    def limited(self, max_jobs: int) -> Executor:
-        return PoolExecutor(ThreadPoolExecutor(1), max_jobs=max_jobs)
-
-    def subprocess_setup(self) -> str:
-        return """
-            import functools, time
-            from concurrent.futures import ProcessPoolExecutor
-            from pydatatask.executor import FunctionCall, PoolExecutor
-            executor = PoolExecutor(ProcessPoolExecutor(1))
-            work = FunctionCall(functools.partial(time.sleep, 60))
-        """
 
 
 @pytest.fixture(scope="module")
@@ -161,25 +160,17 @@ def dask_client() -> Iterator[Any]:
         yield client
 
 
-class TestDask(_Calls):
+class TestDask(_PoolCalls):
+    pool_import = "import distributed"
+    pool_source = (
+        "distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)"
+    )
+
     @pytest.fixture
     async def executor(self, dask_client: Any) -> AsyncIterator[Executor]:
         ex = PoolExecutor(dask_client)
         yield ex
         await ex.aclose()
-
-    def limited(self, max_jobs: int) -> Executor:
-        return PoolExecutor(ThreadPoolExecutor(1), max_jobs=max_jobs)
-
-    def subprocess_setup(self) -> str:
-        return """
-            import functools, time
-            import distributed
-            from pydatatask.executor import FunctionCall, PoolExecutor
-            client = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
-            executor = PoolExecutor(client)
-            work = FunctionCall(functools.partial(time.sleep, 60))
-        """
 
 
 # --- what the suite does not cover ----------------------------------------------------

@@ -5,6 +5,7 @@ out, quotas of CPU and memory, spreading over several hosts, recovery by name)."
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -191,6 +192,9 @@ class _ProcessSuite(ExecutorTests):
 
     def work_ok(self) -> Work:
         return ProcessWork(command="exit 0")
+
+    def work_counted(self, marker: Path, seconds: float) -> Work:
+        return ProcessWork(command=f"echo run >> {shlex.quote(str(marker))}; sleep {seconds:g}")
 
     def work_fails(self) -> Work:
         return ProcessWork(command="echo boom >&2; exit 3")

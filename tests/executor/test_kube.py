@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ from pydatatask.errors import ConfigurationError, JobError
 from pydatatask.executor.base import Executor, FunctionCall, Outcome, PodWork, ProcessWork, Resources, Work
 from pydatatask.executor.kubernetes import FUNCTION_COMMAND, KubeExecutor, PodHandle, PodNameTakenError
 from pydatatask.executor.pod_state import CLEANUP_FINALIZER
-from pydatatask.executor.pods import api_client
 from pydatatask.testing.executor import ExecutorTests
-from tests.conftest import service
+from tests.kube_support import executor_pods as pods_of
+from tests.kube_support import make_executor as make
+from tests.kube_support import no_executor_pods_left as no_pods_left
 
 pytestmark = pytest.mark.kube
 
@@ -39,40 +39,8 @@ def sh(script: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def kcfg(services: dict[str, Any]) -> dict[str, Any]:
-    return service(services, "kube")
-
-
-@pytest.fixture
 def name() -> str:
     return "x" + secrets.token_hex(3)
-
-
-def make(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
-    async def kube() -> AsyncIterator[Any]:
-        async with api_client(kcfg["kubeconfig"]) as api:
-            yield api
-
-    kube.__name__ = f"kube_{secrets.token_hex(4)}"  # each executor its own client (own scheduler)
-    kw.setdefault("poll_interval", "0.2s")
-    return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
-
-
-async def pods_of(kcfg: dict[str, Any], name: str) -> list[Any]:
-    from kubernetes_asyncio import client
-
-    async with api_client(kcfg["kubeconfig"]) as api:
-        result = await client.CoreV1Api(api).list_namespaced_pod(
-            kcfg["namespace"], label_selector=f"pydatatask.io/executor={name}"
-        )
-    return list(result.items)
-
-
-async def no_pods_left(kcfg: dict[str, Any], name: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while left := await pods_of(kcfg, name):
-        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
-        await asyncio.sleep(0.2)
 
 
 async def run(
@@ -91,6 +59,7 @@ class TestKubeExecutorConformance(ExecutorTests):
     """The executor conformance suite on pods of the test cluster."""
 
     survives_scheduler = True
+    adopts = True
 
     @pytest.fixture
     async def executor(self, kcfg: dict[str, Any], name: str) -> AsyncIterator[Executor]:
@@ -134,6 +103,9 @@ class TestKubeExecutorConformance(ExecutorTests):
         return self._pod(
             f"trap 'echo term >> {marker}; exit 0' TERM; echo ready > {marker}; while true; do sleep 0.1; done"
         )
+
+    def work_counted(self, marker: Path, seconds: float) -> Work:
+        return self._pod(f"echo run >> {marker}; sleep {seconds:g}")
 
     def subprocess_setup(self) -> str:
         return f"""

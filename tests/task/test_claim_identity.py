@@ -112,35 +112,35 @@ def test_pid_namespace_is_unknown_when_proc_belongs_to_another_namespace() -> No
 
 # ---------------------------------------------------------------------- decision table
 async def test_same_namespace_live_process_is_not_stale() -> None:
-    assert not _task().claim_is_stale(_claim(), "me")
+    assert not _task().claims.is_stale(_claim(), owner="me")
 
 
 async def test_same_namespace_dead_process_is_stale_at_once() -> None:
-    assert _task().claim_is_stale(_claim(pid=await _dead_pid(), pid_start=None), "me")
+    assert _task().claims.is_stale(_claim(pid=await _dead_pid(), pid_start=None), owner="me")
 
 
 async def test_same_namespace_reused_pid_is_stale_at_once() -> None:
     start = process_start_time(os.getpid())
     assert start is not None
-    assert _task().claim_is_stale(_claim(pid_start=start + 1), "me")
+    assert _task().claims.is_stale(_claim(pid_start=start + 1), owner="me")
 
 
 async def test_other_namespace_is_judged_by_lease_only() -> None:
     task = _task()
     dead = await _dead_pid()
     other = _claim(pid=dead, pid_start=1, pid_namespace="pid:[1]")
-    assert not task.claim_is_stale(other, "me")
+    assert not task.claims.is_stale(other, owner="me")
     # pid 1 exists here too (another process than the claim's): still only the lease counts
-    assert not task.claim_is_stale(dict(other, pid=1), "me")
+    assert not task.claims.is_stale(dict(other, pid=1), owner="me")
     expired = dict(other, heartbeat=time.time() - 61)
-    assert task.claim_is_stale(expired, "me")
+    assert task.claims.is_stale(expired, owner="me")
 
 
 async def test_other_boot_is_judged_by_lease_only() -> None:
     task = _task()
     claim = _claim(pid=await _dead_pid(), boot_id="00000000-0000-0000-0000-000000000000")
-    assert not task.claim_is_stale(claim, "me")
-    assert task.claim_is_stale(dict(claim, heartbeat=time.time() - 61), "me")
+    assert not task.claims.is_stale(claim, owner="me")
+    assert task.claims.is_stale(dict(claim, heartbeat=time.time() - 61), owner="me")
 
 
 async def test_claims_without_boot_id_or_namespace_are_judged_by_lease_only() -> None:
@@ -149,23 +149,25 @@ async def test_claims_without_boot_id_or_namespace_are_judged_by_lease_only() ->
     dead = await _dead_pid()
     now = time.time()
     old = {"owner": "old", "host": HOSTNAME, "pid": dead, "pid_start": 1, "heartbeat": now, "lease": 60.0}
-    assert not task.claim_is_stale(old, "me")
-    assert not task.claim_is_stale({k: v for k, v in old.items() if k != "lease"}, "me")
-    assert task.claim_is_stale(dict(old, heartbeat=now - 61), "me")
+    assert not task.claims.is_stale(old, owner="me")
+    assert not task.claims.is_stale({k: v for k, v in old.items() if k != "lease"}, owner="me")
+    assert task.claims.is_stale(dict(old, heartbeat=now - 61), owner="me")
     # no lease recorded: the task's lease applies
     task.claim_lease = 5.0
-    assert task.claim_is_stale({k: v for k, v in old.items() if k != "lease"} | {"heartbeat": now - 6}, "me")
+    assert task.claims.is_stale(
+        {k: v for k, v in old.items() if k != "lease"} | {"heartbeat": now - 6}, owner="me"
+    )
     # nothing to judge it by (no heartbeat, no start): never taken over
-    assert not task.claim_is_stale({"owner": "old", "host": HOSTNAME, "pid": dead}, "me")
+    assert not task.claims.is_stale({"owner": "old", "host": HOSTNAME, "pid": dead}, owner="me")
     for missing in ("boot_id", "pid_namespace"):
         partial = {k: v for k, v in _claim(pid=dead).items() if k != missing}
-        assert not task.claim_is_stale(partial, "me")
+        assert not task.claims.is_stale(partial, owner="me")
 
 
 async def test_own_claims_are_never_stale_and_a_non_mapping_is() -> None:
     task = _task()
-    assert not task.claim_is_stale(_claim(owner="me", pid=await _dead_pid(), heartbeat=0.0), "me")
-    assert task.claim_is_stale(["not", "a", "claim"], "me")
+    assert not task.claims.is_stale(_claim(owner="me", pid=await _dead_pid(), heartbeat=0.0), owner="me")
+    assert task.claims.is_stale(["not", "a", "claim"], owner="me")
 
 
 # ---------------------------------------------------------------------- real namespaces

@@ -18,8 +18,8 @@ from pydatatask.repository.memory import MemoryMetadataRepository
 from pydatatask.repository.serialized import YamlMetadataFileRepository
 from pydatatask.task import FunctionTask
 from pydatatask.task.claims import Claims
-from pydatatask.task.lifecycle import recover
 from pydatatask.task.records import make_claim
+from pydatatask.task.recovery import recover
 from tests.conftest import service
 from tests.repository.test_s3 import empty_prefix, make_client
 
@@ -175,7 +175,7 @@ async def test_recovery_of_an_orphan_removes_its_outputs_and_frees_the_key(live:
     await out.put("k-extra", "partial")
     orphan = dict(make_claim("dead", "t", "k", time.time() - 600), wrote=[["out", "k-extra"]])
     await live.put("k", orphan)
-    assert task.claim_is_stale(orphan, "me")
+    assert task.claims.is_stale(orphan, owner="me")
     await recover(task, "k", orphan)
     assert not await live.contains("k")
     assert not await out.contains("k") and not await out.contains("k-extra")

@@ -36,7 +36,6 @@ from pydatatask.executor.kubernetes import FUNCTION_COMMAND, KubeExecutor
 from pydatatask.executor.pods import (
     KubeApiError,
     KubeCluster,
-    api_client,
     label_value,
     parse_cpu,
     parse_memory,
@@ -45,6 +44,8 @@ from pydatatask.executor.pods import (
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.pod import PodTask
 from tests.conftest import service
+from tests.kube_support import SH_POD, WatchedPodTask, no_pods_left, pod_task, pods
+from tests.kube_support import make_executor as _executor
 
 pytestmark = pytest.mark.kube
 
@@ -52,16 +53,6 @@ HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "kube_pipeline.py"
 DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?")
-
-SH_POD = """
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-    env:
-    - {name: KEY, value: {{ key }}}
-"""
 
 
 # ---------------------------------------------------------------------------- pure parts
@@ -226,11 +217,6 @@ def test_quota_accounting() -> None:
 
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture
-def kcfg(services: dict[str, Any]) -> dict[str, Any]:
-    return service(services, "kube")
-
-
-@pytest.fixture
 def session(kcfg: dict[str, Any]) -> Session:
     return Session()
 
@@ -240,42 +226,19 @@ def name() -> str:
     return "k" + secrets.token_hex(3)
 
 
-def _executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
-    async def kube() -> AsyncIterator[Any]:
-        async with api_client(kcfg["kubeconfig"]) as api:
-            yield api
-
-    kube.__name__ = f"kube_{secrets.token_hex(4)}"  # one resource per executor of a session
-    kw.setdefault("poll_interval", "0.2s")
-    return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
-
-
 async def _pods(kcfg: dict[str, Any], prefix: str) -> list[Any]:
     """Pods of the test's tasks (names start with the test's random prefix)."""
-    from kubernetes_asyncio import client
-
-    async with api_client(kcfg["kubeconfig"]) as api:
-        result = await client.CoreV1Api(api).list_namespaced_pod(kcfg["namespace"])
-    return [
-        p
-        for p in result.items
-        if (p.metadata.annotations or {}).get("pydatatask.io/task", "").startswith(prefix)
-    ]
+    return await pods(kcfg, task_prefix=prefix)
 
 
 async def _no_pods_left(kcfg: dict[str, Any], prefix: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        left = await _pods(kcfg, prefix)
-        if not left:
-            return
-        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
-        await asyncio.sleep(0.2)
+    await no_pods_left(kcfg, within, task_prefix=prefix)
 
 
 def _sh_task(session: Session, kcfg: dict[str, Any], tname: str, script: str, **kw: Any) -> PodTask:
     inp = kw.pop("inputs", None) or {"src": MemoryMetadataRepository()}
-    return PodTask(
+    cls: type[PodTask] = kw.pop("cls", PodTask)
+    return cls(
         tname,
         SH_POD,
         executor=kw.pop("executor", None) or _executor(session, kcfg, tname),
@@ -322,23 +285,24 @@ async def test_retry_keeps_the_name_until_the_next_attempt_and_succeeds(
     from pydatatask.task import RetryPolicy
 
     flag = tmp_path / "flag"
-    src = MemoryMetadataRepository()
-    await src.put("flaky", {})
-    await src.put("broken", {})
+    src = MemoryMetadataRepository({"flaky": {}, "broken": {}})
     script = f'[ "$KEY" = flaky ] && [ -e {flag}-$KEY ] && exit 0; touch {flag}-$KEY; exit 5'
     task = _sh_task(
         session,
         kcfg,
         name,
         script,
+        cls=WatchedPodTask,
         inputs={"src": src},
         retry=RetryPolicy(max_attempts=3, backoff=0.3, jitter=0),
     )
+    assert isinstance(task, WatchedPodTask)
+    task.held = []
     seen: list[int] = []
 
-    async def watch() -> None:  # the key stays live (its failed pod kept) during the retry delay
+    async def watch() -> None:  # the keys stay claimed through the retry delays
         while True:
-            seen.append(len(await _pods(kcfg, name)))
+            seen.append(len(await task.live.keys()))
             await asyncio.sleep(0.1)
 
     watcher = asyncio.ensure_future(watch())
@@ -353,7 +317,12 @@ async def test_retry_keeps_the_name_until_the_next_attempt_and_succeeds(
     assert not bad["success"] and bad["attempts"] == 3 and bad["exit_code"] == 5
     assert _created(task) == ok["attempts"] + 3
     busy = [i for i, n in enumerate(seen) if n]
-    assert busy and 0 not in seen[busy[0] : busy[-1]], seen  # no gap: the name stays claimed
+    assert busy and 0 not in seen[busy[0] : busy[-1]], seen  # no gap: the keys stay claimed
+    # each failed attempt's pod holds its name through the cleanup, and through the cleanup
+    # again after the retry delay (flaky: 1 retried attempt; broken: 2, then the last); the
+    # pod goes only when the next attempt starts (counting pods instead saw a moment with
+    # none whenever both keys' next pods were being created at once)
+    assert task.held == [True] * 7, task.held
     await _no_pods_left(kcfg, name)
 
 
@@ -361,8 +330,7 @@ async def test_timeout_deletes_the_pod_and_records_a_timeout(
     session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
 ) -> None:
     marker = tmp_path / "alive"
-    src = MemoryMetadataRepository()
-    await src.put("slow", {})
+    src = MemoryMetadataRepository({"slow": {}})
     task = _sh_task(session, kcfg, name, f"touch {marker}; sleep 60", inputs={"src": src}, timeout="1.5s")
     t0 = time.monotonic()
     summary = await Pipeline([task], session).run()
@@ -375,8 +343,7 @@ async def test_timeout_deletes_the_pod_and_records_a_timeout(
 
 
 async def test_pending_timeout_names_the_reason(session: Session, kcfg: dict[str, Any], name: str) -> None:
-    src = MemoryMetadataRepository()
-    await src.put("nowhere", {})
+    src = MemoryMetadataRepository({"nowhere": {}})
     task = PodTask(
         name,
         SH_POD + "  nodeSelector: {pydatatask.test/no-such-node: 'true'}\n",
@@ -395,8 +362,7 @@ async def test_pending_timeout_names_the_reason(session: Session, kcfg: dict[str
 async def test_invalid_manifest_is_a_configuration_error_with_the_api_message(
     session: Session, kcfg: dict[str, Any], name: str
 ) -> None:
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
+    src = MemoryMetadataRepository({"k": {}})
     task = PodTask(
         name,
         'spec:\n  containers:\n  - name: Not_A_Valid_Name\n    image: busybox\n    command: ["true"]\n',
@@ -499,28 +465,23 @@ spec:
 echo "e $(date +%s.%N) 2" >> "$TL"; exit $rc"""
     ex = _executor(session, kcfg, name, max_pods=8, max_cpu="3", poll_interval="0.3s")
     creds = {"AWS_ACCESS_KEY_ID": s3cfg["access_key"], "AWS_SECRET_ACCESS_KEY": s3cfg["secret_key"]}
-    common = dict(executor=ex, env=creds, concurrency=100)
-    keys = MemoryMetadataRepository()
-    for i in range(100):
-        await keys.put(f"doc_{i:03d}.v1", {})
-    stage1 = PodTask(
-        f"{name}a",
-        manifest,
-        inputs={"src": keys},
-        outputs={"out": stage1_out},
-        params={"script": script1, "endpoint": s3cfg["endpoint"], "timeline": str(timeline)},
-        cpu="500m",
-        **common,  # type: ignore[arg-type]
-    )
-    stage2 = PodTask(
-        f"{name}b",
-        manifest,
-        inputs={"src": stage1_out},
-        outputs={"out": stage2_out},
-        params={"script": script2, "endpoint": s3cfg["endpoint"], "timeline": str(timeline)},
-        cpu="250m",
-        **common,  # type: ignore[arg-type]
-    )
+    keys = MemoryMetadataRepository({f"doc_{i:03d}.v1": {} for i in range(100)})
+
+    def stage(suffix: str, src: Any, out: Any, script: str, cpu: str) -> PodTask:
+        return PodTask(
+            f"{name}{suffix}",
+            manifest,
+            executor=ex,
+            env=creds,
+            concurrency=100,
+            inputs={"src": src},
+            outputs={"out": out},
+            params={"script": script, "endpoint": s3cfg["endpoint"], "timeline": str(timeline)},
+            cpu=cpu,
+        )
+
+    stage1 = stage("a", keys, stage1_out, script1, "500m")
+    stage2 = stage("b", stage1_out, stage2_out, script2, "250m")
     body = _body(stage1, "doc_000.v1")
     assert s3cfg["secret_key"] not in yaml.safe_dump(body["spec"]["containers"][0]["command"])
     pipeline = Pipeline([stage1, stage2], session, poll_interval="0.3s")
@@ -637,7 +598,7 @@ def test_scheduler_sigkill_then_restart_adopts_pods(kcfg: dict[str, Any], name: 
     )
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "adopting" in second.stderr or "adopting" in second.stdout
+    assert "adopting pod" in second.stderr and "left running by the interrupted job" in second.stderr
     # every key ran exactly once: one process per key, no duplicate pod
     lines = [line.split() for line in runs.read_text().splitlines()]
     assert sorted(k for k, _ in lines) == keys, lines
@@ -656,17 +617,9 @@ def test_scheduler_sigkill_then_restart_adopts_pods(kcfg: dict[str, Any], name: 
     asyncio.run(_no_pods_left(kcfg, name))
 
 
-OUT_POD = """
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", 'echo "$KEY $$" >> "$RUNS"; echo "made by $$" > "$OUT"']
-    env:
-    - {name: KEY, value: {{ key }}}
-    - {name: OUT, value: {{ o.path }}}
-    - {name: RUNS, value: {{ params.runs }}}
-"""
+# each run of the pod notes its key and shell pid in RUNS, then writes its output
+OUT_POD = SH_POD + "    - {name: OUT, value: {{ o.path }}}\n    - {name: RUNS, value: {{ params.runs }}}\n"
+OUT_SCRIPT = 'echo "$KEY $$" >> "$RUNS"; echo "made by $$" > "$OUT"'
 
 
 async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
@@ -676,22 +629,17 @@ async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
     key is taken up again by adopting the pod (its success recorded, the work not redone).
     Deleting the pod first and cleaning its outputs afterwards lost the key for good when
     the scheduler died in between (CI, chaos seed 1344213550)."""
-    from pydatatask import FileRepository
 
-    src = MemoryMetadataRepository()
-    (tmp_path / "out").mkdir()
-    out = FileRepository(tmp_path / "out", ".txt")
     runs = tmp_path / "runs.log"
-    keys = ["orphan", "fresh"]
-    for key in keys:
-        await src.put(key, {})
-    task = PodTask(
+    task, out = pod_task(
+        session,
+        kcfg,
         name,
         OUT_POD,
-        executor=_executor(session, kcfg, name),
-        inputs={"src": src},
-        outputs={"o": out},
-        params={"runs": str(runs)},
+        ["orphan", "fresh"],
+        tmp_path,
+        extension=".txt",
+        params={"runs": str(runs), "script": OUT_SCRIPT},
     )
     # the pod of a scheduler that is gone (another executor object of the same name, its
     # claims in memory gone with it)
@@ -737,19 +685,16 @@ async def test_timed_out_pod_is_gone_before_its_outputs_are_removed(
     """A timed-out pod that writes its output during its grace period (after SIGTERM) must
     not leave that output behind next to a failure record: the task waits until the pod
     has left the API before it removes the partial outputs."""
-    from pydatatask import FileRepository
 
-    (tmp_path / "out").mkdir()
-    out = FileRepository(tmp_path / "out", ".txt")
-    src = MemoryMetadataRepository()
-    await src.put("slow", {})
     started = tmp_path / "started"
-    task = PodTask(
+    task, out = pod_task(
+        session,
+        kcfg,
         name,
         LATE_WRITER_POD,
-        executor=_executor(session, kcfg, name),
-        inputs={"src": src},
-        outputs={"o": out},
+        ["slow"],
+        tmp_path,
+        extension=".txt",
         params={"started": str(started)},
         timeout="2s",
     )

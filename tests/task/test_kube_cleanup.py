@@ -11,7 +11,6 @@ a script that kills itself (SIGKILL) at the named step, as in test_process_local
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
@@ -28,10 +27,11 @@ import yaml
 from pydatatask import FileRepository, MemoryMetadataRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor
 from pydatatask.executor.pod_state import CLEANUP_FINALIZER
-from pydatatask.executor.pods import api_client, pod_name
+from pydatatask.executor.pods import pod_name
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.pod import PodTask
-from tests.conftest import service
+from tests.kube_support import SH_POD, WatchedPodTask, let_go, no_pods_left, pod_task, pods
+from tests.kube_support import make_executor as _executor
 
 pytestmark = pytest.mark.kube
 
@@ -137,47 +137,20 @@ asyncio.run(main())
 
 
 @pytest.fixture
-def kcfg(services: dict[str, Any]) -> dict[str, Any]:
-    return service(services, "kube")
-
-
-@pytest.fixture
 async def name(kcfg: dict[str, Any]) -> AsyncIterator[str]:
     """The test's task name; pods of it still held at the end are let go (and the test
     fails through its own checks), so that nothing stays Terminating in the namespace."""
     task = "kc" + secrets.token_hex(3)
     yield task
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    async with api_client(kcfg["kubeconfig"]) as api:
-        core = client.CoreV1Api(api)
-        for pod in await _pods(kcfg, task):
-            with contextlib.suppress(ApiException):  # 404: gone meanwhile
-                await core.delete_namespaced_pod(pod.metadata.name, kcfg["namespace"], grace_period_seconds=0)
-                await core.patch_namespaced_pod(
-                    pod.metadata.name, kcfg["namespace"], {"metadata": {"finalizers": None}}
-                )
+    await let_go(kcfg, label=f"pydatatask.io/task={task}")
 
 
 async def _pods(kcfg: dict[str, Any], task: str) -> list[Any]:
-    from kubernetes_asyncio import client
-
-    async with api_client(kcfg["kubeconfig"]) as api:
-        result = await client.CoreV1Api(api).list_namespaced_pod(
-            kcfg["namespace"], label_selector=f"pydatatask.io/task={task}"
-        )
-    return list(result.items)
+    return await pods(kcfg, label=f"pydatatask.io/task={task}")
 
 
 async def _no_pods_left(kcfg: dict[str, Any], task: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        left = await _pods(kcfg, task)
-        if not left:
-            return
-        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
-        await asyncio.sleep(0.2)
+    await no_pods_left(kcfg, within, label=f"pydatatask.io/task={task}")
 
 
 def _scheduler(tmp_path: Path, kcfg: dict[str, Any], name: str, mode: str, live: str, die: bool) -> Any:
@@ -248,50 +221,42 @@ def test_scheduler_killed_before_the_partial_outputs_are_removed(
 
 
 # ---------------------------------------------------------------------------- in-process
-def _executor(session: Session, kcfg: dict[str, Any], name: str) -> KubeExecutor:
-    async def kube() -> AsyncIterator[Any]:
-        async with api_client(kcfg["kubeconfig"]) as api:
-            yield api
-
-    kube.__name__ = f"kube_{secrets.token_hex(4)}"  # one resource per executor of a session
-    return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], poll_interval="0.2s")
-
-
-SH_POD = """
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-"""
-SLEEP_POD = """
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", "sleep 30"]
-"""
+async def _sh_job(
+    kcfg: dict[str, Any], name: str, tmp_path: Path, script: str, **kw: Any
+) -> tuple[Any, Any, Session]:
+    """A task ``name`` whose pod runs ``script`` for the one key ``k`` (see
+    :func:`~tests.kube_support.pod_task`): task, output and session."""
+    session = Session()
+    task, out = pod_task(session, kcfg, name, SH_POD, ["k"], tmp_path, params={"script": script}, **kw)
+    return task, out, session
 
 
 async def test_an_orphan_is_adopted_by_one_scheduler_only(kcfg: dict[str, Any], name: str) -> None:
     """Two restarted schedulers (sharing their claims) both find the orphan of a dead one,
     whose claims were in memory: both offer it for adoption, one adopts it and records its
     end, the other finds the key claimed, then done; the pod ran once."""
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
+    src = MemoryMetadataRepository({"k": {}})
     live, done = MemoryMetadataRepository(), MemoryMetadataRepository()
     sessions = [Session(), Session()]
     executors = [_executor(s, kcfg, name) for s in sessions]
     tasks = [
-        PodTask(name, SLEEP_POD, executor=ex, inputs={"src": src}, live=live, done=done) for ex in executors
+        PodTask(
+            name,
+            SH_POD,
+            executor=ex,
+            inputs={"src": src},
+            live=live,
+            done=done,
+            params={"script": "sleep 30"},
+        )
+        for ex in executors
     ]
     dead = _executor(Session(), kcfg, name)  # the dead scheduler's (another run id)
     async with sessions[0], sessions[1]:
         body = dead.pod_body(tasks[0].render("k"), name, "k", tasks[0].resources)
         orphan = await executors[0].cluster.create_pod(body)
         for task in tasks:
-            await task.validate()
-            assert task.resumable_keys() == {"k"}
+            assert set(await task.executor.jobs(name)) == {"k"}  # each finds it, one adopts it
     results = await asyncio.gather(*(Pipeline([t], s).run() for t, s in zip(tasks, sessions, strict=True)))
     assert sum(r.succeeded for r in results) == 1 and not any(r.failed or r.errors for r in results), results
     assert sum(ex.created for ex in executors) == 0  # adopted, no second pod
@@ -306,19 +271,9 @@ async def test_a_pod_deleted_by_hand_fails_the_job_and_its_outputs_go(
     """A running pod deleted by someone else stays held (Terminating) until its job has
     removed the partial output and written the failure record; the job does not wait for
     a phase that never comes."""
-    (tmp_path / "out").mkdir()
-    out = FileRepository(tmp_path / "out")
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
-    session = Session()
     started = tmp_path / "started"
-    task = PodTask(
-        name,
-        SH_POD,
-        executor=_executor(session, kcfg, name),
-        inputs={"src": src},
-        outputs={"o": out},
-        params={"script": f"echo partial > {tmp_path}/out/k; touch {started}; sleep 30"},
+    task, out, session = await _sh_job(
+        kcfg, name, tmp_path, f"echo partial > {tmp_path}/out/k; touch {started}; sleep 30"
     )
     run = asyncio.ensure_future(Pipeline([task], session).run())
     try:
@@ -359,39 +314,17 @@ async def test_a_failed_cleanup_keeps_the_pod_held_until_a_claim_check_removes_t
     pod keeps holding the key, its claim marked stale, and the next claim check removes
     the output and lets the pod go. Letting it go at once would leave the output beside a
     failure record with nothing left to say it is debris."""
-    (tmp_path / "out").mkdir()
-    out = FlakyFiles(tmp_path / "out", failures=1)
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
-    session = Session()
-    task = PodTask(
-        name,
-        SH_POD,
-        executor=_executor(session, kcfg, name),
-        inputs={"src": src},
-        outputs={"o": out},
-        params={"script": f"echo partial > {tmp_path}/out/k; sleep 30"},
-        timeout="1s",
+    flaky = FlakyFiles(tmp_path / "out", failures=1)
+    task, out, session = await _sh_job(
+        kcfg, name, tmp_path, f"echo partial > {tmp_path}/out/k; sleep 30", out=flaky, timeout="1s"
     )
     summary = await Pipeline([task], session, claim_check_interval=0).run()
     assert summary.failed == 1, summary.as_dict()
-    assert out.failures == 0  # the first removal did fail
+    assert flaky.failures == 0  # the first removal did fail
     record = await task.done.get("k")
     assert record["error"]["type"].endswith("JobTimeoutError")
     assert not await out.contains("k"), "the partial output stayed beside the failure record"
     await _no_pods_left(kcfg, name)
-
-
-class WatchedPodTask(PodTask):
-    """Notes, at each removal of partial outputs, whether the key's pod is in the API."""
-
-    held: list[bool]
-
-    async def cleanup_outputs(self, key: str, *args: Any, **kwargs: Any) -> bool:
-        ex = self.executor
-        assert isinstance(ex, KubeExecutor)
-        self.held.append(await ex.cluster.read_pod(pod_name(self.name, key)) is not None)
-        return await super().cleanup_outputs(key, *args, **kwargs)
 
 
 async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
@@ -402,22 +335,14 @@ async def test_a_timed_out_attempt_holds_the_key_until_the_next_one_starts(
     creates its pod. Before, it had left the API before the first cleanup."""
     from pydatatask.task import RetryPolicy
 
-    (tmp_path / "out").mkdir()
-    out = FileRepository(tmp_path / "out")
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
-    session = Session()
     flag = tmp_path / "flag"
-    task = WatchedPodTask(
+    task, out, session = await _sh_job(
+        kcfg,
         name,
-        SH_POD,
-        executor=_executor(session, kcfg, name),
-        inputs={"src": src},
-        outputs={"o": out},
-        params={
-            "script": f"[ -e {flag} ] && {{ echo done > {tmp_path}/out/k; exit 0; }}; touch {flag}; "
-            f"echo partial > {tmp_path}/out/k; sleep 30"
-        },
+        tmp_path,
+        f"[ -e {flag} ] && {{ echo done > {tmp_path}/out/k; exit 0; }}; touch {flag}; "
+        f"echo partial > {tmp_path}/out/k; sleep 30",
+        cls=WatchedPodTask,
         timeout="1.5s",
         retry=RetryPolicy(max_attempts=2, backoff=0.5, jitter=0),
     )
@@ -459,21 +384,12 @@ async def test_a_key_taken_by_another_scheduler_between_attempts_keeps_its_outpu
     holder adopts the pod (it does not start the work a second time) and records its end."""
     from pydatatask.task import RetryPolicy
 
-    (tmp_path / "out").mkdir()
-    out = FileRepository(tmp_path / "out")
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
-    session = Session()
-    task = RacedPodTask(
+    task, out, session = await _sh_job(
+        kcfg,
         name,
-        SH_POD,
-        executor=_executor(session, kcfg, name),
-        inputs={"src": src},
-        outputs={"o": out},
-        params={
-            "script": f"[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 3; }}; "
-            f"echo theirs > {tmp_path}/out/k"
-        },
+        tmp_path,
+        f"[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 3; }}; echo theirs > {tmp_path}/out/k",
+        cls=RacedPodTask,
         retry=RetryPolicy(max_attempts=2, backoff=0.2, jitter=0),
     )
     summary = await Pipeline([task], session).run()

@@ -11,7 +11,6 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,64 +20,25 @@ import yaml
 from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository, Session
 from pydatatask.errors import ConfigurationError
 from pydatatask.executor.kubernetes import KubeExecutor
-from pydatatask.executor.pods import api_client, pod_name
+from pydatatask.executor.pods import pod_name
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.pod import PodTask
-from tests.conftest import service
+from tests.kube_support import SH_POD as SH_SCRIPT_POD
+from tests.kube_support import executor_pods as pods_of
+from tests.kube_support import make_executor as executor
+from tests.kube_support import no_executor_pods_left as no_pods_left
 
 pytestmark = pytest.mark.kube
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "kube_pipeline.py"
 
-SH_POD = """
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-    env:
-    - {name: KEY, value: {{ key }}}
-    - {name: OUT, value: {{ out.path }}}
-"""
-
-
-@pytest.fixture
-def kcfg(services: dict[str, Any]) -> dict[str, Any]:
-    return service(services, "kube")
+SH_POD = SH_SCRIPT_POD + "    - {name: OUT, value: {{ out.path }}}\n"
 
 
 @pytest.fixture
 def name() -> str:
     return "p" + secrets.token_hex(3)
-
-
-def executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
-    async def kube() -> AsyncIterator[Any]:
-        async with api_client(kcfg["kubeconfig"]) as api:
-            yield api
-
-    kube.__name__ = f"kube_{secrets.token_hex(4)}"
-    return KubeExecutor(
-        session.resource(kube), name=name, namespace=kcfg["namespace"], poll_interval="0.2s", **kw
-    )
-
-
-async def pods_of(kcfg: dict[str, Any], name: str) -> list[Any]:
-    from kubernetes_asyncio import client
-
-    async with api_client(kcfg["kubeconfig"]) as api:
-        result = await client.CoreV1Api(api).list_namespaced_pod(
-            kcfg["namespace"], label_selector=f"pydatatask.io/executor={name}"
-        )
-    return list(result.items)
-
-
-async def no_pods_left(kcfg: dict[str, Any], name: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while left := await pods_of(kcfg, name):
-        assert time.monotonic() < deadline, f"pods left behind: {[p.metadata.name for p in left]}"
-        await asyncio.sleep(0.2)
 
 
 def sh_task(ex: KubeExecutor, tname: str, script: str, tmp_path: Path, **kw: Any) -> PodTask:
@@ -123,8 +83,7 @@ async def test_pod_task_timeout_stops_the_pod_and_removes_its_output(
 ) -> None:
     session = Session()
     ex = executor(session, kcfg, name)
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
+    src = MemoryMetadataRepository({"k": {}})
     task = sh_task(ex, name, 'printf partial > "$OUT"; sleep 30', tmp_path, src=src, timeout="2s")
     summary = await Pipeline([task], session).run()
     assert summary.failed == 1
@@ -163,20 +122,26 @@ async def test_two_schedulers_run_each_key_once(kcfg: dict[str, Any], name: str,
     await no_pods_left(kcfg, name)
 
 
+def _rendering(manifest: str, ex: KubeExecutor, tmp_path: Path, script: str, **kw: Any) -> PodTask:
+    """A pod task to render ``manifest`` with: its output ``out`` in ``tmp_path``."""
+    return PodTask(
+        "t",
+        manifest,
+        executor=ex,
+        inputs={"src": MemoryMetadataRepository()},
+        outputs={"out": FileRepository(tmp_path, ".txt")},
+        params={"script": script},
+        **kw,
+    )
+
+
 def test_pod_task_needs_a_pod_executor_and_a_pod_within_the_quota(tmp_path: Path) -> None:
     ex = KubeExecutor(object(), name="q", max_cpu="1")
     with pytest.raises(ConfigurationError, match="could never run"):
         PodTask("t", SH_POD, executor=ex, cpu="2")
     with pytest.raises(ConfigurationError, match="manifest must be a non-empty"):
         PodTask("t", " ", executor=ex)
-    task = PodTask(
-        "t",
-        SH_POD,
-        executor=ex,
-        inputs={"src": MemoryMetadataRepository()},
-        outputs={"out": FileRepository(tmp_path, ".txt")},
-        params={"script": "x"},
-    )
+    task = _rendering(SH_POD, ex, tmp_path, "x")
     body = task.render("A_b.1", attempt=2)
     assert body["spec"]["containers"][0]["command"] == ["sh", "-c", "x"]
     assert body["spec"]["containers"][0]["env"] == [
@@ -192,14 +157,8 @@ def test_pod_task_env_reaches_every_container_and_the_manifest_wins(tmp_path: Pa
     ex = KubeExecutor(object(), name="e", env={"SHARED": "executor", "ONLY_EX": "x"})
     manifest = SH_POD + "  - name: side\n    image: busybox\n    command: [sleep, '1']\n"
     token = {"secretKeyRef": {"name": "s", "key": "token"}}
-    task = PodTask(
-        "t",
-        manifest,
-        executor=ex,
-        inputs={"src": MemoryMetadataRepository()},
-        outputs={"out": FileRepository(tmp_path, ".txt")},
-        params={"script": "echo hi"},
-        env={"TOKEN": token, "KEY": "from-task", "SHARED": "task"},
+    task = _rendering(
+        manifest, ex, tmp_path, "echo hi", env={"TOKEN": token, "KEY": "from-task", "SHARED": "task"}
     )
     body = ex.pod_body(task.render("k1"), "t", "k1", task.resources)
     main, side = body["spec"]["containers"]
@@ -215,8 +174,7 @@ def test_pod_task_env_reaches_every_container_and_the_manifest_wins(tmp_path: Pa
 
 async def test_pod_task_env_is_seen_by_the_pod(kcfg: dict[str, Any], name: str, tmp_path: Path) -> None:
     session = Session()
-    src = MemoryMetadataRepository()
-    await src.put("k", {})
+    src = MemoryMetadataRepository({"k": {}})
     task = sh_task(
         executor(session, kcfg, name),
         name,
@@ -307,7 +265,8 @@ def test_a_sigkilled_schedulers_pods_are_adopted_not_rerun(
             time.sleep(0.2)
         second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
         assert second.returncode == 0, second.stdout + second.stderr
-        assert "adopting pod" in second.stderr, second.stderr
+        # found by its labels and waited for by the lifecycle, not by a second start
+        assert "left running by an interrupted job" in second.stderr, second.stderr
         lines = [line.split() for line in runs.read_text().splitlines()]
         assert sorted(k for k, _ in lines) == keys, lines  # one pod per key: nothing ran twice
         for key in keys:
@@ -323,7 +282,8 @@ def test_a_sigkilled_schedulers_pods_are_adopted_not_rerun(
     )
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "adopting pod" in second.stderr, second.stderr
+    # found through its stale claim and waited for by the lifecycle, not by a second start
+    assert "left running by the interrupted job" in second.stderr, second.stderr
     lines = [line.split() for line in runs.read_text().splitlines()]
     assert sorted(k for k, _ in lines) == keys, lines  # one pod per key: nothing ran twice
     uid_of = dict(lines)

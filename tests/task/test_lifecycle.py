@@ -238,3 +238,144 @@ async def test_slots_come_from_the_executor_for_the_tasks_resources(tmp_path: Pa
     assert summary.ok and summary.succeeded == 5
     assert len(quota.given) == 5 and quota.back == quota.given  # one at a time, all given back
     assert all(s.resources == Resources(cpu=1.0) for s in quota.given)
+
+
+# ---------------------------------------------------------------------------- adoption
+class AdoptingStepExecutor(StepExecutor):
+    """Steps whose outcome a later scheduler can still wait for (as pods are)."""
+
+    async def recover(self, info: Mapping[str, Any]) -> JobHandle | None:
+        handle = StepExecutor.alive.get(str(info.get("step")))
+        if handle is not None:
+            handle.adoptable = True
+        return handle
+
+    async def jobs(self, task: str) -> Mapping[str, dict[str, Any]]:
+        return {h.work.key: h.info for h in StepExecutor.alive.values() if h.ident.startswith("orphan-")}
+
+
+async def _orphan(key: str, **step: Any) -> StepHandle:
+    """Work of ``key`` that a dead scheduler started."""
+    dead = StepExecutor()
+    handle = StepHandle(dead, f"orphan-{key}", Step(key, **step))
+    StepExecutor.alive[handle.ident] = handle
+    return handle
+
+
+def _adopting(tmp_path: Path, keys: list[str], live: Any = None, **kwargs: Any) -> tuple[StepTask, Any]:
+    src = MemoryMetadataRepository({k: 1 for k in keys})
+    out = MemoryMetadataRepository()
+    live = live if live is not None else YamlMetadataFileRepository(tmp_path / "live", fsync=False)
+    task = StepTask(
+        "steps", AdoptingStepExecutor(), inputs={"src": src}, outputs={"out": out}, live=live, **kwargs
+    )
+    return task, out
+
+
+async def test_adoptable_work_of_a_dead_scheduler_is_waited_for_not_started_again(tmp_path: Path) -> None:
+    task, out = _adopting(tmp_path, ["a", "b"])
+    orphan = await _orphan("a", seconds=0.2, value="from the orphan")
+    began = time.time() - 600
+    dead = dict(make_claim("dead", "steps", "a", began), run=orphan.info, run_at=time.time(), attempt=1)
+    await task.live.put("a", dead)
+    task.steps["b"] = {"value": "B"}
+    summary = await Pipeline([task]).run()
+    assert summary.ok and summary.succeeded == 2, summary
+    assert await out.get("a") == "from the orphan"  # its outcome, finished by this scheduler
+    assert [h.work.key for h in task._executor.handles] == ["b"]  # "a" was not started again
+    assert orphan.cancelled_with is None and orphan.closed >= 1
+    record = await task.done.get("a")
+    assert record["success"] and record["attempts"] == 1 and record["host"] == "steps"
+    assert record["duration"] >= 600  # the job began with the dead scheduler's claim
+    assert not await task.live.contains("a")
+
+
+async def test_an_adopted_attempt_keeps_the_time_limit_of_its_start(tmp_path: Path) -> None:
+    task, out = _adopting(tmp_path, ["a"], timeout="3s")
+    orphan = await _orphan("a", seconds=2, value="late")
+    claim = dict(
+        make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info, run_at=time.time() - 600
+    )
+    await task.live.put("a", claim)
+    summary = await Pipeline([task]).run()
+    assert summary.failed == 1, summary  # started 10 minutes ago: its 3 seconds are over
+    record = await task.done.get("a")
+    assert record["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+    assert orphan.cancelled_with == CANCEL_GRACE and not await out.contains("a")
+    assert task._executor.handles == []
+
+
+async def test_a_failed_adopted_attempt_is_retried_as_the_next_attempt(tmp_path: Path) -> None:
+    from pydatatask.task.retry import RetryPolicy
+
+    task, out = _adopting(tmp_path, ["a"], retry=RetryPolicy(max_attempts=3, backoff=0.01))
+    orphan = await _orphan("a", seconds=0.05, error="the orphan failed")
+    await out.put("a", "partial")
+    claim = dict(
+        make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info, run_at=time.time(), attempt=2
+    )
+    await task.live.put("a", claim)
+    task.steps["a"] = {"value": "A"}
+    summary = await Pipeline([task]).run()
+    assert summary.ok, summary
+    record = await task.done.get("a")
+    assert record["success"] and record["attempts"] == 3  # the adopted one was attempt 2
+    assert await out.get("a") == "A" and len(task._executor.handles) == 1
+    assert orphan.closed >= 1
+
+
+async def test_orphaned_work_no_claim_names_is_adopted_within_capacity(tmp_path: Path) -> None:
+    """Claims in memory (gone with their scheduler): the executor's own list finds the
+    work; its adoption takes a slot of the executor like a launched job."""
+
+    class OneAtATime(AdoptingStepExecutor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out: list[Slot] = []
+            self.most = 0
+
+        def acquire(self, resources: Resources) -> Slot | None:
+            if self.out:
+                return None
+            slot = Slot(self, resources, "steps")
+            self.out.append(slot)
+            self.most = max(self.most, len(self.out))
+            return slot
+
+        def release(self, slot: Slot) -> None:
+            self.out.remove(slot)
+
+    src = MemoryMetadataRepository({"a": 1, "b": 1})
+    out = MemoryMetadataRepository()
+    await out.put("a", "written by the orphan before the kill")  # not ready: only the executor knows
+    executor = OneAtATime()
+    task = StepTask("steps", executor, inputs={"src": src}, outputs={"out": out}, concurrency=4)
+    orphan = await _orphan("a", seconds=0.1, value="from the orphan")
+    task.steps["b"] = {"value": "B", "seconds": 0.05}
+    summary = await Pipeline([task]).run()
+    assert summary.ok and summary.succeeded == 2, summary
+    assert await out.get("a") == "from the orphan" and await out.get("b") == "B"
+    assert [h.work.key for h in executor.handles] == ["b"] and orphan.closed >= 1
+    assert executor.most == 1 and executor.out == []  # the adoption held the one slot in its turn
+    assert (await task.done.get("a"))["success"]
+
+
+async def test_an_adoption_whose_claim_was_taken_over_leaves_the_work_alone(tmp_path: Path) -> None:
+    from pydatatask.task.claims import Claims
+    from pydatatask.task.lifecycle import execute
+    from pydatatask.task.recovery import recover
+
+    task, out = _adopting(tmp_path, ["a"])
+    orphan = await _orphan("a", seconds=30)
+    stale = dict(make_claim("dead", "steps", "a", time.time() - 600), run=orphan.info)
+    await task.live.put("a", stale)
+    adoption = await recover(task, "a", stale)
+    assert adoption is not None and adoption.handle is orphan and adoption.key == "a"
+    # while it waits for a slot, another scheduler takes the claim over
+    assert await Claims(task.live, "steps").take_over("a", adoption.claim.value) is not None
+    assert not await task.claims.heartbeat(adoption.claim)
+    assert await execute(task, "a", adopt=adoption) is None
+    assert orphan.cancelled_with is None and orphan.closed == 0  # the new holder's now
+    assert not await task.done.contains("a") and not await out.contains("a")
+    await orphan.cancel(0)
+    await orphan.close()

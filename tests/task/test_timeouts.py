@@ -26,6 +26,14 @@ def _keys(n: int) -> MemoryBlobRepository:
     return MemoryBlobRepository({f"k{i}": b"abc" for i in range(n)})
 
 
+def _on_pool(pool: Any, work: Any, src: Any, dst: Any, **kwargs: Any) -> FunctionTask:
+    """Task ``t``: ``work`` from ``src`` to ``dst`` on ``pool`` (a concurrent.futures
+    executor or a Dask client)."""
+    return FunctionTask(
+        "t", work, executor=PoolExecutor(pool), inputs={"src": src}, outputs={"dst": dst}, **kwargs
+    )
+
+
 async def test_queue_wait_of_a_thread_pool_does_not_count() -> None:
     src, dst = _keys(4), MemoryBlobRepository()
     calls: list[str] = []
@@ -36,15 +44,7 @@ async def test_queue_wait_of_a_thread_pool_does_not_count() -> None:
         return {"dst": src.upper()}
 
     with ThreadPoolExecutor(1) as pool:
-        task = FunctionTask(
-            "t",
-            work,
-            executor=PoolExecutor(pool),
-            inputs={"src": src},
-            outputs={"dst": dst},
-            timeout="0.3s",
-            concurrency=4,
-        )
+        task = _on_pool(pool, work, src, dst, timeout="0.3s", concurrency=4)
         summary = await Pipeline([task]).run()
     assert summary.ok and summary.succeeded == 4, summary
     assert sorted(calls) == ["k0", "k1", "k2", "k3"]
@@ -55,15 +55,7 @@ async def test_queue_wait_of_a_process_pool_does_not_count() -> None:
     src, dst = _keys(3), MemoryBlobRepository()
     with ProcessPoolExecutor(1) as pool:
         pool.submit(time.sleep, 0).result()  # the worker process is up before the clock matters
-        task = FunctionTask(
-            "t",
-            _slow_upper,
-            executor=PoolExecutor(pool),
-            inputs={"src": src},
-            outputs={"dst": dst},
-            timeout="0.8s",
-            concurrency=3,
-        )
+        task = _on_pool(pool, _slow_upper, src, dst, timeout="0.8s", concurrency=3)
         summary = await Pipeline([task]).run()
     assert summary.ok and summary.succeeded == 3, summary
 
@@ -75,15 +67,7 @@ def test_queue_wait_of_a_dask_client_does_not_count() -> None:
     with distributed.Client(
         processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
     ) as client:
-        task = FunctionTask(
-            "t",
-            _slow_upper,
-            executor=PoolExecutor(client),
-            inputs={"src": src},
-            outputs={"dst": dst},
-            timeout="0.6s",
-            concurrency=3,
-        )
+        task = _on_pool(client, _slow_upper, src, dst, timeout="0.6s", concurrency=3)
         summary = Pipeline([task]).run_sync()
     assert summary.ok and summary.succeeded == 3, summary
     assert asyncio.run(dst.read_bytes("k2")) == b"ABC"
@@ -133,9 +117,7 @@ async def test_a_timed_out_thread_call_is_reported_and_its_late_result_discarded
         return {"dst": b"late"}
 
     with ThreadPoolExecutor(1) as pool:
-        task = FunctionTask(
-            "t", work, executor=PoolExecutor(pool), inputs={"src": src}, outputs={"dst": dst}, timeout="0.2s"
-        )
+        task = _on_pool(pool, work, src, dst, timeout="0.2s")
         with caplog.at_level(logging.WARNING, logger="pydatatask"):
             summary = await Pipeline([task]).run()
         assert summary.failed == 1
@@ -165,15 +147,7 @@ async def test_a_job_that_never_started_is_not_recorded() -> None:
         return {"dst": src}
 
     with ThreadPoolExecutor(1) as pool:
-        task = FunctionTask(
-            "t",
-            work,
-            executor=PoolExecutor(pool),
-            inputs={"src": src},
-            outputs={"dst": dst},
-            timeout="5s",
-            concurrency=3,
-        )
+        task = _on_pool(pool, work, src, dst, timeout="5s", concurrency=3)
         pipeline = Pipeline([task])
         run = asyncio.create_task(pipeline.run(grace="50ms"))
         assert await asyncio.to_thread(first_started.wait, 5)
