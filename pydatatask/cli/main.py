@@ -23,8 +23,10 @@ from ..durations import parse_duration
 from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, PydatataskError
 from ..executor.kubernetes import FUNCTION_COMMAND
 from ..keys import validate_key
+from ..logs import LOG_FORMATS, JsonFormatter
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from . import output
+from .serve import add_run_options, add_serve_parser, cmd_serve, serving
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
@@ -93,6 +95,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv: debug)"
     )
+    common.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help="text (default) or json lines"
+    )
     data = _Parser(add_help=False)
     data.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -102,6 +107,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         epilog="exit status: 0 ok, 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one object per event",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -125,6 +136,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="on Ctrl-C/SIGTERM, wait this long for running jobs before cancelling them (default 10s)",
     )
     p.add_argument("--no-status", action="store_true", help="do not print the status table at the end")
+    add_run_options(p)
+
+    p = add("serve", "serve the web page, /api and /metrics of the pipeline's repositories", json=False)
+    add_serve_parser(p)
 
     p = add(
         "status", "counts and keys per task: ready, running, retrying, succeeded, failed, blocked, corrupt"
@@ -275,15 +290,16 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
             pass
     names = args.task or list(pipeline.tasks)
     try:
-        with progress:
-            summary = await pipeline.run(
-                forever=args.forever,
-                tasks=args.task,
-                max_jobs=args.max_jobs,
-                timeout=args.timeout,
-                grace=args.grace,
-                on_progress=on_progress,
-            )
+        async with serving(pipeline, args):
+            with progress:
+                summary = await pipeline.run(
+                    forever=args.forever,
+                    tasks=args.task,
+                    max_jobs=args.max_jobs,
+                    timeout=args.timeout,
+                    grace=args.grace,
+                    on_progress=on_progress,
+                )
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -529,6 +545,7 @@ COMMANDS: dict[str, Callable[[Pipeline, argparse.Namespace], Coroutine[Any, Any,
     "logs": _cmd_logs,
     "graph": _cmd_graph,
     "why": _cmd_why,
+    "serve": cmd_serve,
 }
 
 
@@ -560,7 +577,10 @@ def run_cli(pipeline: Pipeline, argv: Sequence[str] | None = None, *, prog: str 
     verbose: int = args.verbose
     pkg_log = logging.getLogger("pydatatask")
     handler = _StderrHandler()
-    handler.setFormatter(_Formatter("%(levelname_lower)s: %(message)s"))
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_Formatter("%(levelname_lower)s: %(message)s"))
     old_level = pkg_log.level
     pkg_log.addHandler(handler)
     pkg_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
