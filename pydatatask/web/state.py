@@ -241,6 +241,7 @@ class Monitor:
         for name, task in s.all_tasks.items():
             fig = s.figures.get(name) or TaskFigures(name)
             index = s.records[name]
+            await index.load()  # the records the scheduler has not needed to read
             mine = ours[name]
             retrying = {k for k, st in mine.items() if st is JobState.RETRYING}
             running = set(mine) - retrying
@@ -302,10 +303,16 @@ class Monitor:
     # ---------------------------------------------------------------- failures
     async def failures(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest failed jobs across tasks, newest first (their records read once)."""
-        snap = await self.snapshot()
+        s = self.scheduler
+        if s is not None:  # now, not as of the last snapshot
+            for index in s.records.values():
+                await index.load()  # the records the scheduler has not needed to read
+            failed_of = {name: index.failed() for name, index in s.records.items()}
+        else:
+            snap = await self.snapshot()
+            failed_of = {name: set(t.keys.get("failed", ())) for name, t in snap.tasks.items()}
         wanted: dict[str, list[str]] = {}
-        for name, t in snap.tasks.items():
-            failed = t.keys.get("failed", ())
+        for name, failed in failed_of.items():
             missing = [k for k in failed if (name, k) not in self._failures]
             if missing:
                 wanted[name] = missing
@@ -316,7 +323,7 @@ class Monitor:
                 for key, record in values.items():
                     if isinstance(record, dict):
                         self._failures[(name, key)] = _failure(name, key, record)
-        current = {(name, k) for name, t in snap.tasks.items() for k in t.keys.get("failed", ())}
+        current = {(name, k) for name, failed in failed_of.items() for k in failed}
         for ident in [i for i in self._failures if i not in current]:
             del self._failures[ident]  # removed (rm) since: it runs again
         rows = sorted(self._failures.values(), key=lambda f: (f["end_time"] or "", f["key"]), reverse=True)
