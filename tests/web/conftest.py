@@ -95,9 +95,9 @@ class Client:
         async with self.session.post(self.base + path, json=body, headers=headers or {}) as r:
             return r.status, await r.json()
 
-    async def events(self, count: int, timeout: float = 20.0) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, count: int, within: float = 20.0) -> AsyncIterator[dict[str, Any]]:
         """The first ``count`` events of ``/api/events``."""
-        async with asyncio.timeout(timeout), self.session.get(self.base + "/api/events") as r:
+        async with asyncio.timeout(within), self.session.get(self.base + "/api/events") as r:
             assert r.headers["Content-Type"].startswith("text/event-stream")
             seen = 0
             async for line in r.content:
@@ -114,9 +114,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def serve(pipeline: Pipeline, http: aiohttp.ClientSession, **kwargs: Any) -> tuple[WebServer, Client]:
+async def serve(
+    pipeline: Pipeline, http: aiohttp.ClientSession, *, interval: float = 0.05, **kwargs: Any
+) -> tuple[WebServer, Client]:
     """Enter a server on a free port (the caller exits it)."""
-    server = WebServer(pipeline, port=0, interval=0.05, **kwargs)
+    server = WebServer(pipeline, port=0, interval=interval, **kwargs)
     await server.__aenter__()
     return server, Client(http, server.url)
 
