@@ -254,6 +254,8 @@ def _yaml(value: Any) -> str:
 async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
     for name in args.task or []:
         _task_name(pipeline, name)
+    if args.allow_actions and args.serve is None:
+        raise UsageError("--allow-actions goes with --serve [HOST:]PORT")
     live = sys.stdout.isatty() and not args.json
     progress = output.RunProgress(live=live, stream=sys.stderr if args.json else sys.stdout)
     signals: list[int] = []

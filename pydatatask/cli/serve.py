@@ -95,8 +95,6 @@ def _announce(server: WebServer) -> None:
 async def serving(pipeline: Pipeline, args: argparse.Namespace) -> AsyncIterator[None]:
     """Around ``run``: the page of the run while it goes on, when ``--serve`` was given."""
     if args.serve is None:
-        if args.allow_actions:
-            raise ConfigurationError("--allow-actions goes with --serve")
         yield
         return
     host, port = args.serve

@@ -164,9 +164,10 @@ class Monitor:
 
     @property
     def scheduler(self) -> Scheduler | None:
-        """The scheduler of the run going on in this process, if any."""
+        """The scheduler of the run going on in this process, once it has listed the
+        repositories (before, it knows nothing yet)."""
         s = getattr(self.pipeline, "scheduler", None)
-        return s if isinstance(s, Scheduler) and s is not self._before else None
+        return s if isinstance(s, Scheduler) and s is not self._before and s.ticks else None
 
     @property
     def listing_seconds(self) -> float:
