@@ -33,10 +33,12 @@ class Started:
     """A command of the demo pipeline that serves the page: its process, the page's URL and
     its stderr lines (a thread keeps reading them)."""
 
-    def __init__(self, data: Path, *args: str, **more: str) -> None:
+    def __init__(
+        self, data: Path, *args: str, script: Path = DEMO, environ: dict[str, str] | None = None, **more: str
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(DEMO), *args],
-            env=env(data, **more),
+            [sys.executable, str(script), *args],
+            env={**(environ or env(data)), **more},
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
