@@ -1,5 +1,5 @@
 """``serve``, ``run --serve`` and ``--allow-actions``: the command line of the web page
-(:mod:`pydatatask.web`, imported only when asked for)."""
+(``pydatatask.web``, imported only when asked for)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from ..task.records import JobState
 if TYPE_CHECKING:
     from .scheduler import TaskFigures
 
-__all__ = ("RunMetrics", "Histogram", "DURATION_BUCKETS", "LISTING_BUCKETS")
+__all__ = ("RunMetrics", "TaskCounters", "Histogram", "DURATION_BUCKETS", "LISTING_BUCKETS")
 
 #: per-job log events (``-v``); the scheduler's own messages stay in ``pydatatask.scheduler``
 log = logging.getLogger("pydatatask.jobs")
@@ -60,7 +60,9 @@ class Histogram:
         return out
 
 
-class _TaskCounters:
+class TaskCounters:
+    """What the jobs of one task did in this run (see :class:`RunMetrics`)."""
+
     __slots__ = ("succeeded", "failed", "retries", "takeovers", "errors", "durations", "base", "finished")
 
     def __init__(self) -> None:
@@ -84,18 +86,18 @@ class RunMetrics:
     """
 
     def __init__(self) -> None:
-        self.tasks: dict[str, _TaskCounters] = {}
+        self.tasks: dict[str, TaskCounters] = {}
         self.listings = Histogram(LISTING_BUCKETS)
         self.started = time.monotonic()
         self.based = False
         #: bumped at every change a viewer could see (a job starting or ending, a listing)
         self.version = 0
 
-    def task(self, name: str) -> _TaskCounters:
+    def task(self, name: str) -> TaskCounters:
         """The counters of task ``name`` (made on first use)."""
         counters = self.tasks.get(name)
         if counters is None:
-            counters = self.tasks[name] = _TaskCounters()
+            counters = self.tasks[name] = TaskCounters()
         return counters
 
     # ---------------------------------------------------------------- scheduler hooks

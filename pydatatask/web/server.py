@@ -60,7 +60,7 @@ class WebServer:
     It holds the pipeline's session open. ``live=True`` (as ``run --serve``) shows only
     the state of a run in this process, never listing on its own. Actions need
     ``allow_actions``; bound to an address other than loopback they also need a token,
-    made up here when not given (:attr:`token`, shown in :attr:`url`).
+    made up here when not given (``token``, shown in :attr:`url`).
     """
 
     def __init__(

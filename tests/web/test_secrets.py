@@ -45,7 +45,7 @@ async def test_s3_secret_never_in_the_page_or_the_api(services: dict[str, Any], 
     async with s3_client(conf) as client:
         await ensure_bucket(client)
         try:
-            run = subprocess.run(
+            run = subprocess.run(  # noqa: ASYNC221 - the server test needs the records first
                 [sys.executable, str(LEAKY), "-vv", "run"],
                 env=environ,
                 capture_output=True,
