@@ -133,5 +133,6 @@ class WebServer:
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
+            await self.monitor.aclose()
         finally:
             await self.pipeline.__aexit__(exc_type, exc, tb)

@@ -35,6 +35,10 @@ STATES = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "cor
 _NOT_STATES = {"name", "universe", "live", "recorded", "ready", "running"}
 #: the most keys one page holds
 MAX_PAGE = 1000
+#: job records read in one go; more are read after the first snapshot, a chunk at a time
+_READ_AT_ONCE = 20_000
+#: job records read in one go in the background
+_READ_IN_BACKGROUND = 2_000
 
 
 @dataclass
@@ -49,6 +53,8 @@ class TaskState:
     #: jobs ended per second lately (None when not known)
     throughput: float | None = None
     _sorted: dict[str, list[str]] = field(default_factory=dict)
+    #: the same task in the snapshot before, whose sorted keys are reused where unchanged
+    previous: TaskState | None = None
     _matches: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
@@ -59,7 +65,14 @@ class TaskState:
         """The keys in ``state``, sorted (computed once)."""
         done = self._sorted.get(state)
         if done is None:
-            done = self._sorted[state] = sorted(self.keys.get(state, ()))
+            keys = self.keys.get(state, ())
+            before = self.previous
+            if before is not None and state in before._sorted and before.keys.get(state) == keys:
+                done = before._sorted[state]  # comparing sets is cheaper than sorting them
+            else:
+                done = sorted(keys)
+            self._sorted[state] = done
+        self.previous = None  # one snapshot back is enough
         return done
 
     def page(self, state: str, query: str = "", offset: int = 0, limit: int = 100) -> dict[str, Any]:
@@ -104,6 +117,8 @@ class Snapshot:
     #: ``"scheduler"`` (a running scheduler's live state) or ``"listing"``
     source: str
     monotonic: float = field(default_factory=time.monotonic)
+    #: job records not read yet (``serve`` reads them after the first paint)
+    records_pending: int = 0
 
     def states(self) -> list[str]:
         """The states shown, in order (those of :data:`STATES` first)."""
@@ -117,6 +132,7 @@ class Snapshot:
         return {
             "taken_at": self.taken_at,
             "source": self.source,
+            "records_pending": self.records_pending,
             "states": self.states(),
             "tasks": {
                 name: {
@@ -160,7 +176,8 @@ class Monitor:
         self.listings = Histogram(LISTING_BUCKETS)
         self._failures: dict[tuple[str, str], dict[str, Any]] = {}
         self._before = getattr(pipeline, "scheduler", None)
-        self._scheduler_ended = False
+        self._loader: asyncio.Task[None] | None = None
+        self._loaded = False
 
     @property
     def scheduler(self) -> Scheduler | None:
@@ -197,7 +214,7 @@ class Monitor:
                 self._snapshot = _empty(self.pipeline, "starting")
             elif not self.live:
                 wait = max(self.interval, 10 * self._listing_seconds)
-                if kept is None or now - kept.monotonic >= wait:
+                if kept is None or now - kept.monotonic >= wait or (kept.records_pending and self._loaded):
                     self._snapshot = await self._from_listing()
             assert self._snapshot is not None
             return self._snapshot
@@ -271,8 +288,16 @@ class Monitor:
 
     async def _from_listing(self) -> Snapshot:
         t0 = time.perf_counter()
+        tasks_ = self.pipeline.tasks
         with listing_scope():
-            figures = await compute_figures(self.pipeline.tasks, self.pipeline, self._records, full=True)
+            figures = await compute_figures(tasks_, self.pipeline, self._records, full=self._loaded)
+            pending = sum(len(i.listed) - len(i.success) - len(i.corrupt) for i in self._records.values())
+            if not self._loaded and self._loader is None:
+                if pending <= _READ_AT_ONCE:  # few: read them now (the listing is reused)
+                    figures = await compute_figures(tasks_, self.pipeline, self._records, full=True)
+                    self._loaded, pending = True, 0
+                else:  # paint first; read the records in the background, a chunk at a time
+                    self._loader = asyncio.create_task(self._load_records())
         tasks: dict[str, TaskState] = {}
         for name, fig in figures.items():
             task = self.pipeline.tasks[name]
@@ -288,9 +313,11 @@ class Monitor:
                 "corrupt": fig.corrupt.keys(),
             }
             keys.update(_other_states(fig))
-            state = TaskState(keys, corrupt_details=dict(fig.corrupt))
-            state.next_attempt = {k: _iso(claims[k].get("retry_at")) for k in retrying}
             kept = self._snapshot.tasks.get(name) if self._snapshot is not None else None
+            if kept is not None:
+                kept.previous = None  # one snapshot back, never a chain of them
+            state = TaskState(keys, corrupt_details=dict(fig.corrupt), previous=kept)
+            state.next_attempt = {k: _iso(claims[k].get("retry_at")) for k in retrying}
             if kept is not None and self._snapshot is not None:
                 ended = len(fig.succeeded) + len(fig.failed)
                 before = len(kept.keys["succeeded"]) + len(kept.keys["failed"])
@@ -299,7 +326,21 @@ class Monitor:
             tasks[name] = state
         self._listing_seconds = time.perf_counter() - t0
         self.listings.observe(self._listing_seconds)
-        return Snapshot(tasks, utcnow_iso(), "listing")
+        return Snapshot(tasks, utcnow_iso(), "listing", records_pending=pending)
+
+    async def _load_records(self) -> None:
+        for index in self._records.values():
+            listed = list(index.listed)
+            for start in range(0, len(listed), _READ_IN_BACKGROUND):
+                await index.load(listed[start : start + _READ_IN_BACKGROUND])
+                await asyncio.sleep(0.005)  # requests are served in between
+        self._loaded = True
+
+    async def aclose(self) -> None:
+        """Stop reading records in the background."""
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+            await asyncio.wait([self._loader])
 
     # ---------------------------------------------------------------- failures
     async def failures(self, limit: int = 50) -> list[dict[str, Any]]:

@@ -215,3 +215,28 @@ async def test_refuses_a_port_in_use(http: aiohttp.ClientSession) -> None:
             raise AssertionError("a second server on the same port started")
     finally:
         await server.__aexit__(None, None, None)
+
+
+async def test_first_paint_before_reading_many_records(http: aiohttp.ClientSession) -> None:
+    n = 30_000  # more than are read before the first answer
+    keys = [f"k{i:06d}" for i in range(n)]
+    done = MemoryMetadataRepository({k: {"success": k != "k000007"} for k in keys})
+    src = MemoryMetadataRepository(dict.fromkeys(keys, 1))
+    out = MemoryMetadataRepository(dict.fromkeys(keys, 1))
+    task = FunctionTask("thumb", _never, inputs={"src": src}, outputs={"out": out}, done=done)
+    server, client = await serve(Pipeline([task]), http)
+    try:
+        first = await client.json("/api/status")
+        assert first["records_pending"] > 0
+        assert first["tasks"]["thumb"]["counts"]["succeeded"] < n - 1
+        status = first
+        async with asyncio.timeout(30):
+            while status["records_pending"]:
+                await asyncio.sleep(0.05)
+                status = await client.json("/api/status")
+        counts = status["tasks"]["thumb"]["counts"]
+        assert counts["succeeded"] == n - 1 and counts["failed"] == 1 and counts["ready"] == 0
+        failed = await client.json("/api/keys", task="thumb", state="failed")
+        assert failed["keys"] == ["k000007"]
+    finally:
+        await server.__aexit__(None, None, None)

@@ -101,6 +101,8 @@ async function loadStatus() {
   fillCounts(Object.fromEntries(Object.entries(status.tasks).map(([n, t]) => [n, t.counts])));
   fillRates(status.tasks);
   if (settings.allow_actions) $("actions").hidden = false;
+  $("source").textContent += status.records_pending ? ` (reading ${status.records_pending} job records)` : "";
+  if (status.records_pending) setTimeout(() => loadStatus().catch((e) => say(e.message)), 1000);
   return status;
 }
 
