@@ -214,7 +214,7 @@ class Monitor:
                 self._snapshot = _empty(self.pipeline, "starting")
             elif not self.live:
                 wait = max(self.interval, 10 * self._listing_seconds)
-                if kept is None or now - kept.monotonic >= wait or (kept.records_pending and self._loaded):
+                if kept is None or now - kept.monotonic >= wait:
                     self._snapshot = await self._from_listing()
             assert self._snapshot is not None
             return self._snapshot
@@ -335,6 +335,15 @@ class Monitor:
                 await index.load(listed[start : start + _READ_IN_BACKGROUND])
                 await asyncio.sleep(0.005)  # requests are served in between
         self._loaded = True
+        # the complete snapshot, its keys sorted before it is shown (so that the first page
+        # of a million keys does not wait for their sort)
+        async with self._lock:
+            snap = await self._from_listing()
+        for task in snap.tasks.values():
+            for state in task.keys:
+                task.sorted_keys(state)
+                await asyncio.sleep(0)
+        self._snapshot = snap
 
     async def aclose(self) -> None:
         """Stop reading records in the background."""
