@@ -60,7 +60,10 @@ class InvalidKeyError(PydatataskError, ValueError):
     def __init__(self, key: object, reason: str) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"invalid key {key!r}: {reason}")
+        shown = repr(key)
+        if len(shown) > 120:  # a 1,024-byte key would drown the reason
+            shown = f"{shown[:100]}...{shown[-12:]} ({len(shown)} characters)"
+        super().__init__(f"invalid key {shown}: {reason}")
 
 
 class KeyNotFoundError(PydatataskError, KeyError):

@@ -6,6 +6,7 @@ Run it (README command (1) does this through ``bash scripts/example``)::
     python examples/documents/pipeline.py run       # again: nothing to do
     python examples/documents/pipeline.py status
     python examples/documents/pipeline.py rm stats doc-007 --cascade   # redo one document
+    python examples/documents/pipeline.py rm summary summary           # rewrite the summary
     python examples/documents/pipeline.py graph --format mermaid
 
 Everything lives under ``examples/documents/data/`` (or ``--data PATH`` /
@@ -14,7 +15,8 @@ Everything lives under ``examples/documents/data/`` (or ``--data PATH`` /
     docs/<key>.txt        the input documents (60 are generated on the first run)
     stats/<key>.yaml      stage 1, task ``stats``: words, lines, characters, top words
     reports/<key>.md      stage 2, task ``report``: a markdown report per document
-    summary.md            stage 3: the corpus summary, rewritten at the end of each run
+    summary.md            stage 3, task ``summary``: the corpus summary, one fan-in job over
+                          every document once all of them have their statistics
     state/<task>/...      job records (done), claims of running jobs (live), job logs
 
 No server is involved. Kill a run midway (Ctrl-C, or even ``kill -9``) and run it again:
@@ -37,7 +39,7 @@ from pydatatask import FileRepository, MetadataRepository, YamlMetadataFileRepos
 from pydatatask.cli import main
 from pydatatask.executor import PoolExecutor
 from pydatatask.pipeline import Pipeline
-from pydatatask.task import Event, FunctionTask, JobContext, RetryPolicy
+from pydatatask.task import FunctionTask, JobContext, RetryPolicy
 
 #: seconds of pretend work per document in ``stats`` (so the live progress has something
 #: to show); set PDT_EXAMPLE_DELAY=0 for full speed
@@ -124,43 +126,37 @@ async def write_report(
 
 
 # ---------------------------------------------------------------- stage 3: summary
-def summary_hook(data: Path, stats: YamlMetadataFileRepository, summary: FileRepository) -> Any:
-    """The corpus summary depends on *every* key, so it is not a per-key job.
+def whole_corpus(key: str) -> str:
+    """The group of every document: one ``summary`` job over the whole corpus (a fan-in)."""
+    return "summary"
 
-    In a key-driven pipeline a job exists per key; a summary over the whole ``stats``
-    repository is instead refreshed by a ``pipeline_finished`` hook at the end of each run
-    (cheap, idempotent, written atomically). It is skipped when the run was interrupted,
-    so an old summary is never replaced by one over a partial corpus.
+
+def corpus_summary(key: str, members: list[str], stats: dict[str, Any]) -> dict[str, Any]:
+    """A fan-in function: one call for the group ``summary``, with ``stats`` as
+    ``{document: statistics}`` of every member.
+
+    The job starts once ``stats`` has a success record for every document it knows and
+    none is still waiting or running; the record lists the members it summed up.
     """
-
-    async def write_summary(event: Event) -> None:
-        if event.summary is None or event.summary["interrupted"]:
-            return
-        records = {k: v async for k, v in stats.items()}
-        total: collections.Counter[str] = collections.Counter()
-        for value in records.values():
-            total.update({w: c for w, c in value["top_words"]})
-        words = sum(v["words"] for v in records.values())
-        longest = sorted(records, key=lambda k: (-records[k]["words"], k))[:3]
-        text = "\n".join(
-            [
-                "# Corpus summary",
-                "",
-                f"- documents: {len(records)}",
-                f"- words: {words}",
-                f"- longest: {', '.join(longest)}",
-                f"- most frequent words: {', '.join(w for w, _ in total.most_common(8))}",
-                "",
-            ]
-        )
-        await summary.write_text("summary", text)
-        # stderr: stdout belongs to the CLI (`run --json` prints only JSON there)
-        print(
-            f"corpus summary: {len(records)} documents, {words} words -> {data / 'summary.md'}",
-            file=sys.stderr,
-        )
-
-    return write_summary
+    total: collections.Counter[str] = collections.Counter()
+    for value in stats.values():
+        total.update({w: c for w, c in value["top_words"]})
+    words = sum(v["words"] for v in stats.values())
+    longest = sorted(stats, key=lambda k: (-stats[k]["words"], k))[:3]
+    text = "\n".join(
+        [
+            "# Corpus summary",
+            "",
+            f"- documents: {len(members)}",
+            f"- words: {words}",
+            f"- longest: {', '.join(longest)}",
+            f"- most frequent words: {', '.join(w for w, _ in total.most_common(8))}",
+            "",
+        ]
+    )
+    # stderr: stdout belongs to the CLI (`run --json` prints only JSON there)
+    print(f"corpus summary: {len(members)} documents, {words} words", file=sys.stderr)
+    return {"summary": text}
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -189,10 +185,16 @@ def build_pipeline(data: Path) -> Pipeline:
                 outputs={"report": reports},
                 timeout="30s",
             ).link("docs", docs),  # read, but not a readiness condition ("other" role)
+            FunctionTask(
+                "summary",
+                corpus_summary,
+                inputs={"stats": stats},
+                outputs={"summary": FileRepository(data, ".md")},  # data/summary.md
+                group_by=whole_corpus,
+            ),
         ],
         state_dir=data / "state",
     )
-    pipeline.hooks.on("pipeline_finished", summary_hook(data, stats, FileRepository(data, ".md")))
     return pipeline
 
 

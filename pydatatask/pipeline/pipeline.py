@@ -19,10 +19,12 @@ from ..repository.listing import listing_scope
 from ..repository.serialized import YamlMetadataFileRepository
 from ..session import Session
 from ..task.base import Task
+from ..task.fan import parent_among
 from ..task.hooks import Hooks
 from ..task.links import Link, LinkKind
 from ..task.records import utcnow_iso
 from .graph import TaskGraph
+from .groups import GroupChange, cascade_keys, changed_groups, group_reasons
 from .record_index import CORRUPT_ERROR_TYPE, RecordIndex, corrupt_info, warn_corrupt
 from .scheduler import RunSummary, Scheduler, TaskFigures, compute_figures
 
@@ -295,7 +297,7 @@ class Pipeline:
         fig = figures[task_name]
         reasons: list[str] = []
         async with self:
-            for link in task.required_links:
+            for link in task.required_links if task.group_by is None else []:  # fan-in: by members
                 try:
                     present = await link.repository.contains(key)
                 except CorruptValueError as exc:
@@ -315,7 +317,9 @@ class Pipeline:
                         reasons.append(
                             f"{link.kind.value} {link.name!r} ({link.repository.describe()}) already has {key!r}"
                         )
-            for up in self.graph.upstream[task_name]:
+            if task.group_by is not None:
+                reasons.extend(group_reasons(self, task_name, key, figures))
+            for up in [] if task.group_by is not None else self.graph.upstream[task_name]:
                 upview = figures[up]
                 if key in upview.universe and key not in upview.succeeded:
                     state = (
@@ -327,10 +331,17 @@ class Pipeline:
                     )
                     reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
             if not reasons and key in fig.blocked:  # upstream keys differ (views rename them)
-                reasons.append(f"an upstream task has no success record for what {key!r} reads")
+                reasons.append(_why_child(self, task_name, key, figures))
             if not reasons and key not in fig.ready:
                 reasons.append(f"{key!r} was ready a moment ago or is queued; nothing blocks it now")
         return reasons
+
+    async def changed_groups(
+        self, task_name: str, groups: Iterable[str] | None = None
+    ) -> dict[str, GroupChange]:
+        """For the fan-in task ``task_name``: the recorded groups whose membership differs
+        from their record's (see :func:`pydatatask.pipeline.groups.changed_groups`)."""
+        return await changed_groups(self, task_name, groups)
 
     async def _why_record(self, task: Task, key: str) -> str:
         try:
@@ -436,6 +447,10 @@ class Pipeline:
                     exact = set(await chosen.repository.keys())
                 if chosen.kind not in (LinkKind.DONE, LinkKind.LOGS, LinkKind.LIVE):
                     await self._refuse_partial(redo, chosen.repository, exact)
+            # fan-out children and fan-in groups of the keys, per task (see cascade_keys)
+            per_task = (
+                None if exact is None else await cascade_keys(self, plan, [t.name for t in redo], exact)
+            )
             seen: set[int] = set()
             for t, lk in plan:
                 repo = lk.repository
@@ -443,7 +458,8 @@ class Pipeline:
                     continue
                 seen.add(id(repo))
                 present = await repo.keys()
-                for key in sorted(present if exact is None else exact & present):
+                wanted = exact if per_task is None or lk is chosen else per_task.get((t.name, lk.name), exact)
+                for key in sorted(present if wanted is None else wanted & present):
                     await repo.delete(key)
                     removed.append((t.name, lk.name, key))
         return removed
@@ -511,6 +527,24 @@ def _parse_yaml(spec: str, key: str, data: bytes) -> Any:
         raise InvalidValueError(
             f"the value for {spec} {key!r} is not valid YAML: {parse_error(exc)}"
         ) from exc
+
+
+def _why_child(pipeline: Pipeline, task_name: str, key: str, figures: dict[str, TaskFigures]) -> str:
+    """Why a key that no upstream task has itself is blocked: a child of a fan-out parent
+    without a success record listing it, or what a view renaming keys reads."""
+    for up in pipeline.graph.upstream[task_name]:
+        upstream = pipeline.tasks[up]
+        for sep in upstream.fan_out.values():
+            parent = parent_among(key, figures[up].universe | figures[up].recorded | figures[up].live, sep)
+            if parent is None:
+                continue
+            if parent in figures[up].succeeded:
+                return f"the success record of {up} {parent!r} does not list {key!r} among its children"
+            state = "failed" if parent in figures[up].failed else "not finished"
+            return f"{key!r} is a child of {parent!r}, which has no success record of upstream task {up!r} ({state})"
+        if upstream.fan_out and key not in figures[up].universe:
+            return f"{key!r} is in a fan-out output of {up!r}, but no job of {up!r} wrote it"
+    return f"an upstream task has no success record for what {key!r} reads"
 
 
 def _iso(ts: Any) -> str:

@@ -65,6 +65,8 @@ class RecordIndex:
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
+        #: the children that the success records of fan-out jobs list, as ``{key: {link: children}}``
+        self.children: dict[str, dict[str, frozenset[str]]] = {}
 
     def note(self, key: str, record: dict[str, Any]) -> None:
         """Record an outcome the scheduler wrote itself."""
@@ -73,6 +75,13 @@ class RecordIndex:
     def _take(self, key: str, record: Any) -> None:
         ok = isinstance(record, dict) and bool(record.get("success"))
         self.success[key] = ok
+        children = record.get("children") if ok else None
+        if isinstance(children, dict):
+            self.children[key] = {
+                str(link): frozenset(k for k in keys if isinstance(k, str))
+                for link, keys in children.items()
+                if isinstance(keys, list)
+            }
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
             self.corrupt[key] = corrupt_info("input", error)
@@ -80,7 +89,7 @@ class RecordIndex:
     def sync(self, keys: set[str]) -> None:
         """Take the latest listing ``keys`` of the done repository."""
         self.listed = keys
-        for known in (self.success, self.corrupt):
+        for known in (self.success, self.corrupt, self.children):
             if len(known) > len(keys) or any(k not in keys for k in known):
                 for k in [k for k in known if k not in keys]:
                     del known[k]

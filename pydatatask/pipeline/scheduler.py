@@ -35,6 +35,7 @@ from ..task.base import Task
 from ..task.hooks import Event, Hooks
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
+from .groups import fan_out_blocked, group_keys, held_groups
 from .metrics import RunMetrics
 from .record_index import RecordIndex, corrupt_info, warn_corrupt
 
@@ -63,6 +64,10 @@ class TaskFigures:
     #: keys whose job record, claim or input value does not decode:
     #: ``{key: corrupt_info(...)}`` (see :func:`~pydatatask.pipeline.record_index.corrupt_info`)
     corrupt: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: the groups of a fan-in task held back, and by what, as
+    #: ``{group: (upstream task, member key)}`` (the task is ``""`` when the member is held
+    #: by the gating of its own key)
+    held: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -526,6 +531,7 @@ async def compute_figures(
         await asyncio.gather(*(index.load() for index in records.values()))
 
     universes: dict[str, set[str]] = {}
+    grouped: dict[str, dict[str, list[str]]] = {}
     for name, task in tasks.items():
         required = [keys_of[id(link.repository)] for link in task.required_links]
         if len(required) == 1:
@@ -535,6 +541,9 @@ async def compute_figures(
             universe = smallest.intersection(*[r for r in required if r is not smallest])
         else:
             universe = set()
+        if task.group_by is not None:  # fan-in: the keys are the groups of the members
+            grouped[name] = group_keys(task, universe)
+            universe = set(grouped[name])
         universes[name] = universe
     running_keys: dict[str, set[str]] = {name: set() for name in tasks}
     for task_name, k in running or {}:
@@ -549,7 +558,15 @@ async def compute_figures(
         resumable = task.resumable_keys()
         if resumable:
             ready |= (resumable & fig.universe) - fig.recorded  # running ones removed below
-        fig.blocked = await _blocked_by_upstream(tasks, name, ready, pipeline, universes, records)
+        if name in grouped:
+            fig.blocked = await _held_groups(
+                tasks, name, ready, pipeline, universes, records, keys_of, grouped[name], fig
+            )
+        else:
+            fig.blocked = await _blocked_by_upstream(tasks, name, ready, pipeline, universes, records)
+            fig.blocked |= await fan_out_blocked(
+                tasks, name, ready - fig.blocked, pipeline, universes, records, keys_of
+            )
         ready -= fig.blocked
         ready -= running_keys[name]
         fig.ready = ready
@@ -567,10 +584,42 @@ async def compute_figures(
     if in_flight:
         for name, task in tasks.items():
             for link in task.required_links:
-                held = figures[name].ready & visible_keys(link.repository, in_flight)
+                visible = visible_keys(link.repository, in_flight)
+                if name in grouped:  # a member written by a running job holds its group
+                    held = {g for g in figures[name].ready if visible.intersection(grouped[name][g])}
+                else:
+                    held = figures[name].ready & visible
                 figures[name].ready -= held
                 figures[name].blocked |= held
+    for name in grouped:
+        tasks[name]._tick_members = {g: sorted(grouped[name][g]) for g in figures[name].ready}
     return figures
+
+
+async def _held_groups(
+    tasks: dict[str, Task],
+    name: str,
+    ready: set[str],
+    pipeline: Pipeline,
+    universes: dict[str, set[str]],
+    records: dict[str, RecordIndex],
+    keys_of: dict[int, set[str]],
+    groups: dict[str, list[str]],
+    fig: TaskFigures,
+) -> set[str]:
+    """The groups of ``ready`` (fan-in task ``name``) that a member or an upstream key holds
+    (see :mod:`pydatatask.pipeline.groups`); ``fig.held`` says by what."""
+    members = {m for g in ready for m in groups[g]}
+    blocked = await _blocked_by_upstream(tasks, name, members, pipeline, universes, records)
+    blocked |= await fan_out_blocked(tasks, name, members - blocked, pipeline, universes, records, keys_of)
+    held = await held_groups(tasks, name, ready, pipeline, universes, records)
+    for group in ready:
+        if group not in held:
+            stuck = sorted(blocked.intersection(groups[group]))
+            if stuck:
+                held[group] = ("", stuck[0])
+    fig.held = held
+    return set(held)
 
 
 async def _blocked_by_upstream(

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = (
@@ -28,6 +29,9 @@ __all__ = (
 
 def tmp_name(final: str) -> str:
     # the writer's pid is in the name: a temporary whose writer is gone can be swept
+    raw = final.encode("utf-8", "surrogateescape")
+    if len(raw) > 200:  # the temporary of a 255-byte name must fit in 255 bytes too
+        final = raw[:200].decode("utf-8", "ignore")
     return f".{final}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
 
 
@@ -125,31 +129,47 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep(root: Path) -> list[str]:
+def sweep(root: Path, descend: Callable[[os.DirEntry[str]], bool] | None = None) -> list[str]:
     """Remove temporaries in ``root`` left by writers that no longer run (killed ones, or
-    ones from before the last boot, whose pid may name a new process now)."""
+    ones from before the last boot, whose pid may name a new process now), and in the
+    directories under it that ``descend`` accepts (non-hidden, non-link ones only)."""
     removed: list[str] = []
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return removed
     booted = boot_time()
-    for entry in entries:
-        m = TMP_NAME.fullmatch(entry.name)
-        if m is None:
-            continue
+    stack = [os.fspath(root)]
+    while stack:
         try:
-            before_boot = entry.stat(follow_symlinks=False).st_mtime < booted
-        except FileNotFoundError:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        if not before_boot and _pid_alive(int(m.group(1))):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-        removed.append(entry.name)
+        for entry in entries:
+            if descend is not None and not entry.name.startswith("."):
+                try:
+                    if entry.is_dir(follow_symlinks=False) and descend(entry):
+                        stack.append(entry.path)
+                except OSError:
+                    pass
+            name = _sweep_one(entry, booted)
+            if name is not None:
+                removed.append(os.path.relpath(entry.path, root))
     return removed
+
+
+def _sweep_one(entry: os.DirEntry[str], booted: float) -> str | None:
+    """Remove ``entry`` if it is a temporary whose writer is gone; return its name then."""
+    m = TMP_NAME.fullmatch(entry.name)
+    if m is None:
+        return None
+    try:
+        before_boot = entry.stat(follow_symlinks=False).st_mtime < booted
+    except FileNotFoundError:
+        return None
+    if not before_boot and _pid_alive(int(m.group(1))):
+        return None
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            return None
+    return entry.name

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar, overload
 
-from ..errors import CorruptValueError, KeyNotFoundError, UnsupportedOperationError
+from ..errors import CorruptValueError, InvalidKeyError, KeyNotFoundError, UnsupportedOperationError
 from ..keys import filter_valid_keys, validate_key
 from .journal import _current as _journal
 
@@ -58,7 +58,7 @@ class Repository(ABC):
     # --- listing -------------------------------------------------------------
     async def keys(self) -> set[str]:
         """Return every key in the repository (one bulk listing)."""
-        good, bad = filter_valid_keys(await self._list())
+        good, bad = self._split_names(await self._list())
         if bad:
             self._warn_invalid(bad)
         return good
@@ -69,6 +69,36 @@ class Repository(ABC):
     async def _iter_keys(self) -> AsyncIterator[str]:
         for key in sorted(await self.keys()):
             yield key
+
+    async def versions(self) -> dict[str, str | None]:
+        """Every key with the version of its value, from one listing: an opaque string that
+        changes whenever the value is replaced (an S3 ETag, a file's size and mtime), or
+        None where this backend cannot tell. Never one request per key."""
+        return await self._list_versions()
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        return dict.fromkeys(await self.keys())
+
+    def _valid_versions(self, stored: dict[str, str | None]) -> dict[str, str | None]:
+        """``stored`` (every stored name with its version) without the names that are not
+        keys of this repository, warned about as :meth:`keys` does: for ``_list_versions``."""
+        good, bad = self._split_names(stored)
+        if bad:
+            self._warn_invalid(bad)
+        return {name: stored[name] for name in good}
+
+    def _split_names(self, names: Iterable[str]) -> tuple[set[str], list[str]]:
+        """Stored names split into (keys, names that are not keys of this repository):
+        the key rule, then this backend's own (:meth:`_check_key`)."""
+        good, bad = filter_valid_keys(names)
+        if type(self)._check_key is not Repository._check_key:
+            for name in list(good):
+                try:
+                    self._check_key(name)
+                except InvalidKeyError:
+                    good.discard(name)
+                    bad.append(name)
+        return good, bad
 
     def _warn_invalid(self, names: list[str]) -> None:
         if not self._warned_invalid:
@@ -85,11 +115,25 @@ class Repository(ABC):
     # --- single keys ---------------------------------------------------------
     async def contains(self, key: str) -> bool:
         """Return whether ``key`` is present."""
-        return await self._contains(validate_key(key))
+        return await self._contains(self._key(key))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; do nothing if it is absent."""
-        await self._delete(validate_key(key))
+        await self._delete(self._key(key))
+
+    def _key(self, key: object) -> str:
+        """``key`` if it follows the key rule and this backend's own, else
+        :class:`~pydatatask.errors.InvalidKeyError`."""
+        return self._check_key(validate_key(key))
+
+    def _check_key(self, key: str) -> str:
+        """Return a valid ``key`` if this backend can store it faithfully, else raise
+        :class:`~pydatatask.errors.InvalidKeyError` naming the backend's own rule.
+
+        The default admits every valid key. Backends with a narrower rule (file name
+        lengths, a tag grammar) override it; listings skip stored names it refuses.
+        """
+        return key
 
     # --- description and lifecycle ------------------------------------------
     def describe(self) -> str:
@@ -129,11 +173,11 @@ class MetadataRepository(Repository):
 
     async def get(self, key: str) -> Any:
         """Return the value of ``key``; raise :class:`~pydatatask.errors.KeyNotFoundError` if absent."""
-        return await self._get(validate_key(key))
+        return await self._get(self._key(key))
 
     async def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` atomically, replacing any old value."""
-        key = validate_key(key)
+        key = self._key(key)
         if (journal := _journal.get()) is not None:
             await journal.note(self, key)
         await self._put(key, value)
@@ -143,7 +187,7 @@ class MetadataRepository(Repository):
 
         Concurrent callers on one key: exactly one gets ``True``. Used for job claims.
         """
-        key = validate_key(key)
+        key = self._key(key)
         created = await self._create(key, value)
         if created and (journal := _journal.get()) is not None:
             await journal.note(self, key)  # only when stored: an existing key is someone else's
@@ -156,7 +200,7 @@ class MetadataRepository(Repository):
         Of several concurrent callers with the same ``expected`` at most one succeeds. Used
         to take over the claim of a dead scheduler, and for claim heartbeats.
         """
-        key = validate_key(key)
+        key = self._key(key)
         replaced = await self._replace_if(key, expected, value)
         if replaced and (journal := _journal.get()) is not None:
             await journal.note(self, key)
@@ -171,7 +215,7 @@ class MetadataRepository(Repository):
         (the first one found), unless ``on_corrupt`` is given: then it is called with the
         error of each such key, the key is left out and the other values are returned.
         """
-        return _split_corrupt(await self._get_many([validate_key(k) for k in keys]), on_corrupt)
+        return _split_corrupt(await self._get_many([self._key(k) for k in keys]), on_corrupt)
 
     async def items(
         self, *, on_corrupt: Callable[[CorruptValueError], None] | None = None
@@ -349,7 +393,7 @@ class BlobRepository(Repository):
 
     def open(self, key: str, mode: Literal["rb", "wb"] = "rb") -> _ReadContext | _WriteContext:
         """Open ``key`` for streaming: ``"rb"`` to read, ``"wb"`` to write atomically."""
-        key = validate_key(key)
+        key = self._key(key)
         if mode == "rb":
             return _ReadContext(lambda: self._open_reader(key))
         if mode == "wb":
@@ -376,7 +420,7 @@ class BlobRepository(Repository):
 
     async def create_bytes(self, key: str, data: bytes) -> bool:
         """Store ``data`` only if ``key`` is absent, atomically; return whether it was stored."""
-        key = validate_key(key)
+        key = self._key(key)
         created = await self._create_bytes(key, data)
         if created and (journal := _journal.get()) is not None:
             await journal.note(self, key)
@@ -384,7 +428,7 @@ class BlobRepository(Repository):
 
     async def replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
         """Atomically replace the value of ``key`` with ``data`` if it is still ``expected``."""
-        key = validate_key(key)
+        key = self._key(key)
         replaced = await self._replace_bytes_if(key, bytes(expected), bytes(data))
         if replaced and (journal := _journal.get()) is not None:
             await journal.note(self, key)

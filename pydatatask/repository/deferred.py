@@ -79,6 +79,9 @@ class DeferredMetadataRepository(MetadataRepository):
     async def _list(self) -> Iterable[str]:
         return await self._target.keys()
 
+    async def _list_versions(self) -> dict[str, str | None]:
+        return await self._target.versions()
+
     async def _contains(self, key: str) -> bool:
         return await self._target.contains(key)
 

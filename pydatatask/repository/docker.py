@@ -182,6 +182,9 @@ class DockerRepository(Repository):
     def describe(self) -> str:
         return f"docker registry {self.host}/{self.repository}"
 
+    def _check_key(self, key: str) -> str:
+        return self.tag(key)
+
     @staticmethod
     def tag(key: str) -> str:
         """Return ``key`` as a tag (unchanged), or raise :class:`~pydatatask.errors.InvalidKeyError`."""

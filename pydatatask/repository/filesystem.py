@@ -25,14 +25,14 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
 
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
-from ..keys import validate_key
 from ._localfs import fsync_dir, fsync_tree, make_dirs, on_memory_fs, sweep, tmp_name
+from ._localtree import PREFIX_MARKER, check_segments, remove_empty_parents, walk
 from .base import BlobReader, BlobRepository, BlobWriter, Repository
 from .journal import current_journal
 
@@ -61,35 +61,6 @@ def _check_extension(extension: str) -> str:
     return extension
 
 
-def _scan(root: Path, want_dirs: bool, extension: str) -> list[str]:
-    names: list[str] = []
-    try:
-        it = os.scandir(root)
-    except FileNotFoundError:
-        return names
-    n = len(extension)
-    with it:
-        for entry in it:
-            name = entry.name
-            if name.startswith("."):
-                continue  # hidden files and our own temporaries are never keys
-            try:
-                if want_dirs:
-                    ok = entry.is_dir(follow_symlinks=False)
-                else:
-                    ok = entry.is_file()
-            except OSError:
-                continue
-            if not ok:
-                continue
-            if n:
-                if not name.endswith(extension) or len(name) == n:
-                    continue
-                name = name[:-n]
-            names.append(name)
-    return names
-
-
 class _FileReader(BlobReader):
     def __init__(self, f: IO[bytes]) -> None:
         self._f = f
@@ -104,6 +75,9 @@ class _FileReader(BlobReader):
 
 
 class _FileWriter(BlobWriter):
+    #: the error for a commit that met a directory where the file must be (set by the repository)
+    conflict: Callable[[OSError], Exception] | None = None
+
     def __init__(self, final: Path, fsync: bool) -> None:
         self._final = final
         self._tmp = final.with_name(tmp_name(final.name))
@@ -111,11 +85,7 @@ class _FileWriter(BlobWriter):
         self._f: IO[bytes] | None = None
 
     def _open(self) -> None:
-        try:
-            self._f = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
-        except FileNotFoundError:
-            make_dirs(self._final.parent, self._fsync)
-            self._f = open(self._tmp, "xb")  # noqa: SIM115
+        self._f = open_tmp(self._tmp, self._fsync)
 
     async def write(self, data: bytes) -> int:
         assert self._f is not None
@@ -134,7 +104,12 @@ class _FileWriter(BlobWriter):
             fsync_dir(self._final.parent)  # then the rename itself
 
     async def commit(self) -> None:
-        await asyncio.to_thread(self._finish)
+        try:
+            await asyncio.to_thread(self._finish)
+        except IsADirectoryError as exc:
+            if self.conflict is None:
+                raise
+            raise self.conflict(exc) from exc
 
     async def abort(self) -> None:
         if self._f is not None:
@@ -145,8 +120,59 @@ class _FileWriter(BlobWriter):
             pass
 
 
+def open_tmp(tmp: Path, fsync: bool) -> IO[bytes]:
+    """Open the new temporary ``tmp`` for writing, creating its directory (durably with
+    ``fsync``) if needed. A concurrent delete may remove a directory it left empty while
+    it is being made or before the temporary is in it: then the directory is made again.
+    A file where a directory must be raises ``FileExistsError`` or ``NotADirectoryError``."""
+    for _ in range(100):
+        try:
+            return open(tmp, "xb")  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            pass
+        try:
+            make_dirs(tmp.parent, fsync)
+        except (FileExistsError, FileNotFoundError):
+            if _file_in_the_way(tmp.parent):
+                raise
+    return open(tmp, "xb")  # noqa: SIM115 - a hundred deletes in a row: let this one say why
+
+
+def _file_in_the_way(directory: Path) -> bool:
+    """Whether ``directory`` or one of its parents exists and is not a directory."""
+    for p in (directory, *directory.parents):
+        if p.exists() or p.is_symlink():
+            return not p.is_dir()
+    return False
+
+
 class _LocalRoot(Repository):
-    """``validate`` for repositories rooted in a local directory."""
+    """``validate``, the key rule and conflicts of repositories rooted in a local directory."""
+
+    extension: str
+
+    def _check_key(self, key: str) -> str:
+        return check_segments(key, self.extension, self.describe())
+
+    def _conflict(self, key: str, exc: OSError) -> RepositoryError:
+        """The error for a write of ``key`` that met a file where a directory must be (a
+        key ``a`` stored as a file, while writing ``a/b``) or a directory where the file
+        must be (keys under ``key/``); the cause is chained by the caller."""
+        segments = key.split("/")
+        for n in range(1, len(segments)):
+            prefix = "/".join(segments[:n])
+            where = self.root / prefix
+            if where.exists() and not where.is_dir():
+                return RepositoryError(
+                    f"{self.describe()}: cannot store key {key!r}: {where} is a file (the key "
+                    f"{prefix!r}{' or another file' if self.extension else ''}), so no key can be "
+                    f"stored under {prefix + '/'!r} while it exists"
+                )
+        return RepositoryError(
+            f"{self.describe()}: cannot store key {key!r}: {self.root / (key + self.extension)} is a "
+            f"directory (holding keys under {key + '/'!r}), so it cannot be a key's value: "
+            f"{type(exc).__name__}"
+        )
 
     root: Path
     fsync: bool
@@ -165,7 +191,7 @@ class _LocalRoot(Repository):
         """Check the root directory (create it with ``create``) and sweep temporaries left
         by writers that were killed (their pid, part of the name, no longer runs)."""
         if self.root.is_dir():
-            removed = await asyncio.to_thread(sweep, self.root)
+            removed = await asyncio.to_thread(sweep, self.root, self._descend)
             if removed:
                 log.info("%s: removed %d temporary file(s) of killed writers", self.describe(), len(removed))
             return
@@ -174,9 +200,22 @@ class _LocalRoot(Repository):
         if create:
             await asyncio.to_thread(make_dirs, self.root, self._durable())
 
+    def _descend(self, entry: os.DirEntry[str]) -> bool:
+        """Whether the directory ``entry`` may hold keys (and so temporaries) below it."""
+        return True
+
 
 class FileRepository(_LocalRoot, BlobRepository):
-    """One file per key under ``root``, named ``key + extension``.
+    """One file per key under ``root``, at ``root/key + extension``.
+
+    A key with segments is a nested path (``a/b c/d.txt``): its directories are created
+    as needed (durably with ``fsync``) and removed by a delete that leaves them empty.
+    Listings walk the whole tree and skip hidden names (starting with ``.``) in any
+    directory. Each segment is a file name of at most 255 bytes in UTF-8 (the last one
+    with the extension), and no segment may start with ``.``: other keys are refused with
+    :class:`~pydatatask.errors.InvalidKeyError`. Without an extension, a key ``a`` (a
+    file) and a key ``a/b`` (under a directory ``a``) cannot both exist: storing the
+    second raises :class:`~pydatatask.errors.RepositoryError` naming the first.
 
     :param root: the directory; created on first write (or by ``validate(create=True)``).
     :param extension: appended to every key, e.g. ``".txt"``; files without it are ignored.
@@ -199,13 +238,17 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     def path(self, key: str) -> Path:
         """The path the value of ``key`` lives at (whether or not it exists)."""
-        return self.root / (validate_key(key) + self.extension)
+        return self.root / (self._key(key) + self.extension)
 
     def _path(self, key: str) -> Path:
         return self.root / (key + self.extension)
 
     async def _list(self) -> Iterable[str]:
-        return await asyncio.to_thread(_scan, self.root, False, self.extension)
+        return await asyncio.to_thread(walk, self.root, False, self.extension, False)
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        """Each file's inode, size and mtime in nanoseconds, from the listing's own walk."""
+        return self._valid_versions(await asyncio.to_thread(walk, self.root, False, self.extension, True))
 
     async def _contains(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -213,15 +256,33 @@ class FileRepository(_LocalRoot, BlobRepository):
     def _delete_sync(self, path: Path) -> bool:
         try:
             os.unlink(path)
-        except FileNotFoundError:
-            return False
-        except IsADirectoryError as exc:
+        except (FileNotFoundError, NotADirectoryError):
+            return False  # absent (or under a file, where no key can be)
+        except (IsADirectoryError, PermissionError) as exc:
+            if not path.is_dir():
+                raise
             raise RepositoryError(f"{self.describe()}: {path} is a directory") from exc
+        if path.parent != self.root:
+            remove_empty_parents(self.root, path, False)
         return True
 
     def _delete_durably(self, path: Path) -> None:
-        if self._delete_sync(path):
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except (IsADirectoryError, PermissionError) as exc:
+            if not path.is_dir():
+                raise
+            raise RepositoryError(f"{self.describe()}: {path} is a directory") from exc
+        try:
             fsync_dir(path.parent)
+        except FileNotFoundError:
+            # a sibling's delete removed the directory once this unlink left it empty:
+            # that removal is synced in its own parent by the delete that made it
+            return
+        if path.parent != self.root:
+            remove_empty_parents(self.root, path, True)
 
     async def _delete(self, key: str) -> None:
         path = self._path(key)
@@ -234,12 +295,16 @@ class FileRepository(_LocalRoot, BlobRepository):
         try:
             f = await asyncio.to_thread(open, self._path(key), "rb")
             return _FileReader(f)
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyNotFoundError(key, self.describe()) from None
 
     async def _open_writer(self, key: str) -> BlobWriter:
         writer = _FileWriter(self._path(key), self._durable())
-        await asyncio.to_thread(writer._open)
+        try:
+            await asyncio.to_thread(writer._open)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise self._conflict(key, exc) from exc
+        writer.conflict = lambda exc: self._conflict(key, exc)
         return writer
 
     # Whole-value fast paths: one thread hop per operation instead of one per step.
@@ -250,7 +315,7 @@ class FileRepository(_LocalRoot, BlobRepository):
             if data is None:
                 data = await asyncio.to_thread(path.read_bytes)
             return data
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyNotFoundError(key, self.describe()) from None
 
     def _write_sync(self, path: Path, data: bytes) -> None:
@@ -273,18 +338,17 @@ class FileRepository(_LocalRoot, BlobRepository):
         path, data = self.path(key), bytes(data)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
-        if len(data) <= SMALL_FILE and not self._durable():
-            self._write_sync(path, data)
-        else:
-            await asyncio.to_thread(self._write_sync, path, data)
+        try:
+            if len(data) <= SMALL_FILE and not self._durable():
+                self._write_sync(path, data)
+            else:
+                await asyncio.to_thread(self._write_sync, path, data)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            raise self._conflict(key, exc) from exc
 
     def _create_sync(self, path: Path, data: bytes) -> bool:
         tmp = path.with_name(tmp_name(path.name))
-        try:
-            f = open(tmp, "xb")  # noqa: SIM115
-        except FileNotFoundError:
-            make_dirs(path.parent, self._durable())
-            f = open(tmp, "xb")  # noqa: SIM115
+        f = open_tmp(tmp, self._durable())
         try:
             with f:
                 f.write(data)
@@ -293,6 +357,8 @@ class FileRepository(_LocalRoot, BlobRepository):
                     os.fsync(f.fileno())
             os.link(tmp, path)  # atomic, fails if the name exists
         except FileExistsError:
+            if path.is_dir() and not path.is_symlink():
+                raise IsADirectoryError(f"{path} is a directory") from None
             return False
         finally:
             os.unlink(tmp)
@@ -302,9 +368,12 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         path, data = self._path(key), bytes(data)
-        if len(data) <= SMALL_FILE and not self._durable():
-            return self._create_sync(path, data)
-        return await asyncio.to_thread(self._create_sync, path, data)
+        try:
+            if len(data) <= SMALL_FILE and not self._durable():
+                return self._create_sync(path, data)
+            return await asyncio.to_thread(self._create_sync, path, data)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            raise self._conflict(key, exc) from exc
 
     def _replace_if_sync(self, path: Path, expected: bytes, data: bytes) -> bool:
         # Conditional replacements are serialised by an advisory lock on the directory's
@@ -336,6 +405,15 @@ class DirectoryRepository(_LocalRoot, Repository):
     Write a key's directory atomically with :meth:`open_dir`: the job fills a hidden
     temporary directory, which is renamed into place only if the block succeeds.
 
+    Nested keys (``a/b``) live in nested directories. What a key's directory holds is the
+    job's own (any files and subdirectories), so the directories *above* keys are marked:
+    each holds a hidden file ``.pdt-prefix``, and listings descend into marked directories
+    only. A key ``a`` and a key ``a/b`` cannot both exist (``a`` would be a value and a
+    prefix at once): storing the second raises
+    :class:`~pydatatask.errors.RepositoryError` naming the first. Prefix directories stay
+    when their last key is deleted (they are never listed as keys). Segments follow the
+    rule of :class:`FileRepository` (at most 255 bytes, none starting with ``.``).
+
     :param fsync: make :meth:`open_dir` and deletes durable before they return: every file
         and directory of the tree is fsynced before the rename, and the parent directory
         after it (the default; see :class:`FileRepository`). A directory made with
@@ -352,20 +430,33 @@ class DirectoryRepository(_LocalRoot, Repository):
 
     def path(self, key: str) -> Path:
         """The directory of ``key`` (whether or not it exists)."""
-        return self.root / (validate_key(key) + self.extension)
+        return self.root / (self._key(key) + self.extension)
+
+    def _descend(self, entry: os.DirEntry[str]) -> bool:
+        return os.path.lexists(os.path.join(entry.path, PREFIX_MARKER))
 
     async def _list(self) -> Iterable[str]:
-        return await asyncio.to_thread(_scan, self.root, True, self.extension)
+        return await asyncio.to_thread(walk, self.root, True, self.extension, False)
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        """Each key directory's inode, size and mtime in nanoseconds (a directory written
+        again by :meth:`open_dir` is a new one; files changed in place deep inside it are
+        not seen), from the listing's own walk."""
+        return self._valid_versions(await asyncio.to_thread(walk, self.root, True, self.extension, True))
+
+    def _is_key_dir(self, p: Path) -> bool:
+        return p.is_dir() and not p.is_symlink() and not (p / PREFIX_MARKER).exists()
 
     async def _contains(self, key: str) -> bool:
-        p = self.root / (key + self.extension)
-        return p.is_dir() and not p.is_symlink()
+        return self._is_key_dir(self.root / (key + self.extension))
 
     def _delete_sync(self, path: Path) -> None:
+        if (path / PREFIX_MARKER).exists():
+            return  # a directory of other keys, not the value of this one
         trash = path.with_name(tmp_name(path.name))
         try:
             os.rename(path, trash)  # disappears at once, then is removed
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
         if self._durable():
             fsync_dir(path.parent)  # gone for good: what is left is a hidden temporary
@@ -374,12 +465,57 @@ class DirectoryRepository(_LocalRoot, Repository):
     async def _delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete_sync, self.root / (key + self.extension))
 
+    def _make_prefixes(self, key: str) -> None:
+        """Create the marked prefix directories above ``key``'s directory (``a`` and
+        ``a/b`` for the key ``a/b/c``); each appears atomically with its marker."""
+        durable = self._durable()
+        if not self.root.is_dir():
+            make_dirs(self.root, durable)
+        segments = key.split("/")
+        parent = self.root
+        for n in range(1, len(segments)):
+            here = parent / segments[n - 1]
+            if not here.exists():
+                tmp = parent / tmp_name(here.name)
+                tmp.mkdir()
+                (tmp / PREFIX_MARKER).touch()
+                if durable:
+                    fsync_tree(tmp)
+                try:
+                    if not here.exists():
+                        os.rename(tmp, here)
+                        if durable:
+                            fsync_dir(parent)
+                except OSError:
+                    if not here.is_dir():
+                        raise
+                    # made meanwhile by a concurrent writer (ENOTEMPTY): checked below
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            if not (here / PREFIX_MARKER).exists():
+                prefix = "/".join(segments[:n])
+                raise RepositoryError(
+                    f"{self.describe()}: cannot store key {key!r}: {here} is the directory of the key "
+                    f"{prefix!r}{'' if here.is_dir() else ' (or another file)'}, so no key can be stored "
+                    f"under {prefix + '/'!r} while it exists"
+                )
+            parent = here
+
+    def _check_not_prefix(self, key: str, final: Path) -> None:
+        if (final / PREFIX_MARKER).exists():
+            raise RepositoryError(
+                f"{self.describe()}: cannot store key {key!r}: {final} holds other keys (under "
+                f"{key + '/'!r}), so it cannot be a key's directory"
+            )
+
     @asynccontextmanager
     async def open_dir(self, key: str) -> AsyncIterator[Path]:
         """Yield a fresh temporary directory that becomes the value of ``key`` on success."""
         final = self.path(key)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
+        await asyncio.to_thread(self._make_prefixes, key)
+        self._check_not_prefix(key, final)
         tmp = final.with_name(tmp_name(final.name))
         await asyncio.to_thread(make_dirs, tmp, self._durable())
         try:
@@ -387,9 +523,16 @@ class DirectoryRepository(_LocalRoot, Repository):
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
             raise
-        await asyncio.to_thread(self._install, tmp, final)
+        try:
+            await asyncio.to_thread(self._install, tmp, final)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            raise
 
     def _install(self, tmp: Path, final: Path) -> None:
+        """Rename the filled temporary ``tmp`` to ``final``, the directory of a key whose
+        prefixes exist (:meth:`_make_prefixes`), replacing its old value."""
+        self._check_not_prefix(final.relative_to(self.root).as_posix(), final)
         if self._durable():
             fsync_tree(tmp)
         old = final.with_name(tmp_name(final.name))
@@ -409,5 +552,7 @@ class DirectoryRepository(_LocalRoot, Repository):
         path = self.path(key)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
-        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._make_prefixes, key)
+        self._check_not_prefix(key, path)
+        await asyncio.to_thread(path.mkdir, exist_ok=True)
         return path

@@ -18,9 +18,22 @@ class _DictKeys:
     """Key handling shared by the in-memory repositories (a dict holds the values)."""
 
     _data: dict[str, Any]
+    #: the version of each key: the value of ``_clock`` when it was last written
+    _stamps: dict[str, int]
+    _clock: int = 0
+
+    def _stamp(self, key: str) -> None:
+        """Note that ``key`` was just written: it gets a version no key ever had here (a
+        counter bumped on every write, so a deleted and rewritten key has a new one too)."""
+        self._clock += 1
+        self._stamps[key] = self._clock
 
     async def keys(self) -> set[str]:
         return set(self._data)  # only valid keys ever get in
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        stamps = self._stamps
+        return {key: str(stamps[key]) for key in self._data}
 
     async def _list(self) -> Iterable[str]:
         return self._data.keys()
@@ -30,6 +43,7 @@ class _DictKeys:
 
     async def _delete(self, key: str) -> None:
         self._data.pop(key, None)
+        self._stamps.pop(key, None)
 
 
 class MemoryMetadataRepository(_DictKeys, MetadataRepository):
@@ -37,9 +51,11 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
 
     def __init__(self, data: dict[str, Any] | None = None, *, name: str = "") -> None:
         self._data: dict[str, Any] = {}
+        self._stamps = {}
         self._name = name
         for key, value in (data or {}).items():
             self._data[validate_key(key)] = copy.deepcopy(value)
+            self._stamp(key)
 
     def describe(self) -> str:
         return f"memory metadata{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
@@ -52,17 +68,20 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
 
     async def _put(self, key: str, value: Any) -> None:
         self._data[key] = _copy(value)
+        self._stamp(key)
 
     async def _create(self, key: str, value: Any) -> bool:
         if key in self._data:
             return False
         self._data[key] = _copy(value)
+        self._stamp(key)
         return True
 
     async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
         if key not in self._data or self._data[key] != expected:
             return False
         self._data[key] = _copy(value)
+        self._stamp(key)
         return True
 
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
@@ -113,6 +132,7 @@ class _MemoryWriter(BlobWriter):
 
     async def commit(self) -> None:
         self._repo._data[self._key] = b"".join(self._parts)
+        self._repo._stamp(self._key)
         self._parts = []
 
     async def abort(self) -> None:
@@ -124,7 +144,10 @@ class MemoryBlobRepository(_DictKeys, BlobRepository):
 
     def __init__(self, data: dict[str, bytes] | None = None, *, name: str = "") -> None:
         self._data: dict[str, bytes] = {validate_key(k): bytes(v) for k, v in (data or {}).items()}
+        self._stamps = {}
         self._name = name
+        for key in self._data:
+            self._stamp(key)
 
     def describe(self) -> str:
         return f"memory blobs{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
@@ -149,15 +172,18 @@ class MemoryBlobRepository(_DictKeys, BlobRepository):
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
         self._data[key] = bytes(data)
+        self._stamp(key)
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         if key in self._data:
             return False
         self._data[key] = bytes(data)
+        self._stamp(key)
         return True
 
     async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
         if self._data.get(key) != expected:
             return False
         self._data[key] = data
+        self._stamp(key)
         return True

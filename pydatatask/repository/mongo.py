@@ -1,12 +1,14 @@
 """Metadata in a MongoDB collection (or any server speaking the MongoDB wire protocol).
 
-Storage format: one document per key, ``{"_id": key, "value": <the value>}``. Wrapping the
+Storage format: one document per key, ``{"_id": key, "value": <the value>, "token": ...}``;
+the key is the ``_id`` exactly (any valid key, nested paths included). Wrapping the
 value (rather than storing its fields at the top level of the document) lets any JSON-like
 value round trip - lists, strings, numbers, ``None`` - and keeps user fields from clashing
-with ``_id``. Documents written by
-:meth:`~pydatatask.repository.base.MetadataRepository.create` also carry a ``token`` field
-(a random string) so a create that is retried after a lost connection can recognise its own
-insert; readers ignore every field but ``value``.
+with ``_id``. Every write sets ``token`` to a new random string: it is the document's
+version (:meth:`~pydatatask.repository.base.Repository.versions` reads it in the same
+``find`` as the listing), and lets a create or conditional replace that is retried after a
+lost connection recognise its own write. A document without a ``token`` (written by
+another program) has the version None. Readers ignore every field but ``value``.
 
 The client is PyMongo's own asyncio API (``pymongo.AsyncMongoClient``); Motor is refused.
 pymongo is imported lazily: importing this module does not need it.
@@ -166,16 +168,38 @@ class MongoMetadataRepository(MetadataRepository):
 
     # --- Repository hooks ------------------------------------------------------
     async def _list(self) -> Iterable[str]:
+        # a non-str _id (an ObjectId from another writer) is never a key: warned about
+        # with the stored names that are not valid keys, and skipped
         async def run(coll: AsyncCollection[Any]) -> list[str]:
             names: list[str] = []
+            foreign: list[str] = []
             async for doc in coll.find({}, projection={"_id": 1}, batch_size=10_000):
                 ident = doc["_id"]
-                # a non-str _id (ObjectId from another writer) is never a key: repr() makes
-                # it an invalid name, skipped with the base class's warning
-                names.append(ident if isinstance(ident, str) else repr(ident))
+                if isinstance(ident, str):
+                    names.append(ident)
+                else:
+                    foreign.append(repr(ident))
+            if foreign:
+                self._warn_invalid(foreign)
             return names
 
         return await self._call("list", run)
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        """Each document's ``token`` (a new random string at every write), from one ``find``."""
+
+        async def run(coll: AsyncCollection[Any]) -> dict[str, str | None]:
+            found: dict[str, str | None] = {}
+            async for doc in coll.find({}, projection={"_id": 1, "token": 1}, batch_size=10_000):
+                ident, token = doc["_id"], doc.get("token")
+                if not isinstance(ident, str):
+                    # a non-str _id (an ObjectId from another writer) is never a key
+                    self._warn_invalid([repr(ident)])
+                    continue
+                found[ident] = token if isinstance(token, str) else None
+            return found
+
+        return self._valid_versions(await self._call("versions", run))
 
     async def _contains(self, key: str) -> bool:
         async def run(coll: AsyncCollection[Any]) -> bool:
@@ -213,6 +237,7 @@ class MongoMetadataRepository(MetadataRepository):
 
     async def _put(self, key: str, value: Any) -> None:
         doc = _document(key, value)
+        doc["token"] = secrets.token_hex(16)  # the new version (and the same one on a retry)
 
         async def run(coll: AsyncCollection[Any]) -> None:
             await coll.replace_one({"_id": key}, doc, upsert=True)

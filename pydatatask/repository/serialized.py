@@ -136,6 +136,13 @@ class SerializedMetadataRepository(MetadataRepository):
     async def _list(self) -> Iterable[str]:
         return await self.blobs.keys()
 
+    def _check_key(self, key: str) -> str:
+        return self.blobs._check_key(key)  # the blobs' own rule is this repository's
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        """The versions of the blobs that hold the values (one listing of ``blobs``)."""
+        return await self.blobs.versions()
+
     async def _contains(self, key: str) -> bool:
         return await self.blobs.contains(key)
 

@@ -166,6 +166,12 @@ class RepositoryView(Repository):
             return None
         return self.children[0], self._child_key(key)
 
+    def _check_key(self, key: str) -> str:
+        """A view admits the keys every child admits (under its child key)."""
+        for child, child_key in self._child_pairs(key):
+            child._check_key(child_key)
+        return key
+
     # ---- hooks of the combinators ----
     def _child_key(self, key: str) -> str:
         """The key in the children (translated by :class:`TranslateKeysRepository`)."""
@@ -197,6 +203,26 @@ class RepositoryView(Repository):
 
     async def _list(self) -> Iterable[str]:
         return await self.keys()
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        """Each key's version in the child its reads come from: the first child (or, for
+        views that read from whichever child holds the key, the first that does), under
+        the child's key."""
+        readers = self.children if self._reads_any_child else self.children[:1]
+        keys = await self.keys()
+        versions = await asyncio.gather(*(c.versions() for c in readers))
+        out: dict[str, str | None] = {}
+        for key in keys:
+            out[key] = None
+            try:
+                child_key = self._child_key(key)
+            except InvalidKeyError:
+                continue
+            for child_versions in versions:
+                if child_key in child_versions:
+                    out[key] = child_versions[child_key]
+                    break
+        return out
 
     async def _delete(self, key: str) -> None:
         raise ReadOnlyRepositoryError(f"{self.describe()} is a view; delete from its underlying repository")

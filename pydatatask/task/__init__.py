@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import JobContext, JobOutcome, Task
 from .claims import Claim, Claims
+from .fan import FanOut
 from .function import FunctionTask
 from .hooks import EVENTS, Event, Hooks
 from .links import Link, LinkKind
@@ -17,6 +18,7 @@ __all__ = (
     "JobOutcome",
     "FunctionTask",
     "ProcessTask",
+    "FanOut",
     "Claim",
     "Claims",
     "Link",

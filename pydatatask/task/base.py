@@ -26,6 +26,15 @@ from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, visible_keys
 from ..repository.memory import MemoryMetadataRepository
 from .claims import Claims
+from .fan import (
+    FanOut,
+    GroupBy,
+    check_child,
+    clear_children,
+    fan_out_repositories,
+    list_members,
+    record_fields,
+)
 from .hooks import Hooks
 from .links import Link, LinkKind
 from .records import JobState, utcnow_iso
@@ -61,6 +70,12 @@ class JobContext:
     slot: Any = None
     _log: list[str] = field(default_factory=list)
 
+    @property
+    def members(self) -> list[str]:
+        """The member keys of a fan-in job (its key is their group's), sorted; empty for
+        other jobs."""
+        return list(self.task._job_members.get(self.key, ()))
+
     def log(self, message: str) -> None:
         """Append a line to the job's log (written to the task's ``logs`` repository)."""
         self._log.append(f"{utcnow_iso()} {message}")
@@ -85,10 +100,16 @@ class Task:
     :param retry: a :class:`~pydatatask.task.retry.RetryPolicy` (default: one attempt).
     :param timeout: per-attempt time limit (``"30s"``, ``"5m"``, seconds).
     :param priority: tasks with higher priority launch first when slots are scarce.
+    :param group_by: makes the task a *fan-in*: a function of a key present in the inputs
+        returning the key of its group (or None); one job runs per group, keyed by the
+        group key, once every member has succeeded upstream (see :doc:`/fan`).
     :param schedule: run one job per time window: an interval (``"5m"``, ``"1h30m"``), a
         cron expression (``"0 * * * *"``) or a
         :class:`~pydatatask.repository.clock.ClockRepository` for more options, linked as
         the input ``clock`` (see :doc:`/periodic`).
+
+    An output given as :class:`~pydatatask.task.fan.FanOut` ``(repository)`` is a
+    *fan-out*: the job of ``K`` writes children ``K/...`` there (see :doc:`/fan`).
     """
 
     #: a short name of where jobs run, written to job records
@@ -99,7 +120,7 @@ class Task:
         name: str,
         *,
         inputs: Mapping[str, Repository] | None = None,
-        outputs: Mapping[str, Repository] | None = None,
+        outputs: Mapping[str, Repository | FanOut] | None = None,
         done: MetadataRepository | None = None,
         live: MetadataRepository | None = None,
         logs: BlobRepository | None = None,
@@ -107,6 +128,7 @@ class Task:
         retry: RetryPolicy | None = None,
         timeout: float | str | None = None,
         priority: int = 0,
+        group_by: GroupBy | None = None,
         schedule: str | float | ClockRepository | None = None,
     ) -> None:
         if (
@@ -129,8 +151,22 @@ class Task:
         self._defaulted: set[str] = set()
         for link_name, repo in (inputs or {}).items():
             self.link(link_name, repo, LinkKind.INPUT)
-        for link_name, repo in (outputs or {}).items():
-            self.link(link_name, repo, LinkKind.OUTPUT)
+        #: fan-out output links, with their separators; see :mod:`pydatatask.task.fan`
+        self.fan_out: dict[str, str] = {}
+        for link_name, given in (outputs or {}).items():
+            if isinstance(given, FanOut):
+                self.fan_out[link_name] = given.separator
+                given = given.repository
+            self.link(link_name, given, LinkKind.OUTPUT)
+        if group_by is not None and not callable(group_by):
+            raise ConfigurationError(f"task {name!r}: group_by must be a function of a key, not {group_by!r}")
+        #: the key function of a fan-in task, or None for one job per key
+        self.group_by = group_by
+        self._group_cache: dict[str, str | None] = {}
+        # members of the groups found ready by the last tick, and of the groups running
+        self._tick_members: dict[str, list[str]] = {}
+        self._job_members: dict[str, list[str]] = {}
+        self._fan_out_ids: dict[int, tuple[str, str]] = {}
         if schedule is not None:
             self._link_schedule(schedule)
         # the defaults are stable objects: Pipeline(state_dir=...) binds their store later,
@@ -288,6 +324,14 @@ class Task:
                     log.exception(
                         "task %s: could not remove partial output %s of %r", self.name, link.name, key
                     )
+        if self.fan_out:
+            # every child of the key, whether the journal names it or not: a dead
+            # scheduler's claim does not list them (see _durable_journal)
+            try:
+                await clear_children(self, key)
+            except Exception:
+                cleaned = False
+                log.exception("task %s: could not remove the children of %r", self.name, key)
         if journal is None or not len(journal):
             return cleaned
         outputs = self._output_repositories()
@@ -370,10 +414,24 @@ class Task:
     def _durable_journal(self, key: str) -> WriteJournal:
         live = self.live
         target = live.target if isinstance(live, DeferredMetadataRepository) else live
+        fan_out = bool(self.fan_out)
+        if fan_out:
+            self._fan_out_ids = fan_out_repositories(self)
         if isinstance(target, MemoryMetadataRepository):
-            return WriteJournal()  # the claim dies with this process: nothing to recover
+            if not fan_out:
+                return WriteJournal()  # the claim dies with this process: nothing to recover
+
+            async def check_only(repo: Repository, written: str) -> None:
+                check_child(self, key, repo, written)
+
+            return WriteJournal(check_only)
 
         async def before_new_write(repo: Repository, written: str) -> None:
+            if fan_out and id(repo) in self._fan_out_ids:
+                # a child: never noted in the claim (a million children would rewrite it a
+                # million times); the recovery removes every child of the key instead
+                check_child(self, key, repo, written)
+                return
             path = self._output_paths().get(id(repo))
             if path is None or (written == key and "/" not in path):
                 return  # not an output, or the job's own key (always cleaned up)
@@ -416,6 +474,7 @@ class Task:
         """End the journal of the job of ``key``; a failed job's output keys are kept for a
         minute (see :meth:`in_flight_writes`)."""
         journal = self._running_journals.pop(key, None)
+        self._job_members.pop(key, None)
         if journal is not None and not succeeded and len(journal):
             outputs = self._output_repositories()
             written = {i: ks for i, ks in journal.keys_by_repository().items() if i in outputs}
@@ -435,6 +494,26 @@ class Task:
             keys |= visible_keys(link.repository, written)
         keys.discard(key)
         return sorted(keys)
+
+    async def begin_job(self, key: str) -> None:
+        """Called under the claim, before the first attempt: a fan-out job removes the
+        children an earlier run left; a fan-in job fixes its members (those the last
+        scheduler tick found, else those present in the inputs now)."""
+        if self.fan_out:
+            stale = await clear_children(self, key)
+            if stale:
+                log.info(
+                    "task %s: job %r removed %d child key(s) an earlier run left", self.name, key, len(stale)
+                )
+        if self.group_by is not None:
+            members = self._tick_members.get(key)
+            self._job_members[key] = list(members) if members is not None else await list_members(self, key)
+
+    def record_fields(self, key: str, journal: WriteJournal) -> dict[str, Any]:
+        """What a success record notes of the job's writes and members: ``wrote`` (keys
+        beyond its own that are not children), ``children`` (fan-out) and ``members``
+        (fan-in)."""
+        return record_fields(self, key, journal)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the task keeps between jobs (e.g. a thread pool); called when the

@@ -106,6 +106,11 @@ class FunctionTask(Task):
     :class:`~pydatatask.executor.pool.PoolExecutor` over threads, processes or a Dask client
     (then the function must be importable: defined at module level), and so on.
 
+    A **fan-in** task (``group_by=``) runs one call per group: ``key`` is the group key,
+    a ``members`` parameter receives the member keys (sorted), and a plain function's input
+    parameters receive ``{member: value}`` dicts instead of one value; what it returns is
+    written under the group key (see :doc:`/fan`).
+
     The ``timeout`` counts from when the call starts (not while it waits for a free worker)
     to the end of the writing of its outputs; reading the inputs before the call has a
     limit of the same length of its own. A plain function's call that runs past it cannot
@@ -160,17 +165,27 @@ class FunctionTask(Task):
         """Every parameter of the function must name a link, ``key`` or ``job`` (a function
         that runs outside this process: ``key`` or an input link)."""
         known = set(self.links) | {"key", "job"}
+        if self.group_by is not None:
+            if "members" in self.links:
+                raise ConfigurationError(
+                    f"task {self.name!r}: a fan-in task cannot have a link named 'members' "
+                    "(the parameter that receives the member keys)"
+                )
+            known.add("members")
         unknown = [p for p in self._params if p not in known and p not in self._optional]
         if unknown:
             raise ConfigurationError(
                 f"task {self.name!r}: parameter(s) {', '.join(map(repr, unknown))} of "
                 f"{getattr(self.func, '__qualname__', self.func)!r} match no link "
-                f"(links: {', '.join(sorted(self.links))}; also available: key, job)"
+                f"(links: {', '.join(sorted(self.links))}; also available: key, job"
+                + (", members)" if self.group_by is not None else ")")
             )
         if self._in_process:
             return
         for p in self._params:
             link = self.links.get(p)
+            if p == "members":
+                continue
             if p == "job" or (link is not None and not link.is_output and link.kind is not LinkKind.INPUT):
                 raise ConfigurationError(
                     f"task {self.name!r}: parameter {p!r} of a function run on "
@@ -189,9 +204,10 @@ class FunctionTask(Task):
             self._executor.shutdown()
 
     def _wanted(self) -> list[str]:
+        extra = ("key", "job", "members") if self.group_by is not None else ("key", "job")
         if self._var_kw:
-            return list(self.links) + ["key", "job"]
-        return [p for p in self._params if p in self.links or p in ("key", "job")]
+            return list(self.links) + list(extra)
+        return [p for p in self._params if p in self.links or p in extra]
 
     # ---------------------------------------------------------------- the job
     async def prepare(self, job: JobContext) -> Work:
@@ -201,13 +217,17 @@ class FunctionTask(Task):
             # the repositories are fixed once the pipeline is built: resolve them once
             fixed = self._fixed_args
             if fixed is None:
-                fixed = {n: self.links[n].repository for n in self._wanted() if n not in ("key", "job")}
+                fixed = {
+                    n: self.links[n].repository for n in self._wanted() if n not in ("key", "job", "members")
+                }
                 self._fixed_args = fixed
             args: dict[str, Any] = dict(fixed)
             if self._var_kw or "key" in self._params:
                 args["key"] = job.key
             if self._var_kw or "job" in self._params:
                 args["job"] = job
+            if self.group_by is not None and (self._var_kw or "members" in self._params):
+                args["members"] = job.members
             return FunctionCall(self.func, args, is_async=True, job=(self.name, job.key))
         if self._body_elsewhere:
             return FunctionCall(self.func, {}, job=(self.name, job.key))
@@ -239,6 +259,8 @@ class FunctionTask(Task):
         for name in self._wanted():
             if name == "key":
                 args[name] = job.key
+            elif name == "members":
+                args[name] = job.members
             elif name == "job":
                 if not self._in_process:
                     raise ConfigurationError(
@@ -247,7 +269,10 @@ class FunctionTask(Task):
                 args[name] = job
             else:
                 link = self.links[name]
-                if link.kind is LinkKind.INPUT:
+                if link.kind is LinkKind.INPUT and self.group_by is not None:
+                    # fan-in: the value of every member, by key
+                    args[name] = {m: await _read_value(link.repository, m) for m in job.members}
+                elif link.kind is LinkKind.INPUT:
                     args[name] = await _read_value(link.repository, job.key)
                 elif link.is_output:
                     continue  # outputs are returned, not passed

@@ -99,6 +99,7 @@ async def execute(
     handles: list[JobHandle] = []
     cleaned = True
     try:
+        await task.begin_job(key)  # fan-out: an earlier run's children go; fan-in: the members
         while True:
             attempt += 1
             job = JobContext(task, key, attempt, slot=slot)
@@ -153,9 +154,9 @@ async def execute(
                 job.log(record["error"]["traceback"].rstrip())
                 break
             outcome = outcome or JobOutcome()
-            wrote = task.wrote_beyond(key, journal)
-            if wrote:
-                outcome.extra = {**outcome.extra, "wrote": wrote}
+            fields = task.record_fields(key, journal)
+            if fields:
+                outcome.extra = {**outcome.extra, **fields}
             record = make_record(
                 task=task.name,
                 key=key,

@@ -261,7 +261,12 @@ class ProcessTask(Task):
         files_out: dict[str, Callable[[Any], Awaitable[None]]] = {}
         for link in self.links.values():
             info = context["links"][link.name]
-            if link.kind is LinkKind.INPUT:
+            if link.kind is LinkKind.INPUT and self.group_by is not None:
+                for member in context["members"]:  # fan-in: each member's input, not the group's
+                    await self._stage_input(
+                        link, member["key"], host, job_dir, member["links"][link.name], files_in
+                    )
+            elif link.kind is LinkKind.INPUT:
                 await self._stage_input(link, key, host, job_dir, info, files_in)
             elif link.is_output:
                 self._stage_output(link, key, host, job_dir, info, staged, files_out)
@@ -399,7 +404,7 @@ class ProcessTask(Task):
             return
         if host.is_local and isinstance(repo, DirectoryRepository):
             final = repo.path(key)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            repo._make_prefixes(key)  # the directories above a nested key are marked as such
             tmp = _tmp_sibling(final)
             tmp.mkdir()
             staged.local_temps.append(tmp)

@@ -15,6 +15,8 @@ The context of a job (:func:`job_context`)::
     <link name>  info about the link for this key, e.g. for a FileRepository
                  {"kind": "file", "path": "/data/docs/k.txt", "root": "/data/docs", "exists": ...};
                  through a view, that of the repository (and key) the view reads from
+    members      (fan-in tasks only) the members of the group, sorted, each
+                 {"key": member key, "links": {input link name: info for the member}}
 
 Secrets never go into the context: they reach processes through their environment.
 """
@@ -176,4 +178,10 @@ def job_context(task: Any, key: str, params: dict[str, Any] | None = None) -> di
     for name, info in links.items():
         if name not in context:
             context[name] = info
+    if getattr(task, "group_by", None) is not None:
+        inputs = [(n, lk.repository) for n, lk in task.links.items() if lk.kind == "input"]
+        context["members"] = [
+            {"key": m, "links": {n: link_info(repo, m) for n, repo in inputs}}
+            for m in task._job_members.get(key, ())
+        ]
     return context

@@ -46,8 +46,11 @@ from .repository import (
     ReadOnlyRepositoryTests,
     RepositoryReadTests,
     RepositoryTests,
+    adversarial_keys,
     invalid_keys,
+    long_key,
     odd_valid_keys,
+    path_keys,
 )
 
 __all__ = (
@@ -60,5 +63,8 @@ __all__ = (
     "ReadOnlyRepositoryTests",
     "invalid_keys",
     "odd_valid_keys",
+    "path_keys",
+    "long_key",
+    "adversarial_keys",
     "ExecutorTests",
 )

@@ -593,7 +593,7 @@ def test_example_runs_end_to_end(tmp_path: Path) -> None:
     cmd = [sys.executable, str(EXAMPLE), "--data", str(tmp_path)]
     proc = subprocess.run([*cmd, "run"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "120 job(s) succeeded, 0 failed" in proc.stdout
+    assert "121 job(s) succeeded, 0 failed" in proc.stdout  # 60 stats, 60 reports, 1 summary
     assert "corpus summary: 60 documents" in proc.stderr
     assert len(_files(tmp_path / "reports")) == 60
     assert (tmp_path / "summary.md").read_text().startswith("# Corpus summary")
@@ -603,12 +603,16 @@ def test_example_runs_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*cmd, "rm", "stats", "doc-007", "--cascade", "--json"], env=env, capture_output=True, text=True
     )
-    assert {(r["task"], r["link"]) for r in json.loads(proc.stdout)} >= {
-        ("stats", "stats"),
-        ("report", "report"),
+    assert {(r["task"], r["link"], r["key"]) for r in json.loads(proc.stdout)} >= {
+        ("stats", "stats", "doc-007"),
+        ("report", "report", "doc-007"),
+        ("summary", "summary", "summary"),  # the fan-in group of the document
     }
     proc = subprocess.run([*cmd, "run", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert json.loads(proc.stdout)["per_task"] == {
         "stats": {"succeeded": 1, "failed": 0},
         "report": {"succeeded": 1, "failed": 0},
+        "summary": {"succeeded": 1, "failed": 0},
     }
+    record = yaml.safe_load((tmp_path / "state" / "summary" / "done" / "summary.yaml").read_text())
+    assert len(record["members"]) == 60 and "doc-007" in record["members"]

@@ -139,6 +139,9 @@ def pusher(http: httpx.AsyncClient, registry: dict[str, Any], repo_name: str) ->
 class TestDockerConformance(RepositoryTests):
     """The base repository suite; a value is an image pushed under the tag."""
 
+    stores_path_keys = False  # the tag grammar: nested, spaced and non-ASCII keys are refused
+    knows_versions = False  # the tag list carries no digests (one HEAD per tag would)
+
     @pytest.fixture(autouse=True)
     def _bind(self, pusher: Pusher) -> None:
         self._pusher = pusher
@@ -148,15 +151,14 @@ class TestDockerConformance(RepositoryTests):
         await self._pusher.push(key)
 
     async def test_odd_valid_keys(self, repo: DockerRepository) -> None:  # type: ignore[override]
-        # Docker tags stop at 128 characters: the suite's 200-character key must be refused
-        keys = [k for k in odd_valid_keys() if len(k) <= 128] + ["y" * 128]
+        # Docker tags stop at 128 characters: a 200-character key must be refused
+        keys = odd_valid_keys() + ["y" * 128]
         for key in keys:
             await self.make(repo, key)
         assert await repo.keys() == set(keys)
         for key in keys:
             assert await repo.contains(key)
         too_long = "x" * 200
-        assert too_long in odd_valid_keys()
         for call in (repo.contains, repo.delete, repo.info):
             with pytest.raises(InvalidKeyError, match="128"):
                 await call(too_long)

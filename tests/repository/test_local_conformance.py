@@ -25,6 +25,17 @@ def _walk(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+def _around(root: Path) -> set[str]:
+    """Everything in the test's directory (the root's parent) outside the root."""
+    parent = root.parent
+    return {str(p.relative_to(parent)) for p in parent.rglob("*") if p != root and root not in p.parents}
+
+
+class _Rooted:
+    async def outside(self, repo: Any) -> set[str] | None:
+        return _around(repo.root)
+
+
 class TestMemoryMetadata(MetadataRepositoryTests):
     @pytest.fixture
     async def repo(self) -> AsyncIterator[MemoryMetadataRepository]:
@@ -42,7 +53,7 @@ class TestMemoryBlob(BlobRepositoryTests):
         return set(repo._data)
 
 
-class TestFileRepository(BlobRepositoryTests):
+class TestFileRepository(_Rooted, BlobRepositoryTests):
     @pytest.fixture
     async def repo(self, tmp_path: Path) -> AsyncIterator[FileRepository]:
         yield FileRepository(tmp_path / "root", ".bin")
@@ -51,22 +62,22 @@ class TestFileRepository(BlobRepositoryTests):
         return _walk(repo.root)
 
 
-class TestFileRepositoryNoExtension(BlobRepositoryTests):
+class TestFileRepositoryNoExtension(_Rooted, BlobRepositoryTests):
     @pytest.fixture
     async def repo(self, tmp_path: Path) -> AsyncIterator[FileRepository]:
-        yield FileRepository(tmp_path)
+        yield FileRepository(tmp_path / "r")
 
     async def raw_names(self, repo: Any) -> set[str] | None:
         return _walk(repo.root)
 
 
-class TestYamlFiles(MetadataRepositoryTests):
+class TestYamlFiles(_Rooted, MetadataRepositoryTests):
     @pytest.fixture
     async def repo(self, tmp_path: Path) -> AsyncIterator[YamlMetadataFileRepository]:
         yield YamlMetadataFileRepository(tmp_path / "yaml")
 
 
-class TestJsonFiles(MetadataRepositoryTests):
+class TestJsonFiles(_Rooted, MetadataRepositoryTests):
     @pytest.fixture
     async def repo(self, tmp_path: Path) -> AsyncIterator[JsonMetadataFileRepository]:
         yield JsonMetadataFileRepository(tmp_path / "json")

@@ -92,7 +92,18 @@ async def test_storage_format_and_non_dict_values(
         await repo.put(key, value)
     for key, value in values.items():
         assert await repo.get(key) == value
-    assert await collection.find_one({"_id": "list"}) == {"_id": "list", "value": [1, [2, {"x": None}]]}
+    doc = await collection.find_one({"_id": "list"})
+    assert doc is not None and set(doc) == {"_id", "value", "token"}
+    assert doc["value"] == [1, [2, {"x": None}]]
+    versions = await repo.versions()
+    assert versions["list"] == doc["token"]  # the version is the token of the last write
+    await repo.put("nested/k\u00e9y with spaces", 1)
+    assert (await collection.find_one({"_id": "nested/k\u00e9y with spaces"}) or {})["value"] == 1
+    await repo.delete("nested/k\u00e9y with spaces")
+    # a document another program wrote, without a token: listed, version unknown
+    await collection.insert_one({"_id": "foreign", "value": 1})
+    assert (await repo.versions())["foreign"] is None
+    await collection.delete_one({"_id": "foreign"})
     assert await collection.count_documents({}) == len(values)
     assert repo.describe() == f"mongo {DB}.{collection.name}"
 
@@ -100,7 +111,7 @@ async def test_storage_format_and_non_dict_values(
 async def test_foreign_documents_are_skipped(
     repo: MongoMetadataRepository, collection: AsyncCollection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    await collection.insert_many([{"x": 1}, {"_id": "bad/name", "value": 1}, {"_id": "ok", "value": 2}])
+    await collection.insert_many([{"x": 1}, {"_id": "bad//name", "value": 1}, {"_id": "ok", "value": 2}])
     assert await repo.keys() == {"ok"}
     assert "not valid keys" in caplog.text
 

@@ -86,6 +86,11 @@ async def _uploads(client: Any, bucket: str, prefix: str = "") -> list[dict[str,
     return list(response.get("Uploads", ()))
 
 
+async def _outside_prefix(repo: S3BucketRepository) -> set[str]:
+    """The objects of the test's bucket outside the repository's prefix."""
+    return {n for n in await raw_bucket_names(repo.client, repo.bucket) if not n.startswith(repo.prefix)}
+
+
 async def raw_bucket_names(client: Any, bucket: str) -> set[str]:
     """Every object in the bucket plus every in-progress multipart upload."""
     names = {obj["Key"] async for obj in _objects(client, bucket)}
@@ -143,6 +148,9 @@ class TestS3Blob(BlobRepositoryTests):
     async def raw_names(self, repo: Any) -> set[str] | None:
         return await raw_bucket_names(repo.client, repo.bucket)
 
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo)
+
 
 class TestS3BlobMultipartThroughSession(BlobRepositoryTests):
     """Every non-empty write is a multipart upload; the client comes from a Session."""
@@ -165,11 +173,30 @@ class TestS3BlobMultipartThroughSession(BlobRepositoryTests):
     async def raw_names(self, repo: Any) -> set[str] | None:
         return await raw_bucket_names(repo.client, repo.bucket)
 
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo)
+
 
 class TestS3Yaml(MetadataRepositoryTests):
     @pytest.fixture
     async def repo(self, client: Any, bucket: str, prefix: str) -> AsyncIterator[YamlMetadataS3Repository]:
         yield YamlMetadataS3Repository(client, bucket, prefix)
+
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo.s3)
+
+
+class TestS3Flat(BlobRepositoryTests):
+    """Only the objects directly under the prefix are keys; keys with '/' are refused."""
+
+    stores_path_keys = False
+
+    @pytest.fixture
+    async def repo(self, client: Any, bucket: str, prefix: str) -> AsyncIterator[S3BucketRepository]:
+        yield S3BucketRepository(client, bucket, prefix, flat=True)
+
+    async def outside(self, repo: Any) -> set[str] | None:
+        return await _outside_prefix(repo)
 
 
 class TestS3Json(MetadataRepositoryTests):
@@ -258,24 +285,28 @@ async def test_prefix_and_suffix_isolation(
         f"{prefix}b.txt",  # wrong suffix
         f"{prefix}a.bin.old",  # suffix not at the end
         f"{prefix}.bin",  # empty key
-        f"{prefix}deeper/c.bin",  # a level below the prefix: not a key
+        f"{prefix}tab\there.bin",  # a control character: not a key
     }
     for name in outside:
         await client.put_object(Bucket=bucket, Key=name, Body=b"not mine")
     try:
         repo = S3BucketRepository(client, bucket, prefix, ".bin")
         await repo.write_bytes("a", b"mine")
+        await repo.write_bytes("deeper/c", b"mine too")  # a level below: a nested key
         with caplog.at_level(logging.WARNING, logger="pydatatask.repository"):
-            assert await repo.keys() == {"a"}
-        assert "deeper/c" in caplog.text
-        for key in ("a", "b", "c", "deeper", "bin", "old"):
+            assert await repo.keys() == {"a", "deeper/c"}
+        assert repr("tab\there") in caplog.text
+        flat = S3BucketRepository(client, bucket, prefix, ".bin", flat=True)
+        assert await flat.keys() == {"a"}
+        assert set(await flat.versions()) == {"a"}
+        for key in ("a", "b", "c", "deeper", "bin", "old", "deeper/c"):
             await repo.delete(key)
         assert await repo.keys() == set()
         for name in outside:
             head = await client.head_object(Bucket=bucket, Key=name)
             assert head["ContentLength"] == len(b"not mine"), name
-        # without a suffix every name under the prefix counts (".bin", "deeper/c.bin": not keys)
-        assert await S3BucketRepository(client, bucket, prefix).keys() == {"b.txt", "a.bin.old"}
+        # without a suffix every name under the prefix counts (".bin" is a key there)
+        assert await S3BucketRepository(client, bucket, prefix).keys() == {"b.txt", "a.bin.old", ".bin"}
     finally:
         for name in outside:
             await client.delete_object(Bucket=bucket, Key=name)

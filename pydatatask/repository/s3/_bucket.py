@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 
 from ..._deps import require
 from ...backoff import Backoff
-from ...errors import ConfigurationError, KeyNotFoundError, PydatataskError, RepositoryError
-from ...keys import validate_key
+from ...errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, PydatataskError, RepositoryError
 from ...session import resolve
 from ..base import BlobReader, BlobRepository, BlobWriter
 from ..journal import current_journal
@@ -63,6 +62,16 @@ class S3BucketRepository(BlobRepository):
     with ``retries={"total_max_attempts": 1}`` to have pydatatask's retries, which repeat
     a conditional write only when it never reached the server. A read whose connection
     drops mid-body is resumed under ``retry`` in any case (botocore never retries those).
+
+    Keys are object names under the prefix, exactly (UTF-8, spaces, ``+``, ``%`` and
+    all): ``a/b c/d`` is the object ``prefix + "a/b c/d" + suffix``. Listings are
+    recursive: every object under the prefix whose name (without prefix and suffix) is a
+    valid key. With ``flat=True`` only the objects directly under the prefix are keys
+    (a ``Delimiter="/"`` listing, as a file browser shows a folder), and keys containing
+    ``/`` are refused. An object name is at most 1,024 bytes (the S3 limit), prefix and
+    suffix included: longer keys are refused with
+    :class:`~pydatatask.errors.InvalidKeyError`. :meth:`~pydatatask.repository.base.Repository.versions` gives each object's
+    ETag, from the same ``ListObjectsV2`` pages.
     """
 
     def __init__(
@@ -77,6 +86,7 @@ class S3BucketRepository(BlobRepository):
         retry: Backoff | None = None,
         create_bucket: bool = False,
         abort_uploads_on_delete: bool = True,
+        flat: bool = False,
     ) -> None:
         require("aiobotocore", "s3")
         if not isinstance(bucket, str) or not bucket or "/" in bucket:
@@ -102,6 +112,9 @@ class S3BucketRepository(BlobRepository):
         self._retry_given = retry is not None
         self.create_bucket = create_bucket
         self.abort_uploads_on_delete = abort_uploads_on_delete
+        #: list only the objects directly under the prefix (and refuse keys with ``/``)
+        self.flat = flat
+        self._name_bytes = len(prefix.encode("utf-8")) + len(suffix.encode("utf-8"))
 
     # --- naming ---------------------------------------------------------------
     @property
@@ -198,16 +211,42 @@ class S3BucketRepository(BlobRepository):
         )
 
     # --- listing and single keys ------------------------------------------------
-    async def _list(self) -> Iterable[str]:
+    def _check_key(self, key: str) -> str:
+        if self.flat and "/" in key:
+            raise InvalidKeyError(
+                key,
+                f"{self.describe()} lists only the objects directly under its prefix (flat=True): no '/' in keys",
+            )
+        if "\\" in key:
+            # SeaweedFS stores "a\\b" as "a/b" (and other servers follow Windows paths):
+            # the object would be listed, and overwrite, under another key
+            raise InvalidKeyError(
+                key, f"{self.describe()}: S3 keys may not contain '\\' (some servers store it as '/')"
+            )
+        if not key.isascii() or len(key) + self._name_bytes > 1024:
+            size = len(key.encode("utf-8")) + self._name_bytes
+            if size > 1024:
+                raise InvalidKeyError(
+                    key,
+                    f"an S3 object name is at most 1024 bytes in UTF-8, and {self.object_name(key)[:40]!r}... "
+                    f"(prefix, key and suffix) has {size}",
+                )
+        return key
+
+    async def _scan(self) -> dict[str, str | None]:
+        """Every stored name under the prefix (without prefix and suffix) with its ETag:
+        one ``ListObjectsV2`` listing (recursive, or delimited with ``flat``)."""
         client = resolve(self._client)
         prefix, suffix = self._prefix, self._suffix
         cut, n = len(prefix), len(suffix)
 
-        async def scan() -> list[str]:
-            names: list[str] = []
+        async def scan() -> dict[str, str | None]:
+            names: dict[str, str | None] = {}
             kwargs: dict[str, Any] = {"Bucket": self._bucket}
             if prefix:
                 kwargs["Prefix"] = prefix
+            if self.flat:
+                kwargs["Delimiter"] = "/"  # sub-"folders" come back as CommonPrefixes, ignored
             async for page in client.get_paginator("list_objects_v2").paginate(**kwargs):
                 for obj in page.get("Contents", ()):
                     name: str = obj["Key"][cut:]
@@ -215,10 +254,17 @@ class S3BucketRepository(BlobRepository):
                         if len(name) <= n or not name.endswith(suffix):
                             continue
                         name = name[:-n]
-                    names.append(name)
+                    names[name] = obj.get("ETag")
             return names
 
         return await self._call(f"listing {self.describe()}", scan)
+
+    async def _list(self) -> Iterable[str]:
+        return (await self._scan()).keys()
+
+    async def _list_versions(self) -> dict[str, str | None]:
+        """Each object's ETag, from the listing itself (no request per key)."""
+        return self._valid_versions(await self._scan())
 
     async def _contains(self, key: str) -> bool:
         client = resolve(self._client)
@@ -320,7 +366,7 @@ class S3BucketRepository(BlobRepository):
 
     async def read_bytes(self, key: str) -> bytes:
         """The whole object, with one ``GetObject`` (a dropped connection resumes the read)."""
-        validate_key(key)
+        key = self._key(key)
         reader = S3Reader(self, key, await self._get_object(key))
         try:
             return await reader.read()
@@ -333,7 +379,7 @@ class S3BucketRepository(BlobRepository):
             await super().write_bytes(key, data)
             return
         client = resolve(self._client)
-        key = validate_key(key)
+        key = self._key(key)
         name = self.object_name(key)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
