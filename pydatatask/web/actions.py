@@ -73,6 +73,7 @@ async def _redo(pipeline: Pipeline, monitor: Monitor, body: dict[str, Any]) -> d
         removed = await pipeline.remove(task, wanted)
     except (ConfigurationError, PydatataskError) as exc:
         raise ActionError(409, " ".join(str(exc).split())) from exc
+    monitor.invalidate()
     scheduler = monitor.scheduler
     if scheduler is not None:
         scheduler.errored.difference_update({(task, k) for k in wanted})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -198,6 +199,12 @@ class Monitor:
         if s is not None:
             return (id(s), s.metrics.version, s.ticks)
         return self._snapshot.monotonic if self._snapshot is not None else None
+
+    def invalidate(self) -> None:
+        """Take the next snapshot anew (the repositories were changed from here)."""
+        if self._snapshot is not None:
+            self._snapshot.monotonic = -math.inf
+        self._version = None
 
     async def snapshot(self) -> Snapshot:
         """The latest snapshot, taken anew when the one kept is older than the interval."""

@@ -240,3 +240,22 @@ async def test_first_paint_before_reading_many_records(http: aiohttp.ClientSessi
         assert failed["keys"] == ["k000007"]
     finally:
         await server.__aexit__(None, None, None)
+
+
+async def test_path_keys(http: aiohttp.ClientSession) -> None:
+    keys = ["images/2024/01/IMG 0001.jpg", "images/2024/02/IMG 0002.jpg", "notes/été.txt"]
+    pipeline = demo(0)
+    src = pipeline.tasks["square"].links["src"].repository
+    assert isinstance(src, MemoryMetadataRepository)
+    for i, key in enumerate(keys):
+        await src.put(key, i)
+    assert (await pipeline.run()).succeeded == 6
+    server, client = await serve(pipeline, http)
+    try:
+        page = await client.json("/api/keys", task="label", state="succeeded", q="2024/0")
+        assert page["keys"] == keys[:2]
+        job = await client.json("/api/job", task="square", key="notes/été.txt")
+        assert job["state"] == "succeeded" and job["record"]["key"] == "notes/été.txt"
+        assert job["links"][0]["present"] is True
+    finally:
+        await server.__aexit__(None, None, None)

@@ -136,3 +136,30 @@ async def test_search_keys_and_page_through_100000(browser: Any, http: aiohttp.C
         assert len(browser.find_elements(By.CSS_SELECTOR, "#key-list li")) <= 100
     finally:
         await server.__aexit__(None, None, None)
+
+
+async def test_redo_a_failed_key_after_a_confirmation(browser: Any, http: aiohttp.ClientSession) -> None:
+    from selenium.webdriver.common.by import By
+
+    pipeline = demo(4)
+    assert (await pipeline.run()).failed == 1
+    server, client = await serve(pipeline, http, allow_actions=True)
+    try:
+        url = server.url.split("#")[0] + "#/job?task=square&key=k3"
+        await asyncio.to_thread(browser.get, url)
+        await until(browser, lambda d: "cannot square k3" in text_of(d, "traceback"), "the failed job")
+        button = browser.find_element(By.ID, "redo-key")
+        assert button.is_displayed()
+        button.click()
+        alert = await until(browser, lambda d: d.switch_to.alert, "the confirmation")
+        assert "Remove the outputs and record of square k3" in alert.text
+        alert.dismiss()  # said no: nothing removed
+        await asyncio.sleep(0.2)
+        assert (await client.json("/api/job", task="square", key="k3"))["record"] is not None
+        button.click()
+        alert = await until(browser, lambda d: d.switch_to.alert, "the confirmation")
+        alert.accept()
+        await until(browser, lambda d: text_of(d, "job-state") == "state: ready", "the key ready again")
+        assert (await client.json("/api/job", task="square", key="k3"))["record"] is None
+    finally:
+        await server.__aexit__(None, None, None)
