@@ -45,6 +45,8 @@ _EXTERNAL_MODULES = (
     "sys",
     "time",
     "httpx",
+    "logging",
+    "aiohttp",
 )
 nitpick_ignore_regex = [(r"py:.*", re.escape(module) + r"(\..+)?") for module in _EXTERNAL_MODULES]
 
@@ -52,6 +54,8 @@ nitpick_ignore = [
     # pymongo's collection class, named in a TYPE_CHECKING-only annotation of
     # repository/mongo.py, so Sphinx sees the bare name
     ("py:class", "AsyncCollection"),
+    # aiohttp's application, as web/app.py's signature names it (``from aiohttp import web``)
+    ("py:class", "web.Application"),
     # type variables: Sphinx renders them as references, but a TypeVar has no page
     ("py:class", "pydatatask.backoff.T"),
     ("py:class", "pydatatask.session.T"),

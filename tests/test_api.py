@@ -27,6 +27,8 @@ HEAVY = (
     "distributed",
     "dask",
     "rich",
+    "aiohttp",
+    "selenium",
 )
 # optional modules import a heavy library at module level only where documented
 OPTIONAL = {"repository.s3", "repository.mongo", "repository.docker"}
@@ -76,9 +78,9 @@ def test_import_is_light() -> None:
 # every layer, so it is exempt. ``testing`` (the conformance suites users run on their own
 # backends and executors) may import the layers it tests and nothing above them; no layer
 # imports it.
-LAYERS = ("base", "repository", "executor", "task", "pipeline", "cli")
+LAYERS = ("base", "repository", "executor", "task", "pipeline", "web", "cli")
 LAYER_OF_TESTING = "executor"
-RULE = "cli -> pipeline -> task -> executor -> repository -> session/keys/errors/durations/quantities/backoff"
+RULE = "cli -> web -> pipeline -> task -> executor -> repository -> session/keys/errors/durations/quantities/backoff"
 
 
 def _layer(module: str) -> str | None:

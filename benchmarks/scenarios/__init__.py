@@ -39,6 +39,7 @@ SCENARIOS = (
     "ready_rss",
     "s3_stage",
     "process_jobs",
+    "web_page",
 )
 
 T = TypeVar("T")

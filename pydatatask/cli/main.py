@@ -23,8 +23,10 @@ from ..durations import parse_duration
 from ..errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, PydatataskError
 from ..executor.kubernetes import FUNCTION_COMMAND
 from ..keys import validate_key
+from ..logs import LOG_FORMATS, JsonFormatter
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from . import output
+from .serve import add_run_options, add_serve_parser, cmd_serve, serving
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
@@ -93,6 +95,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv: debug)"
     )
+    common.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help="text (default) or json lines"
+    )
     data = _Parser(add_help=False)
     data.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -102,6 +107,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         epilog="exit status: 0 ok, 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one object per event",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -130,6 +141,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="redo the stale keys (changed inputs, task version or missing outputs) and what is downstream of them",
     )
+    add_run_options(p)
+
+    p = add("serve", "serve the web page, /api and /metrics of the pipeline's repositories", json=False)
+    add_serve_parser(p)
 
     p = add(
         "status",
@@ -245,6 +260,8 @@ def _yaml(value: Any) -> str:
 async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
     for name in args.task or []:
         _task_name(pipeline, name)
+    if args.allow_actions and args.serve is None:
+        raise UsageError("--allow-actions goes with --serve [HOST:]PORT")
     live = sys.stdout.isatty() and not args.json
     progress = output.RunProgress(live=live, stream=sys.stderr if args.json else sys.stdout)
     signals: list[int] = []
@@ -281,16 +298,17 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
             pass
     names = args.task or list(pipeline.tasks)
     try:
-        with progress:
-            summary = await pipeline.run(
-                forever=args.forever,
-                tasks=args.task,
-                max_jobs=args.max_jobs,
-                timeout=args.timeout,
-                grace=args.grace,
-                on_progress=on_progress,
-                rerun_stale=args.rerun_stale,
-            )
+        async with serving(pipeline, args):
+            with progress:
+                summary = await pipeline.run(
+                    forever=args.forever,
+                    tasks=args.task,
+                    max_jobs=args.max_jobs,
+                    timeout=args.timeout,
+                    grace=args.grace,
+                    on_progress=on_progress,
+                    rerun_stale=args.rerun_stale,
+                )
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -537,6 +555,7 @@ COMMANDS: dict[str, Callable[[Pipeline, argparse.Namespace], Coroutine[Any, Any,
     "logs": _cmd_logs,
     "graph": _cmd_graph,
     "why": _cmd_why,
+    "serve": cmd_serve,
 }
 
 
@@ -568,7 +587,10 @@ def run_cli(pipeline: Pipeline, argv: Sequence[str] | None = None, *, prog: str 
     verbose: int = args.verbose
     pkg_log = logging.getLogger("pydatatask")
     handler = _StderrHandler()
-    handler.setFormatter(_Formatter("%(levelname_lower)s: %(message)s"))
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_Formatter("%(levelname_lower)s: %(message)s"))
     old_level = pkg_log.level
     pkg_log.addHandler(handler)
     pkg_log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)

@@ -38,6 +38,7 @@ from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from ..task.recovery import adopt_orphans, recover
 from .groups import fan_out_blocked, group_keys, held_groups
+from .metrics import RunMetrics
 from .record_index import RecordFacts, RecordIndex, corrupt_info, warn_corrupt
 from .staleness import InputSource, StaleReason, record_fields, redo, stale_reasons
 
@@ -163,6 +164,11 @@ class Scheduler:
         self.ticks = 0
         self.last_listing_seconds = 0.0
         self._finished = 0  # jobs ended so far (to detect endings during a listing)
+        #: counters for ``/metrics``, the live page and the per-job log events
+        self.metrics = RunMetrics()
+        #: no new job starts while set (see :meth:`pause`)
+        self.paused = False
+        self._relist = False
 
     # ---------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -175,6 +181,16 @@ class Scheduler:
             )
         self.summary.interrupted = True
         self._stop.set()
+        self._wake.set()
+
+    def pause(self, on: bool = True) -> None:
+        """Stop launching jobs (running ones go on), or with ``on=False`` launch again."""
+        self.paused = on
+        self._wake.set()
+
+    def wake(self) -> None:
+        """List the repositories again soon (something outside the run changed them)."""
+        self._relist = True
         self._wake.set()
 
     # ---------------------------------------------------------------- the tick
@@ -215,6 +231,7 @@ class Scheduler:
             self._queue_adoptions(task)
         self.ticks += 1
         self.last_listing_seconds = time.perf_counter() - t0
+        self.metrics.on_listing(self.last_listing_seconds, self.figures)
 
     def _note_redo(self, name: str, fig: TaskFigures) -> None:
         """Remember the records judged stale of the keys queued for a redo (a key already
@@ -282,6 +299,7 @@ class Scheduler:
                     taken = await recover(task, key, claim)
                     if taken is not None:
                         adopted[key] = taken
+                    self.metrics.on_takeover(task.name)
                     recovered = True
                 else:
                     expires = task.claims.expires(claim)
@@ -300,7 +318,7 @@ class Scheduler:
         A worker runs one job after another from its task's queue while the limits allow,
         so a busy task costs no scheduler round trip per job.
         """
-        if self._stop.is_set():
+        if self._stop.is_set() or self.paused:
             return 0
         started = 0
         for task in self.pipeline.launch_order(self.selected):
@@ -325,7 +343,7 @@ class Scheduler:
 
     def _next_for(self, task: Task) -> tuple[str, object] | None:
         """The next job a worker of ``task`` may run at once, or None (then it ends)."""
-        if self._stop.is_set():
+        if self._stop.is_set() or self.paused:
             return None
         queue = self.queues[task.name]
         if not queue:
@@ -367,6 +385,7 @@ class Scheduler:
 
     def _on_state(self, task: Task, key: str, state: JobState, attempt: int) -> None:
         self.states[(task.name, key)] = state
+        self.metrics.on_state(task.name, key, state, attempt)
 
     async def _job(self, task: Task, key: str, slot: object) -> None:
         ident = (task.name, key)
@@ -403,11 +422,13 @@ class Scheduler:
             log.error("task %s: job %r could not run: %s: %s", task.name, key, type(exc).__name__, exc)
             self.summary.errors.append(f"{task.name} {key}: {type(exc).__name__}: {exc}")
             self.errored.add(ident)
+            self.metrics.on_error(task.name)
         else:
             if record is None:
                 log.info("task %s: %r is claimed by another scheduler", task.name, key)
             else:
                 self.records[task.name].note(key, record)
+                self.metrics.on_end(task.name, key, record)
                 outcome = "succeeded" if record["success"] else "failed"
                 setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
                 self.summary.per_task[task.name][outcome] += 1
@@ -495,7 +516,8 @@ class Scheduler:
                 blocked = any(self.queues[t.name] for t in self.selected) and self._free_slots() > 0
                 await self._wait(min(relist_at - time.monotonic(), 0.1 if blocked else self.poll_interval))
                 self.launch(tg)
-                if time.monotonic() >= relist_at:
+                if time.monotonic() >= relist_at or self._relist:
+                    self._relist = False
                     break
                 if not self._queued():
                     if chained or not self.running:
@@ -549,6 +571,7 @@ class Scheduler:
                     ok = None if claim is None else await task.claims.heartbeat(claim)
                 except Exception as exc:  # the live repository is unreachable: try again later
                     log.warning("task %s: heartbeat for %r failed: %s", task_name, key, exc)
+                    self.metrics.on_error(task_name)
                     continue
                 if ok is False and self.running.get((task_name, key)) is job and not job.done():
                     log.error(

@@ -1,0 +1,138 @@
+"""Serving the page: :class:`WebServer`, an async context manager around aiohttp's server."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import socket
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .._deps import require
+from ..errors import ConfigurationError
+from .state import Monitor
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from ..pipeline.pipeline import Pipeline
+
+__all__ = ("WebServer", "parse_address", "is_loopback", "DEFAULT_PORT")
+
+log = logging.getLogger("pydatatask.web")
+
+DEFAULT_PORT = 8080
+
+
+def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``"[HOST:]PORT"`` as ``(host, port)``; ``"[::1]:8080"`` for an IPv6 host."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    host = host.removeprefix("[").removesuffix("]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigurationError(f"{text!r} is not [HOST:]PORT (the port is not a number)") from None
+    if not 0 <= number <= 65535:
+        raise ConfigurationError(f"{text!r}: port {number} is outside 0..65535")
+    return host, number
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, ``127.x``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebServer:
+    """Serves the page, ``/api`` and ``/metrics`` of ``pipeline`` while open::
+
+        async with WebServer(pipeline, port=8080) as server:
+            print(server.url)
+            await pipeline.run()     # the page shows the run's live state
+
+    It holds the pipeline's session open. ``live=True`` (as ``run --serve``) shows only
+    the state of a run in this process, never listing on its own. Actions need
+    ``allow_actions``; bound to an address other than loopback they also need a token,
+    made up here when not given (``token``, shown in :attr:`url`).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        live: bool = False,
+        allow_actions: bool = False,
+        token: str | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.pipeline = pipeline
+        self.host = host
+        self.port = port
+        self.allow_actions = allow_actions
+        if allow_actions and token is None and not is_loopback(host):
+            token = secrets.token_urlsafe(24)
+        self.token = token if allow_actions else None
+        self.monitor = Monitor(pipeline, interval=interval, live=live)
+        self.interval = interval
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the page is (with ``#token=...`` when actions need a token)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        fragment = f"#token={self.token}" if self.token else ""
+        return f"http://{host}:{self.port}/{fragment}"
+
+    async def __aenter__(self) -> WebServer:
+        web = require("aiohttp.web", "web")
+        from .app import make_app
+
+        await self.pipeline.__aenter__()
+        try:
+            app = make_app(
+                self.pipeline,
+                self.monitor,
+                allow_actions=self.allow_actions,
+                token=self.token,
+                events_interval=self.interval,
+            )
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, self.host, self.port)
+                await site.start()
+            except OSError as exc:
+                await runner.cleanup()
+                raise ConfigurationError(
+                    f"cannot serve on {self.host}:{self.port}: {exc.strerror or exc}"
+                ) from exc
+            self._runner = runner
+            if self.port == 0 and runner.addresses:  # the port the system picked
+                self.port = int(runner.addresses[0][1])
+        except BaseException as exc:
+            await self.pipeline.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        log.info("serving the page of the pipeline at %s", self.url)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            await self.monitor.aclose()
+        finally:
+            await self.pipeline.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,440 @@
+"""What the page and ``/api`` show: the keys of every task by state, read either from a
+running scheduler (its live state, no listing of its own) or from one listing of every
+repository, as ``status`` makes it.
+
+A :class:`Snapshot` holds the keys of each task and state unsorted; a state's keys are
+sorted the first time a page of them is asked for, and a search's matches are kept for
+the next pages, so paging through a million keys sorts them once per snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CorruptValueError
+from ..pipeline.metrics import LISTING_BUCKETS, Histogram
+from ..pipeline.record_index import RecordIndex, corrupt_info, warn_corrupt
+from ..pipeline.scheduler import Scheduler, TaskFigures, compute_figures
+from ..repository.listing import listing_scope
+from ..task.records import JobState, utcnow_iso
+
+if TYPE_CHECKING:
+    from ..pipeline.pipeline import Pipeline
+    from ..task.base import Task
+
+__all__ = ("Monitor", "Snapshot", "TaskState", "STATES", "MAX_PAGE")
+
+#: the job states shown, in order; a state TaskFigures gains later is shown after these
+STATES = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "corrupt")
+#: TaskFigures fields that are not states of a key of their own
+_NOT_STATES = {"name", "universe", "live", "recorded", "ready", "running"}
+#: the most keys one page holds
+MAX_PAGE = 1000
+#: job records read in one go; more are read after the first snapshot, a chunk at a time
+_READ_AT_ONCE = 20_000
+#: job records read in one go in the background
+_READ_IN_BACKGROUND = 2_000
+
+
+@dataclass
+class TaskState:
+    """The keys of one task per state, and the details of some states."""
+
+    keys: dict[str, Collection[str]]
+    #: retrying key -> time of its next attempt (ISO 8601 UTC)
+    next_attempt: dict[str, str] = field(default_factory=dict)
+    #: corrupt key -> what is corrupt, where and why
+    corrupt_details: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: jobs ended per second lately (None when not known)
+    throughput: float | None = None
+    _sorted: dict[str, list[str]] = field(default_factory=dict)
+    #: the same task in the snapshot before, whose sorted keys are reused where unchanged
+    previous: TaskState | None = None
+    _matches: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """``{state: number of keys}``."""
+        return {state: len(keys) for state, keys in self.keys.items()}
+
+    def sorted_keys(self, state: str) -> list[str]:
+        """The keys in ``state``, sorted (computed once)."""
+        done = self._sorted.get(state)
+        if done is None:
+            keys = self.keys.get(state, ())
+            before = self.previous
+            if before is not None and state in before._sorted and before.keys.get(state) == keys:
+                done = before._sorted[state]  # comparing sets is cheaper than sorting them
+            else:
+                done = sorted(keys)
+            self._sorted[state] = done
+        self.previous = None  # one snapshot back is enough
+        return done
+
+    def page(self, state: str, query: str = "", offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """One page of the sorted keys in ``state`` that contain ``query`` (case-insensitive)."""
+        keys = self.sorted_keys(state)
+        if query:
+            matches = self._matches.get((state, query))
+            if matches is None:
+                if len(self._matches) > 16:
+                    self._matches.clear()
+                folded = query.casefold()
+                matches = self._matches[(state, query)] = [k for k in keys if folded in k.casefold()]
+        else:
+            matches = keys
+        limit = max(1, min(limit, MAX_PAGE))
+        offset = max(0, offset)
+        return {
+            "state": state,
+            "query": query,
+            "total": len(keys),
+            "matched": len(matches),
+            "offset": offset,
+            "limit": limit,
+            "keys": matches[offset : offset + limit],
+        }
+
+    def state_of(self, key: str) -> str | None:
+        """The first state ``key`` is in (``None`` when in none)."""
+        for state, keys in self.keys.items():
+            if key in keys:
+                return state
+        return None
+
+
+@dataclass
+class Snapshot:
+    """The state of every task at one moment."""
+
+    tasks: dict[str, TaskState]
+    #: when it was taken (ISO 8601 UTC)
+    taken_at: str
+    #: ``"scheduler"`` (a running scheduler's live state) or ``"listing"``
+    source: str
+    monotonic: float = field(default_factory=time.monotonic)
+    #: job records not read yet (``serve`` reads them after the first paint)
+    records_pending: int = 0
+
+    def states(self) -> list[str]:
+        """The states shown, in order (those of :data:`STATES` first)."""
+        seen: dict[str, None] = dict.fromkeys(STATES)
+        for task in self.tasks.values():
+            seen.update(dict.fromkeys(task.keys))
+        return list(seen)
+
+    def status(self) -> dict[str, Any]:
+        """Counts per task and state, as ``status --json`` gives them (without the keys)."""
+        return {
+            "taken_at": self.taken_at,
+            "source": self.source,
+            "records_pending": self.records_pending,
+            "states": self.states(),
+            "tasks": {
+                name: {
+                    "counts": t.counts(),
+                    "throughput": t.throughput,
+                    "eta_seconds": _eta(t),
+                    "next_attempt": dict(sorted(t.next_attempt.items())[:100]),
+                }
+                for name, t in self.tasks.items()
+            },
+        }
+
+
+def _eta(t: TaskState) -> float | None:
+    if not t.throughput:
+        return None
+    left = sum(len(t.keys.get(s, ())) for s in ("ready", "running", "retrying"))
+    return round(left / t.throughput, 1) if left else 0.0
+
+
+class Monitor:
+    """Takes :class:`Snapshot` s of ``pipeline`` for the page.
+
+    While ``pipeline.run`` goes on in this process (``run --serve``), a snapshot comes from
+    the scheduler's live state, at most once per ``interval``; otherwise from one listing
+    of every repository (the records read once and kept), at most once per ``interval``
+    or ten times as long as the last listing took. Call inside ``async with pipeline``.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, interval: float = 1.0, live: bool = False) -> None:
+        self.pipeline = pipeline
+        self.interval = interval
+        #: take snapshots from a scheduler only (``run --serve``): never list on its behalf
+        self.live = live
+        self._records = {name: RecordIndex(t.done) for name, t in pipeline.tasks.items()}
+        self._snapshot: Snapshot | None = None
+        self._version: object = None
+        self._lock = asyncio.Lock()
+        self._listing_seconds = 0.0
+        #: the durations of this monitor's own listings
+        self.listings = Histogram(LISTING_BUCKETS)
+        self._failures: dict[tuple[str, str], dict[str, Any]] = {}
+        self._before = getattr(pipeline, "scheduler", None)
+        self._loader: asyncio.Task[None] | None = None
+        self._loaded = False
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """The scheduler of the run going on in this process, once it has listed the
+        repositories (before, it knows nothing yet)."""
+        s = getattr(self.pipeline, "scheduler", None)
+        return s if isinstance(s, Scheduler) and s is not self._before and s.ticks else None
+
+    @property
+    def listing_seconds(self) -> float:
+        """How long the last listing took (the scheduler's, or this monitor's own)."""
+        s = self.scheduler
+        return s.last_listing_seconds if s is not None else self._listing_seconds
+
+    def version(self) -> object:
+        """Changes whenever a new snapshot would differ (cheap; for the live updates)."""
+        s = self.scheduler
+        if s is not None:
+            return (id(s), s.metrics.version, s.ticks)
+        return self._snapshot.monotonic if self._snapshot is not None else None
+
+    def invalidate(self) -> None:
+        """Take the next snapshot anew (the repositories were changed from here)."""
+        if self._snapshot is not None:
+            self._snapshot.monotonic = -math.inf
+        self._version = None
+
+    async def snapshot(self) -> Snapshot:
+        """The latest snapshot, taken anew when the one kept is older than the interval."""
+        async with self._lock:
+            kept = self._snapshot
+            s = self.scheduler
+            now = time.monotonic()
+            if s is not None:
+                version = (id(s), s.metrics.version, s.ticks)
+                if kept is None or (version != self._version and now - kept.monotonic >= self.interval):
+                    self._snapshot = await self._from_scheduler(s)
+                    self._version = version
+            elif self.live and (kept is None or kept.source != "scheduler"):
+                self._snapshot = _empty(self.pipeline, "starting")
+            elif not self.live:
+                wait = max(self.interval, 10 * self._listing_seconds)
+                if kept is None or now - kept.monotonic >= wait:
+                    self._snapshot = await self._from_listing()
+            assert self._snapshot is not None
+            return self._snapshot
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """``{task: {state: count}}``, now. From a running scheduler this costs a few
+        operations per task and per running job (no snapshot is taken), so the live
+        updates of an open page do not slow the run down."""
+        s = self.scheduler
+        if s is None:
+            return {name: t.counts() for name, t in (await self.snapshot()).tasks.items()}
+        out: dict[str, dict[str, int]] = {}
+        running: dict[str, list[int]] = {name: [0, 0] for name in s.all_tasks}
+        for (name, _), state in list(s.states.items()):
+            running[name][state is JobState.RETRYING] += 1
+        for name in s.all_tasks:
+            fig = s.figures.get(name) or TaskFigures(name)
+            queue = s.queues.get(name)
+            ok, failed = s.metrics.done(name)
+            ours = running[name][0] + running[name][1]
+            counts = {
+                "ready": len(queue) if queue is not None else len(fig.ready - fig.live),
+                "running": running[name][0] + max(0, len(fig.live) - len(fig.corrupt) - ours)
+                if queue is None
+                else running[name][0],
+                "retrying": running[name][1],
+                "succeeded": ok,
+                "failed": failed,
+                "blocked": len(fig.blocked),
+                "corrupt": len(fig.corrupt),
+            }
+            counts.update({k: len(v) for k, v in _other_states(fig).items()})
+            out[name] = counts
+        return out
+
+    # ---------------------------------------------------------------- the two sources
+    async def _from_scheduler(self, s: Scheduler) -> Snapshot:
+        tasks: dict[str, TaskState] = {}
+        ours: dict[str, dict[str, JobState]] = {name: {} for name in s.all_tasks}
+        for (name, key), job_state in list(s.states.items()):
+            ours[name][key] = job_state
+        for name, task in s.all_tasks.items():
+            fig = s.figures.get(name) or TaskFigures(name)
+            index = s.records[name]
+            await index.load()  # the records the scheduler has not needed to read
+            mine = ours[name]
+            retrying = {k for k, st in mine.items() if st is JobState.RETRYING}
+            running = set(mine) - retrying
+            recorded = index.success.keys() | index.corrupt.keys()
+            # claims of other schedulers, as last listed (those ended since have a record)
+            running |= fig.live - recorded - fig.corrupt.keys() - set(mine)
+            queue = s.queues.get(name)
+            ready = set(queue) if queue is not None else fig.ready - fig.live
+            keys: dict[str, Collection[str]] = {
+                "ready": ready,
+                "running": running,
+                "retrying": retrying,
+                "succeeded": index.succeeded(),
+                "failed": index.failed(),
+                "blocked": fig.blocked,
+                "corrupt": fig.corrupt.keys(),
+            }
+            keys.update(_other_states(fig))
+            state = TaskState(keys, corrupt_details=dict(fig.corrupt))
+            if retrying:
+                state.next_attempt = await _next_attempts(task, retrying)
+            if name in s.metrics.tasks or name in s.queues:
+                state.throughput = round(s.metrics.throughput(name), 3)
+            tasks[name] = state
+        return Snapshot(tasks, utcnow_iso(), "scheduler")
+
+    async def _from_listing(self) -> Snapshot:
+        t0 = time.perf_counter()
+        tasks_ = self.pipeline.tasks
+        with listing_scope():
+            figures = await compute_figures(tasks_, self.pipeline, self._records, full=self._loaded)
+            pending = sum(len(i.listed) - len(i.success) - len(i.corrupt) for i in self._records.values())
+            if not self._loaded and self._loader is None:
+                if pending <= _READ_AT_ONCE:  # few: read them now (the listing is reused)
+                    figures = await compute_figures(tasks_, self.pipeline, self._records, full=True)
+                    self._loaded, pending = True, 0
+                else:  # paint first; read the records in the background, a chunk at a time
+                    self._loader = asyncio.create_task(self._load_records())
+        tasks: dict[str, TaskState] = {}
+        for name, fig in figures.items():
+            task = self.pipeline.tasks[name]
+            claims = await _claims(task, fig)
+            retrying = {k for k, c in claims.items() if isinstance(c, dict) and c.get("state") == "retrying"}
+            keys: dict[str, Collection[str]] = {
+                "ready": fig.ready - fig.live,
+                "running": fig.live - retrying - fig.corrupt.keys(),
+                "retrying": retrying,
+                "succeeded": fig.succeeded,
+                "failed": fig.failed,
+                "blocked": fig.blocked,
+                "corrupt": fig.corrupt.keys(),
+            }
+            keys.update(_other_states(fig))
+            kept = self._snapshot.tasks.get(name) if self._snapshot is not None else None
+            if kept is not None:
+                kept.previous = None  # one snapshot back, never a chain of them
+            state = TaskState(keys, corrupt_details=dict(fig.corrupt), previous=kept)
+            state.next_attempt = {k: _iso(claims[k].get("retry_at")) for k in retrying}
+            if kept is not None and self._snapshot is not None:
+                ended = len(fig.succeeded) + len(fig.failed)
+                before = len(kept.keys["succeeded"]) + len(kept.keys["failed"])
+                span = time.monotonic() - self._snapshot.monotonic
+                state.throughput = round(max(0, ended - before) / span, 3) if span > 0 else None
+            tasks[name] = state
+        self._listing_seconds = time.perf_counter() - t0
+        self.listings.observe(self._listing_seconds)
+        return Snapshot(tasks, utcnow_iso(), "listing", records_pending=pending)
+
+    async def _load_records(self) -> None:
+        for index in self._records.values():
+            listed = list(index.listed)
+            for start in range(0, len(listed), _READ_IN_BACKGROUND):
+                await index.load(listed[start : start + _READ_IN_BACKGROUND])
+                await asyncio.sleep(0.005)  # requests are served in between
+        self._loaded = True
+        # the complete snapshot, its keys sorted before it is shown (so that the first page
+        # of a million keys does not wait for their sort)
+        async with self._lock:
+            snap = await self._from_listing()
+        for task in snap.tasks.values():
+            for state in task.keys:
+                task.sorted_keys(state)
+                await asyncio.sleep(0)
+        self._snapshot = snap
+
+    async def aclose(self) -> None:
+        """Stop reading records in the background."""
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+            await asyncio.wait([self._loader])
+
+    # ---------------------------------------------------------------- failures
+    async def failures(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest failed jobs across tasks, newest first (their records read once)."""
+        s = self.scheduler
+        if s is not None:  # now, not as of the last snapshot
+            for index in s.records.values():
+                await index.load()  # the records the scheduler has not needed to read
+            failed_of = {name: index.failed() for name, index in s.records.items()}
+        else:
+            snap = await self.snapshot()
+            failed_of = {name: set(t.keys.get("failed", ())) for name, t in snap.tasks.items()}
+        wanted: dict[str, list[str]] = {}
+        for name, failed in failed_of.items():
+            missing = [k for k in failed if (name, k) not in self._failures]
+            if missing:
+                wanted[name] = missing
+        for name, keys in wanted.items():
+            done = self.pipeline.tasks[name].done
+            for start in range(0, len(keys), 1000):
+                values = await done.get_many(keys[start : start + 1000], on_corrupt=lambda err: None)
+                for key, record in values.items():
+                    if isinstance(record, dict):
+                        self._failures[(name, key)] = _failure(name, key, record)
+        current = {(name, k) for name, failed in failed_of.items() for k in failed}
+        for ident in [i for i in self._failures if i not in current]:
+            del self._failures[ident]  # removed (rm) since: it runs again
+        rows = sorted(self._failures.values(), key=lambda f: (f["end_time"] or "", f["key"]), reverse=True)
+        return rows[:limit]
+
+
+def _failure(task: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
+    error = record.get("error")
+    error = error if isinstance(error, dict) else {}
+    return {
+        "task": task,
+        "key": key,
+        "end_time": str(record.get("end_time") or ""),
+        "attempts": record.get("attempts"),
+        "exit_code": record.get("exit_code"),
+        "error_type": error.get("type"),
+        "message": str(error.get("message") or "")[:500],
+    }
+
+
+def _other_states(fig: TaskFigures) -> dict[str, Collection[str]]:
+    """States TaskFigures has beyond the known ones (e.g. ``stale``), as key collections."""
+    out: dict[str, Collection[str]] = {}
+    for f in dataclasses.fields(fig):
+        if f.name in _NOT_STATES or f.name in STATES:
+            continue
+        value = getattr(fig, f.name)
+        if isinstance(value, (set, frozenset, dict)):
+            out[f.name] = value.keys() if isinstance(value, dict) else value
+    return out
+
+
+def _empty(pipeline: Pipeline, source: str) -> Snapshot:
+    tasks = {name: TaskState({state: set() for state in STATES}) for name in pipeline.tasks}
+    return Snapshot(tasks, utcnow_iso(), source)
+
+
+def _iso(ts: Any) -> str:
+    return utcnow_iso(float(ts)) if isinstance(ts, (int, float)) else "?"
+
+
+async def _claims(task: Task, fig: TaskFigures) -> dict[str, Any]:
+    """The claims of ``fig.live``; corrupt ones go to ``fig.corrupt`` (logged once)."""
+    if not fig.live:
+        return {}
+
+    def bad(err: CorruptValueError) -> None:
+        warn_corrupt(err, f"task {task.name} does not run {err.key!r} until the claim is fixed or removed")
+        fig.corrupt[str(err.key)] = corrupt_info("claim", err)
+
+    return await task.live.get_many(fig.live, on_corrupt=bad)
+
+
+async def _next_attempts(task: Task, keys: set[str]) -> dict[str, str]:
+    claims = await task.live.get_many(sorted(keys)[:100], on_corrupt=lambda err: None)
+    return {k: _iso(c.get("retry_at")) for k, c in claims.items() if isinstance(c, dict)}
