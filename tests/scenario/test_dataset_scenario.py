@@ -361,9 +361,12 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         sc.expect(not early, f"after kill 2: reports of archives whose pages were not all counted: {early}")
 
         # 3. killed while reporting: one report at a time, killed once one is written and the next started
+        before = set(sc.outputs()["reports"])
+
         def report_in_progress() -> bool:
             runs = [k for t, k, pid in sc.logs()[0] if t == "report" and pid not in sc.killed]
-            return bool(sc.outputs()["reports"]) and len(runs) > len(sc.outputs()["reports"])
+            written = set(sc.outputs()["reports"]) - before
+            return bool(written) and len(runs) > len(written)
 
         await sc.run_killed(
             report_in_progress, "in report", PDT_SCN_REPORT_DELAY="0.6", PDT_SCN_CONCURRENCY="1"
