@@ -21,8 +21,7 @@ This module holds what the task layer needs; the readiness rules are in
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +68,7 @@ def is_child(key: str, parent: str, separator: str) -> bool:
     return len(key) > len(parent) + 1 and key.startswith(parent) and key[len(parent)] == separator
 
 
-def parent_among(key: str, parents: AbstractSet[str], separator: str) -> str | None:
+def parent_among(key: str, parents: Container[str], separator: str) -> str | None:
     """The longest key of ``parents`` that ``key`` is a child of, or None."""
     end = key.rfind(separator)
     while end > 0:
