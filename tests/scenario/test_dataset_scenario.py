@@ -180,9 +180,10 @@ class Scenario:
 
     # ------------------------------------------------------------ runs
     async def cli(self, *args: str, **env: str) -> tuple[int | None, str, str]:
+        t0 = time.monotonic()
         proc = await start_script(SCRIPT, list(args), {**self.env, **env})
         result = await finish(proc, 60)
-        self.history.append(f"{' '.join(args)} -> {result.returncode}")
+        self.history.append(f"{' '.join(args)} -> {result.returncode} ({time.monotonic() - t0:.1f} s)")
         return result.returncode, result.stdout, result.stderr
 
     async def run_ok(self, *args: str, **env: str) -> dict[str, Any]:
@@ -197,9 +198,9 @@ class Scenario:
         result: dict[str, Any] = json.loads(out)
         return result
 
-    async def run_killed(self, until: Callable[[], bool], what: str, **env: str) -> None:
-        """Start ``run``, SIGKILL its process group as soon as ``until()`` holds."""
-        proc = await start_script(SCRIPT, ["run", "--json"], {**self.env, **env})
+    async def run_killed(self, until: Callable[[], bool], what: str, *args: str, **env: str) -> None:
+        """Start ``run ARGS``, SIGKILL its process group as soon as ``until()`` holds."""
+        proc = await start_script(SCRIPT, ["run", "--json", *args], {**self.env, **env})
         try:
             deadline = time.monotonic() + 40
             while not until():
@@ -415,7 +416,37 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         sc.expect(all(not v for v in _stale(status).values()), f"stale keys after the redo: {_stale(status)}")
         mark = len(runs), len(dones)
 
-        # 6. a report deleted by hand
+        # 6. another archive uploaded again with two more pages; the redo is killed once it
+        #    has counted a page of it, and run again
+        grown = "misc/plain"
+        archives[grown] = make_archive("plain", ARCHIVES[grown] + 2, edition=2)
+        await sc.upload(grown, archives[grown])
+        want = expected_outputs(archives)
+        grown_pages = sorted(p for p in want["pages"] if p.startswith(grown + "/"))
+
+        def counted_one() -> bool:
+            return any(t == "page_stats" and k.startswith(grown + "/") for t, k, _ in sc.logs()[1][mark[1] :])
+
+        await sc.run_killed(
+            counted_one, "in the redo's page_stats", "--rerun-stale", PDT_SCN_STATS_DELAY="0.3"
+        )
+        await sc.run_ok("--rerun-stale")
+        await sc.check_outputs(archives, "after a second upload, a killed --rerun-stale and another")
+        runs, dones = sc.logs()
+        redone = {"unpack": {grown}, "page_stats": set(grown_pages), "report": {grown}}
+        sc.check_once(runs[mark[0] :], dones[mark[1] :], redone, "the killed redo of the grown archive")
+        for task, keys in redone.items():
+            ran = Counter(k for t, k, _ in runs[mark[0] :] if t == task)
+            sc.expect(
+                set(ran) == keys, f"the killed redo ran {task} on {sorted(ran)}, expected {sorted(keys)}"
+            )
+        status = await sc.status()
+        sc.expect(
+            all(not v for v in _stale(status).values()), f"stale keys after the killed redo: {_stale(status)}"
+        )
+        mark = len(runs), len(dones)
+
+        # 7. a report deleted by hand
         gone = "2025/straße & co/Ça va (draft) 1"
         (sc.data / "reports" / f"{gone}.txt").unlink()
         status = await sc.status()
