@@ -198,8 +198,10 @@ class Scenario:
         result: dict[str, Any] = json.loads(out)
         return result
 
-    async def run_killed(self, until: Callable[[], bool], what: str, *args: str, **env: str) -> None:
-        """Start ``run ARGS``, SIGKILL its process group as soon as ``until()`` holds."""
+    async def run_killed(self, until: Callable[[], bool], stage: str, *args: str, **env: str) -> None:
+        """Start ``run ARGS``, SIGKILL its process group as soon as ``until()`` holds; a job
+        of the task ``stage`` must have been running then."""
+        what = f"in {stage}" + (f" ({' '.join(args)})" if args else "")
         proc = await start_script(SCRIPT, ["run", "--json", *args], {**self.env, **env})
         try:
             deadline = time.monotonic() + 40
@@ -215,7 +217,10 @@ class Scenario:
             kill_group(proc.pid)
             await proc.communicate()
         self.killed.add(proc.pid)
-        self.history.append(f"run killed {what} (pid {proc.pid})")
+        runs, dones = self.logs()
+        cut = [k for t, k, pid in runs if pid == proc.pid and t == stage and (t, k, pid) not in dones]
+        self.history.append(f"run killed {what} (pid {proc.pid}, {len(cut)} {stage} job(s) cut off)")
+        self.expect(bool(cut), f"the kill {what} cut off no {stage} job")
 
     # ------------------------------------------------------------ state
     def outputs(self) -> dict[str, dict[str, bytes]]:
@@ -343,7 +348,7 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         all_keys = {"unpack": set(archives), "page_stats": set(want["pages"]), "report": set(archives)}
 
         # 1. killed while unpacking: as soon as the first page file is there
-        await sc.run_killed(lambda: bool(sc.outputs()["pages"]), "in unpack", PDT_SCN_UNPACK_DELAY="0.25")
+        await sc.run_killed(lambda: bool(sc.outputs()["pages"]), "unpack", PDT_SCN_UNPACK_DELAY="0.25")
         unpacked = await sc.records("unpack")
         assert len(unpacked) < len(archives), f"every archive was unpacked before the kill: {sc.history}"
         stats_now = sc.outputs()["stats"]
@@ -351,7 +356,7 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         sc.expect(not ungated, f"after kill 1: stats of pages whose unpack has no record: {ungated[:5]}")
 
         # 2. killed while counting pages: as soon as the first statistics file is there
-        await sc.run_killed(lambda: bool(sc.outputs()["stats"]), "in page_stats", PDT_SCN_STATS_DELAY="0.2")
+        await sc.run_killed(lambda: bool(sc.outputs()["stats"]), "page_stats", PDT_SCN_STATS_DELAY="0.2")
         assert len(sc.outputs()["stats"]) < n_pages, f"every page was counted before the kill: {sc.history}"
         counted = await sc.records("page_stats")
         early = sorted(
@@ -369,9 +374,7 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
             written = set(sc.outputs()["reports"]) - before
             return bool(written) and len(runs) > len(written)
 
-        await sc.run_killed(
-            report_in_progress, "in report", PDT_SCN_REPORT_DELAY="0.6", PDT_SCN_CONCURRENCY="1"
-        )
+        await sc.run_killed(report_in_progress, "report", PDT_SCN_REPORT_DELAY="0.6", PDT_SCN_CONCURRENCY="1")
         assert len(sc.outputs()["reports"]) < len(archives), (
             f"every report was written before the kill: {sc.history}"
         )
@@ -427,9 +430,7 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         def counted_one() -> bool:
             return any(t == "page_stats" and k.startswith(grown + "/") for t, k, _ in sc.logs()[1][mark[1] :])
 
-        await sc.run_killed(
-            counted_one, "in the redo's page_stats", "--rerun-stale", PDT_SCN_STATS_DELAY="0.3"
-        )
+        await sc.run_killed(counted_one, "page_stats", "--rerun-stale", PDT_SCN_STATS_DELAY="0.3")
         await sc.run_ok("--rerun-stale")
         await sc.check_outputs(archives, "after a second upload, a killed --rerun-stale and another")
         runs, dones = sc.logs()
