@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import tarfile
 import time
 import uuid
@@ -108,16 +109,20 @@ def expected_outputs(archives: dict[str, bytes]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------- reading what is there
 def visible_files(folder: Path, suffix: str) -> dict[str, bytes]:
     """``{key: bytes}`` of a file repository: every visible file, keyed by its path."""
-    if not folder.exists():
-        return {}
     found: dict[str, bytes] = {}
-    for path in folder.rglob("*"):
-        rel = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            name = rel.as_posix()
-            found[name[: -len(suffix)] if name.endswith(suffix) else f"<unexpected> {name}"] = (
-                path.read_bytes()
-            )
+    # os.walk passes over a directory removed while it walks (a run may be deleting pages)
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for file in files:
+            if file.startswith("."):
+                continue
+            path = Path(top, file)
+            name = path.relative_to(folder).as_posix()
+            try:
+                body = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            found[name[: -len(suffix)] if name.endswith(suffix) else f"<unexpected> {name}"] = body
     return found
 
 
@@ -205,7 +210,13 @@ class Scenario:
         proc = await start_script(SCRIPT, ["run", "--json", *args], {**self.env, **env})
         try:
             deadline = time.monotonic() + 40
-            while not until():
+
+            def in_flight() -> bool:
+                runs, dones = self.logs()
+                done = set(dones)
+                return any(pid == proc.pid and t == stage and (t, k, pid) not in done for t, k, pid in runs)
+
+            while not (until() and in_flight()):
                 if proc.returncode is not None or time.monotonic() > deadline:
                     out, err = await proc.communicate()
                     pytest.fail(
