@@ -281,9 +281,11 @@ class Scheduler:
             sources = self._sources[task.name] = input_sources(self.pipeline, self.all_tasks, task.name)
         fig = self.figures.get(task.name)
         versions = fig.versions if fig is not None else {}
-        if task.group_by is not None:  # the members the job gets (kept while it runs)
+        if task.group_by is not None:
+            # the members the job gets (kept while it runs); none known (adopted work): the
+            # record gets no digest, and only its members are compared later
             return lambda key: record_fields(
-                key, sources, versions, self.records, task._tick_members.get(key, [])
+                key, sources, versions, self.records, task._tick_members.get(key)
             )
         return lambda key: record_fields(key, sources, versions, self.records)
 

@@ -152,6 +152,18 @@ def _stamp(key: str, producers: InputSource, records: Mapping[str, RecordIndex])
     return ",".join(stamps) if stamps else None
 
 
+def _parent_of(key: str, src: InputSource, records: Mapping[str, RecordIndex]) -> str:
+    """`` (the parent 'A' of this child)`` when ``key`` reads a child in a fan-out output."""
+    for up, to_upstream in src.producers:
+        seps = src.parents.get(up, ())
+        index = records[up]
+        if seps and to_upstream is None and key not in index.listed:
+            parent = _parent(index, key, seps)
+            if parent is not None:
+                return f" (the parent {parent!r} of this child)"
+    return ""
+
+
 #: how the ``upstream`` entry of a fan-in record starts (a digest over its members)
 _GROUP_DIGEST = "members:"
 
@@ -239,10 +251,11 @@ def stale_reasons(
             old, new = facts.upstream[src.link], _stamp(key, src, records)
             if _differ(old, new):
                 ups = ", ".join(repr(up) for up, _ in src.producers)
+                what = _parent_of(key, src, records)
                 reasons.append(
                     StaleReason(
                         "upstream",
-                        f"input {src.link!r} was redone by upstream task {ups}: its record of {old} was replaced by one of {new}",
+                        f"input {src.link!r} was redone by upstream task {ups}{what}: its record of {old} was replaced by one of {new}",
                         src.link,
                         old,
                         new,

@@ -26,7 +26,9 @@ from pydatatask import (
 )
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import BlobRepository, MetadataRepository
+from pydatatask.repository.s3 import S3BucketRepository
 from pydatatask.task import FanOut, FunctionTask
+from tests.repository.test_s3 import bucket, client, prefix, s3conf  # noqa: F401 - fixtures
 
 from .stale_fan_pipeline import build as build_files_pipeline
 from .stale_fan_pipeline import runs
@@ -162,7 +164,7 @@ async def test_a_child_whose_parent_was_redone_is_stale_and_one_no_longer_writte
     (orphan,) = status["page_stats"]["stale_details"]["A/p3"]
     assert orphan["message"].startswith("its parent 'A' in task 'unpack' was redone and no longer writes it")
     (redone,) = [r for r in status["page_stats"]["stale_details"]["A/p1"] if r["kind"] == "upstream"]
-    assert "redone by upstream task 'unpack'" in redone["message"]
+    assert "redone by upstream task 'unpack' (the parent 'A' of this child)" in redone["message"]
     why = await archives.pipeline.why("page_stats", "A/p3")
     assert any("no longer writes it" in line for line in why), why
     assert await archives.run(rerun_stale=True) == [
@@ -350,3 +352,33 @@ def test_two_schedulers_rerun_stale_redo_the_cascade_of_one_archive_exactly_once
     assert all(s["stale"] == [] for s in status.values()), status
     for task in ("unpack", "page_stats", "report"):
         assert not list((tmp_path / "state" / task / "live").rglob("*.yaml"))
+
+
+# ---------------------------------------------------------------- S3
+@pytest.mark.s3
+async def test_on_s3_a_new_etag_cascades_through_nested_keys_and_the_same_bytes_do_not(
+    client: Any,  # noqa: F811 - the fixture
+    bucket: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+) -> None:
+    def blobs(name: str) -> BlobRepository:
+        return S3BucketRepository(client, bucket, f"{prefix}{name}/", ".txt")
+
+    archives = Archives(blobs, lambda name: MemoryMetadataRepository())
+    a, b = "books/Été 1", "books/b 2"
+    await archives.fill({a: "one two|three|four", b: "x|y z"})
+    assert len(await archives.run()) == 2 + 5 + 2
+    await archives.fill({b: "x|y z"})  # uploaded again, the same bytes: the same ETag
+    assert await archives.stale() == NOTHING
+    await archives.fill({a: "one two|three 3"})  # a new ETag; the first page's bytes stay the same
+    assert await archives.stale() == {**NOTHING, "unpack": {a: ["input"]}}
+    assert await archives.run(rerun_stale=True) == [
+        ("page_stats", f"{a}/p1"),
+        ("page_stats", f"{a}/p2"),
+        ("report", a),
+        ("unpack", a),
+    ]
+    assert await archives.report_text(a) == f"{a}/p1=2 {a}/p2=2"
+    assert await archives.pages.keys() == {f"{a}/p1", f"{a}/p2", f"{b}/p1", f"{b}/p2"}
+    assert await archives.stats.keys() == {f"{a}/p1", f"{a}/p2", f"{b}/p1", f"{b}/p2"}
+    assert await archives.stale() == NOTHING
