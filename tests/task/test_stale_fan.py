@@ -382,3 +382,29 @@ async def test_on_s3_a_new_etag_cascades_through_nested_keys_and_the_same_bytes_
     assert await archives.pages.keys() == {f"{a}/p1", f"{a}/p2", f"{b}/p1", f"{b}/p2"}
     assert await archives.stats.keys() == {f"{a}/p1", f"{a}/p2", f"{b}/p1", f"{b}/p2"}
     assert await archives.stale() == NOTHING
+
+
+async def test_an_orphan_two_stages_down_is_removed_once_the_stage_above_removed_its_output() -> None:
+    archives = Archives(lambda name: MemoryBlobRepository(), lambda name: MemoryMetadataRepository())
+    doubled = MemoryMetadataRepository()
+
+    async def double(key: str, stats: MetadataRepository, doubled: MetadataRepository) -> None:
+        archives.calls.append(("double", key))
+        await doubled.put(key, 2 * await stats.get(key))
+
+    twice = FunctionTask("double", double, inputs={"stats": archives.stats}, outputs={"doubled": doubled})
+    archives.pipeline = Pipeline([archives.unpack, archives.page_stats, twice, archives.report])
+    await archives.fill({"A": "a|b b|c"})
+    await archives.run()
+    await archives.fill({"A": "a a|b b"})
+    assert await archives.run(rerun_stale=True) == [
+        ("double", "A/p1"),
+        ("double", "A/p2"),
+        ("page_stats", "A/p1"),
+        ("page_stats", "A/p2"),
+        ("report", "A"),
+        ("unpack", "A"),
+    ]
+    assert await doubled.keys() == {"A/p1", "A/p2"} and await doubled.get("A/p1") == 4
+    assert await twice.done.keys() == {"A/p1", "A/p2"}
+    assert (await archives.pipeline.status())["double"]["stale"] == []
