@@ -10,6 +10,8 @@ summary as JSON on the last line. Layout under ``DATA``::
     reports/<archive>.md        task "report" (fan-in over the pages of an archive)
     state/                      job records and claims
     runs.log                    one line per job start (O_APPEND): "TASK KEY PID"
+    hold-<archive>              while this file exists, the job of "unpack" on the archive
+                                waits (at most 20 s) before it writes a page
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def build(data: Path) -> Pipeline:
 
     async def unpack(key: str, archive: FileRepository, pages: FileRepository) -> None:
         _note(data, f"unpack {key} {os.getpid()}\n")
+        for _ in range(400):
+            if not (data / f"hold-{key}").exists():
+                break
+            await asyncio.sleep(0.05)
         await asyncio.sleep(0.02)  # long enough for a second scheduler to try the same key
         text = (await archive.read_bytes(key)).decode()
         for number, page in enumerate(text.split("\n---\n"), start=1):

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -352,6 +353,49 @@ def test_two_schedulers_rerun_stale_redo_the_cascade_of_one_archive_exactly_once
     assert all(s["stale"] == [] for s in status.values()), status
     for task in ("unpack", "page_stats", "report"):
         assert not list((tmp_path / "state" / task / "live").rglob("*.yaml"))
+
+
+def test_a_scheduler_killed_while_redoing_the_archive_leaves_the_cascade_to_the_next_run(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "archives").mkdir()
+    for key, text in {"A": "one\n---\ntwo two\n---\nthree", "B": "b"}.items():
+        (tmp_path / "archives" / f"{key}.txt").write_text(text)
+    assert build_files_pipeline(tmp_path).run_sync().ok
+    (tmp_path / "archives" / "A.txt").write_text("one 1\n---\ntwo two")
+    hold = tmp_path / "hold-A"
+    hold.touch()
+    before = len(runs(tmp_path))
+    proc = _run_script(tmp_path, "--rerun-stale")
+    try:
+        for _ in range(400):
+            if ("unpack", "A") in runs(tmp_path)[before:]:
+                break
+            assert proc.poll() is None, proc.communicate()
+            subprocess.run(["sleep", "0.05"], check=True)
+        else:
+            pytest.fail("the redo of unpack A never started")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    hold.unlink()
+    assert not (tmp_path / "state" / "unpack" / "done" / "A.yaml").exists()  # the record went first
+    assert not (tmp_path / "pages" / "A").exists() or not list((tmp_path / "pages" / "A").iterdir())
+    assert build_files_pipeline(tmp_path).run_sync(rerun_stale=True).ok
+    assert sorted(runs(tmp_path)[before:]) == [
+        ("page_stats", "A/p1"),
+        ("page_stats", "A/p2"),
+        ("report", "A"),
+        ("unpack", "A"),
+        ("unpack", "A"),  # the killed attempt, then the one that finished
+    ]
+    assert (tmp_path / "reports" / "A.md").read_text() == "A/p1 2\nA/p2 2\n"
+    assert sorted(p.name for p in (tmp_path / "stats" / "A").iterdir()) == ["p1.yaml", "p2.yaml"]
+    assert sorted(p.name for p in (tmp_path / "pages" / "A").iterdir()) == ["p1.txt", "p2.txt"]
+    for task in ("unpack", "page_stats", "report"):
+        assert not list((tmp_path / "state" / task / "live").rglob("*.yaml"))
+    status = asyncio.run(build_files_pipeline(tmp_path).status())
+    assert all(s["stale"] == [] for s in status.values()), status
 
 
 # ---------------------------------------------------------------- S3
