@@ -47,6 +47,7 @@ __all__ = (
     "group_reasons",
     "cascade_keys",
     "fan_out_ancestors",
+    "fan_out_separators",
     "waiting_upstream",
 )
 
@@ -116,6 +117,12 @@ def _fan_out_links(task: Task, up: Task) -> list[tuple[str, str]]:
                 out.append((name, sep))
                 break
     return out
+
+
+def fan_out_separators(task: Task, up: Task) -> tuple[str, ...]:
+    """The separators of the fan-out outputs of ``up`` that ``task`` reads (see
+    :class:`~pydatatask.pipeline.staleness.InputSource`)."""
+    return tuple(sep for _, sep in _fan_out_links(task, up)) if up.fan_out else ()
 
 
 async def fan_out_blocked(

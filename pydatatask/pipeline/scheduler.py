@@ -38,9 +38,9 @@ from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from ..task.recovery import adopt_orphans, recover
 from .groups import (
-    _fan_out_links,
     fan_out_ancestors,
     fan_out_blocked,
+    fan_out_separators,
     group_keys,
     held_groups,
     waiting_upstream,
@@ -905,7 +905,7 @@ def input_sources(pipeline: Pipeline, tasks: dict[str, Task], name: str) -> list
             if edge.downstream == name and edge.in_link == link.name and edge.upstream in tasks:
                 if all(up != edge.upstream for up, _ in ups):
                     ups.append((edge.upstream, _upstream_keys(task, tasks[edge.upstream])))
-        parents = {up: tuple(sep for _, sep in _fan_out_links(task, tasks[up])) for up, _ in ups}
+        parents = {up: fan_out_separators(task, tasks[up]) for up, _ in ups}
         sources.append(
             InputSource(link.name, link.repository, tuple(ups), {u: p for u, p in parents.items() if p})
         )

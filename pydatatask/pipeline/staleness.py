@@ -357,7 +357,7 @@ def _group_change(
     return StaleReason("group", f"group {key!r} changed since its record: " + ", ".join(parts))
 
 
-def orphan_candidates(
+def _orphan_candidates(
     key: str, ancestors: Sequence[FanOutAncestor], records: Mapping[str, RecordIndex]
 ) -> list[tuple[FanOutAncestor, str]]:
     """The parents ``key`` may be a child of, in the fan-out outputs ``ancestors``."""
@@ -378,7 +378,7 @@ async def orphan_reasons(
     ``run --rerun-stale`` removes."""
     if not ancestors or not keys:
         return {}
-    candidates = {k: orphan_candidates(k, ancestors, records) for k in keys}
+    candidates = {k: _orphan_candidates(k, ancestors, records) for k in keys}
     wanted: dict[str, set[str]] = {}
     for found in candidates.values():
         for anc, parent in found:
