@@ -19,6 +19,12 @@ claim holds it and
   whole group.
 
 ``status`` shows a held group under ``blocked``; ``why`` names the members that hold it.
+
+**Staleness across both** (see :mod:`pydatatask.pipeline.staleness`): a stale key waits
+while anything it reads, directly or through the tasks in between, is pending upstream
+(:func:`waiting_upstream`: the members of a group, the parent of a child, the same key),
+and the records of children that a redone parent no longer writes are found along the
+fan-out outputs above a task (:func:`fan_out_ancestors`).
 """
 
 from __future__ import annotations
