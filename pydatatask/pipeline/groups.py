@@ -19,11 +19,17 @@ claim holds it and
   whole group.
 
 ``status`` shows a held group under ``blocked``; ``why`` names the members that hold it.
+
+**Staleness across both** (see :mod:`pydatatask.pipeline.staleness`): a stale key waits
+while anything it reads, directly or through the tasks in between, is pending upstream
+(:func:`waiting_upstream`: the members of a group, the parent of a child, the same key),
+and the records of children that a redone parent no longer writes are found along the
+fan-out outputs above a task (:func:`fan_out_ancestors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +39,7 @@ from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.fan import group_of, parent_among
 from .record_index import RecordIndex
+from .staleness import FanOutAncestor
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -45,6 +52,9 @@ __all__ = (
     "changed_groups",
     "group_reasons",
     "cascade_keys",
+    "fan_out_ancestors",
+    "fan_out_separators",
+    "waiting_upstream",
 )
 
 
@@ -115,6 +125,12 @@ def _fan_out_links(task: Task, up: Task) -> list[tuple[str, str]]:
     return out
 
 
+def fan_out_separators(task: Task, up: Task) -> tuple[str, ...]:
+    """The separators of the fan-out outputs of ``up`` that ``task`` reads (see
+    :class:`~pydatatask.pipeline.staleness.InputSource`)."""
+    return tuple(sep for _, sep in _fan_out_links(task, up)) if up.fan_out else ()
+
+
 async def fan_out_blocked(
     tasks: dict[str, Task],
     name: str,
@@ -143,7 +159,7 @@ async def fan_out_blocked(
             for key in candidates:
                 if key in own or key in blocked:
                     continue  # a key of the upstream task itself: the ordinary gating
-                parent = parent_among(key, known, sep)  # type: ignore[arg-type]  # membership only
+                parent = parent_among(key, known, sep)  # membership only
                 if parent is None:
                     blocked.add(key)  # no job of the upstream task wrote it
                 else:
@@ -283,3 +299,85 @@ def group_reasons(pipeline: Pipeline, task_name: str, key: str, figures: dict[st
     if not reasons and key not in fig.universe:
         reasons.append(f"no key in the inputs of {task_name!r} falls in group {key!r}")
     return reasons
+
+
+def _same_keys(task: Task, up: Task) -> bool:
+    """Whether every path from an output of ``up`` to an input of ``task`` keeps keys."""
+    for link in task.required_links:
+        reads = stored_repositories(link.repository)
+        for out in up.output_links:
+            if any(r is w for r in reads for w in stored_repositories(out.repository)):
+                if not (_keeps_keys(link.repository) and _keeps_keys(out.repository)):
+                    return False
+    return True
+
+
+def fan_out_ancestors(pipeline: Pipeline, tasks: dict[str, Task], name: str) -> list[FanOutAncestor]:
+    """The fan-out outputs whose children the keys of task ``name`` are: those of its
+    direct upstream tasks, and further up through tasks that keep keys as they are (no
+    fan-out, no fan-in), so that a record of a child two stages down is known too."""
+    found: list[FanOutAncestor] = []
+    seen = {name}
+    todo = [name]
+    while todo:
+        below = tasks[todo.pop()]
+        for up_name in pipeline.graph.upstream[below.name]:
+            up = tasks.get(up_name)
+            if up is None:
+                continue
+            for link, sep in _fan_out_links(below, up):
+                found.append(FanOutAncestor(up_name, link, sep))
+            if up_name not in seen and not up.fan_out and up.group_by is None and _same_keys(below, up):
+                seen.add(up_name)
+                todo.append(up_name)
+    return found
+
+
+def waiting_upstream(
+    pipeline: Pipeline,
+    tasks: dict[str, Task],
+    name: str,
+    keys: Iterable[str],
+    pending: Mapping[str, AbstractSet[str]],
+    universes: Mapping[str, set[str]],
+    grouped: Mapping[str, Mapping[str, list[str]]],
+    to_upstream: Callable[[Task, Task], Callable[[str], set[str]] | None],
+) -> set[str]:
+    """Those of ``keys`` (of task ``name``) that read, directly or through the tasks in
+    between, a key that is *pending* upstream (``pending``: stale and about to be redone,
+    or running): a key redone now would be stale again once that upstream job is done.
+    The members of a group, the parents of children and keys renamed by views are
+    followed."""
+    memo: dict[tuple[str, str], bool] = {}
+
+    def reads_pending(task_name: str, key: str) -> bool:
+        ident = (task_name, key)
+        if ident in memo:
+            return memo[ident]
+        memo[ident] = False  # a cycle reads nothing new
+        task = tasks[task_name]
+        result = False
+        for up_name in pipeline.graph.upstream[task_name]:
+            up = tasks.get(up_name)
+            if up is None:
+                continue
+            mapped = to_upstream(task, up)
+            read = grouped.get(task_name, {}).get(key, []) if task.group_by is not None else [key]
+            upkeys: set[str] = set()
+            for k in read:
+                upkeys |= {k} if mapped is None else mapped(k)
+            for _, sep in _fan_out_links(task, up) if up.fan_out else []:
+                for k in list(upkeys):
+                    parent = parent_among(k, _AnyOf(universes[up_name], pending.get(up_name, set())), sep)
+                    if parent is not None:
+                        upkeys.add(parent)
+            ahead = pending.get(up_name, set())
+            if any(k in ahead for k in upkeys) or any(
+                k in universes[up_name] and reads_pending(up_name, k) for k in upkeys
+            ):
+                result = True
+                break
+        memo[ident] = result
+        return result
+
+    return {k for k in keys if reads_pending(name, k)}

@@ -51,7 +51,7 @@ class RecordFacts:
     outputs the job left, when it ended, and what the task kept of it
     (:meth:`~pydatatask.task.base.Task.stale_facts`)."""
 
-    __slots__ = ("success", "version", "inputs", "upstream", "outputs", "end_time", "extra")
+    __slots__ = ("success", "version", "inputs", "upstream", "outputs", "end_time", "members", "extra")
 
     def __init__(self, record: dict[str, Any], extra: Any = None) -> None:
         self.success = bool(record.get("success"))
@@ -65,11 +65,16 @@ class RecordFacts:
         )
         end = record.get("end_time")
         self.end_time: str | None = end if isinstance(end, str) else None
+        members = record.get("members")
+        # the members of a fan-in job's group (None: not a fan-in record)
+        self.members: tuple[str, ...] | None = (
+            tuple(m for m in members if isinstance(m, str)) if isinstance(members, list) else None
+        )
         self.extra = extra
 
 
 #: the fields of a job record :class:`RecordFacts` reads (the rest is not kept in memory)
-_FACT_FIELDS = ("success", "version", "inputs", "upstream", "outputs", "end_time")
+_FACT_FIELDS = ("success", "version", "inputs", "upstream", "outputs", "end_time", "members")
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -117,6 +122,8 @@ class RecordIndex:
                 for link, keys in children.items()
                 if isinstance(keys, list)
             }
+        else:
+            self.children.pop(key, None)  # a failure (or a redo) replaced the record that listed them
         if isinstance(record, dict):
             # only what staleness reads (a record's error and traceback are not kept)
             kept = {f: record[f] for f in _FACT_FIELDS if f in record}
@@ -155,7 +162,7 @@ class RecordIndex:
 
     def forget(self, key: str) -> None:
         """Drop what is known of the record of ``key`` (it was removed or replaced)."""
-        for known in (self.success, self.corrupt, self._kept, self._facts):
+        for known in (self.success, self.corrupt, self._kept, self._facts, self.children):
             known.pop(key, None)
 
     def recorded(self) -> list[str]:

@@ -37,10 +37,25 @@ from ..task.lifecycle import Adoption
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from ..task.recovery import adopt_orphans, recover
-from .groups import fan_out_blocked, group_keys, held_groups
+from .groups import (
+    fan_out_ancestors,
+    fan_out_blocked,
+    fan_out_separators,
+    group_keys,
+    held_groups,
+    waiting_upstream,
+)
 from .metrics import RunMetrics
 from .record_index import RecordFacts, RecordIndex, corrupt_info, warn_corrupt
-from .staleness import InputSource, StaleReason, record_fields, redo, stale_reasons
+from .staleness import (
+    InputSource,
+    StaleReason,
+    orphan_reasons,
+    record_fields,
+    redo,
+    remove_orphan,
+    stale_reasons,
+)
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -145,6 +160,8 @@ class Scheduler:
         # stale keys queued for a redo, with the record judged stale
         self._redo: dict[str, dict[str, RecordFacts]] = {t.name: {} for t in self.selected}
         self._sources: dict[str, list[InputSource]] = {}
+        # stale keys queued for a redo that are orphans: removed, not run
+        self._orphans: dict[str, set[str]] = {t.name: set() for t in self.selected}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.states: dict[tuple[str, str], JobState] = {}
         self.queues: dict[str, list[str]] = {t.name: [] for t in self.selected}
@@ -238,11 +255,25 @@ class Scheduler:
         running keeps the judgement it was launched with)."""
         index = self.records[name]
         kept = {k: f for k, f in self._redo[name].items() if (name, k) in self.running}
+        orphans = {k for k in self._orphans[name] if k in kept}
         for key in fig.redo:
             facts = index.facts(key)
             if facts is not None and (name, key) not in self.running:
                 kept[key] = facts
+                if any(r.kind == "orphan" for r in fig.stale.get(key, ())):
+                    orphans.add(key)
         self._redo[name] = kept
+        self._orphans[name] = orphans
+
+    async def _remove_orphan(self, task: Task, key: str, judged: RecordFacts) -> None:
+        """Remove the record and outputs of an orphaned key (see
+        :func:`~pydatatask.pipeline.staleness.orphan_reasons`)."""
+        self._orphans[task.name].discard(key)
+        index = self.records[task.name]
+        if await remove_orphan(task, key, judged=judged, index=index, owner=self.owner):
+            log.info(
+                "task %s: removed the record and outputs of %r, a child no longer written", task.name, key
+            )
 
     def _record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
         sources = self._sources.get(task.name)
@@ -250,6 +281,12 @@ class Scheduler:
             sources = self._sources[task.name] = input_sources(self.pipeline, self.all_tasks, task.name)
         fig = self.figures.get(task.name)
         versions = fig.versions if fig is not None else {}
+        if task.group_by is not None:
+            # the members the job gets (kept while it runs); none known (adopted work): the
+            # record gets no digest, and only its members are compared later
+            return lambda key: record_fields(
+                key, sources, versions, self.records, task._tick_members.get(key)
+            )
         return lambda key: record_fields(key, sources, versions, self.records)
 
     def _queue_adoptions(self, task: Task) -> None:
@@ -393,6 +430,9 @@ class Scheduler:
             fields = self._record_fields(task)(key)
             adopt = self.adoptions.get(task.name, {}).pop(key, None)
             judged = self._redo[task.name].pop(key, None) if task.name in self._redo else None
+            if judged is not None and adopt is None and key in self._orphans.get(task.name, ()):
+                await self._remove_orphan(task, key, judged)
+                return
             if judged is not None and adopt is None:
                 record = await redo(
                     task,
@@ -684,11 +724,16 @@ async def compute_figures(
             universe = set(grouped[name])
         universes[name] = universe
     stale_of = await _find_stale(
-        tasks, pipeline, records, keys_of, versions_of, universes, tasks if full else redo_for
+        tasks, pipeline, records, keys_of, versions_of, universes, tasks if full else redo_for, grouped
     )
     running_keys: dict[str, set[str]] = {name: set() for name in tasks}
     for task_name, k in running or {}:
         running_keys[task_name].add(k)
+    # what upstream is about to change: stale keys to redo, and jobs running anywhere
+    pending = {
+        n: (set(stale_of.get(n, ())) if n in redo_for else set()) | keys_of[id(t.live)] | running_keys[n]
+        for n, t in tasks.items()
+    }
     figures: dict[str, TaskFigures] = {}
     for name, task in tasks.items():
         fig = TaskFigures(name)
@@ -697,11 +742,14 @@ async def compute_figures(
         fig.recorded = keys_of[id(task.done)]
         fig.versions = {link.name: versions_of[id(link.repository)] for link in task.required_links}
         ready = fig.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
+        orphans: set[str] = set()
         if name in stale_of:
             fig.stale = stale_of[name]
             if name in redo_for:
-                fig.redo = _redo_keys(pipeline, name, fig, stale_of, redo_for, running_keys[name])
-                ready |= fig.redo
+                fig.redo = _redo_keys(pipeline, name, fig, pending, universes, grouped, running_keys[name])
+                # an orphan is removed, not run: no gating applies (its parent no longer has it)
+                orphans = {k for k in fig.redo if any(r.kind == "orphan" for r in fig.stale[k])}
+                ready |= fig.redo - orphans
         if name in grouped:
             fig.blocked = await _held_groups(
                 tasks, name, ready, pipeline, universes, records, keys_of, grouped[name], fig
@@ -712,6 +760,7 @@ async def compute_figures(
                 tasks, name, ready - fig.blocked, pipeline, universes, records, keys_of
             )
         ready -= fig.blocked
+        ready |= orphans
         ready -= running_keys[name]
         fig.redo &= ready
         fig.ready = ready
@@ -737,7 +786,10 @@ async def compute_figures(
                 figures[name].ready -= held
                 figures[name].blocked |= held
     for name in grouped:
-        tasks[name]._tick_members = {g: sorted(grouped[name][g]) for g in figures[name].ready}
+        # a group's job keeps the members it was launched with (its record's digest is of them)
+        before = tasks[name]._tick_members
+        kept = {g: before[g] for g in running_keys[name] if g in before}
+        tasks[name]._tick_members = {g: sorted(grouped[name][g]) for g in figures[name].ready} | kept
     return figures
 
 
@@ -853,7 +905,10 @@ def input_sources(pipeline: Pipeline, tasks: dict[str, Task], name: str) -> list
             if edge.downstream == name and edge.in_link == link.name and edge.upstream in tasks:
                 if all(up != edge.upstream for up, _ in ups):
                     ups.append((edge.upstream, _upstream_keys(task, tasks[edge.upstream])))
-        sources.append(InputSource(link.name, link.repository, tuple(ups)))
+        parents = {up: fan_out_separators(task, tasks[up]) for up, _ in ups}
+        sources.append(
+            InputSource(link.name, link.repository, tuple(ups), {u: p for u, p in parents.items() if p})
+        )
     return sources
 
 
@@ -865,6 +920,7 @@ async def _find_stale(
     versions_of: dict[int, dict[str, str | None]],
     universes: dict[str, set[str]],
     names: Collection[str],
+    grouped: dict[str, dict[str, list[str]]],
 ) -> dict[str, dict[str, list[StaleReason]]]:
     """The stale keys of the tasks ``names``, with their reasons (their records, and those
     of their upstream tasks, are read first: once, then cached)."""
@@ -879,14 +935,34 @@ async def _find_stale(
         versions = {link.name: versions_of[id(link.repository)] for link in task.required_links}
         outputs = {link.name: keys_of[id(link.repository)] for link in task.inhibiting_links}
         index, universe, live = records[name], universes[name], keys_of[id(task.live)]
+        members = grouped.get(name)
         found: dict[str, list[StaleReason]] = {}
+        gone: list[str] = []
         for key in index.recorded():
-            if key in universe and key not in live and key not in index.corrupt and key in index.listed:
-                facts = index.facts(key)
-                assert facts is not None
-                reasons = stale_reasons(task, key, facts, sources, versions, records, outputs)
-                if reasons:
-                    found[key] = reasons
+            if key in live or key in index.corrupt or key not in index.listed:
+                continue
+            if key not in universe:
+                gone.append(key)
+                continue
+            facts = index.facts(key)
+            assert facts is not None
+            reasons = stale_reasons(
+                task,
+                key,
+                facts,
+                sources,
+                versions,
+                records,
+                outputs,
+                members=None if members is None else members.get(key, []),
+                children=index.children.get(key) if task.fan_out else None,
+            )
+            if reasons:
+                found[key] = reasons
+        if gone and task.group_by is None:
+            ancestors = fan_out_ancestors(pipeline, tasks, name)
+            for key, reason in (await orphan_reasons(gone, ancestors, records)).items():
+                found[key] = [reason]
         out[name] = found
     return out
 
@@ -895,19 +971,17 @@ def _redo_keys(
     pipeline: Pipeline,
     name: str,
     fig: TaskFigures,
-    stale_of: dict[str, dict[str, list[StaleReason]]],
-    redo_for: Collection[str],
+    pending: dict[str, set[str]],
+    universes: dict[str, set[str]],
+    grouped: dict[str, dict[str, list[str]]],
     running: set[str],
 ) -> set[str]:
-    """The stale keys of ``name`` to redo now: not running, and not waiting for an
-    upstream task to redo what they read (they are redone after it, once)."""
+    """The stale keys of ``name`` to redo now: not running, and not reading (directly or
+    through tasks in between) what an upstream task is about to redo or is running (they
+    are redone after it, once). Orphans are removed at once."""
     keys = set(fig.stale) - fig.live - running
-    for up in pipeline.graph.upstream[name]:
-        if up in redo_for and stale_of.get(up):
-            pending = stale_of[up]
-            to_upstream = _upstream_keys(pipeline.tasks[name], pipeline.tasks[up])
-            if to_upstream is None:
-                keys -= pending.keys()
-            else:
-                keys = {k for k in keys if not (to_upstream(k) & pending.keys())}
-    return keys
+    orphans = {k for k in keys if any(r.kind == "orphan" for r in fig.stale[k])}
+    waiting = waiting_upstream(
+        pipeline, pipeline.tasks, name, keys - orphans, pending, universes, grouped, _upstream_keys
+    )
+    return keys - waiting

@@ -13,7 +13,9 @@ the whole set.
 **Fan-in.** A task given ``group_by=`` (a function of a member key returning its group's
 key, or None for a key in no group) runs one job per *group*: its key is the group key,
 its outputs are written under it, and ``job.members`` (or a ``members`` parameter) names
-the member keys, sorted. The record stores them (``"members": [...]``).
+the member keys, sorted. The record stores them (``"members": [...]``) and, per input, a
+digest over the members with the version and upstream stamp of each, so that a group whose
+member is added, removed or redone later is stale (:mod:`pydatatask.pipeline.staleness`).
 
 This module holds what the task layer needs; the readiness rules are in
 :mod:`pydatatask.pipeline.groups`.
@@ -21,8 +23,7 @@ This module holds what the task layer needs; the readiness rules are in
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,7 @@ def is_child(key: str, parent: str, separator: str) -> bool:
     return len(key) > len(parent) + 1 and key.startswith(parent) and key[len(parent)] == separator
 
 
-def parent_among(key: str, parents: AbstractSet[str], separator: str) -> str | None:
+def parent_among(key: str, parents: Container[str], separator: str) -> str | None:
     """The longest key of ``parents`` that ``key`` is a child of, or None."""
     end = key.rfind(separator)
     while end > 0:
