@@ -19,6 +19,12 @@ claim holds it and
   whole group.
 
 ``status`` shows a held group under ``blocked``; ``why`` names the members that hold it.
+
+**Staleness across both** (see :mod:`pydatatask.pipeline.staleness`): a stale key waits
+while anything it reads, directly or through the tasks in between, is pending upstream
+(:func:`waiting_upstream`: the members of a group, the parent of a child, the same key),
+and the records of children that a redone parent no longer writes are found along the
+fan-out outputs above a task (:func:`fan_out_ancestors`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ __all__ = (
     "group_reasons",
     "cascade_keys",
     "fan_out_ancestors",
+    "fan_out_separators",
     "waiting_upstream",
 )
 
@@ -116,6 +123,12 @@ def _fan_out_links(task: Task, up: Task) -> list[tuple[str, str]]:
                 out.append((name, sep))
                 break
     return out
+
+
+def fan_out_separators(task: Task, up: Task) -> tuple[str, ...]:
+    """The separators of the fan-out outputs of ``up`` that ``task`` reads (see
+    :class:`~pydatatask.pipeline.staleness.InputSource`)."""
+    return tuple(sep for _, sep in _fan_out_links(task, up)) if up.fan_out else ()
 
 
 async def fan_out_blocked(

@@ -343,7 +343,8 @@ class Pipeline:
                     )
                     reasons.append(f"upstream task {up!r} has no success record for {key!r} ({state})")
             for reason in fig.stale.get(key, []):
-                reasons.append(f"stale: {reason.message}; `run --rerun-stale` redoes it")
+                does = "removes its record and outputs" if reason.kind == "orphan" else "redoes it"
+                reasons.append(f"stale: {reason.message}; `run --rerun-stale` {does}")
             if not reasons and key in fig.blocked:  # upstream keys differ (views rename them)
                 reasons.append(_why_child(self, task_name, key, figures))
             if not reasons and key not in fig.ready:

@@ -66,7 +66,7 @@ class RecordFacts:
         end = record.get("end_time")
         self.end_time: str | None = end if isinstance(end, str) else None
         members = record.get("members")
-        #: the members of a fan-in job's group (None: not a fan-in record)
+        # the members of a fan-in job's group (None: not a fan-in record)
         self.members: tuple[str, ...] | None = (
             tuple(m for m in members if isinstance(m, str)) if isinstance(members, list) else None
         )

@@ -38,9 +38,9 @@ from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from ..task.recovery import adopt_orphans, recover
 from .groups import (
-    _fan_out_links,
     fan_out_ancestors,
     fan_out_blocked,
+    fan_out_separators,
     group_keys,
     held_groups,
     waiting_upstream,
@@ -281,9 +281,11 @@ class Scheduler:
             sources = self._sources[task.name] = input_sources(self.pipeline, self.all_tasks, task.name)
         fig = self.figures.get(task.name)
         versions = fig.versions if fig is not None else {}
-        if task.group_by is not None:  # the members the job gets (kept while it runs)
+        if task.group_by is not None:
+            # the members the job gets (kept while it runs); none known (adopted work): the
+            # record gets no digest, and only its members are compared later
             return lambda key: record_fields(
-                key, sources, versions, self.records, task._tick_members.get(key, [])
+                key, sources, versions, self.records, task._tick_members.get(key)
             )
         return lambda key: record_fields(key, sources, versions, self.records)
 
@@ -903,7 +905,7 @@ def input_sources(pipeline: Pipeline, tasks: dict[str, Task], name: str) -> list
             if edge.downstream == name and edge.in_link == link.name and edge.upstream in tasks:
                 if all(up != edge.upstream for up, _ in ups):
                     ups.append((edge.upstream, _upstream_keys(task, tasks[edge.upstream])))
-        parents = {up: tuple(sep for _, sep in _fan_out_links(task, tasks[up])) for up, _ in ups}
+        parents = {up: fan_out_separators(task, tasks[up]) for up, _ in ups}
         sources.append(
             InputSource(link.name, link.repository, tuple(ups), {u: p for u, p in parents.items() if p})
         )

@@ -10,9 +10,13 @@ Every job record stores what the job read (see :mod:`pydatatask.task.records`):
     where the backend cannot tell);
 ``upstream``
     (only when another task writes an input) ``{link: stamp}`` for each input another task writes: the ``end_time`` of the upstream
-    success record(s) of what the key reads (several joined by ``,``). A redone upstream job
+    success record(s) of what the key reads (several joined by ``,``); for a child in a
+    fan-out output, which has no record of its own, its parent's. A redone upstream job
     writes a new record, so the downstream record no longer matches even when the backend
-    gives no versions, or the redone value has the same content (the same ETag);
+    gives no versions, or the redone value has the same content (the same ETag). A fan-in
+    record stores instead, per input, a digest over its members with the version and the
+    upstream stamp of each (``members:<count>:<hex>``): a few dozen bytes, whatever the size
+    of the group;
 ``outputs``
     (only when the job wrote its key to some of its outputs, not all) the output links
     it wrote its key to. Without it, every output is expected to hold the key (as when the
@@ -20,8 +24,17 @@ Every job record stores what the job read (see :mod:`pydatatask.task.records`):
 
 A recorded key is **stale** when an input's version differs from its record's, an upstream
 record it read was replaced, the task version differs, an output of a succeeded job is
-gone, or the task says so (:meth:`~pydatatask.task.base.Task.stale_reasons`). None on either
-side of a comparison means "unknown" and never makes a key stale.
+gone (for a fan-out job: a child its record lists), a fan-in group gained, lost or had a
+member redone (the digest differs; the members are named from the ``members`` the record
+lists and from the upstream records newer than the group's own), or the task says so
+(:meth:`~pydatatask.task.base.Task.stale_reasons`). None on either side of a comparison
+means "unknown" and never makes a key stale.
+
+A recorded key no longer in the task's inputs that is a child of a fan-out parent whose
+success record no longer lists it (the parent was redone and did not write it again) is an
+**orphan** (kind ``"orphan"``): ``run --rerun-stale`` removes its record and then its outputs
+under its claim (:func:`remove_orphan`), without running a job; what is downstream of it
+sees the key gone (a group loses the member, and is redone).
 
 Redoing a stale key (:func:`redo`) happens under the job's claim: the record is checked to
 be the one judged stale (another scheduler may have redone it), then removed, then the old
@@ -66,7 +79,9 @@ class StaleReason:
 
     ``kind`` is ``"input"`` (an input value's version changed), ``"upstream"`` (an upstream
     job it read was redone), ``"version"`` (the task version changed), ``"output"`` (an
-    output of the succeeded job is gone) or ``"task"`` (a reason the task gives). ``link``
+    output of the succeeded job is gone), ``"group"`` (a fan-in group's members changed),
+    ``"orphan"`` (a child its redone parent no longer writes) or ``"task"`` (a reason the
+    task gives). ``link``
     names the input or output, ``old`` and ``new`` the versions compared.
     """
 
@@ -135,6 +150,18 @@ def _stamp(key: str, producers: InputSource, records: Mapping[str, RecordIndex])
                 return None
             stamps.append(stamp)
     return ",".join(stamps) if stamps else None
+
+
+def _parent_of(key: str, src: InputSource, records: Mapping[str, RecordIndex]) -> str:
+    """`` (the parent 'A' of this child)`` when ``key`` reads a child in a fan-out output."""
+    for up, to_upstream in src.producers:
+        seps = src.parents.get(up, ())
+        index = records[up]
+        if seps and to_upstream is None and key not in index.listed:
+            parent = _parent(index, key, seps)
+            if parent is not None:
+                return f" (the parent {parent!r} of this child)"
+    return ""
 
 
 #: how the ``upstream`` entry of a fan-in record starts (a digest over its members)
@@ -224,10 +251,11 @@ def stale_reasons(
             old, new = facts.upstream[src.link], _stamp(key, src, records)
             if _differ(old, new):
                 ups = ", ".join(repr(up) for up, _ in src.producers)
+                what = _parent_of(key, src, records)
                 reasons.append(
                     StaleReason(
                         "upstream",
-                        f"input {src.link!r} was redone by upstream task {ups}: its record of {old} was replaced by one of {new}",
+                        f"input {src.link!r} was redone by upstream task {ups}{what}: its record of {old} was replaced by one of {new}",
                         src.link,
                         old,
                         new,
@@ -329,7 +357,7 @@ def _group_change(
     return StaleReason("group", f"group {key!r} changed since its record: " + ", ".join(parts))
 
 
-def orphan_candidates(
+def _orphan_candidates(
     key: str, ancestors: Sequence[FanOutAncestor], records: Mapping[str, RecordIndex]
 ) -> list[tuple[FanOutAncestor, str]]:
     """The parents ``key`` may be a child of, in the fan-out outputs ``ancestors``."""
@@ -350,7 +378,7 @@ async def orphan_reasons(
     ``run --rerun-stale`` removes."""
     if not ancestors or not keys:
         return {}
-    candidates = {k: orphan_candidates(k, ancestors, records) for k in keys}
+    candidates = {k: _orphan_candidates(k, ancestors, records) for k in keys}
     wanted: dict[str, set[str]] = {}
     for found in candidates.values():
         for anc, parent in found:

@@ -13,7 +13,9 @@ the whole set.
 **Fan-in.** A task given ``group_by=`` (a function of a member key returning its group's
 key, or None for a key in no group) runs one job per *group*: its key is the group key,
 its outputs are written under it, and ``job.members`` (or a ``members`` parameter) names
-the member keys, sorted. The record stores them (``"members": [...]``).
+the member keys, sorted. The record stores them (``"members": [...]``) and, per input, a
+digest over the members with the version and upstream stamp of each, so that a group whose
+member is added, removed or redone later is stale (:mod:`pydatatask.pipeline.staleness`).
 
 This module holds what the task layer needs; the readiness rules are in
 :mod:`pydatatask.pipeline.groups`.

@@ -5,7 +5,11 @@ Two ways to find an interrupted job, both ending the same way:
 * :func:`recover`: a claim in ``live`` that :meth:`~pydatatask.task.claims.Claims.is_stale`
   judges stale. It is taken over by compare-and-swap (of several schedulers, one wins), and
   the executor is asked for what is left of the work noted under ``"run"``
-  (:meth:`~pydatatask.executor.base.Executor.recover`);
+  (:meth:`~pydatatask.executor.base.Executor.recover`). When nothing is left of it, or the
+  claim names none, the executor's list of the task's jobs is asked too: a scheduler
+  killed after starting the work and before noting it leaves a claim that does not name
+  work still running (or finished, its outputs written), which must not be taken for
+  work that is gone;
 * :func:`adopt_orphans`: work the executor still runs or holds for the task (pods by their
   labels, :meth:`~pydatatask.executor.base.Executor.jobs`) that no claim names, e.g. after a
   scheduler whose claims were in memory was killed. The key is claimed afresh
@@ -68,9 +72,20 @@ async def recover(task: Task, key: str, value: Any) -> Adoption | None:
     if claim is None:
         return None
     handle: JobHandle | None = None
+    facts: Mapping[str, Any] = old  # when the adopted work began, which attempt it is
     try:
         if isinstance(run, dict) and run:
             handle = await task.executor.recover(run)
+        if handle is None:
+            handle = await _unnamed_work(task, key, run)
+            if handle is not None:
+                # noted at once (a takeover killed from now on leaves a claim naming it), as
+                # the attempt after the one the claim named; when it began is unknown: now
+                attempt = old.get("attempt") if run else 0
+                attempt = (attempt if type(attempt) is int and attempt >= 1 else 0) + 1
+                if not await task.claims.update(claim, run=handle.info, run_at=time.time(), attempt=attempt):
+                    return None  # taken over meanwhile: its new holder deals with the work
+                facts = claim.value
         record = (await task.done.get_many([key])).get(key)
     except Exception as exc:
         # the executor is unreachable (or cannot tell): the claim stays, handed to nobody,
@@ -101,7 +116,7 @@ async def recover(task: Task, key: str, value: Any) -> Adoption | None:
             key,
             who,
         )
-        return _adoption(key, claim, handle, old)
+        return _adoption(key, claim, handle, facts)
     log.warning(
         "task %s: job %r was interrupted (%s); cleaning up%s",
         task.name,
@@ -163,6 +178,17 @@ async def adopt_orphans(task: Task, owner: str | None = None) -> list[Adoption]:
             continue
         await _let_go(task, key, claim, handle, None)
     return adoptions
+
+
+async def _unnamed_work(task: Task, key: str, run: Any) -> JobHandle | None:
+    """A handle on what the executor still runs or holds for ``key`` that the interrupted
+    job's claim does not name (``run``): its scheduler was killed after the work was
+    started and before the claim noted it, or while a new attempt replaced the work it
+    names. None when the executor holds nothing else for the key."""
+    info = (await task.executor.jobs(task.name)).get(key)
+    if not info or info == run:
+        return None
+    return await task.executor.recover(info)
 
 
 def _adoption(key: str, claim: Claim, handle: JobHandle, old: Mapping[str, Any]) -> Adoption:

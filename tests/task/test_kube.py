@@ -42,7 +42,9 @@ from pydatatask.executor.pods import (
     pod_name,
 )
 from pydatatask.pipeline import Pipeline
+from pydatatask.repository.serialized import YamlMetadataFileRepository
 from pydatatask.task.pod import PodTask
+from pydatatask.task.records import make_claim
 from tests.conftest import service
 from tests.kube_support import SH_POD, WatchedPodTask, no_pods_left, pod_task, pods
 from tests.kube_support import make_executor as _executor
@@ -663,6 +665,50 @@ async def test_finished_orphan_pod_with_unrecorded_outputs_is_adopted_not_rerun(
     lines = runs.read_text().split("\n")
     assert sorted(line.split()[0] for line in lines if line) == ["fresh", "orphan"]  # each ran once
     assert _created(task) == 1  # only "fresh" got a new pod
+    await _no_pods_left(kcfg, name)
+
+
+async def test_a_pod_its_stale_claim_does_not_name_is_adopted_not_lost(
+    session: Session, kcfg: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """A scheduler killed after it created a job's pod and before its claim noted the pod:
+    the claim is stale and names no work, the pod ran to its end and wrote the output. The
+    takeover finds the pod in the executor's list and adopts it (the success recorded, the
+    output kept, the work not redone). Freeing the key instead removed the pod's output as
+    partial, and the job was recorded as succeeded without it (or, when the pod wrote it
+    after the cleanup, never run again) in a loaded run of the SIGKILL test above."""
+    runs = tmp_path / "runs.log"
+    task, out = pod_task(
+        session,
+        kcfg,
+        name,
+        OUT_POD,
+        ["orphan"],
+        tmp_path,
+        extension=".txt",
+        params={"runs": str(runs), "script": OUT_SCRIPT},
+        live=YamlMetadataFileRepository(tmp_path / "live", fsync=False),
+    )
+    dead = _executor(session, kcfg, name)  # the executor object of the scheduler that is gone
+    async with session:
+        await dead.cluster.create_pod(dead.pod_body(task.render("orphan"), name, "orphan", task.resources))
+        # its claim, as acquired before the pod was started: no "run" in it
+        await task.live.put("orphan", make_claim("dead", name, "orphan", time.time() - 600))
+    deadline = time.monotonic() + 30
+    while not (await out.contains("orphan") and runs.exists()):
+        assert time.monotonic() < deadline, "the orphan pod did not write its output"
+        await asyncio.sleep(0.1)
+    (pod,) = await _pods(kcfg, name)
+    before = await out.read_text("orphan")
+
+    summary = await Pipeline([task], session).run()
+    assert summary.ok and summary.succeeded == 1, summary.as_dict()
+    rec = await task.done.get("orphan")
+    assert rec["success"] and rec["kube"]["uid"] == pod.metadata.uid  # adopted, not re-created
+    assert await out.contains("orphan"), "the adopted pod's output was removed as partial"
+    assert await out.read_text("orphan") == before
+    assert [line.split()[0] for line in runs.read_text().splitlines()] == ["orphan"]  # ran once
+    assert _created(task) == 0 and not await task.live.contains("orphan")
     await _no_pods_left(kcfg, name)
 
 

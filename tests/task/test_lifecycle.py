@@ -324,6 +324,46 @@ async def test_a_failed_adopted_attempt_is_retried_as_the_next_attempt(tmp_path:
     assert orphan.closed >= 1
 
 
+async def test_work_its_stale_claim_does_not_name_is_adopted_not_started_again(tmp_path: Path) -> None:
+    """A scheduler killed after it started the work of "a" and before the claim noted it:
+    the stale claim names no work, the executor still runs it. The takeover finds the work
+    in the executor's list and adopts it; freeing the key instead started the job a second
+    time beside the first (with pods: the first wrote its output after the cleanup, and the
+    key was never run again)."""
+    task, out = _adopting(tmp_path, ["a"])
+    orphan = await _orphan("a", seconds=0.2, value="from the orphan")
+    await task.live.put("a", make_claim("dead", "steps", "a", time.time() - 600))
+    task.steps["a"] = {"value": "started again"}
+    summary = await Pipeline([task]).run()
+    assert summary.ok and summary.succeeded == 1, summary
+    assert await out.get("a") == "from the orphan"
+    assert task._executor.handles == []  # not started again
+    assert orphan.cancelled_with is None and orphan.closed >= 1
+    record = await task.done.get("a")
+    assert record["success"] and record["attempts"] == 1
+    assert not await task.live.contains("a")
+
+
+async def test_the_next_attempt_its_stale_claim_does_not_name_yet_is_adopted_as_such(tmp_path: Path) -> None:
+    """Killed between starting attempt 2 and noting it: the claim names attempt 1's work,
+    which is gone; the work the executor still runs is adopted as attempt 2, its time limit
+    counted from the takeover (when it began is not known)."""
+    from pydatatask.task.retry import RetryPolicy
+
+    retry = RetryPolicy(max_attempts=3, backoff=0.01)
+    task, out = _adopting(tmp_path, ["a"], retry=retry, timeout="60s")
+    orphan = await _orphan("a", seconds=0.2, value="from attempt 2")
+    claim = dict(
+        make_claim("dead", "steps", "a", time.time() - 600), run={"step": "gone"}, run_at=0.0, attempt=1
+    )
+    await task.live.put("a", claim)
+    summary = await Pipeline([task]).run()
+    assert summary.ok and summary.succeeded == 1, summary
+    assert await out.get("a") == "from attempt 2" and task._executor.handles == []
+    assert (await task.done.get("a"))["attempts"] == 2
+    assert orphan.cancelled_with is None and orphan.closed >= 1
+
+
 async def test_orphaned_work_no_claim_names_is_adopted_within_capacity(tmp_path: Path) -> None:
     """Claims in memory (gone with their scheduler): the executor's own list finds the
     work; its adoption takes a slot of the executor like a launched job."""
