@@ -48,6 +48,7 @@ from .groups import (
 from .metrics import RunMetrics
 from .record_index import RecordFacts, RecordIndex, corrupt_info, warn_corrupt
 from .staleness import (
+    UPSTREAM_STALE,
     InputSource,
     StaleReason,
     orphan_reasons,
@@ -726,6 +727,7 @@ async def compute_figures(
     stale_of = await _find_stale(
         tasks, pipeline, records, keys_of, versions_of, universes, tasks if full else redo_for, grouped
     )
+    _add_stale_upstream(pipeline, tasks, stale_of, records, universes, grouped)
     running_keys: dict[str, set[str]] = {name: set() for name in tasks}
     for task_name, k in running or {}:
         running_keys[task_name].add(k)
@@ -967,6 +969,43 @@ async def _find_stale(
     return out
 
 
+def _add_stale_upstream(
+    pipeline: Pipeline,
+    tasks: dict[str, Task],
+    stale_of: dict[str, dict[str, list[StaleReason]]],
+    records: dict[str, RecordIndex],
+    universes: dict[str, set[str]],
+    grouped: dict[str, dict[str, list[str]]],
+) -> None:
+    """Mark as stale, in ``stale_of``, the recorded keys that read (directly, or through
+    the tasks in between: the same key, a fan-out parent, a fan-in member) a key that is
+    stale upstream: what they were made from is to be redone, so they will be too. Their
+    reason is of kind :data:`~pydatatask.pipeline.staleness.UPSTREAM_STALE`."""
+    if not any(stale_of.values()):
+        return
+    pending = {name: set(found) for name, found in stale_of.items()}
+    for name in pipeline.graph.order():
+        if name not in stale_of or name not in tasks:
+            continue
+        index = records[name]
+        found = stale_of[name]
+        candidates = [k for k in index.recorded() if k not in found and k in universes[name]]
+        if not candidates:
+            continue
+        waiting = waiting_upstream(
+            pipeline, tasks, name, candidates, pending, universes, grouped, _upstream_keys
+        )
+        ups = [up for up in pipeline.graph.upstream[name] if pending.get(up)]
+        reason = StaleReason(
+            UPSTREAM_STALE,
+            f"what it reads is stale upstream (task {', '.join(map(repr, ups)) or '?'}): "
+            "it is redone after that",
+        )
+        for key in waiting:
+            found[key] = [reason]
+        pending[name] |= waiting
+
+
 def _redo_keys(
     pipeline: Pipeline,
     name: str,
@@ -979,7 +1018,10 @@ def _redo_keys(
     """The stale keys of ``name`` to redo now: not running, and not reading (directly or
     through tasks in between) what an upstream task is about to redo or is running (they
     are redone after it, once). Orphans are removed at once."""
-    keys = set(fig.stale) - fig.live - running
+    # a key stale only because what it reads is stale upstream is redone once that is
+    # (it is then stale by its own record), never before
+    keys = {k for k, reasons in fig.stale.items() if any(r.kind != UPSTREAM_STALE for r in reasons)}
+    keys -= fig.live | running
     orphans = {k for k in keys if any(r.kind == "orphan" for r in fig.stale[k])}
     waiting = waiting_upstream(
         pipeline, pipeline.tasks, name, keys - orphans, pending, universes, grouped, _upstream_keys

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from ..task.lifecycle import StateCallback
 
 __all__ = (
+    "UPSTREAM_STALE",
     "StaleReason",
     "InputSource",
     "FanOutAncestor",
@@ -73,6 +74,11 @@ __all__ = (
 )
 
 
+#: the kind of a :class:`StaleReason` of a key stale only because what it reads is
+#: stale upstream (status shows it; a redo waits for the upstream one)
+UPSTREAM_STALE = "stale-upstream"
+
+
 @dataclass(frozen=True)
 class StaleReason:
     """Why a recorded key is stale.
@@ -81,7 +87,8 @@ class StaleReason:
     job it read was redone), ``"version"`` (the task version changed), ``"output"`` (an
     output of the succeeded job is gone), ``"group"`` (a fan-in group's members changed),
     ``"orphan"`` (a child its redone parent no longer writes) or ``"task"`` (a reason the
-    task gives). ``link``
+    task gives), or :data:`UPSTREAM_STALE` (nothing of its own: what it reads is stale
+    upstream, so it is redone after that). ``link``
     names the input or output, ``old`` and ``new`` the versions compared.
     """
 

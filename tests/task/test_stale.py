@@ -105,7 +105,7 @@ async def test_a_changed_input_is_stale_and_only_rerun_stale_redoes_it_and_downs
     await stages.run()
     old = await stages.upper.done.get("b")
     await stages.src.write_bytes("b", b"second")  # another length: a new version on every backend
-    assert await stages.stale() == {"upper": ["b"], "mark": []}
+    assert await stages.stale() == {"upper": ["b"], "mark": ["b"]}  # mark: stale upstream
     status = await stages.pipeline.status()
     (reason,) = status["upper"]["stale_details"]["b"]
     assert reason["kind"] == "input" and reason["link"] == "src"
@@ -113,7 +113,7 @@ async def test_a_changed_input_is_stale_and_only_rerun_stale_redoes_it_and_downs
     assert "b" in status["upper"]["succeeded"]  # still counted where its record says
 
     assert await stages.run() == []  # the default never recomputes
-    assert await stages.stale() == {"upper": ["b"], "mark": []}
+    assert await stages.stale() == {"upper": ["b"], "mark": ["b"]}  # mark: stale upstream
 
     assert await stages.run(rerun_stale=True) == [("mark", "b"), ("upper", "b")]
     assert await stages.out.read_bytes("b") == b"SECOND!"
@@ -130,7 +130,7 @@ async def test_a_new_task_version_redoes_every_key_once_then_downstream(
     await stages.run()
     stages.upper.version = "2"
     stale = await stages.pipeline.status()
-    assert stale["upper"]["stale"] == ["a", "b"] and stale["mark"]["stale"] == []
+    assert stale["upper"]["stale"] == ["a", "b"] and stale["mark"]["stale"] == ["a", "b"]
     assert stale["upper"]["stale_details"]["a"][0]["kind"] == "version"
     reasons = await stages.pipeline.why("upper", "a")
     assert "a job record exists (succeeded); `rm upper a` to run it again" in reasons
