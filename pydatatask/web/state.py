@@ -171,6 +171,8 @@ class Monitor:
         self._records = {name: RecordIndex(t.done) for name, t in pipeline.tasks.items()}
         self._snapshot: Snapshot | None = None
         self._version: object = None
+        #: bumped by :meth:`invalidate`: a snapshot taken across a bump is not kept as fresh
+        self._generation = 0
         self._lock = asyncio.Lock()
         self._listing_seconds = 0.0
         #: the durations of this monitor's own listings
@@ -205,26 +207,38 @@ class Monitor:
         if self._snapshot is not None:
             self._snapshot.monotonic = -math.inf
         self._version = None
+        self._generation += 1
 
     async def snapshot(self) -> Snapshot:
         """The latest snapshot, taken anew when the one kept is older than the interval."""
         async with self._lock:
-            kept = self._snapshot
-            s = self.scheduler
-            now = time.monotonic()
-            if s is not None:
-                version = (id(s), s.metrics.version, s.ticks)
-                if kept is None or (version != self._version and now - kept.monotonic >= self.interval):
-                    self._snapshot = await self._from_scheduler(s)
-                    self._version = version
-            elif self.live and (kept is None or kept.source != "scheduler"):
-                self._snapshot = _empty(self.pipeline, "starting")
-            elif not self.live:
-                wait = max(self.interval, 10 * self._listing_seconds)
-                if kept is None or now - kept.monotonic >= wait:
-                    self._snapshot = await self._from_listing()
-            assert self._snapshot is not None
-            return self._snapshot
+            generation = self._generation
+            try:
+                return await self._snapshot_locked()
+            finally:
+                if self._generation != generation and self._snapshot is not None:
+                    # changed while it was being taken: what it listed may predate the change
+                    self._snapshot.monotonic = -math.inf
+                    self._version = None
+
+    async def _snapshot_locked(self) -> Snapshot:
+        """:meth:`snapshot`, its lock held."""
+        kept = self._snapshot
+        s = self.scheduler
+        now = time.monotonic()
+        if s is not None:
+            version = (id(s), s.metrics.version, s.ticks)
+            if kept is None or (version != self._version and now - kept.monotonic >= self.interval):
+                self._snapshot = await self._from_scheduler(s)
+                self._version = version
+        elif self.live and (kept is None or kept.source != "scheduler"):
+            self._snapshot = _empty(self.pipeline, "starting")
+        elif not self.live:
+            wait = max(self.interval, 10 * self._listing_seconds)
+            if kept is None or now - kept.monotonic >= wait:
+                self._snapshot = await self._from_listing()
+        assert self._snapshot is not None
+        return self._snapshot
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """``{task: {state: count}}``, now. From a running scheduler this costs a few

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -104,3 +105,51 @@ def test_json_logs_through_the_python_api() -> None:
     assert second["exception"] == {"type": "OSError", "message": "disk gone"}
     with pytest.raises(ConfigurationError, match="unknown log format 'xml'; formats: text, json"):
         configure_logging("xml")
+
+
+class _HeldListing(MemoryMetadataRepository):
+    """A done repository whose listing, once armed, is held after it has read its names
+    (so a snapshot can be caught between its listing and its end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.listed = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def keys(self) -> set[str]:
+        names = await super().keys()
+        if self.armed:
+            self.armed = False
+            self.listed.set()
+            await self.release.wait()
+        return names
+
+
+async def test_a_change_made_while_a_snapshot_is_taken_is_not_hidden_by_it() -> None:
+    """A redo invalidates the snapshot; one that was being taken at that moment listed
+    the records before the change and must not be kept as fresh."""
+    from pydatatask.web.state import Monitor
+
+    done = _HeldListing()
+    src = MemoryMetadataRepository({"a": 1, "b": 2})
+    task = FunctionTask(
+        "t",
+        lambda key, src: {"out": src},
+        inputs={"src": src},
+        outputs={"out": MemoryMetadataRepository()},
+        done=done,
+    )
+    pipeline = Pipeline([task])
+    assert (await pipeline.run()).succeeded == 2
+    monitor = Monitor(pipeline, interval=60.0)
+    assert sorted((await monitor.snapshot()).tasks["t"].keys["succeeded"]) == ["a", "b"]
+    monitor.invalidate()
+    done.armed = True
+    taking = asyncio.create_task(monitor.snapshot())
+    await done.listed.wait()  # it has listed both records
+    await pipeline.remove("t", ["a"])  # what a redo of 'a' does
+    monitor.invalidate()
+    done.release.set()
+    await taking
+    assert sorted((await monitor.snapshot()).tasks["t"].keys["succeeded"]) == ["b"]
