@@ -367,7 +367,12 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         sc.expect(not ungated, f"after kill 1: stats of pages whose unpack has no record: {ungated[:5]}")
 
         # 2. killed while counting pages: as soon as the first statistics file is there
-        await sc.run_killed(lambda: bool(sc.outputs()["stats"]), "page_stats", PDT_SCN_STATS_DELAY="0.2")
+        await sc.run_killed(
+            lambda: bool(sc.outputs()["stats"]),
+            "page_stats",
+            PDT_SCN_STATS_DELAY="0.2",
+            PDT_SCN_CONCURRENCY="1",
+        )
         assert len(sc.outputs()["stats"]) < n_pages, f"every page was counted before the kill: {sc.history}"
         counted = await sc.records("page_stats")
         early = sorted(
@@ -441,7 +446,9 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         def counted_one() -> bool:
             return any(t == "page_stats" and k.startswith(grown + "/") for t, k, _ in sc.logs()[1][mark[1] :])
 
-        await sc.run_killed(counted_one, "page_stats", "--rerun-stale", PDT_SCN_STATS_DELAY="0.3")
+        await sc.run_killed(
+            counted_one, "page_stats", "--rerun-stale", PDT_SCN_STATS_DELAY="0.3", PDT_SCN_CONCURRENCY="1"
+        )
         await sc.run_ok("--rerun-stale")
         await sc.check_outputs(archives, "after a second upload, a killed --rerun-stale and another")
         runs, dones = sc.logs()
