@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -190,15 +191,23 @@ class _LocalRoot(Repository):
     async def validate(self, create: bool = False) -> None:
         """Check the root directory (create it with ``create``) and sweep temporaries left
         by writers that were killed (their pid, part of the name, no longer runs)."""
-        if self.root.is_dir():
-            removed = await asyncio.to_thread(sweep, self.root, self._descend)
-            if removed:
-                log.info("%s: removed %d temporary file(s) of killed writers", self.describe(), len(removed))
-            return
-        if self.root.exists():
+        # One stat, not is_dir() then exists(): another scheduler may create the directory
+        # between two checks, and a directory seen by the second is not "not a directory".
+        try:
+            mode: int | None = self.root.stat().st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError as exc:
+            raise RepositoryError(f"{self.describe()}: cannot read {self.root}: {exc.strerror}") from exc
+        if mode is not None and not stat.S_ISDIR(mode):
             raise RepositoryError(f"{self.describe()}: {self.root} exists and is not a directory")
-        if create:
-            await asyncio.to_thread(make_dirs, self.root, self._durable())
+        if mode is None:
+            if create:
+                await asyncio.to_thread(make_dirs, self.root, self._durable())
+            return
+        removed = await asyncio.to_thread(sweep, self.root, self._descend)
+        if removed:
+            log.info("%s: removed %d temporary file(s) of killed writers", self.describe(), len(removed))
 
     def _descend(self, entry: os.DirEntry[str]) -> bool:
         """Whether the directory ``entry`` may hold keys (and so temporaries) below it."""

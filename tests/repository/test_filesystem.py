@@ -109,6 +109,28 @@ async def test_validate_creates_root(tmp_path: Path) -> None:
         await FileRepository(tmp_path / "file").validate()
 
 
+async def test_validate_while_another_scheduler_creates_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two schedulers validating one state directory at once: the other one creates the
+    # root right after this one first looks at it. That is not "exists and is not a
+    # directory" (a full run saw it fail so).
+    root = tmp_path / "state" / "logs"
+    real_is_dir = Path.is_dir
+
+    def is_dir_then_created_by_another(self: Path) -> bool:
+        seen = real_is_dir(self)
+        if self == root and not seen:
+            root.mkdir(parents=True, exist_ok=True)
+        return seen
+
+    monkeypatch.setattr(Path, "is_dir", is_dir_then_created_by_another)
+    repo = FileRepository(root, ".log")
+    await repo.validate(create=True)
+    assert real_is_dir(root)
+    await repo.validate(create=True)
+
+
 def test_bad_extension() -> None:
     with pytest.raises(ConfigurationError):
         FileRepository("x", "/etc")
