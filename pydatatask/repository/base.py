@@ -17,9 +17,11 @@ One bad value never hides the others, and never arrives wrapped in an exception 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar, overload
 
@@ -38,6 +40,23 @@ __all__ = (
 )
 
 log = logging.getLogger("pydatatask.repository")
+
+#: how many single-key requests the default bulk methods keep in flight at once
+BULK_CONCURRENCY = 16
+
+_T = TypeVar("_T")
+
+
+async def _bounded(calls: Iterable[Callable[[], Awaitable[_T]]], limit: int = BULK_CONCURRENCY) -> list[_T]:
+    """Await every call, at most ``limit`` at once, and return their results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[_T]]) -> _T:
+        async with gate:
+            return await call()
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
+
 
 T = TypeVar("T")
 
@@ -121,6 +140,20 @@ class Repository(ABC):
         """Remove ``key``; do nothing if it is absent."""
         await self._delete(self._key(key))
 
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove every key of ``keys`` (absent ones are ignored).
+
+        Backends with a bulk request (S3 ``DeleteObjects``, a Mongo ``delete_many``)
+        override :meth:`_delete_many`; the default deletes key by key, a few at once.
+        """
+        checked = [self._key(k) for k in keys]
+        if checked:
+            await self._delete_many(checked)
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        """Delete the (checked) ``keys``; the default calls :meth:`_delete` for each."""
+        await _bounded([partial(self._delete, k) for k in keys])
+
     def _key(self, key: object) -> str:
         """``key`` if it follows the key rule and this backend's own, else
         :class:`~pydatatask.errors.InvalidKeyError`."""
@@ -192,6 +225,46 @@ class MetadataRepository(Repository):
         if created and (journal := _journal.get()) is not None:
             await journal.note(self, key)  # only when stored: an existing key is someone else's
         return created
+
+    async def put_many(self, values: Mapping[str, Any]) -> None:
+        """Store every ``{key: value}`` of ``values``, each atomically (not all together).
+
+        Backends with a bulk write (a Mongo ``bulk_write``) override :meth:`_put_many`
+        and store them in one round trip; the default puts key by key, a few at once. On
+        an error some values may be stored and others not.
+        """
+        checked = {self._key(k): v for k, v in values.items()}
+        if not checked:
+            return
+        if (journal := _journal.get()) is not None:
+            for key in checked:
+                await journal.note(self, key)
+        await self._put_many(checked)
+
+    async def create_many(self, values: Mapping[str, Any]) -> set[str]:
+        """Store each ``{key: value}`` of ``values`` whose key is absent; return the keys
+        stored. Each key is created as by :meth:`create` (of concurrent callers on one key,
+        exactly one stores it); used to claim a batch of jobs at once.
+        """
+        checked = {self._key(k): v for k, v in values.items()}
+        if not checked:
+            return set()
+        created = await self._create_many(checked)
+        if created and (journal := _journal.get()) is not None:
+            for key in created:
+                await journal.note(self, key)
+        return created
+
+    async def _put_many(self, values: dict[str, Any]) -> None:
+        """Store the (checked) ``values``; the default calls :meth:`_put` for each."""
+        await _bounded([partial(self._put, k, v) for k, v in values.items()])
+
+    async def _create_many(self, values: dict[str, Any]) -> set[str]:
+        """Create the (checked) ``values`` whose key is absent, return the keys created; the
+        default calls :meth:`_create` for each."""
+        items = list(values.items())
+        made = await _bounded([partial(self._create, k, v) for k, v in items])
+        return {k for (k, _v), ok in zip(items, made, strict=True) if ok}
 
     async def replace_if(self, key: str, expected: Any, value: Any) -> bool:
         """Atomically replace the value of ``key`` with ``value`` if it still equals ``expected``.

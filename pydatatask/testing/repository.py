@@ -427,6 +427,17 @@ class RepositoryTests(RepositoryReadTests):
         assert not await repo.contains("k")
 
     @pytest.mark.asyncio
+    async def test_delete_many(self, repo: Repository) -> None:
+        for key in ("a", "b", "c"):
+            await self.make(repo, key)
+        await repo.delete_many(["a", "c", "never-there"])
+        assert await repo.keys() == {"b"}
+        await repo.delete_many([])
+        with pytest.raises(InvalidKeyError):
+            await repo.delete_many(["b", "../b"])
+        assert await repo.keys() == {"b"}  # nothing deleted when one key is invalid
+
+    @pytest.mark.asyncio
     @pytest.mark.parametrize("key", invalid_keys(), ids=repr)
     async def test_invalid_keys_refused(self, repo: Repository, key: Any) -> None:
         with pytest.raises(InvalidKeyError):
@@ -600,6 +611,38 @@ class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
         await asyncio.gather(*(repo.put(f"w{i}", {"i": i}) for i in range(200)))
         assert await repo.keys() == {f"w{i}" for i in range(200)}
         assert await repo.get("w137") == {"i": 137}
+
+    @pytest.mark.asyncio
+    async def test_put_many(self, repo: MetadataRepository) -> None:
+        await repo.put("old", {"v": 0})
+        await repo.put_many({f"p{i}": {"i": i} for i in range(30)} | {"old": {"v": 1}})
+        assert await repo.keys() == {"old"} | {f"p{i}" for i in range(30)}
+        assert await repo.get("p17") == {"i": 17}
+        assert await repo.get("old") == {"v": 1}
+        with pytest.raises(InvalidKeyError):
+            await repo.put_many({"fine": 1, "bad/../x": 2})
+        assert not await repo.contains("fine")
+
+    @pytest.mark.asyncio
+    async def test_create_many_creates_only_absent_keys(self, repo: MetadataRepository) -> None:
+        if not self.supports_create:
+            with pytest.raises(UnsupportedOperationError):
+                await repo.create_many({"c": {"v": 1}})
+            return
+        assert await repo.create("taken", {"v": "first"})
+        made = await repo.create_many({"taken": {"v": "second"}, "m1": {"v": 1}, "m2": {"v": 2}})
+        assert made == {"m1", "m2"}
+        assert await repo.get("taken") == {"v": "first"}
+        assert await repo.get("m2") == {"v": 2}
+        # two batches racing over overlapping keys: each key goes to exactly one of them
+        first, second = await asyncio.gather(
+            repo.create_many({f"r{i}": {"who": 1} for i in range(0, 40)}),
+            repo.create_many({f"r{i}": {"who": 2} for i in range(20, 60)}),
+        )
+        assert not first & second
+        assert first | second == {f"r{i}" for i in range(60)}
+        for key in ("r25", "r35"):
+            assert (await repo.get(key))["who"] == (1 if key in first else 2)
 
     @pytest.mark.asyncio
     async def test_create_is_exclusive(self, repo: MetadataRepository) -> None:
