@@ -38,6 +38,7 @@ SCENARIOS = (
     "noop_scaling",
     "ready_rss",
     "s3_stage",
+    "s3_shared_state",
     "process_jobs",
     "web_page",
 )
@@ -51,6 +52,8 @@ class Options:
 
     quick: bool = False
     reps: int = 5
+    #: objects or keys per run instead of a scenario's own size (``--size``), where it takes one
+    size: int | None = None
     with_047: bool = True
     python047: str | None = None  # the 0.4.7 venv's python, once created
     services: dict[str, Any] = field(default_factory=dict)
