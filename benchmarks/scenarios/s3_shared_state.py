@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
 
-from . import Options, Point, ScenarioResult, Verdict, ratio
+from . import Options, Point, ScenarioResult, Verdict, profiled, ratio
 from .s3_stage import _client, _empty, _names, _services
 
 NAME = "s3_shared_state"
@@ -133,8 +133,8 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
                 yield client
 
         class Only(S3BucketRepository):  # the first n inputs only (the bucket may hold more)
-            async def _list(self) -> Any:
-                return [k for k in await super()._list() if k in wanted]
+            async def _scan(self) -> dict[str, str | None]:  # under keys() and versions()
+                return {k: v for k, v in (await super()._scan()).items() if k in wanted}
 
         async def upper(key: str, src: Any, dst: Any) -> None:
             await dst.write_bytes(key, (await src.read_bytes(key)).upper())
@@ -199,9 +199,11 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
                 await _empty(client, base)
             assert got == n, f"{got} outputs of {n}"
 
-    seconds = asyncio.run(main())
+    seconds, profile = profiled(params, lambda: asyncio.run(main()))
     jobs = 2 * n
     metrics: dict[str, Any] = {"seconds": seconds, "jobs_per_s": jobs / seconds}
+    if profile is not None:
+        metrics["profile"] = profile
     metrics["requests_per_job"] = sum(counts.values()) / jobs
     # each job's own work: one GetObject of its input, one PutObject of its output
     metrics["bookkeeping_per_job"] = (sum(counts.values()) - 2 * jobs) / jobs
