@@ -352,7 +352,9 @@ class S3BucketRepository(BlobRepository):
             "Bucket": self._bucket,
             "Prefix": directory,
             "Delimiter": "/",
-            "MaxKeys": BULK_NAMES,
+            # enough for the names asked and some stored between them: each listed name
+            # costs the client its parsing (a page of names already done costs a lot)
+            "MaxKeys": min(BULK_NAMES, 4 * len(keys) + 16),
         }
         if len(first) > len(directory) + 1:
             kwargs["StartAfter"] = first[:-1]  # a proper prefix sorts before the name itself
