@@ -57,7 +57,7 @@ class Builder:
         except PipelineFileError:
             raise
         except (ConfigurationError, ValueError, TypeError) as exc:
-            raise self.error(path, str(exc)) from exc
+            raise self.error(path, str(exc), key=True) from exc
 
     def obj(self, path: Path_, dotted: str) -> Any:
         return import_object(self.doc, path, dotted)
