@@ -122,7 +122,9 @@ tasks = [
 pipeline = Pipeline(tasks, session, poll_interval="1s", claim_lease="30s")
 
 
-async def write_summary(event: Event, stats: YamlMetadataS3Repository, summary: YamlMetadataS3Repository) -> None:
+async def write_summary(
+    event: Event, stats: YamlMetadataS3Repository, summary: YamlMetadataS3Repository
+) -> None:
     """A value over every key is not a per-key job: written once per run, from the stats
     (the hook of ``pipeline_finished``, given the repositories it reads and writes)."""
     figures = {k: v async for k, v in stats.items()}
@@ -137,7 +139,9 @@ async def write_summary(event: Event, stats: YamlMetadataS3Repository, summary: 
 
 pipeline.hooks.on(
     "pipeline_finished",
-    functools.partial(write_summary, stats=stats, summary=YamlMetadataS3Repository(s3, BUCKET, PREFIX, ".yaml")),
+    functools.partial(
+        write_summary, stats=stats, summary=YamlMetadataS3Repository(s3, BUCKET, PREFIX, ".yaml")
+    ),
 )
 
 

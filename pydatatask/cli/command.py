@@ -193,7 +193,9 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     command = next((t for t in rest if not t.startswith("-")), None)
     validating = command == "validate"
     if len(sources) > 1 and command not in SEVERAL and not {"-h", "--help"} & set(rest):
-        _error(f"{command or 'the command'} works on one pipeline; give one -f or -m (several: {', '.join(SEVERAL)})")
+        _error(
+            f"{command or 'the command'} works on one pipeline; give one -f or -m (several: {', '.join(SEVERAL)})"
+        )
         return EXIT_USAGE
     named: list[tuple[str, Pipeline]] = []
     for kind, spec in sources:
@@ -212,7 +214,9 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if len(named) == 1:
         name, pipeline = named[0]
-        return run_cli(pipeline, rest, prog=f"{PROG} -f {name}" if sources[0][0] == "file" else f"{PROG} -m {name}")
+        return run_cli(
+            pipeline, rest, prog=f"{PROG} -f {name}" if sources[0][0] == "file" else f"{PROG} -m {name}"
+        )
     if command == "run":
         try:
             parsed = build_parser(PROG).parse_args(rest)

@@ -62,13 +62,17 @@ def validate_file(file: str | os.PathLike[str], *, environ: Mapping[str, str] | 
     pipeline: Pipeline = builder.pipeline()
     for name, task in pipeline.tasks.items():
         spec = builder.values["tasks"][name]
-        field = next((f for f in ("command", "script", "script_file", "manifest", "manifest_file") if f in spec), None)
+        field = next(
+            (f for f in ("command", "script", "script_file", "manifest", "manifest_file") if f in spec), None
+        )
         if field is None:
             continue
         try:
             _render(task)
         except ConfigurationError as exc:
-            raise builder.error(("tasks", name, field), f"{exc} (rendered for the key {SAMPLE_KEY!r})") from exc
+            raise builder.error(
+                ("tasks", name, field), f"{exc} (rendered for the key {SAMPLE_KEY!r})"
+            ) from exc
     return pipeline
 
 

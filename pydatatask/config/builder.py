@@ -83,10 +83,14 @@ class Builder:
             return self.repositories[name]
         specs = self.values.get("repositories", {})
         if name not in specs:
-            raise self.error(path, f"no repository named {name!r} (repositories: {', '.join(specs) or 'none'})")
+            raise self.error(
+                path, f"no repository named {name!r} (repositories: {', '.join(specs) or 'none'})"
+            )
         if name in self._building:
             cycle = " -> ".join([*self._building[self._building.index(name) :], name])
-            raise self.error(("repositories", name), f"the repositories refer to each other in a cycle: {cycle}")
+            raise self.error(
+                ("repositories", name), f"the repositories refer to each other in a cycle: {cycle}"
+            )
         self._building.append(name)
         try:
             repo = self._make_repository(("repositories", name), specs[name])
@@ -121,21 +125,23 @@ class Builder:
         if kind == "memory_metadata":
             return r.MemoryMetadataRepository(name=at[-1])  # type: ignore[arg-type]
         if kind in ("yaml", "json"):
-            cls = r.YamlMetadataRepository if kind == "yaml" else r.JsonMetadataRepository
+            serialized: Any = r.YamlMetadataRepository if kind == "yaml" else r.JsonMetadataRepository
             options = {k: spec[k] for k in ("concurrency",) if k in spec}
-            return self.call(at, cls, ref("blobs"), **options)
+            return self.call(at, serialized, ref("blobs"), **options)
         if kind in ("s3", "s3_yaml", "s3_json"):
-            cls = {
+            s3_class: Any = {
                 "s3": r.S3BucketRepository,
                 "s3_yaml": r.YamlMetadataS3Repository,
                 "s3_json": r.JsonMetadataS3Repository,
             }[kind]
             client = self.resource((*at, "resource"), spec["resource"], "s3")
-            rest = {k: v for k, v in spec.items() if k not in ("kind", "resource", "bucket", "prefix", "suffix")}
+            rest = {
+                k: v for k, v in spec.items() if k not in ("kind", "resource", "bucket", "prefix", "suffix")
+            }
             args = [client, spec["bucket"], spec.get("prefix", "")]
             if "suffix" in spec:
                 args.append(spec["suffix"])
-            return self.call(at, cls, *args, **rest)
+            return self.call(at, s3_class, *args, **rest)
         if kind == "mongo":
             client = self.resource((*at, "resource"), spec["resource"], "mongo")
             database, collection = spec["database"], spec["collection"]
@@ -151,9 +157,9 @@ class Builder:
             rest = {k: v for k, v in spec.items() if k not in ("kind", "schedule")}
             return self.call(at, r.ClockRepository, spec["schedule"], name=at[-1], **rest)
         if kind in ("and", "or"):
-            cls = r.AndRepository if kind == "and" else r.OrRepository
+            combinator: Any = r.AndRepository if kind == "and" else r.OrRepository
             children = [self.repository((*at, "of", i), n) for i, n in enumerate(spec["of"])]
-            return self.call(at, cls, *children)
+            return self.call(at, combinator, *children)
         if kind == "blocking":
             return self.call(at, r.BlockingRepository, ref("source"), ref("blocker"))
         if kind == "filter":
@@ -165,7 +171,9 @@ class Builder:
             from_child = self.obj((*at, "from_child"), spec["from_child"])
             return self.call(at, r.TranslateKeysRepository, ref("of"), to_child, from_child)
         if kind == "map_values":
-            return self.call(at, r.MapValuesRepository, ref("of"), self.obj((*at, "function"), spec["function"]))
+            return self.call(
+                at, r.MapValuesRepository, ref("of"), self.obj((*at, "function"), spec["function"])
+            )
         if kind == "fallback":
             return self.call(at, r.FallbackRepository, ref("primary"), ref("fallback"))
         if kind == "read_only":
@@ -214,7 +222,9 @@ class Builder:
             hosts = [self.executor((*at, "hosts", i), n) for i, n in enumerate(spec["hosts"])]
             for i, host in enumerate(hosts):
                 if not isinstance(host, e.Host):
-                    raise self.error((*at, "hosts", i), f"{spec['hosts'][i]!r} is not a local or ssh executor")
+                    raise self.error(
+                        (*at, "hosts", i), f"{spec['hosts'][i]!r} is not a local or ssh executor"
+                    )
             return self.call(at, e.Hosts, hosts, name=name)
         if kind == "kubernetes":
             from ..executor.kubernetes import KubeExecutor
@@ -256,7 +266,9 @@ class Builder:
                 for i, dotted in enumerate(retry["retry_on"]):
                     cls = self.obj((*at, "retry", "retry_on", i), dotted)
                     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-                        raise self.error((*at, "retry", "retry_on", i), f"{dotted!r} is not an exception class")
+                        raise self.error(
+                            (*at, "retry", "retry_on", i), f"{dotted!r} is not an exception class"
+                        )
                     classes.append(cls)
                 retry["retry_on"] = tuple(classes)
             options["retry"] = self.call((*at, "retry"), RetryPolicy, **retry)
@@ -274,7 +286,9 @@ class Builder:
         try:
             return file_field, self.path(spec[file_field]).read_text(encoding="utf-8")
         except OSError as exc:
-            raise self.error((*at, file_field), f"cannot read {spec[file_field]!r}: {exc.strerror or exc}") from exc
+            raise self.error(
+                (*at, file_field), f"cannot read {spec[file_field]!r}: {exc.strerror or exc}"
+            ) from exc
 
     def task(self, name: str, spec: dict[str, Any]) -> Any:
         """The task ``name`` of ``spec``, with its extra links."""

@@ -45,7 +45,9 @@ def interpolate(doc: Document, environ: Mapping[str, str]) -> tuple[dict[str, An
                 return found
             if default is not None:
                 return default
-            raise doc.error(path, f"the environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+            raise doc.error(
+                path, f"the environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+            )
 
         return _VAR.sub(put, value)
 
@@ -70,13 +72,17 @@ def import_object(doc: Document, path: Path_, dotted: str) -> Any:
     except ImportError as exc:
         raise doc.error(path, f"cannot import {dotted!r}: {exc}") from exc
     except Exception as exc:
-        raise doc.error(path, f"cannot import {dotted!r}: importing {module_name} raised {type(exc).__name__}: {exc}") from exc
+        raise doc.error(
+            path, f"cannot import {dotted!r}: importing {module_name} raised {type(exc).__name__}: {exc}"
+        ) from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
             where = getattr(obj, "__file__", None) or module_name
-            raise doc.error(path, f"cannot import {dotted!r}: {module_name} has no {attr!r} ({where})") from exc
+            raise doc.error(
+                path, f"cannot import {dotted!r}: {module_name} has no {attr!r} ({where})"
+            ) from exc
     return obj
 
 

@@ -9,6 +9,7 @@ passed to the client library and to nothing else.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def _mongo(settings: dict[str, Any]) -> Callable[[], AsyncIterator[Any]]:
         pymongo = require("pymongo", "mongo")
         url = settings.get("url")
         if url is None:
-            url = Path(settings["url_file"]).read_text(encoding="utf-8").strip()
+            text = await asyncio.to_thread(Path(settings["url_file"]).read_text, encoding="utf-8")
+            url = text.strip()
         timeout = parse_duration(settings.get("timeout", "10s"))
         client = pymongo.AsyncMongoClient(url, serverSelectionTimeoutMS=int(timeout * 1000))
         try:

@@ -127,8 +127,8 @@ def check(doc: Document) -> None:
         if error.validator == "oneOf":
             error = _leaf(error)
         path, problem, is_key = _problem(error, doc)
-        exc = doc.error(path, problem, key=is_key)
-        found.append(((exc.line, exc.column), exc))
+        failure = doc.error(path, problem, key=is_key)
+        found.append(((failure.line, failure.column), failure))
     if not found:  # pragma: no cover - every keyword above has its own message
         raise doc.error((), " ".join(errors[0].message.split()))
     found.sort(key=lambda item: item[0])

@@ -49,7 +49,7 @@ def pipeline_file(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def size(key: str, upper: bytes) -> dict[str, int]:
+def size(key: str, upper: bytes) -> dict[str, dict[str, int]]:
     return {"size": {"bytes": len(upper)}}
 
 
@@ -78,7 +78,9 @@ def test_the_options_are_those_of_main(tmp_path: Path, capsys: pytest.CaptureFix
         assert command in out
 
 
-def test_a_module_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_module_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "mypipe.py").write_text(
         textwrap.dedent(
             f"""\
@@ -169,7 +171,10 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_command(["--help"]) == 0
     assert "-f, --file FILE" in capsys.readouterr().out
     assert run_command(["-f", "/nonexistent/p.yaml", "status"]) == 1
-    assert capsys.readouterr().err == "error: /nonexistent/p.yaml:1:1: cannot read the file: No such file or directory\n"
+    assert (
+        capsys.readouterr().err
+        == "error: /nonexistent/p.yaml:1:1: cannot read the file: No such file or directory\n"
+    )
 
 
 def test_python_dash_m_pydatatask(tmp_path: Path) -> None:

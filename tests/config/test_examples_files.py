@@ -71,7 +71,11 @@ def test_documents_run_gives_the_same_results(
     assert (by_file / "summary.md").read_text() == (by_script / "summary.md").read_text()
     # the job records say the same (but for times and hosts)
     record = json.loads(
-        json.dumps(__import__("yaml").safe_load((by_file / "state" / "summary" / "done" / "summary.yaml").read_text()))
+        json.dumps(
+            __import__("yaml").safe_load(
+                (by_file / "state" / "summary" / "done" / "summary.yaml").read_text()
+            )
+        )
     )
     assert record["success"] is True and len(record["members"]) == 12
 

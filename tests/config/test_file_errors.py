@@ -75,7 +75,9 @@ def test_wrong_type_says_expected_and_found(tmp_path: Path) -> None:
 def test_wrong_type_of_a_duration(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("backoff: 1s", "backoff: [1]"))
     message = one_line_error(path)
-    assert message.startswith(f"{path}:10:39: tasks.copy.retry.backoff: expected a string or a number, found a list")
+    assert message.startswith(
+        f"{path}:10:39: tasks.copy.retry.backoff: expected a string or a number, found a list"
+    )
 
 
 def test_unknown_kind(tmp_path: Path) -> None:
@@ -114,7 +116,9 @@ def test_dotted_path_to_a_missing_name(tmp_path: Path) -> None:
           f: {kind: function, function: "os.path:no_such_function", inputs: {src: src}}
         """,
     )
-    assert one_line_error(path).startswith(f"{path}:4:33: tasks.f.function: cannot import 'os.path:no_such_function'")
+    assert one_line_error(path).startswith(
+        f"{path}:4:33: tasks.f.function: cannot import 'os.path:no_such_function'"
+    )
 
 
 def test_missing_environment_variable(tmp_path: Path) -> None:
@@ -131,7 +135,9 @@ def test_undefined_template_name(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("{{ out.path }}", "{{ output.path }}"))
     load_pipeline(path, environ={})  # loading does not render
     message = one_line_error(path, validate=True)
-    assert message.startswith(f"{path}:7:14: tasks.copy.command: command template uses an undefined name"), message
+    assert message.startswith(f"{path}:7:14: tasks.copy.command: command template uses an undefined name"), (
+        message
+    )
     assert "'output' is undefined" in message and "(available: " in message
 
 
@@ -160,7 +166,9 @@ def test_a_constructor_error_is_reported_at_its_task(tmp_path: Path) -> None:
     assert "unknown key 'command_x'" in one_line_error(path)
     path = write(tmp_path, GOOD.replace('command: "cp {{ src.path }} {{ out.path }}"', 'command: "  "'))
     message = one_line_error(path)
-    assert message.startswith(f"{path}:5:3: tasks.copy: task 'copy': the command/script must be a non-empty string")
+    assert message.startswith(
+        f"{path}:5:3: tasks.copy: task 'copy': the command/script must be a non-empty string"
+    )
 
 
 def test_a_literal_credential_is_refused_and_not_repeated(tmp_path: Path) -> None:
@@ -199,12 +207,22 @@ def test_credentials_never_appear_in_errors_status_or_graph(
         outputs: {{out: out}}
     """
     path = write(tmp_path, text)
-    for command in (["status"], ["status", "--json"], ["graph"], ["graph", "--json"], ["graph", "--format", "dot"]):
+    for command in (
+        ["status"],
+        ["status", "--json"],
+        ["graph"],
+        ["graph", "--json"],
+        ["graph", "--format", "dot"],
+    ):
         assert run_command(["-f", str(path), *command]) == 0
         captured = capsys.readouterr()
         assert secret not in captured.out + captured.err
     # an error whose message would carry the value: it is masked
-    bad = write(tmp_path, text.replace("cp {{ src.path }}", "  ").replace("kind: process", "kind: process\n    cpu: -1"), "bad.yaml")
+    bad = write(
+        tmp_path,
+        text.replace("cp {{ src.path }}", "  ").replace("kind: process", "kind: process\n    cpu: -1"),
+        "bad.yaml",
+    )
     assert run_command(["validate", "-f", str(bad)]) == 1
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {bad}:"), captured.err

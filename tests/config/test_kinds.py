@@ -41,7 +41,7 @@ def test_every_repository_kind(pipeline: Pipeline) -> None:
     both = repo(pipeline, "fn", "src")
     assert isinstance(both, r.AndRepository)
     assert [type(c) for c in both.children] == [r.FileRepository, r.YamlMetadataFileRepository]
-    assert both.children[0].root == HERE / "data" / "files"
+    assert both.children[0].root == HERE / "data" / "files"  # type: ignore[attr-defined]
     assert isinstance(repo(pipeline, "fn", "also"), r.FilterRepository)
     assert isinstance(repo(pipeline, "fn", "seen"), r.TranslateKeysRepository)
     assert fn.links["seen"].kind is LinkKind.OTHER
@@ -94,7 +94,11 @@ def test_every_executor_and_task_kind(pipeline: Pipeline) -> None:
     assert pod.render("a-key")["spec"]["containers"][0]["command"] == ["sh", "-c", "echo a-key"]
     from_file = pipeline.tasks["pod-from-file"]
     assert isinstance(from_file, PodTask)
-    assert from_file.render("k")["spec"]["containers"][0] == {"name": "main", "image": "busybox", "command": ["echo", "k"]}
+    assert from_file.render("k")["spec"]["containers"][0] == {
+        "name": "main",
+        "image": "busybox",
+        "command": ["echo", "k"],
+    }
     assert pipeline.session.resource_names == ("store", "db", "box", "cluster")
     assert (pipeline.poll_interval, pipeline.claim_lease, pipeline.max_jobs) == (0.5, 20.0, 16)
     assert pipeline.create_repositories is False
@@ -114,7 +118,7 @@ def test_pool_executors(tmp_path: Path) -> None:
     a, b = p.tasks["a"].executor, p.tasks["b"].executor
     assert isinstance(a, PoolExecutor) and isinstance(a.pool, ThreadPoolExecutor) and a.pool._max_workers == 3
     assert isinstance(b, PoolExecutor) and isinstance(b.pool, ProcessPoolExecutor)
-    assert p.tasks["a"].func is json.dumps
+    assert p.tasks["a"].func is json.dumps  # type: ignore[attr-defined]
     a.pool.shutdown()
     b.pool.shutdown()
 
@@ -138,7 +142,9 @@ def test_retry_on_must_name_an_exception(tmp_path: Path) -> None:
         "python_path: [" + str(HERE.parents[1]) + "]\n"
         "tasks:\n  t: {kind: process, command: 'true', retry: {retry_on: ['tests.config.kinds:NotAnException']}}\n"
     )
-    with pytest.raises(Exception, match=r"p.yaml:3:58: tasks.t.retry.retry_on\[0\]: .* is not an exception class"):
+    with pytest.raises(
+        Exception, match=r"p.yaml:3:58: tasks.t.retry.retry_on\[0\]: .* is not an exception class"
+    ):
         load_pipeline(tmp_path / "p.yaml", environ={})
 
 
