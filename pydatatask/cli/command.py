@@ -1,4 +1,4 @@
-"""The ``pydatatask`` console script: the commands of :func:`pydatatask.main` on pipelines
+"""The ``pydatatask`` console script: the commands of :func:`~pydatatask.cli.main.main` on pipelines
 named on the command line.
 
 ::

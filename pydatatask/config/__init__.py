@@ -2,7 +2,7 @@
 
 :func:`load_pipeline` reads a file, checks it against the JSON Schema shipped with the
 package (:func:`pipeline_schema`), puts in the environment variables it names and builds
-the :class:`~pydatatask.pipeline.Pipeline` it describes; :func:`validate_file` does the
+the :class:`~pydatatask.pipeline.pipeline.Pipeline` it describes; :func:`validate_file` does the
 same and also renders every task's templates for a sample key. Every error is a
 :class:`~pydatatask.errors.PipelineFileError`, one line:
 ``file:line:column: path.in.document: what is wrong``.
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .builder import Builder
-from .document import read_document
-from .environment import add_import_path, interpolate
-from .schema import check, schema
+from ._builder import Builder
+from ._document import read_document
+from ._environment import add_import_path, interpolate
+from ._schema import check, schema
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline

@@ -188,3 +188,19 @@ def test_python_dash_m_pydatatask(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--src--> shout" in done.stdout
+
+
+def test_import_pydatatask_stays_light() -> None:
+    code = (
+        "import sys, pydatatask, pydatatask.cli, pydatatask.config; "
+        "print(sorted(m for m in ('jsonschema', 'pydatatask.cli.command', 'pydatatask.config._builder') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['pydatatask.config._builder']"  # jsonschema only when a file is checked

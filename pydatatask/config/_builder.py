@@ -17,9 +17,9 @@ from typing import Any
 
 from ..errors import ConfigurationError, PipelineFileError
 from ..session import ResourceAccessor, Session
-from .document import Document, Path_
-from .environment import import_object
-from .resources import declare_resource
+from ._document import Document, Path_
+from ._environment import import_object
+from ._resources import declare_resource
 
 __all__ = ("Builder",)
 
@@ -342,7 +342,7 @@ class Builder:
 
     # ---------------------------------------------------------------- the pipeline
     def pipeline(self) -> Any:
-        """The :class:`~pydatatask.pipeline.Pipeline` of the document."""
+        """The :class:`~pydatatask.pipeline.pipeline.Pipeline` of the document."""
         from ..pipeline import Pipeline
 
         self.build_resources()

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingDependencyError, PipelineFileError
-from .document import Document, Path_
+from ._document import Document, Path_
 
 if TYPE_CHECKING:
     import jsonschema
@@ -34,7 +34,7 @@ _TYPES = {
 @functools.cache
 def schema() -> dict[str, Any]:
     """The schema of pipeline files, as shipped in the package."""
-    text = resources.files(__package__).joinpath("schema.json").read_text(encoding="utf-8")
+    text = resources.files("pydatatask.config").joinpath("schema.json").read_text(encoding="utf-8")
     value: dict[str, Any] = json.loads(text)
     return value
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .document import Document, Path_
+from ._document import Document, Path_
 
 __all__ = ("interpolate", "import_object", "TEMPLATE_FIELDS")
 
