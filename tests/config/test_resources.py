@@ -137,3 +137,59 @@ def test_process_task_on_an_ssh_executor(
     assert (tmp_path / "out" / "a.txt").read_text() == "OVER SSH\n"
     record = (tmp_path / "state" / "shout" / "done" / "a.yaml").read_text()
     assert "host: remote" in record
+
+
+@pytest.mark.kube
+def test_pod_task_on_a_kubernetes_executor(
+    services: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import secrets
+
+    kcfg = service(services, "kube")
+    (tmp_path / "in").mkdir()
+    for key in ("p1", "p2"):
+        (tmp_path / "in" / f"{key}.txt").write_text(key)
+    (tmp_path / "pod.yaml").write_text(
+        textwrap.dedent(
+            """\
+            spec:
+              containers:
+              - name: main
+                image: busybox
+                command: ["sh", "-c", 'echo "pod of $KEY" > "$OUT"']
+                env:
+                - {name: KEY, value: {{ key }}}
+                - {name: OUT, value: {{ o.path }}}
+            """
+        )
+    )
+    name = "f" + secrets.token_hex(3)
+    path = write(
+        tmp_path,
+        f"""\
+        resources:
+          cluster: {{kind: kubernetes, config_file: "{kcfg["kubeconfig"]}"}}
+        repositories:
+          src: {{kind: files, root: in, extension: .txt}}
+          out: {{kind: files, root: out, extension: .txt}}
+        executors:
+          {name}: {{kind: kubernetes, resource: cluster, namespace: "{kcfg["namespace"]}", max_pods: 2, poll_interval: 200ms}}
+        tasks:
+          {name}:
+            kind: pod
+            manifest_file: pod.yaml
+            executor: {name}
+            inputs: {{src: src}}
+            outputs: {{o: out}}
+            cpu: 100m
+            memory: 64Mi
+        pipeline:
+          state_dir: state
+        """,
+    )
+    assert run_command(["validate", "-f", str(path)]) == 0
+    capsys.readouterr()
+    assert run_command(["-f", str(path), "run", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["succeeded"] == 2, result
+    assert (tmp_path / "out" / "p2.txt").read_text() == "pod of p2\n"
