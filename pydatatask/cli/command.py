@@ -10,7 +10,7 @@ named on the command line.
 
 Each ``-f``/``-m`` goes before the command. Several pipelines each keep their own
 scheduler, state and quotas; ``run`` runs them at once in one event loop (``asyncio.gather``
-of their runs) and prints each summary; ``status`` and ``graph`` print each pipeline in
+of their runs) with one progress display, and prints each summary; ``status`` and ``graph`` print each pipeline in
 turn under a ``# NAME`` line (with ``--json``: one JSON document per pipeline, in order).
 The other commands act on one pipeline. See ``docs/pipeline-files.rst``.
 """
@@ -22,8 +22,9 @@ import asyncio
 import importlib
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from ..errors import PydatataskError
 from . import output
@@ -31,6 +32,7 @@ from .main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, build_parser, run_cli
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
+    from ..pipeline.scheduler import Scheduler
 
 __all__ = ("main", "run_command", "SEVERAL")
 
@@ -119,6 +121,71 @@ def _load(kind: str, spec: str, *, validate: bool) -> Pipeline:
     return validate_file(spec) if validate else load_pipeline(spec)
 
 
+class _Progress:
+    """One progress display for several runs: a row per task of each pipeline
+    (``PIPELINE: TASK``); a live table on a terminal, otherwise a line every 2 s and
+    one at the end."""
+
+    def __init__(self, names: list[str], *, live: bool, stream: TextIO) -> None:
+        self.names = names  # the order of the rows
+        self.live_mode = live
+        self.stream = stream
+        self.interval = 0.25 if live else 2.0
+        self._last = float("-inf")
+        self._t0 = time.monotonic()
+        self._live: Any = None
+        self.schedulers: dict[str, Scheduler] = {}
+        self.bases: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def __enter__(self) -> _Progress:
+        if self.live_mode:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=Console(file=self.stream), auto_refresh=False, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.schedulers:
+            self._draw()  # the last figures of every run
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def update(self, name: str, scheduler: Scheduler) -> None:
+        """The ``on_progress`` of the run of pipeline ``name``."""
+        if self.schedulers.get(name) is not scheduler:
+            self.schedulers[name] = scheduler
+            self.bases[name] = {t: (len(f.succeeded), len(f.failed)) for t, f in scheduler.figures.items()}
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        rows = [
+            [f"{name}: {row[0]}", *row[1:]]
+            for name in self.names
+            if (scheduler := self.schedulers.get(name)) is not None
+            for row in output.progress_rows(scheduler, self.bases[name])
+        ]
+        elapsed = time.monotonic() - self._t0
+        if self._live is not None:
+            from rich.table import Table
+
+            table = Table(title=f"pydatatask run - {elapsed:.1f}s", title_justify="left")
+            for i, h in enumerate(output.PROGRESS_HEADERS):
+                table.add_column(h, justify="left" if i == 0 else "right")
+            for row in rows:
+                table.add_row(*(str(c) for c in row))
+            self._live.update(table, refresh=True)
+        else:
+            parts = [f"{r[0]} {r[1]} ok/{r[2]} failed/{r[3]} running/{r[5]} ready" for r in rows]
+            self.stream.write(f"[{elapsed:7.1f}s] " + " | ".join(parts) + "\n")
+            self.stream.flush()
+
+
 async def _run_several(named: list[tuple[str, Pipeline]], args: argparse.Namespace) -> int:
     """``run`` of several pipelines at once: one scheduler each, one event loop."""
     for name, pipeline in named:
@@ -134,9 +201,19 @@ async def _run_several(named: list[tuple[str, Pipeline]], args: argparse.Namespa
             if scheduler is not None:
                 scheduler.request_stop()
 
-    def on_progress(scheduler: Any) -> None:
-        if signals and not scheduler.summary.interrupted:
-            scheduler.request_stop()
+    progress = _Progress(
+        [name for name, _ in named],
+        live=sys.stdout.isatty() and not args.json,
+        stream=sys.stderr if args.json else sys.stdout,
+    )
+
+    def on_progress(name: str) -> Callable[[Scheduler], None]:
+        def update(scheduler: Scheduler) -> None:
+            if signals and not scheduler.summary.interrupted:
+                scheduler.request_stop()
+            progress.update(name, scheduler)
+
+        return update
 
     loop = asyncio.get_running_loop()
     installed = []
@@ -147,20 +224,21 @@ async def _run_several(named: list[tuple[str, Pipeline]], args: argparse.Namespa
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
             pass
     try:
-        summaries = await asyncio.gather(
-            *(
-                pipeline.run(
-                    forever=args.forever,
-                    tasks=[t for t in args.task or [] if t in pipeline.tasks] or None,
-                    max_jobs=args.max_jobs,
-                    timeout=args.timeout,
-                    grace=args.grace,
-                    on_progress=on_progress,
-                    rerun_stale=args.rerun_stale,
+        with progress:
+            summaries = await asyncio.gather(
+                *(
+                    pipeline.run(
+                        forever=args.forever,
+                        tasks=[t for t in args.task or [] if t in pipeline.tasks] or None,
+                        max_jobs=args.max_jobs,
+                        timeout=args.timeout,
+                        grace=args.grace,
+                        on_progress=on_progress(name),
+                        rerun_stale=args.rerun_stale,
+                    )
+                    for name, pipeline in named
                 )
-                for _, pipeline in named
             )
-        )
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)

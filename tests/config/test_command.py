@@ -156,8 +156,15 @@ def test_several_pipelines_side_by_side(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(docs) == 2
     assert [d["repository"] for d in docs[0]["dependencies"]] == [f"files at {tmp_path}/one/upper (*.txt)"]
     assert [d["repository"] for d in docs[1]["dependencies"]] == [f"files at {tmp_path}/two/upper (*.txt)"]
-    assert run_command([*both, "run"]) == 0  # nothing left to do in either
-    assert capsys.readouterr().out.count("0 job(s) succeeded") == 2
+    (tmp_path / "two" / "in" / "d.txt").write_text("two d\n")
+    assert run_command([*both, "run"]) == 0  # one new key in two, nothing to do in one
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    progress = lines[lines.index(f"# {one}") - 1]  # one display: a row per task of each pipeline
+    assert progress.startswith("[") and f"{one}: shout 3 ok/0 failed" in progress
+    assert f"{two}: size 4 ok/0 failed/0 running/0 ready" in progress
+    assert f"# {one}\n" in out and f"# {two}\n" in out
+    assert "0 job(s) succeeded" in out and "2 job(s) succeeded" in out
     assert run_command([*both, "ls", "size.size"]) == 2
     assert "ls works on one pipeline" in capsys.readouterr().err
 
