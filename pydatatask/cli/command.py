@@ -188,10 +188,6 @@ class _Progress:
 
 async def _run_several(named: list[tuple[str, Pipeline]], args: argparse.Namespace) -> int:
     """``run`` of several pipelines at once: one scheduler each, one event loop."""
-    for name, pipeline in named:
-        for task in args.task or []:
-            if task not in pipeline.tasks:
-                raise ValueError(f"{name}: no task named {task!r}; tasks: {', '.join(pipeline.tasks)}")
     signals: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -301,9 +297,16 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             _error(str(exc))
             return EXIT_USAGE
+        if parsed.serve is not None:
+            _error("run --serve takes one pipeline; give one -f or -m")
+            return EXIT_USAGE
+        unknown = [t for t in parsed.task or [] if not any(t in p.tasks for _, p in named)]
+        if unknown:
+            _error(f"no pipeline has a task named {unknown[0]!r}")
+            return EXIT_USAGE
         try:
             return asyncio.run(_run_several(named, parsed))
-        except (PydatataskError, ValueError, OSError) as exc:
+        except (PydatataskError, OSError) as exc:
             _error(str(exc))
             return EXIT_FAILURE
     status = EXIT_OK

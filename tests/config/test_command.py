@@ -167,6 +167,12 @@ def test_several_pipelines_side_by_side(tmp_path: Path, capsys: pytest.CaptureFi
     assert "0 job(s) succeeded" in out and "2 job(s) succeeded" in out
     assert run_command([*both, "ls", "size.size"]) == 2
     assert "ls works on one pipeline" in capsys.readouterr().err
+    assert run_command([*both, "run", "--task", "nope"]) == 2
+    assert capsys.readouterr().err == "error: no pipeline has a task named 'nope'\n"
+    assert run_command([*both, "run", "--serve", "0"]) == 2
+    assert "run --serve takes one pipeline" in capsys.readouterr().err
+    assert run_command([*both, "run", "--task", "shout", "--json"]) == 0  # each pipeline's task of that name
+    assert all(r["succeeded"] == 0 for r in json.loads(capsys.readouterr().out).values())
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
