@@ -158,3 +158,27 @@ def test_the_schema_is_shipped_and_closed() -> None:
             for branch in definition["allOf"]:
                 target = branch["then"]["$ref"].rsplit("/", 1)[1]
                 assert schema["$defs"][target]["additionalProperties"] is False, target
+
+
+def test_the_docs_reference_shows_every_kind_and_key() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pipeline_schema", HERE.parents[1] / "docs" / "_ext" / "pipeline_schema.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    schema = pipeline_schema()
+    text = "\n".join(module.reference(schema))
+    for section, prefix in (
+        ("resource", "resource"),
+        ("repository", "repo"),
+        ("executor", "executor"),
+        ("task", "task"),
+    ):
+        for kind in schema["$defs"][section]["properties"]["kind"]["enum"]:
+            assert f"``kind: {kind}``" in text, kind
+            target = schema["$defs"][f"{prefix}_{kind}"]
+            for key in target["properties"]:
+                assert f"``{key}``" in text, (kind, key)
