@@ -69,6 +69,13 @@ class Document:
         return PipelineFileError(self.file, line, column, format_path(path), " ".join(problem.split()))
 
 
+#: the only tags a mapping or a list may carry (no Python objects, no sets)
+_TAGS: dict[type[yaml.Node], str] = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
+
+
 def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
@@ -80,6 +87,11 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
         self.doc.marks[path] = _mark(node)
+        expected = _TAGS.get(type(node))
+        if expected is not None and node.tag != expected:
+            raise self.doc.error(
+                path, f"the YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed here"
+            )
         if isinstance(node, yaml.MappingNode):
             if node.tag == "tag:yaml.org,2002:merge" or any(
                 k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value

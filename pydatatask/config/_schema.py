@@ -87,7 +87,11 @@ def _problem(error: jsonschema.ValidationError, doc: Document) -> tuple[Path_, s
             # never repeat a literal credential
             return path, f"expected {what}, found a literal value", False
         return path, f"expected {what}, found {_found(instance)}", False
-    if validator in ("minimum", "minItems", "minProperties"):
+    if validator == "minProperties" and isinstance(instance, dict):
+        return path, f"expected at least {spec} entry, found {len(instance)}", False
+    if validator == "minItems" and isinstance(instance, list):
+        return path, f"expected at least {spec} item, found {len(instance)}", False
+    if validator == "minimum":
         return path, f"expected at least {spec}, found {_found(instance)}", False
     if validator == "propertyNames":
         return path, f"a name must be {error.schema.get('description', 'valid')}", False

@@ -227,3 +227,37 @@ def test_credentials_never_appear_in_errors_status_or_graph(
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {bad}:"), captured.err
     assert secret not in captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ":1:1: the file is empty: expected a mapping with tasks"),
+        ("- a\n", ":1:1: expected a mapping at the top of the file"),
+        ("tasks: {}\n", ":1:8: tasks: expected at least 1 entry, found 0"),
+        ('tasks:\n  t: {command: "true"}\n', ":2:6: tasks.t: missing the key 'kind'"),
+        (
+            'tasks:\n  t: {kind: process, command: "true", concurrency: 0}\n',
+            ":2:52: tasks.t.concurrency: expected at least 1, found 0",
+        ),
+        (
+            'tasks:\n  "bad name": {kind: process, command: "true"}\n',
+            ":2:3: tasks: expected letters, digits, '_' and '-', found 'bad name'",
+        ),
+        (
+            "tasks:\n  t: {kind: process, command: a}\n  t: {kind: process, command: b}\n",
+            ":3:3: tasks.t: the key 't' is given twice",
+        ),
+        (
+            "tasks: !!python/object:os.system {}\n",
+            ":1:8: tasks: the YAML tag !!python/object:os.system is not allowed here",
+        ),
+        (
+            "tasks: {t: {kind: process, command: !!python/name:os.system x}}\n",
+            ":1:37: tasks.t.command: cannot read this value",
+        ),
+    ],
+)
+def test_shapes_of_broken_files(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    assert one_line_error(path).startswith(f"{path}{expected}")
