@@ -196,7 +196,7 @@ class _Batch:
                 except ConfigurationError:
                     raise  # the task's settings are wrong: nothing is recorded (as in execute)
                 except Exception as exc:
-                    failed = dict.fromkeys(pending, exc)
+                    failed = {k: job.failed.get(k, exc) for k in pending}
                 else:
                     failed = _failures(task, job, outcome)
                 outcome = outcome or JobOutcome()
@@ -477,9 +477,10 @@ def _ids(journal: WriteJournal) -> set[tuple[int, str]]:
 
 
 def _failures(task: Task, job: JobContext, outcome: JobOutcome | None) -> dict[str, BaseException]:
-    """The keys of the attempt that failed, as ``finish`` said."""
+    """The keys of the attempt that failed, as ``prepare`` (``job.failed``) and ``finish``
+    said."""
     if not isinstance(outcome, BatchOutcome) or not outcome.failed:
-        return {}
+        return dict(job.failed)
     own = set(job.keys)
     strange = [k for k in outcome.failed if k not in own]
     if strange:
@@ -490,7 +491,7 @@ def _failures(task: Task, job: JobContext, outcome: JobOutcome | None) -> dict[s
             len(strange),
             strange[0],
         )
-    return {k: e for k, e in outcome.failed.items() if k in own}
+    return {**job.failed, **{k: e for k, e in outcome.failed.items() if k in own}}
 
 
 async def _forget_records(task: Task, keys: list[str]) -> None:
