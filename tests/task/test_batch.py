@@ -323,6 +323,28 @@ async def test_keys_claimed_elsewhere_or_done_leave_the_batch() -> None:
     assert await execute_batch(task, ["k01", "k02"]) == {}
 
 
+async def test_a_key_whose_claim_is_taken_over_meanwhile_leaves_the_batch() -> None:
+    async def work(keys: list[str], job: Any, out: MetadataRepository) -> dict[str, Exception]:
+        # another scheduler took the claim on k05 over: this one learns it at its next update
+        claims = job.task.claims
+        await job.task.live.put("k05", {"owner": "the other scheduler"})
+        assert not await claims.update(claims.get("k05"))
+        for key in keys:
+            if key != "k05":
+                await out.put(key, 1)
+        return {"k05": RuntimeError("not ours any more"), "k06": RuntimeError("bad")}
+
+    out = MemoryMetadataRepository()
+    task = FunctionTask("work", work, inputs={"src": _inputs()}, outputs={"out": out}, batch=12)
+    records = await execute_batch(task, KEYS)
+    assert "k05" not in records and not records["k06"]["success"]
+    assert sorted(k for k, r in records.items() if r["success"]) == [
+        k for k in KEYS if k not in ("k05", "k06")
+    ]
+    assert await task.live.get_many(["k05"]) == {"k05": {"owner": "the other scheduler"}}
+    assert await task.live.keys() == {"k05"} and "k05" not in await task.done.keys()
+
+
 async def test_claims_of_a_batch_name_it_and_hooks_run_per_key() -> None:
     seen: dict[str, Any] = {}
     hooks = Hooks()
