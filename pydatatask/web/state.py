@@ -10,7 +10,6 @@ the next pages, so paging through a million keys sorts them once per snapshot.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import time
 from collections.abc import Collection
@@ -22,6 +21,7 @@ from ..pipeline.metrics import LISTING_BUCKETS, Histogram
 from ..pipeline.record_index import RecordIndex, corrupt_info, warn_corrupt
 from ..pipeline.scheduler import Scheduler, TaskFigures, compute_figures
 from ..repository.listing import listing_scope
+from ..cli.output import STATUS_COLUMNS
 from ..task.records import JobState, utcnow_iso
 
 if TYPE_CHECKING:
@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ("Monitor", "Snapshot", "TaskState", "STATES", "MAX_PAGE")
 
-#: the job states shown, in order; a state TaskFigures gains later is shown after these
-STATES = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "corrupt")
-#: TaskFigures fields that are not states of a key of their own
-_NOT_STATES = {"name", "universe", "live", "recorded", "ready", "running"}
+#: the job states shown, in order: the columns of ``status``
+STATES = STATUS_COLUMNS
+#: the states read as they are from the TaskFigures of the same name (sets, or dicts by key)
+_FIGURE_STATES = ("held", "stale")
 #: the most keys one page holds
 MAX_PAGE = 1000
 #: job records read in one go; more are read after the first snapshot, a chunk at a time
@@ -59,8 +59,8 @@ class TaskState:
     _matches: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        """``{state: number of keys}``."""
-        return {state: len(keys) for state, keys in self.keys.items()}
+        """``{state: number of keys}``, in the order of :data:`STATES`."""
+        return _ordered({state: len(keys) for state, keys in self.keys.items()})
 
     def sorted_keys(self, state: str) -> list[str]:
         """The keys in ``state``, sorted (computed once)."""
@@ -268,7 +268,7 @@ class Monitor:
                 "corrupt": len(fig.corrupt),
             }
             counts.update({k: len(v) for k, v in _other_states(fig).items()})
-            out[name] = counts
+            out[name] = _ordered(counts)
         return out
 
     # ---------------------------------------------------------------- the two sources
@@ -416,15 +416,17 @@ def _failure(task: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ordered(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` in the order of :data:`STATES` (the columns of ``status``)."""
+    return {s: counts[s] for s in STATES if s in counts} | counts
+
+
 def _other_states(fig: TaskFigures) -> dict[str, Collection[str]]:
-    """States TaskFigures has beyond the known ones (e.g. ``stale``), as key collections."""
+    """The states read from the TaskFigures field of the same name (``held``, ``stale``)."""
     out: dict[str, Collection[str]] = {}
-    for f in dataclasses.fields(fig):
-        if f.name in _NOT_STATES or f.name in STATES:
-            continue
-        value = getattr(fig, f.name)
-        if isinstance(value, (set, frozenset, dict)):
-            out[f.name] = value.keys() if isinstance(value, dict) else value
+    for name in _FIGURE_STATES:
+        value = getattr(fig, name)
+        out[name] = value.keys() if isinstance(value, dict) else value
     return out
 
 
