@@ -133,12 +133,7 @@ def make_app(
 
     # ---------------------------------------------------------------- the API
     async def status(request: web.Request) -> web.Response:
-        snap = await monitor.snapshot()
-        body = snap.status()
-        if monitor.scheduler is not None:
-            counts = await monitor.counts()
-            for name, t in body["tasks"].items():
-                t["counts"] = counts[name]
+        body = await monitor.status()
         body["actions"] = allow_actions
         body["paused"] = bool(getattr(monitor.scheduler, "paused", False))
         return _json(body)
@@ -201,14 +196,14 @@ def make_app(
         return _json(drawing)
 
     async def metrics(request: web.Request) -> web.Response:
-        snap = await monitor.snapshot()
+        counts = await monitor.counts()
         s = monitor.scheduler
         if s is not None:
             text = render_metrics(
-                snap, s.metrics, s.metrics.listings, {name: len(q) for name, q in s.queues.items()}
+                counts, s.metrics, s.metrics.listings, {name: len(q) for name, q in s.queues.items()}
             )
         else:
-            text = render_metrics(snap, None, monitor.listings)
+            text = render_metrics(counts, None, monitor.listings)
         return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 
     async def events(request: web.Request) -> web.StreamResponse:

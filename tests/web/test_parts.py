@@ -153,3 +153,25 @@ async def test_a_change_made_while_a_snapshot_is_taken_is_not_hidden_by_it() -> 
     done.release.set()
     await taking
     assert sorted((await monitor.snapshot()).tasks["t"].keys["succeeded"]) == ["b"]
+
+
+def test_sorted_keys_follow_the_snapshot_before() -> None:
+    import random
+
+    from pydatatask.web.state import TaskState
+
+    rng = random.Random(7)
+    keys = {f"k{i:05d}" for i in range(20_000)}
+    before = TaskState({"succeeded": set(keys)})
+    assert before.sorted_keys("succeeded") == sorted(keys)
+    for added, removed in ((0, 0), (5, 0), (0, 3), (40, 40), (300, 200), (9_000, 0)):
+        now = set(keys)
+        now -= set(rng.sample(sorted(now), removed))
+        now |= {f"n{rng.randrange(10**9):09d}" for _ in range(added)} | {f"k{i:05d}x" for i in range(added)}
+        state = TaskState({"succeeded": now, "failed": {"b", "a"}}, previous=before)
+        assert state.sorted_keys("succeeded") == sorted(now), (added, removed)
+        assert state.sorted_keys("failed") == ["a", "b"]  # not in the snapshot before
+        assert state.page("succeeded", offset=100, limit=3)["keys"] == sorted(now)[100:103]
+        keys, before = now, state
+    same = TaskState({"succeeded": set(keys)}, previous=before)
+    assert same.sorted_keys("succeeded") is before.sorted_keys("succeeded")  # unchanged: reused
