@@ -17,12 +17,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..cli.output import STATUS_COLUMNS
 from ..errors import CorruptValueError
 from ..pipeline.metrics import LISTING_BUCKETS, Histogram
 from ..pipeline.record_index import RecordIndex, corrupt_info, warn_corrupt
 from ..pipeline.scheduler import Scheduler, TaskFigures, compute_figures
 from ..repository.listing import listing_scope
-from ..cli.output import STATUS_COLUMNS
 from ..task.records import JobState, utcnow_iso
 
 if TYPE_CHECKING:
@@ -260,7 +260,9 @@ class Monitor:
         tasks: dict[str, Any] = {}
         for name, task in s.all_tasks.items():
             c = counts[name]
-            rate = round(s.metrics.throughput(name), 3) if name in s.metrics.tasks or name in s.queues else None
+            rate = (
+                round(s.metrics.throughput(name), 3) if name in s.metrics.tasks or name in s.queues else None
+            )
             left = c.get("ready", 0) + c.get("running", 0) + c.get("retrying", 0)
             tasks[name] = {
                 "counts": c,
