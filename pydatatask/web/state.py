@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import math
 import time
 from collections.abc import Collection
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from ..task.base import Task
 
 __all__ = ("Monitor", "Snapshot", "TaskState", "STATES", "MAX_PAGE")
+
+log = logging.getLogger("pydatatask.web")
 
 #: the job states shown, in order: the columns of ``status``
 STATES = STATUS_COLUMNS
@@ -185,6 +188,7 @@ class Monitor:
         self._failures: dict[tuple[str, str], dict[str, Any]] = {}
         self._before = getattr(pipeline, "scheduler", None)
         self._loader: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._loaded = False
 
     @property
@@ -215,7 +219,18 @@ class Monitor:
         self._generation += 1
 
     async def snapshot(self) -> Snapshot:
-        """The latest snapshot, taken anew when the one kept is older than the interval."""
+        """The latest snapshot, taken anew when the one kept is older than the interval.
+
+        From the listing (``serve``), a snapshot kept is answered at once and the next one
+        is taken in the background (its sorted keys made before it replaces the one kept),
+        so that no request waits for a listing of a million keys but the first, and those
+        after a change made from here (:meth:`invalidate`)."""
+        kept = self._snapshot
+        if kept is not None and kept.source == "listing" and kept.monotonic > -math.inf and not self.live:
+            if self.scheduler is None:
+                if time.monotonic() - kept.monotonic >= max(self.interval, 10 * self._listing_seconds):
+                    self._refresh_soon()
+                return kept
         async with self._lock:
             generation = self._generation
             try:
@@ -391,6 +406,33 @@ class Monitor:
         self.listings.observe(self._listing_seconds)
         return Snapshot(tasks, utcnow_iso(), "listing", records_pending=pending)
 
+    def _refresh_soon(self) -> None:
+        """Take the next snapshot from the listing in the background (once at a time)."""
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            generation = self._generation
+            kept = self._snapshot
+            try:
+                snap = await self._from_listing()
+            except Exception as exc:  # a backend down: the page keeps the snapshot it has
+                log.warning("the page's listing of the repositories failed: %s", exc)
+                if kept is not None:
+                    kept.monotonic = time.monotonic()  # tried again after the interval
+                return
+            if kept is not None:  # the states paged before are sorted before they are shown
+                for name, task in snap.tasks.items():
+                    before = kept.tasks.get(name)
+                    for state in before._sorted if before is not None else ():
+                        task.sorted_keys(state)
+                        await asyncio.sleep(0)
+            if self._generation != generation:
+                snap.monotonic = -math.inf  # a change made from here meanwhile: take it anew
+            if self._snapshot is kept:  # not replaced meanwhile (the records read, ...)
+                self._snapshot = snap
+
     def _kept(self, name: str) -> TaskState | None:
         """The state of task ``name`` in the snapshot kept, whose sorted keys the next one
         reuses (one snapshot back, never a chain of them)."""
@@ -419,10 +461,11 @@ class Monitor:
         self._snapshot = snap
 
     async def aclose(self) -> None:
-        """Stop reading records in the background."""
-        if self._loader is not None and not self._loader.done():
-            self._loader.cancel()
-            await asyncio.wait([self._loader])
+        """Stop reading records and taking snapshots in the background."""
+        for task in (self._loader, self._refresher):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])
 
     # ---------------------------------------------------------------- failures
     async def failures(self, limit: int = 50) -> list[dict[str, Any]]:

@@ -175,3 +175,40 @@ def test_sorted_keys_follow_the_snapshot_before() -> None:
         keys, before = now, state
     same = TaskState({"succeeded": set(keys)}, previous=before)
     assert same.sorted_keys("succeeded") is before.sorted_keys("succeeded")  # unchanged: reused
+
+
+async def test_a_kept_snapshot_is_answered_while_the_next_one_is_listed() -> None:
+    """serve answers from the snapshot it has while the next listing goes on in the
+    background; the next one replaces it once listed, its paged states sorted already."""
+    from pydatatask.web.state import Monitor
+
+    done = _HeldListing()
+    src = MemoryMetadataRepository({"a": 1, "b": 2})
+    task = FunctionTask(
+        "t",
+        lambda key, src: {"out": src},
+        inputs={"src": src},
+        outputs={"out": MemoryMetadataRepository()},
+        done=done,
+    )
+    pipeline = Pipeline([task])
+    assert (await pipeline.run()).succeeded == 2
+    monitor = Monitor(pipeline, interval=0.01)
+    try:
+        first = await monitor.snapshot()
+        assert first.tasks["t"].page("succeeded")["keys"] == ["a", "b"]
+        await src.put("c", 3)
+        first.monotonic -= 3600  # old: the next request takes another
+        done.armed = True
+        async with asyncio.timeout(5):
+            assert await monitor.snapshot() is first  # at once
+            await done.listed.wait()  # the next listing is under way, and held
+            assert await monitor.snapshot() is first  # still answered at once
+            done.release.set()
+            while (now := await monitor.snapshot()) is first:
+                await asyncio.sleep(0.01)
+        assert now.tasks["t"].keys["ready"] == {"c"}
+        assert "succeeded" in now.tasks["t"]._sorted  # sorted before it was shown
+        assert now.tasks["t"].page("succeeded")["keys"] == ["a", "b"]
+    finally:
+        await monitor.aclose()
