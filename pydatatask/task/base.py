@@ -633,8 +633,9 @@ class Task:
 
     @property
     def running_jobs(self) -> Mapping[str, JobContext]:
-        """The jobs of this task under way in this process, ``{key: the JobContext of its
-        current attempt}`` (a read-only view, for a live view of their logs)."""
+        """The jobs of this task under way in this process, each key with the
+        :class:`JobContext` of its current attempt (a read-only view, for a live view of
+        their logs)."""
         return MappingProxyType(self._running_jobs)
 
     async def _write_log(self, job: JobContext) -> None:

@@ -34,8 +34,8 @@ __all__ = ("Monitor", "Snapshot", "TaskState", "STATES", "MAX_PAGE")
 
 log = logging.getLogger("pydatatask.web")
 
-#: the job states shown, in order: the columns of ``status``
-STATES = STATUS_COLUMNS
+#: the job states shown, in order (the columns of ``status``)
+STATES: tuple[str, ...] = tuple(STATUS_COLUMNS)
 #: the states read as they are from the TaskFigures of the same name (sets, or dicts by key)
 _FIGURE_STATES = ("held", "stale")
 #: the most keys one page holds
