@@ -205,7 +205,10 @@ async def test_a_kept_snapshot_is_answered_while_the_next_one_is_listed() -> Non
             await done.listed.wait()  # the next listing is under way, and held
             assert await monitor.snapshot() is first  # still answered at once
             done.release.set()
-            while (now := await monitor.snapshot()) is first:
+            while True:  # the listing ends in the background
+                now = await monitor.snapshot()
+                if now is not first:
+                    break
                 await asyncio.sleep(0.01)
         assert now.tasks["t"].keys["ready"] == {"c"}
         assert "succeeded" in now.tasks["t"]._sorted  # sorted before it was shown
