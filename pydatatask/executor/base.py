@@ -185,6 +185,12 @@ class JobHandle(ABC):
         """What the work printed (bounded by the executor); ``b""`` if nothing."""
         return b""
 
+    async def output_so_far(self) -> bytes:
+        """The end of what the work has printed so far, while it runs (for a live view; the
+        job's log gets :meth:`logs`). The default: :meth:`logs`, which executors that keep
+        the output elsewhere while the work runs override."""
+        return await self.logs()
+
     async def close(self) -> None:  # noqa: B027 - optional
         """Free what the finished work still holds (a pod, a job directory). Idempotent."""
 

@@ -813,6 +813,7 @@ async def compute_figures(
     *,
     full: bool = False,
     redo_for: Collection[str] = (),
+    list_versions: bool = True,
 ) -> dict[str, TaskFigures]:
     """One listing of every repository, then each task's ready set (see the module doc).
 
@@ -822,6 +823,9 @@ async def compute_figures(
     :func:`listing_scope`. The inputs are listed with their versions (for the job
     records). Stale keys are found with ``full`` (every task) and for the tasks in
     ``redo_for``, whose stale keys are made ready (see :mod:`~pydatatask.pipeline.staleness`).
+    Without ``list_versions`` (and without ``full`` or ``redo_for``, which need them) the
+    inputs are listed as keys only, and ``TaskFigures.versions`` is empty: the cheaper
+    listing of a first look (the web page's first paint).
     """
     listed_since = time.monotonic()  # for the writes of running jobs, subtracted at the end
     repos: dict[int, Repository] = {}
@@ -832,6 +836,9 @@ async def compute_figures(
                 versioned[id(link.repository)] = link.repository
             elif link.inhibits_start or link.name == "done":
                 repos[id(link.repository)] = link.repository
+    if not (list_versions or full or redo_for):
+        repos.update(versioned)
+        versioned = {}
     for repo_id in versioned:
         repos.pop(repo_id, None)
     # the versioned first: a view listing a child for its keys then reuses its versions
@@ -885,7 +892,7 @@ async def compute_figures(
         fig.universe = universes[name]
         fig.live = set(keys_of[id(task.live)])
         fig.recorded = keys_of[id(task.done)]
-        fig.versions = {link.name: versions_of[id(link.repository)] for link in task.required_links}
+        fig.versions = {link.name: versions_of.get(id(link.repository), {}) for link in task.required_links}
         ready = fig.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
         orphans: set[str] = set()
         if name in stale_of:

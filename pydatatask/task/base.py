@@ -14,11 +14,12 @@ import logging
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.base import Executor, Outcome, Resources, Slot, Work
+from ..executor.base import Executor, JobHandle, Outcome, Resources, Slot, Work
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.clock import ClockRepository
 from ..repository.deferred import DeferredMetadataRepository
@@ -79,6 +80,9 @@ class JobContext:
     started: float = field(default_factory=time.time)
     #: what :meth:`Task.acquire_slot` returned for this job (e.g. the host it runs on)
     slot: Any = None
+    #: the executor's handle on the attempt's work while it runs (None before it is started
+    #: and once it ended): what a live view reads the work's output so far from
+    handle: JobHandle | None = None
     _log: list[str] = field(default_factory=list)
     #: every key of this attempt, in order (``[key]`` for an unbatched job; ``key`` is the
     #: first); a batch's later attempts carry only the keys that failed before
@@ -112,6 +116,16 @@ class JobContext:
     def log_text(self) -> str:
         """The log lines so far."""
         return "\n".join(self._log) + ("\n" if self._log else "")
+
+    @property
+    def log_count(self) -> int:
+        """The number of log lines so far."""
+        return len(self._log)
+
+    def log_lines(self, start: int = 0) -> list[str]:
+        """A copy of the log lines from the ``start``-th on (negative: from the end), for a
+        live view of the job."""
+        return self._log[start:]
 
 
 class Task:
@@ -225,6 +239,7 @@ class Task:
         # members of the groups found ready by the last tick, and of the groups running
         self._tick_members: dict[str, list[str]] = {}
         self._job_members: dict[str, list[str]] = {}
+        self._running_jobs: dict[str, JobContext] = {}
         self._fan_out_ids: dict[int, tuple[str, str]] = {}
         if schedule is not None:
             self._link_schedule(schedule)
@@ -704,6 +719,13 @@ class Task:
         return await _lifecycle.execute(
             self, key, owner=owner, hooks=hooks, claimed=claimed, on_state=on_state, slot=slot
         )
+
+    @property
+    def running_jobs(self) -> Mapping[str, JobContext]:
+        """The jobs of this task under way in this process, each key with the
+        :class:`JobContext` of its current attempt (a read-only view, for a live view of
+        their logs)."""
+        return MappingProxyType(self._running_jobs)
 
     async def _write_log(self, job: JobContext) -> None:
         logs = self.logs

@@ -142,6 +142,7 @@ async def execute(
         while True:
             attempt += 1
             job = JobContext(task, key, attempt, slot=slot)
+            task._running_jobs[key] = job  # Task.running_jobs: seen by a live view
             if on_state:
                 on_state(task, key, JobState.RUNNING, attempt)
             if attempt > 1:
@@ -228,6 +229,8 @@ async def execute(
         raise
     finally:
         task.end_journal(key, succeeded)
+        if job is not None and task._running_jobs.get(key) is job:
+            del task._running_jobs[key]
     if not cleaned and claim is not None and task.claims.get(key) is claim:
         # a failure whose partial outputs could not be removed (the backend is down): the
         # record is written, but the key stays held (its claim handed to nobody, its work
@@ -358,6 +361,7 @@ async def _follow(
     """Wait for ``handle`` (within the time limit, counted from its start, or from
     ``since`` for work started before this process took it over), keep its logs and
     finish the attempt. A failure or cancellation stops the work first."""
+    job.handle = handle  # JobContext.handle: what a live view reads the output so far from
     try:
         limit = task.timeout
         if limit is None:
@@ -386,6 +390,8 @@ async def _follow(
     except BaseException:
         await asyncio.shield(_stop(handle, task.cancel_grace))
         raise
+    finally:
+        job.handle = None
 
 
 def _job_name(job: JobContext) -> str:
