@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..pipeline.pipeline import STATUS_COLUMNS
+
 if TYPE_CHECKING:
     from ..pipeline.scheduler import Scheduler
 
@@ -28,17 +30,6 @@ __all__ = (
 )
 
 #: the job states ``status`` counts, in order (``ready`` is the pending state)
-STATUS_COLUMNS = (
-    "ready",
-    "running",
-    "retrying",
-    "succeeded",
-    "failed",
-    "blocked",
-    "held",
-    "corrupt",
-    "stale",
-)
 PROGRESS_HEADERS = ("task", "succeeded", "failed", "running", "retrying", "ready", "blocked", "corrupt")
 SAMPLES = 5
 

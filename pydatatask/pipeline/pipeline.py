@@ -31,7 +31,21 @@ from .scheduler import RunSummary, Scheduler, TaskFigures, compute_figures, reco
 if TYPE_CHECKING:
     from ..executor.base import Executor
 
-__all__ = ("Pipeline",)
+__all__ = ("Pipeline", "STATUS_COLUMNS")
+
+#: the states :meth:`Pipeline.status` gives keys of, in the order the CLI's table and the
+#: web page show them
+STATUS_COLUMNS: tuple[str, ...] = (
+    "ready",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "blocked",
+    "held",
+    "corrupt",
+    "stale",
+)
 
 log = logging.getLogger("pydatatask.pipeline")
 

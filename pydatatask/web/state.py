@@ -18,9 +18,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..cli.output import STATUS_COLUMNS
 from ..errors import CorruptValueError
 from ..pipeline.metrics import LISTING_BUCKETS, Histogram
+from ..pipeline.pipeline import STATUS_COLUMNS
 from ..pipeline.record_index import RecordIndex, corrupt_info, warn_corrupt
 from ..pipeline.scheduler import Scheduler, TaskFigures, compute_figures
 from ..repository.listing import listing_scope
