@@ -313,6 +313,17 @@ def plot(results: list[ScenarioResult], out: str) -> str:
 
 
 # ---------------------------------------------------------------------- main
+def positive_seconds(text: str) -> float:
+    """A number of seconds above 0 (``--peer-budget``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds above 0: {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n\n")[1] if __doc__ else None
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--peer-budget",
-        type=float,
+        type=positive_seconds,
         metavar="SECONDS",
         default=300.0,
         help="time one run of a peer may take before it counts as not finished (default 300)",

@@ -55,14 +55,14 @@ def main() -> None:
     import_s = time.perf_counter() - t0
     src, dst = os.path.join(root, "in"), os.path.join(root, "out")
 
-    @task
+    @task  # type: ignore[untyped-decorator]
     def upper(key: str) -> None:
         with open(os.path.join(src, key + ".txt"), "rb") as f:
             data = f.read()
         with open(os.path.join(dst, key + ".txt"), "wb") as f:
             f.write(data.upper())
 
-    @flow(task_runner=ThreadPoolTaskRunner(max_workers=threads))
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=threads))  # type: ignore[untyped-decorator]
     def uppercase_all() -> int:
         todo = [
             name[:-4]

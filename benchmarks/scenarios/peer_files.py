@@ -122,7 +122,7 @@ def _best_peer(res: ScenarioResult, label: str, metric: str, higher: bool) -> tu
 
 def finished(res: ScenarioResult, label: str, series: str) -> bool:
     """Every measurement of ``series`` at ``label`` finished within the time budget."""
-    values = res.data.get(label, {}).get(series, {}).get("finished")
+    values = res.data.get(label, {}).get(series, {}).get("finished") or []
     return bool(values) and all(v == 1 for v in values)
 
 
