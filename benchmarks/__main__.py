@@ -184,7 +184,8 @@ def run_scenario(mod: ModuleType, opts: Options) -> ScenarioResult:
         extra = dict(prepared)
         # series the scenario cannot run (a peer whose install failed): reported, not run
         res.unavailable.update(extra.pop("unavailable", {}))
-    for rep in range(opts.reps):
+    reps = mod.reps(opts) if hasattr(mod, "reps") else opts.reps  # peer_files: --peer-reps
+    for rep in range(reps):
         for point in points:
             for series in point.series:
                 if series in res.unavailable:
@@ -206,7 +207,7 @@ def run_scenario(mod: ModuleType, opts: Options) -> ScenarioResult:
                         slot.setdefault(key, []).append(float(value))
                 sec = metrics.get("seconds")
                 print(
-                    f"  rep {rep + 1}/{opts.reps} {point.label:>14} {series:<12} {sec:.4f} s"
+                    f"  rep {rep + 1}/{reps} {point.label:>14} {series:<12} {sec:.4f} s"
                     if sec is not None
                     else "",
                     flush=True,
@@ -375,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         help="job counts of peer_files (default: 1000 10000)",
     )
     ap.add_argument(
+        "--peer-reps",
+        type=int,
+        metavar="N",
+        default=1,
+        help="repetitions of peer_files (default 1: at 10,000 jobs one takes 20-30 minutes)",
+    )
+    ap.add_argument(
         "--peer-budget",
         type=positive_seconds,
         metavar="SECONDS",
@@ -389,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer_sizes:
         opts.peer_sizes = tuple(args.peer_sizes)
     opts.peer_budget = args.peer_budget
+    opts.peer_reps = args.peer_reps
     info = machine()
     print(
         f"machine: {info['cores']} cores, {info['cpu']}, {info['memory']}, Python {info['python']}, load {info['load_average']}"
@@ -400,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "peers (Luigi, Snakemake, Prefect): "
             + (
-                f"yes, {'/'.join(map(str, opts.peer_sizes))} jobs, budget {opts.peer_budget:g} s per run"
+                f"yes, {'/'.join(map(str, opts.peer_sizes))} jobs, {opts.peer_reps} repetition(s),"
+                f" budget {opts.peer_budget:g} s per run"
                 if opts.with_peers
                 else "no"
             )
@@ -478,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 "versions": {dist: version for dist, version in PEERS.values()},
                 "sizes": list(opts.peer_sizes),
                 "budget_seconds": opts.peer_budget,
+                "reps": opts.peer_reps,
                 "install_seconds": installs,
             },
             "total_seconds": total,

@@ -60,6 +60,7 @@ class Options:
     peer_pythons: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     peer_sizes: tuple[int, ...] = (1_000, 10_000)
     peer_budget: float = 300.0  # seconds per run of one peer before it "did not finish"
+    peer_reps: int = 1  # repetitions of peer_files (--peer-reps)
 
 
 @dataclass
