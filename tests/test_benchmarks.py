@@ -78,6 +78,7 @@ def test_help_lists_the_options() -> None:
         "--peers",
         "--no-peers",
         "--peer-sizes",
+        "--peer-reps",
         "--peer-budget",
     ):
         assert option in proc.stdout

@@ -89,6 +89,11 @@ def points(opts: Options) -> list[Point]:
     return [Point(f"{n} jobs", n, {"n": n, "budget": opts.peer_budget}, series) for n in sizes]
 
 
+def reps(opts: Options) -> int:
+    """Repetitions: ``--peer-reps`` (at 10,000 jobs one takes 20-30 minutes)."""
+    return 1 if opts.quick else opts.peer_reps
+
+
 def prepare(opts: Options) -> dict[str, Any] | str:
     """The peers' pythons (their virtualenvs were made by the runner), and the series
     that have none, with the reason (a failed install is reported, never skipped)."""
