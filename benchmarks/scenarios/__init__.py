@@ -41,6 +41,8 @@ SCENARIOS = (
     "s3_shared_state",
     "process_jobs",
     "web_page",
+    "tiny_objects",
+    "peer_files",
 )
 
 T = TypeVar("T")
@@ -57,6 +59,12 @@ class Options:
     with_047: bool = True
     python047: str | None = None  # the 0.4.7 venv's python, once created
     services: dict[str, Any] = field(default_factory=dict)
+    with_peers: bool = True  # the Luigi, Snakemake and Prefect series of peer_files
+    #: peer distribution -> the python of its virtualenv, or None and why not (peer_files)
+    peer_pythons: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    peer_sizes: tuple[int, ...] = (1_000, 10_000)
+    peer_budget: float = 300.0  # seconds per run of one peer before it "did not finish"
+    peer_reps: int = 1  # repetitions of peer_files (--peer-reps)
 
 
 @dataclass
