@@ -15,7 +15,7 @@ every measurement writes under its own prefix, removed after it (not timed).
 
 Targets (issue 15): >= 0.5x the bare loop's throughput; at most 3 requests of
 bookkeeping per job beyond the job's own GetObject and PutObject. ``--size N`` runs N
-objects instead of 10,000 (``--quick``: 200).
+objects instead of 10,000 (``--quick``: 100).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ OPERATIONS = ("GetObject", "PutObject", "HeadObject", "DeleteObject", "DeleteObj
 
 
 def points(opts: Options) -> list[Point]:
-    n = opts.size or (200 if opts.quick else FULL)
+    n = opts.size or (100 if opts.quick else FULL)
     return [Point(f"{n} objects", n, {"n": n, "concurrency": CONCURRENCY}, ["ours", "bare"])]
 
 
