@@ -58,15 +58,13 @@ class WatchedPodTask(PodTask):
 
 def make_executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
     """A :class:`KubeExecutor` called ``name`` on the test cluster, its client a resource of
-    ``session`` of its own (so two executors behave as two schedulers); pods are listed
-    every 0.2 s unless ``poll_interval`` says otherwise."""
+    ``session`` of its own (so two executors behave as two schedulers)."""
 
     async def kube() -> AsyncIterator[Any]:
         async with api_client(kcfg["kubeconfig"]) as api:
             yield api
 
     kube.__name__ = f"kube_{secrets.token_hex(4)}"  # one resource per executor of a session
-    kw.setdefault("poll_interval", "0.2s")
     return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
 
 
