@@ -388,9 +388,7 @@ class KubeExecutor(Executor):
                     f"{self}: env {var!r} must be a string or a valueFrom dict, not {type(value).__name__}"
                 )
         #: the watch of the executor's pods, shared by all its jobs
-        self.watch = PodWatch(
-            self.cluster, f"{EXECUTOR_LABEL}={label_value(name)}", linger=self.watch_linger
-        )
+        self.watch = PodWatch(self.cluster, f"{EXECUTOR_LABEL}={label_value(name)}", linger=self.watch_linger)
         #: this executor object's run, written on its pods (with host and pid)
         self.run_id = uuid.uuid4().hex
         #: pods created by this executor object (for tests and status)
