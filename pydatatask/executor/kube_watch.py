@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
+import types
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +81,9 @@ class PodWatch:
         self.selector = selector
         self.linger = linger
         self.watch_timeout = watch_timeout
-        #: the pods as the watch last saw them, by name
-        self.pods: dict[str, Any] = {}
+        #: the pods as the watch last saw them, by name, as the API's JSON objects (a
+        #: model is made only when a job needs one: :meth:`model`)
+        self.pods: dict[str, dict[str, Any]] = {}
         #: the resourceVersion the watch resumes from, or None when its next start lists first
         self.resource_version: str | None = None
         #: ``time.monotonic()`` when the last successful LIST was sent: it shows every pod
@@ -136,15 +139,24 @@ class PodWatch:
             if self._users == 0 and self._task is not None and not self._task.done():
                 self._linger = asyncio.get_running_loop().call_later(self.linger, self._stop_idle)
 
-    def lookup(self, name: str, uid: str, since: float) -> tuple[Any, bool]:
+    def lookup(self, name: str, uid: str, since: float) -> tuple[dict[str, Any] | None, bool]:
         """``(pod, gone)`` for the pod ``name`` of ``uid``, made before ``since`` (a
-        ``time.monotonic()``): the pod as last seen, or None with ``gone`` True when it
-        has left the API (or was replaced), or None and False while the watch has not
-        shown it yet. Use inside :meth:`interest`."""
+        ``time.monotonic()``): the pod as last seen (the API's JSON object), or None with
+        ``gone`` True when it has left the API (or was replaced), or None and False while
+        the watch has not shown it yet. Use inside :meth:`interest`."""
         pod = self.pods.get(name)
-        if pod is not None and pod.metadata.uid == uid:
+        if pod is not None and pod["metadata"].get("uid") == uid:
             return pod, False
         return None, uid in self._gone or self.listed_at > since
+
+    def model(self, pod: dict[str, Any]) -> Any:
+        """``pod`` (a JSON object of :attr:`pods`) as a ``kubernetes_asyncio`` ``V1Pod``.
+
+        Events are kept as JSON because making a model costs about a millisecond of CPU
+        (its timestamps are parsed one by one), and most events of a pod (scheduled,
+        running, ...) only need a look at its phase."""
+        response = types.SimpleNamespace(data=json.dumps(pod))
+        return self.cluster.core.api_client.deserialize(response, "V1Pod")
 
     async def changed(self, name: str, at_most: float | None = None) -> None:
         """Return at the next event of the pod ``name`` (or a new LIST), or after
@@ -279,12 +291,13 @@ class PodWatch:
             self.cluster.namespace,
             label_selector=self.selector,
         )
-        fresh = {p.metadata.name: p for p in result.items or []}
+        sanitize = self.cluster.core.api_client.sanitize_for_serialization
+        fresh = {p.metadata.name: sanitize(p) for p in result.items or []}
         now = time.monotonic()
         for name, old in self.pods.items():
             new = fresh.get(name)
-            if new is None or new.metadata.uid != old.metadata.uid:
-                self._forget(old.metadata.uid, now)
+            if new is None or new["metadata"].get("uid") != old["metadata"].get("uid"):
+                self._forget(old["metadata"].get("uid", ""), now)
         self.pods = fresh
         self.resource_version = result.metadata.resource_version
         self.listed_at = started
@@ -303,7 +316,7 @@ class PodWatch:
         if not self._after_list:
             self.resumes += 1
         self._after_list = False
-        async with k8s.watch.Watch() as watch:
+        async with k8s.watch.Watch(return_type="object") as watch:  # JSON objects, see model()
             stream = watch.stream(
                 self.cluster.core.list_namespaced_pod,
                 self.cluster.namespace,
@@ -333,15 +346,17 @@ class PodWatch:
         raw = event["raw_object"]
         version = (raw.get("metadata") or {}).get("resourceVersion")
         if kind in ("ADDED", "MODIFIED", "DELETED"):
-            pod = event["object"]
-            name = pod.metadata.name
+            meta = raw.get("metadata") or {}
+            name, uid = meta.get("name"), meta.get("uid")
+            if not isinstance(name, str) or not isinstance(uid, str):
+                raise _Broken(f"a pod event without name or uid: {str(raw)[:200]!r}")
             if kind == "DELETED":
                 old = self.pods.get(name)
-                if old is not None and old.metadata.uid == pod.metadata.uid:
+                if old is not None and old["metadata"].get("uid") == uid:
                     del self.pods[name]
-                self._forget(pod.metadata.uid, time.monotonic())
+                self._forget(uid, time.monotonic())
             else:
-                self.pods[name] = pod
+                self.pods[name] = raw
             self._wake(name)
         if version:
             self.resource_version = version

@@ -75,6 +75,16 @@ _UNSEEN_CHECK = 10.0
 FUNCTION_COMMAND = "_call-function"
 
 
+def _phase(pod: Mapping[str, Any]) -> str:
+    """The phase of a pod as the API's JSON object."""
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _deleted(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod (the API's JSON object) was deleted."""
+    return (pod.get("metadata") or {}).get("deletionTimestamp") is not None
+
+
 class PodNameTakenError(JobError):
     """The pod name of a job is held by a pod this executor did not start for this job:
     another scheduler runs the key."""
@@ -196,8 +206,7 @@ class PodHandle(JobHandle):
                     await watch.changed(self.name, _UNSEEN_CHECK)
                     continue
                 left = self._left(self._since)
-                phase = (pod.status.phase if pod.status else None) or "Pending"
-                if phase != "Pending" or pod.metadata.deletion_timestamp is not None or left == 0:
+                if _phase(pod) != "Pending" or _deleted(pod) or left == 0:
                     return
                 await watch.changed(self.name, left)
 
@@ -224,11 +233,11 @@ class PodHandle(JobHandle):
                         )
                     await watch.changed(self.name, _UNSEEN_CHECK)
                     continue
-                phase = (pod.status.phase if pod.status else None) or "Pending"
+                phase = _phase(pod)
                 if phase in FINISHED_PHASES:
-                    self._pod = pod
-                    return self._end(pod_outcome(pod))
-                if pod.metadata.deletion_timestamp is not None:
+                    self._pod = watch.model(pod)
+                    return self._end(pod_outcome(self._pod))
+                if _deleted(pod):
                     await self._await_stopped()
                     return self._end(
                         Outcome(
@@ -239,7 +248,7 @@ class PodHandle(JobHandle):
                 if left == 0:
                     timeout = self.executor.pending_timeout
                     assert timeout is not None
-                    reason = pending_reason(pod)
+                    reason = pending_reason(watch.model(pod))
                     await self.cancel(0)
                     return self._end(
                         Outcome(
@@ -272,7 +281,11 @@ class PodHandle(JobHandle):
         async with watch.interest():
             while True:
                 pod, gone = watch.lookup(self.name, self.uid, self._since)
-                if gone or (pod is not None and containers_stopped(pod)):
+                if gone or (
+                    pod is not None
+                    and (_phase(pod) in FINISHED_PHASES or _deleted(pod))
+                    and containers_stopped(watch.model(pod))
+                ):
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:

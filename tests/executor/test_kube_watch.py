@@ -56,7 +56,7 @@ async def until_running(ex: KubeExecutor, handles: list[PodHandle]) -> None:
     await asyncio.gather(*(h.started() for h in handles))
     for h in handles:
         pod, gone = ex.watch.lookup(h.name, h.uid, h._since)
-        assert pod is not None and pod.status.phase == "Running", (h, gone)
+        assert pod is not None and pod["status"]["phase"] == "Running", (h, gone)
 
 
 async def finish(handles: list[PodHandle]) -> list[Outcome]:
