@@ -29,7 +29,6 @@ __all__ = (
     "let_go",
     "executor_pods",
     "no_executor_pods_left",
-    "ApiProxy",
     "Requests",
     "observed_executor",
 )
@@ -156,86 +155,7 @@ async def no_executor_pods_left(kcfg: dict[str, Any], name: str, within: float =
     await no_pods_left(kcfg, within, label=f"pydatatask.io/executor={name}")
 
 
-# ---------------------------------------------------------------------------- watching the API
-class ApiProxy:
-    """A TCP proxy on 127.0.0.1 in front of the test API server (TLS passes through it
-    untouched: the server's certificate names 127.0.0.1). :meth:`cut` drops every
-    connection at once, as an API server that restarts does; :meth:`down` refuses new
-    connections (each is accepted and aborted) until :meth:`up`. The shared API server
-    itself is never touched."""
-
-    def __init__(self, server: str) -> None:
-        target = urllib.parse.urlsplit(server)
-        self.target = (target.hostname or "127.0.0.1", target.port or 443)
-        self.url = ""
-        self.cuts = 0
-        self.refused = 0
-        self._down = False
-        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> ApiProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"https://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-        await self._server.wait_closed()
-
-    @property
-    def connections(self) -> int:
-        """Connections open through the proxy."""
-        return len(self._pairs)
-
-    def cut(self) -> None:
-        """Abort every open connection (both sides, no orderly close)."""
-        for down, up in list(self._pairs):
-            down.transport.abort()
-            up.transport.abort()
-        self._pairs.clear()
-        self.cuts += 1
-
-    def down(self) -> None:
-        """Cut, and refuse new connections until :meth:`up`."""
-        self._down = True
-        self.cut()
-
-    def up(self) -> None:
-        self._down = False
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._down:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = (writer, up_writer)
-        self._pairs.add(pair)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(1 << 16):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        try:
-            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        finally:
-            self._pairs.discard(pair)
-
-
+# ---------------------------------------------------------------------------- API requests
 class Requests:
     """The API requests an ``ApiClient`` sent: ``(method, path, query)`` in order."""
 
@@ -271,16 +191,17 @@ class Requests:
 
 
 def observed_executor(
-    session: Session, kcfg: dict[str, Any], name: str, *, through: ApiProxy | None = None, **kw: Any
+    session: Session, kcfg: dict[str, Any], name: str, *, server: str | None = None, **kw: Any
 ) -> tuple[KubeExecutor, Requests]:
     """As :func:`make_executor`, with every API request noted in the :class:`Requests`
-    returned, and sent through ``through`` (an :class:`ApiProxy`) if given."""
+    returned, and sent to ``server`` (e.g. a proxy's ``https://127.0.0.1:PORT``) instead of
+    the kubeconfig's server if given."""
     requests = Requests()
 
     async def kube() -> AsyncIterator[Any]:
         async with api_client(kcfg["kubeconfig"]) as api:
-            if through is not None:
-                api.configuration.host = through.url
+            if server is not None:
+                api.configuration.host = server
             requests.attach(api)
             yield api
 

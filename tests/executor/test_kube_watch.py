@@ -3,9 +3,10 @@ test kubelet: one LIST, then a WATCH that brings each pod's changes; resumed fro
 resourceVersion when the connection drops, listed again when that version is too old.
 
 A restart of the API server is simulated by a TCP proxy on 127.0.0.1 between the client
-and the shared API server (which the tests never restart): :meth:`ApiProxy.cut` aborts
-every connection at once, as a server that goes away does, and :meth:`ApiProxy.down`
-refuses connections for a while, as a server that is starting again does. Every request
+and the shared API server (which the tests never restart; the server's certificate names
+127.0.0.1, so TLS passes through the proxy untouched): a cut aborts every connection at
+once, as a server that goes away does, and refuses new ones until restored, as a server
+that is starting again does. Every request
 the executor's client sends is noted (:class:`Requests`), so the LISTs are counted on the
 wire, not by the code under test.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +24,8 @@ import pytest
 from pydatatask import Session
 from pydatatask.executor.base import Outcome, PodWork, Resources
 from pydatatask.executor.kubernetes import KubeExecutor, PodHandle
-from tests.kube_support import ApiProxy, let_go, no_executor_pods_left, observed_executor
+from tests.kube_support import let_go, no_executor_pods_left, observed_executor
+from tests.reliability.harness import TcpProxy
 
 pytestmark = pytest.mark.kube
 
@@ -37,9 +40,20 @@ def name() -> str:
 
 
 @pytest.fixture
-async def proxy(kcfg: dict[str, Any]) -> AsyncIterator[ApiProxy]:
-    async with ApiProxy(kcfg["server"]) as p:
+async def proxy(kcfg: dict[str, Any]) -> AsyncIterator[TcpProxy]:
+    server = urllib.parse.urlsplit(kcfg["server"])
+    async with TcpProxy(server.hostname or "127.0.0.1", server.port or 443) as p:
         yield p
+
+
+def via(proxy: TcpProxy) -> str:
+    return f"https://127.0.0.1:{proxy.port}"
+
+
+def drop_connections(proxy: TcpProxy) -> None:
+    """Abort every connection through ``proxy``; new ones go through at once."""
+    proxy.cut()
+    proxy.restore()
 
 
 async def start(ex: KubeExecutor, script: str, key: str) -> PodHandle:
@@ -96,28 +110,28 @@ async def test_pod_states_come_through_one_watch_after_one_list(kcfg: dict[str, 
 
 
 async def test_the_watch_resumes_from_its_resource_version_after_the_server_went_away(
-    kcfg: dict[str, Any], name: str, proxy: ApiProxy
+    kcfg: dict[str, Any], name: str, proxy: TcpProxy
 ) -> None:
     """Every connection is cut twice while the pods run, and the second time no connection
     is accepted until after they have finished: the watch resumes from the last
     resourceVersion it saw (no second LIST), the server replays what happened meanwhile,
     and every job ends with its own outcome."""
     session = Session()
-    ex, requests = observed_executor(session, kcfg, name, through=proxy)
+    ex, requests = observed_executor(session, kcfg, name, server=via(proxy))
     try:
         async with session:
             handles = [await start(ex, f"sleep 3; exit {3 if i == 1 else 0}", f"k{i}") for i in range(4)]
             waits = [asyncio.ensure_future(h.wait()) for h in handles]
             await until_running(ex, handles)
             watched = len(requests.pod_watches())
-            proxy.cut()  # a dropped connection: the watch reconnects at once
+            drop_connections(proxy)  # the watch reconnects at once
             while len(requests.pod_watches()) == watched:
                 requests.more.clear()
                 await requests.more.wait()
-            proxy.down()  # the server goes away while the pods finish
+            proxy.cut()  # the server goes away while the pods finish
             await asyncio.sleep(4)
             assert not any(w.done() for w in waits)  # nothing reached the jobs meanwhile
-            proxy.up()
+            proxy.restore()
             outcomes = list(await asyncio.gather(*waits))
             for h in handles:
                 await h.close()
@@ -136,13 +150,13 @@ async def test_the_watch_resumes_from_its_resource_version_after_the_server_went
 
 
 async def test_a_resource_version_too_old_to_resume_from_lists_again(
-    kcfg: dict[str, Any], name: str, proxy: ApiProxy
+    kcfg: dict[str, Any], name: str, proxy: TcpProxy
 ) -> None:
     """The watch is cut while its resourceVersion is one the server no longer has (the
     test API server answers an ERROR event with code 410, 'too old resource version'):
     it lists the pods again and watches on from the new list."""
     session = Session()
-    ex, requests = observed_executor(session, kcfg, name, through=proxy)
+    ex, requests = observed_executor(session, kcfg, name, server=via(proxy))
     try:
         async with session:
             handles = [await start(ex, f"sleep 2; exit {3 if i == 0 else 0}", f"k{i}") for i in range(3)]
@@ -150,7 +164,7 @@ async def test_a_resource_version_too_old_to_resume_from_lists_again(
             await until_running(ex, handles)
             # no await between the two: no event can move the version on before the cut
             ex.watch.resource_version = "1"
-            proxy.cut()
+            drop_connections(proxy)
             outcomes = list(await asyncio.gather(*waits))
             for h in handles:
                 await h.close()
