@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         type=int,
         metavar="N",
-        help="the number of keys of the scenarios that take one (kube_pods: default 1,000, quick 20)",
+        help="the number of keys of the scenarios that take one (kube_pods: default 1,000, quick 10)",
     )
     args = ap.parse_args(argv)
 

@@ -34,7 +34,7 @@ NAME = "kube_pods"
 TITLE = "Kubernetes: one pod per key through the test kubelet"
 CONCURRENCY = 16
 DEFAULT_SIZE = 1_000
-QUICK_SIZE = 20
+QUICK_SIZE = 10
 #: the pod of a key: writes the key into its output file
 SCRIPT = 'printf %s "$KEY" > "$OUT"'
 

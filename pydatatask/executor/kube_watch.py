@@ -12,7 +12,7 @@ The watch follows the API server's protocol for consistent watches:
 * when the connection ends (the server's watch timeout, a dropped connection, an API
   server that restarts) it **resumes** from the last ``resourceVersion`` it saw, without
   a new LIST; connection errors are retried under the cluster's
-  :class:`~pydatatask.backoff.Backoff`, then every ``max_delay`` for as long as jobs
+  :class:`~pydatatask.backoff.Backoff`, then at its longest delay for as long as jobs
   wait (each still bounded by its own timeout);
 * when the server answers that this ``resourceVersion`` is too old (HTTP 410 Gone, sent
   as an ERROR event with code 410), it **lists again** and watches from the new list; a
