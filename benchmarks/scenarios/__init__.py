@@ -40,6 +40,7 @@ SCENARIOS = (
     "s3_stage",
     "process_jobs",
     "web_page",
+    "tiny_objects",
     "kube_pods",
 )
 
