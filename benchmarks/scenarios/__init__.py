@@ -43,6 +43,7 @@ SCENARIOS = (
     "web_page",
     "tiny_objects",
     "peer_files",
+    "kube_pods",
 )
 
 T = TypeVar("T")
