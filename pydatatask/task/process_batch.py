@@ -1,0 +1,156 @@
+"""A batch of keys as one process: what :class:`~pydatatask.task.process.ProcessTask` does
+when the task has ``batch=N`` (see :doc:`/batches`).
+
+* :func:`prepare_batch` renders the command once for all the keys of the attempt (the
+  template sees ``keys`` and ``batch``, one entry of link information per key, each staged
+  as for one key: inputs copied in where the host cannot read them, outputs at paths of
+  their own) and points ``$PDT_RESULTS`` at ``<job dir>/ctl/results.jsonl``;
+* :func:`finish_batch` reads the result lines the command wrote there
+  (:mod:`pydatatask.task.batch_results`), commits the outputs of each key that succeeded,
+  one key at a time (a missing output fails that key only), and returns a
+  :class:`~pydatatask.task.base.BatchOutcome` naming the keys that failed and why. The
+  outputs are brought back by the task, not by the host, so that the keys that succeeded
+  keep theirs when the command exits non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import JobError
+from ..executor.base import Outcome, ProcessWork, Slot
+from ..executor.hosts import HostFile
+from ..executor.multihost import host_for, unreserved_slot
+from .base import BatchOutcome, JobContext, JobOutcome
+from .batch_results import RESULTS_FILE, Results, batch_failures, parse_results
+from .links import LinkKind
+from .process import _KeyOutputs, _Staged, _tail
+from .templates import batch_context, render_command
+
+if TYPE_CHECKING:
+    from .process import ProcessTask
+
+__all__ = ("prepare_batch", "finish_batch")
+
+#: a results file larger than this is not read (a few hundred bytes a key is plenty)
+MAX_RESULTS = 64 << 20
+#: keys named in a batch's log line
+_NAMED = 5
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:_NAMED])
+    return shown + (f" and {len(keys) - _NAMED} more" if len(keys) > _NAMED else "")
+
+
+async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
+    """The work of one attempt of a batch: one command for every key of ``job.keys``."""
+    keys = list(job.keys)
+    if not isinstance(job.slot, Slot):
+        job.slot = unreserved_slot(task.executor, task.resources)  # run outside a scheduler
+    host = host_for(job.slot)
+    job_dir = host.job_dir_path((task.name, job.key))
+    task._forget_keys(keys)  # what a cancelled earlier attempt left
+    staged = _Staged(host=host, files=task._new_files(), keys=tuple(keys), job_dir=job_dir)
+    task._staged[(job.key, job.attempt)] = staged
+    context = batch_context(task, keys, task.params)
+    context.update(attempt=job.attempt, job_dir=job_dir, host=host.name)
+    files_in: dict[str, Any] = {}
+    for entry in context["batch"]:
+        key = entry["key"]
+        outputs = staged.outputs[key] = _KeyOutputs()
+        for link in task.links.values():
+            info = entry["links"][link.name]
+            if link.kind is LinkKind.INPUT:
+                await task._stage_input(link, key, host, job_dir, info, files_in)
+            elif link.is_output:
+                task._stage_output(link, key, host, job_dir, info, staged, outputs.files_out)
+        # what _stage_output noted for one key's job becomes this key's
+        outputs.commits, staged.commits = staged.commits, []
+    env = task._job_env(
+        context, {"PDT_KEYS": "\n".join(keys), "PDT_RESULTS": f"{job_dir}/{RESULTS_FILE}"}
+    )
+    job.log(f"batch of {len(keys)} key(s) in one process: {_some(keys)}")
+    files = staged.files
+    return ProcessWork(
+        command=render_command(task.template, context),
+        script=task.is_script,
+        env=env,
+        files_in=files_in,
+        files_out={},  # brought back key by key by finish_batch
+        job=(task.name, job.key),
+        keys=tuple(keys),
+        job_dir=job_dir,
+        stdout=files.combined or files.stdout,
+        stderr=files.stderr,
+        scratch=tuple(staged.local_temps),
+    )
+
+
+async def _read_results(staged: _Staged, keys: list[str]) -> Results:
+    found = HostFile(staged.host, f"{staged.job_dir}/{RESULTS_FILE}", RESULTS_FILE)
+    data = bytearray()
+    try:
+        async for chunk in found.chunks():
+            data += chunk
+            if len(data) > MAX_RESULTS:
+                results = Results()
+                results.note_problem(f"$PDT_RESULTS ({found}) is larger than {MAX_RESULTS >> 20} MiB")
+                return results
+    except FileNotFoundError:
+        return Results()  # nothing written: the exit status says it all
+    return parse_results(data.decode("utf-8", "replace").splitlines(), keys, "$PDT_RESULTS")
+
+
+async def _commit(task: ProcessTask, staged: _Staged, key: str) -> None:
+    outputs = staged.outputs.get(key)
+    if outputs is None:
+        raise JobError(f"task {task.name}: nothing was staged for {key!r} in this batch")
+    for commit in outputs.commits:
+        await commit()
+    for rel, sink in outputs.files_out.items():
+        await sink(HostFile(staged.host, f"{staged.job_dir}/{rel.rstrip('/')}", rel))
+
+
+async def finish_batch(task: ProcessTask, job: JobContext, outcome: Outcome) -> BatchOutcome:
+    """The keys of the batch that failed (by ``$PDT_RESULTS`` and the exit status), and
+    the outputs of the others committed; raises (every key failed) when the process could
+    not run to its end (its host went away)."""
+    keys = list(job.keys)
+    staged = task._staged.get((job.key, job.attempt))
+    place = outcome.place or (staged.host.name if staged is not None else "")
+    if outcome.error is not None:
+        raise outcome.error
+    if staged is None or outcome.exit_code is None:
+        raise JobError(f"task {task.name}: the batch of {_some(keys)} on {place} did not run to its end")
+    code = outcome.exit_code
+    results = await _read_results(staged, keys)
+    why = f"the command exited with status {code}"
+    if code != 0:
+        files = staged.files
+        tail = _tail(files.stderr or files.combined or files.stdout)
+        why += f"; last output:\n{tail}" if tail else ""
+    reasons = batch_failures(keys, results, code == 0, why)
+    known = JobOutcome(exit_code=code, host=place, extra=dict(outcome.extra))
+    failed: dict[str, BaseException] = {}
+    for key in keys:
+        if key in reasons:
+            error: BaseException = JobError(
+                f"task {task.name}: job {key!r} (a batch of {len(keys)} on {place}): {reasons[key]}"
+            )
+        else:
+            try:
+                await _commit(task, staged, key)
+                continue
+            except Exception as exc:  # this key's outputs: the others are still committed
+                error = exc
+        error.outcome = known  # type: ignore[attr-defined]
+        failed[key] = error
+    seconds = outcome.extra.get("process_seconds", 0)
+    job.log(
+        f"exited {code} on {place} after {seconds:.3f}s: {len(keys) - len(failed)} of {len(keys)} key(s) ok"
+        + (f", failed: {_some(list(failed))}" if failed else "")
+    )
+    if results.problem is not None:
+        job.log(f"results: {results.problem}")
+    return BatchOutcome(exit_code=code, host=place, extra=dict(outcome.extra), failed=failed)
