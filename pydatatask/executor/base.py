@@ -80,6 +80,8 @@ class FunctionCall(Work):
     reference: tuple[str, str] | None = None
     #: the job this call belongs to, ``(task, key)``, for logs and names
     job: tuple[str, str] = ("", "")
+    #: every key of a batch (``job`` names the first); empty for one key
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,8 @@ class ProcessWork(Work):
     files_in: Mapping[str, Callable[[], Any] | Path] = field(default_factory=dict)
     files_out: Mapping[str, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
     job: tuple[str, str] = ("", "")
+    #: every key of a batch (``job`` names the first); empty for one key
+    keys: tuple[str, ...] = ()
     job_dir: str | None = None
     stdout: Path | None = None
     stderr: Path | None = None
@@ -122,6 +126,8 @@ class PodWork(Work):
 
     manifest: Mapping[str, Any]
     job: tuple[str, str] = ("", "")
+    #: every key of a batch (``job`` names the first); empty for one key
+    keys: tuple[str, ...] = ()
 
 
 @dataclass
