@@ -63,7 +63,9 @@ def _shown(line: str) -> str:
     return repr(line if len(line) <= _SHOWN else line[:_SHOWN] + "...")
 
 
-def parse_results(lines: Iterable[str], keys: Sequence[str], where: str, results: Results | None = None) -> Results:
+def parse_results(
+    lines: Iterable[str], keys: Sequence[str], where: str, results: Results | None = None
+) -> Results:
     """Read result lines (blank lines are skipped) for the batch of ``keys``; ``where``
     names their source in problems (``"$PDT_RESULTS"``, ``"the log of pod X"``)."""
     results = results if results is not None else Results()

@@ -183,7 +183,9 @@ class PodTask(Task):
         pod = str(kube.get("pod", pod_name(self.name, job.key)))
         cluster = getattr(self._executor, "cluster", None)
         if not isinstance(cluster, KubeCluster):
-            raise ConfigurationError(f"task {self.name}: a batch's results come from the pod log of a KubeCluster")
+            raise ConfigurationError(
+                f"task {self.name}: a batch's results come from the pod log of a KubeCluster"
+            )
         try:
             text = "".join(
                 [await cluster.read_log(pod, name) + "\n" for name in kube.get("containers") or {}]
@@ -198,12 +200,12 @@ class PodTask(Task):
         failed: dict[str, BaseException] = {}
         for key in keys:
             if key in reasons:
-                error = JobError(f"task {self.name}: job {key!r} (a batch of {len(keys)} in pod {pod}): {reasons[key]}")
+                error = JobError(
+                    f"task {self.name}: job {key!r} (a batch of {len(keys)} in pod {pod}): {reasons[key]}"
+                )
                 error.outcome = result  # type: ignore[attr-defined]
                 failed[key] = error
         job.log(f"pod {pod} ran a batch of {len(keys)} key(s): {len(keys) - len(failed)} ok")
         if results.problem is not None:
             job.log(f"results: {results.problem}")
-        return BatchOutcome(
-            exit_code=result.exit_code, host=result.host, extra=result.extra, failed=failed
-        )
+        return BatchOutcome(exit_code=result.exit_code, host=result.host, extra=result.extra, failed=failed)

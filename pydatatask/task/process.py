@@ -103,19 +103,20 @@ def _tmp_sibling(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{secrets.token_hex(6)}")
 
 
-def _tail(path: Path | None) -> str:
+def _tail(path: Path | None, limit: int = TAIL) -> str:
+    """The last ``limit`` bytes of a local output file, as text ("..." first if cut)."""
     if path is None:
         return ""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - TAIL))
+            f.seek(max(0, size - limit))
             data = f.read()
     except OSError:
         return ""
     text = data.decode("utf-8", "replace")
-    return ("..." if size > TAIL else "") + text
+    return ("..." if size > limit else "") + text
 
 
 def _in_place(repo: Repository) -> bool:
@@ -505,29 +506,24 @@ class ProcessTask(Task):
         staged = self._staged.pop((job.key, job.attempt), None)
         files = staged.files if staged is not None else None
         try:
-            for key in job.keys:  # a batch: its output under each of its keys
-                await self._write_key_log(job, key, files)
-        finally:
-            if files is not None:
-                files.remove()
-
-    async def _write_key_log(self, job: JobContext, key: str, files: _JobFiles | None) -> None:
-        try:
             if files is not None:
                 for name, path in (("stdout", files.stdout), ("stderr", files.stderr)):
                     if path is not None and name in self.links:
                         repo = self.links[name].repository
                         assert isinstance(repo, BlobRepository)
-                        await self._copy_into(repo, key, [path], "", keep_old=False)
+                        await self._copy_into(repo, job.key, [path], "", keep_old=False)
             logs = self.logs
             if logs is None:
                 return
             paths = [files.combined] if files is not None and files.combined is not None else []
             if not paths and not job._log:
                 return
-            await self._copy_into(logs, key, paths, job.log_text, keep_old=job.attempt > 1)
+            await self._copy_into(logs, job.key, paths, job.log_text, keep_old=job.attempt > 1)
         except Exception:
-            log.exception("task %s: could not write the log of %r", self.name, key)
+            log.exception("task %s: could not write the log of %r", self.name, job.key)
+        finally:
+            if files is not None:
+                files.remove()
 
     async def _copy_into(
         self, repo: BlobRepository, key: str, paths: list[Path], trailer: str, keep_old: bool

@@ -15,16 +15,18 @@ when the task has ``batch=N`` (see :doc:`/batches`).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobError
 from ..executor.base import Outcome, ProcessWork, Slot
 from ..executor.hosts import HostFile
 from ..executor.multihost import host_for, unreserved_slot
+from ..repository.base import BlobRepository
 from .base import BatchOutcome, JobContext, JobOutcome
 from .batch_results import RESULTS_FILE, Results, batch_failures, parse_results
 from .links import LinkKind
-from .process import _KeyOutputs, _Staged, _tail
+from .process import _JobFiles, _KeyOutputs, _Staged, _tail
 from .templates import batch_context, render_command
 
 if TYPE_CHECKING:
@@ -32,8 +34,12 @@ if TYPE_CHECKING:
 
 __all__ = ("prepare_batch", "finish_batch")
 
+log = logging.getLogger("pydatatask.task.process")
+
 #: a results file larger than this is not read (a few hundred bytes a key is plenty)
 MAX_RESULTS = 64 << 20
+#: at most this much of a batch's output goes into its log (its end)
+LOG_LIMIT = 1 << 20
 #: keys named in a batch's log line
 _NAMED = 5
 
@@ -67,9 +73,7 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
                 task._stage_output(link, key, host, job_dir, info, staged, outputs.files_out)
         # what _stage_output noted for one key's job becomes this key's
         outputs.commits, staged.commits = staged.commits, []
-    env = task._job_env(
-        context, {"PDT_KEYS": "\n".join(keys), "PDT_RESULTS": f"{job_dir}/{RESULTS_FILE}"}
-    )
+    env = task._job_env(context, {"PDT_KEYS": "\n".join(keys), "PDT_RESULTS": f"{job_dir}/{RESULTS_FILE}"})
     job.log(f"batch of {len(keys)} key(s) in one process: {_some(keys)}")
     files = staged.files
     return ProcessWork(
@@ -77,7 +81,9 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
         script=task.is_script,
         env=env,
         files_in=files_in,
-        files_out={},  # brought back key by key by finish_batch
+        # the host makes their directories before the start; finish_batch brings each key's
+        # back itself, also after a non-zero exit (the host brings back nothing then)
+        files_out=dict.fromkeys((rel for o in staged.outputs.values() for rel in o.files_out), _later),
         job=(task.name, job.key),
         keys=tuple(keys),
         job_dir=job_dir,
@@ -85,6 +91,10 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
         stderr=files.stderr,
         scratch=tuple(staged.local_temps),
     )
+
+
+async def _later(found: HostFile) -> None:
+    """What the host hands a batch's output to: nothing yet (see :func:`_commit`)."""
 
 
 async def _read_results(staged: _Staged, keys: list[str]) -> Results:
@@ -112,12 +122,43 @@ async def _commit(task: ProcessTask, staged: _Staged, key: str) -> None:
         await sink(HostFile(staged.host, f"{staged.job_dir}/{rel.rstrip('/')}", rel))
 
 
+async def _keep_output(task: ProcessTask, job: JobContext, files: _JobFiles) -> None:
+    """The batch's output under each of its keys: stdout/stderr into the task's ``stdout=``
+    and ``stderr=`` repositories, the rest (its last :data:`LOG_LIMIT` bytes) into the
+    job's log, which the batch writes under each key."""
+    for name, path in (("stdout", files.stdout), ("stderr", files.stderr)):
+        if path is not None and name in task.links:
+            repo = task.links[name].repository
+            assert isinstance(repo, BlobRepository)
+            for key in job.keys:
+                try:
+                    await task._copy_into(repo, key, [path], "", keep_old=False)
+                except Exception:
+                    log.exception("task %s: could not write the %s of %r", task.name, name, key)
+    if files.combined is not None and task.logs is not None:
+        text = _tail(files.combined, LOG_LIMIT)
+        if text:
+            job.log("output:\n" + text.rstrip("\n"))
+
+
 async def finish_batch(task: ProcessTask, job: JobContext, outcome: Outcome) -> BatchOutcome:
     """The keys of the batch that failed (by ``$PDT_RESULTS`` and the exit status), and
     the outputs of the others committed; raises (every key failed) when the process could
     not run to its end (its host went away)."""
+    staged = task._staged.pop((job.key, job.attempt), None)
+    try:
+        if staged is not None:
+            await _keep_output(task, job, staged.files)
+        return await _settle(task, job, outcome, staged)
+    finally:
+        if staged is not None:
+            staged.files.remove()
+
+
+async def _settle(
+    task: ProcessTask, job: JobContext, outcome: Outcome, staged: _Staged | None
+) -> BatchOutcome:
     keys = list(job.keys)
-    staged = task._staged.get((job.key, job.attempt))
     place = outcome.place or (staged.host.name if staged is not None else "")
     if outcome.error is not None:
         raise outcome.error
@@ -127,8 +168,7 @@ async def finish_batch(task: ProcessTask, job: JobContext, outcome: Outcome) -> 
     results = await _read_results(staged, keys)
     why = f"the command exited with status {code}"
     if code != 0:
-        files = staged.files
-        tail = _tail(files.stderr or files.combined or files.stdout)
+        tail = _tail(staged.files.stderr or staged.files.combined or staged.files.stdout)
         why += f"; last output:\n{tail}" if tail else ""
     reasons = batch_failures(keys, results, code == 0, why)
     known = JobOutcome(exit_code=code, host=place, extra=dict(outcome.extra))
