@@ -14,6 +14,7 @@ import pytest
 
 from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor
+from pydatatask.pipeline import Pipeline
 from pydatatask.task import RetryPolicy
 from pydatatask.task.batch_results import RESULTS_BEGIN, RESULTS_END
 from pydatatask.task.lifecycle import execute_batch
@@ -50,7 +51,9 @@ def _results(*lines: str) -> str:
     return "".join(f"echo {shlex.quote(line)}\n" for line in (RESULTS_BEGIN, *lines, RESULTS_END))
 
 
-def _task(session: Session, kcfg: dict[str, Any], tmp_path: Path, script: str, keys: list[str], **kw: Any) -> PodTask:
+def _task(
+    session: Session, kcfg: dict[str, Any], tmp_path: Path, script: str, keys: list[str], **kw: Any
+) -> PodTask:
     name = "b" + secrets.token_hex(3)
     (tmp_path / "out").mkdir(exist_ok=True)
     return PodTask(
@@ -90,7 +93,9 @@ async def test_one_pod_runs_the_batch_and_a_key_it_reports_failed_is_retried_alo
         + _results(*oks, result_line("b", False, "b is bad"))
         + "echo after the results\n"
     )
-    task = _task(session, kcfg, tmp_path, script, ODD, logs=logs, retry=RetryPolicy(max_attempts=2, backoff=0.1))
+    task = _task(
+        session, kcfg, tmp_path, script, ODD, logs=logs, retry=RetryPolicy(max_attempts=2, backoff=0.1)
+    )
     try:
         async with session:
             records = await execute_batch(task, ODD)
@@ -113,7 +118,9 @@ async def test_one_pod_runs_the_batch_and_a_key_it_reports_failed_is_retried_alo
     assert not list(tmp_path.rglob("PWNED"))
 
 
-async def test_a_failed_pod_fails_only_the_keys_it_did_not_report_ok(kcfg: dict[str, Any], tmp_path: Path) -> None:
+async def test_a_failed_pod_fails_only_the_keys_it_did_not_report_ok(
+    kcfg: dict[str, Any], tmp_path: Path
+) -> None:
     session = Session()
     keys = ["a", "b", "c"]
     script = WRITE_ALL + _results(result_line("a"), result_line("c")) + "echo broke >&2; exit 3\n"
@@ -148,3 +155,21 @@ async def test_a_pod_batch_that_times_out_fails_every_key(kcfg: dict[str, Any], 
         assert records[key]["error"]["type"] == "pydatatask.errors.JobTimeoutError"
         assert not await out.contains(key)
     assert _created(task) == 1
+
+
+async def test_the_scheduler_starts_one_pod_per_batch(kcfg: dict[str, Any], tmp_path: Path) -> None:
+    session = Session()
+    keys = [f"k{i}" for i in range(7)]
+    task = _task(session, kcfg, tmp_path, WRITE_ALL, keys)
+    task.batch = 3
+    try:
+        summary = await Pipeline([task], session).run()
+    finally:
+        await _settled(kcfg, task)
+    assert summary.ok and summary.succeeded == 7, summary
+    assert _created(task) == 3  # three pods for seven keys
+    runs = (tmp_path / "runs").read_text().splitlines()
+    assert sorted(len(r.split()[1].split("|")) for r in runs) == [1, 3, 3], runs
+    out = FileRepository(tmp_path / "out")
+    for key in keys:
+        assert await out.read_text(key) == f"done {key}"

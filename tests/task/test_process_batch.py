@@ -24,6 +24,7 @@ from pydatatask import (
     MemoryMetadataRepository,
     ProcessTask,
 )
+from pydatatask.pipeline import Pipeline
 from pydatatask.task import RetryPolicy
 from pydatatask.task.batch_results import (
     RESULTS_BEGIN,
@@ -42,7 +43,7 @@ ODD = ["x;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "a'b", 'q"uote', "wit
 
 #: for every key of the batch: the input, upper-cased, into the output; one line per run
 UPPER = (
-    "echo \"run $$ $PDT_KEYS\" | tr '\\n' ' ' >> {{ params.runs }}; echo >> {{ params.runs }}\n"
+    "printf 'run %s %s\\n' $$ \"$(printf '%s' \"$PDT_KEYS\" | tr '\\n' ' ')\" >> {{ params.runs }}\n"
     "{% for b in batch %}tr a-z A-Z < {{ b.src.path }} > {{ b.out.path }}\n{% endfor %}"
 )
 
@@ -195,6 +196,22 @@ async def test_one_process_runs_every_key_of_the_batch(tmp_path: Path) -> None:
         assert "all done" in text and "batch of 5 key(s)" in text
     assert _hidden(tmp_path / "out") == [] and list((tmp_path / "jobs").iterdir()) == []
     assert [k async for k in task.live] == []
+
+
+async def test_the_scheduler_starts_one_process_per_batch(tmp_path: Path) -> None:
+    keys = [f"k{i:02}" for i in range(12)]
+    src = await _inputs(tmp_path / "in", keys)
+    task = _task(tmp_path, src, UPPER, concurrency=2)
+    task.batch = 5
+    summary = await Pipeline([task]).run()
+    assert summary.ok and summary.succeeded == 12, summary
+    runs = [r.split()[2:] for r in _runs(tmp_path / "runs")]
+    assert sorted(len(r) for r in runs) == [2, 5, 5], runs  # three processes for twelve keys
+    assert sorted(k for r in runs for k in r) == keys
+    out = FileRepository(tmp_path / "out", ".txt")
+    for key in keys:
+        assert await out.read_text(key) == f"TEXT OF {key.upper()}\n"
+        assert (await task.done.get(key))["batch"]["size"] in (2, 5)
 
 
 async def test_keys_reported_failed_lose_their_outputs_and_are_retried_alone(tmp_path: Path) -> None:
