@@ -16,6 +16,10 @@ size limit of 4 KiB). :func:`batch_failures` turns what was read into the failed
 * a key with no line succeeded if the batch exited 0 and every line could be read;
   otherwise it failed: a non-zero exit (or a failed pod), or a line that is not such an
   object (the command's report cannot be trusted for the keys it does not name).
+
+A line naming a key that is not in the attempt is set aside (:attr:`Results.foreign`):
+a pod that outlived its scheduler is adopted key by key, and the lines of the other keys
+of its batch are no concern of the one adopting it.
 """
 
 from __future__ import annotations
@@ -52,6 +56,17 @@ class Results:
     ok: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     problem: str | None = None
+    #: keys named by lines that are not keys of the attempt, in order, once each
+    foreign: list[str] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """Lines for the batch's log: the problem, and the keys set aside."""
+        lines = [f"results: {self.problem}"] if self.problem is not None else []
+        if self.foreign:
+            shown = ", ".join(repr(k) for k in self.foreign[:5])
+            more = f" and {len(self.foreign) - 5} more" if len(self.foreign) > 5 else ""
+            lines.append(f"results: set aside the lines of {shown}{more}: not keys of this attempt")
+        return lines
 
     def note_problem(self, text: str) -> None:
         """Keep the first problem met."""
@@ -88,7 +103,8 @@ def parse_results(
             )
             continue
         if key not in wanted:
-            results.note_problem(f"{where}, line {number}: {key!r} is not a key of this batch")
+            if key not in results.foreign:
+                results.foreign.append(key)
             continue
         if ok:
             results.ok.add(key)

@@ -206,6 +206,6 @@ class PodTask(Task):
                 error.outcome = result  # type: ignore[attr-defined]
                 failed[key] = error
         job.log(f"pod {pod} ran a batch of {len(keys)} key(s): {len(keys) - len(failed)} ok")
-        if results.problem is not None:
-            job.log(f"results: {results.problem}")
+        for line in results.notes():
+            job.log(line)
         return BatchOutcome(exit_code=result.exit_code, host=result.host, extra=result.extra, failed=failed)

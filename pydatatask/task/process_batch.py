@@ -191,6 +191,6 @@ async def _settle(
         f"exited {code} on {place} after {seconds:.3f}s: {len(keys) - len(failed)} of {len(keys)} key(s) ok"
         + (f", failed: {_some(list(failed))}" if failed else "")
     )
-    if results.problem is not None:
-        job.log(f"results: {results.problem}")
+    for line in results.notes():
+        job.log(line)
     return BatchOutcome(exit_code=code, host=place, extra=dict(outcome.extra), failed=failed)

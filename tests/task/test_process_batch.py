@@ -118,7 +118,6 @@ def test_result_lines_say_which_keys_failed() -> None:
         ("not json", "not JSON"),
         ('["a", true]', 'not an object with "key"'),
         ('{"key": "a", "ok": "yes"}', 'not an object with "key"'),
-        ('{"key": "zz", "ok": true}', "'zz' is not a key of this batch"),
     ],
 )
 def test_a_bad_result_line_fails_the_keys_it_may_have_named(line: str, problem: str) -> None:
@@ -128,6 +127,13 @@ def test_a_bad_result_line_fails_the_keys_it_may_have_named(line: str, problem: 
     assert "\n" not in results.problem and "line 2" in results.problem
     failed = batch_failures(keys, results, True, "")
     assert list(failed) == ["a"] and problem in failed["a"]  # b said ok: it stays ok
+
+
+def test_result_lines_of_keys_not_in_the_attempt_are_set_aside() -> None:
+    lines = ['{"key": "other", "ok": false}', '{"key": "b", "ok": false}', '{"key": "other", "ok": true}']
+    results = parse_results(lines, ["a", "b"], "the log")
+    assert results.problem is None and results.foreign == ["other"]
+    assert batch_failures(["a", "b"], results, True, "") == {"b": "the command reported it failed"}
 
 
 def test_result_lines_in_a_log_between_the_markers() -> None:
