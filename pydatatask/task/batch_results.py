@@ -58,6 +58,14 @@ class Results:
     problem: str | None = None
     #: keys named by lines that are not keys of the attempt, in order, once each
     foreign: list[str] = field(default_factory=list)
+    #: in a log: the blocks between the markers that were closed, and whether one was not
+    blocks: int = 0
+    unclosed: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Whether a log held at least one results block, every one of them closed."""
+        return self.blocks > 0 and not self.unclosed
 
     def notes(self) -> list[str]:
         """Lines for the batch's log: the problem, and the keys set aside."""
@@ -127,14 +135,18 @@ def results_in_log(text: str, keys: Sequence[str], where: str) -> Results:
         if marker == RESULTS_BEGIN:
             if block is not None:
                 parse_results(block, keys, where, results)
+                results.unclosed = True
             block = []
         elif marker == RESULTS_END and block is not None:
             parse_results(block, keys, where, results)
+            results.blocks += 1
             block = None
         elif block is not None:
             block.append(line)
     if block is not None:
         parse_results(block, keys, where, results)
+        results.unclosed = True
+    if results.unclosed:
         results.note_problem(f"{where}: {RESULTS_BEGIN!r} without {RESULTS_END!r} after it")
     return results
 

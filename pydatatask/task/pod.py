@@ -177,24 +177,32 @@ class PodTask(Task):
             raise error from outcome.error
         return result
 
-    async def _finish_batch(self, job: JobContext, outcome: Outcome, result: JobOutcome) -> BatchOutcome:
-        keys = list(job.keys)
-        kube = outcome.extra.get("kube") or {}
-        pod = str(kube.get("pod", pod_name(self.name, job.key)))
+    async def _whole_log(self, pod: str, kube: dict[str, Any], result: JobOutcome) -> str:
+        """Every container's whole log (a batch's results must not pass for missing when
+        the log cannot be read: that fails every key of the attempt)."""
         cluster = getattr(self._executor, "cluster", None)
         if not isinstance(cluster, KubeCluster):
-            raise ConfigurationError(
-                f"task {self.name}: a batch's results come from the pod log of a KubeCluster"
-            )
+            raise ConfigurationError(f"task {self.name}: the results of a batch come from the log of its pod")
         try:
-            text = "".join(
+            return "".join(
                 [await cluster.read_log(pod, name) + "\n" for name in kube.get("containers") or {}]
             )
         except BackendUnavailableError as exc:
             error = JobError(f"task {self.name}: the results of the batch in pod {pod} cannot be read: {exc}")
             error.outcome = result  # type: ignore[attr-defined]
             raise error from exc
-        results = results_in_log(text, keys, f"the log of pod {pod}")
+
+    async def _finish_batch(self, job: JobContext, outcome: Outcome, result: JobOutcome) -> BatchOutcome:
+        keys = list(job.keys)
+        kube = outcome.extra.get("kube") or {}
+        pod = str(kube.get("pod", pod_name(self.name, job.key)))
+        where = f"the log of pod {pod}"
+        # the log the lifecycle has just kept of the pod (one read per container); read
+        # again, whole, only when it holds no complete results block (cut at the executor's
+        # log_limit, or the pod printed none)
+        results = results_in_log(job.log_text, keys, where)
+        if not results.complete:
+            results = results_in_log(await self._whole_log(pod, kube, result), keys, where)
         why = str(outcome.error) if outcome.error is not None else ""
         reasons = batch_failures(keys, results, outcome.error is None, why)
         failed: dict[str, BaseException] = {}

@@ -52,14 +52,20 @@ def _results(*lines: str) -> str:
 
 
 def _task(
-    session: Session, kcfg: dict[str, Any], tmp_path: Path, script: str, keys: list[str], **kw: Any
+    session: Session,
+    kcfg: dict[str, Any],
+    tmp_path: Path,
+    script: str,
+    keys: list[str],
+    executor: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> PodTask:
     name = "b" + secrets.token_hex(3)
     (tmp_path / "out").mkdir(exist_ok=True)
     return PodTask(
         name,
         BATCH_POD,
-        executor=make_executor(session, kcfg, name),
+        executor=make_executor(session, kcfg, name, **(executor or {})),
         inputs={"src": MemoryMetadataRepository({k: {} for k in keys})},
         outputs={"o": FileRepository(tmp_path / "out")},
         params={"script": script, "runs": str(tmp_path / "runs")},
@@ -145,6 +151,24 @@ async def test_a_failed_pod_fails_only_the_keys_it_did_not_report_ok(
     assert not await out.contains("b")
 
 
+async def test_results_after_more_output_than_the_job_log_keeps_are_read(
+    kcfg: dict[str, Any], tmp_path: Path
+) -> None:
+    session = Session()
+    keys = ["a", "b"]
+    noise = "echo " + "x" * 99 + "\n"
+    script = WRITE_ALL + noise * 40 + _results(result_line("a"), result_line("b", False, "b is bad"))
+    task = _task(session, kcfg, tmp_path, script, keys, executor={"log_limit": 1000})
+    try:
+        async with session:
+            records = await execute_batch(task, keys)
+    finally:
+        await _settled(kcfg, task)
+    assert records["a"]["success"]
+    assert not records["b"]["success"] and "b is bad" in records["b"]["error"]["message"]
+    assert not await FileRepository(tmp_path / "out").contains("b")
+
+
 async def test_a_pod_batch_that_times_out_fails_every_key(kcfg: dict[str, Any], tmp_path: Path) -> None:
     session = Session()
     keys = ["a", "b"]
@@ -177,3 +201,106 @@ async def test_the_scheduler_starts_one_pod_per_batch(kcfg: dict[str, Any], tmp_
     out = FileRepository(tmp_path / "out")
     for key in keys:
         assert await out.read_text(key) == f"done {key}"
+
+
+KILLED_POD_SCHEDULER = """
+import asyncio, os, sys
+from pydatatask import FileRepository, Session
+from pydatatask.executor.kubernetes import KubeExecutor
+from pydatatask.executor.pods import api_client
+from pydatatask.pipeline import Pipeline
+from pydatatask.task.pod import PodTask
+
+root, kubeconfig, name, sleep = sys.argv[1:5]
+session = Session()
+
+
+@session.resource
+async def kube():
+    async with api_client(kubeconfig) as api:
+        yield api
+
+
+script = (
+    'printf "pod %s %s\\\\n" "$POD_UID" "$(printf "%s" "$PDT_KEYS" | tr "\\\\n" "|")" >> "$RUNS"; sleep "$SLEEP"; '
+    'printf "%s\\\\n" "$PDT_KEYS" | while IFS= read -r k; do printf done > "$OUT/$k"; done'
+)
+manifest = '''
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {{ params.script }}]
+    env:
+    - {name: OUT, value: {{ o.root }}}
+    - {name: RUNS, value: {{ params.runs }}}
+    - {name: SLEEP, value: {{ params.sleep }}}
+    - name: POD_UID
+      valueFrom: {fieldRef: {fieldPath: metadata.uid}}
+'''
+task = PodTask(
+    name,
+    manifest,
+    executor=KubeExecutor(kube, name=name),
+    inputs={"src": FileRepository(root + "/in")},
+    outputs={"o": FileRepository(root + "/out")},
+    params={"script": script, "runs": root + "/runs", "sleep": sleep},
+    batch=3,
+)
+summary = asyncio.run(Pipeline([task], session, state_dir=root + "/state", claim_check_interval="1s").run())
+print("OK" if summary.ok else "FAILED", summary.succeeded, flush=True)
+"""
+
+
+def test_a_scheduler_killed_mid_pod_batch_then_every_key_is_done_once(
+    kcfg: dict[str, Any], tmp_path: Path
+) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    keys = ["a", "b", "c"]
+    for d in ("in", "out"):
+        (tmp_path / d).mkdir()
+    for key in keys:
+        (tmp_path / "in" / key).write_text(key)
+    script = tmp_path / "sched.py"
+    script.write_text(KILLED_POD_SCHEDULER)
+    name = "b" + secrets.token_hex(3)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    argv = [sys.executable, str(script), str(tmp_path), kcfg["kubeconfig"], name]
+    runs = tmp_path / "runs"
+    first = subprocess.Popen([*argv, "3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (runs.exists() and runs.read_text().strip()):
+            assert first.poll() is None, "the first scheduler ended before it was killed"
+            assert time.monotonic() < deadline, "the pod did not start"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+    try:
+        second = subprocess.run([*argv, "0"], env=env, capture_output=True, text=True, timeout=90)
+        assert "OK 3" in second.stdout, second.stdout + second.stderr
+        for key in keys:
+            record = yaml.safe_load((tmp_path / "state" / name / "done" / f"{key}.yaml").read_text())
+            assert record["success"], record
+            assert (tmp_path / "out" / key).read_text() == "done"
+        lines = runs.read_text().splitlines()
+        assert len(lines) == 1 and lines[0].endswith(" a|b|c"), lines  # one pod: adopted, not rerun
+        assert "adopting pod" in second.stderr, second.stderr
+        assert list((tmp_path / "state" / name / "live").glob("*.yaml")) == []
+    finally:
+        asyncio.run(_settled_name(kcfg, name))
+
+
+async def _settled_name(kcfg: dict[str, Any], name: str) -> None:
+    try:
+        await no_executor_pods_left(kcfg, name)
+    finally:
+        await let_go(kcfg, label=f"pydatatask.io/executor={name}")

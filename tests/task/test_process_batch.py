@@ -149,8 +149,11 @@ def test_result_lines_in_a_log_between_the_markers() -> None:
     )
     results = results_in_log(log, keys, "the log")
     assert results.problem is None and results.failed == {"b": "no"} and results.ok == set()
+    assert results.complete and results.blocks == 1
+    assert not results_in_log("no results here", keys, "the log").complete
     unclosed = results_in_log(f"{RESULTS_BEGIN}\n" + '{"key": "a", "ok": true}', keys, "the log")
     assert unclosed.ok == {"a"} and unclosed.problem is not None and "without" in unclosed.problem
+    assert not unclosed.complete
     assert batch_failures(keys, unclosed, True, "") == {"b": "no result for it, and " + unclosed.problem}
 
 
