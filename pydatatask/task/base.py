@@ -181,9 +181,9 @@ class Task:
             )
         if concurrency < 1:
             raise ConfigurationError(f"task {name!r}: concurrency must be at least 1")
-        #: the most keys one execution unit handles (1: unbatched)
+        #: the most keys one execution unit handles, 1 for one unit per key
         self.batch = _check_batch(name, batch, group_by)
-        #: seconds the scheduler may wait for a batch to fill (None: launch at once)
+        #: how long the scheduler may wait for a batch to fill in seconds, or None to launch at once
         self.batch_wait = _check_batch_wait(name, batch_wait)
         self.name = name
         self.links: dict[str, Link] = {}

@@ -40,6 +40,7 @@ from . import lifecycle as _lc
 from .base import BatchOutcome, JobContext, JobOutcome, batch_key_of
 from .claims import Claim, new_owner
 from .hooks import Event, Hooks
+from .lifecycle import Adoption, StateCallback
 from .records import HOSTNAME, JobState, error_info, make_record
 
 if TYPE_CHECKING:
@@ -59,10 +60,10 @@ async def execute_batch(
     owner: str | None = None,
     hooks: Hooks | None = None,
     claimed: bool = False,
-    on_state: _lc.StateCallback | None = None,
+    on_state: StateCallback | None = None,
     slot: Any = True,
     record_fields: Mapping[str, dict[str, Any]] | None = None,
-    adopt: _lc.Adoption | None = None,
+    adopt: Adoption | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the jobs of ``keys`` as one batch to their end; return the record of each key
     run, by key (keys another scheduler holds, or found done, are left out: a batch left
@@ -70,7 +71,8 @@ async def execute_batch(
 
     The keyword arguments are those of :func:`~pydatatask.task.lifecycle.execute`;
     ``record_fields`` are given per key (``{key: fields}``). An ``adopt`` runs the adopted
-    work of its one key (``keys`` must be ``[adopt.key]``) as :func:`execute` does.
+    work of its one key (``keys`` must be ``[adopt.key]``) as
+    :func:`~pydatatask.task.lifecycle.execute` does.
     Cancellation removes the partial outputs of the keys not yet recorded and their
     claims, writes no record for them, and propagates.
     """
@@ -145,7 +147,7 @@ class _Batch:
         keys: list[str],
         batch_id: str,
         hooks: Hooks,
-        on_state: _lc.StateCallback | None,
+        on_state: StateCallback | None,
         record_fields: Mapping[str, dict[str, Any]] | None,
     ) -> None:
         self.task = task
