@@ -58,8 +58,9 @@ class Results:
     problem: str | None = None
     #: keys named by lines that are not keys of the attempt, in order, once each
     foreign: list[str] = field(default_factory=list)
-    #: in a log: the blocks between the markers that were closed, and whether one was not
+    #: the closed blocks between the markers of a log
     blocks: int = 0
+    #: whether a block of a log was left open (no end marker after it)
     unclosed: bool = False
 
     @property
