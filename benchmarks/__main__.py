@@ -1,5 +1,5 @@
 """The benchmark runner: ``python -m benchmarks [--quick] [--only NAME ...] [--reps N]
-[--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
+[--size N] [--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
 
 For each scenario and repetition it runs every series (ours, the bare loop, 0.4.7, ...)
 one after the other, each measurement in a fresh subprocess, then prints medians,
@@ -313,9 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         help="make the scenarios' files under DIR (default: the system's temporary directory); "
         "a tmpfs such as /dev/shm measures the software without the disk",
     )
+    ap.add_argument(
+        "--size",
+        type=int,
+        metavar="N",
+        help="the number of keys of the scenarios that take one (kube_pods: default 1,000, quick 20)",
+    )
     args = ap.parse_args(argv)
 
-    opts = Options(quick=args.quick, reps=args.reps or (1 if args.quick else 5))
+    opts = Options(quick=args.quick, reps=args.reps or (1 if args.quick else 5), size=args.size)
     opts.with_047 = args.baseline_047 if args.baseline_047 is not None else not args.quick
     info = machine()
     print(

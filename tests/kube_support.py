@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ __all__ = (
     "let_go",
     "executor_pods",
     "no_executor_pods_left",
+    "ApiProxy",
+    "Requests",
+    "observed_executor",
 )
 
 #: a pod template running ``params.script`` with ``sh -c`` (the job's key in ``$KEY``);
@@ -58,15 +62,13 @@ class WatchedPodTask(PodTask):
 
 def make_executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
     """A :class:`KubeExecutor` called ``name`` on the test cluster, its client a resource of
-    ``session`` of its own (so two executors behave as two schedulers); pods are listed
-    every 0.2 s unless ``poll_interval`` says otherwise."""
+    ``session`` of its own (so two executors behave as two schedulers)."""
 
     async def kube() -> AsyncIterator[Any]:
         async with api_client(kcfg["kubeconfig"]) as api:
             yield api
 
     kube.__name__ = f"kube_{secrets.token_hex(4)}"  # one resource per executor of a session
-    kw.setdefault("poll_interval", "0.2s")
     return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
 
 
@@ -152,3 +154,136 @@ async def executor_pods(kcfg: dict[str, Any], name: str) -> list[Any]:
 async def no_executor_pods_left(kcfg: dict[str, Any], name: str, within: float = 20.0) -> None:
     """Wait until the executor called ``name`` has no pod left (see :func:`no_pods_left`)."""
     await no_pods_left(kcfg, within, label=f"pydatatask.io/executor={name}")
+
+
+# ---------------------------------------------------------------------------- watching the API
+class ApiProxy:
+    """A TCP proxy on 127.0.0.1 in front of the test API server (TLS passes through it
+    untouched: the server's certificate names 127.0.0.1). :meth:`cut` drops every
+    connection at once, as an API server that restarts does; :meth:`down` refuses new
+    connections (each is accepted and aborted) until :meth:`up`. The shared API server
+    itself is never touched."""
+
+    def __init__(self, server: str) -> None:
+        target = urllib.parse.urlsplit(server)
+        self.target = (target.hostname or "127.0.0.1", target.port or 443)
+        self.url = ""
+        self.cuts = 0
+        self.refused = 0
+        self._down = False
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ApiProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"https://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await self._server.wait_closed()
+
+    @property
+    def connections(self) -> int:
+        """Connections open through the proxy."""
+        return len(self._pairs)
+
+    def cut(self) -> None:
+        """Abort every open connection (both sides, no orderly close)."""
+        for down, up in list(self._pairs):
+            down.transport.abort()
+            up.transport.abort()
+        self._pairs.clear()
+        self.cuts += 1
+
+    def down(self) -> None:
+        """Cut, and refuse new connections until :meth:`up`."""
+        self._down = True
+        self.cut()
+
+    def up(self) -> None:
+        self._down = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._down:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(1 << 16):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            self._pairs.discard(pair)
+
+
+class Requests:
+    """The API requests an ``ApiClient`` sent: ``(method, path, query)`` in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, str]]] = []
+        #: set at each request (clear it, then wait for the next one)
+        self.more = asyncio.Event()
+
+    def attach(self, api: Any) -> None:
+        """Note every request of ``api`` (its REST client's one entry point)."""
+        rest = api.rest_client
+        send = rest.request
+
+        async def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            query = {str(k): str(v) for k, v in kwargs.get("query_params") or []}
+            self.sent.append((method, urllib.parse.urlsplit(url).path, query))
+            self.more.set()
+            return await send(method, url, *args, **kwargs)
+
+        rest.request = request
+
+    def pod_lists(self) -> list[dict[str, str]]:
+        """The query of each LIST of pods (a collection GET that is not a watch)."""
+        return [q for m, p, q in self.sent if m == "GET" and p.endswith("/pods") and q.get("watch") != "True"]
+
+    def pod_watches(self) -> list[dict[str, str]]:
+        """The query of each WATCH of pods."""
+        return [q for m, p, q in self.sent if m == "GET" and p.endswith("/pods") and q.get("watch") == "True"]
+
+    def pod_reads(self) -> int:
+        """GETs of single pods."""
+        return sum(1 for m, p, _ in self.sent if m == "GET" and "/pods/" in p and not p.endswith("/log"))
+
+
+def observed_executor(
+    session: Session, kcfg: dict[str, Any], name: str, *, through: ApiProxy | None = None, **kw: Any
+) -> tuple[KubeExecutor, Requests]:
+    """As :func:`make_executor`, with every API request noted in the :class:`Requests`
+    returned, and sent through ``through`` (an :class:`ApiProxy`) if given."""
+    requests = Requests()
+
+    async def kube() -> AsyncIterator[Any]:
+        async with api_client(kcfg["kubeconfig"]) as api:
+            if through is not None:
+                api.configuration.host = through.url
+            requests.attach(api)
+            yield api
+
+    kube.__name__ = f"kube_{secrets.token_hex(4)}"
+    ex = KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
+    return ex, requests

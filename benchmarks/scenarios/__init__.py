@@ -40,6 +40,7 @@ SCENARIOS = (
     "s3_stage",
     "process_jobs",
     "web_page",
+    "kube_pods",
 )
 
 T = TypeVar("T")
@@ -53,6 +54,7 @@ class Options:
     reps: int = 5
     with_047: bool = True
     python047: str | None = None  # the 0.4.7 venv's python, once created
+    size: int | None = None  # --size: the keys of the scenarios that take it (kube_pods)
     services: dict[str, Any] = field(default_factory=dict)
 
 
