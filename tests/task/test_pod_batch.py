@@ -304,3 +304,19 @@ async def _settled_name(kcfg: dict[str, Any], name: str) -> None:
         await no_executor_pods_left(kcfg, name)
     finally:
         await let_go(kcfg, label=f"pydatatask.io/executor={name}")
+
+
+async def test_a_batched_function_does_not_run_in_a_function_pod() -> None:
+    from pydatatask.errors import ConfigurationError
+    from pydatatask.task.function import FunctionTask
+    from pydatatask.task.function_pod import call_function
+
+    src, dst = MemoryMetadataRepository({"a": {"n": 1}, "b": {"n": 2}}), MemoryMetadataRepository()
+
+    def double(src: dict[str, Any]) -> dict[str, Any]:
+        return {k: {"dst": {"n": v["n"] * 2}} for k, v in src.items()}
+
+    task = FunctionTask("double", double, inputs={"src": src}, outputs={"dst": dst}, batch=2)
+    with pytest.raises(ConfigurationError, match="batch=2 cannot run its function in a pod"):
+        await call_function(task, "a")
+    assert [k async for k in dst] == []
