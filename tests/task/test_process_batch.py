@@ -223,6 +223,19 @@ async def test_the_scheduler_starts_one_process_per_batch(tmp_path: Path) -> Non
         assert (await task.done.get(key))["batch"]["size"] in (2, 5)
 
 
+async def test_a_key_run_alone_in_a_batched_task_keeps_its_log(tmp_path: Path) -> None:
+    """A key to redo runs as a single job (execute): still through the batch's template
+    and results, its output in its log."""
+    src = await _inputs(tmp_path / "in", ["solo"])
+    logs = MemoryBlobRepository()
+    task = _task(tmp_path, src, UPPER + "echo said {{ keys }}\n", logs=logs)
+    record = await task.execute("solo")
+    assert record is not None and record["success"], record
+    assert await FileRepository(tmp_path / "out", ".txt").read_text("solo") == "TEXT OF SOLO\n"
+    text = await logs.read_text("solo")
+    assert "said solo" in text and "1 of 1 key(s) ok" in text
+
+
 async def test_keys_reported_failed_lose_their_outputs_and_are_retried_alone(tmp_path: Path) -> None:
     keys = ["a", "b", "c", "d"]
     src = await _inputs(tmp_path / "in", keys)
