@@ -41,6 +41,7 @@ SCENARIOS = (
     "process_jobs",
     "web_page",
     "kube_pods",
+    "tiny_objects",
 )
 
 T = TypeVar("T")

@@ -83,6 +83,10 @@ class JobContext:
     #: every key of this attempt, in order (``[key]`` for an unbatched job; ``key`` is the
     #: first); a batch's later attempts carry only the keys that failed before
     keys: list[str] = field(default_factory=list)
+    #: keys of a batch that failed before its work ran (an input that could not be read),
+    #: with why; :meth:`Task.prepare` leaves them out of the work and the lifecycle fails
+    #: them with the keys that :meth:`Task.finish` names
+    failed: dict[str, BaseException] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.keys:

@@ -196,10 +196,23 @@ class _Batch:
                 except ConfigurationError:
                     raise  # the task's settings are wrong: nothing is recorded (as in execute)
                 except Exception as exc:
-                    failed = dict.fromkeys(pending, exc)
+                    failed = {k: job.failed.get(k, exc) for k in pending}
                 else:
                     failed = _failures(task, job, outcome)
                 outcome = outcome or JobOutcome()
+                lost = [k for k in pending if self._lost(k)]
+                if lost:
+                    # taken over by another scheduler: its outputs and its record are not ours
+                    log.error(
+                        "task %s: batch %s lost the claims on %d key(s) (e.g. %r) to another scheduler",
+                        task.name,
+                        self.id,
+                        len(lost),
+                        lost[0],
+                    )
+                    self.open.difference_update(lost)
+                    pending = [k for k in pending if k not in lost]
+                    failed = {k: e for k, e in failed.items() if k not in lost}
                 parts = split_journal(journal, pending)
                 succeeded = [k for k in pending if k not in failed]
                 if succeeded:
@@ -388,16 +401,26 @@ class _Batch:
                 if (id(repo), written) not in kept:
                     journal.discard(repo, written)  # removed
 
+    def _lost(self, key: str) -> bool:
+        """Whether the claim on ``key`` was taken over (or removed) by someone else."""
+        claim = self.claims.get(key)
+        return claim is not None and self.task.claims.get(key) is not claim
+
     async def _abandon(self, journal: WriteJournal) -> None:
-        """Cancelled or broken: remove what the keys not yet recorded left, free them."""
+        """Cancelled or broken: remove what the keys not yet recorded left, free them (and
+        the claims of recorded keys not yet released)."""
         task = self.task
         left = [k for k in self.keys if k in self.open]
         parts = split_journal(journal, left)
-        release: list[Claim] = []
+        release: list[Claim] = [
+            c
+            for k in self.records
+            if k not in self.dirty and (c := self.claims.get(k)) is not None and task.claims.get(k) is c
+        ]
         unclaimed: list[str] = []
         for key in left:
             claim = self.claims.get(key)
-            if claim is not None and task.claims.get(key) is not claim:
+            if self._lost(key):
                 continue  # lost to another scheduler: its outputs are not ours to touch
             try:
                 cleaned = await task.cleanup_outputs(key, parts[key])
@@ -454,9 +477,10 @@ def _ids(journal: WriteJournal) -> set[tuple[int, str]]:
 
 
 def _failures(task: Task, job: JobContext, outcome: JobOutcome | None) -> dict[str, BaseException]:
-    """The keys of the attempt that failed, as ``finish`` said."""
+    """The keys of the attempt that failed, as ``prepare`` (``job.failed``) and ``finish``
+    said."""
     if not isinstance(outcome, BatchOutcome) or not outcome.failed:
-        return {}
+        return dict(job.failed)
     own = set(job.keys)
     strange = [k for k in outcome.failed if k not in own]
     if strange:
@@ -467,7 +491,7 @@ def _failures(task: Task, job: JobContext, outcome: JobOutcome | None) -> dict[s
             len(strange),
             strange[0],
         )
-    return {k: e for k, e in outcome.failed.items() if k in own}
+    return {**job.failed, **{k: e for k, e in outcome.failed.items() if k in own}}
 
 
 async def _forget_records(task: Task, keys: list[str]) -> None:

@@ -81,6 +81,45 @@ async def _write_value(task: Task, link_name: str, repo: Repository, key: str, v
         )
 
 
+#: reads and writes of a batch's values under way at once (latency-bound backends and
+#: durable files overlap their waits)
+BATCH_IO = 16
+
+
+async def _each(keys: list[str], call: Callable[[str], Any]) -> None:
+    """Await ``call(key)`` for every key, at most :data:`BATCH_IO` at once."""
+    if len(keys) <= 1:
+        for key in keys:
+            await call(key)
+        return
+    gate = asyncio.Semaphore(BATCH_IO)
+
+    async def one(key: str) -> None:
+        async with gate:
+            await call(key)
+
+    async with asyncio.TaskGroup() as tg:
+        for key in keys:
+            tg.create_task(one(key))
+
+
+async def _read_batch(job: JobContext, repo: Repository) -> dict[str, Any]:
+    """The values of the batch's keys in ``repo``; a key whose value cannot be read goes
+    into ``job.failed``."""
+    values: dict[str, Any] = {}
+
+    async def read(key: str) -> None:
+        try:
+            values[key] = await _read_value(repo, key)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            job.failed[key] = exc
+
+    await _each([k for k in job.keys if k not in job.failed], read)
+    return {k: values[k] for k in job.keys if k in values}
+
+
 def _keys(job: JobContext) -> tuple[str, ...]:
     """The keys of a batch for its work item; empty for one key."""
     return tuple(job.keys) if job.batched else ()
@@ -308,22 +347,28 @@ class FunctionTask(Task):
                     f"task {self.name}: a batched function must return a dict {{key: {{output link "
                     f"name: value}}}}; it returned {type(result).__name__}"
                 )
+            written: list[str] = []
             for key in job.keys:
+                if key in job.failed:
+                    continue
                 if key not in result:
                     failed[key] = JobError(
                         f"task {self.name}: the batched function returned no result for {key!r}"
                     )
-                    continue
-                value = result[key]
-                if isinstance(value, BaseException):
-                    failed[key] = value
-                    continue
+                elif isinstance(result[key], BaseException):
+                    failed[key] = result[key]
+                else:
+                    written.append(key)
+
+            async def write(key: str) -> None:
                 try:
-                    await self._write_outputs(job, value, key)
+                    await self._write_outputs(job, result[key], key)
                 except ConfigurationError:
                     raise
                 except Exception as exc:  # this key's outputs could not be written: it fails alone
                     failed[key] = exc
+
+            await _each(written, write)
         host = None if self._in_process else outcome.place
         return BatchOutcome(host=host, extra=dict(outcome.extra), failed=failed)
 
@@ -349,7 +394,7 @@ class FunctionTask(Task):
                     # fan-in: the value of every member, by key
                     args[name] = {m: await _read_value(link.repository, m) for m in job.members}
                 elif link.kind is LinkKind.INPUT and batched:
-                    args[name] = {k: await _read_value(link.repository, k) for k in job.keys}
+                    args[name] = await _read_batch(job, link.repository)
                 elif link.kind is LinkKind.INPUT:
                     args[name] = await _read_value(link.repository, job.key)
                 elif link.is_output:
@@ -361,6 +406,14 @@ class FunctionTask(Task):
                             "functions run outside this process receive input values only"
                         )
                     args[name] = link.repository
+        if batched and job.failed:
+            if len(job.failed) == len(job.keys):
+                raise next(iter(job.failed.values()))  # nothing left to call the function on
+            for name, value in args.items():
+                if name == "keys":
+                    args[name] = [k for k in value if k not in job.failed]
+                elif isinstance(value, dict) and self.links.get(name) is not None:
+                    args[name] = {k: v for k, v in value.items() if k not in job.failed}
         return args
 
     async def _write_outputs(self, job: JobContext, result: Any, key: str | None = None) -> None:

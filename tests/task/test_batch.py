@@ -204,6 +204,31 @@ async def test_a_plain_function_fails_a_key_by_an_exception_or_by_leaving_it_out
     assert await out.keys() == set(KEYS) - {"k01", "k02"}
 
 
+async def test_an_input_that_cannot_be_read_fails_its_key_alone() -> None:
+    calls: list[list[str]] = []
+
+    def both(keys: list[str], src: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+        calls.append(keys)
+        assert sorted(src) == sorted(more) == keys
+        return {k: {"out": src[k] + more[k]} for k in keys}
+
+    more = MemoryMetadataRepository({k: 100 for k in KEYS if k != "k05"})
+    out = MemoryMetadataRepository()
+    task = FunctionTask("both", both, inputs={"src": _inputs(), "more": more}, outputs={"out": out}, batch=12)
+    records = await execute_batch(task, KEYS)
+    assert calls == [[k for k in KEYS if k != "k05"]]
+    assert (
+        not records["k05"]["success"]
+        and records["k05"]["error"]["type"] == "pydatatask.errors.KeyNotFoundError"
+    )
+    assert await out.keys() == set(KEYS) - {"k05"}
+    # every key unreadable: no call, each key fails with its own error
+    gone = FunctionTask("gone", both, inputs={"src": _inputs(), "more": MemoryMetadataRepository()}, batch=12)
+    records = await execute_batch(gone, KEYS[:3])
+    assert len(calls) == 1
+    assert [repr(k) in records[k]["error"]["message"] for k in KEYS[:3]] == [True] * 3
+
+
 async def test_an_exception_fails_every_key_of_the_batch() -> None:
     def broken(keys: list[str], src: dict[str, Any]) -> dict[str, Any]:
         assert len(keys) == 12
