@@ -16,17 +16,17 @@ when the task has ``batch=N`` (see :doc:`/batches`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import JobError
+from ..errors import ConfigurationError, JobError
 from ..executor.base import Outcome, ProcessWork, Slot
 from ..executor.hosts import HostFile
 from ..executor.multihost import host_for, unreserved_slot
 from ..repository.base import BlobRepository
 from .base import BatchOutcome, JobContext, JobOutcome
 from .batch_results import RESULTS_FILE, Results, batch_failures, parse_results
-from .links import LinkKind
-from .process import _JobFiles, _KeyOutputs, _Staged, _tail
+from .process import _KeyOutputs, _Staged, _tail
 from .templates import batch_context, render_command
 
 if TYPE_CHECKING:
@@ -50,27 +50,43 @@ def _some(keys: list[str]) -> str:
 
 
 async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
-    """The work of one attempt of a batch: one command for every key of ``job.keys``."""
+    """The work of one attempt of a batch: one command for the keys of ``job.keys``. A key
+    whose input cannot be staged (gone since the listing, unreadable) is left out and
+    fails alone (``job.failed``); when none is left, the attempt fails."""
     keys = list(job.keys)
     if not isinstance(job.slot, Slot):
         job.slot = unreserved_slot(task.executor, task.resources)  # run outside a scheduler
     host = host_for(job.slot)
     job_dir = host.job_dir_path((task.name, job.key))
     task._forget_keys(keys)  # what a cancelled earlier attempt left
-    staged = _Staged(host=host, files=task._new_files(), keys=tuple(keys), job_dir=job_dir)
-    task._staged[(job.key, job.attempt)] = staged
     context = batch_context(task, keys, task.params)
     context.update(attempt=job.attempt, job_dir=job_dir, host=host.name)
     files_in: dict[str, Any] = {}
     for entry in context["batch"]:
         key = entry["key"]
+        before = set(files_in)
+        try:
+            for link in task.input_links:
+                await task._stage_input(link, key, host, job_dir, entry["links"][link.name], files_in)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            job.failed[key] = exc
+            for rel in set(files_in) - before:
+                del files_in[rel]
+    if job.failed:
+        keys = [k for k in keys if k not in job.failed]
+        if not keys:
+            raise next(iter(job.failed.values()))
+        _leave_out(context, job.failed)
+        job.log(f"left out of the batch, their inputs cannot be staged: {_some(list(job.failed))}")
+    staged = _Staged(host=host, files=task._new_files(), keys=tuple(keys), job_dir=job_dir)
+    task._staged[(job.key, job.attempt)] = staged
+    for entry in context["batch"]:
+        key = entry["key"]
         outputs = staged.outputs[key] = _KeyOutputs()
-        for link in task.links.values():
-            info = entry["links"][link.name]
-            if link.kind is LinkKind.INPUT:
-                await task._stage_input(link, key, host, job_dir, info, files_in)
-            elif link.is_output:
-                task._stage_output(link, key, host, job_dir, info, staged, outputs.files_out)
+        for link in task.output_links:
+            task._stage_output(link, key, host, job_dir, entry["links"][link.name], staged, outputs.files_out)
         # what _stage_output noted for one key's job becomes this key's
         outputs.commits, staged.commits = staged.commits, []
     env = task._job_env(context, {"PDT_KEYS": "\n".join(keys), "PDT_RESULTS": f"{job_dir}/{RESULTS_FILE}"})
@@ -91,6 +107,22 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
         stderr=files.stderr,
         scratch=tuple(staged.local_temps),
     )
+
+
+def _leave_out(context: dict[str, Any], failed: Mapping[str, BaseException]) -> None:
+    """Drop the ``failed`` keys from a batch's template ``context``; ``key`` and the links'
+    own names become those of the first key left."""
+    entries = context["batch"]
+    first = entries[0]
+    entries[:] = [e for e in entries if e["key"] not in failed]
+    context["keys"] = [e["key"] for e in entries]
+    if entries[0] is first:
+        return
+    old, new = first["links"], entries[0]["links"]
+    context["key"], context["links"] = entries[0]["key"], new
+    for name, info in new.items():
+        if context.get(name) is old.get(name):
+            context[name] = info
 
 
 async def _later(found: HostFile) -> None:
@@ -122,15 +154,16 @@ async def _commit(task: ProcessTask, staged: _Staged, key: str) -> None:
         await sink(HostFile(staged.host, f"{staged.job_dir}/{rel.rstrip('/')}", rel))
 
 
-async def _keep_output(task: ProcessTask, job: JobContext, files: _JobFiles) -> None:
+async def _keep_output(task: ProcessTask, job: JobContext, staged: _Staged) -> None:
     """The batch's output under each of its keys: stdout/stderr into the task's ``stdout=``
     and ``stderr=`` repositories, the rest (its last :data:`LOG_LIMIT` bytes) into the
     job's log, which the batch writes under each key."""
+    files = staged.files
     for name, path in (("stdout", files.stdout), ("stderr", files.stderr)):
         if path is not None and name in task.links:
             repo = task.links[name].repository
             assert isinstance(repo, BlobRepository)
-            for key in job.keys:
+            for key in staged.keys:  # those the command ran for
                 try:
                     await task._copy_into(repo, key, [path], "", keep_old=False)
                 except Exception:
@@ -148,7 +181,7 @@ async def finish_batch(task: ProcessTask, job: JobContext, outcome: Outcome) -> 
     staged = task._staged.pop((job.key, job.attempt), None)
     try:
         if staged is not None:
-            await _keep_output(task, job, staged.files)
+            await _keep_output(task, job, staged)
         return await _settle(task, job, outcome, staged)
     finally:
         if staged is not None:
@@ -158,7 +191,7 @@ async def finish_batch(task: ProcessTask, job: JobContext, outcome: Outcome) -> 
 async def _settle(
     task: ProcessTask, job: JobContext, outcome: Outcome, staged: _Staged | None
 ) -> BatchOutcome:
-    keys = list(job.keys)
+    keys = [k for k in job.keys if k not in job.failed]  # those left out have failed already
     place = outcome.place or (staged.host.name if staged is not None else "")
     if outcome.error is not None:
         raise outcome.error

@@ -236,6 +236,35 @@ async def test_a_key_run_alone_in_a_batched_task_keeps_its_log(tmp_path: Path) -
     assert "said solo" in text and "1 of 1 key(s) ok" in text
 
 
+async def test_a_key_whose_input_is_gone_fails_alone(tmp_path: Path) -> None:
+    meta = MemoryMetadataRepository({"a": {"n": 1}, "b": {"n": 2}})
+    logs = MemoryBlobRepository()
+    out = FileRepository(tmp_path / "out", ".txt")
+    task = ProcessTask(
+        "meta",
+        script=(
+            "printf 'run %s\\n' \"$PDT_KEYS\" >> {{ params.runs }}\n"
+            "{% for b in batch %}cp {{ b.m.path }} {{ b.out.path }}\n{% endfor %}"
+            "echo first={{ key }} $PDT_KEY {{ m.path }}\n"
+        ),
+        executor=LocalHost(workdir=tmp_path / "jobs"),
+        inputs={"m": meta},
+        outputs={"out": out},
+        params={"runs": str(tmp_path / "runs")},
+        logs=logs,
+        batch=3,
+    )
+    records = await execute_batch(task, ["gone", "a", "b"])  # "gone" was listed, then removed
+    assert not records["gone"]["success"] and records["gone"]["error"]["type"].endswith("KeyNotFoundError")
+    assert _runs(tmp_path / "runs") == ["run a", "b"]  # one process, without the key that is gone
+    for key, n in (("a", 1), ("b", 2)):
+        assert records[key]["success"], records[key]
+        assert await out.read_text(key) == f"n: {n}\n"
+    text = await logs.read_text("a")
+    assert "first=a a " in text and text.split("first=a a ")[1].split()[0].endswith("/in/m/a.yaml")
+    assert "left out of the batch" in text and not await out.contains("gone")
+
+
 async def test_keys_reported_failed_lose_their_outputs_and_are_retried_alone(tmp_path: Path) -> None:
     keys = ["a", "b", "c", "d"]
     src = await _inputs(tmp_path / "in", keys)
