@@ -81,7 +81,7 @@ class PodWatch:
         self.watch_timeout = watch_timeout
         #: the pods as the watch last saw them, by name
         self.pods: dict[str, Any] = {}
-        #: the resourceVersion the watch resumes from (None: the next start lists first)
+        #: the resourceVersion the watch resumes from, or None when its next start lists first
         self.resource_version: str | None = None
         #: ``time.monotonic()`` when the last successful LIST was sent: it shows every pod
         #: created before then
@@ -152,16 +152,19 @@ class PodWatch:
         await self._next(name, at_most)
 
     async def aclose(self) -> None:
-        """Stop the watch (it starts again, with a LIST, when next used)."""
+        """Stop the watch (it starts again, with a LIST, when next used); a job still
+        waiting on it gets a :class:`~pydatatask.errors.BackendUnavailableError`."""
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait((task,))  # its end, without taking a cancellation of ours
         self._reset()
+        if self._users:
+            self.error = BackendUnavailableError(f"the watch of pods ({self.selector}) was closed")
+            self._wake_all()
 
     # ------------------------------------------------------------------ waiting
     async def _next(self, name: str | None, at_most: float | None) -> None:
@@ -220,6 +223,7 @@ class PodWatch:
                     failures += 1
                     await self._pause(failures, exc)
                     continue
+            began = time.monotonic()
             try:
                 got = await self._stream()
             except asyncio.CancelledError:
@@ -244,6 +248,10 @@ class PodWatch:
                 continue
             if got:
                 failures = 0
+            elif time.monotonic() - began < 1.0:
+                # closed at once with nothing (a server shutting down): not a busy loop
+                failures += 1
+                await self._pause(failures, BackendUnavailableError("the watch ended at once"))
 
     async def _pause(self, failures: int, exc: BaseException) -> None:
         retry = self.cluster.retry
