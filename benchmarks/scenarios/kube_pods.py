@@ -6,12 +6,15 @@
 * ``bare``: one ``kubernetes_asyncio`` client, one LIST and one WATCH of the measurement's
   label, and ``C`` worker coroutines that create a pod, wait for the watch to show it
   Succeeded or Failed, and delete it: the same pods (same command, same output file).
+* ``batch50``: the ``ours`` task with ``batch=50``: one pod writes the output files of up
+  to 50 keys (``$PDT_KEYS``), each key still with its own record.
 
 Each series is one function of :data:`SERIES` (``series(params) -> seconds``): another
 series (a batched one) is one more entry. The API server and kubelet come from
 ``$PDT_TEST_SERVICES`` (``scripts/test-services``), loopback only; pods go into the test
 namespace under a label of their own, and none is left behind.
-Target: ``ours`` >= 0.8x the bare loop's pod throughput.
+Targets: ``ours`` >= 0.8x the bare loop's pod throughput; ``batch50`` >= 10x the key
+throughput of ``ours``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ DEFAULT_SIZE = 1_000
 QUICK_SIZE = 10
 #: the pod of a key: writes the key into its output file
 SCRIPT = 'printf %s "$KEY" > "$OUT"'
+#: keys per pod of the batched series
+BATCH = 50
+#: the pod of a batch: writes each key into its output file (in the directory $OUT)
+BATCH_SCRIPT = 'printf "%s\\n" "$PDT_KEYS" | while IFS= read -r k; do printf %s "$k" > "$OUT/$k"; done'
 
 
 def points(opts: Options) -> list[Point]:
@@ -47,12 +54,18 @@ def points(opts: Options) -> list[Point]:
 def verdicts(res: ScenarioResult) -> list[Verdict]:
     p = res.points[0].label
     r = ratio(res.median(p, "bare"), res.median(p, "ours"))
+    b = ratio(res.median(p, "ours"), res.median(p, "batch50"))
     return [
         Verdict(
             ">= 0.8x the bare kubernetes_asyncio loop",
             "n/a" if r is None else f"{r:.2f}x",
             None if r is None else r >= 0.8,
-        )
+        ),
+        Verdict(
+            f"batch={BATCH}: >= 10x the key throughput of one pod per key",
+            "n/a" if b is None else f"{b:.2f}x",
+            None if b is None else b >= 10,
+        ),
     ]
 
 
@@ -96,7 +109,7 @@ def _manifest_env(key: str, out: str) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------- series
-async def ours(params: dict[str, Any], label: str, out_dir: Path) -> float:
+async def ours(params: dict[str, Any], label: str, out_dir: Path, batch: int = 1) -> float:
     from pydatatask import FileRepository, MemoryMetadataRepository, Session
     from pydatatask.executor.kubernetes import KubeExecutor
     from pydatatask.executor.pods import api_client
@@ -118,10 +131,10 @@ spec:
   containers:
   - name: main
     image: busybox
-    command: ["sh", "-c", {json.dumps(SCRIPT)}]
+    command: ["sh", "-c", {json.dumps(SCRIPT if batch == 1 else BATCH_SCRIPT)}]
     env:
     - {{name: KEY, value: {{{{ key }}}}}}
-    - {{name: OUT, value: {{{{ out.path }}}}}}
+    - {{name: OUT, value: {{{{ {"out.path" if batch == 1 else "out.root"} }}}}}}
 """
     task = PodTask(
         f"b{label[:8]}",
@@ -132,6 +145,7 @@ spec:
         inputs={"src": MemoryMetadataRepository({f"k{i:05d}": {} for i in range(n)})},
         outputs={"out": FileRepository(out_dir)},
         concurrency=conc,
+        batch=batch,
     )
     pipeline = Pipeline([task], session)
     async with pipeline:
@@ -215,8 +229,17 @@ async def bare(params: dict[str, Any], label: str, out_dir: Path) -> float:
         return time.perf_counter() - t1
 
 
+async def batch50(params: dict[str, Any], label: str, out_dir: Path) -> float:
+    """``ours`` with ``batch=50``: one pod for up to 50 keys."""
+    return await ours(params, label, out_dir, batch=BATCH)
+
+
 #: series name -> the measurement (params, label of its pods, output directory) -> seconds
-SERIES: dict[str, Callable[[dict[str, Any], str, Path], Awaitable[float]]] = {"ours": ours, "bare": bare}
+SERIES: dict[str, Callable[[dict[str, Any], str, Path], Awaitable[float]]] = {
+    "ours": ours,
+    "bare": bare,
+    "batch50": batch50,
+}
 
 
 async def _no_pods_left(kube_conf: dict[str, Any], label: str) -> None:

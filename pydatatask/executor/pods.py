@@ -315,17 +315,23 @@ class KubeCluster:
 
     async def pod_log(self, name: str, container: str, limit_bytes: int | None = None) -> str:
         """The log of one container ('' with a note if it cannot be read)."""
+        try:
+            return await self.read_log(name, container, limit_bytes)
+        except (KubeApiError, BackendUnavailableError) as exc:
+            return f"(log not available: {exc})\n"
+
+    async def read_log(self, name: str, container: str, limit_bytes: int | None = None) -> str:
+        """The log of one container (its first ``limit_bytes``, or all of it); raises
+        :class:`KubeApiError` when it cannot be read (where a batch's results come from,
+        a log that is missing must not pass for one that reports nothing)."""
         kwargs: dict[str, Any] = {"container": container}
         if limit_bytes:
             kwargs["limit_bytes"] = limit_bytes
-        try:
-            text = await self.call(
-                f"reading the log of pod {name!r}",
-                self.core.read_namespaced_pod_log,
-                name,
-                self.namespace,
-                **kwargs,
-            )
-        except (KubeApiError, BackendUnavailableError) as exc:
-            return f"(log not available: {exc})\n"
+        text = await self.call(
+            f"reading the log of pod {name!r}",
+            self.core.read_namespaced_pod_log,
+            name,
+            self.namespace,
+            **kwargs,
+        )
         return str(text)
