@@ -292,8 +292,11 @@ def test_a_scheduler_killed_mid_pod_batch_then_every_key_is_done_once(
             assert record["success"], record
             assert (tmp_path / "out" / key).read_text() == "done"
         lines = runs.read_text().splitlines()
-        assert len(lines) == 1 and lines[0].endswith(" a|b|c"), lines  # one pod: adopted, not rerun
-        assert "adopting pod" in second.stderr, second.stderr
+        # the batch's pod is stopped, not adopted key by key: every key runs again, once
+        assert lines[0].endswith(" a|b|c"), lines
+        again = [k for line in lines[1:] for k in line.rsplit(" ", 1)[-1].split("|")]
+        assert sorted(again) == keys, lines
+        assert "adopting pod" not in second.stderr, second.stderr
         assert list((tmp_path / "state" / name / "live").glob("*.yaml")) == []
     finally:
         asyncio.run(_settled_name(kcfg, name))
