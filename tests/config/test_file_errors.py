@@ -261,3 +261,11 @@ def test_credentials_never_appear_in_errors_status_or_graph(
 def test_shapes_of_broken_files(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
     assert one_line_error(path).startswith(f"{path}{expected}")
+
+
+def test_a_batch_is_declared_and_a_bad_one_named(tmp_path: Path) -> None:
+    batched = GOOD.replace("    retry:", "    batch: 25\n    batch_wait: 2s\n    retry:")
+    task = validate_file(write(tmp_path, batched), environ={}).tasks["copy"]
+    assert (task.batch, task.batch_wait) == (25, 2.0)
+    message = one_line_error(write(tmp_path, batched.replace("batch: 25", "batch: 0"), "zero.yaml"))
+    assert ":10:12: tasks.copy.batch: expected at least 1, found 0" in message, message
