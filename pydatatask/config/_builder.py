@@ -256,7 +256,16 @@ class Builder:
         for state in ("done", "live", "logs"):
             if state in spec:
                 options[state] = self.repository((*at, state), spec[state])
-        for plain in ("concurrency", "batch", "batch_wait", "timeout", "priority", "version", "on_change", "schedule"):
+        for plain in (
+            "concurrency",
+            "batch",
+            "batch_wait",
+            "timeout",
+            "priority",
+            "version",
+            "on_change",
+            "schedule",
+        ):
             if plain in spec:
                 options[plain] = spec[plain]
         if "retry" in spec:
