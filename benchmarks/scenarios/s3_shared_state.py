@@ -9,12 +9,15 @@ every measurement writes under its own prefix, removed after it (not timed).
 * ``ours``: ``src -> mid -> out``, two ``FunctionTask`` (``concurrency=C`` each, unbatched),
   the client opened by a ``Session`` resource, records and claims of both tasks in the
   bucket. Requests are counted by operation (botocore ``before-call`` events).
+* ``batch100``: the same with ``batch=100`` (one call of an async function per 100 keys,
+  its reads and writes 16 at once; one record per key).
 * ``bare``: one aiobotocore client, one listing of the inputs, then ``2 C`` worker
   coroutines doing per key what the jobs do: get the input, put the middle object, get it
   back, put the output.
 
 Targets (issue 15): >= 0.5x the bare loop's throughput; at most 3 requests of
-bookkeeping per job beyond the job's own GetObject and PutObject. ``--size N`` runs N
+bookkeeping per job beyond the job's own GetObject and PutObject; batched, >= 0.8x the bare
+loop and at most 1.2 requests of bookkeeping per key. ``--size N`` runs N
 objects instead of 10,000 (``--quick``: 100).
 """
 
@@ -45,13 +48,15 @@ OPERATIONS = ("GetObject", "PutObject", "HeadObject", "DeleteObject", "DeleteObj
 
 def points(opts: Options) -> list[Point]:
     n = opts.size or (100 if opts.quick else FULL)
-    return [Point(f"{n} objects", n, {"n": n, "concurrency": CONCURRENCY}, ["ours", "bare"])]
+    return [Point(f"{n} objects", n, {"n": n, "concurrency": CONCURRENCY}, ["ours", "batch100", "bare"])]
 
 
 def verdicts(res: ScenarioResult) -> list[Verdict]:
     p = res.points[0].label
     r = ratio(res.median(p, "bare"), res.median(p, "ours"))
     extra = res.median(p, "ours", "bookkeeping_per_job")
+    rb = ratio(res.median(p, "bare"), res.median(p, "batch100"))
+    extra_b = res.median(p, "batch100", "bookkeeping_per_job")
     by_op = ", ".join(
         f"{op} {value:.2f}"
         for op in (*OPERATIONS, "other")
@@ -67,6 +72,16 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
             "<= 3 requests of bookkeeping per job beyond its own GET and PUT",
             "n/a" if extra is None else f"{extra:.2f} (requests per job: {by_op})",
             None if extra is None else extra <= 3,
+        ),
+        Verdict(
+            "batch=100: >= 0.8x the bare aiobotocore loop",
+            "n/a" if rb is None else f"{rb:.2f}x",
+            None if rb is None else rb >= 0.8,
+        ),
+        Verdict(
+            "batch=100: <= 1.2 requests of bookkeeping per key",
+            "n/a" if extra_b is None else f"{extra_b:.2f}",
+            None if extra_b is None else extra_b <= 1.2,
         ),
     ]
 
@@ -118,7 +133,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
     def count(model: Any, **_: Any) -> None:
         counts[model.name] += 1
 
-    async def ours() -> float:
+    async def ours(batch: int = 1) -> float:
         from pydatatask import Session
         from pydatatask.pipeline import Pipeline
         from pydatatask.repository import S3BucketRepository, YamlMetadataS3Repository
@@ -139,6 +154,15 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
         async def upper(key: str, src: Any, dst: Any) -> None:
             await dst.write_bytes(key, (await src.read_bytes(key)).upper())
 
+        async def upper_many(keys: list[str], src: Any, dst: Any) -> None:
+            gate = asyncio.Semaphore(16)
+
+            async def one(key: str) -> None:
+                async with gate:
+                    await dst.write_bytes(key, (await src.read_bytes(key)).upper())
+
+            await asyncio.gather(*(one(k) for k in keys))
+
         def state(task: str, kind: str) -> Any:
             return YamlMetadataS3Repository(s3, BUCKET, f"{base}state/{task}/{kind}/")
 
@@ -146,12 +170,13 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
         tasks = [
             FunctionTask(
                 name,
-                upper,
+                upper if batch == 1 else upper_many,
                 inputs={"src": src},
                 outputs={"dst": dst},
                 done=state(name, "done"),
                 live=state(name, "live"),
-                concurrency=conc,
+                concurrency=conc if batch == 1 else 2,
+                batch=batch,
             )
             for name, src, dst in (
                 ("one", Only(s3, BUCKET, INPUTS), mid),
@@ -192,7 +217,9 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
 
     async def main() -> float:
         try:
-            return await (ours() if series == "ours" else bare())
+            if series == "bare":
+                return await bare()
+            return await ours(100 if series == "batch100" else 1)
         finally:
             async with _client(conf) as client:
                 got = len(await _names(client, f"{base}out/"))
