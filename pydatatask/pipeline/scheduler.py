@@ -272,13 +272,18 @@ class Scheduler:
 
     def _hold_learned(self, figures: dict[str, TaskFigures], learned: dict[int, set[str]]) -> None:
         """Hold back from this tick the keys that jobs ending during it wrote (see
-        :meth:`~pydatatask.pipeline.known.KnownListings.take`); the next tick has them."""
+        :meth:`~pydatatask.pipeline.known.KnownListings.take`); the next tick has them.
+        A key whose own job ended meanwhile (its record learnt) is not ready at all."""
         if not learned:
             return
         for name, task in self.all_tasks.items():
             fig = figures.get(name)
             if fig is None or not fig.ready:
                 continue
+            for link in task.inhibiting_links:
+                ended = fig.ready & visible_keys(link.repository, learned)
+                fig.ready -= ended
+                fig.redo -= ended
             for link in task.required_links:
                 visible = visible_keys(link.repository, learned)
                 if not visible:
