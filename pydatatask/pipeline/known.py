@@ -237,9 +237,9 @@ class KnownListings:
             return
         for repo in repos:
             for stored in stored_repositories(repo):
-                known = self._known.get(id(stored))
-                if known is not None:
-                    known.changed_at = now
+                entry = self._known.get(id(stored))
+                if entry is not None:
+                    entry.changed_at = now
 
     def job_ended(self, task: Task, key: str, record: Mapping[str, Any] | None) -> None:
         """Learn what the end of the job of ``key`` changed: its record (None: another
@@ -279,7 +279,9 @@ class KnownListings:
         now = time.monotonic()
         if not self._known:
             return math.inf
-        return max(0.0, min(k.listed_at + k.refresh - now if not k.due(now) else 0.0 for k in self._known.values()))
+        return max(
+            0.0, min(k.listed_at + k.refresh - now if not k.due(now) else 0.0 for k in self._known.values())
+        )
 
     def listings(self, repo: Repository | None = None) -> int:
         """How many listings the ticks made so far, of ``repo`` (a stored repository) or

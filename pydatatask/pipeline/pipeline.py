@@ -60,7 +60,8 @@ class Pipeline:
     :param max_jobs: global limit on running jobs (default: no global limit beyond each
         task's ``concurrency``).
     :param poll_interval: how often remote state is polled and, with ``forever``, how
-        often repositories are listed when idle (``"2s"``, ``"500ms"``, ...).
+        often an idle scheduler looks for work (``"2s"``, ``"500ms"``, ...; a repository
+        is listed again only once its ``refresh`` interval has passed).
     :param claim_check_interval: how often claims of other schedulers are checked for
         staleness.
     :param refresh: how long the scheduler goes on from what it knows of a repository
@@ -68,7 +69,7 @@ class Pipeline:
         changes made from outside the run (``"5s"``, ``"10m"``; default: by kind,
         :data:`~pydatatask.pipeline.known.LOCAL_REFRESH` for memory and files,
         :data:`~pydatatask.pipeline.known.REMOTE_REFRESH` for the others). See
-        :doc:`/scheduling`.
+        :ref:`listings`.
     :param claim_lease: how long a job's claim stays valid without a heartbeat; running
         jobs renew theirs every third of it. A scheduler that dies on another host has its
         claims taken over (and its jobs re-run) once the lease has passed.
@@ -106,7 +107,7 @@ class Pipeline:
         self.poll_interval = parse_duration(poll_interval)
         self.claim_check_interval = parse_duration(claim_check_interval)
         self.claim_lease = parse_duration(claim_lease)
-        #: seconds between listings of each repository (None: by kind)
+        #: the refresh interval in seconds for every repository, or None to use the defaults by kind
         self.refresh = None if refresh is None else _refresh(refresh)
         if self.claim_lease <= 0:
             raise ConfigurationError("claim_lease must be positive")

@@ -1,15 +1,19 @@
 """The scheduler: list, compute ready sets, launch within limits, reap; until done or forever.
 
-One *tick* lists every repository the selected tasks depend on **once** (shared through
-:func:`~pydatatask.repository.listing.listing_scope`, even across views and tasks), then
-computes for each task::
+One *tick* takes one listing of every repository the selected tasks depend on (shared
+through :func:`~pydatatask.repository.listing.listing_scope`, even across views and
+tasks): listed in the tick when it is due (first tick, refresh interval passed, changed
+in a way not learnt exactly), otherwise known from an earlier listing and this
+scheduler's own writes since (see :mod:`~pydatatask.pipeline.known`). It then computes
+for each task::
 
     ready = ⋂ required-for-start − ⋃ inhibits-start − blocked-by-upstream − running
 
 where *blocked-by-upstream* holds the keys an upstream task (one writing a repository
 this task reads) could work on but has no success record for. Jobs are then launched
-from the ready queues as slots free up; the repositories are listed again when the
-queues run dry or when a re-listing is due, never once per job.
+from the ready queues as slots free up; the next tick comes when the queues run dry or
+when one is due, never once per job. When what is known leaves nothing to do, every
+repository is listed before the run ends.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from ..task.lifecycle import Adoption
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from ..task.recovery import adopt_orphans, recover
-from .known import KnownListings
 from .groups import (
     fan_out_ancestors,
     fan_out_blocked,
@@ -46,6 +49,7 @@ from .groups import (
     held_groups,
     waiting_upstream,
 )
+from .known import KnownListings
 from .metrics import RunMetrics
 from .record_index import RecordFacts, RecordIndex, corrupt_info, warn_corrupt
 from .staleness import (

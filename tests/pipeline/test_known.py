@@ -19,9 +19,10 @@ from pydatatask import (
 )
 from pydatatask.pipeline import Pipeline
 from pydatatask.pipeline.known import LOCAL_REFRESH, REMOTE_REFRESH, default_refresh
+from pydatatask.pipeline.scheduler import Scheduler
 from pydatatask.repository.base import MetadataRepository
 from pydatatask.repository.s3 import S3BucketRepository
-from pydatatask.task import FunctionTask
+from pydatatask.task import FunctionTask, Hooks
 
 
 class CountingMemory(MemoryMetadataRepository):
@@ -50,7 +51,9 @@ async def test_a_chained_memory_pipeline_does_not_list_its_own_outputs_per_tick(
     mid, out = CountingMemory(), CountingMemory()
     done1, done2 = CountingMemory(), CountingMemory()
     first = FunctionTask("first", copy, inputs={"src": src}, outputs={"dst": mid}, done=done1, concurrency=4)
-    second = FunctionTask("second", copy, inputs={"src": mid}, outputs={"dst": out}, done=done2, concurrency=4)
+    second = FunctionTask(
+        "second", copy, inputs={"src": mid}, outputs={"dst": out}, done=done2, concurrency=4
+    )
     pipeline = Pipeline([first, second], refresh="1h")
     summary = await pipeline.run()
     assert summary.ok and summary.succeeded == 300
@@ -65,19 +68,28 @@ async def test_a_chained_memory_pipeline_does_not_list_its_own_outputs_per_tick(
 async def test_a_key_added_from_outside_during_a_forever_run_is_picked_up_at_a_refresh() -> None:
     src = CountingMemory({"a": 1})
     out = MemoryMetadataRepository()
+    b_done = asyncio.Event()
+    hooks = Hooks()
+    hooks.on("job_succeeded", lambda ev: b_done.set() if ev.key == "b" else None)
     task = FunctionTask("copy", copy, inputs={"src": src}, outputs={"dst": out})
-    pipeline = Pipeline([task], refresh="0.2s", poll_interval="0.05s")
-    run = asyncio.create_task(pipeline.run(forever=True))
+    pipeline = Pipeline([task], refresh="0.2s", poll_interval="0.02s", hooks=hooks)
+    idle = asyncio.Event()
+    ticks: list[int] = []
+
+    def progress(scheduler: Scheduler) -> None:
+        # idle: "a" done, confirmed by a second listing, and polled a few times since
+        if src.listings == 2 and scheduler.summary.succeeded == 1:
+            ticks.append(scheduler.ticks)
+            if len(set(ticks)) >= 3:
+                idle.set()
+
+    run = asyncio.create_task(pipeline.run(forever=True, on_progress=progress))
     try:
         async with asyncio.timeout(30):  # a bound for a broken scheduler, not a measurement
-            while not await out.contains("a"):
-                await asyncio.sleep(0.01)
-            listed = src.listings
+            await idle.wait()
             await src.put("b", 2)  # not written by any task of the pipeline
-            while not await out.contains("b"):
-                assert not run.done()
-                await asyncio.sleep(0.01)
-        assert src.listings > listed  # found by a listing made for the refresh
+            await b_done.wait()
+        assert src.listings == 3  # found by the listing made for the refresh
         pipeline.scheduler.request_stop()
         summary = await run
     finally:
@@ -90,11 +102,16 @@ async def test_an_idle_forever_run_lists_at_the_refresh_interval_not_at_every_po
     src = CountingMemory({"a": 1})
     task = FunctionTask("copy", copy, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
     pipeline = Pipeline([task], refresh="1h", poll_interval="0.01s")
-    run = asyncio.create_task(pipeline.run(forever=True))
+    idle = asyncio.Event()
+
+    def progress(scheduler: Scheduler) -> None:
+        if scheduler.ticks >= 20:  # polled many times since the job ended
+            idle.set()
+
+    run = asyncio.create_task(pipeline.run(forever=True, on_progress=progress))
     try:
         async with asyncio.timeout(30):
-            while getattr(pipeline, "scheduler", None) is None or pipeline.scheduler.ticks < 20:
-                await asyncio.sleep(0.01)
+            await idle.wait()
         pipeline.scheduler.request_stop()
         await run
     finally:

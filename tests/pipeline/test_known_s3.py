@@ -13,9 +13,8 @@ import pytest
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import BlobRepository
 from pydatatask.repository.s3 import S3BucketRepository, YamlMetadataS3Repository
-from tests.repository.test_s3 import bucket, client, prefix, s3conf  # noqa: F401 - fixtures
-
 from pydatatask.task import FunctionTask
+from tests.repository.test_s3 import bucket, client, prefix, s3conf  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.s3
 
@@ -23,7 +22,7 @@ N = 200
 PAGE = 50  # keys per LIST page (the server's default is 1,000): a listing of N keys is several pages
 
 
-def count_list_pages(client: Any) -> list[str]:
+def count_list_pages(s3: Any) -> list[str]:
     """Every ListObjectsV2 request the client sends from now on (its prefix), with pages of
     ``PAGE`` keys."""
     sent: list[str] = []
@@ -34,8 +33,8 @@ def count_list_pages(client: Any) -> list[str]:
     def note(params: dict[str, Any], **_: Any) -> None:
         sent.append(str(params.get("Prefix", "")))
 
-    client.meta.events.register("before-parameter-build.s3.ListObjectsV2", page_size)
-    client.meta.events.register("before-call.s3.ListObjectsV2", note)
+    s3.meta.events.register("before-parameter-build.s3.ListObjectsV2", page_size)
+    s3.meta.events.register("before-call.s3.ListObjectsV2", note)
     return sent
 
 
@@ -67,8 +66,12 @@ async def test_a_chained_s3_pipeline_lists_at_most_twice_per_run(
             "live": YamlMetadataS3Repository(client, bucket, f"{prefix}{name}.live/"),
         }
 
-    t1 = FunctionTask("upper", upper, inputs={"src": src}, outputs={"mid": mid}, concurrency=32, **state("up"))
-    t2 = FunctionTask("mark", mark, inputs={"mid": mid}, outputs={"out": out}, concurrency=32, **state("mark"))
+    t1 = FunctionTask(
+        "upper", upper, inputs={"src": src}, outputs={"mid": mid}, concurrency=32, **state("up")
+    )
+    t2 = FunctionTask(
+        "mark", mark, inputs={"mid": mid}, outputs={"out": out}, concurrency=32, **state("mark")
+    )
     pipeline = Pipeline([t1, t2], refresh="1h")  # no refresh falls due during the run
     sent = count_list_pages(client)
     summary = await pipeline.run()
