@@ -1,5 +1,5 @@
 """The benchmark runner: ``python -m benchmarks [--quick] [--only NAME ...] [--reps N]
-[--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
+[--size N] [--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
 
 For each scenario and repetition it runs every series (ours, the bare loop, 0.4.7, ...)
 one after the other, each measurement in a fresh subprocess, then prints medians,
@@ -197,7 +197,17 @@ def fmt_s(v: float) -> str:
 
 def print_table(res: ScenarioResult, title: str, verdicts: list[Verdict]) -> None:
     print(f"\n== {res.name}: {title}")
-    metric_names = ["seconds", "jobs_per_s", "peak_rss_mb", "ready_extra_mb", "keyset_mb", "import_seconds"]
+    metric_names = [
+        "seconds",
+        "jobs_per_s",
+        "peak_rss_mb",
+        "ready_extra_mb",
+        "keyset_mb",
+        "import_seconds",
+        "list_pages",
+        "full_pages",
+        "refresh_listings",
+    ]
     for point in res.points:
         for series in point.series:
             if series in res.unavailable and not res.data.get(point.label, {}).get(series):
@@ -287,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only", nargs="+", metavar="NAME", choices=SCENARIOS, help="run only these scenarios")
     ap.add_argument("--reps", type=int, help="repetitions (default 5, quick 1)")
+    ap.add_argument(
+        "--size",
+        type=int,
+        metavar="N",
+        help="the size of the scenarios that take one (e.g. s3_listing's objects)",
+    )
     ap.add_argument("--json", metavar="OUT", help="write all measurements to this JSON file")
     ap.add_argument(
         "--plot", metavar="OUT", help="draw the scaling curves into this PNG (installs matplotlib if needed)"
@@ -315,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    opts = Options(quick=args.quick, reps=args.reps or (1 if args.quick else 5))
+    opts = Options(quick=args.quick, size=args.size, reps=args.reps or (1 if args.quick else 5))
     opts.with_047 = args.baseline_047 if args.baseline_047 is not None else not args.quick
     info = machine()
     print(

@@ -38,6 +38,7 @@ SCENARIOS = (
     "noop_scaling",
     "ready_rss",
     "s3_stage",
+    "s3_listing",
     "process_jobs",
     "web_page",
 )
@@ -50,6 +51,8 @@ class Options:
     """What the runner was asked for."""
 
     quick: bool = False
+    #: the size to run the scenarios that take one at (``--size``; None: their own)
+    size: int | None = None
     reps: int = 5
     with_047: bool = True
     python047: str | None = None  # the 0.4.7 venv's python, once created
