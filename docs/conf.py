@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 from sphinx.util.inspect import signature as evaluated_signature
@@ -12,7 +14,9 @@ from sphinx.util.inspect import stringify_signature
 
 project = "pydatatask"
 author = "the pydatatask developers"
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
+# docs/_ext: the reference of pipeline files, generated from the schema in the package
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "pipeline_schema"]
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 autodoc_member_order = "bysource"

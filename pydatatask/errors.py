@@ -14,6 +14,7 @@ Every error pydatatask raises on purpose derives from :class:`PydatataskError`::
     │   └── SessionClosedError                        a resource used outside ``async with session``
     ├── MissingDependencyError     (also ImportError) an optional extra is not installed
     ├── ConfigurationError         (also ValueError)  a task, link or pipeline is set up wrongly
+    │   └── PipelineFileError                         a pipeline file is wrong (file:line:column, path)
     ├── InvalidValueError          (also ValueError)  a value given by the user does not parse
     ├── JobError                                      a job failed (carries its record)
     │   └── JobTimeoutError
@@ -43,6 +44,7 @@ __all__ = (
     "SessionClosedError",
     "MissingDependencyError",
     "ConfigurationError",
+    "PipelineFileError",
     "InvalidValueError",
     "JobError",
     "JobTimeoutError",
@@ -148,6 +150,20 @@ class MissingDependencyError(PydatataskError, ImportError):
 
 class ConfigurationError(PydatataskError, ValueError):
     """A task, link, session or pipeline is configured wrongly."""
+
+
+class PipelineFileError(ConfigurationError):
+    """A pipeline file that cannot be loaded: its message is one line,
+    ``file:line:column: path.in.document: what is wrong``."""
+
+    def __init__(self, file: str, line: int, column: int, path: str, problem: str) -> None:
+        self.file = file
+        self.line = line
+        self.column = column
+        self.path = path
+        self.problem = problem
+        where = f"{file}:{line}:{column}"
+        super().__init__(f"{where}: {path}: {problem}" if path else f"{where}: {problem}")
 
 
 class InvalidValueError(PydatataskError, ValueError):

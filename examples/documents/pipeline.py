@@ -171,7 +171,7 @@ def build_pipeline(data: Path) -> Pipeline:
             FunctionTask(
                 "stats",
                 document_stats,
-                executor=PoolExecutor(ThreadPoolExecutor(8)),
+                executor=PoolExecutor(ThreadPoolExecutor(8), name="pool"),
                 inputs={"doc": docs},
                 outputs={"stats": stats},
                 concurrency=8,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
 import re
@@ -121,17 +122,27 @@ tasks = [
 pipeline = Pipeline(tasks, session, poll_interval="1s", claim_lease="30s")
 
 
-@pipeline.hooks.on("pipeline_finished")
-async def write_summary(event: Event) -> None:
-    """A value over every key is not a per-key job: written once per run, from the stats."""
+async def write_summary(
+    event: Event, stats: YamlMetadataS3Repository, summary: YamlMetadataS3Repository
+) -> None:
+    """A value over every key is not a per-key job: written once per run, from the stats
+    (the hook of ``pipeline_finished``, given the repositories it reads and writes)."""
     figures = {k: v async for k, v in stats.items()}
-    summary = {
+    value = {
         "documents": len(figures),
         "words": sum(v["words"] for v in figures.values()),
         "largest": max(figures, key=lambda k: figures[k]["characters"]) if figures else None,
     }
-    await YamlMetadataS3Repository(s3, BUCKET, PREFIX, ".yaml").put("summary", summary)
-    print(f"dataset summary: {summary} -> s3://{BUCKET}/{PREFIX}summary.yaml", file=sys.stderr)
+    await summary.put("summary", value)
+    print(f"dataset summary: {value} -> {summary.describe()}", file=sys.stderr)
+
+
+pipeline.hooks.on(
+    "pipeline_finished",
+    functools.partial(
+        write_summary, stats=stats, summary=YamlMetadataS3Repository(s3, BUCKET, PREFIX, ".yaml")
+    ),
+)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ class Repository(ABC):
         """Remove every key of ``keys`` (absent ones are ignored).
 
         Backends with a bulk request (S3 ``DeleteObjects``, a Mongo ``delete_many``)
-        override :meth:`_delete_many`; the default deletes key by key, a few at once.
+        override ``_delete_many``; the default deletes key by key, a few at once.
         """
         checked = [self._key(k) for k in keys]
         if checked:
@@ -229,7 +229,7 @@ class MetadataRepository(Repository):
     async def put_many(self, values: Mapping[str, Any]) -> None:
         """Store every ``{key: value}`` of ``values``, each atomically (not all together).
 
-        Backends with a bulk write (a Mongo ``bulk_write``) override :meth:`_put_many`
+        Backends with a bulk write (a Mongo ``bulk_write``) override ``_put_many``
         and store them in one round trip; the default puts key by key, a few at once. On
         an error some values may be stored and others not.
         """

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from typing import Any, overload
 
-from ..errors import KeyNotFoundError
+from ..errors import InvalidKeyError, KeyNotFoundError
 from .base import BlobRepository, MetadataRepository, Repository
 from .listing import cached_keys
 from .view import BlobView, MetadataView, RepositoryView, _blobs, _list_all, _members, _metadata
@@ -103,20 +103,51 @@ class AndBlobView(AndRepository, BlobView):
 AndRepository._kinds = (AndMetadataView, AndBlobView)
 
 
+def _admits(repo: Repository, key: str) -> bool:
+    """Whether ``repo`` can store ``key`` by its own rule (a file name length, a tag grammar)."""
+    try:
+        repo._check_key(key)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+async def _holds(repo: Repository, key: str) -> bool:
+    """Whether ``repo`` holds ``key``; False for a key it cannot store at all."""
+    return _admits(repo, key) and await repo.contains(key)
+
+
 class _FirstHolder(RepositoryView):
-    """Reads come from the first child holding the key (or, fallback)."""
+    """Reads come from the first child holding the key (or, fallback).
+
+    The view holds the keys of any child, so it admits a key that **some** child can
+    store: a name one child lists is never refused because another child could not hold
+    it (a key over a file name's length, kept in S3); such a child is passed over.
+    """
 
     _reads_any_child = True
 
+    def _check_key(self, key: str) -> str:
+        first: InvalidKeyError | None = None
+        for child in self.children:
+            try:
+                child._check_key(key)
+            except InvalidKeyError as exc:
+                first = first or exc
+            else:
+                return key
+        assert first is not None
+        raise first
+
     async def _source(self, key: str) -> tuple[Repository, str]:
         for child in self.children:
-            if await child.contains(key):
+            if await _holds(child, key):
                 return child, key
         raise KeyNotFoundError(key, self.describe())
 
     async def _contains(self, key: str) -> bool:
         for child in self.children:
-            if await child.contains(key):
+            if await _holds(child, key):
                 return True
         return False
 
@@ -132,7 +163,7 @@ class _FirstHolderMetadata(_FirstHolder, MetadataView):
         for child in self.children:
             if not todo:
                 break
-            got = await _metadata(child)._get_many(todo)
+            got = await _metadata(child)._get_many([k for k in todo if _admits(child, k)])
             out.update(got)
             todo = [k for k in todo if k not in got]
         return out
@@ -238,7 +269,7 @@ class FallbackMetadataView(FallbackRepository, _FirstHolderMetadata):
     """A :class:`FallbackRepository` of metadata repositories."""
 
     async def _create(self, key: str, value: Any) -> bool:
-        if await self.children[1].contains(key):
+        if await _holds(self.children[1], key):
             return False
         return await _metadata(self.children[0]).create(key, value)
 
@@ -259,7 +290,7 @@ class FallbackBlobView(FallbackRepository, BlobView):
     """A :class:`FallbackRepository` of blob repositories."""
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
-        if await self.children[1].contains(key):
+        if await _holds(self.children[1], key):
             return False
         return await _blobs(self.children[0]).create_bytes(key, data)
 

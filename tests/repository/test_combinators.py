@@ -390,3 +390,30 @@ async def test_a_streamed_write_through_a_view_is_the_child_s_own() -> None:
             raise RuntimeError("boom")
     assert child.opened == ["wb raw-k", "wb raw-failed"]
     assert await child.keys() == {"raw-k"} and await child.read_bytes("raw-k") == b"streamed"
+
+
+async def test_or_and_fallback_read_a_key_only_one_child_can_store(tmp_path: Path) -> None:
+    # a name S3 or memory keeps but a file system cannot (a segment over 255 bytes): the
+    # view lists it, so it must also answer for it, from the child that holds it
+    from pydatatask import InvalidKeyError, JsonMetadataFileRepository
+
+    long = "x" * 300
+    files = FileRepository(tmp_path / "blobs")
+    memory = MemoryBlobRepository()
+    await memory.write_bytes(long, b"kept")
+    await files.write_bytes("short", b"on disk")
+    for view in (OrRepository(files, memory), FallbackRepository(files, memory)):
+        assert await view.keys() == {long, "short"}
+        assert await view.contains(long)
+        assert await view.read_bytes(long) == b"kept"
+        assert await view.read_bytes("short") == b"on disk"
+    records = JsonMetadataFileRepository(tmp_path / "records")
+    kept = MemoryMetadataRepository()
+    await kept.put(long, {"v": 1})
+    fallback = FallbackRepository(records, kept)
+    assert await fallback.get_many([long, "absent"]) == {long: {"v": 1}}
+    assert not await fallback.create(long, {"v": 2})  # held by the fallback
+    with pytest.raises(InvalidKeyError, match="255 bytes"):
+        await fallback.put(long, {"v": 3})  # writes go to the primary, which cannot hold it
+    with pytest.raises(InvalidKeyError):
+        await OrRepository(files, FileRepository(tmp_path / "other")).contains(long)
