@@ -41,6 +41,7 @@ SCENARIOS = (
     "s3_listing",
     "process_jobs",
     "web_page",
+    "tiny_objects",
 )
 
 T = TypeVar("T")

@@ -360,6 +360,7 @@ async def _cmd_status(pipeline: Pipeline, args: argparse.Namespace) -> int:
                         "next_attempt": s["next_attempt"],
                         "corrupt_details": s["corrupt_details"],
                         "stale_details": s["stale_details"],
+                        "held_details": s["held_details"],
                     }
                     for n, s in status.items()
                 }

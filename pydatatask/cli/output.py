@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..pipeline.pipeline import STATUS_COLUMNS
+
 if TYPE_CHECKING:
     from ..pipeline.scheduler import Scheduler
 
@@ -28,7 +30,6 @@ __all__ = (
 )
 
 #: the job states ``status`` counts, in order (``ready`` is the pending state)
-STATUS_COLUMNS = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "corrupt", "stale")
 PROGRESS_HEADERS = ("task", "succeeded", "failed", "running", "retrying", "ready", "blocked", "corrupt")
 SAMPLES = 5
 
@@ -104,10 +105,20 @@ def format_status(status: dict[str, dict[str, Any]], *, all_keys: bool = False) 
                 for k in shown:
                     info = details.get(k) or {}
                     lines.append(f"  {k}: {info.get('what', 'value')}: {info.get('message', '?')}")
+            elif col == "held":
+                by = s.get("held_details") or {}
+                lines.extend(f"  {k}: {_held_by(by.get(k) or {})}" for k in shown)
             elif col == "stale":
                 why = s.get("stale_details") or {}
                 lines.extend(f"  {k}: {r.get('message', '?')}" for k in shown for r in why.get(k) or [])
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _held_by(info: dict[str, str]) -> str:
+    member = info.get("key", "?")
+    if info.get("task"):
+        return f"waits for {info['task']} {member!r}"
+    return f"waits for member {member!r} (gated upstream)"
 
 
 def format_summary(summary: dict[str, Any], signal_name: str | None = None) -> str:

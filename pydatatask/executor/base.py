@@ -80,6 +80,8 @@ class FunctionCall(Work):
     reference: tuple[str, str] | None = None
     #: the job this call belongs to, ``(task, key)``, for logs and names
     job: tuple[str, str] = ("", "")
+    #: every key of a batch (``job`` names the first); empty for one key
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,8 @@ class ProcessWork(Work):
     files_in: Mapping[str, Callable[[], Any] | Path] = field(default_factory=dict)
     files_out: Mapping[str, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
     job: tuple[str, str] = ("", "")
+    #: every key of a batch (``job`` names the first); empty for one key
+    keys: tuple[str, ...] = ()
     job_dir: str | None = None
     stdout: Path | None = None
     stderr: Path | None = None
@@ -122,6 +126,8 @@ class PodWork(Work):
 
     manifest: Mapping[str, Any]
     job: tuple[str, str] = ("", "")
+    #: every key of a batch (``job`` names the first); empty for one key
+    keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -178,6 +184,12 @@ class JobHandle(ABC):
     async def logs(self) -> bytes:
         """What the work printed (bounded by the executor); ``b""`` if nothing."""
         return b""
+
+    async def output_so_far(self) -> bytes:
+        """The end of what the work has printed so far, while it runs (for a live view; the
+        job's log gets :meth:`logs`). The default: :meth:`logs`, which executors that keep
+        the output elsewhere while the work runs override."""
+        return await self.logs()
 
     async def close(self) -> None:  # noqa: B027 - optional
         """Free what the finished work still holds (a pod, a job directory). Idempotent."""

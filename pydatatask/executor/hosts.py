@@ -215,6 +215,11 @@ class _HostJob(JobHandle):
         ``stdout``/``stderr`` files: the caller has it all there)."""
         return b"".join(_tail(path) for path in self._own_logs)
 
+    async def output_so_far(self) -> bytes:
+        """The end of the process's stdout and stderr so far, wherever they go (the files
+        the work named, or the host's own)."""
+        return b"".join(_tail(path) for path in dict.fromkeys(self._logs) if path is not None)
+
     async def close(self) -> None:
         if self._closed:
             return

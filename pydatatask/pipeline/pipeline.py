@@ -31,7 +31,21 @@ from .scheduler import RunSummary, Scheduler, TaskFigures, compute_figures, reco
 if TYPE_CHECKING:
     from ..executor.base import Executor
 
-__all__ = ("Pipeline",)
+__all__ = ("Pipeline", "STATUS_COLUMNS")
+
+#: the states :meth:`Pipeline.status` gives keys of, in the order the CLI's table and the
+#: web page show them
+STATUS_COLUMNS: tuple[str, ...] = (
+    "ready",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "blocked",
+    "held",
+    "corrupt",
+    "stale",
+)
 
 log = logging.getLogger("pydatatask.pipeline")
 
@@ -274,7 +288,10 @@ class Pipeline:
         ``stale`` lists the recorded keys whose inputs, version or outputs have changed
         since their job ran (they count in ``succeeded`` or ``failed`` too), and
         ``stale_details`` maps each to its reasons (see
-        :class:`~pydatatask.pipeline.staleness.StaleReason`).
+        :class:`~pydatatask.pipeline.staleness.StaleReason`). ``held`` lists the groups of a
+        fan-in task held back (they count in ``blocked`` too) and ``held_details`` maps each
+        to what holds it: ``{"task": upstream task, "key": member key}`` (``task`` is ``""``
+        when the member is held by the gating of its own key).
         """
         out: dict[str, dict[str, Any]] = {}
         async with self:  # one session for the listing and the claims
@@ -297,6 +314,8 @@ class Pipeline:
                     "corrupt_details": {k: corrupt[k] for k in sorted(corrupt)},
                     "stale": sorted(fig.stale),
                     "stale_details": {k: [r.as_dict() for r in fig.stale[k]] for k in sorted(fig.stale)},
+                    "held": sorted(fig.held),
+                    "held_details": {g: {"task": t, "key": k} for g, (t, k) in sorted(fig.held.items())},
                 }
         return out
 

@@ -37,7 +37,7 @@ from ..repository.listing import cached_keys, cached_versions, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
-from ..task.lifecycle import Adoption
+from ..task.lifecycle import Adoption, execute_batch
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from ..task.recovery import adopt_orphans, recover
@@ -199,6 +199,10 @@ class Scheduler:
         )
         # jobs ended when the last listing of every repository started
         self._finished_at_listing = -1
+        # keys of running batches beyond one per batch (max_jobs counts execution units)
+        self._batched_extra = 0
+        # when a batched task's queue was first held back to let a batch fill (batch_wait)
+        self._batch_held: dict[str, float] = {}
 
     # ---------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -399,7 +403,7 @@ class Scheduler:
     def _free_slots(self) -> int:
         if self.max_jobs is None:
             return 1 << 30
-        return self.max_jobs - len(self.running)
+        return self.max_jobs - len(self.running) + self._batched_extra
 
     def launch(self, tg: asyncio.TaskGroup) -> int:
         """Start workers for the ready queues within the limits; return how many jobs started.
@@ -413,9 +417,14 @@ class Scheduler:
         for task in self.pipeline.launch_order(self.selected):
             queue = self.queues[task.name]
             while queue and self._free_slots() > 0 and self._workers[task.name] < task.concurrency:
+                if task.batch > 1 and self._batch_filling(task):
+                    break
                 slot = task.acquire_slot()
                 if slot is None:
                     break
+                if task.batch > 1:
+                    started += self._start_batch(tg, task, slot)
+                    continue
                 key = queue.pop()
                 if (task.name, key) in self.running:
                     task.release_slot(slot)
@@ -430,8 +439,138 @@ class Scheduler:
         self.states[ident] = JobState.PENDING
         self.running[ident] = tg.create_task(self._worker(task, key, slot), name=f"{task.name}:{key}")
 
-    def _next_for(self, task: Task) -> tuple[str, object] | None:
-        """The next job a worker of ``task`` may run at once, or None (then it ends)."""
+    # ---------------------------------------------------------------- batches
+    def _batch_filling(self, task: Task) -> bool:
+        """Whether a batched task's queue, shorter than a batch, is held back to fill (for
+        up to ``batch_wait`` seconds from when it was first held)."""
+        if task.batch_wait is None or len(self.queues[task.name]) >= task.batch:
+            self._batch_held.pop(task.name, None)
+            return False
+        now = time.monotonic()
+        since = self._batch_held.setdefault(task.name, now)
+        if now - since < task.batch_wait:
+            return True
+        self._batch_held.pop(task.name, None)
+        return False
+
+    def _pop_batch(self, task: Task) -> list[str]:
+        """Up to ``task.batch`` keys from the task's queue, not running. Adopted work and
+        keys to redo run on their own (a list of one)."""
+        queue = self.queues[task.name]
+        single = self.adoptions.get(task.name, {}).keys() | self._redo.get(task.name, {}).keys()
+        keys: list[str] = []
+        skipped: list[str] = []
+        while queue and len(keys) < task.batch:
+            key = queue.pop()
+            if (task.name, key) in self.running:
+                continue
+            if key in single:
+                if not keys:
+                    return [key]
+                skipped.append(key)
+                continue
+            keys.append(key)
+        queue.extend(reversed(skipped))
+        return keys
+
+    def _start_batch(self, tg: asyncio.TaskGroup, task: Task, slot: object) -> int:
+        """Start a worker of a batched task on the next batch; return how many keys it took."""
+        keys = self._pop_batch(task)
+        if not keys:
+            task.release_slot(slot)
+            return 0
+        self._workers[task.name] += 1
+        self._mark_batch(task, keys, None)
+        unit = tg.create_task(
+            self._batch_worker(task, keys, slot), name=f"{task.name}:{keys[0]}+{len(keys) - 1}"
+        )
+        for key in keys:
+            self.running[(task.name, key)] = unit
+        return len(keys)
+
+    def _mark_batch(self, task: Task, keys: list[str], unit: asyncio.Task[None] | None) -> None:
+        for key in keys:
+            ident = (task.name, key)
+            self.states[ident] = JobState.PENDING
+            if unit is not None:
+                self.running[ident] = unit
+        self._batched_extra += len(keys) - 1
+
+    async def _batch_worker(self, task: Task, keys: list[str], slot: object) -> None:
+        try:
+            while True:
+                await self._run_batch(task, keys, slot)
+                if self._batch_filling(task):
+                    break
+                nxt = self._next_for(task, batch=True)
+                if nxt is None:
+                    break
+                slot = nxt[1]
+                keys = self._pop_batch(task)
+                if not keys:
+                    task.release_slot(slot)
+                    break
+                self._mark_batch(task, keys, asyncio.current_task())
+        finally:
+            self._workers[task.name] -= 1
+            self._wake.set()
+
+    async def _run_batch(self, task: Task, keys: list[str], slot: object) -> None:
+        """Run one batch (or, for a key of adopted work or to redo, its job alone) and
+        note each key's record."""
+        if len(keys) == 1 and (
+            keys[0] in self.adoptions.get(task.name, {}) or keys[0] in self._redo.get(task.name, {})
+        ):
+            await self._job(task, keys[0], slot)
+            return
+        try:
+            fields_of = self._record_fields(task)
+            records = await execute_batch(
+                task,
+                keys,
+                owner=self.owner,
+                hooks=self.hooks,
+                on_state=self._on_state,
+                slot=slot,
+                record_fields={k: fields_of(k) for k in keys},
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "task %s: batch of %d key(s) from %r could not run: %s: %s",
+                task.name,
+                len(keys),
+                keys[0],
+                type(exc).__name__,
+                exc,
+            )
+            for key in keys:
+                self.summary.errors.append(f"{task.name} {key}: {type(exc).__name__}: {exc}")
+                self.errored.add((task.name, key))
+            self.metrics.on_error(task.name)
+            self.known.task_changed(task)
+        else:
+            for key in keys:
+                record = records.get(key)
+                self.known.job_ended(task, key, record)
+                if record is None:
+                    log.info("task %s: %r is claimed by another scheduler or done", task.name, key)
+                else:
+                    self._note_record(task, key, record)
+        finally:
+            task.release_slot(slot)
+            self._finished += 1
+            self._batched_extra -= len(keys) - 1
+            for key in keys:
+                self.running.pop((task.name, key), None)
+                self.states.pop((task.name, key), None)
+            if self.on_progress:
+                self.on_progress(self)
+
+    def _next_for(self, task: Task, *, batch: bool = False) -> tuple[str, object] | None:
+        """The next job a worker of ``task`` may run at once, or None (then it ends). With
+        ``batch``, only the slot: the caller pops the keys."""
         if self._stop.is_set() or self.paused:
             return None
         queue = self.queues[task.name]
@@ -448,6 +587,8 @@ class Scheduler:
         slot = task.acquire_slot()
         if slot is None:
             return None
+        if batch:
+            return "", slot
         while queue:
             key = queue.pop()
             if (task.name, key) not in self.running:
@@ -522,20 +663,7 @@ class Scheduler:
             if record is None:
                 log.info("task %s: %r is claimed by another scheduler", task.name, key)
             else:
-                self.records[task.name].note(key, record)
-                self.metrics.on_end(task.name, key, record)
-                outcome = "succeeded" if record["success"] else "failed"
-                setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
-                self.summary.per_task[task.name][outcome] += 1
-                if not record["success"]:
-                    err = record.get("error") or {}
-                    log.warning(
-                        "task %s: job %r failed after %d attempt(s): %s",
-                        task.name,
-                        key,
-                        record["attempts"],
-                        err.get("message") or f"exit code {record.get('exit_code')}",
-                    )
+                self._note_record(task, key, record)
         finally:
             task.release_slot(slot)
             self._finished += 1
@@ -543,6 +671,23 @@ class Scheduler:
             self.states.pop(ident, None)
             if self.on_progress:
                 self.on_progress(self)
+
+    def _note_record(self, task: Task, key: str, record: dict[str, Any]) -> None:
+        """A job ended with ``record``: the records index, metrics and the summary."""
+        self.records[task.name].note(key, record)
+        self.metrics.on_end(task.name, key, record)
+        outcome = "succeeded" if record["success"] else "failed"
+        setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+        self.summary.per_task[task.name][outcome] += 1
+        if not record["success"]:
+            err = record.get("error") or {}
+            log.warning(
+                "task %s: job %r failed after %d attempt(s): %s",
+                task.name,
+                key,
+                record["attempts"],
+                err.get("message") or f"exit code {record.get('exit_code')}",
+            )
 
     async def _wait(self, seconds: float) -> None:
         if self.deadline is not None:
@@ -730,6 +875,7 @@ async def compute_figures(
     *,
     full: bool = False,
     redo_for: Collection[str] = (),
+    list_versions: bool = True,
 ) -> dict[str, TaskFigures]:
     """One listing of every repository, then each task's ready set (see the module doc).
 
@@ -739,6 +885,9 @@ async def compute_figures(
     :func:`listing_scope`. The inputs are listed with their versions (for the job
     records). Stale keys are found with ``full`` (every task) and for the tasks in
     ``redo_for``, whose stale keys are made ready (see :mod:`~pydatatask.pipeline.staleness`).
+    Without ``list_versions`` (and without ``full`` or ``redo_for``, which need them) the
+    inputs are listed as keys only, and ``TaskFigures.versions`` is empty: the cheaper
+    listing of a first look (the web page's first paint).
     """
     listed_since = time.monotonic()  # for the writes of running jobs, subtracted at the end
     repos: dict[int, Repository] = {}
@@ -749,6 +898,9 @@ async def compute_figures(
                 versioned[id(link.repository)] = link.repository
             elif link.inhibits_start or link.name == "done":
                 repos[id(link.repository)] = link.repository
+    if not (list_versions or full or redo_for):
+        repos.update(versioned)
+        versioned = {}
     for repo_id in versioned:
         repos.pop(repo_id, None)
     # the versioned first: a view listing a child for its keys then reuses its versions
@@ -802,7 +954,7 @@ async def compute_figures(
         fig.universe = universes[name]
         fig.live = set(keys_of[id(task.live)])
         fig.recorded = keys_of[id(task.done)]
-        fig.versions = {link.name: versions_of[id(link.repository)] for link in task.required_links}
+        fig.versions = {link.name: versions_of.get(id(link.repository), {}) for link in task.required_links}
         ready = fig.universe.difference(*[keys_of[id(link.repository)] for link in task.inhibiting_links])
         orphans: set[str] = set()
         if name in stale_of:

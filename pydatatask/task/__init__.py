@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import JobContext, JobOutcome, Task
+from .base import BatchOutcome, JobContext, JobOutcome, Task
 from .claims import Claim, Claims
 from .fan import FanOut
 from .function import FunctionTask
@@ -16,6 +16,7 @@ __all__ = (
     "Task",
     "JobContext",
     "JobOutcome",
+    "BatchOutcome",
     "FunctionTask",
     "ProcessTask",
     "FanOut",

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, KeyNotFoundError
-from ..executor.base import Executor, Outcome, Resources, Slot, Work
+from ..executor.base import Executor, JobHandle, Outcome, Resources, Slot, Work
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.clock import ClockRepository
 from ..repository.deferred import DeferredMetadataRepository
@@ -39,7 +40,7 @@ from .links import Link, LinkKind
 from .records import JobState, utcnow_iso
 from .retry import RetryPolicy
 
-__all__ = ("Task", "JobContext", "JobOutcome")
+__all__ = ("Task", "JobContext", "JobOutcome", "BatchOutcome")
 
 _NO_RESOURCES = Resources()
 
@@ -59,6 +60,15 @@ class JobOutcome:
 
 
 @dataclass
+class BatchOutcome(JobOutcome):
+    """What :meth:`Task.finish` may return for an attempt of a batch (``job.batched``):
+    the keys of ``job.keys`` that failed, each with why. The other keys succeeded."""
+
+    #: keys of this attempt that failed, with why (an exception instance each)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+
+
+@dataclass
 class JobContext:
     """One attempt of one job, passed to :meth:`Task.prepare` and :meth:`Task.finish` (and
     to functions that take a ``job`` parameter)."""
@@ -70,7 +80,27 @@ class JobContext:
     started: float = field(default_factory=time.time)
     #: what :meth:`Task.acquire_slot` returned for this job (e.g. the host it runs on)
     slot: Any = None
+    #: the executor's handle on the attempt's work while it runs (None before it is started
+    #: and once it ended): what a live view reads the work's output so far from
+    handle: JobHandle | None = None
     _log: list[str] = field(default_factory=list)
+    #: every key of this attempt, in order (``[key]`` for an unbatched job; ``key`` is the
+    #: first); a batch's later attempts carry only the keys that failed before
+    keys: list[str] = field(default_factory=list)
+    #: keys of a batch that failed before its work ran (an input that could not be read),
+    #: with why; :meth:`Task.prepare` leaves them out of the work and the lifecycle fails
+    #: them with the keys that :meth:`Task.finish` names
+    failed: dict[str, BaseException] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.keys = [self.key]
+
+    @property
+    def batched(self) -> bool:
+        """Whether this attempt runs as a batch (the task has ``batch > 1``), even when
+        only one key is left in it."""
+        return self.task.batch > 1
 
     @property
     def members(self) -> list[str]:
@@ -86,6 +116,16 @@ class JobContext:
     def log_text(self) -> str:
         """The log lines so far."""
         return "\n".join(self._log) + ("\n" if self._log else "")
+
+    @property
+    def log_count(self) -> int:
+        """The number of log lines so far."""
+        return len(self._log)
+
+    def log_lines(self, start: int = 0) -> list[str]:
+        """A copy of the log lines from the ``start``-th on (negative: from the end), for a
+        live view of the job."""
+        return self._log[start:]
 
 
 class Task:
@@ -114,6 +154,12 @@ class Task:
         cron expression (``"0 * * * *"``) or a
         :class:`~pydatatask.repository.clock.ClockRepository` for more options, linked as
         the input ``clock`` (see :doc:`/periodic`).
+    :param batch: one execution unit (a function call, a process, a pod) handles up to
+        this many ready keys, each with its own record (default 1: one unit per key; see
+        :doc:`/batches`). ``concurrency`` then counts batches.
+    :param batch_wait: how long the scheduler may wait for a batch to fill when fewer than
+        ``batch`` keys are ready (``"2s"``, seconds; default: start at once with what is
+        ready).
 
     An output given as :class:`~pydatatask.task.fan.FanOut` ``(repository)`` is a
     *fan-out*: the job of ``K`` writes children ``K/...`` there (see :doc:`/fan`).
@@ -139,6 +185,8 @@ class Task:
         version: str | None = None,
         on_change: str = "keep",
         schedule: str | float | ClockRepository | None = None,
+        batch: int = 1,
+        batch_wait: float | str | None = None,
     ) -> None:
         if (
             not isinstance(name, str)
@@ -151,6 +199,10 @@ class Task:
             )
         if concurrency < 1:
             raise ConfigurationError(f"task {name!r}: concurrency must be at least 1")
+        #: the most keys one execution unit handles, 1 for one unit per key
+        self.batch = _check_batch(name, batch, group_by)
+        #: how long the scheduler may wait for a batch to fill in seconds, or None to launch at once
+        self.batch_wait = _check_batch_wait(name, batch_wait)
         self.name = name
         self.links: dict[str, Link] = {}
         self.concurrency = concurrency
@@ -177,6 +229,8 @@ class Task:
                 self.fan_out[link_name] = given.separator
                 given = given.repository
             self.link(link_name, given, LinkKind.OUTPUT)
+        if self.batch > 1 and self.fan_out:
+            raise ConfigurationError(f"task {name!r}: a fan-out task cannot take batch={self.batch}")
         if group_by is not None and not callable(group_by):
             raise ConfigurationError(f"task {name!r}: group_by must be a function of a key, not {group_by!r}")
         #: the key function of a fan-in task, or None for one job per key
@@ -185,6 +239,7 @@ class Task:
         # members of the groups found ready by the last tick, and of the groups running
         self._tick_members: dict[str, list[str]] = {}
         self._job_members: dict[str, list[str]] = {}
+        self._running_jobs: dict[str, JobContext] = {}
         self._fan_out_ids: dict[int, tuple[str, str]] = {}
         if schedule is not None:
             self._link_schedule(schedule)
@@ -465,6 +520,55 @@ class Task:
 
         return WriteJournal(before_new_write)
 
+    def start_batch_journal(self, keys: list[str]) -> WriteJournal:
+        """The one write journal of a batch of ``keys`` (ended by :meth:`end_batch_journal`).
+
+        Where claims outlive this process, a key a batch writes beyond the batch's own keys
+        is noted in the claim of the batch key it belongs to (the longest one it lies under
+        as a path, else the first), before it becomes visible.
+        """
+        journal = self._running_journals[keys[0]] = self._durable_batch_journal(keys)
+        return journal
+
+    def _durable_batch_journal(self, keys: list[str]) -> WriteJournal:
+        live = self.live
+        target = live.target if isinstance(live, DeferredMetadataRepository) else live
+        if isinstance(target, MemoryMetadataRepository):
+            return WriteJournal()
+        own = set(keys)
+
+        async def before_new_write(repo: Repository, written: str) -> None:
+            path = self._output_paths().get(id(repo))
+            if path is None or (written in own and "/" not in path):
+                return
+            claim = self.claims.get(batch_key_of(written, own) or keys[0])
+            if claim is None:
+                return
+            entries = [*claim.value.get("wrote", []), [path, written]]
+            if not await self.claims.update(claim, wrote=entries):
+                raise JobError(
+                    f"task {self.name}: the job of {claim.key!r} lost its claim; not writing "
+                    f"{written!r} to {repo.describe()}"
+                )
+
+        return WriteJournal(before_new_write)
+
+    def end_batch_journal(self, keys: list[str], failed: Mapping[str, WriteJournal]) -> None:
+        """End the journal of a batch of ``keys``; ``failed`` holds the journal part of each
+        key that failed (kept for a minute, see :meth:`in_flight_writes`)."""
+        self._running_journals.pop(keys[0], None)
+        outputs = self._output_repositories()
+        written: dict[int, set[str]] = {}
+        for part in failed.values():
+            for i, ks in part.keys_by_repository().items():
+                if i in outputs:
+                    written.setdefault(i, set()).update(ks)
+        if written:
+            now = time.monotonic()
+            ended = self._ended_writes
+            ended[:] = [e for e in ended if now - e[0] < 60.0]
+            ended.append((now, written))
+
     def in_flight_writes(self, since: float | None = None) -> dict[int, set[str]]:
         """The keys that running jobs of this task (in this process) have written so far in
         its outputs, as ``{id(repository): keys}``, at every layer the writes went through.
@@ -616,6 +720,13 @@ class Task:
             self, key, owner=owner, hooks=hooks, claimed=claimed, on_state=on_state, slot=slot
         )
 
+    @property
+    def running_jobs(self) -> Mapping[str, JobContext]:
+        """The jobs of this task under way in this process, each key with the
+        :class:`JobContext` of its current attempt (a read-only view, for a live view of
+        their logs)."""
+        return MappingProxyType(self._running_jobs)
+
     async def _write_log(self, job: JobContext) -> None:
         logs = self.logs
         if logs is None or not job._log:
@@ -630,6 +741,40 @@ class Task:
             await logs.write_text(job.key, old + job.log_text)
         except Exception:
             log.exception("task %s: could not write the log of %r", self.name, job.key)
+
+
+def batch_key_of(written: str, keys: Collection[str]) -> str | None:
+    """The key of ``keys`` that a written key belongs to: itself, or the longest key it
+    lies under as a path (``a/b`` under ``a``); None if none."""
+    if written in keys:
+        return written
+    cut = written.rfind("/")
+    while cut > 0:
+        written = written[:cut]
+        if written in keys:
+            return written
+        cut = written.rfind("/")
+    return None
+
+
+def _check_batch(name: str, batch: Any, group_by: Any) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigurationError(f"task {name!r}: batch must be a whole number of keys >= 1, got {batch!r}")
+    if batch > 1 and group_by is not None:
+        raise ConfigurationError(f"task {name!r}: a fan-in task (group_by) cannot take batch={batch}")
+    return batch
+
+
+def _check_batch_wait(name: str, wait: float | str | None) -> float | None:
+    if wait is None:
+        return None
+    try:
+        seconds = parse_duration(wait)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"task {name!r}: batch_wait: {exc}") from exc
+    if seconds < 0:
+        raise ConfigurationError(f"task {name!r}: batch_wait must not be negative, got {wait!r}")
+    return seconds
 
 
 # the lifecycle drives tasks and is driven through them: imported last, as a module, so

@@ -4,7 +4,9 @@ A :class:`Claims` object is the whole protocol, used by the job lifecycle of eve
 kind:
 
 * :meth:`Claims.acquire` creates the claim if absent (the atomic step: of several
-  schedulers, exactly one gets it);
+  schedulers, exactly one gets it); :meth:`Claims.acquire_many` does it for the keys of a
+  batch at once (each key still to exactly one scheduler), :meth:`Claims.release_many`
+  drops them together;
 * :meth:`Claims.update` and :meth:`Claims.heartbeat` change a held claim by compare-and-swap
   (a conditional replace), so a scheduler that was presumed dead never overwrites the claim
   of the one that took over; it learns that the claim is lost instead;
@@ -92,6 +94,26 @@ class Claims:
         claim = self._held[key] = Claim(key, value)
         return claim
 
+    async def acquire_many(
+        self, keys: list[str], owner: str | None = None, **fields: Any
+    ) -> dict[str, Claim]:
+        """:meth:`acquire` for several keys at once (one bulk create where the backend has
+        one); returns the claims made, by key. Keys someone else holds are left out."""
+        now = time.time()
+        values: dict[str, dict[str, Any]] = {}
+        template: dict[str, Any] | None = None
+        for key in keys:
+            if template is None:
+                template = make_claim(owner or self.owner, self.task, key, now, self.lease)
+                template.update(fields)
+            values[key] = dict(template, key=key)
+        created = await self.live.create_many(values)
+        held: dict[str, Claim] = {}
+        for key in keys:
+            if key in created:
+                self._held[key] = held[key] = Claim(key, values[key])
+        return held
+
     async def update(self, claim: Claim, **fields: Any) -> bool:
         """Add ``fields`` to a held claim and renew its heartbeat, by compare-and-swap.
 
@@ -131,6 +153,16 @@ class Claims:
         if self._held.get(claim.key) is claim:
             del self._held[claim.key]
         await self.live.delete(claim.key)
+
+    async def release_many(self, claims: list[Claim]) -> None:
+        """:meth:`release` for several claims at once (one bulk delete where the backend has
+        one)."""
+        keys = []
+        for claim in claims:
+            if self._held.get(claim.key) is claim:
+                del self._held[claim.key]
+            keys.append(claim.key)
+        await self.live.delete_many(keys)
 
     def forget(self, claim: Claim) -> None:
         """Stop holding ``claim`` without touching ``live`` (it was handed on)."""

@@ -14,7 +14,7 @@ from ..executor.inloop import InLoopExecutor
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import DirectoryRepository
 from ..repository.view import read_source
-from .base import JobContext, JobOutcome, Task
+from .base import BatchOutcome, JobContext, JobOutcome, Task
 from .links import LinkKind
 
 __all__ = ("FunctionTask",)
@@ -81,6 +81,50 @@ async def _write_value(task: Task, link_name: str, repo: Repository, key: str, v
         )
 
 
+#: reads and writes of a batch's values under way at once (latency-bound backends and
+#: durable files overlap their waits)
+BATCH_IO = 16
+
+
+async def _each(keys: list[str], call: Callable[[str], Any]) -> None:
+    """Await ``call(key)`` for every key, at most :data:`BATCH_IO` at once."""
+    if len(keys) <= 1:
+        for key in keys:
+            await call(key)
+        return
+    gate = asyncio.Semaphore(BATCH_IO)
+
+    async def one(key: str) -> None:
+        async with gate:
+            await call(key)
+
+    async with asyncio.TaskGroup() as tg:
+        for key in keys:
+            tg.create_task(one(key))
+
+
+async def _read_batch(job: JobContext, repo: Repository) -> dict[str, Any]:
+    """The values of the batch's keys in ``repo``; a key whose value cannot be read goes
+    into ``job.failed``."""
+    values: dict[str, Any] = {}
+
+    async def read(key: str) -> None:
+        try:
+            values[key] = await _read_value(repo, key)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            job.failed[key] = exc
+
+    await _each([k for k in job.keys if k not in job.failed], read)
+    return {k: values[k] for k in job.keys if k in values}
+
+
+def _keys(job: JobContext) -> tuple[str, ...]:
+    """The keys of a batch for its work item; empty for one key."""
+    return tuple(job.keys) if job.batched else ()
+
+
 class FunctionTask(Task):
     """Each job is one call of ``func``, on ``executor``.
 
@@ -110,6 +154,14 @@ class FunctionTask(Task):
     a ``members`` parameter receives the member keys (sorted), and a plain function's input
     parameters receive ``{member: value}`` dicts instead of one value; what it returns is
     written under the group key (see :doc:`/fan`).
+
+    A task with ``batch=N`` (N > 1) calls the function once for up to N keys (see
+    :doc:`/batches`): a ``keys`` parameter receives the list of keys (``key`` is the first).
+    A plain function's input parameters receive ``{key: value}`` dicts; it returns
+    ``{key: {output link name: value}}`` for the keys that succeeded, and may map a key to
+    an exception instance to fail that key alone (a key missing from the result fails).
+    An async function writes its outputs itself and returns None, or ``{key: exception}``
+    for the keys that failed. A raised exception fails every key of the call.
 
     The ``timeout`` counts from when the call starts (not while it waits for a free worker)
     to the end of the writing of its outputs; reading the inputs before the call has a
@@ -165,6 +217,13 @@ class FunctionTask(Task):
         """Every parameter of the function must name a link, ``key`` or ``job`` (a function
         that runs outside this process: ``key`` or an input link)."""
         known = set(self.links) | {"key", "job"}
+        if self.batch > 1:
+            if "keys" in self.links:
+                raise ConfigurationError(
+                    f"task {self.name!r}: a batched task cannot have a link named 'keys' "
+                    "(the parameter that receives the keys of the batch)"
+                )
+            known.add("keys")
         if self.group_by is not None:
             if "members" in self.links:
                 raise ConfigurationError(
@@ -178,13 +237,15 @@ class FunctionTask(Task):
                 f"task {self.name!r}: parameter(s) {', '.join(map(repr, unknown))} of "
                 f"{getattr(self.func, '__qualname__', self.func)!r} match no link "
                 f"(links: {', '.join(sorted(self.links))}; also available: key, job"
-                + (", members)" if self.group_by is not None else ")")
+                + (", members" if self.group_by is not None else "")
+                + (", keys" if self.batch > 1 else "")
+                + ")"
             )
         if self._in_process:
             return
         for p in self._params:
             link = self.links.get(p)
-            if p == "members":
+            if p in ("members", "keys"):
                 continue
             if p == "job" or (link is not None and not link.is_output and link.kind is not LinkKind.INPUT):
                 raise ConfigurationError(
@@ -204,7 +265,9 @@ class FunctionTask(Task):
             self._executor.shutdown()
 
     def _wanted(self) -> list[str]:
-        extra = ("key", "job", "members") if self.group_by is not None else ("key", "job")
+        extra: tuple[str, ...] = ("key", "job", "members") if self.group_by is not None else ("key", "job")
+        if self.batch > 1:
+            extra += ("keys",)
         if self._var_kw:
             return list(self.links) + list(extra)
         return [p for p in self._params if p in self.links or p in extra]
@@ -218,7 +281,9 @@ class FunctionTask(Task):
             fixed = self._fixed_args
             if fixed is None:
                 fixed = {
-                    n: self.links[n].repository for n in self._wanted() if n not in ("key", "job", "members")
+                    n: self.links[n].repository
+                    for n in self._wanted()
+                    if n not in ("key", "job", "members", "keys")
                 }
                 self._fixed_args = fixed
             args: dict[str, Any] = dict(fixed)
@@ -228,9 +293,11 @@ class FunctionTask(Task):
                 args["job"] = job
             if self.group_by is not None and (self._var_kw or "members" in self._params):
                 args["members"] = job.members
-            return FunctionCall(self.func, args, is_async=True, job=(self.name, job.key))
+            if self.batch > 1 and (self._var_kw or "keys" in self._params):
+                args["keys"] = list(job.keys)
+            return FunctionCall(self.func, args, is_async=True, job=(self.name, job.key), keys=_keys(job))
         if self._body_elsewhere:
-            return FunctionCall(self.func, {}, job=(self.name, job.key))
+            return FunctionCall(self.func, {}, job=(self.name, job.key), keys=_keys(job))
         if self.timeout is None:
             values = await self._arguments(job)
         else:
@@ -241,12 +308,15 @@ class FunctionTask(Task):
                 raise JobTimeoutError(
                     f"task {self.name}: job {job.key!r} timed out after {self.timeout:g}s reading its inputs"
                 ) from exc
-        return FunctionCall(self.func, values, job=(self.name, job.key))
+        return FunctionCall(self.func, values, job=(self.name, job.key), keys=_keys(job))
 
     async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:
-        """Raise the call's error, or write what a plain function returned."""
+        """Raise the call's error, or write what a plain function returned (for a batch: a
+        :class:`~pydatatask.task.base.BatchOutcome` naming the keys that failed)."""
         if outcome.error is not None:
             raise outcome.error
+        if self.batch > 1:
+            return await self._finish_batch(job, outcome)
         if not self.is_async and not self._body_elsewhere:
             await self._write_outputs(job, outcome.result)
         if self._in_process and not outcome.extra:
@@ -254,11 +324,62 @@ class FunctionTask(Task):
         host = None if self._in_process else outcome.place
         return JobOutcome(host=host, extra=dict(outcome.extra))
 
+    async def _finish_batch(self, job: JobContext, outcome: Outcome) -> BatchOutcome:
+        result = outcome.result
+        failed: dict[str, BaseException] = {}
+        if self.is_async or self._body_elsewhere:
+            if result is not None and not isinstance(result, dict):
+                raise JobError(
+                    f"task {self.name}: a batched async function returns None or {{key: exception}} "
+                    f"for the keys that failed; it returned {type(result).__name__}"
+                )
+            for key, value in (result or {}).items():
+                if isinstance(value, BaseException):
+                    failed[key] = value
+                elif value is not None:
+                    raise JobError(
+                        f"task {self.name}: a batched async function maps a failed key to an "
+                        f"exception; it returned {type(value).__name__} for {key!r}"
+                    )
+        else:
+            if not isinstance(result, dict):
+                raise JobError(
+                    f"task {self.name}: a batched function must return a dict {{key: {{output link "
+                    f"name: value}}}}; it returned {type(result).__name__}"
+                )
+            written: list[str] = []
+            for key in job.keys:
+                if key in job.failed:
+                    continue
+                if key not in result:
+                    failed[key] = JobError(
+                        f"task {self.name}: the batched function returned no result for {key!r}"
+                    )
+                elif isinstance(result[key], BaseException):
+                    failed[key] = result[key]
+                else:
+                    written.append(key)
+
+            async def write(key: str) -> None:
+                try:
+                    await self._write_outputs(job, result[key], key)
+                except ConfigurationError:
+                    raise
+                except Exception as exc:  # this key's outputs could not be written: it fails alone
+                    failed[key] = exc
+
+            await _each(written, write)
+        host = None if self._in_process else outcome.place
+        return BatchOutcome(host=host, extra=dict(outcome.extra), failed=failed)
+
     async def _arguments(self, job: JobContext) -> dict[str, Any]:
         args: dict[str, Any] = {}
+        batched = self.batch > 1
         for name in self._wanted():
             if name == "key":
                 args[name] = job.key
+            elif name == "keys":
+                args[name] = list(job.keys)
             elif name == "members":
                 args[name] = job.members
             elif name == "job":
@@ -272,6 +393,8 @@ class FunctionTask(Task):
                 if link.kind is LinkKind.INPUT and self.group_by is not None:
                     # fan-in: the value of every member, by key
                     args[name] = {m: await _read_value(link.repository, m) for m in job.members}
+                elif link.kind is LinkKind.INPUT and batched:
+                    args[name] = await _read_batch(job, link.repository)
                 elif link.kind is LinkKind.INPUT:
                     args[name] = await _read_value(link.repository, job.key)
                 elif link.is_output:
@@ -283,26 +406,36 @@ class FunctionTask(Task):
                             "functions run outside this process receive input values only"
                         )
                     args[name] = link.repository
+        if batched and job.failed:
+            if len(job.failed) == len(job.keys):
+                raise next(iter(job.failed.values()))  # nothing left to call the function on
+            for name, value in args.items():
+                if name == "keys":
+                    args[name] = [k for k in value if k not in job.failed]
+                elif isinstance(value, dict) and self.links.get(name) is not None:
+                    args[name] = {k: v for k, v in value.items() if k not in job.failed}
         return args
 
-    async def _write_outputs(self, job: JobContext, result: Any) -> None:
+    async def _write_outputs(self, job: JobContext, result: Any, key: str | None = None) -> None:
         outputs = self.output_links
         if not outputs:
             return
+        key = job.key if key is None else key
+        of = f" for {key!r}" if self.batch > 1 else ""
         if not isinstance(result, dict):
             raise JobError(
-                f"task {self.name}: the function must return a dict {{output link name: value}} "
+                f"task {self.name}: the function must return a dict {{output link name: value}}{of} "
                 f"for outputs {', '.join(link.name for link in outputs)}; it returned {type(result).__name__}"
             )
         missing = [link.name for link in outputs if link.name not in result]
         extra = [name for name in result if name not in self.links or not self.links[name].is_output]
         if missing or extra:
             raise JobError(
-                f"task {self.name}: the function returned outputs {sorted(result)}; "
+                f"task {self.name}: the function returned outputs {sorted(result)}{of}; "
                 f"expected exactly {sorted(link.name for link in outputs)}"
             )
         for link in outputs:
-            await _write_value(self, link.name, link.repository, job.key, result[link.name])
+            await _write_value(self, link.name, link.repository, key, result[link.name])
 
     async def run_here(self, job: JobContext) -> JobOutcome | None:
         """Run one attempt of ``job`` in this process, on the task's executor, without the

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ from .records import HOSTNAME, JobState, error_info, make_record
 if TYPE_CHECKING:
     from .base import Task
 
-__all__ = ("execute", "run_attempt", "Adoption", "StateCallback")
+__all__ = ("execute", "execute_batch", "run_attempt", "Adoption", "StateCallback")
 
 log = logging.getLogger("pydatatask.task")
 
@@ -142,6 +142,7 @@ async def execute(
         while True:
             attempt += 1
             job = JobContext(task, key, attempt, slot=slot)
+            task._running_jobs[key] = job  # Task.running_jobs: seen by a live view
             if on_state:
                 on_state(task, key, JobState.RUNNING, attempt)
             if attempt > 1:
@@ -228,6 +229,8 @@ async def execute(
         raise
     finally:
         task.end_journal(key, succeeded)
+        if job is not None and task._running_jobs.get(key) is job:
+            del task._running_jobs[key]
     if not cleaned and claim is not None and task.claims.get(key) is claim:
         # a failure whose partial outputs could not be removed (the backend is down): the
         # record is written, but the key stays held (its claim handed to nobody, its work
@@ -246,6 +249,37 @@ async def execute(
     if hooks.wants(event):
         await hooks.emit(Event(event, task.name, key, attempt, record=record))
     return record
+
+
+async def execute_batch(
+    task: Task,
+    keys: list[str],
+    *,
+    owner: str | None = None,
+    hooks: Hooks | None = None,
+    claimed: bool = False,
+    on_state: StateCallback | None = None,
+    slot: Any = True,
+    record_fields: Mapping[str, dict[str, Any]] | None = None,
+    adopt: Adoption | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the jobs of ``keys`` as one batch (one work item for all of them) to their end:
+    claims at once, attempts, a record per key, release; see
+    :func:`pydatatask.task.batch.execute_batch`. Returns the records by key (keys held by
+    another scheduler or already done are left out)."""
+    from .batch import execute_batch as run_batch
+
+    return await run_batch(
+        task,
+        keys,
+        owner=owner,
+        hooks=hooks,
+        claimed=claimed,
+        on_state=on_state,
+        slot=slot,
+        record_fields=record_fields,
+        adopt=adopt,
+    )
 
 
 def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -327,6 +361,7 @@ async def _follow(
     """Wait for ``handle`` (within the time limit, counted from its start, or from
     ``since`` for work started before this process took it over), keep its logs and
     finish the attempt. A failure or cancellation stops the work first."""
+    job.handle = handle  # JobContext.handle: what a live view reads the output so far from
     try:
         limit = task.timeout
         if limit is None:
@@ -343,7 +378,7 @@ async def _follow(
                     await _keep_logs(job, handle)
                 return await task.finish(job, outcome)
         except TimeoutError as exc:
-            message = f"task {task.name}: job {job.key!r} timed out after {limit:g}s"
+            message = f"task {task.name}: {_job_name(job)} timed out after {limit:g}s"
             if not handle.interruptible:
                 message += (
                     f"; the call cannot be interrupted and may still be running in "
@@ -355,6 +390,15 @@ async def _follow(
     except BaseException:
         await asyncio.shield(_stop(handle, task.cancel_grace))
         raise
+    finally:
+        job.handle = None
+
+
+def _job_name(job: JobContext) -> str:
+    """``job 'k'``, or for a batch ``batch of 3 keys from 'k'``."""
+    if len(job.keys) > 1:
+        return f"batch of {len(job.keys)} keys from {job.key!r}"
+    return f"job {job.key!r}"
 
 
 async def run_attempt(task: Task, job: JobContext) -> JobOutcome | None:

@@ -23,6 +23,7 @@ from ..keys import validate_key
 from ..pipeline.record_index import corrupt_info
 from ..task.links import LinkKind
 from .graph import graph_svg
+from .live_log import NO_LIVE_LOG, as_sse, live_log_events
 from .prometheus import CONTENT_TYPE, render_metrics
 from .state import MAX_PAGE, Monitor
 
@@ -39,6 +40,7 @@ LOG_TAIL = 64 * 1024
 
 _MONITOR = web.AppKey("monitor", Monitor)
 _CLOSING = web.AppKey("closing", asyncio.Event)
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 
 
@@ -133,12 +135,7 @@ def make_app(
 
     # ---------------------------------------------------------------- the API
     async def status(request: web.Request) -> web.Response:
-        snap = await monitor.snapshot()
-        body = snap.status()
-        if monitor.scheduler is not None:
-            counts = await monitor.counts()
-            for name, t in body["tasks"].items():
-                t["counts"] = counts[name]
+        body = await monitor.status()
         body["actions"] = allow_actions
         body["paused"] = bool(getattr(monitor.scheduler, "paused", False))
         return _json(body)
@@ -172,6 +169,8 @@ def make_app(
                 body.setdefault("corrupt", []).append(corrupt_info(field, exc))
         body["links"] = await _links(pipeline, task, key)
         body["has_log"] = task.logs is not None and await task.logs.contains(key)
+        # under way in this process: GET /api/log/live streams its log
+        body["live_log"] = key in task.running_jobs
         return _json(body)
 
     async def log(request: web.Request) -> web.Response:
@@ -182,12 +181,24 @@ def make_app(
         try:
             data = await task.logs.read_bytes(key)
         except KeyNotFoundError:
-            running = await task.live.contains(key)
-            why = "its job is running; the log is stored when it ends" if running else "no log stored"
+            if key in task.running_jobs:
+                why = "its job is running here; the log is stored when it ends (GET /api/log/live streams it)"
+            elif await task.live.contains(key):
+                why = f"its job is running; the log is stored when it ends; {NO_LIVE_LOG}"
+            else:
+                why = "no log stored"
             return _json({"task": task.name, "key": key, "size": 0, "text": None, "why": why})
         cut = max(0, len(data) - tail)
         text = data[cut:].decode("utf-8", "replace")
         return _json({"task": task.name, "key": key, "size": len(data), "offset": cut, "text": text})
+
+    async def live_log(request: web.Request) -> web.StreamResponse:
+        task, key = task_of(request), key_of(request)
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        async for event in live_log_events(task, key, request.app[_CLOSING]):
+            await response.write(as_sse(event))
+        return response
 
     async def failures(request: web.Request) -> web.Response:
         limit = number(request, "limit", 50, 1, 1000)
@@ -201,24 +212,18 @@ def make_app(
         return _json(drawing)
 
     async def metrics(request: web.Request) -> web.Response:
-        snap = await monitor.snapshot()
+        counts = await monitor.counts()
         s = monitor.scheduler
         if s is not None:
             text = render_metrics(
-                snap, s.metrics, s.metrics.listings, {name: len(q) for name, q in s.queues.items()}
+                counts, s.metrics, s.metrics.listings, {name: len(q) for name, q in s.queues.items()}
             )
         else:
-            text = render_metrics(snap, None, monitor.listings)
+            text = render_metrics(counts, None, monitor.listings)
         return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 
     async def events(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         closing = request.app[_CLOSING]
         last: object = ()
@@ -278,6 +283,7 @@ def make_app(
     app.router.add_get("/api/keys", keys)
     app.router.add_get("/api/job", job)
     app.router.add_get("/api/log", log)
+    app.router.add_get("/api/log/live", live_log)
     app.router.add_get("/api/failures", failures)
     app.router.add_get("/api/graph", graph)
     app.router.add_get("/api/events", events)

@@ -9,7 +9,6 @@ scheduler's ticks, or of the listings ``serve`` makes itself).
 from __future__ import annotations
 
 from ..pipeline.metrics import Histogram, RunMetrics
-from .state import Snapshot
 
 __all__ = ("render_metrics", "CONTENT_TYPE")
 
@@ -40,18 +39,21 @@ def _histogram(out: list[str], name: str, hist: Histogram, **labels: str) -> Non
 
 
 def render_metrics(
-    snapshot: Snapshot, run: RunMetrics | None, listings: Histogram, queues: dict[str, int] | None = None
+    counts: dict[str, dict[str, int]],
+    run: RunMetrics | None,
+    listings: Histogram,
+    queues: dict[str, int] | None = None,
 ) -> str:
-    """The text of ``/metrics``. ``queues`` are the scheduler's ready queues (by default the
-    ``ready`` count of each task)."""
+    """The text of ``/metrics``: ``counts`` are ``{task: {state: keys}}``; ``queues`` the
+    scheduler's ready queues (by default the ``ready`` count of each task)."""
     out: list[str] = []
     _head(out, "pydatatask_jobs", "gauge", "Keys of each task by job state.")
-    for task, state in snapshot.tasks.items():
-        for name, n in state.counts().items():
+    for task, by_state in counts.items():
+        for name, n in by_state.items():
             out.append(f"pydatatask_jobs{_labels(task=task, state=name)} {n}")
     _head(out, "pydatatask_queue_size", "gauge", "Keys ready and waiting for a job slot, per task.")
-    for task, state in snapshot.tasks.items():
-        n = queues[task] if queues is not None and task in queues else len(state.keys.get("ready", ()))
+    for task, by_state in counts.items():
+        n = queues[task] if queues is not None and task in queues else by_state.get("ready", 0)
         out.append(f"pydatatask_queue_size{_labels(task=task)} {n}")
     _head(out, "pydatatask_listing_duration_seconds", "histogram", "Time to list every repository once.")
     _histogram(out, "pydatatask_listing_duration_seconds", listings)

@@ -10,7 +10,8 @@ the next pages, so paging through a million keys sorts them once per snapshot.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import bisect
+import logging
 import math
 import time
 from collections.abc import Collection
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptValueError
 from ..pipeline.metrics import LISTING_BUCKETS, Histogram
+from ..pipeline.pipeline import STATUS_COLUMNS
 from ..pipeline.record_index import RecordIndex, corrupt_info, warn_corrupt
 from ..pipeline.scheduler import Scheduler, TaskFigures, compute_figures
 from ..repository.listing import listing_scope
@@ -30,16 +32,20 @@ if TYPE_CHECKING:
 
 __all__ = ("Monitor", "Snapshot", "TaskState", "STATES", "MAX_PAGE")
 
-#: the job states shown, in order; a state TaskFigures gains later is shown after these
-STATES = ("ready", "running", "retrying", "succeeded", "failed", "blocked", "corrupt")
-#: TaskFigures fields that are not states of a key of their own
-_NOT_STATES = {"name", "universe", "live", "recorded", "ready", "running"}
+log = logging.getLogger("pydatatask.web")
+
+#: the job states shown, in order (the columns of ``status``)
+STATES: tuple[str, ...] = tuple(STATUS_COLUMNS)
+#: the states read as they are from the TaskFigures of the same name (sets, or dicts by key)
+_FIGURE_STATES = ("held", "stale")
 #: the most keys one page holds
 MAX_PAGE = 1000
 #: job records read in one go; more are read after the first snapshot, a chunk at a time
 _READ_AT_ONCE = 20_000
 #: job records read in one go in the background
 _READ_IN_BACKGROUND = 2_000
+#: seconds the background reading of the records waits, for the first answer to go out
+_FIRST_ANSWER = 0.05
 
 
 @dataclass
@@ -59,21 +65,23 @@ class TaskState:
     _matches: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        """``{state: number of keys}``."""
-        return {state: len(keys) for state, keys in self.keys.items()}
+        """``{state: number of keys}``, in the order of :data:`STATES`."""
+        return _ordered({state: len(keys) for state, keys in self.keys.items()})
 
     def sorted_keys(self, state: str) -> list[str]:
-        """The keys in ``state``, sorted (computed once)."""
+        """The keys in ``state``, sorted: computed once per snapshot, from the sorted keys
+        of the snapshot before where it has them (a few keys added or removed cost a merge
+        of two sorted runs, not a sort of a million keys)."""
         done = self._sorted.get(state)
         if done is None:
             keys = self.keys.get(state, ())
             before = self.previous
-            if before is not None and state in before._sorted and before.keys.get(state) == keys:
-                done = before._sorted[state]  # comparing sets is cheaper than sorting them
-            else:
+            old = before._sorted.get(state) if before is not None else None
+            if before is None or old is None:
                 done = sorted(keys)
+            else:
+                done = _resorted(old, before.keys.get(state, ()), keys)
             self._sorted[state] = done
-        self.previous = None  # one snapshot back is enough
         return done
 
     def page(self, state: str, query: str = "", offset: int = 0, limit: int = 100) -> dict[str, Any]:
@@ -180,6 +188,7 @@ class Monitor:
         self._failures: dict[tuple[str, str], dict[str, Any]] = {}
         self._before = getattr(pipeline, "scheduler", None)
         self._loader: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._loaded = False
 
     @property
@@ -210,7 +219,18 @@ class Monitor:
         self._generation += 1
 
     async def snapshot(self) -> Snapshot:
-        """The latest snapshot, taken anew when the one kept is older than the interval."""
+        """The latest snapshot, taken anew when the one kept is older than the interval.
+
+        From the listing (``serve``), a snapshot kept is answered at once and the next one
+        is taken in the background (its sorted keys made before it replaces the one kept),
+        so that no request waits for a listing of a million keys but the first, and those
+        after a change made from here (:meth:`invalidate`)."""
+        kept = self._snapshot
+        if kept is not None and kept.source == "listing" and kept.monotonic > -math.inf and not self.live:
+            if self.scheduler is None:
+                if time.monotonic() - kept.monotonic >= max(self.interval, 10 * self._listing_seconds):
+                    self._refresh_soon()
+                return kept
         async with self._lock:
             generation = self._generation
             try:
@@ -240,6 +260,39 @@ class Monitor:
         assert self._snapshot is not None
         return self._snapshot
 
+    async def status(self) -> dict[str, Any]:
+        """What ``/api/status`` answers (see :meth:`Snapshot.status`). From a running
+        scheduler it is made of :meth:`counts` and the run's metrics, with no snapshot: an
+        open page asking for it every few seconds costs the run next to nothing."""
+        s = self.scheduler
+        if s is None:
+            return (await self.snapshot()).status()
+        counts = await self.counts()
+        retrying: dict[str, set[str]] = {}
+        for (name, key), state in list(s.states.items()):
+            if state is JobState.RETRYING:
+                retrying.setdefault(name, set()).add(key)
+        tasks: dict[str, Any] = {}
+        for name, task in s.all_tasks.items():
+            c = counts[name]
+            rate = (
+                round(s.metrics.throughput(name), 3) if name in s.metrics.tasks or name in s.queues else None
+            )
+            left = c.get("ready", 0) + c.get("running", 0) + c.get("retrying", 0)
+            tasks[name] = {
+                "counts": c,
+                "throughput": rate,
+                "eta_seconds": (round(left / rate, 1) if left else 0.0) if rate else None,
+                "next_attempt": await _next_attempts(task, retrying[name]) if name in retrying else {},
+            }
+        return {
+            "taken_at": utcnow_iso(),
+            "source": "scheduler",
+            "records_pending": 0,
+            "states": list(dict.fromkeys([*STATES, *(k for c in counts.values() for k in c)])),
+            "tasks": tasks,
+        }
+
     async def counts(self) -> dict[str, dict[str, int]]:
         """``{task: {state: count}}``, now. From a running scheduler this costs a few
         operations per task and per running job (no snapshot is taken), so the live
@@ -268,7 +321,7 @@ class Monitor:
                 "corrupt": len(fig.corrupt),
             }
             counts.update({k: len(v) for k, v in _other_states(fig).items()})
-            out[name] = counts
+            out[name] = _ordered(counts)
         return out
 
     # ---------------------------------------------------------------- the two sources
@@ -299,7 +352,8 @@ class Monitor:
                 "corrupt": fig.corrupt.keys(),
             }
             keys.update(_other_states(fig))
-            state = TaskState(keys, corrupt_details=dict(fig.corrupt))
+            kept = self._kept(name)
+            state = TaskState(keys, corrupt_details=dict(fig.corrupt), previous=kept)
             if retrying:
                 state.next_attempt = await _next_attempts(task, retrying)
             if name in s.metrics.tasks or name in s.queues:
@@ -311,7 +365,12 @@ class Monitor:
         t0 = time.perf_counter()
         tasks_ = self.pipeline.tasks
         with listing_scope():
-            figures = await compute_figures(tasks_, self.pipeline, self._records, full=self._loaded)
+            # the versions of the inputs only serve to find stale keys, which needs every
+            # record read: a first look lists the keys alone (a million versions cost more
+            # than the keys themselves)
+            figures = await compute_figures(
+                tasks_, self.pipeline, self._records, full=self._loaded, list_versions=self._loaded
+            )
             pending = sum(len(i.listed) - len(i.success) - len(i.corrupt) for i in self._records.values())
             if not self._loaded and self._loader is None:
                 if pending <= _READ_AT_ONCE:  # few: read them now (the listing is reused)
@@ -325,7 +384,7 @@ class Monitor:
             claims = await _claims(task, fig)
             retrying = {k for k, c in claims.items() if isinstance(c, dict) and c.get("state") == "retrying"}
             keys: dict[str, Collection[str]] = {
-                "ready": fig.ready - fig.live,
+                "ready": fig.ready - fig.live if fig.live else fig.ready,  # no copy of a million
                 "running": fig.live - retrying - fig.corrupt.keys(),
                 "retrying": retrying,
                 "succeeded": fig.succeeded,
@@ -334,9 +393,7 @@ class Monitor:
                 "corrupt": fig.corrupt.keys(),
             }
             keys.update(_other_states(fig))
-            kept = self._snapshot.tasks.get(name) if self._snapshot is not None else None
-            if kept is not None:
-                kept.previous = None  # one snapshot back, never a chain of them
+            kept = self._kept(name)
             state = TaskState(keys, corrupt_details=dict(fig.corrupt), previous=kept)
             state.next_attempt = {k: _iso(claims[k].get("retry_at")) for k in retrying}
             if kept is not None and self._snapshot is not None:
@@ -349,7 +406,44 @@ class Monitor:
         self.listings.observe(self._listing_seconds)
         return Snapshot(tasks, utcnow_iso(), "listing", records_pending=pending)
 
+    def _refresh_soon(self) -> None:
+        """Take the next snapshot from the listing in the background (once at a time)."""
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            generation = self._generation
+            kept = self._snapshot
+            try:
+                snap = await self._from_listing()
+            except Exception as exc:  # a backend down: the page keeps the snapshot it has
+                log.warning("the page's listing of the repositories failed: %s", exc)
+                if kept is not None:
+                    kept.monotonic = time.monotonic()  # tried again after the interval
+                return
+            if kept is not None:  # the states paged before are sorted before they are shown
+                for name, task in snap.tasks.items():
+                    before = kept.tasks.get(name)
+                    for state in before._sorted if before is not None else ():
+                        task.sorted_keys(state)
+                        await asyncio.sleep(0)
+            if self._generation != generation:
+                snap.monotonic = -math.inf  # a change made from here meanwhile: take it anew
+            if self._snapshot is kept:  # not replaced meanwhile (the records read, ...)
+                self._snapshot = snap
+
+    def _kept(self, name: str) -> TaskState | None:
+        """The state of task ``name`` in the snapshot kept, whose sorted keys the next one
+        reuses (one snapshot back, never a chain of them)."""
+        kept = self._snapshot.tasks.get(name) if self._snapshot is not None else None
+        if kept is not None:
+            kept.previous = None
+        return kept
+
     async def _load_records(self) -> None:
+        # started by the first snapshot: that snapshot's answer goes out first
+        await asyncio.sleep(_FIRST_ANSWER)
         for index in self._records.values():
             listed = list(index.listed)
             for start in range(0, len(listed), _READ_IN_BACKGROUND):
@@ -367,10 +461,11 @@ class Monitor:
         self._snapshot = snap
 
     async def aclose(self) -> None:
-        """Stop reading records in the background."""
-        if self._loader is not None and not self._loader.done():
-            self._loader.cancel()
-            await asyncio.wait([self._loader])
+        """Stop reading records and taking snapshots in the background."""
+        for task in (self._loader, self._refresher):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])
 
     # ---------------------------------------------------------------- failures
     async def failures(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -416,15 +511,43 @@ def _failure(task: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _resorted(old: list[str], old_keys: Collection[str], keys: Collection[str]) -> list[str]:
+    """``sorted(keys)``, given ``old``, the sorted ``old_keys``."""
+    if len(keys) == len(old_keys) and keys == old_keys:
+        return old  # comparing sets is cheaper than sorting them
+    new, gone = _as_set(keys), _as_set(old_keys)
+    added, removed = new - gone, gone - new
+    if len(added) + len(removed) > len(new) // 4:
+        return sorted(new)
+    if not removed:
+        kept = list(old)
+    elif len(removed) <= 64:  # a few: found by bisection, each removal one move in C
+        kept = list(old)
+        for key in removed:
+            del kept[bisect.bisect_left(kept, key)]
+    else:
+        kept = [k for k in old if k not in removed]
+    if added:
+        kept += sorted(added)
+        kept.sort()  # two sorted runs: Timsort merges them in one pass
+    return kept
+
+
+def _as_set(keys: Collection[str]) -> set[str] | frozenset[str]:
+    return keys if isinstance(keys, (set, frozenset)) else set(keys)
+
+
+def _ordered(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` in the order of :data:`STATES` (the columns of ``status``)."""
+    return {s: counts[s] for s in STATES if s in counts} | counts
+
+
 def _other_states(fig: TaskFigures) -> dict[str, Collection[str]]:
-    """States TaskFigures has beyond the known ones (e.g. ``stale``), as key collections."""
+    """The states read from the TaskFigures field of the same name (``held``, ``stale``)."""
     out: dict[str, Collection[str]] = {}
-    for f in dataclasses.fields(fig):
-        if f.name in _NOT_STATES or f.name in STATES:
-            continue
-        value = getattr(fig, f.name)
-        if isinstance(value, (set, frozenset, dict)):
-            out[f.name] = value.keys() if isinstance(value, dict) else value
+    for name in _FIGURE_STATES:
+        value = getattr(fig, name)
+        out[name] = value.keys() if isinstance(value, dict) else value
     return out
 
 

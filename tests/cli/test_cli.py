@@ -128,8 +128,8 @@ def test_run_human_output_has_summary_and_status_table(cli: Cli, data: Path) -> 
     assert "10 job(s) succeeded, 0 failed" in out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["task", "ready"])
-    assert lines[header + 1].split() == ["upper", "0", "0", "0", "5", "0", "0", "0", "0"]
-    assert lines[header + 2].split() == ["count", "0", "0", "0", "5", "0", "0", "0", "0"]
+    assert lines[header + 1].split() == ["upper", "0", "0", "0", "5", "0", "0", "0", "0", "0"]
+    assert lines[header + 2].split() == ["count", "0", "0", "0", "5", "0", "0", "0", "0", "0"]
     assert yaml.safe_load((data / "counts" / "k1.yaml").read_text()) == {"words": 3, "chars": 15}
 
 
@@ -181,7 +181,7 @@ def test_status_table_samples_and_all(cli: Cli, data: Path) -> None:
     write_sources(data, [f"x{i}" for i in range(10)])
     code, out, _ = cli("status")
     assert code == 0
-    assert out.splitlines()[1].split() == ["upper", "15", "0", "0", "0", "0", "0", "0", "0"]
+    assert out.splitlines()[1].split() == ["upper", "15", "0", "0", "0", "0", "0", "0", "0", "0"]
     assert "upper ready (15): k1, k2, k3, k4, k5, ... (+10 more)" in out
     code, out, _ = cli("status", "upper", "--all")
     assert "count" not in out
@@ -197,6 +197,7 @@ def test_status_json_counts_and_keys(cli: Cli) -> None:
         "succeeded": 0,
         "failed": 0,
         "blocked": 0,
+        "held": 0,
         "corrupt": 0,
         "stale": 0,
     }
@@ -551,6 +552,7 @@ def test_sigkill_midway_then_rerun_completes_without_redoing_work(tmp_path: Path
             "succeeded": len(keys),
             "failed": 0,
             "blocked": 0,
+            "held": 0,
             "corrupt": 0,
             "stale": 0,
         }

@@ -49,10 +49,11 @@ def test_status_with_a_corrupt_record_claim_and_input(
         "succeeded",
         "failed",
         "blocked",
+        "held",
         "corrupt",
         "stale",
     ]
-    assert lines[1].split() == ["A", "0", "0", "0", "2", "0", "0", "3", "0"]
+    assert lines[1].split() == ["A", "0", "0", "0", "2", "0", "0", "0", "3", "0"]
     assert "A corrupt (3): k2, k3, k4" in out
     assert "  k2: job record: " in out and str(tmp_path / "state" / "A" / "done" / "k2.yaml") in out
     assert "  k3: claim: " in out and "  k4: input: " in out
@@ -169,7 +170,7 @@ def test_format_status_shows_next_attempts_and_where_corrupt_values_are() -> Non
             "corrupt_details": {"k2": {"what": "claim", "message": "live: the value of key 'k2' ..."}},
         }
     }
-    assert status_rows(status) == [["A", 0, 0, 1, 0, 0, 0, 1, 0]]
+    assert status_rows(status) == [["A", 0, 0, 1, 0, 0, 0, 0, 1, 0]]
     assert format_status(status).splitlines() == [
         "A retrying (1): k1",
         "  k1: next attempt at 2026-11-23T01:02:08.500000+00:00",

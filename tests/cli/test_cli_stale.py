@@ -38,8 +38,8 @@ def test_status_why_and_rerun_stale(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[-1] == "stale"
-    assert lines[1].split() == ["upper", "0", "0", "0", "3", "0", "0", "0", "1"]
-    assert lines[2].split() == ["mark", "0", "0", "0", "3", "0", "0", "0", "2"]  # k2: stale upstream
+    assert lines[1].split() == ["upper", "0", "0", "0", "3", "0", "0", "0", "0", "1"]
+    assert lines[2].split() == ["mark", "0", "0", "0", "3", "0", "0", "0", "0", "2"]  # k2: stale upstream
     assert "upper stale (1): k2" in out and "mark stale (2): k2, k3" in out
     assert "  k2: what it reads is stale upstream (task 'upper')" in out
     assert "  k2: input 'src' changed: " in out

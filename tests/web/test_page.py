@@ -54,7 +54,8 @@ async def test_counts_change_as_jobs_finish_and_a_failed_job_shows_its_traceback
         await asyncio.to_thread(browser.get, server.url)
         await until(browser, lambda d: cell(d, "square", "running") == "4", "4 running jobs")
         assert cell(browser, "square", "succeeded") == "0" and cell(browser, "square", "ready") == "2"
-        assert text_of(browser, "conn") == "live"
+        # the counts come first from /api/status, then the live updates connect
+        await until(browser, lambda d: text_of(d, "conn") == "live", "the live updates")
         gate.open(2)
         await until(browser, lambda d: cell(d, "square", "succeeded") == "2", "2 jobs succeeded")
         gate.open(4)
@@ -162,4 +163,36 @@ async def test_redo_a_failed_key_after_a_confirmation(browser: Any, http: aiohtt
         await until(browser, lambda d: text_of(d, "job-state") == "state: ready", "the key ready again")
         assert (await client.json("/api/job", task="square", key="k3"))["record"] is None
     finally:
+        await server.__aexit__(None, None, None)
+
+
+async def test_the_log_of_a_running_job_streams_on_its_page(
+    browser: Any, http: aiohttp.ClientSession
+) -> None:
+    from pydatatask import MemoryBlobRepository
+
+    from .test_live_log import running_here, talking
+
+    gate = Gate()
+    pipeline = talking(gate, logs=MemoryBlobRepository())
+    server, client = await serve(pipeline, http, live=True)
+    try:
+        run = asyncio.create_task(pipeline.run(on_progress=lambda s: None))
+        await running_here(client, "talk", "a")
+        await asyncio.to_thread(browser.get, server.url.split("#")[0] + "#/job?task=talk&key=a")
+        await until(browser, lambda d: "the first line" in text_of(d, "log"), "the first line, live")
+        assert "the second line" not in text_of(browser, "log")
+        assert text_of(browser, "log-note").startswith("(live, attempt 1")
+        gate.open()
+        await until(browser, lambda d: "the second line" in text_of(d, "log"), "the second line, live")
+        assert not run.done()  # still running: the job waits for the gate again
+        gate.open()
+        await run
+        # the job ended: the page shows its record and the stored log
+        await until(browser, lambda d: "attempts" in text_of(d, "record"), "the record of the ended job")
+        await until(browser, lambda d: text_of(d, "log-note") == "", "the stored log")
+        log = text_of(browser, "log")
+        assert "the first line" in log and "the second line" in log
+    finally:
+        gate.open(2)
         await server.__aexit__(None, None, None)

@@ -153,3 +153,65 @@ async def test_a_change_made_while_a_snapshot_is_taken_is_not_hidden_by_it() -> 
     done.release.set()
     await taking
     assert sorted((await monitor.snapshot()).tasks["t"].keys["succeeded"]) == ["b"]
+
+
+def test_sorted_keys_follow_the_snapshot_before() -> None:
+    import random
+
+    from pydatatask.web.state import TaskState
+
+    rng = random.Random(7)
+    keys = {f"k{i:05d}" for i in range(20_000)}
+    before = TaskState({"succeeded": set(keys)})
+    assert before.sorted_keys("succeeded") == sorted(keys)
+    for added, removed in ((0, 0), (5, 0), (0, 3), (40, 40), (300, 200), (9_000, 0)):
+        now = set(keys)
+        now -= set(rng.sample(sorted(now), removed))
+        now |= {f"n{rng.randrange(10**9):09d}" for _ in range(added)} | {f"k{i:05d}x" for i in range(added)}
+        state = TaskState({"succeeded": now, "failed": {"b", "a"}}, previous=before)
+        assert state.sorted_keys("succeeded") == sorted(now), (added, removed)
+        assert state.sorted_keys("failed") == ["a", "b"]  # not in the snapshot before
+        assert state.page("succeeded", offset=100, limit=3)["keys"] == sorted(now)[100:103]
+        keys, before = now, state
+    same = TaskState({"succeeded": set(keys)}, previous=before)
+    assert same.sorted_keys("succeeded") is before.sorted_keys("succeeded")  # unchanged: reused
+
+
+async def test_a_kept_snapshot_is_answered_while_the_next_one_is_listed() -> None:
+    """serve answers from the snapshot it has while the next listing goes on in the
+    background; the next one replaces it once listed, its paged states sorted already."""
+    from pydatatask.web.state import Monitor
+
+    done = _HeldListing()
+    src = MemoryMetadataRepository({"a": 1, "b": 2})
+    task = FunctionTask(
+        "t",
+        lambda key, src: {"out": src},
+        inputs={"src": src},
+        outputs={"out": MemoryMetadataRepository()},
+        done=done,
+    )
+    pipeline = Pipeline([task])
+    assert (await pipeline.run()).succeeded == 2
+    monitor = Monitor(pipeline, interval=0.01)
+    try:
+        first = await monitor.snapshot()
+        assert first.tasks["t"].page("succeeded")["keys"] == ["a", "b"]
+        await src.put("c", 3)
+        first.monotonic -= 3600  # old: the next request takes another
+        done.armed = True
+        async with asyncio.timeout(5):
+            assert await monitor.snapshot() is first  # at once
+            await done.listed.wait()  # the next listing is under way, and held
+            assert await monitor.snapshot() is first  # still answered at once
+            done.release.set()
+            while True:  # the listing ends in the background
+                now = await monitor.snapshot()
+                if now is not first:
+                    break
+                await asyncio.sleep(0.01)
+        assert now.tasks["t"].keys["ready"] == {"c"}
+        assert "succeeded" in now.tasks["t"]._sorted  # sorted before it was shown
+        assert now.tasks["t"].page("succeeded")["keys"] == ["a", "b"]
+    finally:
+        await monitor.aclose()

@@ -194,11 +194,62 @@ async function showJob(params) {
     return item;
   }));
   $("redo-key").hidden = !(settings.allow_actions && job.record);
-  await loadLog(task, key, job.state);
+  if (job.live_log) streamLog(task, key);
+  else await loadLog(task, key, job.state);
+}
+
+// the log of a job running in this server's process, line by line as it comes; when the
+// job ends, the job is shown anew (its record and stored log)
+let liveLog = null;
+
+function stopLive() {
+  if (liveLog) liveLog.close();
+  liveLog = null;
+}
+
+function streamLog(task, key) {
+  clearTimeout(logTimer);
+  stopLive();
+  let lines = [];
+  let output = "";
+  let skipped = 0;
+  $("log").textContent = "";
+  $("log-note").textContent = "(live)";
+  const source = new EventSource("/api/log/live?" + new URLSearchParams({ task, key }).toString());
+  liveLog = source;
+  const here = () => liveLog === source && current.view === "job" &&
+    current.params.get("task") === task && current.params.get("key") === key;
+  source.onmessage = (message) => {
+    if (!here()) return;
+    const e = JSON.parse(message.data);
+    if (e.end) {
+      stopLive();
+      showJob(current.params).catch((err) => say(err.message));
+      return;
+    }
+    if (e.reset) {
+      if (lines.length) lines.push(`--- attempt ${e.attempt} ---`);
+      else skipped = e.skipped || 0;
+    }
+    lines.push(...(e.lines || []));
+    if (lines.length > 5000) { skipped += lines.length - 5000; lines = lines.slice(-5000); }
+    if (e.output !== undefined) output = e.output;
+    $("log").textContent = lines.join("\n") + (lines.length ? "\n" : "") +
+      (output ? "--- output so far ---\n" + output : "");
+    $("log-note").textContent = `(live, attempt ${e.attempt}` +
+      (skipped ? `; the last lines, ${skipped} before them` : "") + ")";
+  };
+  source.onerror = () => {
+    if (!here()) return;
+    stopLive(); // the server is gone or the job ended with it: read the job again later
+    $("log-note").textContent = "(live log interrupted)";
+    logTimer = setTimeout(() => { if (current.view === "job") showJob(current.params); }, 2000);
+  };
 }
 
 async function loadLog(task, key, state) {
   clearTimeout(logTimer);
+  stopLive();
   const log = await api("/api/log", { task, key }).catch((e) => ({ text: null, why: e.message }));
   $("log").textContent = log.text == null ? "" : log.text;
   $("log-note").textContent = log.text == null ? `(${log.why})` : (log.offset ? `(last ${log.size - log.offset} of ${log.size} bytes)` : "");
@@ -237,7 +288,7 @@ async function route() {
   const [view, query] = hash.split("?");
   current = { view: view || "overview", params: new URLSearchParams(query || "") };
   for (const id of ["overview", "keys", "job"]) $(id).hidden = id !== current.view;
-  if (current.view !== "job") clearTimeout(logTimer);
+  if (current.view !== "job") { clearTimeout(logTimer); stopLive(); }
   say("");
   try {
     if (current.view === "keys") await showKeys(current.params);
