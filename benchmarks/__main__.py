@@ -1,5 +1,5 @@
 """The benchmark runner: ``python -m benchmarks [--quick] [--only NAME ...] [--reps N]
-[--size N] [--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
+[--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
 
 For each scenario and repetition it runs every series (ours, the bare loop, 0.4.7, ...)
 one after the other, each measurement in a fresh subprocess, then prints medians,
@@ -57,40 +57,69 @@ def machine() -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------- 0.4.7 venv
-def venv_047() -> tuple[str | None, str]:
-    """The python of the pydatatask 0.4.7 virtualenv (created on demand), or None and why."""
-    cache = Path(os.environ.get("PDT_CACHE") or Path.home() / ".cache" / "pydatatask")
-    venv = cache / "bench-venv-0.4.7"
+# ---------------------------------------------------------------------- virtualenvs
+#: the peers compared in ``peer_files``: series name -> (distribution, pinned version)
+PEERS: dict[str, tuple[str, str]] = {
+    "luigi": ("luigi", "3.8.1"),
+    "snakemake": ("snakemake", "9.27.1"),
+    "prefect": ("prefect", "3.9.1"),
+}
+
+
+def bench_cache() -> Path:
+    """Where the benchmark virtualenvs live: ``${PDT_CACHE:-~/.cache/pydatatask}``."""
+    return Path(os.environ.get("PDT_CACHE") or Path.home() / ".cache" / "pydatatask")
+
+
+def pinned_venv(dist: str, version: str) -> tuple[str | None, str, float | None]:
+    """The python of a virtualenv holding exactly ``dist==version``, created on first use.
+
+    Returns (python or None, why not, seconds the install took or None when the
+    virtualenv was already there). The check and the install run isolated from our
+    checkout (no ``PYTHONPATH``, a directory outside it), since 0.4.7 shares our name.
+    """
+    venv = bench_cache() / f"bench-venv-{dist}-{version}"
+    if dist == "pydatatask" and version == "0.4.7":
+        venv = bench_cache() / "bench-venv-0.4.7"  # the name it always had
     python = venv / "bin" / "python"
-    check = [str(python), "-I", "-c", "import importlib.metadata as m; print(m.version('pydatatask'))"]
+    check = [str(python), "-I", "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"]
     clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     ok = (
         python.exists()
         and subprocess.run(
             check, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=clean_env
         ).stdout.strip()
-        == "0.4.7"
+        == version
     )
-    if not ok:
-        print(f"creating the pydatatask 0.4.7 virtualenv in {venv} (once) ...", flush=True)
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True
-            )
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "pydatatask==0.4.7"],
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=tempfile.gettempdir(),
-                env=clean_env,
-                timeout=1800,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            detail = getattr(exc, "stderr", "") or str(exc)
-            return None, f"could not install pydatatask==0.4.7: {str(detail).strip()[-300:]}"
-    return str(python), ""
+    if ok:
+        return str(python), "", None
+    print(f"creating the {dist} {version} virtualenv in {venv} (once) ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"{dist}=={version}"],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tempfile.gettempdir(),
+            env=clean_env,
+            timeout=1800,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        seconds = time.perf_counter() - t0
+        print(f"  install of {dist}=={version} FAILED after {seconds:.1f} s", flush=True)
+        return None, f"could not install {dist}=={version}: {str(detail).strip()[-300:]}", seconds
+    seconds = time.perf_counter() - t0
+    print(f"  installed {dist}=={version} in {seconds:.1f} s", flush=True)
+    return str(python), "", seconds
+
+
+def venv_047() -> tuple[str | None, str]:
+    """The python of the pydatatask 0.4.7 virtualenv (created on demand), or None and why."""
+    python, why, _seconds = pinned_venv("pydatatask", "0.4.7")
+    return python, why
 
 
 # ---------------------------------------------------------------------- measuring
@@ -152,8 +181,11 @@ def run_scenario(mod: ModuleType, opts: Options) -> ScenarioResult:
                 for s in p.series:
                     res.unavailable[s] = prepared
             return res
-        extra = prepared
-    for rep in range(opts.reps):
+        extra = dict(prepared)
+        # series the scenario cannot run (a peer whose install failed): reported, not run
+        res.unavailable.update(extra.pop("unavailable", {}))
+    reps = mod.reps(opts) if hasattr(mod, "reps") else opts.reps  # peer_files: --peer-reps
+    for rep in range(reps):
         for point in points:
             for series in point.series:
                 if series in res.unavailable:
@@ -175,7 +207,7 @@ def run_scenario(mod: ModuleType, opts: Options) -> ScenarioResult:
                         slot.setdefault(key, []).append(float(value))
                 sec = metrics.get("seconds")
                 print(
-                    f"  rep {rep + 1}/{opts.reps} {point.label:>14} {series:<12} {sec:.4f} s"
+                    f"  rep {rep + 1}/{reps} {point.label:>14} {series:<12} {sec:.4f} s"
                     if sec is not None
                     else "",
                     flush=True,
@@ -200,6 +232,7 @@ def print_table(res: ScenarioResult, title: str, verdicts: list[Verdict]) -> Non
     metric_names = [
         "seconds",
         "jobs_per_s",
+        "requests_per_job",
         "peak_rss_mb",
         "ready_extra_mb",
         "keyset_mb",
@@ -237,6 +270,10 @@ def print_table(res: ScenarioResult, title: str, verdicts: list[Verdict]) -> Non
             )
     for what, errors in res.failures.items():
         print(f"  FAILED {len(errors)}x: {what}: {errors[-1][-300:]}")
+    mod = importlib.import_module(f"benchmarks.scenarios.{res.name}")
+    if hasattr(mod, "table_lines"):  # a scenario's own table (peer_files)
+        for line in mod.table_lines(res):
+            print(line)
     for v in verdicts:
         mark = {True: "MET", False: "NOT MET", None: "--"}[v.met]
         print(f"  target: {v.target:<42} {v.value:<50} {mark}")
@@ -288,6 +325,17 @@ def plot(results: list[ScenarioResult], out: str) -> str:
 
 
 # ---------------------------------------------------------------------- main
+def positive_seconds(text: str) -> float:
+    """A number of seconds above 0 (``--peer-budget``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds above 0: {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n\n")[1] if __doc__ else None
@@ -301,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         type=int,
         metavar="N",
-        help="the size of the scenarios that take one (e.g. s3_listing's objects)",
+        help="N objects per run in the scenarios that take a size (s3_shared_state, s3_listing)",
     )
     ap.add_argument("--json", metavar="OUT", help="write all measurements to this JSON file")
     ap.add_argument(
@@ -329,10 +377,44 @@ def main(argv: list[str] | None = None) -> int:
         help="make the scenarios' files under DIR (default: the system's temporary directory); "
         "a tmpfs such as /dev/shm measures the software without the disk",
     )
+    ap.add_argument(
+        "--peers",
+        dest="peers",
+        action="store_true",
+        default=None,
+        help="include Luigi, Snakemake and Prefect in peer_files (default: yes, except with --quick)",
+    )
+    ap.add_argument("--no-peers", dest="peers", action="store_false", help="skip the peers of peer_files")
+    ap.add_argument(
+        "--peer-sizes",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="job counts of peer_files (default: 1000 10000)",
+    )
+    ap.add_argument(
+        "--peer-reps",
+        type=int,
+        metavar="N",
+        default=1,
+        help="repetitions of peer_files (default 1: at 10,000 jobs one takes 20-30 minutes)",
+    )
+    ap.add_argument(
+        "--peer-budget",
+        type=positive_seconds,
+        metavar="SECONDS",
+        default=300.0,
+        help="time one run of a peer may take before it counts as not finished (default 300)",
+    )
     args = ap.parse_args(argv)
 
-    opts = Options(quick=args.quick, size=args.size, reps=args.reps or (1 if args.quick else 5))
+    opts = Options(quick=args.quick, reps=args.reps or (1 if args.quick else 5), size=args.size)
     opts.with_047 = args.baseline_047 if args.baseline_047 is not None else not args.quick
+    opts.with_peers = args.peers if args.peers is not None else not args.quick
+    if args.peer_sizes:
+        opts.peer_sizes = tuple(args.peer_sizes)
+    opts.peer_budget = args.peer_budget
+    opts.peer_reps = args.peer_reps
     info = machine()
     print(
         f"machine: {info['cores']} cores, {info['cpu']}, {info['memory']}, Python {info['python']}, load {info['load_average']}"
@@ -340,12 +422,34 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'quick' if opts.quick else 'full'} run, {opts.reps} repetition(s), pydatatask 0.4.7 baseline: {'yes' if opts.with_047 else 'no'}"
     )
+    if "peer_files" in (args.only or SCENARIOS):
+        print(
+            "peers (Luigi, Snakemake, Prefect): "
+            + (
+                f"yes, {'/'.join(map(str, opts.peer_sizes))} jobs, {opts.peer_reps} repetition(s),"
+                f" budget {opts.peer_budget:g} s per run"
+                if opts.with_peers
+                else "no"
+            )
+        )
     notes: list[str] = []
+    installs: dict[str, float] = {}
     if opts.with_047:
         opts.python047, why = venv_047()
         if opts.python047 is None:
             notes.append(why)
             print(f"0.4.7 baseline unavailable: {why}")
+    if opts.with_peers and "peer_files" in (args.only or SCENARIOS):
+        for dist, version in PEERS.values():
+            python, why, seconds = pinned_venv(dist, version)
+            opts.peer_pythons[dist] = (python, why)
+            if python is None:
+                notes.append(why)
+                print(f"{dist} {version} unavailable: {why}")
+            if seconds is not None:
+                installs[dist] = seconds
+            if python is not None and seconds is None:
+                print(f"{dist} {version}: virtualenv already there ({python})")
     tmp = tempfile.mkdtemp(prefix="pdt-bench-", dir=args.tmp)
     print(f"scenario files under {tmp}")
     os.environ["PDT_BENCH_TMP"] = tmp
@@ -396,6 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "machine": info,
             "options": {"quick": opts.quick, "reps": opts.reps, "baseline_047": opts.with_047},
+            "peers": {
+                "included": opts.with_peers,
+                "versions": {dist: version for dist, version in PEERS.values()},
+                "sizes": list(opts.peer_sizes),
+                "budget_seconds": opts.peer_budget,
+                "reps": opts.peer_reps,
+                "install_seconds": installs,
+            },
             "total_seconds": total,
             "notes": notes,
             "profiles": profiles,

@@ -38,10 +38,12 @@ SCENARIOS = (
     "noop_scaling",
     "ready_rss",
     "s3_stage",
+    "s3_shared_state",
     "s3_listing",
     "process_jobs",
     "web_page",
     "tiny_objects",
+    "peer_files",
 )
 
 T = TypeVar("T")
@@ -52,12 +54,18 @@ class Options:
     """What the runner was asked for."""
 
     quick: bool = False
-    #: the size to run the scenarios that take one at (``--size``; None: their own)
-    size: int | None = None
     reps: int = 5
+    #: objects or keys per run instead of a scenario's own size (``--size``), where it takes one
+    size: int | None = None
     with_047: bool = True
     python047: str | None = None  # the 0.4.7 venv's python, once created
     services: dict[str, Any] = field(default_factory=dict)
+    with_peers: bool = True  # the Luigi, Snakemake and Prefect series of peer_files
+    #: peer distribution -> the python of its virtualenv, or None and why not (peer_files)
+    peer_pythons: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    peer_sizes: tuple[int, ...] = (1_000, 10_000)
+    peer_budget: float = 300.0  # seconds per run of one peer before it "did not finish"
+    peer_reps: int = 1  # repetitions of peer_files (--peer-reps)
 
 
 @dataclass

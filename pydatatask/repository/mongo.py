@@ -287,6 +287,62 @@ class MongoMetadataRepository(MetadataRepository):
 
         return await self._call("replace_if", run)
 
+    async def _delete_many(self, keys: list[str]) -> None:
+        """One ``delete_many`` with ``$in`` per :data:`GET_MANY_CHUNK` keys."""
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), GET_MANY_CHUNK):
+            chunk = unique[start : start + GET_MANY_CHUNK]
+
+            async def run(coll: AsyncCollection[Any], chunk: list[str] = chunk) -> None:
+                await coll.delete_many({"_id": {"$in": chunk}})
+
+            await self._call("delete_many", run)
+
+    async def _put_many(self, values: dict[str, Any]) -> None:
+        """One unordered ``bulk_write`` of upserting replaces (PyMongo splits it only where
+        the server's batch limits require). Each document gets a new ``token``; a retry after
+        a lost reply writes the same documents again."""
+        pymongo = require("pymongo", "mongo")
+        requests = []
+        for key, value in values.items():
+            doc = _document(key, value)
+            doc["token"] = secrets.token_hex(16)
+            requests.append(pymongo.ReplaceOne({"_id": key}, doc, upsert=True))
+
+        async def run(coll: AsyncCollection[Any]) -> None:
+            await coll.bulk_write(requests, ordered=False)
+
+        await self._call("put_many", run)
+
+    async def _create_many(self, values: dict[str, Any]) -> set[str]:
+        """One ``insert_many(ordered=False)``: the keys whose insert failed on a duplicate
+        ``_id`` were present (not created). After a lost reply and a retry, a duplicate
+        whose stored ``token`` is ours was created by the first attempt."""
+        errors = require("pymongo.errors", "mongo")
+        docs = {}
+        for key, value in values.items():
+            doc = _document(key, value)
+            doc["token"] = secrets.token_hex(16)
+            docs[key] = doc
+
+        async def run(coll: AsyncCollection[Any]) -> set[str]:
+            try:
+                await coll.insert_many(list(docs.values()), ordered=False)
+            except errors.BulkWriteError as exc:
+                failures = exc.details.get("writeErrors", [])
+                others = [f for f in failures if f.get("code") != 11000]
+                if others:
+                    raise
+                ordered = list(docs)
+                duplicate = [ordered[f["index"]] for f in failures]
+                # a duplicate may be our own insert (a retry after a lost reply)
+                found = coll.find({"_id": {"$in": duplicate}}, projection={"token": 1})
+                ours = {d["_id"] async for d in found if d.get("token") == docs[d["_id"]]["token"]}
+                return set(docs) - set(duplicate) | ours
+            return set(docs)
+
+        return await self._call("create_many", run)
+
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         unique = list(dict.fromkeys(keys))

@@ -230,3 +230,41 @@ async def test_cancellation_propagates() -> None:
             await task
     finally:
         await client.close()
+
+
+# --- bulk writes: one round trip per batch (commands seen by the real server) ---
+BULK_KEYS = [f"batch/k{i:03d}" for i in range(100)]
+
+
+async def test_put_many_is_one_bulk_write(collection: AsyncCollection[Any], counter: CommandCounter) -> None:
+    repo = MongoMetadataRepository(collection)
+    await repo.put("batch/k007", {"old": True})
+    counter.names.clear()
+    await repo.put_many({k: {"n": i} for i, k in enumerate(BULK_KEYS)})
+    assert counter.names == ["update"], counter.names  # replaces with upsert: one command
+    assert await repo.get("batch/k007") == {"n": 7}
+    assert await repo.keys() == set(BULK_KEYS)
+    versions = await repo.versions()
+    assert len(set(versions.values())) == len(BULK_KEYS)  # each document got its own token
+
+
+async def test_create_many_is_one_insert(collection: AsyncCollection[Any], counter: CommandCounter) -> None:
+    repo = MongoMetadataRepository(collection)
+    counter.names.clear()
+    assert await repo.create_many({k: {"n": i} for i, k in enumerate(BULK_KEYS)}) == set(BULK_KEYS)
+    assert counter.names == ["insert"], counter.names
+    # a second batch over taken and free keys: only the free ones are created, the taken
+    # ones keep their values
+    more = {f"batch/x{i}": {"n": i} for i in range(5)}
+    made = await repo.create_many({"batch/k001": {"n": "again"}, "batch/k050": {"n": "again"}} | more)
+    assert made == set(more)
+    assert await repo.get("batch/k001") == {"n": 1}
+
+
+async def test_delete_many_is_one_command(collection: AsyncCollection[Any], counter: CommandCounter) -> None:
+    repo = MongoMetadataRepository(collection)
+    await repo.put_many({k: 1 for k in BULK_KEYS})
+    counter.names.clear()
+    await repo.delete_many([*BULK_KEYS[:60], "batch/never-there"])
+    assert counter.names == ["delete"], counter.names
+    assert await repo.keys() == set(BULK_KEYS[60:])

@@ -6,16 +6,20 @@ errors mean is in ``_errors``, streaming reads in ``_reader``, writes in ``_writ
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from ..._deps import require
+from ..._taskgroups import first_error
 from ...backoff import Backoff
 from ...errors import ConfigurationError, InvalidKeyError, KeyNotFoundError, PydatataskError, RepositoryError
 from ...session import resolve
 from ..base import BlobReader, BlobRepository, BlobWriter
 from ..journal import current_journal
+from ._coalesce import Coalescer
 from ._errors import (
     EXISTS_CODES,
     NOT_FOUND_CODES,
@@ -41,6 +45,17 @@ MAX_SINGLE_PUT = 5 * 1024 * MiB  # the S3 limit of one PutObject
 
 # a client that retries by itself gets each request once from us (one retry layer)
 _ONCE = Backoff(attempts=1)
+
+#: names per ``DeleteObjects`` request (the S3 limit) and per listing page
+BULK_NAMES = 1000
+#: objects whose ETag this repository remembers from its own conditional writes
+OWN_WRITES = 65_536
+#: ``DeleteObjects`` requests of one ``delete_many`` in flight at once
+_DELETE_CONCURRENCY = 4
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class S3BucketRepository(BlobRepository):
@@ -115,6 +130,13 @@ class S3BucketRepository(BlobRepository):
         #: list only the objects directly under the prefix (and refuse keys with ``/``)
         self.flat = flat
         self._name_bytes = len(prefix.encode("utf-8")) + len(suffix.encode("utf-8"))
+        # object name -> (ETag, digest of the bytes) of what this repository itself stored
+        # with a conditional write and has not changed since: a compare-and-swap of those
+        # bytes is then one PutObject with If-Match, without reading the object back
+        self._own: dict[str, tuple[str, bytes]] = {}
+        # concurrent single-key checks and deletes go together (see _coalesce)
+        self._checks: Coalescer[bool] = Coalescer(self._contains_batch, BULK_NAMES)
+        self._deletes: Coalescer[None] = Coalescer(self._delete_batch, BULK_NAMES)
 
     # --- naming ---------------------------------------------------------------
     @property
@@ -267,6 +289,11 @@ class S3BucketRepository(BlobRepository):
         return self._valid_versions(await self._scan())
 
     async def _contains(self, key: str) -> bool:
+        """One ``HeadObject``; checks made while another is under way go together into one
+        listing page (see :meth:`_contains_batch`)."""
+        return await self._checks(key)
+
+    async def _head(self, key: str) -> bool:
         client = resolve(self._client)
         name = self.object_name(key)
         try:
@@ -279,29 +306,185 @@ class S3BucketRepository(BlobRepository):
             return False
         return True
 
+    async def _contains_batch(self, keys: list[str]) -> dict[str, bool | BaseException]:
+        """Whether each key is stored: the keys whose objects share a "directory" (the name
+        up to its last ``/``) with another are looked up with one delimited
+        ``ListObjectsV2`` page of that directory, the others with a ``HeadObject`` each.
+
+        Only one directory at a time, delimited: servers that keep objects in a tree
+        (SeaweedFS) list ``d/x/...`` where ``d/x`` sorts among the names of ``d/``, not in
+        the byte order of whole names, so a page over several directories could skip a
+        name past its ``StartAfter``. Within one directory the names come in order.
+        """
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            name = self.object_name(key)
+            groups.setdefault(name[: name.rfind("/") + 1], []).append(key)
+        answers: dict[str, bool | BaseException] = {}
+
+        async def one(key: str) -> None:
+            answers[key] = await self._head(key)
+
+        async def page(directory: str, members: list[str]) -> None:
+            answers.update(await self._list_directory(directory, members))
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for directory, members in groups.items():
+                    if len(members) == 1:
+                        tg.create_task(one(members[0]))
+                    else:
+                        tg.create_task(page(directory, members))
+        except BaseExceptionGroup as group:
+            error = first_error(group)  # a request failed (backend down, ...): that error
+            raise error from error.__cause__
+        return answers
+
+    async def _list_directory(self, directory: str, keys: list[str]) -> dict[str, bool]:
+        """Whether each of ``keys`` (objects directly under ``directory``) is stored, from one
+        delimited listing page starting just below the first name; the keys past the end of
+        a truncated page get a ``HeadObject`` each. The page is asked for after every
+        caller asked, so it answers as a ``HeadObject`` sent then would."""
+        client = resolve(self._client)
+        names = {self.object_name(k): k for k in keys}
+        first = min(names)  # str order is the order of UTF-8 bytes, as S3 sorts names
+        kwargs: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Prefix": directory,
+            "Delimiter": "/",
+            # enough for the names asked and some stored between them: each listed name
+            # costs the client its parsing (a page of names already done costs a lot)
+            "MaxKeys": min(BULK_NAMES, 4 * len(keys) + 16),
+        }
+        if len(first) > len(directory) + 1:
+            kwargs["StartAfter"] = first[:-1]  # a proper prefix sorts before the name itself
+        response: dict[str, Any] = await self._call(
+            f"checking {len(keys)} keys of {self.describe()}", lambda: client.list_objects_v2(**kwargs)
+        )
+        listed = [obj["Key"] for obj in response.get("Contents", ())]
+        seen = set(listed)
+        # a complete page holds every name after StartAfter; a truncated one up to its last
+        truncated = bool(response.get("IsTruncated"))
+        last = listed[-1] if listed else ""
+        answers: dict[str, bool] = {}
+        rest = []
+        for name, key in names.items():
+            if name in seen:
+                answers[key] = True
+            elif not truncated or name <= last:
+                answers[key] = False
+            else:
+                rest.append(key)
+        for key, found in zip(rest, await asyncio.gather(*(self._head(k) for k in rest)), strict=True):
+            answers[key] = found
+        return answers
+
     async def _delete(self, key: str) -> None:
+        self._own.pop(self.object_name(key), None)
+        if not self.abort_uploads_on_delete:
+            # nothing but the object to remove: deletes made while another is under way
+            # go together into one DeleteObjects (claims released as their jobs end)
+            await self._deletes(key)
+            return
         client = resolve(self._client)
         name = self.object_name(key)
         await self._call(
             f"deleting {self.url(key)}", lambda: client.delete_object(Bucket=self._bucket, Key=name)
         )
-        if not self.abort_uploads_on_delete:
-            return
-        # a writer that was killed, or could not abort while the server was down, leaves an
-        # in-progress multipart upload (invisible, but stored): deleting the key removes it
-        # too, so cleaning up after a crashed or failed job leaves no debris
-        response = await self._call(
-            f"listing the uploads in progress to {self.url(key)}",
-            lambda: client.list_multipart_uploads(Bucket=self._bucket, Prefix=name),
+        await self._abort_uploads([key])
+
+    async def _delete_batch(self, keys: list[str]) -> dict[str, None | BaseException]:
+        """Delete ``keys`` (at most :data:`BULK_NAMES`): one ``DeleteObject`` for one key, one
+        ``DeleteObjects`` for more; a key the server could not delete gets its error."""
+        if len(keys) == 1:
+            client = resolve(self._client)
+            name = self.object_name(keys[0])
+            await self._call(
+                f"deleting {self.url(keys[0])}", lambda: client.delete_object(Bucket=self._bucket, Key=name)
+            )
+            return {keys[0]: None}
+        failed = await self._delete_objects(keys)
+        return {k: failed.get(k) for k in keys}
+
+    async def _delete_objects(self, keys: list[str]) -> dict[str, RepositoryError]:
+        """One ``DeleteObjects`` (quiet) of ``keys``; the keys it could not delete, with why."""
+        client = resolve(self._client)
+        by_name = {self.object_name(k): k for k in keys}
+        request = {"Objects": [{"Key": n} for n in by_name], "Quiet": True}
+        response: dict[str, Any] = await self._call(
+            f"deleting {len(keys)} keys of {self.describe()}",
+            lambda: client.delete_objects(Bucket=self._bucket, Delete=request),
         )
-        for upload in response.get("Uploads", ()):
-            if upload.get("Key") != name:
-                continue
+        failed: dict[str, RepositoryError] = {}
+        for error in response.get("Errors", ()):
+            name, code = error.get("Key"), str(error.get("Code", ""))
+            if name not in by_name or code in NOT_FOUND_CODES:
+                continue  # already absent: deleted
+            key = by_name[name]
+            failed[key] = RepositoryError(
+                f"deleting {self.url(key)}: {self._where()} refused: {code}: {error.get('Message', '')}".rstrip(
+                    ": "
+                )
+            )
+        return failed
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        """``DeleteObjects`` of up to 1,000 names per request (a few requests at once), then,
+        with ``abort_uploads_on_delete``, one listing of the uploads in progress under the
+        prefix. Keys the server could not delete are named in one
+        :class:`~pydatatask.errors.RepositoryError` after the others are deleted."""
+        unique = list(dict.fromkeys(keys))
+        for key in unique:
+            self._own.pop(self.object_name(key), None)
+        chunks = [unique[i : i + BULK_NAMES] for i in range(0, len(unique), BULK_NAMES)]
+        gate = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+        async def one(chunk: list[str]) -> dict[str, RepositoryError]:
+            async with gate:
+                return await self._delete_objects(chunk)
+
+        failed: dict[str, RepositoryError] = {}
+        for part in await asyncio.gather(*(one(c) for c in chunks)):
+            failed.update(part)
+        if self.abort_uploads_on_delete:
+            await self._abort_uploads([k for k in unique if k not in failed])
+        if failed:
+            sample = ", ".join(repr(k) for k in list(failed)[:5])
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            first = next(iter(failed.values()))
+            raise RepositoryError(
+                f"deleting {len(unique)} keys of {self.describe()}: {len(failed)} not deleted "
+                f"({sample}{more}); the first: {first}"
+            ) from first
+
+    async def _abort_uploads(self, keys: list[str]) -> None:
+        """Abort the multipart uploads in progress to ``keys``: a writer that was killed, or
+        could not abort while the server was down, leaves one (invisible, but stored), so
+        cleaning up after a crashed or failed job leaves no debris."""
+        if not keys:
+            return
+        client = resolve(self._client)
+        names = {self.object_name(k) for k in keys}
+        # one key: its own name as the listing prefix; several: the repository's prefix
+        where = next(iter(names)) if len(names) == 1 else self._prefix
+        what = (
+            f"listing the uploads in progress to {self.url(keys[0]) if len(keys) == 1 else self.describe()}"
+        )
+
+        async def uploads() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": where}
+            async for page in client.get_paginator("list_multipart_uploads").paginate(**kwargs):
+                found.extend(u for u in page.get("Uploads", ()) if u.get("Key") in names)
+            return found
+
+        for upload in await self._call(what, uploads):
+            name = upload["Key"]
             try:
                 await self._call(
-                    f"aborting the multipart upload to {self.url(key)}",
-                    lambda u=upload["UploadId"]: client.abort_multipart_upload(  # type: ignore[misc]
-                        Bucket=self._bucket, Key=name, UploadId=u
+                    f"aborting the multipart upload to s3://{self._bucket}/{name}",
+                    lambda n=name, u=upload["UploadId"]: client.abort_multipart_upload(  # type: ignore[misc]
+                        Bucket=self._bucket, Key=n, UploadId=u
                     ),
                     expect=frozenset({"NoSuchUpload"}),
                 )
@@ -384,6 +567,7 @@ class S3BucketRepository(BlobRepository):
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
         body = bytes(data)
+        self._own.pop(name, None)
         await self._call(
             f"writing {self.url(key)}", lambda: client.put_object(Bucket=self._bucket, Key=name, Body=body)
         )
@@ -394,7 +578,7 @@ class S3BucketRepository(BlobRepository):
         try:
             # not idempotent: a repeat after a lost response would see our own object and
             # answer False, so only failures that never reached the server are retried
-            await self._call(
+            response: dict[str, Any] = await self._call(
                 f"creating {self.url(key)}",
                 lambda: client.put_object(Bucket=self._bucket, Key=name, Body=data, IfNoneMatch="*"),
                 idempotent=False,
@@ -402,24 +586,28 @@ class S3BucketRepository(BlobRepository):
             )
         except Expected:
             return False
+        self._remember(name, response, data)
         return True
 
-    async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
-        # compare-and-swap on the ETag: read, compare, then PutObject with If-Match; a 412
-        # (or, on some servers, 404 for a vanished object) means another writer won
-        try:
-            response = await self._get_object(key)
-        except KeyNotFoundError:
-            return False
-        async with response["Body"] as body:
-            current = await body.read()
-        if current != expected:
-            return False
+    def _remember(self, name: str, response: dict[str, Any], data: bytes) -> None:
+        """Note the ETag of what a conditional write of ours stored (the oldest notes go
+        past :data:`OWN_WRITES`)."""
+        etag = response.get("ETag")
+        self._own.pop(name, None)
+        if not isinstance(etag, str):
+            return
+        if len(self._own) >= OWN_WRITES:
+            del self._own[next(iter(self._own))]
+        self._own[name] = (etag, _digest(data))
+
+    async def _put_if_match(self, key: str, etag: str, data: bytes) -> bool:
+        """``PutObject`` with ``If-Match: etag``; False when the object changed or is gone
+        (412, or 404 on some servers for a vanished object)."""
         client = resolve(self._client)
         name = self.object_name(key)
-        etag = response.get("ETag")
+        self._own.pop(name, None)
         try:
-            await self._call(
+            response: dict[str, Any] = await self._call(
                 f"replacing {self.url(key)}",
                 lambda: client.put_object(Bucket=self._bucket, Key=name, Body=data, IfMatch=etag),
                 idempotent=False,
@@ -427,4 +615,45 @@ class S3BucketRepository(BlobRepository):
             )
         except Expected:
             return False
+        self._remember(name, response, data)
         return True
+
+    async def replace_own(self, key: str, expected: bytes, data: bytes) -> bool | None:
+        """Compare-and-swap without reading back, when ``expected`` is what this repository
+        itself last stored under ``key`` with a conditional write: one ``PutObject`` with
+        ``If-Match`` its ETag. True if replaced; None when the answer needs the stored
+        object (no such write remembered, or the object changed since: someone else wrote,
+        perhaps an equal value)."""
+        name = self.object_name(key)
+        own = self._own.get(name)
+        if own is None or own[1] != _digest(expected):
+            return None
+        if await self._put_if_match(key, own[0], data):
+            return True
+        return None
+
+    async def read_versioned(self, key: str) -> tuple[bytes, str | None]:
+        """The whole object and its ETag, from one ``GetObject``."""
+        response = await self._get_object(key)
+        reader = S3Reader(self, key, response)
+        try:
+            data = await reader.read()
+        finally:
+            await reader.aclose()
+        etag = response.get("ETag")
+        return data, etag if isinstance(etag, str) else None
+
+    async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        # compare-and-swap on the ETag: our own last write needs no reading back; otherwise
+        # read, compare, then PutObject with If-Match; a 412 (or, on some servers, 404 for
+        # a vanished object) means another writer won
+        done = await self.replace_own(key, expected, data)
+        if done is not None:
+            return done
+        try:
+            current, etag = await self.read_versioned(key)
+        except KeyNotFoundError:
+            return False
+        if current != expected or etag is None:
+            return False
+        return await self._put_if_match(key, etag, data)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import KeyNotFoundError, RepositoryError
 from ..base import BlobRepository
-from ..serialized import JsonMetadataRepository, YamlMetadataRepository
+from ..serialized import JsonMetadataRepository, SerializedMetadataRepository, YamlMetadataRepository
 from ._bucket import S3BucketRepository
 
 __all__ = ("YamlMetadataS3Repository", "JsonMetadataS3Repository")
 
 
 class _S3MetadataMixin:
-    """Exposes the naming of the underlying :class:`S3BucketRepository`."""
+    """Exposes the naming of the underlying :class:`S3BucketRepository`, and its bulk and
+    conditional requests where they save round trips."""
 
     blobs: BlobRepository
 
@@ -42,6 +44,32 @@ class _S3MetadataMixin:
 
     def url(self, key: str) -> str:
         return self.s3.url(key)
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        """``DeleteObjects`` of up to 1,000 keys per request."""
+        await self.s3._delete_many(keys)
+
+    async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
+        """Compare-and-swap in one ``PutObject`` with ``If-Match`` when ``expected`` is what
+        this repository last stored under ``key`` conditionally (a claim's heartbeat);
+        otherwise one ``GetObject`` (value and ETag), a comparison, then that ``PutObject``."""
+        assert isinstance(self, SerializedMetadataRepository)
+        data = self._encode(key, value)
+        try:
+            mine: bytes | None = self._encode(key, expected)
+        except RepositoryError:
+            mine = None  # not a storable value: it cannot be what is stored
+        if mine is not None:
+            done = await self.s3.replace_own(key, mine, data)
+            if done is not None:
+                return done
+        try:
+            current, etag = await self.s3.read_versioned(key)
+        except KeyNotFoundError:
+            return False
+        if etag is None or self._decode(key, current) != expected:
+            return False
+        return await self.s3._put_if_match(key, etag, data)
 
 
 def _metadata_store(
