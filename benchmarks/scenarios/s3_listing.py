@@ -14,7 +14,7 @@ it (not timed). The ``ListObjectsV2`` requests are counted by botocore's
   run of that length makes (``refresh_listings`` counts the listings beyond the first
   and the last of each repository).
 
-``--size N`` sets the number of objects (default 10,000; ``--quick`` 200).
+``--size N`` sets the number of objects (default 10,000; ``--quick`` 60).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ IN = "listing-in/"
 
 
 def points(opts: Options) -> list[Point]:
-    n = opts.size or (200 if opts.quick else 10_000)
+    n = opts.size or (60 if opts.quick else 10_000)
     return [Point(f"{n} objects", n, {"n": n, "concurrency": CONCURRENCY}, ["ours", "default"])]
 
 
