@@ -4,7 +4,9 @@ server, its outputs, records and claims in the bucket, against one full listing.
 Inputs are uploaded once (``prepare``) under ``listing-in/`` of the bucket ``pdt-bench``;
 each measurement writes its outputs and state under a prefix of its own, removed after
 it (not timed). The ``ListObjectsV2`` requests are counted by botocore's
-``before-call`` event on the client (an observation of what is sent).
+``before-call`` event on the client (an observation of what is sent): listing pages
+apart from the delimited pages that check whether a few keys exist (the record check
+at launch; ``check_pages``).
 
 * ``ours``: ``refresh="1h"``, so no refresh falls due: what the scheduler lists to learn
   its own writes, and nothing else. Target: at most 2x the pages of one full listing of
@@ -112,10 +114,14 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         async with _client(conf) as client:
-            sent: list[str] = []
-            client.meta.events.register(
-                "before-call.s3.ListObjectsV2", lambda params, **_: sent.append(str(params.get("Prefix")))
-            )
+            sent: list[str] = []  # listing pages (not the delimited pages that check a few keys)
+            checks: list[str] = []
+
+            def note(params: dict[str, Any], **_: Any) -> None:
+                query = params.get("query_string") or {}  # the request as it is sent
+                (checks if "delimiter" in query else sent).append(str(query.get("prefix")))
+
+            client.meta.events.register("before-call.s3.ListObjectsV2", note)
 
             class Only(S3BucketRepository):  # the first n inputs only (the bucket may hold more)
                 async def _list(self) -> Any:
@@ -166,6 +172,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
                 "list_pages": list_pages,
                 "full_pages": full_pages,
                 "refresh_listings": listings - 2 * len(repositories),
+                "check_pages": len(checks),
             }
 
     return asyncio.run(main())

@@ -23,15 +23,20 @@ PAGE = 50  # keys per LIST page (the server's default is 1,000): a listing of N 
 
 
 def count_list_pages(s3: Any) -> list[str]:
-    """Every ListObjectsV2 request the client sends from now on (its prefix), with pages of
-    ``PAGE`` keys."""
+    """Every listing page the client asks for from now on (its prefix), with pages of
+    ``PAGE`` keys. The delimited pages that answer whether a few keys of one directory
+    exist (the record check at launch, instead of a ``HeadObject`` each) are not
+    listings of a repository and are not counted."""
     sent: list[str] = []
 
     def page_size(params: dict[str, Any], **_: Any) -> None:
-        params["MaxKeys"] = PAGE
+        if "Delimiter" not in params:
+            params.setdefault("MaxKeys", PAGE)
 
     def note(params: dict[str, Any], **_: Any) -> None:
-        sent.append(str(params.get("Prefix", "")))
+        query = params.get("query_string") or {}  # the request as it is sent
+        if "delimiter" not in query:
+            sent.append(str(query.get("prefix", "")))
 
     s3.meta.events.register("before-parameter-build.s3.ListObjectsV2", page_size)
     s3.meta.events.register("before-call.s3.ListObjectsV2", note)
