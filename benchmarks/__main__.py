@@ -1,5 +1,5 @@
 """The benchmark runner: ``python -m benchmarks [--quick] [--only NAME ...] [--reps N]
-[--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
+[--size N] [--json out.json] [--plot out.png] [--profile NAME] [--no-baseline-047]``.
 
 For each scenario and repetition it runs every series (ours, the bare loop, 0.4.7, ...)
 one after the other, each measurement in a fresh subprocess, then prints medians,
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         type=int,
         metavar="N",
-        help="N objects per run in the scenarios that take a size (s3_shared_state, s3_listing)",
+        help="N objects or keys per run in the scenarios that take a size (s3_shared_state, s3_listing; kube_pods: default 1,000, quick 10)",
     )
     ap.add_argument("--json", metavar="OUT", help="write all measurements to this JSON file")
     ap.add_argument(

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ __all__ = (
     "let_go",
     "executor_pods",
     "no_executor_pods_left",
+    "Requests",
+    "observed_executor",
 )
 
 #: a pod template running ``params.script`` with ``sh -c`` (the job's key in ``$KEY``);
@@ -58,15 +61,13 @@ class WatchedPodTask(PodTask):
 
 def make_executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
     """A :class:`KubeExecutor` called ``name`` on the test cluster, its client a resource of
-    ``session`` of its own (so two executors behave as two schedulers); pods are listed
-    every 0.2 s unless ``poll_interval`` says otherwise."""
+    ``session`` of its own (so two executors behave as two schedulers)."""
 
     async def kube() -> AsyncIterator[Any]:
         async with api_client(kcfg["kubeconfig"]) as api:
             yield api
 
     kube.__name__ = f"kube_{secrets.token_hex(4)}"  # one resource per executor of a session
-    kw.setdefault("poll_interval", "0.2s")
     return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
 
 
@@ -152,3 +153,58 @@ async def executor_pods(kcfg: dict[str, Any], name: str) -> list[Any]:
 async def no_executor_pods_left(kcfg: dict[str, Any], name: str, within: float = 20.0) -> None:
     """Wait until the executor called ``name`` has no pod left (see :func:`no_pods_left`)."""
     await no_pods_left(kcfg, within, label=f"pydatatask.io/executor={name}")
+
+
+# ---------------------------------------------------------------------------- API requests
+class Requests:
+    """The API requests an ``ApiClient`` sent: ``(method, path, query)`` in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, str]]] = []
+        #: set at each request (clear it, then wait for the next one)
+        self.more = asyncio.Event()
+
+    def attach(self, api: Any) -> None:
+        """Note every request of ``api`` (its REST client's one entry point)."""
+        rest = api.rest_client
+        send = rest.request
+
+        async def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            query = {str(k): str(v) for k, v in kwargs.get("query_params") or []}
+            self.sent.append((method, urllib.parse.urlsplit(url).path, query))
+            self.more.set()
+            return await send(method, url, *args, **kwargs)
+
+        rest.request = request
+
+    def pod_lists(self) -> list[dict[str, str]]:
+        """The query of each LIST of pods (a collection GET that is not a watch)."""
+        return [q for m, p, q in self.sent if m == "GET" and p.endswith("/pods") and q.get("watch") != "True"]
+
+    def pod_watches(self) -> list[dict[str, str]]:
+        """The query of each WATCH of pods."""
+        return [q for m, p, q in self.sent if m == "GET" and p.endswith("/pods") and q.get("watch") == "True"]
+
+    def pod_reads(self) -> int:
+        """GETs of single pods."""
+        return sum(1 for m, p, _ in self.sent if m == "GET" and "/pods/" in p and not p.endswith("/log"))
+
+
+def observed_executor(
+    session: Session, kcfg: dict[str, Any], name: str, *, server: str | None = None, **kw: Any
+) -> tuple[KubeExecutor, Requests]:
+    """As :func:`make_executor`, with every API request noted in the :class:`Requests`
+    returned, and sent to ``server`` (e.g. a proxy's ``https://127.0.0.1:PORT``) instead of
+    the kubeconfig's server if given."""
+    requests = Requests()
+
+    async def kube() -> AsyncIterator[Any]:
+        async with api_client(kcfg["kubeconfig"]) as api:
+            if server is not None:
+                api.configuration.host = server
+            requests.attach(api)
+            yield api
+
+    kube.__name__ = f"kube_{secrets.token_hex(4)}"
+    ex = KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
+    return ex, requests

@@ -44,6 +44,7 @@ SCENARIOS = (
     "web_page",
     "tiny_objects",
     "peer_files",
+    "kube_pods",
 )
 
 T = TypeVar("T")

@@ -19,9 +19,11 @@ What the executor guarantees about a job's pod:
   pod deleted by a timeout, a cancellation or by hand stays in the API (its name taken)
   until :meth:`PodHandle.close`, which the lifecycle calls after the job's partial outputs
   are gone; a crashed scheduler's pod thus keeps its key until someone recovers it.
-* **one LIST per interval**: one :class:`~pydatatask.executor.pods.PodPoller` per executor
-  lists its pods (label ``pydatatask.io/executor``) at most once per ``poll_interval`` and
-  wakes every handle waiting for its pod.
+* **one watch per executor**: one :class:`~pydatatask.executor.kube_watch.PodWatch` lists
+  the executor's pods (label ``pydatatask.io/executor``) once, then watches them from that
+  list's resourceVersion: each change wakes the handle waiting for that pod as it
+  arrives; a dropped connection resumes from the last resourceVersion seen, an expired
+  one (410 Gone) lists again.
 * **recovery**: :meth:`KubeExecutor.recover` turns a handle's :attr:`~pydatatask.executor.base.JobHandle.info` into a
   handle on the same pod (same uid), adoptable while the pod was not deleted (it runs or
   has finished: its outcome is recorded, not redone); :meth:`KubeExecutor.jobs` lists the
@@ -44,6 +46,7 @@ from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError
 from ..quantities import parse_cpu, parse_memory
 from .base import Capacity, Executor, FunctionCall, JobHandle, Outcome, PodWork, Resources, Slot, Work
+from .kube_watch import PodWatch
 from .pod_state import (
     CLEANUP_FINALIZER,
     EXECUTOR_LABEL,
@@ -57,16 +60,29 @@ from .pod_state import (
     iso_time,
     pending_reason,
 )
-from .pods import KubeApiError, KubeCluster, PodPoller, label_value, pod_name
+from .pods import KubeApiError, KubeCluster, label_value, pod_name
 from .quota import LaunchRate
 
 __all__ = ("KubeExecutor", "PodHandle", "PodNameTakenError", "FUNCTION_COMMAND", "pod_outcome")
 
 log = logging.getLogger("pydatatask.executor.kubernetes")
 
+#: seconds after which a handle whose pod the watch does not show asks the API (a GET)
+_UNSEEN_CHECK = 10.0
+
 #: the hidden command of a pipeline script that runs one function call in a pod:
 #: ``python SCRIPT _call-function TASK KEY``
 FUNCTION_COMMAND = "_call-function"
+
+
+def _phase(pod: Mapping[str, Any]) -> str:
+    """The phase of a pod as the API's JSON object."""
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _deleted(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod (the API's JSON object) was deleted."""
+    return (pod.get("metadata") or {}).get("deletionTimestamp") is not None
 
 
 class PodNameTakenError(JobError):
@@ -148,6 +164,7 @@ class PodHandle(JobHandle):
             "key": key,
         }
         self._since = time.monotonic()
+        self._asked_at = self._since
         self._pod: Any = None
         self._outcome: Outcome | None = None
         self._closed = False
@@ -158,59 +175,80 @@ class PodHandle(JobHandle):
     def describe(self) -> str:
         return f"pod {self.executor.cluster.namespace}/{self.name}"
 
-    def _mine(self, snapshot: Mapping[str, Any]) -> Any:
-        pod = snapshot.get(self.name)
-        return pod if pod is not None and pod.metadata.uid == self.uid else None
+    def _left(self, since: float) -> float | None:
+        """Seconds until ``pending_timeout`` is over, counted from ``since`` (None: no limit)."""
+        timeout = self.executor.pending_timeout
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - since))
+
+    async def _unseen_gone(self) -> bool:
+        """Whether the pod, which the watch does not show, is gone: asked of the API (a
+        GET) at most every few seconds, so that a handle never waits for an event that
+        went by before it was made."""
+        now = time.monotonic()
+        if now - max(self._since, self._asked_at) < _UNSEEN_CHECK:
+            return False
+        self._asked_at = now
+        pod = await self.executor.cluster.read_pod(self.name)
+        return pod is None or pod.metadata.uid != self.uid
 
     async def started(self) -> None:
         """Return once the pod left ``Pending`` (its containers were started), has ended or
         is gone, or its ``pending_timeout`` passed (then :meth:`wait` reports why)."""
-        poller = self.executor.poller
-        timeout = self.executor.pending_timeout
-        snapshot = await poller.refresh()
-        while True:
-            pod = self._mine(snapshot)
-            if pod is None:
-                if poller.taken_at > self._since:
+        watch = self.executor.watch
+        async with watch.interest():
+            while True:
+                pod, gone = watch.lookup(self.name, self.uid, self._since)
+                if gone:
                     return
-            else:
-                phase = (pod.status.phase if pod.status else None) or "Pending"
-                if phase != "Pending" or pod.metadata.deletion_timestamp is not None:
+                if pod is None:
+                    if await self._unseen_gone():
+                        return
+                    await watch.changed(self.name, _UNSEEN_CHECK)
+                    continue
+                left = self._left(self._since)
+                if _phase(pod) != "Pending" or _deleted(pod) or left == 0:
                     return
-                if timeout is not None and time.monotonic() - self._since > timeout:
-                    return
-            snapshot = await poller.next_snapshot()
+                await watch.changed(self.name, left)
 
     async def wait(self) -> Outcome:
         """Wait until the pod has ended; a pod deleted or still Pending after
         ``pending_timeout`` is stopped first and reported as an error."""
         if self._outcome is not None:
             return self._outcome
-        poller = self.executor.poller
-        timeout = self.executor.pending_timeout
+        watch = self.executor.watch
         where = self.executor.cluster.namespace
-        snapshot = await poller.refresh()
-        while True:
-            pod = self._mine(snapshot)
-            if pod is None:
-                if poller.taken_at > self._since:
+        async with watch.interest():
+            while True:
+                pod, gone = watch.lookup(self.name, self.uid, self._since)
+                if gone:
                     return self._end(
                         Outcome(error=JobError(f"pod {self.name} disappeared before it finished (deleted?)"))
                     )
-            else:
-                phase = (pod.status.phase if pod.status else None) or "Pending"
+                if pod is None:
+                    if await self._unseen_gone():
+                        return self._end(
+                            Outcome(
+                                error=JobError(f"pod {self.name} disappeared before it finished (deleted?)")
+                            )
+                        )
+                    await watch.changed(self.name, _UNSEEN_CHECK)
+                    continue
+                phase = _phase(pod)
                 if phase in FINISHED_PHASES:
-                    self._pod = pod
-                    return self._end(pod_outcome(pod))
-                if pod.metadata.deletion_timestamp is not None:
+                    self._pod = watch.model(pod)
+                    return self._end(pod_outcome(self._pod))
+                if _deleted(pod):
                     await self._await_stopped()
                     return self._end(
                         Outcome(
                             error=JobError(f"pod {self.name} was deleted before it finished"), place=where
                         )
                     )
-                if phase == "Pending" and timeout is not None and time.monotonic() - self._since > timeout:
-                    reason = pending_reason(pod)
+                left = self._left(self._since) if phase == "Pending" else None
+                if left == 0:
+                    timeout = self.executor.pending_timeout
+                    assert timeout is not None
+                    reason = pending_reason(watch.model(pod))
                     await self.cancel(0)
                     return self._end(
                         Outcome(
@@ -218,7 +256,7 @@ class PodHandle(JobHandle):
                             place=where,
                         )
                     )
-            snapshot = await poller.next_snapshot()
+                await watch.changed(self.name, left)
 
     def _end(self, outcome: Outcome) -> Outcome:
         outcome.extra.setdefault(
@@ -238,18 +276,24 @@ class PodHandle(JobHandle):
     async def _await_stopped(self) -> bool:
         """Wait until the deleted pod's containers have stopped or it left the API; False
         after ``delete_wait``."""
-        poller = self.executor.poller
-        since = time.monotonic()
-        deadline = since + self.executor.delete_wait
-        snapshot = await poller.refresh(0)
-        while True:
-            pod = self._mine(snapshot)
-            if poller.taken_at > since and (pod is None or containers_stopped(pod)):
-                return True
-            if time.monotonic() > deadline:
-                log.warning("pod %s is still terminating after %gs", self.name, self.executor.delete_wait)
-                return False
-            snapshot = await poller.next_snapshot()
+        watch = self.executor.watch
+        deadline = time.monotonic() + self.executor.delete_wait
+        async with watch.interest():
+            while True:
+                pod, gone = watch.lookup(self.name, self.uid, self._since)
+                if gone or (
+                    pod is not None
+                    and (_phase(pod) in FINISHED_PHASES or _deleted(pod))
+                    and containers_stopped(watch.model(pod))
+                ):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("pod %s is still terminating after %gs", self.name, self.executor.delete_wait)
+                    return False
+                if pod is None and await self._unseen_gone():
+                    return True
+                await watch.changed(self.name, min(left, _UNSEEN_CHECK))
 
     async def logs(self) -> bytes:
         """Each container's log (init containers first), at most ``log_limit`` bytes each,
@@ -291,7 +335,9 @@ class KubeExecutor(Executor):
         ``"500m"``).
     :param max_memory: at most this much memory requested by the pods at once (``"8Gi"``).
     :param launch_rate: at most this many pod creations per second.
-    :param poll_interval: how often the executor's pods are listed (``"2s"``).
+    :param watch_linger: how long the watch of the executor's pods stays open once no job
+        waits for its pod (``"60s"``): jobs launched meanwhile cost no new LIST. While
+        jobs wait, pod states reach them as they change (there is no polling interval).
     :param pending_timeout: a pod still Pending after this long fails, naming the reason.
     :param log_limit: at most this many bytes of each container's log are kept.
     :param delete_wait: how long to wait for a deleted pod's containers to stop.
@@ -319,7 +365,7 @@ class KubeExecutor(Executor):
         max_cpu: str | float | None = None,
         max_memory: str | int | None = None,
         launch_rate: float | None = None,
-        poll_interval: float | str = "2s",
+        watch_linger: float | str = "60s",
         pending_timeout: float | str | None = None,
         log_limit: int = 1 << 20,
         delete_wait: float | str = "90s",
@@ -340,7 +386,7 @@ class KubeExecutor(Executor):
             memory=None if max_memory is None else parse_memory(max_memory),
         )
         self.rate = None if launch_rate is None else LaunchRate(launch_rate, f"executor {name!r}")
-        self.poll_interval = parse_duration(poll_interval)
+        self.watch_linger = parse_duration(watch_linger)
         self.pending_timeout = None if pending_timeout is None else parse_duration(pending_timeout)
         self.delete_wait = parse_duration(delete_wait)
         self.log_limit = log_limit
@@ -354,7 +400,8 @@ class KubeExecutor(Executor):
                 raise ConfigurationError(
                     f"{self}: env {var!r} must be a string or a valueFrom dict, not {type(value).__name__}"
                 )
-        self.poller = PodPoller(self.cluster, f"{EXECUTOR_LABEL}={label_value(name)}", self.poll_interval)
+        #: the watch of the executor's pods, shared by all its jobs
+        self.watch = PodWatch(self.cluster, f"{EXECUTOR_LABEL}={label_value(name)}", linger=self.watch_linger)
         #: this executor object's run, written on its pods (with host and pid)
         self.run_id = uuid.uuid4().hex
         #: pods created by this executor object (for tests and status)
@@ -496,7 +543,6 @@ class KubeExecutor(Executor):
                 # lost its claim: the caller holds the claim now and takes the pod over
                 # instead of starting the work a second time
                 log.warning("%s: adopting pod %s of %s %r", self.describe(), name, task, key)
-                self.poller.invalidate()
                 return PodHandle(self, name, old.metadata.uid, task, key, adoptable=True)
             if old is not None and not self._leaving(old, task, key):
                 raise PodNameTakenError(
@@ -504,10 +550,9 @@ class KubeExecutor(Executor):
                 ) from None
             if time.monotonic() > deadline:
                 raise JobError(f"{task} {key!r}: the previous pod {name} is still terminating")
-            await self.poller.next_snapshot()
+            async with self.watch.interest():  # the old pod's next change, or a second
+                await self.watch.changed(name, 1.0)
         self.created += 1
-        # no fresh listing forced: a handle trusts only listings taken after it was made, so
-        # the next periodic one shows the pod (forcing one per pod cost a LIST per pod)
         return PodHandle(self, pod.metadata.name, pod.metadata.uid, task, key)
 
     @staticmethod
@@ -549,11 +594,13 @@ class KubeExecutor(Executor):
         return PodHandle(self, name, uid, task, key, adoptable=pod.metadata.deletion_timestamp is None)
 
     async def jobs(self, task: str) -> dict[str, dict[str, Any]]:
-        """``{key: info}`` of every pod of ``task`` this executor's label shows (one fresh
-        listing): for :meth:`recover` of orphans that no claim names."""
-        snapshot = await self.poller.refresh(0)
+        """``{key: info}`` of every pod of ``task`` this executor's label shows (one LIST
+        of the task's pods, not the watch's view: a pod created an instant ago by a
+        scheduler that died is shown too): for :meth:`recover` of orphans that no claim
+        names."""
+        selector = f"{EXECUTOR_LABEL}={label_value(self.name)},{TASK_LABEL}={label_value(task)}"
         out: dict[str, dict[str, Any]] = {}
-        for pod in snapshot.values():
+        for pod in await self.cluster.list_pods(selector):
             annotations = pod.metadata.annotations or {}
             key = annotations.get(KEY_ANNOTATION)
             if key and annotations.get(TASK_ANNOTATION) == task:
@@ -566,3 +613,7 @@ class KubeExecutor(Executor):
                     "key": key,
                 }
         return out
+
+    async def aclose(self) -> None:
+        """Stop the watch of the executor's pods (it starts again when next needed)."""
+        await self.watch.aclose()

@@ -1,5 +1,6 @@
 """Kubernetes access for pod tasks: :class:`KubeCluster` (API client, namespace, quota),
-pod naming, and the shared per-task pod poller.
+and pod naming (the executor's pods are watched by
+:class:`~pydatatask.executor.kube_watch.PodWatch`).
 
 The API client is a ``kubernetes_asyncio`` ``ApiClient``, given directly or as the
 accessor ``@session.resource`` returns (see :func:`api_client` to make one from a
@@ -14,12 +15,10 @@ errors) are retried under the cluster's ``retry`` (a :class:`~pydatatask.backoff
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -33,7 +32,6 @@ from ..session import resolve
 __all__ = (
     "KubeCluster",
     "KubeApiError",
-    "PodPoller",
     "api_client",
     "pod_name",
     "label_value",
@@ -317,107 +315,23 @@ class KubeCluster:
 
     async def pod_log(self, name: str, container: str, limit_bytes: int | None = None) -> str:
         """The log of one container ('' with a note if it cannot be read)."""
+        try:
+            return await self.read_log(name, container, limit_bytes)
+        except (KubeApiError, BackendUnavailableError) as exc:
+            return f"(log not available: {exc})\n"
+
+    async def read_log(self, name: str, container: str, limit_bytes: int | None = None) -> str:
+        """The log of one container (its first ``limit_bytes``, or all of it); raises
+        :class:`KubeApiError` when it cannot be read (where a batch's results come from,
+        a log that is missing must not pass for one that reports nothing)."""
         kwargs: dict[str, Any] = {"container": container}
         if limit_bytes:
             kwargs["limit_bytes"] = limit_bytes
-        try:
-            text = await self.call(
-                f"reading the log of pod {name!r}",
-                self.core.read_namespaced_pod_log,
-                name,
-                self.namespace,
-                **kwargs,
-            )
-        except (KubeApiError, BackendUnavailableError) as exc:
-            return f"(log not available: {exc})\n"
+        text = await self.call(
+            f"reading the log of pod {name!r}",
+            self.core.read_namespaced_pod_log,
+            name,
+            self.namespace,
+            **kwargs,
+        )
         return str(text)
-
-
-# ---------------------------------------------------------------------------- poller
-class PodPoller:
-    """The pods of one label selector, listed at most once per ``interval``.
-
-    Both the task's ``live`` listing and every job waiting for its pod read the same
-    snapshot, so a task costs one LIST per interval however many pods it runs. While at
-    least one job waits, a background poller refreshes the snapshot every interval and
-    wakes the waiters.
-    """
-
-    def __init__(self, cluster: KubeCluster, selector: str, interval: float) -> None:
-        self.cluster = cluster
-        self.selector = selector
-        self.interval = interval
-        self.pods: dict[str, Any] = {}
-        self.taken_at = -1e18
-        self.lists = 0
-        self._lock = asyncio.Lock()
-        self._changed: asyncio.Future[None] | None = None
-        self._waiters = 0
-        self._poller: asyncio.Task[None] | None = None
-        #: the error of the last listing, if it failed
-        self.error: Exception | None = None
-        self._valid_after = -1e18
-
-    async def refresh(self, max_age: float | None = None) -> dict[str, Any]:
-        """The snapshot ``{pod name: pod}``, listed again if older than ``max_age``."""
-        max_age = self.interval if max_age is None else max_age
-        async with self._lock:
-            if time.monotonic() - self.taken_at < max_age and self.taken_at > self._valid_after:
-                return self.pods
-            started = time.monotonic()  # the listing shows every pod created before this
-            try:
-                pods = await self.cluster.list_pods(self.selector)
-            except Exception as exc:
-                self.error = exc
-                self._wake()
-                raise
-            self.error = None
-            self.pods = {p.metadata.name: p for p in pods}
-            self.taken_at = started
-            self.lists += 1
-            self._wake()
-            return self.pods
-
-    def invalidate(self) -> None:
-        """Make the next :meth:`refresh` list again, however recent the snapshot is (after a
-        change this process made, such as a pod it let go)."""
-        self._valid_after = time.monotonic()
-
-    def _wake(self) -> None:
-        fut, self._changed = self._changed, None
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def next_snapshot(self) -> dict[str, Any]:
-        """Wait for the next listing (run by the background poller) and return it."""
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        fut = self._changed
-        self._waiters += 1
-        try:
-            if self._poller is None or self._poller.done():
-                self._poller = asyncio.get_running_loop().create_task(
-                    self._poll(), name=f"pod poller {self.selector}"
-                )
-            await asyncio.shield(fut)
-        finally:
-            self._waiters -= 1
-            if self._waiters == 0 and self._poller is not None:
-                self._poller.cancel()
-                self._poller = None
-        if self.error is not None:
-            raise self.error
-        return self.pods
-
-    async def _poll(self) -> None:
-        while True:
-            wait = self.interval - (time.monotonic() - self.taken_at)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            try:
-                await self.refresh(self.interval * 0.5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # waiters got the error; keep polling for the others
-                log.warning("polling pods (%s) failed: %s", self.selector, exc)
-                await asyncio.sleep(self.interval)

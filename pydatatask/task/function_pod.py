@@ -5,7 +5,8 @@ The pipeline script's hidden command ``_call-function TASK KEY``
 (:data:`~pydatatask.executor.kubernetes.FUNCTION_COMMAND`) calls :func:`call_function`: it
 reads the job's input values, calls the function and writes what it returned to the
 outputs. It takes no claim and writes no record: the scheduler that started the pod does
-those, from the pod's end.
+those, from the pod's end. A batched function task (``batch > 1``) does not run in a pod:
+its pod fails, naming why.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ async def call_function(task: Task, key: str) -> str:
     if not callable(func):
         raise ConfigurationError(
             f"task {task.name!r} runs no function: only function tasks run in a function pod"
+        )
+    if task.batch > 1:
+        # the pod is given one key: run for the batch's first key only, the other keys of
+        # the batch would be recorded as done with nothing written for them
+        raise ConfigurationError(
+            f"task {task.name!r}: a function task with batch={task.batch} cannot run its function "
+            "in a pod (a function pod runs one key): give it batch=1 or another executor"
         )
     body = FunctionTask(task.name, func)  # on this process's own in-loop executor
     body.links = task.links  # the same repositories as the scheduler's task

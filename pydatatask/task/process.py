@@ -28,7 +28,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,15 @@ class _JobFiles:
 
 
 @dataclass
+class _KeyOutputs:
+    """How the outputs of one key of a batch are committed: local ones written in place,
+    then the others brought back from the job directory (relative path -> sink)."""
+
+    commits: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    files_out: dict[str, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
+
+
+@dataclass
 class _Staged:
     """What one attempt of one job does with its links besides what the host stages."""
 
@@ -83,25 +92,31 @@ class _Staged:
     #: their temporary paths (the work's scratch: the host removes what is not committed)
     local_temps: list[Path] = field(default_factory=list)
     files: _JobFiles = field(default_factory=_JobFiles)
+    #: the keys of the attempt (one, or those of a batch)
+    keys: tuple[str, ...] = ()
+    #: a batch: its job directory and, per key, how its outputs are committed
+    job_dir: str = ""
+    outputs: dict[str, _KeyOutputs] = field(default_factory=dict)
 
 
 def _tmp_sibling(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{secrets.token_hex(6)}")
 
 
-def _tail(path: Path | None) -> str:
+def _tail(path: Path | None, limit: int = TAIL) -> str:
+    """The last ``limit`` bytes of a local output file, as text ("..." first if cut)."""
     if path is None:
         return ""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - TAIL))
+            f.seek(max(0, size - limit))
             data = f.read()
     except OSError:
         return ""
     text = data.decode("utf-8", "replace")
-    return ("..." if size > TAIL else "") + text
+    return ("..." if size > limit else "") + text
 
 
 def _in_place(repo: Repository) -> bool:
@@ -246,13 +261,17 @@ class ProcessTask(Task):
         """The work of one attempt: the rendered command, its environment, the files the
         host copies in and brings back. ``job.slot`` (from :meth:`~pydatatask.task.base.Task.acquire_slot`) names the
         host; one that went down is swapped for another with room first."""
+        if job.batched:
+            from .process_batch import prepare_batch  # builds on this module
+
+            return await prepare_batch(self, job)
         key, attempt = job.key, job.attempt
         if not isinstance(job.slot, Slot):
             job.slot = unreserved_slot(self.executor, self.resources)  # run outside a scheduler
         host = host_for(job.slot)
         job_dir = host.job_dir_path((self.name, key))
         self._forget(key)  # what a cancelled earlier attempt left
-        staged = self._staged[(key, attempt)] = _Staged(host=host, files=self._new_files())
+        staged = self._staged[(key, attempt)] = _Staged(host=host, files=self._new_files(), keys=(key,))
         context = job_context(self, key, self.params)
         context["attempt"] = attempt
         context["job_dir"] = job_dir
@@ -270,25 +289,11 @@ class ProcessTask(Task):
                 await self._stage_input(link, key, host, job_dir, info, files_in)
             elif link.is_output:
                 self._stage_output(link, key, host, job_dir, info, staged, files_out)
-        env = {
-            "PDT_KEY": key,
-            "PDT_TASK": self.name,
-            "PDT_ATTEMPT": str(attempt),
-            "PDT_JOB_DIR": job_dir,
-            "PDT_HOST": host.name,
-        }
-        for name, info in context["links"].items():
-            for field_name, value in info.items():
-                if field_name in ("repository", "exists") or not isinstance(value, (str, int, float)):
-                    continue
-                env[f"PDT_{name.upper()}_{field_name.upper()}"] = str(value)
-        for var, value in self.env.items():
-            env[var] = str(resolve(value))
         files = staged.files
         return ProcessWork(
             command=render_command(self.template, context),
             script=self.is_script,
-            env=env,
+            env=self._job_env(context, {}),
             files_in=files_in,
             files_out=files_out,
             job=(self.name, key),
@@ -298,10 +303,39 @@ class ProcessTask(Task):
             scratch=tuple(staged.local_temps),
         )
 
+    def _job_env(self, context: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
+        """The environment of a job from its template ``context`` (the first key's for a
+        batch), with ``extra`` before the task's own ``env``."""
+        env = {
+            "PDT_KEY": context["key"],
+            "PDT_TASK": self.name,
+            "PDT_ATTEMPT": str(context["attempt"]),
+            "PDT_JOB_DIR": context["job_dir"],
+            "PDT_HOST": context["host"],
+        }
+        for name, info in context["links"].items():
+            for field_name, value in info.items():
+                if field_name in ("repository", "exists") or not isinstance(value, (str, int, float)):
+                    continue
+                env[f"PDT_{name.upper()}_{field_name.upper()}"] = str(value)
+        env.update(extra)
+        for var, value in self.env.items():
+            env[var] = str(resolve(value))
+        return env
+
     async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome:
         """Commit the outputs written in place after an exit status of 0 (the host has
         brought back the others); raise :class:`~pydatatask.errors.JobError` for a failed
-        command (with the end of its output) or a missing output."""
+        command (with the end of its output) or a missing output.
+
+        A batch (``job.batched``) returns a :class:`~pydatatask.task.base.BatchOutcome`
+        naming the keys that failed, by what the command wrote to ``$PDT_RESULTS`` and
+        its exit status; the outputs of the other keys are committed (see
+        :mod:`pydatatask.task.process_batch`)."""
+        if job.batched:
+            from .process_batch import finish_batch  # builds on this module
+
+            return await finish_batch(self, job, outcome)
         staged = self._staged.get((job.key, job.attempt))
         place = outcome.place or (staged.host.name if staged is not None else "")
         if outcome.error is not None:
@@ -325,6 +359,13 @@ class ProcessTask(Task):
         """Drop what earlier attempts of ``key`` left here (a cancelled attempt has no
         :meth:`finish` and no log) and remove their local output files."""
         for k in [k for k in self._staged if k[0] == key]:
+            self._staged.pop(k).files.remove()
+
+    def _forget_keys(self, keys: Collection[str]) -> None:
+        """:meth:`_forget` for every key of a batch (earlier attempts of the batch may have
+        had another first key)."""
+        wanted = set(keys)
+        for k in [k for k, staged in self._staged.items() if not wanted.isdisjoint(staged.keys)]:
             self._staged.pop(k).files.remove()
 
     def close(self) -> None:

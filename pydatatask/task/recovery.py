@@ -108,7 +108,10 @@ async def recover(task: Task, key: str, value: Any) -> Adoption | None:
         await _close_or_keep(task, key, claim, handle)
         return None
     who = f"claim by {old.get('owner', value)} on {old.get('host', '?')}"
-    if handle is not None and handle.adoptable and record is None:
+    # the work of a batch serves several keys, each recovered on its own: adopting it once per
+    # key would end it (its pod deleted) when the first key's adoption is done, under the
+    # others still waiting; it is stopped and every key of the batch runs again instead
+    if handle is not None and handle.adoptable and record is None and not old.get("batch"):
         log.warning(
             "task %s: adopting %s, left running by the interrupted job of %r (%s)",
             task.name,

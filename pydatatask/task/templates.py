@@ -17,6 +17,14 @@ The context of a job (:func:`job_context`)::
                  through a view, that of the repository (and key) the view reads from
     members      (fan-in tasks only) the members of the group, sorted, each
                  {"key": member key, "links": {input link name: info for the member}}
+    keys         every key of the job: ``[key]``, or the keys of a batch (``batch=N``), in order
+    batch        one entry per key of ``keys``: {"key": k, "links": {...}, <link name>: info
+                 for k, ...}; in a batch ``key`` and the links' own names are the first key's
+
+In a shell command a list is quoted word by word (``{{ keys }}`` is one word per key) and
+``{{ k | result_line }}`` / ``{{ k | result_line(false, "why") }}`` is the quoted JSON line
+a batched command writes to ``$PDT_RESULTS`` for key ``k`` (see
+:mod:`pydatatask.task.batch_results`).
 
 Secrets never go into the context: they reach processes through their environment.
 """
@@ -37,7 +45,7 @@ from ..repository.view import read_source
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ("raw", "render_command", "render_yaml", "job_context", "link_info")
+__all__ = ("raw", "render_command", "render_yaml", "job_context", "batch_context", "link_info", "result_line")
 
 
 class _Raw(str):
@@ -47,6 +55,15 @@ class _Raw(str):
 def raw(value: Any) -> _Raw:
     """Mark ``value`` as trusted: inserted without quoting."""
     return _Raw(value)
+
+
+def result_line(key: Any, ok: bool = True, error: Any = None) -> str:
+    """The JSON line that reports ``key`` of a batch as ok or failed (with ``error``), as
+    read from ``$PDT_RESULTS`` or a pod's log (see :mod:`pydatatask.task.batch_results`)."""
+    entry: dict[str, Any] = {"key": str(key), "ok": bool(ok)}
+    if error is not None:
+        entry["error"] = str(error)
+    return json.dumps(entry, ensure_ascii=False)
 
 
 def _shell_finalize(value: Any) -> Any:
@@ -92,6 +109,8 @@ def _env(finalize: Any) -> jinja2.Environment:
     env.filters["raw"] = raw
     env.filters["shquote"] = lambda v: _Raw(shlex.quote(str(v)))
     env.filters["tojson"] = lambda v: _Raw(json.dumps(v))
+    # a result line, quoted for the environment it is rendered in
+    env.filters["result_line"] = lambda k, ok=True, error=None: _Raw(finalize(result_line(k, ok, error)))
     return env
 
 
@@ -174,7 +193,14 @@ def link_info(repo: Repository, key: str) -> dict[str, Any]:
 def job_context(task: Any, key: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The template context of one job of ``task`` (see the module docstring)."""
     links = {name: link_info(link.repository, key) for name, link in task.links.items()}
-    context: dict[str, Any] = {"key": key, "task": task.name, "params": dict(params or {}), "links": links}
+    context: dict[str, Any] = {
+        "key": key,
+        "task": task.name,
+        "params": dict(params or {}),
+        "links": links,
+        "keys": [key],
+        "batch": [_batch_entry(key, links)],
+    }
     for name, info in links.items():
         if name not in context:
             context[name] = info
@@ -185,3 +211,26 @@ def job_context(task: Any, key: str, params: dict[str, Any] | None = None) -> di
             for m in task._job_members.get(key, ())
         ]
     return context
+
+
+def batch_context(task: Any, keys: list[str], params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The template context of a batch of ``task`` over ``keys`` (not empty): that of the
+    first key (:func:`job_context`), with ``keys`` and one ``batch`` entry per key. The
+    first entry's link infos are the very dicts of ``links``: a change to one shows in
+    both."""
+    if not keys:
+        raise ConfigurationError(f"task {task.name!r}: a batch needs at least one key")
+    context = job_context(task, keys[0], params)
+    entries = context["batch"]
+    for key in keys[1:]:
+        links = {name: link_info(link.repository, key) for name, link in task.links.items()}
+        entries.append(_batch_entry(key, links))
+    context["keys"] = list(keys)
+    return context
+
+
+def _batch_entry(key: str, links: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"key": key, "links": links}
+    for name, info in links.items():
+        entry.setdefault(name, info)
+    return entry

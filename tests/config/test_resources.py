@@ -173,7 +173,7 @@ def test_pod_task_on_a_kubernetes_executor(
           src: {{kind: files, root: in, extension: .txt}}
           out: {{kind: files, root: out, extension: .txt}}
         executors:
-          {name}: {{kind: kubernetes, resource: cluster, namespace: "{kcfg["namespace"]}", max_pods: 2, poll_interval: 200ms}}
+          {name}: {{kind: kubernetes, resource: cluster, namespace: "{kcfg["namespace"]}", max_pods: 2}}
         tasks:
           {name}:
             kind: pod

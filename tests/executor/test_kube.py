@@ -74,7 +74,7 @@ class TestKubeExecutorConformance(ExecutorTests):
 
     def limited(self, max_jobs: int) -> Executor:
         api = getattr(self, "api", object())  # test_capacity makes no request
-        return KubeExecutor(api, name=getattr(self, "name", "q"), max_pods=max_jobs, poll_interval="0.2s")
+        return KubeExecutor(api, name=getattr(self, "name", "q"), max_pods=max_jobs)
 
     def _pod(self, script: str) -> PodWork:
         return PodWork(sh(script), job=("t", secrets.token_hex(4)))
@@ -346,7 +346,7 @@ async def kube():
         yield api
 
 async def main():
-    ex = KubeExecutor(kube, name=name, namespace=namespace, poll_interval="0.2s")
+    ex = KubeExecutor(kube, name=name, namespace=namespace)
     async with session:
         manifest = {"spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c",
                     f"while [ ! -e {marker} ]; do sleep 0.1; done; echo finished"]}]}}

@@ -67,7 +67,6 @@ SLEEP_PARAMS = {"runs": str(DIR / "runs.log"), "sleep": os.environ.get("PDT_KT_S
 pods = KubeExecutor(
     kube,
     name=f"{NAME}x",
-    poll_interval="0.3s",
     max_pods=50,
     image="python:3.11-slim",
     script_path=__file__,

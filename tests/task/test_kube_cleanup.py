@@ -95,7 +95,7 @@ SCRIPT = (
     + f'touch {root}/flag; echo partial > "$OUT"; touch {root}/started; '
     + ("exit 3" if mode == "retry" else "sleep 60")
 )
-executor = DyingKubeExecutor(kube, name=name, namespace=namespace, poll_interval="0.2s")
+executor = DyingKubeExecutor(kube, name=name, namespace=namespace)
 task = DyingPodTask(
     name,
     MANIFEST,

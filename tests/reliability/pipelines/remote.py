@@ -120,7 +120,6 @@ spec:
             executor=KubeExecutor(
                 KubeCluster(kube, retry=Backoff(attempts=8, initial=0.2, max_delay=2.0)),
                 name=NS,
-                poll_interval="0.3s",
             ),
             inputs={"i": src},
             outputs={"o": out},
