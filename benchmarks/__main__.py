@@ -237,6 +237,9 @@ def print_table(res: ScenarioResult, title: str, verdicts: list[Verdict]) -> Non
         "ready_extra_mb",
         "keyset_mb",
         "import_seconds",
+        "list_pages",
+        "full_pages",
+        "refresh_listings",
     ]
     for point in res.points:
         for series in point.series:
@@ -346,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         type=int,
         metavar="N",
-        help="N objects or keys per run in the scenarios that take a size (s3_shared_state; kube_pods: default 1,000, quick 10)",
+        help="N objects or keys per run in the scenarios that take a size (s3_shared_state, s3_listing; kube_pods: default 1,000, quick 10)",
     )
     ap.add_argument("--json", metavar="OUT", help="write all measurements to this JSON file")
     ap.add_argument(

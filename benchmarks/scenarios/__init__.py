@@ -39,6 +39,7 @@ SCENARIOS = (
     "ready_rss",
     "s3_stage",
     "s3_shared_state",
+    "s3_listing",
     "process_jobs",
     "web_page",
     "tiny_objects",

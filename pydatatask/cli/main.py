@@ -79,6 +79,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _refresh(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return seconds
+
+
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -140,6 +147,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--rerun-stale",
         action="store_true",
         help="redo the stale keys (changed inputs, task version or missing outputs) and what is downstream of them",
+    )
+    p.add_argument(
+        "--refresh",
+        type=_refresh,
+        metavar="DURATION",
+        help="list each repository again after this long, for changes from outside the run "
+        "(default: the pipeline's, else 2s for memory and files, 30s for remote stores)",
     )
     add_run_options(p)
 
@@ -308,6 +322,7 @@ async def _cmd_run(pipeline: Pipeline, args: argparse.Namespace) -> int:
                     grace=args.grace,
                     on_progress=on_progress,
                     rerun_stale=args.rerun_stale,
+                    refresh=args.refresh,
                 )
     finally:
         for sig in installed:

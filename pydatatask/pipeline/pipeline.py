@@ -74,9 +74,16 @@ class Pipeline:
     :param max_jobs: global limit on running jobs (default: no global limit beyond each
         task's ``concurrency``).
     :param poll_interval: how often remote state is polled and, with ``forever``, how
-        often repositories are listed when idle (``"2s"``, ``"500ms"``, ...).
+        often an idle scheduler looks for work (``"2s"``, ``"500ms"``, ...; a repository
+        is listed again only once its ``refresh`` interval has passed).
     :param claim_check_interval: how often claims of other schedulers are checked for
         staleness.
+    :param refresh: how long the scheduler goes on from what it knows of a repository
+        (its last listing and its own jobs' writes) before listing it again, to see
+        changes made from outside the run (``"5s"``, ``"10m"``; default: by kind,
+        :data:`~pydatatask.pipeline.known.LOCAL_REFRESH` for memory and files,
+        :data:`~pydatatask.pipeline.known.REMOTE_REFRESH` for the others). See
+        :ref:`listings`.
     :param claim_lease: how long a job's claim stays valid without a heartbeat; running
         jobs renew theirs every third of it. A scheduler that dies on another host has its
         claims taken over (and its jobs re-run) once the lease has passed.
@@ -94,6 +101,7 @@ class Pipeline:
         poll_interval: float | str = "2s",
         claim_check_interval: float | str = "30s",
         claim_lease: float | str = "60s",
+        refresh: float | str | None = None,
         hooks: Hooks | None = None,
         create_repositories: bool = True,
     ) -> None:
@@ -113,6 +121,8 @@ class Pipeline:
         self.poll_interval = parse_duration(poll_interval)
         self.claim_check_interval = parse_duration(claim_check_interval)
         self.claim_lease = parse_duration(claim_lease)
+        #: the refresh interval in seconds for every repository, or None to use the defaults by kind
+        self.refresh = None if refresh is None else _refresh(refresh)
         if self.claim_lease <= 0:
             raise ConfigurationError("claim_lease must be positive")
         self.hooks = hooks or Hooks()
@@ -219,6 +229,7 @@ class Pipeline:
         grace: float | str = "10s",
         on_progress: Callable[[Scheduler], None] | None = None,
         rerun_stale: bool = False,
+        refresh: float | str | None = None,
     ) -> RunSummary:
         """Run jobs until nothing is ready and nothing runs (or forever).
 
@@ -229,7 +240,7 @@ class Pipeline:
 
         With ``rerun_stale`` the stale keys of the tasks run are redone, and what is
         downstream of them (see :doc:`/staleness`); tasks with ``on_change="rerun"`` redo
-        theirs in any case.
+        theirs in any case. ``refresh`` overrides the pipeline's for this run.
         """
         for name in tasks or []:
             self.task(name)
@@ -243,6 +254,7 @@ class Pipeline:
                 grace=parse_duration(grace),
                 on_progress=on_progress,
                 rerun_stale=rerun_stale,
+                refresh=None if refresh is None else _refresh(refresh),
             )
             self.scheduler = scheduler
             return await scheduler.run()
@@ -588,3 +600,10 @@ def _iso(ts: Any) -> str:
 
 def _fix_corrupt(location: str, message: str) -> str:
     return f"{message}; inspect {location or 'it'} and fix or remove it (`rm` the file)"
+
+
+def _refresh(value: float | str) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ConfigurationError(f"refresh must be positive, not {value!r}")
+    return seconds

@@ -1,15 +1,19 @@
 """The scheduler: list, compute ready sets, launch within limits, reap; until done or forever.
 
-One *tick* lists every repository the selected tasks depend on **once** (shared through
-:func:`~pydatatask.repository.listing.listing_scope`, even across views and tasks), then
-computes for each task::
+One *tick* takes one listing of every repository the selected tasks depend on (shared
+through :func:`~pydatatask.repository.listing.listing_scope`, even across views and
+tasks): listed in the tick when it is due (first tick, refresh interval passed, changed
+in a way not learnt exactly), otherwise known from an earlier listing and this
+scheduler's own writes since (see :mod:`~pydatatask.pipeline.known`). It then computes
+for each task::
 
     ready = ⋂ required-for-start − ⋃ inhibits-start − blocked-by-upstream − running
 
 where *blocked-by-upstream* holds the keys an upstream task (one writing a repository
 this task reads) could work on but has no success record for. Jobs are then launched
-from the ready queues as slots free up; the repositories are listed again when the
-queues run dry or when a re-listing is due, never once per job.
+from the ready queues as slots free up; the next tick comes when the queues run dry or
+when one is due, never once per job. When what is known leaves nothing to do, every
+repository is listed before the run ends.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .groups import (
     held_groups,
     waiting_upstream,
 )
+from .known import KnownListings
 from .metrics import RunMetrics
 from .record_index import RecordFacts, RecordIndex, corrupt_info, warn_corrupt
 from .staleness import (
@@ -142,6 +147,7 @@ class Scheduler:
         grace: float = 10.0,
         on_progress: Callable[[Scheduler], None] | None = None,
         rerun_stale: bool = False,
+        refresh: float | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.all_tasks = pipeline.tasks
@@ -187,6 +193,12 @@ class Scheduler:
         #: no new job starts while set (see :meth:`pause`)
         self.paused = False
         self._relist = False
+        #: the listings known between two listings of each repository (see :mod:`~pydatatask.pipeline.known`)
+        self.known = KnownListings(
+            self.all_tasks.values(), refresh if refresh is not None else pipeline.refresh
+        )
+        # jobs ended when the last listing of every repository started
+        self._finished_at_listing = -1
         # keys of running batches beyond one per batch (max_jobs counts execution units)
         self._batched_extra = 0
         # when a batched task's queue was first held back to let a batch fill (batch_wait)
@@ -212,16 +224,23 @@ class Scheduler:
 
     def wake(self) -> None:
         """List the repositories again soon (something outside the run changed them)."""
+        self.known.relist()
         self._relist = True
         self._wake.set()
 
     # ---------------------------------------------------------------- the tick
-    async def refresh(self) -> None:
-        """List every repository once and recompute all ready queues."""
+    async def refresh(self, relist: bool = False) -> None:
+        """Recompute all ready queues, from one listing of each repository that is due
+        for one (every repository at the first tick, or with ``relist``) and the known
+        listings of the others (see :mod:`~pydatatask.pipeline.known`)."""
         t0 = time.perf_counter()
         if self.ticks == 0:
             await self._adopt_orphans()
-        with listing_scope():
+        relist = relist or self.ticks == 0
+        if relist:
+            self._finished_at_listing = self._finished
+        with listing_scope() as cache:
+            self.known.fill(cache, full=relist)
             figures = await compute_figures(
                 self.all_tasks,
                 self.pipeline,
@@ -230,15 +249,19 @@ class Scheduler:
                 full=self.ticks == 0 and self.on_progress is not None,  # exact counts to show
                 redo_for=self.redo_tasks,
             )
+            self._hold_learned(figures, self.known.take(cache))
         self.figures = figures
         now = time.monotonic()
         if now - self._last_claim_check >= self.pipeline.claim_check_interval or self.ticks == 0:
             self._last_claim_check = now
             if await self._check_claims():
-                with listing_scope():
+                self._finished_at_listing = self._finished
+                with listing_scope() as cache:
+                    self.known.fill(cache, full=True)  # the recovery removed what it found
                     self.figures = figures = await compute_figures(
                         self.all_tasks, self.pipeline, self.records, self.running, redo_for=self.redo_tasks
                     )
+                    self._hold_learned(figures, self.known.take(cache))
         for name, claims in self.corrupt_claims.items():
             fig = figures[name]
             for key in [k for k in claims if k not in fig.live]:
@@ -254,6 +277,34 @@ class Scheduler:
         self.ticks += 1
         self.last_listing_seconds = time.perf_counter() - t0
         self.metrics.on_listing(self.last_listing_seconds, self.figures)
+
+    def _hold_learned(self, figures: dict[str, TaskFigures], learned: dict[int, set[str]]) -> None:
+        """Hold back from this tick the keys that jobs ending during it wrote (see
+        :meth:`~pydatatask.pipeline.known.KnownListings.take`); the next tick has them.
+        A key whose own job ended meanwhile (its record learnt) is not ready at all."""
+        if not learned:
+            return
+        for name, task in self.all_tasks.items():
+            fig = figures.get(name)
+            if fig is None or not fig.ready:
+                continue
+            for link in task.inhibiting_links:
+                ended = fig.ready & visible_keys(link.repository, learned)
+                fig.ready -= ended
+                fig.redo -= ended
+            for link in task.required_links:
+                visible = visible_keys(link.repository, learned)
+                if not visible:
+                    continue
+                if task.group_by is not None:
+                    members = task._tick_members
+                    held = {g for g in fig.ready if visible.intersection(members.get(g, ()))}
+                else:
+                    held = fig.ready & visible
+                if held:
+                    fig.ready -= held
+                    fig.redo -= held
+                    fig.blocked |= held
 
     def _note_redo(self, name: str, fig: TaskFigures) -> None:
         """Remember the records judged stale of the keys queued for a redo (a key already
@@ -498,9 +549,11 @@ class Scheduler:
                 self.summary.errors.append(f"{task.name} {key}: {type(exc).__name__}: {exc}")
                 self.errored.add((task.name, key))
             self.metrics.on_error(task.name)
+            self.known.task_changed(task)
         else:
             for key in keys:
                 record = records.get(key)
+                self.known.job_ended(task, key, record)
                 if record is None:
                     log.info("task %s: %r is claimed by another scheduler or done", task.name, key)
                 else:
@@ -571,6 +624,7 @@ class Scheduler:
             adopt = self.adoptions.get(task.name, {}).pop(key, None)
             judged = self._redo[task.name].pop(key, None) if task.name in self._redo else None
             if judged is not None and adopt is None and key in self._orphans.get(task.name, ()):
+                self.known.task_changed(task)
                 await self._remove_orphan(task, key, judged)
                 return
             if judged is not None and adopt is None:
@@ -603,7 +657,9 @@ class Scheduler:
             self.summary.errors.append(f"{task.name} {key}: {type(exc).__name__}: {exc}")
             self.errored.add(ident)
             self.metrics.on_error(task.name)
+            self.known.task_changed(task)
         else:
+            self.known.job_ended(task, key, record)
             if record is None:
                 log.info("task %s: %r is claimed by another scheduler", task.name, key)
             else:
@@ -676,15 +732,21 @@ class Scheduler:
         return self.summary
 
     async def _loop(self, tg: asyncio.TaskGroup) -> None:
+        relist = True
         while not self._stop.is_set():
             finished_before = self._finished
-            await self.refresh()
+            await self.refresh(relist=relist)
+            relist = False
             self.launch(tg)
             if self.on_progress:
                 self.on_progress(self)
             if not self.running and not self._queued():
                 if self._finished != finished_before:
                     continue  # a job ended during the listing: what it enabled may be missing
+                if self._finished != self._finished_at_listing:
+                    # nothing left by what is known: list everything before believing it
+                    relist = True
+                    continue
                 if not self.forever:
                     return
                 await self._wait(until_next_window(self.selected, self.poll_interval))

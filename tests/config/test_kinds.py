@@ -101,6 +101,7 @@ def test_every_executor_and_task_kind(pipeline: Pipeline) -> None:
     }
     assert pipeline.session.resource_names == ("store", "db", "box", "cluster")
     assert (pipeline.poll_interval, pipeline.claim_lease, pipeline.max_jobs) == (0.5, 20.0, 16)
+    assert pipeline.refresh == 60.0
     assert pipeline.create_repositories is False
 
 

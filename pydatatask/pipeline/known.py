@@ -1,0 +1,292 @@
+"""What a scheduler knows of its repositories between two listings of them.
+
+A scheduler tick needs the keys (and, for inputs, the versions) of every repository its
+tasks link to. Listing them all at every tick costs a remote store one paginated request
+per thousand keys per repository, most of it to learn what the scheduler did itself: the
+records, claims and outputs of its own jobs. :class:`KnownListings` keeps the last listing
+of each stored repository (views are computed from their children's, as in any tick) and
+the changes this scheduler made since:
+
+* a job that ends adds its record to the task's ``done`` repository and drops its claim
+  from ``live``; a job that succeeds adds its key (or, for a fan-out output, its
+  children) to the outputs its record names, so the key is ready downstream at once,
+  with no listing;
+* a key another scheduler holds (found by the claim and record check at launch) is noted
+  as claimed;
+* anything not learnt exactly (a failed job's cleanup, keys written beyond a job's own,
+  writes through a view, a stale claim taken over) marks the repositories concerned for
+  a listing at the next tick.
+
+Every repository is also listed again once its *refresh interval* has passed since its
+last listing: that is how changes from outside reach the run (inputs nobody in the
+pipeline writes, another scheduler sharing the state). The interval is the pipeline's
+``refresh`` when given, else :data:`LOCAL_REFRESH` for repositories on this machine
+(memory, files) and :data:`REMOTE_REFRESH` for the others (S3, MongoDB, registries, your
+own backends). The scheduler lists everything at its first tick, and again whenever the
+known state says nothing is left to do, so a run never ends on the known state alone.
+
+A key learnt from a job's success has no version until the repository's next listing:
+a downstream job launched before then records none for it (its record still names the
+upstream record it read after, see :mod:`~pydatatask.pipeline.staleness`). The inputs of
+a fan-in task, whose records hold a digest over the versions of the members, are listed
+again instead of learnt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..repository.base import Repository
+from ..repository.clock import ClockRepository
+from ..repository.deferred import DeferredMetadataRepository
+from ..repository.filesystem import DirectoryRepository, FileRepository
+from ..repository.memory import MemoryBlobRepository, MemoryMetadataRepository
+from ..repository.serialized import SerializedMetadataRepository
+from ..repository.view import RepositoryView, stored_repositories
+
+if TYPE_CHECKING:
+    from ..task.base import Task
+
+__all__ = ("KnownListings", "LOCAL_REFRESH", "REMOTE_REFRESH", "is_local", "default_refresh")
+
+#: seconds between listings of a repository on this machine, by default
+LOCAL_REFRESH = 2.0
+#: seconds between listings of a remote repository, by default
+REMOTE_REFRESH = 30.0
+
+_LOCAL_KINDS = (MemoryMetadataRepository, MemoryBlobRepository, FileRepository, DirectoryRepository)
+
+Listing = set[str] | dict[str, str | None]
+
+
+def is_local(repo: Repository) -> bool:
+    """Whether ``repo`` keeps its data in this process or on this machine's disks
+    (through wrappers that store in another repository)."""
+    while True:
+        if isinstance(repo, DeferredMetadataRepository):
+            repo = repo.target
+        elif isinstance(repo, SerializedMetadataRepository):
+            repo = repo.blobs
+        else:
+            return isinstance(repo, (*_LOCAL_KINDS, ClockRepository))
+
+
+def default_refresh(repo: Repository) -> float:
+    """The refresh interval of ``repo`` when the pipeline sets none."""
+    return LOCAL_REFRESH if is_local(repo) else REMOTE_REFRESH
+
+
+class _Known:
+    """The last listing of one stored repository and the changes learnt since."""
+
+    __slots__ = ("repo", "refresh", "value", "listed_at", "changed_at", "changes", "applied", "listings")
+
+    def __init__(self, repo: Repository, refresh: float) -> None:
+        self.repo = repo
+        self.refresh = refresh
+        self.value: Listing | None = None
+        #: when the listing in ``value`` started (:func:`time.monotonic`)
+        self.listed_at = -math.inf
+        #: when something not learnt exactly changed it (a listing started later shows it)
+        self.changed_at = -math.inf
+        #: ``(when, key, present)`` learnt since the listing started; ``applied`` of them
+        #: are in ``value``
+        self.changes: list[tuple[float, str, bool]] = []
+        self.applied = 0
+        self.listings = 0
+
+    def due(self, now: float) -> bool:
+        return self.value is None or self.changed_at >= self.listed_at or now - self.listed_at >= self.refresh
+
+    def current(self) -> Listing:
+        """The listing with the changes learnt since (a new object when there are any:
+        the figures of earlier ticks keep theirs)."""
+        assert self.value is not None
+        pending = self.changes[self.applied :]
+        if pending:
+            self.value = _apply(self.value, pending, copy=True)
+            self.applied = len(self.changes)
+        return self.value
+
+    def listed(self, value: Listing, started: float) -> None:
+        """Take a listing that started at ``started``; what was learnt while it ran is
+        applied to it again (the listing may have been made before or after the change)."""
+        self.changes = [c for c in self.changes if c[0] >= started]
+        self.value = _apply(value, self.changes, copy=bool(self.changes))
+        self.applied = len(self.changes)
+        self.listed_at = started
+        self.listings += 1
+
+
+def _apply(value: Listing, changes: Iterable[tuple[float, str, bool]], *, copy: bool) -> Listing:
+    if isinstance(value, dict):
+        versions = dict(value) if copy else value
+        for _, key, present in changes:
+            if present:
+                versions[key] = None  # written by a job of this run: unknown until listed
+            else:
+                versions.pop(key, None)
+        return versions
+    keys = set(value) if copy else value
+    for _, key, present in changes:
+        if present:
+            keys.add(key)
+        else:
+            keys.discard(key)
+    return keys
+
+
+class KnownListings:
+    """The listings a scheduler knows, for the stored repositories under ``tasks``' links.
+
+    :param refresh: seconds between listings of every repository (None: by kind, see
+        :func:`default_refresh`).
+    """
+
+    def __init__(self, tasks: Iterable[Task], refresh: float | None = None) -> None:
+        self._known: dict[int, _Known] = {}
+        # repositories whose learnt keys need a listing (for the versions): fan-in inputs
+        self._listed_only: set[int] = set()
+        for task in tasks:
+            for link in task.links.values():
+                if not (link.required_for_start or link.inhibits_start or link.name == "done"):
+                    continue
+                for repo in stored_repositories(link.repository):
+                    if isinstance(repo, ClockRepository):
+                        continue  # computed from the time: always asked
+                    if id(repo) not in self._known:
+                        interval = default_refresh(repo) if refresh is None else refresh
+                        self._known[id(repo)] = _Known(repo, interval)
+                    if task.group_by is not None and link.required_for_start:
+                        self._listed_only.add(id(repo))
+        self._started = 0.0
+        self._filled: set[int] = set()
+        # keys learnt present while a tick computes, as {id(repository): keys}
+        self._during: dict[int, set[str]] | None = None
+
+    # ------------------------------------------------------------ one tick
+    def fill(self, cache: dict[tuple[int, str], asyncio.Future[Any]], *, full: bool = False) -> None:
+        """Put the known listings that are not due into a fresh
+        :func:`~pydatatask.repository.listing.listing_scope` cache; the others (all with
+        ``full``) are listed by the tick. Call :meth:`take` at the end of the tick."""
+        now = self._started = time.monotonic()
+        self._filled = set()
+        self._during = {}
+        if full:
+            return
+        loop = asyncio.get_running_loop()
+        for repo_id, known in self._known.items():
+            if known.due(now):
+                continue
+            value = known.current()
+            fut: asyncio.Future[Any] = loop.create_future()
+            fut.set_result(value)
+            cache[(repo_id, "versions" if isinstance(value, dict) else "keys")] = fut
+            self._filled.add(repo_id)
+
+    def take(self, cache: Mapping[tuple[int, str], asyncio.Future[Any]]) -> dict[int, set[str]]:
+        """Keep the listings the tick made (after :meth:`fill`); return the keys learnt
+        present while it ran, as ``{id(repository): keys}``: the tick's listings may
+        miss them (or show an earlier version) while the job records it read show their
+        jobs done, so the scheduler holds them back from downstream until the next tick."""
+        for repo_id, known in self._known.items():
+            if repo_id in self._filled:
+                continue
+            for kind in ("versions", "keys"):
+                fut = cache.get((repo_id, kind))
+                if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                    value = fut.result()
+                    known.listed(value, self._started)
+                    break
+        during, self._during = self._during or {}, None
+        return during
+
+    # ------------------------------------------------------------ learning
+    def learn(self, repo: Repository, keys: Iterable[str], present: bool = True) -> None:
+        """Note that ``keys`` are now in (or, ``present=False``, gone from) ``repo``; a view
+        has its stored repositories listed at the next tick instead."""
+        keys = list(keys)
+        known = self._known.get(id(repo))
+        if known is None:
+            if isinstance(repo, RepositoryView):
+                self.relist([repo])
+                if present and self._during is not None:
+                    for stored in stored_repositories(repo):
+                        self._during.setdefault(id(stored), set()).update(keys)
+            return
+        if present and self._during is not None:
+            self._during.setdefault(id(repo), set()).update(keys)
+        if known.value is None:
+            return  # listed at the next tick anyway
+        now = time.monotonic()
+        if present and id(repo) in self._listed_only:
+            known.changed_at = now
+            return
+        known.changes.extend((now, key, present) for key in keys)
+
+    def relist(self, repos: Iterable[Repository] | None = None) -> None:
+        """Have ``repos`` (the stored ones under them; default: every one) listed at the next tick."""
+        now = time.monotonic()
+        if repos is None:
+            for known in self._known.values():
+                known.changed_at = now
+            return
+        for repo in repos:
+            for stored in stored_repositories(repo):
+                entry = self._known.get(id(stored))
+                if entry is not None:
+                    entry.changed_at = now
+
+    def job_ended(self, task: Task, key: str, record: Mapping[str, Any] | None) -> None:
+        """Learn what the end of the job of ``key`` changed: its record (None: another
+        scheduler holds or has done the key), its claim released, its outputs."""
+        if record is None:
+            # another scheduler holds the key, or has done it (maybe redone: its record and
+            # outputs changed, with versions this scheduler never saw)
+            self.learn(task.live, [key])
+            self.task_changed(task)
+            return
+        self.learn(task.done, [key])
+        self.learn(task.live, [key], present=False)
+        outputs = task.output_links
+        if not record.get("success"):
+            # the failed attempts' cleanup removed what they wrote, maybe beyond the key
+            self.relist(link.repository for link in outputs)
+            return
+        named = record.get("outputs")
+        children = record.get("children")
+        children = children if isinstance(children, dict) else {}
+        for link in outputs:
+            if isinstance(named, list) and link.name not in named and link.name not in children:
+                continue
+            kids = children.get(link.name)
+            self.learn(link.repository, kids if isinstance(kids, list) else [key])
+        if record.get("wrote"):
+            self.relist(link.repository for link in outputs)  # keys beyond its own, somewhere
+
+    def task_changed(self, task: Task) -> None:
+        """Something removed or rewrote records, claims or outputs of ``task`` (an orphan
+        removed, a stale claim recovered, a job that could not run): list them again."""
+        self.relist([task.done, task.live, *(link.repository for link in task.output_links)])
+
+    # ------------------------------------------------------------ figures
+    def until_due(self) -> float:
+        """Seconds until the next repository is due for a listing (0: one is due now)."""
+        now = time.monotonic()
+        if not self._known:
+            return math.inf
+        return max(
+            0.0, min(k.listed_at + k.refresh - now if not k.due(now) else 0.0 for k in self._known.values())
+        )
+
+    def listings(self, repo: Repository | None = None) -> int:
+        """How many listings the ticks made so far, of ``repo`` (a stored repository) or
+        of every repository."""
+        if repo is not None:
+            known = self._known.get(id(repo))
+            return 0 if known is None else known.listings
+        return sum(k.listings for k in self._known.values())
