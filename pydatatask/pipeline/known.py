@@ -267,6 +267,10 @@ class KnownListings:
             self.learn(link.repository, kids if isinstance(kids, list) else [key])
         if record.get("wrote"):
             self.relist(link.repository for link in outputs)  # keys beyond its own, somewhere
+        if task.fan_out:
+            # the job replaced its whole set of children: those of an earlier run are gone
+            # (removed when it began), which adding the new ones does not tell
+            self.relist(link.repository for link in outputs if link.name in task.fan_out)
 
     def task_changed(self, task: Task) -> None:
         """Something removed or rewrote records, claims or outputs of ``task`` (an orphan
