@@ -1,7 +1,8 @@
 """Pipelines declared in a YAML file (see ``docs/pipeline-files.rst``).
 
 :func:`load_pipeline` reads a file, checks it against the JSON Schema shipped with the
-package (:func:`pipeline_schema`), puts in the environment variables it names and builds
+package (:func:`pipeline_schema`), puts in the environment variables it names (a number
+written ``"${N}"`` is converted, then checked as the schema says) and builds
 the :class:`~pydatatask.pipeline.pipeline.Pipeline` it describes; :func:`validate_file` does the
 same and also renders every task's templates for a sample key. Every error is a
 :class:`~pydatatask.errors.PipelineFileError`, one line:
@@ -18,6 +19,7 @@ from ..errors import ConfigurationError
 from ._builder import Builder
 from ._document import read_document
 from ._environment import add_import_path, interpolate
+from ._numbers import put_numbers
 from ._schema import check, schema
 
 if TYPE_CHECKING:
@@ -38,8 +40,10 @@ def pipeline_schema() -> dict[str, Any]:
 
 def _builder(file: str | os.PathLike[str], environ: Mapping[str, str] | None) -> Builder:
     doc = read_document(file)
-    check(doc)
-    values, secrets = interpolate(doc, os.environ if environ is None else environ)
+    numbers = check(doc)
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    values, secrets = interpolate(doc, env)
+    put_numbers(doc, values, numbers, env)
     add_import_path([str(doc.directory / p) for p in values.get("python_path", [])])
     return Builder(doc, values, secrets)
 

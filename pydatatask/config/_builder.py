@@ -19,7 +19,7 @@ from ..errors import ConfigurationError, PipelineFileError
 from ..session import ResourceAccessor, Session
 from ._document import Document, Path_
 from ._environment import import_object
-from ._resources import declare_resource
+from ._resources import declare_dask_client, declare_resource
 
 __all__ = ("Builder",)
 
@@ -203,8 +203,10 @@ class Builder:
 
         kind = spec["kind"]
         rest = {k: v for k, v in spec.items() if k not in ("kind", "workers", "resource", "hosts")}
-        if "memory" in rest and kind in ("in_loop", "threads", "processes"):
+        if "memory" in rest and kind in ("in_loop", "threads", "processes", "dask"):
             rest["memory"] = self.call((*at, "memory"), e.parse_memory, rest["memory"])
+        if kind == "dask":
+            return self._dask_executor(at, name, spec, rest)
         if kind == "in_loop":
             return self.call(at, e.InLoopExecutor, name, **rest)
         if kind in ("threads", "processes"):
@@ -232,6 +234,28 @@ class Builder:
             api = self.resource((*at, "resource"), spec["resource"], "kubernetes")
             return self.call(at, KubeExecutor, api, name=name, **rest)
         raise self.error(at, f"unknown executor kind {kind!r}")  # pragma: no cover - the schema's enum
+
+    def _dask_executor(self, at: Path_, name: str, spec: dict[str, Any], rest: dict[str, Any]) -> Any:
+        """A :class:`~pydatatask.config._dask.SessionDaskExecutor` over a client declared as
+        the session resource ``executors.NAME`` (nothing connects before the session opens)."""
+        from ..durations import parse_duration
+        from ..executor import parse_memory
+        from ._dask import SessionDaskExecutor
+
+        if ("address" in spec) == ("local" in spec):
+            raise self.error(
+                at, "give exactly one of address (a running scheduler) or local (a LocalCluster)"
+            )
+        settings = {k: rest.pop(k) for k in ("address", "local", "timeout") if k in rest}
+        if "timeout" in settings:
+            settings["timeout"] = self.call((*at, "timeout"), parse_duration, settings["timeout"])
+        if "memory_limit" in settings.get("local", {}):
+            local = settings["local"] = dict(settings["local"])
+            local["memory_limit"] = self.call(
+                (*at, "local", "memory_limit"), parse_memory, local["memory_limit"]
+            )
+        client = declare_dask_client(self.session, name, settings)
+        return self.call(at, SessionDaskExecutor, client, name=name, **rest)
 
     # ---------------------------------------------------------------- tasks
     def _common(self, at: Path_, spec: dict[str, Any]) -> dict[str, Any]:

@@ -16,12 +16,18 @@ from typing import Any
 
 from ._document import Document, Path_
 
-__all__ = ("interpolate", "import_object", "TEMPLATE_FIELDS")
+__all__ = ("interpolate", "import_object", "references", "TEMPLATE_FIELDS")
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 #: task fields that are Jinja2 templates of the job, not settings of the file
 TEMPLATE_FIELDS = frozenset({"command", "script", "manifest"})
+
+
+def references(text: str) -> list[tuple[str, str | None]]:
+    """``(name, default)`` of each ``${NAME}`` or ``${NAME:-default}`` in ``text`` (a
+    literal ``$${`` is none)."""
+    return [(m.group(1), m.group(2)) for m in _VAR.finditer(text) if m.group(1) is not None]
 
 
 def _is_template(path: Path_) -> bool:

@@ -1,5 +1,5 @@
 """Session resources declared in a pipeline file: an S3 client, a MongoDB client, an SSH
-connection, a Kubernetes API client.
+connection, a Kubernetes API client; and the Dask client of a ``dask`` executor.
 
 Each becomes a ``@session.resource`` of the pipeline's session, opened when the pipeline
 runs (never when the file is loaded, checked or drawn). Credentials come from the
@@ -10,15 +10,18 @@ passed to the client library and to nothing else.
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from .._deps import require
 from ..durations import parse_duration
+from ..errors import BackendUnavailableError
 from ..session import ResourceAccessor, Session
 
-__all__ = ("RESOURCE_KINDS", "declare_resource")
+__all__ = ("RESOURCE_KINDS", "declare_resource", "declare_dask_client")
 
 
 def _s3(settings: dict[str, Any]) -> Callable[[], AsyncIterator[Any]]:
@@ -105,4 +108,56 @@ def declare_resource(session: Session, name: str, settings: dict[str, Any]) -> R
     factory = RESOURCE_KINDS[settings["kind"]](settings)
     factory.__name__ = name
     factory.__qualname__ = name
+    return session.resource(factory)
+
+
+def _close_when_made(made: asyncio.Future[Any]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        threading.Thread(target=made.result().close, name="pydatatask-dask-close", daemon=True).start()
+
+
+async def _in_thread(make: Callable[[], Any]) -> Any:
+    """``make()`` in a thread (a Dask client blocks while it connects, a LocalCluster while
+    its workers start); a client made after its opening was given up is closed."""
+    made = asyncio.ensure_future(asyncio.to_thread(make))
+    try:
+        return await asyncio.shield(made)
+    except asyncio.CancelledError:
+        made.add_done_callback(_close_when_made)
+        raise
+
+
+def _dask(executor: str, settings: dict[str, Any]) -> Callable[[], AsyncIterator[Any]]:
+    async def factory() -> AsyncIterator[Any]:
+        distributed = require("distributed", "dask")
+        options: dict[str, Any] = {"set_as_default": False}
+        if "timeout" in settings:
+            options["timeout"] = settings["timeout"]
+        if "address" in settings:
+            where = f"the Dask scheduler at {settings['address']}"
+            make = functools.partial(distributed.Client, settings["address"], **options)
+        else:
+            where = "a local Dask cluster"
+            local = {"dashboard_address": None, **settings.get("local", {})}
+            make = functools.partial(distributed.Client, **local, **options)
+        try:
+            client = await _in_thread(make)
+        except OSError as exc:  # distributed's connection timeouts are OSErrors too
+            raise BackendUnavailableError(f"executor {executor!r}: cannot reach {where}: {exc}") from exc
+        try:
+            yield client
+        finally:
+            await asyncio.to_thread(client.close)
+
+    return factory
+
+
+def declare_dask_client(session: Session, executor: str, settings: dict[str, Any]) -> ResourceAccessor[Any]:
+    """Declare the ``distributed.Client`` of the ``dask`` executor ``executor`` in
+    ``session``, as the resource ``executors.NAME``: connected to ``settings["address"]``,
+    or over a LocalCluster of ``settings["local"]`` (closed with the client), when the
+    session opens. ``timeout`` (seconds) and the LocalCluster's ``memory_limit`` (bytes) are
+    parsed already."""
+    factory = _dask(executor, settings)
+    factory.__name__ = factory.__qualname__ = f"executors.{executor}"
     return session.resource(factory)

@@ -14,11 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingDependencyError, PipelineFileError
 from ._document import Document, Path_
+from ._environment import references
 
 if TYPE_CHECKING:
     import jsonschema
 
-__all__ = ("schema", "check")
+__all__ = ("schema", "check", "describe_error", "expected_type", "NUMBER_TYPES")
+
+#: the JSON types a value written as ``"${ENV_VAR}"`` is converted to
+NUMBER_TYPES = frozenset({"integer", "number"})
 
 _TYPES = {
     "object": "a mapping",
@@ -54,13 +58,14 @@ def _found(value: Any) -> str:
     return repr(value)
 
 
-def _expected_type(types: Any) -> str:
+def expected_type(types: Any) -> str:
+    """``"a whole number or a string"`` for the JSON type(s) ``types``."""
     if isinstance(types, str):
         types = [types]
     return " or ".join(_TYPES.get(t, t) for t in types)
 
 
-def _problem(error: jsonschema.ValidationError, doc: Document) -> tuple[Path_, str, bool]:
+def describe_error(error: jsonschema.ValidationError, doc: Document) -> tuple[Path_, str, bool]:
     """(path, what is wrong, whether the path names a key rather than a value)."""
     path: Path_ = tuple(error.absolute_path)
     instance = error.instance
@@ -76,7 +81,7 @@ def _problem(error: jsonschema.ValidationError, doc: Document) -> tuple[Path_, s
         missing = [k for k in spec if isinstance(instance, dict) and k not in instance]
         return path, f"missing the key {missing[0] if missing else spec[0]!r}", False
     if validator == "type":
-        return path, f"expected {_expected_type(spec)}, found {_found(instance)}", False
+        return path, f"expected {expected_type(spec)}, found {_found(instance)}", False
     if validator == "enum":
         return path, f"expected one of {', '.join(map(str, spec))}, found {_found(instance)}", False
     if validator == "const":
@@ -113,27 +118,44 @@ def _leaf(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     return error
 
 
-def check(doc: Document) -> None:
+def _number_from_environment(error: jsonschema.ValidationError) -> bool:
+    """Whether ``error`` is a string naming environment variables where the schema wants a
+    number: accepted here, converted and checked once the variables are read."""
+    if error.validator != "type" or not isinstance(error.instance, str):
+        return False
+    types = {error.validator_value} if isinstance(error.validator_value, str) else set(error.validator_value)
+    return bool(types & NUMBER_TYPES) and "string" not in types and bool(references(error.instance))
+
+
+def check(doc: Document) -> dict[Path_, dict[str, Any]]:
     """Raise a :class:`~pydatatask.errors.PipelineFileError` for the first error of
-    ``doc`` against the schema (the one written first in the file)."""
+    ``doc`` against the schema (the one written first in the file).
+
+    Return the numbers written as ``"${ENV_VAR}"``: their paths and the part of the schema
+    that applies to each, for :func:`~pydatatask.config._numbers.put_numbers`."""
     try:
         import jsonschema
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise MissingDependencyError("jsonschema", "config") from exc
     validator = jsonschema.Draft202012Validator(schema())
     errors = list(validator.iter_errors(doc.values))
-    if not errors:
-        return
+    numbers: dict[Path_, dict[str, Any]] = {}
     found: list[tuple[tuple[int, int], PipelineFileError]] = []
     for error in errors:
         if error.validator in ("allOf", "if"):
             continue
+        if _number_from_environment(error):
+            numbers[tuple(error.absolute_path)] = dict(error.schema)
+            continue
         if error.validator == "oneOf":
             error = _leaf(error)
-        path, problem, is_key = _problem(error, doc)
+        path, problem, is_key = describe_error(error, doc)
         failure = doc.error(path, problem, key=is_key)
         found.append(((failure.line, failure.column), failure))
-    if not found:  # pragma: no cover - every keyword above has its own message
-        raise doc.error((), " ".join(errors[0].message.split()))
-    found.sort(key=lambda item: item[0])
-    raise found[0][1]
+    if found:
+        found.sort(key=lambda item: item[0])
+        raise found[0][1]
+    others = [e for e in errors if not _number_from_environment(e)]
+    if others:  # pragma: no cover - every keyword above has its own message
+        raise doc.error((), " ".join(others[0].message.split()))
+    return numbers

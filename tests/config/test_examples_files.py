@@ -81,6 +81,15 @@ def test_documents_run_gives_the_same_results(
 
 
 # ---------------------------------------------------------------- the S3 example
+def test_s3_example_takes_its_concurrency_from_the_environment_as_its_script_does() -> None:
+    settings = {"PDT_S3_BUCKET": "a-bucket"}
+    assert {
+        t.concurrency for t in load_pipeline(S3_EXAMPLE / "pipeline.yaml", environ=settings).tasks.values()
+    } == {16}
+    chosen = load_pipeline(S3_EXAMPLE / "pipeline.yaml", environ={**settings, "PDT_S3_CONCURRENCY": "4"})
+    assert [t.concurrency for t in chosen.tasks.values()] == [4, 4]
+
+
 def _client(conf: dict[str, Any]) -> Any:
     import aiobotocore.session
 
@@ -136,9 +145,16 @@ def test_s3_example_as_file_and_as_script(
         monkeypatch.setenv("PDT_S3_ENDPOINT", conf["endpoint"])
         monkeypatch.setenv("PDT_S3_BUCKET", bucket)
         monkeypatch.setenv("PDT_S3_PREFIX", "script/")
+        monkeypatch.setenv("PDT_S3_CONCURRENCY", "3")
         sys.modules.pop("examples.s3_dataset.pipeline", None)  # it reads its settings when imported
         example = importlib.import_module("examples.s3_dataset.pipeline")
         yaml_file = str(S3_EXAMPLE / "pipeline.yaml")
+        from_file = load_pipeline(yaml_file)
+        assert (
+            {n: t.concurrency for n, t in from_file.tasks.items()}
+            == {n: t.concurrency for n, t in example.pipeline.tasks.items()}
+            == {"stats": 3, "words": 3}
+        )
 
         # the graphs, with the same settings
         assert run_cli(example.pipeline, ["graph", "--json"]) == 0

@@ -11,6 +11,7 @@ import pytest
 
 import pydatatask.repository as r
 from pydatatask.config import load_pipeline, pipeline_schema, validate_file
+from pydatatask.config._dask import SessionDaskExecutor
 from pydatatask.executor import Hosts, InLoopExecutor, LocalHost, PoolExecutor
 from pydatatask.executor.kubernetes import KubeExecutor
 from pydatatask.executor.ssh import SSHHost
@@ -78,6 +79,9 @@ def test_every_executor_and_task_kind(pipeline: Pipeline) -> None:
     assert fn.retry.max_attempts == 4 and fn.retry.retry_on == (OSError, TimeoutError)
     assert (fn.retry.backoff, fn.retry.factor, fn.retry.max_backoff) == (2.0, 3.0, 60.0)
     assert pipeline.tasks["fanin"].group_by is kinds.by_folder
+    dask = pipeline.tasks["fanin"].executor
+    assert isinstance(dask, SessionDaskExecutor) and dask.name == "gpus"
+    assert (dask.capacity.max_jobs, dask.capacity.cpu) == (8, 16)
     shell = pipeline.tasks["shell"]
     assert isinstance(shell, ProcessTask) and isinstance(shell.executor, Hosts)
     local, remote = shell.hosts
@@ -99,7 +103,15 @@ def test_every_executor_and_task_kind(pipeline: Pipeline) -> None:
         "image": "busybox",
         "command": ["echo", "k"],
     }
-    assert pipeline.session.resource_names == ("store", "db", "box", "cluster")
+    # the Dask clients are session resources too: nothing connects while the file is checked
+    assert pipeline.session.resource_names == (
+        "store",
+        "db",
+        "box",
+        "cluster",
+        "executors.gpus",
+        "executors.cores",
+    )
     assert (pipeline.poll_interval, pipeline.claim_lease, pipeline.max_jobs) == (0.5, 20.0, 16)
     assert pipeline.refresh == 60.0
     assert pipeline.create_repositories is False
