@@ -246,7 +246,7 @@ class Builder:
             raise self.error(
                 at, "give exactly one of address (a running scheduler) or local (a LocalCluster)"
             )
-        settings = {k: rest.pop(k) for k in ("address", "local", "timeout") if k in rest}
+        settings: dict[str, Any] = {k: rest.pop(k) for k in ("address", "local", "timeout") if k in rest}
         if "timeout" in settings:
             settings["timeout"] = self.call((*at, "timeout"), parse_duration, settings["timeout"])
         if "memory_limit" in settings.get("local", {}):

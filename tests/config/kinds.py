@@ -29,6 +29,10 @@ async def noop(key: str) -> None:
     return None
 
 
+def plain_noop(key: str) -> None:  # a plain function: pools and Dask run those
+    return None
+
+
 def on_failure(event: Any) -> None:
     return None
 

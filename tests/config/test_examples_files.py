@@ -81,13 +81,20 @@ def test_documents_run_gives_the_same_results(
 
 
 # ---------------------------------------------------------------- the S3 example
-def test_s3_example_takes_its_concurrency_from_the_environment_as_its_script_does() -> None:
-    settings = {"PDT_S3_BUCKET": "a-bucket"}
-    assert {
-        t.concurrency for t in load_pipeline(S3_EXAMPLE / "pipeline.yaml", environ=settings).tasks.values()
-    } == {16}
-    chosen = load_pipeline(S3_EXAMPLE / "pipeline.yaml", environ={**settings, "PDT_S3_CONCURRENCY": "4"})
-    assert [t.concurrency for t in chosen.tasks.values()] == [4, 4]
+def test_s3_example_takes_its_concurrency_from_the_environment_as_its_script_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PDT_S3_BUCKET", "a-bucket")  # the script reads it when imported
+    monkeypatch.delenv("PDT_S3_CONCURRENCY", raising=False)
+    sys.modules.pop("examples.s3_dataset.pipeline", None)
+    try:
+        by_default = load_pipeline(S3_EXAMPLE / "pipeline.yaml")
+        assert [t.concurrency for t in by_default.tasks.values()] == [16, 16]
+        monkeypatch.setenv("PDT_S3_CONCURRENCY", "4")
+        chosen = load_pipeline(S3_EXAMPLE / "pipeline.yaml")
+        assert [t.concurrency for t in chosen.tasks.values()] == [4, 4]
+    finally:
+        sys.modules.pop("examples.s3_dataset.pipeline", None)
 
 
 def _client(conf: dict[str, Any]) -> Any:

@@ -64,7 +64,7 @@ def test_a_variable_that_holds_no_number_is_named_with_the_place(tmp_path: Path)
         "tasks.copy.concurrency: expected a whole number, found '2.5' (from the environment variable N)"
     )
     assert error(path, {"N": "1", "CPUS": "many"}) == (
-        f"{path}:5:54: executors.pool.cpu: expected a number, found 'many' "
+        f"{path}:5:56: executors.pool.cpu: expected a number, found 'many' "
         "(from the environment variable CPUS)"
     )
     # the schema's bounds hold for a number read from the environment
