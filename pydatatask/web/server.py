@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from ..pipeline.pipeline import Pipeline
 
-__all__ = ("WebServer", "parse_address", "is_loopback", "DEFAULT_PORT")
+__all__ = ("WebServer", "BaseWebServer", "parse_address", "is_loopback", "DEFAULT_PORT")
 
 log = logging.getLogger("pydatatask.web")
 
@@ -53,10 +53,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Server(abc.ABC):
-    """What serving one pipeline and serving several share: the address, the token of
-    actions, the sessions of the pipelines (held open while serving, opened in order and
-    closed in reverse) and aiohttp's runner around the application of :meth:`_app`."""
+class BaseWebServer(abc.ABC):
+    """What :class:`WebServer` (one pipeline) and
+    :class:`~pydatatask.web.several.MultiWebServer` (several) share: the address, the token
+    of actions, and the sessions of the pipelines, held open while serving (opened in
+    order, closed in reverse, those open closed again when one fails to open)."""
 
     def __init__(
         self,
@@ -68,12 +69,16 @@ class _Server(abc.ABC):
         token: str | None,
         interval: float,
     ) -> None:
+        #: the address bound
         self.host = host
+        #: the port (the one the system picked, once open, when given 0)
         self.port = port
         self.allow_actions = allow_actions
         if allow_actions and token is None and not is_loopback(host):
             token = secrets.token_urlsafe(24)
+        #: the token actions need (``None``: none needed, or no actions)
         self.token = token if allow_actions else None
+        #: seconds between snapshots, and between checks of the live updates
         self.interval = interval
         self._pipelines = list(pipelines)
         self._runner: web.AppRunner | None = None
@@ -93,7 +98,7 @@ class _Server(abc.ABC):
         """The application served."""
 
     @abc.abstractmethod
-    async def _monitors_close(self) -> None:
+    async def _close_monitors(self) -> None:
         """Stop the background work of the monitors (the server is down)."""
 
     async def _start(self) -> None:
@@ -129,13 +134,13 @@ class _Server(abc.ABC):
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
-            await self._monitors_close()
+            await self._close_monitors()
         finally:
             if stack is not None:
                 await stack.__aexit__(exc_type, exc, tb)
 
 
-class WebServer(_Server):
+class WebServer(BaseWebServer):
     """Serves the page, ``/api`` and ``/metrics`` of ``pipeline`` while open::
 
         async with WebServer(pipeline, port=8080) as server:
@@ -177,7 +182,7 @@ class WebServer(_Server):
             events_interval=self.interval,
         )
 
-    async def _monitors_close(self) -> None:
+    async def _close_monitors(self) -> None:
         await self.monitor.aclose()
 
     async def __aenter__(self) -> WebServer:

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .server import DEFAULT_PORT, _Server, log
+from .server import DEFAULT_PORT, BaseWebServer, log
 from .state import STATES, Monitor
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def make_index_app(
     return app
 
 
-class MultiWebServer(_Server):
+class MultiWebServer(BaseWebServer):
     """Serves several pipelines on one port while open, named by ``pipelines``' keys::
 
         async with MultiWebServer({"images": images, "reports": reports}, port=8080) as server:
@@ -195,7 +195,7 @@ class MultiWebServer(_Server):
             events_interval=self.interval,
         )
 
-    async def _monitors_close(self) -> None:
+    async def _close_monitors(self) -> None:
         for monitor in self.monitors.values():
             await monitor.aclose()
 
