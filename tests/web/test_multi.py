@@ -146,7 +146,7 @@ async def test_the_list_in_a_browser_leads_to_a_pipeline_page(
         assert [a.text for a in links] == ["images", "texts"]
         row = browser.find_element(By.CSS_SELECTOR, 'tr[data-pipeline="texts"]')
         assert row.find_element(By.CSS_SELECTOR, 'td[data-state="failed"]').text == "1"
-        links[1].click()
+        await asyncio.to_thread(links[1].click)  # it loads the page: the server must go on
         await until(browser, lambda d: cell(d, "count", "failed") == "1", "the counts of texts")
         assert browser.current_url.startswith(server.url.rstrip("/") + "/p/texts/")
         assert cell(browser, "count", "succeeded") == "1" and not cell(browser, "resize", "succeeded")
@@ -155,7 +155,7 @@ async def test_the_list_in_a_browser_leads_to_a_pipeline_page(
         await until(browser, lambda d: text_of(d, "conn") == "live", "the live updates")
         graph = browser.find_elements(By.CSS_SELECTOR, "svg text.counts")
         assert [e.get_attribute("data-task") for e in graph] == ["count"]
-        browser.find_element(By.ID, "index").click()
+        await asyncio.to_thread(browser.find_element(By.ID, "index").click)
         await until(
             browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#pipelines a.pipeline"), "the list again"
         )
