@@ -150,8 +150,8 @@ class WebServer(BaseWebServer):
     It holds the pipeline's session open. ``live=True`` (as ``run --serve``) shows only
     the state of a run in this process, never listing on its own. Actions need
     ``allow_actions``; bound to an address other than loopback they also need a token,
-    made up here when not given (``token``, shown in :attr:`url`). Several pipelines on one
-    page: :class:`~pydatatask.web.several.MultiWebServer`.
+    made up here when not given (``token``, shown in :attr:`~BaseWebServer.url`).
+    Several pipelines on one page: :class:`~pydatatask.web.several.MultiWebServer`.
     """
 
     def __init__(

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ("MultiWebServer", "make_index_app", "page_names", "PAGE_PREFIX")
 
-#: where the page of the pipeline NAME is: ``/p/NAME/``
+#: the prefix of the address of each pipeline's page (``/p/NAME/``)
 PAGE_PREFIX = "/p/"
 _NAME = re.compile(r"[A-Za-z0-9_~:-][A-Za-z0-9._~:-]*")
 _NOT_NAME = re.compile(r"[^A-Za-z0-9._~:-]+")
