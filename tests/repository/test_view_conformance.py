@@ -188,10 +188,19 @@ class TestOrMetadata(_StoredIn, MetadataRepositoryReadTests, ReadOnlyRepositoryT
 
 
 class TestOrBlobs(_StoredIn, BlobRepositoryReadTests, ReadOnlyRepositoryTests):
+    # an or view admits what some child admits: keys a file system refuses are stored in
+    # (and read back from) memory, the files child passed over
     @pytest.fixture
     async def repo(self, tmp_path: Path) -> AsyncIterator[BlobRepository]:
-        self.target = FileRepository(tmp_path)
-        yield OrRepository(MemoryBlobRepository(), self.target)
+        self.target = MemoryBlobRepository()
+        yield OrRepository(FileRepository(tmp_path), self.target)
+
+
+class TestOrFiles(_StoredIn, BlobRepositoryReadTests, ReadOnlyRepositoryTests):
+    @pytest.fixture
+    async def repo(self, tmp_path: Path) -> AsyncIterator[BlobRepository]:
+        self.target = FileRepository(tmp_path / "a")
+        yield OrRepository(FileRepository(tmp_path / "b"), self.target)
 
 
 class TestBlockingMetadata(_StoredIn, MetadataRepositoryReadTests, ReadOnlyRepositoryTests):
