@@ -7,12 +7,15 @@ named on the command line.
     pydatatask -m package.module:pipeline COMMAND ...  # a Pipeline object (or a function returning one)
     pydatatask validate -f pipeline.yaml               # check a file, its imports and templates
     pydatatask -f a.yaml -f b.yaml status|graph|run    # several pipelines, side by side
+    pydatatask -f a.yaml -f b.yaml serve               # one page listing them, a page each
 
 Each ``-f``/``-m`` goes before the command. Several pipelines each keep their own
 scheduler, state and quotas; ``run`` runs them at once in one event loop (``asyncio.gather``
 of their runs) with one progress display, and prints each summary; ``status`` and ``graph`` print each pipeline in
 turn under a ``# NAME`` line (with ``--json``: one JSON document per pipeline, in order).
-The other commands act on one pipeline. See ``docs/pipeline-files.rst``.
+``serve`` and ``run --serve`` serve them all on one port: the list of
+them at ``/``, each one's page under ``/p/NAME/`` (NAME: the file's stem or the ``-m``
+target, made unique). The other commands act on one pipeline. See ``docs/pipeline-files.rst``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from ..errors import PydatataskError
 from . import output
 from .main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, build_parser, run_cli
+from .serve import cmd_serve, serving
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
@@ -38,7 +42,7 @@ __all__ = ("main", "run_command", "SEVERAL")
 
 PROG = "pydatatask"
 #: the commands that take several pipelines at once
-SEVERAL = ("run", "status", "graph", "validate")
+SEVERAL = ("run", "serve", "status", "graph", "validate")
 
 USAGE = f"""usage: {PROG} (-f FILE | -m MODULE:NAME)... COMMAND [options]
        {PROG} validate -f FILE...
@@ -186,8 +190,21 @@ class _Progress:
             self.stream.flush()
 
 
-async def _run_several(named: list[tuple[str, Pipeline]], args: argparse.Namespace) -> int:
-    """``run`` of several pipelines at once: one scheduler each, one event loop."""
+def _page_names(sources: list[tuple[str, str]]) -> list[str]:
+    """The names of the pages of the pipelines served together: the file's stem or the
+    ``-m`` target, made unique (see :func:`pydatatask.web.several.page_names`)."""
+    from pathlib import Path
+
+    from ..web.several import page_names
+
+    return page_names([Path(spec).stem if kind == "file" else spec for kind, spec in sources])
+
+
+async def _run_several(
+    named: list[tuple[str, Pipeline]], args: argparse.Namespace, pages: list[str] | None = None
+) -> int:
+    """``run`` of several pipelines at once: one scheduler each, one event loop; with
+    ``--serve``, their pages (named ``pages``) from the live state of the schedulers."""
     signals: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -219,22 +236,24 @@ async def _run_several(named: list[tuple[str, Pipeline]], args: argparse.Namespa
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
             pass
+    served = {page: pipeline for page, (_, pipeline) in zip(pages, named, strict=True)} if pages else {}
     try:
-        with progress:
-            summaries = await asyncio.gather(
-                *(
-                    pipeline.run(
-                        forever=args.forever,
-                        tasks=[t for t in args.task or [] if t in pipeline.tasks] or None,
-                        max_jobs=args.max_jobs,
-                        timeout=args.timeout,
-                        grace=args.grace,
-                        on_progress=on_progress(name),
-                        rerun_stale=args.rerun_stale,
+        async with serving(served, args):
+            with progress:
+                summaries = await asyncio.gather(
+                    *(
+                        pipeline.run(
+                            forever=args.forever,
+                            tasks=[t for t in args.task or [] if t in pipeline.tasks] or None,
+                            max_jobs=args.max_jobs,
+                            timeout=args.timeout,
+                            grace=args.grace,
+                            on_progress=on_progress(name),
+                            rerun_stale=args.rerun_stale,
+                        )
+                        for name, pipeline in named
                     )
-                    for name, pipeline in named
                 )
-            )
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -297,18 +316,21 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             _error(str(exc))
             return EXIT_USAGE
-        if parsed.serve is not None:
-            _error("run --serve takes one pipeline; give one -f or -m")
+        if parsed.allow_actions and parsed.serve is None:
+            _error("--allow-actions goes with --serve [HOST:]PORT")
             return EXIT_USAGE
         unknown = [t for t in parsed.task or [] if not any(t in p.tasks for _, p in named)]
         if unknown:
             _error(f"no pipeline has a task named {unknown[0]!r}")
             return EXIT_USAGE
         try:
-            return asyncio.run(_run_several(named, parsed))
+            pages = _page_names(sources) if parsed.serve is not None else None
+            return asyncio.run(_run_several(named, parsed, pages))
         except (PydatataskError, OSError) as exc:
             _error(str(exc))
             return EXIT_FAILURE
+    if command == "serve":
+        return _serve_several(sources, named, rest)
     status = EXIT_OK
     for name, pipeline in named:
         if "--json" not in rest:
@@ -316,6 +338,22 @@ def run_command(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
         status = max(status, run_cli(pipeline, rest, prog=f"{PROG} -f {name}"))
     return status
+
+
+def _serve_several(sources: list[tuple[str, str]], named: list[tuple[str, Pipeline]], rest: list[str]) -> int:
+    """``serve`` of several pipelines: the list of them at ``/``, a page each under ``/p/NAME/``."""
+    try:
+        parsed = build_parser(PROG).parse_args(rest)
+    except Exception as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    try:
+        pages = _page_names(sources)
+        served = {page: pipeline for page, (_, pipeline) in zip(pages, named, strict=True)}
+        return asyncio.run(cmd_serve(served, parsed))
+    except (PydatataskError, OSError) as exc:
+        _error(str(exc))
+        return EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

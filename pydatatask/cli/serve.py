@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
@@ -18,6 +18,7 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
     from ..web.server import WebServer
+    from ..web.several import MultiWebServer
 
 __all__ = ("add_serve_parser", "add_run_options", "cmd_serve", "serving", "TOKEN_ENV")
 
@@ -73,27 +74,37 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     _actions_option(p)
 
 
-def _server(pipeline: Pipeline, host: str, port: int, allow_actions: bool, live: bool) -> WebServer:
+def _server(
+    pipelines: Pipeline | Mapping[str, Pipeline], host: str, port: int, allow_actions: bool, live: bool
+) -> WebServer | MultiWebServer:
+    token = os.environ.get(TOKEN_ENV) or None
+    if isinstance(pipelines, Mapping):  # several, by name: one page each and the list of them
+        from ..web.several import MultiWebServer
+
+        return MultiWebServer(
+            pipelines, host=host, port=port, live=live, allow_actions=allow_actions, token=token
+        )
     from ..web.server import WebServer
 
-    return WebServer(
-        pipeline,
-        host=host,
-        port=port,
-        live=live,
-        allow_actions=allow_actions,
-        token=os.environ.get(TOKEN_ENV) or None,
-    )
+    return WebServer(pipelines, host=host, port=port, live=live, allow_actions=allow_actions, token=token)
 
 
-def _announce(server: WebServer) -> None:
-    sys.stderr.write(f"serving the page at {server.url}\n")
+def _announce(server: WebServer | MultiWebServer) -> None:
+    from ..web.several import MultiWebServer
+
+    also = ""
+    if isinstance(server, MultiWebServer):
+        also = f" (pipelines: {', '.join(server.pipelines)}; each at /p/NAME/)"
+    sys.stderr.write(f"serving the page at {server.url}{also}\n")
     sys.stderr.flush()
 
 
 @contextlib.asynccontextmanager
-async def serving(pipeline: Pipeline, args: argparse.Namespace) -> AsyncIterator[None]:
-    """Around ``run``: the page of the run while it goes on, when ``--serve`` was given."""
+async def serving(
+    pipeline: Pipeline | Mapping[str, Pipeline], args: argparse.Namespace
+) -> AsyncIterator[None]:
+    """Around ``run``: the page of the run while it goes on, when ``--serve`` was given
+    (of several runs by name: the list of them and a page each)."""
     if args.serve is None:
         yield
         return
@@ -104,8 +115,9 @@ async def serving(pipeline: Pipeline, args: argparse.Namespace) -> AsyncIterator
         yield
 
 
-async def cmd_serve(pipeline: Pipeline, args: argparse.Namespace) -> int:
-    """``serve``: the page of the pipeline's repositories, until SIGINT or SIGTERM."""
+async def cmd_serve(pipeline: Pipeline | Mapping[str, Pipeline], args: argparse.Namespace) -> int:
+    """``serve``: the page of the pipeline's repositories (of several pipelines by name: the
+    list of them and a page each), until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     got: list[int] = []
     loop = asyncio.get_running_loop()

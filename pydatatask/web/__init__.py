@@ -8,6 +8,17 @@ Nothing here is imported by ``import pydatatask``; the command line imports it f
 from __future__ import annotations
 
 from .server import DEFAULT_PORT, WebServer, is_loopback, parse_address
+from .several import MultiWebServer, page_names
 from .state import Monitor, Snapshot, TaskState
 
-__all__ = ("WebServer", "Monitor", "Snapshot", "TaskState", "parse_address", "is_loopback", "DEFAULT_PORT")
+__all__ = (
+    "WebServer",
+    "MultiWebServer",
+    "page_names",
+    "Monitor",
+    "Snapshot",
+    "TaskState",
+    "parse_address",
+    "is_loopback",
+    "DEFAULT_PORT",
+)

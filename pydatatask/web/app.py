@@ -24,14 +24,14 @@ from ..pipeline.record_index import corrupt_info
 from ..task.links import LinkKind
 from .graph import graph_svg
 from .live_log import NO_LIVE_LOG, as_sse, live_log_events
-from .prometheus import CONTENT_TYPE, render_metrics
+from .prometheus import CONTENT_TYPE, MetricsPart, render_parts
 from .state import MAX_PAGE, Monitor
 
 if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
     from ..task.base import Task
 
-__all__ = ("make_app", "ACTION_HEADER", "LOG_TAIL")
+__all__ = ("make_app", "metrics_part", "ACTION_HEADER", "LOG_TAIL")
 
 #: the header every action must carry
 ACTION_HEADER = "X-Pydatatask-Action"
@@ -73,8 +73,14 @@ def make_app(
     allow_actions: bool = False,
     token: str | None = None,
     events_interval: float = 1.0,
+    name: str | None = None,
 ) -> web.Application:
-    """The application serving ``pipeline`` (whose session must be open while it serves)."""
+    """The application serving ``pipeline`` (whose session must be open while it serves).
+
+    ``name`` is the pipeline's name when it is one of several served together (its page
+    then shows the name and links to the list of pipelines, two levels up: the page is
+    served at ``/p/NAME/``); every address the page asks for is relative to the page's own.
+    """
     app = web.Application(middlewares=[_errors])
     app[_MONITOR] = monitor
     app[_CLOSING] = asyncio.Event()
@@ -110,9 +116,10 @@ def make_app(
 
     # ---------------------------------------------------------------- the page
     async def page(request: web.Request) -> web.Response:
-        return static_file(
-            "index.html", {"allow_actions": allow_actions, "token_required": token is not None}
-        )
+        settings: dict[str, Any] = {"allow_actions": allow_actions, "token_required": token is not None}
+        if name is not None:
+            settings.update(name=name, index="../../")
+        return static_file("index.html", settings)
 
     def static_file(name: str, settings: dict[str, Any] | None = None) -> web.Response:
         text = resources.files(__package__).joinpath("static", name).read_text("utf-8")
@@ -212,14 +219,7 @@ def make_app(
         return _json(drawing)
 
     async def metrics(request: web.Request) -> web.Response:
-        counts = await monitor.counts()
-        s = monitor.scheduler
-        if s is not None:
-            text = render_metrics(
-                counts, s.metrics, s.metrics.listings, {name: len(q) for name, q in s.queues.items()}
-            )
-        else:
-            text = render_metrics(counts, None, monitor.listings)
+        text = render_parts([await metrics_part(monitor)])
         return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 
     async def events(request: web.Request) -> web.StreamResponse:
@@ -325,3 +325,14 @@ async def _links(pipeline: Pipeline, task: Task, key: str) -> list[dict[str, Any
             }
         )
     return out
+
+
+async def metrics_part(monitor: Monitor, **labels: str) -> MetricsPart:
+    """What ``/metrics`` shows of the pipeline of ``monitor``: from the run going on in this
+    process when there is one, else from the monitor's own listings."""
+    counts = await monitor.counts()
+    s = monitor.scheduler
+    if s is not None:
+        queues = {task: len(q) for task, q in s.queues.items()}
+        return MetricsPart(counts, s.metrics, s.metrics.listings, queues, labels)
+    return MetricsPart(counts, None, monitor.listings, None, labels)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import ipaddress
 import logging
 import secrets
 import socket
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
 
     from ..pipeline.pipeline import Pipeline
 
-__all__ = ("WebServer", "parse_address", "is_loopback", "DEFAULT_PORT")
+__all__ = ("WebServer", "BaseWebServer", "parse_address", "is_loopback", "DEFAULT_PORT")
 
 log = logging.getLogger("pydatatask.web")
 
@@ -50,40 +53,36 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class WebServer:
-    """Serves the page, ``/api`` and ``/metrics`` of ``pipeline`` while open::
-
-        async with WebServer(pipeline, port=8080) as server:
-            print(server.url)
-            await pipeline.run()     # the page shows the run's live state
-
-    It holds the pipeline's session open. ``live=True`` (as ``run --serve``) shows only
-    the state of a run in this process, never listing on its own. Actions need
-    ``allow_actions``; bound to an address other than loopback they also need a token,
-    made up here when not given (``token``, shown in :attr:`url`).
-    """
+class BaseWebServer(abc.ABC):
+    """What :class:`WebServer` (one pipeline) and
+    :class:`~pydatatask.web.several.MultiWebServer` (several) share: the address, the token
+    of actions, and the sessions of the pipelines, held open while serving (opened in
+    order, closed in reverse, those open closed again when one fails to open)."""
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipelines: Sequence[Pipeline],
         *,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        live: bool = False,
-        allow_actions: bool = False,
-        token: str | None = None,
-        interval: float = 1.0,
+        host: str,
+        port: int,
+        allow_actions: bool,
+        token: str | None,
+        interval: float,
     ) -> None:
-        self.pipeline = pipeline
+        #: the address bound
         self.host = host
+        #: the port (the one the system picked, once open, when given 0)
         self.port = port
         self.allow_actions = allow_actions
         if allow_actions and token is None and not is_loopback(host):
             token = secrets.token_urlsafe(24)
+        #: the token actions need (``None``: none needed, or no actions)
         self.token = token if allow_actions else None
-        self.monitor = Monitor(pipeline, interval=interval, live=live)
+        #: seconds between snapshots, and between checks of the live updates
         self.interval = interval
+        self._pipelines = list(pipelines)
         self._runner: web.AppRunner | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
 
     @property
     def url(self) -> str:
@@ -94,20 +93,22 @@ class WebServer:
         fragment = f"#token={self.token}" if self.token else ""
         return f"http://{host}:{self.port}/{fragment}"
 
-    async def __aenter__(self) -> WebServer:
-        web = require("aiohttp.web", "web")
-        from .app import make_app
+    @abc.abstractmethod
+    def _app(self) -> web.Application:
+        """The application served."""
 
-        await self.pipeline.__aenter__()
+    @abc.abstractmethod
+    async def _close_monitors(self) -> None:
+        """Stop the background work of the monitors (the server is down)."""
+
+    async def _start(self) -> None:
+        web = require("aiohttp.web", "web")
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
         try:
-            app = make_app(
-                self.pipeline,
-                self.monitor,
-                allow_actions=self.allow_actions,
-                token=self.token,
-                events_interval=self.interval,
-            )
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            for pipeline in self._pipelines:
+                await stack.enter_async_context(pipeline)
+            runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
             await runner.setup()
             try:
                 site = web.TCPSite(runner, self.host, self.port)
@@ -121,18 +122,75 @@ class WebServer:
             if self.port == 0 and runner.addresses:  # the port the system picked
                 self.port = int(runner.addresses[0][1])
         except BaseException as exc:
-            await self.pipeline.__aexit__(type(exc), exc, exc.__traceback__)
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
             raise
+        self._stack = stack
+
+    async def _stop(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            await self._close_monitors()
+        finally:
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+
+
+class WebServer(BaseWebServer):
+    """Serves the page, ``/api`` and ``/metrics`` of ``pipeline`` while open::
+
+        async with WebServer(pipeline, port=8080) as server:
+            print(server.url)
+            await pipeline.run()     # the page shows the run's live state
+
+    It holds the pipeline's session open. ``live=True`` (as ``run --serve``) shows only
+    the state of a run in this process, never listing on its own. Actions need
+    ``allow_actions``; bound to an address other than loopback they also need a token,
+    made up here when not given (``token``, shown in :attr:`~BaseWebServer.url`).
+    Several pipelines on one page: :class:`~pydatatask.web.several.MultiWebServer`.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        live: bool = False,
+        allow_actions: bool = False,
+        token: str | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        super().__init__(
+            [pipeline], host=host, port=port, allow_actions=allow_actions, token=token, interval=interval
+        )
+        self.pipeline = pipeline
+        self.monitor = Monitor(pipeline, interval=interval, live=live)
+
+    def _app(self) -> web.Application:
+        from .app import make_app
+
+        return make_app(
+            self.pipeline,
+            self.monitor,
+            allow_actions=self.allow_actions,
+            token=self.token,
+            events_interval=self.interval,
+        )
+
+    async def _close_monitors(self) -> None:
+        await self.monitor.aclose()
+
+    async def __aenter__(self) -> WebServer:
+        await self._start()
         log.info("serving the page of the pipeline at %s", self.url)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
-            if self._runner is not None:
-                await self._runner.cleanup()
-                self._runner = None
-            await self.monitor.aclose()
-        finally:
-            await self.pipeline.__aexit__(exc_type, exc, tb)
+        await self._stop(exc_type, exc, tb)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,10 +175,82 @@ def test_several_pipelines_side_by_side(tmp_path: Path, capsys: pytest.CaptureFi
     assert "ls works on one pipeline" in capsys.readouterr().err
     assert run_command([*both, "run", "--task", "nope"]) == 2
     assert capsys.readouterr().err == "error: no pipeline has a task named 'nope'\n"
-    assert run_command([*both, "run", "--serve", "0"]) == 2
-    assert "run --serve takes one pipeline" in capsys.readouterr().err
+    assert run_command([*both, "run", "--allow-actions"]) == 2
+    assert capsys.readouterr().err == "error: --allow-actions goes with --serve [HOST:]PORT\n"
     assert run_command([*both, "run", "--task", "shout", "--json"]) == 0  # each pipeline's task of that name
     assert all(r["succeeded"] == 0 for r in json.loads(capsys.readouterr().out).values())
+
+
+def _serving(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """``python -m pydatatask ARGS`` started, and the address it serves at (from stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pydatatask", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        found = re.match(
+            r"serving the page at (http://\S+) \(pipelines: one, one-2; each at /p/NAME/\)$", line
+        )
+        if found:
+            return proc, found.group(1)
+    proc.wait(timeout=30)
+    raise AssertionError("".join(seen))
+
+
+def _get(url: str, path: str) -> Any:
+    with urllib.request.urlopen(url.rstrip("/") + path, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _stopped(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    return code
+
+
+def test_several_pipelines_served_on_one_port(tmp_path: Path) -> None:
+    # two files of the same stem: their pages are one and one-2
+    one, two = pipeline_file(tmp_path, "one"), pipeline_file(tmp_path / "again", "one")
+    both = ["-f", str(one), "-f", str(two)]
+    proc, url = _serving(*both, "run", "--forever", "--serve", "127.0.0.1:0")
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the schedulers list, then run the 6 jobs of each
+            listed = _get(url, "/api/pipelines")["pipelines"]
+            if all(p["source"] == "scheduler" and p["counts"]["succeeded"] == 6 for p in listed):
+                break
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.1)
+        assert [p["name"] for p in listed] == ["one", "one-2"]
+        status = _get(url, "/p/one-2/api/status")
+        assert status["source"] == "scheduler" and list(status["tasks"]) == ["shout", "size"]
+        assert status["tasks"]["size"]["counts"]["succeeded"] == 3
+        with urllib.request.urlopen(url + "metrics", timeout=30) as r:
+            metrics = r.read().decode()
+        assert (
+            'pydatatask_jobs_finished_total{pipeline="one-2",task="shout",outcome="succeeded"} 3' in metrics
+        )
+    finally:
+        assert _stopped(proc) == 128 + signal.SIGTERM
+    assert (tmp_path / "again" / "one" / "upper" / "a.txt").read_text() == "ONE A\n"
+    proc, url = _serving(*both, "serve", "--port", "0")
+    try:
+        listed = _get(url, "/api/pipelines")["pipelines"]
+        assert [(p["name"], p["source"], p["counts"]["succeeded"]) for p in listed] == [
+            ("one", "listing", 6),
+            ("one-2", "listing", 6),
+        ]
+        assert _get(url, "/p/one/api/status")["tasks"]["shout"]["counts"]["succeeded"] == 3
+    finally:
+        assert _stopped(proc) == 128 + signal.SIGTERM
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,8 @@
 // The page of a pydatatask pipeline: counts kept live by server-sent events, the graph,
 // the keys of a task by state (paged and searched by the server), a job's record and log,
 // and the recent failures. Routes live in the location hash: #/, #/keys?..., #/job?...
+// Every address asked for is relative to the page's (served at / for one pipeline, at
+// /p/NAME/ for one of several).
 "use strict";
 
 const settings = JSON.parse(document.getElementById("settings").textContent || "{}");
@@ -9,6 +11,14 @@ const $ = (id) => document.getElementById(id);
 let states = [];
 let counts = {};
 let current = null; // the view shown: {view, params}
+
+if (settings.name) {
+  document.title = settings.name + " - pydatatask";
+  $("pipeline-name").textContent = settings.name;
+  $("pipeline-name").hidden = false;
+  $("index").href = settings.index;
+  $("index").hidden = false;
+}
 
 if (location.hash.startsWith("#token=")) {
   sessionStorage.setItem("pdt-token", decodeURIComponent(location.hash.slice(7)));
@@ -94,7 +104,7 @@ function duration(seconds) {
 }
 
 async function loadStatus() {
-  const status = await api("/api/status");
+  const status = await api("api/status");
   states = status.states;
   $("source").textContent = status.source === "scheduler" ? "live run" : "from the repositories";
   drawTable(status.tasks);
@@ -107,7 +117,7 @@ async function loadStatus() {
 }
 
 async function loadGraph() {
-  const response = await fetch("/graph.svg");
+  const response = await fetch("graph.svg");
   $("graph").innerHTML = await response.text();
   for (const node of $("graph").querySelectorAll("g.node.task")) {
     node.addEventListener("click", () => { location.hash = href("keys", { task: node.dataset.task, state: "ready" }); });
@@ -116,7 +126,7 @@ async function loadGraph() {
 }
 
 async function loadFailures() {
-  const { failures } = await api("/api/failures", { limit: 20 });
+  const { failures } = await api("api/failures", { limit: 20 });
   const list = $("failures");
   if (!failures.length) { list.replaceChildren(el("li", { class: "none", text: "none" })); return; }
   list.replaceChildren(...failures.map((f) => el("li", { "data-task": f.task, "data-key": f.key },
@@ -133,7 +143,7 @@ async function showKeys(params) {
   const state = params.get("state");
   $("keys-title").textContent = `${task}: ${state}`;
   if ($("search").value !== q && document.activeElement !== $("search")) $("search").value = q;
-  const page = await api("/api/keys", { task, state, q, offset, limit: PAGE });
+  const page = await api("api/keys", { task, state, q, offset, limit: PAGE });
   const list = $("key-list");
   list.replaceChildren(...page.keys.map((k) => el("li", {},
     el("a", { href: href("job", { task, key: k }), text: k }))));
@@ -172,7 +182,7 @@ let logTimer = null;
 async function showJob(params) {
   const task = params.get("task");
   const key = params.get("key");
-  const job = await api("/api/job", { task, key });
+  const job = await api("api/job", { task, key });
   $("job-title").textContent = `${task} ${key}`;
   $("job-state").textContent = "state: " + (job.state || "unknown");
   const record = job.record || {};
@@ -215,7 +225,7 @@ function streamLog(task, key) {
   let skipped = 0;
   $("log").textContent = "";
   $("log-note").textContent = "(live)";
-  const source = new EventSource("/api/log/live?" + new URLSearchParams({ task, key }).toString());
+  const source = new EventSource("api/log/live?" + new URLSearchParams({ task, key }).toString());
   liveLog = source;
   const here = () => liveLog === source && current.view === "job" &&
     current.params.get("task") === task && current.params.get("key") === key;
@@ -250,7 +260,7 @@ function streamLog(task, key) {
 async function loadLog(task, key, state) {
   clearTimeout(logTimer);
   stopLive();
-  const log = await api("/api/log", { task, key }).catch((e) => ({ text: null, why: e.message }));
+  const log = await api("api/log", { task, key }).catch((e) => ({ text: null, why: e.message }));
   $("log").textContent = log.text == null ? "" : log.text;
   $("log-note").textContent = log.text == null ? `(${log.why})` : (log.offset ? `(last ${log.size - log.offset} of ${log.size} bytes)` : "");
   if (state === "running" || state === "retrying") {
@@ -264,7 +274,7 @@ async function act(name, body, question) {
   const headers = { "Content-Type": "application/json", "X-Pydatatask-Action": "1" };
   const token = sessionStorage.getItem("pdt-token");
   if (token) headers.Authorization = "Bearer " + token;
-  const response = await fetch("/api/actions/" + name, { method: "POST", headers, body: JSON.stringify(body) });
+  const response = await fetch("api/actions/" + name, { method: "POST", headers, body: JSON.stringify(body) });
   const result = await response.json();
   say(response.ok ? "" : result.error);
   if (response.ok) route();
@@ -300,7 +310,7 @@ async function route() {
 }
 
 function listen() {
-  const source = new EventSource("/api/events");
+  const source = new EventSource("api/events");
   source.onopen = () => { $("conn").textContent = "live"; $("conn").className = "conn on"; };
   source.onerror = () => { $("conn").textContent = "disconnected"; $("conn").className = "conn off"; };
   source.onmessage = (message) => {
@@ -329,7 +339,7 @@ async function start() {
   window.addEventListener("hashchange", route);
   await route();
   listen();
-  setInterval(() => api("/api/status").then((s) => fillRates(s.tasks)).catch(() => {}), 5000);
+  setInterval(() => api("api/status").then((s) => fillRates(s.tasks)).catch(() => {}), 5000);
   document.body.dataset.ready = "1";
 }
 
