@@ -14,12 +14,16 @@ kind:
   pid and its start time; see :func:`~pydatatask.task.records.pid_is_comparable`);
 * :meth:`Claims.take_over` replaces a stale claim by a recovery claim of this process, by
   compare-and-swap: of several schedulers recovering it, one wins;
+* :meth:`Claims.update_many` changes the claims of a batch together;
 * :meth:`Claims.release` drops a claim; :meth:`Claims.abandon` hands it to nobody with an
   expired heartbeat, so that the next check of any scheduler recovers it (used when the
   partial outputs of a job could not be removed: freeing the key would leave an output
   without a record).
 
 The claims this process holds are :meth:`Claims.held`; nothing else keeps claim state.
+
+Where ``live`` keeps bundles (S3), the claims of a batch are one object: see
+:mod:`pydatatask.task.batch_claims` (the same methods, the same guarantees).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from typing import Any
 
 from ..errors import KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import MetadataRepository
+from ..repository.bundles import bundle_store
+from . import batch_claims
+from .batch_claims import BatchClaim
 from .records import HOSTNAME, make_claim, pid_is_comparable, process_start_time
 
 __all__ = ("Claim", "Claims", "new_owner")
@@ -47,10 +54,12 @@ def new_owner() -> str:
 @dataclass(eq=False)
 class Claim:
     """A claim this process holds: the key and the value stored in ``live`` (kept equal
-    to the stored one by every successful :meth:`Claims.update`)."""
+    to the stored one by every successful :meth:`Claims.update`), and the batch's one
+    object when it is stored as a part of one."""
 
     key: str
     value: dict[str, Any]
+    batch: BatchClaim | None = None
 
 
 class Claims:
@@ -72,6 +81,9 @@ class Claims:
         self.owner = owner or new_owner()
         self.lease = lease
         self._held: dict[str, Claim] = {}
+        #: whether this task runs batches (then ``live`` is looked at for batch claims by
+        #: single-key claims too)
+        self.batched = False
         # updates of one task's claims are serialised: a heartbeat and a note of a written
         # key must not both replace the same old value
         self._lock = asyncio.Lock()
@@ -89,6 +101,8 @@ class Claims:
         ``fields`` are added to the claim."""
         value = make_claim(owner or self.owner, self.task, key, time.time(), self.lease)
         value.update(fields)
+        if self.batched and (store := bundle_store(self.live)) is not None:
+            store.expect_bundles()  # a batch's claim may name the key
         if not await self.live.create(key, value):
             return None
         claim = self._held[key] = Claim(key, value)
@@ -98,7 +112,11 @@ class Claims:
         self, keys: list[str], owner: str | None = None, **fields: Any
     ) -> dict[str, Claim]:
         """:meth:`acquire` for several keys at once (one bulk create where the backend has
-        one); returns the claims made, by key. Keys someone else holds are left out."""
+        one, or one object for them all where ``live`` keeps bundles); returns the claims
+        made, by key. Keys someone else holds are left out."""
+        store = bundle_store(self.live) if len(keys) > 1 else None
+        if store is not None:
+            return await batch_claims.acquire(self, store, keys, owner or self.owner, fields)
         now = time.time()
         values: dict[str, dict[str, Any]] = {}
         template: dict[str, Any] | None = None
@@ -125,6 +143,8 @@ class Claims:
         async with self._lock:
             if self._held.get(claim.key) is not claim:
                 return True  # released (or never ours): nothing to renew, nothing lost
+            if claim.batch is not None:
+                return not await batch_claims.update(self, [claim], fields)
             old = claim.value
             new = dict(old, **fields, heartbeat=time.time())
             try:
@@ -144,6 +164,25 @@ class Claims:
                 del self._held[claim.key]
             return ok
 
+    async def update_many(self, claims: list[Claim], **fields: Any) -> list[Claim]:
+        """:meth:`update` for several claims (one write per batch's object where the claims
+        are parts of one); returns the claims lost."""
+        parts: dict[int, list[Claim]] = {}
+        single: list[Claim] = []
+        for claim in claims:
+            if claim.batch is not None:
+                parts.setdefault(id(claim.batch), []).append(claim)
+            else:
+                single.append(claim)
+        kept = await asyncio.gather(*(self.update(c, **fields) for c in single))
+        lost = [c for c, ok in zip(single, kept, strict=True) if not ok]
+        for members in parts.values():
+            async with self._lock:
+                held = [c for c in members if self._held.get(c.key) is c]
+                if held:
+                    lost += await batch_claims.update(self, held, fields)
+        return lost
+
     async def heartbeat(self, claim: Claim) -> bool:
         """Renew a held claim; False if it is lost."""
         return await self.update(claim)
@@ -152,17 +191,29 @@ class Claims:
         """Drop the claim (from ``live`` too)."""
         if self._held.get(claim.key) is claim:
             del self._held[claim.key]
+        if claim.batch is not None:
+            async with self._lock:
+                await batch_claims.release(self, [claim])
+            return
         await self.live.delete(claim.key)
 
     async def release_many(self, claims: list[Claim]) -> None:
         """:meth:`release` for several claims at once (one bulk delete where the backend has
         one)."""
         keys = []
+        parts: dict[int, list[Claim]] = {}
         for claim in claims:
             if self._held.get(claim.key) is claim:
                 del self._held[claim.key]
-            keys.append(claim.key)
-        await self.live.delete_many(keys)
+            if claim.batch is not None:
+                parts.setdefault(id(claim.batch), []).append(claim)
+            else:
+                keys.append(claim.key)
+        for members in parts.values():
+            async with self._lock:
+                await batch_claims.release(self, members)
+        if keys:
+            await self.live.delete_many(keys)
 
     def forget(self, claim: Claim) -> None:
         """Stop holding ``claim`` without touching ``live`` (it was handed on)."""
@@ -174,6 +225,10 @@ class Claims:
         scheduler finds it stale and recovers the key (removes what the job left, then
         frees it). The claim keeps what it noted (``wrote``)."""
         self.forget(claim)
+        if claim.batch is not None:
+            async with self._lock:
+                await batch_claims.abandon(self, claim)
+            return
         value = claim.value
         abandoned = dict(value, owner=f"{value.get('owner')}-abandoned", heartbeat=0.0)
         await self.live.replace_if(claim.key, value, abandoned)
