@@ -33,7 +33,9 @@ from .deferred import DeferredMetadataRepository
 __all__ = ("BundleStore", "bundle_store", "bundle_member", "bundle_keys", "make_bundle")
 
 
-def make_bundle(shared: Mapping[str, Any], keys: list[str], own: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_bundle(
+    shared: Mapping[str, Any], keys: list[str], own: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A bundle value: ``shared`` for every key of ``keys``, with ``own`` fields per key."""
     return {"shared": dict(shared), "keys": list(keys), "own": {k: dict(v) for k, v in (own or {}).items()}}
 

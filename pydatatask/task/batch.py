@@ -451,7 +451,13 @@ class _Batch:
         try:
             await self.task.claims.update_many(held, state=state.value, **fields)
         except Exception as exc:  # the live repository is unreachable: the batch goes on
-            log.warning("task %s: could not note %s in the claims of batch %s: %s", self.task.name, state.value, self.id, exc)
+            log.warning(
+                "task %s: could not note %s in the claims of batch %s: %s",
+                self.task.name,
+                state.value,
+                self.id,
+                exc,
+            )
 
     async def _write_logs(
         self, job: JobContext, keys: list[str], records: Mapping[str, dict[str, Any]] | None = None

@@ -149,7 +149,9 @@ async def change(
             return False
         value = batch.value = current
         _settle(claims, batch, current)
-    raise RepositoryError(f"task {claims.task}: the claim of batch {batch.name} kept changing under this scheduler")
+    raise RepositoryError(
+        f"task {claims.task}: the claim of batch {batch.name} kept changing under this scheduler"
+    )
 
 
 def _settle(claims: Claims, batch: BatchClaim, bundle: dict[str, Any] | None) -> None:
@@ -207,7 +209,9 @@ async def release(claims: Claims, members: list[Claim]) -> None:
         if not rest:
             return None
         own = _own(bundle)
-        return make_bundle(dict(bundle.get("shared") or {}), rest, {k: v for k, v in own.items() if k in rest})
+        return make_bundle(
+            dict(bundle.get("shared") or {}), rest, {k: v for k, v in own.items() if k in rest}
+        )
 
     await change(claims, batch, mutate)
 

@@ -22,11 +22,12 @@ from pydatatask.task.claims import Claims
 from tests.reliability.harness import finish, kill_group, start_script
 
 from . import test_s3
-from .test_s3 import make_client
 from .s3_batch_pipeline import build, runs
+from .test_s3 import make_client
 from .test_s3_requests import Requests, _names, _seed
 
 SCRIPT = Path(__file__).with_name("s3_batch_pipeline.py")
+ROOT = str(Path(__file__).resolve().parents[2])
 
 s3conf = test_s3.s3conf
 bucket = test_s3.bucket
@@ -56,7 +57,10 @@ async def test_a_bundle_reads_as_one_value_per_key(client: Any, bucket: str, pre
     assert await other.keys() == {"alone", "a", "b/c"}
     assert set(await other.versions()) == {"alone", "a", "b/c"}
     assert await other.get("b/c") == {"owner": "me", "lease": 5, "run": 1}
-    assert await other.get_many(["a", "alone", "zz"]) == {"a": {"owner": "me", "lease": 5}, "alone": {"owner": "x"}}
+    assert await other.get_many(["a", "alone", "zz"]) == {
+        "a": {"owner": "me", "lease": 5},
+        "alone": {"owner": "x"},
+    }
     assert await other.contains("a") and not await other.contains("zz")
     assert not await other.create("a", {"owner": "y"})  # a bundle holds it
     assert await other.keys() == {"alone", "a", "b/c"}
@@ -221,7 +225,7 @@ async def test_a_scheduler_killed_mid_batch_is_recovered_key_by_key(
     await _seed(client, bucket, [f"{prefix}src/{k}" for k in keys], b"abc")
     hold = tmp_path / "hold"
     hold.touch()
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {"PYTHONPATH": ROOT}
     proc = await start_script(SCRIPT, [str(tmp_path), bucket, prefix, "10"], env)
     try:
         for _ in range(600):

@@ -41,11 +41,13 @@ _ROUNDS = 8
 class S3Bundles:
     """The bundle half of an S3 metadata repository: mixed into it, over its ``s3``."""
 
-    s3: S3BucketRepository
     _bundle_cache: dict[str, tuple[str, dict[str, Any]]]
     _bundles_expected: bool
 
     if TYPE_CHECKING:  # of the repository it is mixed into
+
+        @property
+        def s3(self) -> S3BucketRepository: ...
 
         def _encode(self, key: str, value: Any) -> bytes: ...
         def _decode(self, key: str, data: bytes) -> Any: ...
@@ -112,7 +114,9 @@ class S3Bundles:
     # --- for the repository's own reads and writes --------------------------------
     def _stored_name(self, name: str) -> str:
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            raise RepositoryError(f"{self.s3.describe()}: {name!r} is not a bundle name (letters, digits, '-', '_')")
+            raise RepositoryError(
+                f"{self.s3.describe()}: {name!r} is not a bundle name (letters, digits, '-', '_')"
+            )
         return BUNDLES + name
 
     def _note_own(self, stored: str, bundle: dict[str, Any]) -> None:
@@ -227,14 +231,15 @@ class S3Bundles:
             if not gone.intersection(held):
                 return False
             rest = [k for k in held if k not in gone]
-            own = bundle.get("own") if isinstance(bundle.get("own"), dict) else {}
-            smaller = dict(bundle, keys=rest, own={k: v for k, v in own.items() if k in rest})
+            smaller = _without(bundle, rest)
             if await self.replace_bundle_if(name, bundle, smaller):
                 if not rest:
                     await self.delete_bundle(name)  # nobody adds keys to a bundle: safe
                 return True
             bundle = await self.get_bundle(name)
-        raise RepositoryError(f"{self.s3.describe()}: bundle {name!r} kept changing; {sorted(gone)[:3]} not removed")
+        raise RepositoryError(
+            f"{self.s3.describe()}: bundle {name!r} kept changing; {sorted(gone)[:3]} not removed"
+        )
 
     async def _move_out(self, key: str, expected: Any, data: bytes) -> bool:
         """``replace_if`` of a key a bundle holds: the key gets an object of its own (its new
@@ -252,8 +257,7 @@ class S3Bundles:
         bundle = bundles[name]
         held = bundle_keys(bundle)
         rest = [k for k in held if k != key]
-        own = bundle.get("own") if isinstance(bundle.get("own"), dict) else {}
-        smaller = dict(bundle, keys=rest, own={k: v for k, v in own.items() if k in rest})
+        smaller = _without(bundle, rest)
         try:
             moved = await self.replace_bundle_if(name, bundle, smaller)
         except BaseException:
@@ -265,3 +269,10 @@ class S3Bundles:
         if not rest:
             await self.delete_bundle(name)
         return True
+
+
+def _without(bundle: dict[str, Any], rest: list[str]) -> dict[str, Any]:
+    """``bundle`` holding only the keys ``rest``."""
+    own = bundle.get("own")
+    kept = {k: v for k, v in own.items() if k in rest} if isinstance(own, dict) else {}
+    return dict(bundle, keys=rest, own=kept)

@@ -44,7 +44,9 @@ class _S3MetadataMixin(S3Bundles):
     ) -> None:
         suffix = self.default_suffix if suffix is None else suffix
         # metadata values are written whole (one PutObject): deletes need not look for uploads
-        store = S3BucketRepository(client, bucket, prefix, suffix, **{"abort_uploads_on_delete": False, **options})
+        store = S3BucketRepository(
+            client, bucket, prefix, suffix, **{"abort_uploads_on_delete": False, **options}
+        )
         super().__init__(store, concurrency=concurrency)  # type: ignore[call-arg]  # the format's
         self._init_bundles()
 
