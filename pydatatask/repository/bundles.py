@@ -89,6 +89,10 @@ class BundleStore(Protocol):
     async def delete_bundle(self, name: str) -> None:
         """Remove bundle ``name`` (nothing happens when there is none)."""
 
+    async def delete_unbundled(self, keys: list[str]) -> None:
+        """Remove the objects of ``keys`` stored on their own, leaving every bundle as it is
+        (what ``delete`` of a key would take out of someone else's bundle stays there)."""
+
     async def snapshot(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
         """From one listing: the keys stored on their own, and every bundle by name."""
 

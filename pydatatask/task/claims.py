@@ -195,7 +195,7 @@ class Claims:
             async with self._lock:
                 await batch_claims.release(self, [claim])
             return
-        await self.live.delete(claim.key)
+        await self._delete_own([claim.key])
 
     async def release_many(self, claims: list[Claim]) -> None:
         """:meth:`release` for several claims at once (one bulk delete where the backend has
@@ -213,6 +213,19 @@ class Claims:
             async with self._lock:
                 await batch_claims.release(self, members)
         if keys:
+            await self._delete_own(keys)
+
+    async def _delete_own(self, keys: list[str]) -> None:
+        """Remove the claims of ``keys`` held as objects of their own. Where ``live`` keeps
+        bundles, only those objects: ``delete`` would also take the keys out of another
+        scheduler's batch claim made meanwhile (one that gives the keys up, or whose writer
+        runs them once this claim is gone)."""
+        store = bundle_store(self.live)
+        if store is not None:
+            await store.delete_unbundled(keys)
+        elif len(keys) == 1:
+            await self.live.delete(keys[0])
+        else:
             await self.live.delete_many(keys)
 
     def forget(self, claim: Claim) -> None:

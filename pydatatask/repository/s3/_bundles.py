@@ -106,6 +106,14 @@ class S3Bundles:
         self._bundle_cache.pop(name, None)
         await self.s3._delete(stored)
 
+    async def delete_unbundled(self, keys: list[str]) -> None:
+        """A ``DeleteObject`` for one key (coalesced with others under way), else
+        ``DeleteObjects``."""
+        if len(keys) == 1:
+            await self.s3._delete(keys[0])
+        elif keys:
+            await self.s3._delete_many(keys)
+
     async def snapshot(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
         """One listing of the prefix (and a ``GetObject`` per bundle not known by its ETag)."""
         plain, listed = self._split(await self.s3._scan())
