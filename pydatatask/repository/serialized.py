@@ -227,6 +227,17 @@ class SerializedMetadataRepository(MetadataRepository):
     async def _create(self, key: str, value: Any) -> bool:
         return await self.blobs.create_bytes(key, self._encode(key, value))
 
+    async def _put_many(self, values: dict[str, Any]) -> None:
+        """Every value encoded first (nothing is written if one cannot be), then stored in
+        one bulk write of ``blobs``."""
+        await self.blobs._write_many_bytes({k: self._encode(k, v) for k, v in values.items()})
+
+    async def _create_many(self, values: dict[str, Any]) -> set[str]:
+        return await self.blobs._create_many_bytes({k: self._encode(k, v) for k, v in values.items()})
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        await self.blobs._delete_many(keys)
+
     async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
         try:
             current = await self.blobs.read_bytes(key)
