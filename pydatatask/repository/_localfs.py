@@ -100,7 +100,7 @@ class _DirSyncs:
 _dir_syncs = _DirSyncs()
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Make the entries of directory ``path`` (names created, renamed or removed) durable.
 
     Safe to call from several threads at once: concurrent calls for one directory share

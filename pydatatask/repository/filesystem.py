@@ -126,7 +126,7 @@ def open_tmp(tmp: Path, fsync: bool) -> IO[bytes]:
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-def _open_tmp_fd(tmp: Path, fsync: bool) -> int:
+def _open_tmp_fd(tmp: str | Path, fsync: bool) -> int:
     """:func:`open_tmp`, as a file descriptor (whole-value writes need no buffer object:
     fewer system calls, no ``fstat``, ``ioctl`` and ``lseek`` of a buffered open)."""
     for _ in range(100):
@@ -135,21 +135,21 @@ def _open_tmp_fd(tmp: Path, fsync: bool) -> int:
         except FileNotFoundError:
             pass
         try:
-            make_dirs(tmp.parent, fsync)
+            make_dirs(Path(tmp).parent, fsync)
         except (FileExistsError, FileNotFoundError):
-            if _file_in_the_way(tmp.parent):
+            if _file_in_the_way(Path(tmp).parent):
                 raise
     return os.open(tmp, _NEW_FILE, 0o666)  # a hundred deletes in a row: let this one say why
 
 
-def _unlink_if_present(path: Path) -> None:
+def _unlink_if_present(path: str | Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def write_tmp(tmp: Path, data: bytes, fsync: bool) -> None:
+def write_tmp(tmp: str, data: bytes, fsync: bool) -> None:
     """Write ``data`` to the new temporary file ``tmp`` (see :func:`open_tmp`), its data
     synced with ``fsync``; on any error the temporary is removed again."""
     fd = _open_tmp_fd(tmp, fsync)
@@ -166,7 +166,7 @@ def write_tmp(tmp: Path, data: bytes, fsync: bool) -> None:
     os.close(fd)
 
 
-def _read_small_fd(path: Path) -> bytes | None:
+def _read_small_fd(path: str) -> bytes | None:
     """The content of ``path`` if it is at most :data:`SMALL_FILE` bytes, else None (one
     ``open``, two ``read`` and a ``close``)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -183,6 +183,12 @@ def _read_small_fd(path: Path) -> bytes | None:
         return data
     finally:
         os.close(fd)
+
+
+def _tmp_beside(path: str) -> str:
+    """A fresh temporary name in the directory of ``path``, for its new value."""
+    head, name = os.path.split(path)
+    return os.path.join(head, tmp_name(name))
 
 
 def _chunks(items: list[T], n: int) -> list[list[T]]:
@@ -306,8 +312,10 @@ class FileRepository(_LocalRoot, BlobRepository):
         """The path the value of ``key`` lives at (whether or not it exists)."""
         return self.root / (self._key(key) + self.extension)
 
-    def _path(self, key: str) -> Path:
-        return self.root / (key + self.extension)
+    def _path(self, key: str) -> str:
+        # a string, not a Path: joining and formatting Path objects cost more than the
+        # system calls of a small file (a few per key, in every job)
+        return f"{self.root}/{key}{self.extension}"
 
     async def _list(self) -> Iterable[str]:
         return await asyncio.to_thread(walk, self.root, False, self.extension, False)
@@ -317,45 +325,45 @@ class FileRepository(_LocalRoot, BlobRepository):
         return self._valid_versions(await asyncio.to_thread(walk, self.root, False, self.extension, True))
 
     async def _contains(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._path(key))  # noqa: ASYNC240 - one stat of a local file, see SMALL_FILE
 
-    def _unlink(self, path: Path) -> bool:
+    def _unlink(self, path: str) -> bool:
         """Unlink the file of a key; whether it was there."""
         try:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
             return False  # absent (or under a file, where no key can be)
         except (IsADirectoryError, PermissionError) as exc:
-            if not path.is_dir():
+            if not os.path.isdir(path):
                 raise
             raise RepositoryError(f"{self.describe()}: {path} is a directory") from exc
         return True
 
-    def _delete_sync(self, path: Path) -> bool:
+    def _delete_sync(self, path: str, key: str) -> bool:
         if not self._unlink(path):
             return False
-        if path.parent != self.root:
-            remove_empty_parents(self.root, path, False)
+        if "/" in key:
+            remove_empty_parents(self.root, Path(path), False)
         return True
 
-    def _delete_durably(self, path: Path) -> None:
+    def _delete_durably(self, path: str, key: str) -> None:
         if not self._unlink(path):
             return
         try:
-            fsync_dir(path.parent)
+            fsync_dir(os.path.dirname(path))
         except FileNotFoundError:
             # a sibling's delete removed the directory once this unlink left it empty:
             # that removal is synced in its own parent by the delete that made it
             return
-        if path.parent != self.root:
-            remove_empty_parents(self.root, path, True)
+        if "/" in key:
+            remove_empty_parents(self.root, Path(path), True)
 
     async def _delete(self, key: str) -> None:
         path = self._path(key)
         if self._durable():
-            await asyncio.to_thread(self._delete_durably, path)
+            await asyncio.to_thread(self._delete_durably, path, key)
         else:
-            self._delete_sync(path)
+            self._delete_sync(path, key)
 
     async def _open_reader(self, key: str) -> BlobReader:
         try:
@@ -365,7 +373,7 @@ class FileRepository(_LocalRoot, BlobRepository):
             raise KeyNotFoundError(key, self.describe()) from None
 
     async def _open_writer(self, key: str) -> BlobWriter:
-        writer = _FileWriter(self._path(key), self._durable())
+        writer = _FileWriter(Path(self._path(key)), self._durable())
         try:
             await asyncio.to_thread(writer._open)
         except (FileExistsError, NotADirectoryError) as exc:
@@ -375,20 +383,20 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     # Whole-value fast paths: one thread hop per operation instead of one per step.
     async def read_bytes(self, key: str) -> bytes:
-        path = self.path(key)
+        path = self._path(self._key(key))
         try:
             data = _read_small_fd(path)  # small local file, see SMALL_FILE
             if data is None:
-                data = await asyncio.to_thread(path.read_bytes)
+                data = await asyncio.to_thread(Path(path).read_bytes)
             return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyNotFoundError(key, self.describe()) from None
 
     @staticmethod
-    def _put_file(path: Path, data: bytes, durable: bool) -> None:
+    def _put_file(path: str, data: bytes, durable: bool) -> None:
         """Write ``data`` to ``path`` through a synced temporary and a rename; the caller
         syncs the directory (once for all the files of a bulk write)."""
-        tmp = path.with_name(tmp_name(path.name))
+        tmp = _tmp_beside(path)
         write_tmp(tmp, data, durable)
         try:
             os.replace(tmp, path)
@@ -396,14 +404,15 @@ class FileRepository(_LocalRoot, BlobRepository):
             _unlink_if_present(tmp)
             raise
 
-    def _write_sync(self, path: Path, data: bytes) -> None:
+    def _write_sync(self, path: str, data: bytes) -> None:
         durable = self._durable()
         self._put_file(path, data, durable)
         if durable:
-            fsync_dir(path.parent)  # then the rename itself
+            fsync_dir(os.path.dirname(path))  # then the rename itself
 
     async def write_bytes(self, key: str, data: bytes) -> None:
-        path, data = self.path(key), bytes(data)
+        key = self._key(key)
+        path, data = self._path(key), bytes(data)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
         try:
@@ -415,26 +424,26 @@ class FileRepository(_LocalRoot, BlobRepository):
             raise self._conflict(key, exc) from exc
 
     @staticmethod
-    def _create_file(path: Path, data: bytes, durable: bool) -> bool:
+    def _create_file(path: str, data: bytes, durable: bool) -> bool:
         """Create ``path`` with ``data`` unless it exists (a synced temporary, then a hard
         link, which fails if the name exists); the caller syncs the directory."""
-        tmp = path.with_name(tmp_name(path.name))
+        tmp = _tmp_beside(path)
         write_tmp(tmp, data, durable)
         try:
             os.link(tmp, path)  # atomic, fails if the name exists
         except FileExistsError:
-            if path.is_dir() and not path.is_symlink():
+            if os.path.isdir(path) and not os.path.islink(path):
                 raise IsADirectoryError(f"{path} is a directory") from None
             return False
         finally:
             os.unlink(tmp)
         return True
 
-    def _create_sync(self, path: Path, data: bytes) -> bool:
+    def _create_sync(self, path: str, data: bytes) -> bool:
         durable = self._durable()
         made = self._create_file(path, data, durable)
         if made and durable:
-            fsync_dir(path.parent)  # the new name (and the temporary's removal)
+            fsync_dir(os.path.dirname(path))  # the new name (and the temporary's removal)
         return made
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
@@ -446,7 +455,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise self._conflict(key, exc) from exc
 
-    def _replace_if_sync(self, path: Path, expected: bytes, data: bytes) -> bool:
+    def _replace_if_sync(self, path: str, expected: bytes, data: bytes) -> bool:
         # Conditional replacements are serialised by an advisory lock on the directory's
         # lock file; the final rename is atomic, so plain readers and exclusive creators
         # never see the name missing.
@@ -457,7 +466,7 @@ class FileRepository(_LocalRoot, BlobRepository):
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 try:
-                    if path.read_bytes() != expected:
+                    if Path(path).read_bytes() != expected:
                         return False
                 except FileNotFoundError:
                     return False
@@ -479,7 +488,9 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _create_many_bytes(self, values: dict[str, bytes]) -> set[str]:
         return await self._bulk(list(values.items()), self._create_file)
 
-    async def _bulk(self, items: list[tuple[str, bytes]], one: Callable[[Path, bytes, bool], object]) -> set[str]:
+    async def _bulk(
+        self, items: list[tuple[str, bytes]], one: Callable[[str, bytes, bool], object]
+    ) -> set[str]:
         """Apply ``one(path, data, durable)`` to every item; return the keys for which it
         returned a true value (every key, for writes). Each directory is synced once at
         the end, also when an item failed (its error, translated, is raised then)."""
@@ -488,7 +499,8 @@ class FileRepository(_LocalRoot, BlobRepository):
             return self._bulk_sync(items, one, False)  # tmpfs or unsynced: no thread hop
         parts = _chunks(items, BULK_THREADS)
         results = await asyncio.gather(
-            *(asyncio.to_thread(self._bulk_sync, part, one, durable) for part in parts), return_exceptions=True
+            *(asyncio.to_thread(self._bulk_sync, part, one, durable) for part in parts),
+            return_exceptions=True,
         )
         done: set[str] = set()
         for result in results:
@@ -498,10 +510,10 @@ class FileRepository(_LocalRoot, BlobRepository):
         return done
 
     def _bulk_sync(
-        self, items: list[tuple[str, bytes]], one: Callable[[Path, bytes, bool], object], durable: bool
+        self, items: list[tuple[str, bytes]], one: Callable[[str, bytes, bool], object], durable: bool
     ) -> set[str]:
         done: set[str] = set()
-        dirs: dict[Path, None] = {}
+        dirs: dict[str, None] = {}
         try:
             for key, data in items:
                 path = self._path(key)
@@ -509,7 +521,7 @@ class FileRepository(_LocalRoot, BlobRepository):
                     ok = one(path, data, durable)
                 except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
                     raise self._conflict(key, exc) from exc
-                dirs[path.parent] = None
+                dirs[os.path.dirname(path)] = None
                 if ok is not False:
                     done.add(key)
         finally:
@@ -519,29 +531,29 @@ class FileRepository(_LocalRoot, BlobRepository):
         return done
 
     async def _delete_many(self, keys: list[str]) -> None:
-        paths = [self._path(key) for key in keys]
         if self._durable():
-            await asyncio.to_thread(self._delete_many_sync, paths, True)
+            await asyncio.to_thread(self._delete_many_sync, keys, True)
         else:
-            self._delete_many_sync(paths, False)
+            self._delete_many_sync(keys, False)
 
-    def _delete_many_sync(self, paths: list[Path], durable: bool) -> None:
-        """Unlink every path, then sync each directory once, then remove the directories
-        left empty (durably: each removal synced in its parent)."""
-        dirs: dict[Path, None] = {}
+    def _delete_many_sync(self, keys: list[str], durable: bool) -> None:
+        """Unlink every key's file, then sync each directory once, then remove the
+        directories left empty (durably: each removal synced in its parent)."""
+        dirs: dict[str, bool] = {}  # directory -> whether it is below the root
         try:
-            for path in paths:
+            for key in keys:
+                path = self._path(key)
                 if self._unlink(path):
-                    dirs[path.parent] = None
+                    dirs[os.path.dirname(path)] = "/" in key
         finally:
-            for d in dirs:
+            for d, nested in dirs.items():
                 if durable:
                     try:
                         fsync_dir(d)
                     except FileNotFoundError:
                         continue  # removed by a concurrent delete, which syncs that removal
-                if d != self.root:
-                    remove_empty_parents(self.root, d / "_", durable)
+                if nested:
+                    remove_empty_parents(self.root, Path(d, "_"), durable)
 
 
 class DirectoryRepository(_LocalRoot, Repository):

@@ -70,7 +70,7 @@ def yaml_dumps(value: Any) -> bytes:
     if type(value) is dict and value:
         lines: list[str] = []
         for k, v in value.items():
-            if type(k) is not str or not _PLAIN.match(k) or k.lower() in _RESERVED:
+            if not _plain_key(k):
                 break
             text = _fast_scalar(v)
             if text is None:
@@ -86,8 +86,18 @@ def yaml_dumps(value: Any) -> bytes:
     return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True).encode("utf-8")
 
 
+#: mapping keys known to be plain (records and claims use the same few again and again)
+_PLAIN_KEYS: set[str] = set()
+
+
 def _plain_key(k: Any) -> bool:
-    return type(k) is str and _PLAIN.match(k) is not None and k.lower() not in _RESERVED
+    if k in _PLAIN_KEYS:
+        return True
+    if type(k) is str and _PLAIN.match(k) is not None and k.lower() not in _RESERVED:
+        if len(_PLAIN_KEYS) < 4096:
+            _PLAIN_KEYS.add(k)
+        return True
+    return False
 
 
 def _fast_nested(value: Any) -> str | None:
