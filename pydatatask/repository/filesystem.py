@@ -191,6 +191,11 @@ def _tmp_beside(path: str) -> str:
     return os.path.join(head, tmp_name(name))
 
 
+def _fsync_dirs(dirs: list[str]) -> None:
+    for d in dirs:
+        fsync_dir(d)
+
+
 def _chunks(items: list[T], n: int) -> list[list[T]]:
     """``items`` dealt into at most ``n`` lists of nearly equal length."""
     return [c for c in (items[i::n] for i in range(n)) if c]
@@ -495,13 +500,18 @@ class FileRepository(_LocalRoot, BlobRepository):
         returned a true value (every key, for writes). Each directory is synced once at
         the end, also when an item failed (its error, translated, is raised then)."""
         durable = self._durable()
+        dirs: dict[str, None] = {}
         if not durable and all(len(data) <= SMALL_FILE for _key, data in items):
-            return self._bulk_sync(items, one, False)  # tmpfs or unsynced: no thread hop
-        parts = _chunks(items, BULK_THREADS)
+            return self._bulk_sync(items, one, False, dirs)  # tmpfs or unsynced: no thread hop
         results = await asyncio.gather(
-            *(asyncio.to_thread(self._bulk_sync, part, one, durable) for part in parts),
+            *(
+                asyncio.to_thread(self._bulk_sync, part, one, durable, dirs)
+                for part in _chunks(items, BULK_THREADS)
+            ),
             return_exceptions=True,
         )
+        if durable and dirs:
+            await asyncio.to_thread(_fsync_dirs, list(dirs))
         done: set[str] = set()
         for result in results:
             if isinstance(result, BaseException):
@@ -510,24 +520,24 @@ class FileRepository(_LocalRoot, BlobRepository):
         return done
 
     def _bulk_sync(
-        self, items: list[tuple[str, bytes]], one: Callable[[str, bytes, bool], object], durable: bool
+        self,
+        items: list[tuple[str, bytes]],
+        one: Callable[[str, bytes, bool], object],
+        durable: bool,
+        dirs: dict[str, None],
     ) -> set[str]:
+        """Apply ``one`` to ``items`` in order, noting the directories changed in ``dirs``
+        (synced by the caller)."""
         done: set[str] = set()
-        dirs: dict[str, None] = {}
-        try:
-            for key, data in items:
-                path = self._path(key)
-                try:
-                    ok = one(path, data, durable)
-                except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
-                    raise self._conflict(key, exc) from exc
-                dirs[os.path.dirname(path)] = None
-                if ok is not False:
-                    done.add(key)
-        finally:
-            if durable:
-                for d in dirs:
-                    fsync_dir(d)
+        for key, data in items:
+            path = self._path(key)
+            try:
+                ok = one(path, data, durable)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                raise self._conflict(key, exc) from exc
+            dirs[os.path.dirname(path)] = None
+            if ok is not False:
+                done.add(key)
         return done
 
     async def _delete_many(self, keys: list[str]) -> None:
