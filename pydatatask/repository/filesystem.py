@@ -33,7 +33,7 @@ from typing import IO, TypeVar
 
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
 from ._localfs import fsync_dir, fsync_tree, make_dirs, on_memory_fs, sweep, tmp_name
-from ._localtree import PREFIX_MARKER, check_segments, remove_empty_parents, walk
+from ._localtree import MAX_SEGMENT_BYTES, PREFIX_MARKER, check_segments, remove_empty_parents, walk
 from .base import BlobReader, BlobRepository, BlobWriter, Repository
 from .journal import current_journal
 
@@ -221,6 +221,9 @@ class _LocalRoot(Repository):
     extension: str
 
     def _check_key(self, key: str) -> str:
+        if key.isascii() and len(key) + len(self.extension) <= MAX_SEGMENT_BYTES and "/." not in key:
+            if key[0] != ".":
+                return key  # the common case (checked in every call of every job), inline
         return check_segments(key, self.extension, self.describe)
 
     def _conflict(self, key: str, exc: OSError) -> RepositoryError:

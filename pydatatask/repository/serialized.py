@@ -35,6 +35,8 @@ _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./+-]*\Z")
 # words YAML 1.1 resolves to booleans or null: never written as plain scalars
 _RESERVED = frozenset("y n yes no on off true false null".split())
 _ASCII_TEXT = re.compile(r"[\x00-\x7e]*\Z")
+#: printable ASCII without ``"`` and ``\\``: the same between double quotes in JSON and YAML
+_QUOTE_AS_IS = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z")
 _FLOAT_OK = re.compile(r"-?[0-9]+\.[0-9]+(e[-+][0-9]+)?\Z")
 
 
@@ -45,6 +47,8 @@ def _fast_scalar(value: Any) -> str | None:
     if t is str:
         if _PLAIN.match(value) and value.lower() not in _RESERVED:
             return value  # type: ignore[no-any-return]
+        if _QUOTE_AS_IS.match(value):
+            return f'"{value}"'  # what json.dumps gives for it, without the call (timestamps)
         if _ASCII_TEXT.match(value):
             return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
         return None
