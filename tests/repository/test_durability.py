@@ -350,3 +350,29 @@ def test_concurrent_directory_syncs_share_fsyncs(disk: Path, monkeypatch: pytest
             if kind == "start" and asked < events.index(("start", n)) and events.index(("end", n)) < back
         ]
         assert covered, f"caller {i} returned without an fsync that started after it asked"
+
+
+async def test_a_batch_syncs_the_directories_of_its_claims_and_records_once(
+    disk: Path, calls: Syscalls
+) -> None:
+    """``state_dir`` claims, records and releases of a batch go through the bulk calls of
+    the file repositories: a few directory syncs per batch, not some per key."""
+    keys = [f"k{i}" for i in range(20)]
+
+    def work(keys: list[str], src: dict[str, int]) -> dict[str, dict[str, int]]:
+        return {k: {"dst": src[k] + 1} for k in keys}
+
+    task = FunctionTask(
+        "t",
+        work,
+        inputs={"src": MemoryMetadataRepository(dict.fromkeys(keys, 1))},
+        outputs={"dst": MemoryMetadataRepository()},
+        batch=20,
+    )
+    summary = await Pipeline([task], state_dir=disk / "state").run()
+    assert summary.succeeded == 20
+    live, done = disk / "state" / "t" / "live", disk / "state" / "t" / "done"
+    synced = calls.fsynced()
+    assert synced.count(str(done)) <= 2, synced.count(str(done))
+    assert synced.count(str(live)) <= 3, synced.count(str(live))  # claims, release, its creation
+    assert len(os.listdir(done)) == 20 and os.listdir(live) == []
