@@ -201,9 +201,9 @@ def _chunks(items: list[T], n: int) -> list[list[T]]:
     return [c for c in (items[i::n] for i in range(n)) if c]
 
 
-#: how many threads a bulk write, create or delete of a durable repository uses: their
-#: file fsyncs wait for the disk together (the file system commits them in one journal
-#: transaction), and each directory is synced once for the whole call
+#: how many threads a bulk write or create of a durable repository shares its files out
+#: to: their file fsyncs wait for the disk together (the file system commits them in
+#: shared journal transactions); each directory is then synced once for the whole call
 BULK_THREADS = 6
 
 
