@@ -34,7 +34,7 @@ async def client(conf: dict[str, Any]) -> AsyncIterator[Any]:
 
 async def names(c: Any, prefix: str) -> list[str]:
     """Every object name under ``prefix`` of the bucket (a paginated listing)."""
-    out = []
+    out: list[str] = []
     async for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         out.extend(obj["Key"] for obj in page.get("Contents", ()))
     return out
