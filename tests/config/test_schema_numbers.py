@@ -12,36 +12,23 @@ import jsonschema
 import yaml
 
 from pydatatask.config import load_pipeline, pipeline_schema
+from tests.config import test_numbers_from_env as numbers_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
-FILE = """\
-repositories:
-  src: {kind: files, root: data/src}
-  out: {kind: files, root: data/out}
-executors:
-  pool: {kind: threads, workers: WORKERS, cpu: CPUS}
-tasks:
-  copy:
-    kind: function
-    function: "shutil:copyfile"
-    executor: pool
-    inputs: {src: src}
-    outputs: {out: out}
-    concurrency: CONCURRENCY
-    retry: {max_attempts: TRIES, jitter: 0.25}
-"""
+#: every number of it written "${VAR}"
+ENV_FILE = numbers_from_env.FILE
+#: the same with numbers written as numbers, concurrency left to each test
+LITERAL_FILE = (
+    ENV_FILE.replace('"${WORKERS:-2}"', "2")
+    .replace('"${CPUS}"', "1")
+    .replace('"${TRIES:-3}"', "3")
+    .replace('"${JITTER:-0.25}"', "0.25")
+)
 
 
-def text(**values: str) -> str:
-    out = FILE
-    for name, value in values.items():
-        out = out.replace(name, value)
-    return out
-
-
-def document(**values: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(text(**values))
+def document(text: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(text)
     return doc
 
 
@@ -53,21 +40,23 @@ def schema_errors(doc: dict[str, Any]) -> list[str]:
 def test_the_published_schema_admits_a_number_from_the_environment_where_validate_does(
     tmp_path: Path,
 ) -> None:
-    values = {"WORKERS": '"${W:-2}"', "CPUS": '"${C}"', "CONCURRENCY": '"${N}"', "TRIES": '"${T:-3}"'}
-    assert schema_errors(document(**values)) == []
+    assert schema_errors(document(ENV_FILE)) == []
     path = tmp_path / "pipeline.yaml"
-    path.write_text(text(**values))
-    pipeline = load_pipeline(path, environ={"N": "7", "C": "1.5"})
+    path.write_text(ENV_FILE)
+    pipeline = load_pipeline(path, environ={"N": "7", "CPUS": "1.5"})
     assert pipeline.tasks["copy"].concurrency == 7
     pipeline.tasks["copy"].executor.pool.shutdown()  # type: ignore[attr-defined]
 
 
 def test_the_published_schema_still_refuses_a_string_naming_no_variable_and_keeps_the_bounds() -> None:
-    numbers = {"WORKERS": "2", "CPUS": "1", "TRIES": "3"}
-    assert schema_errors(document(CONCURRENCY="4", **numbers)) == []
-    assert schema_errors(document(CONCURRENCY='"four"', **numbers)), "a word is no number"
-    assert schema_errors(document(CONCURRENCY="0", **numbers)), "concurrency is at least 1"
-    assert schema_errors(document(CONCURRENCY="2.5", **numbers)), "concurrency is a whole number"
+    def concurrency(value: str) -> dict[str, Any]:
+        return document(LITERAL_FILE.replace('"${N}"', value))
+
+    assert "${" not in LITERAL_FILE.replace('"${N}"', "4")
+    assert schema_errors(concurrency("4")) == []
+    assert schema_errors(concurrency('"four"')), "a word is no number"
+    assert schema_errors(concurrency("0")), "concurrency is at least 1"
+    assert schema_errors(concurrency("2.5")), "concurrency is a whole number"
 
 
 def test_every_place_of_a_number_says_so_in_the_schema_and_in_the_reference() -> None:
