@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,22 +22,7 @@ from pydatatask.pipeline.scheduler import Scheduler
 from pydatatask.repository.base import MetadataRepository
 from pydatatask.repository.s3 import S3BucketRepository
 from pydatatask.task import FunctionTask, Hooks
-
-
-class CountingMemory(MemoryMetadataRepository):
-    """Counts its listings (keys, or keys with versions)."""
-
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
-        super().__init__(data)
-        self.listings = 0
-
-    async def keys(self) -> set[str]:
-        self.listings += 1
-        return await super().keys()
-
-    async def versions(self) -> dict[str, str | None]:
-        self.listings += 1
-        return await super().versions()
+from tests.counting import CountingMetadata
 
 
 async def copy(key: str, src: MetadataRepository, dst: MetadataRepository) -> None:
@@ -47,9 +31,9 @@ async def copy(key: str, src: MetadataRepository, dst: MetadataRepository) -> No
 
 
 async def test_a_chained_memory_pipeline_does_not_list_its_own_outputs_per_tick() -> None:
-    src = CountingMemory({f"k{i:03d}": i for i in range(150)})
-    mid, out = CountingMemory(), CountingMemory()
-    done1, done2 = CountingMemory(), CountingMemory()
+    src = CountingMetadata({f"k{i:03d}": i for i in range(150)})
+    mid, out = CountingMetadata(), CountingMetadata()
+    done1, done2 = CountingMetadata(), CountingMetadata()
     first = FunctionTask("first", copy, inputs={"src": src}, outputs={"dst": mid}, done=done1, concurrency=4)
     second = FunctionTask(
         "second", copy, inputs={"src": mid}, outputs={"dst": out}, done=done2, concurrency=4
@@ -66,7 +50,7 @@ async def test_a_chained_memory_pipeline_does_not_list_its_own_outputs_per_tick(
 
 
 async def test_a_key_added_from_outside_during_a_forever_run_is_picked_up_at_a_refresh() -> None:
-    src = CountingMemory({"a": 1})
+    src = CountingMetadata({"a": 1})
     out = MemoryMetadataRepository()
     b_done = asyncio.Event()
     hooks = Hooks()
@@ -99,7 +83,7 @@ async def test_a_key_added_from_outside_during_a_forever_run_is_picked_up_at_a_r
 
 
 async def test_an_idle_forever_run_lists_at_the_refresh_interval_not_at_every_poll() -> None:
-    src = CountingMemory({"a": 1})
+    src = CountingMetadata({"a": 1})
     task = FunctionTask("copy", copy, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()})
     pipeline = Pipeline([task], refresh="1h", poll_interval="0.01s")
     idle = asyncio.Event()
