@@ -4,6 +4,7 @@ are looked for a chunk of keys at a time, the event loop serving requests in bet
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -11,8 +12,9 @@ import aiohttp
 from pydatatask import MemoryMetadataRepository
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import FunctionTask
+from pydatatask.web.state import Monitor
 
-from .conftest import serve
+from .conftest import Gate, demo, serve
 
 #: done keys: fewer than the records ``serve`` reads at once, so that the first
 #: /api/status reads them all and looks for the stale ones among them before it answers
@@ -59,3 +61,36 @@ async def test_a_request_is_answered_while_the_status_of_many_keys_is_built(
         assert answered == ["/api/graph", "/api/status"]
     finally:
         await server.__aexit__(None, None, None)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Return once ``condition()`` holds (looked at every 10 ms)."""
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_a_snapshot_of_a_run_is_taken_again_after_twenty_times_what_it_cost() -> None:
+    gate = Gate()
+    pipeline = demo(5, gate=gate)
+    monitor = Monitor(pipeline, interval=0.0, live=True)
+    async with pipeline:
+        run = asyncio.create_task(pipeline.run(on_progress=lambda s: None))
+        try:
+            async with asyncio.timeout(20):
+                await until(lambda: monitor.scheduler is not None)
+                first = await monitor.snapshot()
+                monitor._snapshot_seconds = 3600.0  # as if it had taken an hour to make
+                before = monitor.version()
+                gate.open()
+                await until(lambda: monitor.version() != before)  # a job ended: the counts changed
+            assert await monitor.snapshot() is first  # not taken again for 20 hours
+            assert (await monitor.counts())["square"]["succeeded"] >= 1  # the counts are live
+            monitor._snapshot_seconds = 0.0
+            again = await monitor.snapshot()
+            assert again is not first and len(again.tasks["square"].keys["succeeded"]) >= 1
+        finally:
+            gate.open(10)
+            await run
+        await monitor.aclose()
