@@ -12,7 +12,7 @@
   page (a separate process reading ``/api/events`` and asking ``/api/status`` every 5 s
   as the page does), alternately in one worker (without, with, with, without, ...: the
   load of the machine changes slower than that), each run on fresh repositories;
-  ``ratio`` is the median of the ratios of neighbouring runs (with / without), 5 pairs;
+  ``ratio`` is the median of the ratios of neighbouring runs (with / without), 5 pairs (3 quick);
   ``cpu_ratio`` the same of the CPU time of the scheduler's process (the server runs in
   it), which the load of other processes on a shared machine does not move.
 
@@ -63,7 +63,7 @@ except OSError:
 """
 
 
-#: runs without and with the page in one worker: 2 * PAIRS, in ABBA order
+#: runs without and with the page in one worker: 2 * PAIRS, in ABBA order (3 pairs quick)
 PAIRS = 5
 
 
@@ -71,18 +71,19 @@ def points(opts: Options) -> list[Point]:
     keys = 100_000 if opts.quick else 1_000_000
     jobs = 2_000 if opts.quick else 10_000
     files = 500 if opts.quick else 2_000
+    pairs = 3 if opts.quick else PAIRS
     return [
         Point(f"{keys} keys", keys, {"kind": "page", "n": keys}, ["page"]),
         Point(
             f"{jobs} memory jobs",
             jobs,
-            {"kind": "run", "backend": "memory", "n": jobs, "concurrency": CONCURRENCY},
+            {"kind": "run", "backend": "memory", "n": jobs, "concurrency": CONCURRENCY, "pairs": pairs},
             ["paired"],
         ),
         Point(
             f"{files} file jobs",
             files,
-            {"kind": "run", "backend": "files", "n": files, "concurrency": CONCURRENCY},
+            {"kind": "run", "backend": "files", "n": files, "concurrency": CONCURRENCY, "pairs": pairs},
             ["paired"],
         ),
     ]
@@ -120,7 +121,7 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
 def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
     if params["kind"] == "page":
         return _page(params["n"])
-    return _paired(params["backend"], params["n"], params["concurrency"])
+    return _paired(params["backend"], params["n"], params["concurrency"], params.get("pairs", PAIRS))
 
 
 def _page(n: int) -> dict[str, Any]:
@@ -212,7 +213,7 @@ def _pipeline(backend: str, n: int, conc: int, where: Path) -> Any:
     return Pipeline([task], state_dir=state)
 
 
-def _paired(backend: str, n: int, conc: int) -> dict[str, Any]:
+def _paired(backend: str, n: int, conc: int, pairs: int = PAIRS) -> dict[str, Any]:
     async def once(served: bool, where: Path) -> tuple[float, float]:
         pipeline = _pipeline(backend, n, conc, where)
 
@@ -238,8 +239,8 @@ def _paired(backend: str, n: int, conc: int) -> dict[str, Any]:
                 client.terminate()
                 await client.wait()
 
-    order = [False, True, True, False] * ((PAIRS + 1) // 2)
-    order = order[: 2 * PAIRS]
+    order = [False, True, True, False] * ((pairs + 1) // 2)
+    order = order[: 2 * pairs]
     seconds: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     ratios: list[float] = []
