@@ -214,6 +214,7 @@ class _Batch:
                         lost[0],
                     )
                     self.open.difference_update(lost)
+                    _lc._end_running(task, job, lost)
                     pending = [k for k in pending if k not in lost]
                     failed = {k: e for k, e in failed.items() if k not in lost}
                 parts = split_journal(journal, pending)
