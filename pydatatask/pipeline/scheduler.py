@@ -852,6 +852,9 @@ class Scheduler:
 
 #: woken this long after a window's start, so that the listing made then includes it
 _CLOCK_MARGIN = 0.005
+#: keys of a long computation over keys (the stale keys of a million) between two turns of
+#: the event loop given to whatever else runs on it (a web page served from it)
+_KEYS_PER_TURN = 1000
 
 
 def until_next_window(tasks: list[Task], seconds: float) -> float:
@@ -1152,14 +1155,17 @@ async def _find_stale(
         members = grouped.get(name)
         found: dict[str, list[StaleReason]] = {}
         gone: list[str] = []
-        for key in index.recorded():
+        for n, key in enumerate(index.recorded(), 1):
+            if n % _KEYS_PER_TURN == 0:  # a million keys: what else runs on the loop goes on
+                await asyncio.sleep(0)
             if key in live or key in index.corrupt or key not in index.listed:
                 continue
             if key not in universe:
                 gone.append(key)
                 continue
             facts = index.facts(key)
-            assert facts is not None
+            if facts is None:  # its record removed meanwhile (while the loop ran something else)
+                continue
             reasons = stale_reasons(
                 task,
                 key,

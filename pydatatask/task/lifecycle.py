@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -142,7 +142,7 @@ async def execute(
         while True:
             attempt += 1
             job = JobContext(task, key, attempt, slot=slot)
-            task._running_jobs[key] = job  # Task.running_jobs: seen by a live view
+            _show_running(task, job)
             if on_state:
                 on_state(task, key, JobState.RUNNING, attempt)
             if attempt > 1:
@@ -229,8 +229,8 @@ async def execute(
         raise
     finally:
         task.end_journal(key, succeeded)
-        if job is not None and task._running_jobs.get(key) is job:
-            del task._running_jobs[key]
+        if job is not None:
+            _end_running(task, job)
     if not cleaned and claim is not None and task.claims.get(key) is claim:
         # a failure whose partial outputs could not be removed (the backend is down): the
         # record is written, but the key stays held (its claim handed to nobody, its work
@@ -280,6 +280,21 @@ async def execute_batch(
         record_fields=record_fields,
         adopt=adopt,
     )
+
+
+def _show_running(task: Task, job: JobContext) -> None:
+    """Make ``job`` the attempt under way of each of its keys in :attr:`Task.running_jobs`
+    (what a live view of a job reads: a batch's attempt is that of every key in it)."""
+    for key in job.keys:
+        task._running_jobs[key] = job
+
+
+def _end_running(task: Task, job: JobContext, keys: Iterable[str] | None = None) -> None:
+    """``job`` is no longer under way for ``keys`` (default: all of its keys) in
+    :attr:`Task.running_jobs`; a key that a later attempt holds keeps that one."""
+    for key in job.keys if keys is None else keys:
+        if task._running_jobs.get(key) is job:
+            del task._running_jobs[key]
 
 
 def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any]:
