@@ -216,7 +216,7 @@ class LocalHost(Host):
         for name, value in spec.env.items():
             env[os.fsencode(name)] = os.fsencode(value)
         # the command runs in the wrapper shell itself: one process per job
-        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=False, in_place=True)
+        wrapper = wrapper_script(spec.job_dir, spec.script, read_env=False, in_place=True)
         out = _open_append_now(spec.stdout)
         try:
             err = _open_append_now(spec.stderr)
@@ -293,8 +293,8 @@ class LocalHost(Host):
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             os.mkdir(path, 0o700)
-        for sub in ("ctl", "work", *subdirs):
-            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        for sub in subdirs:  # parents first (sorted): one mkdir each
+            os.mkdir(os.path.join(path, sub), 0o700)
 
     async def _identify(self, proc: _Process) -> dict[str, object]:
         if proc.pid is None:

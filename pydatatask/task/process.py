@@ -146,7 +146,7 @@ class ProcessTask(Task):
 
     :param command: Jinja2 template of a shell command, run with ``/bin/sh -c``.
     :param script: instead of ``command``, a template of a whole shell script (written to
-        ``<job dir>/ctl/script.sh`` and run with ``/bin/sh``).
+        ``<job dir>/.pdt-script.sh`` and run with ``/bin/sh``).
     :param executor: where jobs run: a :class:`~pydatatask.executor.local.LocalHost` (the
         default, one made for the task), an :class:`~pydatatask.executor.ssh.SSHHost`, or
         :class:`~pydatatask.executor.multihost.Hosts` over several (each job goes to the host with

@@ -4,7 +4,7 @@ when the task has ``batch=N`` (see :doc:`/batches`).
 * :func:`prepare_batch` renders the command once for all the keys of the attempt (the
   template sees ``keys`` and ``batch``, one entry of link information per key, each staged
   as for one key: inputs copied in where the host cannot read them, outputs at paths of
-  their own) and points ``$PDT_RESULTS`` at ``<job dir>/ctl/results.jsonl``;
+  their own) and points ``$PDT_RESULTS`` at ``<job dir>/.pdt-results.jsonl``;
 * :func:`finish_batch` reads the result lines the command wrote there
   (:mod:`pydatatask.task.batch_results`), commits the outputs of each key that succeeded,
   one key at a time (a missing output fails that key only), and returns a

@@ -560,9 +560,8 @@ async def test_recovery_does_not_kill_a_pid_recorded_elsewhere(tmp_path: Path, w
     try:
         start = _stat_start(bystander.pid)
         job_dir = tmp_path / "jobs" / "t.k.0123456789ab"
-        (job_dir / "ctl").mkdir(parents=True)
-        (job_dir / "work").mkdir()
-        (job_dir / "ctl" / "pid").write_text(f"{bystander.pid} {start}\n")
+        job_dir.mkdir(parents=True)
+        (job_dir / ".pdt-pid").write_text(f"{bystander.pid} {start}\n")
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # noqa: ASYNC240 - procfs
         ns = os.readlink("/proc/self/ns/pid")
         if where == "another boot":
