@@ -23,7 +23,9 @@ EXIT_FILE = ".pdt-exit"
 SCRIPT_FILE = ".pdt-script.sh"
 
 
-def wrapper_script(job_dir: str, script: bool, read_env: bool, in_place: bool = False) -> str:
+def wrapper_script(
+    job_dir: str, script: bool, read_env: bool, in_place: bool = False, cwd: str | None = None
+) -> str:
     """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
 
     It optionally reads ``export`` lines from stdin (secrets over SSH), writes
@@ -34,7 +36,9 @@ def wrapper_script(job_dir: str, script: bool, read_env: bool, in_place: bool = 
     With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
     written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
     traps behave as under ``/bin/sh -c``), a script replaces it (``exec /bin/sh``); the
-    pid and start time in :data:`PID_FILE` stay those of the job's process.
+    pid and start time in :data:`PID_FILE` stay those of the job's process. With ``cwd``
+    it changes to that directory first (exit status 126 if it cannot), for a parent that
+    starts it without a working directory of its own (``posix_spawn``).
     """
     pid_file = shlex.quote(f"{job_dir}/{PID_FILE}")
     exit_file = shlex.quote(f"{job_dir}/{EXIT_FILE}")
@@ -43,6 +47,7 @@ def wrapper_script(job_dir: str, script: bool, read_env: bool, in_place: bool = 
         return (
             "\n".join(
                 [
+                    *([f"cd -- {shlex.quote(cwd)} || exit 126"] if cwd is not None else []),
                     "exec </dev/null",
                     "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
                     f'printf \'%s %s\\n\' "$$" "$st" > {pid_file}',

@@ -44,8 +44,8 @@ from typing import Any, ClassVar
 from ..durations import parse_duration
 from ..errors import BackendUnavailableError, ConfigurationError, JobError
 from ..quantities import format_memory, parse_memory
-from .base import Capacity, Executor, JobHandle, Outcome, ProcessWork, Resources, Slot, Work
 from ._shell import EXIT_FILE, PID_FILE, SCRIPT_FILE
+from .base import Capacity, Executor, JobHandle, Outcome, ProcessWork, Resources, Slot, Work
 from .quota import LaunchRate
 
 __all__ = ("Host", "HostFile", "HostUnavailableError")

@@ -311,7 +311,8 @@ class SSHHost(Host):
             if not dirs:
                 return
             script = "".join(
-                f"( {kill_group_script(f'{d}/{PID_FILE}', 0.5, wait_for_pid=0)}) >/dev/null 2>&1\n" for d in dirs
+                f"( {kill_group_script(f'{d}/{PID_FILE}', 0.5, wait_for_pid=0)}) >/dev/null 2>&1\n"
+                for d in dirs
             )
             script += "rm -rf -- " + " ".join(shlex.quote(d) for d in dirs) + "\n"
             await self.run_shell(script)

@@ -80,7 +80,7 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
             raise next(iter(job.failed.values()))
         _leave_out(context, job.failed)
         job.log(f"left out of the batch, their inputs cannot be staged: {_some(list(job.failed))}")
-    staged = _Staged(host=host, files=task._new_files(), keys=tuple(keys), job_dir=job_dir)
+    staged = _Staged(host=host, files=task._new_files(host, job_dir), keys=tuple(keys), job_dir=job_dir)
     task._staged[(job.key, job.attempt)] = staged
     for entry in context["batch"]:
         key = entry["key"]
