@@ -662,3 +662,38 @@ async def test_a_job_runs_with_python_s_ignored_signals_restored(tmp_path: Path)
     summary = await Pipeline([task]).run()
     assert summary.succeeded == 1, summary
     assert await out.read_text("k") == "y\ny\n"
+
+
+def _marked(token: str) -> list[int]:
+    """Pids of the processes whose environment holds ``PDT_MARK=token``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if f"PDT_MARK={token}".encode() in f.read().split(b"\0") and _alive(int(entry)):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+async def test_cancelled_while_jobs_start_leaves_no_process(tmp_path: Path) -> None:
+    # a job is started in a thread: one whose caller is cancelled meanwhile is stopped too
+    for delay in (0.0, 0.005, 0.02, 0.05):
+        token = f"{os.getpid()}-{time.monotonic_ns()}"
+        task = ProcessTask(
+            "t",
+            "sleep 30",
+            executor=LocalHost("here", cpus=8, workdir=tmp_path / "jobs"),
+            inputs={"i": MemoryBlobRepository({f"k{i}": b"x" for i in range(16)})},
+            env={"PDT_MARK": token},
+            concurrency=8,
+            kill_grace="0.2s",
+        )
+        run = asyncio.create_task(Pipeline([task]).run())
+        await asyncio.sleep(delay)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert _marked(token) == [], f"processes left after a cancellation {delay}s in"
