@@ -1,7 +1,8 @@
 """The scheduler's own machine as a host executor.
 
 Jobs are child processes of the scheduler, each in its own process group (``setpgid``, not
-a session of its own: see :meth:`LocalHost._spawn`), waited for through a pidfd on the
+a session of its own, which would make a scheduling group per job where the kernel has
+autogroups), started with ``posix_spawn`` in a thread and waited for through a pidfd on the
 event loop. A restarted scheduler judges the pid of an
 interrupted job only when the job was started on this boot of the kernel in this PID
 namespace (a pid recorded in another container, or before a reboot, names an unrelated
@@ -191,7 +192,7 @@ def _posix_spawn(argv: list[str], env: dict[bytes, bytes], stdout: str | None, s
 
     ``os.posix_spawn`` rather than ``subprocess.Popen``: the same ``vfork``-style start
     without Popen's Python-level work per child (an exec-error pipe, the environment
-    re-encoded variable by variable, fd bookkeeping), about a third of the scheduler's
+    re-encoded variable by variable, fd bookkeeping), about a fifth of the scheduler's
     CPU time per job. Descriptors Python opens are not inherited (PEP 446), so nothing
     needs closing in the child."""
     opened: list[int] = []
