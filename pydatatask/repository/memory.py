@@ -11,7 +11,7 @@ from ..keys import validate_key
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository
 from .journal import current_journal
 
-__all__ = ("MemoryMetadataRepository", "MemoryBlobRepository")
+__all__ = ("MemoryMetadataRepository", "MemoryBlobRepository", "copy_value")
 
 
 class _DictKeys:
@@ -88,8 +88,41 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         data = self._data
         return {k: _copy(data[k]) for k in keys if k in data}
 
+    # --- the same process's own state, without a round trip ---------------------
+    # The job lifecycle keeps the claims and records of a task here when its ``live`` and
+    # ``done`` are memory of this process: a key it passes was checked when the listing it
+    # came from was made, so these neither check it again nor go through the event loop.
+    # Values are stored as given (the caller hands over a value it no longer changes).
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is stored (a checked key)."""
+        return key in self._data
+
+    def create_now(self, key: str, value: Any) -> bool:
+        """:meth:`create` of a checked ``key`` with a value handed over; whether it was stored."""
+        if key in self._data:
+            return False
+        self._data[key] = value
+        self._stamp(key)
+        return True
+
+    def put_now(self, key: str, value: Any) -> None:
+        """:meth:`put` of a checked ``key`` with a value handed over."""
+        self._data[key] = value
+        self._stamp(key)
+
+    def delete_now(self, key: str) -> None:
+        """:meth:`delete` of a checked ``key``."""
+        self._data.pop(key, None)
+        self._stamps.pop(key, None)
+
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def copy_value(value: Any) -> Any:
+    """A copy of a JSON-like value, as the memory repositories store and return it."""
+    return _copy(value)
 
 
 def _copy(value: Any) -> Any:
