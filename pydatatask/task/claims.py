@@ -135,7 +135,9 @@ class Claims:
                 self._held[key] = held[key] = Claim(key, values[key])
         return held
 
-    def acquire_local(self, store: MemoryMetadataRepository, key: str, owner: str | None = None) -> Claim | None:
+    def acquire_local(
+        self, store: MemoryMetadataRepository, key: str, owner: str | None = None
+    ) -> Claim | None:
         """:meth:`acquire` where ``live`` stores in ``store``, memory of this process (see
         :func:`process_memory`): the same claim, made at once, for a ``key`` that was
         checked when it was listed."""

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
 from ..repository.journal import WriteJournal, journaling, visible_keys
-from ..repository.memory import MemoryMetadataRepository, copy_value
+from ..repository.memory import MemoryMetadataRepository
 from . import base as _base
 from .base import JobContext, JobOutcome
 from .claims import Claim, new_owner, process_memory
@@ -234,9 +234,9 @@ async def execute(
                 record["outputs"] = held
             break
         await task._write_log(job)
-        done_store = process_memory(task.done, writing=True)
-        if done_store is not None:
-            done_store.put_now(key, copy_value(record))
+        records = process_memory(task.done, writing=True)
+        if records is not None:
+            records.put_now(key, record)
         else:
             await task.done.put(key, record)
         succeeded = record["success"]
