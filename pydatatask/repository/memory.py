@@ -102,7 +102,8 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         return key in self._data
 
     def create_now(self, key: str, value: Any) -> bool:
-        """:meth:`create` of a checked ``key`` with a value handed over; whether it was stored."""
+        """:meth:`~pydatatask.repository.base.MetadataRepository.create` of a checked
+        ``key`` with a value handed over; whether it was stored."""
         if key in self._data:
             return False
         self._data[key] = value
@@ -110,14 +111,16 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         return True
 
     def put_now(self, key: str, value: Any) -> None:
-        """:meth:`put` of a checked ``key``, its value copied and kept packed (a job
-        record: its field names shared with every record of the same fields, its values
-        in a tuple; :meth:`get` returns it as the dict it was)."""
+        """:meth:`~pydatatask.repository.base.MetadataRepository.put` of a checked
+        ``key``, its value copied and kept packed (a job record: its field names shared
+        with every record of the same fields, its values in a tuple;
+        :meth:`~pydatatask.repository.base.MetadataRepository.get` returns it as the dict
+        it was)."""
         self._data[key] = _pack(value)
         self._stamp(key)
 
     def delete_now(self, key: str) -> None:
-        """:meth:`delete` of a checked ``key``."""
+        """:meth:`~pydatatask.repository.base.Repository.delete` of a checked ``key``."""
         self._data.pop(key, None)
         self._stamps.pop(key, None)
 
