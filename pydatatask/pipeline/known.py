@@ -228,6 +228,15 @@ class KnownListings:
             return
         known.changes.extend((now, key, present) for key in keys)
 
+    def _learn_one(self, repo: Repository, key: str, present: bool, now: float) -> None:
+        """:meth:`learn` of one key, without the work the general case needs (a job's end
+        learns three keys: its record, its claim gone, its output)."""
+        known = self._known.get(id(repo))
+        if known is None or (present and (self._during is not None or id(repo) in self._listed_only)):
+            self.learn(repo, [key], present)
+        elif known.value is not None:
+            known.changes.append((now, key, present))
+
     def relist(self, repos: Iterable[Repository] | None = None) -> None:
         """Have ``repos`` (the stored ones under them; default: every one) listed at the next tick."""
         now = time.monotonic()
@@ -250,8 +259,9 @@ class KnownListings:
             self.learn(task.live, [key])
             self.task_changed(task)
             return
-        self.learn(task.done, [key])
-        self.learn(task.live, [key], present=False)
+        now = time.monotonic()
+        self._learn_one(task.done, key, True, now)
+        self._learn_one(task.live, key, False, now)
         outputs = task.output_links
         if not record.get("success"):
             # the failed attempts' cleanup removed what they wrote, maybe beyond the key
@@ -259,6 +269,13 @@ class KnownListings:
             return
         named = record.get("outputs")
         children = record.get("children")
+        if children is None and not task.fan_out and not record.get("wrote"):
+            # the common case: the key itself, in the outputs the record names (all of them
+            # when it names none)
+            for link in outputs:
+                if not isinstance(named, list) or link.name in named:
+                    self._learn_one(link.repository, key, True, now)
+            return
         children = children if isinstance(children, dict) else {}
         for link in outputs:
             if isinstance(named, list) and link.name not in named and link.name not in children:

@@ -35,9 +35,30 @@ from typing import Any
 
 from ..errors import KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import MetadataRepository
+from ..repository.deferred import DeferredMetadataRepository
+from ..repository.memory import MemoryMetadataRepository
 from .records import HOSTNAME, make_claim, pid_is_comparable, process_start_time
 
-__all__ = ("Claim", "Claims", "new_owner")
+__all__ = ("Claim", "Claims", "new_owner", "process_memory")
+
+
+def process_memory(repo: MetadataRepository, *, writing: bool = False) -> MemoryMetadataRepository | None:
+    """The :class:`~pydatatask.repository.memory.MemoryMetadataRepository` of this process
+    that ``repo`` stores its values in (``repo`` itself, or the store a task's default
+    state repository is bound to), or None for any other store (files, S3, MongoDB, a
+    subclass of the memory repository: those keep every step of the protocol).
+
+    Nothing outside this process sees such a store, so a job's claim and record there are
+    plain dict operations (see :meth:`Claims.acquire_local`). ``writing``: the caller is
+    about to write through it (a default store written to cannot be rebound)."""
+    if isinstance(repo, DeferredMetadataRepository):
+        target = repo.target
+        if type(target) is not MemoryMetadataRepository:
+            return None
+        if writing:
+            repo._writing()
+        return target
+    return repo if type(repo) is MemoryMetadataRepository else None
 
 
 def new_owner() -> str:
@@ -117,6 +138,24 @@ class Claims:
             if key in created:
                 self._held[key] = held[key] = Claim(key, values[key])
         return held
+
+    def acquire_local(
+        self, store: MemoryMetadataRepository, key: str, owner: str | None = None
+    ) -> Claim | None:
+        """:meth:`acquire` where ``live`` stores in ``store``, memory of this process (see
+        :func:`process_memory`): the same claim, made at once, for a ``key`` that was
+        checked when it was listed."""
+        value = make_claim(owner or self.owner, self.task, key, time.time(), self.lease)
+        if not store.create_now(key, value):
+            return None
+        claim = self._held[key] = Claim(key, value)
+        return claim
+
+    def release_local(self, store: MemoryMetadataRepository, claim: Claim) -> None:
+        """:meth:`release` where ``live`` stores in ``store``, memory of this process."""
+        if self._held.get(claim.key) is claim:
+            del self._held[claim.key]
+        store.delete_now(claim.key)
 
     async def update(self, claim: Claim, **fields: Any) -> bool:
         """Add ``fields`` to a held claim and renew its heartbeat, by compare-and-swap.
