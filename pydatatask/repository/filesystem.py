@@ -214,6 +214,10 @@ class _LocalRoot(Repository):
         return True
 
 
+#: the lock file of a directory's conditional replacements (and of the deletes they race)
+_LOCK = ".pdt-lock"
+
+
 class FileRepository(_LocalRoot, BlobRepository):
     """One file per key under ``root``, at ``root/key + extension``.
 
@@ -296,9 +300,29 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _delete(self, key: str) -> None:
         path = self._path(key)
         if self._durable():
-            await asyncio.to_thread(self._delete_durably, path)
+            await asyncio.to_thread(self._under_lock, self._delete_durably, path)
+        elif (self.root / _LOCK).exists():
+            await asyncio.to_thread(self._under_lock, self._delete_sync, path)
         else:
             self._delete_sync(path)
+
+    def _under_lock(self, delete: Callable[[Path], object], path: Path) -> None:
+        """``delete(path)`` under the lock of conditional replacements: a replacement (a
+        claim's heartbeat or takeover) compares the old value, then renames the new one into
+        place, and a delete between the two would be undone by the rename (a released claim
+        back in ``live``). A directory never replaced in has no lock file: nothing to wait for."""
+        import fcntl
+
+        try:
+            fd = os.open(self.root / _LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            delete(path)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            delete(path)
+        finally:
+            os.close(fd)  # and the lock with it
 
     async def _open_reader(self, key: str) -> BlobReader:
         try:
@@ -391,7 +415,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         import fcntl
 
         make_dirs(self.root, self._durable())
-        with open(self.root / ".pdt-lock", "a+b") as lock:
+        with open(self.root / _LOCK, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 try:
