@@ -14,10 +14,16 @@ pipeline and the server is cut instead (new connections refused, open ones dropp
 
 Quick mode (default): 2 rounds per backend. Full mode: ``--reliability-full`` (20 rounds)
 or ``PDT_RELIABILITY_ROUNDS=N``. ``PDT_RELIABILITY_SEED=S`` replays a failing seed.
+
+Each backend runs unbatched and batched (``batch=7``: one call for up to 7 keys, its claims,
+records and releases in bulk); the quick mode's batched test is one round with a SIGKILL,
+then an outage (files: a second SIGKILL), drawn while calls are under way; its S3 outage
+cuts a :class:`~tests.reliability.harness.TcpProxy` in front of the server, as for Mongo.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +32,52 @@ import pytest
 from .harness import chaos_rounds
 
 KEYS = {"files": 150, "s3": 30, "mongo": 30}
+#: keys per call of the batched rounds: a fault lands while a call holds several keys
+BATCH = 7
+_MARKS = {"files": (), "s3": (pytest.mark.s3,), "mongo": (pytest.mark.mongo,)}
+
+
+def _case(backend: str, batch: int | None) -> Any:
+    name = backend + (f"-batch{batch}" if batch else "")
+    return pytest.param(backend, batch, marks=_MARKS[backend], id=name)
+
+
+def _settings(batch: int | None) -> Any:
+    def pick(rng: random.Random) -> dict[str, str]:
+        if not batch:
+            return {
+                "PDT_REL_SLEEP": str(round(rng.uniform(0.05, 0.2), 3)),
+                "PDT_REL_CONCURRENCY": str(rng.choice([4, 8])),
+                "PDT_REL_LEASE": "6s",
+                "PDT_REL_CHECK": "1s",
+            }
+        # fewer, longer calls: a kill or an outage mostly finds calls under way, some keys
+        # of a call written and others not
+        return {
+            "PDT_REL_SLEEP": str(round(rng.uniform(0.2, 0.4), 3)),
+            "PDT_REL_CONCURRENCY": str(rng.choice([1, 2])),
+            "PDT_REL_BATCH": str(batch),
+            "PDT_REL_LEASE": "6s",
+            "PDT_REL_CHECK": "1s",
+        }
+
+    return pick
 
 
 @pytest.mark.timeout(2400)
 @pytest.mark.parametrize(
-    "backend",
-    ["files", pytest.param("s3", marks=pytest.mark.s3), pytest.param("mongo", marks=pytest.mark.mongo)],
+    ("backend", "batch"),
+    [_case(b, None) for b in ("files", "s3", "mongo")] + [_case(b, BATCH) for b in ("files", "s3", "mongo")],
 )
 async def test_crash_and_outage_rounds(
     backend: str,
+    batch: int | None,
     tmp_path: Path,
     request: pytest.FixtureRequest,
     figures: dict[str, Any],
 ) -> None:
     services = None if backend == "files" else request.getfixturevalue("services")
+    figures.update(batch=batch or 1)
     await chaos_rounds(
         backend,
         tmp_path,
@@ -47,10 +85,9 @@ async def test_crash_and_outage_rounds(
         figures,
         services,
         keys=[f"k{j:04d}" for j in range(KEYS[backend])],
-        extra_env=lambda rng: {
-            "PDT_REL_SLEEP": str(round(rng.uniform(0.05, 0.2), 3)),
-            "PDT_REL_CONCURRENCY": str(rng.choice([4, 8])),
-            "PDT_REL_LEASE": "6s",
-            "PDT_REL_CHECK": "1s",
-        },
+        extra_env=_settings(batch),
+        # batched, quick mode: one round, a SIGKILL then an outage (a second kill on files);
+        # the S3 outage is a cut of a proxy in front of the server (the unbatched rounds
+        # restart the server itself)
+        **({"quick": 1, "plan": ("kill", "outage"), "s3_outage": "cut"} if batch else {}),
     )
