@@ -747,7 +747,8 @@ class ChaosHarness:
     :param keys: the input keys (seeded by :meth:`prepare`).
     :param rng: the seeded random source.
     :param faults: which faults to choose from: ``"kill"`` and/or ``"outage"``.
-    :param mid_work: a fault waits until some job has begun its work and is not recorded.
+    :param mid_work: whether a fault waits until some job has begun its work and is not
+        recorded (None: each fault draws it, one in two).
     """
 
     def __init__(
@@ -760,7 +761,7 @@ class ChaosHarness:
         script: Path = COUNTED,
         extra_env: dict[str, str] | None = None,
         run_timeout: float = 90.0,
-        mid_work: bool = False,
+        mid_work: bool | None = None,
     ) -> None:
         self.backend = backend
         self.keys = keys
@@ -791,9 +792,12 @@ class ChaosHarness:
         delay = self.rng.uniform(0.3, self._latest_fault())
         waiter = asyncio.ensure_future(proc.wait())
         done, _ = await asyncio.wait({waiter}, timeout=delay)
-        # mid_work: the fault waits (up to 10 s) for some job to be under way
+        # the fault waits (up to 10 s) for some job to be under way: always with mid_work,
+        # else one fault in two (the others land anywhere, start-up and recovery included:
+        # on a loaded machine the start-up alone can outlast the drawn delay)
+        wait = self.mid_work if self.mid_work is not None else self.rng.random() < 0.5
         deadline = time.monotonic() + 10
-        while self.mid_work and not done and not self._work_under_way() and time.monotonic() < deadline:
+        while wait and not done and not self._work_under_way() and time.monotonic() < deadline:
             done, _ = await asyncio.wait({waiter}, timeout=0.02)
         if done:
             self.log.append(f"run ended before {fault} at {delay:.2f}s")
@@ -990,7 +994,7 @@ async def chaos_rounds(
             random.Random(rng.randrange(1 << 32)),
             script=script,
             extra_env=extra_env(rng),
-            mid_work=bool(plan),
+            mid_work=True if plan else None,
         )
         return harness, stack.aclose
 

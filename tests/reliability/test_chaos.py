@@ -89,5 +89,7 @@ async def test_crash_and_outage_rounds(
         # batched, quick mode: one round, a SIGKILL then an outage (a second kill on files);
         # the S3 outage is a cut of a proxy in front of the server (the unbatched rounds
         # restart the server itself)
-        **({"quick": 1, "plan": ("kill", "outage"), "s3_outage": "cut"} if batch else {}),
+        quick=1 if batch else 2,
+        plan=("kill", "outage") if batch else (),
+        s3_outage="cut" if batch else "restart",
     )
