@@ -3,7 +3,8 @@
 * ``ours``: ``FileRepository`` in/out, a plain ``FunctionTask`` with ``batch=500`` (one call
   per 500 keys: ``{key: bytes}`` in, ``{key: {"dst": bytes}}`` out),
   ``Pipeline(state_dir=...)``: a claim, a done re-check and a YAML job record per key, all
-  durable as by default (``fsync`` of each file and of its directory).
+  durable as by default (``fsync`` of each file; the claims, records and releases of a
+  batch are bulk calls, which sync each directory once per batch).
 * ``bare``: plain asyncio doing the same reads and writes: one listing of the inputs and
   outputs, then chunks of 500 keys, each chunk in a thread: read the input, write the
   upper-cased output atomically and durably (temp file, ``fsync``, ``os.replace``, ``fsync``

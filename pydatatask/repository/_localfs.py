@@ -12,8 +12,10 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = (
     "TMP_NAME",
@@ -38,13 +40,72 @@ def tmp_name(final: str) -> str:
 TMP_NAME = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]+")
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` (names created, renamed or removed) durable."""
+def _fsync_dir_now(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _DirSyncs:
+    """Group commit of directory fsyncs: one ``fsync`` serves every caller that asked
+    for the same directory before it started.
+
+    A caller asks after its change (a rename, a link, an unlink) is done, so an fsync
+    that *starts* after the request covers it. While one fsync of a directory runs, the
+    requests that arrive for it wait; when it ends, one of them runs a single fsync for
+    all of them (it started after every one of their changes). Concurrent jobs that
+    write into the same directory (outputs, records, claims) then share the syncs of
+    that directory instead of each paying its own, and every caller still returns only
+    once its change is on the disk. A failed fsync raises in the caller that ran it;
+    the others it would have served run their own.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        # directory -> [requests made, requests known durable, running, callers inside]
+        self._state: dict[str, list[Any]] = {}
+
+    def sync(self, path: str | Path) -> None:
+        key = os.fspath(path)
+        cond = self._cond
+        with cond:
+            st = self._state.get(key)
+            if st is None:
+                st = self._state[key] = [0, 0, False, 0]
+            st[0] += 1
+            st[3] += 1
+            mine = st[0]
+            try:
+                while st[1] < mine:
+                    if st[2]:
+                        cond.wait()
+                        continue
+                    st[2], target = True, st[0]
+                    cond.release()
+                    try:
+                        _fsync_dir_now(key)
+                    finally:
+                        cond.acquire()
+                        st[2] = False
+                        cond.notify_all()
+                    st[1] = max(st[1], target)
+            finally:
+                st[3] -= 1
+                if st[3] == 0:
+                    del self._state[key]
+
+
+_dir_syncs = _DirSyncs()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the entries of directory ``path`` (names created, renamed or removed) durable.
+
+    Safe to call from several threads at once: concurrent calls for one directory share
+    fsyncs (:class:`_DirSyncs`), each returning once its own change is durable."""
+    _dir_syncs.sync(path)
 
 
 def make_dirs(path: Path, fsync: bool) -> None:

@@ -13,6 +13,7 @@ do not descend into hidden directories. Symbolic links to directories are not fo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidKeyError
@@ -34,13 +35,16 @@ MAX_SEGMENT_BYTES = 255
 PREFIX_MARKER = ".pdt-prefix"
 
 
-def check_segments(key: str, extension: str, where: str) -> str:
+def check_segments(key: str, extension: str, where: str | Callable[[], str]) -> str:
     """Return ``key`` if every segment is a file name the local file system stores (at
     most 255 bytes, the last one with ``extension``) and none is hidden; else raise
-    :class:`~pydatatask.errors.InvalidKeyError` naming the rule."""
+    :class:`~pydatatask.errors.InvalidKeyError` naming the rule and ``where`` (the
+    repository's description, or a function that makes it: called only for an error)."""
     if key.isascii() and len(key) + len(extension) <= MAX_SEGMENT_BYTES and "/." not in key:
         if key[0] != ".":
             return key  # the common case: short ASCII, nothing hidden
+    if callable(where):
+        where = where()
     segments = key.split("/")
     last = len(segments) - 1
     for i, segment in enumerate(segments):

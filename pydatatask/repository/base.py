@@ -491,6 +491,44 @@ class BlobRepository(Repository):
         """Store ``text`` under ``key`` atomically."""
         await self.write_bytes(key, text.encode(encoding))
 
+    async def write_many_bytes(self, values: Mapping[str, bytes]) -> None:
+        """Store every ``{key: data}`` of ``values``, each atomically (not all together).
+
+        Backends that can share work between the values (one directory sync for many
+        files) override ``_write_many_bytes``; the default writes key by key, a few at
+        once. On an error some values may be stored and others not.
+        """
+        checked = {self._key(k): bytes(v) for k, v in values.items()}
+        if not checked:
+            return
+        if (journal := _journal.get()) is not None:
+            for key in checked:
+                await journal.note(self, key)
+        await self._write_many_bytes(checked)
+
+    async def create_many_bytes(self, values: Mapping[str, bytes]) -> set[str]:
+        """Store each ``{key: data}`` of ``values`` whose key is absent, as by
+        :meth:`create_bytes`; return the keys stored."""
+        checked = {self._key(k): bytes(v) for k, v in values.items()}
+        if not checked:
+            return set()
+        created = await self._create_many_bytes(checked)
+        if created and (journal := _journal.get()) is not None:
+            for key in created:
+                await journal.note(self, key)
+        return created
+
+    async def _write_many_bytes(self, values: dict[str, bytes]) -> None:
+        """Store the (checked) ``values``; the default calls :meth:`write_bytes` for each."""
+        await _bounded([partial(self.write_bytes, k, v) for k, v in values.items()])
+
+    async def _create_many_bytes(self, values: dict[str, bytes]) -> set[str]:
+        """Create the (checked) ``values`` whose key is absent; the default calls
+        :meth:`_create_bytes` for each."""
+        items = list(values.items())
+        made = await _bounded([partial(self._create_bytes, k, v) for k, v in items])
+        return {k for (k, _v), ok in zip(items, made, strict=True) if ok}
+
     async def create_bytes(self, key: str, data: bytes) -> bool:
         """Store ``data`` only if ``key`` is absent, atomically; return whether it was stored."""
         key = self._key(key)

@@ -105,6 +105,16 @@ class DeferredMetadataRepository(MetadataRepository):
     async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
         return await self._writing().replace_if(key, expected, value)
 
+    # the bulk calls of a batch go to the store's own (one directory sync, one request)
+    async def _put_many(self, values: dict[str, Any]) -> None:
+        await self._writing().put_many(values)
+
+    async def _create_many(self, values: dict[str, Any]) -> set[str]:
+        return await self._writing().create_many(values)
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        await self._target.delete_many(keys)
+
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
         # the backend's hook itself: corrupt values come back as errors, for the caller
         return await self._target._get_many(keys)

@@ -29,11 +29,11 @@ import stat
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
 from ._localfs import fsync_dir, fsync_tree, make_dirs, on_memory_fs, sweep, tmp_name
-from ._localtree import PREFIX_MARKER, check_segments, remove_empty_parents, walk
+from ._localtree import MAX_SEGMENT_BYTES, PREFIX_MARKER, check_segments, remove_empty_parents, walk
 from .base import BlobReader, BlobRepository, BlobWriter, Repository
 from .journal import current_journal
 
@@ -41,19 +41,13 @@ __all__ = ("FileRepository", "DirectoryRepository")
 
 log = logging.getLogger("pydatatask.repository")
 
+T = TypeVar("T")
+
 
 #: whole-file reads and writes up to this size run on the event loop: on a local disk a
 #: thread hop (and the wait for the GIL that follows it) costs more than the system calls
 #: themselves, which is also why ``contains`` and ``delete`` never leave the loop
 SMALL_FILE = 1 << 16
-
-
-def _read_small_or_none(path: Path) -> bytes | None:
-    """The content of ``path`` if it is at most :data:`SMALL_FILE` bytes, else None."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size > SMALL_FILE:
-            return None
-        return f.read()
 
 
 def _check_extension(extension: str) -> str:
@@ -126,17 +120,91 @@ def open_tmp(tmp: Path, fsync: bool) -> IO[bytes]:
     ``fsync``) if needed. A concurrent delete may remove a directory it left empty while
     it is being made or before the temporary is in it: then the directory is made again.
     A file where a directory must be raises ``FileExistsError`` or ``NotADirectoryError``."""
+    return os.fdopen(_open_tmp_fd(tmp, fsync), "wb")
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _open_tmp_fd(tmp: str | Path, fsync: bool) -> int:
+    """:func:`open_tmp`, as a file descriptor (whole-value writes need no buffer object:
+    fewer system calls, no ``fstat``, ``ioctl`` and ``lseek`` of a buffered open)."""
     for _ in range(100):
         try:
-            return open(tmp, "xb")  # noqa: SIM115 - closed by the caller
+            return os.open(tmp, _NEW_FILE, 0o666)
         except FileNotFoundError:
             pass
         try:
-            make_dirs(tmp.parent, fsync)
+            make_dirs(Path(tmp).parent, fsync)
         except (FileExistsError, FileNotFoundError):
-            if _file_in_the_way(tmp.parent):
+            if _file_in_the_way(Path(tmp).parent):
                 raise
-    return open(tmp, "xb")  # noqa: SIM115 - a hundred deletes in a row: let this one say why
+    return os.open(tmp, _NEW_FILE, 0o666)  # a hundred deletes in a row: let this one say why
+
+
+def _unlink_if_present(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_tmp(tmp: str, data: bytes, fsync: bool) -> None:
+    """Write ``data`` to the new temporary file ``tmp`` (see :func:`open_tmp`), its data
+    synced with ``fsync``; on any error the temporary is removed again."""
+    fd = _open_tmp_fd(tmp, fsync)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)  # the data first: a durable name must never point at an empty file
+    except BaseException:
+        os.close(fd)
+        _unlink_if_present(tmp)
+        raise
+    os.close(fd)
+
+
+def _read_small_fd(path: str) -> bytes | None:
+    """The content of ``path`` if it is at most :data:`SMALL_FILE` bytes, else None (one
+    ``open``, two ``read`` and a ``close``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, SMALL_FILE + 1)
+        if len(data) > SMALL_FILE:
+            return None
+        more = os.read(fd, SMALL_FILE + 1 - len(data))  # a regular file ends here; anything else may not
+        while more:
+            data += more
+            if len(data) > SMALL_FILE:
+                return None
+            more = os.read(fd, SMALL_FILE + 1 - len(data))
+        return data
+    finally:
+        os.close(fd)
+
+
+def _tmp_beside(path: str) -> str:
+    """A fresh temporary name in the directory of ``path``, for its new value."""
+    head, name = os.path.split(path)
+    return os.path.join(head, tmp_name(name))
+
+
+def _fsync_dirs(dirs: list[str]) -> None:
+    for d in dirs:
+        fsync_dir(d)
+
+
+def _chunks(items: list[T], n: int) -> list[list[T]]:
+    """``items`` dealt into at most ``n`` lists of nearly equal length."""
+    return [c for c in (items[i::n] for i in range(n)) if c]
+
+
+#: how many threads a bulk write or create of a durable repository shares its files out
+#: to: their file fsyncs wait for the disk together (the file system commits them in
+#: shared journal transactions); each directory is then synced once for the whole call
+BULK_THREADS = 6
 
 
 def _file_in_the_way(directory: Path) -> bool:
@@ -153,7 +221,10 @@ class _LocalRoot(Repository):
     extension: str
 
     def _check_key(self, key: str) -> str:
-        return check_segments(key, self.extension, self.describe())
+        if key.isascii() and len(key) + len(self.extension) <= MAX_SEGMENT_BYTES and "/." not in key:
+            if key[0] != ".":
+                return key  # the common case (checked in every call of every job), inline
+        return check_segments(key, self.extension, self.describe)
 
     def _conflict(self, key: str, exc: OSError) -> RepositoryError:
         """The error for a write of ``key`` that met a file where a directory must be (a
@@ -253,8 +324,10 @@ class FileRepository(_LocalRoot, BlobRepository):
         """The path the value of ``key`` lives at (whether or not it exists)."""
         return self.root / (self._key(key) + self.extension)
 
-    def _path(self, key: str) -> Path:
-        return self.root / (key + self.extension)
+    def _path(self, key: str) -> str:
+        # a string, not a Path: joining and formatting Path objects cost more than the
+        # system calls of a small file (a few per key, in every job)
+        return f"{self.root}/{key}{self.extension}"
 
     async def _list(self) -> Iterable[str]:
         return await asyncio.to_thread(walk, self.root, False, self.extension, False)
@@ -264,50 +337,50 @@ class FileRepository(_LocalRoot, BlobRepository):
         return self._valid_versions(await asyncio.to_thread(walk, self.root, False, self.extension, True))
 
     async def _contains(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._path(key))  # noqa: ASYNC240 - one stat of a local file, see SMALL_FILE
 
-    def _delete_sync(self, path: Path) -> bool:
+    def _unlink(self, path: str) -> bool:
+        """Unlink the file of a key; whether it was there."""
         try:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
             return False  # absent (or under a file, where no key can be)
         except (IsADirectoryError, PermissionError) as exc:
-            if not path.is_dir():
+            if not os.path.isdir(path):
                 raise
             raise RepositoryError(f"{self.describe()}: {path} is a directory") from exc
-        if path.parent != self.root:
-            remove_empty_parents(self.root, path, False)
         return True
 
-    def _delete_durably(self, path: Path) -> None:
-        try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
+    def _delete_sync(self, path: str, key: str) -> bool:
+        if not self._unlink(path):
+            return False
+        if "/" in key:
+            remove_empty_parents(self.root, Path(path), False)
+        return True
+
+    def _delete_durably(self, path: str, key: str) -> None:
+        if not self._unlink(path):
             return
-        except (IsADirectoryError, PermissionError) as exc:
-            if not path.is_dir():
-                raise
-            raise RepositoryError(f"{self.describe()}: {path} is a directory") from exc
         try:
-            fsync_dir(path.parent)
+            fsync_dir(os.path.dirname(path))
         except FileNotFoundError:
             # a sibling's delete removed the directory once this unlink left it empty:
             # that removal is synced in its own parent by the delete that made it
             return
-        if path.parent != self.root:
-            remove_empty_parents(self.root, path, True)
+        if "/" in key:
+            remove_empty_parents(self.root, Path(path), True)
 
     async def _delete(self, key: str) -> None:
         path = self._path(key)
         if self._durable():
-            await asyncio.to_thread(self._under_lock, self._delete_durably, path)
+            await asyncio.to_thread(self._under_lock, self._delete_durably, path, key)
         elif (self.root / _LOCK).exists():
-            await asyncio.to_thread(self._under_lock, self._delete_sync, path)
+            await asyncio.to_thread(self._under_lock, self._delete_sync, path, key)
         else:
-            self._delete_sync(path)
+            self._delete_sync(path, key)
 
-    def _under_lock(self, delete: Callable[[Path], object], path: Path) -> None:
-        """``delete(path)`` under the lock of conditional replacements: a replacement (a
+    def _under_lock(self, delete: Callable[..., object], *args: Any) -> None:
+        """``delete(*args)`` under the lock of conditional replacements: a replacement (a
         claim's heartbeat or takeover) compares the old value, then renames the new one into
         place, and a delete between the two would be undone by the rename (a released claim
         back in ``live``). A directory never replaced in has no lock file: nothing to wait for."""
@@ -316,11 +389,11 @@ class FileRepository(_LocalRoot, BlobRepository):
         try:
             fd = os.open(self.root / _LOCK, os.O_RDWR)
         except FileNotFoundError:
-            delete(path)
+            delete(*args)
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            delete(path)
+            delete(*args)
         finally:
             os.close(fd)  # and the lock with it
 
@@ -332,7 +405,7 @@ class FileRepository(_LocalRoot, BlobRepository):
             raise KeyNotFoundError(key, self.describe()) from None
 
     async def _open_writer(self, key: str) -> BlobWriter:
-        writer = _FileWriter(self._path(key), self._durable())
+        writer = _FileWriter(Path(self._path(key)), self._durable())
         try:
             await asyncio.to_thread(writer._open)
         except (FileExistsError, NotADirectoryError) as exc:
@@ -342,33 +415,36 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     # Whole-value fast paths: one thread hop per operation instead of one per step.
     async def read_bytes(self, key: str) -> bytes:
-        path = self.path(key)
+        path = self._path(self._key(key))
         try:
-            data = _read_small_or_none(path)  # noqa: ASYNC230 - small local file, see SMALL_FILE
+            data = _read_small_fd(path)  # small local file, see SMALL_FILE
             if data is None:
-                data = await asyncio.to_thread(path.read_bytes)
+                data = await asyncio.to_thread(Path(path).read_bytes)
             return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyNotFoundError(key, self.describe()) from None
 
-    def _write_sync(self, path: Path, data: bytes) -> None:
-        writer = _FileWriter(path, self._durable())
-        writer._open()
+    @staticmethod
+    def _put_file(path: str, data: bytes, durable: bool) -> None:
+        """Write ``data`` to ``path`` through a synced temporary and a rename; the caller
+        syncs the directory (once for all the files of a bulk write)."""
+        tmp = _tmp_beside(path)
+        write_tmp(tmp, data, durable)
         try:
-            assert writer._f is not None
-            writer._f.write(data)
-            writer._finish()
+            os.replace(tmp, path)
         except BaseException:
-            if writer._f is not None:
-                writer._f.close()
-            try:
-                os.unlink(writer._tmp)
-            except FileNotFoundError:
-                pass
+            _unlink_if_present(tmp)
             raise
 
+    def _write_sync(self, path: str, data: bytes) -> None:
+        durable = self._durable()
+        self._put_file(path, data, durable)
+        if durable:
+            fsync_dir(os.path.dirname(path))  # then the rename itself
+
     async def write_bytes(self, key: str, data: bytes) -> None:
-        path, data = self.path(key), bytes(data)
+        key = self._key(key)
+        path, data = self._path(key), bytes(data)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
         try:
@@ -379,25 +455,28 @@ class FileRepository(_LocalRoot, BlobRepository):
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise self._conflict(key, exc) from exc
 
-    def _create_sync(self, path: Path, data: bytes) -> bool:
-        tmp = path.with_name(tmp_name(path.name))
-        f = open_tmp(tmp, self._durable())
+    @staticmethod
+    def _create_file(path: str, data: bytes, durable: bool) -> bool:
+        """Create ``path`` with ``data`` unless it exists (a synced temporary, then a hard
+        link, which fails if the name exists); the caller syncs the directory."""
+        tmp = _tmp_beside(path)
+        write_tmp(tmp, data, durable)
         try:
-            with f:
-                f.write(data)
-                if self._durable():
-                    f.flush()
-                    os.fsync(f.fileno())
             os.link(tmp, path)  # atomic, fails if the name exists
         except FileExistsError:
-            if path.is_dir() and not path.is_symlink():
+            if os.path.isdir(path) and not os.path.islink(path):
                 raise IsADirectoryError(f"{path} is a directory") from None
             return False
         finally:
             os.unlink(tmp)
-        if self._durable():
-            fsync_dir(path.parent)  # the new name (and the temporary's removal)
         return True
+
+    def _create_sync(self, path: str, data: bytes) -> bool:
+        durable = self._durable()
+        made = self._create_file(path, data, durable)
+        if made and durable:
+            fsync_dir(os.path.dirname(path))  # the new name (and the temporary's removal)
+        return made
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         path, data = self._path(key), bytes(data)
@@ -408,7 +487,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise self._conflict(key, exc) from exc
 
-    def _replace_if_sync(self, path: Path, expected: bytes, data: bytes) -> bool:
+    def _replace_if_sync(self, path: str, expected: bytes, data: bytes) -> bool:
         # Conditional replacements are serialised by an advisory lock on the directory's
         # lock file; the final rename is atomic, so plain readers and exclusive creators
         # never see the name missing.
@@ -419,7 +498,7 @@ class FileRepository(_LocalRoot, BlobRepository):
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 try:
-                    if path.read_bytes() != expected:
+                    if Path(path).read_bytes() != expected:
                         return False
                 except FileNotFoundError:
                     return False
@@ -430,6 +509,90 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
         return await asyncio.to_thread(self._replace_if_sync, self._path(key), expected, data)
+
+    # Bulk changes (a batch's claims, records and releases): each file is written, created
+    # or removed as by the single-key call, and each directory is synced once, after all
+    # of the call's changes in it, before the call returns. On a disk the files are
+    # shared out to a few threads whose fsyncs the file system commits together.
+    async def _write_many_bytes(self, values: dict[str, bytes]) -> None:
+        await self._bulk(list(values.items()), self._put_file)
+
+    async def _create_many_bytes(self, values: dict[str, bytes]) -> set[str]:
+        return await self._bulk(list(values.items()), self._create_file)
+
+    async def _bulk(
+        self, items: list[tuple[str, bytes]], one: Callable[[str, bytes, bool], object]
+    ) -> set[str]:
+        """Apply ``one(path, data, durable)`` to every item; return the keys for which it
+        returned a true value (every key, for writes). Each directory is synced once at
+        the end, also when an item failed (its error, translated, is raised then)."""
+        durable = self._durable()
+        dirs: dict[str, None] = {}
+        if not durable and all(len(data) <= SMALL_FILE for _key, data in items):
+            return self._bulk_sync(items, one, False, dirs)  # tmpfs or unsynced: no thread hop
+        results = await asyncio.gather(
+            *(
+                asyncio.to_thread(self._bulk_sync, part, one, durable, dirs)
+                for part in _chunks(items, BULK_THREADS)
+            ),
+            return_exceptions=True,
+        )
+        if durable and dirs:
+            await asyncio.to_thread(_fsync_dirs, list(dirs))
+        done: set[str] = set()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            done |= result
+        return done
+
+    def _bulk_sync(
+        self,
+        items: list[tuple[str, bytes]],
+        one: Callable[[str, bytes, bool], object],
+        durable: bool,
+        dirs: dict[str, None],
+    ) -> set[str]:
+        """Apply ``one`` to ``items`` in order, noting the directories changed in ``dirs``
+        (synced by the caller)."""
+        done: set[str] = set()
+        for key, data in items:
+            path = self._path(key)
+            try:
+                ok = one(path, data, durable)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                raise self._conflict(key, exc) from exc
+            dirs[os.path.dirname(path)] = None
+            if ok is not False:
+                done.add(key)
+        return done
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        if self._durable():
+            await asyncio.to_thread(self._under_lock, self._delete_many_sync, keys, True)
+        elif (self.root / _LOCK).exists():  # see _under_lock
+            await asyncio.to_thread(self._under_lock, self._delete_many_sync, keys, False)
+        else:
+            self._delete_many_sync(keys, False)
+
+    def _delete_many_sync(self, keys: list[str], durable: bool) -> None:
+        """Unlink every key's file, then sync each directory once, then remove the
+        directories left empty (durably: each removal synced in its parent)."""
+        dirs: dict[str, bool] = {}  # directory -> whether it is below the root
+        try:
+            for key in keys:
+                path = self._path(key)
+                if self._unlink(path):
+                    dirs[os.path.dirname(path)] = "/" in key
+        finally:
+            for d, nested in dirs.items():
+                if durable:
+                    try:
+                        fsync_dir(d)
+                    except FileNotFoundError:
+                        continue  # removed by a concurrent delete, which syncs that removal
+                if nested:
+                    remove_empty_parents(self.root, Path(d, "_"), durable)
 
 
 class DirectoryRepository(_LocalRoot, Repository):

@@ -35,6 +35,8 @@ _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./+-]*\Z")
 # words YAML 1.1 resolves to booleans or null: never written as plain scalars
 _RESERVED = frozenset("y n yes no on off true false null".split())
 _ASCII_TEXT = re.compile(r"[\x00-\x7e]*\Z")
+#: printable ASCII without ``"`` and ``\\``: the same between double quotes in JSON and YAML
+_QUOTE_AS_IS = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z")
 _FLOAT_OK = re.compile(r"-?[0-9]+\.[0-9]+(e[-+][0-9]+)?\Z")
 
 
@@ -45,6 +47,8 @@ def _fast_scalar(value: Any) -> str | None:
     if t is str:
         if _PLAIN.match(value) and value.lower() not in _RESERVED:
             return value  # type: ignore[no-any-return]
+        if _QUOTE_AS_IS.match(value):
+            return f'"{value}"'  # what json.dumps gives for it, without the call (timestamps)
         if _ASCII_TEXT.match(value):
             return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
         return None
@@ -70,7 +74,7 @@ def yaml_dumps(value: Any) -> bytes:
     if type(value) is dict and value:
         lines: list[str] = []
         for k, v in value.items():
-            if type(k) is not str or not _PLAIN.match(k) or k.lower() in _RESERVED:
+            if not _plain_key(k):
                 break
             text = _fast_scalar(v)
             if text is None:
@@ -86,8 +90,18 @@ def yaml_dumps(value: Any) -> bytes:
     return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True).encode("utf-8")
 
 
+#: mapping keys known to be plain (records and claims use the same few again and again)
+_PLAIN_KEYS: set[str] = set()
+
+
 def _plain_key(k: Any) -> bool:
-    return type(k) is str and _PLAIN.match(k) is not None and k.lower() not in _RESERVED
+    if k in _PLAIN_KEYS:
+        return True
+    if type(k) is str and _PLAIN.match(k) is not None and k.lower() not in _RESERVED:
+        if len(_PLAIN_KEYS) < 4096:
+            _PLAIN_KEYS.add(k)
+        return True
+    return False
 
 
 def _fast_nested(value: Any) -> str | None:
@@ -226,6 +240,17 @@ class SerializedMetadataRepository(MetadataRepository):
 
     async def _create(self, key: str, value: Any) -> bool:
         return await self.blobs.create_bytes(key, self._encode(key, value))
+
+    async def _put_many(self, values: dict[str, Any]) -> None:
+        """Every value encoded first (nothing is written if one cannot be), then stored in
+        one bulk write of ``blobs``."""
+        await self.blobs._write_many_bytes({k: self._encode(k, v) for k, v in values.items()})
+
+    async def _create_many(self, values: dict[str, Any]) -> set[str]:
+        return await self.blobs._create_many_bytes({k: self._encode(k, v) for k, v in values.items()})
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        await self.blobs._delete_many(keys)
 
     async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
         try:

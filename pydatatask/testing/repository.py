@@ -645,6 +645,26 @@ class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
             assert (await repo.get(key))["who"] == (1 if key in first else 2)
 
     @pytest.mark.asyncio
+    async def test_bulk_calls_over_several_prefixes(self, repo: MetadataRepository) -> None:
+        """put_many, create_many and delete_many over keys in several places at once (a
+        batch's records, claims and releases), with values that replace old ones."""
+        nested = self.stores_path_keys and self.admits(repo, "p/q/r")
+        keys = [f"b{i}" for i in range(8)] + ([f"p/b{i}" for i in range(4)] + ["p/q/r"] if nested else [])
+        await repo.put(keys[0], {"v": "old"})
+        await repo.put_many({k: {"v": k, "n": i} for i, k in enumerate(keys)})
+        assert await repo.get_many(keys) == {k: {"v": k, "n": i} for i, k in enumerate(keys)}
+        if self.supports_create:
+            fresh = ["c0"] + (["p/c1", "p/q/c2"] if nested else ["c1"])
+            made = await repo.create_many({keys[-1]: {"v": "not this"}} | {k: {"v": k} for k in fresh})
+            assert made == set(fresh)
+            assert await repo.get(keys[-1]) == {"v": keys[-1], "n": len(keys) - 1}
+        await repo.delete_many([*keys[1:], "never-there"])
+        left = await repo.keys()
+        assert keys[0] in left and not left & set(keys[1:])
+        await repo.delete_many([keys[0], *(["c0"] if self.supports_create else [])])
+        assert not await repo.keys() & {*keys, "c0"}
+
+    @pytest.mark.asyncio
     async def test_create_is_exclusive(self, repo: MetadataRepository) -> None:
         if not self.supports_create:
             with pytest.raises(UnsupportedOperationError):
@@ -877,6 +897,34 @@ class BlobRepositoryTests(BlobRepositoryReadTests, RepositoryTests):
         results = await asyncio.gather(*(repo.create_bytes("race", str(i).encode()) for i in range(50)))
         assert sum(results) == 1
         assert await repo.read_bytes("race") == str(results.index(True)).encode()
+
+    @pytest.mark.asyncio
+    async def test_write_many_bytes_and_create_many_bytes(self, repo: BlobRepository) -> None:
+        nested = self.stores_path_keys and self.admits(repo, "p/q/r")
+        keys = [f"w{i}" for i in range(6)] + (["p/w0", "p/q/w1"] if nested else [])
+        await repo.write_bytes(keys[0], b"old")
+        await repo.write_many_bytes({k: k.encode() * 3 for k in keys})
+        for k in keys:
+            assert await repo.read_bytes(k) == k.encode() * 3
+        with pytest.raises(InvalidKeyError):
+            await repo.write_many_bytes({"fine": b"1", "bad/../x": b"2"})
+        assert not await repo.contains("fine")  # nothing written when one key is invalid
+        await repo.write_many_bytes({})
+        if not self.supports_create:
+            with pytest.raises(UnsupportedOperationError):
+                await repo.create_many_bytes({"c": b"1"})
+            return
+        made = await repo.create_many_bytes({keys[1]: b"taken", "c0": b"0", "c1": b""})
+        assert made == {"c0", "c1"}
+        assert await repo.read_bytes(keys[1]) == keys[1].encode() * 3
+        assert await repo.read_bytes("c1") == b""
+        assert await repo.create_many_bytes({}) == set()
+        first, second = await asyncio.gather(
+            repo.create_many_bytes({f"r{i}": b"1" for i in range(0, 30)}),
+            repo.create_many_bytes({f"r{i}": b"2" for i in range(15, 45)}),
+        )
+        assert not first & second and first | second == {f"r{i}" for i in range(45)}
+        assert await repo.read_bytes("r20") == (b"1" if "r20" in first else b"2")
 
     @pytest.mark.asyncio
     async def test_replace_bytes_if(self, repo: BlobRepository) -> None:

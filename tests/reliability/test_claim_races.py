@@ -13,20 +13,27 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from pydatatask import FileRepository
 
 
-async def test_a_delete_during_a_conditional_replace_is_not_undone(tmp_path: Path) -> None:
-    repo = FileRepository(tmp_path / "live", ".yaml")
+@pytest.mark.parametrize("bulk", [False, True], ids=["delete", "delete_many"])
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "nofsync"])
+async def test_a_delete_during_a_conditional_replace_is_not_undone(
+    tmp_path: Path, bulk: bool, fsync: bool
+) -> None:
+    repo = FileRepository(tmp_path / "live", ".yaml", fsync=fsync)
     await repo.write_bytes("k", b"old")
     # a large new value: the replacement is between its compare and its rename a while
-    replace = asyncio.ensure_future(repo.replace_bytes_if("k", b"old", b"x" * (8 << 20)))
+    replace = asyncio.ensure_future(repo.replace_bytes_if("k", b"old", b"x" * (64 << 20)))
     deadline = time.monotonic() + 20
     while not any(name.startswith(".k.yaml.tmp-") for name in os.listdir(tmp_path / "live")):
         assert not replace.done(), "the replacement ended before its temporary file was seen"
         assert time.monotonic() < deadline
         await asyncio.sleep(0)
-    await repo.delete("k")  # after the compare, before the rename
+    # after the compare, before the rename (a batch releases its claims with delete_many)
+    await (repo.delete_many(["k"]) if bulk else repo.delete("k"))
     assert await replace is True
     assert not await repo.contains("k"), "the deleted key came back with the replacement"
     assert sorted(os.listdir(tmp_path / "live")) == [".pdt-lock"]

@@ -261,3 +261,118 @@ async def test_durable_small_writes_run_off_the_loop_on_disk(
     assert await repo.create_bytes("b", b"2")
     await repo.delete("a")
     assert len(threads) >= 5 and main not in threads
+
+
+async def test_bulk_writes_creates_and_deletes_sync_each_directory_once(disk: Path, calls: Syscalls) -> None:
+    """A batch's records, claims and releases: every file is synced before its name, and
+    each directory once, after all of the call's names in it, before the call returns."""
+    repo = YamlMetadataFileRepository(disk / "r")
+    keys = [f"k{i}" for i in range(12)] + [f"sub/k{i}" for i in range(5)]
+    dirs = {str(disk / "r"), str(disk / "r" / "sub")}
+    await repo.put("sub/first", {"v": 0})  # the subdirectory exists: only its entries change
+    calls.clear()
+    await repo.put_many({k: {"v": k} for k in keys})
+    renames = [e for e in calls.events if e[0] == "replace"]
+    assert sorted(e[2] for e in renames) == sorted(str(disk / "r" / f"{k}.yaml") for k in keys)
+    for rename in renames:
+        assert calls.index(("fsync", rename[1])) < calls.index(rename), "data not synced before the rename"
+    synced_dirs = [p for p in calls.fsynced() if p in dirs]
+    assert sorted(synced_dirs) == sorted(dirs), "one sync per directory, not one per key"
+    for d in dirs:
+        last = max(calls.events.index(e) for e in renames if os.path.dirname(e[2]) == d)
+        assert calls.index(("fsync", d)) > last, "a directory synced before its last rename"
+    assert (await repo.get_many(keys))["sub/k3"] == {"v": "sub/k3"}
+
+    calls.clear()
+    made = await repo.create_many({"k0": {"v": "again"}, "new": {"v": 1}, "sub/new": {"v": 2}})
+    assert made == {"new", "sub/new"}
+    links = [e for e in calls.events if e[0] == "link"]
+    for link in links:
+        assert calls.index(("fsync", link[1])) < calls.index(link)
+    assert sorted(p for p in calls.fsynced() if p in dirs) == sorted(dirs)
+    assert calls.index(("fsync", str(disk / "r")), after=calls.events.index(links[-1]))
+    assert await repo.get("k0") == {"v": "k0"}
+
+    calls.clear()
+    await repo.delete_many([*keys, "absent"])
+    unlinks = [e for e in calls.events if e[0] == "unlink"]
+    assert len(unlinks) == len(keys)
+    assert sorted(p for p in calls.fsynced() if p in dirs) == sorted(dirs)
+    assert calls.index(("fsync", str(disk / "r")), after=calls.events.index(unlinks[-1]))
+    assert await repo.keys() == {"new", "sub/new", "sub/first"}
+
+
+def test_concurrent_directory_syncs_share_fsyncs(disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads that sync one directory at once share fsyncs, and each returns only after
+    an fsync that started after it asked (so it covers the change it made before)."""
+    from pydatatask.repository._localfs import fsync_dir
+
+    events: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    gate = threading.Event()
+    real = os.fsync
+    runs = 0
+
+    def slow_fsync(fd: int) -> None:
+        nonlocal runs
+        with lock:
+            runs += 1
+            n = runs
+            events.append(("start", n))
+        gate.wait(5)  # the first fsync holds until every caller has asked
+        real(fd)
+        with lock:
+            events.append(("end", n))
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+
+    def caller(i: int) -> None:
+        with lock:
+            events.append(("ask", i))
+        fsync_dir(disk)
+        with lock:
+            events.append(("back", i))
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    while sum(1 for e in events if e[0] == "ask") < 8:
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert runs < 8, f"{runs} fsyncs for 8 concurrent callers: none shared"
+    for i in range(8):
+        asked, back = events.index(("ask", i)), events.index(("back", i))
+        covered = [
+            n
+            for kind, n in events
+            if kind == "start" and asked < events.index(("start", n)) and events.index(("end", n)) < back
+        ]
+        assert covered, f"caller {i} returned without an fsync that started after it asked"
+
+
+async def test_a_batch_syncs_the_directories_of_its_claims_and_records_once(
+    disk: Path, calls: Syscalls
+) -> None:
+    """``state_dir`` claims, records and releases of a batch go through the bulk calls of
+    the file repositories: a few directory syncs per batch, not some per key."""
+    keys = [f"k{i}" for i in range(20)]
+
+    def work(keys: list[str], src: dict[str, int]) -> dict[str, dict[str, int]]:
+        return {k: {"dst": src[k] + 1} for k in keys}
+
+    task = FunctionTask(
+        "t",
+        work,
+        inputs={"src": MemoryMetadataRepository(dict.fromkeys(keys, 1))},
+        outputs={"dst": MemoryMetadataRepository()},
+        batch=20,
+    )
+    summary = await Pipeline([task], state_dir=disk / "state").run()
+    assert summary.succeeded == 20
+    live, done = disk / "state" / "t" / "live", disk / "state" / "t" / "done"
+    synced = calls.fsynced()
+    assert synced.count(str(done)) <= 2, synced.count(str(done))
+    assert synced.count(str(live)) <= 3, synced.count(str(live))  # claims, release, its creation
+    assert len(os.listdir(done)) == 20 and os.listdir(live) == []
