@@ -25,6 +25,7 @@ The claims this process holds are :meth:`Claims.held`; nothing else keeps claim 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -72,6 +73,9 @@ class Claims:
         self.owner = owner or new_owner()
         self.lease = lease
         self._held: dict[str, Claim] = {}
+        # the conditional replace of a held claim under way, by key: a release waits for it
+        # (a replace that read the claim before a delete must not write it back after)
+        self._replacing: dict[str, asyncio.Future[bool]] = {}
         # updates of one task's claims are serialised: a heartbeat and a note of a written
         # key must not both replace the same old value
         self._lock = asyncio.Lock()
@@ -127,22 +131,45 @@ class Claims:
                 return True  # released (or never ours): nothing to renew, nothing lost
             old = claim.value
             new = dict(old, **fields, heartbeat=time.time())
-            try:
-                ok = await self.live.replace_if(claim.key, old, new)
-            except UnsupportedOperationError:
-                try:
-                    ok = (await self.live.get(claim.key)).get("owner") == old.get("owner")
-                except KeyNotFoundError:
-                    ok = False
-                if ok:
-                    await self.live.put(claim.key, new)
-            if self._held.get(claim.key) is not claim:
-                return True  # released while the replace was under way
+            # shielded: a cancelled heartbeat must not leave the write running unseen (a
+            # backend may write from a thread that goes on), see _settle
+            op = asyncio.ensure_future(self._replace(claim.key, old, new))
+            self._replacing[claim.key] = op
+            op.add_done_callback(functools.partial(self._replaced, claim.key))
+            ok = await asyncio.shield(op)
             if ok:
                 claim.value = new
-            else:
+            if self._held.get(claim.key) is not claim:
+                return True  # released while the replace was under way
+            if not ok:
                 del self._held[claim.key]
             return ok
+
+    async def _replace(self, key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        try:
+            return bool(await self.live.replace_if(key, old, new))
+        except UnsupportedOperationError:
+            try:
+                ok = bool((await self.live.get(key)).get("owner") == old.get("owner"))
+            except KeyNotFoundError:
+                ok = False
+            if ok:
+                await self.live.put(key, new)
+            return ok
+
+    def _replaced(self, key: str, op: asyncio.Future[bool]) -> None:
+        if self._replacing.get(key) is op:
+            del self._replacing[key]
+        if not op.cancelled():
+            op.exception()  # retrieved: a heartbeat that was cancelled meanwhile reports nothing
+
+    async def _settle(self, keys: list[str]) -> None:
+        """Wait for the replaces of ``keys`` under way to end: a replace that read a claim
+        just before its release deleted it would otherwise write it back after, leaving a
+        claim of a finished job that holds its key until the lease runs out."""
+        ops = [op for k in keys if (op := self._replacing.get(k)) is not None]
+        if ops:
+            await asyncio.wait(ops)  # (never cancels them, even when this wait is cancelled)
 
     async def heartbeat(self, claim: Claim) -> bool:
         """Renew a held claim; False if it is lost."""
@@ -152,6 +179,7 @@ class Claims:
         """Drop the claim (from ``live`` too)."""
         if self._held.get(claim.key) is claim:
             del self._held[claim.key]
+        await self._settle([claim.key])
         await self.live.delete(claim.key)
 
     async def release_many(self, claims: list[Claim]) -> None:
@@ -162,6 +190,7 @@ class Claims:
             if self._held.get(claim.key) is claim:
                 del self._held[claim.key]
             keys.append(claim.key)
+        await self._settle(keys)
         await self.live.delete_many(keys)
 
     def forget(self, claim: Claim) -> None:
@@ -174,6 +203,7 @@ class Claims:
         scheduler finds it stale and recovers the key (removes what the job left, then
         frees it). The claim keeps what it noted (``wrote``)."""
         self.forget(claim)
+        await self._settle([claim.key])
         value = claim.value
         abandoned = dict(value, owner=f"{value.get('owner')}-abandoned", heartbeat=0.0)
         await self.live.replace_if(claim.key, value, abandoned)
