@@ -29,7 +29,7 @@ import stat
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
 from ._localfs import fsync_dir, fsync_tree, make_dirs, on_memory_fs, sweep, tmp_name
@@ -285,6 +285,10 @@ class _LocalRoot(Repository):
         return True
 
 
+#: the lock file of a directory's conditional replacements (and of the deletes they race)
+_LOCK = ".pdt-lock"
+
+
 class FileRepository(_LocalRoot, BlobRepository):
     """One file per key under ``root``, at ``root/key + extension``.
 
@@ -369,9 +373,29 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _delete(self, key: str) -> None:
         path = self._path(key)
         if self._durable():
-            await asyncio.to_thread(self._delete_durably, path, key)
+            await asyncio.to_thread(self._under_lock, self._delete_durably, path, key)
+        elif (self.root / _LOCK).exists():
+            await asyncio.to_thread(self._under_lock, self._delete_sync, path, key)
         else:
             self._delete_sync(path, key)
+
+    def _under_lock(self, delete: Callable[..., object], *args: Any) -> None:
+        """``delete(*args)`` under the lock of conditional replacements: a replacement (a
+        claim's heartbeat or takeover) compares the old value, then renames the new one into
+        place, and a delete between the two would be undone by the rename (a released claim
+        back in ``live``). A directory never replaced in has no lock file: nothing to wait for."""
+        import fcntl
+
+        try:
+            fd = os.open(self.root / _LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            delete(*args)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            delete(*args)
+        finally:
+            os.close(fd)  # and the lock with it
 
     async def _open_reader(self, key: str) -> BlobReader:
         try:
@@ -470,7 +494,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         import fcntl
 
         make_dirs(self.root, self._durable())
-        with open(self.root / ".pdt-lock", "a+b") as lock:
+        with open(self.root / _LOCK, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 try:
@@ -545,7 +569,9 @@ class FileRepository(_LocalRoot, BlobRepository):
 
     async def _delete_many(self, keys: list[str]) -> None:
         if self._durable():
-            await asyncio.to_thread(self._delete_many_sync, keys, True)
+            await asyncio.to_thread(self._under_lock, self._delete_many_sync, keys, True)
+        elif (self.root / _LOCK).exists():  # see _under_lock
+            await asyncio.to_thread(self._under_lock, self._delete_many_sync, keys, False)
         else:
             self._delete_many_sync(keys, False)
 
