@@ -167,6 +167,10 @@ class KnownListings:
         self._filled: set[int] = set()
         # keys learnt present while a tick computes, as {id(repository): keys}
         self._during: dict[int, set[str]] | None = None
+        #: the stored repositories that changed in ways not learnt exactly (keys gone,
+        #: records or outputs removed, see :meth:`relist`) while the last tick computed
+        self.changed_during: set[int] = set()
+        self._changed: set[int] | None = None
 
     # ------------------------------------------------------------ one tick
     def fill(self, cache: dict[tuple[int, str], asyncio.Future[Any]], *, full: bool = False) -> None:
@@ -176,6 +180,7 @@ class KnownListings:
         now = self._started = time.monotonic()
         self._filled = set()
         self._during = {}
+        self._changed = set()
         if full:
             return
         loop = asyncio.get_running_loop()
@@ -203,7 +208,13 @@ class KnownListings:
                     known.listed(value, self._started)
                     break
         during, self._during = self._during or {}, None
+        self.changed_during, self._changed = self._changed or set(), None
         return during
+
+    def _mark(self, repo_id: int, known: _Known, now: float) -> None:
+        known.changed_at = now
+        if self._changed is not None:
+            self._changed.add(repo_id)
 
     # ------------------------------------------------------------ learning
     def learn(self, repo: Repository, keys: Iterable[str], present: bool = True) -> None:
@@ -220,11 +231,13 @@ class KnownListings:
             return
         if present and self._during is not None:
             self._during.setdefault(id(repo), set()).update(keys)
+        if not present and self._changed is not None:
+            self._changed.add(id(repo))
         if known.value is None:
             return  # listed at the next tick anyway
         now = time.monotonic()
         if present and id(repo) in self._listed_only:
-            known.changed_at = now
+            known.changed_at = now  # (the keys held back by the tick are in _during)
             return
         known.changes.extend((now, key, present) for key in keys)
 
@@ -241,14 +254,14 @@ class KnownListings:
         """Have ``repos`` (the stored ones under them; default: every one) listed at the next tick."""
         now = time.monotonic()
         if repos is None:
-            for known in self._known.values():
-                known.changed_at = now
+            for repo_id, known in self._known.items():
+                self._mark(repo_id, known, now)
             return
         for repo in repos:
             for stored in stored_repositories(repo):
                 entry = self._known.get(id(stored))
                 if entry is not None:
-                    entry.changed_at = now
+                    self._mark(id(stored), entry, now)
 
     def job_ended(self, task: Task, key: str, record: Mapping[str, Any] | None) -> None:
         """Learn what the end of the job of ``key`` changed: its record (None: another

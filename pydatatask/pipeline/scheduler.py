@@ -282,6 +282,7 @@ class Scheduler:
         """Hold back from this tick the keys that jobs ending during it wrote (see
         :meth:`~pydatatask.pipeline.known.KnownListings.take`); the next tick has them.
         A key whose own job ended meanwhile (its record learnt) is not ready at all."""
+        self._hold_changed_groups(figures, self.known.changed_during)
         if not learned:
             return
         for name, task in self.all_tasks.items():
@@ -305,6 +306,24 @@ class Scheduler:
                     fig.ready -= held
                     fig.redo -= held
                     fig.blocked |= held
+
+    def _hold_changed_groups(self, figures: dict[str, TaskFigures], changed: set[int]) -> None:
+        """Hold back the ready groups of fan-in tasks whose inputs changed during the tick in
+        ways not learnt exactly (an orphan's record and outputs removed, a failed job's
+        cleanup): the tick's listings of the records and of the members may have been made
+        on either side of the change, so the members it found, or their being done
+        upstream, may be wrong. The next tick lists those repositories again."""
+        if not changed:
+            return
+        for name, task in self.all_tasks.items():
+            fig = figures.get(name)
+            if task.group_by is None or fig is None or not fig.ready:
+                continue
+            repos = [link.repository for link in task.required_links]
+            if any(id(s) in changed for r in repos for s in stored_repositories(r)):
+                fig.blocked |= fig.ready
+                fig.redo = set()
+                fig.ready = set()
 
     def _note_redo(self, name: str, fig: TaskFigures) -> None:
         """Remember the records judged stale of the keys queued for a redo (a key already
@@ -625,7 +644,12 @@ class Scheduler:
             judged = self._redo[task.name].pop(key, None) if task.name in self._redo else None
             if judged is not None and adopt is None and key in self._orphans.get(task.name, ()):
                 self.known.task_changed(task)
-                await self._remove_orphan(task, key, judged)
+                try:
+                    await self._remove_orphan(task, key, judged)
+                finally:
+                    # and again once it is gone: a listing that started during the removal
+                    # may still show the record or the outputs
+                    self.known.task_changed(task)
                 return
             if judged is not None and adopt is None:
                 record = await redo(
@@ -1005,7 +1029,10 @@ async def compute_figures(
     for name in grouped:
         # a group's job keeps the members it was launched with (its record's digest is of them)
         before = tasks[name]._tick_members
-        kept = {g: before[g] for g in running_keys[name] if g in before}
+        # the jobs running now, not when the tick began: one started during the tick fixed
+        # its members (and its record's digest) from the members before it
+        now_running = {k for t, k in running or {} if t == name} | running_keys[name]
+        kept = {g: before[g] for g in now_running if g in before}
         tasks[name]._tick_members = {g: sorted(grouped[name][g]) for g in figures[name].ready} | kept
     return figures
 
