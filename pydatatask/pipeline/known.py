@@ -14,8 +14,10 @@ the changes this scheduler made since:
 * a key another scheduler holds (found by the claim and record check at launch) is noted
   as claimed;
 * anything not learnt exactly (a failed job's cleanup, keys written beyond a job's own,
-  writes through a view, a stale claim taken over) marks the repositories concerned for
-  a listing at the next tick.
+  writes through a view, a stale claim taken over, an orphan removed) marks the
+  repositories concerned for a listing at the next tick; when that happens while a tick
+  lists, the tick's listings may be from either side of the change, so the ready groups
+  of the fan-in tasks reading them wait for the next tick (:attr:`KnownListings.changed_during`).
 
 Every repository is also listed again once its *refresh interval* has passed since its
 last listing: that is how changes from outside reach the run (inputs nobody in the
