@@ -170,6 +170,10 @@ class Scheduler:
         # stale keys queued for a redo that are orphans: removed, not run
         self._orphans: dict[str, set[str]] = {t.name: set() for t in self.selected}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: per task, the records this run removed to redo a stale key or to drop an orphan,
+        #: as [succeeded, failed] counts (the progress display subtracts them from the
+        #: counts of the first tick, to which this run's outcomes are added)
+        self.replaced: dict[str, list[int]] = {}
         self.states: dict[tuple[str, str], JobState] = {}
         self.queues: dict[str, list[str]] = {t.name: [] for t in self.selected}
         self._workers: dict[str, int] = {t.name: 0 for t in self.selected}
@@ -340,15 +344,22 @@ class Scheduler:
         self._redo[name] = kept
         self._orphans[name] = orphans
 
-    async def _remove_orphan(self, task: Task, key: str, judged: RecordFacts) -> None:
+    async def _remove_orphan(self, task: Task, key: str, judged: RecordFacts) -> bool:
         """Remove the record and outputs of an orphaned key (see
-        :func:`~pydatatask.pipeline.staleness.orphan_reasons`)."""
+        :func:`~pydatatask.pipeline.staleness.orphan_reasons`); False when another
+        scheduler holds it or has changed its record."""
         self._orphans[task.name].discard(key)
         index = self.records[task.name]
         if await remove_orphan(task, key, judged=judged, index=index, owner=self.owner):
             log.info(
                 "task %s: removed the record and outputs of %r, a child no longer written", task.name, key
             )
+            return True
+        return False
+
+    def _replaced(self, task: Task, judged: RecordFacts) -> None:
+        counts = self.replaced.setdefault(task.name, [0, 0])
+        counts[0 if judged.success else 1] += 1
 
     def _record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
         sources = self._sources.get(task.name)
@@ -645,7 +656,8 @@ class Scheduler:
             if judged is not None and adopt is None and key in self._orphans.get(task.name, ()):
                 self.known.task_changed(task)
                 try:
-                    await self._remove_orphan(task, key, judged)
+                    if await self._remove_orphan(task, key, judged):
+                        self._replaced(task, judged)
                 finally:
                     # and again once it is gone: a listing that started during the removal
                     # may still show the record or the outputs
@@ -663,6 +675,8 @@ class Scheduler:
                     slot=slot,
                     fields=fields,
                 )
+                if record is not None:
+                    self._replaced(task, judged)
             else:
                 record = await execute_job(
                     task,

@@ -19,7 +19,7 @@ from pydatatask.repository.filesystem import FileRepository
 from pydatatask.repository.memory import MemoryMetadataRepository
 from pydatatask.repository.serialized import YamlMetadataFileRepository, YamlMetadataRepository
 from pydatatask.task import FunctionTask
-from pydatatask.task.claims import Claims
+from pydatatask.task.claims import Claim, Claims
 from pydatatask.task.records import make_claim
 from pydatatask.task.recovery import recover
 from tests.conftest import service
@@ -240,8 +240,11 @@ class _PausingFiles(FileRepository):
         super()._write_sync(path, data)
 
 
-@pytest.mark.parametrize("how", ["release", "release_many", "abandon"])
-async def test_a_release_during_a_heartbeat_is_not_undone_by_it(tmp_path: Path, how: str) -> None:
+async def _heartbeat_paused_in_its_write(
+    tmp_path: Path,
+) -> tuple[_PausingFiles, Claims, Claim, asyncio.Task[bool]]:
+    """A claim held in a real file repository, and its heartbeat stopped between the
+    replace's compare and its write."""
     files = _PausingFiles(tmp_path / "live")
     claims = Claims(YamlMetadataRepository(files), "t", lease=60.0)
     claim = await claims.acquire("k")
@@ -249,6 +252,12 @@ async def test_a_release_during_a_heartbeat_is_not_undone_by_it(tmp_path: Path, 
     files.armed = True
     beat = asyncio.create_task(claims.heartbeat(claim))
     assert await asyncio.to_thread(files.reached.wait, 30)
+    return files, claims, claim, beat
+
+
+@pytest.mark.parametrize("how", ["release", "release_many", "abandon"])
+async def test_a_release_during_a_heartbeat_is_not_undone_by_it(tmp_path: Path, how: str) -> None:
+    files, claims, claim, beat = await _heartbeat_paused_in_its_write(tmp_path)
     if how == "release":
         end = asyncio.create_task(claims.release(claim))
     elif how == "release_many":
@@ -267,13 +276,7 @@ async def test_a_release_during_a_heartbeat_is_not_undone_by_it(tmp_path: Path, 
 
 
 async def test_a_cancelled_heartbeat_still_holds_back_the_release(tmp_path: Path) -> None:
-    files = _PausingFiles(tmp_path / "live")
-    claims = Claims(YamlMetadataRepository(files), "t", lease=60.0)
-    claim = await claims.acquire("k")
-    assert claim is not None
-    files.armed = True
-    beat = asyncio.create_task(claims.heartbeat(claim))
-    assert await asyncio.to_thread(files.reached.wait, 30)
+    files, claims, claim, beat = await _heartbeat_paused_in_its_write(tmp_path)
     beat.cancel()  # the write in its thread goes on
     with pytest.raises(asyncio.CancelledError):
         await beat
