@@ -172,9 +172,16 @@ class Claims:
             new = dict(old, **fields, heartbeat=time.time())
             # shielded: a cancelled heartbeat must not leave the write running unseen (a
             # backend may write from a thread that goes on), see _settle
+            prev = self._replacing.get(claim.key)
+            if prev is not None:  # the write of a heartbeat cancelled meanwhile: after it
+                await asyncio.wait([prev])
+                if self._held.get(claim.key) is not claim:
+                    return True
+                old = claim.value
+                new = dict(old, **fields, heartbeat=time.time())
             op = asyncio.ensure_future(self._replace(claim.key, old, new))
             self._replacing[claim.key] = op
-            op.add_done_callback(functools.partial(self._replaced, claim.key))
+            op.add_done_callback(functools.partial(self._replaced, claim, new))
             ok = await asyncio.shield(op)
             if ok:
                 claim.value = new
@@ -196,11 +203,14 @@ class Claims:
                 await self.live.put(key, new)
             return ok
 
-    def _replaced(self, key: str, op: asyncio.Future[bool]) -> None:
-        if self._replacing.get(key) is op:
-            del self._replacing[key]
-        if not op.cancelled():
-            op.exception()  # retrieved: a heartbeat that was cancelled meanwhile reports nothing
+    def _replaced(self, claim: Claim, new: dict[str, Any], op: asyncio.Future[bool]) -> None:
+        """The end of a replace of ``claim`` by ``new``: the stored value is kept (also when
+        the heartbeat that made it was cancelled meanwhile, so the next one compares with
+        what is stored)."""
+        if self._replacing.get(claim.key) is op:
+            del self._replacing[claim.key]
+        if not op.cancelled() and op.exception() is None and op.result():
+            claim.value = new
 
     async def _settle(self, keys: list[str]) -> None:
         """Wait for the replaces of ``keys`` under way to end: a replace that read a claim

@@ -286,3 +286,15 @@ async def test_a_cancelled_heartbeat_still_holds_back_the_release(tmp_path: Path
     await end
     assert await asyncio.to_thread(files.written.wait, 30)  # the heartbeat's write is over
     assert not await claims.live.contains("k"), "the cancelled heartbeat wrote the released claim back"
+
+
+async def test_the_heartbeat_after_a_cancelled_one_compares_with_what_that_one_stored(tmp_path: Path) -> None:
+    files, claims, claim, beat = await _heartbeat_paused_in_its_write(tmp_path)
+    beat.cancel()  # its write goes on, and stores a new heartbeat
+    with pytest.raises(asyncio.CancelledError):
+        await beat
+    files.go.set()
+    assert await asyncio.to_thread(files.written.wait, 30)
+    assert await claims.heartbeat(claim) is True, "the claim was judged lost after a cancelled heartbeat"
+    assert claims.held().get("k") is claim
+    assert await claims.live.get("k") == claim.value
