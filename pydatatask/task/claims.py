@@ -166,19 +166,13 @@ class Claims:
         the owner.
         """
         async with self._lock:
+            await self._settle([claim.key])  # after the write of a heartbeat cancelled meanwhile
             if self._held.get(claim.key) is not claim:
                 return True  # released (or never ours): nothing to renew, nothing lost
             old = claim.value
             new = dict(old, **fields, heartbeat=time.time())
             # shielded: a cancelled heartbeat must not leave the write running unseen (a
             # backend may write from a thread that goes on), see _settle
-            prev = self._replacing.get(claim.key)
-            if prev is not None:  # the write of a heartbeat cancelled meanwhile: after it
-                await asyncio.wait([prev])
-                if self._held.get(claim.key) is not claim:
-                    return True
-                old = claim.value
-                new = dict(old, **fields, heartbeat=time.time())
             op = asyncio.ensure_future(self._replace(claim.key, old, new))
             self._replacing[claim.key] = op
             op.add_done_callback(functools.partial(self._replaced, claim, new))
