@@ -7,32 +7,18 @@ the local scheduler and ``WORKERS`` worker processes. Run again over the same ``
 every ``Upper`` is complete (its output exists) and nothing runs: the no-op run.
 
 Prints ``BENCH-RESULT {json}``: the run's seconds (after the imports), the import time
-and this process's peak RSS. Stand-alone: it imports nothing from our checkout.
+and this process's peak RSS. Stand-alone: it imports nothing from our checkout but
+``_driver.py`` (standard library only).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
-PREFIX = "BENCH-RESULT "
-START = "BENCH-START"
-
-
-def started() -> None:
-    """Tell the caller the clock starts now (its time budget counts from here)."""
-    sys.stdout.write(START + "\n")
-    sys.stdout.flush()
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024
-    return 0.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _driver (-I adds no script folder)
+from _driver import report, started  # noqa: E402
 
 
 def main() -> None:
@@ -66,8 +52,7 @@ def main() -> None:
     seconds = time.perf_counter() - t1
     if not ok:
         raise SystemExit("luigi.build reported a failure")
-    out = {"seconds": seconds, "import_seconds": import_s, "driver_peak_mb": peak_mb()}
-    sys.stdout.write(PREFIX + json.dumps(out) + "\n")
+    report({"seconds": seconds, "import_seconds": import_s})
 
 
 if __name__ == "__main__":

@@ -14,28 +14,14 @@ imports), the import time, the number of jobs run and this process's peak RSS.
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-PREFIX = "BENCH-RESULT "
-START = "BENCH-START"
-
-
-def started() -> None:
-    """Tell the caller the clock starts now (its time budget counts from here)."""
-    sys.stdout.write(START + "\n")
-    sys.stdout.flush()
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024
-    return 0.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _driver (-I adds no script folder)
+from _driver import report, started  # noqa: E402
 
 
 def main() -> None:
@@ -64,13 +50,7 @@ def main() -> None:
     seconds = time.perf_counter() - t1
     if not summary.ok:
         raise SystemExit(f"the run did not succeed: {summary.as_dict()}")
-    out = {
-        "seconds": seconds,
-        "import_seconds": import_s,
-        "ran": summary.succeeded,
-        "driver_peak_mb": peak_mb(),
-    }
-    sys.stdout.write(PREFIX + json.dumps(out) + "\n")
+    report({"seconds": seconds, "import_seconds": import_s, "ran": summary.succeeded})
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ SCENARIOS = (
     "import_cost",
     "file_jobs",
     "memory_jobs",
+    "million_keys",
     "noop_chain",
     "noop_scaling",
     "ready_rss",

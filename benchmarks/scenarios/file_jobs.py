@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Options, Point, ScenarioResult, Verdict, bare_record, profiled, ratio
+from ._common import at_least, at_most, figure, listing, run_workers, timed_jobs
 
 NAME = "file_jobs"
 TITLE = "file jobs: FileRepository in/out, YAML done records on disk, atomic writes"
@@ -53,29 +54,15 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
     ours, bare, old = (res.median(p, s) for s in ("ours", "bare", "0.4.7"))
     out = []
     r = ratio(old, ours)
-    out.append(
-        Verdict(
-            ">= 3x pydatatask 0.4.7 throughput",
-            "n/a" if r is None else f"{r:.2f}x",
-            None if r is None else r >= 3,
-        )
-    )
-    r = ratio(ours, bare)
-    out.append(
-        Verdict(
-            "<= 2x the bare loop's time", "n/a" if r is None else f"{r:.2f}x", None if r is None else r <= 2
-        )
-    )
+    out.append(at_least(">= 3x pydatatask 0.4.7 throughput", r, 3))
+    out.append(at_most("<= 2x the bare loop's time", ratio(ours, bare), 2))
     # durability: what it costs us, and what it costs a bare loop (figures, no target)
     nofsync, bare_fsync, bare_thread = (
         res.median(p, s) for s in ("ours-nofsync", "bare-fsync", "bare-thread")
     )
-    r = ratio(ours, nofsync)
-    out.append(Verdict("time with fsync / without (ours)", "n/a" if r is None else f"{r:.2f}x", None))
-    r = ratio(bare_fsync, bare_thread)
-    out.append(Verdict("time with fsync / without (bare-thread)", "n/a" if r is None else f"{r:.2f}x", None))
-    r = ratio(ours, bare_fsync)
-    out.append(Verdict("durable: ours / bare-fsync time", "n/a" if r is None else f"{r:.2f}x", None))
+    out.append(figure("time with fsync / without (ours)", ratio(ours, nofsync)))
+    out.append(figure("time with fsync / without (bare-thread)", ratio(bare_fsync, bare_thread)))
+    out.append(figure("durable: ours / bare-fsync time", ratio(ours, bare_fsync)))
     return out
 
 
@@ -179,11 +166,6 @@ def _bare(root: Path, n: int, conc: int, *, threaded: bool, fsync: bool) -> dict
         text = yaml.dump(record, Dumper=dumper, sort_keys=False, allow_unicode=True).encode()
         _atomic_write(os.path.join(done, key + ".yaml"), text, fsync)
 
-    def listing(d: str, ext: str) -> set[str]:
-        return {
-            e.name[: -len(ext)] for e in os.scandir(d) if e.name.endswith(ext) and not e.name.startswith(".")
-        }
-
     async def main() -> int:
         os.makedirs(dst, exist_ok=True)
         os.makedirs(done, exist_ok=True)
@@ -201,16 +183,10 @@ def _bare(root: Path, n: int, conc: int, *, threaded: bool, fsync: bool) -> dict
                     await asyncio.sleep(0)
                 count += 1
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(conc):
-                tg.create_task(worker())
+        await run_workers(conc, worker)
         return count
 
-    t1 = time.perf_counter()
-    count = asyncio.run(main())
-    seconds = time.perf_counter() - t1
-    assert count == n
-    return {"seconds": seconds, "jobs_per_s": n / seconds, "import_seconds": import_s}
+    return timed_jobs(main, n, import_s)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from . import Options, Point, ScenarioResult, Verdict, ratio
+from ._common import at_least, is_loopback, run_workers, test_services
 
 NAME = "kube_pods"
 TITLE = "Kubernetes: one pod per key through the test kubelet"
@@ -56,46 +55,18 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
     r = ratio(res.median(p, "bare"), res.median(p, "ours"))
     b = ratio(res.median(p, "ours"), res.median(p, "batch50"))
     return [
-        Verdict(
-            ">= 0.8x the bare kubernetes_asyncio loop",
-            "n/a" if r is None else f"{r:.2f}x",
-            None if r is None else r >= 0.8,
-        ),
-        Verdict(
-            f"batch={BATCH}: >= 10x the key throughput of one pod per key",
-            "n/a" if b is None else f"{b:.2f}x",
-            None if b is None else b >= 10,
-        ),
+        at_least(">= 0.8x the bare kubernetes_asyncio loop", r, 0.8),
+        at_least(f"batch={BATCH}: >= 10x the key throughput of one pod per key", b, 10),
     ]
-
-
-def _services() -> dict[str, Any] | None:
-    path = os.environ.get("PDT_TEST_SERVICES")
-    if not path:
-        root = Path(__file__).resolve().parents[2]
-        try:
-            out = subprocess.run(
-                ["bash", str(root / "scripts" / "test-services"), "env"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            path = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else None
-        except (OSError, subprocess.TimeoutExpired):
-            path = None
-    if not path or not Path(path).is_file():
-        return None
-    return json.loads(Path(path).read_text())  # type: ignore[no-any-return]
 
 
 def prepare(opts: Options) -> dict[str, Any] | str:
     """The cluster's settings, or why the scenario cannot run."""
-    services = _services()
+    services = test_services()
     if not services or "kube" not in services:
         return "no Kubernetes test cluster: run `bash scripts/test-services up` (sets PDT_TEST_SERVICES)"
     conf = services["kube"]
-    host = urlparse(conf["server"]).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(conf["server"]):
         return f"refusing a non-loopback API server {conf['server']}"
     try:
         import kubernetes_asyncio  # noqa: F401
@@ -220,9 +191,7 @@ async def bare(params: dict[str, Any], label: str, out_dir: Path) -> float:
 
         watcher = asyncio.ensure_future(follow())
         try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(conc):
-                    tg.create_task(worker())
+            await run_workers(conc, worker)
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

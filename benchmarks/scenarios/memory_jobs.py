@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from . import Options, Point, ScenarioResult, Verdict, bare_record, profiled, ratio
+from ._common import at_least, run_workers, timed_jobs
 
 NAME = "memory_jobs"
 TITLE = "memory jobs: MemoryBlobRepository in/out, in-memory done records"
@@ -30,13 +31,7 @@ def points(opts: Options) -> list[Point]:
 def verdicts(res: ScenarioResult) -> list[Verdict]:
     p = res.points[-1].label
     r = ratio(res.median(p, "0.4.7"), res.median(p, "ours"))
-    return [
-        Verdict(
-            f">= 2x pydatatask 0.4.7 throughput ({p})",
-            "n/a" if r is None else f"{r:.2f}x",
-            None if r is None else r >= 2,
-        )
-    ]
+    return [at_least(f">= 2x pydatatask 0.4.7 throughput ({p})", r, 2)]
 
 
 def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -93,16 +88,10 @@ def _bare(data: dict[str, bytes], n: int, conc: int) -> dict[str, Any]:
                 done[key] = bare_record(key, start, end, host)
                 count += 1
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(conc):
-                tg.create_task(worker())
+        await run_workers(conc, worker)
         return count
 
-    t1 = time.perf_counter()
-    count = asyncio.run(main())
-    seconds = time.perf_counter() - t1
-    assert count == n
-    return {"seconds": seconds, "jobs_per_s": n / seconds, "import_seconds": 0.0}
+    return timed_jobs(main, n)
 
 
 if __name__ == "__main__":

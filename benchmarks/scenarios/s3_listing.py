@@ -22,14 +22,12 @@ at launch; ``check_pages``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
-from . import Options, Point, ScenarioResult, Verdict
-from .s3_stage import BUCKET, _client, _empty, _names, _services
+from . import Options, Point, ScenarioResult, Verdict, _s3
+from ._s3 import BUCKET
 
 NAME = "s3_listing"
 TITLE = "S3: LIST pages per run of a chained two-stage pipeline, state in the bucket"
@@ -68,38 +66,7 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
 
 def prepare(opts: Options) -> dict[str, Any] | str:
     """Upload the inputs once; return the params, or why the scenario cannot run."""
-    services = _services()
-    if not services or "s3" not in services:
-        return "no S3 test server: run `bash scripts/test-services up` (sets PDT_TEST_SERVICES)"
-    conf = services["s3"]
-    if urlparse(conf["endpoint"]).hostname not in ("127.0.0.1", "localhost", "::1"):
-        return f"refusing a non-loopback S3 endpoint {conf['endpoint']}"
-    try:
-        import aiobotocore  # noqa: F401
-    except ImportError:
-        return "aiobotocore is not installed (pip install 'pydatatask[s3]')"
-    n = max(p.params["n"] for p in points(opts))
-
-    async def upload() -> None:
-        async with _client(conf) as client:
-            with contextlib.suppress(Exception):
-                await client.create_bucket(Bucket=BUCKET)
-            have = set(await _names(client, IN))
-            sem = asyncio.Semaphore(32)
-
-            async def put(i: int) -> None:
-                name = f"{IN}k{i:07d}.txt"
-                if name not in have:
-                    async with sem:
-                        await client.put_object(Bucket=BUCKET, Key=name, Body=b"abcdefgh")
-
-            await asyncio.gather(*(put(i) for i in range(n)))
-
-    try:
-        asyncio.run(upload())
-    except Exception as exc:
-        return f"S3 server not usable: {type(exc).__name__}: {exc}"
-    return {"s3": conf}
+    return _s3.prepare_inputs(max(p.params["n"] for p in points(opts)), IN, ".txt")
 
 
 def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +80,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
     from pydatatask.task import FunctionTask
 
     async def main() -> dict[str, Any]:
-        async with _client(conf) as client:
+        async with _s3.client(conf) as client:
             sent: list[str] = []  # listing pages (not the delimited pages that check a few keys)
             checks: list[str] = []
 
@@ -165,7 +132,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
                 await repo.keys()
             full_pages = len(sent)
             for prefix in (base,):
-                await _empty(client, prefix)
+                await _s3.empty(client, prefix)
             return {
                 "seconds": seconds,
                 "jobs_per_s": 2 * n / seconds,

@@ -25,20 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlparse
 
-from . import Options, Point, ScenarioResult, Verdict, profiled, ratio
-from .s3_stage import _client, _empty, _names, _services
+from . import Options, Point, ScenarioResult, Verdict, _s3, profiled, ratio
+from ._s3 import BUCKET
+from ._s3 import client as _client
+from ._s3 import empty as _empty
+from ._s3 import names as _names
 
 NAME = "s3_shared_state"
 TITLE = "S3: two chained stages, state (records, claims) in the bucket"
 CONCURRENCY = 16
-BUCKET = "pdt-bench"
 INPUTS = "shared-in/"
 FULL = 10_000
 
@@ -94,39 +94,7 @@ def _by_operation(res: ScenarioResult, point: str, series: str) -> str:
 
 def prepare(opts: Options) -> dict[str, Any] | str:
     """Upload the inputs once; return the params, or why the scenario cannot run."""
-    services = _services()
-    if not services or "s3" not in services:
-        return "no S3 test server: run `bash scripts/test-services up` (sets PDT_TEST_SERVICES)"
-    conf = services["s3"]
-    host = urlparse(conf["endpoint"]).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        return f"refusing a non-loopback S3 endpoint {conf['endpoint']}"
-    try:
-        import aiobotocore  # noqa: F401
-    except ImportError:
-        return "aiobotocore is not installed (pip install 'pydatatask[s3]')"
-    n = max(p.params["n"] for p in points(opts))
-
-    async def upload() -> None:
-        async with _client(conf) as client:
-            with contextlib.suppress(Exception):
-                await client.create_bucket(Bucket=BUCKET)
-            have = set(await _names(client, INPUTS))
-            sem = asyncio.Semaphore(32)
-
-            async def put(i: int) -> None:
-                name = f"{INPUTS}k{i:07d}"
-                if name not in have:
-                    async with sem:
-                        await client.put_object(Bucket=BUCKET, Key=name, Body=b"abcdefgh")
-
-            await asyncio.gather(*(put(i) for i in range(n)))
-
-    try:
-        asyncio.run(upload())
-    except Exception as exc:
-        return f"S3 server not usable: {type(exc).__name__}: {exc}"
-    return {"s3": conf}
+    return _s3.prepare_inputs(max(p.params["n"] for p in points(opts)), INPUTS)
 
 
 # ---------------------------------------------------------------------- workers

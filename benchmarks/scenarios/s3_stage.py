@@ -16,23 +16,18 @@ Target: >= 0.8x the bare loop's throughput.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from . import Options, Point, ScenarioResult, Verdict, ratio
+from . import Options, Point, ScenarioResult, Verdict, _s3, ratio
+from ._common import at_least, run_workers
+from ._s3 import BUCKET
 
 NAME = "s3_stage"
 TITLE = "S3: one stage over small objects, local S3 server"
 CONCURRENCY = 16
-BUCKET = "pdt-bench"
 
 
 def points(opts: Options) -> list[Point]:
@@ -43,103 +38,12 @@ def points(opts: Options) -> list[Point]:
 def verdicts(res: ScenarioResult) -> list[Verdict]:
     p = res.points[0].label
     r = ratio(res.median(p, "bare"), res.median(p, "ours"))
-    return [
-        Verdict(
-            ">= 0.8x the bare aiobotocore loop",
-            "n/a" if r is None else f"{r:.2f}x",
-            None if r is None else r >= 0.8,
-        )
-    ]
-
-
-def _services() -> dict[str, Any] | None:
-    path = os.environ.get("PDT_TEST_SERVICES")
-    if not path:
-        root = Path(__file__).resolve().parents[2]
-        try:
-            out = subprocess.run(
-                ["bash", str(root / "scripts" / "test-services"), "env"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            path = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else None
-        except (OSError, subprocess.TimeoutExpired):
-            path = None
-    if not path or not Path(path).is_file():
-        return None
-    return json.loads(Path(path).read_text())  # type: ignore[no-any-return]
-
-
-@contextlib.asynccontextmanager
-async def _client(conf: dict[str, Any]) -> AsyncIterator[Any]:
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
-
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=conf["endpoint"],
-        aws_access_key_id=conf["access_key"],
-        aws_secret_access_key=conf["secret_key"],
-        region_name=conf.get("region", "us-east-1"),
-        config=AioConfig(max_pool_connections=64),
-    ) as client:
-        yield client
-
-
-async def _names(client: Any, prefix: str) -> list[str]:
-    out = []
-    async for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        out.extend(obj["Key"] for obj in page.get("Contents", ()))
-    return out
-
-
-async def _empty(client: Any, prefix: str) -> None:
-    names = await _names(client, prefix)
-    for i in range(0, len(names), 1000):
-        batch = [{"Key": k} for k in names[i : i + 1000]]
-        await client.delete_objects(Bucket=BUCKET, Delete={"Objects": batch, "Quiet": True})
+    return [at_least(">= 0.8x the bare aiobotocore loop", r, 0.8)]
 
 
 def prepare(opts: Options) -> dict[str, Any] | str:
     """Upload the inputs once; return the params, or why the scenario cannot run."""
-    services = _services()
-    if not services or "s3" not in services:
-        return "no S3 test server: run `bash scripts/test-services up` (sets PDT_TEST_SERVICES)"
-    conf = services["s3"]
-    host = urlparse(conf["endpoint"]).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        return f"refusing a non-loopback S3 endpoint {conf['endpoint']}"
-    try:
-        import aiobotocore  # noqa: F401
-    except ImportError:
-        return "aiobotocore is not installed (pip install 'pydatatask[s3]')"
-    try:
-        from pydatatask.repository import S3BucketRepository  # noqa: F401
-    except (ImportError, AttributeError) as exc:
-        return f"S3BucketRepository not available yet ({exc})"
-    n = max(p.params["n"] for p in points(opts))
-
-    async def upload() -> None:
-        async with _client(conf) as client:
-            with contextlib.suppress(Exception):
-                await client.create_bucket(Bucket=BUCKET)
-            have = set(await _names(client, "in/"))
-            sem = asyncio.Semaphore(32)
-
-            async def put(i: int) -> None:
-                name = f"in/k{i:07d}.txt"
-                if name not in have:
-                    async with sem:
-                        await client.put_object(Bucket=BUCKET, Key=name, Body=b"abcdefgh")
-
-            await asyncio.gather(*(put(i) for i in range(n)))
-
-    try:
-        asyncio.run(upload())
-    except Exception as exc:
-        return f"S3 server not usable: {type(exc).__name__}: {exc}"
-    return {"s3": conf}
+    return _s3.prepare_inputs(max(p.params["n"] for p in points(opts)), "in/", ".txt")
 
 
 # ---------------------------------------------------------------------- workers
@@ -167,7 +71,7 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
 
             @session.resource
             async def s3() -> AsyncIterator[Any]:
-                async with _client(conf) as client:
+                async with _s3.client(conf) as client:
                     yield client
 
             class Only(S3BucketRepository):  # the first n inputs only (the bucket may hold more)
@@ -192,10 +96,10 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
                 seconds = time.perf_counter() - t1
             assert summary.succeeded == n, summary
         else:
-            async with _client(conf) as client:
+            async with _s3.client(conf) as client:
                 t1 = time.perf_counter()
-                have = {k[3:-4] for k in await _names(client, "in/")} & wanted
-                done = {k[len(out_prefix) : -4] for k in await _names(client, out_prefix)}
+                have = {k[3:-4] for k in await _s3.names(client, "in/")} & wanted
+                done = {k[len(out_prefix) : -4] for k in await _s3.names(client, out_prefix)}
                 it = iter(sorted(have - done))
 
                 async def worker() -> None:
@@ -207,13 +111,11 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
                             Bucket=BUCKET, Key=f"{out_prefix}{key}.txt", Body=data.upper()
                         )
 
-                async with asyncio.TaskGroup() as tg:
-                    for _ in range(conc):
-                        tg.create_task(worker())
+                await run_workers(conc, worker)
                 seconds = time.perf_counter() - t1
-        async with _client(conf) as client:
-            assert len(await _names(client, out_prefix)) == n
-            await _empty(client, out_prefix)
+        async with _s3.client(conf) as client:
+            assert len(await _s3.names(client, out_prefix)) == n
+            await _s3.empty(client, out_prefix)
         return seconds
 
     seconds = asyncio.run(main())

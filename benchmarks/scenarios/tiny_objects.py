@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Options, Point, ScenarioResult, Verdict, bare_record, profiled, ratio
+from ._common import at_most, figure, listing, run_workers, timed_count
 from .file_jobs import _atomic_write
 
 NAME = "tiny_objects"
@@ -52,15 +53,8 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
     p = res.points[0].label
     ours, bare, records = (res.median(p, s) for s in ("ours", "bare", "bare-records"))
     r = ratio(ours, bare)
-    out = [
-        Verdict(
-            "batch=500: <= 1.5x the bare loop's time",
-            "n/a" if r is None else f"{r:.2f}x",
-            None if r is None else r <= 1.5,
-        )
-    ]
-    r = ratio(ours, records)
-    out.append(Verdict("ours / bare loop with records, time", "n/a" if r is None else f"{r:.2f}x", None))
+    out = [at_most("batch=500: <= 1.5x the bare loop's time", r, 1.5)]
+    out.append(figure("ours / bare loop with records, time", ratio(ours, records)))
     return out
 
 
@@ -135,11 +129,6 @@ def _bare(root: Path, n: int, params: dict[str, Any], *, records: bool) -> dict[
                 text = yaml.dump(record, Dumper=dumper, sort_keys=False, allow_unicode=True).encode()
                 _atomic_write(os.path.join(done, key + ".yaml"), text, True)
 
-    def listing(d: str, ext: str) -> set[str]:
-        return {
-            e.name[: -len(ext)] for e in os.scandir(d) if e.name.endswith(ext) and not e.name.startswith(".")
-        }
-
     async def main() -> int:
         os.makedirs(dst, exist_ok=True)
         os.makedirs(done, exist_ok=True)
@@ -154,15 +143,10 @@ def _bare(root: Path, n: int, params: dict[str, Any], *, records: bool) -> dict[
                 await asyncio.to_thread(chunk, keys)
                 count += len(keys)
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(params["concurrency"]):
-                tg.create_task(worker())
+        await run_workers(params["concurrency"], worker)
         return count
 
-    t0 = time.perf_counter()
-    count = asyncio.run(main())
-    seconds = time.perf_counter() - t0
-    assert count == n
+    seconds = timed_count(main, n)
     return {"seconds": seconds, "objects_per_s": n / seconds}
 
 

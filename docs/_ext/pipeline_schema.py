@@ -11,6 +11,8 @@ from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
+from pydatatask.config._schema import ENVIRONMENT_NUMBER
+
 SECTIONS = (
     ("resources", "resource", "Resources"),
     ("repositories", "repository", "Repositories"),
@@ -36,6 +38,8 @@ def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
         return " or ".join(_type(s, defs) for s in spec["oneOf"])
     kind = spec.get("type", "any")
     if isinstance(kind, list):
+        if spec.get("pattern") == ENVIRONMENT_NUMBER:  # a number, or "${VAR}" holding one
+            return " or ".join([*(k for k in kind if k != "string"), '``"${VAR}"``'])
         return " or ".join(kind)
     if kind == "array":
         return f"list of {_type(spec.get('items', {}), defs)}"

@@ -250,6 +250,7 @@ async def _run_several(
                             grace=args.grace,
                             on_progress=on_progress(name),
                             rerun_stale=args.rerun_stale,
+                            refresh=args.refresh,
                         )
                         for name, pipeline in named
                     )

@@ -162,6 +162,9 @@ def progress_rows(scheduler: Scheduler, base: dict[str, tuple[int, int]] | None 
     for task in scheduler.selected:
         fig = scheduler.figures.get(task.name)
         ok0, failed0 = (base or {}).get(task.name, (0, 0))
+        if base is not None:  # records this run replaced (redone stale keys) count once
+            gone_ok, gone_failed = scheduler.replaced.get(task.name, (0, 0))
+            ok0, failed0 = ok0 - gone_ok, failed0 - gone_failed
         this_run = scheduler.summary.per_task.get(task.name, {})
         rows.append(
             [

@@ -19,10 +19,13 @@ from ._environment import references
 if TYPE_CHECKING:
     import jsonschema
 
-__all__ = ("schema", "check", "describe_error", "expected_type", "NUMBER_TYPES")
+__all__ = ("schema", "check", "describe_error", "expected_type", "NUMBER_TYPES", "ENVIRONMENT_NUMBER")
 
 #: the JSON types a value written as ``"${ENV_VAR}"`` is converted to
 NUMBER_TYPES = frozenset({"integer", "number"})
+#: the pattern of the string the schema admits where it wants a number: one naming an
+#: environment variable (``"${N}"``, ``"${N:-4}"``), converted once the variable is read
+ENVIRONMENT_NUMBER = r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"
 
 _TYPES = {
     "object": "a mapping",
@@ -40,6 +43,30 @@ def schema() -> dict[str, Any]:
     """The schema of pipeline files, as shipped in the package."""
     text = resources.files("pydatatask.config").joinpath("schema.json").read_text(encoding="utf-8")
     value: dict[str, Any] = json.loads(text)
+    return value
+
+
+def _numbers_only(node: Any) -> Any:
+    """``node`` with each place that admits a number or a ``"${ENV_VAR}"`` string narrowed
+    to the number: what a file is checked against, so that such a string is found (and
+    converted) where it stands, and a string that names no variable is told a number is
+    expected."""
+    if isinstance(node, list):
+        return [_numbers_only(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _numbers_only(value) for key, value in node.items()}
+    kinds = out.get("type")
+    if out.get("pattern") == ENVIRONMENT_NUMBER and isinstance(kinds, list) and "string" in kinds:
+        del out["pattern"]
+        rest = [kind for kind in kinds if kind != "string"]
+        out["type"] = rest[0] if len(rest) == 1 else rest
+    return out
+
+
+@functools.cache
+def _checked_schema() -> dict[str, Any]:
+    value: dict[str, Any] = _numbers_only(schema())
     return value
 
 
@@ -137,7 +164,7 @@ def check(doc: Document) -> dict[Path_, dict[str, Any]]:
         import jsonschema
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise MissingDependencyError("jsonschema", "config") from exc
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = jsonschema.Draft202012Validator(_checked_schema())
     errors = list(validator.iter_errors(doc.values))
     numbers: dict[Path_, dict[str, Any]] = {}
     found: list[tuple[tuple[int, int], PipelineFileError]] = []

@@ -1,39 +1,56 @@
 """The shell programs every host job runs through (private to the host executors).
 
-:func:`wrapper_script` records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the
+:func:`wrapper_script` records ``<pid> <start time>`` in ``<job dir>/.pdt-pid`` before the
 command starts; :func:`kill_group_script` stops a job's process group from that file.
 Both use only shell builtins besides the command itself.
+
+The job directory is also the command's working directory, so the control files have
+hidden names a command does not write by accident (one directory per job: every
+directory made costs a ``mkdir``, an ``opendir`` and a ``rmdir``).
 """
 
 from __future__ import annotations
 
 import shlex
 
-__all__ = ("wrapper_script", "kill_group_script")
+__all__ = ("EXIT_FILE", "PID_FILE", "SCRIPT_FILE", "kill_group_script", "wrapper_script")
+
+#: ``<pid> <start time>`` of the job's process-group leader, written before the command runs
+PID_FILE = ".pdt-pid"
+#: the command's exit status, written when it ends (hosts whose wrapper outlives it: SSH)
+EXIT_FILE = ".pdt-exit"
+#: the rendered script of a ``script=`` task
+SCRIPT_FILE = ".pdt-script.sh"
 
 
-def wrapper_script(ctl_dir: str, script: bool, read_env: bool, in_place: bool = False) -> str:
+def wrapper_script(
+    job_dir: str, script: bool, read_env: bool, in_place: bool = False, cwd: str | None = None
+) -> str:
     """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
 
     It optionally reads ``export`` lines from stdin (secrets over SSH), writes
-    ``ctl/pid`` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
-    script file with ``/bin/sh``), then writes ``ctl/exit`` and exits with the command's
+    :data:`PID_FILE` (``$$`` and its start time), runs the command with ``/bin/sh -c`` (or the
+    script file with ``/bin/sh``), then writes :data:`EXIT_FILE` and exits with the command's
     status. Only shell builtins besides the command itself: no extra processes.
 
     With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
     written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
     traps behave as under ``/bin/sh -c``), a script replaces it (``exec /bin/sh``); the
-    pid and start time in ``ctl/pid`` stay those of the job's process.
+    pid and start time in :data:`PID_FILE` stay those of the job's process. With ``cwd``
+    it changes to that directory first (exit status 126 if it cannot), for a parent that
+    starts it without a working directory of its own (``posix_spawn``).
     """
-    ctl = shlex.quote(ctl_dir)
+    pid_file = shlex.quote(f"{job_dir}/{PID_FILE}")
+    exit_file = shlex.quote(f"{job_dir}/{EXIT_FILE}")
     if in_place:
         run = 'exec /bin/sh "$1"' if script else 'unset st; eval "set --; $1"'
         return (
             "\n".join(
                 [
+                    *([f"cd -- {shlex.quote(cwd)} || exit 126"] if cwd is not None else []),
                     "exec </dev/null",
                     "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-                    f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
+                    f'printf \'%s %s\\n\' "$$" "$st" > {pid_file}',
                     run,
                 ]
             )
@@ -48,10 +65,10 @@ def wrapper_script(ctl_dir: str, script: bool, read_env: bool, in_place: bool = 
         "exec </dev/null",
         # field 22 of /proc/PID/stat is the start time (the name field of sh has no space)
         "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-        f'printf \'%s %s\\n\' "$$" "$st" > {ctl}/pid',
+        f'printf \'%s %s\\n\' "$$" "$st" > {pid_file}',
         run,
         "ec=$?",
-        f"printf '%s\\n' \"$ec\" > {ctl}/exit",
+        f"printf '%s\\n' \"$ec\" > {exit_file}",
         'exit "$ec"',
     ]
     return "\n".join(lines) + "\n"

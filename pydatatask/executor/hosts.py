@@ -4,24 +4,25 @@ A :class:`Host` is an :class:`~pydatatask.executor.base.Executor` with a CPU and
 capacity and an optional launch rate (the quota every task using the same object shares).
 For each work item it
 
-* makes a private job directory (``ctl/``, ``work/`` and the directories of the files to
-  stage), writes the ``files_in`` there, and starts the command in its own process group
-  with ``<job dir>/work`` as working directory, stdout/stderr streamed to local files;
+* makes a private job directory (one directory, plus those of the files to stage:
+  ``in/``, ``out/``), writes the ``files_in`` there, and starts the command in its own
+  process group with the job directory as working directory, stdout/stderr streamed to
+  local files;
 * on an exit status of 0 hands each of ``files_out`` a :class:`HostFile` to stream back
   (the task commits it atomically); a failed command brings nothing back;
 * stops the whole group on :meth:`~pydatatask.executor.base.JobHandle.cancel` (SIGTERM, SIGKILL after the grace
   period) and removes the job directory on :meth:`~pydatatask.executor.base.JobHandle.close`;
 * finds what a crashed scheduler left from :attr:`~pydatatask.executor.base.JobHandle.info` (:meth:`Host.recover`):
-  the pid and start time in ``ctl/pid``, so a reused pid is never killed.
+  the pid and start time in ``<job dir>/.pdt-pid``, so a reused pid is never killed.
 
 :class:`~pydatatask.executor.multihost.Hosts` spreads jobs over several hosts by free
 share and moves a job whose host went down to another one. How files move and how ``/proc`` is read are each host's private
 business (:mod:`~pydatatask.executor.local`, :mod:`~pydatatask.executor.ssh`).
 
 Every job runs through the same small shell wrapper (``executor/_shell.py``), which
-records ``<pid> <start time>`` in ``<job dir>/ctl/pid`` before the command starts. On
+records ``<pid> <start time>`` in ``<job dir>/.pdt-pid`` before the command starts. On
 SSH hosts it stays the command's parent and also writes the exit status to
-``<job dir>/ctl/exit`` (the connection may be gone when the command ends); on the local
+``<job dir>/.pdt-exit`` (the connection may be gone when the command ends); on the local
 host, whose scheduler is the parent, the command replaces the wrapper in place
 (``eval`` of a command, ``exec`` of a script): no second process per job.
 """
@@ -43,6 +44,7 @@ from typing import Any, ClassVar
 from ..durations import parse_duration
 from ..errors import BackendUnavailableError, ConfigurationError, JobError
 from ..quantities import format_memory, parse_memory
+from ._shell import EXIT_FILE, PID_FILE, SCRIPT_FILE
 from .base import Capacity, Executor, JobHandle, Outcome, ProcessWork, Resources, Slot, Work
 from .quota import LaunchRate
 
@@ -74,8 +76,8 @@ class _ProcessSpec:
     stderr: Path | None = None
 
     @property
-    def ctl_dir(self) -> str:
-        return f"{self.job_dir}/ctl"
+    def pid_file(self) -> str:
+        return f"{self.job_dir}/{PID_FILE}"
 
 
 class _Process:
@@ -207,7 +209,7 @@ class _HostJob(JobHandle):
             # shielded: a second cancellation does not leave the group half-stopped
             await asyncio.shield(self.proc.kill(grace))
             return
-        if not await self.host._kill_group(f"{self.job_dir}/ctl/pid", grace):
+        if not await self.host._kill_group(f"{self.job_dir}/{PID_FILE}", grace):
             raise JobError(f"host {self.host.name}: the process group of {self.job_dir} did not stop")
 
     async def logs(self) -> bytes:
@@ -362,12 +364,12 @@ class Host(Executor):
                     await self._write_file(target, source())
             command = work.command
             if work.script:
-                command = f"{job_dir}/ctl/script.sh"
+                command = f"{job_dir}/{SCRIPT_FILE}"
                 await self._write_file(command, _one_chunk(work.command.encode()))
             spec = _ProcessSpec(
                 command=command,
                 job_dir=job_dir,
-                cwd=f"{job_dir}/work",
+                cwd=job_dir,
                 env=work.env,
                 script=work.script,
                 stdout=stdout,
@@ -403,7 +405,7 @@ class Host(Executor):
         """A handle on the process group of an interrupted job, to cancel, or None when
         nothing of it runs any more (its job directory is removed then).
 
-        The pid and start time come from ``ctl/pid`` (or from ``info``); a pid that now
+        The pid and start time come from ``<job dir>/.pdt-pid`` (or from ``info``); a pid that now
         belongs to a process with another start time was reused: nothing is killed.
         Raises :class:`~pydatatask.errors.BackendUnavailableError` if the host cannot be
         reached."""
@@ -418,7 +420,7 @@ class Host(Executor):
             alive = await self._is_alive(dict(info))
             if alive:
                 return _HostJob(self, dict(info))
-            exit_text = await self._read_text(f"{job_dir}/ctl/exit")
+            exit_text = await self._read_text(f"{job_dir}/{EXIT_FILE}")
             if exit_text is not None:
                 log.warning(
                     "host %s: the interrupted job in %s had finished with status %s",
@@ -437,7 +439,7 @@ class Host(Executor):
     async def _is_alive(self, info: dict[str, Any]) -> bool:
         """Whether the process group recorded for a job still runs."""
         pid, start = info.get("pid"), info.get("pid_start")
-        text = await self._read_text(f"{info['dir']}/ctl/pid")
+        text = await self._read_text(f"{info['dir']}/{PID_FILE}")
         if text:
             parts = text.split()
             with contextlib.suppress(ValueError, IndexError):
@@ -476,7 +478,7 @@ class Host(Executor):
     @abstractmethod
     async def _new_job_dir(self, path: str, subdirs: Sequence[str] = ()) -> None:
         """Create the private (0700) job directory ``path`` (which must not exist) with
-        ``ctl``, ``work`` and ``subdirs`` inside."""
+        ``subdirs`` inside."""
 
     @abstractmethod
     async def _rmtree(self, path: str) -> None:

@@ -14,7 +14,8 @@ What the executor guarantees about a job's pod:
   pod that runs or has finished is adopted (the claim holder waits for it and records its
   end, the work is not started twice), one held for another scheduler's cleanup is
   :class:`PodNameTakenError`. The exact task and key are kept in annotations, sanitised
-  forms in labels.
+  forms in labels; the pod of a batch (named by its first key) lists every key of the
+  batch in the annotation ``pydatatask.io/keys``.
 * **held until closed**: every pod carries the finalizer ``pydatatask.io/cleanup``, so a
   pod deleted by a timeout, a cancellation or by hand stays in the API (its name taken)
   until :meth:`PodHandle.close`, which the lifecycle calls after the job's partial outputs
@@ -27,7 +28,7 @@ What the executor guarantees about a job's pod:
 * **recovery**: :meth:`KubeExecutor.recover` turns a handle's :attr:`~pydatatask.executor.base.JobHandle.info` into a
   handle on the same pod (same uid), adoptable while the pod was not deleted (it runs or
   has finished: its outcome is recorded, not redone); :meth:`KubeExecutor.jobs` lists the
-  pods of a task for orphans that no claim names.
+  pods of a task for orphans that no claim names, a batch's pod under each of its keys.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..durations import parse_duration
@@ -53,6 +54,7 @@ from .pod_state import (
     FINISHED_PHASES,
     KEY_ANNOTATION,
     KEY_LABEL,
+    KEYS_ANNOTATION,
     RUN_ANNOTATION,
     TASK_ANNOTATION,
     TASK_LABEL,
@@ -456,10 +458,16 @@ class KubeExecutor(Executor):
         return {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [container]}}
 
     def pod_body(
-        self, manifest: Mapping[str, Any], task: str, key: str, resources: Resources
+        self,
+        manifest: Mapping[str, Any],
+        task: str,
+        key: str,
+        resources: Resources,
+        keys: Sequence[str] = (),
     ) -> dict[str, Any]:
         """``manifest`` with the job's name, labels, annotations, finalizer, environment,
-        default resources and ``restartPolicy: Never``."""
+        default resources and ``restartPolicy: Never``. ``keys``: every key of a batch
+        (``key`` its first), listed in the annotation ``pydatatask.io/keys``."""
         body = json.loads(json.dumps(manifest))  # a deep copy of plain data
         if not isinstance(body, dict) or body.get("kind", "Pod") != "Pod":
             raise ConfigurationError(f"{task}: the manifest must be one Pod (kind: Pod)")
@@ -489,6 +497,8 @@ class KubeExecutor(Executor):
             KEY_ANNOTATION: key,
             RUN_ANNOTATION: json.dumps(run),
         }
+        if len(keys) > 1:
+            meta["annotations"][KEYS_ANNOTATION] = json.dumps(list(keys))
         meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER] + [
             CLEANUP_FINALIZER
         ]
@@ -527,7 +537,7 @@ class KubeExecutor(Executor):
         else:
             raise ConfigurationError(f"{self.describe()} does not run {work.kind} work")
         task, key = work.job
-        body = self.pod_body(manifest, task, key, slot.resources)
+        body = self.pod_body(manifest, task, key, slot.resources, work.keys)
         name = body["metadata"]["name"]
         deadline = time.monotonic() + self.delete_wait
         while True:
@@ -597,14 +607,15 @@ class KubeExecutor(Executor):
         """``{key: info}`` of every pod of ``task`` this executor's label shows (one LIST
         of the task's pods, not the watch's view: a pod created an instant ago by a
         scheduler that died is shown too): for :meth:`recover` of orphans that no claim
-        names."""
+        names. The pod of a batch is listed under every key of the batch, with the same
+        ``info`` (the information of its handle, naming the batch's first key)."""
         selector = f"{EXECUTOR_LABEL}={label_value(self.name)},{TASK_LABEL}={label_value(task)}"
         out: dict[str, dict[str, Any]] = {}
         for pod in await self.cluster.list_pods(selector):
             annotations = pod.metadata.annotations or {}
             key = annotations.get(KEY_ANNOTATION)
             if key and annotations.get(TASK_ANNOTATION) == task:
-                out[key] = {
+                info = {
                     "executor": "kube",
                     "namespace": self.cluster.namespace,
                     "pod": pod.metadata.name,
@@ -612,8 +623,26 @@ class KubeExecutor(Executor):
                     "task": task,
                     "key": key,
                 }
+                for each in _batch_keys(pod.metadata.name, annotations.get(KEYS_ANNOTATION)):
+                    out.setdefault(each, info)
+                out[key] = info
         return out
 
     async def aclose(self) -> None:
         """Stop the watch of the executor's pods (it starts again when next needed)."""
         await self.watch.aclose()
+
+
+def _batch_keys(pod: str, text: str | None) -> list[str]:
+    """The keys of the annotation ``pydatatask.io/keys`` of ``pod`` (none when it is
+    absent; a value that is not a JSON list of keys is ignored with a warning)."""
+    if not text:
+        return []
+    try:
+        keys = json.loads(text)
+    except ValueError:
+        keys = None
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        log.warning("pod %s: annotation %s is not a JSON list of keys; ignored", pod, KEYS_ANNOTATION)
+        return []
+    return keys

@@ -14,6 +14,7 @@ __all__ = (
     "EXECUTOR_LABEL",
     "TASK_ANNOTATION",
     "KEY_ANNOTATION",
+    "KEYS_ANNOTATION",
     "CLAIM_ANNOTATION",
     "RUN_ANNOTATION",
     "CLEANUP_FINALIZER",
@@ -31,6 +32,9 @@ EXECUTOR_LABEL = "pydatatask.io/executor"
 TASK_ANNOTATION = "pydatatask.io/task"
 #: the exact job key (labels and names only hold a sanitised, hashed form)
 KEY_ANNOTATION = "pydatatask.io/key"
+#: every key of a batch's pod, a JSON list (``pydatatask.io/key`` names its first): what a
+#: scheduler restarted after a crash finds the pod of each of them by
+KEYS_ANNOTATION = "pydatatask.io/keys"
 CLAIM_ANNOTATION = "pydatatask.io/claim"
 #: who started the pod (``{"executor", "run", "host", "pid"}`` as JSON)
 RUN_ANNOTATION = "pydatatask.io/run"

@@ -1,6 +1,6 @@
 """A machine reached over SSH (asyncssh, imported only when a connection is used).
 
-Jobs run as ``cd JOBDIR/work && exec setsid -w /bin/sh -c WRAPPER pdt-job COMMAND``:
+Jobs run as ``cd JOBDIR && exec setsid -w /bin/sh -c WRAPPER pdt-job COMMAND``:
 ``setsid`` puts the job in its own session and process group on the remote machine, so
 stopping it (timeout, cancellation, a restarted scheduler) is ``kill -TERM -PGID``
 over a **new** channel, then ``KILL`` after the grace period; closing a channel would not
@@ -26,7 +26,7 @@ from .._procfs import parse_start_time
 from ..durations import parse_duration
 from ..errors import ConfigurationError, JobError, PydatataskError
 from ..session import resolve
-from ._shell import kill_group_script, wrapper_script
+from ._shell import PID_FILE, kill_group_script, wrapper_script
 from .hosts import Host, HostUnavailableError, _Process, _ProcessSpec
 from .local import _open_append
 
@@ -77,7 +77,7 @@ class _SSHProcess(_Process):
 
     async def kill(self, grace: float) -> None:
         try:
-            if not await self.host._kill_group(f"{self.spec.ctl_dir}/pid", grace):
+            if not await self.host._kill_group(self.spec.pid_file, grace):
                 raise HostUnavailableError(f"host {self.host.name}: the job's process group did not stop")
         except Exception:
             self.host._lost_dirs.add(self.spec.job_dir)  # stopped on reconnection
@@ -250,7 +250,7 @@ class SSHHost(Host):
     # ------------------------------------------------------------ processes
     async def _spawn(self, spec: _ProcessSpec) -> _Process:
         conn = await self.connection()
-        wrapper = wrapper_script(spec.ctl_dir, spec.script, read_env=True)
+        wrapper = wrapper_script(spec.job_dir, spec.script, read_env=True)
         command = (
             f"cd {shlex.quote(spec.cwd)} && exec setsid -w /bin/sh -c {shlex.quote(wrapper)} "
             f"pdt-job {shlex.quote(spec.command)}"
@@ -311,7 +311,8 @@ class SSHHost(Host):
             if not dirs:
                 return
             script = "".join(
-                f"( {kill_group_script(f'{d}/ctl/pid', 0.5, wait_for_pid=0)}) >/dev/null 2>&1\n" for d in dirs
+                f"( {kill_group_script(f'{d}/{PID_FILE}', 0.5, wait_for_pid=0)}) >/dev/null 2>&1\n"
+                for d in dirs
             )
             script += "rm -rf -- " + " ".join(shlex.quote(d) for d in dirs) + "\n"
             await self.run_shell(script)
@@ -335,7 +336,7 @@ class SSHHost(Host):
             attrs = asyncssh.SFTPAttrs(permissions=0o700)
             await self._call(sftp.mkdir(path, attrs))
             # one level at a time, each level's directories in parallel (pipelined)
-            todo = sorted({"ctl", "work", *subdirs})
+            todo = sorted(set(subdirs))
             levels: dict[int, set[str]] = {}
             for sub in todo:
                 parts = sub.strip("/").split("/")

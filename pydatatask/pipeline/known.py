@@ -14,8 +14,10 @@ the changes this scheduler made since:
 * a key another scheduler holds (found by the claim and record check at launch) is noted
   as claimed;
 * anything not learnt exactly (a failed job's cleanup, keys written beyond a job's own,
-  writes through a view, a stale claim taken over) marks the repositories concerned for
-  a listing at the next tick.
+  writes through a view, a stale claim taken over, an orphan removed) marks the
+  repositories concerned for a listing at the next tick; when that happens while a tick
+  lists, the tick's listings may be from either side of the change, so the ready groups
+  of the fan-in tasks reading them wait for the next tick (:attr:`KnownListings.changed_during`).
 
 Every repository is also listed again once its *refresh interval* has passed since its
 last listing: that is how changes from outside reach the run (inputs nobody in the
@@ -167,6 +169,10 @@ class KnownListings:
         self._filled: set[int] = set()
         # keys learnt present while a tick computes, as {id(repository): keys}
         self._during: dict[int, set[str]] | None = None
+        #: the stored repositories that changed in ways not learnt exactly (keys gone,
+        #: records or outputs removed, see :meth:`relist`) while the last tick computed
+        self.changed_during: set[int] = set()
+        self._changed: set[int] | None = None
 
     # ------------------------------------------------------------ one tick
     def fill(self, cache: dict[tuple[int, str], asyncio.Future[Any]], *, full: bool = False) -> None:
@@ -176,6 +182,7 @@ class KnownListings:
         now = self._started = time.monotonic()
         self._filled = set()
         self._during = {}
+        self._changed = set()
         if full:
             return
         loop = asyncio.get_running_loop()
@@ -203,7 +210,13 @@ class KnownListings:
                     known.listed(value, self._started)
                     break
         during, self._during = self._during or {}, None
+        self.changed_during, self._changed = self._changed or set(), None
         return during
+
+    def _mark(self, repo_id: int, known: _Known, now: float) -> None:
+        known.changed_at = now
+        if self._changed is not None:
+            self._changed.add(repo_id)
 
     # ------------------------------------------------------------ learning
     def learn(self, repo: Repository, keys: Iterable[str], present: bool = True) -> None:
@@ -220,26 +233,37 @@ class KnownListings:
             return
         if present and self._during is not None:
             self._during.setdefault(id(repo), set()).update(keys)
+        if not present and self._changed is not None:
+            self._changed.add(id(repo))
         if known.value is None:
             return  # listed at the next tick anyway
         now = time.monotonic()
         if present and id(repo) in self._listed_only:
-            known.changed_at = now
+            known.changed_at = now  # (the keys held back by the tick are in _during)
             return
         known.changes.extend((now, key, present) for key in keys)
+
+    def _learn_one(self, repo: Repository, key: str, present: bool, now: float) -> None:
+        """:meth:`learn` of one key, without the work the general case needs (a job's end
+        learns three keys: its record, its claim gone, its output)."""
+        known = self._known.get(id(repo))
+        if known is None or (present and (self._during is not None or id(repo) in self._listed_only)):
+            self.learn(repo, [key], present)
+        elif known.value is not None:
+            known.changes.append((now, key, present))
 
     def relist(self, repos: Iterable[Repository] | None = None) -> None:
         """Have ``repos`` (the stored ones under them; default: every one) listed at the next tick."""
         now = time.monotonic()
         if repos is None:
-            for known in self._known.values():
-                known.changed_at = now
+            for repo_id, known in self._known.items():
+                self._mark(repo_id, known, now)
             return
         for repo in repos:
             for stored in stored_repositories(repo):
                 entry = self._known.get(id(stored))
                 if entry is not None:
-                    entry.changed_at = now
+                    self._mark(id(stored), entry, now)
 
     def job_ended(self, task: Task, key: str, record: Mapping[str, Any] | None) -> None:
         """Learn what the end of the job of ``key`` changed: its record (None: another
@@ -250,8 +274,9 @@ class KnownListings:
             self.learn(task.live, [key])
             self.task_changed(task)
             return
-        self.learn(task.done, [key])
-        self.learn(task.live, [key], present=False)
+        now = time.monotonic()
+        self._learn_one(task.done, key, True, now)
+        self._learn_one(task.live, key, False, now)
         outputs = task.output_links
         if not record.get("success"):
             # the failed attempts' cleanup removed what they wrote, maybe beyond the key
@@ -259,6 +284,13 @@ class KnownListings:
             return
         named = record.get("outputs")
         children = record.get("children")
+        if children is None and not task.fan_out and not record.get("wrote"):
+            # the common case: the key itself, in the outputs the record names (all of them
+            # when it names none)
+            for link in outputs:
+                if not isinstance(named, list) or link.name in named:
+                    self._learn_one(link.repository, key, True, now)
+            return
         children = children if isinstance(children, dict) else {}
         for link in outputs:
             if isinstance(named, list) and link.name not in named and link.name not in children:

@@ -170,6 +170,10 @@ class Scheduler:
         # stale keys queued for a redo that are orphans: removed, not run
         self._orphans: dict[str, set[str]] = {t.name: set() for t in self.selected}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: per task, the records this run removed to redo a stale key or to drop an orphan,
+        #: as [succeeded, failed] counts (the progress display subtracts them from the
+        #: counts of the first tick, to which this run's outcomes are added)
+        self.replaced: dict[str, list[int]] = {}
         self.states: dict[tuple[str, str], JobState] = {}
         self.queues: dict[str, list[str]] = {t.name: [] for t in self.selected}
         self._workers: dict[str, int] = {t.name: 0 for t in self.selected}
@@ -282,6 +286,7 @@ class Scheduler:
         """Hold back from this tick the keys that jobs ending during it wrote (see
         :meth:`~pydatatask.pipeline.known.KnownListings.take`); the next tick has them.
         A key whose own job ended meanwhile (its record learnt) is not ready at all."""
+        self._hold_changed_groups(figures, self.known.changed_during)
         if not learned:
             return
         for name, task in self.all_tasks.items():
@@ -306,6 +311,24 @@ class Scheduler:
                     fig.redo -= held
                     fig.blocked |= held
 
+    def _hold_changed_groups(self, figures: dict[str, TaskFigures], changed: set[int]) -> None:
+        """Hold back the ready groups of fan-in tasks whose inputs changed during the tick in
+        ways not learnt exactly (an orphan's record and outputs removed, a failed job's
+        cleanup): the tick's listings of the records and of the members may have been made
+        on either side of the change, so the members it found, or their being done
+        upstream, may be wrong. The next tick lists those repositories again."""
+        if not changed:
+            return
+        for name, task in self.all_tasks.items():
+            fig = figures.get(name)
+            if task.group_by is None or fig is None or not fig.ready:
+                continue
+            repos = [link.repository for link in task.required_links]
+            if any(id(s) in changed for r in repos for s in stored_repositories(r)):
+                fig.blocked |= fig.ready
+                fig.redo = set()
+                fig.ready = set()
+
     def _note_redo(self, name: str, fig: TaskFigures) -> None:
         """Remember the records judged stale of the keys queued for a redo (a key already
         running keeps the judgement it was launched with)."""
@@ -321,15 +344,22 @@ class Scheduler:
         self._redo[name] = kept
         self._orphans[name] = orphans
 
-    async def _remove_orphan(self, task: Task, key: str, judged: RecordFacts) -> None:
+    async def _remove_orphan(self, task: Task, key: str, judged: RecordFacts) -> bool:
         """Remove the record and outputs of an orphaned key (see
-        :func:`~pydatatask.pipeline.staleness.orphan_reasons`)."""
+        :func:`~pydatatask.pipeline.staleness.orphan_reasons`); False when another
+        scheduler holds it or has changed its record."""
         self._orphans[task.name].discard(key)
         index = self.records[task.name]
         if await remove_orphan(task, key, judged=judged, index=index, owner=self.owner):
             log.info(
                 "task %s: removed the record and outputs of %r, a child no longer written", task.name, key
             )
+            return True
+        return False
+
+    def _replaced(self, task: Task, judged: RecordFacts) -> None:
+        counts = self.replaced.setdefault(task.name, [0, 0])
+        counts[0 if judged.success else 1] += 1
 
     def _record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
         sources = self._sources.get(task.name)
@@ -625,7 +655,13 @@ class Scheduler:
             judged = self._redo[task.name].pop(key, None) if task.name in self._redo else None
             if judged is not None and adopt is None and key in self._orphans.get(task.name, ()):
                 self.known.task_changed(task)
-                await self._remove_orphan(task, key, judged)
+                try:
+                    if await self._remove_orphan(task, key, judged):
+                        self._replaced(task, judged)
+                finally:
+                    # and again once it is gone: a listing that started during the removal
+                    # may still show the record or the outputs
+                    self.known.task_changed(task)
                 return
             if judged is not None and adopt is None:
                 record = await redo(
@@ -639,6 +675,8 @@ class Scheduler:
                     slot=slot,
                     fields=fields,
                 )
+                if record is not None:
+                    self._replaced(task, judged)
             else:
                 record = await execute_job(
                     task,
@@ -852,6 +890,9 @@ class Scheduler:
 
 #: woken this long after a window's start, so that the listing made then includes it
 _CLOCK_MARGIN = 0.005
+#: keys of a long computation over keys (the stale keys of a million) between two turns of
+#: the event loop given to whatever else runs on it (a web page served from it)
+_KEYS_PER_TURN = 1000
 
 
 def until_next_window(tasks: list[Task], seconds: float) -> float:
@@ -1002,7 +1043,10 @@ async def compute_figures(
     for name in grouped:
         # a group's job keeps the members it was launched with (its record's digest is of them)
         before = tasks[name]._tick_members
-        kept = {g: before[g] for g in running_keys[name] if g in before}
+        # the jobs running now, not when the tick began: one started during the tick fixed
+        # its members (and its record's digest) from the members before it
+        now_running = {k for t, k in running or {} if t == name} | running_keys[name]
+        kept = {g: before[g] for g in now_running if g in before}
         tasks[name]._tick_members = {g: sorted(grouped[name][g]) for g in figures[name].ready} | kept
     return figures
 
@@ -1152,14 +1196,17 @@ async def _find_stale(
         members = grouped.get(name)
         found: dict[str, list[StaleReason]] = {}
         gone: list[str] = []
-        for key in index.recorded():
+        for n, key in enumerate(index.recorded(), 1):
+            if n % _KEYS_PER_TURN == 0:  # a million keys: what else runs on the loop goes on
+                await asyncio.sleep(0)
             if key in live or key in index.corrupt or key not in index.listed:
                 continue
             if key not in universe:
                 gone.append(key)
                 continue
             facts = index.facts(key)
-            assert facts is not None
+            if facts is None:  # its record removed meanwhile (while the loop ran something else)
+                continue
             reasons = stale_reasons(
                 task,
                 key,

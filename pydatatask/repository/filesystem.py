@@ -285,6 +285,10 @@ class _LocalRoot(Repository):
         return True
 
 
+#: the lock file of a directory's conditional replacements (and of the deletes they race)
+_LOCK = ".pdt-lock"
+
+
 class FileRepository(_LocalRoot, BlobRepository):
     """One file per key under ``root``, at ``root/key + extension``.
 
@@ -348,14 +352,14 @@ class FileRepository(_LocalRoot, BlobRepository):
         return True
 
     def _delete_sync(self, path: str, key: str) -> bool:
-        if not self._unlink(path):
+        if not self._unlink_guarded(path):
             return False
         if "/" in key:
             remove_empty_parents(self.root, Path(path), False)
         return True
 
     def _delete_durably(self, path: str, key: str) -> None:
-        if not self._unlink(path):
+        if not self._unlink_guarded(path):
             return
         try:
             fsync_dir(os.path.dirname(path))
@@ -370,8 +374,39 @@ class FileRepository(_LocalRoot, BlobRepository):
         path = self._path(key)
         if self._durable():
             await asyncio.to_thread(self._delete_durably, path, key)
+        elif (self.root / _LOCK).exists():  # the lock may have to be waited for
+            await asyncio.to_thread(self._delete_sync, path, key)
         else:
             self._delete_sync(path, key)
+
+    def _locked(self) -> int | None:
+        """The lock of conditional replacements, taken (its descriptor: closing it lets go),
+        or None when the directory has none (was never replaced in: nothing to wait for).
+
+        A replacement (a claim's heartbeat or takeover) compares the old value, then renames
+        the new one into place; an unlink between the two would be undone by the rename (a
+        released claim back in ``live``), so unlinks take the lock too, for the unlink only
+        (the directory syncs that follow are shared and need no lock)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.root / _LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _unlink_guarded(self, path: str) -> bool:
+        fd = self._locked()
+        try:
+            return self._unlink(path)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     async def _open_reader(self, key: str) -> BlobReader:
         try:
@@ -470,7 +505,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         import fcntl
 
         make_dirs(self.root, self._durable())
-        with open(self.root / ".pdt-lock", "a+b") as lock:
+        with open(self.root / _LOCK, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 try:
@@ -546,6 +581,8 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _delete_many(self, keys: list[str]) -> None:
         if self._durable():
             await asyncio.to_thread(self._delete_many_sync, keys, True)
+        elif (self.root / _LOCK).exists():  # the lock may have to be waited for
+            await asyncio.to_thread(self._delete_many_sync, keys, False)
         else:
             self._delete_many_sync(keys, False)
 
@@ -553,11 +590,16 @@ class FileRepository(_LocalRoot, BlobRepository):
         """Unlink every key's file, then sync each directory once, then remove the
         directories left empty (durably: each removal synced in its parent)."""
         dirs: dict[str, bool] = {}  # directory -> whether it is below the root
+        lock = self._locked()  # see _locked: for the unlinks only
         try:
-            for key in keys:
-                path = self._path(key)
-                if self._unlink(path):
-                    dirs[os.path.dirname(path)] = "/" in key
+            try:
+                for key in keys:
+                    path = self._path(key)
+                    if self._unlink(path):
+                        dirs[os.path.dirname(path)] = "/" in key
+            finally:
+                if lock is not None:
+                    os.close(lock)
         finally:
             for d, nested in dirs.items():
                 if durable:

@@ -78,7 +78,10 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         return True
 
     async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
-        if key not in self._data or self._data[key] != expected:
+        current = self._data.get(key, _ABSENT)
+        if type(current) is _Packed:
+            current = _copy(current)
+        if current is _ABSENT or current != expected:
             return False
         self._data[key] = _copy(value)
         self._stamp(key)
@@ -88,8 +91,77 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         data = self._data
         return {k: _copy(data[k]) for k in keys if k in data}
 
+    # --- the same process's own state, without a round trip ---------------------
+    # The job lifecycle keeps the claims and records of a task here when its ``live`` and
+    # ``done`` are memory of this process: a key it passes was checked when the listing it
+    # came from was made, so these neither check it again nor go through the event loop.
+    # A claim is stored as given (the caller hands over a value it no longer changes).
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is stored (a checked key)."""
+        return key in self._data
+
+    def create_now(self, key: str, value: Any) -> bool:
+        """:meth:`~pydatatask.repository.base.MetadataRepository.create` of a checked
+        ``key`` with a value handed over; whether it was stored."""
+        if key in self._data:
+            return False
+        self._data[key] = value
+        self._stamp(key)
+        return True
+
+    def put_now(self, key: str, value: Any) -> None:
+        """:meth:`~pydatatask.repository.base.MetadataRepository.put` of a checked
+        ``key``, its value copied and kept packed (a job record: its field names shared
+        with every record of the same fields, its values in a tuple;
+        :meth:`~pydatatask.repository.base.MetadataRepository.get` returns it as the dict
+        it was)."""
+        self._data[key] = _pack(value)
+        self._stamp(key)
+
+    def delete_now(self, key: str) -> None:
+        """:meth:`~pydatatask.repository.base.Repository.delete` of a checked ``key``."""
+        self._data.pop(key, None)
+        self._stamps.pop(key, None)
+
+
+_ABSENT = object()
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+class _Packed:
+    """A dict kept as the shared tuple of its keys and a tuple of its values (a few
+    hundred bytes less than the dict, for a store of a million job records)."""
+
+    __slots__ = ("fields", "values")
+
+    def __init__(self, fields: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        self.fields = fields
+        self.values = values
+
+
+#: the field tuples of packed dicts, each kept once
+_shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _pack(value: Any) -> Any:
+    """A copy of the JSON-like ``value`` with its dicts (of str keys) packed, as
+    :func:`_copy` unpacks them."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is list:
+        return [v if type(v) in _SCALARS else _pack(v) for v in value]
+    if t is not dict or not all(type(k) is str for k in value):
+        return _copy(value)
+    fields = tuple(value)
+    shape = _shapes.get(fields)
+    if shape is None:
+        if len(_shapes) >= 1024:
+            _shapes.clear()  # a store of free-form values, not records: stop collecting
+        shape = _shapes[fields] = fields
+    return _Packed(shape, tuple(v if type(v) in _SCALARS else _pack(v) for v in value.values()))
 
 
 def _copy(value: Any) -> Any:
@@ -105,6 +177,10 @@ def _copy(value: Any) -> Any:
         return out
     if t is list:
         return [v if type(v) in _SCALARS else _copy(v) for v in value]
+    if t is _Packed:
+        return {
+            k: v if type(v) in _SCALARS else _copy(v) for k, v in zip(value.fields, value.values, strict=True)
+        }
     return copy.deepcopy(value)
 
 

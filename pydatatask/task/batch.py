@@ -178,10 +178,13 @@ class _Batch:
         journal = task.start_batch_journal(self.keys)
         pending = list(self.keys)
         attempt = 0
+        jobs: list[JobContext] = []  # the attempts, each under way for its keys (a live view)
         try:
             while pending:
                 attempt += 1
                 job = JobContext(task, pending[0], attempt, slot=slot, keys=list(pending))
+                jobs.append(job)
+                _lc._show_running(task, job)
                 job.log(f"batch {self.id}: attempt {attempt} of {len(pending)} key(s), from {pending[0]!r}")
                 self._state(pending, JobState.RUNNING, attempt)
                 if attempt > 1:
@@ -212,12 +215,14 @@ class _Batch:
                         lost[0],
                     )
                     self.open.difference_update(lost)
+                    _lc._end_running(task, job, lost)
                     pending = [k for k in pending if k not in lost]
                     failed = {k: e for k, e in failed.items() if k not in lost}
                 parts = split_journal(journal, pending)
                 succeeded = [k for k in pending if k not in failed]
                 if succeeded:
                     await self._succeed(job, succeeded, outcome, parts)
+                    _lc._end_running(task, job, succeeded)
                     for key in succeeded:  # theirs now: never removed with a failed key's
                         for repo, written in parts[key].entries():
                             journal.discard(repo, written)
@@ -230,6 +235,7 @@ class _Batch:
                 give_up = [k for k in pending if k in failed and k not in retry]
                 if give_up:
                     await self._fail(job, {k: failed[k] for k in give_up}, parts)
+                    _lc._end_running(task, job, give_up)
                 if not retry:
                     break
                 delay = task.retry.delay(attempt)
@@ -250,6 +256,8 @@ class _Batch:
             raise
         finally:
             task.end_batch_journal(self.keys, self.failed_parts)
+            for job in jobs:
+                _lc._end_running(task, job)
         await _lc._close(task, self.handles)
         return self.records
 

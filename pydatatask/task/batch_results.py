@@ -43,7 +43,7 @@ RESULTS_BEGIN = "--- pydatatask results ---"
 #: the line a pod prints after its result lines
 RESULTS_END = "--- end of pydatatask results ---"
 #: where ``$PDT_RESULTS`` points, relative to a process job's directory
-RESULTS_FILE = "ctl/results.jsonl"
+RESULTS_FILE = ".pdt-results.jsonl"
 
 _SHOWN = 80  # characters of a bad line shown in its error
 

@@ -29,6 +29,7 @@ Where ``live`` keeps bundles (S3), the claims of a batch are one object: see
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -39,11 +40,32 @@ from typing import Any
 from ..errors import KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import MetadataRepository
 from ..repository.bundles import bundle_store
+from ..repository.deferred import DeferredMetadataRepository
+from ..repository.memory import MemoryMetadataRepository
 from . import batch_claims
 from .batch_claims import BatchClaim
 from .records import HOSTNAME, make_claim, pid_is_comparable, process_start_time
 
-__all__ = ("Claim", "Claims", "new_owner")
+__all__ = ("Claim", "Claims", "new_owner", "process_memory")
+
+
+def process_memory(repo: MetadataRepository, *, writing: bool = False) -> MemoryMetadataRepository | None:
+    """The :class:`~pydatatask.repository.memory.MemoryMetadataRepository` of this process
+    that ``repo`` stores its values in (``repo`` itself, or the store a task's default
+    state repository is bound to), or None for any other store (files, S3, MongoDB, a
+    subclass of the memory repository: those keep every step of the protocol).
+
+    Nothing outside this process sees such a store, so a job's claim and record there are
+    plain dict operations (see :meth:`Claims.acquire_local`). ``writing``: the caller is
+    about to write through it (a default store written to cannot be rebound)."""
+    if isinstance(repo, DeferredMetadataRepository):
+        target = repo.target
+        if type(target) is not MemoryMetadataRepository:
+            return None
+        if writing:
+            repo._writing()
+        return target
+    return repo if type(repo) is MemoryMetadataRepository else None
 
 
 def new_owner() -> str:
@@ -84,6 +106,9 @@ class Claims:
         #: whether this task runs batches (then ``live`` is looked at for batch claims by
         #: single-key claims too)
         self.batched = False
+        # the conditional replace of a held claim under way, by key: a release waits for it
+        # (a replace that read the claim before a delete must not write it back after)
+        self._replacing: dict[str, asyncio.Future[bool]] = {}
         # updates of one task's claims are serialised: a heartbeat and a note of a written
         # key must not both replace the same old value
         self._lock = asyncio.Lock()
@@ -132,6 +157,24 @@ class Claims:
                 self._held[key] = held[key] = Claim(key, values[key])
         return held
 
+    def acquire_local(
+        self, store: MemoryMetadataRepository, key: str, owner: str | None = None
+    ) -> Claim | None:
+        """:meth:`acquire` where ``live`` stores in ``store``, memory of this process (see
+        :func:`process_memory`): the same claim, made at once, for a ``key`` that was
+        checked when it was listed."""
+        value = make_claim(owner or self.owner, self.task, key, time.time(), self.lease)
+        if not store.create_now(key, value):
+            return None
+        claim = self._held[key] = Claim(key, value)
+        return claim
+
+    def release_local(self, store: MemoryMetadataRepository, claim: Claim) -> None:
+        """:meth:`release` where ``live`` stores in ``store``, memory of this process."""
+        if self._held.get(claim.key) is claim:
+            del self._held[claim.key]
+        store.delete_now(claim.key)
+
     async def update(self, claim: Claim, **fields: Any) -> bool:
         """Add ``fields`` to a held claim and renew its heartbeat, by compare-and-swap.
 
@@ -141,26 +184,24 @@ class Claims:
         the owner.
         """
         async with self._lock:
+            await self._settle([claim.key])  # after the write of a heartbeat cancelled meanwhile
             if self._held.get(claim.key) is not claim:
                 return True  # released (or never ours): nothing to renew, nothing lost
             if claim.batch is not None:
                 return not await batch_claims.update(self, [claim], fields)
             old = claim.value
             new = dict(old, **fields, heartbeat=time.time())
-            try:
-                ok = await self.live.replace_if(claim.key, old, new)
-            except UnsupportedOperationError:
-                try:
-                    ok = (await self.live.get(claim.key)).get("owner") == old.get("owner")
-                except KeyNotFoundError:
-                    ok = False
-                if ok:
-                    await self.live.put(claim.key, new)
-            if self._held.get(claim.key) is not claim:
-                return True  # released while the replace was under way
+            # shielded: a cancelled heartbeat must not leave the write running unseen (a
+            # backend may write from a thread that goes on), see _settle
+            op = asyncio.ensure_future(self._replace(claim.key, old, new))
+            self._replacing[claim.key] = op
+            op.add_done_callback(functools.partial(self._replaced, claim, new))
+            ok = await asyncio.shield(op)
             if ok:
                 claim.value = new
-            else:
+            if self._held.get(claim.key) is not claim:
+                return True  # released while the replace was under way
+            if not ok:
                 del self._held[claim.key]
             return ok
 
@@ -183,6 +224,35 @@ class Claims:
                     lost += await batch_claims.update(self, held, fields)
         return lost
 
+    async def _replace(self, key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        try:
+            return bool(await self.live.replace_if(key, old, new))
+        except UnsupportedOperationError:
+            try:
+                ok = bool((await self.live.get(key)).get("owner") == old.get("owner"))
+            except KeyNotFoundError:
+                ok = False
+            if ok:
+                await self.live.put(key, new)
+            return ok
+
+    def _replaced(self, claim: Claim, new: dict[str, Any], op: asyncio.Future[bool]) -> None:
+        """The end of a replace of ``claim`` by ``new``: the stored value is kept (also when
+        the heartbeat that made it was cancelled meanwhile, so the next one compares with
+        what is stored)."""
+        if self._replacing.get(claim.key) is op:
+            del self._replacing[claim.key]
+        if not op.cancelled() and op.exception() is None and op.result():
+            claim.value = new
+
+    async def _settle(self, keys: list[str]) -> None:
+        """Wait for the replaces of ``keys`` under way to end: a replace that read a claim
+        just before its release deleted it would otherwise write it back after, leaving a
+        claim of a finished job that holds its key until the lease runs out."""
+        ops = [op for k in keys if (op := self._replacing.get(k)) is not None]
+        if ops:
+            await asyncio.wait(ops)  # (never cancels them, even when this wait is cancelled)
+
     async def heartbeat(self, claim: Claim) -> bool:
         """Renew a held claim; False if it is lost."""
         return await self.update(claim)
@@ -195,6 +265,7 @@ class Claims:
             async with self._lock:
                 await batch_claims.release(self, [claim])
             return
+        await self._settle([claim.key])
         await self._delete_own([claim.key])
 
     async def release_many(self, claims: list[Claim]) -> None:
@@ -213,6 +284,7 @@ class Claims:
             async with self._lock:
                 await batch_claims.release(self, members)
         if keys:
+            await self._settle(keys)
             await self._delete_own(keys)
 
     async def _delete_own(self, keys: list[str]) -> None:
@@ -242,6 +314,7 @@ class Claims:
             async with self._lock:
                 await batch_claims.abandon(self, claim)
             return
+        await self._settle([claim.key])
         value = claim.value
         abandoned = dict(value, owner=f"{value.get('owner')}-abandoned", heartbeat=0.0)
         await self.live.replace_if(claim.key, value, abandoned)

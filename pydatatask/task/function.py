@@ -103,6 +103,16 @@ async def _each(keys: list[str], call: Callable[[str], Any]) -> None:
             tg.create_task(one(key))
 
 
+def _check_batch_runs_here(name: str, batch: int, executor: Executor, body_elsewhere: bool) -> None:
+    """A batched task calls its function with the values of the batch's keys, read here: an
+    executor that runs the whole body elsewhere for one key (a function pod) cannot run it."""
+    if batch > 1 and body_elsewhere:
+        raise ConfigurationError(
+            f"task {name!r}: a function task with batch={batch} cannot run on {executor.describe()} "
+            "(a function pod runs one key): give it batch=1 or another executor"
+        )
+
+
 async def _read_batch(job: JobContext, repo: Repository) -> dict[str, Any]:
     """The values of the batch's keys in ``repo``; a key whose value cannot be read goes
     into ``job.failed``."""
@@ -201,6 +211,7 @@ class FunctionTask(Task):
         #: the executor runs the whole body where the call runs (a pod of the pipeline's
         #: image reads the inputs and writes the outputs itself)
         self._body_elsewhere = bool(getattr(executor, "runs_whole_function", False))
+        _check_batch_runs_here(name, self.batch, executor, self._body_elsewhere)
         self.runner = "in-process" if isinstance(executor, InLoopExecutor) else f"function:{executor.name}"
 
     @property

@@ -41,15 +41,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
 from ..repository.journal import WriteJournal, journaling, visible_keys
+from ..repository.memory import MemoryMetadataRepository
+from . import base as _base
 from .base import JobContext, JobOutcome
-from .claims import Claim, new_owner
+from .claims import Claim, new_owner, process_memory
 from .hooks import Event, Hooks
 from .records import HOSTNAME, JobState, error_info, make_record
 
@@ -116,13 +118,24 @@ async def execute(
         if task.claims.get(key) is not adopt.claim:
             return None  # its claim was taken over meanwhile: the new holder deals with the work
     elif not claimed:
-        if await task.claims.acquire(key, owner) is None:
-            return None
-        # the listing this launch came from may be stale: another scheduler may have
-        # finished the job (record written, then claim released) since then
-        if await task.done.contains(key):
-            await _release(task, key)
-            return None
+        local = _local_state(task)
+        if local is not None:
+            # this process's own memory: the claim and the check are dict operations
+            live_store, done_store = local
+            made = task.claims.acquire_local(live_store, key, owner)
+            if made is None:
+                return None
+            if done_store.holds(key):
+                task.claims.release_local(live_store, made)
+                return None
+        else:
+            if await task.claims.acquire(key, owner) is None:
+                return None
+            # the listing this launch came from may be stale: another scheduler may have
+            # finished the job (record written, then claim released) since then
+            if await task.done.contains(key):
+                await _release(task, key)
+                return None
     # None: claimed=True by a caller that keeps no claim in this task's claims
     claim = task.claims.get(key)
     start = adopt.since if adopt is not None else time.time()
@@ -142,7 +155,7 @@ async def execute(
         while True:
             attempt += 1
             job = JobContext(task, key, attempt, slot=slot)
-            task._running_jobs[key] = job  # Task.running_jobs: seen by a live view
+            _show_running(task, job)
             if on_state:
                 on_state(task, key, JobState.RUNNING, attempt)
             if attempt > 1:
@@ -200,7 +213,8 @@ async def execute(
                 job.log(record["error"]["traceback"].rstrip())
                 break
             outcome = outcome or JobOutcome()
-            fields = task.record_fields(key, journal)
+            own = _own_writes(task, key, journal)
+            fields = {} if own is not None else task.record_fields(key, journal)
             if fields:
                 outcome.extra = {**outcome.extra, **fields}
             record = make_record(
@@ -215,12 +229,16 @@ async def execute(
                 exit_code=outcome.exit_code,
                 extra=_fields(task, record_fields, outcome.extra),
             )
-            held = _outputs_written(task, key, journal)
-            if held is not None:
+            held = own if own is not None else _outputs_written(task, key, journal)
+            if held:
                 record["outputs"] = held
             break
         await task._write_log(job)
-        await task.done.put(key, record)
+        records = process_memory(task.done, writing=True)
+        if records is not None:
+            records.put_now(key, record)
+        else:
+            await task.done.put(key, record)
         succeeded = record["success"]
     except BaseException:
         # cancelled (Ctrl-C) or the record could not be written: leave no half output, free
@@ -229,8 +247,8 @@ async def execute(
         raise
     finally:
         task.end_journal(key, succeeded)
-        if job is not None and task._running_jobs.get(key) is job:
-            del task._running_jobs[key]
+        if job is not None:
+            _end_running(task, job)
     if not cleaned and claim is not None and task.claims.get(key) is claim:
         # a failure whose partial outputs could not be removed (the backend is down): the
         # record is written, but the key stays held (its claim handed to nobody, its work
@@ -282,6 +300,21 @@ async def execute_batch(
     )
 
 
+def _show_running(task: Task, job: JobContext) -> None:
+    """Make ``job`` the attempt under way of each of its keys in :attr:`Task.running_jobs`
+    (what a live view of a job reads: a batch's attempt is that of every key in it)."""
+    for key in job.keys:
+        task._running_jobs[key] = job
+
+
+def _end_running(task: Task, job: JobContext, keys: Iterable[str] | None = None) -> None:
+    """``job`` is no longer under way for ``keys`` (default: all of its keys) in
+    :attr:`Task.running_jobs`; a key that a later attempt holds keeps that one."""
+    for key in job.keys if keys is None else keys:
+        if task._running_jobs.get(key) is job:
+            del task._running_jobs[key]
+
+
 def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any]:
     """The record fields beyond the outcome: the task version, the inputs' versions (from
     ``given``), then what the attempt added."""
@@ -291,6 +324,46 @@ def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | No
     if extra:
         fields.update(extra)
     return fields
+
+
+def _local_state(task: Task) -> tuple[MemoryMetadataRepository, MemoryMetadataRepository] | None:
+    """The memory stores of this process that the claims and records of ``task`` go to,
+    when both do (then nothing outside this process can claim or finish its keys)."""
+    live = process_memory(task.live, writing=True)
+    if live is None:
+        return None
+    done = process_memory(task.done)
+    return None if done is None else (live, done)
+
+
+def _own_writes(task: Task, key: str, journal: WriteJournal) -> list[str] | None:
+    """When the job of ``key`` wrote only ``key`` itself, straight into output
+    repositories of ``task`` (no view, no fan-out or fan-in, no key beyond its own): what
+    its record's ``outputs`` field holds, ``[]`` when every output holds the key (then
+    there is no field). None otherwise: the general path works it out."""
+    if task.fan_out or task.group_by is not None or type(task).record_fields is not _base.Task.record_fields:
+        return None
+    entries = journal.entries()
+    if not entries:
+        return None
+    outputs = task.output_links
+    written: set[int] = set()
+    for repo, written_key in entries:
+        if written_key != key:
+            return None
+        written.add(id(repo))
+    names = []
+    seen = 0
+    for link in outputs:
+        repo = link.repository
+        if getattr(repo, "children", None):
+            return None  # a view: its keys are worked out through its children
+        if id(repo) in written:
+            names.append(link.name)
+            seen += 1
+    if seen != len(written):
+        return None  # a write beyond the outputs (somewhere else): the general path
+    return [] if len(names) == len(outputs) else names
 
 
 def _outputs_written(task: Task, key: str, journal: WriteJournal) -> list[str] | None:
@@ -485,6 +558,10 @@ async def _release(task: Task, key: str) -> None:
     """Drop the claim on ``key`` (held, or in ``live`` only for a caller that claimed it)."""
     claim = task.claims.get(key)
     if claim is not None:
+        store = process_memory(task.live)
+        if store is not None:
+            task.claims.release_local(store, claim)
+            return
         await task.claims.release(claim)
     else:
         await task.live.delete(key)

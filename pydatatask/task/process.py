@@ -146,7 +146,7 @@ class ProcessTask(Task):
 
     :param command: Jinja2 template of a shell command, run with ``/bin/sh -c``.
     :param script: instead of ``command``, a template of a whole shell script (written to
-        ``<job dir>/ctl/script.sh`` and run with ``/bin/sh``).
+        ``<job dir>/.pdt-script.sh`` and run with ``/bin/sh``).
     :param executor: where jobs run: a :class:`~pydatatask.executor.local.LocalHost` (the
         default, one made for the task), an :class:`~pydatatask.executor.ssh.SSHHost`, or
         :class:`~pydatatask.executor.multihost.Hosts` over several (each job goes to the host with
@@ -191,6 +191,9 @@ class ProcessTask(Task):
         super().__init__(name, **kwargs)
         self.template = template
         self.is_script = script is not None
+        # a template with no Jinja2 syntax (no "{") and no "\r" (which Jinja2 turns into
+        # "\n") renders to itself: not rendered per job
+        self._static = "{" not in template and "\r" not in template
         if executor is None:
             executor = LocalHost()
         if not isinstance(executor, (Host, Hosts)):
@@ -271,7 +274,9 @@ class ProcessTask(Task):
         host = host_for(job.slot)
         job_dir = host.job_dir_path((self.name, key))
         self._forget(key)  # what a cancelled earlier attempt left
-        staged = self._staged[(key, attempt)] = _Staged(host=host, files=self._new_files(), keys=(key,))
+        staged = self._staged[(key, attempt)] = _Staged(
+            host=host, files=self._new_files(host, job_dir), keys=(key,)
+        )
         context = job_context(self, key, self.params)
         context["attempt"] = attempt
         context["job_dir"] = job_dir
@@ -291,7 +296,7 @@ class ProcessTask(Task):
                 self._stage_output(link, key, host, job_dir, info, staged, files_out)
         files = staged.files
         return ProcessWork(
-            command=render_command(self.template, context),
+            command=self.template if self._static else render_command(self.template, context),
             script=self.is_script,
             env=self._job_env(context, {}),
             files_in=files_in,
@@ -373,8 +378,14 @@ class ProcessTask(Task):
             staged.files.remove()
         self._staged.clear()
 
-    def _new_files(self) -> _JobFiles:
+    def _new_files(self, host: Host, job_dir: str) -> _JobFiles:
+        """Where the job's output goes until its log is written: on a local host hidden
+        files in the job directory (made when the process starts, removed with the
+        directory, no file of its own elsewhere), else local temporary files."""
+
         def make(tag: str) -> Path:
+            if host.is_local:
+                return Path(job_dir, f".pdt-{tag}")
             fd, path = tempfile.mkstemp(prefix=f"pdt-{self.name}-{tag}-")
             os.close(fd)
             return Path(path)
@@ -536,7 +547,10 @@ class ProcessTask(Task):
                 except KeyNotFoundError:
                     pass
             for path in paths:
-                f = open(path, "rb")  # noqa: ASYNC230, SIM115 - local temporary file, closed below
+                try:
+                    f = open(path, "rb")  # noqa: ASYNC230, SIM115 - local temporary file, closed below
+                except FileNotFoundError:
+                    continue  # the process never started (its job directory could not be made)
                 try:
                     if os.fstat(f.fileno()).st_size <= SMALL:
                         while chunk := f.read(CHUNK):

@@ -4,7 +4,7 @@ when the task has ``batch=N`` (see :doc:`/batches`).
 * :func:`prepare_batch` renders the command once for all the keys of the attempt (the
   template sees ``keys`` and ``batch``, one entry of link information per key, each staged
   as for one key: inputs copied in where the host cannot read them, outputs at paths of
-  their own) and points ``$PDT_RESULTS`` at ``<job dir>/ctl/results.jsonl``;
+  their own) and points ``$PDT_RESULTS`` at ``<job dir>/.pdt-results.jsonl``;
 * :func:`finish_batch` reads the result lines the command wrote there
   (:mod:`pydatatask.task.batch_results`), commits the outputs of each key that succeeded,
   one key at a time (a missing output fails that key only), and returns a
@@ -80,7 +80,7 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
             raise next(iter(job.failed.values()))
         _leave_out(context, job.failed)
         job.log(f"left out of the batch, their inputs cannot be staged: {_some(list(job.failed))}")
-    staged = _Staged(host=host, files=task._new_files(), keys=tuple(keys), job_dir=job_dir)
+    staged = _Staged(host=host, files=task._new_files(host, job_dir), keys=tuple(keys), job_dir=job_dir)
     task._staged[(job.key, job.attempt)] = staged
     for entry in context["batch"]:
         key = entry["key"]

@@ -31,6 +31,7 @@ never runs twice at once and never leaves an output without a record.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -142,8 +143,13 @@ async def adopt_orphans(task: Task, owner: str | None = None) -> list[Adoption]:
         return []
     claimed = set(await task.live.keys())
     adoptions: list[Adoption] = []
+    shared: set[str] = set()
+    for keys, info in _shared_work(found):
+        # the work of a batch: stopped, every unclaimed key of it cleaned up and run again
+        shared.update(keys)
+        await _let_go_batch(task, [k for k in keys if k not in claimed], info, owner)
     for key, info in found.items():
-        if key in claimed:
+        if key in claimed or key in shared:
             continue  # its claim tells who runs it; a stale one is recovered by recover()
         claim = await task.claims.acquire(key, owner)
         if claim is None:
@@ -181,6 +187,67 @@ async def adopt_orphans(task: Task, owner: str | None = None) -> list[Adoption]:
             continue
         await _let_go(task, key, claim, handle, None)
     return adoptions
+
+
+def _shared_work(found: Mapping[str, Mapping[str, Any]]) -> list[tuple[list[str], Mapping[str, Any]]]:
+    """The work items of ``found`` (``{key: info}`` of :meth:`~pydatatask.executor.base.Executor.jobs`)
+    that serve several keys, a batch's: ``(keys, info)``, the keys in the order found."""
+    groups: dict[str, tuple[list[str], Mapping[str, Any]]] = {}
+    for key, info in found.items():
+        groups.setdefault(json.dumps(info, sort_keys=True, default=str), ([], info))[0].append(key)
+    return [(keys, info) for keys, info in groups.values() if len(keys) > 1]
+
+
+async def _let_go_batch(task: Task, keys: list[str], info: Mapping[str, Any], owner: str | None) -> None:
+    """The work of a batch (``info``) that no claim of ``keys`` names: the keys are claimed,
+    the work is stopped once, the partial outputs of every key without a success record
+    removed, the work freed, then the keys. Adopting it for one key would end it (its pod
+    deleted) while the others still wait on it. A step that fails keeps every claim (stale
+    by its lease, each key recovered on its own by :func:`recover`)."""
+    if not keys:
+        return
+    held = await task.claims.acquire_many(keys, owner, batch="orphan")
+    if not held:
+        return
+    claims = list(held.values())
+    try:
+        handle = await task.executor.recover(info)
+        records = await task.done.get_many(list(held))
+    except Exception as exc:
+        log.warning(
+            "task %s: could not check the orphaned work of a batch of %d key(s) (%s: %s)",
+            task.name,
+            len(held),
+            type(exc).__name__,
+            exc,
+        )
+        await task.claims.release_many(claims)
+        return
+    if handle is None:
+        await task.claims.release_many(claims)
+        return
+    log.warning(
+        "task %s: stopping %s, the work of a batch left by an interrupted scheduler (no claim "
+        "named it); %d key(s) of it run again",
+        task.name,
+        handle.describe(),
+        len(held),
+    )
+    try:
+        await handle.cancel(task.cancel_grace)
+        for key in held:
+            record = records.get(key)
+            if isinstance(record, Mapping) and record.get("success") is True:
+                continue  # recorded: its outputs are complete
+            if not await task.cleanup_outputs(key, task.journal_from_claim(None)):
+                raise OSError(f"the partial outputs of {key!r} could not be removed")
+        await handle.close()
+    except Exception as exc:
+        log.warning("task %s: could not let the orphaned batch go: %s; will try again", task.name, exc)
+        for claim in claims:
+            task.claims.forget(claim)
+        return
+    await task.claims.release_many(claims)
 
 
 async def _unnamed_work(task: Task, key: str, run: Any) -> JobHandle | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
     from ..pipeline.pipeline import Pipeline
     from ..task.base import Task
 
-__all__ = ("make_app", "metrics_part", "ACTION_HEADER", "LOG_TAIL")
+__all__ = ("make_app", "metrics_part", "static_response", "static_handler", "ACTION_HEADER", "LOG_TAIL")
 
 #: the header every action must carry
 ACTION_HEADER = "X-Pydatatask-Action"
 #: bytes of a log sent by default (its end)
 LOG_TAIL = 64 * 1024
+
+#: a request handler
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 _MONITOR = web.AppKey("monitor", Monitor)
 _CLOSING = web.AppKey("closing", asyncio.Event)
@@ -122,20 +126,9 @@ def make_app(
         return static_file("index.html", settings)
 
     def static_file(name: str, settings: dict[str, Any] | None = None) -> web.Response:
-        text = resources.files(__package__).joinpath("static", name).read_text("utf-8")
-        if settings is not None:
-            text = text.replace("{{settings}}", json.dumps(settings).replace("<", "\\u003c"))
-        return web.Response(
-            text=text,
-            content_type=_STATIC[name],
-            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
-        )
+        return static_response(name, _STATIC[name], settings)
 
-    async def static(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in _STATIC or name == "index.html":
-            raise web.HTTPNotFound()
-        return static_file(name)
+    static = static_handler(_STATIC, "index.html")
 
     async def svg(request: web.Request) -> web.Response:
         return web.Response(text=graph_svg(pipeline.graph.drawing()), content_type="image/svg+xml")
@@ -290,6 +283,32 @@ def make_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/actions/{name}", action)
     return app
+
+
+def static_handler(files: Mapping[str, str], page: str) -> Handler:
+    """The handler of ``/static/{name}``: the files named in ``files`` (name -> content
+    type) but ``page``, served at its own address."""
+
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in files or name == page:
+            raise web.HTTPNotFound()
+        return static_response(name, files[name])
+
+    return static
+
+
+def static_response(name: str, content_type: str, settings: dict[str, Any] | None = None) -> web.Response:
+    """The file ``name`` of the page (in ``static/``), never cached without asking again;
+    ``settings`` replace its ``{{settings}}`` (as JSON that cannot end a script element)."""
+    text = resources.files(__package__).joinpath("static", name).read_text("utf-8")
+    if settings is not None:
+        text = text.replace("{{settings}}", json.dumps(settings).replace("<", "\\u003c"))
+    return web.Response(
+        text=text,
+        content_type=content_type,
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def _links(pipeline: Pipeline, task: Task, key: str) -> list[dict[str, Any]]:

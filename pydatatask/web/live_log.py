@@ -11,6 +11,12 @@ Each event is a ``data:`` line of JSON::
 
     {"attempt": 2, "reset": true, "lines": ["..."], "skipped": 0, "output": "...", "end": false}
 
+The job of a key run in a batch (a task's ``batch``) has the log of the whole batch: the
+same lines and output on the page of every key in it, and each ``reset`` event says so
+with ``"batch": {"size": N, "keys": [the first keys of the batch]}``. A key that ends
+before the others of its batch (recorded after an attempt, the others retried) ends its
+stream then; the retried keys go on with the smaller batch of the next attempt.
+
 ``reset``: the lines are those of a new attempt (the first event is one too); ``skipped``:
 lines left out before them (the tail); ``output``: the work's output so far, replacing the
 one sent before (absent when unchanged, ``""`` when there is none any more); ``end``: the
@@ -30,7 +36,7 @@ from ..errors import PydatataskError
 if TYPE_CHECKING:
     from ..task.base import JobContext, Task
 
-__all__ = ("live_log_events", "as_sse", "tail", "TAIL_LINES", "TAIL_BYTES", "NO_LIVE_LOG")
+__all__ = ("live_log_events", "as_sse", "tail", "TAIL_LINES", "TAIL_BYTES", "BATCH_KEYS", "NO_LIVE_LOG")
 
 log = logging.getLogger("pydatatask.web")
 
@@ -38,6 +44,8 @@ log = logging.getLogger("pydatatask.web")
 TAIL_LINES = 1000
 #: ... and the most bytes (the output so far is bounded by the executor)
 TAIL_BYTES = 64 * 1024
+#: the most keys of a batch named in its events
+BATCH_KEYS = 20
 #: why a job has no live log here
 NO_LIVE_LOG = "its live log is only on the page of the scheduler running it (run --serve)"
 #: seconds between two looks at the job's lines, and at the work's output
@@ -81,6 +89,8 @@ async def live_log_events(task: Task, key: str, closing: asyncio.Event) -> Async
             count = job.log_count
             lines = tail(job.log_lines(max(0, count - TAIL_LINES)))
             event = {"attempt": job.attempt, "reset": True, "lines": lines, "skipped": count - len(lines)}
+            if job.batched:  # the log of every key of the batch: the page says so
+                event["batch"] = {"size": len(job.keys), "keys": job.keys[:BATCH_KEYS]}
             current, sent = job, count
             next_output = 0.0
         else:

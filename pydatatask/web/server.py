@@ -10,7 +10,7 @@ import secrets
 import socket
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
 
 from .._deps import require
 from ..errors import ConfigurationError
@@ -62,9 +62,9 @@ class BaseWebServer(abc.ABC):
     def __init__(
         self,
         pipelines: Sequence[Pipeline],
-        *,
         host: str,
         port: int,
+        live: bool,
         allow_actions: bool,
         token: str | None,
         interval: float,
@@ -81,6 +81,8 @@ class BaseWebServer(abc.ABC):
         #: seconds between snapshots, and between checks of the live updates
         self.interval = interval
         self._pipelines = list(pipelines)
+        # one per pipeline, in order
+        self._monitor_list = [Monitor(p, interval=interval, live=live) for p in self._pipelines]
         self._runner: web.AppRunner | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -97,9 +99,23 @@ class BaseWebServer(abc.ABC):
     def _app(self) -> web.Application:
         """The application served."""
 
+    def _app_options(self) -> dict[str, Any]:
+        """The options of :func:`~pydatatask.web.app.make_app` the server was given."""
+        return {"allow_actions": self.allow_actions, "token": self.token, "events_interval": self.interval}
+
     @abc.abstractmethod
-    async def _close_monitors(self) -> None:
-        """Stop the background work of the monitors (the server is down)."""
+    def _serving(self) -> str:
+        """What is served, for the line logged once the server is up."""
+
+    async def __aenter__(self) -> Self:
+        await self._start()
+        log.info("serving %s at %s", self._serving(), self.url)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stop(exc_type, exc, tb)
 
     async def _start(self) -> None:
         web = require("aiohttp.web", "web")
@@ -134,7 +150,8 @@ class BaseWebServer(abc.ABC):
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
-            await self._close_monitors()
+            for monitor in self._monitor_list:
+                await monitor.aclose()
         finally:
             if stack is not None:
                 await stack.__aexit__(exc_type, exc, tb)
@@ -165,32 +182,15 @@ class WebServer(BaseWebServer):
         token: str | None = None,
         interval: float = 1.0,
     ) -> None:
-        super().__init__(
-            [pipeline], host=host, port=port, allow_actions=allow_actions, token=token, interval=interval
-        )
+        super().__init__([pipeline], host, port, live, allow_actions, token, interval)
         self.pipeline = pipeline
-        self.monitor = Monitor(pipeline, interval=interval, live=live)
+        #: what the page shows of the pipeline
+        self.monitor = self._monitor_list[0]
 
     def _app(self) -> web.Application:
         from .app import make_app
 
-        return make_app(
-            self.pipeline,
-            self.monitor,
-            allow_actions=self.allow_actions,
-            token=self.token,
-            events_interval=self.interval,
-        )
+        return make_app(self.pipeline, self.monitor, **self._app_options())
 
-    async def _close_monitors(self) -> None:
-        await self.monitor.aclose()
-
-    async def __aenter__(self) -> WebServer:
-        await self._start()
-        log.info("serving the page of the pipeline at %s", self.url)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._stop(exc_type, exc, tb)
+    def _serving(self) -> str:
+        return "the page of the pipeline"

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from importlib import resources
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .server import DEFAULT_PORT, BaseWebServer, log
+from .server import DEFAULT_PORT, BaseWebServer
 from .state import STATES, Monitor
 
 if TYPE_CHECKING:
@@ -48,14 +46,9 @@ def page_names(labels: Sequence[str]) -> list[str]:
 
 
 def _static(name: str) -> web.Response:
-    from aiohttp import web
+    from .app import static_response
 
-    text = resources.files(__package__).joinpath("static", name).read_text("utf-8")
-    return web.Response(
-        text=text,
-        content_type=_STATIC[name],
-        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
-    )
+    return static_response(name, _STATIC[name])
 
 
 def make_index_app(
@@ -71,7 +64,7 @@ def make_index_app(
     ``/p/NAME/``, every pipeline's metrics at ``/metrics``."""
     from aiohttp import web
 
-    from .app import make_app, metrics_part
+    from .app import make_app, metrics_part, static_handler
     from .prometheus import CONTENT_TYPE, render_parts
 
     app = web.Application()
@@ -79,11 +72,7 @@ def make_index_app(
     async def index(request: web.Request) -> web.Response:
         return _static("pipelines.html")
 
-    async def static(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in _STATIC or name == "pipelines.html":
-            raise web.HTTPNotFound()
-        return _static(name)
+    static = static_handler(_STATIC, "pipelines.html")
 
     async def listing(request: web.Request) -> web.Response:
         rows: list[dict[str, Any]] = []
@@ -168,18 +157,10 @@ class MultiWebServer(BaseWebServer):
                     f"{name!r} cannot name the page of a pipeline: use letters, digits and . _ ~ : - "
                     "(not first: .)"
                 )
-        super().__init__(
-            list(pipelines.values()),
-            host=host,
-            port=port,
-            allow_actions=allow_actions,
-            token=token,
-            interval=interval,
-        )
+        super().__init__(list(pipelines.values()), host, port, live, allow_actions, token, interval)
         self.pipelines = dict(pipelines)
-        self.monitors = {
-            name: Monitor(pipeline, interval=interval, live=live) for name, pipeline in pipelines.items()
-        }
+        #: what the pages show of the pipelines, by name
+        self.monitors = dict(zip(self.pipelines, self._monitor_list, strict=True))
 
     def page_url(self, name: str) -> str:
         """Where the page of the pipeline ``name`` is."""
@@ -187,24 +168,7 @@ class MultiWebServer(BaseWebServer):
         return f"{base}{PAGE_PREFIX.lstrip('/')}{name}/" + (f"#{fragment}" if fragment else "")
 
     def _app(self) -> web.Application:
-        return make_index_app(
-            self.pipelines,
-            self.monitors,
-            allow_actions=self.allow_actions,
-            token=self.token,
-            events_interval=self.interval,
-        )
+        return make_index_app(self.pipelines, self.monitors, **self._app_options())
 
-    async def _close_monitors(self) -> None:
-        for monitor in self.monitors.values():
-            await monitor.aclose()
-
-    async def __aenter__(self) -> MultiWebServer:
-        await self._start()
-        log.info("serving the pages of %d pipelines at %s", len(self.pipelines), self.url)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._stop(exc_type, exc, tb)
+    def _serving(self) -> str:
+        return f"the pages of {len(self.pipelines)} pipelines"

@@ -511,17 +511,22 @@ def _check_complete(data: Path, keys: list[str]) -> None:
             assert (data / "runs" / task / key).exists()
 
 
-def test_sigkill_midway_then_rerun_completes_without_redoing_work(tmp_path: Path) -> None:
-    keys = [f"doc{i:02d}" for i in range(40)]
-    write_sources(tmp_path, keys)
-    proc = subprocess.Popen(
+def _start_slow_run(data: Path, keys: list[str], output: int) -> subprocess.Popen[str]:
+    """``run --json`` of the demo over sources ``keys``, each job 0.2 s; stdout and stderr to ``output``."""
+    write_sources(data, keys)
+    return subprocess.Popen(
         [sys.executable, str(DEMO), "run", "--json"],
-        env=env_for(tmp_path, PDT_CLI_SLEEP="0.2"),
+        env=env_for(data, PDT_CLI_SLEEP="0.2"),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
         text=True,
     )
+
+
+def test_sigkill_midway_then_rerun_completes_without_redoing_work(tmp_path: Path) -> None:
+    keys = [f"doc{i:02d}" for i in range(40)]
+    proc = _start_slow_run(tmp_path, keys, subprocess.DEVNULL)
     try:
         _wait_for(lambda: len(_files(tmp_path / "state" / "count" / "done")) >= 8, 30, proc)
         proc.send_signal(signal.SIGKILL)
@@ -560,15 +565,7 @@ def test_sigkill_midway_then_rerun_completes_without_redoing_work(tmp_path: Path
 
 def test_sigterm_stops_cleanly_and_rerun_completes(tmp_path: Path) -> None:
     keys = [f"doc{i:02d}" for i in range(40)]
-    write_sources(tmp_path, keys)
-    proc = subprocess.Popen(
-        [sys.executable, str(DEMO), "run", "--json"],
-        env=env_for(tmp_path, PDT_CLI_SLEEP="0.2"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_slow_run(tmp_path, keys, subprocess.PIPE)
     try:
         _wait_for(lambda: len(_files(tmp_path / "up")) >= 4, 30, proc)
         proc.send_signal(signal.SIGTERM)

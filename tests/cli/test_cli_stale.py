@@ -10,7 +10,8 @@ import pytest
 
 from pydatatask.cli import run_cli
 
-from ..task.stale_pipeline import build, runs
+from ..task.stale_pipeline import build
+from ..task.stale_support import runs
 
 
 def cli(

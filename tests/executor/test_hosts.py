@@ -83,7 +83,7 @@ class HostContract:
         host = self.make()
         try:
             work = ProcessWork(
-                command="cat ../in/a.txt ../in/b/given.txt > ../out/r.txt\n",
+                command="cat in/a.txt in/b/given.txt > out/r.txt\n",
                 script=True,
                 files_in={"in/a.txt": lambda: _chunks(b"from bytes\n"), "in/b/given.txt": local},
                 files_out={"out/r.txt": sink},
@@ -122,7 +122,7 @@ class HostContract:
             await _running(host, polite)
             await _running(host, stubborn)
             await asyncio.gather(polite.cancel(5), stubborn.cancel(0.3))
-            assert (await host._read_text(f"{polite.info['dir']}/work/marker")) == "term\n"
+            assert (await host._read_text(f"{polite.info['dir']}/marker")) == "term\n"
             for h in (polite, stubborn):
                 assert not await host._is_alive(dict(h.info))
                 await h.close()
@@ -172,13 +172,13 @@ class HostContract:
 
 
 async def _exists(host: Host, path: str) -> bool:
-    return await host._read_text(f"{path}/ctl/pid") is not None
+    return await host._read_text(f"{path}/.pdt-pid") is not None
 
 
 async def _running(host: Host, handle: JobHandle) -> None:
     """Wait until the job's wrapper has written its pid (a trap is set right after)."""
     for _ in range(200):
-        if await host._read_text(f"{handle.info['dir']}/ctl/pid"):
+        if await host._read_text(f"{handle.info['dir']}/.pdt-pid"):
             await asyncio.sleep(0.1)
             return
         await asyncio.sleep(0.02)

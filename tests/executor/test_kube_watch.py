@@ -115,7 +115,10 @@ async def test_pod_states_come_through_one_watch_after_one_list(kcfg: dict[str, 
         assert watches and all(q.get("allowWatchBookmarks") == "True" for q in watches), watches
         assert watches[0].get("resourceVersion"), watches  # from the list, not from "now"
         assert requests.pod_reads() == 0, requests.sent
-        assert ex.watch.lists == 1 and ex.watch.events >= 6 * 3, ex.watch.events
+        # at least each pod's end came through the watch (the outcomes are right and nothing
+        # was read otherwise); how many states before it is up to the API server, which
+        # under load sends some changes of a pod as one event (17 for 6 pods once)
+        assert ex.watch.lists == 1 and ex.watch.events >= 6, ex.watch.events
     finally:
         await let_go(kcfg, label=f"pydatatask.io/executor={name}")
     await no_executor_pods_left(kcfg, name)

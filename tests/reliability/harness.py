@@ -58,6 +58,9 @@ class Figures:
     jobs: int = 0
     duplicates: int = 0
     lost: int = 0
+    #: faults injected while some job (or call of a batch) had started its work and not
+    #: yet been recorded
+    mid_work: int = 0
 
     def add(self, other: Figures) -> None:
         for name in self.__dataclass_fields__:
@@ -358,18 +361,29 @@ async def s3_empty(client: Any, bucket: str, prefix: str) -> None:
 
 
 class S3Backend(Backend):
-    """Inputs, outputs (multipart uploads), records and claims under ``s3://pdt-reliability/NS/``."""
+    """Inputs, outputs (multipart uploads), records and claims under ``s3://pdt-reliability/NS/``.
+
+    An outage stops and starts the S3 server itself, or, with a ``proxy``, cuts the
+    :class:`TcpProxy` the pipeline reaches it through (what a client sees of a restart,
+    without restarting the server other tests share, and in a fraction of the time).
+    """
 
     name = "s3"
     outage_service = "s3"
 
-    def __init__(self, data: Path, ns: str, conf: dict[str, Any], client: Any) -> None:
+    def __init__(
+        self, data: Path, ns: str, conf: dict[str, Any], client: Any, proxy: TcpProxy | None = None
+    ) -> None:
         super().__init__(data, ns)
         self.conf = conf
-        self.client = client
+        self.client = client  # direct to the server, for seeding and checks
+        self.proxy = proxy
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "PDT_REL_S3": json.dumps({**self.conf, "bucket": BUCKET})}
+        conf = {**self.conf, "bucket": BUCKET}
+        if self.proxy is not None:
+            conf["endpoint"] = f"http://127.0.0.1:{self.proxy.port}"
+        return {**super().env(), "PDT_REL_S3": json.dumps(conf)}
 
     async def seed(self, keys: list[str]) -> None:
         await ensure_bucket(self.client)
@@ -407,6 +421,13 @@ class S3Backend(Backend):
         return State(outputs, records, claims, debris, other)
 
     async def outage(self, seconds: float) -> None:
+        if self.proxy is not None:
+            self.proxy.cut()
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                self.proxy.restore()
+            return
         service_cmd("stop", "s3")
         try:
             await asyncio.sleep(seconds)
@@ -642,9 +663,10 @@ class KubeBackend(Backend):
 
 @contextlib.asynccontextmanager
 async def open_backend(
-    kind: str, data: Path, ns: str, services: dict[str, Any] | None
+    kind: str, data: Path, ns: str, services: dict[str, Any] | None, *, s3_outage: str = "restart"
 ) -> AsyncIterator[Backend]:
-    """A fresh backend namespace; its server-side data is removed at the end."""
+    """A fresh backend namespace; its server-side data is removed at the end.
+    ``s3_outage``: ``"restart"`` (stop and start the S3 server) or ``"cut"`` (a proxy)."""
     data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local tmp dir, instant
     if kind == "files":
         yield Backend(data, ns)
@@ -652,12 +674,17 @@ async def open_backend(
     assert services is not None
     if kind == "s3":
         conf = {k: services["s3"][k] for k in ("endpoint", "access_key", "secret_key", "region")}
-        async with s3_client(conf) as client:
-            backend = S3Backend(data, ns, conf, client)
+        async with s3_client(conf) as client, AsyncExitStack() as stack:
+            proxy = None
+            if s3_outage == "cut":
+                host, _, port = conf["endpoint"].split("//", 1)[1].split("/", 1)[0].rpartition(":")
+                proxy = await stack.enter_async_context(TcpProxy(host, int(port)))
+            backend = S3Backend(data, ns, conf, client, proxy)
             try:
                 yield backend
             finally:
-                await ensure_service("s3")
+                if proxy is None:
+                    await ensure_service("s3")
                 await backend.aclose()
         return
     if kind == "mongo":
@@ -720,6 +747,8 @@ class ChaosHarness:
     :param keys: the input keys (seeded by :meth:`prepare`).
     :param rng: the seeded random source.
     :param faults: which faults to choose from: ``"kill"`` and/or ``"outage"``.
+    :param mid_work: whether a fault waits until some job has begun its work and is not
+        recorded (None: each fault draws it, one in two).
     """
 
     def __init__(
@@ -732,6 +761,7 @@ class ChaosHarness:
         script: Path = COUNTED,
         extra_env: dict[str, str] | None = None,
         run_timeout: float = 90.0,
+        mid_work: bool | None = None,
     ) -> None:
         self.backend = backend
         self.keys = keys
@@ -740,6 +770,7 @@ class ChaosHarness:
         self.script = script
         self.env = {**backend.env(), **(extra_env or {})}
         self.run_timeout = run_timeout
+        self.mid_work = mid_work
         self.figures = Figures()
         self.log: list[str] = []  # what happened, for failure messages
 
@@ -761,10 +792,19 @@ class ChaosHarness:
         delay = self.rng.uniform(0.3, self._latest_fault())
         waiter = asyncio.ensure_future(proc.wait())
         done, _ = await asyncio.wait({waiter}, timeout=delay)
+        # the fault waits (up to 10 s) for some job to be under way: always with mid_work,
+        # else one fault in two (the others land anywhere, start-up and recovery included:
+        # on a loaded machine the start-up alone can outlast the drawn delay)
+        wait = self.mid_work if self.mid_work is not None else self.rng.random() < 0.5
+        deadline = time.monotonic() + 10
+        while wait and not done and not self._work_under_way() and time.monotonic() < deadline:
+            done, _ = await asyncio.wait({waiter}, timeout=0.02)
         if done:
             self.log.append(f"run ended before {fault} at {delay:.2f}s")
             return await finish(proc, self.run_timeout)
         self.figures.faults += 1
+        if self._work_under_way():
+            self.figures.mid_work += 1
         if fault == "kill":
             self.figures.kills += 1
             kill_group(proc.pid)
@@ -778,6 +818,13 @@ class ChaosHarness:
         self.log.append(f"run after outage -> {result.returncode}")
         return result
 
+    def _work_under_way(self) -> bool:
+        """Whether some key's work has begun (``runs.log``) without its success being
+        recorded (``done.log``) yet."""
+        runs = count_lines(self.backend.data / "runs.log")
+        done = count_lines(self.backend.data / "done.log")
+        return any(n > done.get(k, 0) for k, n in runs.items())
+
     def _latest_fault(self) -> float:
         """The latest point (seconds after the start) a fault is drawn up to: about when the
         work of one run ends (start-up ~0.5 s, then the job batches), at most 1.5 s. A fixed
@@ -785,7 +832,9 @@ class ChaosHarness:
         fault injected)."""
         sleep = float(self.env.get("PDT_REL_SLEEP", "0.2"))
         concurrency = max(1, int(self.env.get("PDT_REL_CONCURRENCY", "8")))
-        work = -(-len(self.keys) // concurrency) * sleep
+        # a batched task's concurrency counts calls of up to PDT_REL_BATCH keys
+        at_once = concurrency * max(1, int(self.env.get("PDT_REL_BATCH", "1")))
+        work = -(-len(self.keys) // at_once) * sleep
         return max(0.4, min(1.5, 0.5 + work))
 
     async def complete(self) -> bool:
@@ -795,10 +844,16 @@ class ChaosHarness:
             isinstance(state.records.get(k), dict) and state.records[k].get("success") for k in self.keys
         )
 
-    async def round(self, n_faults: int) -> None:
-        """Runs with ``n_faults`` faults, then clean runs until the work is complete."""
-        for _ in range(n_faults):
-            await self.run_once(self.rng.choice(self.faults))
+    async def round(self, n_faults: int, plan: tuple[str, ...] = ()) -> None:
+        """Runs with ``n_faults`` faults (or, with a ``plan``, one run per fault it names, in
+        its order; an outage where the backend has none is a kill), then clean runs until
+        the work is complete."""
+        if plan:
+            chosen = [f if f in self.faults else "kill" for f in plan]
+        else:
+            chosen = [self.rng.choice(self.faults) for _ in range(n_faults)]
+        for fault in chosen:
+            await self.run_once(fault)
         for _attempt in range(6):
             result = await self.run_once(None)
             if result.returncode == 0 and await self.complete():
@@ -867,8 +922,10 @@ async def run_rounds(
     make: Callable[[int], Awaitable[tuple[ChaosHarness, Callable[[], Awaitable[None]]]]],
     rounds: int,
     seed: int,
+    plan: tuple[str, ...] = (),
 ) -> Figures:
-    """Run ``rounds`` rounds; ``make(i)`` gives round ``i``'s harness and its cleanup."""
+    """Run ``rounds`` rounds; ``make(i)`` gives round ``i``'s harness and its cleanup;
+    ``plan``: the faults of every round (default: one or two, drawn at random)."""
     total = Figures()
     i = 0
     # extra rounds (at most 3) while no fault has landed yet: a run may end before its fault
@@ -876,7 +933,7 @@ async def run_rounds(
         harness, cleanup = await make(i)
         try:
             await harness.prepare()
-            await harness.round(harness.rng.randint(1, 2))
+            await harness.round(harness.rng.randint(1, 2), plan)
             problems = await harness.check()
             harness.figures.rounds += 1
             total.add(harness.figures)
@@ -906,10 +963,19 @@ async def chaos_rounds(
     keys: list[str],
     extra_env: Callable[[random.Random], dict[str, str]],
     script: Path = COUNTED,
+    quick: int = 2,
+    plan: tuple[str, ...] = (),
+    s3_outage: str = "restart",
 ) -> None:
-    """The randomized crash/outage test of one backend: seeded rounds (2 in the quick mode),
-    figures recorded, then asserts no duplicate, no lost output, at least one fault."""
-    rounds = rounds_wanted(config, quick=2)
+    """The randomized crash/outage test of one backend: seeded rounds (``quick`` in the
+    quick mode), figures recorded, then asserts no duplicate, no lost output, at least one
+    fault. ``plan`` fixes the faults of every round of the quick mode (see
+    :meth:`ChaosHarness.round`), each waiting for a job under way; the long mode draws
+    them at random. ``s3_outage``: see
+    :func:`open_backend`."""
+    rounds = rounds_wanted(config, quick=quick)
+    if rounds_wanted(config, quick=0) != 0:
+        plan = ()  # the long mode
     seed = make_seed()
     print(f"reliability seed {seed} ({rounds} rounds on {backend})")
     rng = random.Random(seed)
@@ -919,14 +985,23 @@ async def chaos_rounds(
     async def make(i: int) -> tuple[ChaosHarness, Callable[[], Awaitable[None]]]:
         stack = AsyncExitStack()
         ns = f"chaos{uuid.uuid4().hex[:8]}"
-        store = await stack.enter_async_context(open_backend(backend, workdir / f"r{i}", ns, services))
+        store = await stack.enter_async_context(
+            open_backend(backend, workdir / f"r{i}", ns, services, s3_outage=s3_outage)
+        )
         harness = ChaosHarness(
-            store, keys, random.Random(rng.randrange(1 << 32)), script=script, extra_env=extra_env(rng)
+            store,
+            keys,
+            random.Random(rng.randrange(1 << 32)),
+            script=script,
+            extra_env=extra_env(rng),
+            mid_work=True if plan else None,
         )
         return harness, stack.aclose
 
-    total = await run_rounds(make, rounds, seed)
+    total = await run_rounds(make, rounds, seed, plan)
     figures.update(total.as_dict(), seconds=round(time.monotonic() - t0, 1))
     assert total.rounds >= rounds
     assert total.duplicates == 0 and total.lost == 0
     assert total.faults >= 1, "no fault was injected (every run ended before its fault)"
+    if plan:
+        assert total.mid_work >= 1, "no fault landed while a job was under way"

@@ -18,20 +18,37 @@ import pytest
 
 from .harness import ChaosHarness, count_lines, finish, open_backend, processes_with_env, start_script
 
-# keys per backend in the quick mode (CI): 2,000 wherever the test stays under ~30 s on a
-# 2-core machine; the full mode (--reliability-full) uses 2,000 keys on every backend
-KEYS = {"files": 2000, "s3": 150, "mongo": 200}
+# keys per backend in the quick mode (CI): as many as keep each test near 10-20 s on a
+# loaded 2-core machine; the full mode (--reliability-full) uses 2,000 keys on every backend
+KEYS = {"files": 600, "s3": 80, "mongo": 200}
 FULL_KEYS = 2000
 
 
+#: keys per call of the batched runs (a prime, so batches end at odd places)
+BATCH = 7
+_MARKS = {"files": (), "s3": (pytest.mark.s3,), "mongo": (pytest.mark.mongo,)}
+
+
+def _case(backend: str, schedulers: int, batch: int | None) -> Any:
+    name = f"{backend}-{schedulers}" + (f"-batch{batch}" if batch else "")
+    return pytest.param(backend, schedulers, batch, marks=_MARKS[backend], id=name)
+
+
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("schedulers", [2, 4])
 @pytest.mark.parametrize(
-    "backend",
-    ["files", pytest.param("s3", marks=pytest.mark.s3), pytest.param("mongo", marks=pytest.mark.mongo)],
+    ("backend", "schedulers", "batch"),
+    [_case(b, n, None) for b in ("files", "s3", "mongo") for n in (2, 4)]
+    # batched (claims acquired in bulk race): four schedulers on every backend, two on
+    # Mongo (the cheapest); the other pairs add run time and no new interleaving
+    + [_case("files", 4, BATCH), _case("s3", 4, BATCH), _case("mongo", 2, BATCH), _case("mongo", 4, BATCH)],
 )
 async def test_concurrent_schedulers_run_each_job_once(
-    backend: str, schedulers: int, tmp_path: Path, request: pytest.FixtureRequest, figures: dict[str, Any]
+    backend: str,
+    schedulers: int,
+    batch: int | None,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    figures: dict[str, Any],
 ) -> None:
     services = None if backend == "files" else request.getfixturevalue("services")
     ns = f"conc{uuid.uuid4().hex[:10]}"
@@ -41,6 +58,9 @@ async def test_concurrent_schedulers_run_each_job_once(
         harness = ChaosHarness(store, keys, __import__("random").Random(0), faults=())
         await harness.prepare()
         env = {**harness.env, "PDT_REL_CONCURRENCY": "16"}
+        if batch:
+            # as many keys under way as unbatched (16 jobs), in calls of BATCH
+            env.update(PDT_REL_BATCH=str(batch), PDT_REL_CONCURRENCY=str(-(-16 // batch)))
         t0 = time.monotonic()
         procs = await asyncio.gather(
             *(start_script(harness.script, ["run", "--json"], env) for _ in range(schedulers))
@@ -71,6 +91,7 @@ async def test_concurrent_schedulers_run_each_job_once(
         figures.update(
             backend=backend,
             schedulers=schedulers,
+            batch=batch or 1,
             keys=len(keys),
             jobs=sum(runs.values()),
             duplicates=len(twice),

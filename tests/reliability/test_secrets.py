@@ -62,23 +62,33 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- S3
+def leaky_s3(
+    services: dict[str, Any], data: Path, label: str
+) -> tuple[dict[str, Any], str, str, str, dict[str, str]]:
+    """``leaky.py`` in its S3 mode over ``data`` (inputs ``viabad``, read with a wrong
+    secret, and ``k1``): the S3 settings, the real secret, the wrong one, a fresh prefix
+    (``LABEL...``) and the script's environment (added to ``os.environ``)."""
+    conf = {k: services["s3"][k] for k in ("endpoint", "access_key", "secret_key", "region")}
+    real, bad = conf["secret_key"], "BADSECRET-" + secrets.token_hex(8)
+    prefix = f"{label}{uuid.uuid4().hex[:8]}/"
+    (data / "src").mkdir()
+    for k in ("viabad", "k1"):
+        (data / "src" / f"{k}.txt").write_text("x")
+    env = {
+        "PDT_SEC_DATA": str(data),
+        "PDT_SEC_MODE": "s3",
+        "PDT_SEC_BAD_SECRET": bad,
+        "PDT_SEC_S3": json.dumps({**conf, "bucket": BUCKET, "prefix": prefix}),
+    }
+    return conf, real, bad, prefix, env
+
+
 @pytest.mark.s3
 async def test_s3_secret_never_leaks(
     services: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    conf = {k: services["s3"][k] for k in ("endpoint", "access_key", "secret_key", "region")}
-    real, bad = conf["secret_key"], "BADSECRET-" + secrets.token_hex(8)
-    prefix = f"secret{uuid.uuid4().hex[:8]}/"
-    (tmp_path / "src").mkdir()
-    for k in ("viabad", "k1"):
-        (tmp_path / "src" / f"{k}.txt").write_text("x")
-    env = {
-        "PDT_SEC_DATA": str(tmp_path),
-        "PDT_SEC_MODE": "s3",
-        "PDT_SEC_BAD_SECRET": bad,
-        "PDT_SEC_S3": json.dumps({**conf, "bucket": BUCKET, "prefix": prefix}),
-    }
+    conf, real, bad, prefix, env = leaky_s3(services, tmp_path, "secret")
     async with s3_client(conf) as client:
         await ensure_bucket(client)
         try:

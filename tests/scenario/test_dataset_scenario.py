@@ -370,7 +370,9 @@ async def test_dataset_killed_in_every_stage_then_changed_then_deleted(
         await sc.run_killed(
             lambda: bool(sc.outputs()["stats"]),
             "page_stats",
-            PDT_SCN_STATS_DELAY="0.2",
+            # long enough that the job seen under way is still running when the kill lands
+            # (at 0.2 s a starved test process sometimes killed it just after it ended)
+            PDT_SCN_STATS_DELAY="0.5",
             PDT_SCN_CONCURRENCY="1",
         )
         assert len(sc.outputs()["stats"]) < n_pages, f"every page was counted before the kill: {sc.history}"

@@ -17,46 +17,34 @@ summary as JSON on the last line. Layout under ``DATA``::
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 from pathlib import Path
 
 from pydatatask import FileRepository, YamlMetadataFileRepository
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import MetadataRepository
 from pydatatask.task import FanOut, FunctionTask
-
-
-def _note(data: Path, line: str) -> None:
-    fd = os.open(data / "runs.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+from tests.task.stale_support import main, note, wait_while
 
 
 def build(data: Path) -> Pipeline:
     """The pipeline over ``data``."""
 
     async def unpack(key: str, archive: FileRepository, pages: FileRepository) -> None:
-        _note(data, f"unpack {key} {os.getpid()}\n")
-        for _ in range(400):
-            if not (data / f"hold-{key}").exists():
-                break
-            await asyncio.sleep(0.05)
+        note(data, f"unpack {key} {os.getpid()}\n")
+        await wait_while(data, f"hold-{key}")
         await asyncio.sleep(0.02)  # long enough for a second scheduler to try the same key
         text = (await archive.read_bytes(key)).decode()
         for number, page in enumerate(text.split("\n---\n"), start=1):
             await pages.write_bytes(f"{key}/p{number}", page.encode())
 
     async def page_stats(key: str, page: FileRepository, stats: MetadataRepository) -> None:
-        _note(data, f"page_stats {key} {os.getpid()}\n")
+        note(data, f"page_stats {key} {os.getpid()}\n")
         await asyncio.sleep(0.02)
         await stats.put(key, {"words": len((await page.read_bytes(key)).split())})
 
     async def report(key: str, members: list[str], stats: MetadataRepository, report: FileRepository) -> None:
-        _note(data, f"report {key} {os.getpid()}\n")
+        note(data, f"report {key} {os.getpid()}\n")
         figures = await stats.get_many(members)
         lines = [f"{m} {figures[m]['words']}" for m in members]
         await report.write_bytes(key, ("\n".join(lines) + "\n").encode())
@@ -82,15 +70,5 @@ def build(data: Path) -> Pipeline:
     return Pipeline(tasks, state_dir=data / "state", claim_lease="1s", claim_check_interval="0.2s")
 
 
-def runs(data: Path) -> list[tuple[str, str]]:
-    """``(task, key)`` of every job started so far."""
-    path = data / "runs.log"
-    if not path.exists():
-        return []
-    return [(line.split()[0], line.split()[1]) for line in path.read_text().splitlines()]
-
-
 if __name__ == "__main__":
-    root = Path(sys.argv[1])
-    summary = build(root).run_sync(rerun_stale="--rerun-stale" in sys.argv[2:])
-    print(json.dumps(summary.as_dict()))
+    main(build)

@@ -16,22 +16,13 @@ summary as JSON on the last line. Layout under ``DATA``::
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 from pathlib import Path
 
 from pydatatask import FileRepository
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import FunctionTask
-
-
-def _note(data: Path, line: str) -> None:
-    fd = os.open(data / "runs.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+from tests.task.stale_support import main, note, wait_while
 
 
 class HeldFiles(FileRepository):
@@ -42,13 +33,9 @@ class HeldFiles(FileRepository):
         self.data = data
 
     async def delete(self, key: str) -> None:
-        hold = self.data / f"hold-rm-{key}"
-        if hold.exists():
-            _note(self.data, f"rm {key} {os.getpid()}\n")
-            for _ in range(400):
-                if not hold.exists():
-                    break
-                await asyncio.sleep(0.05)
+        if (self.data / f"hold-rm-{key}").exists():
+            note(self.data, f"rm {key} {os.getpid()}\n")
+            await wait_while(self.data, f"hold-rm-{key}")
         await super().delete(key)
 
 
@@ -56,16 +43,13 @@ def build(data: Path, *, version: str | None = None) -> Pipeline:
     """The pipeline over ``data`` (``version``: the version of the "upper" task)."""
 
     async def upper(key: str, src: FileRepository, mid: FileRepository) -> None:
-        _note(data, f"upper {key} {os.getpid()}\n")
-        for _ in range(400):
-            if not (data / f"hold-{key}").exists():
-                break
-            await asyncio.sleep(0.05)
+        note(data, f"upper {key} {os.getpid()}\n")
+        await wait_while(data, f"hold-{key}")
         await asyncio.sleep(0.02)  # long enough for a second scheduler to try the same key
         await mid.write_bytes(key, (await src.read_bytes(key)).upper())
 
     async def mark(key: str, mid: FileRepository, out: FileRepository) -> None:
-        _note(data, f"mark {key} {os.getpid()}\n")
+        note(data, f"mark {key} {os.getpid()}\n")
         await asyncio.sleep(0.02)
         await out.write_bytes(key, (await mid.read_bytes(key)) + b"!")
 
@@ -83,15 +67,5 @@ def build(data: Path, *, version: str | None = None) -> Pipeline:
     return Pipeline([t1, t2], state_dir=data / "state", claim_lease="1s", claim_check_interval="0.2s")
 
 
-def runs(data: Path) -> list[tuple[str, str]]:
-    """``(task, key)`` of every job started so far."""
-    path = data / "runs.log"
-    if not path.exists():
-        return []
-    return [(line.split()[0], line.split()[1]) for line in path.read_text().splitlines()]
-
-
 if __name__ == "__main__":
-    root = Path(sys.argv[1])
-    summary = build(root).run_sync(rerun_stale="--rerun-stale" in sys.argv[2:])
-    print(json.dumps(summary.as_dict()))
+    main(build)

@@ -270,7 +270,9 @@ def test_a_dead_schedulers_claim_in_another_namespace_is_taken_over_after_its_le
     third = _finish(_start(data, f"{lease}s"))
     assert third["succeeded"] == 1 and third["ok"], third
     runs = _runs(data)
-    assert len(runs) == 2 and runs[0][2] != runs[1][2]  # the second run, in another namespace
+    # the job ran again, in the third scheduler's namespace (not compared with the dead one's:
+    # the kernel reuses the number of a namespace once it is gone, as it did here at times)
+    assert len(runs) == 2, runs
     assert (data / "out" / "k.txt").read_bytes() == b"ABC"
     assert not _claim_file(data).exists()
     assert yaml_loads((data / "state" / "upper" / "done" / "k.yaml").read_bytes())["success"] is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,10 +15,11 @@ from typing import Any
 import pytest
 
 from pydatatask.repository.base import MetadataRepository
+from pydatatask.repository.filesystem import FileRepository
 from pydatatask.repository.memory import MemoryMetadataRepository
-from pydatatask.repository.serialized import YamlMetadataFileRepository
+from pydatatask.repository.serialized import YamlMetadataFileRepository, YamlMetadataRepository
 from pydatatask.task import FunctionTask
-from pydatatask.task.claims import Claims
+from pydatatask.task.claims import Claim, Claims
 from pydatatask.task.records import make_claim
 from pydatatask.task.recovery import recover
 from tests.conftest import service
@@ -213,3 +215,86 @@ async def test_recovery_by_20_schedulers_cleans_up_once(live: MetadataRepository
     await asyncio.gather(*(recover(t, "k", orphan) for t in tasks))
     assert removed == ["k"]
     assert not await live.contains("k")
+
+
+class _PausingFiles(FileRepository):
+    """A real file repository whose next conditional replace stops after its compare and
+    before its write until told to go on: the window in which a release used to delete the
+    claim, which the write then put back (a claim of a finished job, holding its key)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, ".yaml", fsync=False)
+        self.armed = False
+        self.reached = threading.Event()
+        self.go = threading.Event()
+        self.written = threading.Event()
+
+    def _write_sync(self, path: str, data: bytes) -> None:
+        if self.armed:
+            self.armed = False
+            self.reached.set()
+            self.go.wait(30)
+            super()._write_sync(path, data)
+            self.written.set()
+            return
+        super()._write_sync(path, data)
+
+
+async def _heartbeat_paused_in_its_write(
+    tmp_path: Path,
+) -> tuple[_PausingFiles, Claims, Claim, asyncio.Task[bool]]:
+    """A claim held in a real file repository, and its heartbeat stopped between the
+    replace's compare and its write."""
+    files = _PausingFiles(tmp_path / "live")
+    claims = Claims(YamlMetadataRepository(files), "t", lease=60.0)
+    claim = await claims.acquire("k")
+    assert claim is not None
+    files.armed = True
+    beat = asyncio.create_task(claims.heartbeat(claim))
+    assert await asyncio.to_thread(files.reached.wait, 30)
+    return files, claims, claim, beat
+
+
+@pytest.mark.parametrize("how", ["release", "release_many", "abandon"])
+async def test_a_release_during_a_heartbeat_is_not_undone_by_it(tmp_path: Path, how: str) -> None:
+    files, claims, claim, beat = await _heartbeat_paused_in_its_write(tmp_path)
+    if how == "release":
+        end = asyncio.create_task(claims.release(claim))
+    elif how == "release_many":
+        end = asyncio.create_task(claims.release_many([claim]))
+    else:
+        end = asyncio.create_task(claims.abandon(claim))
+    await asyncio.sleep(0.2)  # the release is under way (before the fix: done) meanwhile
+    files.go.set()
+    assert await beat is True
+    await end
+    if how == "abandon":
+        left = await claims.live.get("k")
+        assert left["heartbeat"] == 0.0 and str(left["owner"]).endswith("-abandoned"), left
+    else:
+        assert not await claims.live.contains("k"), "the heartbeat wrote the released claim back"
+
+
+async def test_a_cancelled_heartbeat_still_holds_back_the_release(tmp_path: Path) -> None:
+    files, claims, claim, beat = await _heartbeat_paused_in_its_write(tmp_path)
+    beat.cancel()  # the write in its thread goes on
+    with pytest.raises(asyncio.CancelledError):
+        await beat
+    end = asyncio.create_task(claims.release(claim))
+    await asyncio.sleep(0.2)
+    files.go.set()
+    await end
+    assert await asyncio.to_thread(files.written.wait, 30)  # the heartbeat's write is over
+    assert not await claims.live.contains("k"), "the cancelled heartbeat wrote the released claim back"
+
+
+async def test_the_heartbeat_after_a_cancelled_one_compares_with_what_that_one_stored(tmp_path: Path) -> None:
+    files, claims, claim, beat = await _heartbeat_paused_in_its_write(tmp_path)
+    beat.cancel()  # its write goes on, and stores a new heartbeat
+    with pytest.raises(asyncio.CancelledError):
+        await beat
+    files.go.set()
+    assert await asyncio.to_thread(files.written.wait, 30)
+    assert await claims.heartbeat(claim) is True, "the claim was judged lost after a cancelled heartbeat"
+    assert claims.held().get("k") is claim
+    assert await claims.live.get("k") == claim.value

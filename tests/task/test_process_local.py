@@ -468,7 +468,10 @@ async def test_local_processes_are_reaped_without_a_thread_each(tmp_path: Path) 
     from pydatatask.executor import local
 
     if local._PIDFD:  # kernels without pidfds (< 5.3) use asyncio's watcher, a thread per child
-        assert threading.active_count() <= threads  # none started (others may have ended)
+        # no waiter thread per child (asyncio names them waitpid-N); the starts run in the
+        # loop's executor, a pool of a few threads whatever the number of children
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("waitpid-")]
+        assert threading.active_count() <= threads + min(32, (os.cpu_count() or 1) + 4)
     outcomes = await asyncio.gather(*(h.wait() for h in handles))
     # "kill -9 $$" kills the wrapper's subshell: the wrapper reports 128+9 as its status
     assert [o.exit_code for o in outcomes] == [0, 3, 137, 7] * 5
@@ -560,9 +563,8 @@ async def test_recovery_does_not_kill_a_pid_recorded_elsewhere(tmp_path: Path, w
     try:
         start = _stat_start(bystander.pid)
         job_dir = tmp_path / "jobs" / "t.k.0123456789ab"
-        (job_dir / "ctl").mkdir(parents=True)
-        (job_dir / "work").mkdir()
-        (job_dir / "ctl" / "pid").write_text(f"{bystander.pid} {start}\n")
+        job_dir.mkdir(parents=True)
+        (job_dir / ".pdt-pid").write_text(f"{bystander.pid} {start}\n")
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # noqa: ASYNC240 - procfs
         ns = os.readlink("/proc/self/ns/pid")
         if where == "another boot":
@@ -596,3 +598,105 @@ async def test_recovery_does_not_kill_a_pid_recorded_elsewhere(tmp_path: Path, w
     assert (tmp_path / "out" / "k").read_text() == "ran\n"
     assert list((tmp_path / "jobs").iterdir()) == []
     assert not await task.live.contains("k")
+
+
+async def test_the_job_directory_is_the_working_directory_and_the_only_one(tmp_path: Path) -> None:
+    # one directory per job: the control files and the log live in it, hidden; only
+    # inputs that are not local files add in/<link>/
+    out = FileRepository(tmp_path / "out")
+    task = ProcessTask(
+        "t",
+        '[ "$(pwd -P)" = "$(cd "$PDT_JOB_DIR" && pwd -P)" ] && find . | LC_ALL=C sort > {{ o.path }}',
+        executor=LocalHost("here", workdir=tmp_path / "jobs"),
+        inputs={"i": MemoryBlobRepository({"k": b"x"})},
+        outputs={"o": out},
+    )
+    summary = await Pipeline([task]).run()
+    assert summary.succeeded == 1, summary
+    found = (await out.read_text("k")).split()
+    assert found == [".", "./.pdt-log", "./.pdt-pid", "./in", "./in/i", "./in/i/k"]
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
+async def test_a_job_has_a_process_group_of_its_own_in_the_schedulers_session(tmp_path: Path) -> None:
+    # a session per job (setsid) makes a scheduling group per job where autogroups are on
+    out = FileRepository(tmp_path / "out")
+    task = ProcessTask(
+        "t",
+        "read -r _ _ _ _ pgrp sid _ < /proc/$$/stat; echo $$ $pgrp $sid > {{ o.path }}",
+        executor=LocalHost("here", workdir=tmp_path / "jobs"),
+        inputs={"i": MemoryBlobRepository({"k": b"x"})},
+        outputs={"o": out},
+    )
+    summary = await Pipeline([task]).run()
+    assert summary.succeeded == 1, summary
+    pid, pgrp, sid = (int(v) for v in (await out.read_text("k")).split())
+    assert pgrp == pid != os.getpgrp()
+    assert sid == os.getsid(0)
+
+
+async def test_a_relative_workdir_runs_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the script's path was relative to a working directory the job had already left
+    monkeypatch.chdir(tmp_path)
+    out = FileRepository(tmp_path / "out")
+    task = ProcessTask(
+        "t",
+        script="echo from a script > {{ o.path }}\n",
+        executor=LocalHost("here", workdir="jobs"),
+        inputs={"i": MemoryBlobRepository({"k": b"x"})},
+        outputs={"o": out},
+    )
+    summary = await Pipeline([task]).run()
+    assert summary.succeeded == 1, summary
+    assert await out.read_text("k") == "from a script\n"
+
+
+async def test_a_job_runs_with_python_s_ignored_signals_restored(tmp_path: Path) -> None:
+    # Python ignores SIGPIPE; a job must not inherit that (`yes | head` would never end)
+    out = FileRepository(tmp_path / "out")
+    task = ProcessTask(
+        "t",
+        "yes | head -n 2 > {{ o.path }}",
+        executor=LocalHost("here", workdir=tmp_path / "jobs"),
+        inputs={"i": MemoryBlobRepository({"k": b"x"})},
+        outputs={"o": out},
+        timeout="20s",
+    )
+    summary = await Pipeline([task]).run()
+    assert summary.succeeded == 1, summary
+    assert await out.read_text("k") == "y\ny\n"
+
+
+def _marked(token: str) -> list[int]:
+    """Pids of the processes whose environment holds ``PDT_MARK=token``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if f"PDT_MARK={token}".encode() in f.read().split(b"\0") and _alive(int(entry)):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+async def test_cancelled_while_jobs_start_leaves_no_process(tmp_path: Path) -> None:
+    # a job is started in a thread: one whose caller is cancelled meanwhile is stopped too
+    for delay in (0.0, 0.005, 0.02, 0.05):
+        token = f"{os.getpid()}-{time.monotonic_ns()}"
+        task = ProcessTask(
+            "t",
+            "sleep 30",
+            executor=LocalHost("here", cpus=8, workdir=tmp_path / "jobs"),
+            inputs={"i": MemoryBlobRepository({f"k{i}": b"x" for i in range(16)})},
+            env={"PDT_MARK": token},
+            concurrency=8,
+            kill_grace="0.2s",
+        )
+        run = asyncio.create_task(Pipeline([task]).run())
+        await asyncio.sleep(delay)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert _marked(token) == [], f"processes left after a cancellation {delay}s in"

@@ -459,7 +459,7 @@ async def test_closing_the_host_removes_job_dirs_an_outage_left(ssh: dict[str, A
     # round, seed 585651144: "job directories left on the SSH host (1)")
     host = SSHHost(connect=connector(ssh), name="closing", cpus=1, memory="1Gi")
     name = f"/tmp/pdt-jobs/lost-{os.getpid()}-{time.monotonic_ns()}"
-    await remote(ssh, f"mkdir -p {name}/ctl && echo x > {name}/work")
+    await remote(ssh, f"mkdir -p {name}/in && echo x > {name}/.pdt-pid")
     host._lost_dirs.add(name)
     await host.aclose()
     assert (await remote(ssh, f"test -e {name} && echo left || echo gone")).strip() == "gone"

@@ -22,20 +22,7 @@ from pydatatask.executor import PoolExecutor
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import MetadataRepository
 from pydatatask.task import Event, FunctionTask, Hooks, JobState, RetryPolicy
-
-
-class CountingMemory(MemoryMetadataRepository):
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
-        super().__init__(data)
-        self.listings = 0
-
-    async def keys(self) -> set[str]:
-        self.listings += 1
-        return await super().keys()
-
-    async def versions(self) -> dict[str, str | None]:
-        self.listings += 1  # a listing too: inputs are listed with their versions
-        return await super().versions()
+from tests.counting import CountingMetadata
 
 
 async def copy(key: str, src: MetadataRepository, dst: MetadataRepository) -> None:
@@ -67,7 +54,7 @@ async def test_ready_rule_chain_and_fan_in() -> None:
 
 
 async def test_one_listing_per_repository_per_tick() -> None:
-    shared = CountingMemory({f"k{i}": i for i in range(50)})
+    shared = CountingMetadata({f"k{i}": i for i in range(50)})
     outs = [MemoryMetadataRepository() for _ in range(3)]
     tasks = [
         FunctionTask(f"t{i}", copy, inputs={"src": shared}, outputs={"dst": outs[i]}, concurrency=100)
@@ -97,7 +84,7 @@ async def test_unchained_run_lists_only_when_its_queue_runs_dry() -> None:
         await asyncio.sleep(0.01)
         await dst.put(key, await src.get(key))
 
-    src = CountingMemory({f"k{i:03d}": i for i in range(120)})
+    src = CountingMetadata({f"k{i:03d}": i for i in range(120)})
     one = FunctionTask(
         "one", slow_copy, inputs={"src": src}, outputs={"dst": MemoryMetadataRepository()}, concurrency=4
     )
@@ -109,7 +96,7 @@ async def test_unchained_run_lists_only_when_its_queue_runs_dry() -> None:
     # at the start, then when all is done (a tick from what is known finds nothing left first)
     assert src.listings == pipeline.scheduler.known.listings(src) == 2
 
-    src2 = CountingMemory({f"k{i:03d}": i for i in range(120)})
+    src2 = CountingMetadata({f"k{i:03d}": i for i in range(120)})
     mid, end = MemoryMetadataRepository(), MemoryMetadataRepository()
     first = FunctionTask("first", slow_copy, inputs={"src": src2}, outputs={"dst": mid}, concurrency=4)
     second = FunctionTask("second", slow_copy, inputs={"src": mid}, outputs={"dst": end}, concurrency=4)

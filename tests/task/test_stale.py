@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,12 +21,12 @@ from pydatatask.pipeline.staleness import redo
 from pydatatask.repository.base import BlobRepository
 from pydatatask.task import FunctionTask, JobOutcome
 from pydatatask.task.base import JobContext
+from tests.counting import CountingBlobs
 
 from .stale_pipeline import build as build_files_pipeline
-from .stale_pipeline import runs
+from .stale_support import kill_when, runs, start
 
 SCRIPT = Path(__file__).with_name("stale_pipeline.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stages:
@@ -219,25 +215,11 @@ async def test_unknown_versions_never_make_a_key_stale_but_a_redone_upstream_doe
     assert await stages.out.read_bytes("a") == b"OTHER!"
 
 
-class CountingMemory(MemoryBlobRepository):
-    def __init__(self) -> None:
-        super().__init__()
-        self.listings = 0
-
-    async def keys(self) -> set[str]:
-        self.listings += 1
-        return await super().keys()
-
-    async def versions(self) -> dict[str, str | None]:
-        self.listings += 1
-        return await super().versions()
-
-
 async def test_one_listing_per_repository_per_tick_serves_keys_and_versions() -> None:
-    repos: dict[str, CountingMemory] = {}
+    repos: dict[str, CountingBlobs] = {}
 
-    def make(name: str) -> CountingMemory:
-        repos[name] = CountingMemory()
+    def make(name: str) -> CountingBlobs:
+        repos[name] = CountingBlobs()
         return repos[name]
 
     stages = Stages(make)
@@ -250,18 +232,6 @@ async def test_one_listing_per_repository_per_tick_serves_keys_and_versions() ->
 
 
 # ---------------------------------------------------------------- two schedulers, a kill
-def _run_script(data: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(data), *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _write_sources(data: Path, values: dict[str, str]) -> None:
     (data / "src").mkdir(parents=True, exist_ok=True)
     for key, value in values.items():
@@ -275,7 +245,7 @@ def test_two_schedulers_rerun_stale_redo_each_key_exactly_once(tmp_path: Path) -
     changed = keys[::2]
     _write_sources(tmp_path, {k: f"changed-{k}" for k in changed})
     before = len(runs(tmp_path))
-    procs = [_run_script(tmp_path, "--rerun-stale") for _ in range(2)]
+    procs = [start(SCRIPT, tmp_path, "--rerun-stale") for _ in range(2)]
     for proc in procs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
@@ -297,18 +267,8 @@ def test_a_scheduler_killed_during_a_redo_leaves_the_key_to_be_done_again(tmp_pa
     hold = tmp_path / "hold-k1"
     hold.touch()
     before = len(runs(tmp_path))
-    proc = _run_script(tmp_path, "--rerun-stale")
-    try:
-        for _ in range(400):
-            if ("upper", "k1") in runs(tmp_path)[before:]:
-                break
-            assert proc.poll() is None, proc.communicate()
-            subprocess.run(["sleep", "0.05"], check=True)
-        else:
-            pytest.fail("the redo of k1 never started")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+    proc = start(SCRIPT, tmp_path, "--rerun-stale")
+    kill_when(proc, tmp_path, before, ("upper", "k1"), "the redo of k1 never started")
     hold.unlink()
     record, output = tmp_path / "state" / "upper" / "done" / "k1.yaml", tmp_path / "mid" / "k1.txt"
     # the record went first: never a success record beside a missing output
@@ -336,18 +296,8 @@ def test_a_scheduler_killed_between_removing_the_record_and_the_outputs(tmp_path
     hold = tmp_path / "hold-rm-k1"
     hold.touch()
     before = len(runs(tmp_path))
-    proc = _run_script(tmp_path, "--rerun-stale")
-    try:
-        for _ in range(400):
-            if ("rm", "k1") in runs(tmp_path)[before:]:
-                break
-            assert proc.poll() is None, proc.communicate()
-            subprocess.run(["sleep", "0.05"], check=True)
-        else:
-            pytest.fail("the redo of k1 never removed its old output")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+    proc = start(SCRIPT, tmp_path, "--rerun-stale")
+    kill_when(proc, tmp_path, before, ("rm", "k1"), "the redo of k1 never removed its old output")
     hold.unlink()
     state = tmp_path / "state" / "upper"
     assert not (state / "done" / "k1.yaml").exists()  # the record went first
@@ -417,7 +367,7 @@ async def test_an_output_the_job_did_not_write_is_not_missing() -> None:
 
 
 async def test_a_view_input_lists_its_children_once_per_tick_with_versions() -> None:
-    a, b, out = CountingMemory(), CountingMemory(), MemoryBlobRepository()
+    a, b, out = CountingBlobs(), CountingBlobs(), MemoryBlobRepository()
     await a.write_bytes("x", b"1")
     await b.write_bytes("x", b"2")
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,10 +29,9 @@ from pydatatask.task import FanOut, FunctionTask
 from tests.repository.test_s3 import bucket, client, prefix, s3conf  # noqa: F401 - fixtures
 
 from .stale_fan_pipeline import build as build_files_pipeline
-from .stale_fan_pipeline import runs
+from .stale_support import kill_when, runs, start
 
 SCRIPT = Path(__file__).with_name("stale_fan_pipeline.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class ContentVersions(MemoryBlobRepository):
@@ -325,18 +320,6 @@ async def test_a_group_of_10000_members_keeps_a_small_record_and_sees_a_changed_
 
 
 # ---------------------------------------------------------------- two schedulers
-def _run_script(data: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(data), *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_two_schedulers_rerun_stale_redo_the_cascade_of_one_archive_exactly_once(tmp_path: Path) -> None:
     (tmp_path / "archives").mkdir()
     books = {"A": "one two\n---\nthree\n---\nfour five six", "B": "x\n---\ny z", "C": "c"}
@@ -345,7 +328,7 @@ def test_two_schedulers_rerun_stale_redo_the_cascade_of_one_archive_exactly_once
     assert build_files_pipeline(tmp_path).run_sync().ok
     before = len(runs(tmp_path))
     (tmp_path / "archives" / "A.txt").write_text("one two\n---\nthree 3")  # re-uploaded
-    procs = [_run_script(tmp_path, "--rerun-stale") for _ in range(2)]
+    procs = [start(SCRIPT, tmp_path, "--rerun-stale") for _ in range(2)]
     for proc in procs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
@@ -377,18 +360,8 @@ def test_a_scheduler_killed_while_redoing_the_archive_leaves_the_cascade_to_the_
     hold = tmp_path / "hold-A"
     hold.touch()
     before = len(runs(tmp_path))
-    proc = _run_script(tmp_path, "--rerun-stale")
-    try:
-        for _ in range(400):
-            if ("unpack", "A") in runs(tmp_path)[before:]:
-                break
-            assert proc.poll() is None, proc.communicate()
-            subprocess.run(["sleep", "0.05"], check=True)
-        else:
-            pytest.fail("the redo of unpack A never started")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+    proc = start(SCRIPT, tmp_path, "--rerun-stale")
+    kill_when(proc, tmp_path, before, ("unpack", "A"), "the redo of unpack A never started")
     hold.unlink()
     assert not (tmp_path / "state" / "unpack" / "done" / "A.yaml").exists()  # the record went first
     assert not (tmp_path / "pages" / "A").exists() or not list((tmp_path / "pages" / "A").iterdir())

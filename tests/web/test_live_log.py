@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from pydatatask import FileRepository, MemoryBlobRepository, MemoryMetadataRepos
 from pydatatask.executor import LocalHost
 from pydatatask.pipeline import Pipeline
 from pydatatask.repository.base import BlobRepository, MetadataRepository, Repository
-from pydatatask.task import FunctionTask, JobContext, ProcessTask
+from pydatatask.task import FunctionTask, JobContext, ProcessTask, RetryPolicy
 from pydatatask.web.live_log import NO_LIVE_LOG, tail
 
 from .conftest import Client, Gate, serve
@@ -43,7 +43,7 @@ def talking(gate: Gate, **kwargs: Any) -> Pipeline:
     return Pipeline([task], state_dir=state_dir)
 
 
-async def live(client: Client, task: str, key: str) -> AsyncIterator[dict[str, Any]]:
+async def live(client: Client, task: str, key: str) -> AsyncGenerator[dict[str, Any], None]:
     """The events of the live log of ``task`` ``key``, until the server ends the stream."""
     async with (
         asyncio.timeout(30),
@@ -185,3 +185,98 @@ def test_tail_keeps_the_last_lines_within_bounds() -> None:
     assert tail(lines, 1000, 30) == ["line 4997", "line 4998", "line 4999"]
     assert tail(["x" * 100], 10, 20) == ["x" * 20]  # one long line: its end
     assert tail([], 10) == []
+
+
+def batched(gate: Gate, fail_once: tuple[str, ...] = ()) -> Pipeline:
+    """One task run as one batch of ``a``, ``b``, ``c``: it logs a line, waits, ends; the
+    keys of ``fail_once`` fail the first attempt (retried alone)."""
+    src = MemoryMetadataRepository({"a": 1, "b": 2, "c": 3})
+    out = MemoryMetadataRepository()
+    seen: set[str] = set()
+
+    async def talk(
+        keys: list[str], src: MetadataRepository, out: MetadataRepository, job: JobContext
+    ) -> dict[str, Exception]:
+        job.log(f"working on {', '.join(keys)}")
+        await gate.wait()
+        failed: dict[str, Exception] = {}
+        for key in keys:
+            if key in fail_once and key not in seen:
+                seen.add(key)
+                failed[key] = OSError(f"{key} hiccuped")
+            else:
+                await out.put(key, "done")
+        return failed
+
+    task = FunctionTask(
+        "talk",
+        talk,
+        inputs={"src": src},
+        outputs={"out": out},
+        logs=MemoryBlobRepository(),
+        batch=3,
+        retry=RetryPolicy(max_attempts=2, backoff=0.01),
+    )
+    return Pipeline([task])
+
+
+async def test_every_key_of_a_running_batch_streams_the_log_of_the_batch(http: aiohttp.ClientSession) -> None:
+    gate = Gate()
+    pipeline = batched(gate)
+    server, client = await serve(pipeline, http, live=True)
+    try:
+        run = asyncio.create_task(pipeline.run(on_progress=lambda s: None))
+        for key in ("a", "b", "c"):
+            await running_here(client, "talk", key)
+        for key in ("c", "a"):
+            events = live(client, "talk", key)
+            first = await anext(events)
+            assert first["reset"] and first["attempt"] == 1
+            assert first["batch"]["size"] == 3 and sorted(first["batch"]["keys"]) == ["a", "b", "c"]
+            assert "working on a, b, c" in [line.split(" ", 1)[1] for line in first["lines"]]
+            await events.aclose()
+        events = live(client, "talk", "b")
+        assert (await anext(events))["batch"]["size"] == 3
+        gate.open()
+        last = await anext(events)
+        while not last.get("end"):
+            last = await anext(events)
+        assert last == {"end": True, "state": "succeeded"}
+        assert (await run).ok
+    finally:
+        gate.open(2)
+        await server.__aexit__(None, None, None)
+
+
+async def test_a_key_recorded_ends_its_stream_while_the_rest_of_its_batch_is_retried(
+    http: aiohttp.ClientSession,
+) -> None:
+    gate = Gate()
+    pipeline = batched(gate, fail_once=("b",))
+    server, client = await serve(pipeline, http, live=True)
+    try:
+        run = asyncio.create_task(pipeline.run(on_progress=lambda s: None))
+        for key in ("a", "b"):
+            await running_here(client, "talk", key)
+        of_a, of_b = live(client, "talk", "a"), live(client, "talk", "b")
+        assert (await anext(of_a))["batch"]["size"] == 3
+        assert (await anext(of_b))["batch"]["size"] == 3
+        gate.open()  # a and c succeed, b fails and is retried alone
+        last = await anext(of_a)
+        while not last.get("end"):
+            last = await anext(of_a)
+        assert last == {"end": True, "state": "succeeded"}
+        second = await anext(of_b)
+        while not second.get("reset"):
+            assert not second.get("end"), second
+            second = await anext(of_b)
+        assert second["attempt"] == 2 and second["batch"] == {"size": 1, "keys": ["b"]}
+        gate.open()
+        last = await anext(of_b)
+        while not last.get("end"):
+            last = await anext(of_b)
+        assert last == {"end": True, "state": "succeeded"}
+        assert (await run).ok
+    finally:
+        gate.open(2)
+        await server.__aexit__(None, None, None)

@@ -196,3 +196,26 @@ async def test_the_log_of_a_running_job_streams_on_its_page(
     finally:
         gate.open(2)
         await server.__aexit__(None, None, None)
+
+
+async def test_the_page_of_a_key_of_a_running_batch_streams_the_log_of_the_batch(
+    browser: Any, http: aiohttp.ClientSession
+) -> None:
+    from .test_live_log import batched, running_here
+
+    gate = Gate()
+    pipeline = batched(gate)
+    server, client = await serve(pipeline, http, live=True)
+    try:
+        run = asyncio.create_task(pipeline.run(on_progress=lambda s: None))
+        await running_here(client, "talk", "b")
+        await asyncio.to_thread(browser.get, server.url.split("#")[0] + "#/job?task=talk&key=b")
+        await until(browser, lambda d: "working on a, b, c" in text_of(d, "log"), "the batch's line, live")
+        assert "the log of a batch of 3 keys, from a" in text_of(browser, "log-note")
+        gate.open()
+        assert (await run).ok
+        await until(browser, lambda d: "attempts" in text_of(d, "record"), "the record of the ended job")
+        assert "working on a, b, c" in text_of(browser, "log")  # the stored log of b
+    finally:
+        gate.open(2)
+        await server.__aexit__(None, None, None)

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.reliability.harness import BUCKET, ensure_bucket, s3_client, s3_empty
-from tests.reliability.test_secrets import LEAKY, assert_absent
+from tests.reliability.test_secrets import LEAKY, assert_absent, leaky_s3
 
 from .test_cli_serve import Started
 
@@ -29,19 +27,8 @@ def fetch(url: str, path: str) -> str:
 
 @pytest.mark.s3
 async def test_s3_secret_never_in_the_page_or_the_api(services: dict[str, Any], tmp_path: Path) -> None:
-    conf = {k: services["s3"][k] for k in ("endpoint", "access_key", "secret_key", "region")}
-    real, bad = conf["secret_key"], "BADSECRET-" + secrets.token_hex(8)
-    prefix = f"websecret{uuid.uuid4().hex[:8]}/"
-    (tmp_path / "src").mkdir()
-    for k in ("viabad", "k1"):
-        (tmp_path / "src" / f"{k}.txt").write_text("x")
-    environ = {
-        **os.environ,
-        "PDT_SEC_DATA": str(tmp_path),
-        "PDT_SEC_MODE": "s3",
-        "PDT_SEC_BAD_SECRET": bad,
-        "PDT_SEC_S3": json.dumps({**conf, "bucket": BUCKET, "prefix": prefix}),
-    }
+    conf, real, bad, prefix, env = leaky_s3(services, tmp_path, "websecret")
+    environ = {**os.environ, **env}
     async with s3_client(conf) as client:
         await ensure_bucket(client)
         try:

@@ -223,6 +223,7 @@ function streamLog(task, key) {
   let lines = [];
   let output = "";
   let skipped = 0;
+  let batch = "";
   $("log").textContent = "";
   $("log-note").textContent = "(live)";
   const source = new EventSource("api/log/live?" + new URLSearchParams({ task, key }).toString());
@@ -240,13 +241,14 @@ function streamLog(task, key) {
     if (e.reset) {
       if (lines.length) lines.push(`--- attempt ${e.attempt} ---`);
       else skipped = e.skipped || 0;
+      batch = e.batch ? `; the log of a batch of ${e.batch.size} keys, from ${e.batch.keys[0]}` : "";
     }
     lines.push(...(e.lines || []));
     if (lines.length > 5000) { skipped += lines.length - 5000; lines = lines.slice(-5000); }
     if (e.output !== undefined) output = e.output;
     $("log").textContent = lines.join("\n") + (lines.length ? "\n" : "") +
       (output ? "--- output so far ---\n" + output : "");
-    $("log-note").textContent = `(live, attempt ${e.attempt}` +
+    $("log-note").textContent = `(live, attempt ${e.attempt}` + batch +
       (skipped ? `; the last lines, ${skipped} before them` : "") + ")";
   };
   source.onerror = () => {

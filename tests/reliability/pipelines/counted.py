@@ -11,6 +11,10 @@ settings come from the environment so the harness can start several copies at on
 ``PDT_REL_MONGO``    a MongoDB URI (may point at the harness's cut-able proxy)
 ``PDT_REL_SLEEP``    seconds each job sleeps between its side effect and its output
 ``PDT_REL_CONCURRENCY``, ``PDT_REL_LEASE``, ``PDT_REL_CHECK`` (claim check interval)
+``PDT_REL_BATCH``    keys per call (``batch=``); above 1 the task is batched: one call reads
+                     its keys' inputs, logs each, sleeps once and writes each output (a key
+                     whose read or write fails fails alone); ``PDT_REL_BATCH_WAIT`` its
+                     ``batch_wait``
 
 Side effects, appended with ``O_APPEND`` (one ``write`` per line, so lines never interleave):
 ``runs.log`` gets ``KEY PID`` when a job starts its work; ``done.log`` gets ``KEY PID`` from
@@ -48,6 +52,8 @@ SLEEP = float(os.environ.get("PDT_REL_SLEEP", "0"))
 CONCURRENCY = int(os.environ.get("PDT_REL_CONCURRENCY", "16"))
 LEASE = os.environ.get("PDT_REL_LEASE", "60s")
 CHECK = os.environ.get("PDT_REL_CHECK", "30s")
+BATCH = int(os.environ.get("PDT_REL_BATCH", "1"))
+BATCH_WAIT = os.environ.get("PDT_REL_BATCH_WAIT") or None
 
 
 def append_line(path: Path, line: str) -> None:
@@ -80,6 +86,34 @@ async def work(key: str, job: JobContext, src: Repository, out: Repository) -> N
     if SLEEP:
         await asyncio.sleep(SLEEP)
     await write_output(out, key, data.upper())
+
+
+async def work_batch(
+    keys: list[str], job: JobContext, src: Repository, out: Repository
+) -> dict[str, BaseException]:
+    """The batched ``work``: every key's side effect, one sleep, every key's output."""
+    failed: dict[str, BaseException] = {}
+
+    async def each(key: str, step: Any) -> None:
+        try:
+            await step(key)
+        except Exception as exc:  # this key fails alone; cancellation propagates
+            failed[key] = exc
+
+    inputs: dict[str, bytes] = {}
+
+    async def read(key: str) -> None:
+        inputs[key] = await read_input(src, key)
+        append_line(DATA / "runs.log", f"{key} {os.getpid()}")
+
+    async def write(key: str) -> None:
+        await write_output(out, key, inputs[key].upper())
+
+    await asyncio.gather(*(each(k, read) for k in keys))
+    if SLEEP:
+        await asyncio.sleep(SLEEP)
+    await asyncio.gather(*(each(k, write) for k in keys if k in inputs))
+    return failed
 
 
 def build_pipeline() -> Pipeline:
@@ -162,7 +196,9 @@ def build_pipeline() -> Pipeline:
 
     task = FunctionTask(
         "work",
-        work,
+        work_batch if BATCH > 1 else work,
+        batch=BATCH,
+        batch_wait=BATCH_WAIT,
         inputs={"src": src},
         outputs={"out": out},
         concurrency=CONCURRENCY,
