@@ -38,7 +38,7 @@ PAYLOAD = bytes(range(32, 132))  # 100 bytes
 
 
 def points(opts: Options) -> list[Point]:
-    n = 300 if opts.quick else 100_000
+    n = opts.size or (300 if opts.quick else 100_000)
     return [
         Point(
             f"{n} objects",
