@@ -3,6 +3,7 @@ one per key (counted with a PyMongo command listener on the real test server).""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from pydatatask import MemoryMetadataRepository
+from pydatatask.pipeline import Pipeline
 from pydatatask.repository.mongo import MongoMetadataRepository
 from pydatatask.task import FunctionTask, RetryPolicy
 from pydatatask.task.claims import Claims
@@ -109,3 +111,45 @@ async def test_a_retried_batch_makes_the_same_commands_at_any_size(
     # claims: insert; retrying and running again: a find and a bulk write each; release:
     # delete. Records: one find (done already?), one bulk write.
     assert sent == ["insert", "find", "find", "update", "find", "update", "update", "delete"], sent
+
+
+async def test_the_heartbeats_of_a_running_batch_are_one_bulk_write_per_round(
+    state: tuple[CommandCounter, dict[str, MongoMetadataRepository]],
+    mongo_uri: str,  # noqa: F811
+) -> None:
+    """The scheduler renews the 30 claims of a running batch together: per round one find
+    and one bulk write to ``live``, not two commands per key."""
+    counter, repos = state
+    keys = [f"k{i:02d}" for i in range(30)]
+    watcher: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    live = MongoMetadataRepository(watcher[DB][repos["live"].collection.name])  # not counted
+    done = MongoMetadataRepository(watcher[DB][repos["done"].collection.name])
+    renewals: list[float] = []
+
+    async def work(keys: list[str], src: MemoryMetadataRepository) -> None:
+        # run until the scheduler has renewed the batch's claims twice
+        first = (await live.get(keys[0]))["heartbeat"]
+        while len(renewals) < 2:
+            await asyncio.sleep(0.02)
+            beat = (await live.get(keys[0]))["heartbeat"]
+            if beat != (renewals[-1] if renewals else first):
+                renewals.append(beat)
+
+    task = FunctionTask(
+        "work",
+        work,
+        inputs={"src": MemoryMetadataRepository(dict.fromkeys(keys, 1))},
+        done=done,
+        live=repos["live"],
+        batch=len(keys),
+    )
+    try:
+        counter.names.clear()
+        summary = await asyncio.wait_for(Pipeline([task], claim_lease="600ms").run(), 100)
+    finally:
+        await watcher.close()
+    assert summary.succeeded == len(keys) and not summary.errors, summary
+    updates = counter.names.count("update")
+    # per key, it was 2 updates at least (two rounds of 30 replace_one); now one per round,
+    # and the rounds are few (the job ends two rounds after it starts)
+    assert 2 <= updates < len(keys), counter.names
