@@ -126,47 +126,49 @@ def _own(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 async def change(
     claims: Claims, batch: BatchClaim, mutate: Callable[[dict[str, Any]], dict[str, Any] | None]
-) -> bool:
+) -> set[str]:
     """Store ``mutate(bundle)`` (None: delete the bundle) by compare-and-swap, again on
-    the bundle as stored when someone else changed it. The keys that left the bundle
-    meanwhile are lost (no longer held). False if the bundle is gone."""
+    the bundle as stored when someone else changed it. Returns the keys lost: held by
+    this process, but gone from the bundle (or the bundle gone) when someone else changed
+    it (they are no longer held). A claim this process released meanwhile is not lost."""
     store = batch.store
     value = batch.value
+    lost: set[str] = set()
     for _ in range(_ROUNDS):
         new = mutate(value)
         if new is None:
             await store.delete_bundle(batch.name)
             _settle(claims, batch, None)
-            return True
+            return lost
         if await store.replace_bundle_if(batch.name, value, new):
             batch.value = new
             batch.renewed = time.time()
-            _settle(claims, batch, new)
-            return True
+            lost |= _settle(claims, batch, new)
+            return lost
         current = await store.get_bundle(batch.name)
+        lost |= _settle(claims, batch, current)
         if current is None:
-            _settle(claims, batch, None)
-            return False
+            return lost
         value = batch.value = current
-        _settle(claims, batch, current)
     raise RepositoryError(
         f"task {claims.task}: the claim of batch {batch.name} kept changing under this scheduler"
     )
 
 
-def _settle(claims: Claims, batch: BatchClaim, bundle: dict[str, Any] | None) -> None:
-    """The held claims of ``batch``: gone if not in ``bundle``, else its value."""
+def _settle(claims: Claims, batch: BatchClaim, bundle: dict[str, Any] | None) -> set[str]:
+    """The held claims of ``batch``: gone if not in ``bundle`` (None: the bundle is gone),
+    else its value. Returns the keys that stopped being held."""
     keys = set(bundle_keys(bundle)) if bundle is not None else set()
+    gone: set[str] = set()
     for key, claim in list(claims._held.items()):
         if claim.batch is not batch:
             continue
-        if key in keys and bundle is not None:
+        if bundle is not None and key in keys:
             claim.value = bundle_member(bundle, key)
-        elif bundle is not None:
-            del claims._held[key]  # moved out by someone else: lost
-    if bundle is None:
-        for key in [k for k, c in claims._held.items() if c.batch is batch]:
-            del claims._held[key]
+        else:
+            del claims._held[key]  # moved out by someone else, or the bundle removed: lost
+            gone.add(key)
+    return gone
 
 
 async def update(claims: Claims, members: list[Claim], fields: dict[str, Any]) -> list[Claim]:
@@ -194,8 +196,10 @@ async def update(claims: Claims, members: list[Claim], fields: dict[str, Any]) -
                     own[k] = {**own.get(k, {}), **fields}
         return make_bundle(shared, held, {k: v for k, v in own.items() if v})
 
-    await change(claims, batch, mutate)
-    return [c for c in members if claims._held.get(c.key) is not c]
+    # only the keys the bundle lost count: a member released meanwhile (its job ended,
+    # while this renewal was under way) is not held any more, and not lost either
+    lost = await change(claims, batch, mutate)
+    return [c for c in members if c.key in lost]
 
 
 async def release(claims: Claims, members: list[Claim]) -> None:

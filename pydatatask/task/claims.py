@@ -33,9 +33,9 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import MetadataRepository
@@ -47,6 +47,8 @@ from .batch_claims import BatchClaim
 from .records import HOSTNAME, make_claim, pid_is_comparable, process_start_time
 
 __all__ = ("Claim", "Claims", "new_owner", "process_memory")
+
+_T = TypeVar("_T")
 
 
 def process_memory(repo: MetadataRepository, *, writing: bool = False) -> MemoryMetadataRepository | None:
@@ -108,7 +110,7 @@ class Claims:
         self.batched = False
         # the conditional replace of a held claim under way, by key: a release waits for it
         # (a replace that read the claim before a delete must not write it back after)
-        self._replacing: dict[str, asyncio.Future[bool]] = {}
+        self._replacing: dict[str, asyncio.Future[Any]] = {}
         # updates of one task's claims are serialised: a heartbeat and a note of a written
         # key must not both replace the same old value
         self._lock = asyncio.Lock()
@@ -188,7 +190,7 @@ class Claims:
             if self._held.get(claim.key) is not claim:
                 return True  # released (or never ours): nothing to renew, nothing lost
             if claim.batch is not None:
-                return not await batch_claims.update(self, [claim], fields)
+                return not await self._batch_op([claim], batch_claims.update(self, [claim], fields))
             old = claim.value
             new = dict(old, **fields, heartbeat=time.time())
             # shielded: a cancelled heartbeat must not leave the write running unseen (a
@@ -215,14 +217,63 @@ class Claims:
                 parts.setdefault(id(claim.batch), []).append(claim)
             else:
                 single.append(claim)
-        kept = await asyncio.gather(*(self.update(c, **fields) for c in single))
-        lost = [c for c, ok in zip(single, kept, strict=True) if not ok]
+        if len(single) == 1:
+            lost = [] if await self.update(single[0], **fields) else single
+        else:
+            lost = await self._update_apart(single, fields)
         for members in parts.values():
             async with self._lock:
+                await self._settle([c.key for c in members])
                 held = [c for c in members if self._held.get(c.key) is c]
                 if held:
-                    lost += await batch_claims.update(self, held, fields)
+                    lost += await self._batch_op(held, batch_claims.update(self, held, fields))
         return lost
+
+    async def _update_apart(self, claims: list[Claim], fields: dict[str, Any]) -> list[Claim]:
+        """:meth:`update` of ``claims`` held as objects of their own, with one
+        ``replace_many_if`` (a fixed number of round trips where the backend has a bulk
+        write); returns the claims lost."""
+        async with self._lock:
+            await self._settle([c.key for c in claims])
+            held = [c for c in claims if self._held.get(c.key) is c]
+            if not held:
+                return []
+            now = time.time()
+            news = {c.key: dict(c.value, **fields, heartbeat=now) for c in held}
+            changes = {c.key: (c.value, news[c.key]) for c in held}
+            # shielded, and tracked as single replaces are (see update and _settle)
+            op: asyncio.Future[set[str]] = asyncio.ensure_future(self._replace_many(changes))
+            for c in held:
+                self._replacing[c.key] = op
+            op.add_done_callback(functools.partial(self._replaced_many, held, news))
+            replaced = await asyncio.shield(op)
+            lost = []
+            for c in held:
+                if c.key in replaced:
+                    c.value = news[c.key]
+                elif self._held.get(c.key) is c:  # (released meanwhile: not lost)
+                    del self._held[c.key]
+                    lost.append(c)
+            return lost
+
+    async def _replace_many(self, changes: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> set[str]:
+        try:
+            return await self.live.replace_many_if(changes)
+        except UnsupportedOperationError:
+            items = list(changes.items())
+            done = await asyncio.gather(*(self._replace(k, old, new) for k, (old, new) in items))
+            return {k for (k, _change), ok in zip(items, done, strict=True) if ok}
+
+    def _replaced_many(
+        self, claims: list[Claim], news: dict[str, dict[str, Any]], op: asyncio.Future[set[str]]
+    ) -> None:
+        """The end of a :meth:`_replace_many` (as :meth:`_replaced`, for each claim)."""
+        replaced = op.result() if not op.cancelled() and op.exception() is None else set()
+        for claim in claims:
+            if self._replacing.get(claim.key) is op:
+                del self._replacing[claim.key]
+            if claim.key in replaced:
+                claim.value = news[claim.key]
 
     async def _replace(self, key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
         try:
@@ -236,7 +287,7 @@ class Claims:
                 await self.live.put(key, new)
             return ok
 
-    def _replaced(self, claim: Claim, new: dict[str, Any], op: asyncio.Future[bool]) -> None:
+    def _replaced(self, claim: Claim, new: dict[str, Any], op: asyncio.Future[Any]) -> None:
         """The end of a replace of ``claim`` by ``new``: the stored value is kept (also when
         the heartbeat that made it was cancelled meanwhile, so the next one compares with
         what is stored)."""
@@ -244,6 +295,25 @@ class Claims:
             del self._replacing[claim.key]
         if not op.cancelled() and op.exception() is None and op.result():
             claim.value = new
+
+    async def _batch_op(self, members: list[Claim], work: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``work``, a change of the one object of the batch of ``members``, shielded and
+        known to :meth:`_settle` under every key of the batch, as a single replace is (a
+        cancelled heartbeat's write must not land after the release that follows it)."""
+        batch = members[0].batch
+        keys = {c.key for c in members} | set(batch.keys() if batch is not None else ())
+        op = asyncio.ensure_future(work)
+        for key in keys:
+            self._replacing[key] = op
+        op.add_done_callback(functools.partial(self._batch_op_ended, keys))
+        return await asyncio.shield(op)
+
+    def _batch_op_ended(self, keys: set[str], op: asyncio.Future[Any]) -> None:
+        for key in keys:
+            if self._replacing.get(key) is op:
+                del self._replacing[key]
+        if not op.cancelled():
+            op.exception()  # seen here when the caller was cancelled meanwhile
 
     async def _settle(self, keys: list[str]) -> None:
         """Wait for the replaces of ``keys`` under way to end: a replace that read a claim
@@ -263,7 +333,8 @@ class Claims:
             del self._held[claim.key]
         if claim.batch is not None:
             async with self._lock:
-                await batch_claims.release(self, [claim])
+                await self._settle([claim.key])
+                await self._batch_op([claim], batch_claims.release(self, [claim]))
             return
         await self._settle([claim.key])
         await self._delete_own([claim.key])
@@ -282,7 +353,8 @@ class Claims:
                 keys.append(claim.key)
         for members in parts.values():
             async with self._lock:
-                await batch_claims.release(self, members)
+                await self._settle([c.key for c in members])
+                await self._batch_op(members, batch_claims.release(self, members))
         if keys:
             await self._settle(keys)
             await self._delete_own(keys)
@@ -312,7 +384,8 @@ class Claims:
         self.forget(claim)
         if claim.batch is not None:
             async with self._lock:
-                await batch_claims.abandon(self, claim)
+                await self._settle([claim.key])
+                await self._batch_op([claim], batch_claims.abandon(self, claim))
             return
         await self._settle([claim.key])
         value = claim.value

@@ -258,3 +258,52 @@ async def test_a_scheduler_killed_mid_batch_is_recovered_key_by_key(
     out = S3BucketRepository(client, bucket, f"{prefix}out/")
     assert {k: await out.read_bytes(k) for k in keys} == dict.fromkeys(keys, b"ABC")
     assert await _names(client, bucket, f"{prefix}live/") == []
+
+
+class _PausingBundles(YamlMetadataS3Repository):
+    """A real S3 metadata repository whose next replace of a bundle waits, before it is
+    sent, until told to go on: a batch's renewal under way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.armed = False
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def replace_bundle_if(self, name: str, expected: dict[str, Any], bundle: dict[str, Any]) -> bool:
+        if self.armed:
+            self.armed = False
+            self.reached.set()
+            await self.go.wait()
+        return await super().replace_bundle_if(name, expected, bundle)
+
+
+@pytest.mark.parametrize("how", ["release_many", "release"])
+async def test_a_batch_released_during_its_renewal_has_lost_no_claim(
+    client: Any, bucket: str, prefix: str, how: str
+) -> None:
+    """The batch ends (records written, claims released) while the scheduler's heartbeat
+    renews its object: the heartbeat must not report the released claims lost (it used to,
+    and the scheduler then cancelled the finished batch: "claim lost")."""
+    live = _PausingBundles(client, bucket, prefix)
+    claims = Claims(live, "t", "me", lease=30)
+    keys = ["a", "b", "c"]
+    held = await claims.acquire_many(keys, batch="b1")
+    assert set(held) == set(keys)
+    batch = held["a"].batch
+    assert batch is not None
+    batch.renewed = 0.0  # due for renewal
+    live.armed = True
+    beat = asyncio.create_task(claims.heartbeat(held["a"]))
+    await asyncio.wait_for(live.reached.wait(), 30)
+    if how == "release_many":
+        end = asyncio.create_task(claims.release_many([held[k] for k in keys]))
+    else:
+        end = asyncio.gather(*(claims.release(held[k]) for k in keys))
+    await asyncio.sleep(0.1)  # the release has let go of the claims, and waits for the renewal
+    live.go.set()
+    assert await beat is True, "a released claim was reported lost"
+    await end
+    assert claims.held() == {}
+    assert await YamlMetadataS3Repository(client, bucket, prefix).keys() == set()
+    assert await _names(client, bucket, prefix) == []
