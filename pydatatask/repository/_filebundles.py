@@ -167,11 +167,15 @@ class FileBundles(_Base):
 
     async def _scan_keys(self, versions: bool) -> dict[str, str | None]:
         """Every stored name; with ``versions``, each with its version (a bundle's keys
-        have the bundle file's)."""
-        plain = await asyncio.to_thread(self._plain, versions)
+        have the bundle file's). Where there are bundles, the keys' files and the bundles
+        are read together under the directory's lock (one view, as one S3 listing is)."""
         if not self._has_bundles():
-            return plain
-        stamped = await self._run(_READ, self._read_bundles, versions)
+            return await asyncio.to_thread(self._plain, versions)
+
+        def scan() -> tuple[dict[str, str | None], dict[str, tuple[dict[str, Any], str | None]]]:
+            return self._plain(versions), self._read_bundles(versions)
+
+        plain, stamped = await self._run(_READ, scan)
         names = dict(plain)
         for bundle, version in stamped.values():
             for key in bundle_keys(bundle):
