@@ -21,8 +21,16 @@ from pydatatask.repository.serialized import SerializedMetadataRepository
 from pydatatask.task.claims import Claims
 from tests.reliability.harness import finish, start_script
 
+from . import test_s3
+
 SCRIPT = Path(__file__).with_name("file_claims_race.py")
 ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+# the S3 test server's fixtures, for the one test of the claims' protocol there
+s3conf = test_s3.s3conf
+bucket = test_s3.bucket
+client = test_s3.client
+prefix = test_s3.prefix
 
 Kind = type[YamlMetadataFileRepository] | type[JsonMetadataFileRepository]
 KINDS = pytest.mark.parametrize(
@@ -230,3 +238,34 @@ async def test_batches_of_real_processes_never_claim_a_key_twice(tmp_path: Path)
     owners = {k: v["owner"] for k, v in (await live.get_many(await live.keys())).items()}
     assert len(owners) == claimed
     assert [n for n in os.listdir(tmp_path / "live") if not n.startswith(".")] == []
+
+
+async def test_a_batch_of_one_key_sees_the_bundles_of_others(tmp_path: Path) -> None:
+    """A batch of one key is claimed as one key's file; in a scheduler whose ``live`` never
+    listed a bundle it must still look at the bundles, or a key another batch's bundle names
+    (written after that scheduler's last listing) is claimed twice."""
+    first = Claims(YamlMetadataFileRepository(tmp_path), "t", "first")
+    first.batched = True
+    assert sorted(await first.acquire_many(["a", "b"], batch="b1")) == ["a", "b"]
+    second = Claims(YamlMetadataFileRepository(tmp_path), "t", "second")  # never listed live
+    second.batched = True
+    assert await second.acquire_many(["a"], batch="b2") == {}
+    assert await second.acquire_many(["c"], batch="b3") != {}
+    assert not (tmp_path / "a.yaml").exists()
+
+
+@pytest.mark.s3
+async def test_a_batch_of_one_key_sees_the_bundles_of_others_in_s3(
+    client: Any, bucket: str, prefix: str
+) -> None:
+    """The same in a bucket: the single-key path of ``acquire_many`` is the claims'
+    protocol's, whichever store keeps the bundles."""
+    from pydatatask.repository.s3 import YamlMetadataS3Repository
+
+    first = Claims(YamlMetadataS3Repository(client, bucket, prefix), "t", "first")
+    first.batched = True
+    assert sorted(await first.acquire_many(["a", "b"], batch="b1")) == ["a", "b"]
+    second = Claims(YamlMetadataS3Repository(client, bucket, prefix), "t", "second")  # never listed
+    second.batched = True
+    assert await second.acquire_many(["a"], batch="b2") == {}
+    assert sorted(await first.live.keys()) == ["a", "b"]
