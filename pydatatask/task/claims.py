@@ -22,7 +22,7 @@ kind:
 
 The claims this process holds are :meth:`Claims.held`; nothing else keeps claim state.
 
-Where ``live`` keeps bundles (S3), the claims of a batch are one object: see
+Where ``live`` keeps bundles (S3, local files), the claims of a batch are one object: see
 :mod:`pydatatask.task.batch_claims` (the same methods, the same guarantees).
 """
 
