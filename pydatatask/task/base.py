@@ -727,6 +727,12 @@ class Task:
         their logs)."""
         return MappingProxyType(self._running_jobs)
 
+    async def _keep_stopped_output(self, job: JobContext) -> None:  # noqa: B027 - optional hook
+        """Called when the work of an attempt was stopped before its end (its time limit):
+        put what the task itself kept of the work's output so far into ``job``'s log, as
+        :meth:`finish` does for work that ended. The executor's own log of the work
+        (:meth:`~pydatatask.executor.base.JobHandle.logs`) is kept by the lifecycle."""
+
     async def _write_log(self, job: JobContext) -> None:
         logs = self.logs
         if logs is None or not job._log:

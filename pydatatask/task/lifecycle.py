@@ -458,7 +458,7 @@ async def _follow(
                     f"{task.executor.describe()}: whatever it returns is discarded"
                 )
                 log.warning("%s", message)
-            await handle.cancel(task.cancel_grace)
+            await _stop_keeping_output(task, job, handle)
             raise JobTimeoutError(message) from exc
     except BaseException:
         await asyncio.shield(_stop(handle, task.cancel_grace))
@@ -515,6 +515,24 @@ async def _keep_logs(job: JobContext, handle: JobHandle) -> None:
     printed = await handle.logs()
     if printed:
         job.log("output:\n" + printed.decode("utf-8", "replace").rstrip("\n"))
+
+
+async def _stop_keeping_output(task: Task, job: JobContext, handle: JobHandle) -> None:
+    """Stop the work of a timed-out attempt, keeping what it printed in the job's log (of
+    every key of a batch), as for work that ended: what a user debugging the timeout
+    needs. The executor's log of the work is read before the stop (a deleted pod's log
+    goes with it), what the task keeps itself after it (a process's output files, with
+    what it printed when told to stop). Output that cannot be read is named instead."""
+    if type(handle).logs is not JobHandle.logs:
+        try:
+            await _keep_logs(job, handle)
+        except Exception as exc:
+            job.log(f"the output of the work could not be read before it was stopped: {exc}")
+    await handle.cancel(task.cancel_grace)
+    try:
+        await task._keep_stopped_output(job)
+    except Exception as exc:
+        job.log(f"the output of the stopped work could not be kept: {type(exc).__name__}: {exc}")
 
 
 async def _abandon(

@@ -172,7 +172,9 @@ async def test_results_after_more_output_than_the_job_log_keeps_are_read(
 async def test_a_pod_batch_that_times_out_fails_every_key(kcfg: dict[str, Any], tmp_path: Path) -> None:
     session = Session()
     keys = ["a", "b"]
-    task = _task(session, kcfg, tmp_path, WRITE_ALL + "sleep 30\n", keys, timeout="2s")
+    logs = MemoryBlobRepository()
+    script = WRITE_ALL + "echo working on the batch\nsleep 30\n"
+    task = _task(session, kcfg, tmp_path, script, keys, timeout="2s", logs=logs)
     try:
         async with session:
             records = await execute_batch(task, keys)
@@ -182,6 +184,7 @@ async def test_a_pod_batch_that_times_out_fails_every_key(kcfg: dict[str, Any], 
     for key in keys:
         assert records[key]["error"]["type"] == "pydatatask.errors.JobTimeoutError"
         assert not await out.contains(key)
+        assert "working on the batch" in await logs.read_text(key)  # what it printed before it was stopped
     assert _created(task) == 1
 
 

@@ -266,6 +266,31 @@ async def test_timeout_kills_the_process_tree(tmp_path: Path, ignore_term: bool)
         assert elapsed >= 1.1  # waited kill_grace before SIGKILL
 
 
+async def test_a_job_that_times_out_keeps_what_it_printed(tmp_path: Path) -> None:
+    src = MemoryBlobRepository()
+    await src.write_bytes("k", b"x")
+    logs = MemoryBlobRepository()
+    task = ProcessTask(
+        "slow",
+        script=(
+            "echo printed by {{ key }}; echo warned on stderr >&2\n"
+            "trap 'echo stopped by TERM; exit 1' TERM\n"
+            "sleep 300 & wait $!\n"
+        ),
+        inputs={"i": src},
+        logs=logs,
+        executor=LocalHost(workdir=tmp_path / "jobs"),
+        timeout=0.7,
+        kill_grace=5,
+    )
+    record = await task.execute("k")
+    assert record is not None and record["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+    lines = (await logs.read_text("k")).splitlines()
+    for line in ("printed by k", "warned on stderr", "stopped by TERM"):  # also what it printed when stopped
+        assert line in lines, lines
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
 async def test_cancellation_kills_the_process_tree(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     task = ProcessTask("c", "echo $$ > {{ params.p }}; sleep 300 & sleep 300", params={"p": str(pids)})
