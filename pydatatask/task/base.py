@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -40,7 +40,11 @@ from .links import Link, LinkKind
 from .records import JobState, utcnow_iso
 from .retry import RetryPolicy
 
-__all__ = ("Task", "JobContext", "JobOutcome", "BatchOutcome")
+__all__ = ("Task", "JobContext", "JobOutcome", "BatchOutcome", "DirectCall")
+
+#: an attempt handed over as a call to await in the job lifecycle: ``(function, arguments)``
+#: (see :meth:`Task.direct_call`)
+DirectCall = tuple[Callable[..., Awaitable[Any]], dict[str, Any]]
 
 _NO_RESOURCES = Resources()
 
@@ -167,6 +171,8 @@ class Task:
 
     #: a short name of where jobs run, written to job records
     runner = "task"
+    # what the job lifecycle works out once per task (see pydatatask.task.lifecycle)
+    _lifecycle_plan: Any = None
 
     def __init__(
         self,
@@ -671,6 +677,15 @@ class Task:
             raise outcome.error
         result = outcome.result
         return result if isinstance(result, JobOutcome) else None
+
+    def direct_call(self, job: JobContext) -> DirectCall | None:
+        """The attempt of ``job`` as an async call for the job lifecycle to await itself,
+        when it is that and nothing more: work in this event loop with nothing to start,
+        stop, log or recover besides the call, and nothing for :meth:`finish` to commit.
+        Its return value is ignored; an exception fails the attempt, as :meth:`finish`
+        would raise it. None (the default): the attempt goes through :meth:`prepare`, the
+        :attr:`executor` and :meth:`finish`."""
+        return None
 
     # ---------------------------------------------------------------- claims
     @property
