@@ -640,6 +640,8 @@ class Scheduler:
         return None
 
     async def _worker(self, task: Task, key: str, slot: object) -> None:
+        current = asyncio.current_task()
+        assert current is not None
         try:
             while True:
                 await self._job(task, key, slot)
@@ -649,8 +651,6 @@ class Scheduler:
                 key, slot = nxt
                 ident = (task.name, key)
                 self.states[ident] = JobState.PENDING
-                current = asyncio.current_task()
-                assert current is not None
                 self.running[ident] = current
         finally:
             self._workers[task.name] -= 1
