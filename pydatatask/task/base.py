@@ -42,8 +42,8 @@ from .retry import RetryPolicy
 
 __all__ = ("Task", "JobContext", "JobOutcome", "BatchOutcome", "DirectCall")
 
-#: an attempt handed over as a call to await in the job lifecycle: ``(function, arguments)``
-#: (see :meth:`Task.direct_call`)
+#: ``(function, arguments)``, an attempt handed over as a call for the job lifecycle to
+#: await itself (see Task.direct_call)
 DirectCall = tuple[Callable[..., Awaitable[Any]], dict[str, Any]]
 
 _NO_RESOURCES = Resources()
@@ -84,8 +84,9 @@ class JobContext:
     started: float = field(default_factory=time.time)
     #: what :meth:`Task.acquire_slot` returned for this job (e.g. the host it runs on)
     slot: Any = None
-    #: the executor's handle on the attempt's work while it runs (None before it is started
-    #: and once it ended): what a live view reads the work's output so far from
+    #: the executor's handle on the attempt's work while it runs (None before it is started,
+    #: once it ended, and for a call the lifecycle awaits itself, see :meth:`Task.direct_call`,
+    #: which prints nothing of its own): what a live view reads the work's output so far from
     handle: JobHandle | None = None
     _log: list[str] = field(default_factory=list)
     #: every key of this attempt, in order (``[key]`` for an unbatched job; ``key`` is the

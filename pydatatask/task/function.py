@@ -341,7 +341,8 @@ class FunctionTask(Task):
         return args
 
     def direct_call(self, job: JobContext) -> DirectCall | None:
-        """An async function of a single-key task on an :class:`InLoopExecutor`: the
+        """An async function of a single-key task on an
+        :class:`~pydatatask.executor.inloop.InLoopExecutor`: the
         call itself, awaited by the job lifecycle (the executor would only wrap it in a
         handle; an async function writes its outputs itself, so there is nothing to finish)."""
         if not self._direct:
