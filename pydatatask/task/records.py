@@ -171,7 +171,7 @@ def make_claim(owner: str, task: str, key: str, now: float, lease: float = 60.0)
     """A claim for the live repository: who runs the job, where (host, process, boot and
     PID namespace), since when, and for how long it stays valid without a heartbeat
     (``lease`` seconds)."""
-    me = _identity()
+    me = _self or _identity()
     return {
         "owner": owner,
         "task": task,
