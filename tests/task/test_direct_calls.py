@@ -186,3 +186,19 @@ def test_moments_formatted_in_turn_each_keep_their_own_text() -> None:
     for ts in moments:
         expected = datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="microseconds")
         assert utcnow_iso(ts) == expected
+
+
+async def test_a_job_log_is_written_when_the_call_logged_and_only_then() -> None:
+    src, dst = _repos(["a", "b"])
+    logs = MemoryBlobRepository()
+
+    async def maybe_logs(key: str, dst: Any, job: JobContext) -> None:
+        if key == "a":
+            job.log("hello from a")
+        await dst.write_bytes(key, b"x")
+
+    task = FunctionTask("up", maybe_logs, inputs={"src": src}, outputs={"dst": dst}, logs=logs)
+    assert (await execute(task, "a") or {}).get("success")
+    assert (await execute(task, "b") or {}).get("success")
+    assert await logs.keys() == {"a"}
+    assert "hello from a" in await logs.read_text("a")
