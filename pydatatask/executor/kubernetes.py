@@ -317,18 +317,19 @@ class PodHandle(JobHandle):
         its key is free. Idempotent.
 
         The two requests are sent at once (one round trip on the job's path instead of
-        two): either order ends with the pod gone, since the job is settled by now.
-        Dropping the finalizer first leaves a pod that the DELETE then removes at once (a
-        finished pod needs no grace period); deleting first leaves it held until the PATCH
-        lands. A scheduler killed between the two leaves what it leaves when killed just
-        before :meth:`close` (a finished pod of a settled job, for recovery to find), or a
-        pod already on its way out."""
+        two): either order ends with the pod gone, since the job is settled by now. The
+        PATCH is sent first: dropping the finalizer first leaves a pod that the DELETE then
+        removes at once (a finished pod needs no grace period); deleting first leaves the
+        pod held, with a deletion the kubelet answers with a DELETE of its own, until the
+        PATCH lands. A scheduler killed between the two leaves what it leaves when killed
+        just before :meth:`close` (a finished pod of a settled job, for recovery to find),
+        or a pod already on its way out."""
         if self._closed:
             return
         cluster = self.executor.cluster
         results = await asyncio.gather(
-            cluster.delete_pod(self.name, uid=self.uid),
             cluster.remove_finalizer(self.name, self.uid, CLEANUP_FINALIZER),
+            cluster.delete_pod(self.name, uid=self.uid),
             return_exceptions=True,
         )
         for result in results:
