@@ -167,6 +167,8 @@ class Scheduler:
         # stale keys queued for a redo, with the record judged stale
         self._redo: dict[str, dict[str, RecordFacts]] = {t.name: {} for t in self.selected}
         self._sources: dict[str, list[InputSource]] = {}
+        # per task, the versions its record fields were made from, and the function
+        self._fields_of: dict[str, tuple[object, Callable[[str], dict[str, Any]]]] = {}
         # stale keys queued for a redo that are orphans: removed, not run
         self._orphans: dict[str, set[str]] = {t.name: set() for t in self.selected}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -362,6 +364,17 @@ class Scheduler:
         counts[0 if judged.success else 1] += 1
 
     def _record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
+        # made once per listing of the inputs' versions, not once per job
+        fig = self.figures.get(task.name)
+        versions = fig.versions if fig is not None else None
+        made = self._fields_of.get(task.name)
+        if made is not None and made[0] is versions:
+            return made[1]
+        fields_of = self._make_record_fields(task)
+        self._fields_of[task.name] = (versions, fields_of)
+        return fields_of
+
+    def _make_record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
         sources = self._sources.get(task.name)
         if sources is None:
             sources = self._sources[task.name] = input_sources(self.pipeline, self.all_tasks, task.name)
@@ -627,6 +640,8 @@ class Scheduler:
         return None
 
     async def _worker(self, task: Task, key: str, slot: object) -> None:
+        current = asyncio.current_task()
+        assert current is not None
         try:
             while True:
                 await self._job(task, key, slot)
@@ -636,8 +651,6 @@ class Scheduler:
                 key, slot = nxt
                 ident = (task.name, key)
                 self.states[ident] = JobState.PENDING
-                current = asyncio.current_task()
-                assert current is not None
                 self.running[ident] = current
         finally:
             self._workers[task.name] -= 1
@@ -714,10 +727,12 @@ class Scheduler:
         """A job ended with ``record``: the records index, metrics and the summary."""
         self.records[task.name].note(key, record)
         self.metrics.on_end(task.name, key, record)
-        outcome = "succeeded" if record["success"] else "failed"
-        setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
-        self.summary.per_task[task.name][outcome] += 1
-        if not record["success"]:
+        if record["success"]:
+            self.summary.succeeded += 1
+            self.summary.per_task[task.name]["succeeded"] += 1
+        else:
+            self.summary.failed += 1
+            self.summary.per_task[task.name]["failed"] += 1
             err = record.get("error") or {}
             log.warning(
                 "task %s: job %r failed after %d attempt(s): %s",
