@@ -14,7 +14,6 @@ import asyncio
 import secrets
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +24,33 @@ from pydatatask.errors import ConfigurationError
 from pydatatask.executor.base import Resources
 from pydatatask.executor.kubernetes import KubeExecutor
 from pydatatask.executor.pod_state import CLEANUP_FINALIZER
-from pydatatask.executor.pods import KubeApiError, api_client
+from pydatatask.executor.pods import KubeApiError
 from pydatatask.pipeline import Pipeline
 from pydatatask.task.pod import PodTask
-from tests.kube_support import SH_POD, let_go, no_executor_pods_left
+from tests.kube_support import SH_POD, Requests, kube_resource, let_go, no_executor_pods_left
 
 pytestmark = pytest.mark.kube
 
 
-class Wire:
-    """Every request of an ``ApiClient`` by kind (``POST pods``, ``DELETE pod``, ``GET log``,
-    ...), and for each request the requests (kind and path) under way when it was sent."""
+class Wire(Requests):
+    """The requests of an ``ApiClient`` (as :class:`~tests.kube_support.Requests`), and for
+    each the requests under way when it was sent."""
 
     def __init__(self) -> None:
-        self.sent: Counter[str] = Counter()
+        super().__init__()
         self.under_way: dict[int, tuple[str, str]] = {}
-        #: ``(kind, path, {(kind, path) under way when it was sent})`` of each request
+        #: ``(kind, path, {(kind, path) under way when it was sent})`` of each request,
+        #: kind ``POST pods``, ``DELETE pod``, ``GET log``, ``WATCH pods``, ...
         self.alongside: list[tuple[str, str, set[tuple[str, str]]]] = []
 
     def attach(self, api: Any) -> None:
+        super().attach(api)
         rest = api.rest_client
         send = rest.request
 
         async def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            query = {str(k): str(v) for k, v in kwargs.get("query_params") or []}
             path = urllib.parse.urlsplit(url).path
+            query = {str(k): str(v) for k, v in kwargs.get("query_params") or []}
             if query.get("watch") == "True":
                 what = "WATCH pods"
             elif path.endswith("/log"):
@@ -58,7 +59,6 @@ class Wire:
                 what = f"{method} pods"
             else:
                 what = f"{method} pod"
-            self.sent[what] += 1
             self.alongside.append((what, path, set(self.under_way.values())))
             token = len(self.alongside)
             self.under_way[token] = (what, path)
@@ -68,6 +68,10 @@ class Wire:
                 del self.under_way[token]
 
         rest.request = request
+
+    def counts(self) -> Counter[str]:
+        """How many requests of each kind were sent."""
+        return Counter(what for what, _, _ in self.alongside)
 
     def together(self, one: str, other: str) -> set[str]:
         """The paths whose request ``one`` was sent while their ``other`` was under way, or
@@ -82,14 +86,8 @@ class Wire:
 
 def observed(session: Session, kcfg: dict[str, Any], name: str) -> tuple[KubeExecutor, Wire]:
     wire = Wire()
-
-    async def kube() -> AsyncIterator[Any]:
-        async with api_client(kcfg["kubeconfig"]) as api:
-            wire.attach(api)
-            yield api
-
-    kube.__name__ = f"kube_{secrets.token_hex(4)}"
-    return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"]), wire
+    kube = kube_resource(session, kcfg["kubeconfig"], requests=wire)
+    return KubeExecutor(kube, name=name, namespace=kcfg["namespace"]), wire
 
 
 @pytest.fixture
@@ -125,11 +123,11 @@ async def test_a_pod_job_costs_a_create_a_delete_and_a_patch_sent_together(
         for key in keys:
             record = await done.get(key)
             assert record["success"] and record["exit_code"] == 0, record
-        per_pod = {k: v for k, v in wire.sent.items() if k not in ("GET pods", "WATCH pods")}
+        per_pod = {k: v for k, v in wire.counts().items() if k not in ("GET pods", "WATCH pods")}
         expected = {"POST pods": 4, "DELETE pod": 4, "PATCH pod": 4}
         if keeps_logs:
             expected["GET log"] = 4
-        assert per_pod == expected, wire.sent
+        assert per_pod == expected, wire.counts()
         # each close sends the DELETE and the PATCH of its pod together: one round trip
         pods = {path for what, path, _ in wire.alongside if what == "DELETE pod"}
         assert len(pods) == 4 and wire.together("DELETE pod", "PATCH pod") == pods, wire.alongside
