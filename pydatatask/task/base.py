@@ -268,6 +268,7 @@ class Task:
             self.link("logs", logs, LinkKind.LOGS)
         #: the claims of this task's jobs in ``live``
         self.claims = Claims(self.live, name)
+        self.claims.batched = self.batch > 1
         # the write journals of running jobs, and what failed jobs wrote (for a minute)
         self._running_journals: dict[str, WriteJournal] = {}
         self._ended_writes: list[tuple[float, dict[int, set[str]]]] = []
