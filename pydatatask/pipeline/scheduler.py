@@ -24,7 +24,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -577,6 +577,7 @@ class Scheduler:
                 on_state=self._on_state,
                 slot=slot,
                 record_fields={k: fields_of(k) for k in keys},
+                on_records=self._records_stored,
             )
         except asyncio.CancelledError:
             raise
@@ -656,6 +657,14 @@ class Scheduler:
         finally:
             self._workers[task.name] -= 1
             self._wake.set()
+
+    def _records_stored(self, task: Task, records: Mapping[str, dict[str, Any]]) -> None:
+        """Records of a batch are stored (its claims not yet released): the records index
+        knows them at once, so a tick listing ``done`` meanwhile does not read them back
+        (metrics and the summary take them when the batch returns)."""
+        index = self.records[task.name]
+        for key, record in records.items():
+            index.note(key, record)
 
     def _on_state(self, task: Task, key: str, state: JobState, attempt: int) -> None:
         self.states[(task.name, key)] = state

@@ -41,7 +41,7 @@ from . import lifecycle as _lc
 from .base import BatchOutcome, JobContext, JobOutcome, batch_key_of
 from .claims import Claim, new_owner
 from .hooks import Event, Hooks
-from .lifecycle import Adoption, StateCallback
+from .lifecycle import Adoption, RecordsCallback, StateCallback
 from .records import HOSTNAME, JobState, error_info, make_record
 
 if TYPE_CHECKING:
@@ -65,13 +65,16 @@ async def execute_batch(
     slot: Any = True,
     record_fields: Mapping[str, dict[str, Any]] | None = None,
     adopt: Adoption | None = None,
+    on_records: RecordsCallback | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the jobs of ``keys`` as one batch to their end; return the record of each key
     run, by key (keys another scheduler holds, or found done, are left out: a batch left
     empty returns ``{}``).
 
     The keyword arguments are those of :func:`~pydatatask.task.lifecycle.execute`;
-    ``record_fields`` are given per key (``{key: fields}``). An ``adopt`` runs the adopted
+    ``record_fields`` are given per key (``{key: fields}``). ``on_records(task, records)``
+    is called as soon as records of the batch are stored, before their claims are released
+    (a scheduler that lists ``done`` meanwhile then knows them without reading them back). An ``adopt`` runs the adopted
     work of its one key (``keys`` must be ``[adopt.key]``) as
     :func:`~pydatatask.task.lifecycle.execute` does.
     Cancellation removes the partial outputs of the keys not yet recorded and their
@@ -112,6 +115,7 @@ async def execute_batch(
             if not keys:
                 return {}
     run = _Batch(task, keys, batch_id, hooks if hooks is not None else _NO_HOOKS, on_state, record_fields)
+    run.on_records = on_records
     return await run.run(slot)
 
 
@@ -166,6 +170,7 @@ class _Batch:
         self.dirty: set[str] = set()
         self.failed_parts: dict[str, WriteJournal] = {}
         self.handles: list[JobHandle] = []
+        self.on_records: RecordsCallback | None = None
         self.start = time.time()
 
     def _state(self, keys: list[str], state: JobState, attempt: int) -> None:
@@ -367,6 +372,8 @@ class _Batch:
             raise
         self.records.update(records)
         self.open.difference_update(records)
+        if self.on_records is not None:
+            self.on_records(task, records)
         release: list[Claim] = []
         for key in records:
             claim = self.claims.get(key)

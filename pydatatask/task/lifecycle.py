@@ -59,7 +59,7 @@ from .records import HOSTNAME, JobState, error_info, make_record
 if TYPE_CHECKING:
     from .base import Task
 
-__all__ = ("execute", "execute_batch", "run_attempt", "Adoption", "StateCallback")
+__all__ = ("execute", "execute_batch", "run_attempt", "Adoption", "StateCallback", "RecordsCallback")
 
 log = logging.getLogger("pydatatask.task")
 
@@ -67,6 +67,8 @@ _NO_HOOKS = Hooks()
 
 #: ``on_state(task, key, state, attempt)``: told of every change of a job's state
 StateCallback = Callable[["Task", str, JobState, int], None]
+#: ``on_records(task, records)``: records of a batch stored (``{key: record}``)
+RecordsCallback = Callable[["Task", Mapping[str, dict[str, Any]]], None]
 
 
 @dataclass(eq=False)
@@ -300,6 +302,7 @@ async def execute_batch(
     slot: Any = True,
     record_fields: Mapping[str, dict[str, Any]] | None = None,
     adopt: Adoption | None = None,
+    on_records: RecordsCallback | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the jobs of ``keys`` as one batch (one work item for all of them) to their end:
     claims at once, attempts, a record per key, release; see
@@ -317,6 +320,7 @@ async def execute_batch(
         slot=slot,
         record_fields=record_fields,
         adopt=adopt,
+        on_records=on_records,
     )
 
 

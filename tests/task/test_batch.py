@@ -418,3 +418,48 @@ async def test_an_unbatched_job_sees_its_key_as_its_keys() -> None:
     )
     assert (await Pipeline([task]).run()).ok
     assert seen == [("a", ["a"], False)]
+
+
+class _ReleaseWatch(MemoryMetadataRepository):
+    """Claims in memory (a subclass: every step of the claims protocol), noting which keys
+    the scheduler's records index did not know when their claims were released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler: Any = None
+        self.unknown: list[str] = []
+        self.released: list[str] = []
+
+    def _watch(self, keys: list[str]) -> None:
+        index = self.scheduler.records["work"]
+        self.released += keys
+        self.unknown += [k for k in keys if k not in index.success]
+
+    async def delete(self, key: str) -> None:
+        self._watch([key])
+        await super().delete(key)
+
+    async def delete_many(self, keys: Any) -> None:
+        self._watch(list(keys))
+        await super().delete_many(keys)
+
+
+async def test_the_records_of_a_batch_are_known_to_the_scheduler_before_its_claims_go() -> None:
+    # a tick that lists done between a batch's records and the release of its claims must
+    # not read those records back (one GetObject per key in a bucket)
+    async def work(keys: list[str], out: MetadataRepository) -> None:
+        for key in keys:
+            await out.put(key, 1)
+
+    live = _ReleaseWatch()
+    src = MemoryMetadataRepository({f"k{i:03d}": i for i in range(30)})
+    out = MemoryMetadataRepository()
+    task = FunctionTask("work", work, inputs={"src": src}, outputs={"out": out}, batch=10, live=live)
+
+    def seen(scheduler: Any) -> None:
+        live.scheduler = scheduler
+
+    summary = await Pipeline([task]).run(on_progress=seen)
+    assert summary.ok and summary.succeeded == 30, summary
+    assert sorted(live.released) == sorted(await src.keys())
+    assert live.unknown == []
