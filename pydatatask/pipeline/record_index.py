@@ -75,6 +75,44 @@ class RecordFacts:
 
 #: the fields of a job record :class:`RecordFacts` reads (the rest is not kept in memory)
 _FACT_FIELDS = ("success", "version", "inputs", "upstream", "outputs", "end_time", "members")
+_END_TIME = _FACT_FIELDS.index("end_time")
+
+
+class _Missing:
+    """A field the record does not have (a record may hold ``None`` itself)."""
+
+    __slots__ = ()
+
+
+_MISSING = _Missing()
+
+
+class _Items(tuple):  # type: ignore[type-arg]
+    """A dict of a job record kept as the tuple of its items (a tuple of pairs takes less
+    than half of a small dict; a million records keep two of them each)."""
+
+    __slots__ = ()
+
+
+def _compact(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The fields of ``record`` that :class:`RecordFacts` reads, in the order of
+    :data:`_FACT_FIELDS` (its dicts as :class:`_Items`, a field it lacks as ``_MISSING``)."""
+    out = []
+    for name in _FACT_FIELDS:
+        value = record.get(name, _MISSING)
+        if type(value) is dict:
+            value = _Items(value.items())
+        out.append(value)
+    return tuple(out)
+
+
+def _expand(kept: tuple[Any, ...]) -> dict[str, Any]:
+    """The record (its fields that :class:`RecordFacts` reads) that :func:`_compact` kept."""
+    return {
+        name: dict(value) if type(value) is _Items else value
+        for name, value in zip(_FACT_FIELDS, kept, strict=True)
+        if value is not _MISSING
+    }
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -99,8 +137,10 @@ class RecordIndex:
         self.done = done
         self.keep = keep
         self.success: dict[str, bool] = {}
-        # the records read or noted (corrupt ones excepted), and their facts once asked for
-        self._kept: dict[str, tuple[dict[str, Any], Any]] = {}
+        # the records read or noted (corrupt ones excepted), compacted (see _compact), and
+        # what ``keep`` kept of them; their facts once asked for
+        self._kept: dict[str, tuple[Any, ...]] = {}
+        self._extra: dict[str, Any] = {}
         self._facts: dict[str, RecordFacts] = {}
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
@@ -126,8 +166,9 @@ class RecordIndex:
             self.children.pop(key, None)  # a failure (or a redo) replaced the record that listed them
         if isinstance(record, dict):
             # only what staleness reads (a record's error and traceback are not kept)
-            kept = {f: record[f] for f in _FACT_FIELDS if f in record}
-            self._kept[key] = (kept, None if self.keep is None else self.keep(record))
+            self._kept[key] = _compact(record)
+            if self.keep is not None:
+                self._extra[key] = self.keep(record)
             self._facts.pop(key, None)
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
@@ -142,6 +183,7 @@ class RecordIndex:
                 for k in [k for k in known if k not in keys]:
                     del known[k]
                     self._kept.pop(k, None)  # kept only of keys in success
+                    self._extra.pop(k, None)
                     self._facts.pop(k, None)
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
@@ -162,7 +204,7 @@ class RecordIndex:
 
     def forget(self, key: str) -> None:
         """Drop what is known of the record of ``key`` (it was removed or replaced)."""
-        for known in (self.success, self.corrupt, self._kept, self._facts, self.children):
+        for known in (self.success, self.corrupt, self._kept, self._extra, self._facts, self.children):
             known.pop(key, None)
 
     def recorded(self) -> list[str]:
@@ -176,7 +218,7 @@ class RecordIndex:
             kept = self._kept.get(key)
             if kept is None:
                 return None
-            facts = self._facts[key] = RecordFacts(*kept)
+            facts = self._facts[key] = RecordFacts(_expand(kept), self._extra.get(key))
         return facts
 
     def stamp(self, key: str) -> str | None:
@@ -185,7 +227,7 @@ class RecordIndex:
         kept = self._kept.get(key)
         if kept is None or not self.success.get(key) or key not in self.listed:
             return None
-        end = kept[0].get("end_time")
+        end = kept[_END_TIME]
         return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:

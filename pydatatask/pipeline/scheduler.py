@@ -274,7 +274,7 @@ class Scheduler:
         for task in self.selected:
             fig = figures[task.name]
             ready = fig.ready - {k for (t, k) in self.errored if t == task.name}
-            self.queues[task.name] = sorted(ready, reverse=True)  # pop() from the end: ascending order
+            self.queues[task.name] = _requeue(self.queues[task.name], ready)  # pop() from the end: ascending
             if task.name in self.redo_tasks:
                 self._note_redo(task.name, fig)
             self._queue_adoptions(task)
@@ -893,6 +893,24 @@ _CLOCK_MARGIN = 0.005
 #: keys of a long computation over keys (the stale keys of a million) between two turns of
 #: the event loop given to whatever else runs on it (a web page served from it)
 _KEYS_PER_TURN = 1000
+
+
+def _requeue(queue: list[str], ready: set[str]) -> list[str]:
+    """``sorted(ready, reverse=True)``, given ``queue``, the queue of the tick before (sorted
+    the same way, but for keys put back or in front): the keys still ready keep their
+    order and the new ones are merged in, so that a tick over a million ready keys, most of
+    them queued already, costs a pass over them and a merge (Timsort finds the sorted runs)
+    instead of a sort of a million strings."""
+    if len(queue) < 1024 or len(ready) < 1024:
+        return sorted(ready, reverse=True)
+    kept = [k for k in queue if k in ready]
+    added = ready.difference(kept)
+    if len(kept) + len(added) != len(ready) or len(added) > len(ready) // 2:
+        return sorted(ready, reverse=True)  # keys queued twice, or mostly new ones
+    if added:
+        kept += sorted(added, reverse=True)
+    kept.sort(reverse=True)
+    return kept
 
 
 def until_next_window(tasks: list[Task], seconds: float) -> float:
