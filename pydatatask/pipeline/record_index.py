@@ -137,11 +137,22 @@ class RecordIndex:
         self.done = done
         self.keep = keep
         self.success: dict[str, bool] = {}
+        # the keys of ``success`` that succeeded, and those that failed, kept as it changes;
+        # ``_ok`` is handed out by succeeded() and copied before it changes after that
+        self._ok: set[str] = set()
+        self._ok_handed = False
+        self._failed: set[str] = set()
         # the records read or noted (corrupt ones excepted), compacted (see _compact), and
         # what ``keep`` kept of them; their facts once asked for
         self._kept: dict[str, tuple[Any, ...]] = {}
         self._extra: dict[str, Any] = {}
         self._facts: dict[str, RecordFacts] = {}
+        # the end times of the records noted without their facts (see noted_facts)
+        self._ends: dict[str, str] = {}
+        #: whether the records the scheduler notes keep what staleness reads (False: only
+        #: their outcome and end time, for a task whose stale keys no tick looks for: a
+        #: million jobs keep a few hundred bytes less each)
+        self.noted_facts = True
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
@@ -150,11 +161,11 @@ class RecordIndex:
 
     def note(self, key: str, record: dict[str, Any]) -> None:
         """Record an outcome the scheduler wrote itself."""
-        self._take(key, record)
+        self._take(key, record, facts=self.noted_facts)
 
-    def _take(self, key: str, record: Any) -> None:
+    def _take(self, key: str, record: Any, *, facts: bool = True) -> None:
         ok = isinstance(record, dict) and bool(record.get("success"))
-        self.success[key] = ok
+        self._outcome(key, ok)
         children = record.get("children") if ok else None
         if isinstance(children, dict):
             self.children[key] = {
@@ -164,15 +175,45 @@ class RecordIndex:
             }
         else:
             self.children.pop(key, None)  # a failure (or a redo) replaced the record that listed them
-        if isinstance(record, dict):
+        self._facts.pop(key, None)
+        if isinstance(record, dict) and facts:
             # only what staleness reads (a record's error and traceback are not kept)
             self._kept[key] = _compact(record)
             if self.keep is not None:
                 self._extra[key] = self.keep(record)
-            self._facts.pop(key, None)
+            self._ends.pop(key, None)
+        elif isinstance(record, dict):
+            self._kept.pop(key, None)
+            self._extra.pop(key, None)
+            end = record.get("end_time")
+            if isinstance(end, str):
+                self._ends[key] = end
+            else:
+                self._ends.pop(key, None)
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
             self.corrupt[key] = corrupt_info("input", error)
+
+    def _outcome(self, key: str, ok: bool | None) -> None:
+        """Set (None: drop) the outcome of ``key`` in ``success`` and the sets beside it."""
+        if ok is None:
+            self.success.pop(key, None)
+        else:
+            self.success[key] = ok
+        if ok is None or not ok:
+            if key in self._ok:
+                if self._ok_handed:
+                    self._ok, self._ok_handed = set(self._ok), False
+                self._ok.discard(key)
+        else:
+            if key not in self._ok:
+                if self._ok_handed:
+                    self._ok, self._ok_handed = set(self._ok), False
+                self._ok.add(key)
+        if ok is False:
+            self._failed.add(key)
+        else:
+            self._failed.discard(key)
 
     def sync(self, keys: set[str]) -> None:
         """Take the latest listing ``keys`` of the done repository."""
@@ -182,8 +223,11 @@ class RecordIndex:
             if len(known) > len(keys) or any(k not in keys for k in known):
                 for k in [k for k in known if k not in keys]:
                     del known[k]
+                    if known is self.success:
+                        self._outcome(k, None)
                     self._kept.pop(k, None)  # kept only of keys in success
                     self._extra.pop(k, None)
+                    self._ends.pop(k, None)
                     self._facts.pop(k, None)
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
@@ -204,11 +248,20 @@ class RecordIndex:
 
     def forget(self, key: str) -> None:
         """Drop what is known of the record of ``key`` (it was removed or replaced)."""
-        for known in (self.success, self.corrupt, self._kept, self._extra, self._facts, self.children):
+        self._outcome(key, None)
+        for known in (
+            self.success,
+            self.corrupt,
+            self._kept,
+            self._extra,
+            self._ends,
+            self._facts,
+            self.children,
+        ):
             known.pop(key, None)
 
     def recorded(self) -> list[str]:
-        """The keys whose record has been read or noted (and decodes)."""
+        """The keys whose record has been read or noted with its facts (and decodes)."""
         return list(self._kept)
 
     def facts(self, key: str) -> RecordFacts | None:
@@ -224,10 +277,10 @@ class RecordIndex:
     def stamp(self, key: str) -> str | None:
         """When the success record of ``key`` was made (its ``end_time``), or None (no
         success record read): what a downstream record stores to notice a redone job."""
-        kept = self._kept.get(key)
-        if kept is None or not self.success.get(key) or key not in self.listed:
+        if not self.success.get(key) or key not in self.listed:
             return None
-        end = kept[_END_TIME]
+        kept = self._kept.get(key)
+        end = self._ends.get(key) if kept is None else kept[_END_TIME]
         return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:
@@ -236,10 +289,12 @@ class RecordIndex:
         return {k for k in keys if success.get(k) is True and k in listed}
 
     def succeeded(self) -> set[str]:
-        """Keys known to have a success record."""
-        return {k for k, ok in self.success.items() if ok}
+        """Keys known to have a success record (a set shared with later calls while no
+        outcome changes: not to be modified)."""
+        self._ok_handed = True
+        return self._ok
 
     def failed(self) -> set[str]:
         """Keys known to have a failure record (corrupt ones excepted)."""
         corrupt = self.corrupt
-        return {k for k, ok in self.success.items() if not ok and k not in corrupt}
+        return {k for k in self._failed if k not in corrupt}

@@ -164,6 +164,8 @@ class Scheduler:
         self.records = record_indexes(self.all_tasks)
         #: the tasks whose stale keys this run redoes (``rerun_stale``, or ``on_change="rerun"``)
         self.redo_tasks = {t.name for t in self.selected if rerun_stale or t.on_change == "rerun"}
+        for name, index in self.records.items():  # no tick looks for the stale keys of the others
+            index.noted_facts = name in self.redo_tasks
         # stale keys queued for a redo, with the record judged stale
         self._redo: dict[str, dict[str, RecordFacts]] = {t.name: {} for t in self.selected}
         self._sources: dict[str, list[InputSource]] = {}
