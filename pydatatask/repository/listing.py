@@ -22,7 +22,14 @@ from typing import Any, TypeVar
 
 from .base import Repository
 
-__all__ = ("listing_scope", "cached_keys", "cached_versions", "SharedListing", "shared_keys", "shared_versions")
+__all__ = (
+    "listing_scope",
+    "cached_keys",
+    "cached_versions",
+    "SharedListing",
+    "shared_keys",
+    "shared_versions",
+)
 
 T = TypeVar("T")
 

@@ -84,6 +84,7 @@ class _DictKeys(SharedListing):
     async def shared_versions(self) -> dict[str, str | None]:
         """:meth:`versions`, as a dict the caller must not modify (the same dict while
         nothing changes)."""
+        assert isinstance(self, Repository)  # a mixin of the repositories below
         cls = type(self)
         if cls.versions is not Repository.versions or cls._list_versions is not _DictKeys._list_versions:
             return await self.versions()  # a subclass lists its own way
