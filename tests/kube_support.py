@@ -9,7 +9,7 @@ import contextlib
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,13 @@ from pydatatask import FileRepository, MemoryMetadataRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor
 from pydatatask.executor.pods import api_client, pod_name
 from pydatatask.repository.base import Repository
+from pydatatask.session import ResourceAccessor
 from pydatatask.task.pod import PodTask
 
 __all__ = (
     "SH_POD",
+    "sh_pod",
+    "kube_resource",
     "make_executor",
     "pod_task",
     "WatchedPodTask",
@@ -29,21 +32,38 @@ __all__ = (
     "let_go",
     "executor_pods",
     "no_executor_pods_left",
+    "settled",
+    "batch_scheduler",
     "Requests",
     "observed_executor",
 )
 
+
+def sh_pod(env: Mapping[str, str], *, pod_uid: bool = False, grace: int | None = None) -> str:
+    """A pod template whose one container runs ``params.script`` with ``sh -c``, with the
+    environment ``env`` (name -> template text, e.g. ``{"OUT": "{{ o.root }}"}``), the
+    pod's uid in ``$POD_UID`` if ``pod_uid``, and ``grace`` seconds between TERM and KILL
+    when the pod is deleted if given. The env list comes last: lines appended to the
+    template add to it."""
+    lines = ["spec:"]
+    if grace is not None:
+        lines.append(f"  terminationGracePeriodSeconds: {grace}")
+    lines += [
+        "  containers:",
+        "  - name: main",
+        "    image: busybox",
+        '    command: ["sh", "-c", {{ params.script }}]',
+        "    env:",
+    ]
+    lines += [f"    - {{name: {name}, value: {value}}}" for name, value in env.items()]
+    if pod_uid:
+        lines += ["    - name: POD_UID", "      valueFrom: {fieldRef: {fieldPath: metadata.uid}}"]
+    return "\n".join(lines) + "\n"
+
+
 #: a pod template running ``params.script`` with ``sh -c`` (the job's key in ``$KEY``);
 #: tests add to its one container's env by appending lines
-SH_POD = """
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-    env:
-    - {name: KEY, value: {{ key }}}
-"""
+SH_POD = sh_pod({"KEY": "{{ key }}"})
 
 
 class WatchedPodTask(PodTask):
@@ -59,16 +79,32 @@ class WatchedPodTask(PodTask):
         return await super().cleanup_outputs(key, *args, **kwargs)
 
 
-def make_executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
-    """A :class:`KubeExecutor` called ``name`` on the test cluster, its client a resource of
-    ``session`` of its own (so two executors behave as two schedulers)."""
+def kube_resource(
+    session: Session, kubeconfig: str, *, server: str | None = None, requests: Requests | None = None
+) -> ResourceAccessor[Any]:
+    """An API client of the cluster of ``kubeconfig`` as a resource of ``session`` of its
+    own (one per executor: two executors behave as two schedulers), sending to ``server``
+    instead of the kubeconfig's server if given, noting every request in ``requests`` if
+    given. Also what the scheduler scripts that tests run in a subprocess use."""
 
     async def kube() -> AsyncIterator[Any]:
-        async with api_client(kcfg["kubeconfig"]) as api:
+        async with api_client(kubeconfig) as api:
+            if server is not None:
+                api.configuration.host = server
+            if requests is not None:
+                requests.attach(api)
             yield api
 
     kube.__name__ = f"kube_{secrets.token_hex(4)}"  # one resource per executor of a session
-    return KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
+    return session.resource(kube)
+
+
+def make_executor(session: Session, kcfg: dict[str, Any], name: str, **kw: Any) -> KubeExecutor:
+    """A :class:`KubeExecutor` called ``name`` on the test cluster, its client a resource of
+    ``session`` of its own (so two executors behave as two schedulers)."""
+    return KubeExecutor(
+        kube_resource(session, kcfg["kubeconfig"]), name=name, namespace=kcfg["namespace"], **kw
+    )
 
 
 def pod_task(
@@ -155,6 +191,26 @@ async def no_executor_pods_left(kcfg: dict[str, Any], name: str, within: float =
     await no_pods_left(kcfg, within, label=f"pydatatask.io/executor={name}")
 
 
+async def settled(kcfg: dict[str, Any], name: str) -> None:
+    """The end of a test of the executor called ``name``: wait until it has no pod left
+    (failing otherwise), and let go whatever is left in any case."""
+    try:
+        await no_executor_pods_left(kcfg, name)
+    finally:
+        await let_go(kcfg, label=f"pydatatask.io/executor={name}")
+
+
+def batch_scheduler(task: PodTask, session: Session, root: str) -> None:
+    """What the scheduler script of a batch test does, run in a subprocess: run the
+    pipeline of ``task`` (its state under ``root/state``, claims checked every second),
+    then print ``OK N`` (or ``FAILED N``), N the jobs that succeeded."""
+    from pydatatask.pipeline import Pipeline
+
+    pipeline = Pipeline([task], session, state_dir=root + "/state", claim_check_interval="1s")
+    summary = asyncio.run(pipeline.run())
+    print("OK" if summary.ok else "FAILED", summary.succeeded, flush=True)
+
+
 # ---------------------------------------------------------------------------- API requests
 class Requests:
     """The API requests an ``ApiClient`` sent: ``(method, path, query)`` in order."""
@@ -197,14 +253,5 @@ def observed_executor(
     returned, and sent to ``server`` (e.g. a proxy's ``https://127.0.0.1:PORT``) instead of
     the kubeconfig's server if given."""
     requests = Requests()
-
-    async def kube() -> AsyncIterator[Any]:
-        async with api_client(kcfg["kubeconfig"]) as api:
-            if server is not None:
-                api.configuration.host = server
-            requests.attach(api)
-            yield api
-
-    kube.__name__ = f"kube_{secrets.token_hex(4)}"
-    ex = KubeExecutor(session.resource(kube), name=name, namespace=kcfg["namespace"], **kw)
-    return ex, requests
+    kube = kube_resource(session, kcfg["kubeconfig"], server=server, requests=requests)
+    return KubeExecutor(kube, name=name, namespace=kcfg["namespace"], **kw), requests

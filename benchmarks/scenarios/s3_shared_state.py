@@ -57,11 +57,8 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
     extra = res.median(p, "ours", "bookkeeping_per_job")
     rb = ratio(res.median(p, "bare"), res.median(p, "batch100"))
     extra_b = res.median(p, "batch100", "bookkeeping_per_job")
-    by_op = ", ".join(
-        f"{op} {value:.2f}"
-        for op in (*OPERATIONS, "other")
-        if (value := res.median(p, "ours", f"per_job_{op}")) is not None and value > 0
-    )
+    by_op = _by_operation(res, p, "ours")
+    by_op_b = _by_operation(res, p, "batch100")
     return [
         Verdict(
             ">= 0.5x the bare aiobotocore loop (unbatched)",
@@ -80,10 +77,19 @@ def verdicts(res: ScenarioResult) -> list[Verdict]:
         ),
         Verdict(
             "batch=100: <= 1.2 requests of bookkeeping per key",
-            "n/a" if extra_b is None else f"{extra_b:.2f}",
+            "n/a" if extra_b is None else f"{extra_b:.2f} (requests per key: {by_op_b})",
             None if extra_b is None else extra_b <= 1.2,
         ),
     ]
+
+
+def _by_operation(res: ScenarioResult, point: str, series: str) -> str:
+    """The requests per job of ``series`` by S3 operation (its own reads and writes included)."""
+    return ", ".join(
+        f"{op} {value:.2f}"
+        for op in (*OPERATIONS, "other")
+        if (value := res.median(point, series, f"per_job_{op}")) is not None and value > 0
+    )
 
 
 def prepare(opts: Options) -> dict[str, Any] | str:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigurationError
-from ..executor.base import Capacity, Executor, FunctionCall, JobHandle, Resources, Slot, Work
+from ..executor.base import CallExecutor, JobHandle, Slot, Work
 from ..executor.pool import PoolExecutor
 from ..session import ResourceAccessor
 
 __all__ = ("SessionDaskExecutor",)
 
 
-class SessionDaskExecutor(Executor):
+class SessionDaskExecutor(CallExecutor):
     """Plain function calls on the Dask cluster of the session resource ``client`` (an
     accessor of a ``distributed.Client``).
 
@@ -30,8 +29,6 @@ class SessionDaskExecutor(Executor):
         (bytes): the quota handed out to jobs' resources, as for
         :class:`~pydatatask.executor.pool.PoolExecutor`.
     """
-
-    carries = frozenset({FunctionCall})
 
     def __init__(
         self,
@@ -42,27 +39,16 @@ class SessionDaskExecutor(Executor):
         cpu: float | None = None,
         memory: int | None = None,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, max_jobs=max_jobs, cpu=cpu, memory=memory)
         self.client = client
-        self.capacity = Capacity(name, max_jobs=max_jobs, cpu=cpu, memory=memory)
         self._pool: PoolExecutor | None = None
         self._pool_client: Any = None
 
     def describe(self) -> str:
         return f"Dask executor {self.name}"
 
-    def fits_at_all(self, resources: Resources) -> bool:
-        return self.capacity.fits_at_all(resources)
-
-    def acquire(self, resources: Resources) -> Slot | None:
-        return self.capacity.acquire(self, resources, self.name)
-
-    def release(self, slot: Slot) -> None:
-        self.capacity.release(slot)
-
     async def start(self, work: Work, slot: Slot) -> JobHandle:
-        if not isinstance(work, FunctionCall):
-            raise ConfigurationError(f"{self.describe()} runs function calls, not {work.kind} work")
+        work = self._call(work)
         client = self.client()  # SessionClosedError outside an open session
         if self._pool is not None and self._pool_client is not client:
             await self.aclose()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..quantities import format_memory, parse_memory
 from .base import (
+    CallExecutor,
     Capacity,
     Executor,
     FunctionCall,
@@ -45,6 +46,7 @@ __all__ = (
     "Outcome",
     "JobHandle",
     "Capacity",
+    "CallExecutor",
     "InLoopExecutor",
     "PoolExecutor",
     "Host",

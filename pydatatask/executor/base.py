@@ -36,6 +36,7 @@ __all__ = (
     "JobHandle",
     "Executor",
     "Capacity",
+    "CallExecutor",
 )
 
 
@@ -327,3 +328,39 @@ class Capacity:
         self._slots.discard(slot)
         self.cpu_used = max(0.0, self.cpu_used - slot.resources.cpu)
         self.memory_used = max(0, self.memory_used - slot.resources.memory)
+
+
+class CallExecutor(Executor):
+    """The base of executors of plain function calls
+    (:class:`~pydatatask.executor.inloop.InLoopExecutor`,
+    :class:`~pydatatask.executor.pool.PoolExecutor`, a pipeline file's Dask executor): they
+    carry :class:`FunctionCall` work only and hand out their quota (``max_jobs`` calls at
+    once, ``cpu``, ``memory`` in bytes; None: no limit of that kind) from a
+    :class:`Capacity`, named after the executor.
+    """
+
+    carries: ClassVar[frozenset[type[Work]]] = frozenset({FunctionCall})
+
+    def __init__(
+        self, name: str, *, max_jobs: int | None = None, cpu: float | None = None, memory: int | None = None
+    ) -> None:
+        super().__init__(name)
+        self.capacity = Capacity(name, max_jobs=max_jobs, cpu=cpu, memory=memory)
+
+    def fits_at_all(self, resources: Resources) -> bool:
+        return self.capacity.fits_at_all(resources)
+
+    def acquire(self, resources: Resources) -> Slot | None:
+        return self.capacity.acquire(self, resources, self.name)
+
+    def release(self, slot: Slot) -> None:
+        self.capacity.release(slot)
+
+    def _call(self, work: Work) -> FunctionCall:
+        """``work`` as the function call it must be, for :meth:`start`
+        (:class:`~pydatatask.errors.ConfigurationError` for another kind)."""
+        if not isinstance(work, FunctionCall):
+            from ..errors import ConfigurationError
+
+            raise ConfigurationError(f"{self.describe()} runs function calls, not {work.kind} work")
+        return work

@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import Capacity, Executor, FunctionCall, JobHandle, Outcome, Resources, Slot, Work
+from .base import CallExecutor, JobHandle, Outcome, Slot, Work
 from .pool import PoolExecutor
 
 __all__ = ("InLoopExecutor",)
@@ -57,7 +57,7 @@ class _LoopHandle(JobHandle):
             coro.close()
 
 
-class InLoopExecutor(Executor):
+class InLoopExecutor(CallExecutor):
     """Runs function calls in this process: coroutine functions in the event loop, plain
     functions in the executor's own thread pool.
 
@@ -66,8 +66,6 @@ class InLoopExecutor(Executor):
     :param cpu: CPUs to hand out to jobs' resources (default: no CPU quota); ``memory``
         likewise, in bytes.
     """
-
-    carries = frozenset({FunctionCall})
 
     def __init__(
         self,
@@ -78,21 +76,11 @@ class InLoopExecutor(Executor):
         cpu: float | None = None,
         memory: int | None = None,
     ) -> None:
-        super().__init__(name)
         if threads is not None and threads < 1:
             raise ConfigurationError(f"executor {name!r}: threads must be at least 1, not {threads}")
-        self.capacity = Capacity(name, max_jobs=max_jobs, cpu=cpu, memory=memory)
+        super().__init__(name, max_jobs=max_jobs, cpu=cpu, memory=memory)
         self.threads = threads or max_jobs or _DEFAULT_THREADS
         self._pool: PoolExecutor | None = None
-
-    def fits_at_all(self, resources: Resources) -> bool:
-        return self.capacity.fits_at_all(resources)
-
-    def acquire(self, resources: Resources) -> Slot | None:
-        return self.capacity.acquire(self, resources, self.name)
-
-    def release(self, slot: Slot) -> None:
-        self.capacity.release(slot)
 
     def _threads(self) -> PoolExecutor:
         if self._pool is None:
@@ -103,8 +91,7 @@ class InLoopExecutor(Executor):
         return self._pool
 
     async def start(self, work: Work, slot: Slot) -> JobHandle:
-        if not isinstance(work, FunctionCall):
-            raise ConfigurationError(f"{self.describe()} runs function calls, not {work.kind} work")
+        work = self._call(work)
         if work.is_async:
             return _LoopHandle(work.func(**work.kwargs), self.name)
         return await self._threads().start(work, slot)

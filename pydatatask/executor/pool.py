@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import Capacity, Executor, FunctionCall, JobHandle, Outcome, Resources, Slot, Work
+from .base import CallExecutor, JobHandle, Outcome, Slot, Work
 
 __all__ = ("PoolExecutor", "PoolHandle")
 
@@ -220,7 +220,7 @@ class PoolHandle(JobHandle):
             self._notify = None
 
 
-class PoolExecutor(Executor):
+class PoolExecutor(CallExecutor):
     """Runs plain functions in ``pool``: a :class:`concurrent.futures.Executor` (threads,
     processes) or a Dask ``distributed.Client`` (or what its ``get_executor()`` returns).
 
@@ -233,8 +233,6 @@ class PoolExecutor(Executor):
     function defined at module level). The pool is the caller's: :meth:`aclose` does not
     shut it down.
     """
-
-    carries = frozenset({FunctionCall})
 
     def __init__(
         self,
@@ -260,21 +258,10 @@ class PoolExecutor(Executor):
         if max_jobs is None and isinstance(pool, concurrent.futures.ProcessPoolExecutor):
             workers = getattr(pool, "_max_workers", None)
             max_jobs = workers if isinstance(workers, int) else None
-        super().__init__(name or type(pool).__name__)
-        self.capacity = Capacity(self.name, max_jobs=max_jobs, cpu=cpu, memory=memory)
-
-    def fits_at_all(self, resources: Resources) -> bool:
-        return self.capacity.fits_at_all(resources)
-
-    def acquire(self, resources: Resources) -> Slot | None:
-        return self.capacity.acquire(self, resources, self.name)
-
-    def release(self, slot: Slot) -> None:
-        self.capacity.release(slot)
+        super().__init__(name or type(pool).__name__, max_jobs=max_jobs, cpu=cpu, memory=memory)
 
     async def start(self, work: Work, slot: Slot) -> JobHandle:
-        if not isinstance(work, FunctionCall):
-            raise ConfigurationError(f"{self.describe()} runs function calls, not {work.kind} work")
+        work = self._call(work)
         if work.is_async:
             raise ConfigurationError(
                 f"{self.describe()} cannot run the coroutine function {getattr(work.func, '__qualname__', work.func)!r}: "

@@ -129,7 +129,7 @@ class RunMetrics:
 
     def on_end(self, task: str, key: str, record: dict[str, Any]) -> None:
         """A job ended with ``record`` (its job record)."""
-        counters = self.task(task)
+        counters = self.tasks.get(task) or self.task(task)
         ok = bool(record.get("success"))
         if ok:
             counters.succeeded += 1

@@ -64,6 +64,7 @@ from .staleness import (
 )
 
 if TYPE_CHECKING:
+    from ..task.claims import Claim
     from .pipeline import Pipeline
 
 __all__ = ("Scheduler", "RunSummary", "TaskFigures", "until_next_window")
@@ -169,6 +170,8 @@ class Scheduler:
         # stale keys queued for a redo, with the record judged stale
         self._redo: dict[str, dict[str, RecordFacts]] = {t.name: {} for t in self.selected}
         self._sources: dict[str, list[InputSource]] = {}
+        # per task, the versions its record fields were made from, and the function
+        self._fields_of: dict[str, tuple[object, Callable[[str], dict[str, Any]]]] = {}
         # stale keys queued for a redo that are orphans: removed, not run
         self._orphans: dict[str, set[str]] = {t.name: set() for t in self.selected}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -364,6 +367,17 @@ class Scheduler:
         counts[0 if judged.success else 1] += 1
 
     def _record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
+        # made once per listing of the inputs' versions, not once per job
+        fig = self.figures.get(task.name)
+        versions = fig.versions if fig is not None else None
+        made = self._fields_of.get(task.name)
+        if made is not None and made[0] is versions:
+            return made[1]
+        fields_of = self._make_record_fields(task)
+        self._fields_of[task.name] = (versions, fields_of)
+        return fields_of
+
+    def _make_record_fields(self, task: Task) -> Callable[[str], dict[str, Any]]:
         sources = self._sources.get(task.name)
         if sources is None:
             sources = self._sources[task.name] = input_sources(self.pipeline, self.all_tasks, task.name)
@@ -629,6 +643,8 @@ class Scheduler:
         return None
 
     async def _worker(self, task: Task, key: str, slot: object) -> None:
+        current = asyncio.current_task()
+        assert current is not None
         try:
             while True:
                 await self._job(task, key, slot)
@@ -638,8 +654,6 @@ class Scheduler:
                 key, slot = nxt
                 ident = (task.name, key)
                 self.states[ident] = JobState.PENDING
-                current = asyncio.current_task()
-                assert current is not None
                 self.running[ident] = current
         finally:
             self._workers[task.name] -= 1
@@ -716,10 +730,12 @@ class Scheduler:
         """A job ended with ``record``: the records index, metrics and the summary."""
         self.records[task.name].note(key, record)
         self.metrics.on_end(task.name, key, record)
-        outcome = "succeeded" if record["success"] else "failed"
-        setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
-        self.summary.per_task[task.name][outcome] += 1
-        if not record["success"]:
+        if record["success"]:
+            self.summary.succeeded += 1
+            self.summary.per_task[task.name]["succeeded"] += 1
+        else:
+            self.summary.failed += 1
+            self.summary.per_task[task.name]["failed"] += 1
             err = record.get("error") or {}
             log.warning(
                 "task %s: job %r failed after %d attempt(s): %s",
@@ -850,16 +866,28 @@ class Scheduler:
         while True:
             await asyncio.sleep(interval)
             await self._adoption_heartbeats()
-            for (task_name, key), job in list(self.running.items()):
-                task = self.all_tasks[task_name]
-                claim = task.claims.get(key)
-                try:
-                    ok = None if claim is None else await task.claims.heartbeat(claim)
-                except Exception as exc:  # the live repository is unreachable: try again later
-                    log.warning("task %s: heartbeat for %r failed: %s", task_name, key, exc)
-                    self.metrics.on_error(task_name)
-                    continue
-                if ok is False and self.running.get((task_name, key)) is job and not job.done():
+            await self._job_heartbeats()
+
+    async def _job_heartbeats(self) -> None:
+        """Renew the claims of the running jobs, each task's together (Claims.update_many:
+        one request per batch, or a bulk write, where the backend allows)."""
+        by_task: dict[str, list[tuple[Claim, asyncio.Task[None]]]] = {}
+        for (task_name, key), job in list(self.running.items()):
+            claim = self.all_tasks[task_name].claims.get(key)
+            if claim is not None:
+                by_task.setdefault(task_name, []).append((claim, job))
+        for task_name, held in by_task.items():
+            task = self.all_tasks[task_name]
+            try:
+                lost = await task.claims.update_many([claim for claim, _job in held])
+            except Exception as exc:  # the live repository is unreachable: try again later
+                log.warning("task %s: heartbeat for %d claim(s) failed: %s", task_name, len(held), exc)
+                self.metrics.on_error(task_name)
+                continue
+            jobs = {claim.key: job for claim, job in held}
+            for claim in lost:
+                key, job = claim.key, jobs[claim.key]
+                if self.running.get((task_name, key)) is job and not job.done():
                     log.error(
                         "task %s: the claim on %r was taken over by another scheduler; stopping this job",
                         task_name,

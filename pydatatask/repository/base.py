@@ -266,6 +266,13 @@ class MetadataRepository(Repository):
         made = await _bounded([partial(self._create, k, v) for k, v in items])
         return {k for (k, _v), ok in zip(items, made, strict=True) if ok}
 
+    async def _replace_many_if(self, changes: dict[str, tuple[Any, Any]]) -> set[str]:
+        """Replace the (checked) keys of ``changes`` whose value is the expected one; return
+        the keys replaced. The default calls :meth:`_replace_if` for each."""
+        items = list(changes.items())
+        done = await _bounded([partial(self._replace_if, k, old, new) for k, (old, new) in items])
+        return {k for (k, _change), ok in zip(items, done, strict=True) if ok}
+
     async def replace_if(self, key: str, expected: Any, value: Any) -> bool:
         """Atomically replace the value of ``key`` with ``value`` if it still equals ``expected``.
 
@@ -277,6 +284,24 @@ class MetadataRepository(Repository):
         replaced = await self._replace_if(key, expected, value)
         if replaced and (journal := _journal.get()) is not None:
             await journal.note(self, key)
+        return replaced
+
+    async def replace_many_if(self, changes: Mapping[str, tuple[Any, Any]]) -> set[str]:
+        """:meth:`replace_if` for several keys: ``changes`` maps each key to ``(expected,
+        value)``; returns the keys replaced. Each key is replaced as by :meth:`replace_if`
+        (not all together); used to renew the claims of a batch at once.
+
+        Backends with a bulk write (a Mongo ``bulk_write``) override ``_replace_many_if``
+        and make it a fixed number of round trips; the default replaces key by key, a few
+        at once.
+        """
+        checked = {self._key(k): v for k, v in changes.items()}
+        if not checked:
+            return set()
+        replaced = await self._replace_many_if(checked)
+        if replaced and (journal := _journal.get()) is not None:
+            for key in sorted(replaced):
+                await journal.note(self, key)
         return replaced
 
     async def get_many(

@@ -112,6 +112,9 @@ class DeferredMetadataRepository(MetadataRepository):
     async def _create_many(self, values: dict[str, Any]) -> set[str]:
         return await self._writing().create_many(values)
 
+    async def _replace_many_if(self, changes: dict[str, tuple[Any, Any]]) -> set[str]:
+        return await self._writing().replace_many_if(changes)
+
     async def _delete_many(self, keys: list[str]) -> None:
         await self._target.delete_many(keys)
 

@@ -19,8 +19,8 @@ This module knows nothing of tasks.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -84,14 +84,26 @@ class WriteJournal:
         return f"<WriteJournal of {len(self._entries)} write(s)>"
 
 
-@contextmanager
-def journaling(journal: WriteJournal) -> Iterator[WriteJournal]:
+class _Journaling:
+    """The context manager of :func:`journaling` (a class: entered once per job, it costs
+    a fraction of a generator-based one)."""
+
+    __slots__ = ("_journal", "_token")
+
+    def __init__(self, journal: WriteJournal) -> None:
+        self._journal = journal
+
+    def __enter__(self) -> WriteJournal:
+        self._token = _current.set(self._journal)
+        return self._journal
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
+
+
+def journaling(journal: WriteJournal) -> AbstractContextManager[WriteJournal]:
     """Make ``journal`` current for the block (and the asyncio tasks it creates)."""
-    token = _current.set(journal)
-    try:
-        yield journal
-    finally:
-        _current.reset(token)
+    return _Journaling(journal)
 
 
 def current_journal() -> WriteJournal | None:

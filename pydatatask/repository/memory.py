@@ -228,15 +228,19 @@ def _pack(value: Any) -> Any:
         return value
     if t is list:
         return [v if type(v) in _SCALARS else _pack(v) for v in value]
-    if t is not dict or not all(type(k) is str for k in value):
+    if t is not dict:
         return _copy(value)
     fields = tuple(value)
     shape = _shapes.get(fields)
-    if shape is None:
+    if shape is None:  # (a shape kept is one of str keys)
+        for k in fields:
+            if type(k) is not str:
+                return _copy(value)
         if len(_shapes) >= 1024:
             _shapes.clear()  # a store of free-form values, not records: stop collecting
         shape = _shapes[fields] = fields
-    return _Packed(shape, tuple(v if type(v) in _SCALARS else _pack(v) for v in value.values()))
+    # a list built, then made a tuple: quicker than a tuple of a generator
+    return _Packed(shape, tuple([v if type(v) in _SCALARS else _pack(v) for v in value.values()]))
 
 
 def _copy(value: Any) -> Any:

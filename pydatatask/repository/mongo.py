@@ -16,6 +16,7 @@ pymongo is imported lazily: importing this module does not need it.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -286,6 +287,54 @@ class MongoMetadataRepository(MetadataRepository):
             return bool(result.matched_count == 1)
 
         return await self._call("replace_if", run)
+
+    async def _replace_many_if(self, changes: dict[str, tuple[Any, Any]]) -> set[str]:
+        """Per :data:`GET_MANY_CHUNK` keys: one ``find`` (values and tokens), a comparison in
+        Python, then one unordered ``bulk_write`` of replaces, each only of the document
+        version read (as :meth:`replace_if` does; ``batch_size`` one more than the keys:
+        the whole answer in the first reply, the cursor closed). When fewer documents matched than were
+        sent (another writer changed some meanwhile), one more ``find`` tells which of them
+        carry the new token."""
+        pymongo = require("pymongo", "mongo")
+        keys = list(changes)
+        tokens = {key: secrets.token_hex(16) for key in keys}
+
+        async def run(coll: AsyncCollection[Any], chunk: list[str]) -> set[str]:
+            found = coll.find(
+                {"_id": {"$in": chunk}}, projection={"value": 1, "token": 1}, batch_size=len(chunk) + 1
+            )
+            current = {doc["_id"]: doc async for doc in found}
+            ours: set[str] = set()
+            sent: list[str] = []
+            requests = []
+            for key in chunk:
+                doc = current.get(key)
+                if doc is None:
+                    continue
+                if doc.get("token") == tokens[key]:
+                    ours.add(key)  # a retry after a lost reply: the first attempt was ours
+                    continue
+                if doc.get("value") != changes[key][0]:
+                    continue
+                version = doc.get("token")
+                flt = {"_id": key, "token": version if version is not None else {"$exists": False}}
+                new = _document(key, changes[key][1])
+                new["token"] = tokens[key]
+                sent.append(key)
+                requests.append(pymongo.ReplaceOne(flt, new))
+            if not requests:
+                return ours
+            result = await coll.bulk_write(requests, ordered=False)
+            if result.matched_count == len(requests):
+                return ours | set(sent)
+            check = coll.find({"_id": {"$in": sent}}, projection={"token": 1}, batch_size=len(sent) + 1)
+            return ours | {d["_id"] async for d in check if d.get("token") == tokens[d["_id"]]}
+
+        replaced: set[str] = set()
+        for start in range(0, len(keys), GET_MANY_CHUNK):
+            chunk = keys[start : start + GET_MANY_CHUNK]
+            replaced |= await self._call("replace_many_if", functools.partial(run, chunk=chunk))
+        return replaced
 
     async def _delete_many(self, keys: list[str]) -> None:
         """One ``delete_many`` with ``$in`` per :data:`GET_MANY_CHUNK` keys."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -40,7 +40,11 @@ from .links import Link, LinkKind
 from .records import JobState, utcnow_iso
 from .retry import RetryPolicy
 
-__all__ = ("Task", "JobContext", "JobOutcome", "BatchOutcome")
+__all__ = ("Task", "JobContext", "JobOutcome", "BatchOutcome", "DirectCall")
+
+#: ``(function, arguments)``, an attempt handed over as a call for the job lifecycle to
+#: await itself (see Task.direct_call)
+DirectCall = tuple[Callable[..., Awaitable[Any]], dict[str, Any]]
 
 _NO_RESOURCES = Resources()
 
@@ -80,8 +84,9 @@ class JobContext:
     started: float = field(default_factory=time.time)
     #: what :meth:`Task.acquire_slot` returned for this job (e.g. the host it runs on)
     slot: Any = None
-    #: the executor's handle on the attempt's work while it runs (None before it is started
-    #: and once it ended): what a live view reads the work's output so far from
+    #: the executor's handle on the attempt's work while it runs (None before it is started,
+    #: once it ended, and for a call the lifecycle awaits itself, see :meth:`Task.direct_call`,
+    #: which prints nothing of its own): what a live view reads the work's output so far from
     handle: JobHandle | None = None
     _log: list[str] = field(default_factory=list)
     #: every key of this attempt, in order (``[key]`` for an unbatched job; ``key`` is the
@@ -167,6 +172,8 @@ class Task:
 
     #: a short name of where jobs run, written to job records
     runner = "task"
+    # what the job lifecycle works out once per task (see pydatatask.task.lifecycle)
+    _lifecycle_plan: Any = None
 
     def __init__(
         self,
@@ -261,6 +268,7 @@ class Task:
             self.link("logs", logs, LinkKind.LOGS)
         #: the claims of this task's jobs in ``live``
         self.claims = Claims(self.live, name)
+        self.claims.batched = self.batch > 1
         # the write journals of running jobs, and what failed jobs wrote (for a minute)
         self._running_journals: dict[str, WriteJournal] = {}
         self._ended_writes: list[tuple[float, dict[int, set[str]]]] = []
@@ -672,6 +680,15 @@ class Task:
         result = outcome.result
         return result if isinstance(result, JobOutcome) else None
 
+    def direct_call(self, job: JobContext) -> DirectCall | None:
+        """The attempt of ``job`` as an async call for the job lifecycle to await itself,
+        when it is that and nothing more: work in this event loop with nothing to start,
+        stop, log or recover besides the call, and nothing for :meth:`finish` to commit.
+        Its return value is ignored; an exception fails the attempt, as :meth:`finish`
+        would raise it. None (the default): the attempt goes through :meth:`prepare`, the
+        :attr:`executor` and :meth:`finish`."""
+        return None
+
     # ---------------------------------------------------------------- claims
     @property
     def claim_lease(self) -> float:
@@ -726,6 +743,12 @@ class Task:
         :class:`JobContext` of its current attempt (a read-only view, for a live view of
         their logs)."""
         return MappingProxyType(self._running_jobs)
+
+    async def _keep_stopped_output(self, job: JobContext) -> None:  # noqa: B027 - optional hook
+        """Called when the work of an attempt was stopped before its end (its time limit):
+        put what the task itself kept of the work's output so far into ``job``'s log, as
+        :meth:`finish` does for work that ended. The executor's own log of the work
+        (:meth:`~pydatatask.executor.base.JobHandle.logs`) is kept by the lifecycle."""
 
     async def _write_log(self, job: JobContext) -> None:
         logs = self.logs

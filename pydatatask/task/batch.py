@@ -3,8 +3,9 @@
 
 :func:`execute_batch` (also exported by :mod:`pydatatask.task.lifecycle`)::
 
-    claim every key at once (Claims.acquire_many: one bulk create where the backend has
-    one); keys another scheduler holds leave the batch
+    claim every key at once (Claims.acquire_many: one object for the batch where live
+    keeps bundles, see batch_claims; else one bulk create where the backend has one);
+    keys another scheduler holds leave the batch
     re-check ``done`` for the claimed keys in one call (done.get_many)
     attempts, under the task's retry policy, each for the keys still pending:
         one work item for all of them (task.prepare(job) with job.keys), one handle
@@ -287,8 +288,8 @@ class _Batch:
 
     async def _note_run(self, job: JobContext, **fields: Any) -> None:
         held = [c for k in job.keys if (c := self.claims.get(k)) is not None]
-        kept = await asyncio.gather(*(self.task.claims.update(c, **fields) for c in held))
-        lost = [c.key for c, ok in zip(held, kept, strict=True) if not ok]
+        # one write for the batch where its claims are one object
+        lost = [c.key for c in await self.task.claims.update_many(held, **fields)]
         if lost:
             raise JobError(
                 f"task {self.task.name}: the claim on {lost[0]!r} (of {len(lost)} key(s) of batch "
@@ -453,7 +454,18 @@ class _Batch:
             log.warning("task %s: could not release the claims of batch %s: %s", task.name, self.id, exc)
 
     async def _show(self, keys: list[str], state: JobState, **fields: Any) -> None:
-        await asyncio.gather(*(_lc._show_state(self.task, self.claims.get(k), state, **fields) for k in keys))
+        """Note ``state`` in the claims of ``keys`` (see ``lifecycle._show_state``)."""
+        held = [c for k in keys if (c := self.claims.get(k)) is not None]
+        try:
+            await self.task.claims.update_many(held, state=state.value, **fields)
+        except Exception as exc:  # the live repository is unreachable: the batch goes on
+            log.warning(
+                "task %s: could not note %s in the claims of batch %s: %s",
+                self.task.name,
+                state.value,
+                self.id,
+                exc,
+            )
 
     async def _write_logs(
         self, job: JobContext, keys: list[str], records: Mapping[str, dict[str, Any]] | None = None

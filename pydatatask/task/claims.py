@@ -14,12 +14,16 @@ kind:
   pid and its start time; see :func:`~pydatatask.task.records.pid_is_comparable`);
 * :meth:`Claims.take_over` replaces a stale claim by a recovery claim of this process, by
   compare-and-swap: of several schedulers recovering it, one wins;
+* :meth:`Claims.update_many` changes the claims of a batch together;
 * :meth:`Claims.release` drops a claim; :meth:`Claims.abandon` hands it to nobody with an
   expired heartbeat, so that the next check of any scheduler recovers it (used when the
   partial outputs of a job could not be removed: freeing the key would leave an output
   without a record).
 
 The claims this process holds are :meth:`Claims.held`; nothing else keeps claim state.
+
+Where ``live`` keeps bundles (S3), the claims of a batch are one object: see
+:mod:`pydatatask.task.batch_claims` (the same methods, the same guarantees).
 """
 
 from __future__ import annotations
@@ -29,17 +33,22 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import KeyNotFoundError, UnsupportedOperationError
 from ..repository.base import MetadataRepository
+from ..repository.bundles import bundle_store
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.memory import MemoryMetadataRepository
+from . import batch_claims
+from .batch_claims import BatchClaim
 from .records import HOSTNAME, make_claim, pid_is_comparable, process_start_time
 
 __all__ = ("Claim", "Claims", "new_owner", "process_memory")
+
+_T = TypeVar("_T")
 
 
 def process_memory(repo: MetadataRepository, *, writing: bool = False) -> MemoryMetadataRepository | None:
@@ -69,10 +78,12 @@ def new_owner() -> str:
 @dataclass(eq=False)
 class Claim:
     """A claim this process holds: the key and the value stored in ``live`` (kept equal
-    to the stored one by every successful :meth:`Claims.update`)."""
+    to the stored one by every successful :meth:`Claims.update`), and the batch's one
+    object when it is stored as a part of one."""
 
     key: str
     value: dict[str, Any]
+    batch: BatchClaim | None = None
 
 
 class Claims:
@@ -94,9 +105,12 @@ class Claims:
         self.owner = owner or new_owner()
         self.lease = lease
         self._held: dict[str, Claim] = {}
+        #: whether this task runs batches (then ``live`` is looked at for batch claims by
+        #: single-key claims too)
+        self.batched = False
         # the conditional replace of a held claim under way, by key: a release waits for it
         # (a replace that read the claim before a delete must not write it back after)
-        self._replacing: dict[str, asyncio.Future[bool]] = {}
+        self._replacing: dict[str, asyncio.Future[Any]] = {}
         # updates of one task's claims are serialised: a heartbeat and a note of a written
         # key must not both replace the same old value
         self._lock = asyncio.Lock()
@@ -114,6 +128,8 @@ class Claims:
         ``fields`` are added to the claim."""
         value = make_claim(owner or self.owner, self.task, key, time.time(), self.lease)
         value.update(fields)
+        if self.batched and (store := bundle_store(self.live)) is not None:
+            store.expect_bundles()  # a batch's claim may name the key
         if not await self.live.create(key, value):
             return None
         claim = self._held[key] = Claim(key, value)
@@ -123,7 +139,11 @@ class Claims:
         self, keys: list[str], owner: str | None = None, **fields: Any
     ) -> dict[str, Claim]:
         """:meth:`acquire` for several keys at once (one bulk create where the backend has
-        one); returns the claims made, by key. Keys someone else holds are left out."""
+        one, or one object for them all where ``live`` keeps bundles); returns the claims
+        made, by key. Keys someone else holds are left out."""
+        store = bundle_store(self.live) if len(keys) > 1 else None
+        if store is not None:
+            return await batch_claims.acquire(self, store, keys, owner or self.owner, fields)
         now = time.time()
         values: dict[str, dict[str, Any]] = {}
         template: dict[str, Any] | None = None
@@ -169,6 +189,8 @@ class Claims:
             await self._settle([claim.key])  # after the write of a heartbeat cancelled meanwhile
             if self._held.get(claim.key) is not claim:
                 return True  # released (or never ours): nothing to renew, nothing lost
+            if claim.batch is not None:
+                return not await self._batch_op([claim], batch_claims.update(self, [claim], fields))
             old = claim.value
             new = dict(old, **fields, heartbeat=time.time())
             # shielded: a cancelled heartbeat must not leave the write running unseen (a
@@ -185,6 +207,74 @@ class Claims:
                 del self._held[claim.key]
             return ok
 
+    async def update_many(self, claims: list[Claim], **fields: Any) -> list[Claim]:
+        """:meth:`update` for several claims (one write per batch's object where the claims
+        are parts of one); returns the claims lost."""
+        parts: dict[int, list[Claim]] = {}
+        single: list[Claim] = []
+        for claim in claims:
+            if claim.batch is not None:
+                parts.setdefault(id(claim.batch), []).append(claim)
+            else:
+                single.append(claim)
+        if len(single) == 1:
+            lost = [] if await self.update(single[0], **fields) else single
+        else:
+            lost = await self._update_apart(single, fields)
+        for members in parts.values():
+            async with self._lock:
+                await self._settle([c.key for c in members])
+                held = [c for c in members if self._held.get(c.key) is c]
+                if held:
+                    lost += await self._batch_op(held, batch_claims.update(self, held, fields))
+        return lost
+
+    async def _update_apart(self, claims: list[Claim], fields: dict[str, Any]) -> list[Claim]:
+        """:meth:`update` of ``claims`` held as objects of their own, with one
+        ``replace_many_if`` (a fixed number of round trips where the backend has a bulk
+        write); returns the claims lost."""
+        async with self._lock:
+            await self._settle([c.key for c in claims])
+            held = [c for c in claims if self._held.get(c.key) is c]
+            if not held:
+                return []
+            now = time.time()
+            news = {c.key: dict(c.value, **fields, heartbeat=now) for c in held}
+            changes = {c.key: (c.value, news[c.key]) for c in held}
+            # shielded, and tracked as single replaces are (see update and _settle)
+            op: asyncio.Future[set[str]] = asyncio.ensure_future(self._replace_many(changes))
+            for c in held:
+                self._replacing[c.key] = op
+            op.add_done_callback(functools.partial(self._replaced_many, held, news))
+            replaced = await asyncio.shield(op)
+            lost = []
+            for c in held:
+                if c.key in replaced:
+                    c.value = news[c.key]
+                elif self._held.get(c.key) is c:  # (released meanwhile: not lost)
+                    del self._held[c.key]
+                    lost.append(c)
+            return lost
+
+    async def _replace_many(self, changes: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> set[str]:
+        try:
+            return await self.live.replace_many_if(changes)
+        except UnsupportedOperationError:
+            items = list(changes.items())
+            done = await asyncio.gather(*(self._replace(k, old, new) for k, (old, new) in items))
+            return {k for (k, _change), ok in zip(items, done, strict=True) if ok}
+
+    def _replaced_many(
+        self, claims: list[Claim], news: dict[str, dict[str, Any]], op: asyncio.Future[set[str]]
+    ) -> None:
+        """The end of a :meth:`_replace_many` (as :meth:`_replaced`, for each claim)."""
+        replaced = op.result() if not op.cancelled() and op.exception() is None else set()
+        for claim in claims:
+            if self._replacing.get(claim.key) is op:
+                del self._replacing[claim.key]
+            if claim.key in replaced:
+                claim.value = news[claim.key]
+
     async def _replace(self, key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
         try:
             return bool(await self.live.replace_if(key, old, new))
@@ -197,7 +287,7 @@ class Claims:
                 await self.live.put(key, new)
             return ok
 
-    def _replaced(self, claim: Claim, new: dict[str, Any], op: asyncio.Future[bool]) -> None:
+    def _replaced(self, claim: Claim, new: dict[str, Any], op: asyncio.Future[Any]) -> None:
         """The end of a replace of ``claim`` by ``new``: the stored value is kept (also when
         the heartbeat that made it was cancelled meanwhile, so the next one compares with
         what is stored)."""
@@ -205,6 +295,25 @@ class Claims:
             del self._replacing[claim.key]
         if not op.cancelled() and op.exception() is None and op.result():
             claim.value = new
+
+    async def _batch_op(self, members: list[Claim], work: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``work``, a change of the one object of the batch of ``members``, shielded and
+        known to :meth:`_settle` under every key of the batch, as a single replace is (a
+        cancelled heartbeat's write must not land after the release that follows it)."""
+        batch = members[0].batch
+        keys = {c.key for c in members} | set(batch.keys() if batch is not None else ())
+        op = asyncio.ensure_future(work)
+        for key in keys:
+            self._replacing[key] = op
+        op.add_done_callback(functools.partial(self._batch_op_ended, keys))
+        return await asyncio.shield(op)
+
+    def _batch_op_ended(self, keys: set[str], op: asyncio.Future[Any]) -> None:
+        for key in keys:
+            if self._replacing.get(key) is op:
+                del self._replacing[key]
+        if not op.cancelled():
+            op.exception()  # seen here when the caller was cancelled meanwhile
 
     async def _settle(self, keys: list[str]) -> None:
         """Wait for the replaces of ``keys`` under way to end: a replace that read a claim
@@ -222,19 +331,46 @@ class Claims:
         """Drop the claim (from ``live`` too)."""
         if self._held.get(claim.key) is claim:
             del self._held[claim.key]
+        if claim.batch is not None:
+            async with self._lock:
+                await self._settle([claim.key])
+                await self._batch_op([claim], batch_claims.release(self, [claim]))
+            return
         await self._settle([claim.key])
-        await self.live.delete(claim.key)
+        await self._delete_own([claim.key])
 
     async def release_many(self, claims: list[Claim]) -> None:
         """:meth:`release` for several claims at once (one bulk delete where the backend has
         one)."""
         keys = []
+        parts: dict[int, list[Claim]] = {}
         for claim in claims:
             if self._held.get(claim.key) is claim:
                 del self._held[claim.key]
-            keys.append(claim.key)
-        await self._settle(keys)
-        await self.live.delete_many(keys)
+            if claim.batch is not None:
+                parts.setdefault(id(claim.batch), []).append(claim)
+            else:
+                keys.append(claim.key)
+        for members in parts.values():
+            async with self._lock:
+                await self._settle([c.key for c in members])
+                await self._batch_op(members, batch_claims.release(self, members))
+        if keys:
+            await self._settle(keys)
+            await self._delete_own(keys)
+
+    async def _delete_own(self, keys: list[str]) -> None:
+        """Remove the claims of ``keys`` held as objects of their own. Where ``live`` keeps
+        bundles, only those objects: ``delete`` would also take the keys out of another
+        scheduler's batch claim made meanwhile (one that gives the keys up, or whose writer
+        runs them once this claim is gone)."""
+        store = bundle_store(self.live)
+        if store is not None:
+            await store.delete_unbundled(keys)
+        elif len(keys) == 1:
+            await self.live.delete(keys[0])
+        else:
+            await self.live.delete_many(keys)
 
     def forget(self, claim: Claim) -> None:
         """Stop holding ``claim`` without touching ``live`` (it was handed on)."""
@@ -246,6 +382,11 @@ class Claims:
         scheduler finds it stale and recovers the key (removes what the job left, then
         frees it). The claim keeps what it noted (``wrote``)."""
         self.forget(claim)
+        if claim.batch is not None:
+            async with self._lock:
+                await self._settle([claim.key])
+                await self._batch_op([claim], batch_claims.abandon(self, claim))
+            return
         await self._settle([claim.key])
         value = claim.value
         abandoned = dict(value, owner=f"{value.get('owner')}-abandoned", heartbeat=0.0)

@@ -14,7 +14,7 @@ from ..executor.inloop import InLoopExecutor
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import DirectoryRepository
 from ..repository.view import read_source
-from .base import BatchOutcome, JobContext, JobOutcome, Task
+from .base import BatchOutcome, DirectCall, JobContext, JobOutcome, Task
 from .links import LinkKind
 
 __all__ = ("FunctionTask",)
@@ -213,6 +213,18 @@ class FunctionTask(Task):
         self._body_elsewhere = bool(getattr(executor, "runs_whole_function", False))
         _check_batch_runs_here(name, self.batch, executor, self._body_elsewhere)
         self.runner = "in-process" if isinstance(executor, InLoopExecutor) else f"function:{executor.name}"
+        cls = type(self)
+        # the lifecycle may await the call itself (see direct_call): what the executor and
+        # finish would do around it is nothing
+        self._direct = (
+            self.is_async
+            and self.batch == 1
+            and isinstance(executor, InLoopExecutor)
+            and type(executor).start is InLoopExecutor.start
+            and type(executor).planned_info is InLoopExecutor.planned_info
+            and cls.prepare is FunctionTask.prepare
+            and cls.finish is FunctionTask.finish
+        )
 
     @property
     def executor(self) -> Executor:
@@ -288,25 +300,9 @@ class FunctionTask(Task):
         """The call of this job: repositories for an async function, input values for a
         plain one."""
         if self.is_async:
-            # the repositories are fixed once the pipeline is built: resolve them once
-            fixed = self._fixed_args
-            if fixed is None:
-                fixed = {
-                    n: self.links[n].repository
-                    for n in self._wanted()
-                    if n not in ("key", "job", "members", "keys")
-                }
-                self._fixed_args = fixed
-            args: dict[str, Any] = dict(fixed)
-            if self._var_kw or "key" in self._params:
-                args["key"] = job.key
-            if self._var_kw or "job" in self._params:
-                args["job"] = job
-            if self.group_by is not None and (self._var_kw or "members" in self._params):
-                args["members"] = job.members
-            if self.batch > 1 and (self._var_kw or "keys" in self._params):
-                args["keys"] = list(job.keys)
-            return FunctionCall(self.func, args, is_async=True, job=(self.name, job.key), keys=_keys(job))
+            return FunctionCall(
+                self.func, self._async_args(job), is_async=True, job=(self.name, job.key), keys=_keys(job)
+            )
         if self._body_elsewhere:
             return FunctionCall(self.func, {}, job=(self.name, job.key), keys=_keys(job))
         if self.timeout is None:
@@ -320,6 +316,38 @@ class FunctionTask(Task):
                     f"task {self.name}: job {job.key!r} timed out after {self.timeout:g}s reading its inputs"
                 ) from exc
         return FunctionCall(self.func, values, job=(self.name, job.key), keys=_keys(job))
+
+    def _async_args(self, job: JobContext) -> dict[str, Any]:
+        """The arguments of an async function's call for ``job``: repositories, and what
+        of ``key``, ``job``, ``members`` and ``keys`` it takes."""
+        # the repositories are fixed once the pipeline is built: resolve them once
+        fixed = self._fixed_args
+        if fixed is None:
+            fixed = {
+                n: self.links[n].repository
+                for n in self._wanted()
+                if n not in ("key", "job", "members", "keys")
+            }
+            self._fixed_args = fixed
+        args: dict[str, Any] = dict(fixed)
+        if self._var_kw or "key" in self._params:
+            args["key"] = job.key
+        if self._var_kw or "job" in self._params:
+            args["job"] = job
+        if self.group_by is not None and (self._var_kw or "members" in self._params):
+            args["members"] = job.members
+        if self.batch > 1 and (self._var_kw or "keys" in self._params):
+            args["keys"] = list(job.keys)
+        return args
+
+    def direct_call(self, job: JobContext) -> DirectCall | None:
+        """An async function of a single-key task on an
+        :class:`~pydatatask.executor.inloop.InLoopExecutor`: the
+        call itself, awaited by the job lifecycle (the executor would only wrap it in a
+        handle; an async function writes its outputs itself, so there is nothing to finish)."""
+        if not self._direct:
+            return None
+        return self.func, self._async_args(job)
 
     async def finish(self, job: JobContext, outcome: Outcome) -> JobOutcome | None:
         """Raise the call's error, or write what a plain function returned (for a batch: a

@@ -47,10 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
+from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, journaling, visible_keys
 from ..repository.memory import MemoryMetadataRepository
 from . import base as _base
-from .base import JobContext, JobOutcome
+from .base import DirectCall, JobContext, JobOutcome
 from .claims import Claim, new_owner, process_memory
 from .hooks import Event, Hooks
 from .records import HOSTNAME, JobState, error_info, make_record
@@ -112,50 +113,59 @@ async def execute(
     """
     owner = owner or new_owner()
     hooks = hooks if hooks is not None else _NO_HOOKS
+    plan = _plan(task)
+    local = plan.local
+    claim: Claim | None
     if adopt is not None:
         if adopt.key != key:
             raise JobError(f"task {task.name}: an adoption of {adopt.key!r} cannot run the job of {key!r}")
-        if task.claims.get(key) is not adopt.claim:
+        claim = task.claims.get(key)
+        if claim is not adopt.claim:
             return None  # its claim was taken over meanwhile: the new holder deals with the work
-    elif not claimed:
-        local = _local_state(task)
-        if local is not None:
-            # this process's own memory: the claim and the check are dict operations
-            live_store, done_store = local
-            made = task.claims.acquire_local(live_store, key, owner)
-            if made is None:
-                return None
-            if done_store.holds(key):
-                task.claims.release_local(live_store, made)
-                return None
-        else:
-            if await task.claims.acquire(key, owner) is None:
-                return None
-            # the listing this launch came from may be stale: another scheduler may have
-            # finished the job (record written, then claim released) since then
-            if await task.done.contains(key):
-                await _release(task, key)
-                return None
-    # None: claimed=True by a caller that keeps no claim in this task's claims
-    claim = task.claims.get(key)
-    start = adopt.since if adopt is not None else time.time()
+        start = adopt.since
+    elif claimed:
+        claim = task.claims.get(key)  # None: a caller that keeps no claim in this task's claims
+        start = time.time()
+    elif local is not None:
+        # this process's own memory: the claim and the check are dict operations
+        claim = task.claims.acquire_local(local[0], key, owner)
+        if claim is None:
+            return None
+        if local[1].holds(key):
+            task.claims.release_local(local[0], claim)
+            return None
+        start = claim.value["started"]  # the job began with its claim (one clock reading)
+    else:
+        claim = await task.claims.acquire(key, owner)
+        if claim is None:
+            return None
+        # the listing this launch came from may be stale: another scheduler may have
+        # finished the job (record written, then claim released) since then
+        if await task.done.contains(key):
+            await _release(task, key)
+            return None
+        start = time.time()
     attempt = adopt.attempt - 1 if adopt is not None else 0
     adopted = adopt.handle if adopt is not None else None
     record: dict[str, Any]
     job: JobContext | None = None
     # every key the job writes (also beyond its own) is noted, so that a failed attempt
     # removes all of it and downstream waits while the job runs
-    journal = task.start_journal(key)
+    if plan.bare_journal:
+        journal = task._running_journals[key] = WriteJournal()
+    else:
+        journal = task.start_journal(key)
     succeeded = False
     # the handle of the attempt under way: closed once its outputs are settled
     handles: list[JobHandle] = []
     cleaned = True
     try:
-        await task.begin_job(key)  # fan-out: an earlier run's children go; fan-in: the members
+        if not plan.plain:
+            await task.begin_job(key)  # fan-out: an earlier run's children go; fan-in: the members
         while True:
             attempt += 1
             job = JobContext(task, key, attempt, slot=slot)
-            _show_running(task, job)
+            task._running_jobs[key] = job  # the attempt under way, for a live view
             if on_state:
                 on_state(task, key, JobState.RUNNING, attempt)
             if attempt > 1:
@@ -169,6 +179,8 @@ async def execute(
                         handles.append(handle)
                         assert adopt is not None
                         outcome = await _follow(task, job, handle, since=adopt.run_at)
+                    elif plan.direct and (call := task.direct_call(job)) is not None:
+                        outcome = await _call(task, job, call)
                     else:
                         outcome = await _attempt(task, job, claim, handles)
             except ConfigurationError:
@@ -212,11 +224,15 @@ async def execute(
                 )
                 job.log(record["error"]["traceback"].rstrip())
                 break
-            outcome = outcome or JobOutcome()
-            own = _own_writes(task, key, journal)
-            fields = {} if own is not None else task.record_fields(key, journal)
-            if fields:
-                outcome.extra = {**outcome.extra, **fields}
+            if outcome is None:
+                host, exit_code, extra = HOSTNAME, None, None
+            else:
+                host, exit_code, extra = outcome.host or HOSTNAME, outcome.exit_code, outcome.extra
+            own = _own_writes(plan, key, journal)
+            if own is None:
+                fields = task.record_fields(key, journal)
+                if fields:
+                    extra = {**extra, **fields} if extra else fields
             record = make_record(
                 task=task.name,
                 key=key,
@@ -225,18 +241,18 @@ async def execute(
                 start=start,
                 end=time.time(),
                 runner=task.runner,
-                host=outcome.host or HOSTNAME,
-                exit_code=outcome.exit_code,
-                extra=_fields(task, record_fields, outcome.extra),
+                host=host,
+                exit_code=exit_code,
+                extra=_fields(task, record_fields, extra),
             )
             held = own if own is not None else _outputs_written(task, key, journal)
             if held:
                 record["outputs"] = held
             break
-        await task._write_log(job)
-        records = process_memory(task.done, writing=True)
-        if records is not None:
-            records.put_now(key, record)
+        if job._log or not plan.plain_log:
+            await task._write_log(job)
+        if plan.records is not None:
+            plan.records.put_now(key, record)
         else:
             await task.done.put(key, record)
         succeeded = record["success"]
@@ -247,8 +263,8 @@ async def execute(
         raise
     finally:
         task.end_journal(key, succeeded)
-        if job is not None:
-            _end_running(task, job)
+        if job is not None and task._running_jobs.get(key) is job:
+            del task._running_jobs[key]
     if not cleaned and claim is not None and task.claims.get(key) is claim:
         # a failure whose partial outputs could not be removed (the backend is down): the
         # record is written, but the key stays held (its claim handed to nobody, its work
@@ -258,9 +274,13 @@ async def execute(
         except Exception as exc:
             log.warning("task %s: could not mark the claim on %r abandoned: %s", task.name, key, exc)
     else:
-        await _close(task, handles)  # recorded: nothing of the job is needed any more
+        if handles:
+            await _close(task, handles)  # recorded: nothing of the job is needed any more
         if claim is None or task.claims.get(key) is claim:
-            await _release(task, key)
+            if local is not None and claim is not None:
+                task.claims.release_local(local[0], claim)
+            else:
+                await _release(task, key)
     if on_state:
         on_state(task, key, JobState.SUCCEEDED if record["success"] else JobState.FAILED, attempt)
     event = "job_succeeded" if record["success"] else "job_failed"
@@ -326,44 +346,95 @@ def _fields(task: Task, given: dict[str, Any] | None, extra: dict[str, Any] | No
     return fields
 
 
-def _local_state(task: Task) -> tuple[MemoryMetadataRepository, MemoryMetadataRepository] | None:
-    """The memory stores of this process that the claims and records of ``task`` go to,
-    when both do (then nothing outside this process can claim or finish its keys)."""
+@dataclass(eq=False, slots=True)
+class _Plan:
+    """What the lifecycle works out once per task, not per job (again when links are added):
+    where claims and records go, and which of its steps the task needs at all."""
+
+    #: ``len(task.links)`` when it was made
+    links: int
+    #: the memory stores of this process that the claims and records go to, when both do
+    #: (then nothing outside this process can claim or finish its keys)
+    local: tuple[MemoryMetadataRepository, MemoryMetadataRepository] | None
+    #: the memory store of this process the records go to, if they do
+    records: MemoryMetadataRepository | None
+    #: neither fan-out nor fan-in, and the task keeps the default record fields and start of
+    #: a job: a job begins at once, and one that wrote only its own key into outputs of the
+    #: task records no more than which outputs hold it
+    plain: bool
+    #: the journal of a job needs no hook (claims in memory, no fan-out children to check)
+    bare_journal: bool
+    #: the task keeps the default log writing (nothing to write without log lines)
+    plain_log: bool
+    #: the task may hand over its attempts as direct calls (:meth:`Task.direct_call`)
+    direct: bool
+    #: ``{id(repository): link name}`` of the outputs, in link order, when they are
+    #: distinct repositories and none is a view (otherwise None: the general path)
+    outputs: dict[int, str] | None
+
+
+def _plan(task: Task) -> _Plan:
+    """The plan of ``task`` (made at its first job, and again when its links change)."""
+    plan: _Plan | None = task._lifecycle_plan
+    if plan is not None and plan.links == len(task.links):
+        return plan
+    # the default stores are fixed from their first write on (see
+    # DeferredMetadataRepository.bind): this job writes both
     live = process_memory(task.live, writing=True)
-    if live is None:
-        return None
-    done = process_memory(task.done)
-    return None if done is None else (live, done)
+    done = process_memory(task.done, writing=True)
+    live_target = task.live.target if isinstance(task.live, DeferredMetadataRepository) else task.live
+    cls = type(task)
+    plain = (
+        not task.fan_out
+        and task.group_by is None
+        and cls.record_fields is _base.Task.record_fields
+        and cls.begin_job is _base.Task.begin_job
+    )
+    named: dict[int, str] = {}
+    outputs: dict[int, str] | None = named
+    for link in task.output_links:
+        repo = link.repository
+        if getattr(repo, "children", None) or id(repo) in named:
+            outputs = None  # a view (its keys are worked out through its children), or shared
+            break
+        named[id(repo)] = link.name
+    plan = task._lifecycle_plan = _Plan(
+        links=len(task.links),
+        local=None if live is None or done is None else (live, done),
+        records=done,
+        plain=plain,
+        bare_journal=(
+            not task.fan_out
+            and isinstance(live_target, MemoryMetadataRepository)
+            and cls.start_journal is _base.Task.start_journal
+            and cls._durable_journal is _base.Task._durable_journal
+        ),
+        plain_log=cls._write_log is _base.Task._write_log,
+        direct=cls.direct_call is not _base.Task.direct_call,
+        outputs=outputs if plain else None,
+    )
+    return plan
 
 
-def _own_writes(task: Task, key: str, journal: WriteJournal) -> list[str] | None:
+def _own_writes(plan: _Plan, key: str, journal: WriteJournal) -> list[str] | None:
     """When the job of ``key`` wrote only ``key`` itself, straight into output
-    repositories of ``task`` (no view, no fan-out or fan-in, no key beyond its own): what
+    repositories of its task (no view, no fan-out or fan-in, no key beyond its own): what
     its record's ``outputs`` field holds, ``[]`` when every output holds the key (then
     there is no field). None otherwise: the general path works it out."""
-    if task.fan_out or task.group_by is not None or type(task).record_fields is not _base.Task.record_fields:
+    outputs = plan.outputs
+    if outputs is None:
         return None
     entries = journal.entries()
     if not entries:
         return None
-    outputs = task.output_links
     written: set[int] = set()
     for repo, written_key in entries:
-        if written_key != key:
-            return None
+        if written_key != key or id(repo) not in outputs:
+            return None  # a key beyond its own, or a write beyond the outputs: the general path
         written.add(id(repo))
-    names = []
-    seen = 0
-    for link in outputs:
-        repo = link.repository
-        if getattr(repo, "children", None):
-            return None  # a view: its keys are worked out through its children
-        if id(repo) in written:
-            names.append(link.name)
-            seen += 1
-    if seen != len(written):
-        return None  # a write beyond the outputs (somewhere else): the general path
-    return [] if len(names) == len(outputs) else names
+    if len(written) == len(outputs):
+        return []
+    return [name for ident, name in outputs.items() if ident in written]
 
 
 def _outputs_written(task: Task, key: str, journal: WriteJournal) -> list[str] | None:
@@ -428,6 +499,28 @@ async def _attempt(
             executor.release(slot)
 
 
+async def _call(task: Task, job: JobContext, call: DirectCall) -> JobOutcome | None:
+    """One attempt as a direct call (:meth:`Task.direct_call`): awaited here, within the
+    time limit, in a slot of the task's executor; an exception fails the attempt."""
+    func, kwargs = call
+    given = job.slot if isinstance(job.slot, Slot) and job.slot.executor is task.executor else None
+    slot = given or await _acquire(task.executor, task.resources)
+    try:
+        limit = task.timeout
+        if limit is None:
+            await func(**kwargs)
+            return None
+        try:
+            async with asyncio.timeout(limit):
+                await func(**kwargs)
+        except TimeoutError as exc:
+            raise JobTimeoutError(f"task {task.name}: {_job_name(job)} timed out after {limit:g}s") from exc
+        return None
+    finally:
+        if given is None:
+            task.executor.release(slot)
+
+
 async def _follow(
     task: Task, job: JobContext, handle: JobHandle, *, since: float | None = None
 ) -> JobOutcome | None:
@@ -458,7 +551,7 @@ async def _follow(
                     f"{task.executor.describe()}: whatever it returns is discarded"
                 )
                 log.warning("%s", message)
-            await handle.cancel(task.cancel_grace)
+            await _stop_keeping_output(task, job, handle)
             raise JobTimeoutError(message) from exc
     except BaseException:
         await asyncio.shield(_stop(handle, task.cancel_grace))
@@ -515,6 +608,24 @@ async def _keep_logs(job: JobContext, handle: JobHandle) -> None:
     printed = await handle.logs()
     if printed:
         job.log("output:\n" + printed.decode("utf-8", "replace").rstrip("\n"))
+
+
+async def _stop_keeping_output(task: Task, job: JobContext, handle: JobHandle) -> None:
+    """Stop the work of a timed-out attempt, keeping what it printed in the job's log (of
+    every key of a batch), as for work that ended: what a user debugging the timeout
+    needs. The executor's log of the work is read before the stop (a deleted pod's log
+    goes with it), what the task keeps itself after it (a process's output files, with
+    what it printed when told to stop). Output that cannot be read is named instead."""
+    if type(handle).logs is not JobHandle.logs:
+        try:
+            await _keep_logs(job, handle)
+        except Exception as exc:
+            job.log(f"the output of the work could not be read before it was stopped: {exc}")
+    await handle.cancel(task.cancel_grace)
+    try:
+        await task._keep_stopped_output(job)
+    except Exception as exc:
+        job.log(f"the output of the stopped work could not be kept: {type(exc).__name__}: {exc}")
 
 
 async def _abandon(

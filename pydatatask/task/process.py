@@ -360,6 +360,15 @@ class ProcessTask(Task):
         job.log(f"exited 0 on {place} after {outcome.extra.get('process_seconds', 0):.3f}s")
         return JobOutcome(exit_code=0, host=place, extra=dict(outcome.extra))
 
+    async def _keep_stopped_output(self, job: JobContext) -> None:
+        """A batch stopped by its time limit keeps what its process printed, under each of
+        its keys, as a finished batch does (an unbatched job's output goes into its log
+        with :meth:`_write_log` in any case)."""
+        if job.batched:
+            from .process_batch import keep_stopped_output  # builds on this module
+
+            await keep_stopped_output(self, job)
+
     def _forget(self, key: str) -> None:
         """Drop what earlier attempts of ``key`` left here (a cancelled attempt has no
         :meth:`finish` and no log) and remove their local output files."""

@@ -10,7 +10,9 @@ when the task has ``batch=N`` (see :doc:`/batches`).
   one key at a time (a missing output fails that key only), and returns a
   :class:`~pydatatask.task.base.BatchOutcome` naming the keys that failed and why. The
   outputs are brought back by the task, not by the host, so that the keys that succeeded
-  keep theirs when the command exits non-zero.
+  keep theirs when the command exits non-zero;
+* :func:`keep_stopped_output` keeps the output of a batch stopped by its time limit, as
+  :func:`finish_batch` does for one that ended.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .templates import batch_context, render_command
 if TYPE_CHECKING:
     from .process import ProcessTask
 
-__all__ = ("prepare_batch", "finish_batch")
+__all__ = ("prepare_batch", "finish_batch", "keep_stopped_output")
 
 log = logging.getLogger("pydatatask.task.process")
 
@@ -172,6 +174,19 @@ async def _keep_output(task: ProcessTask, job: JobContext, staged: _Staged) -> N
         text = _tail(files.combined, LOG_LIMIT)
         if text:
             job.log("output:\n" + text.rstrip("\n"))
+
+
+async def keep_stopped_output(task: ProcessTask, job: JobContext) -> None:
+    """The output of a batch whose process was stopped before its end (its time limit),
+    kept as :func:`finish_batch` keeps that of a finished one: the ``stdout=``/``stderr=``
+    repositories and the job's log, under each of its keys."""
+    staged = task._staged.pop((job.key, job.attempt), None)
+    if staged is None:
+        return
+    try:
+        await _keep_output(task, job, staged)
+    finally:
+        staged.files.remove()
 
 
 async def finish_batch(task: ProcessTask, job: JobContext, outcome: Outcome) -> BatchOutcome:

@@ -60,7 +60,11 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
-_iso_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+# the last whole second formatted and its text, and the last moment formatted and its
+# text: each pair replaced as one tuple (a thread formatting at the same time never mixes
+# one moment's text with another's)
+_iso_second: list[tuple[int, str]] = [(-1, "")]
+_iso_last: list[tuple[float, str]] = [(-1.0, "")]
 
 
 def utcnow_iso(ts: float | None = None) -> str:
@@ -68,12 +72,20 @@ def utcnow_iso(ts: float | None = None) -> str:
     e.g. ``2026-11-23T01:02:03.123456+00:00``."""
     if ts is None:
         ts = time.time()
-    micros = round(ts * 1_000_000)
-    second, micro = divmod(micros, 1_000_000)
-    if _iso_second[0] != second:  # jobs ending within one second share the formatting
-        _iso_second[0] = second
-        _iso_second[1] = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_iso_second[1]}.{micro:06d}+00:00"
+    else:
+        last = _iso_last[0]
+        if ts == last[0]:  # a job's record starts when its claim did: formatted once
+            return last[1]
+    second, micro = divmod(round(ts * 1_000_000), 1_000_000)
+    whole = _iso_second[0]
+    if whole[0] != second:  # jobs ending within one second share the formatting
+        whole = _iso_second[0] = (
+            second,
+            datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+    text = f"{whole[1]}.{micro:06d}+00:00"
+    _iso_last[0] = (ts, text)
+    return text
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
@@ -159,7 +171,7 @@ def make_claim(owner: str, task: str, key: str, now: float, lease: float = 60.0)
     """A claim for the live repository: who runs the job, where (host, process, boot and
     PID namespace), since when, and for how long it stays valid without a heartbeat
     (``lease`` seconds)."""
-    me = _identity()
+    me = _self or _identity()
     return {
         "owner": owner,
         "task": task,

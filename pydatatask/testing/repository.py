@@ -698,6 +698,39 @@ class MetadataRepositoryTests(MetadataRepositoryReadTests, RepositoryTests):
         assert await repo.get("c") == {"v": 3, "who": results.index(True)}
 
     @pytest.mark.asyncio
+    async def test_replace_many_if(self, repo: MetadataRepository) -> None:
+        if not self.supports_create:
+            with pytest.raises(UnsupportedOperationError):
+                await repo.replace_many_if({"c": ({"v": 1}, {"v": 2})})
+            return
+        assert await repo.replace_many_if({}) == set()
+        await repo.put_many({"a": {"v": 1}, "b/c": {"v": 1}, "d": {"v": 1, "x": [1]}})
+        changes = {
+            "a": ({"v": 1}, {"v": 2}),
+            "b/c": ({"v": 0}, {"v": 2}),  # not the value stored: left alone
+            "d": ({"v": 1, "x": [1]}, {"v": 2, "x": []}),
+            "absent": ({"v": 1}, {"v": 2}),  # not created
+        }
+        assert await repo.replace_many_if(changes) == {"a", "d"}
+        assert await repo.get_many(["a", "b/c", "d", "absent"]) == {
+            "a": {"v": 2},
+            "b/c": {"v": 1},
+            "d": {"v": 2, "x": []},
+        }
+        # of concurrent callers with the same expected values, one wins each key
+        await repo.put("d", {"v": 2})
+        results = await asyncio.gather(
+            *(
+                repo.replace_many_if({k: ({"v": 2}, {"v": 3, "who": i}) for k in ("a", "d")})
+                for i in range(10)
+            )
+        )
+        assert sorted(k for won in results for k in won) == ["a", "d"]
+        for key in ("a", "d"):
+            who = next(i for i, won in enumerate(results) if key in won)
+            assert await repo.get(key) == {"v": 3, "who": who}
+
+    @pytest.mark.asyncio
     async def test_writes_are_journaled(self, repo: MetadataRepository) -> None:
         """Every write path notes its key in the current write journal (a failed job
         removes what it wrote)."""

@@ -17,42 +17,34 @@ from typing import Any
 import pytest
 
 from pydatatask.cli.command import run_command
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.pipeline_files import ROOT, write_pipeline_file
 
 
 def pipeline_file(tmp_path: Path, name: str) -> Path:
     """A two-stage pipeline over files in ``tmp_path/name``, with three input keys."""
-    data = tmp_path / name
-    (data / "in").mkdir(parents=True)
-    for key in ("a", "b", "c"):
-        (data / "in" / f"{key}.txt").write_text(f"{name} {key}\n")
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            python_path: [{ROOT}]
-            repositories:
-              src: {{kind: files, root: {name}/in, extension: .txt}}
-              upper: {{kind: files, root: {name}/upper, extension: .txt}}
-              sizes: {{kind: yaml_files, root: {name}/sizes}}
-            tasks:
-              shout:
-                kind: process
-                command: "tr a-z A-Z < {{{{ src.path }}}} > {{{{ upper.path }}}}"
-                inputs: {{src: src}}
-                outputs: {{upper: upper}}
-              size:
-                kind: function
-                function: "tests.config.test_command:size"
-                inputs: {{upper: upper}}
-                outputs: {{size: sizes}}
-            pipeline:
-              state_dir: {name}/state
-            """
-        )
+    return write_pipeline_file(
+        tmp_path,
+        name,
+        {key: f"{name} {key}\n" for key in ("a", "b", "c")},
+        {
+            "upper": {"kind": "files", "root": f"{name}/upper", "extension": ".txt"},
+            "sizes": {"kind": "yaml_files", "root": f"{name}/sizes"},
+        },
+        {
+            "shout": {
+                "kind": "process",
+                "command": "tr a-z A-Z < {{ src.path }} > {{ upper.path }}",
+                "inputs": {"src": "src"},
+                "outputs": {"upper": "upper"},
+            },
+            "size": {
+                "kind": "function",
+                "function": "tests.config.test_command:size",
+                "inputs": {"upper": "upper"},
+                "outputs": {"size": "sizes"},
+            },
+        },
     )
-    return path
 
 
 def size(key: str, upper: bytes) -> dict[str, dict[str, int]]:
@@ -134,9 +126,13 @@ def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         f"{one}: ok (2 task(s): shout, size)\n{two}: ok (2 task(s): shout, size)\n"
     )
     two.write_text(two.read_text().replace("{{ upper.path }}", "{{ uper.path }}"))
+    line = next(n for n, text in enumerate(two.read_text().splitlines(), 1) if "command:" in text)
     assert run_command(["-f", str(one), "-f", str(two), "validate"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {two}:9:14: tasks.shout.command: command template uses an undefined name")
+    # the place of the command's value in the file
+    assert err.startswith(
+        f"error: {two}:{line}:14: tasks.shout.command: command template uses an undefined name"
+    )
     assert err.count("\n") == 1
 
 

@@ -43,19 +43,15 @@ DYING_SCHEDULER = """
 import asyncio, os, signal, sys
 from pydatatask import FileRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor, PodHandle
-from pydatatask.executor.pods import api_client, pod_name
+from pydatatask.executor.pods import pod_name
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import RetryPolicy
 from pydatatask.task.pod import PodTask
+from tests.kube_support import kube_resource, sh_pod
 
 root, name, kubeconfig, namespace, mode, live, die = sys.argv[1:8]
 session = Session()
-
-
-@session.resource
-async def kube():
-    async with api_client(kubeconfig) as api:
-        yield api
+kube = kube_resource(session, kubeconfig)
 
 
 class DyingPodTask(PodTask):
@@ -79,16 +75,7 @@ class DyingKubeExecutor(KubeExecutor):
         return handle
 
 
-MANIFEST = '''
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-    env:
-    - {name: OUT, value: {{ out.path }}}
-'''
+MANIFEST = sh_pod({"OUT": "{{ out.path }}"}, grace=2)
 SCRIPT = (
     f'echo "$$" >> {root}/runs; if [ -e {root}/flag ]; then echo done > "$OUT"; exit 0; fi; '
     + ("trap 'sleep 1; echo late > $OUT; exit 1' TERM; " if mode == "grace" else "")

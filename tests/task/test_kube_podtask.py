@@ -83,12 +83,14 @@ async def test_pod_task_timeout_stops_the_pod_and_removes_its_output(
 ) -> None:
     session = Session()
     ex = executor(session, kcfg, name)
-    src = MemoryMetadataRepository({"k": {}})
-    task = sh_task(ex, name, 'printf partial > "$OUT"; sleep 30', tmp_path, src=src, timeout="2s")
+    src, logs = MemoryMetadataRepository({"k": {}}), MemoryBlobRepository()
+    script = 'echo "working on $KEY"; printf partial > "$OUT"; sleep 30'
+    task = sh_task(ex, name, script, tmp_path, src=src, logs=logs, timeout="2s")
     summary = await Pipeline([task], session).run()
     assert summary.failed == 1
     record = await task.done.get("k")
     assert record["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+    assert "working on k" in await logs.read_text("k")  # what the pod printed before it was stopped
     assert not (tmp_path / "out" / "k.txt").exists()
     await no_pods_left(kcfg, name)
 

@@ -20,22 +20,13 @@ from pydatatask.task.batch_results import RESULTS_BEGIN, RESULTS_END
 from pydatatask.task.lifecycle import execute_batch
 from pydatatask.task.pod import PodTask
 from pydatatask.task.templates import result_line
-from tests.kube_support import let_go, make_executor, no_executor_pods_left
+from tests.kube_support import make_executor, settled, sh_pod
 
 pytestmark = pytest.mark.kube
 
 #: the pod runs ``params.script`` with ``sh -c``; ``$OUT`` is the output directory, and
 #: ``$PDT_KEYS`` (one key a line) the keys of the batch
-BATCH_POD = """
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-    env:
-    - {name: OUT, value: {{ o.root }}}
-    - {name: RUNS, value: {{ params.runs }}}
-"""
+BATCH_POD = sh_pod({"OUT": "{{ o.root }}", "RUNS": "{{ params.runs }}"})
 
 #: writes "done KEY" to each key's output and notes the keys of this pod in $RUNS
 WRITE_ALL = (
@@ -85,10 +76,7 @@ def _created(task: PodTask) -> int:
 
 
 async def _settled(kcfg: dict[str, Any], task: PodTask) -> None:
-    try:
-        await no_executor_pods_left(kcfg, task.executor.name)
-    finally:
-        await let_go(kcfg, label=f"pydatatask.io/executor={task.executor.name}")
+    await settled(kcfg, task.executor.name)
 
 
 async def test_one_pod_runs_the_batch_and_a_key_it_reports_failed_is_retried_alone(
@@ -172,7 +160,9 @@ async def test_results_after_more_output_than_the_job_log_keeps_are_read(
 async def test_a_pod_batch_that_times_out_fails_every_key(kcfg: dict[str, Any], tmp_path: Path) -> None:
     session = Session()
     keys = ["a", "b"]
-    task = _task(session, kcfg, tmp_path, WRITE_ALL + "sleep 30\n", keys, timeout="2s")
+    logs = MemoryBlobRepository()
+    script = WRITE_ALL + "echo working on the batch\nsleep 30\n"
+    task = _task(session, kcfg, tmp_path, script, keys, timeout="2s", logs=logs)
     try:
         async with session:
             records = await execute_batch(task, keys)
@@ -182,6 +172,7 @@ async def test_a_pod_batch_that_times_out_fails_every_key(kcfg: dict[str, Any], 
     for key in keys:
         assert records[key]["error"]["type"] == "pydatatask.errors.JobTimeoutError"
         assert not await out.contains(key)
+        assert "working on the batch" in await logs.read_text(key)  # what it printed before it was stopped
     assert _created(task) == 1
 
 
@@ -204,51 +195,30 @@ async def test_the_scheduler_starts_one_pod_per_batch(kcfg: dict[str, Any], tmp_
 
 
 KILLED_POD_SCHEDULER = """
-import asyncio, os, sys
+import sys
 from pydatatask import FileRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor
-from pydatatask.executor.pods import api_client
-from pydatatask.pipeline import Pipeline
 from pydatatask.task.pod import PodTask
+from tests.kube_support import batch_scheduler, kube_resource, sh_pod
 
 root, kubeconfig, name, sleep = sys.argv[1:5]
 session = Session()
-
-
-@session.resource
-async def kube():
-    async with api_client(kubeconfig) as api:
-        yield api
-
-
+kube = kube_resource(session, kubeconfig)
 script = (
     'printf "pod %s %s\\\\n" "$POD_UID" "$(printf "%s" "$PDT_KEYS" | tr "\\\\n" "|")" >> "$RUNS"; sleep "$SLEEP"; '
     'printf "%s\\\\n" "$PDT_KEYS" | while IFS= read -r k; do printf done > "$OUT/$k"; done'
 )
-manifest = '''
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-    env:
-    - {name: OUT, value: {{ o.root }}}
-    - {name: RUNS, value: {{ params.runs }}}
-    - {name: SLEEP, value: {{ params.sleep }}}
-    - name: POD_UID
-      valueFrom: {fieldRef: {fieldPath: metadata.uid}}
-'''
+env = {"OUT": "{{ o.root }}", "RUNS": "{{ params.runs }}", "SLEEP": "{{ params.sleep }}"}
 task = PodTask(
     name,
-    manifest,
+    sh_pod(env, pod_uid=True),
     executor=KubeExecutor(kube, name=name),
     inputs={"src": FileRepository(root + "/in")},
     outputs={"o": FileRepository(root + "/out")},
     params={"script": script, "runs": root + "/runs", "sleep": sleep},
     batch=3,
 )
-summary = asyncio.run(Pipeline([task], session, state_dir=root + "/state", claim_check_interval="1s").run())
-print("OK" if summary.ok else "FAILED", summary.succeeded, flush=True)
+batch_scheduler(task, session, root)
 """
 
 
@@ -299,14 +269,7 @@ def test_a_scheduler_killed_mid_pod_batch_then_every_key_is_done_once(
         assert "adopting pod" not in second.stderr, second.stderr
         assert list((tmp_path / "state" / name / "live").glob("*.yaml")) == []
     finally:
-        asyncio.run(_settled_name(kcfg, name))
-
-
-async def _settled_name(kcfg: dict[str, Any], name: str) -> None:
-    try:
-        await no_executor_pods_left(kcfg, name)
-    finally:
-        await let_go(kcfg, label=f"pydatatask.io/executor={name}")
+        asyncio.run(settled(kcfg, name))
 
 
 async def test_a_batched_function_does_not_run_in_a_function_pod() -> None:

@@ -26,7 +26,7 @@ from pydatatask.executor.kubernetes import KubeExecutor
 from pydatatask.executor.pod_state import KEY_ANNOTATION, KEYS_ANNOTATION
 from pydatatask.task.lifecycle import execute_batch
 from pydatatask.task.recovery import adopt_orphans
-from tests.kube_support import SH_POD, let_go, make_executor, no_executor_pods_left
+from tests.kube_support import SH_POD, make_executor, settled
 
 pytestmark = pytest.mark.kube
 
@@ -35,21 +35,15 @@ pytestmark = pytest.mark.kube
 #: 0.2 s apart (a pod left running keeps rewriting them). With KILL=1 the scheduler kills
 #: itself (SIGKILL) as soon as its pod is created.
 SCHEDULER = r"""
-import asyncio, os, signal, sys
+import os, signal, sys
 from pydatatask import FileRepository, Session
 from pydatatask.executor.kubernetes import KubeExecutor
-from pydatatask.executor.pods import api_client
-from pydatatask.pipeline import Pipeline
 from pydatatask.task.pod import PodTask
+from tests.kube_support import batch_scheduler, kube_resource, sh_pod
 
 root, kubeconfig, name, loops, kill = sys.argv[1:6]
 session = Session()
-
-
-@session.resource
-async def kube():
-    async with api_client(kubeconfig) as api:
-        yield api
+kube = kube_resource(session, kubeconfig)
 
 
 class Killed(KubeExecutor):
@@ -65,19 +59,9 @@ script = (
     'printf "%s\\n" "$PDT_KEYS" | while IFS= read -r k; do printf "%s" "$POD_UID" > "$OUT/$k"; done; '
     'n=$((n+1)); sleep 0.2; done'
 )
-manifest = '''
-spec:
-  containers:
-  - name: main
-    image: busybox
-    command: ["sh", "-c", {{ params.script }}]
-    env:
-    - {name: OUT, value: {{ o.root }}}
-    - {name: RUNS, value: {{ params.runs }}}
-    - {name: LOOPS, value: {{ params.loops }}}
-    - name: POD_UID
-      valueFrom: {fieldRef: {fieldPath: metadata.uid}}
-'''
+manifest = sh_pod({"OUT": "{{ o.root }}", "RUNS": "{{ params.runs }}", "LOOPS": "{{ params.loops }}"}, pod_uid=True)
+
+
 class QuickPodTask(PodTask):
     @property
     def cancel_grace(self):
@@ -94,8 +78,7 @@ task = QuickPodTask(
     params={"script": script, "runs": root + "/runs", "loops": loops},
     batch=6,
 )
-summary = asyncio.run(Pipeline([task], session, state_dir=root + "/state", claim_check_interval="1s").run())
-print("OK" if summary.ok else "FAILED", summary.succeeded, flush=True)
+batch_scheduler(task, session, root)
 """
 
 KEYS = ["k0", "k1", "k2", "k3", "k4", "k5"]
@@ -138,14 +121,7 @@ def test_a_scheduler_killed_after_starting_a_batch_pod_then_every_key_is_done_on
         assert list((tmp_path / "state" / name / "live").glob("*.yaml")) == []
         assert "adopting pod" not in second.stderr, second.stderr
     finally:
-        asyncio.run(_settled(kcfg, name))
-
-
-async def _settled(kcfg: dict[str, Any], name: str) -> None:
-    try:
-        await no_executor_pods_left(kcfg, name)
-    finally:
-        await let_go(kcfg, label=f"pydatatask.io/executor={name}")
+        asyncio.run(settled(kcfg, name))
 
 
 async def test_the_pod_of_a_batch_names_every_key_and_is_listed_under_each(
@@ -178,7 +154,7 @@ async def test_the_pod_of_a_batch_names_every_key_and_is_listed_under_each(
             records = await execute_batch(task, KEYS[:3])
             assert sorted(records) == KEYS[:3]
         finally:
-            await _settled(kcfg, name)
+            await settled(kcfg, name)
 
 
 async def test_an_orphaned_batch_pod_that_no_claim_names_is_stopped_and_its_keys_freed(
@@ -231,4 +207,4 @@ async def test_an_orphaned_batch_pod_that_no_claim_names_is_stopped_and_its_keys
             assert not await task.live.keys()
             assert await later.jobs(name) == {}
         finally:
-            await _settled(kcfg, name)
+            await settled(kcfg, name)

@@ -358,6 +358,47 @@ async def test_a_batch_that_times_out_fails_every_key_and_stops_its_process(tmp_
     assert _hidden(tmp_path / "out") == [] and list((tmp_path / "jobs").iterdir()) == []
 
 
+#: prints, then waits to be stopped; what it prints when stopped (TERM) is kept as well
+STOPPED = (
+    "echo printed by {{ keys | join(',') }} attempt {{ attempt }}\n"
+    "echo warned on stderr >&2\n"
+    "trap 'echo stopped by TERM; exit 1' TERM\n"
+    "sleep 300 & wait $!\n"
+)
+
+
+async def test_a_batch_that_times_out_keeps_its_output_under_every_key(tmp_path: Path) -> None:
+    keys = ["a", "b", "nested/c"]
+    src = await _inputs(tmp_path / "in", keys)
+    logs = MemoryBlobRepository()
+    retry = RetryPolicy(max_attempts=2, backoff=0.05)
+    task = _task(tmp_path, src, STOPPED, logs=logs, timeout=0.8, kill_grace=5, retry=retry)
+    records = await execute_batch(task, keys)
+    for key in keys:
+        assert records[key]["attempts"] == 2
+        assert records[key]["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+        text = await logs.read_text(key)
+        for attempt in (1, 2):  # the first attempt's log is kept when the second is appended
+            assert f"printed by a,b,nested/c attempt {attempt}\n" in text, text
+        assert text.count("warned on stderr") == 2 and text.count("stopped by TERM") == 2, text
+        assert text.index("attempt 1\n") < text.index("timed out after 0.8s") < text.index("attempt 2\n")
+    assert task._staged == {}  # the output files of the stopped attempts are gone with their log
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
+async def test_a_batch_that_times_out_keeps_its_stdout_and_stderr_under_every_key(tmp_path: Path) -> None:
+    keys = ["a", "b"]
+    src = await _inputs(tmp_path / "in", keys)
+    stdout, stderr, logs = MemoryBlobRepository(), MemoryBlobRepository(), MemoryBlobRepository()
+    task = _task(tmp_path, src, STOPPED, stdout=stdout, stderr=stderr, logs=logs, timeout=0.8, kill_grace=5)
+    records = await execute_batch(task, keys)
+    for key in keys:
+        assert records[key]["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+        assert await stdout.read_text(key) == "printed by a,b attempt 1\nstopped by TERM\n"
+        assert (await stderr.read_text(key)).startswith("warned on stderr\n")
+        assert "timed out after 0.8s" in await logs.read_text(key)
+
+
 async def test_cancelling_a_batch_stops_its_process_and_frees_every_key(tmp_path: Path) -> None:
     keys = ["a", "b"]
     src = await _inputs(tmp_path / "in", keys)

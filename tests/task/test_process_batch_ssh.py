@@ -5,6 +5,7 @@ per-key results read back from the remote $PDT_RESULTS (no mocks)."""
 from __future__ import annotations
 
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from tests.task.test_process_ssh import connector, remote
 pytestmark = pytest.mark.ssh
 
 ODD = ["x;touch PWNED", "$(touch PWNED)", "a'b", "with space", "nested/k 1"]
+
+
+def _local_temps(task: str) -> list[Path]:
+    """The local temporary files the output of the task's remote processes goes to."""
+    return list(Path(tempfile.gettempdir()).glob(f"pdt-{task}-*"))
 
 
 @pytest.fixture
@@ -81,3 +87,42 @@ async def test_a_batch_over_ssh_with_a_partial_failure(ssh: dict[str, Any], tmp_
         assert not await files.contains(key) and not await meta_out.contains(key)
     assert left.strip() == "0"  # no job directory of the task left on the host
     assert (await remote(ssh, "ls -d /tmp/*PWNED* ~/*PWNED* 2>/dev/null; echo end")).strip() == "end"
+
+
+async def test_a_batch_over_ssh_that_times_out_keeps_its_output_under_every_key(
+    ssh: dict[str, Any], tmp_path: Path
+) -> None:
+    keys = ["a", "with space"]
+    src = MemoryBlobRepository()
+    for key in keys:
+        await src.write_bytes(key, b"x\n")
+    logs = MemoryBlobRepository()
+    host = SSHHost(connect=connector(ssh), name="batch", cpus=4)
+    name = "sshstop" + secrets.token_hex(3)
+    task = ProcessTask(
+        name,
+        script=(
+            "echo printed by {{ keys | join(',') }}; echo warned on stderr >&2\n"
+            "trap 'echo stopped by TERM; exit 1' TERM\n"
+            "sleep 300 & wait $!\n"
+        ),
+        executor=host,
+        inputs={"src": src},
+        logs=logs,
+        batch=10,
+        timeout=1.5,
+        kill_grace=10,
+    )
+    try:
+        records = await execute_batch(task, keys)
+        left = await remote(ssh, f"ls /tmp/pdt-jobs 2>/dev/null | grep -c '^{name}[.]' || true")
+    finally:
+        await host.aclose()
+    for key in keys:
+        assert records[key]["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+        lines = (await logs.read_text(key)).splitlines()
+        for line in ("printed by a,with space", "warned on stderr", "stopped by TERM"):
+            assert line in lines, lines
+    assert left.strip() == "0"
+    # the local files the remote output went to are gone with the log
+    assert _local_temps(name) == []

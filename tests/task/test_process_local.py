@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,31 @@ async def test_timeout_kills_the_process_tree(tmp_path: Path, ignore_term: bool)
     assert elapsed < 5
     if ignore_term:
         assert elapsed >= 1.1  # waited kill_grace before SIGKILL
+
+
+async def test_a_job_that_times_out_keeps_what_it_printed(tmp_path: Path) -> None:
+    src = MemoryBlobRepository()
+    await src.write_bytes("k", b"x")
+    logs = MemoryBlobRepository()
+    task = ProcessTask(
+        "slow",
+        script=(
+            "echo printed by {{ key }}; echo warned on stderr >&2\n"
+            "trap 'echo stopped by TERM; exit 1' TERM\n"
+            "sleep 300 & wait $!\n"
+        ),
+        inputs={"i": src},
+        logs=logs,
+        executor=LocalHost(workdir=tmp_path / "jobs"),
+        timeout=0.7,
+        kill_grace=5,
+    )
+    record = await task.execute("k")
+    assert record is not None and record["error"]["type"] == "pydatatask.errors.JobTimeoutError"
+    lines = (await logs.read_text("k")).splitlines()
+    for line in ("printed by k", "warned on stderr", "stopped by TERM"):  # also what it printed when stopped
+        assert line in lines, lines
+    assert list((tmp_path / "jobs").iterdir()) == []
 
 
 async def test_cancellation_kills_the_process_tree(tmp_path: Path) -> None:
@@ -600,71 +626,72 @@ async def test_recovery_does_not_kill_a_pid_recorded_elsewhere(tmp_path: Path, w
     assert not await task.live.contains("k")
 
 
-async def test_the_job_directory_is_the_working_directory_and_the_only_one(tmp_path: Path) -> None:
-    # one directory per job: the control files and the log live in it, hidden; only
-    # inputs that are not local files add in/<link>/
-    out = FileRepository(tmp_path / "out")
-    task = ProcessTask(
-        "t",
-        '[ "$(pwd -P)" = "$(cd "$PDT_JOB_DIR" && pwd -P)" ] && find . | LC_ALL=C sort > {{ o.path }}',
-        executor=LocalHost("here", workdir=tmp_path / "jobs"),
-        inputs={"i": MemoryBlobRepository({"k": b"x"})},
-        outputs={"o": out},
-    )
-    summary = await Pipeline([task]).run()
-    assert summary.succeeded == 1, summary
-    found = (await out.read_text("k")).split()
-    assert found == [".", "./.pdt-log", "./.pdt-pid", "./in", "./in/i", "./in/i/k"]
-    assert list((tmp_path / "jobs").iterdir()) == []
-
-
-async def test_a_job_has_a_process_group_of_its_own_in_the_schedulers_session(tmp_path: Path) -> None:
+def _own_group_in_the_schedulers_session(printed: str) -> None:
     # a session per job (setsid) makes a scheduling group per job where autogroups are on
-    out = FileRepository(tmp_path / "out")
-    task = ProcessTask(
-        "t",
-        "read -r _ _ _ _ pgrp sid _ < /proc/$$/stat; echo $$ $pgrp $sid > {{ o.path }}",
-        executor=LocalHost("here", workdir=tmp_path / "jobs"),
-        inputs={"i": MemoryBlobRepository({"k": b"x"})},
-        outputs={"o": out},
-    )
-    summary = await Pipeline([task]).run()
-    assert summary.succeeded == 1, summary
-    pid, pgrp, sid = (int(v) for v in (await out.read_text("k")).split())
+    pid, pgrp, sid = (int(v) for v in printed.split())
     assert pgrp == pid != os.getpgrp()
     assert sid == os.getsid(0)
 
 
-async def test_a_relative_workdir_runs_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the script's path was relative to a working directory the job had already left
+@pytest.mark.parametrize(
+    ("command", "script", "expected"),
+    [
+        pytest.param(
+            # one directory per job: the control files and the log live in it, hidden; only
+            # inputs that are not local files add in/<link>/
+            '[ "$(pwd -P)" = "$(cd "$PDT_JOB_DIR" && pwd -P)" ] && find . | LC_ALL=C sort > {{ o.path }}',
+            False,
+            "".join(f"{p}\n" for p in (".", "./.pdt-log", "./.pdt-pid", "./in", "./in/i", "./in/i/k")),
+            id="the job directory is the working directory and the only one",
+        ),
+        pytest.param(
+            "read -r _ _ _ _ pgrp sid _ < /proc/$$/stat; echo $$ $pgrp $sid > {{ o.path }}",
+            False,
+            _own_group_in_the_schedulers_session,
+            id="a process group of its own in the scheduler's session",
+        ),
+        pytest.param(
+            # the script's path was relative to a working directory the job had already left
+            "echo from a script > {{ o.path }}\n",
+            True,
+            "from a script\n",
+            id="a relative workdir runs scripts",
+        ),
+        pytest.param(
+            # Python ignores SIGPIPE; a job must not inherit that (`yes | head` would never end)
+            "yes | head -n 2 > {{ o.path }}",
+            False,
+            "y\ny\n",
+            id="python's ignored signals restored",
+        ),
+    ],
+)
+async def test_what_the_process_of_a_job_finds(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    script: bool,
+    expected: str | Callable[[str], None],
+) -> None:
     monkeypatch.chdir(tmp_path)
     out = FileRepository(tmp_path / "out")
     task = ProcessTask(
         "t",
-        script="echo from a script > {{ o.path }}\n",
-        executor=LocalHost("here", workdir="jobs"),
-        inputs={"i": MemoryBlobRepository({"k": b"x"})},
-        outputs={"o": out},
-    )
-    summary = await Pipeline([task]).run()
-    assert summary.succeeded == 1, summary
-    assert await out.read_text("k") == "from a script\n"
-
-
-async def test_a_job_runs_with_python_s_ignored_signals_restored(tmp_path: Path) -> None:
-    # Python ignores SIGPIPE; a job must not inherit that (`yes | head` would never end)
-    out = FileRepository(tmp_path / "out")
-    task = ProcessTask(
-        "t",
-        "yes | head -n 2 > {{ o.path }}",
-        executor=LocalHost("here", workdir=tmp_path / "jobs"),
+        command=None if script else command,
+        script=command if script else None,
+        executor=LocalHost("here", workdir="jobs" if script else tmp_path / "jobs"),
         inputs={"i": MemoryBlobRepository({"k": b"x"})},
         outputs={"o": out},
         timeout="20s",
     )
     summary = await Pipeline([task]).run()
     assert summary.succeeded == 1, summary
-    assert await out.read_text("k") == "y\ny\n"
+    printed = await out.read_text("k")
+    if callable(expected):
+        expected(printed)
+    else:
+        assert printed == expected
+    assert list((tmp_path / "jobs").iterdir()) == []
 
 
 def _marked(token: str) -> list[int]:

@@ -5,7 +5,6 @@ in a real headless Chromium."""
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,10 @@ from pydatatask.config import load_pipeline
 from pydatatask.errors import ConfigurationError
 from pydatatask.pipeline import Pipeline
 from pydatatask.web import MultiWebServer, page_names
+from tests.pipeline_files import write_pipeline_file
 
 from .conftest import Client, demo
 from .test_page import cell, text_of, until
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def measure(key: str, src: bytes) -> dict[str, Any]:
@@ -32,29 +30,15 @@ def measure(key: str, src: bytes) -> dict[str, Any]:
 
 def pipeline_file(tmp_path: Path, name: str, task: str, keys: dict[str, str]) -> Path:
     """A pipeline of one function task ``task`` over the files ``keys`` in ``tmp_path/name``."""
-    (tmp_path / name / "in").mkdir(parents=True)
-    for key, text in keys.items():
-        (tmp_path / name / "in" / f"{key}.txt").write_text(text)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            python_path: [{ROOT}]
-            repositories:
-              src: {{kind: files, root: {name}/in, extension: .txt}}
-              out: {{kind: yaml_files, root: {name}/out}}
-            tasks:
-              {task}:
-                kind: function
-                function: "tests.web.test_multi:measure"
-                inputs: {{src: src}}
-                outputs: {{out: out}}
-            pipeline:
-              state_dir: {name}/state
-            """
-        )
+    function = {
+        "kind": "function",
+        "function": "tests.web.test_multi:measure",
+        "inputs": {"src": "src"},
+        "outputs": {"out": "out"},
+    }
+    return write_pipeline_file(
+        tmp_path, name, keys, {"out": {"kind": "yaml_files", "root": f"{name}/out"}}, {task: function}
     )
-    return path
 
 
 async def two_pipelines(tmp_path: Path) -> dict[str, Pipeline]:
