@@ -149,9 +149,9 @@ class RecordIndex:
         self._facts: dict[str, RecordFacts] = {}
         # the end times of the records noted without their facts (see noted_facts)
         self._ends: dict[str, str] = {}
-        #: whether the records the scheduler notes keep what staleness reads (False: only
-        #: their outcome and end time, for a task whose stale keys no tick looks for: a
-        #: million jobs keep a few hundred bytes less each)
+        #: whether the records the scheduler notes keep what staleness reads; when not,
+        #: only their outcome and end time are kept (for a task whose stale keys no tick
+        #: looks for, a million jobs then keep a few hundred bytes less each)
         self.noted_facts = True
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
