@@ -74,6 +74,7 @@ nitpick_ignore = [
     ("py:class", "pydatatask.repository.filesystem._LocalRoot"),
     ("py:class", "pydatatask.repository.memory._DictKeys"),
     ("py:class", "pydatatask.repository.s3._metadata._S3MetadataMixin"),
+    ("py:class", "pydatatask.repository._filebundles.FileBundles"),
     ("py:class", "pydatatask.executor.pool._Gate"),
     ("py:class", "pydatatask.executor.pool._DaskStarted"),
     ("py:class", "pydatatask.executor.pool._DaskStartEvents"),

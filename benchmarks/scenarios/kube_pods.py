@@ -9,6 +9,10 @@
 * ``batch50``: the ``ours`` task with ``batch=50``: one pod writes the output files of up
   to 50 keys (``$PDT_KEYS``), each key still with its own record.
 
+Each measurement also counts the series' API requests by verb (``requests_per_job`` and
+``post_per_job``, ``delete_per_job``, ...: every request the process sends through
+``kubernetes_asyncio``, the final check that no pod is left excluded).
+
 Each series is one function of :data:`SERIES` (``series(params) -> seconds``): another
 series (a batched one) is one more entry. The API server and kubelet come from
 ``$PDT_TEST_SERVICES`` (``scripts/test-services``), loopback only; pods go into the test
@@ -241,6 +245,25 @@ async def _no_pods_left(kube_conf: dict[str, Any], label: str) -> None:
 
 
 # ---------------------------------------------------------------------- worker
+def _count_requests() -> dict[str, int]:
+    """Count every API request this process sends from now on, by verb (``POST``,
+    ``DELETE``, ``PATCH``, ``GET``, ``WATCH`` for a watch), at the REST client of
+    ``kubernetes_asyncio`` that every ``ApiClient`` sends through."""
+    from kubernetes_asyncio.client import rest
+
+    counts: dict[str, int] = {}
+    send = rest.RESTClientObject.request
+
+    async def request(self: Any, method: str, url: str, query_params: Any = None, *a: Any, **kw: Any) -> Any:
+        watching = any(k == "watch" and str(v).lower() == "true" for k, v in query_params or [])
+        verb = "WATCH" if watching else method
+        counts[verb] = counts.get(verb, 0) + 1
+        return await send(self, method, url, query_params, *a, **kw)
+
+    rest.RESTClientObject.request = request  # type: ignore[method-assign]
+    return counts
+
+
 def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
     n = params["n"]
     label = uuid.uuid4().hex[:12]
@@ -250,13 +273,17 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
     else:
         import pydatatask.executor.kubernetes  # noqa: F401
     import_s = time.perf_counter() - t0
+    counts = _count_requests()
     with tempfile.TemporaryDirectory(prefix="pdt-kube-pods-", dir=os.environ.get("PDT_BENCH_TMP")) as tmp:
         out_dir = Path(tmp)
+
+        sent: dict[str, int] = {}
 
         async def main() -> float:
             try:
                 return await SERIES[series](params, label, out_dir)
             finally:
+                sent.update(counts)  # the series' own requests, not the cleanup's check
                 await _no_pods_left(params["kube"], label)
 
         cpu0 = time.process_time()
@@ -266,7 +293,11 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
         assert len(written) == n and (out_dir / written[0]).read_text() == written[0], written[:3]
     # client_cpu_s: this process's CPU time (the scheduler's, or the bare loop's), cleanup
     # included: what the client costs, apart from the cluster's own work
-    return {"seconds": seconds, "jobs_per_s": n / seconds, "import_seconds": import_s, "client_cpu_s": cpu}
+    # requests_per_job: the series' API requests (LISTs and WATCHes included) per key
+    metrics = {"seconds": seconds, "jobs_per_s": n / seconds, "import_seconds": import_s, "client_cpu_s": cpu}
+    metrics["requests_per_job"] = sum(sent.values()) / n
+    metrics.update({f"{verb.lower()}_per_job": count / n for verb, count in sorted(sent.items())})
+    return metrics
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import yaml
 
 from .._taskgroups import first_error
 from ..errors import CorruptValueError, KeyNotFoundError, RepositoryError
+from ._filebundles import FileBundles
 from .base import BlobRepository, MetadataRepository
 from .filesystem import FileRepository
 
@@ -301,9 +302,14 @@ class JsonMetadataRepository(SerializedMetadataRepository):
         super().__init__(blobs, _json_dumps, json.loads, concurrency=concurrency)
 
 
-class YamlMetadataFileRepository(YamlMetadataRepository):
+class YamlMetadataFileRepository(FileBundles, YamlMetadataRepository):
     """One YAML file per key under ``root`` (``key.yaml``), written atomically and, with
-    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.filesystem.FileRepository`)."""
+    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.filesystem.FileRepository`).
+
+    It keeps bundles (:mod:`pydatatask.repository.bundles`: the claims of a batch of jobs
+    as one hidden file, ``root/.pdt-bundles/NAME.json``), read key by key as values of
+    their own.
+    """
 
     def __init__(self, root: str | os.PathLike[str], extension: str = ".yaml", *, fsync: bool = True) -> None:
         super().__init__(FileRepository(root, extension, fsync=fsync))
@@ -313,9 +319,14 @@ class YamlMetadataFileRepository(YamlMetadataRepository):
         return self.blobs.root  # type: ignore[attr-defined]
 
 
-class JsonMetadataFileRepository(JsonMetadataRepository):
+class JsonMetadataFileRepository(FileBundles, JsonMetadataRepository):
     """One JSON file per key under ``root`` (``key.json``), written atomically and, with
-    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.filesystem.FileRepository`)."""
+    ``fsync`` (the default), durably (see :class:`~pydatatask.repository.filesystem.FileRepository`).
+
+    It keeps bundles (:mod:`pydatatask.repository.bundles`: the claims of a batch of jobs
+    as one hidden file, ``root/.pdt-bundles/NAME.json``), read key by key as values of
+    their own.
+    """
 
     def __init__(self, root: str | os.PathLike[str], extension: str = ".json", *, fsync: bool = True) -> None:
         super().__init__(FileRepository(root, extension, fsync=fsync))

@@ -1,17 +1,20 @@
 """One claim per batch: the claims of a batch's keys as one object in ``live``.
 
 Where the ``live`` repository keeps bundles (:mod:`pydatatask.repository.bundles`: the S3
-metadata repositories), :meth:`Claims.acquire_many <pydatatask.task.claims.Claims.acquire_many>`
+metadata repositories, and the YAML and JSON file ones of every ``state_dir``),
+:meth:`Claims.acquire_many <pydatatask.task.claims.Claims.acquire_many>`
 writes the claims of a batch as one bundle: ``{"shared": claim, "keys": [...], "own": {...}}``,
 named by the batch's id. Every reader of ``live`` (readiness, ``status``, the check for
 stale claims) sees one claim per key, as before: the repository lists a bundle's keys and
 gives each the shared claim with its own fields (``wrote``, ``run``) over it. Other backends
-(memory, files, Mongo: one round trip for the batch already) keep a claim per key.
+(memory, Mongo: one round trip for the batch already) keep a claim per key.
 
 Why this is safe without an atomic create per key. Two schedulers that both claim a key
 each write their bundle first, then list ``live`` (one ``ListObjectsV2``: S3 listings are
 strongly consistent) and give up, before running anything, every key that another claim
-(a bundle or a key's own object, live or stale) also names. Of two such writes, the later
+(a bundle or a key's own object, live or stale) also names (a file repository reads its
+directory for it under the lock every change of a bundle takes, so the scan misses none
+that exists). Of two such writes, the later
 one's writer lists after the earlier one's write, so at least one of them sees the other:
 one of them, or both, give the key up; never both run it. Both may give up (the key comes
 back at the next tick, with the scheduler's jitter). A claim that is gone by the time of

@@ -22,7 +22,7 @@ kind:
 
 The claims this process holds are :meth:`Claims.held`; nothing else keeps claim state.
 
-Where ``live`` keeps bundles (S3), the claims of a batch are one object: see
+Where ``live`` keeps bundles (S3, local files), the claims of a batch are one object: see
 :mod:`pydatatask.task.batch_claims` (the same methods, the same guarantees).
 """
 
@@ -141,9 +141,11 @@ class Claims:
         """:meth:`acquire` for several keys at once (one bulk create where the backend has
         one, or one object for them all where ``live`` keeps bundles); returns the claims
         made, by key. Keys someone else holds are left out."""
-        store = bundle_store(self.live) if len(keys) > 1 else None
-        if store is not None:
+        store = bundle_store(self.live)
+        if store is not None and len(keys) > 1:
             return await batch_claims.acquire(self, store, keys, owner or self.owner, fields)
+        if store is not None and self.batched:
+            store.expect_bundles()  # a batch of one key: another batch's claim may name it
         now = time.time()
         values: dict[str, dict[str, Any]] = {}
         template: dict[str, Any] | None = None

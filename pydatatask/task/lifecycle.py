@@ -532,7 +532,7 @@ async def _follow(
         limit = task.timeout
         if limit is None:
             outcome = await handle.wait()
-            if type(handle).logs is not JobHandle.logs:  # function calls keep none
+            if _reads_logs(task, job, handle):
                 await _keep_logs(job, handle)
             return await task.finish(job, outcome)
         await handle.started()
@@ -540,7 +540,7 @@ async def _follow(
         try:
             async with asyncio.timeout(left):
                 outcome = await handle.wait()
-                if type(handle).logs is not JobHandle.logs:
+                if _reads_logs(task, job, handle):
                     await _keep_logs(job, handle)
                 return await task.finish(job, outcome)
         except TimeoutError as exc:
@@ -602,6 +602,13 @@ async def _close(task: Task, handles: list[JobHandle]) -> None:
             await handle.close()
         except Exception as exc:  # the job is settled; what the executor still holds is named
             log.warning("task %s: could not free %s: %s", task.name, handle.info or "a finished job", exc)
+
+
+def _reads_logs(task: Task, job: JobContext, handle: JobHandle) -> bool:
+    """Whether the work's printed output is read once it has ended: the task keeps logs,
+    or a batch reads its keys' results from it. Function calls print none; a pod's log is
+    one more API request per job, not made for a task without ``logs``."""
+    return type(handle).logs is not JobHandle.logs and (task.logs is not None or job.batched)
 
 
 async def _keep_logs(job: JobContext, handle: JobHandle) -> None:

@@ -375,4 +375,8 @@ async def test_a_batch_syncs_the_directories_of_its_claims_and_records_once(
     synced = calls.fsynced()
     assert synced.count(str(done)) <= 2, synced.count(str(done))
     assert synced.count(str(live)) <= 3, synced.count(str(live))  # claims, release, its creation
-    assert len(os.listdir(done)) == 20 and os.listdir(live) == []
+    # the claims are one file (the batch's bundle), synced once, not one file per key
+    claim_files = [p for p in synced if p.startswith(f"{live}/") and ".tmp-" in p]
+    assert len(claim_files) == 1, claim_files
+    assert synced.count(str(live / ".pdt-bundles")) <= 3, synced.count(str(live / ".pdt-bundles"))
+    assert len(os.listdir(done)) == 20 and os.listdir(live) == [".pdt-lock"]  # (the directory's lock)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
+from pydatatask import YamlMetadataFileRepository
 from tests.reliability.harness import finish, kill_group, start_script
 
 from .batch_pipeline import build, runs
@@ -34,6 +36,11 @@ def _batch_sizes(data: Path) -> list[int]:
     ]
 
 
+def _live_files(data: Path) -> list[str]:
+    """What is left in ``live``: every name, hidden ones (the bundles' directory) too."""
+    return sorted(os.listdir(data / "state" / "upper" / "live"))
+
+
 def _records(data: Path) -> dict[str, dict[str, object]]:
     done = data / "state" / "upper" / "done"
     return {p.stem: yaml.safe_load(p.read_text()) for p in done.glob("*.yaml")}
@@ -53,7 +60,7 @@ async def test_two_schedulers_with_batches_never_run_a_key_twice(tmp_path: Path)
     assert sorted(records) == keys and all(r["success"] for r in records.values())
     for key in keys:
         assert (tmp_path / "out" / f"{key}.txt").read_text() == f"V-{key.upper()}"
-    assert not list((tmp_path / "state" / "upper" / "live").glob("*.yaml"))
+    assert _live_files(tmp_path) == [".pdt-lock"]
 
 
 async def test_a_scheduler_killed_mid_batch_leaves_each_key_to_be_finished_once(tmp_path: Path) -> None:
@@ -76,10 +83,13 @@ async def test_a_scheduler_killed_mid_batch_leaves_each_key_to_be_finished_once(
     hold.unlink()
     killed = {k for event, k in runs(tmp_path) if event == "start"}
     assert len(killed) == 20 and not _records(tmp_path)
-    live = list((tmp_path / "state" / "upper" / "live").glob("*.yaml"))
-    assert len(live) == 20  # one claim per key, naming its batch
-    claims = [yaml.safe_load(p.read_text()) for p in live]
-    assert len({c["batch"] for c in claims}) == 2
+    live = tmp_path / "state" / "upper" / "live"
+    assert not list(live.glob("*.yaml"))
+    assert len(list((live / ".pdt-bundles").glob("*.json"))) == 2  # one claim file per batch
+    repo = YamlMetadataFileRepository(live)
+    claims = await repo.get_many(await repo.keys())  # read as one claim per key, naming its batch
+    assert set(claims) == killed
+    assert len({c["batch"] for c in claims.values()}) == 2
     # a new run takes the dead scheduler's claims over key by key and finishes every key once
     assert (await build(tmp_path, 10).run()).ok
     ends = Counter(k for event, k in runs(tmp_path) if event == "end")
@@ -90,4 +100,4 @@ async def test_a_scheduler_killed_mid_batch_leaves_each_key_to_be_finished_once(
     assert sorted(records) == keys and all(r["success"] and r["batch"]["size"] > 1 for r in records.values())
     for key in keys:
         assert (tmp_path / "out" / f"{key}.txt").read_text() == f"V-{key.upper()}"
-    assert not list((tmp_path / "state" / "upper" / "live").glob("*.yaml"))
+    assert _live_files(tmp_path) == [".pdt-lock"]
