@@ -75,6 +75,44 @@ class RecordFacts:
 
 #: the fields of a job record :class:`RecordFacts` reads (the rest is not kept in memory)
 _FACT_FIELDS = ("success", "version", "inputs", "upstream", "outputs", "end_time", "members")
+_END_TIME = _FACT_FIELDS.index("end_time")
+
+
+class _Missing:
+    """A field the record does not have (a record may hold ``None`` itself)."""
+
+    __slots__ = ()
+
+
+_MISSING = _Missing()
+
+
+class _Items(tuple):  # type: ignore[type-arg]
+    """A dict of a job record kept as the tuple of its items (a tuple of pairs takes less
+    than half of a small dict; a million records keep two of them each)."""
+
+    __slots__ = ()
+
+
+def _compact(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The fields of ``record`` that :class:`RecordFacts` reads, in the order of
+    :data:`_FACT_FIELDS` (its dicts as :class:`_Items`, a field it lacks as ``_MISSING``)."""
+    out = []
+    for name in _FACT_FIELDS:
+        value = record.get(name, _MISSING)
+        if type(value) is dict:
+            value = _Items(value.items())
+        out.append(value)
+    return tuple(out)
+
+
+def _expand(kept: tuple[Any, ...]) -> dict[str, Any]:
+    """The record (its fields that :class:`RecordFacts` reads) that :func:`_compact` kept."""
+    return {
+        name: dict(value) if type(value) is _Items else value
+        for name, value in zip(_FACT_FIELDS, kept, strict=True)
+        if value is not _MISSING
+    }
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -99,9 +137,22 @@ class RecordIndex:
         self.done = done
         self.keep = keep
         self.success: dict[str, bool] = {}
-        # the records read or noted (corrupt ones excepted), and their facts once asked for
-        self._kept: dict[str, tuple[dict[str, Any], Any]] = {}
+        # the keys of ``success`` that succeeded, and those that failed, kept as it changes;
+        # ``_ok`` is handed out by succeeded() and copied before it changes after that
+        self._ok: set[str] = set()
+        self._ok_handed = False
+        self._failed: set[str] = set()
+        # the records read or noted (corrupt ones excepted), compacted (see _compact), and
+        # what ``keep`` kept of them; their facts once asked for
+        self._kept: dict[str, tuple[Any, ...]] = {}
+        self._extra: dict[str, Any] = {}
         self._facts: dict[str, RecordFacts] = {}
+        # the end times of the records noted without their facts (see noted_facts)
+        self._ends: dict[str, str] = {}
+        #: whether the records the scheduler notes keep what staleness reads; when not,
+        #: only their outcome and end time are kept (for a task whose stale keys no tick
+        #: looks for, a million jobs then keep a few hundred bytes less each)
+        self.noted_facts = True
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
@@ -110,11 +161,11 @@ class RecordIndex:
 
     def note(self, key: str, record: dict[str, Any]) -> None:
         """Record an outcome the scheduler wrote itself."""
-        self._take(key, record)
+        self._take(key, record, facts=self.noted_facts)
 
-    def _take(self, key: str, record: Any) -> None:
+    def _take(self, key: str, record: Any, *, facts: bool = True) -> None:
         ok = isinstance(record, dict) and bool(record.get("success"))
-        self.success[key] = ok
+        self._outcome(key, ok)
         children = record.get("children") if ok else None
         if isinstance(children, dict):
             self.children[key] = {
@@ -124,14 +175,45 @@ class RecordIndex:
             }
         else:
             self.children.pop(key, None)  # a failure (or a redo) replaced the record that listed them
-        if isinstance(record, dict):
+        self._facts.pop(key, None)
+        if isinstance(record, dict) and facts:
             # only what staleness reads (a record's error and traceback are not kept)
-            kept = {f: record[f] for f in _FACT_FIELDS if f in record}
-            self._kept[key] = (kept, None if self.keep is None else self.keep(record))
-            self._facts.pop(key, None)
+            self._kept[key] = _compact(record)
+            if self.keep is not None:
+                self._extra[key] = self.keep(record)
+            self._ends.pop(key, None)
+        elif isinstance(record, dict):
+            self._kept.pop(key, None)
+            self._extra.pop(key, None)
+            end = record.get("end_time")
+            if isinstance(end, str):
+                self._ends[key] = end
+            else:
+                self._ends.pop(key, None)
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
             self.corrupt[key] = corrupt_info("input", error)
+
+    def _outcome(self, key: str, ok: bool | None) -> None:
+        """Set (None: drop) the outcome of ``key`` in ``success`` and the sets beside it."""
+        if ok is None:
+            self.success.pop(key, None)
+        else:
+            self.success[key] = ok
+        if ok is None or not ok:
+            if key in self._ok:
+                if self._ok_handed:
+                    self._ok, self._ok_handed = set(self._ok), False
+                self._ok.discard(key)
+        else:
+            if key not in self._ok:
+                if self._ok_handed:
+                    self._ok, self._ok_handed = set(self._ok), False
+                self._ok.add(key)
+        if ok is False:
+            self._failed.add(key)
+        else:
+            self._failed.discard(key)
 
     def sync(self, keys: set[str]) -> None:
         """Take the latest listing ``keys`` of the done repository."""
@@ -141,14 +223,22 @@ class RecordIndex:
             if len(known) > len(keys) or any(k not in keys for k in known):
                 for k in [k for k in known if k not in keys]:
                     del known[k]
+                    if known is self.success:
+                        self._outcome(k, None)
                     self._kept.pop(k, None)  # kept only of keys in success
+                    self._extra.pop(k, None)
+                    self._ends.pop(k, None)
                     self._facts.pop(k, None)
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
         """Read the records of ``keys`` (default: every listed key) not read before."""
         wanted = self.listed if keys is None else keys
         listed, success, corrupt = self.listed, self.success, self.corrupt
-        new = [k for k in wanted if k in listed and k not in success and k not in corrupt]
+        # with set operations (in C): a million keys wanted, most of them read already
+        unread = listed.intersection(wanted) if wanted is not listed else set(listed)
+        unread.difference_update(success)
+        unread.difference_update(corrupt)
+        new = list(unread)
         if not new:
             return
 
@@ -162,11 +252,20 @@ class RecordIndex:
 
     def forget(self, key: str) -> None:
         """Drop what is known of the record of ``key`` (it was removed or replaced)."""
-        for known in (self.success, self.corrupt, self._kept, self._facts, self.children):
+        self._outcome(key, None)
+        for known in (
+            self.success,
+            self.corrupt,
+            self._kept,
+            self._extra,
+            self._ends,
+            self._facts,
+            self.children,
+        ):
             known.pop(key, None)
 
     def recorded(self) -> list[str]:
-        """The keys whose record has been read or noted (and decodes)."""
+        """The keys whose record has been read or noted with its facts (and decodes)."""
         return list(self._kept)
 
     def facts(self, key: str) -> RecordFacts | None:
@@ -176,28 +275,29 @@ class RecordIndex:
             kept = self._kept.get(key)
             if kept is None:
                 return None
-            facts = self._facts[key] = RecordFacts(*kept)
+            facts = self._facts[key] = RecordFacts(_expand(kept), self._extra.get(key))
         return facts
 
     def stamp(self, key: str) -> str | None:
         """When the success record of ``key`` was made (its ``end_time``), or None (no
         success record read): what a downstream record stores to notice a redone job."""
-        kept = self._kept.get(key)
-        if kept is None or not self.success.get(key) or key not in self.listed:
+        if not self.success.get(key) or key not in self.listed:
             return None
-        end = kept[0].get("end_time")
+        kept = self._kept.get(key)
+        end = self._ends.get(key) if kept is None else kept[_END_TIME]
         return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:
         """Those of ``keys`` known to have a success record (call :meth:`load` first)."""
-        success, listed = self.success, self.listed
-        return {k for k in keys if success.get(k) is True and k in listed}
+        return self._ok.intersection(keys).intersection(self.listed)
 
     def succeeded(self) -> set[str]:
-        """Keys known to have a success record."""
-        return {k for k, ok in self.success.items() if ok}
+        """Keys known to have a success record (a set shared with later calls while no
+        outcome changes: not to be modified)."""
+        self._ok_handed = True
+        return self._ok
 
     def failed(self) -> set[str]:
         """Keys known to have a failure record (corrupt ones excepted)."""
         corrupt = self.corrupt
-        return {k for k, ok in self.success.items() if not ok and k not in corrupt}
+        return {k for k in self._failed if k not in corrupt}

@@ -165,6 +165,8 @@ class Scheduler:
         self.records = record_indexes(self.all_tasks)
         #: the tasks whose stale keys this run redoes (``rerun_stale``, or ``on_change="rerun"``)
         self.redo_tasks = {t.name for t in self.selected if rerun_stale or t.on_change == "rerun"}
+        for name, index in self.records.items():  # no tick looks for the stale keys of the others
+            index.noted_facts = name in self.redo_tasks
         # stale keys queued for a redo, with the record judged stale
         self._redo: dict[str, dict[str, RecordFacts]] = {t.name: {} for t in self.selected}
         self._sources: dict[str, list[InputSource]] = {}
@@ -277,7 +279,7 @@ class Scheduler:
         for task in self.selected:
             fig = figures[task.name]
             ready = fig.ready - {k for (t, k) in self.errored if t == task.name}
-            self.queues[task.name] = sorted(ready, reverse=True)  # pop() from the end: ascending order
+            self.queues[task.name] = _requeue(self.queues[task.name], ready)  # pop() from the end: ascending
             if task.name in self.redo_tasks:
                 self._note_redo(task.name, fig)
             self._queue_adoptions(task)
@@ -930,6 +932,24 @@ _CLOCK_MARGIN = 0.005
 #: keys of a long computation over keys (the stale keys of a million) between two turns of
 #: the event loop given to whatever else runs on it (a web page served from it)
 _KEYS_PER_TURN = 1000
+
+
+def _requeue(queue: list[str], ready: set[str]) -> list[str]:
+    """``sorted(ready, reverse=True)``, given ``queue``, the queue of the tick before (sorted
+    the same way, but for keys put back or in front): the keys still ready keep their
+    order and the new ones are merged in, so that a tick over a million ready keys, most of
+    them queued already, costs a pass over them and a merge (Timsort finds the sorted runs)
+    instead of a sort of a million strings."""
+    if len(queue) < 1024 or len(ready) < 1024:
+        return sorted(ready, reverse=True)
+    kept = [k for k in queue if k in ready]
+    added = ready.difference(kept)
+    if len(kept) + len(added) != len(ready) or len(added) > len(ready) // 2:
+        return sorted(ready, reverse=True)  # keys queued twice, or mostly new ones
+    if added:
+        kept += sorted(added, reverse=True)
+    kept.sort(reverse=True)
+    return kept
 
 
 def until_next_window(tasks: list[Task], seconds: float) -> float:

@@ -6,6 +6,10 @@ later call (from another task, or from a view over it) reuses that result.
 once a repository's versions are listed in a scope, ``cached_keys`` of it is taken from
 them (one listing serves both). A caller that wants both should ask for the versions
 first: a repository whose keys alone were listed is listed again for its versions.
+
+Inside a scope, a repository that can hand out its listing without a copy (a
+:class:`SharedListing`, as the in-memory ones are) is asked for that instead: what a
+scope holds is never modified by its callers.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from typing import Any, TypeVar
 
 from .base import Repository
 
-__all__ = ("listing_scope", "cached_keys", "cached_versions")
+__all__ = (
+    "listing_scope",
+    "cached_keys",
+    "cached_versions",
+    "SharedListing",
+    "shared_keys",
+    "shared_versions",
+)
 
 T = TypeVar("T")
 
@@ -28,6 +39,39 @@ _Cache = dict[tuple[int, str], "asyncio.Future[Any]"]
 _scope: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar(
     "pydatatask_listing_scope", default=None
 )
+
+
+class SharedListing:
+    """A repository that hands out its listing as objects its caller must not modify,
+    without copying its keys (the same objects while nothing changes)."""
+
+    async def shared_keys(self) -> set[str]:
+        """The keys, not to be modified."""
+        raise NotImplementedError
+
+    async def shared_versions(self) -> dict[str, str | None]:
+        """The versions, not to be modified."""
+        raise NotImplementedError
+
+    def keys_of_versions(self, versions: dict[str, str | None]) -> set[str] | None:
+        """The keys of ``versions``, when it is what :meth:`shared_versions` handed out and
+        nothing changed since (then the keys come without a copy), else None."""
+        return None
+
+
+async def shared_keys(repo: Repository) -> set[str]:
+    """``await repo.keys()``, as a set not to be modified (no copy where the repository
+    can avoid one)."""
+    if isinstance(repo, SharedListing):
+        return await repo.shared_keys()
+    return await repo.keys()
+
+
+async def shared_versions(repo: Repository) -> dict[str, str | None]:
+    """``await repo.versions()``, as a dict not to be modified (see :func:`shared_keys`)."""
+    if isinstance(repo, SharedListing):
+        return await repo.shared_versions()
+    return await repo.versions()
 
 
 @contextmanager
@@ -58,12 +102,13 @@ async def cached_keys(repo: Repository) -> set[str]:
         fut = cache.get((id(repo), "keys"))  # another caller may have made the set meanwhile
         if fut is not None:
             return await asyncio.shield(fut)
-        keys = set(listed)
+        same = repo.keys_of_versions(listed) if isinstance(repo, SharedListing) else None
+        keys = set(listed) if same is None else same
         done = asyncio.get_running_loop().create_future()
         done.set_result(keys)
         cache[(id(repo), "keys")] = done
         return keys
-    return await _shared(cache, (id(repo), "keys"), repo.keys)
+    return await _shared(cache, (id(repo), "keys"), lambda: shared_keys(repo))
 
 
 async def cached_versions(repo: Repository) -> dict[str, str | None]:
@@ -77,7 +122,7 @@ async def cached_versions(repo: Repository) -> dict[str, str | None]:
     fut = cache.get((id(repo), "versions"))
     if fut is not None:
         return await asyncio.shield(fut)
-    return await _shared(cache, (id(repo), "versions"), repo.versions)
+    return await _shared(cache, (id(repo), "versions"), lambda: shared_versions(repo))
 
 
 async def _shared(cache: _Cache, slot: tuple[int, str], list_: Callable[[], Awaitable[T]]) -> T:

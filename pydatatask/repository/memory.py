@@ -8,32 +8,107 @@ from typing import Any
 
 from ..errors import KeyNotFoundError
 from ..keys import validate_key
-from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository
+from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .journal import current_journal
+from .listing import SharedListing
 
 __all__ = ("MemoryMetadataRepository", "MemoryBlobRepository")
 
 
-class _DictKeys:
-    """Key handling shared by the in-memory repositories (a dict holds the values)."""
+class _DictKeys(SharedListing):
+    """Key handling shared by the in-memory repositories (a dict holds the values).
+
+    A listing for the scheduler (:meth:`shared_keys`, :meth:`shared_versions`) is handed
+    out without a copy of the keys: the set of keys is kept beside the dict, and handed out
+    as it is; the first write or delete after that copies it before it changes (copy on
+    write), so the set handed out never changes under its holder. A repository whose keys
+    are listed again and again while nothing changes (an input, a finished pipeline served
+    to a page) costs nothing per listing, and the first listing of a repository built with
+    its data costs no copy of a million keys.
+
+    Versions are counted only from the first listing of them on: a repository nobody asks
+    versions of (the records and claims of a task, its outputs) keeps no version per key.
+    """
 
     _data: dict[str, Any]
-    #: the version of each key: the value of ``_clock`` when it was last written
-    _stamps: dict[str, int]
+    #: the version of each key written since versions were first listed: the value of
+    #: ``_clock`` when it was last written (a key not in it has version ``"0"``)
+    _stamps: dict[str, int] | None = None
     _clock: int = 0
+    #: the keys of ``_data``, kept from the first shared listing on (None: not kept)
+    _keyset: set[str] | None = None
+    #: whether ``_keyset`` was handed out (it is copied before it changes)
+    _handed: bool = False
+    #: the versions handed out, while nothing changed since
+    _versions: dict[str, str | None] | None = None
 
     def _stamp(self, key: str) -> None:
         """Note that ``key`` was just written: it gets a version no key ever had here (a
         counter bumped on every write, so a deleted and rewritten key has a new one too)."""
-        self._clock += 1
-        self._stamps[key] = self._clock
+        self._versions = None
+        if self._stamps is not None:
+            self._clock += 1
+            self._stamps[key] = self._clock
+        keyset = self._keyset
+        if keyset is not None and key not in keyset:
+            if self._handed:
+                keyset = self._keyset = set(keyset)
+                self._handed = False
+            keyset.add(key)
+
+    def _unstamp(self, key: str) -> None:
+        """Note that ``key`` was just deleted."""
+        self._versions = None
+        if self._stamps is not None:
+            self._stamps.pop(key, None)
+        keyset = self._keyset
+        if keyset is not None and key in keyset:
+            if self._handed:
+                keyset = self._keyset = set(keyset)
+                self._handed = False
+            keyset.discard(key)
 
     async def keys(self) -> set[str]:
         return set(self._data)  # only valid keys ever get in
 
+    async def shared_keys(self) -> set[str]:
+        """The keys, as a set the caller must not modify (no copy; see the class doc)."""
+        if type(self).keys is not _DictKeys.keys:  # a subclass lists its own way
+            return await self.keys()
+        keyset = self._keyset
+        if keyset is None:
+            keyset = self._keyset = set(self._data)
+        self._handed = True
+        return keyset
+
+    async def shared_versions(self) -> dict[str, str | None]:
+        """:meth:`versions`, as a dict the caller must not modify (the same dict while
+        nothing changes)."""
+        assert isinstance(self, Repository)  # a mixin of the repositories below
+        cls = type(self)
+        if cls.versions is not Repository.versions or cls._list_versions is not _DictKeys._list_versions:
+            return await self.versions()  # a subclass lists its own way
+        versions = self._versions
+        if versions is None:
+            versions = self._versions = await self._list_versions()
+        return versions
+
+    def keys_of_versions(self, versions: dict[str, str | None]) -> set[str] | None:
+        if versions is not self._versions or type(self).keys is not _DictKeys.keys:
+            return None
+        keyset = self._keyset
+        if keyset is None:
+            keyset = self._keyset = set(self._data)
+        self._handed = True
+        return keyset
+
     async def _list_versions(self) -> dict[str, str | None]:
         stamps = self._stamps
-        return {key: str(stamps[key]) for key in self._data}
+        if stamps is None:
+            stamps = self._stamps = {}
+        if not stamps:
+            return dict.fromkeys(self._data, "0")
+        return {key: str(stamps.get(key, 0)) for key in self._data}
 
     async def _list(self) -> Iterable[str]:
         return self._data.keys()
@@ -43,7 +118,7 @@ class _DictKeys:
 
     async def _delete(self, key: str) -> None:
         self._data.pop(key, None)
-        self._stamps.pop(key, None)
+        self._unstamp(key)
 
 
 class MemoryMetadataRepository(_DictKeys, MetadataRepository):
@@ -51,11 +126,11 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
 
     def __init__(self, data: dict[str, Any] | None = None, *, name: str = "") -> None:
         self._data: dict[str, Any] = {}
-        self._stamps = {}
         self._name = name
         for key, value in (data or {}).items():
             self._data[validate_key(key)] = copy.deepcopy(value)
-            self._stamp(key)
+        if self._data:  # listed for certain: the first listing makes no copy
+            self._keyset = set(self._data)
 
     def describe(self) -> str:
         return f"memory metadata{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
@@ -122,7 +197,7 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
     def delete_now(self, key: str) -> None:
         """:meth:`~pydatatask.repository.base.Repository.delete` of a checked ``key``."""
         self._data.pop(key, None)
-        self._stamps.pop(key, None)
+        self._unstamp(key)
 
 
 _ABSENT = object()
@@ -224,10 +299,9 @@ class MemoryBlobRepository(_DictKeys, BlobRepository):
 
     def __init__(self, data: dict[str, bytes] | None = None, *, name: str = "") -> None:
         self._data: dict[str, bytes] = {validate_key(k): bytes(v) for k, v in (data or {}).items()}
-        self._stamps = {}
         self._name = name
-        for key in self._data:
-            self._stamp(key)
+        if self._data:  # listed for certain: the first listing makes no copy
+            self._keyset = set(self._data)
 
     def describe(self) -> str:
         return f"memory blobs{' ' + self._name if self._name else ''} ({len(self._data)} keys)"
