@@ -646,9 +646,18 @@ class Scheduler:
     async def _worker(self, task: Task, key: str, slot: object) -> None:
         current = asyncio.current_task()
         assert current is not None
+        turn = time.monotonic()
+        jobs = 0
         try:
             while True:
                 await self._job(task, key, slot)
+                # jobs that never suspend (in-memory ones) would hold the event loop for the
+                # whole queue: give it a turn every few milliseconds or _YIELD_JOBS jobs
+                jobs += 1
+                now = time.monotonic()
+                if jobs >= _YIELD_JOBS or now - turn > _YIELD_SECONDS:
+                    await asyncio.sleep(0)
+                    turn, jobs = time.monotonic(), 0
                 nxt = self._next_for(task)
                 if nxt is None:
                     break
@@ -932,6 +941,10 @@ _CLOCK_MARGIN = 0.005
 #: keys of a long computation over keys (the stale keys of a million) between two turns of
 #: the event loop given to whatever else runs on it (a web page served from it)
 _KEYS_PER_TURN = 1000
+#: a worker whose jobs do not suspend gives the event loop a turn after this many jobs or
+#: this long, whichever comes first (the web page, heartbeats and the ticks run meanwhile)
+_YIELD_JOBS = 256
+_YIELD_SECONDS = 0.005
 
 
 def _requeue(queue: list[str], ready: set[str]) -> list[str]:

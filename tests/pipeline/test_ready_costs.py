@@ -4,6 +4,7 @@ facts of records some tick reads."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydatatask import MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.pipeline import Pipeline
 from pydatatask.pipeline.record_index import RecordIndex
 from pydatatask.pipeline.scheduler import _requeue
+from pydatatask.repository.base import MetadataRepository
 from pydatatask.task import FunctionTask
 
 
@@ -70,3 +72,36 @@ async def test_a_run_keeps_the_facts_of_its_records_only_for_tasks_that_look_for
     facts = again.scheduler.records["a"].facts("k7")
     assert facts is not None and facts.success and facts.inputs
     assert await out.read_bytes("k7") == b"changed"
+
+
+async def test_workers_of_jobs_that_never_suspend_give_the_event_loop_turns() -> None:
+    # in-memory jobs never suspend: without turns given, one worker ran its whole queue
+    # while nothing else on the loop (a served page, heartbeats) could run
+    done = 0
+    gaps: list[int] = []
+
+    async def work(key: str, src: MetadataRepository, out: MetadataRepository) -> None:
+        nonlocal done
+        await out.put(key, await src.get(key))
+        done += 1
+
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        seen = 0
+        while not stop.is_set():
+            await asyncio.sleep(0)
+            gaps.append(done - seen)
+            seen = done
+
+    src = MemoryMetadataRepository({f"k{i:05d}": i for i in range(6000)})
+    out = MemoryMetadataRepository()
+    task = FunctionTask("work", work, inputs={"src": src}, outputs={"out": out}, concurrency=2)
+    watcher = asyncio.ensure_future(probe())
+    try:
+        summary = await Pipeline([task]).run()
+    finally:
+        stop.set()
+        await watcher
+    assert summary.ok and summary.succeeded == 6000
+    assert max(gaps) <= 2 * 256 + 2, max(gaps)  # two workers, a turn every 256 jobs at most
