@@ -353,8 +353,15 @@ class Host(Executor):
             stdout = _temp_log(self.name)
             own_logs.append(stdout)
         made = False
+        proc: _Process | None = None
         try:
-            await self._new_job_dir(job_dir, _parent_dirs([*work.files_in, *work.files_out]))
+            try:
+                await self._new_job_dir(job_dir, _parent_dirs([*work.files_in, *work.files_out]))
+            except HostUnavailableError:
+                # the connection dropped while the directory was made: it may be there,
+                # and nothing else knows it (removed now or, host down, on reconnection)
+                made = True
+                raise
             made = True
             for rel, source in work.files_in.items():
                 target = f"{job_dir}/{rel}"
@@ -376,17 +383,20 @@ class Host(Executor):
                 stderr=stderr,
             )
             proc = await self._spawn(spec)
+            info = {"host": self.name} | self.planned_info(work, slot) | {"dir": job_dir, "pid": proc.pid}
+            info.update(await self._identify(proc))
         except BaseException:
             for path in own_logs:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             await asyncio.shield(_remove_scratch([str(p) for p in work.scratch]))
+            if proc is not None:  # started, but not known to anyone: stopped here
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.kill(1.0))
             if made:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._rmtree(job_dir))
             raise
-        info = {"host": self.name} | self.planned_info(work, slot) | {"dir": job_dir, "pid": proc.pid}
-        info.update(await self._identify(proc))
         return _HostJob(self, info, proc, work, (stdout, stderr), own_logs)
 
     def planned_info(self, work: Work, slot: Slot) -> dict[str, Any]:

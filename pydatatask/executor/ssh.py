@@ -212,6 +212,9 @@ class SSHHost(Host):
             asyncssh = require("asyncssh", "ssh")
             if isinstance(exc, asyncssh.SFTPNoSuchFile):
                 raise FileNotFoundError(str(exc)) from exc
+            if isinstance(exc, (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)):
+                # the connection went while the request was under way (not a refusal)
+                raise self._lost(exc) from exc
             if isinstance(exc, asyncssh.SFTPError):
                 raise
             if self._is_ssh_error(exc):
