@@ -169,3 +169,7 @@ async def test_a_run_counts_successes_and_failures_everywhere_they_are_shown() -
     assert scheduler.records["second"].succeeded() == {"a", "c"}
     assert await out.read_bytes("a") == b"X" and sorted([k async for k in out]) == ["a", "c"]
     assert scheduler.states == {} and scheduler.running == {}
+    durations = scheduler.metrics.tasks["first"].durations
+    recorded = await first.done.get_many(["a", "b", "c"])
+    assert durations.count == sum(durations.counts) == 3
+    assert durations.sum == pytest.approx(sum(r["duration"] for r in recorded.values()))
