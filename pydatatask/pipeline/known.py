@@ -301,13 +301,13 @@ class KnownListings:
             # the outputs the record names (all of them when it names none), each one
             # change appended to a known listing (none yet: listed at the next tick anyway)
             now = time.monotonic()
-            done, live, outputs = fast
+            done, live, learnt = fast
             if done.value is not None:
                 done.changes.append((now, key, True))
             if live.value is not None:
                 live.changes.append((now, key, False))
             named = record.get("outputs")
-            for name, known in outputs:
+            for name, known in learnt:
                 if known.value is not None and (not isinstance(named, list) or name in named):
                     known.changes.append((now, key, True))
             return
@@ -356,7 +356,12 @@ class KnownListings:
                 break
             outputs.append((link.name, known))
         else:
-            if done is not None and live is not None and id(task.done) not in self._listed_only and not task.fan_out:
+            if (
+                done is not None
+                and live is not None
+                and id(task.done) not in self._listed_only
+                and not task.fan_out
+            ):
                 plan = _EndPlan(len(task.links), (done, live, tuple(outputs)))
                 self._end_plans[task.name] = plan
                 return plan
