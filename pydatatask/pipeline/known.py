@@ -40,7 +40,7 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..repository.base import Repository
 from ..repository.clock import ClockRepository
@@ -142,6 +142,16 @@ def _apply(value: Listing, changes: Iterable[tuple[float, str, bool]], *, copy: 
     return keys
 
 
+class _EndPlan(NamedTuple):
+    """Where the end of a job of one task is learnt (see :meth:`KnownListings.job_ended`)."""
+
+    #: how many links the task had when this was made
+    links: int
+    #: the listings of its ``done`` and ``live`` repositories and ``(link name, listing)``
+    #: of each output; None: the general path for every job
+    fast: tuple[_Known, _Known, tuple[tuple[str, _Known], ...]] | None
+
+
 class KnownListings:
     """The listings a scheduler knows, for the stored repositories under ``tasks``' links.
 
@@ -173,6 +183,8 @@ class KnownListings:
         #: records or outputs removed, see :meth:`relist`) while the last tick computed
         self.changed_during: set[int] = set()
         self._changed: set[int] | None = None
+        # what a job's end learns, worked out once per task (see _end_plan)
+        self._end_plans: dict[str, _EndPlan] = {}
 
     # ------------------------------------------------------------ one tick
     def fill(self, cache: dict[tuple[int, str], asyncio.Future[Any]], *, full: bool = False) -> None:
@@ -274,6 +286,31 @@ class KnownListings:
             self.learn(task.live, [key])
             self.task_changed(task)
             return
+        plan = self._end_plans.get(task.name)
+        if plan is None or plan.links != len(task.links):
+            plan = self._end_plan(task)
+        fast = plan.fast
+        if (
+            fast is not None
+            and self._during is None
+            and record.get("success")
+            and record.get("children") is None
+            and not record.get("wrote")
+        ):
+            # the common case, outside a tick: the record in, the claim out, the key in
+            # the outputs the record names (all of them when it names none), each one
+            # change appended to a known listing (none yet: listed at the next tick anyway)
+            now = time.monotonic()
+            done, live, learnt = fast
+            if done.value is not None:
+                done.changes.append((now, key, True))
+            if live.value is not None:
+                live.changes.append((now, key, False))
+            named = record.get("outputs")
+            for name, known in learnt:
+                if known.value is not None and (not isinstance(named, list) or name in named):
+                    known.changes.append((now, key, True))
+            return
         now = time.monotonic()
         self._learn_one(task.done, key, True, now)
         self._learn_one(task.live, key, False, now)
@@ -303,6 +340,33 @@ class KnownListings:
             # the job replaced its whole set of children: those of an earlier run are gone
             # (removed when it began), which adding the new ones does not tell
             self.relist(link.repository for link in outputs if link.name in task.fan_out)
+
+    def _end_plan(self, task: Task) -> _EndPlan:
+        """What the end of a job of ``task`` learns where (made at its first job's end, and
+        again when its links change). ``fast`` is None when the general path of
+        :meth:`job_ended` is needed for every job: a fan-out task, or a record, claim or
+        output repository without a listing of its own here (a view, a repository no
+        tick lists) or listed rather than learnt (a fan-in input)."""
+        done = self._known.get(id(task.done))
+        live = self._known.get(id(task.live))
+        outputs: list[tuple[str, _Known]] = []
+        for link in task.output_links:
+            known = self._known.get(id(link.repository))
+            if known is None or id(link.repository) in self._listed_only:
+                break
+            outputs.append((link.name, known))
+        else:
+            if (
+                done is not None
+                and live is not None
+                and id(task.done) not in self._listed_only
+                and not task.fan_out
+            ):
+                plan = _EndPlan(len(task.links), (done, live, tuple(outputs)))
+                self._end_plans[task.name] = plan
+                return plan
+        plan = self._end_plans[task.name] = _EndPlan(len(task.links), None)
+        return plan
 
     def task_changed(self, task: Task) -> None:
         """Something removed or rewrote records, claims or outputs of ``task`` (an orphan

@@ -161,7 +161,31 @@ class RecordIndex:
 
     def note(self, key: str, record: dict[str, Any]) -> None:
         """Record an outcome the scheduler wrote itself."""
-        self._take(key, record, facts=self.noted_facts)
+        if not record.get("success") or record.get("children") is not None:
+            self._take(key, record, facts=self.noted_facts)
+            return
+        # the common case (what _take does with a success record that lists no children)
+        self.success[key] = True
+        if key not in self._ok:
+            if self._ok_handed:
+                self._ok, self._ok_handed = set(self._ok), False
+            self._ok.add(key)
+        self._failed.discard(key)
+        self.children.pop(key, None)
+        self._facts.pop(key, None)
+        if self.noted_facts:
+            self._kept[key] = _compact(record)
+            if self.keep is not None:
+                self._extra[key] = self.keep(record)
+            self._ends.pop(key, None)
+        else:
+            self._kept.pop(key, None)
+            self._extra.pop(key, None)
+            end = record.get("end_time")
+            if isinstance(end, str):
+                self._ends[key] = end
+            else:
+                self._ends.pop(key, None)
 
     def _take(self, key: str, record: Any, *, facts: bool = True) -> None:
         ok = isinstance(record, dict) and bool(record.get("success"))

@@ -685,8 +685,10 @@ class Scheduler:
         ident = (task.name, key)
         try:
             fields = self._record_fields(task)(key)
-            adopt = self.adoptions.get(task.name, {}).pop(key, None)
-            judged = self._redo[task.name].pop(key, None) if task.name in self._redo else None
+            adopted = self.adoptions.get(task.name)
+            adopt = adopted.pop(key, None) if adopted else None
+            redo_of = self._redo.get(task.name)
+            judged = redo_of.pop(key, None) if redo_of else None
             if judged is not None and adopt is None and key in self._orphans.get(task.name, ()):
                 self.known.task_changed(task)
                 try:
@@ -731,11 +733,11 @@ class Scheduler:
             self.metrics.on_error(task.name)
             self.known.task_changed(task)
         else:
-            self.known.job_ended(task, key, record)
             if record is None:
+                self.known.job_ended(task, key, record)
                 log.info("task %s: %r is claimed by another scheduler", task.name, key)
             else:
-                self._note_record(task, key, record)
+                self._ended(task, key, record)
         finally:
             task.release_slot(slot)
             self._finished += 1
@@ -743,6 +745,19 @@ class Scheduler:
             self.states.pop(ident, None)
             if self.on_progress:
                 self.on_progress(self)
+
+    def _ended(self, task: Task, key: str, record: dict[str, Any]) -> None:
+        """A job ended with ``record``: what the known listings learn, the records index,
+        metrics and the summary, in one call (a success is counted here directly)."""
+        self.known.job_ended(task, key, record)
+        if not record["success"]:
+            self._note_record(task, key, record)
+            return
+        self.records[task.name].note(key, record)
+        self.metrics.on_end(task.name, key, record)
+        summary = self.summary
+        summary.succeeded += 1
+        summary.per_task[task.name]["succeeded"] += 1
 
     def _note_record(self, task: Task, key: str, record: dict[str, Any]) -> None:
         """A job ended with ``record``: the records index, metrics and the summary."""
