@@ -173,7 +173,12 @@ class RecordIndex:
         self._failed.discard(key)
         self.children.pop(key, None)
         self._facts.pop(key, None)
-        if self.noted_facts:
+        self._keep_facts(key, record, self.noted_facts)
+
+    def _keep_facts(self, key: str, record: dict[str, Any], facts: bool) -> None:
+        """Keep what staleness reads of ``record`` (``facts``; its error and traceback are
+        never kept), or else only its end time."""
+        if facts:
             self._kept[key] = _compact(record)
             if self.keep is not None:
                 self._extra[key] = self.keep(record)
@@ -200,20 +205,8 @@ class RecordIndex:
         else:
             self.children.pop(key, None)  # a failure (or a redo) replaced the record that listed them
         self._facts.pop(key, None)
-        if isinstance(record, dict) and facts:
-            # only what staleness reads (a record's error and traceback are not kept)
-            self._kept[key] = _compact(record)
-            if self.keep is not None:
-                self._extra[key] = self.keep(record)
-            self._ends.pop(key, None)
-        elif isinstance(record, dict):
-            self._kept.pop(key, None)
-            self._extra.pop(key, None)
-            end = record.get("end_time")
-            if isinstance(end, str):
-                self._ends[key] = end
-            else:
-                self._ends.pop(key, None)
+        if isinstance(record, dict):
+            self._keep_facts(key, record, facts)
         error = record.get("error") if isinstance(record, dict) else None
         if not ok and isinstance(error, dict) and error.get("type") == CORRUPT_ERROR_TYPE:
             self.corrupt[key] = corrupt_info("input", error)
