@@ -21,6 +21,12 @@ with the job): what the executor holds of the work (a pod kept by its finalizer)
 tells a scheduler started after a kill that a job was left unfinished, even when the claims
 were in memory.
 
+:func:`execute_direct` is the same life for a job whose claims and records are memory of
+this process and whose attempts are direct calls (:func:`direct_lane` says which tasks):
+a straight line of dict operations around the call, for a worker that runs such jobs one
+after another (:class:`DirectLane`); a first call that fails goes on through
+:func:`execute`.
+
 A :class:`~pydatatask.errors.ConfigurationError` from an attempt (a template that does not
 render, a manifest the cluster refuses) is not the job's failure: it propagates like a
 cancellation, with nothing recorded. Cancellation (Ctrl-C, a lost claim) cancels the
