@@ -187,8 +187,8 @@ def _read_small_fd(path: str) -> bytes | None:
 
 def _tmp_beside(path: str) -> str:
     """A fresh temporary name in the directory of ``path``, for its new value."""
-    head, name = os.path.split(path)
-    return os.path.join(head, tmp_name(name))
+    head, sep, name = path.rpartition("/")  # our paths are "/"-joined strings (see _path)
+    return f"{head}/{tmp_name(name)}" if sep else tmp_name(name)
 
 
 def _fsync_dirs(dirs: list[str]) -> None:
@@ -374,10 +374,10 @@ class FileRepository(_LocalRoot, BlobRepository):
         path = self._path(key)
         if self._durable():
             await asyncio.to_thread(self._delete_durably, path, key)
-        elif (self.root / _LOCK).exists():  # the lock may have to be waited for
+        elif os.path.exists(f"{self.root}/{_LOCK}"):  # the lock may have to be waited for
             await asyncio.to_thread(self._delete_sync, path, key)
         else:
-            self._delete_sync(path, key)
+            self._delete_unlocked([key])
 
     def _locked(self) -> int | None:
         """The lock of conditional replacements, taken (its descriptor: closing it lets go),
@@ -390,7 +390,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         import fcntl
 
         try:
-            fd = os.open(self.root / _LOCK, os.O_RDWR)
+            fd = os.open(f"{self.root}/{_LOCK}", os.O_RDWR)
         except FileNotFoundError:
             return None
         try:
@@ -581,10 +581,20 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _delete_many(self, keys: list[str]) -> None:
         if self._durable():
             await asyncio.to_thread(self._delete_many_sync, keys, True)
-        elif (self.root / _LOCK).exists():  # the lock may have to be waited for
+        elif os.path.exists(f"{self.root}/{_LOCK}"):  # the lock may have to be waited for
             await asyncio.to_thread(self._delete_many_sync, keys, False)
         else:
-            self._delete_many_sync(keys, False)
+            self._delete_unlocked(keys)
+
+    def _delete_unlocked(self, keys: list[str]) -> None:
+        """Unsynced deletes in a directory found without a lock file just now, on the event
+        loop (nothing ran since): the unlinks, as :meth:`_unlink_guarded` makes them when it
+        finds no lock (without looking for it a second time), then the directories left
+        empty. A lock file made meanwhile by another process is raced the same way."""
+        for key in keys:
+            path = self._path(key)
+            if self._unlink(path) and "/" in key:
+                remove_empty_parents(self.root, Path(path), False)
 
     def _delete_many_sync(self, keys: list[str], durable: bool) -> None:
         """Unlink every key's file, then sync each directory once, then remove the
