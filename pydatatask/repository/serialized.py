@@ -222,6 +222,9 @@ class SerializedMetadataRepository(MetadataRepository):
     def _check_key(self, key: str) -> str:
         return self.blobs._check_key(key)  # the blobs' own rule is this repository's
 
+    def _keys_pass_check(self, keys: set[str]) -> bool:
+        return self.blobs._keys_pass_check(keys)
+
     async def _list_versions(self) -> dict[str, str | None]:
         """The versions of the blobs that hold the values (one listing of ``blobs``)."""
         return await self.blobs.versions()
