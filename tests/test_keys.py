@@ -140,7 +140,9 @@ def test_rule_matches_its_statement(key: str) -> None:
             validate_key(key)
 
 
-_plain_names = st.lists(st.sampled_from(["a", "Z", "0", "-", "_", " ", "a.b", "x/y"]), min_size=1, max_size=6).map("".join)
+_plain_names = st.lists(
+    st.sampled_from(["a", "Z", "0", "-", "_", " ", "a.b", "x/y"]), min_size=1, max_size=6
+).map("".join)
 
 
 @settings(max_examples=300, deadline=None)

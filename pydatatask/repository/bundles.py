@@ -25,7 +25,7 @@ one behind a repository.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from .base import MetadataRepository
 from .deferred import DeferredMetadataRepository
@@ -118,6 +118,7 @@ def bundle_store(repo: MetadataRepository) -> BundleStore | None:
     included), if it can keep bundles; else None."""
     target = repo.target if isinstance(repo, DeferredMetadataRepository) else repo
     if _store_class(type(target)) or isinstance(target, BundleStore):
-        if target.supports_bundles:  # type: ignore[union-attr]
-            return target  # type: ignore[return-value]
+        store = cast(BundleStore, target)
+        if store.supports_bundles:
+            return store
     return None

@@ -416,7 +416,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         path = self._path(key)
         if self._durable():
             await asyncio.to_thread(self._delete_durably, path, key)
-        elif os.path.exists(f"{self.root}/{_LOCK}"):  # the lock may have to be waited for
+        elif os.path.exists(f"{self.root}/{_LOCK}"):  # noqa: ASYNC240 - one stat; the lock may have to be waited for
             await asyncio.to_thread(self._delete_sync, path, key)
         else:
             self._delete_unlocked([key])
@@ -623,7 +623,7 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _delete_many(self, keys: list[str]) -> None:
         if self._durable():
             await asyncio.to_thread(self._delete_many_sync, keys, True)
-        elif os.path.exists(f"{self.root}/{_LOCK}"):  # the lock may have to be waited for
+        elif os.path.exists(f"{self.root}/{_LOCK}"):  # noqa: ASYNC240 - one stat; the lock may have to be waited for
             await asyncio.to_thread(self._delete_many_sync, keys, False)
         else:
             self._delete_unlocked(keys)

@@ -96,9 +96,9 @@ def yaml_dumps(value: Any) -> bytes:
                     add(f'{k}: "{v}"\n')
                     continue
             elif t is float:
-                text = repr(v)
-                if _float_match(text) is not None:
-                    add(f"{k}: {text}\n")
+                number = repr(v)
+                if _float_match(number) is not None:
+                    add(f"{k}: {number}\n")
                     continue
             elif t is int:
                 add(f"{k}: {v}\n")
@@ -230,7 +230,8 @@ class SerializedMetadataRepository(MetadataRepository):
         return await self.blobs.versions()
 
     async def _contains(self, key: str) -> bool:
-        return await self.blobs.contains(key)
+        # checked by the blobs' own rule already (see _check_key): straight to their lookup
+        return await self.blobs._contains(key)
 
     async def _delete(self, key: str) -> None:
         await self.blobs.delete(key)
