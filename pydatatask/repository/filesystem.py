@@ -29,11 +29,28 @@ import stat
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
-from ._localfs import fsync_dir, fsync_tree, make_dirs, on_memory_fs, sweep, tmp_name
-from ._localtree import MAX_SEGMENT_BYTES, PREFIX_MARKER, check_segments, remove_empty_parents, walk
+from ._localfs import (
+    TMP_NAME,
+    _sweep_one,
+    boot_time,
+    fsync_dir,
+    fsync_tree,
+    make_dirs,
+    on_memory_fs,
+    sweep,
+    tmp_name,
+)
+from ._localtree import (
+    MAX_SEGMENT_BYTES,
+    PREFIX_MARKER,
+    check_segments,
+    remove_empty_parents,
+    walk,
+    walk_flat,
+)
 from .base import BlobReader, BlobRepository, BlobWriter, Repository
 from .journal import current_journal
 
@@ -57,6 +74,29 @@ SMALL_FILE = 1 << 16
 #: other directory (on a disk, where a scan may wait for it; nested; larger) is scanned in
 #: a thread.
 SMALL_DIR = 1 << 16
+
+
+#: whether a device (``st_dev``) holds a file system in memory, as found once per process
+_MEMORY_DEVICES: dict[int, bool] = {}
+
+
+def _sweep_flat(root: Path) -> list[str]:
+    """:func:`~pydatatask.repository._localfs.sweep` of a root without subdirectories
+    (see :meth:`_LocalRoot._scan_here`): only its hidden names can be temporaries."""
+    removed: list[str] = []
+    booted: float | None = None
+    try:
+        it = os.scandir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    with it:
+        for entry in it:
+            if entry.name[0] == "." and TMP_NAME.fullmatch(entry.name):
+                if booted is None:
+                    booted = boot_time()
+                if _sweep_one(entry, booted) is not None:
+                    removed.append(entry.name)
+    return removed
 
 
 def _check_extension(extension: str) -> str:
@@ -284,22 +324,27 @@ class _LocalRoot(Repository):
 
     def _scan_here(self) -> bool:
         """Whether the root is scanned on the event loop (see :data:`SMALL_DIR`): one ``stat``."""
-        if self._memory_fs is None:
-            self._memory_fs = on_memory_fs(self.root)
-        if not self._memory_fs:
-            return False
         try:
             st = os.stat(self.root)
         except OSError:
             return False
-        return st.st_nlink == 2 and st.st_size <= SMALL_DIR  # two links: no subdirectory
+        if st.st_nlink != 2 or st.st_size > SMALL_DIR:  # two links: no subdirectory
+            return False
+        if self._memory_fs is None:
+            memory = _MEMORY_DEVICES.get(st.st_dev)
+            if memory is None:
+                memory = _MEMORY_DEVICES[st.st_dev] = on_memory_fs(self.root)
+            self._memory_fs = memory
+        return self._memory_fs
 
-    async def _scan(self, scan: Callable[..., T], *args: Any) -> T:
-        """``scan(*args)``, a walk of the root: on the event loop where it is small (see
-        :data:`SMALL_DIR`), else in a thread."""
+    async def _walk(self, versions: bool) -> dict[str, str | None]:
+        """The files of the tree (see :func:`walk`): on the event loop where the root is
+        small (see :data:`SMALL_DIR`), in one pass, else in a thread."""
         if self._scan_here():
-            return scan(*args)
-        return await asyncio.to_thread(scan, *args)
+            found = walk_flat(self.root, self.extension, versions)
+            if found is not None:
+                return found
+        return await asyncio.to_thread(walk, self.root, False, self.extension, versions)
 
     async def validate(self, create: bool = False) -> None:
         """Check the root directory (create it with ``create``) and sweep temporaries left
@@ -318,7 +363,10 @@ class _LocalRoot(Repository):
             if create:
                 await asyncio.to_thread(make_dirs, self.root, self._durable())
             return
-        removed = await self._scan(sweep, self.root, self._descend)
+        if self._scan_here():
+            removed = _sweep_flat(self.root)
+        else:
+            removed = await asyncio.to_thread(sweep, self.root, self._descend)
         if removed:
             log.info("%s: removed %d temporary file(s) of killed writers", self.describe(), len(removed))
 
@@ -372,11 +420,11 @@ class FileRepository(_LocalRoot, BlobRepository):
         return f"{self.root}/{key}{self.extension}"
 
     async def _list(self) -> Iterable[str]:
-        return await self._scan(walk, self.root, False, self.extension, False)
+        return await self._walk(False)
 
     async def _list_versions(self) -> dict[str, str | None]:
         """Each file's inode, size and mtime in nanoseconds, from the listing's own walk."""
-        return self._valid_versions(await self._scan(walk, self.root, False, self.extension, True))
+        return self._valid_versions(await self._walk(True))
 
     async def _contains(self, key: str) -> bool:
         return os.path.isfile(self._path(key))  # noqa: ASYNC240 - one stat of a local file, see SMALL_FILE
