@@ -16,7 +16,8 @@ the call returns, the change is on the disk. ``fsync`` blocks for as long as the
 takes (milliseconds), so durable writes run in a thread, never on the event loop (several
 in flight share the filesystem's journal commits). On a filesystem held in memory
 (tmpfs, ramfs) nothing survives a power loss anyway: there ``fsync`` is skipped and small
-files stay on the loop.
+files stay on the loop, as do the listing and the sweep of a small root without
+subdirectories (see ``SMALL_DIR``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ _MEMORY_DEVICES: dict[int, bool] = {}
 
 def _sweep_flat(root: Path) -> list[str]:
     """:func:`~pydatatask.repository._localfs.sweep` of a root without subdirectories
-    (see :meth:`_LocalRoot._scan_here`): only its hidden names can be temporaries."""
+    (see ``_LocalRoot._scan_here``): only its hidden names can be temporaries."""
     removed: list[str] = []
     booted: float | None = None
     try:
@@ -323,7 +324,7 @@ class _LocalRoot(Repository):
         return not self._memory_fs
 
     def _scan_here(self) -> bool:
-        """Whether the root is scanned on the event loop (see :data:`SMALL_DIR`): one ``stat``."""
+        """Whether the root is scanned on the event loop (see ``SMALL_DIR``): one ``stat``."""
         try:
             st = os.stat(self.root)
         except OSError:
@@ -339,7 +340,7 @@ class _LocalRoot(Repository):
 
     async def _walk(self, versions: bool) -> dict[str, str | None]:
         """The files of the tree (see :func:`walk`): on the event loop where the root is
-        small (see :data:`SMALL_DIR`), in one pass, else in a thread."""
+        small (see ``SMALL_DIR``), in one pass, else in a thread."""
         if self._scan_here():
             found = walk_flat(self.root, self.extension, versions)
             if found is not None:
