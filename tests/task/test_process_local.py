@@ -513,6 +513,7 @@ async def test_local_processes_are_reaped_without_a_thread_each(tmp_path: Path) 
 KILLED_WHILE_MAKING_DIRS = """
 import asyncio, os, signal, sys
 from pydatatask import FileRepository, LocalHost, ProcessTask
+from pydatatask.executor import local
 from pydatatask.pipeline import Pipeline
 
 root, die = sys.argv[1], sys.argv[2] == "die"
@@ -523,6 +524,19 @@ class DyingHost(LocalHost):
         await super()._new_job_dir(path, subdirs)
         if die:  # the scheduler is killed right after making a job directory
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+# the same where the directory is made in the step that also stages and starts the job
+_make_job_dir = local._make_job_dir
+
+
+def dying_make_job_dir(path, subdirs):
+    _make_job_dir(path, subdirs)
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+local._make_job_dir = dying_make_job_dir
 
 
 task = ProcessTask(
