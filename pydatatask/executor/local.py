@@ -526,7 +526,9 @@ class LocalHost(Host):
         if work is None:
             await self._rmtree(path)
         else:
-            await asyncio.to_thread(_remove_job_dir_now, path, *job_dir_entries(work))
+            files, dirs = job_dir_entries(work)
+            # (no context copy as with asyncio.to_thread: the call reads no context variable)
+            await asyncio.get_running_loop().run_in_executor(None, _remove_job_dir_now, path, files, dirs)
 
     async def _exists(self, path: str) -> bool:
         return await asyncio.to_thread(os.path.lexists, path)
