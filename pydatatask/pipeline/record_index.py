@@ -8,6 +8,8 @@ from typing import Any
 
 from ..errors import CorruptValueError
 from ..repository.base import MetadataRepository
+from ..repository.deferred import DeferredMetadataRepository
+from ..repository.memory import MemoryMetadataRepository
 
 __all__ = ("RecordIndex", "RecordFacts", "corrupt_info", "warn_corrupt", "CORRUPT_ERROR_TYPE")
 
@@ -226,10 +228,19 @@ class RecordIndex:
             self._kept.pop(key, None)
             self._extra.pop(key, None)
             end = record.get("end_time")
-            if isinstance(end, str):
+            if isinstance(end, str) and self._own() is None:
                 self._ends[key] = end
             else:
+                # (a done of this process's memory holds it: read there when asked)
                 self._ends.pop(key, None)
+
+    def _own(self) -> MemoryMetadataRepository | None:
+        """The done repository, when it is in this process's memory (its records are read
+        there without a copy: the index keeps nothing of them but their outcome)."""
+        done = self.done
+        if type(done) is DeferredMetadataRepository:
+            done = done.target
+        return done if type(done) is MemoryMetadataRepository else None
 
     def _take(self, key: str, record: Any, *, facts: bool = True) -> None:
         ok = isinstance(record, dict) and bool(record.get("success"))
@@ -338,7 +349,12 @@ class RecordIndex:
         if not self.success.get(key) or key not in self.listed:
             return None
         kept = self._kept.get(key)
-        end = self._ends.get(key) if kept is None else kept[_END_TIME]
+        if kept is not None:
+            end = kept[_END_TIME]
+        else:
+            end = self._ends.get(key)
+            if end is None and (own := self._own()) is not None:
+                end = own.field_now(key, "end_time")
         return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:

@@ -27,7 +27,7 @@ import time
 from operator import is_, itemgetter
 from typing import Any
 
-__all__ = ("pack", "unpack", "is_packed", "copy_value")
+__all__ = ("pack", "unpack", "is_packed", "copy_value", "field")
 
 #: the types a value may be shared as (equal values of one of these types are the same value)
 _SHAREABLE = frozenset({str, int, bool, type(None), bytes})
@@ -56,6 +56,7 @@ class _Shape:
         "time_at",
         "full",
         "nested",
+        "where",
     )
 
     def __init__(self, fields: tuple[str, ...]) -> None:
@@ -78,6 +79,8 @@ class _Shape:
         #: the shapes of the dicts in each field not shared (a dict of one field of these
         #: records is learnt apart from a dict of the same names in another field)
         self.nested: tuple[dict[tuple[str, ...], _Shape], ...] = ()
+        #: ``{name: its place among the values not shared}``
+        self.where: dict[str, int] = {}
 
     def learn(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
         shared_at = [
@@ -92,6 +95,7 @@ class _Shape:
         self.one = min(len(own_at), 2)
         self.names = tuple(self.fields[i] for i in own_at)
         self.nested = tuple({} for _ in own_at)
+        self.where = {name: i for i, name in enumerate(self.names)}
         if _TIME_FIELD in self.names:
             at = self.names.index(_TIME_FIELD)
             if _micros(first[own_at[at]]) is not None and _micros(second[own_at[at]]) is not None:
@@ -235,6 +239,22 @@ def unpack(value: tuple[Any, ...]) -> dict[str, Any]:
         else:
             out[name] = _plain(v)
     return out
+
+
+def field(value: tuple[Any, ...], name: str) -> Any:
+    """The field ``name`` of the dict packed into ``value`` (None: it has none), as
+    :func:`unpack` would give it, without unpacking the rest (the caller must not modify a
+    value that is itself a dict or list)."""
+    variant: _Variant = value[0]
+    shape = variant.shape
+    i = shape.where.get(name)
+    if i is None:
+        return variant.template.get(name)
+    v = value[i + 1]
+    if i == shape.time_at:
+        return _text(v)
+    t = type(v)
+    return v if t in _SCALARS else copy_value(v)
 
 
 def copy_value(value: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import KeyNotFoundError
 from ..keys import validate_key
 from ._packed import copy_value as _copy
-from ._packed import is_packed, pack, unpack
+from ._packed import field, is_packed, pack, unpack
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .journal import current_journal
 from .listing import SharedListing
@@ -197,6 +197,17 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         it was)."""
         self._data[key] = pack(value) if type(value) is dict else _copy(value)
         self._stamp(key)
+
+    def field_now(self, key: str, name: str) -> Any:
+        """The field ``name`` of the dict stored under a checked ``key`` (None: no such
+        key, field or dict), without a copy of the rest: what the scheduler reads of a job
+        record it keeps no copy of (a dict or list returned must not be modified)."""
+        value: Any = self._data.get(key)
+        if type(value) is dict:
+            return value.get(name)
+        if is_packed(value):
+            return field(value, name)
+        return None
 
     def delete_now(self, key: str) -> None:
         """:meth:`~pydatatask.repository.base.Repository.delete` of a checked ``key``."""
