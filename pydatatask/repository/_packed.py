@@ -20,9 +20,7 @@ copy. Packing is exact or not done: nothing packed ever reads back differently.
 
 from __future__ import annotations
 
-import calendar
 import copy
-import datetime
 import time
 from operator import is_, itemgetter
 from typing import Any
@@ -57,6 +55,8 @@ class _Shape:
         "full",
         "nested",
         "where",
+        "kinds",
+        "dicts",
     )
 
     def __init__(self, fields: tuple[str, ...]) -> None:
@@ -81,6 +81,11 @@ class _Shape:
         self.nested: tuple[dict[tuple[str, ...], _Shape], ...] = ()
         #: ``{name: its place among the values not shared}``
         self.where: dict[str, int] = {}
+        #: the types of the values not shared in the second dict (None: not only scalars
+        #: and dicts), and where the dicts are among them: a dict of the same types packs
+        #: its nested dicts without looking at the other values
+        self.kinds: tuple[type, ...] | None = None
+        self.dicts: tuple[int, ...] = ()
 
     def learn(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
         shared_at = [
@@ -96,6 +101,10 @@ class _Shape:
         self.names = tuple(self.fields[i] for i in own_at)
         self.nested = tuple({} for _ in own_at)
         self.where = {name: i for i, name in enumerate(self.names)}
+        kinds = tuple(type(second[i]) for i in own_at)
+        if all(k in _SCALARS or k is dict for k in kinds):
+            self.kinds = kinds
+            self.dicts = tuple(i for i, k in enumerate(kinds) if k is dict)
         if _TIME_FIELD in self.names:
             at = self.names.index(_TIME_FIELD)
             if _micros(first[own_at[at]]) is not None and _micros(second[own_at[at]]) is not None:
@@ -157,7 +166,12 @@ def pack(value: dict[str, Any], shapes: dict[tuple[str, ...], _Shape] = _shapes)
         if shape.time_at < 0 and t in _SCALARS:
             return (variant, v)
         own = (v,)
-    if _SCALARS.issuperset(map(type, own)):
+    kinds = tuple(map(type, own))
+    if kinds == shape.kinds:
+        out = [variant, *own]
+        for i in shape.dicts:
+            out[i + 1] = pack(own[i], shape.nested[i])
+    elif _SCALARS.issuperset(kinds):
         out = [variant, *own]
     else:
         out = [variant]
@@ -307,6 +321,9 @@ _LIMIT = 9_000_000_000
 def _second(head: str) -> int | None:
     """The epoch second of the text ``head`` ("YYYY-MM-DDTHH:MM:SS"), or None (not a
     time, or not spelt as :func:`_head` spells it)."""
+    import calendar  # (once per second of records: not at the import of the package)
+    import datetime
+
     try:
         parsed = datetime.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S")
     except ValueError:
