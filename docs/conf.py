@@ -79,6 +79,9 @@ nitpick_ignore = [
     ("py:class", "pydatatask.executor.pool._DaskStarted"),
     ("py:class", "pydatatask.executor.pool._DaskStartEvents"),
     ("py:class", "pydatatask.task.templates._Raw"),
+    ("py:class", "_Failed"),  # execute(resume=...): a failed first call of execute_direct
+    # the token of a context variable (the standard library documents no page for it)
+    ("py:class", "contextvars.Token"),
 ]
 
 

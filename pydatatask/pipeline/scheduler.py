@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._taskgroups import first_error
 from ..errors import CorruptValueError
+from ..executor.base import Slot
 from ..repository.base import Repository
 from ..repository.clock import ClockRepository
 from ..repository.journal import visible_keys
@@ -37,7 +38,7 @@ from ..repository.listing import cached_keys, cached_versions, listing_scope
 from ..repository.view import RepositoryView, stored_repositories
 from ..task.base import Task
 from ..task.hooks import Event, Hooks
-from ..task.lifecycle import Adoption, execute_batch
+from ..task.lifecycle import Adoption, DirectLane, direct_lane, execute_batch, execute_direct
 from ..task.lifecycle import execute as execute_job
 from ..task.records import HOSTNAME, JobState
 from ..task.recovery import adopt_orphans, recover
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = ("Scheduler", "RunSummary", "TaskFigures", "until_next_window")
 
 log = logging.getLogger("pydatatask.scheduler")
+_job_log = logging.getLogger("pydatatask.jobs")
 
 
 @dataclass
@@ -646,6 +648,16 @@ class Scheduler:
     async def _worker(self, task: Task, key: str, slot: object) -> None:
         current = asyncio.current_task()
         assert current is not None
+        if (
+            direct_lane(task, self.hooks)
+            and isinstance(slot, Slot)
+            and slot.executor is task.executor
+            and not _job_log.isEnabledFor(logging.INFO)
+        ):
+            # claims and records in this process's memory, a direct call: the short path
+            # (the task's links and the hooks are fixed by now)
+            await self._lean_worker(task, key, slot, current)
+            return
         turn = time.monotonic()
         jobs = 0
         try:
@@ -669,6 +681,121 @@ class Scheduler:
             self._workers[task.name] -= 1
             self._wake.set()
 
+    async def _lean_worker(self, task: Task, key: str, slot: Slot | None, current: asyncio.Task[Any]) -> None:
+        """:meth:`_worker` for a task on the short path of
+        :func:`~pydatatask.task.lifecycle.execute_direct`: the worker keeps its slot from
+        one job to the next, and what the scheduler learns of a success (the known
+        listings, the records index, metrics, the summary, the end of the job in
+        :attr:`running`) is told for the jobs ended so far at once, before each turn given
+        to the event loop (every ``_YIELD_JOBS`` jobs or ``_YIELD_SECONDS``, and whenever a
+        job ends otherwise) and when the worker stops. No tick and no other task runs in
+        between (the loop runs them at a turn only), and a key stays in :attr:`running`
+        until it is told, so nothing launches it twice."""
+        name = task.name
+        running, states, queue = self.running, self.states, self.queues[name]
+        ended: list[tuple[str, dict[str, Any]]] = []
+        lane = DirectLane()
+        turn = time.monotonic()
+        jobs = 0
+        try:
+            while True:
+                states[(name, key)] = JobState.RUNNING
+                adopted, redo_of = self.adoptions.get(name), self._redo.get(name)
+                if slot is None or (adopted and key in adopted) or (redo_of and key in redo_of):
+                    # a key to adopt or redo: the general path
+                    self._tell(task, ended)
+                    lane.close()
+                    if slot is None:
+                        slot = self._next_slot(task)
+                        if slot is None:
+                            running.pop((name, key), None)
+                            states.pop((name, key), None)
+                            queue.append(key)
+                            break
+                    await self._job(task, key, slot)
+                    slot = None
+                else:
+                    try:
+                        record = await execute_direct(
+                            task, key, self.owner, lane, slot, self._record_fields(task)(key), self._on_state
+                        )
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        self._tell(task, ended)
+                        self._job_failed_to_run(task, key, exc)
+                        self._job_done(task, key, slot)
+                        slot = None
+                    else:
+                        if record is not None and record["success"] and record["attempts"] == 1:
+                            ended.append((key, record))
+                        else:
+                            self._tell(task, ended)
+                            self._job_ended_with(task, key, record)
+                            self._job_done(task, key, slot)
+                            slot = None
+                jobs += 1
+                now = time.monotonic()
+                if jobs >= _YIELD_JOBS or now - turn > _YIELD_SECONDS:
+                    self._tell(task, ended)
+                    await asyncio.sleep(0)
+                    turn, jobs = time.monotonic(), 0
+                if self._stop.is_set() or self.paused or not queue:
+                    break
+                if self.max_jobs is not None and slot is not None:
+                    # the slot goes back to the pool: another task may come first
+                    task.release_slot(slot)
+                    slot = None
+                if slot is None:
+                    nxt = self._next_for(task)
+                    if nxt is None:
+                        break
+                    key = nxt[0]
+                    slot = nxt[1]  # type: ignore[assignment]
+                else:
+                    while queue:
+                        key = queue.pop()
+                        if (name, key) not in running:
+                            break
+                    else:
+                        break
+                running[(name, key)] = current
+        finally:
+            lane.close()
+            self._tell(task, ended)
+            if slot is not None:
+                task.release_slot(slot)
+            self._workers[name] -= 1
+            self._wake.set()
+
+    def _next_slot(self, task: Task) -> Slot | None:
+        got = task.acquire_slot()
+        return got if isinstance(got, Slot) else None
+
+    def _tell(self, task: Task, ended: list[tuple[str, dict[str, Any]]]) -> None:
+        """What the scheduler learns of the successes in ``ended`` (then emptied): as
+        :meth:`_ended` and the end of :meth:`_job` for each."""
+        if not ended:
+            return
+        name = task.name
+        known, index, metrics = self.known, self.records[name], self.metrics
+        running, states = self.running, self.states
+        for key, record in ended:
+            known.job_ended(task, key, record)
+            index.note(key, record)
+            metrics.on_end(name, key, record)
+            ident = (name, key)
+            running.pop(ident, None)
+            states.pop(ident, None)
+        metrics.version += len(ended)  # (on_end counts one; running and succeeded each one)
+        summary = self.summary
+        summary.succeeded += len(ended)
+        summary.per_task[name]["succeeded"] += len(ended)
+        self._finished += len(ended)
+        ended.clear()
+        if self.on_progress:
+            self.on_progress(self)
+
     def _records_stored(self, task: Task, records: Mapping[str, dict[str, Any]]) -> None:
         """Records of a batch are stored (its claims not yet released): the records index
         knows them at once, so a tick listing ``done`` meanwhile does not read them back
@@ -682,7 +809,6 @@ class Scheduler:
         self.metrics.on_state(task.name, key, state, attempt)
 
     async def _job(self, task: Task, key: str, slot: object) -> None:
-        ident = (task.name, key)
         try:
             fields = self._record_fields(task)(key)
             adopted = self.adoptions.get(task.name)
@@ -727,24 +853,34 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("task %s: job %r could not run: %s: %s", task.name, key, type(exc).__name__, exc)
-            self.summary.errors.append(f"{task.name} {key}: {type(exc).__name__}: {exc}")
-            self.errored.add(ident)
-            self.metrics.on_error(task.name)
-            self.known.task_changed(task)
+            self._job_failed_to_run(task, key, exc)
         else:
-            if record is None:
-                self.known.job_ended(task, key, record)
-                log.info("task %s: %r is claimed by another scheduler", task.name, key)
-            else:
-                self._ended(task, key, record)
+            self._job_ended_with(task, key, record)
         finally:
-            task.release_slot(slot)
-            self._finished += 1
-            self.running.pop(ident, None)
-            self.states.pop(ident, None)
-            if self.on_progress:
-                self.on_progress(self)
+            self._job_done(task, key, slot)
+
+    def _job_failed_to_run(self, task: Task, key: str, exc: Exception) -> None:
+        log.error("task %s: job %r could not run: %s: %s", task.name, key, type(exc).__name__, exc)
+        self.summary.errors.append(f"{task.name} {key}: {type(exc).__name__}: {exc}")
+        self.errored.add((task.name, key))
+        self.metrics.on_error(task.name)
+        self.known.task_changed(task)
+
+    def _job_ended_with(self, task: Task, key: str, record: dict[str, Any] | None) -> None:
+        if record is None:
+            self.known.job_ended(task, key, record)
+            log.info("task %s: %r is claimed by another scheduler", task.name, key)
+        else:
+            self._ended(task, key, record)
+
+    def _job_done(self, task: Task, key: str, slot: object) -> None:
+        task.release_slot(slot)
+        self._finished += 1
+        ident = (task.name, key)
+        self.running.pop(ident, None)
+        self.states.pop(ident, None)
+        if self.on_progress:
+            self.on_progress(self)
 
     def _ended(self, task: Task, key: str, record: dict[str, Any]) -> None:
         """A job ended with ``record``: what the known listings learn, the records index,

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import CorruptValueError, KeyNotFoundError, RepositoryError
 from ._localfs import fsync_dir, make_dirs, sweep
 from ._localtree import file_version, walk
-from .bundles import bundle_keys, bundle_member
+from .bundles import bundle_holders, bundle_keys, bundle_member, bundle_without
 from .filesystem import _LOCK, FileRepository, _read_small_fd
 
 if TYPE_CHECKING:
@@ -66,22 +66,6 @@ _READ, _WRITE = "read", "write"
 
 def _encode(bundle: dict[str, Any]) -> bytes:
     return json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _without(bundle: dict[str, Any], rest: list[str]) -> dict[str, Any]:
-    """``bundle`` holding only the keys ``rest``."""
-    own = bundle.get("own")
-    kept = {k: v for k, v in own.items() if k in rest} if isinstance(own, dict) else {}
-    return dict(bundle, keys=rest, own=kept)
-
-
-def _members(bundles: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Each key the bundles hold, with the name of (one of) its bundle(s)."""
-    out: dict[str, str] = {}
-    for name, bundle in sorted(bundles.items()):
-        for key in bundle_keys(bundle):
-            out.setdefault(key, name)
-    return out
 
 
 class FileBundles(_Base):
@@ -334,7 +318,7 @@ class FileBundles(_Base):
         if not self._bundles_expected or not keys or not self._has_bundles():
             return {}
         bundles = _values(await self._run(_READ, self._read_bundles, False))
-        members = _members(bundles)
+        members = bundle_holders(bundles)
         return {k: bundle_member(bundles[members[k]], k) for k in keys if k in members}
 
     async def _drop_from_bundles(self, keys: list[str]) -> None:
@@ -404,7 +388,7 @@ class FileBundles(_Base):
             rest = [k for k in held if k not in gone]
             path = self._bundle_path(name)
             if rest:
-                self._write(path, _encode(_without(bundle, rest)))
+                self._write(path, _encode(bundle_without(bundle, rest)))
             else:
                 empty.append(path)
         if empty:
@@ -415,7 +399,7 @@ class FileBundles(_Base):
         key's own file is created with its new value (exclusively), then the key leaves the
         bundle; both under the lock, so of several callers one wins."""
         bundles = _values(self._read_bundles(False))
-        name = _members(bundles).get(key)
+        name = bundle_holders(bundles).get(key)
         if name is None or bundle_member(bundles[name], key) != expected:
             return False
         files = self._files
@@ -433,7 +417,7 @@ class FileBundles(_Base):
         rest = [k for k in bundle_keys(bundle) if k != key]
         path = self._bundle_path(name)
         if rest:
-            self._write(path, _encode(_without(bundle, rest)))
+            self._write(path, _encode(bundle_without(bundle, rest)))
         else:
             self._delete_bundles_sync([path])
         return True

@@ -30,7 +30,15 @@ from typing import Any, Protocol, runtime_checkable
 from .base import MetadataRepository
 from .deferred import DeferredMetadataRepository
 
-__all__ = ("BundleStore", "bundle_store", "bundle_member", "bundle_keys", "make_bundle")
+__all__ = (
+    "BundleStore",
+    "bundle_store",
+    "bundle_member",
+    "bundle_keys",
+    "bundle_holders",
+    "bundle_without",
+    "make_bundle",
+)
 
 
 def make_bundle(
@@ -59,6 +67,23 @@ def bundle_member(bundle: Mapping[str, Any], key: str) -> dict[str, Any]:
     if isinstance(mine, dict):
         value.update(mine)
     return value
+
+
+def bundle_without(bundle: dict[str, Any], rest: list[str]) -> dict[str, Any]:
+    """``bundle`` holding only the keys ``rest`` (their own fields kept)."""
+    own = bundle.get("own")
+    kept = {k: v for k, v in own.items() if k in rest} if isinstance(own, dict) else {}
+    return dict(bundle, keys=rest, own=kept)
+
+
+def bundle_holders(bundles: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """Each key the ``bundles`` (by name) hold, with the name of the first bundle, in name
+    order, that holds it."""
+    out: dict[str, str] = {}
+    for name, bundle in sorted(bundles.items()):
+        for key in bundle_keys(bundle):
+            out.setdefault(key, name)
+    return out
 
 
 @runtime_checkable

@@ -19,14 +19,22 @@ This module knows nothing of tasks.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .base import Repository
 
-__all__ = ("WriteJournal", "journaling", "current_journal", "note_write", "visible_keys")
+__all__ = (
+    "WriteJournal",
+    "journaling",
+    "enter_journal",
+    "leave_journal",
+    "current_journal",
+    "note_write",
+    "visible_keys",
+)
 
 _current: contextvars.ContextVar[WriteJournal | None] = contextvars.ContextVar(
     "pydatatask_write_journal", default=None
@@ -61,6 +69,21 @@ class WriteJournal:
         """:meth:`record`, then await ``before_new_write`` if the pair is new."""
         if self.record(repository, key) and self._before_new_write is not None:
             await self._before_new_write(repository, key)
+
+    def wrote_only(self, key: str, repositories: Collection[int]) -> bool:
+        """Whether the pairs noted are ``key`` in each of ``repositories`` (their ``id``)
+        once, and nothing else."""
+        entries = self._entries
+        if len(entries) != len(repositories):
+            return False
+        for repo_id, written in entries:
+            if written != key or repo_id not in repositories:
+                return False
+        return True
+
+    def clear(self) -> None:
+        """Forget every pair (a journal used again for the next piece of work)."""
+        self._entries.clear()
 
     def discard(self, repository: Repository, key: str) -> None:
         """Forget ``key`` of ``repository`` (e.g. once it has been deleted again)."""
@@ -104,6 +127,18 @@ class _Journaling:
 def journaling(journal: WriteJournal) -> AbstractContextManager[WriteJournal]:
     """Make ``journal`` current for the block (and the asyncio tasks it creates)."""
     return _Journaling(journal)
+
+
+def enter_journal(journal: WriteJournal | None) -> contextvars.Token[WriteJournal | None]:
+    """Make ``journal`` current until :func:`leave_journal` of the token returned (what
+    :func:`journaling` does around a block, for a caller that keeps one journal current
+    over many pieces of work)."""
+    return _current.set(journal)
+
+
+def leave_journal(token: contextvars.Token[WriteJournal | None]) -> None:
+    """Undo the :func:`enter_journal` that returned ``token``."""
+    _current.reset(token)
 
 
 def current_journal() -> WriteJournal | None:

@@ -162,12 +162,19 @@ class Claims:
         return held
 
     def acquire_local(
-        self, store: MemoryMetadataRepository, key: str, owner: str | None = None
+        self,
+        store: MemoryMetadataRepository,
+        key: str,
+        owner: str | None = None,
+        *,
+        value: dict[str, Any] | None = None,
     ) -> Claim | None:
         """:meth:`acquire` where ``live`` stores in ``store``, memory of this process (see
         :func:`process_memory`): the same claim, made at once, for a ``key`` that was
-        checked when it was listed."""
-        value = make_claim(owner or self.owner, self.task, key, time.time(), self.lease)
+        checked when it was listed. ``value``: the claim made by the caller (what
+        :func:`~pydatatask.task.records.make_claim` makes, handed over)."""
+        if value is None:
+            value = make_claim(owner or self.owner, self.task, key, time.time(), self.lease)
         if not store.create_now(key, value):
             return None
         claim = self._held[key] = Claim(key, value)

@@ -21,6 +21,12 @@ with the job): what the executor holds of the work (a pod kept by its finalizer)
 tells a scheduler started after a kill that a job was left unfinished, even when the claims
 were in memory.
 
+:func:`execute_direct` is the same life for a job whose claims and records are memory of
+this process and whose attempts are direct calls (:func:`direct_lane` says which tasks):
+a straight line of dict operations around the call, for a worker that runs such jobs one
+after another (:class:`DirectLane`); a first call that fails goes on through
+:func:`execute`.
+
 A :class:`~pydatatask.errors.ConfigurationError` from an attempt (a template that does not
 render, a manifest the cluster refuses) is not the job's failure: it propagates like a
 cancellation, with nothing recorded. Cancellation (Ctrl-C, a lost claim) cancels the
@@ -47,19 +53,30 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
+from ..keys import remember_valid
 from ..repository.deferred import DeferredMetadataRepository
-from ..repository.journal import WriteJournal, journaling, visible_keys
+from ..repository.journal import WriteJournal, enter_journal, journaling, leave_journal, visible_keys
 from ..repository.memory import MemoryMetadataRepository
 from . import base as _base
 from .base import DirectCall, JobContext, JobOutcome
 from .claims import Claim, new_owner, process_memory
 from .hooks import Event, Hooks
-from .records import HOSTNAME, JobState, error_info, make_record
+from .records import HOSTNAME, JobState, error_info, make_claim, make_record, utcnow_iso
 
 if TYPE_CHECKING:
     from .base import Task
 
-__all__ = ("execute", "execute_batch", "run_attempt", "Adoption", "StateCallback", "RecordsCallback")
+__all__ = (
+    "execute",
+    "execute_direct",
+    "direct_lane",
+    "DirectLane",
+    "execute_batch",
+    "run_attempt",
+    "Adoption",
+    "StateCallback",
+    "RecordsCallback",
+)
 
 log = logging.getLogger("pydatatask.task")
 
@@ -103,6 +120,7 @@ async def execute(
     slot: Any = True,
     record_fields: dict[str, Any] | None = None,
     adopt: Adoption | None = None,
+    resume: _Failed | None = None,
 ) -> dict[str, Any] | None:
     """Run the job of ``key`` to its end: claim, attempts, record, release.
 
@@ -118,7 +136,10 @@ async def execute(
     plan = _plan(task)
     local = plan.local
     claim: Claim | None
-    if adopt is not None:
+    if resume is not None:
+        # the first attempt failed on the short path of execute_direct: go on from there
+        claim, start = resume.claim, resume.start
+    elif adopt is not None:
         if adopt.key != key:
             raise JobError(f"task {task.name}: an adoption of {adopt.key!r} cannot run the job of {key!r}")
         claim = task.claims.get(key)
@@ -153,7 +174,9 @@ async def execute(
     job: JobContext | None = None
     # every key the job writes (also beyond its own) is noted, so that a failed attempt
     # removes all of it and downstream waits while the job runs
-    if plan.bare_journal:
+    if resume is not None:
+        journal = resume.journal
+    elif plan.bare_journal:
         journal = task._running_journals[key] = WriteJournal()
     else:
         journal = task.start_journal(key)
@@ -166,15 +189,20 @@ async def execute(
             await task.begin_job(key)  # fan-out: an earlier run's children go; fan-in: the members
         while True:
             attempt += 1
-            job = JobContext(task, key, attempt, slot=slot)
-            task._running_jobs[key] = job  # the attempt under way, for a live view
-            if on_state:
-                on_state(task, key, JobState.RUNNING, attempt)
+            if resume is not None and attempt == 1:
+                job = resume.job  # its failure is raised below, where the attempt's would be
+            else:
+                job = JobContext(task, key, attempt, slot=slot)
+                task._running_jobs[key] = job  # the attempt under way, for a live view
+                if on_state:
+                    on_state(task, key, JobState.RUNNING, attempt)
             if attempt > 1:
                 await _show_state(task, claim, JobState.RUNNING, attempt=attempt, retry_at=None)
             if hooks.wants("job_started"):
                 await hooks.emit(Event("job_started", task.name, key, attempt))
             try:
+                if resume is not None and attempt == 1:
+                    raise resume.error
                 with journaling(journal):
                     if adopted is not None:
                         handle, adopted = adopted, None
@@ -291,6 +319,184 @@ async def execute(
     return record
 
 
+@dataclass(eq=False, slots=True)
+class _Failed:
+    """A first attempt that failed on the short path of :func:`execute_direct`, handed to
+    :func:`execute` to go on with (cleanup, retries, the failure record)."""
+
+    claim: Claim
+    start: float
+    journal: WriteJournal
+    job: JobContext
+    error: Exception
+
+
+def direct_lane(task: Task, hooks: Hooks | None = None) -> bool:
+    """Whether the jobs of ``task`` may run on the short path of :func:`execute_direct`:
+    claims and records in this process's memory, a plain task whose attempts are direct
+    calls without a time limit, no hook listening to a job's events."""
+    plan = _plan(task)
+    if not plan.lean or task.timeout is not None:
+        return False
+    if hooks is not None and hooks and any(hooks.wants(e) for e in _JOB_EVENTS):
+        return False
+    return True
+
+
+_JOB_EVENTS = ("job_started", "job_succeeded", "job_failed", "job_retrying")
+
+
+class DirectLane:
+    """What :func:`execute_direct` keeps from one job to the next of a worker running
+    them one after another: a write journal made current once (cleared for each job;
+    replaced after a job that kept it), the claim made once per task and owner."""
+
+    __slots__ = ("_journal", "_token")
+
+    def __init__(self) -> None:
+        self._journal: WriteJournal | None = None
+        self._token: Any = None
+
+    def journal(self) -> WriteJournal:
+        """The current journal, emptied (made current in the caller's context, which is
+        the worker's own asyncio task)."""
+        journal = self._journal
+        if journal is None:
+            journal = self._journal = WriteJournal()
+            self._token = enter_journal(journal)
+        else:
+            journal.clear()
+        return journal
+
+    def close(self) -> None:
+        """No journal current any more (before a job's journal is kept beyond it, and
+        when the worker ends)."""
+        if self._journal is not None:
+            self._journal = None
+            leave_journal(self._token)
+            self._token = None
+
+
+async def execute_direct(
+    task: Task,
+    key: str,
+    owner: str,
+    lane: DirectLane,
+    slot: Slot,
+    record_fields: dict[str, Any] | None,
+    on_state: StateCallback,
+) -> dict[str, Any] | None:
+    """:func:`execute` for a task that :func:`direct_lane` admits, with ``slot`` of the
+    task's executor, in a worker that runs such jobs one after another (``lane``): the
+    same claim, call, record and release, as a straight line of dict operations around
+    the call. The caller shows the job as running and succeeded (``on_state`` is told of
+    the states of a failed call only: it goes on through :func:`execute`, which cleans up,
+    retries and records the failure, as its first attempt)."""
+    plan: _Plan = task._lifecycle_plan
+    live, done = plan.local  # type: ignore[misc]
+    claims = task.claims
+    base = plan.claim_base
+    if base is None or base[0] is not owner:
+        base = plan.claim_base = (owner, make_claim(owner, task.name, "", 0.0, claims.lease))
+    start = time.time()
+    claim = claims.acquire_local(
+        live,
+        key,
+        owner,
+        value={**base[1], "key": key, "start_time": utcnow_iso(start), "started": start, "heartbeat": start},
+    )
+    if claim is None:
+        return None
+    if done.holds(key):
+        claims.release_local(live, claim)
+        return None
+    journal = task._running_journals[key] = lane.journal()
+    remember_valid(key)  # checked when it was listed: the function's reads and writes pass it
+    job = JobContext(task, key, 1, started=start, slot=slot)
+    task._running_jobs[key] = job
+    call = task.direct_call(job)
+    try:
+        if call is None:
+            raise _NotDirect
+        func, kwargs = call
+        await func(**kwargs)
+    except _NotDirect:
+        task.end_journal(key, True)
+        del task._running_jobs[key]
+        claims.release_local(live, claim)
+        return await execute(
+            task, key, owner=owner, on_state=on_state, slot=slot, record_fields=record_fields
+        )
+    except Exception as exc:
+        lane.close()  # the journal goes on with the job
+        return await execute(
+            task,
+            key,
+            owner=owner,
+            on_state=on_state,
+            slot=slot,
+            record_fields=record_fields,
+            resume=_Failed(claim, start, journal, job, exc),
+        )
+    except BaseException:
+        lane.close()
+        try:
+            await asyncio.shield(_abandon(task, key, claim, journal, []))
+        finally:
+            task.end_journal(key, False)
+            if task._running_jobs.get(key) is job:
+                del task._running_jobs[key]
+        raise
+    end = time.time()
+    own = _own_writes(plan, key, journal)
+    # make_record's record of a first attempt that succeeded, with the task's fields
+    record: dict[str, Any] = {
+        "task": task.name,
+        "key": key,
+        "state": "succeeded",
+        "success": True,
+        "attempts": 1,
+        "start_time": utcnow_iso(start),
+        "end_time": utcnow_iso(end),
+        "duration": round(end - start, 6),
+        "host": HOSTNAME,
+        "runner": task.runner,
+        "exit_code": None,
+        "error": None,
+        "version": task.version,
+        "inputs": {},
+    }
+    if record_fields:
+        record.update(record_fields)
+    if own is None:
+        more = task.record_fields(key, journal)  # keys beyond its own (``wrote``)
+        if more:
+            record.update(more)
+    held = own if own is not None else _outputs_written(task, key, journal)
+    if held:
+        record["outputs"] = held
+    try:
+        if job._log:
+            await task._write_log(job)
+        done.put_now(key, record)
+    except BaseException:
+        lane.close()
+        await asyncio.shield(_abandon(task, key, claim, journal, []))
+        task.end_journal(key, False)
+        del task._running_jobs[key]
+        raise
+    task.end_journal(key, True)
+    if task._running_jobs.get(key) is job:
+        del task._running_jobs[key]
+    if claims.get(key) is claim:
+        claims.release_local(live, claim)
+    return record
+
+
+class _NotDirect(Exception):
+    """The task handed over no direct call for this job (the general path runs it)."""
+
+
 async def execute_batch(
     task: Task,
     keys: list[str],
@@ -375,6 +581,12 @@ class _Plan:
     #: ``{id(repository): link name}`` of the outputs, in link order, when they are
     #: distinct repositories and none is a view (otherwise None: the general path)
     outputs: dict[int, str] | None
+    #: claims and records in this process's memory, a plain task with the default log and
+    #: journal whose attempts are direct calls: :func:`execute_direct` may run its jobs
+    lean: bool = False
+    #: the owner and the claim of :func:`execute_direct` made once (its key and times
+    #: are set per job)
+    claim_base: tuple[str, dict[str, Any]] | None = None
 
 
 def _plan(task: Task) -> _Plan:
@@ -417,6 +629,14 @@ def _plan(task: Task) -> _Plan:
         direct=cls.direct_call is not _base.Task.direct_call,
         outputs=outputs if plain else None,
     )
+    plan.lean = (
+        plan.local is not None
+        and plain
+        and plan.bare_journal
+        and plan.plain_log
+        and plan.direct
+        and task.batch == 1
+    )
     return plan
 
 
@@ -428,6 +648,8 @@ def _own_writes(plan: _Plan, key: str, journal: WriteJournal) -> list[str] | Non
     outputs = plan.outputs
     if outputs is None:
         return None
+    if journal.wrote_only(key, outputs):
+        return []  # (the common case: each output written under the key, nothing else)
     entries = journal.entries()
     if not entries:
         return None

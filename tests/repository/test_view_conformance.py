@@ -4,6 +4,7 @@ repositories they read."""
 
 from __future__ import annotations
 
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,16 @@ def _walk(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+_ASCII_SWAP = str.maketrans(
+    string.ascii_letters, string.ascii_lowercase.upper() + string.ascii_uppercase.lower()
+)
+
+
 def _swapcase(key: str) -> str:
     # a bijection on valid keys that changes most of them: the child's keys differ from
-    # the view's, so a forgotten translation shows
-    return key.swapcase()
+    # the view's, so a forgotten translation shows. ASCII letters only: str.swapcase is
+    # not one ("ß" -> "SS" -> "ss")
+    return key.translate(_ASCII_SWAP)
 
 
 # ---------------------------------------------------------------- writable views

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import CorruptValueError, KeyNotFoundError, RepositoryError
 from ...session import resolve
-from ..bundles import bundle_keys, bundle_member
+from ..bundles import bundle_holders, bundle_keys, bundle_member, bundle_without
 
 if TYPE_CHECKING:
     from ._bucket import S3BucketRepository
@@ -202,21 +202,12 @@ class S3Bundles:
         stored = await self.s3._call(f"listing the bundles of {self.s3.describe()}", scan)
         return await self._load(self._split(stored)[1])
 
-    @staticmethod
-    def _members(bundles: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """Each key the bundles hold, with the name of (one of) its bundle(s)."""
-        out: dict[str, str] = {}
-        for name, bundle in sorted(bundles.items()):
-            for key in bundle_keys(bundle):
-                out.setdefault(key, name)
-        return out
-
     async def _bundled_values(self, keys: list[str]) -> dict[str, Any]:
         """The values of those of ``keys`` that a bundle holds (as stored now)."""
         if not self._bundles_expected or not keys:
             return {}
         bundles = await self._bundle_index()
-        members = self._members(bundles)
+        members = bundle_holders(bundles)
         return {k: bundle_member(bundles[members[k]], k) for k in keys if k in members}
 
     async def _drop_from_bundles(self, keys: list[str]) -> None:
@@ -239,7 +230,7 @@ class S3Bundles:
             if not gone.intersection(held):
                 return False
             rest = [k for k in held if k not in gone]
-            smaller = _without(bundle, rest)
+            smaller = bundle_without(bundle, rest)
             if await self.replace_bundle_if(name, bundle, smaller):
                 if not rest:
                     await self.delete_bundle(name)  # nobody adds keys to a bundle: safe
@@ -257,7 +248,7 @@ class S3Bundles:
         if not self._bundles_expected:
             return False
         bundles = await self._bundle_index()
-        name = self._members(bundles).get(key)
+        name = bundle_holders(bundles).get(key)
         if name is None or bundle_member(bundles[name], key) != expected:
             return False
         if not await self.s3._create_bytes(key, data):
@@ -265,7 +256,7 @@ class S3Bundles:
         bundle = bundles[name]
         held = bundle_keys(bundle)
         rest = [k for k in held if k != key]
-        smaller = _without(bundle, rest)
+        smaller = bundle_without(bundle, rest)
         try:
             moved = await self.replace_bundle_if(name, bundle, smaller)
         except BaseException:
@@ -277,10 +268,3 @@ class S3Bundles:
         if not rest:
             await self.delete_bundle(name)
         return True
-
-
-def _without(bundle: dict[str, Any], rest: list[str]) -> dict[str, Any]:
-    """``bundle`` holding only the keys ``rest``."""
-    own = bundle.get("own")
-    kept = {k: v for k, v in own.items() if k in rest} if isinstance(own, dict) else {}
-    return dict(bundle, keys=rest, own=kept)
