@@ -176,8 +176,45 @@ def _reason(key: object) -> str | None:
     return None
 
 
+#: printable ASCII and newlines: the text of many names joined by newlines (no newline is
+#: in a valid key)
+_ASCII_LINES_RE = re.compile(r"[\x20-\x7e\n]*")
+
+
+def _all_plain_keys(names: list[str]) -> bool:
+    """Whether every one of ``names`` is a valid key of printable ASCII with no segment
+    starting with ``.``, looked at together (what most listings hold: one pass over the
+    names joined by newlines, instead of a regex match per name). False says nothing: the
+    names are then checked one by one."""
+    try:
+        joined = "\n".join(names)
+    except TypeError:
+        return False  # not all str
+    return (
+        bool(joined)
+        and joined.isascii()
+        and _ASCII_LINES_RE.fullmatch(joined) is not None
+        and joined.count("\n") == len(names) - 1  # no newline inside a name
+        and min(map(len, names)) > 0
+        and max(map(len, names)) <= MAX_KEY_BYTES
+        # no empty segment, no leading or trailing '/'
+        and "//" not in joined
+        and "\n/" not in joined
+        and "/\n" not in joined
+        and joined[0] != "/"
+        and joined[-1] != "/"
+        # no segment starting with '.' (so no '.' or '..' segment)
+        and joined[0] != "."
+        and "/." not in joined
+        and "\n." not in joined
+    )
+
+
 def filter_valid_keys(names: Iterable[str]) -> tuple[set[str], list[str]]:
     """Split stored names into (valid keys, rejected names)."""
+    names = names if isinstance(names, list) else list(names)
+    if len(names) > 8 and _all_plain_keys(names):
+        return set(names), []
     good: set[str] = set()
     bad: list[str] = []
     match = _ASCII_KEY_RE.fullmatch

@@ -140,6 +140,32 @@ def test_rule_matches_its_statement(key: str) -> None:
             validate_key(key)
 
 
+_plain_names = st.lists(
+    st.sampled_from(["a", "Z", "0", "-", "_", " ", "a.b", "x/y"]), min_size=1, max_size=6
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_plain_names, min_size=9, max_size=30),
+    st.lists(st.lists(_pieces, min_size=0, max_size=8).map("".join), max_size=3),
+)
+def test_a_listing_is_split_as_each_name_alone(plain: list[str], odd: list[str]) -> None:
+    # a listing of many names is checked at once in its common case (printable ASCII):
+    # any odd name among them must still be told apart exactly as on its own
+    names = plain + odd
+    good, bad = filter_valid_keys(names)
+    assert good == {n for n in names if _reference(n)}
+    assert sorted(bad) == sorted(n for n in names if not _reference(n))
+
+
+@pytest.mark.parametrize("name", [k for k in invalid_keys() if isinstance(k, str)] + ["x" * 1025], ids=ascii)
+def test_an_invalid_name_among_many_valid_ones_is_rejected(name: str) -> None:
+    names = [f"k{i:04d}" for i in range(20)]
+    assert filter_valid_keys([*names, name]) == (set(names), [name])
+    assert filter_valid_keys([name, *names]) == (set(names), [name])
+
+
 # ---------------------------------------------------------------- names derived from path keys
 _DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _LABEL_VALUE = r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?"

@@ -6,8 +6,11 @@
 * ``bare``: ``C`` worker coroutines each running ``asyncio.create_subprocess_exec(
   "/bin/sh", "-c", "true")`` and waiting for it.
 
-Target: >= 0.8x the bare loop's throughput (per job the scheduler makes one job directory,
-starts the job with ``posix_spawn`` in a process group of its own and waits through a pidfd).
+Target: >= 0.8x the bare loop's throughput. Per job the scheduler makes a job directory
+(with ``in/src/`` and the input's copy: the input is not a local file), starts the job with
+``posix_spawn`` in a process group of its own (directory, copy and start in one thread
+hop), waits through a pidfd and removes the directory in a thread; the claim in memory is
+updated in place twice (directory, then pid).
 """
 
 from __future__ import annotations

@@ -90,8 +90,8 @@ class ProcessWork(Work):
     """A shell command (``script=False``: run with ``/bin/sh -c``) or a whole script, with
     ``env`` added to its environment (never on a command line). The executor makes a job
     directory, stages ``files_in`` (path relative to the job directory -> a callable
-    returning an async iterator of bytes, or a local ``pathlib.Path`` of a file or
-    directory to copy) before the start and, after an exit status of 0, hands each of
+    returning an async iterator of bytes, the bytes themselves, or a local
+    ``pathlib.Path`` of a file or directory to copy) before the start and, after an exit status of 0, hands each of
     ``files_out`` (relative path, ending in ``/`` for a directory made before the start ->
     async callable) what the command wrote there (host executors: a
     :class:`~pydatatask.executor.hosts.HostFile`). ``job`` is ``(task, key)``.
@@ -108,7 +108,7 @@ class ProcessWork(Work):
     command: str
     script: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
-    files_in: Mapping[str, Callable[[], Any] | Path] = field(default_factory=dict)
+    files_in: Mapping[str, Callable[[], Any] | bytes | Path] = field(default_factory=dict)
     files_out: Mapping[str, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
     job: tuple[str, str] = ("", "")
     #: every key of a batch (``job`` names the first); empty for one key

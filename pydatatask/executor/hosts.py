@@ -231,7 +231,7 @@ class _HostJob(JobHandle):
                 path.unlink()
         await _remove_scratch(self.info.get("scratch"))
         try:
-            await self.host._rmtree(self.job_dir)
+            await self.host._remove_job_dir(self.job_dir, self.work)
         except Exception as exc:  # the host may be unreachable: reaped on reconnection
             log.warning("host %s: could not remove %s: %s", self.host.name, self.job_dir, exc)
 
@@ -347,42 +347,48 @@ class Host(Executor):
             _check_relative(rel)
         job_dir = work.job_dir or self.job_dir_path(work.job)
         own_logs: list[Path] = []
-        stdout = Path(work.stdout) if work.stdout is not None else None
-        stderr = Path(work.stderr) if work.stderr is not None else None
+        stdout = _as_path(work.stdout)
+        stderr = _as_path(work.stderr)
         if stdout is None:
             stdout = _temp_log(self.name)
             own_logs.append(stdout)
         made = False
         proc: _Process | None = None
         try:
-            try:
-                await self._new_job_dir(job_dir, _parent_dirs([*work.files_in, *work.files_out]))
-            except HostUnavailableError:
-                # the connection dropped while the directory was made: it may be there,
-                # and nothing else knows it (removed now or, host down, on reconnection)
+            # a host that makes the directory, stages and starts in one step (undone whole
+            # if it fails), or step by step here
+            proc = await self._start_in_new_dir(job_dir, work, stdout, stderr)
+            if proc is None:
+                try:
+                    await self._new_job_dir(job_dir, _parent_dirs([*work.files_in, *work.files_out]))
+                except HostUnavailableError:
+                    # the connection dropped while the directory was made: it may be there,
+                    # and nothing else knows it (removed now or, host down, on reconnection)
+                    made = True
+                    raise
                 made = True
-                raise
-            made = True
-            for rel, source in work.files_in.items():
-                target = f"{job_dir}/{rel}"
-                if isinstance(source, Path):
-                    await self._upload(source, target)
-                else:
-                    await self._write_file(target, source())
-            command = work.command
-            if work.script:
-                command = f"{job_dir}/{SCRIPT_FILE}"
-                await self._write_file(command, _one_chunk(work.command.encode()))
-            spec = _ProcessSpec(
-                command=command,
-                job_dir=job_dir,
-                cwd=job_dir,
-                env=work.env,
-                script=work.script,
-                stdout=stdout,
-                stderr=stderr,
-            )
-            proc = await self._spawn(spec)
+                for rel, source in work.files_in.items():
+                    target = f"{job_dir}/{rel}"
+                    if isinstance(source, Path):
+                        await self._upload(source, target)
+                    elif isinstance(source, bytes):
+                        await self._write_file(target, _one_chunk(source))
+                    else:
+                        await self._write_file(target, source())
+                command = work.command
+                if work.script:
+                    command = f"{job_dir}/{SCRIPT_FILE}"
+                    await self._write_file(command, _one_chunk(work.command.encode()))
+                spec = _ProcessSpec(
+                    command=command,
+                    job_dir=job_dir,
+                    cwd=job_dir,
+                    env=work.env,
+                    script=work.script,
+                    stdout=stdout,
+                    stderr=stderr,
+                )
+                proc = await self._spawn(spec)
             info = {"host": self.name} | self.planned_info(work, slot) | {"dir": job_dir, "pid": proc.pid}
             info.update(await self._identify(proc))
         except BaseException:
@@ -464,6 +470,14 @@ class Host(Executor):
         return {}
 
     # ------------------------------------------------------------ the host's own business
+    async def _start_in_new_dir(
+        self, job_dir: str, work: ProcessWork, stdout: Path | None, stderr: Path | None
+    ) -> _Process | None:
+        """Make the job directory ``job_dir``, stage ``work``'s inputs and start it in one
+        step that leaves nothing behind when it fails or is cancelled; None where the host
+        does not (then :meth:`start` makes, stages and calls :meth:`_spawn` itself)."""
+        return None
+
     @abstractmethod
     async def _spawn(self, spec: _ProcessSpec) -> _Process:
         """Start ``spec`` in a new process group; its job directory exists."""
@@ -493,6 +507,11 @@ class Host(Executor):
     @abstractmethod
     async def _rmtree(self, path: str) -> None:
         """Remove ``path`` recursively (no error if absent)."""
+
+    async def _remove_job_dir(self, path: str, work: ProcessWork | None) -> None:
+        """Remove the job directory ``path`` of ``work`` (None: a job found again after a
+        crash), whatever the command left in it."""
+        await self._rmtree(path)
 
     @abstractmethod
     async def _upload(self, local: Path, remote: str) -> None:
@@ -525,6 +544,26 @@ async def _remove_scratch(paths: Any) -> None:
     renamed away)."""
     if isinstance(paths, list) and paths:
         await asyncio.to_thread(_remove_paths, [p for p in paths if isinstance(p, str)])
+
+
+def _as_path(path: Path | str | None) -> Path | None:
+    return path if path is None or isinstance(path, Path) else Path(path)
+
+
+def job_dir_entries(work: ProcessWork) -> tuple[list[str], list[str]]:
+    """What the host itself puts into the job directory of ``work`` and what the command
+    is told to write there, as paths relative to it: the files (staged inputs, declared
+    output files, the pid file, a script, output files of the job directory) and the
+    directories above them (parents first)."""
+    job_dir = work.job_dir or ""
+    files = [rel for rel in (*work.files_in, *work.files_out) if not rel.endswith("/")]
+    files.append(PID_FILE)
+    if work.script:
+        files.append(SCRIPT_FILE)
+    for path in (work.stdout, work.stderr):
+        if path is not None and os.path.dirname(path) == job_dir:
+            files.append(os.path.basename(path))
+    return files, _parent_dirs([*work.files_in, *work.files_out])
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -20,14 +21,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from .._procfs import boot_id, pid_namespace, process_start_time, same_pid_space
-from ._shell import kill_group_script, wrapper_script
-from .hosts import Host, _Process, _ProcessSpec
+from ._shell import SCRIPT_FILE, kill_group_script, wrapper_script
+from .base import ProcessWork
+from .hosts import Host, _parent_dirs, _Process, _ProcessSpec, job_dir_entries
 
 __all__ = ("LocalHost",)
 
@@ -80,6 +83,32 @@ def _remove_small_tree(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _remove_known(path: str, files: Sequence[str], dirs: Sequence[str]) -> bool:
+    """Remove the job directory ``path`` holding at most ``files`` in ``dirs`` (relative
+    paths, parents first): an unlink per file, an rmdir per directory, no listing. True
+    when it is gone; False when the command left something else there."""
+    try:
+        for rel in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}/{rel}")
+        for rel in reversed(dirs):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(f"{path}/{rel}")
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:  # not empty, or a file where a directory was expected
+        return False
+    return True
+
+
+def _remove_job_dir_now(path: str, files: Sequence[str], dirs: Sequence[str]) -> None:
+    """Remove the job directory ``path``: what was put there (:func:`_remove_known`), or
+    whatever is there."""
+    if not _remove_known(path, files, dirs):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -182,7 +211,9 @@ _PIDFD = _pidfds_work()
 
 #: signals Python ignores and a child must not inherit ignored (as Popen's ``restore_signals``)
 _SIG_DEFAULT = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _O_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_O_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 def _posix_spawn(argv: list[str], env: dict[bytes, bytes], stdout: str | None, stderr: str | None) -> int:
@@ -215,8 +246,61 @@ def _posix_spawn(argv: list[str], env: dict[bytes, bytes], stdout: str | None, s
             os.close(fd)
 
 
-def _kill_abandoned(spawning: asyncio.Future[int]) -> None:
-    """Stop a process whose start finished after its caller was cancelled."""
+def _environ_bytes() -> dict[bytes, bytes]:
+    """A copy of this process's environment, as bytes.
+
+    ``os.environb`` keeps its variables encoded in a plain dict: copied in one step, where
+    ``dict(os.environb)`` goes through the mapping's Python methods for each variable."""
+    data = getattr(os.environb, "_data", None)
+    if type(data) is dict:
+        return dict(data)
+    return dict(os.environb)
+
+
+def _make_job_dir(path: str, subdirs: Sequence[str]) -> None:
+    """Create the private job directory ``path`` (FileExistsError if taken: a directory is
+    never shared) and ``subdirs`` in it (parents first)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+    for sub in subdirs:
+        os.mkdir(f"{path}/{sub}", 0o700)
+
+
+def _setup_and_spawn(
+    job_dir: str,
+    subdirs: Sequence[str],
+    files: dict[str, bytes | Path],
+    argv: list[str],
+    env: dict[bytes, bytes],
+    stdout: str | None,
+    stderr: str | None,
+) -> int:
+    """Make the job directory, write or copy ``files`` into it and start the job
+    (:func:`_posix_spawn`): one thread hop for all of it. A failure removes what was made."""
+    _make_job_dir(job_dir, subdirs)
+    try:
+        for rel, source in files.items():
+            target = f"{job_dir}/{rel}"
+            if isinstance(source, Path):
+                _copy(source, Path(target))
+            else:
+                fd = os.open(target, _O_WRITE, 0o666)
+                try:
+                    _write_all(fd, source)
+                finally:
+                    os.close(fd)
+        return _posix_spawn(argv, env, stdout, stderr)
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+
+
+def _kill_abandoned(spawning: asyncio.Future[int], job_dir: str | None = None) -> None:
+    """Stop a process whose start finished after its caller was cancelled (and remove its
+    job directory, when the start made it)."""
     if spawning.cancelled() or spawning.exception() is not None:
         return
     pid = spawning.result()
@@ -224,6 +308,42 @@ def _kill_abandoned(spawning: asyncio.Future[int]) -> None:
         os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)  # just killed: reaped at once
+    if job_dir is not None:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+async def _started(spawning: asyncio.Future[int], job_dir: str | None = None) -> _LocalProcess:
+    """The process whose start (in a thread) is ``spawning``, waited for through a pidfd.
+    A caller cancelled meanwhile leaves nothing running (nor the job directory ``job_dir``
+    the start made)."""
+    try:
+        pid = await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        spawning.add_done_callback(functools.partial(_kill_abandoned, job_dir=job_dir))
+        raise
+    try:
+        pidfd = os.pidfd_open(pid)
+    except BaseException:
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # noqa: ASYNC222 - just SIGKILLed: gone at once
+        if job_dir is not None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    return _LocalProcess(pid, pidfd)
+
+
+def _argv_env(spec: _ProcessSpec) -> tuple[list[str], dict[bytes, bytes]]:
+    """The argument vector and the environment that start ``spec``."""
+    # bytes throughout: os.environ decodes every variable and Popen encodes it again,
+    # a cost that showed at hundreds of jobs per second
+    env = _environ_bytes()
+    for name, value in spec.env.items():  # (as os.fsencode, without its Python-level checks)
+        env[name.encode(_FS_ENCODING, _FS_ERRORS)] = value.encode(_FS_ENCODING, _FS_ERRORS)
+    # the command runs in the wrapper shell itself (which first changes to the working
+    # directory): one process per job
+    wrapper = wrapper_script(spec.job_dir, spec.script, read_env=False, in_place=True, cwd=spec.cwd)
+    # ($0 of an inline command is /bin/sh, as for sh -c)
+    return ["/bin/sh", "-c", wrapper, "pdt-job" if spec.script else "/bin/sh", spec.command], env
 
 
 class LocalHost(Host):
@@ -262,6 +382,38 @@ class LocalHost(Host):
             else Path(tempfile.gettempdir()) / f"pdt-jobs-{os.getuid()}"
         )
 
+    async def _start_in_new_dir(
+        self, job_dir: str, work: ProcessWork, stdout: Path | None, stderr: Path | None
+    ) -> _Process | None:
+        """Make the job directory, stage the inputs and start the job in the one thread hop
+        the start takes anyway, when every input is bytes or a local path (streams are
+        read on the event loop: the step-by-step way then)."""
+        if not _PIDFD:
+            return None
+        files: dict[str, bytes | Path] = {}
+        for rel, source in work.files_in.items():
+            if not isinstance(source, (bytes, Path)):
+                return None
+            files[rel] = source
+        command = work.command
+        if work.script:
+            command = f"{job_dir}/{SCRIPT_FILE}"
+            files[SCRIPT_FILE] = work.command.encode()
+        spec = _ProcessSpec(command=command, job_dir=job_dir, cwd=job_dir, env=work.env, script=work.script)
+        argv, env = _argv_env(spec)
+        spawning = asyncio.get_running_loop().run_in_executor(
+            None,
+            _setup_and_spawn,
+            job_dir,
+            _parent_dirs([*work.files_in, *work.files_out]),
+            files,
+            argv,
+            env,
+            None if stdout is None else os.fspath(stdout),
+            None if stderr is None else os.fspath(stderr),
+        )
+        return await _started(spawning, job_dir)
+
     async def _spawn(self, spec: _ProcessSpec) -> _Process:
         """Start the job's shell in a process group of its own.
 
@@ -271,16 +423,7 @@ class LocalHost(Host):
         which took milliseconds inside the fork (the scheduler is stopped until the
         child runs ``exec``) and gave each job as much of the CPU as the scheduler and
         all other jobs together."""
-        # bytes throughout: os.environ decodes every variable and Popen encodes it again,
-        # a cost that showed at hundreds of jobs per second
-        env: dict[bytes, bytes] = dict(os.environb)
-        for name, value in spec.env.items():
-            env[os.fsencode(name)] = os.fsencode(value)
-        # the command runs in the wrapper shell itself (which first changes to the
-        # working directory): one process per job
-        wrapper = wrapper_script(spec.job_dir, spec.script, read_env=False, in_place=True, cwd=spec.cwd)
-        argv = ["/bin/sh", "-c", wrapper, "pdt-job" if spec.script else "/bin/sh", spec.command]
-        # ($0 of an inline command is /bin/sh, as for sh -c)
+        argv, env = _argv_env(spec)
         stdout = None if spec.stdout is None else os.fspath(spec.stdout)
         stderr = None if spec.stderr is None else os.fspath(spec.stderr)
         if _PIDFD:
@@ -290,18 +433,7 @@ class LocalHost(Host):
             spawning = asyncio.get_running_loop().run_in_executor(
                 None, _posix_spawn, argv, env, stdout, stderr
             )
-            try:
-                pid = await asyncio.shield(spawning)
-            except asyncio.CancelledError:
-                spawning.add_done_callback(_kill_abandoned)  # started after all: stopped
-                raise
-            try:
-                pidfd = os.pidfd_open(pid)
-            except BaseException:
-                os.killpg(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)  # noqa: ASYNC222 - just SIGKILLed: gone at once
-                raise
-            return _LocalProcess(pid, pidfd)
+            return await _started(spawning)
         out = _open_append_now(spec.stdout)
         try:
             err = _open_append_now(spec.stderr)
@@ -353,19 +485,16 @@ class LocalHost(Host):
 
     async def _new_job_dir(self, path: str, subdirs: Sequence[str] = ()) -> None:
         # a few mkdir calls on local disk: done here, a thread hop would cost more
-        try:
-            os.mkdir(path, 0o700)  # FileExistsError if taken: never share a directory
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.mkdir(path, 0o700)
-        for sub in subdirs:  # parents first (sorted): one mkdir each
-            os.mkdir(os.path.join(path, sub), 0o700)
+        _make_job_dir(path, subdirs)
 
     async def _identify(self, proc: _Process) -> dict[str, object]:
         if proc.pid is None:
             return {}
+        # no start time read from /proc here: the job's shell writes its pid and start time
+        # to .pdt-pid before the command runs, and recovery (and stopping the job) go by
+        # that file (reading /proc/PID/stat of a process that is starting up waits for its
+        # exec: a quarter of a millisecond per job)
         return {
-            "pid_start": process_start_time(proc.pid),
             "boot_id": boot_id(),
             "pid_namespace": pid_namespace(),
         }
@@ -390,6 +519,17 @@ class LocalHost(Host):
         if not _remove_small_tree(path):
             await asyncio.to_thread(shutil.rmtree, path, True)
 
+    async def _remove_job_dir(self, path: str, work: ProcessWork | None) -> None:
+        # in a thread: on a journalling file system each unlink and rmdir is a journal
+        # entry (1 ms for a job directory on a busy ext4, in which the loop would start
+        # nothing; on tmpfs the hop costs about what the calls cost)
+        if work is None:
+            await self._rmtree(path)
+        else:
+            files, dirs = job_dir_entries(work)
+            # (no context copy as with asyncio.to_thread: the call reads no context variable)
+            await asyncio.get_running_loop().run_in_executor(None, _remove_job_dir_now, path, files, dirs)
+
     async def _exists(self, path: str) -> bool:
         return await asyncio.to_thread(os.path.lexists, path)
 
@@ -400,15 +540,16 @@ class LocalHost(Host):
         await asyncio.to_thread(_copy, Path(remote), local)
 
     async def _write_file(self, path: str, chunks: AsyncIterator[bytes]) -> None:
-        f = open(path, "wb")  # noqa: ASYNC230, SIM115 - local disk, closed below
+        # a raw descriptor: the chunks come whole, a buffered file object would only copy them
+        fd = os.open(path, _O_WRITE, 0o666)
         try:
             async for chunk in chunks:
                 if len(chunk) <= SMALL:
-                    f.write(chunk)
+                    _write_all(fd, chunk)
                 else:
-                    await asyncio.to_thread(f.write, chunk)
+                    await asyncio.to_thread(_write_all, fd, chunk)
         finally:
-            f.close()
+            os.close(fd)
 
     async def _read_file(self, path: str) -> AsyncIterator[bytes]:
         f = open(path, "rb")  # noqa: ASYNC230, SIM115 - local disk, closed below
@@ -422,6 +563,12 @@ class LocalHost(Host):
                     yield chunk
         finally:
             f.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _copy(src: Path, dst: Path) -> None:

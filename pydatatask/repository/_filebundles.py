@@ -154,7 +154,7 @@ class FileBundles(_Base):
         have the bundle file's). Where there are bundles, the keys' files and the bundles
         are read together under the directory's lock (one view, as one S3 listing is)."""
         if not self._has_bundles():
-            return await asyncio.to_thread(self._plain, versions)
+            return await self._files._walk(versions)
 
         def scan() -> tuple[dict[str, str | None], dict[str, tuple[dict[str, Any], str | None]]]:
             return self._plain(versions), self._read_bundles(versions)

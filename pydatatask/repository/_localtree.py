@@ -24,6 +24,7 @@ __all__ = (
     "PREFIX_MARKER",
     "check_segments",
     "walk",
+    "walk_flat",
     "remove_empty_parents",
     "file_version",
 )
@@ -119,6 +120,32 @@ def walk(root: Path, want_dirs: bool, extension: str, versions: bool) -> dict[st
                 except OSError:
                     continue  # gone between the listing and the stat
                 found[prefix + name] = version
+    return found
+
+
+def walk_flat(root: Path, extension: str, versions: bool) -> dict[str, str | None] | None:
+    """:func:`walk` of the files of a root believed to have no subdirectory (checked by its
+    link count just before): one pass without the stack. None when a subdirectory is met
+    after all (made since): then :func:`walk` must do it."""
+    found: dict[str, str | None] = {}
+    n = len(extension)
+    try:
+        it = os.scandir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    with it:
+        for entry in it:
+            name = entry.name
+            if name[0] == "." or (n and (len(name) == n or not name.endswith(extension))):
+                continue
+            try:
+                if not entry.is_file():
+                    if entry.is_dir(follow_symlinks=False):
+                        return None
+                    continue
+                found[name[:-n] if n else name] = file_version(entry.stat()) if versions else None
+            except OSError:
+                continue  # gone between the listing and the stat
     return found
 
 

@@ -110,7 +110,7 @@ class Repository(ABC):
         """Stored names split into (keys, names that are not keys of this repository):
         the key rule, then this backend's own (:meth:`_check_key`)."""
         good, bad = filter_valid_keys(names)
-        if type(self)._check_key is not Repository._check_key:
+        if type(self)._check_key is not Repository._check_key and not self._keys_pass_check(good):
             for name in list(good):
                 try:
                     self._check_key(name)
@@ -118,6 +118,12 @@ class Repository(ABC):
                     good.discard(name)
                     bad.append(name)
         return good, bad
+
+    def _keys_pass_check(self, keys: set[str]) -> bool:
+        """Whether every one of ``keys`` (valid keys) certainly passes :meth:`_check_key`,
+        looked at all together (a listing's names); False: each is checked on its own.
+        Backends with a narrower rule may answer for the common case at once."""
+        return False
 
     def _warn_invalid(self, names: list[str]) -> None:
         if not self._warned_invalid:

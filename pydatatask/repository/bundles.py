@@ -25,7 +25,7 @@ one behind a repository.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from .base import MetadataRepository
 from .deferred import DeferredMetadataRepository
@@ -122,10 +122,28 @@ class BundleStore(Protocol):
         """From one listing: the keys stored on their own, and every bundle by name."""
 
 
+#: whether a class has every member of :class:`BundleStore` (its instances are then bundle
+#: stores), by class: asked at each claim's release, where ``isinstance`` with the protocol
+#: (which looks up each of its members on the object, every time) cost more than the unlink
+#: of the claim; a class without them may still make instances that have them (through
+#: ``__getattr__``), which ``isinstance`` is then asked about
+_STORE_CLASSES: dict[type, bool] = {}
+
+
+def _store_class(cls: type) -> bool:
+    known = _STORE_CLASSES.get(cls)
+    if known is None:
+        members = [m for m in vars(BundleStore) if not m.startswith("_")]
+        known = _STORE_CLASSES[cls] = all(hasattr(cls, m) for m in members)
+    return known
+
+
 def bundle_store(repo: MetadataRepository) -> BundleStore | None:
     """The :class:`BundleStore` behind ``repo`` (a deferred repository's current store
     included), if it can keep bundles; else None."""
     target = repo.target if isinstance(repo, DeferredMetadataRepository) else repo
-    if isinstance(target, BundleStore) and target.supports_bundles:
-        return target
+    if _store_class(type(target)) or isinstance(target, BundleStore):
+        store = cast(BundleStore, target)
+        if store.supports_bundles:
+            return store
     return None

@@ -16,7 +16,8 @@ the call returns, the change is on the disk. ``fsync`` blocks for as long as the
 takes (milliseconds), so durable writes run in a thread, never on the event loop (several
 in flight share the filesystem's journal commits). On a filesystem held in memory
 (tmpfs, ramfs) nothing survives a power loss anyway: there ``fsync`` is skipped and small
-files stay on the loop.
+files stay on the loop, as do the listing and the sweep of a small root without
+subdirectories (see ``SMALL_DIR``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,25 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from ..errors import ConfigurationError, KeyNotFoundError, RepositoryError
-from ._localfs import fsync_dir, fsync_tree, make_dirs, on_memory_fs, sweep, tmp_name
-from ._localtree import MAX_SEGMENT_BYTES, PREFIX_MARKER, check_segments, remove_empty_parents, walk
+from ._localfs import (
+    TMP_NAME,
+    _sweep_one,
+    boot_time,
+    fsync_dir,
+    fsync_tree,
+    make_dirs,
+    on_memory_fs,
+    sweep,
+    tmp_name,
+)
+from ._localtree import (
+    MAX_SEGMENT_BYTES,
+    PREFIX_MARKER,
+    check_segments,
+    remove_empty_parents,
+    walk,
+    walk_flat,
+)
 from .base import BlobReader, BlobRepository, BlobWriter, Repository
 from .journal import current_journal
 
@@ -48,6 +66,38 @@ T = TypeVar("T")
 #: thread hop (and the wait for the GIL that follows it) costs more than the system calls
 #: themselves, which is also why ``contains`` and ``delete`` never leave the loop
 SMALL_FILE = 1 << 16
+
+
+#: a root directory on a file system held in memory (tmpfs, ramfs), without subdirectories
+#: and whose entries take at most this many bytes (its ``st_size``: some 3,000 names on
+#: tmpfs) is listed and swept on the event loop: a scan of it costs a few milliseconds of
+#: CPU, less than the thread hop, whose two wake-ups take longest on a busy machine. Any
+#: other directory (on a disk, where a scan may wait for it; nested; larger) is scanned in
+#: a thread.
+SMALL_DIR = 1 << 16
+
+
+#: whether a device (``st_dev``) holds a file system in memory, as found once per process
+_MEMORY_DEVICES: dict[int, bool] = {}
+
+
+def _sweep_flat(root: Path) -> list[str]:
+    """:func:`~pydatatask.repository._localfs.sweep` of a root without subdirectories
+    (see ``_LocalRoot._scan_here``): only its hidden names can be temporaries."""
+    removed: list[str] = []
+    booted: float | None = None
+    try:
+        it = os.scandir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    with it:
+        for entry in it:
+            if entry.name[0] == "." and TMP_NAME.fullmatch(entry.name):
+                if booted is None:
+                    booted = boot_time()
+                if _sweep_one(entry, booted) is not None:
+                    removed.append(entry.name)
+    return removed
 
 
 def _check_extension(extension: str) -> str:
@@ -187,8 +237,8 @@ def _read_small_fd(path: str) -> bytes | None:
 
 def _tmp_beside(path: str) -> str:
     """A fresh temporary name in the directory of ``path``, for its new value."""
-    head, name = os.path.split(path)
-    return os.path.join(head, tmp_name(name))
+    head, sep, name = path.rpartition("/")  # our paths are "/"-joined strings (see _path)
+    return f"{head}/{tmp_name(name)}" if sep else tmp_name(name)
 
 
 def _fsync_dirs(dirs: list[str]) -> None:
@@ -226,6 +276,20 @@ class _LocalRoot(Repository):
                 return key  # the common case (checked in every call of every job), inline
         return check_segments(key, self.extension, self.describe)
 
+    def _keys_pass_check(self, keys: set[str]) -> bool:
+        """:meth:`_check_key`'s common case for a whole listing at once: short ASCII keys,
+        no segment hidden."""
+        if not keys:
+            return True
+        joined = "\n".join(keys)
+        return (
+            joined.isascii()
+            and max(map(len, keys)) + len(self.extension) <= MAX_SEGMENT_BYTES
+            and joined[0] != "."
+            and "/." not in joined
+            and "\n." not in joined
+        )
+
     def _conflict(self, key: str, exc: OSError) -> RepositoryError:
         """The error for a write of ``key`` that met a file where a directory must be (a
         key ``a`` stored as a file, while writing ``a/b``) or a directory where the file
@@ -259,6 +323,30 @@ class _LocalRoot(Repository):
             self._memory_fs = on_memory_fs(self.root)
         return not self._memory_fs
 
+    def _scan_here(self) -> bool:
+        """Whether the root is scanned on the event loop (see ``SMALL_DIR``): one ``stat``."""
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return False
+        if st.st_nlink != 2 or st.st_size > SMALL_DIR:  # two links: no subdirectory
+            return False
+        if self._memory_fs is None:
+            memory = _MEMORY_DEVICES.get(st.st_dev)
+            if memory is None:
+                memory = _MEMORY_DEVICES[st.st_dev] = on_memory_fs(self.root)
+            self._memory_fs = memory
+        return self._memory_fs
+
+    async def _walk(self, versions: bool) -> dict[str, str | None]:
+        """The files of the tree (see :func:`walk`): on the event loop where the root is
+        small (see ``SMALL_DIR``), in one pass, else in a thread."""
+        if self._scan_here():
+            found = walk_flat(self.root, self.extension, versions)
+            if found is not None:
+                return found
+        return await asyncio.to_thread(walk, self.root, False, self.extension, versions)
+
     async def validate(self, create: bool = False) -> None:
         """Check the root directory (create it with ``create``) and sweep temporaries left
         by writers that were killed (their pid, part of the name, no longer runs)."""
@@ -276,7 +364,10 @@ class _LocalRoot(Repository):
             if create:
                 await asyncio.to_thread(make_dirs, self.root, self._durable())
             return
-        removed = await asyncio.to_thread(sweep, self.root, self._descend)
+        if self._scan_here():
+            removed = _sweep_flat(self.root)
+        else:
+            removed = await asyncio.to_thread(sweep, self.root, self._descend)
         if removed:
             log.info("%s: removed %d temporary file(s) of killed writers", self.describe(), len(removed))
 
@@ -330,11 +421,11 @@ class FileRepository(_LocalRoot, BlobRepository):
         return f"{self.root}/{key}{self.extension}"
 
     async def _list(self) -> Iterable[str]:
-        return await asyncio.to_thread(walk, self.root, False, self.extension, False)
+        return await self._walk(False)
 
     async def _list_versions(self) -> dict[str, str | None]:
         """Each file's inode, size and mtime in nanoseconds, from the listing's own walk."""
-        return self._valid_versions(await asyncio.to_thread(walk, self.root, False, self.extension, True))
+        return self._valid_versions(await self._walk(True))
 
     async def _contains(self, key: str) -> bool:
         return os.path.isfile(self._path(key))  # noqa: ASYNC240 - one stat of a local file, see SMALL_FILE
@@ -374,10 +465,10 @@ class FileRepository(_LocalRoot, BlobRepository):
         path = self._path(key)
         if self._durable():
             await asyncio.to_thread(self._delete_durably, path, key)
-        elif (self.root / _LOCK).exists():  # the lock may have to be waited for
+        elif os.path.exists(f"{self.root}/{_LOCK}"):  # noqa: ASYNC240 - one stat; the lock may have to be waited for
             await asyncio.to_thread(self._delete_sync, path, key)
         else:
-            self._delete_sync(path, key)
+            self._delete_unlocked([key])
 
     def _locked(self) -> int | None:
         """The lock of conditional replacements, taken (its descriptor: closing it lets go),
@@ -390,7 +481,7 @@ class FileRepository(_LocalRoot, BlobRepository):
         import fcntl
 
         try:
-            fd = os.open(self.root / _LOCK, os.O_RDWR)
+            fd = os.open(f"{self.root}/{_LOCK}", os.O_RDWR)
         except FileNotFoundError:
             return None
         try:
@@ -581,10 +672,20 @@ class FileRepository(_LocalRoot, BlobRepository):
     async def _delete_many(self, keys: list[str]) -> None:
         if self._durable():
             await asyncio.to_thread(self._delete_many_sync, keys, True)
-        elif (self.root / _LOCK).exists():  # the lock may have to be waited for
+        elif os.path.exists(f"{self.root}/{_LOCK}"):  # noqa: ASYNC240 - one stat; the lock may have to be waited for
             await asyncio.to_thread(self._delete_many_sync, keys, False)
         else:
-            self._delete_many_sync(keys, False)
+            self._delete_unlocked(keys)
+
+    def _delete_unlocked(self, keys: list[str]) -> None:
+        """Unsynced deletes in a directory found without a lock file just now, on the event
+        loop (nothing ran since): the unlinks, as :meth:`_unlink_guarded` makes them when it
+        finds no lock (without looking for it a second time), then the directories left
+        empty. A lock file made meanwhile by another process is raced the same way."""
+        for key in keys:
+            path = self._path(key)
+            if self._unlink(path) and "/" in key:
+                remove_empty_parents(self.root, Path(path), False)
 
     def _delete_many_sync(self, keys: list[str], durable: bool) -> None:
         """Unlink every key's file, then sync each directory once, then remove the

@@ -209,6 +209,20 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
             return field(value, name)
         return None
 
+    def replace_now(self, key: str, expected: Any, value: Any) -> bool:
+        """:meth:`~pydatatask.repository.base.MetadataRepository.replace_if` of a checked
+        ``key`` with a value handed over (a claim renewed by this process); whether it
+        was stored."""
+        current = self._data.get(key, _ABSENT)
+        if current is not expected:
+            if is_packed(current):
+                current = unpack(current)
+            if current is _ABSENT or current != expected:
+                return False
+        self._data[key] = value
+        self._stamp(key)
+        return True
+
     def delete_now(self, key: str) -> None:
         """:meth:`~pydatatask.repository.base.Repository.delete` of a checked ``key``."""
         self._data.pop(key, None)

@@ -35,6 +35,7 @@ _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./+-]*\Z")
 # words YAML 1.1 resolves to booleans or null: never written as plain scalars
 _RESERVED = frozenset("y n yes no on off true false null".split())
+_RESERVED_LEN = max(map(len, _RESERVED))  # a longer word is none of them
 _ASCII_TEXT = re.compile(r"[\x00-\x7e]*\Z")
 #: printable ASCII without ``"`` and ``\\``: the same between double quotes in JSON and YAML
 _QUOTE_AS_IS = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z")
@@ -65,6 +66,11 @@ def _fast_scalar(value: Any) -> str | None:
     return None
 
 
+_plain_match = _PLAIN.match
+_as_is_match = _QUOTE_AS_IS.match
+_float_match = _FLOAT_OK.match
+
+
 def yaml_dumps(value: Any) -> bytes:
     """Serialize ``value`` as YAML (safe subset), in block style.
 
@@ -73,19 +79,45 @@ def yaml_dumps(value: Any) -> bytes:
     equal value.
     """
     if type(value) is dict and value:
+        # every job writes two of these (its claim and its record): the common scalars
+        # are told apart here, inline, as _fast_scalar would (the rest goes through it)
         lines: list[str] = []
+        add = lines.append
+        known = _PLAIN_KEYS
         for k, v in value.items():
-            if not _plain_key(k):
+            if k not in known and not _plain_key(k):
                 break
-            text = _fast_scalar(v)
-            if text is None:
-                # one level down: a flat mapping or list of scalars (a record's input versions)
-                nested = _fast_nested(v)
-                if nested is None:
-                    break
-                lines.append(f"{k}:{nested}")
+            t = type(v)
+            if t is str:
+                if _plain_match(v) is not None and (len(v) > _RESERVED_LEN or v.lower() not in _RESERVED):
+                    add(f"{k}: {v}\n")
+                    continue
+                if _as_is_match(v) is not None:
+                    add(f'{k}: "{v}"\n')
+                    continue
+            elif t is float:
+                number = repr(v)
+                if _float_match(number) is not None:
+                    add(f"{k}: {number}\n")
+                    continue
+            elif t is int:
+                add(f"{k}: {v}\n")
                 continue
-            lines.append(f"{k}: {text}\n")
+            elif v is None:
+                add(f"{k}: null\n")
+                continue
+            elif t is bool:
+                add(f"{k}: true\n" if v else f"{k}: false\n")
+                continue
+            text = _fast_scalar(v)
+            if text is not None:
+                add(f"{k}: {text}\n")
+                continue
+            # one level down: a flat mapping or list of scalars (a record's input versions)
+            nested = _fast_nested(v)
+            if nested is None:
+                break
+            add(f"{k}:{nested}")
         else:
             return "".join(lines).encode("ascii")
     return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True).encode("utf-8")
@@ -190,12 +222,16 @@ class SerializedMetadataRepository(MetadataRepository):
     def _check_key(self, key: str) -> str:
         return self.blobs._check_key(key)  # the blobs' own rule is this repository's
 
+    def _keys_pass_check(self, keys: set[str]) -> bool:
+        return self.blobs._keys_pass_check(keys)
+
     async def _list_versions(self) -> dict[str, str | None]:
         """The versions of the blobs that hold the values (one listing of ``blobs``)."""
         return await self.blobs.versions()
 
     async def _contains(self, key: str) -> bool:
-        return await self.blobs.contains(key)
+        # checked by the blobs' own rule already (see _check_key): straight to their lookup
+        return await self.blobs._contains(key)
 
     async def _delete(self, key: str) -> None:
         await self.blobs.delete(key)

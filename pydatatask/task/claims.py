@@ -192,8 +192,13 @@ class Claims:
         Returns False if the claim is lost (taken over or deleted by someone else; it is no
         longer held then). A claim released meanwhile (its job has ended) is left alone and
         counts as not lost. Backends without conditional replace fall back to re-checking
-        the owner.
+        the owner. Where ``live`` is memory of this process (:func:`process_memory`) the
+        replace is a dict operation, done at once.
         """
+        if claim.batch is None and not self._replacing and not self._lock.locked():
+            store = process_memory(self.live)
+            if store is not None:
+                return self._update_local(store, claim, fields)
         async with self._lock:
             await self._settle([claim.key])  # after the write of a heartbeat cancelled meanwhile
             if self._held.get(claim.key) is not claim:
@@ -215,6 +220,18 @@ class Claims:
             if not ok:
                 del self._held[claim.key]
             return ok
+
+    def _update_local(self, store: MemoryMetadataRepository, claim: Claim, fields: dict[str, Any]) -> bool:
+        """:meth:`update` of a single claim where ``live`` stores in ``store``, memory of
+        this process: no replace can be under way, so the compare-and-swap is made here."""
+        if self._held.get(claim.key) is not claim:
+            return True  # released (or never ours): nothing to renew, nothing lost
+        new = dict(claim.value, **fields, heartbeat=time.time())
+        if store.replace_now(claim.key, claim.value, new):
+            claim.value = new
+            return True
+        del self._held[claim.key]
+        return False
 
     async def update_many(self, claims: list[Claim], **fields: Any) -> list[Claim]:
         """:meth:`update` for several claims (one write per batch's object where the claims

@@ -42,6 +42,7 @@ from ..executor.multihost import Hosts, host_for, unreserved_slot
 from ..quantities import parse_memory
 from ..repository.base import BlobRepository, MetadataRepository, Repository
 from ..repository.filesystem import DirectoryRepository, FileRepository
+from ..repository.memory import MemoryBlobRepository
 from ..repository.serialized import SerializedMetadataRepository, yaml_dumps, yaml_loads
 from ..session import resolve
 from .base import JobContext, JobOutcome, Task
@@ -63,11 +64,16 @@ class _JobFiles:
     combined: Path | None = None
     stdout: Path | None = None
     stderr: Path | None = None
+    #: in the job directory of a local host, removed with it (by the handle's close, or by
+    #: the start that failed): nothing to remove here
+    in_job_dir: bool = False
 
     def paths(self) -> list[Path]:
         return [p for p in (self.combined, self.stdout, self.stderr) if p is not None]
 
     def remove(self) -> None:
+        if self.in_job_dir:
+            return
         for p in self.paths():
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
@@ -129,10 +135,6 @@ async def _repo_chunks(repo: BlobRepository, key: str) -> AsyncIterator[bytes]:
     async with repo.open(key, "rb") as reader:
         while chunk := await reader.read(CHUNK):
             yield chunk
-
-
-async def _bytes_chunks(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 def _members(executor: Executor) -> list[Host]:
@@ -399,7 +401,7 @@ class ProcessTask(Task):
             os.close(fd)
             return Path(path)
 
-        files = _JobFiles()
+        files = _JobFiles(in_job_dir=host.is_local)
         has_out = "stdout" in self.links
         has_err = "stderr" in self.links
         if has_out:
@@ -426,9 +428,11 @@ class ProcessTask(Task):
             files_in[rel] = local
         elif isinstance(repo, MetadataRepository):
             rel = f"{base}/{key}.yaml"
-            data = yaml_dumps(await repo.get(key))
-            files_in[rel] = lambda: _bytes_chunks(data)
+            files_in[rel] = yaml_dumps(await repo.get(key))
             info["format"] = "YAML"
+        elif isinstance(repo, MemoryBlobRepository):
+            rel = f"{base}/{key}"
+            files_in[rel] = await repo.read_bytes(key)  # in this process's memory already
         elif isinstance(repo, BlobRepository):
             rel = f"{base}/{key}"
             files_in[rel] = lambda: _repo_chunks(repo, key)

@@ -5,6 +5,7 @@ out, quotas of CPU and memory, spreading over several hosts, recovery by name)."
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -93,6 +94,33 @@ class HostContract:
             assert outcome.ok, outcome
             assert got == {"out/r.txt": b"from bytes\nfrom a path\n"}
             await handle.close()
+        finally:
+            await host.aclose()
+
+    async def test_staged_bytes_and_whatever_the_command_left_are_removed(self, tmp_path: Path) -> None:
+        """Inputs given as bytes are written into the job directory; closing the handle
+        removes the directory with everything in it, also what the command added."""
+        given = tmp_path / "given.txt"
+        given.write_text("from a path\n")
+        got: dict[str, bytes] = {}
+
+        async def sink(found: HostFile) -> None:
+            got[found.name] = b"".join([c async for c in found.chunks()])
+
+        host = self.make()
+        try:
+            work = ProcessWork(
+                command="cat in/x/k.txt in/p.txt > out/r.txt; mkdir -p extra/deeper; echo left > extra/deeper/f",
+                files_in={"in/x/k.txt": b"from bytes\n", "in/p.txt": given},
+                files_out={"out/r.txt": sink},
+            )
+            handle = await self.start(host, work)
+            outcome = await handle.wait()
+            assert outcome.ok, outcome
+            assert got == {"out/r.txt": b"from bytes\nfrom a path\n"}
+            assert await host._read_text(f"{handle.info['dir']}/extra/deeper/f") == "left\n"
+            await handle.close()
+            assert not await host._exists(handle.info["dir"])
         finally:
             await host.aclose()
 
@@ -303,6 +331,50 @@ class TestLocalHost(HostContract):
 
     def make(self, **kwargs: Any) -> Host:
         return LocalHost("here", workdir=self.workdir, **{"cpus": 8, **kwargs})
+
+    async def test_a_start_cancelled_meanwhile_leaves_no_process_and_no_directory(
+        self, tmp_path: Path
+    ) -> None:
+        """The job directory is made, filled and the job started in one step in a thread;
+        a caller cancelled during it leaves nothing: the process is killed and the
+        directory removed once the step ends."""
+        marker = f"pdt-cancelled-start-{secrets.token_hex(4)}"
+        host = self.make()
+        try:
+            for _ in range(5):
+                slot = host.acquire(ONE)
+                assert slot is not None
+                work = ProcessWork(command=f"sleep 300 # {marker}", files_in={"in/a/k": b"x" * 100_000})
+                starting = asyncio.create_task(host.start(work, slot))
+                await asyncio.sleep(0)  # under way: in the thread
+                starting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await starting
+                host.release(slot)
+            # the starts go on in their threads: once those have ended, what they made is
+            # undone by the callbacks they scheduled
+            await asyncio.get_running_loop().shutdown_default_executor()
+            for _ in range(500):
+                if not any(self.workdir.iterdir()) and not _commands_with(marker):
+                    break
+                await asyncio.sleep(0.01)
+            assert list(self.workdir.iterdir()) == []
+            assert _commands_with(marker) == []
+        finally:
+            await host.aclose()
+
+
+def _commands_with(marker: str) -> list[int]:
+    """The pids of this machine's processes whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 @pytest.mark.ssh

@@ -37,6 +37,31 @@ async def test_invalid_stored_names_skipped_with_one_warning(
     assert "has\\ttab" in warnings[0].getMessage()
 
 
+async def test_a_large_listing_skips_the_same_names_as_a_small_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a listing of many names is checked all at once in its common case; the odd names
+    # among them (and nested keys longer than a file name) are still told apart one by one
+    repo = FileRepository(tmp_path, ".txt")
+    plain = {f"k{i:03d}" for i in range(30)}
+    for k in plain:
+        (tmp_path / f"{k}.txt").write_text("x")
+    (tmp_path / "has\ttab.txt").write_text("x")
+    (tmp_path / "new\nline.txt").write_text("x")
+    (tmp_path / "cafe\u0301.txt").write_text("x")  # not NFC
+    deep = "/".join(["d" * 100] * 3) + "/leaf"  # 307 characters: no file name is this long
+    (tmp_path / deep).parent.mkdir(parents=True)
+    (tmp_path / f"{deep}.txt").write_text("x")
+    with caplog.at_level(logging.WARNING, logger="pydatatask.repository"):
+        assert await repo.keys() == plain | {deep}
+        assert set(await repo.versions()) == plain | {deep}
+        records = YamlMetadataFileRepository(tmp_path, ".txt")
+        assert await records.keys() == plain | {deep}
+    warnings = [r for r in caplog.records if "not valid keys" in r.getMessage()]
+    assert len(warnings) == 2  # one per repository
+    assert "new\\nline" in warnings[0].getMessage()
+
+
 async def test_no_key_escapes_the_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     repo = FileRepository(root)
@@ -189,3 +214,59 @@ async def test_small_whole_files_stay_on_the_loop_large_ones_go_to_a_thread(tmp_
     assert len(submitted) == 3 and await repo.read_bytes("synced") == small
     assert sorted(await repo.keys()) == ["large", "small", "small2", "synced"]
     assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")] == []
+
+
+async def test_small_directories_in_memory_are_listed_on_the_loop_others_in_a_thread(tmp_path: Path) -> None:
+    """A flat root on a tmpfs whose entries fit in SMALL_DIR bytes is swept and listed with
+    no thread hop; a larger one, a nested one and one on the disk go to the executor. The
+    listings are the same either way."""
+    import shutil
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydatatask.repository._localfs import on_memory_fs
+    from pydatatask.repository.filesystem import SMALL_DIR
+
+    if not on_memory_fs(Path("/dev/shm")):
+        pytest.fail("this test needs the tmpfs at /dev/shm", pytrace=False)
+    submitted: list[str] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            submitted.append(getattr(fn, "__name__", repr(fn)))
+            return super().submit(fn, *args, **kwargs)
+
+    asyncio.get_running_loop().set_default_executor(Counting(max_workers=2))
+    shm = Path(tempfile.mkdtemp(prefix="pdt-listing-", dir="/dev/shm"))
+    try:
+        for where in (shm, tmp_path):
+            for i in range(50):
+                (where / f"k{i:02d}.txt").write_text("x")
+            (where / f".k00.txt.tmp-{2**22 + 7}-abc").write_text("x")  # a killed writer's
+        keys = {f"k{i:02d}" for i in range(50)}
+        small = FileRepository(shm, ".txt")
+        records = YamlMetadataFileRepository(shm, ".txt")
+        await small.validate()
+        assert not (shm / f".k00.txt.tmp-{2**22 + 7}-abc").exists()
+        assert await small.keys() == keys and set(await small.versions()) == keys
+        assert await records.keys() == keys
+        assert submitted == []
+        on_disk = FileRepository(tmp_path, ".txt")
+        await on_disk.validate()
+        assert not (tmp_path / f".k00.txt.tmp-{2**22 + 7}-abc").exists()
+        assert await on_disk.keys() == keys
+        assert len(submitted) == 2  # the sweep and the walk
+        (shm / "sub").mkdir()
+        (shm / "sub" / "k.txt").write_text("x")
+        assert await small.keys() == keys | {"sub/k"}  # a subdirectory: a thread
+        assert len(submitted) == 3
+        shutil.rmtree(shm / "sub")
+        name = "n" * 200
+        i = 0
+        while os.stat(shm).st_size <= SMALL_DIR:
+            (shm / f"{name}{i:05d}.txt").write_text("x")
+            i += 1
+        assert len(await small.keys()) == 50 + i  # too many entries: a thread
+        assert len(submitted) == 4
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)

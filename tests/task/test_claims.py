@@ -109,6 +109,23 @@ async def test_a_claim_taken_over_is_lost_and_never_overwritten(live: MetadataRe
     assert (await live.get("k"))["owner"] == "new-recovery"
 
 
+async def test_a_claim_in_this_processs_memory_is_renewed_in_place_and_lost_when_replaced() -> None:
+    """Claims in memory of this process are renewed without a round trip, with the same
+    compare-and-swap: a claim someone replaced meanwhile is lost, not overwritten."""
+    store = MemoryMetadataRepository()
+    claims = Claims(store, "t")
+    claim = claims.acquire_local(store, "k")
+    assert claim is not None
+    assert await claims.update(claim, run={"dir": "/jobs/x"}, attempt=1)
+    stored = await store.get("k")
+    assert stored == claim.value and stored["run"] == {"dir": "/jobs/x"} and stored["attempt"] == 1
+    other = dict(claim.value, owner="someone else")
+    await store.put("k", other)
+    assert not await claims.update(claim, attempt=2)
+    assert claims.get("k") is None
+    assert await store.get("k") == other
+
+
 async def test_stale_takeover_by_compare_and_swap_has_one_winner_of_20(live: MetadataRepository) -> None:
     value = make_claim("dead", "t", "k", time.time() - 120, lease=60.0)
     await live.put("k", value)

@@ -24,9 +24,11 @@ from pydatatask import (
     MemoryMetadataRepository,
     ProcessTask,
 )
+from pydatatask._procfs import boot_id, pid_namespace
 from pydatatask.executor import Hosts, parse_memory
 from pydatatask.pipeline import Pipeline
 from pydatatask.task import RetryPolicy
+from pydatatask.task.records import make_claim
 from pydatatask.task.templates import job_context, render_command
 
 EVIL = [
@@ -513,6 +515,7 @@ async def test_local_processes_are_reaped_without_a_thread_each(tmp_path: Path) 
 KILLED_WHILE_MAKING_DIRS = """
 import asyncio, os, signal, sys
 from pydatatask import FileRepository, LocalHost, ProcessTask
+from pydatatask.executor import local
 from pydatatask.pipeline import Pipeline
 
 root, die = sys.argv[1], sys.argv[2] == "die"
@@ -523,6 +526,19 @@ class DyingHost(LocalHost):
         await super()._new_job_dir(path, subdirs)
         if die:  # the scheduler is killed right after making a job directory
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+# the same where the directory is made in the step that also stages and starts the job
+_make_job_dir = local._make_job_dir
+
+
+def dying_make_job_dir(path, subdirs):
+    _make_job_dir(path, subdirs)
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+local._make_job_dir = dying_make_job_dir
 
 
 task = ProcessTask(
@@ -565,6 +581,45 @@ def test_scheduler_killed_after_making_a_job_directory_leaves_nothing(tmp_path: 
 def _stat_start(pid: int) -> int:
     data = Path(f"/proc/{pid}/stat").read_bytes()
     return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+async def test_recovery_of_a_job_that_never_wrote_its_pid_file_kills_nothing(tmp_path: Path) -> None:
+    """A started job's run info names its pid but not its start time (the job's shell
+    writes both to .pdt-pid): a scheduler killed before the shell wrote the file leaves a
+    pid that may be taken by another process by the time of recovery. Recovery then
+    stops nothing (the process group is stopped only by the pid file), removes the job
+    directory and runs the job again."""
+    src = FileRepository(tmp_path / "src")
+    await src.write_text("k", "x")
+    task = ProcessTask(
+        "t",
+        "echo ran > {{ o.path }}",
+        executor=LocalHost("here", workdir=tmp_path / "jobs"),
+        inputs={"i": src},
+        outputs={"o": FileRepository(tmp_path / "out")},
+    )
+    pipeline = Pipeline([task], state_dir=tmp_path / "state", claim_check_interval="0.1s")
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)  # noqa: ASYNC220 - killed below
+    try:
+        job_dir = tmp_path / "jobs" / "t.k.0123456789ab"
+        job_dir.mkdir(parents=True)
+        run = {
+            "host": "here",
+            "dir": str(job_dir),
+            "pid": bystander.pid,
+            "boot_id": boot_id(),
+            "pid_namespace": pid_namespace(),
+        }
+        claim = dict(make_claim("dead", "t", "k", 0.0, 1.0), pid=2**22 + 4321, heartbeat=0.0, run=run)
+        await task.live.put("k", claim)
+        summary = await pipeline.run()
+        assert bystander.poll() is None, "recovery killed a process the job's pid file does not name"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert summary.succeeded == 1
+    assert (tmp_path / "out" / "k").read_text() == "ran\n"
+    assert list((tmp_path / "jobs").iterdir()) == []
 
 
 @pytest.mark.parametrize("where", ["another boot", "another PID namespace"])
