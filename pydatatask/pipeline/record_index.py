@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import CorruptValueError
 from ..repository.base import MetadataRepository
+from ..repository.deferred import DeferredMetadataRepository
+from ..repository.memory import MemoryMetadataRepository
 
 __all__ = ("RecordIndex", "RecordFacts", "corrupt_info", "warn_corrupt", "CORRUPT_ERROR_TYPE")
 
@@ -115,6 +117,43 @@ def _expand(kept: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+class _Outcomes(Mapping[str, bool]):
+    """:attr:`RecordIndex.success`: True for the keys of its success records, False for
+    those of its failure records, read from the two sets of keys the index keeps anyway
+    (a dict beside them held every key a third time)."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: RecordIndex) -> None:
+        self._index = index
+
+    def __getitem__(self, key: str) -> bool:
+        if key in self._index._ok:
+            return True
+        if key in self._index._failed:
+            return False
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._index._ok:
+            return True
+        return False if key in self._index._failed else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index._ok or key in self._index._failed
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._index._ok
+        yield from self._index._failed
+
+    def __len__(self) -> int:
+        return len(self._index._ok) + len(self._index._failed)
+
+    def keys_set(self) -> set[str]:
+        """The keys, as a new set."""
+        return self._index._ok | self._index._failed
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -136,12 +175,15 @@ class RecordIndex:
     def __init__(self, done: MetadataRepository, keep: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.done = done
         self.keep = keep
-        self.success: dict[str, bool] = {}
-        # the keys of ``success`` that succeeded, and those that failed, kept as it changes;
-        # ``_ok`` is handed out by succeeded() and copied before it changes after that
+        # the keys of the success records, and those of the failure records (the outcomes
+        # of ``success``); ``_ok`` is handed out by succeeded() and copied before it
+        # changes after that
         self._ok: set[str] = set()
         self._ok_handed = False
         self._failed: set[str] = set()
+        #: ``{key: whether its record is a success}`` of the records read or noted (not
+        #: the corrupt ones): a read-only mapping, kept as the index changes
+        self.success: Mapping[str, bool] = _Outcomes(self)
         # the records read or noted (corrupt ones excepted), compacted (see _compact), and
         # what ``keep`` kept of them; their facts once asked for
         self._kept: dict[str, tuple[Any, ...]] = {}
@@ -165,7 +207,6 @@ class RecordIndex:
             self._take(key, record, facts=self.noted_facts)
             return
         # the common case (what _take does with a success record that lists no children)
-        self.success[key] = True
         if key not in self._ok:
             if self._ok_handed:
                 self._ok, self._ok_handed = set(self._ok), False
@@ -187,10 +228,19 @@ class RecordIndex:
             self._kept.pop(key, None)
             self._extra.pop(key, None)
             end = record.get("end_time")
-            if isinstance(end, str):
+            if isinstance(end, str) and self._own() is None:
                 self._ends[key] = end
             else:
+                # (a done of this process's memory holds it: read there when asked)
                 self._ends.pop(key, None)
+
+    def _own(self) -> MemoryMetadataRepository | None:
+        """The done repository, when it is in this process's memory (its records are read
+        there without a copy: the index keeps nothing of them but their outcome)."""
+        done = self.done
+        if type(done) is DeferredMetadataRepository:
+            done = done.target
+        return done if type(done) is MemoryMetadataRepository else None
 
     def _take(self, key: str, record: Any, *, facts: bool = True) -> None:
         ok = isinstance(record, dict) and bool(record.get("success"))
@@ -212,11 +262,7 @@ class RecordIndex:
             self.corrupt[key] = corrupt_info("input", error)
 
     def _outcome(self, key: str, ok: bool | None) -> None:
-        """Set (None: drop) the outcome of ``key`` in ``success`` and the sets beside it."""
-        if ok is None:
-            self.success.pop(key, None)
-        else:
-            self.success[key] = ok
+        """Set (None: drop) the outcome of ``key``."""
         if ok is None or not ok:
             if key in self._ok:
                 if self._ok_handed:
@@ -235,25 +281,28 @@ class RecordIndex:
     def sync(self, keys: set[str]) -> None:
         """Take the latest listing ``keys`` of the done repository."""
         self.listed = keys
-        known: dict[str, Any]
-        for known in (self.success, self.corrupt, self.children):
-            if len(known) > len(keys) or any(k not in keys for k in known):
-                for k in [k for k in known if k not in keys]:
-                    del known[k]
-                    if known is self.success:
-                        self._outcome(k, None)
-                    self._kept.pop(k, None)  # kept only of keys in success
-                    self._extra.pop(k, None)
-                    self._ends.pop(k, None)
-                    self._facts.pop(k, None)
+        # (set operations in C: a million keys listed at every tick, all of them known)
+        gone: set[str] = set()
+        for known in (self._ok, self._failed, self.corrupt.keys(), self.children.keys()):
+            if not keys.issuperset(known):
+                gone.update(k for k in known if k not in keys)
+        for k in gone:
+            self._outcome(k, None)
+            self.corrupt.pop(k, None)
+            self.children.pop(k, None)
+            self._kept.pop(k, None)  # kept only of keys in success
+            self._extra.pop(k, None)
+            self._ends.pop(k, None)
+            self._facts.pop(k, None)
 
     async def load(self, keys: Iterable[str] | None = None) -> None:
         """Read the records of ``keys`` (default: every listed key) not read before."""
         wanted = self.listed if keys is None else keys
-        listed, success, corrupt = self.listed, self.success, self.corrupt
+        listed, corrupt = self.listed, self.corrupt
         # with set operations (in C): a million keys wanted, most of them read already
         unread = listed.intersection(wanted) if wanted is not listed else set(listed)
-        unread.difference_update(success)
+        unread.difference_update(self._ok)
+        unread.difference_update(self._failed)
         unread.difference_update(corrupt)
         new = list(unread)
         if not new:
@@ -271,7 +320,6 @@ class RecordIndex:
         """Drop what is known of the record of ``key`` (it was removed or replaced)."""
         self._outcome(key, None)
         for known in (
-            self.success,
             self.corrupt,
             self._kept,
             self._extra,
@@ -301,7 +349,12 @@ class RecordIndex:
         if not self.success.get(key) or key not in self.listed:
             return None
         kept = self._kept.get(key)
-        end = self._ends.get(key) if kept is None else kept[_END_TIME]
+        if kept is not None:
+            end = kept[_END_TIME]
+        else:
+            end = self._ends.get(key)
+            if end is None and (own := self._own()) is not None:
+                end = own.field_now(key, "end_time")
         return end if isinstance(end, str) else None
 
     def succeeded_among(self, keys: Iterable[str]) -> set[str]:

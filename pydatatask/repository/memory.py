@@ -8,6 +8,8 @@ from typing import Any
 
 from ..errors import KeyNotFoundError
 from ..keys import validate_key
+from ._packed import copy_value as _copy
+from ._packed import field, is_packed, pack, unpack
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .journal import current_journal
 from .listing import SharedListing
@@ -32,8 +34,9 @@ class _DictKeys(SharedListing):
 
     _data: dict[str, Any]
     #: the version of each key written since versions were first listed: the value of
-    #: ``_clock`` when it was last written (a key not in it has version ``"0"``)
-    _stamps: dict[str, int] | None = None
+    #: ``_clock`` when it was last written, as the text listings hand out (made once: a
+    #: listing of a million versions makes no text; a key not in it has version ``"0"``)
+    _stamps: dict[str, str] | None = None
     _clock: int = 0
     #: the keys of ``_data``, kept from the first shared listing on (None: not kept)
     _keyset: set[str] | None = None
@@ -48,7 +51,7 @@ class _DictKeys(SharedListing):
         self._versions = None
         if self._stamps is not None:
             self._clock += 1
-            self._stamps[key] = self._clock
+            self._stamps[key] = str(self._clock)
         keyset = self._keyset
         if keyset is not None and key not in keyset:
             if self._handed:
@@ -106,9 +109,10 @@ class _DictKeys(SharedListing):
         stamps = self._stamps
         if stamps is None:
             stamps = self._stamps = {}
-        if not stamps:
-            return dict.fromkeys(self._data, "0")
-        return {key: str(stamps.get(key, 0)) for key in self._data}
+        versions: dict[str, str | None] = dict.fromkeys(self._data, "0")
+        if stamps:
+            versions.update(stamps)  # (in C; every stamped key is in _data, in its place)
+        return versions
 
     async def _list(self) -> Iterable[str]:
         return self._data.keys()
@@ -154,8 +158,8 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
 
     async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
         current = self._data.get(key, _ABSENT)
-        if type(current) is _Packed:
-            current = _copy(current)
+        if is_packed(current):
+            current = unpack(current)
         if current is _ABSENT or current != expected:
             return False
         self._data[key] = _copy(value)
@@ -187,12 +191,23 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
 
     def put_now(self, key: str, value: Any) -> None:
         """:meth:`~pydatatask.repository.base.MetadataRepository.put` of a checked
-        ``key``, its value copied and kept packed (a job record: its field names shared
-        with every record of the same fields, its values in a tuple;
+        ``key``, its value copied and kept packed (a job record: what differs from record
+        to record in one tuple, the field names and the values records share kept once;
         :meth:`~pydatatask.repository.base.MetadataRepository.get` returns it as the dict
         it was)."""
-        self._data[key] = _pack(value)
+        self._data[key] = pack(value) if type(value) is dict else _copy(value)
         self._stamp(key)
+
+    def field_now(self, key: str, name: str) -> Any:
+        """The field ``name`` of the dict stored under a checked ``key`` (None: no such
+        key, field or dict), without a copy of the rest: what the scheduler reads of a job
+        record it keeps no copy of (a dict or list returned must not be modified)."""
+        value: Any = self._data.get(key)
+        if type(value) is dict:
+            return value.get(name)
+        if is_packed(value):
+            return field(value, name)
+        return None
 
     def replace_now(self, key: str, expected: Any, value: Any) -> bool:
         """:meth:`~pydatatask.repository.base.MetadataRepository.replace_if` of a checked
@@ -200,8 +215,8 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         was stored."""
         current = self._data.get(key, _ABSENT)
         if current is not expected:
-            if type(current) is _Packed:
-                current = _copy(current)
+            if is_packed(current):
+                current = unpack(current)
             if current is _ABSENT or current != expected:
                 return False
         self._data[key] = value
@@ -215,66 +230,6 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
 
 
 _ABSENT = object()
-
-_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
-
-
-class _Packed:
-    """A dict kept as the shared tuple of its keys and a tuple of its values (a few
-    hundred bytes less than the dict, for a store of a million job records)."""
-
-    __slots__ = ("fields", "values")
-
-    def __init__(self, fields: tuple[str, ...], values: tuple[Any, ...]) -> None:
-        self.fields = fields
-        self.values = values
-
-
-#: the field tuples of packed dicts, each kept once
-_shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _pack(value: Any) -> Any:
-    """A copy of the JSON-like ``value`` with its dicts (of str keys) packed, as
-    :func:`_copy` unpacks them."""
-    t = type(value)
-    if t in _SCALARS:
-        return value
-    if t is list:
-        return [v if type(v) in _SCALARS else _pack(v) for v in value]
-    if t is not dict:
-        return _copy(value)
-    fields = tuple(value)
-    shape = _shapes.get(fields)
-    if shape is None:  # (a shape kept is one of str keys)
-        for k in fields:
-            if type(k) is not str:
-                return _copy(value)
-        if len(_shapes) >= 1024:
-            _shapes.clear()  # a store of free-form values, not records: stop collecting
-        shape = _shapes[fields] = fields
-    # a list built, then made a tuple: quicker than a tuple of a generator
-    return _Packed(shape, tuple([v if type(v) in _SCALARS else _pack(v) for v in value.values()]))
-
-
-def _copy(value: Any) -> Any:
-    """A copy of a JSON-like value (dicts, lists, scalars) as fast as plain Python allows;
-    other types go through :func:`copy.deepcopy`."""
-    t = type(value)
-    if t in _SCALARS:
-        return value
-    if t is dict:
-        out = {}
-        for k, v in value.items():
-            out[k] = v if type(v) in _SCALARS else _copy(v)
-        return out
-    if t is list:
-        return [v if type(v) in _SCALARS else _copy(v) for v in value]
-    if t is _Packed:
-        return {
-            k: v if type(v) in _SCALARS else _copy(v) for k, v in zip(value.fields, value.values, strict=True)
-        }
-    return copy.deepcopy(value)
 
 
 class _MemoryReader(BlobReader):

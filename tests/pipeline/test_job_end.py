@@ -173,3 +173,40 @@ async def test_a_run_counts_successes_and_failures_everywhere_they_are_shown() -
     recorded = await first.done.get_many(["a", "b", "c"])
     assert durations.count == sum(durations.counts) == 3
     assert durations.sum == pytest.approx(sum(r["duration"] for r in recorded.values()))
+
+
+def test_the_records_index_of_a_memory_done_reads_end_times_where_the_records_are() -> None:
+    from pydatatask.task.records import make_record
+
+    done = MemoryMetadataRepository()
+    index = RecordIndex(done)
+    index.noted_facts = False
+    records = {
+        f"k{i}": make_record(
+            task="t",
+            key=f"k{i}",
+            success=i != 3,
+            attempts=1,
+            start=1e9 + i,
+            end=1e9 + i + 0.5,
+            runner="in-process",
+        )
+        for i in range(6)
+    }
+    for key, record in records.items():
+        done.put_now(key, record)
+        index.note(key, record)
+    index.sync({*records})
+    assert index._ends == {}  # no copy of what the store holds
+    assert dict(index.success) == {k: r["success"] for k, r in records.items()}
+    assert index.success.get("k3") is False and index.success.get("nope") is None and "k3" in index.success
+    for key, record in records.items():
+        assert index.stamp(key) == (record["end_time"] if record["success"] else None)
+    index.sync({"k0", "k1"})  # the others' records are gone
+    assert dict(index.success) == {"k0": True, "k1": True} and index.stamp("k2") is None
+    # a done kept elsewhere: the index keeps the end times itself
+    other = RecordIndex(OrRepository(MemoryMetadataRepository(), MemoryMetadataRepository()))
+    other.noted_facts = False
+    other.note("k0", records["k0"])
+    other.sync({"k0"})
+    assert other.stamp("k0") == records["k0"]["end_time"] and other._ends == {"k0": records["k0"]["end_time"]}
