@@ -198,11 +198,15 @@ class RecordIndex:
         #: the corrupt keys, as ``{key: corrupt_info(...)}``
         self.corrupt: dict[str, dict[str, str]] = {}
         self.listed: set[str] = set()
+        #: the keys noted since a listing of ``done`` began (None: no listing under way)
+        self._noted_since: set[str] | None = None
         #: the children that the success records of fan-out jobs list, as ``{key: {link: children}}``
         self.children: dict[str, dict[str, frozenset[str]]] = {}
 
     def note(self, key: str, record: dict[str, Any]) -> None:
         """Record an outcome the scheduler wrote itself."""
+        if self._noted_since is not None:
+            self._noted_since.add(key)
         if not record.get("success") or record.get("children") is not None:
             self._take(key, record, facts=self.noted_facts)
             return
@@ -278,14 +282,23 @@ class RecordIndex:
         else:
             self._failed.discard(key)
 
+    def listing_started(self) -> None:
+        """A listing of the done repository begins (its :meth:`sync` follows): the
+        records noted from now on were written after it, and it does not show them."""
+        self._noted_since = set()
+
     def sync(self, keys: set[str]) -> None:
-        """Take the latest listing ``keys`` of the done repository."""
+        """Take the latest listing ``keys`` of the done repository (a record noted since
+        :meth:`listing_started` is kept: the listing was taken before it was written)."""
         self.listed = keys
+        noted, self._noted_since = self._noted_since, None
         # (set operations in C: a million keys listed at every tick, all of them known)
         gone: set[str] = set()
         for known in (self._ok, self._failed, self.corrupt.keys(), self.children.keys()):
             if not keys.issuperset(known):
                 gone.update(k for k in known if k not in keys)
+        if noted:
+            gone.difference_update(noted)
         for k in gone:
             self._outcome(k, None)
             self.corrupt.pop(k, None)

@@ -1165,6 +1165,8 @@ async def compute_figures(
         versioned = {}
     for repo_id in versioned:
         repos.pop(repo_id, None)
+    for index in records.values():
+        index.listing_started()  # what jobs record while the listings run stays known
     # the versioned first: a view listing a child for its keys then reuses its versions
     listed_versions = await asyncio.gather(
         *(cached_versions(r) for r in versioned.values()), *(cached_keys(r) for r in repos.values())

@@ -6,6 +6,7 @@ record_index.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -210,3 +211,39 @@ def test_the_records_index_of_a_memory_done_reads_end_times_where_the_records_ar
     other.note("k0", records["k0"])
     other.sync({"k0"})
     assert other.stamp("k0") == records["k0"]["end_time"] and other._ends == {"k0": records["k0"]["end_time"]}
+
+
+class _SlowListing(MemoryMetadataRepository):
+    """A memory ``done`` whose listing gives the loop a turn after taking its keys, as a
+    listing that waits for a server does: a job may end and be recorded meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def keys(self) -> set[str]:
+        keys = set(await super().keys())
+        self.listed.set()
+        await self.go_on.wait()
+        return keys
+
+
+async def test_a_record_noted_while_a_listing_of_done_runs_stays_in_the_records_index() -> None:
+    from pydatatask.pipeline import Pipeline
+    from pydatatask.pipeline.scheduler import compute_figures, record_indexes
+
+    done = _SlowListing()
+    src, dst = MemoryBlobRepository({"a": b"x"}), MemoryBlobRepository()
+    task = FunctionTask("t", _upper_but_b, inputs={"src": src}, outputs={"dst": dst}, done=done)
+    pipeline = Pipeline([task])
+    records = record_indexes(pipeline.tasks)
+    figures = asyncio.create_task(compute_figures(pipeline.tasks, pipeline, records))
+    await asyncio.wait_for(done.listed.wait(), 10)
+    # the job of "a" ends now: its record is written, then the scheduler notes it
+    record = {"task": "t", "key": "a", "state": "succeeded", "success": True, "attempts": 1}
+    await done.put("a", record)
+    records["t"].note("a", record)
+    done.go_on.set()
+    await figures
+    assert records["t"].succeeded() == {"a"}
