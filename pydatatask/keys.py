@@ -39,7 +39,6 @@ __all__ = (
     "MAX_KEY_LENGTH",
     "is_valid_key",
     "validate_key",
-    "remember_valid",
     "filter_valid_keys",
     "key_segments",
 )
@@ -118,15 +117,6 @@ def validate_key(key: object) -> str:
         return key
     reason = _reason(key)
     raise InvalidKeyError(key, reason or KEY_RULE)
-
-
-def remember_valid(key: str) -> None:
-    """Let :func:`validate_key` pass ``key``, a key checked before (e.g. when it was
-    listed), without checking it again for a while (the job of a key reads and writes it
-    in several repositories)."""
-    if len(_recent) >= 4096:
-        _recent.clear()
-    _recent[key] = None
 
 
 def key_segments(key: str) -> list[str]:

@@ -19,7 +19,7 @@ This module knows nothing of tasks.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -69,17 +69,6 @@ class WriteJournal:
         """:meth:`record`, then await ``before_new_write`` if the pair is new."""
         if self.record(repository, key) and self._before_new_write is not None:
             await self._before_new_write(repository, key)
-
-    def wrote_only(self, key: str, repositories: Collection[int]) -> bool:
-        """Whether the pairs noted are ``key`` in each of ``repositories`` (their ``id``)
-        once, and nothing else."""
-        entries = self._entries
-        if len(entries) != len(repositories):
-            return False
-        for repo_id, written in entries:
-            if written != key or repo_id not in repositories:
-                return False
-        return True
 
     def clear(self) -> None:
         """Forget every pair (a journal used again for the next piece of work)."""

@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, JobError, JobTimeoutError
 from ..executor.base import Executor, JobHandle, Resources, Slot
-from ..keys import remember_valid
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.journal import WriteJournal, enter_journal, journaling, leave_journal, visible_keys
 from ..repository.memory import MemoryMetadataRepository
@@ -411,7 +410,6 @@ async def execute_direct(
         claims.release_local(live, claim)
         return None
     journal = task._running_journals[key] = lane.journal()
-    remember_valid(key)  # checked when it was listed: the function's reads and writes pass it
     job = JobContext(task, key, 1, started=start, slot=slot)
     task._running_jobs[key] = job
     call = task.direct_call(job)
@@ -648,8 +646,6 @@ def _own_writes(plan: _Plan, key: str, journal: WriteJournal) -> list[str] | Non
     outputs = plan.outputs
     if outputs is None:
         return None
-    if journal.wrote_only(key, outputs):
-        return []  # (the common case: each output written under the key, nothing else)
     entries = journal.entries()
     if not entries:
         return None
