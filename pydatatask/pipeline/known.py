@@ -27,6 +27,11 @@ pipeline writes, another scheduler sharing the state). The interval is the pipel
 own backends). The scheduler lists everything at its first tick, and again whenever the
 known state says nothing is left to do, so a run never ends on the known state alone.
 
+A repository in this process's memory (a task's default ``done`` and ``live`` among them)
+is not learnt but asked at every tick: its listing is exact and free, handed out without a
+copy (see :mod:`~pydatatask.repository.memory`), so the scheduler keeps no copy of its keys
+of its own and notes no change per job for it.
+
 A key learnt from a job's success has no version until the repository's next listing:
 a downstream job launched before then records none for it (its record still names the
 upstream record it read after, see :mod:`~pydatatask.pipeline.staleness`). The inputs of
@@ -46,7 +51,7 @@ from ..repository.base import Repository
 from ..repository.clock import ClockRepository
 from ..repository.deferred import DeferredMetadataRepository
 from ..repository.filesystem import DirectoryRepository, FileRepository
-from ..repository.memory import MemoryBlobRepository, MemoryMetadataRepository
+from ..repository.memory import MemoryBlobRepository, MemoryMetadataRepository, _DictKeys
 from ..repository.serialized import SerializedMetadataRepository
 from ..repository.view import RepositoryView, stored_repositories
 
@@ -85,12 +90,27 @@ def default_refresh(repo: Repository) -> float:
 class _Known:
     """The last listing of one stored repository and the changes learnt since."""
 
-    __slots__ = ("repo", "refresh", "value", "listed_at", "changed_at", "changes", "applied", "listings")
+    __slots__ = (
+        "repo",
+        "refresh",
+        "value",
+        "listed_at",
+        "changed_at",
+        "changes",
+        "applied",
+        "listings",
+        "kind",
+    )
 
     def __init__(self, repo: Repository, refresh: float) -> None:
         self.repo = repo
         self.refresh = refresh
+        #: the last listing with the changes learnt since (None: none yet; always None for
+        #: a repository in memory, see :meth:`memory`)
         self.value: Listing | None = None
+        #: what the ticks list of a repository in memory ("keys", "versions"; None: not
+        #: listed yet)
+        self.kind: str | None = None
         #: when the listing in ``value`` started (:func:`time.monotonic`)
         self.listed_at = -math.inf
         #: when something not learnt exactly changed it (a listing started later shows it)
@@ -101,12 +121,24 @@ class _Known:
         self.applied = 0
         self.listings = 0
 
+    def memory(self) -> _DictKeys | None:
+        """The repository, when it is in this process's memory and lists what it stores
+        (through the deferred store of a task's default ``done`` and ``live``): its
+        listing is then asked at every tick instead of learnt (exact, and without a copy)."""
+        repo: Any = self.repo
+        if type(repo) is DeferredMetadataRepository:
+            repo = repo.target
+        return repo if isinstance(repo, _DictKeys) and repo.lists_as_stored() else None
+
     def due(self, now: float) -> bool:
         return self.value is None or self.changed_at >= self.listed_at or now - self.listed_at >= self.refresh
 
     def current(self) -> Listing:
         """The listing with the changes learnt since (a new object when there are any:
-        the figures of earlier ticks keep theirs)."""
+        the figures of earlier ticks keep theirs); of a repository in memory, its own."""
+        memory = self.memory()
+        if memory is not None and self.value is None:
+            return memory.shared_versions_now() if self.kind == "versions" else memory.shared_keys_now()
         assert self.value is not None
         pending = self.changes[self.applied :]
         if pending:
@@ -117,11 +149,17 @@ class _Known:
     def listed(self, value: Listing, started: float) -> None:
         """Take a listing that started at ``started``; what was learnt while it ran is
         applied to it again (the listing may have been made before or after the change)."""
+        self.listed_at = started
+        self.listings += 1
+        if self.memory() is not None:
+            # asked again at every tick (see fill): nothing kept, nothing learnt
+            self.kind = "versions" if isinstance(value, dict) else "keys"
+            self.value = None
+            self.changes = []
+            return
         self.changes = [c for c in self.changes if c[0] >= started]
         self.value = _apply(value, self.changes, copy=bool(self.changes))
         self.applied = len(self.changes)
-        self.listed_at = started
-        self.listings += 1
 
 
 def _apply(value: Listing, changes: Iterable[tuple[float, str, bool]], *, copy: bool) -> Listing:
@@ -189,19 +227,30 @@ class KnownListings:
     # ------------------------------------------------------------ one tick
     def fill(self, cache: dict[tuple[int, str], asyncio.Future[Any]], *, full: bool = False) -> None:
         """Put the known listings that are not due into a fresh
-        :func:`~pydatatask.repository.listing.listing_scope` cache; the others (all with
-        ``full``) are listed by the tick. Call :meth:`take` at the end of the tick."""
+        :func:`~pydatatask.repository.listing.listing_scope` cache, and those of the
+        repositories in memory as they are now; the others (all with ``full``) are listed
+        by the tick. Call :meth:`take` at the end of the tick."""
         now = self._started = time.monotonic()
         self._filled = set()
         self._during = {}
         self._changed = set()
-        if full:
-            return
         loop = asyncio.get_running_loop()
         for repo_id, known in self._known.items():
-            if known.due(now):
+            memory = known.memory()
+            if memory is not None:
+                # exact at this moment, and no copy: listed so at every tick, even a full one
+                kind = known.kind
+                if kind is None:
+                    continue  # the first listing tells which the ticks ask for
+                value: Listing = (
+                    memory.shared_versions_now() if kind == "versions" else memory.shared_keys_now()
+                )
+                known.listed_at = now
+                known.listings += 1
+            elif full or known.due(now):
                 continue
-            value = known.current()
+            else:
+                value = known.current()
             fut: asyncio.Future[Any] = loop.create_future()
             fut.set_result(value)
             cache[(repo_id, "versions" if isinstance(value, dict) else "keys")] = fut
@@ -213,13 +262,19 @@ class KnownListings:
         miss them (or show an earlier version) while the job records it read show their
         jobs done, so the scheduler holds them back from downstream until the next tick."""
         for repo_id, known in self._known.items():
-            if repo_id in self._filled:
+            filled = repo_id in self._filled
+            if filled and known.kind != "keys":
                 continue
             for kind in ("versions", "keys"):
                 fut = cache.get((repo_id, kind))
                 if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
-                    value = fut.result()
-                    known.listed(value, self._started)
+                    if filled:
+                        # a repository in memory filled with its keys: the tick listed its
+                        # versions too, which the next ticks are filled with instead
+                        if kind == "versions":
+                            known.kind = kind
+                    else:
+                        known.listed(fut.result(), self._started)
                     break
         during, self._during = self._during or {}, None
         self.changed_during, self._changed = self._changed or set(), None
@@ -377,11 +432,10 @@ class KnownListings:
     def until_due(self) -> float:
         """Seconds until the next repository is due for a listing (0: one is due now)."""
         now = time.monotonic()
-        if not self._known:
-            return math.inf
-        return max(
-            0.0, min(k.listed_at + k.refresh - now if not k.due(now) else 0.0 for k in self._known.values())
-        )
+        listed = [k for k in self._known.values() if k.kind is None or k.memory() is None]
+        if not listed:
+            return math.inf  # (a repository in memory is asked at every tick: never due)
+        return max(0.0, min(k.listed_at + k.refresh - now if not k.due(now) else 0.0 for k in listed))
 
     def listings(self, repo: Repository | None = None) -> int:
         """How many listings the ticks made so far, of ``repo`` (a stored repository) or

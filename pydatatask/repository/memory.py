@@ -21,55 +21,73 @@ class _DictKeys(SharedListing):
     """Key handling shared by the in-memory repositories (a dict holds the values).
 
     A listing for the scheduler (:meth:`shared_keys`, :meth:`shared_versions`) is handed
-    out without a copy of the keys: the set of keys is kept beside the dict, and handed out
-    as it is; the first write or delete after that copies it before it changes (copy on
-    write), so the set handed out never changes under its holder. A repository whose keys
-    are listed again and again while nothing changes (an input, a finished pipeline served
-    to a page) costs nothing per listing, and the first listing of a repository built with
-    its data costs no copy of a million keys.
+    out as a set (a dict) the repository keeps while nothing changes: a repository whose
+    keys are listed again and again while nothing changes (an input, a finished pipeline
+    served to a page) costs nothing per listing, and the first listing of a repository
+    built with its data costs no copy of a million keys. The first write or delete after
+    a listing was handed out drops the repository's reference to it (the listing never
+    changes under its holder); the next listing is made anew from the dict. A repository
+    written between listings thus keeps one set of its keys, the one its listers hold,
+    instead of that one and a copy of its own to change.
 
     Versions are counted only from the first listing of them on: a repository nobody asks
     versions of (the records and claims of a task, its outputs) keeps no version per key.
+    A key has version ``"0"`` until it is written again while present, or written after
+    it was deleted: then it gets the value of a counter bumped at every such write, as a
+    text made once. A key written once (the output of a job, read by the next task) keeps
+    nothing per key for its version.
     """
 
     _data: dict[str, Any]
-    #: the version of each key written since versions were first listed: the value of
+    #: the version of each key rewritten since versions were first listed: the value of
     #: ``_clock`` when it was last written, as the text listings hand out (made once: a
     #: listing of a million versions makes no text; a key not in it has version ``"0"``)
     _stamps: dict[str, str] | None = None
     _clock: int = 0
-    #: the keys of ``_data``, kept from the first shared listing on (None: not kept)
+    #: the keys deleted since versions were first listed (written again, they get a
+    #: version of their own: a holder of a listing of before may still hold ``"0"``)
+    _gone: set[str] | None = None
+    #: the keys of ``_data``, kept from the first shared listing on (None: made anew at
+    #: the next listing)
     _keyset: set[str] | None = None
-    #: whether ``_keyset`` was handed out (it is copied before it changes)
+    #: whether ``_keyset`` was handed out (it is dropped, not changed, at the next change)
     _handed: bool = False
     #: the versions handed out, while nothing changed since
     _versions: dict[str, str | None] | None = None
 
-    def _stamp(self, key: str) -> None:
-        """Note that ``key`` was just written: it gets a version no key ever had here (a
-        counter bumped on every write, so a deleted and rewritten key has a new one too)."""
+    def _stamp(self, key: str, present: bool) -> None:
+        """Note that ``key`` was just written (``present``: it was there before)."""
         self._versions = None
-        if self._stamps is not None:
+        if self._stamps is not None and (present or (self._gone is not None and key in self._gone)):
+            # a version no key ever had here (a counter bumped on every rewrite)
             self._clock += 1
             self._stamps[key] = str(self._clock)
-        keyset = self._keyset
-        if keyset is not None and key not in keyset:
-            if self._handed:
-                keyset = self._keyset = set(keyset)
-                self._handed = False
-            keyset.add(key)
+            if not present:
+                self._gone.discard(key)  # type: ignore[union-attr]
+        if not present:
+            keyset = self._keyset
+            if keyset is not None:
+                if self._handed:
+                    self._keyset = None  # the holders keep theirs; the next listing makes one
+                    self._handed = False
+                else:
+                    keyset.add(key)
 
     def _unstamp(self, key: str) -> None:
         """Note that ``key`` was just deleted."""
         self._versions = None
         if self._stamps is not None:
             self._stamps.pop(key, None)
+            if self._gone is None:
+                self._gone = set()
+            self._gone.add(key)
         keyset = self._keyset
-        if keyset is not None and key in keyset:
+        if keyset is not None:
             if self._handed:
-                keyset = self._keyset = set(keyset)
+                self._keyset = None
                 self._handed = False
-            keyset.discard(key)
+            else:
+                keyset.discard(key)
 
     async def keys(self) -> set[str]:
         return set(self._data)  # only valid keys ever get in
@@ -78,11 +96,28 @@ class _DictKeys(SharedListing):
         """The keys, as a set the caller must not modify (no copy; see the class doc)."""
         if type(self).keys is not _DictKeys.keys:  # a subclass lists its own way
             return await self.keys()
+        return self.shared_keys_now()
+
+    def shared_keys_now(self) -> set[str]:
+        """:meth:`shared_keys` of a repository that lists as stored (see
+        :meth:`lists_as_stored`), without the event loop."""
         keyset = self._keyset
         if keyset is None:
             keyset = self._keyset = set(self._data)
         self._handed = True
         return keyset
+
+    def lists_as_stored(self) -> bool:
+        """Whether :meth:`shared_keys` and :meth:`shared_versions` give what is stored
+        (no subclass lists its own way): then :meth:`shared_keys_now` and
+        :meth:`shared_versions_now` give the same, exact at the time of the call."""
+        assert isinstance(self, Repository)  # a mixin of the repositories below
+        cls = type(self)
+        return (
+            cls.keys is _DictKeys.keys
+            and cls.versions is Repository.versions
+            and cls._list_versions is _DictKeys._list_versions
+        )
 
     async def shared_versions(self) -> dict[str, str | None]:
         """:meth:`versions`, as a dict the caller must not modify (the same dict while
@@ -91,21 +126,25 @@ class _DictKeys(SharedListing):
         cls = type(self)
         if cls.versions is not Repository.versions or cls._list_versions is not _DictKeys._list_versions:
             return await self.versions()  # a subclass lists its own way
+        return self.shared_versions_now()
+
+    def shared_versions_now(self) -> dict[str, str | None]:
+        """:meth:`shared_versions` of a repository that lists as stored (see
+        :meth:`lists_as_stored`), without the event loop."""
         versions = self._versions
         if versions is None:
-            versions = self._versions = await self._list_versions()
+            versions = self._versions = self._versions_now()
         return versions
 
     def keys_of_versions(self, versions: dict[str, str | None]) -> set[str] | None:
         if versions is not self._versions or type(self).keys is not _DictKeys.keys:
             return None
-        keyset = self._keyset
-        if keyset is None:
-            keyset = self._keyset = set(self._data)
-        self._handed = True
-        return keyset
+        return self.shared_keys_now()
 
     async def _list_versions(self) -> dict[str, str | None]:
+        return self._versions_now()
+
+    def _versions_now(self) -> dict[str, str | None]:
         stamps = self._stamps
         if stamps is None:
             stamps = self._stamps = {}
@@ -146,14 +185,15 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
             raise KeyNotFoundError(key, self.describe()) from None
 
     async def _put(self, key: str, value: Any) -> None:
+        present = key in self._data
         self._data[key] = _copy(value)
-        self._stamp(key)
+        self._stamp(key, present)
 
     async def _create(self, key: str, value: Any) -> bool:
         if key in self._data:
             return False
         self._data[key] = _copy(value)
-        self._stamp(key)
+        self._stamp(key, False)
         return True
 
     async def _replace_if(self, key: str, expected: Any, value: Any) -> bool:
@@ -163,7 +203,7 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         if current is _ABSENT or current != expected:
             return False
         self._data[key] = _copy(value)
-        self._stamp(key)
+        self._stamp(key, True)
         return True
 
     async def _get_many(self, keys: list[str]) -> dict[str, Any]:
@@ -186,7 +226,7 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         if key in self._data:
             return False
         self._data[key] = value
-        self._stamp(key)
+        self._stamp(key, False)
         return True
 
     def put_now(self, key: str, value: Any) -> None:
@@ -195,8 +235,10 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         to record in one tuple, the field names and the values records share kept once;
         :meth:`~pydatatask.repository.base.MetadataRepository.get` returns it as the dict
         it was)."""
-        self._data[key] = pack(value) if type(value) is dict else _copy(value)
-        self._stamp(key)
+        data = self._data
+        present = key in data
+        data[key] = pack(value) if type(value) is dict else _copy(value)
+        self._stamp(key, present)
 
     def field_now(self, key: str, name: str) -> Any:
         """The field ``name`` of the dict stored under a checked ``key`` (None: no such
@@ -220,7 +262,7 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
             if current is _ABSENT or current != expected:
                 return False
         self._data[key] = value
-        self._stamp(key)
+        self._stamp(key, True)
         return True
 
     def delete_now(self, key: str) -> None:
@@ -255,8 +297,10 @@ class _MemoryWriter(BlobWriter):
         return len(data)
 
     async def commit(self) -> None:
-        self._repo._data[self._key] = b"".join(self._parts)
-        self._repo._stamp(self._key)
+        data = self._repo._data
+        present = self._key in data
+        data[self._key] = b"".join(self._parts)
+        self._repo._stamp(self._key, present)
         self._parts = []
 
     async def abort(self) -> None:
@@ -294,19 +338,20 @@ class MemoryBlobRepository(_DictKeys, BlobRepository):
         key = validate_key(key)
         if (journal := current_journal()) is not None:
             await journal.note(self, key)
+        present = key in self._data
         self._data[key] = bytes(data)
-        self._stamp(key)
+        self._stamp(key, present)
 
     async def _create_bytes(self, key: str, data: bytes) -> bool:
         if key in self._data:
             return False
         self._data[key] = bytes(data)
-        self._stamp(key)
+        self._stamp(key, False)
         return True
 
     async def _replace_bytes_if(self, key: str, expected: bytes, data: bytes) -> bool:
         if self._data.get(key) != expected:
             return False
         self._data[key] = data
-        self._stamp(key)
+        self._stamp(key, True)
         return True

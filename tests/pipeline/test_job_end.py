@@ -23,9 +23,26 @@ async def _noop(key: str, **_: Any) -> None:
     return None
 
 
+class _Listed(MemoryBlobRepository):
+    """Blobs whose listings the scheduler learns, as it does a store's elsewhere (a
+    repository in memory that lists what it stores is asked at every tick instead)."""
+
+    async def keys(self) -> set[str]:
+        return set(self._data)
+
+
+class _ListedRecords(MemoryMetadataRepository):
+    """Records whose listings are learnt (see :class:`_Listed`)."""
+
+    async def keys(self) -> set[str]:
+        return set(self._data)
+
+
 def _task(**outputs: Repository) -> FunctionTask:
     src = MemoryBlobRepository({"a": b"1", "b": b"2"})
-    return FunctionTask("t", _noop, inputs={"src": src}, outputs=outputs)
+    return FunctionTask(
+        "t", _noop, inputs={"src": src}, outputs=outputs, done=_ListedRecords(), live=_ListedRecords()
+    )
 
 
 def _listed(task: FunctionTask) -> KnownListings:
@@ -72,8 +89,8 @@ RECORDS = {
 @pytest.mark.parametrize("which", sorted(RECORDS))
 def test_a_job_end_learns_the_same_on_the_short_path_as_on_the_general_one(which: str) -> None:
     record = RECORDS[which]
-    fast = _ended(_task(x=MemoryBlobRepository(), y=MemoryBlobRepository()), record, in_tick=False)
-    general = _ended(_task(x=MemoryBlobRepository(), y=MemoryBlobRepository()), record, in_tick=True)
+    fast = _ended(_task(x=_Listed(), y=_Listed()), record, in_tick=False)
+    general = _ended(_task(x=_Listed(), y=_Listed()), record, in_tick=True)
     assert fast == general
     assert fast["done"] == (["a"], False) and fast["live"] == ([], False)
     if which == "success":
@@ -87,7 +104,7 @@ def test_a_job_end_learns_the_same_on_the_short_path_as_on_the_general_one(which
 
 
 def test_an_output_view_takes_the_general_path_and_has_its_children_listed_again() -> None:
-    left, right = MemoryBlobRepository(), MemoryBlobRepository()
+    left, right = _Listed(), _Listed()
     task = _task(x=OrRepository(left, right))
     known = _listed(task)
     known.job_ended(task, "a", {"success": True})
@@ -98,13 +115,13 @@ def test_an_output_view_takes_the_general_path_and_has_its_children_listed_again
 
 
 def test_the_plan_of_a_task_is_made_again_when_its_links_change() -> None:
-    out = MemoryBlobRepository()
+    out = _Listed()
     task = _task(x=out)
     known = _listed(task)
     known.job_ended(task, "a", {"success": True})
     first = known._end_plans["t"]
     assert first.fast is not None
-    task.link("extra", MemoryBlobRepository(), "output")
+    task.link("extra", _Listed(), "output")
     known.job_ended(task, "b", {"success": True})
     second = known._end_plans["t"]
     assert second is not first and second.links == first.links + 1

@@ -7,7 +7,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from pydatatask import MemoryMetadataRepository
+from pydatatask import MemoryBlobRepository, MemoryMetadataRepository
 from pydatatask.repository.listing import cached_versions, listing_scope
 from pydatatask.task.records import make_record, utcnow_iso
 
@@ -125,7 +125,33 @@ async def test_the_versions_of_two_listings_are_the_same_texts() -> None:
     assert first is not second and first["k0"] != second["k0"]
     # a version is made once, when its key is written: not again by every listing
     assert all(first[k] is second[k] for k in first if k != "k0")
-    assert len(set(second.values())) == 100
+    for i in range(1, 100):
+        await repo.put(f"k{i}", {"n": "again"})
+    with listing_scope():
+        third = await cached_versions(repo)
+    # every value rewritten has a version no value of its key had before
+    assert len(set(third.values())) == 100
+    assert all(third[k] not in (first[k], second[k]) for k in first if k != "k0")
+
+
+async def test_a_key_written_once_keeps_no_version_of_its_own() -> None:
+    repo = MemoryBlobRepository()
+    with listing_scope():
+        assert await cached_versions(repo) == {}  # versions counted from now on
+    for i in range(100):
+        await repo.write_bytes(f"k{i}", b"x")
+    with listing_scope():
+        first = await cached_versions(repo)
+    assert set(first) == {f"k{i}" for i in range(100)}
+    assert repo._stamps == {}  # nothing per key: the version of a value written once
+    await repo.write_bytes("k1", b"y")  # rewritten
+    await repo.delete("k2")
+    await repo.write_bytes("k2", b"x")  # gone and written again, the same bytes
+    with listing_scope():
+        second = await cached_versions(repo)
+    assert second["k1"] != first["k1"] and second["k2"] != first["k2"] and second["k1"] != second["k2"]
+    assert all(second[k] == first[k] for k in first if k not in ("k1", "k2"))
+    assert set(repo._stamps) == {"k1", "k2"}
 
 
 async def test_start_times_of_any_second_read_back() -> None:
