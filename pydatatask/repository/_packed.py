@@ -6,9 +6,12 @@ runner, ``None`` for the exit code and the error). :func:`pack` keeps a dict of 
 keys as one tuple ``(variant, value, ...)``: the :class:`_Variant` holds the field names
 and the values every record of it shares; the tuple holds the others, in field order. A
 nested dict is packed the same way (one whose values are all shared is the variant's own
-tuple: nothing per record); a start time in the ISO form records use is kept as a number
-of microseconds (a float: 24 bytes instead of the text's 81), and turned back into the
-very same text. :func:`unpack` gives back a dict equal to the one packed, field for field
+tuple: nothing per record); a time in the ISO form records use (their start and end
+times, the end times of the upstream records a record names) is kept as a number of
+microseconds (a float: 24 bytes instead of the text's 81), and turned back into the very
+same text. A time text made by :func:`~pydatatask.task.records.utcnow_iso` (or by this
+module) is noted with its number as it is made (:data:`times_made`), so that packing it
+reads no text. :func:`unpack` gives back a dict equal to the one packed, field for field
 and in the same order, with values of the same types.
 
 Which fields are shared is learnt from the first two dicts of the same field names: those
@@ -25,7 +28,17 @@ import time
 from operator import is_, itemgetter
 from typing import Any
 
-__all__ = ("pack", "unpack", "is_packed", "copy_value", "field")
+__all__ = (
+    "pack",
+    "unpack",
+    "is_packed",
+    "copy_value",
+    "field",
+    "times_made",
+    "TIMES_MADE",
+    "time_noted",
+    "time_head",
+)
 
 #: the types a value may be shared as (equal values of one of these types are the same value)
 _SHAREABLE = frozenset({str, int, bool, type(None), bytes})
@@ -34,9 +47,12 @@ _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 _VARIANTS = 64
 #: the most field names kept (beyond that, a store of free-form values: stop collecting)
 _SHAPES = 1024
-#: the field whose ISO-8601 text is kept as a number (the only time of a record nothing
-#: else in the scheduler holds: its end time is shared with the scheduler's index)
-_TIME_FIELD = "start_time"
+#: ``{text: its microseconds}`` of the ISO-8601 times made last (by
+#: :func:`~pydatatask.task.records.utcnow_iso` and :func:`_text`): a time packed is taken
+#: from here before it is read from its text (emptied when it holds :data:`TIMES_MADE`:
+#: the times of the jobs under way, a few each)
+times_made: dict[str, float] = {}
+TIMES_MADE = 1024
 
 
 class _Shape:
@@ -51,7 +67,7 @@ class _Shape:
         "one",
         "names",
         "variants",
-        "time_at",
+        "times",
         "full",
         "nested",
         "where",
@@ -72,8 +88,8 @@ class _Shape:
         #: the names of the fields not shared, in order
         self.names: tuple[str, ...] = ()
         self.variants: dict[tuple[Any, ...], _Variant] = {}
-        #: where the start time is among the values not shared (-1: not kept as a number)
-        self.time_at = -1
+        #: where the times are among the values not shared (kept as numbers)
+        self.times: tuple[int, ...] = ()
         #: whether no more variants are made
         self.full = False
         #: the shapes of the dicts in each field not shared (a dict of one field of these
@@ -105,10 +121,13 @@ class _Shape:
         if all(k in _SCALARS or k is dict for k in kinds):
             self.kinds = kinds
             self.dicts = tuple(i for i, k in enumerate(kinds) if k is dict)
-        if _TIME_FIELD in self.names:
-            at = self.names.index(_TIME_FIELD)
-            if _micros(first[own_at[at]]) is not None and _micros(second[own_at[at]]) is not None:
-                self.time_at = at
+        # a field whose values were times in both dicts (a text of another form later:
+        # that dict is kept plain)
+        self.times = tuple(
+            i
+            for i, at in enumerate(own_at)
+            if type(first[at]) is str and _micros(first[at]) is not None and _micros(second[at]) is not None
+        )
         self.first = None
 
 
@@ -163,8 +182,11 @@ def pack(value: dict[str, Any], shapes: dict[tuple[str, ...], _Shape] = _shapes)
     if one == 1:
         v = own[0]
         t = type(v)
-        if shape.time_at < 0 and t in _SCALARS:
-            return (variant, v)
+        if t in _SCALARS:
+            if not shape.times:
+                return (variant, v)
+            micros = _number(v)  # a time alone (the upstream end time of a record)
+            return _plain(value) if micros is None else (variant, micros)
         own = (v,)
     kinds = tuple(map(type, own))
     if kinds == shape.kinds:
@@ -178,11 +200,13 @@ def pack(value: dict[str, Any], shapes: dict[tuple[str, ...], _Shape] = _shapes)
         for v, nested in zip(own, shape.nested, strict=True):
             t = type(v)
             out.append(v if t in _SCALARS else pack(v, nested) if t is dict else _plain(v))
-    at = shape.time_at
-    if at >= 0:
-        micros = _micros(own[at])
+    for at in shape.times:
+        text = own[at]
+        micros = times_made.pop(text, None) if type(text) is str else None
         if micros is None:
-            return _plain(value)
+            micros = _number(text)
+            if micros is None:
+                return _plain(value)
         out[at + 1] = micros
     return tuple(out)
 
@@ -241,17 +265,17 @@ def unpack(value: tuple[Any, ...]) -> dict[str, Any]:
     if len(value) == 1:
         return out
     shape = variant.shape
-    at = shape.time_at
-    for i, (name, v) in enumerate(zip(shape.names, value[1:], strict=True)):
+    names = shape.names
+    for name, v in zip(names, value[1:], strict=True):
         t = type(v)
-        if i == at:
-            out[name] = _text(v)
-        elif t in _SCALARS:
+        if t in _SCALARS:
             out[name] = v
         elif t is tuple and v and type(v[0]) is _Variant:
             out[name] = unpack(v)
         else:
             out[name] = _plain(v)
+    for at in shape.times:
+        out[names[at]] = _text(value[at + 1])
     return out
 
 
@@ -265,7 +289,7 @@ def field(value: tuple[Any, ...], name: str) -> Any:
     if i is None:
         return variant.template.get(name)
     v = value[i + 1]
-    if i == shape.time_at:
+    if i in shape.times:
         return _text(v)
     t = type(v)
     return v if t in _SCALARS else copy_value(v)
@@ -320,7 +344,7 @@ _LIMIT = 9_000_000_000
 
 def _second(head: str) -> int | None:
     """The epoch second of the text ``head`` ("YYYY-MM-DDTHH:MM:SS"), or None (not a
-    time, or not spelt as :func:`_head` spells it)."""
+    time, or not spelt as :func:`time_head` spells it)."""
     import calendar  # (once per second of records: not at the import of the package)
     import datetime
 
@@ -329,7 +353,7 @@ def _second(head: str) -> int | None:
     except ValueError:
         return None
     second = calendar.timegm(parsed.timetuple())
-    if not -_LIMIT < second < _LIMIT or _head(second) != head:
+    if not -_LIMIT < second < _LIMIT or time_head(second) != head:
         return None
     if len(_seconds) >= 4096:
         _seconds.clear()
@@ -337,7 +361,9 @@ def _second(head: str) -> int | None:
     return second
 
 
-def _head(second: int) -> str:
+def time_head(second: int) -> str:
+    """The text "YYYY-MM-DDTHH:MM:SS" of the epoch second ``second`` (UTC), as a time
+    packed is spelt back."""
     head = _heads.get(second)
     if head is None:
         head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -349,5 +375,34 @@ def _head(second: int) -> str:
 
 def _text(micros: float) -> str:
     """The text :func:`_micros` read ``micros`` from."""
-    second, frac = divmod(int(micros), 1_000_000)
-    return f"{_head(second)}.{frac:06d}+00:00"
+    seconds, frac = divmod(micros, 1e6)  # (exact: both below 2**53)
+    second = int(seconds)
+    head = _heads.get(second)
+    if head is None:
+        head = time_head(second)
+    text = "%s.%06d+00:00" % (head, frac)  # noqa: UP031 (quicker than an f-string here)
+    _last_text[0] = (text, micros)
+    return text
+
+
+#: the last text :func:`_text` made, and its number (a time read from one record is often
+#: packed into the next, as its upstream end time: known without a lookup)
+_last_text: list[tuple[str, float]] = [(b"no text yet".decode(), 0.0)]  # (a text no caller holds)
+
+
+def _number(text: Any) -> float | None:
+    """The microseconds of the time ``text`` (None: not a time of the form kept as a number)."""
+    if type(text) is not str:
+        return None
+    last = _last_text[0]
+    if text is last[0]:
+        return last[1]
+    micros = times_made.pop(text, None)
+    return micros if micros is not None else _micros(text)
+
+
+def time_noted(second: int, head: str) -> bool:
+    """Whether the times of the epoch second ``second``, spelt ``head`` ("YYYY-MM-DDTHH:MM:SS"),
+    may be noted in :data:`times_made` as ``second * 1e6 + microseconds``: a float holds
+    them to the microsecond, and :func:`_text` spells them back the same."""
+    return -_LIMIT < second < _LIMIT and time_head(second) == head

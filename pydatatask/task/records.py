@@ -33,6 +33,7 @@ from typing import Any
 
 from .._procfs import boot_id, pid_namespace, process_start_time
 from ..errors import CorruptValueError
+from ..repository._packed import TIMES_MADE, time_noted, times_made
 
 __all__ = (
     "JobState",
@@ -60,10 +61,10 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
-# the last whole second formatted and its text, and the last moment formatted and its
-# text: each pair replaced as one tuple (a thread formatting at the same time never mixes
-# one moment's text with another's)
-_iso_second: list[tuple[int, str]] = [(-1, "")]
+# the last whole second formatted, its text and whether a record packed in memory spells
+# it back the same, and the last moment formatted and its text: each replaced as one tuple
+# (a thread formatting at the same time never mixes one moment's text with another's)
+_iso_second: list[tuple[int, str, bool]] = [(-1, "", False)]
 _iso_last: list[tuple[float, str]] = [(-1.0, "")]
 
 
@@ -79,12 +80,16 @@ def utcnow_iso(ts: float | None = None) -> str:
     second, micro = divmod(round(ts * 1_000_000), 1_000_000)
     whole = _iso_second[0]
     if whole[0] != second:  # jobs ending within one second share the formatting
-        whole = _iso_second[0] = (
-            second,
-            datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-        )
+        head = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        whole = _iso_second[0] = (second, head, time_noted(second, head))
     text = f"{whole[1]}.{micro:06d}+00:00"
     _iso_last[0] = (ts, text)
+    if whole[2]:
+        # noted with its number, which a record stored in memory keeps instead of the text
+        # (what note_time does, without a call per text)
+        if len(times_made) >= TIMES_MADE:
+            times_made.clear()
+        times_made[text] = second * 1e6 + micro
     return text
 
 

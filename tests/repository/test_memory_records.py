@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 import tracemalloc
 from typing import Any
@@ -57,6 +58,11 @@ async def test_records_read_back_field_for_field_whatever_differs_between_them()
         _record("count", 58, start_time="2026-12-02T00:00:00.00000١+00:00"),  # an Arabic digit
         _record("count", 59, start_time="2026-13-02T00:00:00.000000+00:00"),
         _record("count", 60, start_time=1_796_170_000.5),
+        _record("count", 200, end_time="2026-12-02T00:00:00.000001+01:00"),
+        _record("count", 201, end_time=None),
+        _record("count", 202, upstream={"src": "2026-12-02T00:00:00.0000001+00:00"}),
+        _record("count", 203, upstream={"src": "2026-02-30T00:00:00.000000+00:00"}),
+        _record("count", 204, upstream={"src": None}),
         _record("count", 61, inputs={"src": None}),
         _record("count", 62, inputs={"src": "0", "other": [1, {"x": (1, 2)}]}),
         _record("count", 63, inputs={}),
@@ -109,6 +115,38 @@ async def test_a_record_kept_takes_well_under_the_dict_it_was() -> None:
     # the record's packed fields took over 500). The bound leaves room for what else the
     # process allocates meanwhile (after other tests in the same process: 308 seen)
     assert used / len(records[10:]) < 400
+
+
+def _own_bytes(value: Any, shared: set[int]) -> int:
+    """What ``value`` takes with what it holds, objects in ``shared`` left out."""
+    if id(value) in shared:
+        return 0
+    size = sys.getsizeof(value)
+    if isinstance(value, tuple | list):
+        size += sum(_own_bytes(v, shared) for v in value)
+    elif isinstance(value, dict):
+        size += sum(_own_bytes(v, shared) for v in value.values())
+    return size
+
+
+async def test_the_times_of_a_record_are_kept_as_numbers() -> None:
+    repo = MemoryMetadataRepository()
+    for i in range(10):  # the field names learnt
+        repo.put_now(f"k{i:07d}", _record("count", i))
+    record = _record("count", 10)
+    texts = (record["start_time"], record["end_time"], record["upstream"]["src"])
+    repo.put_now("k0000010", record)
+    stored = repo._data["k0000010"]
+    # what every record shares (field names, shared values) and the key, which the store
+    # holds anyway, left out: the tuple of what differs, with three numbers for the
+    # three times instead of three texts (81 bytes each)
+    shared = {id(v) for k, v in repo._data.items() if k != "k0000010" for v in v}
+    shared |= {id(v[0]) for v in stored if isinstance(v, tuple)}  # (the nested dicts' shapes)
+    shared.add(id(record["key"]))
+    assert _own_bytes(stored, shared) < 300
+    got = await repo.get("k0000010")
+    assert _same(got, record)
+    assert (got["start_time"], got["end_time"], got["upstream"]["src"]) == texts
 
 
 async def test_the_versions_of_two_listings_are_the_same_texts() -> None:
