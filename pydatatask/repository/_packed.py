@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from operator import is_, itemgetter
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = (
     "is_packed",
     "copy_value",
     "field",
+    "maker",
     "times_made",
     "TIMES_MADE",
     "time_noted",
@@ -251,6 +253,59 @@ def _variant(shape: _Shape, shared: tuple[Any, ...], found: _Variant | None) -> 
         return None
     variant = shape.variants[shared] = _Variant(shape, shared)
     return variant
+
+
+def maker(sample: Any, names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...] | None] | None:
+    """For ``sample``, what :func:`pack` made of a dict: a function of the values of its
+    fields ``names`` (in that order) that returns what :func:`pack` makes of the same dict
+    with those values in place, without the dict (None when one of the values does not
+    pack so: the caller packs the dict). None: ``sample`` is not packed, or one of
+    ``names`` is a field its records share (the same value in every dict of its variant).
+
+    The values must be scalars (a time as the text records use, or as the whole number
+    of microseconds since the epoch that text stands for) or JSON-like dicts (packed as
+    :func:`pack` packs a field's dicts); every other field is the sample's. What this
+    makes reads back exactly as :func:`pack` of the dict would."""
+    if not is_packed(sample):
+        return None
+    variant: _Variant = sample[0]
+    shape = variant.shape
+    try:
+        positions = tuple(shape.where[name] + 1 for name in names)
+    except KeyError:
+        return None
+    if len(set(positions)) != len(positions):
+        return None
+    # (position in the packed tuple, index among the values) of the times, and of the others
+    timed = tuple((p, i) for i, p in enumerate(positions) if p - 1 in shape.times)
+    base = list(sample)
+    setters = tuple((p, i) for i, p in enumerate(positions) if p - 1 not in shape.times)
+    nested = tuple(shape.nested[p - 1] for p in positions)
+
+    def make(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        out = base.copy()
+        for position, i in setters:
+            v = values[i]
+            t = type(v)
+            if t is dict:
+                v = pack(v, nested[i])
+            elif t not in _SCALARS:
+                return None
+            out[position] = v
+        for position, i in timed:
+            v = values[i]
+            if type(v) is int:  # microseconds since the epoch: the text it stands for
+                if not -_LIMIT * 1_000_000 < v < _LIMIT * 1_000_000:
+                    return None
+                out[position] = float(v)
+            else:
+                micros = _number(v)
+                if micros is None:
+                    return None
+                out[position] = micros
+        return tuple(out)
+
+    return make
 
 
 def is_packed(value: Any) -> bool:
