@@ -101,7 +101,10 @@ class ProcessWork(Work):
     files the output is appended to (``stderr`` None: into ``stdout``; both None: the
     executor keeps it, for :meth:`JobHandle.logs`). ``scratch``: local paths the command
     writes besides its job directory (temporary siblings of outputs written in place),
-    removed by :meth:`JobHandle.close` and by recovery once they are not renamed away."""
+    removed by :meth:`JobHandle.close` and by recovery once they are not renamed away.
+    ``remove_later``: the job directory may still be there when :meth:`JobHandle.close`
+    returns, removed in the background (:meth:`Executor.aclose` waits for it): for work whose
+    claim is memory of this process, which nothing started after a crash would see anyway."""
 
     kind: ClassVar[str] = "process"
 
@@ -117,6 +120,7 @@ class ProcessWork(Work):
     stdout: Path | None = None
     stderr: Path | None = None
     scratch: tuple[Path, ...] = ()
+    remove_later: bool = False
 
 
 @dataclass(frozen=True, slots=True)

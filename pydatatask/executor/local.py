@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._procfs import boot_id, pid_namespace, process_start_time, same_pid_space
+from ._job_dirs import Remover, remove_job_dir, remove_small_tree
 from ._shell import SCRIPT_FILE, kill_group_script, wrapper_script
 from .base import ProcessWork
 from .hosts import Host, _parent_dirs, _Process, _ProcessSpec, job_dir_entries
@@ -40,8 +41,6 @@ CHUNK = 1 << 20
 #: file operations on local disk up to this size are done on the event loop: a thread hop
 #: costs more than the operation itself (and waits for the GIL while the loop is busy)
 SMALL = 1 << 16
-#: a job directory with at most this many entries is removed on the event loop
-SMALL_TREE = 64
 
 
 async def _open_append(path: Path | None) -> IO[bytes] | None:
@@ -53,62 +52,6 @@ async def _open_append(path: Path | None) -> IO[bytes] | None:
 def _open_append_now(path: Path | None) -> IO[bytes] | None:
     """Open a local log file for appending (on the spot: opening is microseconds)."""
     return None if path is None else open(path, "ab")  # noqa: SIM115 - closed by the caller
-
-
-def _remove_small_tree(path: str) -> bool:
-    """Remove ``path`` on the spot if it has at most :data:`SMALL_TREE` entries.
-
-    True when it is gone; False when it is bigger (what was removed so far is gone, the
-    rest is left for :func:`shutil.rmtree` in a thread)."""
-    budget = SMALL_TREE
-    dirs: list[str] = []
-    stack = [path]
-    try:
-        while stack:
-            top = stack.pop()
-            dirs.append(top)
-            with os.scandir(top) as it:
-                for entry in it:
-                    budget -= 1
-                    if budget < 0:
-                        return False
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        os.unlink(entry.path)
-        for d in reversed(dirs):
-            os.rmdir(d)
-    except FileNotFoundError:
-        return not os.path.lexists(path)
-    except OSError:
-        return False
-    return True
-
-
-def _remove_known(path: str, files: Sequence[str], dirs: Sequence[str]) -> bool:
-    """Remove the job directory ``path`` holding at most ``files`` in ``dirs`` (relative
-    paths, parents first): an unlink per file, an rmdir per directory, no listing. True
-    when it is gone; False when the command left something else there."""
-    try:
-        for rel in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}/{rel}")
-        for rel in reversed(dirs):
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(f"{path}/{rel}")
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
-    except OSError:  # not empty, or a file where a directory was expected
-        return False
-    return True
-
-
-def _remove_job_dir_now(path: str, files: Sequence[str], dirs: Sequence[str]) -> None:
-    """Remove the job directory ``path``: what was put there (:func:`_remove_known`), or
-    whatever is there."""
-    if not _remove_known(path, files, dirs):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -208,6 +151,8 @@ def _pidfds_work() -> bool:
 
 
 _PIDFD = _pidfds_work()
+#: removes the job directories of work that may be removed later (one thread for the process)
+_REMOVER = Remover()
 
 #: signals Python ignores and a child must not inherit ignored (as Popen's ``restore_signals``)
 _SIG_DEFAULT = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
@@ -312,6 +257,20 @@ def _kill_abandoned(spawning: asyncio.Future[int], job_dir: str | None = None) -
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
+def _watch(pid: int, job_dir: str | None = None) -> _LocalProcess:
+    """The process ``pid`` just started, waited for through a pidfd. Should that fail, the
+    process is killed (and the job directory ``job_dir`` its start made removed)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except BaseException:
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # just SIGKILLed: gone at once
+        if job_dir is not None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    return _LocalProcess(pid, pidfd)
+
+
 async def _started(spawning: asyncio.Future[int], job_dir: str | None = None) -> _LocalProcess:
     """The process whose start (in a thread) is ``spawning``, waited for through a pidfd.
     A caller cancelled meanwhile leaves nothing running (nor the job directory ``job_dir``
@@ -321,15 +280,7 @@ async def _started(spawning: asyncio.Future[int], job_dir: str | None = None) ->
     except asyncio.CancelledError:
         spawning.add_done_callback(functools.partial(_kill_abandoned, job_dir=job_dir))
         raise
-    try:
-        pidfd = os.pidfd_open(pid)
-    except BaseException:
-        os.killpg(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)  # noqa: ASYNC222 - just SIGKILLed: gone at once
-        if job_dir is not None:
-            shutil.rmtree(job_dir, ignore_errors=True)
-        raise
-    return _LocalProcess(pid, pidfd)
+    return _watch(pid, job_dir)
 
 
 def _argv_env(spec: _ProcessSpec) -> tuple[list[str], dict[bytes, bytes]]:
@@ -385,14 +336,24 @@ class LocalHost(Host):
     async def _start_in_new_dir(
         self, job_dir: str, work: ProcessWork, stdout: Path | None, stderr: Path | None
     ) -> _Process | None:
-        """Make the job directory, stage the inputs and start the job in the one thread hop
-        the start takes anyway, when every input is bytes or a local path (streams are
-        read on the event loop: the step-by-step way then)."""
+        """Make the job directory, stage the inputs and start the job in one step, when
+        every input is bytes or a local path (streams are read on the event loop: the
+        step-by-step way then).
+
+        On the event loop itself when the inputs are small bytes (a few ``mkdir``, a
+        ``write`` and the ``vfork``-style start), else in a thread. A thread would not let
+        the loop run during the start anyway: ``os.posix_spawn`` holds the GIL until the
+        child has run ``exec``, and the hop there and back costs more Python than the step."""
         if not _PIDFD:
             return None
         files: dict[str, bytes | Path] = {}
+        size = 0
         for rel, source in work.files_in.items():
-            if not isinstance(source, (bytes, Path)):
+            if isinstance(source, bytes):
+                size += len(source)
+            elif isinstance(source, Path):
+                size += SMALL + 1  # a copy of a local file or directory: in the thread
+            else:
                 return None
             files[rel] = source
         command = work.command
@@ -401,16 +362,13 @@ class LocalHost(Host):
             files[SCRIPT_FILE] = work.command.encode()
         spec = _ProcessSpec(command=command, job_dir=job_dir, cwd=job_dir, env=work.env, script=work.script)
         argv, env = _argv_env(spec)
+        subdirs = _parent_dirs([*work.files_in, *work.files_out]) if work.files_in or work.files_out else ()
+        out = None if stdout is None else os.fspath(stdout)
+        err = None if stderr is None else os.fspath(stderr)
+        if size <= SMALL:
+            return _watch(_setup_and_spawn(job_dir, subdirs, files, argv, env, out, err), job_dir)
         spawning = asyncio.get_running_loop().run_in_executor(
-            None,
-            _setup_and_spawn,
-            job_dir,
-            _parent_dirs([*work.files_in, *work.files_out]),
-            files,
-            argv,
-            env,
-            None if stdout is None else os.fspath(stdout),
-            None if stderr is None else os.fspath(stderr),
+            None, _setup_and_spawn, job_dir, subdirs, files, argv, env, out, err
         )
         return await _started(spawning, job_dir)
 
@@ -427,13 +385,9 @@ class LocalHost(Host):
         stdout = None if spec.stdout is None else os.fspath(spec.stdout)
         stderr = None if spec.stderr is None else os.fspath(spec.stderr)
         if _PIDFD:
-            # in a thread: the caller is stopped until the child has run exec, which on a
-            # busy machine waits for the CPU (2-10 ms); the loop meanwhile reaps and starts
-            # other jobs (3x the throughput at 8 jobs at once on 2 loaded cores)
-            spawning = asyncio.get_running_loop().run_in_executor(
-                None, _posix_spawn, argv, env, stdout, stderr
-            )
-            return await _started(spawning)
+            # on the loop: posix_spawn holds the GIL until the child has run exec, in a
+            # thread as here (see _start_in_new_dir)
+            return _watch(_posix_spawn(argv, env, stdout, stderr))
         out = _open_append_now(spec.stdout)
         try:
             err = _open_append_now(spec.stderr)
@@ -516,19 +470,27 @@ class LocalHost(Host):
         await asyncio.to_thread(os.makedirs, path, exist_ok=True)
 
     async def _rmtree(self, path: str) -> None:
-        if not _remove_small_tree(path):
+        if not remove_small_tree(path):
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def _remove_job_dir(self, path: str, work: ProcessWork | None) -> None:
-        # in a thread: on a journalling file system each unlink and rmdir is a journal
-        # entry (1 ms for a job directory on a busy ext4, in which the loop would start
-        # nothing; on tmpfs the hop costs about what the calls cost)
+        # off the event loop: on a journalling file system each unlink and rmdir is a
+        # journal entry (1 ms for a job directory on a busy ext4, in which the loop would
+        # start nothing); work that may be removed later goes to the background without a
+        # wait (aclose waits for it), the rest in a thread waited for
         if work is None:
             await self._rmtree(path)
-        else:
-            files, dirs = job_dir_entries(work)
-            # (no context copy as with asyncio.to_thread: the call reads no context variable)
-            await asyncio.get_running_loop().run_in_executor(None, _remove_job_dir_now, path, files, dirs)
+            return
+        if work.remove_later:
+            _REMOVER.remove(path, work)
+            return
+        files, dirs = job_dir_entries(work)
+        # (no context copy as with asyncio.to_thread: the call reads no context variable)
+        await asyncio.get_running_loop().run_in_executor(None, remove_job_dir, path, files, dirs)
+
+    async def aclose(self) -> None:
+        """Wait until the job directories removed in the background are gone."""
+        await _REMOVER.drain()
 
     async def _exists(self, path: str) -> bool:
         return await asyncio.to_thread(os.path.lexists, path)
