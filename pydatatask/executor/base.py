@@ -102,9 +102,11 @@ class ProcessWork(Work):
     executor keeps it, for :meth:`JobHandle.logs`). ``scratch``: local paths the command
     writes besides its job directory (temporary siblings of outputs written in place),
     removed by :meth:`JobHandle.close` and by recovery once they are not renamed away.
-    ``remove_later``: the job directory may still be there when :meth:`JobHandle.close`
-    returns, removed in the background (:meth:`Executor.aclose` waits for it): for work whose
-    claim is memory of this process, which nothing started after a crash would see anyway."""
+    ``transient``: work of a scheduler whose claims are memory of its own process, which
+    nothing started after a crash would look for: a host may leave out what only recovery
+    needs (a local job's pid file) and remove the job directory after
+    :meth:`JobHandle.close` has returned, in the background (:meth:`Executor.aclose` waits
+    for it)."""
 
     kind: ClassVar[str] = "process"
 
@@ -120,7 +122,7 @@ class ProcessWork(Work):
     stdout: Path | None = None
     stderr: Path | None = None
     scratch: tuple[Path, ...] = ()
-    remove_later: bool = False
+    transient: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,12 @@ class _LocalProcess(_Process):
     def __init__(self, pid: int, pidfd: int) -> None:
         self.pid = self._pid = pid
         self._pidfd: int | None = pidfd
-        self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_reader(pidfd, self._reap)
+        #: the exit code once reaped, and who waits for it (a future each: a cancelled
+        #: waiter leaves the reaping and the other waiters alone)
+        self._code: int | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(pidfd, self._reap)
 
     def _reap(self) -> None:
         try:
@@ -105,22 +109,39 @@ class _LocalProcess(_Process):
                 return  # not yet (spurious wake-up)
             code = os.waitstatus_to_exitcode(status)
         self._close_pidfd()
-        if not self._done.done():
-            self._done.set_result(code)
+        if self._code is None:
+            self._code = code
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
 
     def _close_pidfd(self) -> None:
         fd, self._pidfd = self._pidfd, None
         if fd is not None:
-            asyncio.get_running_loop().remove_reader(fd)
+            self._loop.remove_reader(fd)
             os.close(fd)
 
+    async def _ended(self) -> int:
+        if self._code is None:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                raise
+        assert self._code is not None
+        return self._code
+
     async def wait(self) -> int:
-        code = await asyncio.shield(self._done)  # a cancelled waiter leaves the reaping on
+        code = await self._ended()
         return 128 - code if code < 0 else code
 
     async def kill(self, grace: float) -> None:
         await _stop_group(self._pid, grace)
-        await self._done
+        await self._ended()
 
 
 class _AsyncioProcess(_Process):
@@ -292,7 +313,9 @@ def _argv_env(spec: _ProcessSpec) -> tuple[list[str], dict[bytes, bytes]]:
         env[name.encode(_FS_ENCODING, _FS_ERRORS)] = value.encode(_FS_ENCODING, _FS_ERRORS)
     # the command runs in the wrapper shell itself (which first changes to the working
     # directory): one process per job
-    wrapper = wrapper_script(spec.job_dir, spec.script, read_env=False, in_place=True, cwd=spec.cwd)
+    wrapper = wrapper_script(
+        spec.job_dir, spec.script, read_env=False, in_place=True, cwd=spec.cwd, pid_file=spec.pid_file
+    )
     # ($0 of an inline command is /bin/sh, as for sh -c)
     return ["/bin/sh", "-c", wrapper, "pdt-job" if spec.script else "/bin/sh", spec.command], env
 
@@ -360,7 +383,14 @@ class LocalHost(Host):
         if work.script:
             command = f"{job_dir}/{SCRIPT_FILE}"
             files[SCRIPT_FILE] = work.command.encode()
-        spec = _ProcessSpec(command=command, job_dir=job_dir, cwd=job_dir, env=work.env, script=work.script)
+        spec = _ProcessSpec(
+            command=command,
+            job_dir=job_dir,
+            cwd=job_dir,
+            env=work.env,
+            script=work.script,
+            pid_file=not work.transient,
+        )
         argv, env = _argv_env(spec)
         subdirs = _parent_dirs([*work.files_in, *work.files_out]) if work.files_in or work.files_out else ()
         out = None if stdout is None else os.fspath(stdout)
@@ -481,7 +511,7 @@ class LocalHost(Host):
         if work is None:
             await self._rmtree(path)
             return
-        if work.remove_later:
+        if work.transient:
             _REMOVER.remove(path, work)
             return
         files, dirs = job_dir_entries(work)

@@ -313,7 +313,7 @@ class ProcessTask(Task):
             stdout=files.combined or files.stdout,
             stderr=files.stderr,
             scratch=tuple(staged.local_temps),
-            remove_later=later,
+            transient=later,
         )
 
     def _claims_in_memory(self) -> bool:

@@ -109,7 +109,7 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
         stdout=files.combined or files.stdout,
         stderr=files.stderr,
         scratch=tuple(staged.local_temps),
-        remove_later=later,
+        transient=later,
     )
 
 
