@@ -32,6 +32,9 @@ __all__ = ("Remover", "remove_job_dir", "remove_known", "remove_small_tree")
 SMALL_TREE = 64
 #: seconds the removing thread waits for more work before it ends (a new one starts on demand)
 IDLE = 2.0
+#: directories handed to the thread at once, and the longest a directory waits for more
+BATCH = 16
+DELAY = 0.02
 
 
 def remove_small_tree(path: str) -> bool:
@@ -90,17 +93,19 @@ def remove_job_dir(path: str, files: Sequence[str], dirs: Sequence[str]) -> None
         shutil.rmtree(path, ignore_errors=True)
 
 
-#: what the removing thread is handed: a job directory and its work, or a future to
+#: what the removing thread is handed: job directories with their work, or a future to
 #: complete once everything handed before it is done
-_Item = tuple[str, ProcessWork] | concurrent.futures.Future[None]
+_Item = list[tuple[str, ProcessWork]] | concurrent.futures.Future[None]
 
 
 class Remover:
     """Removes job directories in one background thread, in the order they are handed in.
 
-    :meth:`remove` returns at once (the thread starts on demand and ends after
-    :data:`IDLE` seconds without work); :meth:`drain` waits until every directory handed in
-    before it is gone. At the interpreter's exit what is still queued is removed first.
+    :meth:`remove` returns at once: directories are handed to the thread :data:`BATCH` at
+    a time, or :data:`DELAY` seconds after the first of fewer (a wake-up of the thread per
+    directory cost more than removing it); the thread starts on demand and ends after
+    :data:`IDLE` seconds without work. :meth:`drain` waits until every directory handed
+    in before it is gone. At the interpreter's exit what is still queued is removed first.
     """
 
     def __init__(self) -> None:
@@ -108,14 +113,34 @@ class Remover:
         self._lock = threading.Lock()
         self._running = False
         self._exit_hook = False
+        #: directories not handed to the thread yet (touched on event loops only)
+        self._pending: list[tuple[str, ProcessWork]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def remove(self, path: str, work: ProcessWork) -> None:
         """Remove the job directory ``path`` of ``work`` (see :func:`remove_job_dir`) in the
-        background."""
-        self._put((path, work))
+        background. Called on an event loop."""
+        pending = self._pending
+        pending.append((path, work))
+        loop = asyncio.get_running_loop()
+        if len(pending) >= BATCH or (self._timer is not None and self._timer_loop is not loop):
+            self._flush()  # (another loop's timer may never fire: that loop may be closed)
+        elif self._timer is None:
+            self._timer = loop.call_later(DELAY, self._flush)
+            self._timer_loop = loop
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._put(batch)
 
     async def drain(self) -> None:
         """Return once every directory handed in so far is removed."""
+        self._flush()
         if not self._running:
             return
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -124,6 +149,9 @@ class Remover:
 
     def drain_now(self) -> None:
         """:meth:`drain`, blocking (at the interpreter's exit)."""
+        if self._pending:  # (a loop that closed before its timer fired)
+            batch, self._pending, self._timer = self._pending, [], None
+            self._put(batch)
         if not self._running:
             return
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -157,9 +185,9 @@ class Remover:
             if isinstance(item, concurrent.futures.Future):
                 item.set_result(None)
                 continue
-            path, work = item
-            try:
-                files, dirs = job_dir_entries(work)
-                remove_job_dir(path, files, dirs)
-            except Exception:  # noqa: S112 - what cannot be removed is left, as rmtree(ignore_errors) does
-                continue
+            for path, work in item:
+                try:
+                    files, dirs = job_dir_entries(work)
+                    remove_job_dir(path, files, dirs)
+                except Exception:  # noqa: S112 - what cannot be removed is left, as rmtree(ignore_errors) does
+                    continue

@@ -93,3 +93,29 @@ async def test_a_cancelled_wait_leaves_the_process_to_be_waited_for_again(tmp_pa
         await handle.close()
         host.release(slot)
     assert list((tmp_path / "jobs").iterdir()) == []
+
+
+async def test_a_few_directories_go_without_a_drain(tmp_path: Path) -> None:
+    """Fewer than a batch are handed to the thread after a short delay."""
+    remover = Remover()
+    remover.remove(*_job_dir(tmp_path, "a"))
+    for _ in range(500):
+        if not os.listdir(tmp_path):
+            break
+        await asyncio.sleep(0.01)
+    assert os.listdir(tmp_path) == []
+
+
+def test_what_a_closed_loop_left_queued_goes_with_the_next_loop_or_at_exit(tmp_path: Path) -> None:
+    remover = Remover()
+
+    async def hand_in(name: str) -> None:
+        remover.remove(*_job_dir(tmp_path, name))
+
+    asyncio.run(hand_in("a"))  # its loop closes before the delay is over
+    asyncio.run(hand_in("b"))  # another loop: both go now
+    asyncio.run(remover.drain())
+    assert os.listdir(tmp_path) == []
+    asyncio.run(hand_in("c"))
+    remover.drain_now()  # as at the interpreter's exit
+    assert os.listdir(tmp_path) == []
