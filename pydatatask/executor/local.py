@@ -30,6 +30,7 @@ from typing import IO, Any
 from .._procfs import boot_id, pid_namespace, process_start_time, same_pid_space
 from ._job_dirs import Remover, remove_job_dir, remove_small_tree
 from ._shell import SCRIPT_FILE, kill_group_script, wrapper_script
+from ._starter import Starter
 from .base import ProcessWork
 from .hosts import Host, _parent_dirs, _Process, _ProcessSpec, job_dir_entries
 
@@ -172,8 +173,10 @@ def _pidfds_work() -> bool:
 
 
 _PIDFD = _pidfds_work()
-#: removes the job directories of work that may be removed later (one thread for the process)
+#: removes the job directories of transient work (one thread for the process)
 _REMOVER = Remover()
+#: starts the jobs (one thread for the process)
+_STARTER = Starter("pdt-local-start")
 
 #: signals Python ignores and a child must not inherit ignored (as Popen's ``restore_signals``)
 _SIG_DEFAULT = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
@@ -264,12 +267,9 @@ def _setup_and_spawn(
         raise
 
 
-def _kill_abandoned(spawning: asyncio.Future[int], job_dir: str | None = None) -> None:
+def _kill_abandoned(pid: int, job_dir: str | None = None) -> None:
     """Stop a process whose start finished after its caller was cancelled (and remove its
     job directory, when the start made it)."""
-    if spawning.cancelled() or spawning.exception() is not None:
-        return
-    pid = spawning.result()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
@@ -293,13 +293,15 @@ def _watch(pid: int, job_dir: str | None = None) -> _LocalProcess:
 
 
 async def _started(spawning: asyncio.Future[int], job_dir: str | None = None) -> _LocalProcess:
-    """The process whose start (in a thread) is ``spawning``, waited for through a pidfd.
-    A caller cancelled meanwhile leaves nothing running (nor the job directory ``job_dir``
-    the start made)."""
+    """The process whose start (in the starting thread) is ``spawning``, waited for
+    through a pidfd. A caller cancelled meanwhile leaves nothing running (nor the job
+    directory ``job_dir`` the start made): the thread stops what it started then."""
     try:
-        pid = await asyncio.shield(spawning)
+        pid = await spawning
     except asyncio.CancelledError:
-        spawning.add_done_callback(functools.partial(_kill_abandoned, job_dir=job_dir))
+        # cancelled once the start had ended, before this coroutine ran again
+        if spawning.done() and not spawning.cancelled() and spawning.exception() is None:
+            _kill_abandoned(spawning.result(), job_dir)
         raise
     return _watch(pid, job_dir)
 
@@ -359,24 +361,18 @@ class LocalHost(Host):
     async def _start_in_new_dir(
         self, job_dir: str, work: ProcessWork, stdout: Path | None, stderr: Path | None
     ) -> _Process | None:
-        """Make the job directory, stage the inputs and start the job in one step, when
-        every input is bytes or a local path (streams are read on the event loop: the
-        step-by-step way then).
+        """Make the job directory, stage the inputs and start the job in one step in the
+        starting thread, when every input is bytes or a local path (streams are read on the
+        event loop: the step-by-step way then).
 
-        On the event loop itself when the inputs are small bytes (a few ``mkdir``, a
-        ``write`` and the ``vfork``-style start), else in a thread. A thread would not let
-        the loop run during the start anyway: ``os.posix_spawn`` holds the GIL until the
-        child has run ``exec``, and the hop there and back costs more Python than the step."""
+        In a thread: a start stops its caller until the child has run ``exec``, which on a
+        busy machine first waits for a CPU (milliseconds, in which a loop that started it
+        itself would reap and start nothing)."""
         if not _PIDFD:
             return None
         files: dict[str, bytes | Path] = {}
-        size = 0
         for rel, source in work.files_in.items():
-            if isinstance(source, bytes):
-                size += len(source)
-            elif isinstance(source, Path):
-                size += SMALL + 1  # a copy of a local file or directory: in the thread
-            else:
+            if not isinstance(source, (bytes, Path)):
                 return None
             files[rel] = source
         command = work.command
@@ -393,12 +389,16 @@ class LocalHost(Host):
         )
         argv, env = _argv_env(spec)
         subdirs = _parent_dirs([*work.files_in, *work.files_out]) if work.files_in or work.files_out else ()
-        out = None if stdout is None else os.fspath(stdout)
-        err = None if stderr is None else os.fspath(stderr)
-        if size <= SMALL:
-            return _watch(_setup_and_spawn(job_dir, subdirs, files, argv, env, out, err), job_dir)
-        spawning = asyncio.get_running_loop().run_in_executor(
-            None, _setup_and_spawn, job_dir, subdirs, files, argv, env, out, err
+        spawning = _STARTER.submit(
+            functools.partial(_kill_abandoned, job_dir=job_dir),
+            _setup_and_spawn,
+            job_dir,
+            subdirs,
+            files,
+            argv,
+            env,
+            None if stdout is None else os.fspath(stdout),
+            None if stderr is None else os.fspath(stderr),
         )
         return await _started(spawning, job_dir)
 
@@ -415,9 +415,8 @@ class LocalHost(Host):
         stdout = None if spec.stdout is None else os.fspath(spec.stdout)
         stderr = None if spec.stderr is None else os.fspath(spec.stderr)
         if _PIDFD:
-            # on the loop: posix_spawn holds the GIL until the child has run exec, in a
-            # thread as here (see _start_in_new_dir)
-            return _watch(_posix_spawn(argv, env, stdout, stderr))
+            # in the starting thread (see _start_in_new_dir)
+            return await _started(_STARTER.submit(_kill_abandoned, _posix_spawn, argv, env, stdout, stderr))
         out = _open_append_now(spec.stdout)
         try:
             err = _open_append_now(spec.stderr)
