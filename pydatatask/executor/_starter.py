@@ -56,6 +56,11 @@ class Starter:
                 threading.Thread(target=self._run, name=self._name, daemon=True).start()
         return future
 
+    async def drain(self) -> None:
+        """Return once every call submitted so far has ended and handed back its result."""
+        if self._running:
+            await self.submit(_ignore, _nothing)
+
     def _run(self) -> None:
         get = self._queue.get
         while True:
@@ -95,3 +100,11 @@ def _resolve(
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _ignore(result: object) -> None:
+    return None

@@ -297,13 +297,17 @@ async def _started(spawning: asyncio.Future[int], job_dir: str | None = None) ->
     through a pidfd. A caller cancelled meanwhile leaves nothing running (nor the job
     directory ``job_dir`` the start made): the thread stops what it started then."""
     try:
-        pid = await spawning
+        pid = await asyncio.shield(spawning)
     except asyncio.CancelledError:
-        # cancelled once the start had ended, before this coroutine ran again
-        if spawning.done() and not spawning.cancelled() and spawning.exception() is None:
-            _kill_abandoned(spawning.result(), job_dir)
+        # the start goes on (or has just ended): what it made goes once it has
+        spawning.add_done_callback(functools.partial(_kill_started, job_dir=job_dir))
         raise
     return _watch(pid, job_dir)
+
+
+def _kill_started(spawning: asyncio.Future[int], job_dir: str | None = None) -> None:
+    if not spawning.cancelled() and spawning.exception() is None:
+        _kill_abandoned(spawning.result(), job_dir)
 
 
 def _argv_env(spec: _ProcessSpec) -> tuple[list[str], dict[bytes, bytes]]:
@@ -518,7 +522,10 @@ class LocalHost(Host):
         await asyncio.get_running_loop().run_in_executor(None, remove_job_dir, path, files, dirs)
 
     async def aclose(self) -> None:
-        """Wait until the job directories removed in the background are gone."""
+        """Wait until the starts handed to the starting thread have ended (what a
+        cancelled one made is gone then) and the job directories removed in the
+        background are gone."""
+        await _STARTER.drain()
         await _REMOVER.drain()
 
     async def _exists(self, path: str) -> bool:
