@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,16 @@ from benchmarks.__main__ import run_scenario
 from benchmarks.scenarios import SCENARIOS, Options, Point, ScenarioResult, peer_files
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET = 150.0  # seconds; a quick run takes well under a minute on an idle 2-core machine
+#: seconds before a quick run counts as hung (it takes well under a minute on an idle 2-core
+#: machine, several under a loaded one: a guard against a hang, not a speed goal, which
+#: the benchmarks report themselves)
+BUDGET = 600.0
 
 
 @pytest.mark.s3
 @pytest.mark.timeout(BUDGET + 30)
 def test_quick_run_reports_every_scenario(tmp_path: Path, services: dict[str, object]) -> None:
     out = tmp_path / "bench.json"
-    t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--no-baseline-047", "--json", str(out)],
         cwd=ROOT,
@@ -39,7 +40,6 @@ def test_quick_run_reports_every_scenario(tmp_path: Path, services: dict[str, ob
         text=True,
         timeout=BUDGET,
     )
-    elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "machine:" in proc.stdout and "cores" in proc.stdout
     doc = json.loads(out.read_text())
@@ -59,7 +59,6 @@ def test_quick_run_reports_every_scenario(tmp_path: Path, services: dict[str, ob
                     values,
                 )
         assert scen["targets"], name
-    assert elapsed < BUDGET
 
 
 def test_help_lists_the_options() -> None:

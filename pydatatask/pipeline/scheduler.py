@@ -692,9 +692,11 @@ class Scheduler:
         between (the loop runs them at a turn only), and a key stays in :attr:`running`
         until it is told, so nothing launches it twice."""
         name = task.name
-        running, states, queue = self.running, self.states, self.queues[name]
+        running, states, queues = self.running, self.states, self.queues
         ended: list[tuple[str, dict[str, Any]]] = []
         lane = DirectLane()
+        # what _tell reads of a success is all the index reads of it too (no facts kept)
+        slim = not self.records[name].noted_facts
         turn = time.monotonic()
         jobs = 0
         try:
@@ -710,14 +712,21 @@ class Scheduler:
                         if slot is None:
                             running.pop((name, key), None)
                             states.pop((name, key), None)
-                            queue.append(key)
+                            queues[name].append(key)
                             break
                     await self._job(task, key, slot)
                     slot = None
                 else:
                     try:
                         record = await execute_direct(
-                            task, key, self.owner, lane, slot, self._record_fields(task)(key), self._on_state
+                            task,
+                            key,
+                            self.owner,
+                            lane,
+                            slot,
+                            self._record_fields(task)(key),
+                            self._on_state,
+                            slim=slim,
                         )
                     except asyncio.CancelledError:
                         raise
@@ -740,6 +749,8 @@ class Scheduler:
                     self._tell(task, ended)
                     await asyncio.sleep(0)
                     turn, jobs = time.monotonic(), 0
+                # (a tick replaces the queue: the one of now, never one held from before)
+                queue = queues[name]
                 if self._stop.is_set() or self.paused or not queue:
                     break
                 if self.max_jobs is not None and slot is not None:

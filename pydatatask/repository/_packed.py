@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from operator import is_, itemgetter
 from typing import Any
 
-__all__ = ("pack", "unpack", "is_packed", "copy_value", "field")
+__all__ = ("pack", "unpack", "is_packed", "copy_value", "field", "maker")
 
 #: the types a value may be shared as (equal values of one of these types are the same value)
 _SHAREABLE = frozenset({str, int, bool, type(None), bytes})
@@ -227,6 +228,58 @@ def _variant(shape: _Shape, shared: tuple[Any, ...], found: _Variant | None) -> 
         return None
     variant = shape.variants[shared] = _Variant(shape, shared)
     return variant
+
+
+def maker(sample: Any, names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...] | None] | None:
+    """For ``sample``, what :func:`pack` made of a dict: a function of the values of its
+    fields ``names`` (in that order) that returns what :func:`pack` makes of the same dict
+    with those values in place, without the dict (None when one of the values does not
+    pack so: the caller packs the dict). None: ``sample`` is not packed, or one of
+    ``names`` is a field its records share (the same value in every dict of its variant).
+
+    The values must be scalars (a start time as the text records use, or as the whole
+    number of microseconds since the epoch that text stands for) or JSON-like dicts
+    (packed as :func:`pack` packs a field's dicts); every other field is the sample's. What this makes reads back exactly as :func:`pack` of the dict would."""
+    if not is_packed(sample):
+        return None
+    variant: _Variant = sample[0]
+    shape = variant.shape
+    try:
+        positions = tuple(shape.where[name] + 1 for name in names)
+    except KeyError:
+        return None
+    if len(set(positions)) != len(positions):
+        return None
+    timed = shape.time_at + 1 if shape.time_at >= 0 else 0
+    at_time = positions.index(timed) if timed in positions else -1
+    base = list(sample)
+    setters = tuple(zip(positions, range(len(positions)), strict=True))
+    nested = tuple(shape.nested[p - 1] for p in positions)
+
+    def make(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        out = base.copy()
+        for position, i in setters:
+            v = values[i]
+            t = type(v)
+            if t is dict:
+                v = pack(v, nested[i])
+            elif t not in _SCALARS:
+                return None
+            out[position] = v
+        if at_time >= 0:
+            v = values[at_time]
+            if type(v) is int:  # microseconds since the epoch: the text it stands for
+                if not -_LIMIT * 1_000_000 < v < _LIMIT * 1_000_000:
+                    return None
+                out[timed] = float(v)
+            else:
+                micros = _micros(v)
+                if micros is None:
+                    return None
+                out[timed] = micros
+        return tuple(out)
+
+    return make
 
 
 def is_packed(value: Any) -> bool:

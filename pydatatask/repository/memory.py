@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import KeyNotFoundError
 from ..keys import validate_key
 from ._packed import copy_value as _copy
-from ._packed import field, is_packed, pack, unpack
+from ._packed import field, is_packed, maker, pack, unpack
 from .base import BlobReader, BlobRepository, BlobWriter, MetadataRepository, Repository
 from .journal import current_journal
 from .listing import SharedListing
@@ -197,6 +197,30 @@ class MemoryMetadataRepository(_DictKeys, MetadataRepository):
         it was)."""
         self._data[key] = pack(value) if type(value) is dict else _copy(value)
         self._stamp(key)
+
+    def maker_now(self, key: str, names: tuple[str, ...]) -> Callable[[str, tuple[Any, ...]], bool] | None:
+        """For the dict stored under a checked ``key`` (kept packed by :meth:`put_now`): a
+        function ``put(other, values)`` that stores under the checked key ``other`` what
+        :meth:`put_now` would of the same dict with its fields ``names`` holding
+        ``values`` (scalars, in that order), without the dict; it returns False when the
+        values do not pack so and stores nothing (the caller puts the dict). None: the
+        value stored under ``key`` is not packed, or does not vary in those fields (the job
+        lifecycle stores the records of a task's successes so, which differ only in their
+        key and times)."""
+        make = maker(self._data.get(key), names)
+        if make is None:
+            return None
+        data, stamp = self._data, self._stamp
+
+        def put(other: str, values: tuple[Any, ...]) -> bool:
+            packed = make(values)
+            if packed is None:
+                return False
+            data[other] = packed
+            stamp(other)
+            return True
+
+        return put
 
     def field_now(self, key: str, name: str) -> Any:
         """The field ``name`` of the dict stored under a checked ``key`` (None: no such

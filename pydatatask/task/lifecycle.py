@@ -386,13 +386,21 @@ async def execute_direct(
     slot: Slot,
     record_fields: dict[str, Any] | None,
     on_state: StateCallback,
+    *,
+    slim: bool = False,
 ) -> dict[str, Any] | None:
     """:func:`execute` for a task that :func:`direct_lane` admits, with ``slot`` of the
     task's executor, in a worker that runs such jobs one after another (``lane``): the
     same claim, call, record and release, as a straight line of dict operations around
     the call. The caller shows the job as running and succeeded (``on_state`` is told of
     the states of a failed call only: it goes on through :func:`execute`, which cleans up,
-    retries and records the failure, as its first attempt)."""
+    retries and records the failure, as its first attempt).
+
+    ``slim``: the caller reads no more of the record of a success than its ``success``,
+    ``attempts``, ``duration``, ``end_time`` and ``outputs``: a success that wrote its key
+    into every output (the common case) then returns only those, and its record, which
+    differs from the task's other such records only in its key and times, is stored from
+    them without being made as a dict (the same record reads back)."""
     plan: _Plan = task._lifecycle_plan
     live, done = plan.local  # type: ignore[misc]
     claims = task.claims
@@ -400,11 +408,12 @@ async def execute_direct(
     if base is None or base[0] is not owner:
         base = plan.claim_base = (owner, make_claim(owner, task.name, "", 0.0, claims.lease))
     start = time.time()
+    start_text = utcnow_iso(start)
     claim = claims.acquire_local(
         live,
         key,
         owner,
-        value={**base[1], "key": key, "start_time": utcnow_iso(start), "started": start, "heartbeat": start},
+        value={**base[1], "key": key, "start_time": start_text, "started": start, "heartbeat": start},
     )
     if claim is None:
         return None
@@ -449,16 +458,76 @@ async def execute_direct(
         raise
     end = time.time()
     own = _own_writes(plan, key, journal)
-    # make_record's record of a first attempt that succeeded, with the task's fields
+    end_text = utcnow_iso(end)
+    duration = round(end - start, 6)
+    put = plan.put_record if own == [] else None
+    if put is not None and plan.put_record_for != (
+        task.version,
+        task.runner,
+        tuple(record_fields) if record_fields else (),
+    ):
+        put = None  # (the task's record fields are not those it was made for)
+    record: dict[str, Any]
+    if put is not None and slim:
+        # what the scheduler reads of it; the record is stored from the key and times
+        record = {"success": True, "attempts": 1, "duration": duration, "end_time": end_text}
+    else:
+        record = _direct_record(task, key, start_text, end_text, duration, record_fields, own, journal)
+    try:
+        if job._log:
+            await task._write_log(job)
+        values = (key, round(start * 1_000_000), end_text, duration)  # (the start as utcnow_iso reads it)
+        if record_fields:
+            values += tuple(record_fields.values())
+        if put is None or not put(key, values):
+            full = record if "task" in record else None
+            if full is None:
+                full = record = _direct_record(
+                    task, key, start_text, end_text, duration, record_fields, own, journal
+                )
+            done.put_now(key, full)
+            if own == [] and put is None and plan.put_record_tries < 8:
+                # the records of the task's next such successes are made from this one
+                plan.put_record_tries += 1
+                names = ("key", "start_time", "end_time", "duration")
+                extra = tuple(record_fields) if record_fields else ()
+                plan.put_record = done.maker_now(key, names + extra)
+                plan.put_record_for = (task.version, task.runner, extra)
+    except BaseException:
+        lane.close()
+        await asyncio.shield(_abandon(task, key, claim, journal, []))
+        task.end_journal(key, False)
+        del task._running_jobs[key]
+        raise
+    task.end_journal(key, True)
+    if task._running_jobs.get(key) is job:
+        del task._running_jobs[key]
+    if claims.get(key) is claim:
+        claims.release_local(live, claim)
+    return record
+
+
+def _direct_record(
+    task: Task,
+    key: str,
+    start_text: str,
+    end_text: str,
+    duration: float,
+    record_fields: dict[str, Any] | None,
+    own: list[str] | None,
+    journal: WriteJournal,
+) -> dict[str, Any]:
+    """The record of a first attempt of :func:`execute_direct` that succeeded: what
+    :func:`~pydatatask.task.records.make_record` makes of it, with the task's fields."""
     record: dict[str, Any] = {
         "task": task.name,
         "key": key,
         "state": "succeeded",
         "success": True,
         "attempts": 1,
-        "start_time": utcnow_iso(start),
-        "end_time": utcnow_iso(end),
-        "duration": round(end - start, 6),
+        "start_time": start_text,
+        "end_time": end_text,
+        "duration": duration,
         "host": HOSTNAME,
         "runner": task.runner,
         "exit_code": None,
@@ -475,21 +544,6 @@ async def execute_direct(
     held = own if own is not None else _outputs_written(task, key, journal)
     if held:
         record["outputs"] = held
-    try:
-        if job._log:
-            await task._write_log(job)
-        done.put_now(key, record)
-    except BaseException:
-        lane.close()
-        await asyncio.shield(_abandon(task, key, claim, journal, []))
-        task.end_journal(key, False)
-        del task._running_jobs[key]
-        raise
-    task.end_journal(key, True)
-    if task._running_jobs.get(key) is job:
-        del task._running_jobs[key]
-    if claims.get(key) is claim:
-        claims.release_local(live, claim)
     return record
 
 
@@ -587,6 +641,14 @@ class _Plan:
     #: the owner and the claim of :func:`execute_direct` made once (its key and times
     #: are set per job)
     claim_base: tuple[str, dict[str, Any]] | None = None
+    #: what stores the record of a success of :func:`execute_direct` that wrote its key
+    #: into every output, from its key and times alone (made from such a record stored
+    #: once: :meth:`~pydatatask.repository.memory.MemoryMetadataRepository.maker_now`)
+    put_record: Callable[[str, tuple[Any, ...]], bool] | None = None
+    #: how many such records were stored without ``put_record`` being made of them
+    put_record_tries: int = 0
+    #: the task's version, runner and record fields' names when ``put_record`` was made
+    put_record_for: tuple[Any, ...] = ()
 
 
 def _plan(task: Task) -> _Plan:

@@ -191,3 +191,38 @@ async def test_a_hook_on_job_events_or_a_time_limit_keeps_the_general_path() -> 
     assert not direct_lane(timed, Pipeline([timed]).hooks)
     await pipeline.run()
     assert events == ["job_started"]
+
+
+async def test_a_worker_takes_its_keys_from_the_queue_of_the_last_tick(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tick while the workers run replaces the ready queues: a worker goes on with the new
+    one, not with the one it started from (else keys listed again by the tick were taken
+    twice, the second time finding their own record: a wasted claim and a log line saying
+    another scheduler holds them)."""
+    keys = [f"k{i:04d}" for i in range(800)]
+    src, mid, out = (
+        MemoryBlobRepository({k: b"x" for k in keys}),
+        MemoryBlobRepository(),
+        MemoryBlobRepository(),
+    )
+
+    async def first(key: str, src: Any, mid: Any) -> None:
+        await asyncio.sleep(0.001)  # long enough for the chained pipeline to list again meanwhile
+        await mid.write_bytes(key, await src.read_bytes(key))
+
+    async def second(key: str, mid: Any, out: Any) -> None:
+        await asyncio.sleep(0.001)
+        await out.write_bytes(key, await mid.read_bytes(key))
+
+    a = FunctionTask("a", first, inputs={"src": src}, outputs={"mid": mid}, concurrency=4)
+    b = FunctionTask("b", second, inputs={"mid": mid}, outputs={"out": out}, concurrency=4)
+    pipeline = Pipeline([a, b])
+    assert direct_lane(a, pipeline.hooks) and direct_lane(b, pipeline.hooks)
+    caplog.set_level("INFO", logger="pydatatask.scheduler")
+    summary = await pipeline.run()
+    assert summary.succeeded == 2 * len(keys)
+    assert pipeline.scheduler.ticks >= 4  # (the ticks under way that the test is about)
+    assert await out.keys() == set(keys)
+    taken_twice = [r.getMessage() for r in caplog.records if "claimed by another scheduler" in r.getMessage()]
+    assert taken_twice == []

@@ -145,3 +145,52 @@ async def test_start_times_of_any_second_read_back() -> None:
         repo.put_now(record["key"], record)
     for record in records:
         assert _same(await repo.get(record["key"]), record)
+
+
+async def test_a_record_stored_from_its_key_and_times_reads_back_as_if_put() -> None:
+    """``maker_now``: a record stored from the fields that differ (its key, times, input
+    versions and times) reads back as :meth:`put_now` of the whole dict would, field for field."""
+    names = ("key", "start_time", "end_time", "duration", "inputs", "upstream")
+    made = MemoryMetadataRepository()
+    whole = MemoryMetadataRepository()
+    # (a field of their own: the fields shared are learnt per field names, in the process)
+    records = [_record("t", i, inputs={"src": str(i)}, made_from_fields=1) for i in range(40)]
+    for r in records[:3]:
+        made.put_now(r["key"], r)
+    put = made.maker_now(records[2]["key"], names)
+    assert put is not None
+    for i, r in enumerate(records):
+        whole.put_now(r["key"], r)
+        if i < 3:
+            continue
+        start: Any = r["start_time"]
+        if i % 2:  # the start as whole microseconds, as the job lifecycle hands it over
+            start = round((1_796_170_000.0 + i * 0.013) * 1_000_000)
+        assert put(r["key"], (r["key"], start, r["end_time"], r["duration"], r["inputs"], r["upstream"]))
+    for r in records:
+        got = await made.get(r["key"])
+        assert _same(got, await whole.get(r["key"])), (got, r)
+        assert _same(got, r)
+        assert made.field_now(r["key"], "start_time") == r["start_time"]
+    assert set(made._data) == set(whole._data)
+
+
+async def test_a_record_that_does_not_pack_from_its_fields_is_left_to_the_caller() -> None:
+    """``maker_now`` is None for a value that is not packed or a field records share, and
+    its ``put`` stores nothing (False) for a value it cannot keep so."""
+    repo = MemoryMetadataRepository()
+    records = [_record("t", i, left_to_the_caller=1) for i in range(3)]
+    for r in records:
+        repo.put_now(r["key"], r)
+    assert repo.maker_now(records[0]["key"], ("key",)) is None  # kept plain (the first two)
+    assert repo.maker_now(records[2]["key"], ("key", "task")) is None  # shared by all of them
+    assert repo.maker_now("absent", ("key",)) is None
+    put = repo.maker_now(records[2]["key"], ("key", "start_time"))
+    assert put is not None
+    assert not put("k9", ("k9", ["a list"]))
+    assert not put("k9", ("k9", "not a time"))
+    assert not put("k9", ("k9", 10**30))
+    assert not repo.holds("k9")
+    assert put("k9", ("k9", records[1]["start_time"]))
+    got = await repo.get("k9")
+    assert got == {**records[2], "key": "k9", "start_time": records[1]["start_time"]}
