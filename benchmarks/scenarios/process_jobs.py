@@ -7,10 +7,10 @@
   "/bin/sh", "-c", "true")`` and waiting for it.
 
 Target: >= 0.8x the bare loop's throughput. Per job the scheduler makes a job directory
-(with ``in/src/`` and the input's copy: the input is not a local file), starts the job with
-``posix_spawn`` in a process group of its own (directory, copy and start in one thread
-hop), waits through a pidfd and removes the directory in a thread; the claim in memory is
-updated in place twice (directory, then pid).
+(with ``in/src/`` and the input's copy: the input is not a local file) and starts the job
+with ``posix_spawn`` in a process group of its own, all of it on the event loop; waits
+through a pidfd; and hands the directory to a background thread that removes it (the
+claims are memory of the process: no pid file is written, nothing is noted in the claim).
 """
 
 from __future__ import annotations

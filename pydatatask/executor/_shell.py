@@ -24,7 +24,12 @@ SCRIPT_FILE = ".pdt-script.sh"
 
 
 def wrapper_script(
-    job_dir: str, script: bool, read_env: bool, in_place: bool = False, cwd: str | None = None
+    job_dir: str,
+    script: bool,
+    read_env: bool,
+    in_place: bool = False,
+    cwd: str | None = None,
+    pid_file: bool = True,
 ) -> str:
     """The shell program every job runs as ``sh -c WRAPPER pdt-job COMMAND_OR_SCRIPT_PATH``.
 
@@ -33,29 +38,28 @@ def wrapper_script(
     script file with ``/bin/sh``), then writes :data:`EXIT_FILE` and exits with the command's
     status. Only shell builtins besides the command itself: no extra processes.
 
-    With ``in_place`` (for a parent that waits for the wrapper itself) no exit file is
-    written: a command is evaluated by the wrapper shell itself (``exit``, ``exec`` and
-    traps behave as under ``/bin/sh -c``), a script replaces it (``exec /bin/sh``); the
-    pid and start time in :data:`PID_FILE` stay those of the job's process. With ``cwd``
-    it changes to that directory first (exit status 126 if it cannot), for a parent that
-    starts it without a working directory of its own (``posix_spawn``).
+    With ``in_place`` (for a parent that waits for the wrapper itself and gives it
+    ``/dev/null`` as stdin) no exit file is written: a command is evaluated by the wrapper
+    shell itself (``exit``, ``exec`` and traps behave as under ``/bin/sh -c``), a script
+    replaces it (``exec /bin/sh``); the pid and start time in :data:`PID_FILE` stay those of
+    the job's process. With ``cwd`` it changes to that directory first (exit status 126 if it
+    cannot), for a parent that starts it without a working directory of its own
+    (``posix_spawn``). Without ``pid_file`` (``in_place`` only: work nothing would look for
+    after a crash of its parent) no :data:`PID_FILE` is written: the start time costs the
+    shell a ``read`` system call per byte of ``/proc/$$/stat``, three hundred of them.
     """
-    pid_file = shlex.quote(f"{job_dir}/{PID_FILE}")
+    pid_file_path = shlex.quote(f"{job_dir}/{PID_FILE}")
     exit_file = shlex.quote(f"{job_dir}/{EXIT_FILE}")
     if in_place:
-        run = 'exec /bin/sh "$1"' if script else 'unset st; eval "set --; $1"'
-        return (
-            "\n".join(
-                [
-                    *([f"cd -- {shlex.quote(cwd)} || exit 126"] if cwd is not None else []),
-                    "exec </dev/null",
-                    "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-                    f'printf \'%s %s\\n\' "$$" "$st" > {pid_file}',
-                    run,
-                ]
-            )
-            + "\n"
-        )
+        lines = [f"cd -- {shlex.quote(cwd)} || exit 126"] if cwd is not None else []
+        if pid_file:
+            lines += [
+                "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
+                f'printf \'%s %s\\n\' "$$" "$st" > {pid_file_path}',
+                "unset st",
+            ]
+        lines.append('exec /bin/sh "$1"' if script else 'eval "set --; $1"')
+        return "\n".join(lines) + "\n"
     run = '/bin/sh "$1"' if script else '/bin/sh -c "$1"'
     lines = []
     if read_env:
@@ -65,7 +69,7 @@ def wrapper_script(
         "exec </dev/null",
         # field 22 of /proc/PID/stat is the start time (the name field of sh has no space)
         "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat 2>/dev/null || st=",
-        f'printf \'%s %s\\n\' "$$" "$st" > {pid_file}',
+        f'printf \'%s %s\\n\' "$$" "$st" > {pid_file_path}',
         run,
         "ec=$?",
         f"printf '%s\\n' \"$ec\" > {exit_file}",

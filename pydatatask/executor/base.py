@@ -101,7 +101,12 @@ class ProcessWork(Work):
     files the output is appended to (``stderr`` None: into ``stdout``; both None: the
     executor keeps it, for :meth:`JobHandle.logs`). ``scratch``: local paths the command
     writes besides its job directory (temporary siblings of outputs written in place),
-    removed by :meth:`JobHandle.close` and by recovery once they are not renamed away."""
+    removed by :meth:`JobHandle.close` and by recovery once they are not renamed away.
+    ``transient``: work of a scheduler whose claims are memory of its own process, which
+    nothing started after a crash would look for: a host may leave out what only recovery
+    needs (a local job's pid file) and remove the job directory after
+    :meth:`JobHandle.close` has returned, in the background (:meth:`Executor.aclose` waits
+    for it)."""
 
     kind: ClassVar[str] = "process"
 
@@ -117,6 +122,7 @@ class ProcessWork(Work):
     stdout: Path | None = None
     stderr: Path | None = None
     scratch: tuple[Path, ...] = ()
+    transient: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,9 +74,11 @@ class _ProcessSpec:
     script: bool = False
     stdout: Path | None = None
     stderr: Path | None = None
+    #: whether the wrapper writes :data:`PID_FILE` (what recovery goes by)
+    pid_file: bool = True
 
     @property
-    def pid_file(self) -> str:
+    def pid_path(self) -> str:
         return f"{self.job_dir}/{PID_FILE}"
 
 
@@ -229,7 +231,9 @@ class _HostJob(JobHandle):
         for path in self._own_logs:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        await _remove_scratch(self.info.get("scratch"))
+        scratch = self.info.get("scratch")
+        if scratch:
+            await _remove_scratch(scratch)
         try:
             await self.host._remove_job_dir(self.job_dir, self.work)
         except Exception as exc:  # the host may be unreachable: reaped on reconnection
@@ -387,9 +391,14 @@ class Host(Executor):
                     script=work.script,
                     stdout=stdout,
                     stderr=stderr,
+                    pid_file=not work.transient,
                 )
                 proc = await self._spawn(spec)
-            info = {"host": self.name} | self.planned_info(work, slot) | {"dir": job_dir, "pid": proc.pid}
+            # what planned_info named, and the pid
+            info: dict[str, Any] = {"host": self.name, "dir": job_dir}
+            if work.scratch and work.job_dir is not None:
+                info["scratch"] = [str(p) for p in work.scratch]
+            info["pid"] = proc.pid
             info.update(await self._identify(proc))
         except BaseException:
             for path in own_logs:
@@ -557,7 +566,8 @@ def job_dir_entries(work: ProcessWork) -> tuple[list[str], list[str]]:
     directories above them (parents first)."""
     job_dir = work.job_dir or ""
     files = [rel for rel in (*work.files_in, *work.files_out) if not rel.endswith("/")]
-    files.append(PID_FILE)
+    if not work.transient:
+        files.append(PID_FILE)  # (a local host writes none for transient work)
     if work.script:
         files.append(SCRIPT_FILE)
     for path in (work.stdout, work.stderr):

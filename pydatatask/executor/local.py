@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._procfs import boot_id, pid_namespace, process_start_time, same_pid_space
+from ._job_dirs import Remover, remove_job_dir, remove_small_tree
 from ._shell import SCRIPT_FILE, kill_group_script, wrapper_script
+from ._starter import Starter
 from .base import ProcessWork
 from .hosts import Host, _parent_dirs, _Process, _ProcessSpec, job_dir_entries
 
@@ -40,8 +42,6 @@ CHUNK = 1 << 20
 #: file operations on local disk up to this size are done on the event loop: a thread hop
 #: costs more than the operation itself (and waits for the GIL while the loop is busy)
 SMALL = 1 << 16
-#: a job directory with at most this many entries is removed on the event loop
-SMALL_TREE = 64
 
 
 async def _open_append(path: Path | None) -> IO[bytes] | None:
@@ -53,62 +53,6 @@ async def _open_append(path: Path | None) -> IO[bytes] | None:
 def _open_append_now(path: Path | None) -> IO[bytes] | None:
     """Open a local log file for appending (on the spot: opening is microseconds)."""
     return None if path is None else open(path, "ab")  # noqa: SIM115 - closed by the caller
-
-
-def _remove_small_tree(path: str) -> bool:
-    """Remove ``path`` on the spot if it has at most :data:`SMALL_TREE` entries.
-
-    True when it is gone; False when it is bigger (what was removed so far is gone, the
-    rest is left for :func:`shutil.rmtree` in a thread)."""
-    budget = SMALL_TREE
-    dirs: list[str] = []
-    stack = [path]
-    try:
-        while stack:
-            top = stack.pop()
-            dirs.append(top)
-            with os.scandir(top) as it:
-                for entry in it:
-                    budget -= 1
-                    if budget < 0:
-                        return False
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        os.unlink(entry.path)
-        for d in reversed(dirs):
-            os.rmdir(d)
-    except FileNotFoundError:
-        return not os.path.lexists(path)
-    except OSError:
-        return False
-    return True
-
-
-def _remove_known(path: str, files: Sequence[str], dirs: Sequence[str]) -> bool:
-    """Remove the job directory ``path`` holding at most ``files`` in ``dirs`` (relative
-    paths, parents first): an unlink per file, an rmdir per directory, no listing. True
-    when it is gone; False when the command left something else there."""
-    try:
-        for rel in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}/{rel}")
-        for rel in reversed(dirs):
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(f"{path}/{rel}")
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
-    except OSError:  # not empty, or a file where a directory was expected
-        return False
-    return True
-
-
-def _remove_job_dir_now(path: str, files: Sequence[str], dirs: Sequence[str]) -> None:
-    """Remove the job directory ``path``: what was put there (:func:`_remove_known`), or
-    whatever is there."""
-    if not _remove_known(path, files, dirs):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -149,8 +93,12 @@ class _LocalProcess(_Process):
     def __init__(self, pid: int, pidfd: int) -> None:
         self.pid = self._pid = pid
         self._pidfd: int | None = pidfd
-        self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_reader(pidfd, self._reap)
+        #: the exit code once reaped, and who waits for it (a future each: a cancelled
+        #: waiter leaves the reaping and the other waiters alone)
+        self._code: int | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(pidfd, self._reap)
 
     def _reap(self) -> None:
         try:
@@ -162,22 +110,39 @@ class _LocalProcess(_Process):
                 return  # not yet (spurious wake-up)
             code = os.waitstatus_to_exitcode(status)
         self._close_pidfd()
-        if not self._done.done():
-            self._done.set_result(code)
+        if self._code is None:
+            self._code = code
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
 
     def _close_pidfd(self) -> None:
         fd, self._pidfd = self._pidfd, None
         if fd is not None:
-            asyncio.get_running_loop().remove_reader(fd)
+            self._loop.remove_reader(fd)
             os.close(fd)
 
+    async def _ended(self) -> int:
+        if self._code is None:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                raise
+        assert self._code is not None
+        return self._code
+
     async def wait(self) -> int:
-        code = await asyncio.shield(self._done)  # a cancelled waiter leaves the reaping on
+        code = await self._ended()
         return 128 - code if code < 0 else code
 
     async def kill(self, grace: float) -> None:
         await _stop_group(self._pid, grace)
-        await self._done
+        await self._ended()
 
 
 class _AsyncioProcess(_Process):
@@ -208,6 +173,10 @@ def _pidfds_work() -> bool:
 
 
 _PIDFD = _pidfds_work()
+#: removes the job directories of transient work (one thread for the process)
+_REMOVER = Remover()
+#: starts the jobs (one thread for the process)
+_STARTER = Starter("pdt-local-start")
 
 #: signals Python ignores and a child must not inherit ignored (as Popen's ``restore_signals``)
 _SIG_DEFAULT = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
@@ -298,12 +267,9 @@ def _setup_and_spawn(
         raise
 
 
-def _kill_abandoned(spawning: asyncio.Future[int], job_dir: str | None = None) -> None:
+def _kill_abandoned(pid: int, job_dir: str | None = None) -> None:
     """Stop a process whose start finished after its caller was cancelled (and remove its
     job directory, when the start made it)."""
-    if spawning.cancelled() or spawning.exception() is not None:
-        return
-    pid = spawning.result()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
@@ -312,24 +278,36 @@ def _kill_abandoned(spawning: asyncio.Future[int], job_dir: str | None = None) -
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
-async def _started(spawning: asyncio.Future[int], job_dir: str | None = None) -> _LocalProcess:
-    """The process whose start (in a thread) is ``spawning``, waited for through a pidfd.
-    A caller cancelled meanwhile leaves nothing running (nor the job directory ``job_dir``
-    the start made)."""
-    try:
-        pid = await asyncio.shield(spawning)
-    except asyncio.CancelledError:
-        spawning.add_done_callback(functools.partial(_kill_abandoned, job_dir=job_dir))
-        raise
+def _watch(pid: int, job_dir: str | None = None) -> _LocalProcess:
+    """The process ``pid`` just started, waited for through a pidfd. Should that fail, the
+    process is killed (and the job directory ``job_dir`` its start made removed)."""
     try:
         pidfd = os.pidfd_open(pid)
     except BaseException:
         os.killpg(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)  # noqa: ASYNC222 - just SIGKILLed: gone at once
+        os.waitpid(pid, 0)  # just SIGKILLed: gone at once
         if job_dir is not None:
             shutil.rmtree(job_dir, ignore_errors=True)
         raise
     return _LocalProcess(pid, pidfd)
+
+
+async def _started(spawning: asyncio.Future[int], job_dir: str | None = None) -> _LocalProcess:
+    """The process whose start (in the starting thread) is ``spawning``, waited for
+    through a pidfd. A caller cancelled meanwhile leaves nothing running (nor the job
+    directory ``job_dir`` the start made): the thread stops what it started then."""
+    try:
+        pid = await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        # the start goes on (or has just ended): what it made goes once it has
+        spawning.add_done_callback(functools.partial(_kill_started, job_dir=job_dir))
+        raise
+    return _watch(pid, job_dir)
+
+
+def _kill_started(spawning: asyncio.Future[int], job_dir: str | None = None) -> None:
+    if not spawning.cancelled() and spawning.exception() is None:
+        _kill_abandoned(spawning.result(), job_dir)
 
 
 def _argv_env(spec: _ProcessSpec) -> tuple[list[str], dict[bytes, bytes]]:
@@ -341,7 +319,9 @@ def _argv_env(spec: _ProcessSpec) -> tuple[list[str], dict[bytes, bytes]]:
         env[name.encode(_FS_ENCODING, _FS_ERRORS)] = value.encode(_FS_ENCODING, _FS_ERRORS)
     # the command runs in the wrapper shell itself (which first changes to the working
     # directory): one process per job
-    wrapper = wrapper_script(spec.job_dir, spec.script, read_env=False, in_place=True, cwd=spec.cwd)
+    wrapper = wrapper_script(
+        spec.job_dir, spec.script, read_env=False, in_place=True, cwd=spec.cwd, pid_file=spec.pid_file
+    )
     # ($0 of an inline command is /bin/sh, as for sh -c)
     return ["/bin/sh", "-c", wrapper, "pdt-job" if spec.script else "/bin/sh", spec.command], env
 
@@ -385,9 +365,13 @@ class LocalHost(Host):
     async def _start_in_new_dir(
         self, job_dir: str, work: ProcessWork, stdout: Path | None, stderr: Path | None
     ) -> _Process | None:
-        """Make the job directory, stage the inputs and start the job in the one thread hop
-        the start takes anyway, when every input is bytes or a local path (streams are
-        read on the event loop: the step-by-step way then)."""
+        """Make the job directory, stage the inputs and start the job in one step in the
+        starting thread, when every input is bytes or a local path (streams are read on the
+        event loop: the step-by-step way then).
+
+        In a thread: a start stops its caller until the child has run ``exec``, which on a
+        busy machine first waits for a CPU (milliseconds, in which a loop that started it
+        itself would reap and start nothing)."""
         if not _PIDFD:
             return None
         files: dict[str, bytes | Path] = {}
@@ -399,13 +383,21 @@ class LocalHost(Host):
         if work.script:
             command = f"{job_dir}/{SCRIPT_FILE}"
             files[SCRIPT_FILE] = work.command.encode()
-        spec = _ProcessSpec(command=command, job_dir=job_dir, cwd=job_dir, env=work.env, script=work.script)
+        spec = _ProcessSpec(
+            command=command,
+            job_dir=job_dir,
+            cwd=job_dir,
+            env=work.env,
+            script=work.script,
+            pid_file=not work.transient,
+        )
         argv, env = _argv_env(spec)
-        spawning = asyncio.get_running_loop().run_in_executor(
-            None,
+        subdirs = _parent_dirs([*work.files_in, *work.files_out]) if work.files_in or work.files_out else ()
+        spawning = _STARTER.submit(
+            functools.partial(_kill_abandoned, job_dir=job_dir),
             _setup_and_spawn,
             job_dir,
-            _parent_dirs([*work.files_in, *work.files_out]),
+            subdirs,
             files,
             argv,
             env,
@@ -427,13 +419,8 @@ class LocalHost(Host):
         stdout = None if spec.stdout is None else os.fspath(spec.stdout)
         stderr = None if spec.stderr is None else os.fspath(spec.stderr)
         if _PIDFD:
-            # in a thread: the caller is stopped until the child has run exec, which on a
-            # busy machine waits for the CPU (2-10 ms); the loop meanwhile reaps and starts
-            # other jobs (3x the throughput at 8 jobs at once on 2 loaded cores)
-            spawning = asyncio.get_running_loop().run_in_executor(
-                None, _posix_spawn, argv, env, stdout, stderr
-            )
-            return await _started(spawning)
+            # in the starting thread (see _start_in_new_dir)
+            return await _started(_STARTER.submit(_kill_abandoned, _posix_spawn, argv, env, stdout, stderr))
         out = _open_append_now(spec.stdout)
         try:
             err = _open_append_now(spec.stderr)
@@ -516,19 +503,30 @@ class LocalHost(Host):
         await asyncio.to_thread(os.makedirs, path, exist_ok=True)
 
     async def _rmtree(self, path: str) -> None:
-        if not _remove_small_tree(path):
+        if not remove_small_tree(path):
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def _remove_job_dir(self, path: str, work: ProcessWork | None) -> None:
-        # in a thread: on a journalling file system each unlink and rmdir is a journal
-        # entry (1 ms for a job directory on a busy ext4, in which the loop would start
-        # nothing; on tmpfs the hop costs about what the calls cost)
+        # off the event loop: on a journalling file system each unlink and rmdir is a
+        # journal entry (1 ms for a job directory on a busy ext4, in which the loop would
+        # start nothing); work that may be removed later goes to the background without a
+        # wait (aclose waits for it), the rest in a thread waited for
         if work is None:
             await self._rmtree(path)
-        else:
-            files, dirs = job_dir_entries(work)
-            # (no context copy as with asyncio.to_thread: the call reads no context variable)
-            await asyncio.get_running_loop().run_in_executor(None, _remove_job_dir_now, path, files, dirs)
+            return
+        if work.transient:
+            _REMOVER.remove(path, work)
+            return
+        files, dirs = job_dir_entries(work)
+        # (no context copy as with asyncio.to_thread: the call reads no context variable)
+        await asyncio.get_running_loop().run_in_executor(None, remove_job_dir, path, files, dirs)
+
+    async def aclose(self) -> None:
+        """Wait until the starts handed to the starting thread have ended (what a
+        cancelled one made is gone then) and the job directories removed in the
+        background are gone."""
+        await _STARTER.drain()
+        await _REMOVER.drain()
 
     async def _exists(self, path: str) -> bool:
         return await asyncio.to_thread(os.path.lexists, path)

@@ -77,7 +77,7 @@ class _SSHProcess(_Process):
 
     async def kill(self, grace: float) -> None:
         try:
-            if not await self.host._kill_group(self.spec.pid_file, grace):
+            if not await self.host._kill_group(self.spec.pid_path, grace):
                 raise HostUnavailableError(f"host {self.host.name}: the job's process group did not stop")
         except Exception:
             self.host._lost_dirs.add(self.spec.job_dir)  # stopped on reconnection

@@ -211,7 +211,9 @@ async def execute(
                     elif plan.direct and (call := task.direct_call(job)) is not None:
                         outcome = await _call(task, job, call)
                     else:
-                        outcome = await _attempt(task, job, claim, handles)
+                        # a claim in this process's memory dies with it: noting the run in
+                        # it (for a scheduler started after a crash) would serve nobody
+                        outcome = await _attempt(task, job, claim if local is None else None, handles)
             except ConfigurationError:
                 # the task's settings are wrong (a manifest the cluster refuses): no attempt
                 # can succeed and the job is not to blame; nothing is recorded, the key
@@ -755,7 +757,7 @@ async def _attempt(
     given = job.slot if isinstance(job.slot, Slot) and job.slot.executor is executor else None
     slot = given or await _acquire(executor, task.resources)
     try:
-        planned = executor.planned_info(work, slot)
+        planned = executor.planned_info(work, slot) if claim is not None else None
         if planned and claim is not None:
             # a scheduler killed while the work is being set up leaves what recovery removes
             if not await task.claims.update(claim, run=planned):

@@ -46,6 +46,7 @@ from ..repository.memory import MemoryBlobRepository
 from ..repository.serialized import SerializedMetadataRepository, yaml_dumps, yaml_loads
 from ..session import resolve
 from .base import JobContext, JobOutcome, Task
+from .claims import process_memory
 from .links import Link, LinkKind
 from .templates import job_context, render_command
 
@@ -271,6 +272,10 @@ class ProcessTask(Task):
 
             return await prepare_batch(self, job)
         key, attempt = job.key, job.attempt
+        # in a scheduler (a slot given), whose pipeline waits at its close for the job
+        # directories still being removed, and with claims in this process's memory: the
+        # directory of a finished job may go in the background
+        later = isinstance(job.slot, Slot) and self._claims_in_memory()
         if not isinstance(job.slot, Slot):
             job.slot = unreserved_slot(self.executor, self.resources)  # run outside a scheduler
         host = host_for(job.slot)
@@ -308,7 +313,13 @@ class ProcessTask(Task):
             stdout=files.combined or files.stdout,
             stderr=files.stderr,
             scratch=tuple(staged.local_temps),
+            transient=later,
         )
+
+    def _claims_in_memory(self) -> bool:
+        """Whether the claims of the jobs are memory of this process: then a scheduler
+        started after a crash would not learn of a job directory from its claim anyway."""
+        return process_memory(self.live) is not None
 
     def _job_env(self, context: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
         """The environment of a job from its template ``context`` (the first key's for a

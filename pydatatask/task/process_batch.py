@@ -56,6 +56,7 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
     whose input cannot be staged (gone since the listing, unreadable) is left out and
     fails alone (``job.failed``); when none is left, the attempt fails."""
     keys = list(job.keys)
+    later = isinstance(job.slot, Slot) and task._claims_in_memory()  # see ProcessTask.prepare
     if not isinstance(job.slot, Slot):
         job.slot = unreserved_slot(task.executor, task.resources)  # run outside a scheduler
     host = host_for(job.slot)
@@ -108,6 +109,7 @@ async def prepare_batch(task: ProcessTask, job: JobContext) -> ProcessWork:
         stdout=files.combined or files.stdout,
         stderr=files.stderr,
         scratch=tuple(staged.local_temps),
+        transient=later,
     )
 
 

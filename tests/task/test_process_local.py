@@ -693,10 +693,11 @@ def _own_group_in_the_schedulers_session(printed: str) -> None:
     [
         pytest.param(
             # one directory per job: the control files and the log live in it, hidden; only
-            # inputs that are not local files add in/<link>/
+            # inputs that are not local files add in/<link>/; with the claims in this
+            # process's memory no pid file (nothing would read it after a crash)
             '[ "$(pwd -P)" = "$(cd "$PDT_JOB_DIR" && pwd -P)" ] && find . | LC_ALL=C sort > {{ o.path }}',
             False,
-            "".join(f"{p}\n" for p in (".", "./.pdt-log", "./.pdt-pid", "./in", "./in/i", "./in/i/k")),
+            "".join(f"{p}\n" for p in (".", "./.pdt-log", "./in", "./in/i", "./in/i/k")),
             id="the job directory is the working directory and the only one",
         ),
         pytest.param(
@@ -746,6 +747,30 @@ async def test_what_the_process_of_a_job_finds(
         expected(printed)
     else:
         assert printed == expected
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
+async def test_a_job_whose_claim_is_stored_writes_its_pid_and_start_time(tmp_path: Path) -> None:
+    """With claims in files (what a scheduler started after a crash reads), the job's shell
+    writes ``<pid> <start time>`` to ``.pdt-pid`` before the command runs, and the start
+    time is the process's own (field 22 of ``/proc/PID/stat``): what recovery goes by."""
+    out = FileRepository(tmp_path / "out")
+    task = ProcessTask(
+        "t",
+        "find . | LC_ALL=C sort > {{ o.path }}; read -r p s < .pdt-pid; "
+        "read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ st _ < /proc/$$/stat; "
+        'echo "$p $s $$ $st" >> {{ o.path }}',
+        executor=LocalHost("here", workdir=tmp_path / "jobs"),
+        inputs={"i": MemoryBlobRepository({"k": b"x"})},
+        outputs={"o": out},
+        timeout="20s",
+    )
+    summary = await Pipeline([task], state_dir=tmp_path / "state").run()
+    assert summary.succeeded == 1, summary
+    *listing, ids = (await out.read_text("k")).splitlines()
+    assert listing == [".", "./.pdt-log", "./.pdt-pid", "./in", "./in/i", "./in/i/k"]
+    pid, start, own_pid, own_start = ids.split()
+    assert (pid, start) == (own_pid, own_start)
     assert list((tmp_path / "jobs").iterdir()) == []
 
 
