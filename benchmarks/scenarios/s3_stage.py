@@ -78,6 +78,10 @@ def run(series: str, params: dict[str, Any]) -> dict[str, Any]:
                 async def _list(self) -> Any:
                     return [k for k in await super()._list() if k in wanted]
 
+                async def _list_versions(self) -> dict[str, str | None]:
+                    # (the scheduler lists the versions of inputs, for the records' ``inputs``)
+                    return {k: v for k, v in (await super()._list_versions()).items() if k in wanted}
+
             async def upper(key: str, src: Any, dst: Any) -> None:
                 await dst.write_bytes(key, (await src.read_bytes(key)).upper())
 
